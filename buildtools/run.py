@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""The two commands of the README, on a machine that has only Python 3.11+.
+
+    python3 buildtools/run.py up      # start ZimSend (embedded SQLite, everything started)
+    python3 buildtools/run.py test    # run the whole test suite
+
+Why a stdlib-only script: a fresh machine has no uv, no virtualenv and no generated code.
+This script makes `.venv` (installing uv into it from PyPI), syncs the uv workspace from
+`uv.lock`, regenerates the code from the protos, and then runs the real command inside the
+environment. Every step is idempotent, so running it twice costs only the sync check.
+
+Other verbs: `codegen` (regenerate only), `sync` (environment only), and anything else is passed
+to the `zimsend` command (`python3 buildtools/run.py admin create-client --name acme`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+
+
+def _run(*cmd: str | os.PathLike[str], **kw: object) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)  # type: ignore[arg-type]
+
+
+def ensure_environment() -> None:
+    """Create `.venv` with uv inside it and sync the workspace (dev tools included)."""
+    if sys.version_info < (3, 11):
+        sys.exit("ZimSend needs Python 3.11 or newer")
+    uv = BIN / "uv"
+    if not uv.exists():
+        print("run.py: creating .venv and installing uv", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+        _run(BIN / "python", "-m", "pip", "install", "--quiet", "uv>=0.5")
+    env = dict(os.environ, UV_PROJECT_ENVIRONMENT=str(VENV), VIRTUAL_ENV=str(VENV))
+    # --inexact keeps uv itself (installed by pip above) in the environment.
+    _run(uv, "sync", "--all-packages", "--inexact", "--quiet", "--python", BIN / "python", env=env)
+
+
+def codegen() -> None:
+    _run(BIN / "python", "-m", "zimsend.buildtools.codegen")
+
+
+def main(argv: list[str]) -> int:
+    verb, rest = (argv[0], argv[1:]) if argv else ("up", [])
+    ensure_environment()
+    if verb == "sync":
+        return 0
+    codegen()
+    if verb == "codegen":
+        return 0
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if verb == "test":
+        cmd = [str(BIN / "python"), "-m", "pytest", *rest]
+    else:
+        cmd = [str(BIN / "zimsend"), verb, *rest]
+    try:
+        return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
