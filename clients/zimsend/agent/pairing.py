@@ -1,0 +1,73 @@
+"""The pairing URI a server shows when a device is added (QR code or text).
+
+Format: `zimsend://pair?server=HOST:PORT&client_id=…&device_id=…&password=…&tls=0|1`.
+Parsed with `urllib.parse` (so percent-encoding works); unknown parameters are ignored so a
+newer server can add some. The password is kept out of `repr()` so it never reaches a log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+__all__ = ["PairingError", "PairingInfo", "format_pairing_uri", "parse_pairing_uri"]
+
+_REQUIRED = ("server", "client_id", "device_id", "password")
+
+
+class PairingError(ValueError):
+    """The pairing URI is malformed; the message says which part."""
+
+
+@dataclass(frozen=True)
+class PairingInfo:
+    """What a phone needs to connect: where, who, and the secret."""
+
+    server: str
+    client_id: str
+    device_id: str
+    password: str = field(repr=False)
+    tls: bool = False
+
+
+def parse_pairing_uri(uri: str) -> PairingInfo:
+    """Parse a `zimsend://pair?...` URI; raise PairingError naming what is wrong."""
+    parts = urlsplit(uri.strip())
+    if parts.scheme != "zimsend":
+        raise PairingError(f"pairing URI must start with zimsend://, got {parts.scheme!r}")
+    if (parts.netloc or parts.path.strip("/")) != "pair":
+        raise PairingError("pairing URI must be zimsend://pair?...")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    values: dict[str, str] = {}
+    for name in _REQUIRED:
+        got = query.get(name, [""])
+        if len(got) != 1 or not got[0]:
+            raise PairingError(f"pairing URI is missing {name}")
+        values[name] = got[0]
+    tls_text = query.get("tls", ["0"])[-1].lower()
+    if tls_text not in ("0", "1", "true", "false", ""):
+        raise PairingError(f"pairing URI has tls={tls_text!r}; expected 0 or 1")
+    server = values["server"]
+    if ":" not in server.rsplit("]", 1)[-1]:
+        raise PairingError(f"pairing URI server {server!r} needs a port (HOST:PORT)")
+    return PairingInfo(
+        server=server,
+        client_id=values["client_id"],
+        device_id=values["device_id"],
+        password=values["password"],
+        tls=tls_text in ("1", "true"),
+    )
+
+
+def format_pairing_uri(info: PairingInfo) -> str:
+    """The URI for `info` (what a server's "add device" shows); inverse of parse."""
+    query = urlencode(
+        {
+            "server": info.server,
+            "client_id": info.client_id,
+            "device_id": info.device_id,
+            "password": info.password,
+            "tls": "1" if info.tls else "0",
+        }
+    )
+    return f"zimsend://pair?{query}"
