@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
-
 from zimsend.buildtools import codegen
 
 PACKAGE_DIR = codegen.PROTOS / codegen.PACKAGE
@@ -40,7 +39,7 @@ def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
 def test_committed_artefacts_are_not_stale() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "zimsend.buildtools.codegen", "--check"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 

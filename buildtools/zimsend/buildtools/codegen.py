@@ -80,7 +80,7 @@ def _protoc(args: Sequence[str], proto_root: Path) -> None:
     """Run grpc_tools' protoc in a child process, so its errors come back as an exception."""
     includes = [f"--proto_path={p}" for p in include_paths(proto_root)]
     cmd = [sys.executable, "-m", "grpc_tools.protoc", *includes, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=proto_root)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=proto_root, check=False)
     if done.returncode != 0:
         raise CodegenError(f"protoc failed:\n{done.stderr or done.stdout}")
 
@@ -169,7 +169,7 @@ def lint(proto_root: Path = PROTOS, config: Path | None = None) -> list[str]:
         image = build_image(Path(scratch) / "image.binpb", proto_root)
         cmd = [_tool("buf"), "lint", f"{image}#format=binpb", "--path", PACKAGE,
                "--config", str(config), "--error-format", "text"]
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=proto_root)
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=proto_root, check=False)
     problems = [line for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 and not problems:
         raise CodegenError(f"buf lint failed:\n{done.stderr}")

@@ -20,7 +20,11 @@ from typing import Any
 
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf.compiler import plugin_pb2
-from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto, FileDescriptorProto
+from google.protobuf.descriptor_pb2 import (
+    DescriptorProto,
+    FieldDescriptorProto,
+    FileDescriptorProto,
+)
 
 PACKAGE = "zimsend.v1"
 OUTPUT = "zimsend/v1/openapi.json"
@@ -77,17 +81,16 @@ _ENVELOPE: Schema = {
             "message": {"type": "string", "description": "What to do about it."}}},
         "code": {"type": "integer", "format": "int32", "description": "google.rpc.Code."},
         "message": {"type": "string"},
-        "details": {"type": "array", "description": "google.rpc details; an ErrorInfo whose "
-                    "`reason` is `error.code`.", "items": _WELL_KNOWN[".google.protobuf.Any"]},
+        "details": {"type": "array", "items": _WELL_KNOWN[".google.protobuf.Any"],
+                    "description": "google.rpc details; an ErrorInfo's `reason` is `error.code`."},
     },
 }
 # Optional headers, documented on an operation whose RPC comment names the header, and on the
 # send calls (requests with an `idempotency_key` field).
 _HEADERS = {
-    "DeviceId": ("X-Device-ID", "Pins the phone that sends (SPEC.md §2); without it ZimSend "
-                                "picks an online device."),
+    "DeviceId": ("X-Device-ID", "Pins the phone that sends (SPEC.md §2)."),
     "IdempotencyKey": ("Idempotency-Key", "A retry with the same key and body within 24 h "
-                                          "returns the first response and creates nothing."),
+                       + "creates nothing (SPEC.md §3)."),
 }
 _INFO = {
     "title": "ZimSend API",
@@ -266,8 +269,9 @@ def _operation(api: _Api, service: Any, method: Any, rule: Any, comment: Schema)
         params.append({"name": name, "in": "path", "required": True,
                        "schema": api.field(field, False), **doc})
     op: Schema = {"operationId": f"{service.name}_{method.name}", "tags": [service.name], **comment}
-    if comment:
-        op["summary"] = comment["description"].split("\n")[0]
+    if comment:  # the first sentence of the first paragraph
+        first = comment["description"].split("\n\n")[0].replace("\n", " ")
+        op["summary"] = re.split(r"(?<=\.)\s", first, maxsplit=1)[0]
     if rule.body == "*":
         body_schema = api.ref(method.input_type) if not names else {}
         if names:  # path fields are not in the body: inline the remaining properties
