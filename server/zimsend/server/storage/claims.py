@@ -1,0 +1,76 @@
+"""Claiming due messages for a device: the dispatcher's only way to take work off the queue.
+
+A claim is one statement, `WITH due AS (SELECT … LIMIT n) UPDATE … WHERE id IN (SELECT id
+FROM due) RETURNING …`, so two dispatchers — threads of one replica or several replicas — never
+take the same message:
+
+- PostgreSQL: the inner SELECT locks its rows `FOR UPDATE SKIP LOCKED`; a concurrent claim
+  skips them instead of waiting, and gets the next due messages.
+- SQLite: run it inside `Database.write()`; `BEGIN IMMEDIATE` makes claims take turns.
+
+Why a CTE and not `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`: PostgreSQL may
+plan that subquery on the inner side of a nested loop and re-run it for every outer row; each
+re-run skips the rows this very statement has just updated and locks the next ones, so the
+claim takes more than `n` messages. A CTE holding `FOR UPDATE` is evaluated exactly once.
+(tests/test_storage.py catches the difference.)
+
+Order (SPEC §3, DESIGN "Dispatch"): highest priority (lowest number) first, then oldest due.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import or_, select, update
+from sqlmodel import Session
+
+from .models import Message, MessageStatus
+
+__all__ = ["claim_due_messages"]
+
+
+def claim_due_messages(
+    session: Session,
+    *,
+    client_id: str,
+    device_id: str,
+    limit: int,
+    now: dt.datetime,
+    test: bool = False,
+) -> list[Message]:
+    """Move up to `limit` due messages of `client_id` to `processing` on `device_id`.
+
+    Due means `queued`, `due_at <= now`, not expired, and either unpinned or pinned to this
+    device. `test` selects sandbox messages (for a simulated device) or live ones, never both.
+    Returns the claimed messages in dispatch order. Call it inside `Database.write()`; the claim
+    is undone if that transaction rolls back. Whether the device is online, enabled and within
+    its pacing is the caller's business.
+    """
+    if limit <= 0:
+        return []
+    due = (
+        select(Message.id)
+        .where(
+            Message.status == MessageStatus.QUEUED,
+            Message.client_id == client_id,
+            Message.test == test,
+            Message.due_at <= now,
+            or_(Message.expires_at.is_(None), Message.expires_at > now),
+            or_(Message.pinned_device_id.is_(None), Message.pinned_device_id == device_id),
+        )
+        .order_by(Message.priority, Message.due_at, Message.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+        .cte("due")
+    )
+    claim = (
+        update(Message)
+        .where(Message.id.in_(select(due.c.id)), Message.status == MessageStatus.QUEUED)
+        .values(status=MessageStatus.PROCESSING, device_id=device_id, processing_at=now)
+        .returning(Message)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    claimed = list(session.scalars(claim))
+    # RETURNING has no defined order.
+    claimed.sort(key=lambda m: (m.priority, m.due_at, m.id))
+    return claimed

@@ -1,0 +1,135 @@
+"""`Database`: one engine, sessions for reading, and write transactions that are safe on both
+SQLite and PostgreSQL.
+
+Why sync SQLAlchemy: the server is asyncio and the worker is trio, and SQLAlchemy's async engine
+only speaks asyncio. One sync storage layer serves both (DESIGN): the server calls it from a
+thread, the worker through `trio.to_thread`. An engine is thread-safe; a session is not — use
+one session per thread and per unit of work.
+
+Why `write()`: SQLite has a single writer. A transaction that starts by reading and then writes
+cannot wait for the lock in WAL mode; it fails at once with "database is locked". `write()`
+therefore starts SQLite transactions with `BEGIN IMMEDIATE`, which takes the write lock up
+front and waits (`busy_timeout`) for it. On PostgreSQL it is an ordinary transaction, and
+claims use `FOR UPDATE SKIP LOCKED` (see `claims`). Every transaction that writes should go
+through `write()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session
+
+from . import schema
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["Database", "normalize_url"]
+
+_WRITE_OPTION = "zimsend_write"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Accept `postgres://` and `postgresql://` and use psycopg 3 for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class Database:
+    """The storage entry point. Create one per process with `from_url` or `from_settings`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._write_engine = engine.execution_options(**{_WRITE_OPTION: True})
+
+    @classmethod
+    def from_url(
+        cls, url: str | URL, *, busy_timeout_ms: int = 15_000, **engine_kwargs: Any
+    ) -> Database:
+        """Create the engine. SQLite files (and their folder) are created on first connect."""
+        parsed = normalize_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            return cls(_sqlite_engine(parsed, busy_timeout_ms, engine_kwargs))
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        return cls(create_engine(parsed, **engine_kwargs))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls.from_url(settings.database_url_value)
+
+    @property
+    def dialect(self) -> str:
+        """`"sqlite"` or `"postgresql"`."""
+        return self.engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for reads (and ORM work the caller commits itself).
+
+        Objects stay usable after commit (`expire_on_commit=False`), so they can be handed to
+        another thread or returned to an async caller.
+        """
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back if it raises.
+
+        On SQLite it begins with `BEGIN IMMEDIATE` (waits for the single write lock instead of
+        failing mid-transaction); on PostgreSQL it is a plain READ COMMITTED transaction.
+        """
+        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision` (Alembic `upgrade`); safe to run from two processes."""
+        schema.upgrade(self._write_engine, revision)
+
+    def dispose(self) -> None:
+        """Close pooled connections (end of process or of a test)."""
+        self.engine.dispose()
+
+
+def _sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[str, Any]) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in str(url)
+    connect_args = engine_kwargs.pop("connect_args", {})
+    connect_args.setdefault("check_same_thread", False)
+    if in_memory:
+        # One shared connection, or each thread would see its own empty database.
+        engine_kwargs.setdefault("poolclass", StaticPool)
+    else:
+        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module: we emit BEGIN ourselves.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

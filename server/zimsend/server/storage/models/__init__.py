@@ -1,0 +1,39 @@
+"""The tables, one module per concern. Importing this package registers them all on
+`SQLModel.metadata`, which the migrations compare against."""
+
+from sqlmodel import SQLModel
+
+from .accounting import NO_DEVICE, DailyAggregate, ProcessedReport, RateLimitBucket
+from .messages import (
+    IdempotencyRecord,
+    InboundMessage,
+    Message,
+    MessagePart,
+    MessageStatus,
+    Otp,
+)
+from .tenancy import ApiKey, Client, Device
+from .webhooks import OutboxEvent, OutboxStatus, WebhookDelivery, WebhookEndpoint
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "NO_DEVICE",
+    "ApiKey",
+    "Client",
+    "DailyAggregate",
+    "Device",
+    "IdempotencyRecord",
+    "InboundMessage",
+    "Message",
+    "MessagePart",
+    "MessageStatus",
+    "Otp",
+    "OutboxEvent",
+    "OutboxStatus",
+    "ProcessedReport",
+    "RateLimitBucket",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "metadata",
+]

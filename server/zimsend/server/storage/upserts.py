@@ -1,0 +1,59 @@
+"""Single-statement upserts: counters and "seen this before?" marks shared across processes.
+
+`INSERT … ON CONFLICT` exists on both engines but SQLAlchemy builds it from each dialect's own
+`insert()`; `insert_for` picks the right one for the session's engine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from .models import ProcessedReport, RateLimitBucket
+from .types import utcnow
+
+__all__ = ["count_in_window", "insert_for", "mark_report_processed"]
+
+
+def insert_for(session: Session, model: Any) -> Any:
+    """The dialect's `insert(model)`, which has `on_conflict_do_update/do_nothing`."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(model)
+    if name == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"no upsert for {name}")
+
+
+def count_in_window(
+    session: Session, *, client_id: str, scope: str, window_start: dt.datetime
+) -> int:
+    """Add one request to a client's fixed-window bucket and return the new count.
+
+    Atomic on both engines, so N server replicas enforce one limit (SPEC §8). Old windows are
+    garbage: the worker may delete buckets older than a few minutes.
+    """
+    stmt = (
+        insert_for(session, RateLimitBucket)
+        .values(client_id=client_id, scope=scope, window_start=window_start, count=1)
+        .on_conflict_do_update(
+            index_elements=["client_id", "scope", "window_start"],
+            set_={"count": RateLimitBucket.count + 1},  # type: ignore[operator]
+        )
+        .returning(RateLimitBucket.count)
+    )
+    return int(session.execute(stmt).scalar_one())
+
+
+def mark_report_processed(session: Session, *, device_id: str, report_id: str) -> bool:
+    """Record a device report; False if it was already recorded (then apply nothing)."""
+    stmt = (
+        insert_for(session, ProcessedReport)
+        .values(device_id=device_id, report_id=report_id, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["device_id", "report_id"])
+        .returning(ProcessedReport.report_id)
+    )
+    return session.execute(stmt).first() is not None
