@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -41,7 +42,29 @@ def ensure_environment() -> None:
         _run(BIN / "python", "-m", "pip", "install", "--quiet", "uv>=0.5")
     env = dict(os.environ, UV_PROJECT_ENVIRONMENT=str(VENV), VIRTUAL_ENV=str(VENV))
     # --inexact keeps uv itself (installed by pip above) in the environment.
-    _run(uv, "sync", "--all-packages", "--inexact", "--quiet", "--python", BIN / "python", env=env)
+    reinstall = [arg for name in _unexposed_members() for arg in ("--reinstall-package", name)]
+    _run(uv, "sync", "--all-packages", "--inexact", "--quiet", "--python", BIN / "python",
+         *reinstall, env=env)
+
+
+def _unexposed_members() -> list[str]:
+    """Workspace members with Python code that the environment's editable installs miss.
+
+    Hatchling's editable install only puts a member's folder on sys.path if it held .py files
+    when it was built, and uv rebuilds only when pyproject.toml changes; so a member whose
+    first module appeared after the last sync would stay unimportable.
+    """
+    pth = [*VENV.glob("lib/python3*/site-packages/*.pth"), *VENV.glob("Lib/site-packages/*.pth")]
+    if not pth:
+        return []  # new environment: the sync builds everything anyway
+    on_path = {line.strip() for f in pth for line in f.read_text().splitlines()}
+    members = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]["workspace"]
+    missing = []
+    for member in members["members"]:
+        folder = ROOT / member
+        if str(folder) not in on_path and any((folder / "zimsend").rglob("*.py")):
+            missing.append(tomllib.loads((folder / "pyproject.toml").read_text())["project"]["name"])
+    return missing
 
 
 def codegen() -> None:
