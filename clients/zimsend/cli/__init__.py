@@ -20,8 +20,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zimsend", description="ZimSend SMS gateway")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group="zimsend.commands"), key=lambda e: e.name):
-        ep.load()(commands)
+        try:
+            register = ep.load()
+        except ImportError as exc:
+            # A broken install of one distribution must not take the other commands down;
+            # the broken command still says exactly what is wrong when it is used.
+            _register_broken(commands, ep.name, exc)
+        else:
+            register(commands)
     return parser
+
+
+def _register_broken(commands: argparse._SubParsersAction, name: str, exc: ImportError) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(name, help=f"(unavailable: {exc})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def fail(args: argparse.Namespace) -> int:
+        print(f"zimsend {name}: cannot load this command: {exc}", file=sys.stderr)
+        return 1
+
+    parser.set_defaults(handler=fail)
 
 
 def main(argv: list[str] | None = None) -> int:

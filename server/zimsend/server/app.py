@@ -1,0 +1,136 @@
+"""The gRPC server process: services, health, reflection, keepalive, graceful shutdown.
+
+One asyncio process running grpc.aio (DESIGN.md: grpcio's async API is asyncio-only and is the
+fast path for thousands of phone streams), with uvloop when available.
+
+Shutdown order (DESIGN.md "Phones' streams"): mark health NOT_SERVING so the gateway stops
+routing new calls here, run the shutdown hooks (the device hub tells every phone to reconnect
+elsewhere), give in-flight calls a short grace, then stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from zimsend.server import logs
+from zimsend.server.config import Settings
+from zimsend.server.rpc import ServerState
+from zimsend.server.storage import Database
+
+log = logs.get("zimsend.server")
+
+# DESIGN.md: grpc core's defaults punish a phone pinging more often than every 5 minutes
+# (GOAWAY too_many_pings); these suit phones pinging every 30-60 s on mobile networks.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_connection_age_ms", 30 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 60_000),
+]
+
+ShutdownHook = Callable[[], Awaitable[None]]
+
+
+class ZimSendServer:
+    """A configured, not yet started server. `await start()`, then `await wait()` or
+    `await stop()`; `bound_port` is the real port (useful with port 0 in tests)."""
+
+    def __init__(self, settings: Settings, *, port: int | None = None) -> None:
+        self.settings = settings
+        db = Database.from_url(settings.database_url_value)
+        self.state = ServerState(settings=settings, db=db, pepper=settings.pepper())
+        self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        self._health = health.aio.HealthServicer()
+        self._shutdown_hooks: list[ShutdownHook] = []
+        self._startup_hooks: list[ShutdownHook] = []
+        self._stopped = asyncio.Event()
+        address = f"{settings.grpc_host}:{settings.grpc_port if port is None else port}"
+        self.bound_port = self._server.add_insecure_port(address)
+        self.address = f"{settings.grpc_host}:{self.bound_port}"
+        self._service_names = _register_services(self)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+
+    @property
+    def grpc_server(self) -> grpc.aio.Server:
+        return self._server
+
+    def on_startup(self, hook: ShutdownHook) -> None:
+        self._startup_hooks.append(hook)
+
+    def on_shutdown(self, hook: ShutdownHook) -> None:
+        self._shutdown_hooks.append(hook)
+
+    async def start(self) -> None:
+        await self.state.db_call(self.state.db.migrate)
+        for hook in self._startup_hooks:
+            await hook()
+        await self._server.start()
+        for name in ("", *self._service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("server.started", address=self.address, services=self._service_names)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("server.stopping", grace=grace)
+        await self._health.enter_graceful_shutdown()
+        for hook in reversed(self._shutdown_hooks):
+            with contextlib.suppress(Exception):
+                await hook()
+        await self._server.stop(grace)
+        self.state.executor.shutdown(wait=True)
+        self.state.db.dispose()
+        log.info("server.stopped")
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+def _register_services(server: ZimSendServer) -> list[str]:
+    """Add every zimsend.v1 service; returns their full names (for health and reflection)."""
+    from zimsend.server.services import register_all
+
+    return register_all(server)
+
+
+async def serve(settings: Settings, *, port: int | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    server = ZimSendServer(settings, port=port)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(server.wait())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await server.stop()
+    for task in (waiter, stopper):
+        task.cancel()
+
+
+def run(settings: Settings, *, port: int | None = None) -> None:
+    """Entry point for `zimsend serve`: uvloop when installed, else the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        asyncio.run(serve(settings, port=port))
+    else:
+        uvloop.run(serve(settings, port=port))
+

@@ -1,0 +1,77 @@
+"""Who is calling: API key + client id on every public RPC (SPEC.md §2).
+
+The key is looked up by its peppered HMAC (the database never holds it in clear), so the
+lookup itself is the comparison; the client id is then compared in constant time. Every
+failure that involves a key answers `INVALID_API_KEY` whatever the reason (unknown, revoked,
+or another client's), so an attacker learns nothing about which keys or clients exist.
+There is no cache: a revoked key fails on the very next request, on every replica.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from dataclasses import dataclass
+
+import grpc
+from sqlmodel import select
+
+from zimsend.server.errors import ApiError, ErrorCode
+from zimsend.server.rpc import ServerState, metadata_value
+from zimsend.server.secrets import hash_secret
+from zimsend.server.storage import ApiKey, Database, utcnow
+
+API_KEY_HEADER = "x-api-key"
+CLIENT_ID_HEADER = "x-client-id"
+DEVICE_ID_HEADER = "x-device-id"
+_LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller. `device_id` is the raw `X-Device-ID` header (not yet checked:
+    only send calls give it a meaning)."""
+
+    client_id: str
+    key_id: str
+    test: bool
+    device_id: str | None
+
+
+async def authenticate(state: ServerState, context: grpc.aio.ServicerContext) -> Caller:
+    api_key = metadata_value(context, API_KEY_HEADER)
+    client_id = metadata_value(context, CLIENT_ID_HEADER)
+    missing = [h for h, v in (("X-API-Key", api_key), ("X-Client-ID", client_id)) if not v]
+    if missing:
+        raise ApiError(
+            ErrorCode.MISSING_AUTH_HEADERS,
+            f"Missing authentication header(s): {', '.join(missing)}. Every request needs "
+            "X-API-Key and X-Client-ID.",
+        )
+    assert api_key is not None and client_id is not None
+    caller = await state.db_call(_check_key, state.db, state.pepper, api_key, client_id)
+    device_id = metadata_value(context, DEVICE_ID_HEADER) or None
+    return Caller(caller.client_id, caller.key_id, caller.test, device_id)
+
+
+def _check_key(db: Database, pepper: bytes, api_key: str, client_id: str) -> Caller:
+    key_hash = hash_secret(pepper, api_key)
+    now = utcnow()
+    with db.session() as session:
+        key = session.exec(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+        valid = (
+            key is not None
+            and key.revoked_at is None
+            and hmac.compare_digest(key.client_id.encode(), client_id.encode())
+        )
+        if not valid or key is None:
+            raise ApiError(
+                ErrorCode.INVALID_API_KEY,
+                "Invalid API key for this X-Client-ID (unknown, revoked, or another client's).",
+            )
+        if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
+            # At most one write a minute per key: the hot path stays read-only.
+            key.last_used_at = now
+            session.add(key)
+            session.commit()
+        return Caller(key.client_id, key.id, key.test, None)

@@ -1,0 +1,152 @@
+"""`zimsend serve` and `zimsend admin …` (registered through the `zimsend.commands` entry
+points; the command root lives in zimsend-client so a phone gets `zimsend device` alone).
+
+Admin commands print one JSON object on stdout with the created ids and one-time secrets:
+scripts can parse it, and the secrets appear nowhere else (not in logs, not in the database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from zimsend.server.config import Settings
+
+DEFAULT_DEVICE_ADDRESS = "127.0.0.1:8081"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    return Settings(**overrides)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="state directory (default ./.zimsend or ZIMSEND_DATA_DIR)")
+    parser.add_argument("--database-url", help="overrides ZIMSEND_DATABASE_URL")
+
+
+def register_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser("serve", help="run the gRPC server")
+    _common(parser)
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from zimsend.server import app, logs
+
+    settings = _settings(args)
+    if args.host:
+        settings = settings.model_copy(update={"grpc_host": args.host})
+    logs.configure(settings.log_level)
+    app.run(settings, port=args.port)
+    return 0
+
+
+def register_admin(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    admin = commands.add_parser("admin", help="create clients, API keys and devices")
+    sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("create-client", help="create a client (tenant)")
+    _common(p)
+    p.add_argument("--name", required=True)
+    p.set_defaults(handler=_create_client)
+
+    p = sub.add_parser("create-key", help="create an API key (printed once)")
+    _common(p)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--name", default="default")
+    p.add_argument("--test", action="store_true", help="a zs_test_ sandbox key")
+    p.set_defaults(handler=_create_key)
+
+    p = sub.add_parser("create-device", help="add a device (password printed once)")
+    _common(p)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument(
+        "--server-address", default=DEFAULT_DEVICE_ADDRESS,
+        help="the phone listener address written into the pairing URI",
+    )
+    p.set_defaults(handler=_create_device)
+
+    p = sub.add_parser("migrate", help="bring the database schema up to date")
+    _common(p)
+    p.set_defaults(handler=_migrate)
+
+
+def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from zimsend.server.storage import Database
+
+    settings = _settings(args)
+    db = Database.from_url(settings.database_url_value)
+    db.migrate()
+    return settings, db
+
+
+def _print(data: dict[str, Any]) -> int:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _fail(exc: Exception) -> int:
+    from zimsend.server.errors import ApiError
+
+    if isinstance(exc, ApiError):
+        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 2
+    raise exc
+
+
+def _create_client(args: argparse.Namespace) -> int:
+    from zimsend.server import accounts
+
+    _, db = _open(args)
+    try:
+        client = accounts.create_client(db, args.name)
+    except Exception as exc:  # noqa: BLE001
+        return _fail(exc)
+    return _print({"client_id": client.id, "name": client.name})
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    from zimsend.server import accounts
+
+    settings, db = _open(args)
+    try:
+        new = accounts.create_api_key(db, settings.pepper(), args.client_id, args.name, test=args.test)
+    except Exception as exc:  # noqa: BLE001
+        return _fail(exc)
+    return _print(
+        {"client_id": new.key.client_id, "key_id": new.key.id, "name": new.key.name,
+         "api_key": new.secret, "test": new.key.test}
+    )
+
+
+def _create_device(args: argparse.Namespace) -> int:
+    from zimsend.server import accounts
+
+    settings, db = _open(args)
+    try:
+        new = accounts.create_device(
+            db, settings.pepper(), args.client_id, args.name, server_address=args.server_address
+        )
+    except Exception as exc:  # noqa: BLE001
+        return _fail(exc)
+    return _print(
+        {"client_id": new.device.client_id, "device_id": new.device.id, "name": new.device.name,
+         "device_password": new.password, "pairing_uri": new.pairing_uri}
+    )
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    _open(args)
+    return _print({"migrated": True})

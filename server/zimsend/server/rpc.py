@@ -1,0 +1,118 @@
+"""What every public RPC shares: the server's state, authentication and error mapping.
+
+Each public handler is written as
+
+    @public_rpc
+    async def SendSms(self, request, context, caller: Caller) -> SendSmsResponse: ...
+
+and `public_rpc` authenticates the call first (SPEC.md §2: `x-api-key` + `x-client-id` on every
+request), then runs the handler, and turns any `ApiError` into the documented gRPC status. An
+unexpected exception is logged with its traceback on the server and reaches the caller only as
+`INTERNAL` with a request-independent message: no stack trace, SQL or data leaks out.
+
+Database work is synchronous SQLAlchemy (one storage layer for the asyncio server and the trio
+worker, DESIGN.md); `ServerState.db_call` runs it on a small thread pool so the event loop never
+waits on a disk or a network round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+
+from zimsend.server import logs
+from zimsend.server.config import Settings
+from zimsend.server.errors import ApiError, ErrorCode, abort
+from zimsend.server.storage import Database
+
+P = ParamSpec("P")
+T = TypeVar("T")
+log = logs.get("zimsend.rpc")
+
+
+@dataclass
+class ServerState:
+    """Process-wide state handed to every service: settings, database, pepper, and the
+    components later issues add (the device hub, the dispatcher)."""
+
+    settings: Settings
+    db: Database
+    pepper: bytes
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="db")
+    )
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def db_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking database work off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+
+def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    """First value of an incoming metadata key (names are lower-case in gRPC)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def public_rpc(handler: Handler) -> Handler:
+    """Authenticate, run, and map errors for one public unary RPC (see module docstring)."""
+    from zimsend.server.auth import authenticate  # avoids an import cycle with auth
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        method = handler.__name__
+        try:
+            caller = await authenticate(self.state, context)
+            return await handler(self, request, context, caller)
+        except ApiError as error:
+            await abort(context, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            log.exception("rpc.unexpected_error", method=method)
+            await abort(context, ApiError(ErrorCode.INTERNAL, "Internal error; it was logged."))
+
+    return wrapper
+
+
+def public_stream_rpc(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """`public_rpc` for server-streaming RPCs: the handler is an async generator."""
+    from zimsend.server.auth import authenticate
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        method = handler.__name__
+        try:
+            caller = await authenticate(self.state, context)
+            async for item in handler(self, request, context, caller):
+                yield item
+        except ApiError as error:
+            await abort(context, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            log.exception("rpc.unexpected_error", method=method)
+            await abort(context, ApiError(ErrorCode.INTERNAL, "Internal error; it was logged."))
+
+    return wrapper
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # grpc.aio raises AbortError out of context.abort(); it must propagate untouched.
+    return type(exc).__name__ == "AbortError"

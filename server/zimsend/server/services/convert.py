@@ -1,0 +1,16 @@
+"""Small conversions between storage rows and protobuf messages, shared by the services."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf import timestamp_pb2
+
+
+def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """An aware datetime as a Timestamp; None stays None (the field is then left unset)."""
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value.astimezone(dt.timezone.utc))
+    return out

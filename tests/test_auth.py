@@ -1,0 +1,206 @@
+"""Authentication and the server skeleton, against a real `zimsend serve` process.
+
+SPEC.md §2: every request carries X-API-Key and X-Client-ID (gRPC metadata x-api-key,
+x-client-id); failures use the codes of §10 with a google.rpc.ErrorInfo naming them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from zimsend.v1 import api_keys_pb2, api_keys_pb2_grpc, auth_pb2, auth_pb2_grpc, sms_pb2, sms_pb2_grpc
+
+ZIMSEND_SERVICES = {
+    "zimsend.v1.AuthService", "zimsend.v1.ApiKeyService", "zimsend.v1.DeviceService",
+    "zimsend.v1.SmsService", "zimsend.v1.OtpService", "zimsend.v1.WebhookService",
+    "zimsend.v1.DeviceLinkService",
+}
+PUBLIC_SERVICES = ZIMSEND_SERVICES - {"zimsend.v1.DeviceLinkService"}
+
+
+@pytest.fixture(scope="module")
+def channel(server):  # type: ignore[no-untyped-def]
+    _, address = server
+    with grpc.insecure_channel(address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def client(admin):  # type: ignore[no-untyped-def]
+    created = admin("create-client", "--name", "acme")
+    key = admin("create-key", "--client-id", created["client_id"], "--name", "backend")
+    return created["client_id"], key["api_key"], key["key_id"]
+
+
+def creds(client_id: str, api_key: str) -> tuple[tuple[str, str], ...]:
+    return (("x-api-key", api_key), ("x-client-id", client_id))
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the server must attach google.rpc.Status details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    raise AssertionError(f"no ErrorInfo in {status}")
+
+
+def test_created_key_authenticates(channel, client) -> None:  # type: ignore[no-untyped-def]
+    client_id, api_key, _ = client
+    reply = auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
+        auth_pb2.AuthTestRequest(), metadata=creds(client_id, api_key), timeout=5
+    )
+    assert reply.success is True
+    assert reply.client_id == client_id
+
+
+def test_key_is_stored_only_as_hash(client, zimsend_env) -> None:  # type: ignore[no-untyped-def]
+    _, api_key, _ = client
+    assert api_key.startswith("zs_live_")
+    db_file = Path(zimsend_env["ZIMSEND_DATA_DIR"]) / "zimsend.db"
+    raw = b"".join(p.read_bytes() for p in db_file.parent.glob("zimsend.db*"))
+    assert api_key.encode() not in raw
+    with sqlite3.connect(db_file) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert api_key not in dump
+    assert api_key[-4:] in dump  # last4 is kept to recognise the key in lists
+
+
+@pytest.mark.parametrize(
+    "metadata, missing",
+    [((), "X-API-Key, X-Client-ID"), ((("x-client-id", "client_x"),), "X-API-Key"),
+     ((("x-api-key", "zs_live_x"),), "X-Client-ID")],
+)
+def test_missing_headers(channel, metadata, missing) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
+            auth_pb2.AuthTestRequest(), metadata=metadata, timeout=5
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(info.value) == "MISSING_AUTH_HEADERS"
+    assert missing in info.value.details()
+
+
+def test_wrong_key(channel, client) -> None:  # type: ignore[no-untyped-def]
+    client_id, api_key, _ = client
+    with pytest.raises(grpc.RpcError) as info:
+        auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
+            auth_pb2.AuthTestRequest(), metadata=creds(client_id, api_key[:-1] + "x"), timeout=5
+        )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_reason(info.value) == "INVALID_API_KEY"
+    assert api_key not in info.value.details()
+
+
+def test_key_of_another_client(channel, client, admin) -> None:  # type: ignore[no-untyped-def]
+    _, api_key, _ = client
+    other = admin("create-client", "--name", "other")
+    with pytest.raises(grpc.RpcError) as info:
+        auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
+            auth_pb2.AuthTestRequest(), metadata=creds(other["client_id"], api_key), timeout=5
+        )
+    assert error_reason(info.value) == "INVALID_API_KEY"
+
+
+def test_revoked_key_fails_on_next_request(channel, client, admin) -> None:  # type: ignore[no-untyped-def]
+    client_id, api_key, _ = client
+    stub = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
+    second = stub.CreateApiKey(
+        api_keys_pb2.CreateApiKeyRequest(name="to revoke"), metadata=creds(client_id, api_key)
+    )
+    assert second.api_key.startswith("zs_live_") and second.api_key != api_key
+    auth = auth_pb2_grpc.AuthServiceStub(channel)
+    auth.AuthTest(auth_pb2.AuthTestRequest(), metadata=creds(client_id, second.api_key))
+    stub.RevokeApiKey(
+        api_keys_pb2.RevokeApiKeyRequest(key_id=second.key_id), metadata=creds(client_id, api_key)
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        auth.AuthTest(auth_pb2.AuthTestRequest(), metadata=creds(client_id, second.api_key))
+    assert error_reason(info.value) == "INVALID_API_KEY"
+    listed = stub.ListApiKeys(api_keys_pb2.ListApiKeysRequest(), metadata=creds(client_id, api_key))
+    by_id = {k.key_id: k for k in listed.api_keys}
+    assert by_id[second.key_id].HasField("revoked_at")
+    assert by_id[second.key_id].last4 == second.api_key[-4:]
+    assert all(second.api_key not in str(k) for k in listed.api_keys)
+
+
+def test_test_keys_have_the_sandbox_prefix(channel, client) -> None:  # type: ignore[no-untyped-def]
+    client_id, api_key, _ = client
+    reply = api_keys_pb2_grpc.ApiKeyServiceStub(channel).CreateApiKey(
+        api_keys_pb2.CreateApiKeyRequest(name="sandbox", test=True), metadata=creds(client_id, api_key)
+    )
+    assert reply.api_key.startswith("zs_test_") and reply.test
+
+
+def test_keys_of_another_client_cannot_be_revoked(channel, client, admin) -> None:  # type: ignore[no-untyped-def]
+    client_id, api_key, key_id = client
+    other = admin("create-client", "--name", "intruder")
+    other_key = admin("create-key", "--client-id", other["client_id"])
+    with pytest.raises(grpc.RpcError) as info:
+        api_keys_pb2_grpc.ApiKeyServiceStub(channel).RevokeApiKey(
+            api_keys_pb2.RevokeApiKeyRequest(key_id=key_id),
+            metadata=creds(other["client_id"], other_key["api_key"]),
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
+        auth_pb2.AuthTestRequest(), metadata=creds(client_id, api_key)
+    )
+
+
+def test_every_public_rpc_requires_auth(channel) -> None:  # type: ignore[no-untyped-def]
+    """No public RPC, implemented or not yet, answers without credentials."""
+    import zimsend.v1.api_keys_pb2, zimsend.v1.devices_pb2, zimsend.v1.otp_pb2  # noqa: F401
+    import zimsend.v1.webhooks_pb2  # noqa: F401
+
+    pool = descriptor_pool.Default()
+    checked = 0
+    for service_name in sorted(PUBLIC_SERVICES):
+        service = pool.FindServiceByName(service_name)
+        for method in service.methods:
+            from google.protobuf import message_factory
+
+            request_cls = message_factory.GetMessageClass(method.input_type)
+            response_cls = message_factory.GetMessageClass(method.output_type)
+            path = f"/{service.full_name}/{method.name}"
+            if method.server_streaming:
+                call = channel.unary_stream(path, request_serializer=request_cls.SerializeToString,
+                                            response_deserializer=response_cls.FromString)
+                with pytest.raises(grpc.RpcError) as info:
+                    list(call(request_cls(), timeout=5))
+            else:
+                call = channel.unary_unary(path, request_serializer=request_cls.SerializeToString,
+                                           response_deserializer=response_cls.FromString)
+                with pytest.raises(grpc.RpcError) as info:
+                    call(request_cls(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+            assert error_reason(info.value) == "MISSING_AUTH_HEADERS", path
+            checked += 1
+    assert checked == 28  # every RPC of the six public services
+
+
+def test_health_reports_serving(channel) -> None:  # type: ignore[no-untyped-def]
+    stub = health_pb2_grpc.HealthStub(channel)
+    for name in ["", *sorted(ZIMSEND_SERVICES)]:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+def test_reflection_lists_every_service(channel) -> None:  # type: ignore[no-untyped-def]
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert ZIMSEND_SERVICES <= names
+    assert "grpc.health.v1.Health" in names
