@@ -36,6 +36,24 @@ T = TypeVar("T")
 log = logs.get("zimsend.rpc")
 
 
+class WorkSignal:
+    """"There is new work for client X": the SMS service notifies, the dispatcher listens.
+
+    In-process only (DESIGN "Dispatch": an in-process event on SQLite; PostgreSQL adds
+    LISTEN/NOTIFY so other replicas hear it too). Callbacks must be quick and non-blocking.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[str], None]] = []
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    def notify(self, client_id: str) -> None:
+        for listener in self._listeners:
+            listener(client_id)
+
+
 @dataclass
 class ServerState:
     """Process-wide state handed to every service: settings, database, pepper, and the
@@ -47,6 +65,7 @@ class ServerState:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="db")
     )
+    new_work: WorkSignal = field(default_factory=WorkSignal)
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def db_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
