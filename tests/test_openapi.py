@@ -111,6 +111,7 @@ def test_every_operation_is_described_and_answers_errors_with_the_envelope() -> 
     for method, path, op in operations():
         assert op.get("description"), f"{method} {path} has no comment"
         assert op["responses"]["default"] == {"$ref": "#/components/responses/Error"}
+    assert "buf:lint" not in json.dumps(DOC), "lint directives leaked into the documentation"
     error = DOC["components"]["responses"]["Error"]["content"]["application/json"]["schema"]
     envelope = DOC["components"]["schemas"][error["$ref"].rsplit("/", 1)[1]]
     assert {"success", "error", "code", "message", "details"} <= envelope["properties"].keys()

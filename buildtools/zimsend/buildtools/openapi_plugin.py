@@ -22,8 +22,11 @@ from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf.compiler import plugin_pb2
 from google.protobuf.descriptor_pb2 import (
     DescriptorProto,
+    EnumDescriptorProto,
     FieldDescriptorProto,
     FileDescriptorProto,
+    MethodDescriptorProto,
+    ServiceDescriptorProto,
 )
 
 PACKAGE = "zimsend.v1"
@@ -65,6 +68,7 @@ _WELL_KNOWN: dict[str, Schema] = {
     **{f".google.protobuf.{k}Value": _SCALARS[t] for k, t in _WRAPPERS.items()},
 }
 _HTTP_BODY = ".google.api.HttpBody"
+_BEHAVIOR, _REQUIRED = field_behavior_pb2.field_behavior, field_behavior_pb2.REQUIRED
 # Media types of our HttpBody responses (the history export serves CSV or JSON lines).
 _HTTP_BODY_MEDIA = ("application/x-ndjson", "text/csv")
 _ERROR = {"$ref": "#/components/responses/Error"}
@@ -102,7 +106,9 @@ _INFO = {
 
 
 def _comment(text: str) -> str:
-    return textwrap.dedent(text).strip()
+    """A proto comment as documentation, without buf's `buf:lint:ignore` directives."""
+    lines = textwrap.dedent(text).splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("buf:lint:")).strip()
 
 
 class _Api:
@@ -110,7 +116,7 @@ class _Api:
 
     def __init__(self, files: list[FileDescriptorProto]) -> None:
         self.messages: dict[str, tuple[DescriptorProto, str, tuple[int, ...]]] = {}
-        self.enums: dict[str, tuple[Any, str, tuple[int, ...]]] = {}
+        self.enums: dict[str, tuple[EnumDescriptorProto, str, tuple[int, ...]]] = {}
         self.comments: dict[tuple[str, tuple[int, ...]], str] = {}
         self.schemas: dict[str, Schema] = {}
         self.inputs: set[str] = set()
@@ -176,10 +182,10 @@ class _Api:
         schema: Schema = {"type": "object", **self.doc(file, path), "properties": {}}
         required = []
         for i, field in enumerate(message.field):
-            behaviors = set(field.options.Extensions[field_behavior_pb2.field_behavior])
+            behaviors = set(field.options.Extensions[_BEHAVIOR])
             is_input = full_name in self.inputs
             prop = {**self.field(field, is_input, is_input), **self.doc(file, (*path, 2, i))}
-            if field_behavior_pb2.REQUIRED in behaviors:
+            if _REQUIRED in behaviors:
                 required.append(field.name)
             if field_behavior_pb2.OUTPUT_ONLY in behaviors:
                 prop["readOnly"] = True
@@ -206,10 +212,9 @@ class _Api:
             schema = dict(_SCALARS[field.type])
         if field.label == T.LABEL_REPEATED:
             return {"type": "array", "items": schema}
-        if nullable and field.type_name not in (".google.protobuf.Value",):
-            behaviors = field.options.Extensions[field_behavior_pb2.field_behavior]
-            if field_behavior_pb2.REQUIRED not in behaviors:
-                schema = _or_null(schema)
+        required = _REQUIRED in field.options.Extensions[_BEHAVIOR]
+        if nullable and not required and field.type_name != ".google.protobuf.Value":
+            schema = _or_null(schema)  # proto3 JSON reads null as "not set"
         return schema
 
     def query(self, message: str, fields_prefix: str, skip: set[str], depth: int = 0) -> list[Schema]:
@@ -229,7 +234,7 @@ class _Api:
                 continue  # not expressible in a query string
             param = {"name": name, "in": "query", "schema": self.field(field, True),
                      **self.doc(file, (*path, 2, i))}
-            if field_behavior_pb2.REQUIRED in field.options.Extensions[field_behavior_pb2.field_behavior]:
+            if _REQUIRED in field.options.Extensions[_BEHAVIOR]:
                 param["required"] = True
             if field.label == T.LABEL_REPEATED:
                 param["explode"] = True
@@ -254,8 +259,12 @@ def _or_null(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _operation(api: _Api, service: Any, method: Any, rule: Any, comment: Schema) -> tuple[str, str, Schema]:
-    verb = rule.WhichOneof("pattern")
+def _operation(
+    api: _Api, service: ServiceDescriptorProto, method: MethodDescriptorProto,
+    rule: http_pb2.HttpRule, comment: Schema,
+) -> tuple[str, str, Schema]:
+    """One path, HTTP method and operation for one HTTP rule of an RPC."""
+    verb = str(rule.WhichOneof("pattern"))
     template = rule.custom.path if verb == "custom" else getattr(rule, verb)
     verb = rule.custom.kind.lower() if verb == "custom" else verb
     names = re.findall(r"\{([^}=]+)(?:=[^}]*)?\}", template)
@@ -273,23 +282,24 @@ def _operation(api: _Api, service: Any, method: Any, rule: Any, comment: Schema)
         first = comment["description"].split("\n\n")[0].replace("\n", " ")
         op["summary"] = re.split(r"(?<=\.)\s", first, maxsplit=1)[0]
     if rule.body == "*":
-        body_schema = api.ref(method.input_type) if not names else {}
+        full = api.message(method.input_type)
+        required = [name for name in full.get("required", []) if name not in names]
         if names:  # path fields are not in the body: inline the remaining properties
-            full = api.message(method.input_type)
             props = {k: v for k, v in full["properties"].items() if k not in names}
-            body_schema = {**full, "properties": props}
-            body_schema.pop("required", None)
-            if required := [r for r in full.get("required", []) if r in props]:
-                body_schema["required"] = required
+            body = {k: v for k, v in full.items() if k != "required"} | {"properties": props}
+            body |= {"required": required} if required else {}
+        else:
+            body = api.ref(method.input_type)
     elif rule.body:
         field, doc = api.lookup(method.input_type, rule.body)
-        body_schema = {**api.field(field, True), **doc}
+        body = {**api.field(field, True), **doc}
+        required = [rule.body] if _REQUIRED in field.options.Extensions[_BEHAVIOR] else []
         params += api.query(method.input_type, "", set(names) | {rule.body})
     else:
         params += api.query(method.input_type, "", set(names))
-    if rule.body:
-        op["requestBody"] = {"required": True,
-                             "content": {"application/json": {"schema": body_schema}}}
+    if rule.body:  # an empty body is an empty request message
+        op["requestBody"] = {"required": bool(required),
+                             "content": {"application/json": {"schema": body}}}
     if params:
         op["parameters"] = params
     if method.output_type == _HTTP_BODY:
