@@ -1,0 +1,63 @@
+"""Telling a refusal (stop: wrong password, disabled device) from a failure (retry).
+
+The server ends a refused call with UNAUTHENTICATED or PERMISSION_DENIED and a google.rpc
+ErrorInfo whose `reason` is stable (INVALID_DEVICE_CREDENTIALS, DEVICE_DISABLED, …), carried in
+the `grpc-status-details-bin` trailer. Both the trio agent and the asyncio fleet use this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+__all__ = ["Refusal", "error_reason", "refusal_of"]
+
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+_EXPLAINED = {
+    "INVALID_DEVICE_CREDENTIALS": "wrong device password (or unknown client/device id)",
+    "DEVICE_DISABLED": "this device is disabled on the server",
+    "DEVICE_DELETED": "this device was deleted on the server",
+    "DEVICE_NOT_FOUND": "this device does not exist on the server",
+    "PASSWORD_ROTATED": "the device password was rotated",
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The server refused this device; retrying with the same credentials cannot help."""
+
+    code: str
+    reason: str
+    details: str
+
+    def __str__(self) -> str:
+        explained = _EXPLAINED.get(self.reason)
+        head = f"refused: {explained}" if explained else f"refused ({self.code})"
+        tail = f" [{self.reason}]" if self.reason else ""
+        hint = " — re-pair the device with a new pairing URI" if self.reason in (
+            "INVALID_DEVICE_CREDENTIALS", "PASSWORD_ROTATED") else ""
+        server = f": {self.details}" if self.details else ""
+        return f"{head}{tail}{server}{hint}"
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The google.rpc.ErrorInfo reason in an error's trailing metadata, or ""."""
+    trailers = error.trailing_metadata() if isinstance(error, grpc.Call) else None
+    for key, value in trailers or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info.reason
+    return ""
+
+
+def refusal_of(error: grpc.RpcError) -> Refusal | None:
+    """A Refusal when `error` is UNAUTHENTICATED or PERMISSION_DENIED, else None."""
+    if not isinstance(error, grpc.Call) or error.code() not in _REFUSED:
+        return None
+    return Refusal(code=error.code().name, reason=error_reason(error), details=error.details() or "")
