@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from .models import Message, MessageStatus
 
@@ -49,23 +49,25 @@ def claim_due_messages(
     if limit <= 0:
         return []
     due = (
-        select(Message.id)
+        select(col(Message.id))
         .where(
-            Message.status == MessageStatus.QUEUED,
-            Message.client_id == client_id,
-            Message.test == test,
-            Message.due_at <= now,
-            or_(Message.expires_at.is_(None), Message.expires_at > now),
-            or_(Message.pinned_device_id.is_(None), Message.pinned_device_id == device_id),
+            col(Message.status) == MessageStatus.QUEUED,
+            col(Message.client_id) == client_id,
+            col(Message.test) == test,
+            col(Message.due_at) <= now,
+            or_(col(Message.expires_at).is_(None), col(Message.expires_at) > now),
+            or_(
+                col(Message.pinned_device_id).is_(None), col(Message.pinned_device_id) == device_id
+            ),
         )
-        .order_by(Message.priority, Message.due_at, Message.id)
+        .order_by(col(Message.priority), col(Message.due_at), col(Message.id))
         .limit(limit)
         .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
         .cte("due")
     )
     claim = (
         update(Message)
-        .where(Message.id.in_(select(due.c.id)), Message.status == MessageStatus.QUEUED)
+        .where(col(Message.id).in_(select(due.c.id)), col(Message.status) == MessageStatus.QUEUED)
         .values(status=MessageStatus.PROCESSING, device_id=device_id, processing_at=now)
         .returning(Message)
         .execution_options(synchronize_session=False, populate_existing=True)

@@ -41,7 +41,7 @@ def count_in_window(
         .values(client_id=client_id, scope=scope, window_start=window_start, count=1)
         .on_conflict_do_update(
             index_elements=["client_id", "scope", "window_start"],
-            set_={"count": RateLimitBucket.count + 1},  # type: ignore[operator]
+            set_={"count": RateLimitBucket.count + 1},
         )
         .returning(RateLimitBucket.count)
     )

@@ -6,12 +6,18 @@ Migrations run through `zimsend.server.storage.schema`, which passes an open con
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from zimsend.server.storage.models import metadata
 
 config = context.config
 # render_as_batch: SQLite can alter tables only by copying them; batch mode does that for us.
-_options = {"target_metadata": metadata, "render_as_batch": True, "compare_type": True}
+_options: dict[str, Any] = {
+    "target_metadata": metadata,
+    "render_as_batch": True,
+    "compare_type": True,
+}
 
 
 def run_migrations() -> None:
