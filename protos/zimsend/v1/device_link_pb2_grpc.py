@@ -48,6 +48,8 @@ class DeviceLinkServiceServicer:
 
     def Connect(self, request_iterator, context):
         """Open the device's stream: DeviceFrames up, ServerFrames down.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,10 @@ class DeviceLinkServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DeviceLinkServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_device_link_pb2.DeviceFrame, _device_link_pb2.ServerFrame]
-    """Open the device's stream: DeviceFrames up, ServerFrames down."""
+    """Open the device's stream: DeviceFrames up, ServerFrames down.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class DeviceLinkServiceAsyncStub(DeviceLinkServiceStub):
@@ -62,7 +65,10 @@ class DeviceLinkServiceAsyncStub(DeviceLinkServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_device_link_pb2.DeviceFrame, _device_link_pb2.ServerFrame]  # type: ignore[assignment]
-    """Open the device's stream: DeviceFrames up, ServerFrames down."""
+    """Open the device's stream: DeviceFrames up, ServerFrames down.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 class DeviceLinkServiceServicer(metaclass=_abc_1.ABCMeta):
     """The stream every phone holds. Not exposed through the REST API."""
@@ -73,6 +79,9 @@ class DeviceLinkServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_device_link_pb2.DeviceFrame],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_device_link_pb2.ServerFrame], _abc.AsyncIterator[_device_link_pb2.ServerFrame]]:
-        """Open the device's stream: DeviceFrames up, ServerFrames down."""
+        """Open the device's stream: DeviceFrames up, ServerFrames down.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
 def add_DeviceLinkServiceServicer_to_server(servicer: DeviceLinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -50,7 +50,9 @@ class SmsServiceStub:
     ListSmsHistory: _grpc.UnaryUnaryMultiCallable[_sms_pb2.ListSmsHistoryRequest, _sms_pb2.ListSmsHistoryResponse]
     """Paged, filtered list of messages."""
     ExportSmsHistory: _grpc.UnaryStreamMultiCallable[_sms_pb2.ExportSmsHistoryRequest, _httpbody_pb2.HttpBody]
-    """The whole history for a date range as CSV or JSON lines, streamed."""
+    """The whole history for a date range as CSV or JSON lines, streamed.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetSmsStats: _grpc.UnaryUnaryMultiCallable[_sms_pb2.GetSmsStatsRequest, _sms_pb2.GetSmsStatsResponse]
     """Aggregated counts per day."""
     CancelSms: _grpc.UnaryUnaryMultiCallable[_sms_pb2.CancelSmsRequest, _sms_pb2.CancelSmsResponse]
@@ -76,7 +78,9 @@ class SmsServiceAsyncStub(SmsServiceStub):
     ListSmsHistory: _aio.UnaryUnaryMultiCallable[_sms_pb2.ListSmsHistoryRequest, _sms_pb2.ListSmsHistoryResponse]  # type: ignore[assignment]
     """Paged, filtered list of messages."""
     ExportSmsHistory: _aio.UnaryStreamMultiCallable[_sms_pb2.ExportSmsHistoryRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
-    """The whole history for a date range as CSV or JSON lines, streamed."""
+    """The whole history for a date range as CSV or JSON lines, streamed.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetSmsStats: _aio.UnaryUnaryMultiCallable[_sms_pb2.GetSmsStatsRequest, _sms_pb2.GetSmsStatsResponse]  # type: ignore[assignment]
     """Aggregated counts per day."""
     CancelSms: _aio.UnaryUnaryMultiCallable[_sms_pb2.CancelSmsRequest, _sms_pb2.CancelSmsResponse]  # type: ignore[assignment]
@@ -135,7 +139,9 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sms_pb2.ExportSmsHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
-        """The whole history for a date range as CSV or JSON lines, streamed."""
+        """The whole history for a date range as CSV or JSON lines, streamed.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetSmsStats(
