@@ -76,6 +76,7 @@ def _postgres_shared_database(postgres_server: PostgresServer) -> str:
 
 def _empty_postgres_database(url: str) -> None:
     import psycopg
+
     from zimsend.server.storage import metadata
 
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:

@@ -6,6 +6,7 @@ import base64
 import re
 
 import pytest
+
 from zimsend.server import secrets
 
 PEPPER = b"pepper-for-tests-0123456789abcdef"

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import exc, func, inspect, select, text
+
 from zimsend.server.secrets import new_id
 from zimsend.server.storage import (
     ApiKey,
@@ -22,6 +23,7 @@ from zimsend.server.storage import (
     count_in_window,
     get_for_client,
     mark_report_processed,
+    normalize_url,
     schema,
     utcnow,
 )
@@ -97,6 +99,35 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (schema.MIGRATIONS_DIR / "env.py").is_file()
     assert schema.MIGRATIONS_DIR.parent.name == "storage"
     assert list((schema.MIGRATIONS_DIR / "versions").glob("0001_*.py"))
+
+
+def test_missing_postgres_binaries_fail_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import _pg
+
+    monkeypatch.delenv("ZIMSEND_PG_BINDIR", raising=False)
+    monkeypatch.setattr(_pg.shutil, "which", lambda _: None)
+    monkeypatch.setattr(_pg.glob, "glob", lambda _: [])
+    with pytest.raises(_pg.PostgresNotInstalled, match="apt-get install postgresql-15"):
+        _pg.find_bindir()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db"],
+)
+def test_postgres_urls_use_psycopg_3(url: str) -> None:
+    assert normalize_url(url).drivername == "postgresql+psycopg"
+
+
+def test_an_in_memory_sqlite_database_is_shared_by_threads() -> None:
+    db = Database.from_url("sqlite://")
+    db.migrate()
+    seed_client(db)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(lambda: db.session().__enter__().get(Client, "client_a")).result()
+    db.dispose()
 
 
 # --- Types and constraints ------------------------------------------------------------------

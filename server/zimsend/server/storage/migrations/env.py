@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from alembic import context
+
 from zimsend.server.storage.models import metadata
 
 config = context.config
