@@ -43,8 +43,12 @@ class Refusal:
 
 
 def error_reason(error: grpc.RpcError) -> str:
-    """The google.rpc.ErrorInfo reason in an error's trailing metadata, or ""."""
-    trailers = error.trailing_metadata() if isinstance(error, grpc.Call) else None
+    """The google.rpc.ErrorInfo reason in an error's trailing metadata, or "".
+
+    Works for sync errors (which are `grpc.Call`s) and grpc.aio's `AioRpcError` (which is not,
+    but has the same accessors)."""
+    trailing = getattr(error, "trailing_metadata", None)
+    trailers = trailing() if callable(trailing) else None
     for key, value in trailers or ():
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
             continue
@@ -58,6 +62,10 @@ def error_reason(error: grpc.RpcError) -> str:
 
 def refusal_of(error: grpc.RpcError) -> Refusal | None:
     """A Refusal when `error` is UNAUTHENTICATED or PERMISSION_DENIED, else None."""
-    if not isinstance(error, grpc.Call) or error.code() not in _REFUSED:
+    code = getattr(error, "code", None)
+    status = code() if callable(code) else None
+    if status not in _REFUSED:
         return None
-    return Refusal(code=error.code().name, reason=error_reason(error), details=error.details() or "")
+    assert isinstance(status, grpc.StatusCode)
+    details = error.details() if callable(getattr(error, "details", None)) else ""  # type: ignore[attr-defined]
+    return Refusal(code=status.name, reason=error_reason(error), details=details or "")

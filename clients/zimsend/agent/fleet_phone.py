@@ -1,0 +1,298 @@
+"""One simulated phone of a fleet, on asyncio and grpc.aio.
+
+Why asyncio here when the agent is trio: a fleet holds thousands of streams in one process, and
+the agent's design (grpcio's sync API, two threads per stream) would need thousands of threads.
+grpcio's async API is asyncio-only and is the only fast path for that many streams (DESIGN.md,
+Concurrency). "One process, one model": the fleet program is asyncio throughout and never runs
+trio; it shares only the framework-free modules with the agent — the journal (the same
+exactly-once rules, on a shared in-memory database), the simulation model, segments, backoff,
+refusal parsing and the keepalive options.
+
+Frame handling mirrors zimsend.agent.session: DeviceHello (with pending ids) → Welcome →
+SendCommand admitted by the journal then acknowledged → reports until ReportAck, replayed on
+every new stream → Heartbeats; Reconnect and refusals as in zimsend.agent.supervisor.
+
+Cancellation: cancelling `run()` cancels the stream and the phone's tasks; in-flight simulated
+sends are abandoned (there is no SIM to protect, and the journal is in memory anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import grpc
+
+from zimsend.agent.backoff import Backoff
+from zimsend.agent.channel import KEEPALIVE_OPTIONS
+from zimsend.agent.journal import Journal, Verdict
+from zimsend.agent.refusal import refusal_of
+from zimsend.agent.senders.base import SendRequest
+from zimsend.agent.simulation import Simulation
+from zimsend.segments import plan
+from zimsend.v1 import common_pb2
+from zimsend.v1 import device_link_pb2 as pb
+from zimsend.v1 import device_link_pb2_grpc as pb_grpc
+
+__all__ = ["FleetPhone", "FleetStats"]
+
+log = logging.getLogger("zimsend.fleet")
+
+_FATAL_RECONNECT = ("DEVICE_DELETED", "DEVICE_DISABLED", "PASSWORD_ROTATED")
+
+
+@dataclass
+class FleetStats:
+    """Counters shared by every phone of a fleet (one event loop: no locking needed)."""
+
+    phones: int = 0
+    connected: int = 0
+    refused: int = 0
+    stopped: int = 0
+    reconnects: int = 0
+    commands: int = 0
+    sends: int = 0
+    failures: int = 0
+    reports_sent: int = 0
+    reports_acked: int = 0
+    inbound: int = 0
+
+
+@dataclass
+class FleetPhone:
+    """A simulated phone: its credentials, journal, simulation and live settings."""
+
+    device_id: str
+    client_id: str
+    password: str = field(repr=False)
+    journal: Journal = field(repr=False, default=None)  # type: ignore[assignment]
+    simulation: Simulation = field(repr=False, default=None)  # type: ignore[assignment]
+    stats: FleetStats = field(default_factory=FleetStats, repr=False)
+    server: str = "127.0.0.1:50051"
+    credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
+    backoff: Backoff = field(default_factory=Backoff, repr=False)
+    settings: pb.DeviceSettings | None = None
+    # report id -> (frame, generation): a re-added report gets a new generation and is re-sent
+    _pending: dict[str, tuple[pb.DeviceFrame, int]] = field(default_factory=dict, repr=False)
+    _generation: int = 0
+    _welcomed_at: float | None = None
+    _heap: list[tuple[int, int, pb.SendCommand]] = field(default_factory=list, repr=False)
+    _queued: set[str] = field(default_factory=set, repr=False)
+    _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _reports_changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _last_send: float | None = None
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect; return when refused or told to stop."""
+        self.journal.recover()
+        self._pending = {rid: (f, 0) for rid, f in self.journal.unacked_reports()}
+        for command in self.journal.queued():
+            self._enqueue(command)
+        executor = asyncio.create_task(self._executor())
+        try:
+            await self._supervise()
+        finally:
+            executor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await executor
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._welcomed_at = None
+            minimum = 0.0
+            channel = (grpc.aio.secure_channel(self.server, self.credentials, KEEPALIVE_OPTIONS)
+                       if self.credentials else
+                       grpc.aio.insecure_channel(self.server, KEEPALIVE_OPTIONS))
+            try:
+                call = pb_grpc.DeviceLinkServiceStub(channel).Connect(metadata=(
+                    ("x-client-id", self.client_id), ("x-device-id", self.device_id),
+                    ("x-device-password", self.password)))
+                await self._session(call)
+            except grpc.aio.AioRpcError as exc:
+                if (refusal := refusal_of(exc)) is not None:
+                    self.stats.refused += 1
+                    log.error("%s %s", self.device_id, refusal)
+                    return
+                log.info("%s link lost: %s", self.device_id, exc.code().name)
+            except _Reconnect as exc:
+                if exc.reason in _FATAL_RECONNECT:
+                    self.stats.stopped += 1
+                    log.error("%s stopped by the server: %s", self.device_id, exc.reason)
+                    return
+                minimum = exc.retry_after_ms / 1000
+                self.backoff.reset()  # the server asked: this link was healthy
+            except (TimeoutError, _LinkClosed) as exc:
+                log.info("%s link lost: %s", self.device_id, type(exc).__name__)
+            finally:
+                await channel.close()
+            if self._welcomed_at is not None and loop.time() - self._welcomed_at >= 10:
+                self.backoff.reset()
+            self.stats.reconnects += 1
+            await asyncio.sleep(minimum + self.backoff.next())
+
+    async def _session(self, call: grpc.aio.StreamStreamCall) -> None:
+        await call.write(pb.DeviceFrame(hello=pb.DeviceHello(
+            model="ZimSend Fleet Simulator", android_version="fleet", app_version="fleet",
+            sims=[common_pb2.SimSlot(slot=0, carrier="SimNet")],
+            pending_message_ids=self.journal.pending_message_ids())))
+        first = await asyncio.wait_for(call.read(), 30)
+        if first is grpc.aio.EOF or not first.HasField("welcome"):
+            raise _LinkClosed()
+        self._apply(first.welcome.settings)
+        self._welcomed_at = asyncio.get_running_loop().time()
+        self.stats.connected += 1
+        tasks = [asyncio.create_task(self._pump_reports(call)),
+                 asyncio.create_task(self._heartbeats(call))]
+        try:
+            await self._read(call)
+        finally:
+            self.stats.connected -= 1
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            call.cancel()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            frame = await call.read()
+            if frame is grpc.aio.EOF:
+                raise _LinkClosed()
+            kind = frame.WhichOneof("frame")
+            if kind == "send":
+                self.stats.commands += 1
+                admission = self.journal.admit(frame.send)
+                await call.write(pb.DeviceFrame(ack=pb.CommandAck(
+                    command_id=frame.send.command_id, accepted=True)))
+                if admission.verdict is Verdict.NEW:
+                    self._enqueue(frame.send)
+                elif admission.verdict is Verdict.REREPORT:
+                    self._add_reports(admission.reports)
+            elif kind == "cancel":
+                done = self.journal.cancel(frame.cancel.message_id)
+                self._queued.discard(frame.cancel.message_id)
+                await call.write(pb.DeviceFrame(ack=pb.CommandAck(
+                    command_id=frame.cancel.command_id, accepted=done,
+                    reason="" if done else "too late")))
+            elif kind in ("settings", "welcome"):
+                self._apply(frame.settings if kind == "settings" else frame.welcome.settings)
+            elif kind == "ping":
+                await call.write(pb.DeviceFrame(pong=pb.Pong(nonce=frame.ping.nonce)))
+            elif kind == "report_ack":
+                ids = list(frame.report_ack.report_ids)
+                self.stats.reports_acked += self.journal.ack_reports(ids)
+                for rid in ids:
+                    self._pending.pop(rid, None)
+            elif kind == "reconnect":
+                raise _Reconnect(frame.reconnect.reason, frame.reconnect.retry_after_ms)
+
+    async def _pump_reports(self, call: grpc.aio.StreamStreamCall) -> None:
+        sent: dict[str, int] = {}
+        while True:
+            self._reports_changed.clear()
+            for rid, (frame, generation) in list(self._pending.items()):
+                if sent.get(rid) != generation and rid in self._pending:
+                    await call.write(frame)
+                    sent[rid] = generation
+                    self.stats.reports_sent += 1
+            await self._reports_changed.wait()
+
+    async def _heartbeats(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            h = self.simulation.health()
+            await call.write(pb.DeviceFrame(heartbeat=pb.Heartbeat(
+                battery=h.battery, charging=h.charging, signal=h.signal,
+                queue_depth=len(self._queued))))
+            interval = self.settings.heartbeat_interval_seconds if self.settings else 0
+            await asyncio.sleep(interval if interval > 0 else 30)
+
+    # --- the SIM side ---------------------------------------------------------------------
+
+    def _apply(self, settings: pb.DeviceSettings) -> None:
+        self.settings = pb.DeviceSettings()
+        self.settings.CopyFrom(settings)
+        self._changed.set()
+
+    def _enqueue(self, command: pb.SendCommand) -> None:
+        if command.message_id not in self._queued:
+            rank = command.priority if 1 <= command.priority <= 5 else 3
+            heapq.heappush(self._heap, (rank, next(self._seq), command))
+            self._queued.add(command.message_id)
+            self._changed.set()
+
+    def _add_reports(self, frames: list[pb.DeviceFrame]) -> None:
+        self._generation += 1
+        for frame in frames:
+            rid = frame.report.report_id if frame.HasField("report") else frame.inbound.report_id
+            self._pending[rid] = (frame, self._generation)
+        if frames:
+            self._reports_changed.set()
+
+    async def _executor(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            s = self.settings
+            wait: float | None = None
+            if s is None or not s.enabled or not self._queued:
+                wait = 3600.0
+            elif s.daily_cap > 0 and self.journal.sends_since(_midnight()) >= s.daily_cap:
+                wait = 60.0
+            elif self._last_send is not None:
+                remaining = self._last_send + s.send_interval_ms / 1000 - loop.time()
+                wait = remaining if remaining > 0 else None
+            if wait is not None:
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
+                continue
+            _, _, command = heapq.heappop(self._heap)
+            if command.message_id not in self._queued:
+                continue
+            self._queued.discard(command.message_id)
+            if not self.journal.begin_send(command.message_id):
+                continue
+            self._last_send = loop.time()
+            request = SendRequest(command.message_id, command.to, command.body,
+                                  tuple(plan(command.body).parts))
+            decision = self.simulation.decide(command.message_id)
+            await asyncio.sleep(decision.delay)
+            result = self.simulation.complete(request, decision)
+            self._add_reports(self.journal.finish_send(command.message_id, result))
+            if result.ok:
+                self.stats.sends += 1
+                if decision.delivery_delay is not None:
+                    loop.call_later(decision.delivery_delay, self._delivered, request)
+            else:
+                self.stats.failures += 1
+
+    def _delivered(self, request: SendRequest) -> None:
+        for report in self.simulation.delivery_reports(request):
+            self._add_reports(self.journal.record_delivery(report))
+
+    def inject_inbound(self) -> None:
+        """Make this phone "receive" a simulated SMS."""
+        self.stats.inbound += 1
+        self._add_reports([self.journal.add_inbound(self.simulation.next_inbound())])
+
+
+class _LinkClosed(Exception):
+    pass
+
+
+class _Reconnect(Exception):
+    def __init__(self, reason: str, retry_after_ms: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_ms = retry_after_ms
+
+
+def _midnight() -> float:
+    now = datetime.now().astimezone()
+    return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
