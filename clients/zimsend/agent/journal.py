@@ -110,6 +110,7 @@ class Journal:
 
     def __init__(self, db: sqlite3.Connection, device: str) -> None:
         self._db = db
+        db.row_factory = sqlite3.Row
         self.device = device
         db.executescript(_SCHEMA)
         row = db.execute(
@@ -244,17 +245,17 @@ class Journal:
         """After a restart: every `sending` row (crash mid-handoff) becomes `unknown` and is
         reported FAILED/DEVICE_ERROR. It is never re-sent (see the module docstring)."""
         with self._tx():
+            crashed = [str(r[0]) for r in self._db.execute(
+                "SELECT message_id FROM messages WHERE device = ? AND state = 'sending'"
+                " ORDER BY rowid", (self.device,))]
             self._db.execute(
                 "UPDATE messages SET state = 'unknown', error_code = 'DEVICE_ERROR',"
                 " error_message = ?, updated_at = ? WHERE device = ? AND state = 'sending'",
                 ("outcome unknown: the agent stopped while handing this message to the SIM;"
                  " not re-sent, so that it is never sent twice", time.time(), self.device),
             )
-            rows = self._db.execute(
-                "SELECT * FROM messages WHERE device = ? AND state = 'unknown'", (self.device,)
-            ).fetchall()
-            frames = [f for r in rows for f in self._outcome_reports(r)]
-            return self._store(frames)
+            rows = [self._row(mid) for mid in crashed]
+            return self._store([f for r in rows if r is not None for f in self._outcome_reports(r)])
 
     def sends_since(self, since: float) -> int:
         """Messages handed to the SIM since `since` (epoch seconds): the daily cap's count."""
@@ -331,11 +332,9 @@ class Journal:
         self._db.execute("COMMIT")
 
     def _row(self, message_id: str) -> sqlite3.Row | None:
-        cur = self._db.execute(
+        row: sqlite3.Row | None = self._db.execute(
             "SELECT * FROM messages WHERE device = ? AND message_id = ?", (self.device, message_id)
-        )
-        cur.row_factory = sqlite3.Row
-        row: sqlite3.Row | None = cur.fetchone()
+        ).fetchone()
         return row
 
     def _outcome_reports(self, row: sqlite3.Row, at: datetime | None = None) -> list[pb.DeviceFrame]:
