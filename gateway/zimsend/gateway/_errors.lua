@@ -1,0 +1,287 @@
+-- ZimSend's error envelope for REST callers (SPEC.md §1), as an Envoy Lua filter.
+--
+-- It sits before the gRPC-JSON transcoder, so on the way in it sees the REST request as the
+-- client sent it, and on the way out it sees the JSON the transcoder produced.
+--
+-- Requests: marks REST requests with `x-zimsend-rest` (local_reply_config keys its JSON
+-- mappers on it, so native gRPC and gRPC-Web callers keep plain gRPC statuses), remembers the
+-- method and path for error messages, and enforces the body size limit (the transcoder's own
+-- `max_request_body_size` does not trip for a body it can parse as it streams).
+--
+-- Responses (JSON only, status >= 400):
+-- * a google.rpc.Status from the server (`{"code":…,"message":…,"details":[…]}`) gets
+--   `"success":false,"error":{"code":<zimsend-error-code header>,"message":<same message>}`
+--   added in front; code, message and details stay byte for byte what the server sent;
+-- * Envoy's own errors already carry the envelope (local_reply_config); their terse parser
+--   messages are rewritten into ones that say what to fix, and an unknown enum name for
+--   `zimsend.v1.Priority` becomes INVALID_PRIORITY.
+-- Every error response also gets the `zimsend-error-code` header.
+
+local REST_MARKER = "x-zimsend-rest"
+local ERROR_CODE_HEADER = "zimsend-error-code"
+local MAX_BODY_BYTES = __MAX_BODY_BYTES__
+-- Full enum name -> accepted value names, filled in from the descriptor set.
+local ENUM_VALUES = __ENUM_VALUES__
+
+local GRPC_NAMES = {
+  [1] = "CANCELLED", [2] = "UNKNOWN", [3] = "INVALID_REQUEST", [4] = "DEADLINE_EXCEEDED",
+  [5] = "NOT_FOUND", [6] = "ALREADY_EXISTS", [7] = "PERMISSION_DENIED",
+  [8] = "RATE_LIMIT_EXCEEDED", [9] = "FAILED_PRECONDITION", [10] = "ABORTED",
+  [11] = "OUT_OF_RANGE", [12] = "UNIMPLEMENTED", [13] = "INTERNAL", [14] = "UNAVAILABLE",
+  [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
+}
+
+local TYPE_WORDS = {
+  TYPE_STRING = "a string", TYPE_BOOL = "true or false", TYPE_INT32 = "an integer",
+  TYPE_INT64 = "an integer", TYPE_UINT32 = "a non-negative integer",
+  TYPE_UINT64 = "a non-negative integer", TYPE_SINT32 = "an integer",
+  TYPE_SINT64 = "an integer", TYPE_FIXED32 = "a non-negative integer",
+  TYPE_FIXED64 = "a non-negative integer", TYPE_DOUBLE = "a number", TYPE_FLOAT = "a number",
+  TYPE_BYTES = "base64 text",
+}
+
+-- JSON text helpers ------------------------------------------------------------------------
+
+local function json_string(s)
+  local escaped = s:gsub('[%c"\\]', function(c)
+    if c == '"' then return '\\"' end
+    if c == "\\" then return "\\\\" end
+    if c == "\n" then return "\\n" end
+    if c == "\r" then return "\\r" end
+    if c == "\t" then return "\\t" end
+    return string.format("\\u%04x", c:byte())
+  end)
+  return '"' .. escaped .. '"'
+end
+
+local function utf8_char(cp)
+  if cp < 0x80 then return string.char(cp) end
+  if cp < 0x800 then
+    return string.char(0xC0 + math.floor(cp / 0x40), 0x80 + cp % 0x40)
+  end
+  if cp < 0x10000 then
+    return string.char(0xE0 + math.floor(cp / 0x1000), 0x80 + math.floor(cp / 0x40) % 0x40,
+      0x80 + cp % 0x40)
+  end
+  return string.char(0xF0 + math.floor(cp / 0x40000), 0x80 + math.floor(cp / 0x1000) % 0x40,
+    0x80 + math.floor(cp / 0x40) % 0x40, 0x80 + cp % 0x40)
+end
+
+-- The JSON string literal starting at `start` (on its opening quote): returns the literal as
+-- written and the index just after it.
+local function string_literal_at(text, start)
+  local i = start + 1
+  local n = #text
+  while i <= n do
+    local c = text:sub(i, i)
+    if c == "\\" then
+      i = i + 2
+    elseif c == '"' then
+      return text:sub(start, i), i + 1
+    else
+      i = i + 1
+    end
+  end
+  return nil, nil
+end
+
+local ESCAPES = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n",
+  r = "\r", t = "\t" }
+
+local function decode_literal(literal)
+  local body = literal:sub(2, -2)
+  local out = {}
+  local i = 1
+  local n = #body
+  while i <= n do
+    local c = body:sub(i, i)
+    if c == "\\" then
+      local e = body:sub(i + 1, i + 1)
+      if e == "u" then
+        local cp = tonumber(body:sub(i + 2, i + 5), 16) or 63
+        local consumed = 6
+        if cp >= 0xD800 and cp <= 0xDBFF and body:sub(i + 6, i + 7) == "\\u" then
+          local low = tonumber(body:sub(i + 8, i + 11), 16) or 0
+          cp = 0x10000 + (cp - 0xD800) * 0x400 + (low - 0xDC00)
+          consumed = 12
+        end
+        out[#out + 1] = utf8_char(cp)
+        i = i + consumed
+      else
+        out[#out + 1] = ESCAPES[e] or e
+        i = i + 2
+      end
+    else
+      out[#out + 1] = c
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
+-- The first `"key":"…"` string literal in `text` (as written), and where it starts.
+local function find_string_field(text, key)
+  local pattern = '"' .. key .. '":%s*"'
+  local s, e = text:find(pattern)
+  if not s then return nil end
+  local literal = string_literal_at(text, e)
+  return literal, s
+end
+
+-- Messages ---------------------------------------------------------------------------------
+
+local function enum_hint(enum_name)
+  local values = ENUM_VALUES[enum_name]
+  if values then return " Accepted: " .. values .. "." end
+  return ""
+end
+
+-- What to say about a 400 Envoy produced itself; returns code, message.
+local function explain_bad_request(raw)
+  -- Unknown enum name: `priority: invalid value "super" for type type.googleapis.com/zimsend.v1.Priority`
+  local field, value, enum_name = raw:match("^([%w_%.%[%]]*): invalid value (.-) for type type%.googleapis%.com/([%w_%.]+)$")
+  if enum_name then
+    local code = "INVALID_REQUEST"
+    if enum_name == "zimsend.v1.Priority" then code = "INVALID_PRIORITY" end
+    return code, "Invalid value " .. value .. " for `" .. field .. "`." .. enum_hint(enum_name)
+  end
+  -- Wrong JSON type or unparsable query value: `limit: invalid value "abc" for type TYPE_INT32`
+  local field2, value2, proto_type = raw:match("^([%w_%.%[%]]*): invalid value (.-) for type (TYPE_[%u%d]+)$")
+  if proto_type then
+    local expected = TYPE_WORDS[proto_type] or proto_type
+    return "INVALID_REQUEST", "Invalid value " .. value2 .. " for `" .. field2 .. "`: expected "
+      .. expected .. "."
+  end
+  -- Unknown query parameter: `Could not find field "foo" in the type "zimsend.v1.AuthTestRequest".`
+  local param = raw:match('^Could not find field "([^"]*)" in the type')
+  if param then
+    return "INVALID_REQUEST", "Unknown query parameter `" .. param
+      .. "`; see /v1/openapi.json for the parameters of this endpoint."
+  end
+  -- JSON syntax errors echo the input with a caret under the error: keep the first line and
+  -- turn the caret into a position.
+  local first, segment, caret = raw:match("^(.-)\n(.*)\n( *)%^%s*$")
+  if first then
+    first = first:gsub("%.$", "")
+    local col = #caret + 1
+    local near = segment:sub(math.max(1, col - 15), col + 10)
+    return "INVALID_REQUEST", "Request body is not valid JSON: " .. first .. ", near `" .. near
+      .. "`."
+  end
+  if raw:find("Root element must be a message", 1, true) then
+    return "INVALID_REQUEST", "Request body must be a JSON object."
+  end
+  local where, what = raw:match("^([%w_%.%[%]]*): (.*)$")
+  if what then
+    local prefix = "Invalid request body: "
+    if where ~= "" then prefix = "Invalid value for `" .. where .. "`: " end
+    return "INVALID_REQUEST", prefix .. what
+  end
+  return "INVALID_REQUEST", "Invalid request: " .. raw
+end
+
+local function envelope(code, grpc_code, message, details)
+  local text = json_string(message)
+  return '{"success":false,"error":{"code":' .. json_string(code) .. ',"message":' .. text
+    .. '},"code":' .. grpc_code .. ',"message":' .. text .. ',"details":' .. details .. '}'
+end
+
+local function error_info(code)
+  return '[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":' .. json_string(code)
+    .. ',"domain":"zimsend.dev","metadata":{}}]'
+end
+
+-- Filter callbacks -------------------------------------------------------------------------
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local content_type = headers:get("content-type") or ""
+  if content_type:sub(1, 16) == "application/grpc" then
+    headers:remove(REST_MARKER)
+    return
+  end
+  headers:replace(REST_MARKER, "1")
+  local method = headers:get(":method") or ""
+  local path = (headers:get(":path") or ""):gsub("%?.*$", "")
+  local meta = handle:streamInfo():dynamicMetadata()
+  meta:set("zimsend", "method", method)
+  meta:set("zimsend", "path", path)
+
+  local length = tonumber(headers:get("content-length") or "")
+  if length and length > MAX_BODY_BYTES then
+    -- local_reply_config writes the envelope for the 413.
+    handle:respond({ [":status"] = "413" }, "request body too large")
+    return
+  end
+  if method ~= "GET" and method ~= "HEAD" and method ~= "DELETE" and method ~= "OPTIONS" then
+    -- Buffer the (small) REST body: a chunked body over the stream's buffer limit (the
+    -- listener's per-connection limit, set to the body limit) is then refused with a 413.
+    handle:body()
+  end
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local status = tonumber(headers:get(":status") or "") or 0
+  if status < 400 then return end
+  local content_type = headers:get("content-type") or ""
+  if content_type:sub(1, 16) ~= "application/json" then return end
+
+  local server_code = headers:get(ERROR_CODE_HEADER)
+  -- Set by the local rate limit for native gRPC callers; the JSON body says the same.
+  headers:remove("grpc-status-details-bin")
+  -- Buffering the body yields: header handles taken before it are dead afterwards.
+  local buffer = handle:body()
+  if buffer == nil then return end
+  local text = buffer:getBytes(0, buffer:length())
+  headers = handle:headers()
+
+  if server_code == nil and text:find('"success":%s*false') then
+    -- Envoy's own error, already an envelope (local_reply_config): refine the transcoder's
+    -- terse messages and write it in the same key order as the server's errors.
+    local literal = find_string_field(text, "message")
+    local code = text:match('"error":%s*{%s*"code":%s*"([%w_]+)"')
+    local grpc_code = tonumber(text:match('"code":%s*(%d+)') or "")
+    if literal == nil or code == nil or grpc_code == nil then return end
+    local message = decode_literal(literal)
+    if status == 404 then
+      local meta = handle:streamInfo():dynamicMetadata():get("zimsend") or {}
+      message = "No endpoint " .. (meta["method"] or "") .. " " .. (meta["path"] or "")
+        .. "; the API is described at /v1/openapi.json."
+    elseif status == 400 then
+      code, message = explain_bad_request(message)
+    end
+    local details = error_info(code)
+    local retry_after = tonumber(headers:get("retry-after") or "")
+    if status == 429 and retry_after then
+      details = details:sub(1, -2) .. ',{"@type":"type.googleapis.com/google.rpc.RetryInfo",'
+        .. '"retry_delay":"' .. retry_after .. 's"}]'
+    end
+    local new = envelope(code, grpc_code, message, details)
+    buffer:setBytes(new)
+    headers:replace("content-length", tostring(#new))
+    headers:replace(ERROR_CODE_HEADER, code)
+    return
+  end
+
+  -- A google.rpc.Status from the server (or a bare gRPC status Envoy converted).
+  local grpc_code = tonumber(text:match('^%s*{%s*"code":%s*(%d+)') or "")
+  if grpc_code == nil then return end
+  local literal = find_string_field(text, "message") or '""'
+  local reason = text:match('"@type":%s*"type%.googleapis%.com/google%.rpc%.ErrorInfo",%s*"reason":%s*"([%w_]+)"')
+  local code = server_code or reason or GRPC_NAMES[grpc_code] or "INTERNAL"
+  if reason == nil then
+    -- No ErrorInfo (a bare gRPC status, not one of ours): give it the one SPEC promises.
+    local new = envelope(code, grpc_code, decode_literal(literal), error_info(code))
+    buffer:setBytes(new)
+    headers:replace("content-length", tostring(#new))
+    headers:replace(ERROR_CODE_HEADER, code)
+    return
+  end
+  local rest = text:gsub("^%s*{", "", 1)
+  local new = '{"success":false,"error":{"code":' .. json_string(code) .. ',"message":'
+    .. literal .. '},' .. rest
+  buffer:setBytes(new)
+  headers:replace("content-length", tostring(#new))
+  headers:replace(ERROR_CODE_HEADER, code)
+end
