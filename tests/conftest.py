@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ import pytest
 from _pg import PostgresNotInstalled, PostgresServer
 
 if TYPE_CHECKING:
+    from zimsend.gateway import EnvoyProcess
     from zimsend.server.config import Settings
     from zimsend.server.storage import Database
 
@@ -152,3 +154,102 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -
         secret_pepper=TEST_PEPPER,
         webhooks_allow_insecure=True,
     )
+
+
+# --- Real processes -------------------------------------------------------------------------
+#
+#   zimsend_env            module: environment for ZimSend children (temp data dir, test pepper)
+#   server                 module: a real `zimsend serve` process -> (Program, grpc address)
+#   admin                  module: run `zimsend admin …` against that server's database
+
+
+@pytest.fixture(scope="module")
+def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from _processes import zimsend_env as make_env
+
+    data_dir = tmp_path_factory.mktemp("zimsend-data")
+    return make_env(data_dir, TEST_PEPPER, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1")
+
+
+@pytest.fixture(scope="module")
+def server(zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from _processes import start_server
+
+    program, address = start_server(
+        Path(zimsend_env["ZIMSEND_DATA_DIR"]), zimsend_env, tmp_path_factory.mktemp("logs")
+    )
+    with program:
+        yield program, address
+
+
+@pytest.fixture(scope="module")
+def admin(zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from _processes import run_zimsend
+
+    def run(*args: str) -> dict:
+        return run_zimsend(["admin", *args], zimsend_env)
+
+    return run
+
+
+# --- Gateway: the real Envoy in front of the real server ------------------------------------
+#
+#   gateway_factory        module: start Envoys in front of `server` (ports chosen by the
+#                          kernel, /healthz already 200); all stopped at module teardown
+#   stack                  module: `server` + one Envoy + a client and API key -> Stack
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A running server behind a running Envoy, with working credentials."""
+
+    envoy: EnvoyProcess
+    server_address: str
+    client_id: str
+    api_key: str
+
+    @property
+    def base_url(self) -> str:
+        return self.envoy.base_url
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The REST headers of a correctly authenticated request."""
+        return {"X-API-Key": self.api_key, "X-Client-ID": self.client_id}
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The same credentials as gRPC metadata."""
+        return (("x-api-key", self.api_key), ("x-client-id", self.client_id))
+
+
+@pytest.fixture(scope="module")
+def gateway_factory(server, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from zimsend.gateway import start_envoy
+
+    _, address = server
+    started: list[EnvoyProcess] = []
+
+    def start(**fields: object) -> EnvoyProcess:
+        fields.setdefault("upstreams", (address,))
+        envoy = start_envoy(
+            directory=tmp_path_factory.mktemp("envoy"), public_port=0, device_port=0,
+            admin_port=0, **fields,
+        )
+        started.append(envoy)
+        envoy.wait_healthy()
+        return envoy
+
+    try:
+        yield start
+    finally:
+        for envoy in started:
+            envoy.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(server, admin, gateway_factory) -> Stack:  # type: ignore[no-untyped-def]
+    _, address = server
+    client = admin("create-client", "--name", "gateway-tests")
+    key = admin("create-key", "--client-id", client["client_id"], "--name", "rest")
+    return Stack(gateway_factory(), address, client["client_id"], key["api_key"])

@@ -47,10 +47,8 @@ def check_name(name: str, field_name: str = "name") -> str:
 
 def create_client(db: Database, name: str) -> Client:
     client = Client(id=secrets.new_id("client"), name=check_name(name))
-    with db.session() as session:
+    with db.write() as session:
         session.add(client)
-        session.commit()
-        session.refresh(client)
     return client
 
 
@@ -71,14 +69,12 @@ def create_api_key(
         last4=secrets.api_key_last4(secret),
         test=test,
     )
-    with db.session() as session:
+    with db.write() as session:
         if session.get(Client, client_id) is None:
             raise ApiError.invalid(
                 ErrorCode.INVALID_CLIENT_ID, "client_id", f"No client {client_id!r}."
             )
         session.add(key)
-        session.commit()
-        session.refresh(key)
     return NewApiKey(key, secret)
 
 
@@ -93,7 +89,7 @@ def list_api_keys(db: Database, client_id: str) -> list[ApiKey]:
 
 
 def revoke_api_key(db: Database, client_id: str, key_id: str) -> ApiKey:
-    with db.session() as session:
+    with db.write() as session:
         key = _owned(session, ApiKey, client_id, key_id)
         if key is None:
             raise ApiError.invalid(
@@ -102,8 +98,6 @@ def revoke_api_key(db: Database, client_id: str, key_id: str) -> ApiKey:
         if key.revoked_at is None:
             key.revoked_at = utcnow()
             session.add(key)
-            session.commit()
-            session.refresh(key)
         return key
 
 
@@ -128,14 +122,12 @@ def create_device(
         password_hash=secrets.hash_secret(pepper, password),
         is_simulated=simulated,
     )
-    with db.session() as session:
+    with db.write() as session:
         if session.get(Client, client_id) is None:
             raise ApiError.invalid(
                 ErrorCode.INVALID_CLIENT_ID, "client_id", f"No client {client_id!r}."
             )
         session.add(device)
-        session.commit()
-        session.refresh(device)
     uri = pairing_uri(server_address, client_id, device.id, password)
     return NewDevicePassword(device, password, uri)
 
@@ -144,7 +136,7 @@ def rotate_device_password(
     db: Database, pepper: bytes, client_id: str, device_id: str, *, server_address: str
 ) -> NewDevicePassword:
     password = secrets.new_device_password()
-    with db.session() as session:
+    with db.write() as session:
         device = _owned(session, Device, client_id, device_id)
         if device is None or device.deleted_at is not None:
             raise ApiError.invalid(
@@ -152,8 +144,6 @@ def rotate_device_password(
             )
         device.password_hash = secrets.hash_secret(pepper, password)
         session.add(device)
-        session.commit()
-        session.refresh(device)
     return NewDevicePassword(device, password, pairing_uri(server_address, client_id, device_id, password))
 
 

@@ -14,7 +14,8 @@ import hmac
 from dataclasses import dataclass
 
 import grpc
-from sqlmodel import select
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.rpc import ServerState, metadata_value
@@ -59,19 +60,20 @@ def _check_key(db: Database, pepper: bytes, api_key: str, client_id: str) -> Cal
     now = utcnow()
     with db.session() as session:
         key = session.exec(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
-        valid = (
-            key is not None
-            and key.revoked_at is None
-            and hmac.compare_digest(key.client_id.encode(), client_id.encode())
+    valid = (
+        key is not None
+        and key.revoked_at is None
+        and hmac.compare_digest(key.client_id.encode(), client_id.encode())
+    )
+    if not valid or key is None:
+        raise ApiError(
+            ErrorCode.INVALID_API_KEY,
+            "Invalid API key for this X-Client-ID (unknown, revoked, or another client's).",
         )
-        if not valid or key is None:
-            raise ApiError(
-                ErrorCode.INVALID_API_KEY,
-                "Invalid API key for this X-Client-ID (unknown, revoked, or another client's).",
+    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
+        # At most one write a minute per key: the hot path stays read-only.
+        with db.write() as session:
+            session.execute(
+                update(ApiKey).where(col(ApiKey.id) == key.id).values(last_used_at=now)
             )
-        if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
-            # At most one write a minute per key: the hot path stays read-only.
-            key.last_used_at = now
-            session.add(key)
-            session.commit()
-        return Caller(key.client_id, key.id, key.test, None)
+    return Caller(key.client_id, key.id, key.test, None)
