@@ -53,6 +53,7 @@ class Executor:
         self._queued: set[str] = set()
         self._seq = itertools.count()
         self._changed = trio.Event()
+        self._settings_changed = trio.Event()
         self._last_send: float | None = None
         self._capped_logged = False
 
@@ -71,7 +72,13 @@ class Executor:
                 new.enabled, new.send_interval_ms, new.daily_cap, new.heartbeat_interval_seconds,
             )
         self.settings = new
+        self._settings_changed.set()
+        self._settings_changed = trio.Event()
         self._poke()
+
+    async def settings_changed(self) -> None:
+        """Wait until the next settings change (the heartbeat re-reads its interval)."""
+        await self._settings_changed.wait()
 
     def enqueue(self, command: pb.SendCommand) -> None:
         """Queue a command the journal admitted (idempotent per message id)."""

@@ -107,7 +107,9 @@ class Session:
             )
             settings = self.executor.settings
             interval = settings.heartbeat_interval_seconds if settings else 0
-            await trio.sleep(interval if interval > 0 else DEFAULT_HEARTBEAT_S)
+            # New settings (maybe a new interval) end the wait: heartbeat now, then re-read.
+            with trio.move_on_after(interval if interval > 0 else DEFAULT_HEARTBEAT_S):
+                await self.executor.settings_changed()
 
     async def _read(self) -> None:
         while True:

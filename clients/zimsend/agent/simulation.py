@@ -39,7 +39,7 @@ class SimulationConfig:
 
     seed: int | None = None
     send_delay: float = 0.2
-    #: None: the network never sends delivery reports.
+    #: None (or negative): the network never sends delivery reports.
     delivery_delay: float | None = 1.0
     failure_rate: float = 0.0
     failure_codes: tuple[str, ...] = ERROR_CODES
@@ -86,7 +86,8 @@ class Simulation:
             if cfg.failure_codes and rng.random() < cfg.failure_rate
             else None
         )
-        dlr = None if cfg.delivery_delay is None else cfg.delivery_delay * rng.uniform(0.75, 1.25)
+        dlr = (None if cfg.delivery_delay is None or cfg.delivery_delay < 0
+               else cfg.delivery_delay * rng.uniform(0.75, 1.25))
         return SendDecision(delay=delay, failure=failure, delivery_delay=dlr)
 
     def complete(self, request: SendRequest, decision: SendDecision) -> SendResult:
