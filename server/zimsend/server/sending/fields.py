@@ -1,0 +1,255 @@
+"""One check per request field, and the collector that turns them into one error.
+
+Each check takes a `Violations` collector, the field's path as the request spells it
+(`to`, `recipients[3]`, `messages[0].message`), and the raw value; it returns the normalised
+value, or None after recording what is wrong. Descriptions say what is allowed and what was
+received ("must be 1-1600 characters (got 1601)"), so the error message alone tells the caller
+what to change (SPEC.md §10). Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import phonenumbers
+from google.protobuf import json_format, struct_pb2
+
+from zimsend.server.errors import ApiError, ErrorCode, FieldViolation, violations_error
+
+from .dates import INSTANT_EXAMPLE, iso, parse_instant
+
+MAX_MESSAGE_CHARS = 1600
+MAX_METADATA_BYTES = 1024
+MAX_RECIPIENTS = 100
+MAX_SCHEDULE_AHEAD = dt.timedelta(days=30)
+MAX_WEBHOOK_URL_CHARS = 2048
+PHONE_EXAMPLE = "+33612345678"
+PRIORITY_NAMES = ("urgent", "high", "normal", "low", "very_low")
+DEFAULT_PRIORITY = 3
+SIM_SLOTS = (0, 1)
+
+# What a typed international number may contain: "+" then digits and the usual separators.
+# Letters are refused on purpose (phonenumbers would read "+1-800-FLOWERS" as digits).
+_PHONE_CHARS = re.compile(r"\+[0-9 \-.()/\u00a0]+")
+_SHOWN_CHARS = 40
+_SUMMARY_ITEMS = 10
+
+
+@dataclass
+class Violations:
+    """Every problem of a request, in field order; `raise_if_any` makes them one `ApiError`.
+
+    The error's code is the first specific one (INVALID_PHONE_NUMBER, MESSAGE_TOO_LONG, …);
+    INVALID_REQUEST only when every violation is generic. BadRequest lists them all; the
+    message lists the first ten.
+    """
+
+    items: list[tuple[ErrorCode, FieldViolation]] = field(default_factory=list)
+
+    def add(self, code: ErrorCode, field_name: str, description: str) -> None:
+        self.items.append((code, FieldViolation(field_name, description)))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def error(self) -> ApiError:
+        codes = [code for code, _ in self.items]
+        code = next((c for c in codes if c is not ErrorCode.INVALID_REQUEST), codes[0])
+        violations = [v for _, v in self.items]
+        lines = [f"{v.field}: {v.description}" for v in violations[:_SUMMARY_ITEMS]]
+        if len(violations) > _SUMMARY_ITEMS:
+            lines.append(f"and {len(violations) - _SUMMARY_ITEMS} more")
+        return violations_error(code, violations, "; ".join(lines))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise self.error()
+
+
+def shown(value: str) -> str:
+    """A user-supplied value quoted for an error message: truncated, control characters made
+    visible, never long enough to flood a log line."""
+    text = value if len(value) <= _SHOWN_CHARS else value[: _SHOWN_CHARS - 1] + "…"
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return f"'{text}'"
+
+
+def phone(v: Violations, name: str, raw: str) -> str | None:
+    """An international number, returned as E.164."""
+    value = raw.strip()
+    if not value:
+        v.add(ErrorCode.INVALID_REQUEST, name,
+              f"is required: a phone number in international format, e.g. {PHONE_EXAMPLE}")
+        return None
+    if not value.startswith("+"):
+        v.add(ErrorCode.INVALID_PHONE_NUMBER, name,
+              f"{shown(raw)} is not in international format: start with + and the country "
+              f"code, e.g. {PHONE_EXAMPLE}")
+        return None
+    number = None
+    if _PHONE_CHARS.fullmatch(value):
+        try:
+            number = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException:
+            number = None
+    if number is None or number.extension or not phonenumbers.is_valid_number(number):
+        v.add(ErrorCode.INVALID_PHONE_NUMBER, name,
+              f"{shown(raw)} is not a valid phone number (international format, e.g. "
+              f"{PHONE_EXAMPLE})")
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def text(v: Violations, name: str, value: str) -> str | None:
+    """The SMS text: 1-1600 characters (Unicode code points), not blank."""
+    if not value.strip():
+        v.add(ErrorCode.INVALID_REQUEST, name,
+              f"is required and must not be blank (1-{MAX_MESSAGE_CHARS} characters)")
+        return None
+    if len(value) > MAX_MESSAGE_CHARS:
+        v.add(ErrorCode.MESSAGE_TOO_LONG, name,
+              f"must be 1-{MAX_MESSAGE_CHARS} characters (got {len(value)})")
+        return None
+    return value
+
+
+def priority(v: Violations, name: str, value: int) -> int | None:
+    """PRIORITY_UNSPECIFIED (absent, JSON null) is `normal`; 1-5 as given; any other integer
+    reaches us as an open-enum value and is refused."""
+    if value == 0:
+        return DEFAULT_PRIORITY
+    if 1 <= value <= 5:
+        return value
+    v.add(ErrorCode.INVALID_PRIORITY, name,
+          f"must be 1-5 or {'/'.join(PRIORITY_NAMES)} (got {value})")
+    return None
+
+
+def metadata(v: Violations, name: str, value: struct_pb2.Struct | None) -> dict[str, Any] | None:
+    """A JSON object of at most 1 KB as compact JSON (UTF-8 bytes)."""
+    if value is None:
+        return None
+    try:
+        data = _plain(json_format.MessageToDict(value))
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode())
+    except (ValueError, TypeError):
+        v.add(ErrorCode.INVALID_REQUEST, name, "must be a JSON object of plain JSON values")
+        return None
+    if size > MAX_METADATA_BYTES:
+        v.add(ErrorCode.INVALID_REQUEST, name,
+              f"must be at most {MAX_METADATA_BYTES} bytes serialized as compact JSON "
+              f"(got {size} bytes)")
+        return None
+    return data
+
+
+def scheduled_at(v: Violations, name: str, value: str, now: dt.datetime) -> dt.datetime | None:
+    """Empty means "now"; otherwise a future RFC 3339 time at most 30 days ahead."""
+    if not value.strip():
+        return None
+    try:
+        when = parse_instant(value)
+    except ValueError as exc:
+        v.add(ErrorCode.INVALID_SCHEDULED_DATE, name, f"{exc} (got {shown(value)})")
+        return None
+    if when <= now:
+        v.add(ErrorCode.INVALID_SCHEDULED_DATE, name,
+              f"must be in the future (got {iso(when)}; server time is {iso(now)})")
+        return None
+    latest = now + MAX_SCHEDULE_AHEAD
+    if when > latest:
+        v.add(ErrorCode.INVALID_SCHEDULED_DATE, name,
+              f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead, i.e. not after "
+              f"{iso(latest)} (got {iso(when)})")
+        return None
+    return when
+
+
+def webhook_url(v: Violations, name: str, value: str, *, allow_insecure: bool) -> str | None:
+    """An absolute https:// URL (http:// too when the development setting allows it).
+
+    Where it resolves (private, loopback, metadata ranges) is checked at delivery time, against
+    the address actually connected to (SPEC.md §7); here only its form.
+    """
+    url = value.strip()
+    if not url:
+        return None
+    schemes = ("https", "http") if allow_insecure else ("https",)
+    example = "e.g. https://example.com/webhooks/zimsend"
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
+              f"must be at most {MAX_WEBHOOK_URL_CHARS} characters (got {len(url)})")
+        return None
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https"):
+        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
+              f"must be an HTTPS URL, {example} (got {shown(url)})")
+        return None
+    if parts.scheme.lower() not in schemes:
+        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
+              f"must use HTTPS, {example} (got {shown(url)})")
+        return None
+    if not parts.hostname or any(ch.isspace() or not ch.isprintable() for ch in url):
+        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
+              f"is not a well-formed URL, {example} (got {shown(url)})")
+        return None
+    if parts.username is not None or parts.password is not None:
+        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
+              "must not contain credentials (user:password@); receivers authenticate "
+              "ZimSend with the X-Webhook-Signature header")
+        return None
+    return url
+
+
+def sim_slot(v: Violations, name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if value not in SIM_SLOTS:
+        v.add(ErrorCode.INVALID_REQUEST, name, f"must be 0 or 1 (got {value})")
+        return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers are doubles: give integral ones back as the integers the caller sent."""
+    if isinstance(value, dict):
+        return {k: _plain(item) for k, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("not a JSON number")
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
+    return value
+
+
+__all__ = [
+    "DEFAULT_PRIORITY",
+    "INSTANT_EXAMPLE",
+    "MAX_MESSAGE_CHARS",
+    "MAX_METADATA_BYTES",
+    "MAX_RECIPIENTS",
+    "MAX_SCHEDULE_AHEAD",
+    "PHONE_EXAMPLE",
+    "Violations",
+    "metadata",
+    "phone",
+    "priority",
+    "scheduled_at",
+    "shown",
+    "sim_slot",
+    "text",
+    "webhook_url",
+]

@@ -1,0 +1,132 @@
+"""One message by id: its status, cancelling it, sending it again (SPEC.md §3).
+
+Every lookup is scoped by client and by the retention window: another client's message, an
+unknown id and a message older than `retention_days` all answer MESSAGE_NOT_FOUND, alike.
+
+Cancel and resend are single conditional UPDATEs (`… WHERE status = 'queued'` /
+`'failed'`), so they race safely with the dispatcher: if a phone claimed the message a
+microsecond earlier, the UPDATE matches nothing and the caller learns the status that won.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import delete, update
+from sqlmodel import Session, select
+
+from zimsend.server.config import Settings
+from zimsend.server.errors import ApiError, ErrorCode
+from zimsend.server.storage import (
+    Database,
+    Message,
+    MessagePart,
+    MessageStatus,
+    Otp,
+    get_for_client,
+    utcnow,
+)
+
+from .fields import shown
+
+_HANDED_TO_PHONE = (MessageStatus.PROCESSING, MessageStatus.SENT, MessageStatus.DELIVERED)
+
+
+def retention_start(settings: Settings, now: dt.datetime) -> dt.datetime:
+    """Messages created before this are gone from the API (only daily aggregates remain)."""
+    return now - dt.timedelta(days=settings.retention_days)
+
+
+def _visible(session: Session, settings: Settings, client_id: str, message_id: str,
+             now: dt.datetime) -> Message:
+    message = get_for_client(session, Message, message_id, client_id) if message_id else None
+    if message is None or message.created_at < retention_start(settings, now):
+        raise ApiError.invalid(
+            ErrorCode.MESSAGE_NOT_FOUND, "message_id",
+            f"No message {shown(message_id)} for this client (unknown id, or older than the "
+            f"{settings.retention_days}-day history)",
+        )
+    return message
+
+
+def get_status(db: Database, settings: Settings, client_id: str, message_id: str) -> Message:
+    with db.session() as session:
+        return _visible(session, settings, client_id, message_id, utcnow())
+
+
+def cancel(db: Database, settings: Settings, client_id: str, message_id: str) -> Message:
+    """`queued` → `cancelled`; anything else is CANNOT_CANCEL_MESSAGE naming the status."""
+    now = utcnow()
+    with db.write() as session:
+        _visible(session, settings, client_id, message_id, now)
+        done = session.execute(
+            update(Message)
+            .where(
+                Message.id == message_id,  # type: ignore[arg-type]
+                Message.client_id == client_id,  # type: ignore[arg-type]
+                Message.status == MessageStatus.QUEUED,  # type: ignore[arg-type]
+            )
+            .values(status=MessageStatus.CANCELLED, cancelled_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        message = _reload(session, message_id)
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            why = (" (it was already handed to a phone)"
+                   if message.status in _HANDED_TO_PHONE else "")
+            raise ApiError(
+                ErrorCode.CANNOT_CANCEL_MESSAGE,
+                f"Message {message_id} is {message.status}{why}; only queued messages can be "
+                "cancelled",
+                metadata={"status": message.status},
+            )
+        return message
+
+
+def resend(db: Database, settings: Settings, client_id: str, message_id: str) -> Message:
+    """`failed` → `queued` again: same id, one more attempt, a fresh due time and TTL.
+
+    The previous attempt's device, error, timestamps and part reports are cleared so the new
+    attempt starts clean and is due at once. A pin (`X-Device-ID` at send time) still holds;
+    `scheduled_at` stays as the record of the original schedule.
+    """
+    now = utcnow()
+    with db.write() as session:
+        message = _visible(session, settings, client_id, message_id, now)
+        is_otp = session.exec(select(Otp.id).where(Otp.message_id == message_id)).first()
+        if is_otp is not None and message.status == MessageStatus.FAILED:
+            raise ApiError(
+                ErrorCode.CANNOT_RESEND_MESSAGE,
+                f"Message {message_id} carries a one-time code and cannot be sent again; "
+                "request a new OTP with POST /v1/sms/send-otp",
+            )
+        done = session.execute(
+            update(Message)
+            .where(
+                Message.id == message_id,  # type: ignore[arg-type]
+                Message.client_id == client_id,  # type: ignore[arg-type]
+                Message.status == MessageStatus.FAILED,  # type: ignore[arg-type]
+            )
+            .values(
+                status=MessageStatus.QUEUED, attempts=Message.attempts + 1,
+                device_id=None, error_code=None, error_message=None, parts=None,
+                processing_at=None, sent_at=None, delivered_at=None, failed_at=None,
+                queued_at=now, due_at=now,
+                expires_at=now + dt.timedelta(hours=settings.message_ttl_hours),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            current = _reload(session, message_id)
+            raise ApiError(
+                ErrorCode.CANNOT_RESEND_MESSAGE,
+                f"Message {message_id} is {current.status}; only failed messages can be resent",
+                metadata={"status": current.status},
+            )
+        session.execute(delete(MessagePart).where(MessagePart.message_id == message_id))  # type: ignore[arg-type]
+        return _reload(session, message_id)
+
+
+def _reload(session: Session, message_id: str) -> Message:
+    message = session.get(Message, message_id, populate_existing=True)
+    assert message is not None
+    return message
