@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
 
+    device_link_address: str = Field(
+        "",
+        description="host:port phones connect to, written into pairing URIs (the gateway's phone "
+        "listener in production); empty means this server's own gRPC address.",
+    )
     heartbeat_interval_seconds: float = Field(20.0, gt=0)
     missed_heartbeats_before_offline: PositiveInt = 3
     default_send_interval_ms: int = Field(2500, ge=0)

@@ -37,6 +37,7 @@ def claim_due_messages(
     limit: int,
     now: dt.datetime,
     test: bool = False,
+    any_pin: bool = False,
 ) -> list[Message]:
     """Move up to `limit` due messages of `client_id` to `processing` on `device_id`.
 
@@ -44,22 +45,25 @@ def claim_due_messages(
     device. `test` selects sandbox messages (for a simulated device) or live ones, never both.
     Returns the claimed messages in dispatch order. Call it inside `Database.write()`; the claim
     is undone if that transaction rolls back. Whether the device is online, enabled and within
-    its pacing is the caller's business.
+    its pacing is the caller's business. `any_pin` ignores pinning: the built-in simulated
+    device of a client takes all its test messages, whatever `X-Device-ID` named.
     """
     if limit <= 0:
         return []
+    conditions = [
+        col(Message.status) == MessageStatus.QUEUED,
+        col(Message.client_id) == client_id,
+        col(Message.test) == test,
+        col(Message.due_at) <= now,
+        or_(col(Message.expires_at).is_(None), col(Message.expires_at) > now),
+    ]
+    if not any_pin:
+        conditions.append(
+            or_(col(Message.pinned_device_id).is_(None), col(Message.pinned_device_id) == device_id)
+        )
     due = (
         select(col(Message.id))
-        .where(
-            col(Message.status) == MessageStatus.QUEUED,
-            col(Message.client_id) == client_id,
-            col(Message.test) == test,
-            col(Message.due_at) <= now,
-            or_(col(Message.expires_at).is_(None), col(Message.expires_at) > now),
-            or_(
-                col(Message.pinned_device_id).is_(None), col(Message.pinned_device_id) == device_id
-            ),
-        )
+        .where(*conditions)
         .order_by(col(Message.priority), col(Message.due_at), col(Message.id))
         .limit(limit)
         .with_for_update(skip_locked=True)  # rendered on PostgreSQL only

@@ -1,0 +1,179 @@
+"""The database side of one dispatch round: which clients have due work, and the claims.
+
+Why a read first: most rounds (wake-ups, the polling fallback) find nothing to do. A plain read
+answers "which of these clients have due messages, pinned to whom" without taking SQLite's
+single write lock; the write transaction (`BEGIN IMMEDIATE`) runs only when there is something
+to claim, and then claims for every ready phone of the round in one commit (DESIGN: batched
+claims).
+
+Test messages (`zs_test_` keys) are claimed only by each client's built-in simulated device,
+created here on first use; live devices never see them (`claim_due_messages(test=...)`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets as stdlib_secrets
+from dataclasses import dataclass, field
+
+from sqlalchemy import case, func, or_, select, update
+from sqlmodel import Session, col
+
+from zimsend.server import secrets
+from zimsend.server.storage import (
+    Database,
+    Device,
+    Message,
+    MessageStatus,
+    claim_due_messages,
+)
+from zimsend.v1 import common_pb2
+from zimsend.v1 import device_link_pb2 as pb
+
+__all__ = [
+    "SIMULATED_DEVICE_NAME",
+    "ClaimRequest",
+    "RoundResult",
+    "claim_round",
+    "ensure_simulated_device",
+    "send_command",
+]
+
+SIMULATED_DEVICE_NAME = "Simulated device (test keys)"
+#: Test messages one simulated device takes per round.
+SIMULATED_BATCH = 50
+_ENCODINGS = {"GSM-7": common_pb2.GSM7, "UCS-2": common_pb2.UCS2}
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One ready phone of this replica and how many messages it may take now."""
+
+    client_id: str
+    device_id: str
+    limit: int
+
+
+@dataclass
+class RoundResult:
+    #: device id -> SendCommands for the messages it claimed, in dispatch order.
+    commands: dict[str, list[pb.SendCommand]] = field(default_factory=dict)
+    #: simulated device id -> (client id, claimed test messages).
+    simulated: dict[str, tuple[str, list[Message]]] = field(default_factory=dict)
+    #: The earliest future `due_at` among the round's clients (scheduled messages timer).
+    next_due: dt.datetime | None = None
+
+
+def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.SendCommand:
+    """The SendCommand for a claimed message. OTP texts are sealed in storage; only the phone
+    gets the clear text."""
+    body = message.body
+    if message.sealed_body:
+        body = secrets.decrypt_secret(pepper, message.sealed_body, bound_to=message.id)
+    command = pb.SendCommand(
+        command_id=secrets.new_id("cmd"), message_id=message.id, to=message.to, body=body,
+        segments=message.segments, encoding=_ENCODINGS.get(message.encoding, 0),
+        priority=message.priority,  # type: ignore[arg-type]
+        redelivery=redelivery,
+    )
+    if message.sim_slot is not None:
+        command.sim_slot = message.sim_slot
+    return command
+
+
+def _due(now: dt.datetime) -> list[object]:
+    return [
+        col(Message.status) == MessageStatus.QUEUED,
+        col(Message.due_at) <= now,
+        or_(col(Message.expires_at).is_(None), col(Message.expires_at) > now),
+    ]
+
+
+def claim_round(
+    db: Database, pepper: bytes, requests: list[ClaimRequest], now: dt.datetime,
+) -> RoundResult:
+    """Claim due messages for `requests` (already in least-loaded-first order) and for the
+    simulated devices of clients with due test messages."""
+    result = RoundResult()
+    clients = sorted({r.client_id for r in requests})
+    with db.session() as session:
+        due: set[tuple[str, str | None]] = set()
+        if clients:
+            rows = session.execute(
+                select(col(Message.client_id), col(Message.pinned_device_id))
+                .where(*_due(now), col(Message.test).is_(False),
+                       col(Message.client_id).in_(clients))
+                .distinct()
+            )
+            due = {(c, p) for c, p in rows}
+        later = select(func.min(Message.due_at)).where(
+            col(Message.status) == MessageStatus.QUEUED, col(Message.due_at) > now,
+            or_(col(Message.test).is_(True), col(Message.client_id).in_(clients)),
+        )
+        result.next_due = session.scalar(later)
+        test_clients = list(session.scalars(
+            select(col(Message.client_id)).where(*_due(now), col(Message.test).is_(True))
+            .distinct().limit(100)
+        ))
+    live = [r for r in requests
+            if (r.client_id, None) in due or (r.client_id, r.device_id) in due]
+    if not live and not test_clients:
+        return result
+    with db.write() as session:
+        for request in live:
+            messages = claim_due_messages(
+                session, client_id=request.client_id, device_id=request.device_id,
+                limit=request.limit, now=now,
+            )
+            if messages:
+                _count_handed(session, request.device_id, len(messages), now)
+                result.commands[request.device_id] = [
+                    send_command(m, pepper, redelivery=False) for m in messages
+                ]
+        for client_id in test_clients:
+            device_id = ensure_simulated_device(session, client_id)
+            messages = claim_due_messages(
+                session, client_id=client_id, device_id=device_id, limit=SIMULATED_BATCH,
+                now=now, test=True, any_pin=True,
+            )
+            if messages:
+                result.simulated[device_id] = (client_id, messages)
+    return result
+
+
+def _count_handed(session: Session, device_id: str, count: int, now: dt.datetime) -> None:
+    """Pacing and daily-cap state of a device, in the claim's transaction."""
+    today = now.astimezone(dt.UTC).date()
+    session.execute(
+        update(Device)
+        .where(col(Device.id) == device_id)
+        .values(
+            last_send_at=now,
+            sent_on_day=case(
+                (col(Device.sent_day) == today, col(Device.sent_on_day) + count), else_=count
+            ),
+            sent_day=today,
+        )
+    )
+
+
+def ensure_simulated_device(session: Session, client_id: str) -> str:
+    """The client's built-in simulated device, created on first use. It has no usable
+    password (its hash is not an HMAC), so no phone can ever connect as it."""
+    existing = session.scalar(
+        select(col(Device.id)).where(
+            col(Device.client_id) == client_id, col(Device.is_simulated).is_(True),
+            col(Device.deleted_at).is_(None),
+        ).order_by(col(Device.created_at)).limit(1)
+    )
+    if existing is not None:
+        return str(existing)
+    device = Device(
+        id=secrets.new_id("device"), client_id=client_id, name=SIMULATED_DEVICE_NAME,
+        password_hash="!unusable-" + stdlib_secrets.token_hex(16), is_simulated=True,
+        model="ZimSend simulated device", app_version="built-in", android_version="sandbox",
+        send_interval_ms=0,
+    )
+    session.add(device)
+    session.flush()
+    return device.id

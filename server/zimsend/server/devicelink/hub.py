@@ -1,0 +1,305 @@
+"""DeviceHub: the phones connected to this replica, their presence, and what they report.
+
+One hub per server process (`DeviceHub.of(state)`), owning:
+- the live map device id → `DeviceSession` (a second connection of a device replaces the
+  first: the old stream gets Reconnect(REPLACED) and its end does not mark the device offline,
+  because every presence write is conditional on the connection id);
+- the watchdog: a phone silent for `missed_heartbeats_before_offline` × the heartbeat interval
+  is cut (`device.disconnected`, CONNECTION_LOST) even if TCP never noticed;
+- the heartbeat flusher: the latest heartbeat of every phone, written in one transaction per
+  flush, which also re-reads each phone's settings so a change made through another replica
+  (rename, pacing, disable, delete, password rotation) reaches the phone within one flush;
+- the report writer (group commit) and the dispatcher.
+
+Management RPCs call `apply_config` / `close_device` for phones on this replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from zimsend.server import logs
+from zimsend.server.devicelink.assignment import send_command
+from zimsend.server.devicelink.connections import (
+    Beat,
+    DeviceConfig,
+    HelloInfo,
+    record_connect,
+    record_disconnect,
+    record_heartbeats,
+)
+from zimsend.server.devicelink.dispatcher import Dispatcher
+from zimsend.server.devicelink.lifecycle import PartReport
+from zimsend.server.devicelink.reports import ReportWriter, inbound_item, status_report
+from zimsend.server.devicelink.session import DeviceSession
+from zimsend.server.rpc import ServerState
+from zimsend.server.storage import Device, utcnow
+from zimsend.v1 import device_link_pb2 as pb
+
+__all__ = ["DeviceHub"]
+
+log = logs.get("zimsend.devicelink.hub")
+
+_EXTRAS_KEY = "device_hub"
+#: How long shutdown waits for phones to leave after Reconnect(SERVER_SHUTDOWN).
+SHUTDOWN_WAIT_S = 1.5
+SHUTDOWN_RETRY_AFTER_MS = 1000
+
+
+class DeviceHub:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.sessions: dict[str, DeviceSession] = {}
+        self.dispatcher = Dispatcher(state, self.sessions)
+        self.reports = ReportWriter(state, self.dispatcher.applied)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._beats: dict[str, Beat] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._closing = False
+
+    @classmethod
+    def of(cls, state: ServerState) -> DeviceHub:
+        """The process's hub (created on first use; DeviceService and DeviceLinkService share
+        it)."""
+        hub = state.extras.get(_EXTRAS_KEY)
+        if hub is None:
+            hub = state.extras[_EXTRAS_KEY] = cls(state)
+        assert isinstance(hub, DeviceHub)
+        return hub
+
+    @property
+    def heartbeat_seconds(self) -> int:
+        """The interval phones are told (DeviceSettings has whole seconds)."""
+        return max(1, math.ceil(self.state.settings.heartbeat_interval_seconds))
+
+    @property
+    def offline_after(self) -> float:
+        return self.heartbeat_seconds * self.state.settings.missed_heartbeats_before_offline
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.state.new_work.subscribe(self.dispatcher.wake)
+        for coro in (self.dispatcher.run(), self.reports.run(), self._watchdog(),
+                     self._flush_heartbeats_forever()):
+            self._loops.append(asyncio.create_task(coro))
+
+    async def shutdown(self) -> None:
+        """Tell every phone to reconnect (elsewhere), wait briefly, store what is pending and
+        mark the phones that did not leave in time offline."""
+        self._closing = True
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.close(reconnect="SERVER_SHUTDOWN", retry_after_ms=SHUTDOWN_RETRY_AFTER_MS,
+                          disconnect_reason="UNKNOWN", detail="server shutdown")
+        tasks = [s.task for s in sessions if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
+        for session in sessions:
+            self.detach(session)
+        await self.reports.flush()
+        await self._flush_heartbeats()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_WAIT_S)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.dispatcher.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- streams -----------------------------------------------------------------------------
+
+    async def connect(
+        self, device: Device, hello: pb.DeviceHello, ip_address: str | None,
+        task: asyncio.Task[Any] | None,
+    ) -> DeviceSession:
+        """Register a welcomed stream: presence row + `device.connected`, replace an older
+        stream of the same device, send Welcome, re-offer its `processing` messages."""
+        info = HelloInfo(
+            model=hello.model[:100], android_version=hello.android_version[:50],
+            app_version=hello.app_version[:50], phone_number=hello.phone_number[:20],
+            sims=[{"slot": s.slot, "carrier": s.carrier[:50], "phone_number": s.phone_number[:20]}
+                  for s in hello.sims[:4]],
+        )
+        lock = self._locks.setdefault(device.id, asyncio.Lock())
+        async with lock:
+            connection_id = f"conn_{secrets.token_hex(8)}"
+            connected = await self.state.db_call(
+                record_connect, self.state.db, device_id=device.id, connection_id=connection_id,
+                replica_id=self.replica_id, hello=info, ip_address=ip_address, now=utcnow(),
+            )
+            session = DeviceSession(
+                device_id=device.id, client_id=connected.client_id, connection_id=connection_id,
+                name=connected.name, config=connected.config, ip_address=ip_address, task=task,
+                sent_day=connected.sent_day, sent_on_day=connected.sent_on_day,
+            )
+            old = self.sessions.get(device.id)
+            self.sessions[device.id] = session
+        if old is not None:
+            old.close(reconnect="REPLACED", disconnect_reason="")
+        session.next_send_at = self._pacing_start(session, connected.last_send_at)
+        default_ms = self.state.settings.default_send_interval_ms
+        session.push(pb.ServerFrame(welcome=pb.Welcome(
+            device_id=device.id, session_id=connection_id,
+            settings=session.settings_frame(default_ms, self.heartbeat_seconds),
+        )))
+        session.ready = True
+        redeliver = [send_command(m, self.state.pepper, redelivery=True)
+                     for m in connected.processing]
+        self.dispatcher.session_ready(session, redeliver)
+        log.info("device.connected", device_id=device.id, connection_id=connection_id,
+                 redelivered=len(redeliver))
+        return session
+
+    def _pacing_start(self, session: DeviceSession, last_send_at: dt.datetime | None) -> float:
+        """Pacing survives reconnects: the first send waits for the interval since the last."""
+        if last_send_at is None:
+            return 0.0
+        interval = session.interval_ms(self.state.settings.default_send_interval_ms) / 1000
+        wait = interval - (utcnow() - last_send_at).total_seconds()
+        return time.monotonic() + max(0.0, min(wait, interval))
+
+    def detach(self, session: DeviceSession) -> None:
+        """The stream ended (any way): forget it; mark the device offline if this was still its
+        current connection. Synchronous, so it can run in a cancelled handler's `finally`."""
+        if self.sessions.get(session.device_id) is session:
+            del self.sessions[session.device_id]
+            self._locks.pop(session.device_id, None)
+        beat = self._beats.get(session.device_id)
+        if beat is not None and beat.connection_id == session.connection_id:
+            del self._beats[session.device_id]
+        already = session.closed and session.disconnect_reason == "detached"
+        session.closed = True
+        if already or not session.disconnect_reason:  # replaced: the newer stream owns presence
+            session.disconnect_reason = "detached"
+            return
+        reason, detail = session.disconnect_reason, session.disconnect_detail
+        session.disconnect_reason = "detached"
+        self._spawn(self._record_disconnect(session, reason, detail))
+
+    async def _record_disconnect(
+        self, session: DeviceSession, reason: str, detail: str | None
+    ) -> None:
+        try:
+            changed = await self.state.db_call(
+                record_disconnect, self.state.db, device_id=session.device_id,
+                connection_id=session.connection_id, reason=reason, now=utcnow(), detail=detail,
+            )
+        except Exception:
+            log.exception("device.disconnect_not_recorded", device_id=session.device_id)
+            return
+        if changed:
+            log.info("device.disconnected", device_id=session.device_id, reason=reason,
+                     detail=detail)
+
+    def on_frame(self, session: DeviceSession, frame: pb.DeviceFrame) -> None:
+        """Handle one frame from a phone (never raises into the stream reader)."""
+        session.touch()
+        kind = frame.WhichOneof("frame")
+        if kind == "heartbeat":
+            hb = frame.heartbeat
+            self._beats[session.device_id] = Beat(
+                device_id=session.device_id, connection_id=session.connection_id,
+                battery=max(0, min(100, hb.battery)), charging=hb.charging,
+                signal=max(0, min(4, hb.signal)), at=utcnow(),
+            )
+        elif kind == "report":
+            report = status_report(frame.report)
+            if report is not None and report.report_id and report.message_id:
+                self.reports.submit(session, report)
+        elif kind == "inbound":
+            if frame.inbound.report_id:
+                self.reports.submit(session, inbound_item(frame.inbound))
+        elif kind == "ack":
+            refused = self.dispatcher.command_acked(session, frame.ack)
+            if refused is not None:
+                log.info("command.refused", device_id=session.device_id, message_id=refused,
+                         reason=frame.ack.reason)
+                self.reports.submit(session, PartReport(
+                    report_id=f"refused.{frame.ack.command_id}", message_id=refused,
+                    outcome="failed", error_code="DEVICE_ERROR",
+                    error_message=f"The phone refused the message: {frame.ack.reason[:200]}",
+                ), ack=False)
+        # pong: liveness only (touch above); a repeated hello is ignored.
+
+    # --- management --------------------------------------------------------------------------
+
+    def apply_config(self, device_id: str, config: DeviceConfig) -> None:
+        """New settings for a device; a connected phone gets a DeviceSettings frame at once
+        (or is told to leave, if the device was deleted or its password rotated)."""
+        session = self.sessions.get(device_id)
+        if session is None or session.closed:
+            return
+        if config.deleted:
+            self.close_device(device_id, "DEVICE_DELETED")
+            return
+        if config.password_hash != session.config.password_hash:
+            self.close_device(device_id, "PASSWORD_ROTATED")
+            return
+        if config == session.config:
+            return
+        session.config = config
+        default_ms = self.state.settings.default_send_interval_ms
+        session.push(pb.ServerFrame(
+            settings=session.settings_frame(default_ms, self.heartbeat_seconds)
+        ))
+        session.backlog = True
+        self.dispatcher.wake()
+
+    def close_device(self, device_id: str, reason: str) -> None:
+        """Close a device's stream with Reconnect(reason): DEVICE_DELETED, PASSWORD_ROTATED."""
+        session = self.sessions.get(device_id)
+        if session is not None:
+            session.close(reconnect=reason, disconnect_reason="UNKNOWN",
+                          detail=reason.lower().replace("_", " "))
+
+    # --- background loops --------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        period = max(0.2, min(1.0, self.heartbeat_seconds / 2))
+        while True:
+            await asyncio.sleep(period)
+            limit = time.monotonic() - self.offline_after
+            for session in list(self.sessions.values()):
+                if session.last_frame < limit and not session.closed:
+                    log.info("device.heartbeat_timeout", device_id=session.device_id)
+                    session.close(disconnect_reason="CONNECTION_LOST",
+                                  detail="no heartbeat in time")
+
+    async def _flush_heartbeats_forever(self) -> None:
+        period = max(0.2, min(1.0, self.heartbeat_seconds / 2))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._flush_heartbeats()
+            except Exception:
+                log.exception("hub.heartbeat_flush_failed")
+
+    async def _flush_heartbeats(self) -> None:
+        beats, self._beats = list(self._beats.values()), {}
+        if not beats:
+            return
+        configs = await self.state.db_call(record_heartbeats, self.state.db, beats)
+        for beat in beats:
+            session = self.sessions.get(beat.device_id)
+            if session is None or session.connection_id != beat.connection_id:
+                continue
+            config = configs.get(beat.device_id)
+            if config is None:  # the device connected again elsewhere
+                session.close(reconnect="REPLACED", disconnect_reason="")
+            else:
+                self.apply_config(beat.device_id, config)

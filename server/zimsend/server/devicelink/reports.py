@@ -1,0 +1,192 @@
+"""Storing what phones report — status reports and inbound SMS — with group commit.
+
+Why group commit: a report is a few small writes (the processed-report mark, the message, its
+part, an outbox row, a daily counter). One transaction per report would make the SQLite write
+lock the bottleneck at a few thousand reports a second; one transaction per *batch* amortises
+the commit (DESIGN: "batched reports"). A single writer task takes everything queued, applies
+it in one transaction, and only after the commit sends each phone its ReportAck — a report
+arriving while a write is in flight simply joins the next batch, so there is no added delay
+when the server is idle.
+
+If a batch fails (a bug, or a report the database rejects), its reports are retried one
+transaction each, so one bad report cannot hold back the others; a report that still fails is
+not acknowledged (the phone keeps it and replays it on its next stream) and is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlmodel import Session
+
+from zimsend.server import logs
+from zimsend.server.devicelink.lifecycle import (
+    PartReport,
+    Transition,
+    apply_part_report,
+    record_inbound,
+)
+from zimsend.server.devicelink.session import DeviceSession
+from zimsend.server.rpc import ServerState
+from zimsend.server.storage import Database, utcnow
+from zimsend.v1 import device_link_pb2 as pb
+
+__all__ = ["InboundItem", "ReportWriter", "status_report"]
+
+log = logs.get("zimsend.devicelink.reports")
+
+_OUTCOMES = {
+    pb.StatusReport.OUTCOME_SENT: "sent",
+    pb.StatusReport.OUTCOME_DELIVERED: "delivered",
+    pb.StatusReport.OUTCOME_FAILED: "failed",
+}
+
+
+@dataclass(frozen=True)
+class InboundItem:
+    report_id: str
+    sender: str
+    body: str
+    sim_slot: int | None
+    received_at: dt.datetime | None
+
+
+def status_report(report: pb.StatusReport) -> PartReport | None:
+    """The protobuf report as a PartReport; None for an outcome this server does not know."""
+    outcome = _OUTCOMES.get(report.outcome)
+    if outcome is None:
+        return None
+    return PartReport(
+        report_id=report.report_id, message_id=report.message_id, outcome=outcome,  # type: ignore[arg-type]
+        part_index=max(0, report.part_index), part_count=max(0, report.part_count),
+        error_code=report.error_code, error_message=report.error_message[:500],
+    )
+
+
+def inbound_item(report: pb.InboundSmsReport) -> InboundItem:
+    received = report.received_at.ToDatetime(dt.UTC) if report.HasField("received_at") else None
+    return InboundItem(
+        report_id=report.report_id, sender=getattr(report, "from")[:64], body=report.body[:5000],
+        sim_slot=report.sim_slot, received_at=received,
+    )
+
+
+@dataclass(frozen=True)
+class _Item:
+    session: DeviceSession
+    report: PartReport | InboundItem
+    ack: bool = True
+
+
+@dataclass
+class _Outcome:
+    acked: dict[int, list[str]]  # index into the batch's sessions -> report ids
+    transitions: list[Transition]
+
+
+class ReportWriter:
+    """One per replica. `submit()` from the stream readers; `run()` is the writer task.
+    `on_applied(session, transitions)` tells the dispatcher which messages moved on."""
+
+    def __init__(
+        self, state: ServerState,
+        on_applied: Callable[[DeviceSession, list[Transition]], None],
+    ) -> None:
+        self._state = state
+        self._on_applied = on_applied
+        self._pending: list[_Item] = []
+        self._wake = asyncio.Event()
+
+    def submit(
+        self, session: DeviceSession, report: PartReport | InboundItem, *, ack: bool = True
+    ) -> None:
+        """Queue a report; `ack=False` for reports the server makes up itself (a refused
+        command), which the phone does not hold."""
+        self._pending.append(_Item(session, report, ack))
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    await self._write(batch)
+                except Exception:  # never let one batch stop the writer
+                    log.exception("reports.write_failed", size=len(batch))
+
+    async def flush(self) -> None:
+        """Write whatever is queued now (shutdown)."""
+        batch, self._pending = self._pending, []
+        if batch:
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Item]) -> None:
+        sessions = list({id(i.session): i.session for i in batch}.values())
+        index = {id(s): n for n, s in enumerate(sessions)}
+        items = [(index[id(i.session)] if i.ack else -1, i.session.client_id,
+                  i.session.device_id, i.report) for i in batch]
+        try:
+            outcome = await self._state.db_call(_apply_batch, self._state.db, items)
+        except Exception:
+            log.exception("reports.batch_failed", size=len(items))
+            outcome = await self._state.db_call(_apply_one_by_one, self._state.db, items)
+        by_session: dict[int, list[Transition]] = defaultdict(list)
+        message_session = {
+            i.report.message_id: index[id(i.session)] for i in batch
+            if isinstance(i.report, PartReport)
+        }
+        for t in outcome.transitions:
+            by_session[message_session.get(t.message_id, -1)].append(t)
+        for n, session in enumerate(sessions):
+            ids = outcome.acked.get(n)
+            if ids:
+                session.push(pb.ServerFrame(report_ack=pb.ReportAck(report_ids=ids)))
+            self._on_applied(session, by_session.get(n, []))
+
+
+#: (session index in the batch, or -1 for "do not acknowledge"), client, device, report.
+_Row = tuple[int, str, str, "PartReport | InboundItem"]
+
+
+def _apply(session_db: Session, rows: list[_Row], outcome: _Outcome) -> None:
+    now = utcnow()
+    for n, client_id, device_id, report in rows:
+        if isinstance(report, PartReport):
+            outcome.transitions += apply_part_report(
+                session_db, client_id=client_id, device_id=device_id, report=report, now=now
+            )
+        else:
+            record_inbound(
+                session_db, client_id=client_id, device_id=device_id,
+                report_id=report.report_id, sender=report.sender, body=report.body,
+                sim_slot=report.sim_slot, received_at=report.received_at, now=now,
+            )
+        if n >= 0:
+            outcome.acked.setdefault(n, []).append(report.report_id)
+
+
+def _apply_batch(db: Database, rows: list[_Row]) -> _Outcome:
+    outcome = _Outcome({}, [])
+    with db.write() as session:
+        _apply(session, rows, outcome)
+    return outcome
+
+
+def _apply_one_by_one(db: Database, rows: list[_Row]) -> _Outcome:
+    total = _Outcome({}, [])
+    for row in rows:
+        try:
+            one = _apply_batch(db, [row])
+        except Exception:
+            log.exception("reports.report_failed", device_id=row[2], report_id=row[3].report_id)
+            continue
+        for n, ids in one.acked.items():
+            total.acked.setdefault(n, []).extend(ids)
+        total.transitions += one.transitions
+    return total

@@ -1,0 +1,123 @@
+"""One phone's open stream, as the hub and the dispatcher see it.
+
+Why a queue between the server and the stream: the hub, the dispatcher and the management
+RPCs push frames from many tasks, while grpc.aio allows one writer per call. `push()` never
+blocks; the stream's writer task drains the queue in order. `close()` is how anyone ends a
+stream: with a final Reconnect frame (the phone is told why) or without (the phone is gone),
+and with a deadline after which the call is cancelled even if the phone stopped reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+
+from zimsend.server.devicelink.connections import DeviceConfig
+from zimsend.v1 import device_link_pb2 as pb
+
+__all__ = ["CommandRecord", "DeviceSession"]
+
+#: How long a stream told to reconnect may take to drain before its call is cancelled.
+CLOSE_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """A command pushed to the phone and not yet acknowledged."""
+
+    kind: str  # "send" or "cancel"
+    message_id: str
+
+
+@dataclass(eq=False)
+class DeviceSession:
+    """State of one connected stream. Lives in the event loop thread only."""
+
+    device_id: str
+    client_id: str
+    connection_id: str
+    name: str
+    config: DeviceConfig
+    ip_address: str | None = None
+    #: Dispatcher state: messages `processing` on this phone without a sent/failed report yet.
+    in_flight: set[str] = field(default_factory=set)
+    #: Earliest monotonic time the next message may be pushed (pacing).
+    next_send_at: float = 0.0
+    #: UTC day and number of messages handed to this phone that day (daily cap).
+    sent_day: dt.date | None = None
+    sent_on_day: int = 0
+    #: The last claim for this phone got messages: more may be waiting (pacing timer matters).
+    backlog: bool = True
+    commands: dict[str, CommandRecord] = field(default_factory=dict)
+    last_frame: float = field(default_factory=time.monotonic)
+    ready: bool = False  # Welcome sent: commands may follow
+    closed: bool = False
+    disconnect_reason: str = "CONNECTION_LOST"
+    disconnect_detail: str | None = None
+    task: asyncio.Task[object] | None = None
+    _queue: asyncio.Queue[pb.ServerFrame | None] = field(default_factory=asyncio.Queue)
+
+    def touch(self) -> None:
+        """Any frame from the phone proves it is alive (the watchdog reads this)."""
+        self.last_frame = time.monotonic()
+
+    def push(self, frame: pb.ServerFrame) -> bool:
+        """Queue a frame for the phone; False when the stream is closing."""
+        if self.closed:
+            return False
+        self._queue.put_nowait(frame)
+        return True
+
+    async def next_frame(self) -> pb.ServerFrame | None:
+        """The writer's side: the next frame, or None when the stream must end."""
+        return await self._queue.get()
+
+    def close(
+        self, *, reconnect: str | None = None, retry_after_ms: int = 0,
+        disconnect_reason: str = "CONNECTION_LOST", detail: str | None = None,
+        grace: float = CLOSE_GRACE_S,
+    ) -> None:
+        """End the stream. With `reconnect`, a Reconnect frame goes out first and the call is
+        cancelled only if it has not ended within `grace`; without, it is cancelled at once.
+        `disconnect_reason` is what `device.disconnected` will say (if this connection is still
+        the device's current one when it ends)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.disconnect_reason, self.disconnect_detail = disconnect_reason, detail
+        if reconnect is not None:
+            frame = pb.ServerFrame(
+                reconnect=pb.Reconnect(reason=reconnect, retry_after_ms=retry_after_ms)
+            )
+            self._queue.put_nowait(frame)
+            self._queue.put_nowait(None)
+            asyncio.get_running_loop().call_later(grace, self._cancel)
+        else:
+            self._queue.put_nowait(None)
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # --- dispatcher helpers ------------------------------------------------------------------
+
+    def interval_ms(self, default_ms: int) -> int:
+        value = self.config.send_interval_ms
+        return default_ms if value is None else value
+
+    def cap_left(self, today: dt.date) -> int | None:
+        """Messages this phone may still take today; None when there is no cap."""
+        cap = self.config.daily_cap
+        if not cap:
+            return None
+        used = self.sent_on_day if self.sent_day == today else 0
+        return max(0, cap - used)
+
+    def settings_frame(self, default_ms: int, heartbeat_s: int) -> pb.DeviceSettings:
+        return pb.DeviceSettings(
+            send_interval_ms=self.interval_ms(default_ms), daily_cap=self.config.daily_cap or 0,
+            heartbeat_interval_seconds=heartbeat_s, enabled=self.config.enabled,
+        )

@@ -1,0 +1,124 @@
+"""DeviceLinkService.Connect: the stream every phone holds (protos/zimsend/v1/device_link.proto).
+
+The handler only does what belongs to one call: authenticate the device from the call
+metadata, require DeviceHello first, then run two tasks side by side — a reader that hands
+each frame to the hub, and a writer that drains the session's frame queue into the call
+(grpc.aio allows one writer per call) — until either ends. Everything shared between streams
+(presence, dispatch, reports) lives in `zimsend.server.devicelink`.
+
+How a stream ends decides the `device.disconnected` reason: the phone half-closing the stream
+is a deliberate close (APP_CLOSED); a reset, a cancelled call or a heartbeat timeout is
+CONNECTION_LOST; a stream the server closes carries its own reason, and a stream replaced by a
+newer connection of the same device writes no event at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from zimsend.server import logs
+from zimsend.server.devicelink import DeviceHub
+from zimsend.server.devicelink.connections import authenticate_device
+from zimsend.server.devicelink.session import DeviceSession
+from zimsend.server.errors import ApiError, ErrorCode, abort
+from zimsend.server.rpc import ServerState, metadata_value
+from zimsend.v1 import device_link_pb2 as pb
+from zimsend.v1 import device_link_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from zimsend.server.app import ZimSendServer
+
+log = logs.get("zimsend.devicelink")
+
+#: A phone must say hello this soon after opening the stream.
+HELLO_TIMEOUT_S = 30.0
+
+
+def peer_ip(context: grpc.aio.ServicerContext) -> str | None:
+    """`ipv4:1.2.3.4:567` / `ipv6:[::1]:567` → the address alone."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or None
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]") or None
+    return None
+
+
+class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.hub = DeviceHub.of(state)
+
+    async def Connect(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[pb.DeviceFrame],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        try:
+            device = await self.state.db_call(
+                authenticate_device, self.state.db, self.state.pepper,
+                metadata_value(context, "x-client-id") or "",
+                metadata_value(context, "x-device-id") or "",
+                metadata_value(context, "x-device-password") or "",
+            )
+            hello = await self._hello(request_iterator)
+        except ApiError as error:
+            await abort(context, error)
+            return
+        session = await self.hub.connect(
+            device, hello, peer_ip(context), asyncio.current_task()
+        )
+        reader = asyncio.create_task(self._read(request_iterator, session))
+        writer = asyncio.create_task(self._write(context, session))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done and not session.closed:
+                clean = reader.exception() is None
+                session.disconnect_reason = "APP_CLOSED" if clean else "CONNECTION_LOST"
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            self.hub.detach(session)
+
+    async def _hello(self, requests: AsyncIterator[pb.DeviceFrame]) -> pb.DeviceHello:
+        try:
+            first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST, "The first frame of a DeviceLink stream must be hello."
+            ) from None
+        if first.WhichOneof("frame") != "hello":
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"The first frame of a DeviceLink stream must be hello, not "
+                f"{first.WhichOneof('frame') or 'an empty frame'}.",
+            )
+        return first.hello
+
+    async def _read(
+        self, requests: AsyncIterator[pb.DeviceFrame], session: DeviceSession
+    ) -> None:
+        async for frame in requests:
+            try:
+                self.hub.on_frame(session, frame)
+            except Exception:  # a bug handling one frame must not cut the phone off
+                log.exception("devicelink.frame_failed", device_id=session.device_id)
+
+    async def _write(self, context: grpc.aio.ServicerContext, session: DeviceSession) -> None:
+        while True:
+            frame = await session.next_frame()
+            if frame is None:
+                return
+            await context.write(frame)
+
+
+def register(server: ZimSendServer) -> str:
+    service = DeviceLinkService(server.state)
+    pb_grpc.add_DeviceLinkServiceServicer_to_server(service, server.grpc_server)
+    server.on_startup(service.hub.start)
+    server.on_shutdown(service.hub.shutdown)
+    return "zimsend.v1.DeviceLinkService"
