@@ -202,6 +202,8 @@ def _public_listener(config: GatewayConfig) -> dict[str, Any]:
         "normalize_path": True,
         "merge_slashes": True,
         "generate_request_id": True,
+        # Keep a caller's X-Request-ID so its logs and ours can be joined.
+        "preserve_external_request_id": True,
         "access_log": _access_log(config, "public"),
         "common_http_protocol_options": {"idle_timeout": "3600s"},
         "http2_protocol_options": {
@@ -240,6 +242,8 @@ def _device_listener(config: GatewayConfig) -> dict[str, Any]:
         "codec_type": "HTTP2",
         "use_remote_address": True,
         "generate_request_id": True,
+        # Keep a caller's X-Request-ID so its logs and ours can be joined.
+        "preserve_external_request_id": True,
         "access_log": _access_log(config, "device"),
         # A stream lives as long as the phone stays connected; only silence ends it.
         "stream_idle_timeout": idle,
@@ -716,7 +720,7 @@ def _access_log(config: GatewayConfig, listener: str) -> list[dict[str, Any]]:
                     "json_format": {
                         "time": "%START_TIME%",
                         "listener": listener,
-                        "method": "%REQ(:METHOD)%",
+                        "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
                         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
                         "upstream_path": "%REQ(:PATH)%",
                         "protocol": "%PROTOCOL%",
