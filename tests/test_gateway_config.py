@@ -148,7 +148,7 @@ def test_upstream_health_checks_start_at_once() -> None:
 def test_the_openapi_route_serves_the_generated_file() -> None:
     route_config = hcm(listeners(build_config())["public"])["route_config"]
     route = route_config["virtual_hosts"][0]["routes"][0]
-    assert route["match"] == {"path": "/v1/openapi.json"}
+    assert route["match"]["path"] == "/v1/openapi.json"
     assert route["direct_response"]["body"] == {"filename": str(default_openapi_path())}
     assert route_config["max_direct_response_body_size_bytes"] > default_openapi_path().stat().st_size
 

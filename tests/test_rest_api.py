@@ -182,6 +182,7 @@ def test_openapi_json_is_the_generated_document(http) -> None:  # type: ignore[n
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.content == default_openapi_path().read_bytes()
+    assert http.post("/v1/openapi.json").status_code == 404
 
 
 def _operations() -> list[tuple[str, str, dict]]:

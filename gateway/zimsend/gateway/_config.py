@@ -356,7 +356,12 @@ def _public_routes(config: GatewayConfig) -> dict[str, Any]:
     routes: list[dict[str, Any]] = [
         {
             "name": "openapi",
-            "match": {"path": "/v1/openapi.json"},
+            "match": {
+                "path": "/v1/openapi.json",
+                "headers": [
+                    {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
+                ],
+            },
             "direct_response": {
                 "status": 200,
                 "body": {"filename": str(config.openapi_path)},
