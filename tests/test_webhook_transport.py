@@ -1,0 +1,271 @@
+"""Webhook URLs cannot reach the operator's network (SPEC §7 "Beyond", DESIGN "Security baseline").
+
+Every private-address case runs with a stubbed resolver and a connector that records what it
+was asked to connect to instead of connecting: no test here opens a socket at all, let alone to
+an address outside 127.0.0.0/8 or ::1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+import trio
+
+from zimsend.server.webhook_delivery.addresses import forbidden_reason, parse_ip_literal, unwrap
+from zimsend.server.webhook_delivery.sender import WebhookSender
+from zimsend.server.webhook_delivery.transport import (
+    AddressGuard,
+    ForbiddenAddress,
+    guarded_transport,
+)
+from zimsend.server.webhook_delivery.urls import WebhookUrlError, check_webhook_url
+
+PUBLIC_V4 = "93.184.215.14"
+PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+SECRET = "whsec_" + "A" * 43 + "="
+
+
+# --- stubs: a resolver that answers from a table, a connector that records -----------------
+
+
+class StubResolver:
+    def __init__(self, table: dict[str, list[str]] | Callable[[str, int], list[str]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    async def resolve(self, host: str, port: int) -> list[Any]:
+        self.calls.append(host)
+        answer = self.table(host, port) if callable(self.table) else self.table[host]
+        return [ipaddress.ip_address(a) for a in answer]
+
+
+class RecordingStream(httpcore.AsyncNetworkStream):
+    """Pretends to be a server: records TLS and what was written, answers `response`."""
+
+    def __init__(self, recorder: RecordingConnector) -> None:
+        self.recorder = recorder
+        self._sent = False
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.recorder.written += buffer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._sent:
+            return b""
+        self._sent = True
+        return self.recorder.response
+
+    async def aclose(self) -> None:
+        pass
+
+    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        self.recorder.tls_server_names.append(server_hostname)
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        return None
+
+
+class RecordingConnector(httpcore.AsyncNetworkBackend):
+    def __init__(self, response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") -> None:
+        self.connects: list[tuple[str, int]] = []
+        self.tls_server_names: list[str | None] = []
+        self.written = b""
+        self.response = response
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        self.connects.append((host, port))
+        return RecordingStream(self)
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+
+def post(url: str, resolver: StubResolver, connector: RecordingConnector, *,
+         allow_private: bool = False) -> Any:
+    """One webhook attempt through the guarded transport, in a fresh trio run."""
+
+    async def main() -> Any:
+        transport = guarded_transport(
+            allow_private=allow_private, resolver=resolver, connector=connector
+        )
+        async with WebhookSender(timeout=5, allow_insecure=allow_private, transport=transport) as s:
+            return await s.post(url, secret=SECRET, event_id="evt_0123456789abcdef", body=b"{}")
+
+    return trio.run(main)
+
+
+# --- address rules -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", [
+    "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0x7f.0.0.1", "127.0.0.1.", "[::ffff:127.0.0.1]",
+])
+def test_every_spelling_of_loopback_is_parsed_as_loopback(spelling: str) -> None:
+    address = parse_ip_literal(spelling)
+    assert address is not None and unwrap(address) == ipaddress.ip_address("127.0.0.1")
+
+
+@pytest.mark.parametrize("name", ["example.com", "1.2.3.4.5", "08.1.2.3", "0x", "hooks.127.0.0.1.nip"])
+def test_names_are_not_mistaken_for_addresses(name: str) -> None:
+    assert parse_ip_literal(name) is None
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+    "100.100.100.200", "0.0.0.0", "224.0.0.1", "255.255.255.255", "198.18.0.1", "192.0.2.1",
+    "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "2001:db8::1",
+    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::1", "2002:a00:1::", "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe", "::7f00:1", "fec0::1",
+])
+def test_forbidden_addresses(address: str) -> None:
+    assert forbidden_reason(ipaddress.ip_address(address)) is not None
+
+
+@pytest.mark.parametrize("address", [
+    PUBLIC_V4, "8.8.8.8", PUBLIC_V6, "::ffff:8.8.8.8", "2002:808:808::1", "64:ff9b::808:808",
+])
+def test_public_addresses_pass(address: str) -> None:
+    assert forbidden_reason(ipaddress.ip_address(address)) is None
+
+
+def test_the_reason_names_the_embedded_address() -> None:
+    reason = forbidden_reason(ipaddress.ip_address("::ffff:169.254.169.254"))
+    assert reason is not None and "169.254.169.254" in reason and "metadata" in reason
+
+
+# --- configure-time URL checks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
+    "https://0x7f.1/hook", "https://10.0.0.1/", "https://169.254.169.254/latest/meta-data/",
+    "https://[fd00:ec2::254]/", "https://localhost/", "https://api.localhost/",
+    "http://example.com/", "ftp://example.com/", "https://user:pw@example.com/", "https:///path",
+    "not a url", "",
+])
+def test_refused_urls_when_insecure_is_off(url: str) -> None:
+    with pytest.raises(WebhookUrlError):
+        check_webhook_url(url, allow_insecure=False)
+
+
+def test_development_setting_allows_local_http() -> None:
+    assert check_webhook_url("http://127.0.0.1:8000/hook", allow_insecure=True)
+    with pytest.raises(WebhookUrlError, match="user name"):
+        check_webhook_url("http://u:p@127.0.0.1/", allow_insecure=True)
+
+
+def test_a_public_https_url_is_accepted() -> None:
+    assert check_webhook_url(" https://hooks.example.com/zimsend?x=1 ", allow_insecure=False) == (
+        "https://hooks.example.com/zimsend?x=1"
+    )
+
+
+# --- delivery-time checks: stub resolver + recording connector -----------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
+])
+def test_literal_private_urls_are_refused_without_connecting(url: str) -> None:
+    resolver, connector = StubResolver({}), RecordingConnector()
+    outcome = post(url, resolver, connector)
+    assert not outcome.success and outcome.status is None
+    assert connector.connects == [] and resolver.calls == []
+
+
+def test_a_name_resolving_to_a_private_address_is_refused() -> None:
+    resolver = StubResolver({"internal.example.com": ["10.0.0.1"]})
+    connector = RecordingConnector()
+    outcome = post("https://internal.example.com/hook", resolver, connector)
+    assert not outcome.success
+    assert "10.0.0.1" in (outcome.error or "") and "private" in (outcome.error or "")
+    assert resolver.calls == ["internal.example.com"]
+    assert connector.connects == []
+
+
+@pytest.mark.parametrize("answer", [
+    ["::ffff:10.0.0.1"], ["2002:a9fe:a9fe::1"], ["64:ff9b::a00:1"], ["fd00:ec2::254"],
+    [PUBLIC_V4, "127.0.0.1"],  # one bad address in the answer spoils it all
+])
+def test_wrapped_or_mixed_private_answers_are_refused(answer: list[str]) -> None:
+    connector = RecordingConnector()
+    outcome = post("https://tricky.example.com/", StubResolver({"tricky.example.com": answer}), connector)
+    assert not outcome.success and connector.connects == []
+
+
+def test_connects_to_the_checked_address_and_keeps_the_name_for_tls_and_host() -> None:
+    resolver = StubResolver({"hooks.example.com": [PUBLIC_V4]})
+    connector = RecordingConnector()
+    outcome = post("https://hooks.example.com/zimsend", resolver, connector)
+    assert outcome.success and outcome.status == 200
+    assert connector.connects == [(PUBLIC_V4, 443)]  # the address, not the name
+    assert connector.tls_server_names == ["hooks.example.com"]  # SNI + certificate name
+    assert b"\r\nHost: hooks.example.com\r\n" in connector.written
+    assert b"POST /zimsend HTTP/1.1" in connector.written
+
+
+def test_the_name_is_resolved_once_per_connection_no_rebinding() -> None:
+    answers = iter([[PUBLIC_V4], ["127.0.0.1"]])  # a rebinding DNS server's two answers
+    resolver = StubResolver(lambda host, port: next(answers))
+    connector = RecordingConnector()
+    outcome = post("https://rebind.example.com/", resolver, connector)
+    assert outcome.success
+    assert resolver.calls == ["rebind.example.com"]
+    assert connector.connects == [(PUBLIC_V4, 443)]
+
+
+def test_redirects_are_failures_and_are_not_followed() -> None:
+    resolver = StubResolver({"hooks.example.com": [PUBLIC_V4]})
+    connector = RecordingConnector(
+        b"HTTP/1.1 302 Found\r\nLocation: https://10.0.0.1/\r\nContent-Length: 0\r\n\r\n"
+    )
+    outcome = post("https://hooks.example.com/", resolver, connector)
+    assert not outcome.success and outcome.status == 302
+    assert "redirect" in (outcome.error or "")
+    assert connector.connects == [(PUBLIC_V4, 443)]  # one request only
+
+
+def test_non_2xx_is_a_failure_with_its_status() -> None:
+    connector = RecordingConnector(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    outcome = post("https://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V6]}), connector)
+    assert not outcome.success and outcome.status == 500
+    assert connector.connects == [(PUBLIC_V6, 443)]
+
+
+def test_plain_http_is_refused_unless_insecure() -> None:
+    connector = RecordingConnector()
+    refused = post("http://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V4]}), connector)
+    assert not refused.success and "https" in (refused.error or "") and connector.connects == []
+
+
+def test_development_setting_connects_to_private_addresses() -> None:
+    connector = RecordingConnector()
+    outcome = post("http://internal.example.com:8080/", StubResolver({"internal.example.com": ["10.0.0.1"]}),
+                   connector, allow_private=True)
+    assert outcome.success and connector.connects == [("10.0.0.1", 8080)]
+
+
+def test_unix_sockets_are_refused() -> None:
+    async def main() -> None:
+        with pytest.raises(ForbiddenAddress):
+            await AddressGuard(connector=RecordingConnector()).connect_unix_socket("/var/run/docker.sock")
+
+    trio.run(main)
+
+
+def test_the_transport_is_httpx_own_with_our_pool() -> None:
+    # Guards the one place we reach into httpx: its transport must still route through `_pool`.
+    transport = guarded_transport(resolver=StubResolver({}), connector=RecordingConnector())
+    assert isinstance(transport, httpx.AsyncHTTPTransport)
+    pool = transport._pool  # type: ignore[attr-defined]
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    assert isinstance(pool._network_backend, AddressGuard)
