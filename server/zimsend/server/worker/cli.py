@@ -1,0 +1,80 @@
+"""`zimsend worker`: run the trio worker until Ctrl-C / SIGTERM.
+
+The first signal stops gracefully (no new claims, in-flight deliveries finish within the grace
+period, unfinished claims are given back); a second one cancels at once. Either way the exit
+status is 0. `zimsend up` starts this command as its `worker` child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from zimsend.server import logs
+from zimsend.server.config import Settings
+
+from .runner import Worker, WorkerOptions
+
+__all__ = ["main", "register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "worker", help="deliver webhooks, expire overdue messages, apply retention (trio)"
+    )
+    parser.add_argument("--data-dir", help="state directory (default ./.zimsend or ZIMSEND_DATA_DIR)")
+    parser.add_argument("--database-url", help="overrides ZIMSEND_DATABASE_URL")
+    parser.add_argument("--poll-interval", type=float, default=0.5,
+                        help="seconds between outbox polls when idle (default 0.5)")
+    parser.add_argument("--lease-seconds", type=float, default=None,
+                        help="how long a claimed event stays reserved (default max(30, 3 x timeout))")
+    parser.add_argument("--max-in-flight", type=int, default=64,
+                        help="events delivered concurrently (default 64)")
+    parser.add_argument("--worker-id", help="name in claims and logs (default host:pid:random)")
+    parser.set_defaults(handler=_handler)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.data_dir:
+        overrides["data_dir"] = Path(args.data_dir)
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    settings = Settings(**overrides)
+    options: dict[str, Any] = {
+        "poll_interval": args.poll_interval, "lease_seconds": args.lease_seconds,
+        "max_in_flight": args.max_in_flight,
+    }
+    if args.worker_id:
+        options["worker_id"] = args.worker_id
+    logs.configure(settings.log_level)
+    return trio.run(main, settings, WorkerOptions(**options))
+
+
+async def main(settings: Settings, options: WorkerOptions) -> int:
+    from zimsend.server.storage import Database
+
+    db = Database.from_settings(settings)
+    try:
+        await trio.to_thread.run_sync(db.migrate)  # safe while the server migrates too
+        worker = Worker(settings, db, options)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_on_signals, signals, worker, nursery.cancel_scope)
+                await worker.run()
+                nursery.cancel_scope.cancel()
+    finally:
+        db.dispose()
+    return 0
+
+
+async def _on_signals(signals: Any, worker: Worker, scope: trio.CancelScope) -> None:
+    async for _ in signals:
+        if worker.stopping:
+            scope.cancel()  # second signal: stop now
+            return
+        worker.stop()

@@ -1,0 +1,78 @@
+"""The worker's periodic jobs: message expiry (every few seconds) and retention (hourly).
+
+Each job is a plain synchronous function of (database, now) run in a thread; a failing run is
+logged and the job tries again at its next tick — one bad run must not stop webhook delivery.
+Both jobs are safe with several workers (and with the server's own dispatcher sweeping expiry
+too): they re-check every row under the write lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from zimsend.server import logs
+from zimsend.server.config import Settings
+from zimsend.server.storage import Database, utcnow
+
+from .retention import purge_expired
+
+if TYPE_CHECKING:
+    from .runner import WorkerOptions
+
+__all__ = ["PeriodicJob", "periodic_jobs", "run_periodically"]
+
+log = logs.get("zimsend.worker.jobs")
+DbCall = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    name: str
+    interval: float
+    run: Callable[[Database, dt.datetime], Any]
+
+
+def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJob]:
+    from zimsend.server.devicelink.lifecycle import expire_overdue_messages
+
+    ttl = dt.timedelta(hours=settings.message_ttl_hours)
+    return [
+        PeriodicJob(
+            "expiry", options.expiry_interval,
+            functools.partial(_expire, expire_overdue_messages, ttl=ttl),
+        ),
+        PeriodicJob(
+            "retention", options.retention_interval,
+            functools.partial(_retention, retention_days=settings.retention_days),
+        ),
+    ]
+
+
+def _expire(expire: Callable[..., int], db: Database, now: dt.datetime, *, ttl: dt.timedelta) -> int:
+    return expire(db, now, ttl=ttl)
+
+
+def _retention(db: Database, now: dt.datetime, *, retention_days: int) -> dict[str, int]:
+    return purge_expired(db, now, retention_days=retention_days)
+
+
+async def run_periodically(
+    job: PeriodicJob, db_call: DbCall, database: Database, stopping: trio.Event
+) -> None:
+    """Run `job` now and then every `job.interval` seconds until `stopping` is set."""
+    while not stopping.is_set():
+        try:
+            result = await db_call(job.run, database, utcnow())
+        except Exception:  # noqa: BLE001 - logged; the next tick tries again
+            log.exception("job.failed", job=job.name)
+        else:
+            if result and (not isinstance(result, dict) or any(result.values())):
+                log.info("job.done", job=job.name, result=result)
+        with trio.move_on_after(job.interval):
+            await stopping.wait()
