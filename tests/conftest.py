@@ -253,3 +253,39 @@ def stack(server, admin, gateway_factory) -> Stack:  # type: ignore[no-untyped-d
     client = admin("create-client", "--name", "gateway-tests")
     key = admin("create-key", "--client-id", client["client_id"], "--name", "rest")
     return Stack(gateway_factory(), address, client["client_id"], key["api_key"])
+
+
+# --- SMS service (test_sms_*.py, test_validation.py; helpers in tests/_sms.py) --------------
+#
+#   server_db              module: `Database` on the module server's SQLite file, to arrange
+#                          what the API cannot (phones online, old or already-sent messages)
+#   sms                    module: SmsServiceStub connected to the module's `server`
+#   sms_account            module: a client with a live and a test API key (tests/_sms.Account)
+#
+# A module that needs other server settings overrides `zimsend_env` (see test_validation.py).
+
+
+@pytest.fixture(scope="module")
+def server_db(server, zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from zimsend.server.storage import Database
+
+    database = Database.from_url(f"sqlite:///{zimsend_env['ZIMSEND_DATA_DIR']}/zimsend.db")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="module")
+def sms(server):  # type: ignore[no-untyped-def]
+    import grpc
+    from zimsend.v1 import sms_pb2_grpc
+
+    _, address = server
+    with grpc.insecure_channel(address) as channel:
+        yield sms_pb2_grpc.SmsServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def sms_account(server_db):  # type: ignore[no-untyped-def]
+    from _sms import new_account
+
+    return new_account(server_db, TEST_PEPPER.encode())
