@@ -1,7 +1,8 @@
 """One message by id: its status, cancelling it, sending it again (SPEC.md §3).
 
 Every lookup is scoped by client and by the retention window: another client's message, an
-unknown id and a message older than `retention_days` all answer MESSAGE_NOT_FOUND, alike.
+unknown id and a message from before the retention window (`retention_start`) all answer
+MESSAGE_NOT_FOUND, alike.
 
 Cancel and resend are single conditional UPDATEs (`… WHERE status = 'queued'` /
 `'failed'`), so they race safely with the dispatcher: if a phone claimed the message a
@@ -33,8 +34,11 @@ _HANDED_TO_PHONE = (MessageStatus.PROCESSING, MessageStatus.SENT, MessageStatus.
 
 
 def retention_start(settings: Settings, now: dt.datetime) -> dt.datetime:
-    """Messages created before this are gone from the API (only daily aggregates remain)."""
-    return now - dt.timedelta(days=settings.retention_days)
+    """Midnight UTC of the first day inside retention: messages created before it are gone
+    from the API (only daily aggregates remain). Whole days, so that history, stats and the
+    worker's purge (`worker.retention`) agree on which day is whose."""
+    first_day = (now - dt.timedelta(days=settings.retention_days)).astimezone(dt.UTC).date()
+    return dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC)
 
 
 def _visible(session: Session, settings: Settings, client_id: str, message_id: str,

@@ -88,7 +88,7 @@ def compute(
     first_live_day = retention_start(settings, now).date()
     out = Stats(start, end)
     with db.session() as session:
-        live_start = max(start, dt.datetime.combine(first_live_day, dt.time(), dt.UTC))
+        live_start = max(start, retention_start(settings, now))
         if live_start <= end:
             _from_messages(session, out, client_id, live_start, end, device_id)
         if start.date() < first_live_day:
