@@ -5,6 +5,7 @@ happens when no server is healthy."""
 from __future__ import annotations
 
 import json
+import queue
 import ssl
 import struct
 import time
@@ -115,6 +116,27 @@ def test_the_device_stream_goes_through_the_device_port(stack) -> None:  # type:
     assert entry["listener"] == "device"
     assert entry["upstream_host"] == stack.server_address, entry
     assert "device port" not in error.details()
+
+
+def test_a_paired_phone_gets_its_welcome_through_the_device_port(stack, admin) -> None:  # type: ignore[no-untyped-def]
+    device = admin("create-device", "--client-id", stack.client_id, "--name", "edge-phone")
+    metadata = (("x-client-id", stack.client_id), ("x-device-id", device["device_id"]),
+                ("x-device-password", device["device_password"]))
+    hello = device_link_pb2.DeviceFrame(
+        hello=device_link_pb2.DeviceHello(model="Pixel 7", android_version="14", app_version="1")
+    )
+    with grpc.insecure_channel(stack.envoy.device_target) as channel:
+        stub = device_link_pb2_grpc.DeviceLinkServiceStub(channel)
+        frames = queue.SimpleQueue()
+        frames.put(hello)
+        call = stub.Connect(iter(frames.get, None), metadata=metadata, timeout=10)
+        try:
+            first = next(call)
+        finally:
+            call.cancel()
+            frames.put(None)  # ends the request iterator
+    assert first.WhichOneof("frame") == "welcome"
+    assert first.welcome.device_id == device["device_id"]
 
 
 def test_the_device_stream_is_not_on_the_public_port(stack) -> None:  # type: ignore[no-untyped-def]
