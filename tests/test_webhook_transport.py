@@ -8,13 +8,14 @@ an address outside 127.0.0.0/8 or ::1.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpcore
 import httpx
 import pytest
 import trio
+
+from _webhooks import RecordingConnector, StubResolver
 
 from zimsend.server.webhook_delivery.addresses import forbidden_reason, parse_ip_literal, unwrap
 from zimsend.server.webhook_delivery.sender import WebhookSender
@@ -28,65 +29,6 @@ from zimsend.server.webhook_delivery.urls import WebhookUrlError, check_webhook_
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
 SECRET = "whsec_" + "A" * 43 + "="
-
-
-# --- stubs: a resolver that answers from a table, a connector that records -----------------
-
-
-class StubResolver:
-    def __init__(self, table: dict[str, list[str]] | Callable[[str, int], list[str]]) -> None:
-        self.table = table
-        self.calls: list[str] = []
-
-    async def resolve(self, host: str, port: int) -> list[Any]:
-        self.calls.append(host)
-        answer = self.table(host, port) if callable(self.table) else self.table[host]
-        return [ipaddress.ip_address(a) for a in answer]
-
-
-class RecordingStream(httpcore.AsyncNetworkStream):
-    """Pretends to be a server: records TLS and what was written, answers `response`."""
-
-    def __init__(self, recorder: RecordingConnector) -> None:
-        self.recorder = recorder
-        self._sent = False
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.recorder.written += buffer
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._sent:
-            return b""
-        self._sent = True
-        return self.recorder.response
-
-    async def aclose(self) -> None:
-        pass
-
-    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        self.recorder.tls_server_names.append(server_hostname)
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        return None
-
-
-class RecordingConnector(httpcore.AsyncNetworkBackend):
-    def __init__(self, response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") -> None:
-        self.connects: list[tuple[str, int]] = []
-        self.tls_server_names: list[str | None] = []
-        self.written = b""
-        self.response = response
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        self.connects.append((host, port))
-        return RecordingStream(self)
-
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
 
 
 def post(url: str, resolver: StubResolver, connector: RecordingConnector, *,

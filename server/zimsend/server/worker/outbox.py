@@ -140,11 +140,14 @@ def targets_of(db: Database, pepper: bytes, event: ClaimedEvent) -> list[Target]
             else:
                 chosen = [e for e in endpoints if event.event_type in (e.events or [])]
             targets = [Target(e.url, e.id, *_signing_secret(pepper, e)) for e in chosen]
-        done = set(session.execute(
-            select(WebhookDelivery.webhook_id, WebhookDelivery.url).where(
-                col(WebhookDelivery.event_id) == event.id, col(WebhookDelivery.success).is_(True)
+        done = {
+            (row.webhook_id, row.url)
+            for row in session.execute(
+                select(WebhookDelivery.webhook_id, WebhookDelivery.url).where(
+                    col(WebhookDelivery.event_id) == event.id, col(WebhookDelivery.success).is_(True)
+                )
             )
-        ).tuples())
+        }
     return [t for t in targets if (t.webhook_id, t.url) not in done]
 
 

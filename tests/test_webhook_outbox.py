@@ -1,0 +1,323 @@
+"""The outbox as the worker sees it, and the endpoints as the API manages them — on SQLite and
+PostgreSQL alike (the `db` fixture), without processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlmodel import select
+from _webhooks import PEPPER, add_endpoint, add_event, event_row, seed_client
+
+from zimsend.server.errors import ApiError
+from zimsend.server.secrets import decrypt_secret
+from zimsend.server.storage import (
+    Database,
+    DailyAggregate,
+    Message,
+    OutboxStatus,
+    WebhookEndpoint,
+)
+from zimsend.server.webhook_delivery import endpoints
+from zimsend.server.webhook_delivery.sender import AttemptOutcome
+from zimsend.server.worker.outbox import (
+    claim_due_events,
+    finish_event,
+    record_attempt,
+    release_claim,
+    targets_of,
+)
+from zimsend.server.worker.retention import purge_expired, retention_cutoff
+
+LEASE = dt.timedelta(seconds=30)
+SCHEDULE = [0.0, 60.0, 300.0]
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def claim(db: Database, token: str = "w1#1", limit: int = 10, at: dt.datetime | None = None):  # type: ignore[no-untyped-def]
+    return claim_due_events(db, token=token, limit=limit, lease=LEASE, now=at or now())
+
+
+def ok(at: dt.datetime | None = None) -> AttemptOutcome:
+    return AttemptOutcome(True, 200, 12, None, at or now())
+
+
+def failed(at: dt.datetime | None = None) -> AttemptOutcome:
+    return AttemptOutcome(False, 503, 7, "HTTP 503: the receiver must answer 2xx", at or now())
+
+
+# --- ConfigureWebhook validation ----------------------------------------------------------
+
+
+def test_configure_generates_a_whsec_secret_stored_encrypted(db: Database) -> None:
+    client = seed_client(db)
+    new = add_endpoint(db, client, "https://hooks.example.com/z", ["sms.sent", "sms.sent", "otp.verified"])
+    assert new.secret.startswith("whsec_") and new.endpoint.id.startswith("wh_")
+    assert new.endpoint.events == ["sms.sent", "otp.verified"]
+    with db.session() as s:
+        row = s.get(WebhookEndpoint, new.endpoint.id)
+    assert row is not None and new.secret not in row.secret_encrypted
+    assert decrypt_secret(PEPPER, row.secret_encrypted, bound_to=row.id) == new.secret
+
+
+def test_configure_names_every_bad_field(db: Database) -> None:
+    client = seed_client(db)
+    with pytest.raises(ApiError) as caught:
+        endpoints.configure(
+            db, PEPPER, client, url="https://hooks.example.com/", allow_insecure=False,
+            events=["sms.sent", "sms.exploded", "webhook.test"], secret="short",
+        )
+    error = caught.value
+    assert error.code.name == "INVALID_REQUEST"
+    assert {v.field for v in error.violations} == {"events[1]", "events[2]", "secret"}
+    assert "sms.exploded" in error.message and "16" in error.message
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/", "http://example.com/",
+])
+def test_configure_refuses_local_and_plain_urls_when_insecure_is_off(db: Database, url: str) -> None:
+    client = seed_client(db)
+    with pytest.raises(ApiError) as caught:
+        endpoints.configure(db, PEPPER, client, url=url, events=["sms.sent"], secret="", allow_insecure=False)
+    assert caught.value.code.name == "INVALID_WEBHOOK_URL"
+    assert caught.value.violations[0].field == "url"
+
+
+def test_configure_accepts_user_secrets_and_checks_whsec_ones(db: Database) -> None:
+    client = seed_client(db)
+    own = add_endpoint(db, client, "https://a.example.com/", secret="my-own-secret-of-32-characters!!")
+    assert own.secret == "my-own-secret-of-32-characters!!"
+    with pytest.raises(ApiError, match="base64"):
+        add_endpoint(db, client, "https://a.example.com/", secret="whsec_this*is*not*base64*at*all")
+    with pytest.raises(ApiError, match="16 bytes"):
+        add_endpoint(db, client, "https://a.example.com/", secret="whsec_c2hvcnRzaG9ydA==")
+
+
+def test_endpoints_are_scoped_by_client(db: Database) -> None:
+    mine, theirs = seed_client(db), seed_client(db)
+    hook = add_endpoint(db, theirs, "https://a.example.com/").endpoint
+    assert endpoints.list_endpoints(db, mine) == []
+    for call in (endpoints.delete, endpoints.queue_test_event):
+        with pytest.raises(ApiError) as caught:
+            call(db, mine, hook.id)
+        assert caught.value.code.name == "WEBHOOK_NOT_FOUND"
+    endpoints.delete(db, theirs, hook.id)
+    assert endpoints.list_endpoints(db, theirs) == []
+
+
+# --- claims ------------------------------------------------------------------------------
+
+
+def test_a_claim_leases_due_events_once(db: Database) -> None:
+    client = seed_client(db)
+    first, second = add_event(db, client), add_event(db, client)
+    add_event(db, client, at=now() + dt.timedelta(hours=1))  # not due yet
+    claimed = claim(db)
+    assert [e.id for e in claimed] == [first, second]
+    assert all(e.attempt == 1 for e in claimed)
+    assert claim(db, token="w2#1") == []
+    row = event_row(db, first)
+    assert row.status == OutboxStatus.DELIVERING and row.claimed_by == "w1#1"
+
+
+def test_an_expired_lease_is_taken_over_as_the_same_attempt(db: Database) -> None:
+    client = seed_client(db)
+    event_id = add_event(db, client)
+    (mine,) = claim(db)
+    later = now() + LEASE + dt.timedelta(seconds=1)
+    (theirs,) = claim(db, token="w2#1", at=later)
+    assert theirs.id == event_id and theirs.attempt == mine.attempt == 1
+    # The first worker's outcome arrives late: it must not overwrite the new owner's.
+    assert finish_event(db, mine, remaining=0, last_error=None, schedule=SCHEDULE, now=later) is None
+    assert event_row(db, event_id).claimed_by == "w2#1"
+    assert finish_event(db, theirs, remaining=0, last_error=None, schedule=SCHEDULE, now=later) == "delivered"
+
+
+def test_attempts_follow_the_schedule_then_fail(db: Database) -> None:
+    client = seed_client(db)
+    event_id = add_event(db, client)
+    t = now()
+    for attempt, delay in ((1, 60), (2, 300)):
+        (event,) = claim(db, at=t)
+        assert event.attempt == attempt
+        assert finish_event(db, event, remaining=1, last_error="x", schedule=SCHEDULE, now=t) == "pending"
+        row = event_row(db, event_id)
+        assert row.next_attempt_at == t + dt.timedelta(seconds=delay) and row.attempts == attempt
+        assert claim(db, at=t + dt.timedelta(seconds=delay - 1)) == []
+        t += dt.timedelta(seconds=delay)
+    (event,) = claim(db, at=t)
+    assert event.attempt == 3
+    assert finish_event(db, event, remaining=1, last_error="x", schedule=SCHEDULE, now=t) == "failed"
+    assert claim(db, at=t + dt.timedelta(days=1)) == []
+
+
+def test_release_gives_the_event_back_at_once(db: Database) -> None:
+    client = seed_client(db)
+    add_event(db, client)
+    (event,) = claim(db)
+    release_claim(db, event, now())
+    (again,) = claim(db, token="w2#1")
+    assert again.id == event.id and again.attempt == 1
+
+
+@pytest.mark.postgres
+def test_concurrent_claims_never_share_an_event(postgres_database_url: str) -> None:
+    db = Database.from_url(postgres_database_url, pool_size=10)
+    db.migrate()
+    try:
+        client = seed_client(db)
+        for _ in range(200):
+            add_event(db, client)
+        start = threading.Barrier(8)
+
+        def worker(n: int) -> list[str]:
+            start.wait()
+            got: list[str] = []
+            while batch := claim(db, token=f"w{n}", limit=7):
+                got += [e.id for e in batch]
+            return got
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(worker, range(8)))
+        everything = [e for r in results for e in r]
+        assert len(everything) == len(set(everything)) == 200
+        assert sum(1 for r in results if r) > 1  # they really ran side by side
+    finally:
+        db.dispose()
+
+
+# --- targets -----------------------------------------------------------------------------
+
+
+def test_targets_are_the_subscribed_active_endpoints(db: Database) -> None:
+    client, other = seed_client(db), seed_client(db)
+    sent = add_endpoint(db, client, "https://a.example.com/", ["sms.sent"])
+    add_endpoint(db, client, "https://b.example.com/", ["sms.delivered"])
+    gone = add_endpoint(db, client, "https://c.example.com/", ["sms.sent"])
+    add_endpoint(db, other, "https://d.example.com/", ["sms.sent"])
+    endpoints.delete(db, client, gone.endpoint.id)
+    add_event(db, client, "sms.sent")
+    (event,) = claim(db)
+    targets = targets_of(db, PEPPER, event)
+    assert [(t.url, t.webhook_id, t.secret) for t in targets] == [
+        ("https://a.example.com/", sent.endpoint.id, sent.secret)
+    ]
+
+
+def test_a_message_webhook_url_replaces_the_endpoints(db: Database) -> None:
+    client = seed_client(db)
+    newest = add_endpoint(db, client, "https://a.example.com/", ["sms.delivered"])
+    add_event(db, client, "sms.sent", webhook_url="https://override.example.com/x")
+    (event,) = claim(db)
+    (target,) = targets_of(db, PEPPER, event)
+    assert target.url == "https://override.example.com/x" and target.webhook_id is None
+    assert target.secret == newest.secret  # signed with the client's newest endpoint secret
+
+
+def test_a_message_webhook_url_without_any_secret_is_never_sent_unsigned(db: Database) -> None:
+    client = seed_client(db)
+    add_event(db, client, "sms.sent", webhook_url="https://override.example.com/x")
+    (event,) = claim(db)
+    (target,) = targets_of(db, PEPPER, event)
+    assert target.secret is None and "configure a webhook" in (target.problem or "")
+
+
+def test_a_test_event_goes_to_its_endpoint_only(db: Database) -> None:
+    client = seed_client(db)
+    tested = add_endpoint(db, client, "https://a.example.com/", ["sms.sent"])
+    add_endpoint(db, client, "https://b.example.com/", ["sms.sent"])
+    queued = endpoints.queue_test_event(db, client, tested.endpoint.id)
+    (event,) = claim(db)
+    assert event.id == queued.id and event.event_type == "webhook.test"
+    assert [t.webhook_id for t in targets_of(db, PEPPER, event)] == [tested.endpoint.id]
+
+
+def test_targets_that_answered_2xx_are_not_sent_the_event_again(db: Database) -> None:
+    client = seed_client(db)
+    a = add_endpoint(db, client, "https://a.example.com/", ["sms.sent"])
+    b = add_endpoint(db, client, "https://b.example.com/", ["sms.sent"])
+    add_event(db, client)
+    (event,) = claim(db)
+    ta, tb = sorted(targets_of(db, PEPPER, event), key=lambda t: t.url)
+    record_attempt(db, event, ta, ok())
+    record_attempt(db, event, tb, failed())
+    finish_event(db, event, remaining=1, last_error="x", schedule=[0, 0, 0], now=now())
+    (retry,) = claim(db)
+    assert retry.attempt == 2
+    assert [t.webhook_id for t in targets_of(db, PEPPER, retry)] == [b.endpoint.id]
+    assert a.endpoint.id != b.endpoint.id
+
+
+# --- logs and redelivery -----------------------------------------------------------------
+
+
+def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
+    client = seed_client(db)
+    hook = add_endpoint(db, client, "https://a.example.com/", ["sms.sent"])
+    t0 = now()
+    ids = [add_event(db, client) for _ in range(3)]
+    for event in claim(db):
+        (target,) = targets_of(db, PEPPER, event)
+        record_attempt(db, event, target, failed(t0 + dt.timedelta(seconds=ids.index(event.id))))
+    page = endpoints.list_logs(db, client, page=1, limit=2)
+    assert [r.event_id for r in page.logs] == [ids[2], ids[1]]
+    assert (page.total_items, page.total_pages) == (3, 2)
+    assert [r.event_id for r in endpoints.list_logs(db, client, page=2, limit=2).logs] == [ids[0]]
+    only = endpoints.list_logs(db, client, page=0, limit=0, event_id=ids[1])
+    assert [r.event_id for r in only.logs] == [ids[1]] and only.per_page == 50
+    assert endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id).total_items == 3
+    assert endpoints.list_logs(db, seed_client(db), page=1, limit=10).total_items == 0
+    with pytest.raises(ApiError, match="limit"):
+        endpoints.list_logs(db, client, page=1, limit=101)
+
+
+def test_redeliver_requeues_a_failed_event_with_a_fresh_schedule(db: Database) -> None:
+    client = seed_client(db)
+    event_id = add_event(db, client)
+    (event,) = claim(db)
+    with pytest.raises(ApiError, match="delivering"):
+        endpoints.redeliver(db, client, event_id)
+    finish_event(db, event, remaining=1, last_error="x", schedule=[0], now=now())
+    assert event_row(db, event_id).status == "failed"
+    with pytest.raises(ApiError) as caught:
+        endpoints.redeliver(db, seed_client(db), event_id)
+    assert caught.value.code.name == "EVENT_NOT_FOUND"
+    endpoints.redeliver(db, client, event_id)
+    (again,) = claim(db)
+    assert again.id == event_id and again.attempt == 1
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+def test_retention_cutoff_is_the_start_of_the_first_retained_day() -> None:
+    t = dt.datetime(2025, 4, 10, 15, 45, tzinfo=dt.UTC)
+    assert retention_cutoff(t, 90) == dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
+
+
+def test_retention_deletes_old_messages_and_keeps_the_aggregates(db: Database) -> None:
+    client = seed_client(db)
+    t = now()
+    old, edge = t - dt.timedelta(days=95), retention_cutoff(t, 90) + dt.timedelta(minutes=1)
+    with db.write() as s:
+        for mid, created in (("msg_old", old), ("msg_edge", edge), ("msg_new", t)):
+            s.add(Message(id=mid, client_id=client, to="+33612345678", body="hi", status="delivered",
+                          due_at=created, created_at=created))
+        s.add(DailyAggregate(client_id=client, day=old.date(), sent=1, delivered=1))
+    old_event = add_event(db, client, at=old)
+    (event,) = claim(db)
+    finish_event(db, event, remaining=0, last_error=None, schedule=SCHEDULE, now=t)
+    counts = purge_expired(db, t, retention_days=90)
+    assert counts["messages"] == 1 and counts["outbox_events"] == 1
+    with db.session() as s:
+        assert s.get(Message, "msg_old") is None
+        assert s.get(Message, "msg_edge") is not None and s.get(Message, "msg_new") is not None
+        assert len(list(s.exec(select(DailyAggregate)))) == 1
+    assert purge_expired(db, t, retention_days=90)["messages"] == 0
+    assert old_event == event.id
