@@ -162,7 +162,13 @@ def _run_handler(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()
         return None  # pragma: no cover - run_agent only ends by raising
 
-    stopped = trio.run(main)
+    try:
+        stopped = trio.run(main)
+    except BaseExceptionGroup as group:  # Ctrl-C lands inside nurseries, wrapped
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        log.info("interrupted; stopped")
+        return 130
     return stopped.exit_code if stopped else 0
 
 

@@ -23,6 +23,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -44,6 +45,7 @@ __all__ = ["FleetPhone", "FleetStats"]
 log = logging.getLogger("zimsend.fleet")
 
 _FATAL_RECONNECT = ("DEVICE_DELETED", "DEVICE_DISABLED", "PASSWORD_ROTATED")
+_PROBE_S = 0.25
 
 
 @dataclass
@@ -81,6 +83,7 @@ class FleetPhone:
     _pending: dict[str, tuple[pb.DeviceFrame, int]] = field(default_factory=dict, repr=False)
     _generation: int = 0
     _welcomed_at: float | None = None
+    _probe: float = _PROBE_S
     _heap: list[tuple[int, int, pb.SendCommand]] = field(default_factory=list, repr=False)
     _queued: set[str] = field(default_factory=set, repr=False)
     _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
@@ -110,12 +113,15 @@ class FleetPhone:
             channel = (grpc.aio.secure_channel(self.server, self.credentials, KEEPALIVE_OPTIONS)
                        if self.credentials else
                        grpc.aio.insecure_channel(self.server, KEEPALIVE_OPTIONS))
+            outgoing: asyncio.Queue[pb.DeviceFrame | None] = asyncio.Queue()
+            call = pb_grpc.DeviceLinkServiceStub(channel).Connect(_requests(outgoing), metadata=(
+                ("x-client-id", self.client_id), ("x-device-id", self.device_id),
+                ("x-device-password", self.password)))
             try:
-                call = pb_grpc.DeviceLinkServiceStub(channel).Connect(metadata=(
-                    ("x-client-id", self.client_id), ("x-device-id", self.device_id),
-                    ("x-device-password", self.password)))
-                await self._session(call)
+                await self._session(_Stream(call, outgoing))
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INTERNAL and self._welcomed_at is None:
+                    self._probe = min(self._probe * 4, 5.0)  # maybe a refusal we raced
                 if (refusal := refusal_of(exc)) is not None:
                     self.stats.refused += 1
                     log.error("%s %s", self.device_id, refusal)
@@ -131,44 +137,52 @@ class FleetPhone:
             except (TimeoutError, _LinkClosed) as exc:
                 log.info("%s link lost: %s", self.device_id, type(exc).__name__)
             finally:
+                outgoing.put_nowait(None)
+                call.cancel()
                 await channel.close()
             if self._welcomed_at is not None and loop.time() - self._welcomed_at >= 10:
                 self.backoff.reset()
             self.stats.reconnects += 1
             await asyncio.sleep(minimum + self.backoff.next())
 
-    async def _session(self, call: grpc.aio.StreamStreamCall) -> None:
-        await call.write(pb.DeviceFrame(hello=pb.DeviceHello(
+    async def _session(self, stream: _Stream) -> None:
+        # grpc.aio quirk: if our first write races the server's immediate refusal, grpc marks
+        # the call INTERNAL ("Internal error from Core") and the real status (UNAUTHENTICATED)
+        # is lost. So give the server `_probe` seconds to refuse before saying hello; an
+        # ambiguous INTERNAL before Welcome makes the next probe longer (see _supervise).
+        first_read = asyncio.ensure_future(stream.read())
+        await asyncio.wait([first_read], timeout=self._probe)
+        stream.write(pb.DeviceFrame(hello=pb.DeviceHello(
             model="ZimSend Fleet Simulator", android_version="fleet", app_version="fleet",
             sims=[common_pb2.SimSlot(slot=0, carrier="SimNet")],
             pending_message_ids=self.journal.pending_message_ids())))
-        first = await asyncio.wait_for(call.read(), 30)
+        first = await asyncio.wait_for(first_read, 30)
+        self._probe = _PROBE_S
         if first is grpc.aio.EOF or not first.HasField("welcome"):
             raise _LinkClosed()
         self._apply(first.welcome.settings)
         self._welcomed_at = asyncio.get_running_loop().time()
         self.stats.connected += 1
-        tasks = [asyncio.create_task(self._pump_reports(call)),
-                 asyncio.create_task(self._heartbeats(call))]
+        tasks = [asyncio.create_task(self._pump_reports(stream)),
+                 asyncio.create_task(self._heartbeats(stream))]
         try:
-            await self._read(call)
+            await self._read(stream)
         finally:
             self.stats.connected -= 1
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            call.cancel()
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, stream: _Stream) -> None:
         while True:
-            frame = await call.read()
+            frame = await stream.read()
             if frame is grpc.aio.EOF:
                 raise _LinkClosed()
             kind = frame.WhichOneof("frame")
             if kind == "send":
                 self.stats.commands += 1
                 admission = self.journal.admit(frame.send)
-                await call.write(pb.DeviceFrame(ack=pb.CommandAck(
+                stream.write(pb.DeviceFrame(ack=pb.CommandAck(
                     command_id=frame.send.command_id, accepted=True)))
                 if admission.verdict is Verdict.NEW:
                     self._enqueue(frame.send)
@@ -177,13 +191,13 @@ class FleetPhone:
             elif kind == "cancel":
                 done = self.journal.cancel(frame.cancel.message_id)
                 self._queued.discard(frame.cancel.message_id)
-                await call.write(pb.DeviceFrame(ack=pb.CommandAck(
+                stream.write(pb.DeviceFrame(ack=pb.CommandAck(
                     command_id=frame.cancel.command_id, accepted=done,
                     reason="" if done else "too late")))
             elif kind in ("settings", "welcome"):
                 self._apply(frame.settings if kind == "settings" else frame.welcome.settings)
             elif kind == "ping":
-                await call.write(pb.DeviceFrame(pong=pb.Pong(nonce=frame.ping.nonce)))
+                stream.write(pb.DeviceFrame(pong=pb.Pong(nonce=frame.ping.nonce)))
             elif kind == "report_ack":
                 ids = list(frame.report_ack.report_ids)
                 self.stats.reports_acked += self.journal.ack_reports(ids)
@@ -192,21 +206,21 @@ class FleetPhone:
             elif kind == "reconnect":
                 raise _Reconnect(frame.reconnect.reason, frame.reconnect.retry_after_ms)
 
-    async def _pump_reports(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _pump_reports(self, stream: _Stream) -> None:
         sent: dict[str, int] = {}
         while True:
             self._reports_changed.clear()
             for rid, (frame, generation) in list(self._pending.items()):
                 if sent.get(rid) != generation and rid in self._pending:
-                    await call.write(frame)
+                    stream.write(frame)
                     sent[rid] = generation
                     self.stats.reports_sent += 1
             await self._reports_changed.wait()
 
-    async def _heartbeats(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _heartbeats(self, stream: _Stream) -> None:
         while True:
             h = self.simulation.health()
-            await call.write(pb.DeviceFrame(heartbeat=pb.Heartbeat(
+            stream.write(pb.DeviceFrame(heartbeat=pb.Heartbeat(
                 battery=h.battery, charging=h.charging, signal=h.signal,
                 queue_depth=len(self._queued))))
             interval = self.settings.heartbeat_interval_seconds if self.settings else 0
@@ -290,6 +304,29 @@ class _Reconnect(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_ms = retry_after_ms
+
+
+class _Stream:
+    """Writes go through a queue that grpc.aio consumes as the request iterator: frames from
+    several tasks never race on `call.write`, and a write failing because the server already
+    refused the call is absorbed, so `read()` raises the call's real status (a direct write
+    would fail first with a generic INTERNAL "Internal error from Core")."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall,
+                 outgoing: asyncio.Queue[pb.DeviceFrame | None]) -> None:
+        self._call = call
+        self._outgoing = outgoing
+
+    def write(self, frame: pb.DeviceFrame) -> None:
+        self._outgoing.put_nowait(frame)
+
+    async def read(self) -> object:
+        return await self._call.read()
+
+
+async def _requests(outgoing: asyncio.Queue[pb.DeviceFrame | None]) -> AsyncIterator[pb.DeviceFrame]:
+    while (frame := await outgoing.get()) is not None:
+        yield frame
 
 
 def _midnight() -> float:
