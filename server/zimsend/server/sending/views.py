@@ -14,7 +14,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
 
@@ -23,6 +24,9 @@ from zimsend.server.storage import InboundMessage, Message
 from zimsend.v1 import common_pb2, sms_pb2
 
 from .dates import iso
+from .intake import Accepted
+
+B = TypeVar("B", sms_pb2.SendBulkSmsResponse, sms_pb2.SendBulkPersonalizedSmsResponse)
 
 ENCODING = {"GSM-7": common_pb2.GSM7, "UCS-2": common_pb2.UCS2}
 ENCODING_NAME = {"GSM-7": "GSM7", "UCS-2": "UCS2"}
@@ -72,6 +76,33 @@ def message_fields(message: Message) -> dict[str, Any]:
 
 def sms_message(message: Message) -> sms_pb2.SmsMessage:
     return sms_pb2.SmsMessage(**message_fields(message))
+
+
+def send_response(done: Accepted) -> sms_pb2.SendSmsResponse:
+    """SendSms's documented answer for a freshly queued message."""
+    message = done.messages[0]
+    return sms_pb2.SendSmsResponse(
+        success=True, message_id=message.id, status=common_pb2.queued, to=message.to,
+        queued_at=ts(done.queued_at), estimated_delivery=ts(done.estimated_delivery),
+        segments=message.segments, encoding=ENCODING[message.encoding],
+        priority=message.priority, scheduled_at=ts(message.scheduled_at),
+    )
+
+
+def bulk_response(response_type: type[B]) -> Callable[[Accepted], B]:
+    """The answer of SendBulkSms / SendBulkPersonalizedSms (one shape for both)."""
+
+    def respond(done: Accepted) -> B:
+        return response_type(
+            success=True, batch_id=done.batch_id or "", total_recipients=len(done.messages),
+            messages=[
+                sms_pb2.BulkMessageResult(message_id=m.id, to=m.to, status=common_pb2.queued)
+                for m in done.messages
+            ],
+            queued_at=ts(done.queued_at),
+        )
+
+    return respond
 
 
 def inbound_sms(row: InboundMessage) -> common_pb2.InboundSms:

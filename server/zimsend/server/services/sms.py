@@ -44,17 +44,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
     async def SendSms(
         self, request: pb.SendSmsRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.SendSmsResponse:
-        def respond(done: Accepted) -> pb.SendSmsResponse:
-            message = done.messages[0]
-            return pb.SendSmsResponse(
-                success=True, message_id=message.id, status=common_pb2.queued, to=message.to,
-                queued_at=ts(done.queued_at), estimated_delivery=ts(done.estimated_delivery),
-                segments=message.segments, encoding=views.ENCODING[message.encoding],
-                priority=message.priority, scheduled_at=ts(message.scheduled_at),
-            )
-
         return await self._send(
-            request, context, caller, "SendSms", validation.validate_send, respond,
+            request, context, caller, "SendSms", validation.validate_send, views.send_response,
             pb.SendSmsResponse,
         )
 
@@ -64,7 +55,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
     ) -> pb.SendBulkSmsResponse:
         return await self._send(
             request, context, caller, "SendBulkSms", validation.validate_bulk,
-            _bulk_response(pb.SendBulkSmsResponse), pb.SendBulkSmsResponse,
+            views.bulk_response(pb.SendBulkSmsResponse), pb.SendBulkSmsResponse,
         )
 
     @public_rpc
@@ -75,7 +66,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
         return await self._send(
             request, context, caller, "SendBulkPersonalizedSms",
             validation.validate_personalized,
-            _bulk_response(pb.SendBulkPersonalizedSmsResponse),
+            views.bulk_response(pb.SendBulkPersonalizedSmsResponse),
             pb.SendBulkPersonalizedSmsResponse,
         )
 
@@ -252,20 +243,6 @@ class SmsService(pb_grpc.SmsServiceServicer):
             success=True, data=[views.inbound_sms(m) for m in listed.rows],
             pagination=_pagination(listed),
         )
-
-
-def _bulk_response(response_type: Any) -> Callable[[Accepted], Any]:
-    def respond(done: Accepted) -> Any:
-        return response_type(
-            success=True, batch_id=done.batch_id or "", total_recipients=len(done.messages),
-            messages=[
-                pb.BulkMessageResult(message_id=m.id, to=m.to, status=common_pb2.queued)
-                for m in done.messages
-            ],
-            queued_at=ts(done.queued_at),
-        )
-
-    return respond
 
 
 def _pagination(listed: history.Listed) -> common_pb2.Pagination:

@@ -1,0 +1,150 @@
+"""The SMS service's database work on both engines (SQLite and PostgreSQL), without a server.
+
+The gRPC tests run against SQLite; what could behave differently on PostgreSQL is checked here
+on both: the idempotency race (unique constraint + replay under READ COMMITTED), the SQL
+grouping by UTC day for stats, case-insensitive search with literal wildcards, keyset export
+and the conditional UPDATEs of cancel/resend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlmodel import func, select
+
+from zimsend.server import accounts, secrets
+from zimsend.server.config import Settings
+from zimsend.server.errors import ApiError, ErrorCode
+from zimsend.server.sending import history, idempotency, intake, lifecycle, stats, validation, views
+from zimsend.server.sending.fields import Violations
+from zimsend.server.storage import DailyAggregate, Database, Message, utcnow
+from zimsend.v1 import sms_pb2 as pb
+
+UTC = dt.UTC
+
+
+@pytest.fixture
+def client_id(db: Database) -> str:
+    return accounts.create_client(db, "engines").id
+
+
+def send(db: Database, settings: Settings, client_id: str, request: pb.SendSmsRequest,
+         key: str | None = None) -> tuple[pb.SendSmsResponse, bool]:
+    submission = intake.Submission(
+        client_id=client_id, test=True, device_header=None, operation="SendSms", key=key,
+        request_hash=idempotency.request_hash(request, operation="SendSms", device_id=None,
+                                              test=True) if key else "",
+    )
+    return intake.accept(
+        db, settings, submission,
+        lambda now: validation.validate_send(request, now, allow_insecure_webhooks=False),
+        views.send_response, pb.SendSmsResponse,
+    )
+
+
+def count(db: Database, client_id: str) -> int:
+    with db.session() as session:
+        return int(session.exec(
+            select(func.count()).select_from(Message).where(Message.client_id == client_id)
+        ).one())
+
+
+def insert(db: Database, client_id: str, created: str, status: str = "delivered",
+           body: str = "x") -> str:
+    when = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    message = Message(id=secrets.new_id("msg"), client_id=client_id, to="+33612345678",
+                      body=body, status=status, created_at=when, queued_at=when, due_at=when)
+    with db.write() as session:
+        session.add(message)
+    return message.id
+
+
+def test_concurrent_requests_with_one_key_commit_once(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+    request = pb.SendSmsRequest(to="+33612345678", message="race")
+    barrier = threading.Barrier(20)
+
+    def attempt(_: int) -> tuple[pb.SendSmsResponse, bool]:
+        barrier.wait()
+        return send(db, settings, client_id, request, key="same-key")
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(attempt, range(20)))
+    assert sum(created for _, created in outcomes) == 1
+    assert len({reply.SerializeToString() for reply, _ in outcomes}) == 1
+    assert count(db, client_id) == 1
+
+
+def test_a_reused_key_with_another_body_is_refused(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+    send(db, settings, client_id, pb.SendSmsRequest(to="+33612345678", message="a"), key="k")
+    with pytest.raises(ApiError) as info:
+        send(db, settings, client_id, pb.SendSmsRequest(to="+33612345678", message="b"), key="k")
+    assert info.value.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+    assert count(db, client_id) == 1
+
+
+def test_stats_group_by_utc_day(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+    recent = utcnow().replace(hour=0, minute=30, second=0, microsecond=0) - dt.timedelta(days=2)
+    late = recent.replace(hour=23, minute=59, second=59)
+    for when, status in [(recent, "delivered"), (late, "sent"), (late, "failed"),
+                         (late + dt.timedelta(seconds=1), "delivered"), (late, "queued")]:
+        insert(db, client_id, when.isoformat(), status)
+    with db.write() as session:
+        session.add(DailyAggregate(client_id=client_id, day=dt.date(2000, 1, 1), sent=3,
+                                   delivered=2))
+    start = dt.datetime(1999, 12, 1, tzinfo=UTC)
+    result = stats.compute(db, settings, client_id, start, utcnow(), None)
+    assert [(d.isoformat(), c.sent, c.delivered, c.failed) for d, c in result.by_day()] == [
+        ("2000-01-01", 3, 2, 0),
+        (recent.date().isoformat(), 2, 1, 1),
+        ((recent + dt.timedelta(days=1)).date().isoformat(), 1, 1, 0),
+    ]
+    assert (result.total_sent, result.delivered, result.failed, result.pending) == (6, 4, 1, 1)
+
+
+def test_search_is_case_insensitive_and_literal(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+    now = utcnow().isoformat()
+    plain = insert(db, client_id, now, body="Votre CODE promo")
+    percent = insert(db, client_id, now, body="50% off_today")
+    v = Violations()
+
+    def found(text: str) -> set[str]:
+        flt = history.message_filter(v, settings, client_id, search=text)
+        return {m.id for m in history.list_messages(db, flt, history.Page(1, 50)).rows}
+
+    assert found("code") == {plain}
+    assert found("%") == {percent}
+    assert found("f_t") == {percent}
+    assert found("o_f") == set()  # "_" is not a wildcard
+    assert found("/") == set()  # nor is the escape character special
+    assert not v
+
+
+def test_export_keyset_walks_ties_once(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+    same = "2025-03-01T00:00:00Z"
+    ids = sorted(insert(db, client_id, same) for _ in range(7))
+    flt = history.MessageFilter(client_id=client_id, since=dt.datetime(2000, 1, 1, tzinfo=UTC))
+    seen: list[str] = []
+    after = None
+    while True:
+        chunk = history.export_chunk(db, flt, after, 3)
+        seen += [m.id for m in chunk]
+        if len(chunk) < 3:
+            break
+        after = (chunk[-1].created_at, chunk[-1].id)
+    assert seen == ids
+
+
+def test_cancel_and_resend_are_conditional(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+    message_id = insert(db, client_id, utcnow().isoformat(), status="queued")
+    assert lifecycle.cancel(db, settings, client_id, message_id).status == "cancelled"
+    with pytest.raises(ApiError) as info:
+        lifecycle.cancel(db, settings, client_id, message_id)
+    assert info.value.code is ErrorCode.CANNOT_CANCEL_MESSAGE
+    failed = insert(db, client_id, utcnow().isoformat(), status="failed")
+    assert lifecycle.resend(db, settings, client_id, failed).attempts == 1
+    with pytest.raises(ApiError) as info:
+        lifecycle.resend(db, settings, client_id, failed)
+    assert info.value.code is ErrorCode.CANNOT_RESEND_MESSAGE
