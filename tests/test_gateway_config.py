@@ -133,6 +133,16 @@ def test_the_device_listener_is_tuned_for_long_streams() -> None:
     assert routes[-1]["direct_response"]["status"] == 404
 
 
+def test_phones_have_their_own_upstream_pool_sized_for_one_stream_each() -> None:
+    config = build_config(max_connections=20_000)
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert set(clusters) == {"zimsend_server", "zimsend_devices"}
+    device_route = hcm(listeners(config)["device"])["route_config"]["virtual_hosts"][0]["routes"][0]
+    assert device_route["route"]["cluster"] == "zimsend_devices"
+    breaker = clusters["zimsend_devices"]["circuit_breakers"]["thresholds"][0]
+    assert breaker["max_requests"] == 20_000  # Envoy's default would stop at 1,024 phones
+
+
 def test_upstream_health_checks_start_at_once() -> None:
     cluster = build_config(upstreams=("127.0.0.1:1", "127.0.0.1:2"))["static_resources"]["clusters"][0]
     check = cluster["health_checks"][0]

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 CLUSTER = "zimsend_server"
+# The same replicas again, for the phones' streams: their own connection pool and circuit
+# breakers, so thousands of long streams neither starve nor share flow control with API calls.
+DEVICE_CLUSTER = "zimsend_devices"
 ERROR_CODE_HEADER = "zimsend-error-code"
 ERROR_DOMAIN = "zimsend.dev"
 # Set by the Lua filter on every request that did not arrive as gRPC or gRPC-Web, before the
@@ -146,6 +149,8 @@ class GatewayConfig:
     cors_allow_origins: tuple[str, ...] = ("*",)
     health_check_interval_seconds: float = 2.0
     access_log: bool = True
+    # Downstream connections over both listeners (one per phone, plus API clients).
+    max_connections: int = 50_000
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -174,15 +179,21 @@ def build_config(config: GatewayConfig | None = None, **overrides: Any) -> dict[
         },
         "static_resources": {
             "listeners": [_public_listener(config), _device_listener(config)],
-            "clusters": [_server_cluster(config)],
+            "clusters": [
+                # Envoy's default circuit breakers allow 1,024 concurrent requests per
+                # cluster: far too few for one stream per phone.
+                _server_cluster(config, CLUSTER, max_requests=10_000),
+                _server_cluster(config, DEVICE_CLUSTER, max_requests=config.max_connections),
+            ],
         },
-        "layered_runtime": {
-            "layers": [
+        "overload_manager": {
+            "resource_monitors": [
                 {
-                    "name": "static",
-                    "static_layer": {
-                        # Envoy warns at start-up without an explicit overload manager limit.
-                        "overload": {"global_downstream_max_connections": 50_000},
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": config.max_connections,
                     },
                 }
             ]
@@ -275,7 +286,7 @@ def _device_listener(config: GatewayConfig) -> dict[str, Any]:
                         {
                             "match": {"prefix": f"/{DEVICE_SERVICE}/", "grpc": {}},
                             "route": {
-                                "cluster": CLUSTER,
+                                "cluster": DEVICE_CLUSTER,
                                 "timeout": "0s",
                                 "idle_timeout": idle,
                             },
@@ -748,7 +759,7 @@ def _access_log(config: GatewayConfig, listener: str) -> list[dict[str, Any]]:
     ]
 
 
-def _server_cluster(config: GatewayConfig) -> dict[str, Any]:
+def _server_cluster(config: GatewayConfig, name: str, max_requests: int) -> dict[str, Any]:
     endpoints = []
     all_ips = True
     for upstream in config.upstreams:
@@ -757,12 +768,24 @@ def _server_cluster(config: GatewayConfig) -> dict[str, Any]:
         endpoints.append({"endpoint": {"address": _socket_address(host, port)}})
     interval = _duration(config.health_check_interval_seconds)
     return {
-        "name": CLUSTER,
+        "name": name,
         "type": "STATIC" if all_ips else "STRICT_DNS",
         "connect_timeout": "2s",
+        # Fewest active requests first; for phones that is fewest open streams.
         "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": max_requests,
+                    "max_pending_requests": max_requests,
+                    "max_requests": max_requests,
+                    "max_retries": 3,
+                }
+            ]
+        },
         "load_assignment": {
-            "cluster_name": CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": endpoints}],
         },
         "typed_extension_protocol_options": {
@@ -774,7 +797,8 @@ def _server_cluster(config: GatewayConfig) -> dict[str, Any]:
                         # grpc core refuses pings more often than every 30 s without data
                         # (min_recv_ping_interval_without_data_ms on the server): stay above.
                         "connection_keepalive": {"interval": "60s", "timeout": "20s"},
-                        "max_concurrent_streams": 10_000,
+                        # Several connections per replica once there are many phones.
+                        "max_concurrent_streams": 1_000,
                     }
                 },
             }
