@@ -22,7 +22,25 @@ from google.protobuf import json_format, struct_pb2
 
 from zimsend.server.errors import ApiError, ErrorCode, FieldViolation, violations_error
 
-from .dates import INSTANT_EXAMPLE, iso, parse_instant
+from .dates import iso, parse_instant
+
+__all__ = [
+    "DEFAULT_PRIORITY",
+    "MAX_MESSAGE_CHARS",
+    "MAX_METADATA_BYTES",
+    "MAX_RECIPIENTS",
+    "MAX_SCHEDULE_AHEAD",
+    "PHONE_EXAMPLE",
+    "Violations",
+    "metadata",
+    "phone",
+    "priority",
+    "scheduled_at",
+    "shown",
+    "sim_slot",
+    "text",
+    "webhook_url",
+]
 
 MAX_MESSAGE_CHARS = 1600
 MAX_METADATA_BYTES = 1024
@@ -234,22 +252,3 @@ def _plain(value: Any) -> Any:
             return int(value)
     return value
 
-
-__all__ = [
-    "DEFAULT_PRIORITY",
-    "INSTANT_EXAMPLE",
-    "MAX_MESSAGE_CHARS",
-    "MAX_METADATA_BYTES",
-    "MAX_RECIPIENTS",
-    "MAX_SCHEDULE_AHEAD",
-    "PHONE_EXAMPLE",
-    "Violations",
-    "metadata",
-    "phone",
-    "priority",
-    "scheduled_at",
-    "shown",
-    "sim_slot",
-    "text",
-    "webhook_url",
-]
