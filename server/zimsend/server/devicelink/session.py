@@ -4,7 +4,7 @@ Why a queue between the server and the stream: the hub, the dispatcher and the m
 RPCs push frames from many tasks, while grpc.aio allows one writer per call. `push()` never
 blocks; the stream's writer task drains the queue in order. `close()` is how anyone ends a
 stream: with a final Reconnect frame (the phone is told why) or without (the phone is gone),
-and with a deadline after which the call is cancelled even if the phone stopped reading.
+and with a deadline after which the call ends even if the phone stopped reading.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = ["CommandRecord", "DeviceSession"]
 
-#: How long a stream told to reconnect may take to drain before its call is cancelled.
+#: How long a stream told to reconnect may take to drain before its call ends anyway.
 CLOSE_GRACE_S = 2.0
 
 
@@ -57,6 +57,8 @@ class DeviceSession:
     disconnect_reason: str = "CONNECTION_LOST"
     disconnect_detail: str | None = None
     task: asyncio.Task[object] | None = None
+    #: Set when the stream must end now (the handler returns, whatever the writer is doing).
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     _queue: asyncio.Queue[pb.ServerFrame | None] = field(default_factory=asyncio.Queue)
 
     def touch(self) -> None:
@@ -80,7 +82,7 @@ class DeviceSession:
         grace: float = CLOSE_GRACE_S,
     ) -> None:
         """End the stream. With `reconnect`, a Reconnect frame goes out first and the call is
-        cancelled only if it has not ended within `grace`; without, it is cancelled at once.
+        ended anyway if the phone has not read it within `grace`; without, it ends at once.
         `disconnect_reason` is what `device.disconnected` will say (if this connection is still
         the device's current one when it ends)."""
         if self.closed:
@@ -93,14 +95,10 @@ class DeviceSession:
             )
             self._queue.put_nowait(frame)
             self._queue.put_nowait(None)
-            asyncio.get_running_loop().call_later(grace, self._cancel)
+            asyncio.get_running_loop().call_later(grace, self.ended.set)
         else:
             self._queue.put_nowait(None)
-            self._cancel()
-
-    def _cancel(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+            self.ended.set()
 
     # --- dispatcher helpers ------------------------------------------------------------------
 

@@ -6,10 +6,12 @@ each frame to the hub, and a writer that drains the session's frame queue into t
 (grpc.aio allows one writer per call) — until either ends. Everything shared between streams
 (presence, dispatch, reports) lives in `zimsend.server.devicelink`.
 
-How a stream ends decides the `device.disconnected` reason: the phone half-closing the stream
-is a deliberate close (APP_CLOSED); a reset, a cancelled call or a heartbeat timeout is
-CONNECTION_LOST; a stream the server closes carries its own reason, and a stream replaced by a
-newer connection of the same device writes no event at all.
+How a stream ends decides the `device.disconnected` reason. Every end on the phone's side — a
+reset, a killed app, a half-close, a heartbeat timeout — is CONNECTION_LOST: grpc.aio shows a
+dropped connection and a clean half-close alike (the request iterator just ends), and the
+protocol has no "I am logging out" frame, so USER_LOGOUT/APP_CLOSED cannot be told apart
+honestly. A stream the server closes carries its own reason (UNKNOWN with a `detail`), and a
+stream replaced by a newer connection of the same device writes no event at all.
 """
 
 from __future__ import annotations
@@ -74,13 +76,11 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         )
         reader = asyncio.create_task(self._read(request_iterator, session))
         writer = asyncio.create_task(self._write(context, session))
+        ended = asyncio.create_task(session.ended.wait())
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done and not session.closed:
-                clean = reader.exception() is None
-                session.disconnect_reason = "APP_CLOSED" if clean else "CONNECTION_LOST"
+            await asyncio.wait({reader, writer, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, writer):
+            for task in (reader, writer, ended):
                 task.cancel()
             self.hub.detach(session)
 

@@ -1,0 +1,263 @@
+"""Helpers for the device-link and dispatch tests (test_device_*.py, test_dispatch*.py).
+
+Everything runs against real processes: `zimsend serve`, `zimsend admin`, and the real trio
+agent `zimsend device run --backend simulator`. A `RawPhone` (a plain grpc bidi call driven by
+the test) produces what the agent never would: a frame before hello, a duplicate report, a
+second connection of the same device. `CuttingProxy` sits between an agent and the server and
+drops every connection on demand (an abrupt TCP cut, as a mobile network does).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from _processes import ZIMSEND, Program
+
+from zimsend.v1 import common_pb2, devices_pb2, devices_pb2_grpc, sms_pb2, sms_pb2_grpc
+from zimsend.v1 import device_link_pb2 as pb
+from zimsend.v1 import device_link_pb2_grpc as pb_grpc
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll until `predicate()` is truthy; returns its value; fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A client with a live and a test key, and typed stubs that carry its credentials."""
+
+    client_id: str
+    live_key: str
+    test_key: str
+    channel: grpc.Channel
+
+    def md(self, *, test: bool = False, device: str | None = None) -> list[tuple[str, str]]:
+        out = [("x-api-key", self.test_key if test else self.live_key),
+               ("x-client-id", self.client_id)]
+        if device:
+            out.append(("x-device-id", device))
+        return out
+
+    @property
+    def devices(self) -> devices_pb2_grpc.DeviceServiceStub:
+        return devices_pb2_grpc.DeviceServiceStub(self.channel)
+
+    @property
+    def sms(self) -> sms_pb2_grpc.SmsServiceStub:
+        return sms_pb2_grpc.SmsServiceStub(self.channel)
+
+    def create_device(self, name: str = "phone") -> devices_pb2.CreateDeviceResponse:
+        return self.devices.CreateDevice(
+            devices_pb2.CreateDeviceRequest(name=name), metadata=self.md(), timeout=10
+        )
+
+    def get_device(self, device_id: str) -> devices_pb2.GetDeviceResponse:
+        return self.devices.GetDevice(
+            devices_pb2.GetDeviceRequest(device_id=device_id), metadata=self.md(), timeout=10
+        )
+
+    def online(self, device_id: str) -> bool:
+        return self.get_device(device_id).status == common_pb2.online
+
+    def update_device(self, device_id: str, **fields: Any) -> devices_pb2.UpdateDeviceResponse:
+        return self.devices.UpdateDevice(
+            devices_pb2.UpdateDeviceRequest(device_id=device_id, **fields), metadata=self.md(),
+            timeout=10,
+        )
+
+    def send(self, to: str, text: str, *, test: bool = False, **fields: Any) -> str:
+        reply = self.sms.SendSms(
+            sms_pb2.SendSmsRequest(to=to, message=text, **fields), metadata=self.md(test=test),
+            timeout=10,
+        )
+        return str(reply.message_id)
+
+    def status(self, message_id: str, *, test: bool = False) -> sms_pb2.GetSmsStatusResponse:
+        return self.sms.GetSmsStatus(
+            sms_pb2.GetSmsStatusRequest(message_id=message_id), metadata=self.md(test=test),
+            timeout=10,
+        )
+
+
+def new_tenant(admin: Callable[..., dict[str, Any]], channel: grpc.Channel, name: str) -> Tenant:
+    client = admin("create-client", "--name", name)["client_id"]
+    live = admin("create-key", "--client-id", client, "--name", "live")["api_key"]
+    test = admin("create-key", "--client-id", client, "--name", "sandbox", "--test")["api_key"]
+    return Tenant(client, live, test, channel)
+
+
+def start_agent(
+    env: dict[str, str], address: str, client_id: str, device_id: str, password: str,
+    workdir: Path, *extra: str, name: str = "agent",
+) -> Program:
+    """The real device agent with the simulator backend; outbox and journal under workdir."""
+    argv = [ZIMSEND, "device", "run", "--server", address, "--client-id", client_id,
+            "--device-id", device_id, "--journal", str(workdir / f"{device_id}.journal"),
+            "--outbox", str(workdir / "outbox.jsonl"), "--backend", "simulator", *extra]
+    agent_env = dict(env, ZIMSEND_DEVICE_PASSWORD=password)
+    return Program(argv, env=agent_env, log_path=workdir / f"{name}.log", name=name)
+
+
+def outbox_lines(path: Path) -> list[dict[str, Any]]:
+    """What the simulator "sent" (one JSON object per SMS)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class ServerDb:
+    """Read-only look into the server's SQLite file (WAL: safe next to the server)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "zimsend.db"
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.path, timeout=30) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def events(self, client_id: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        rows = self.query(
+            "SELECT event_type, payload FROM outbox_events WHERE client_id = ? AND event_type "
+            "LIKE ? ORDER BY created_at, rowid", client_id, prefix + "%",
+        )
+        return [(kind, json.loads(payload)) for kind, payload in rows]
+
+    def statuses(self, ids: list[str]) -> dict[str, str]:
+        marks = ",".join("?" * len(ids))
+        rows = self.query(f"SELECT id, status FROM messages WHERE id IN ({marks})", *ids)
+        return dict(rows)
+
+
+class RawPhone:
+    """One DeviceLink stream driven by hand (sync grpc; a thread collects server frames)."""
+
+    def __init__(self, address: str, client_id: str, device_id: str, password: str) -> None:
+        self._out: queue.Queue[pb.DeviceFrame | None] = queue.Queue()
+        self.frames: queue.Queue[pb.ServerFrame] = queue.Queue()
+        self.error: grpc.RpcError | None = None
+        self.ended = threading.Event()
+        self.channel = grpc.insecure_channel(address)
+        stub = pb_grpc.DeviceLinkServiceStub(self.channel)
+        metadata = [("x-client-id", client_id), ("x-device-id", device_id),
+                    ("x-device-password", password)]
+        self.call = stub.Connect(self._requests(), metadata=metadata)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _requests(self) -> Iterator[pb.DeviceFrame]:
+        while (frame := self._out.get()) is not None:
+            yield frame
+
+    def _read(self) -> None:
+        try:
+            for frame in self.call:
+                self.frames.put(frame)
+        except grpc.RpcError as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    def send(self, **frame: Any) -> None:
+        self._out.put(pb.DeviceFrame(**frame))
+
+    def hello(self, **fields: Any) -> pb.Welcome:
+        self.send(hello=pb.DeviceHello(model="Raw", app_version="raw-1", **fields))
+        return self.expect("welcome").welcome
+
+    def expect(self, kind: str, timeout: float = 5.0) -> pb.ServerFrame:
+        """The next frame of `kind` (skipping others); AssertionError if none comes."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frame = self.frames.get(timeout=left)
+            except queue.Empty:
+                break
+            if frame.WhichOneof("frame") == kind:
+                return frame
+        raise AssertionError(f"no {kind} frame within {timeout}s (stream error: {self.error})")
+
+    def close(self) -> None:
+        self._out.put(None)
+        self.call.cancel()
+        self.channel.close()
+
+
+class CuttingProxy:
+    """A TCP proxy on 127.0.0.1 whose `cut()` resets every open connection at once.
+
+    `target` may change between cuts (a restarted server on a new port)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            host, port = self.target.rsplit(":", 1)
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> int:
+        """Reset every connection (SO_LINGER 0: an RST, not a polite FIN)."""
+        with self._lock:
+            sockets, self._open = self._open, []
+        for s in sockets:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()
+            except OSError:
+                pass
+        return len(sockets) // 2
+
+    def close(self) -> None:
+        self._stopped = True
+        self._listener.close()
+        self.cut()
