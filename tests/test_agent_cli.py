@@ -59,8 +59,9 @@ def test_a_bad_pairing_uri_exits_2_saying_what_is_wrong() -> None:
     assert "missing client_id" in done.stderr
 
 
-def test_a_paired_device_sends_logs_state_changes_and_stops_on_ctrl_c(
-    double: DeviceLinkDouble, tmp_path: Path
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_a_paired_device_sends_logs_state_changes_and_stops_on_a_signal(
+    double: DeviceLinkDouble, tmp_path: Path, stop: signal.Signals, code: int
 ) -> None:
     uri = format_pairing_uri(PairingInfo(f"127.0.0.1:{double.port}", "client_test", "dev1",
                                          PASSWORD))
@@ -77,8 +78,8 @@ def test_a_paired_device_sends_logs_state_changes_and_stops_on_ctrl_c(
         wait_until(lambda: read_outbox(outbox) == {"msg_cli": 1})
         wait_until(lambda: len(double.reports("dev1")) == 2)  # sent + delivered
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
     assert "connected to" in err and "sending msg_cli" in err and "reports acked" in err
     assert PASSWORD not in out + err

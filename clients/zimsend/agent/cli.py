@@ -4,8 +4,9 @@ Credentials come from `--pairing URI` or from `--server/--client-id/--device-id/
 (explicit flags win over the URI). The password may also come from the environment
 (`ZIMSEND_DEVICE_PASSWORD`), which keeps it out of `ps`. It is never logged.
 
-Exit codes: 0 on a clean stop, 2 on bad arguments, 3 when the server refuses the credentials,
-4 when the server says the device was deleted/disabled, 130 on Ctrl-C.
+Exit codes: 0 on a clean stop (SIGTERM), 2 on bad arguments, 3 when the server refuses the
+credentials, 4 when the server says stop (device deleted or disabled, password rotated, or
+replaced by another agent using the same pairing), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def _run_handler(args: argparse.Namespace) -> int:
 
     async def main() -> AgentStopped | None:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
             if args.inject_inbound > 0:
                 nursery.start_soon(sender.inject_periodically, args.inject_inbound,
                                    args.inject_interval)
@@ -170,6 +172,23 @@ def _run_handler(args: argparse.Namespace) -> int:
         log.info("interrupted; stopped")
         return 130
     return stopped.exit_code if stopped else 0
+
+
+async def _stop_on_sigterm(scope: Any) -> None:
+    """SIGTERM (systemd, Termux, docker stop) stops the agent cleanly: cancellation lets a
+    handoff in progress finish and journal its outcome, where the default action would kill
+    the process between "sending" and "sent"."""
+    import signal
+
+    import trio
+
+    if not hasattr(signal, "SIGTERM"):  # pragma: no cover - platforms without it
+        return
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.info("SIGTERM: stopping")
+            scope.cancel()
+            return
 
 
 def _fleet_handler(args: argparse.Namespace) -> int:

@@ -44,7 +44,8 @@ __all__ = ["FleetPhone", "FleetStats"]
 
 log = logging.getLogger("zimsend.fleet")
 
-_FATAL_RECONNECT = ("DEVICE_DELETED", "DEVICE_DISABLED", "PASSWORD_ROTATED")
+#: As in zimsend.agent.supervisor (REPLACED: someone else holds this device's credentials).
+_FATAL_RECONNECT = ("DEVICE_DELETED", "DEVICE_DISABLED", "PASSWORD_ROTATED", "REPLACED")
 _PROBE_S = 0.25
 
 

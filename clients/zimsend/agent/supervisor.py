@@ -5,7 +5,8 @@
   healthy resets the backoff.
 - Reconnect frame → wait at least `retry_after_ms` (plus jitter, so a restarting server is not
   hit by every phone at the same millisecond), then reconnect; DEVICE_DELETED,
-  DEVICE_DISABLED and PASSWORD_ROTATED stop the agent instead: reconnecting cannot help.
+  DEVICE_DISABLED, PASSWORD_ROTATED and REPLACED stop the agent instead: reconnecting cannot
+  help (REPLACED: another agent uses the same credentials, see _FATAL_RECONNECT).
 - Refusal (UNAUTHENTICATED / PERMISSION_DENIED) → stop with a clear message and a non-zero
   exit code: a wrong password will not fix itself, and hammering the server helps no one.
 
@@ -42,6 +43,13 @@ _FATAL_RECONNECT = {
     "DEVICE_DELETED": "this device was deleted on the server",
     "DEVICE_DISABLED": "this device was disabled on the server",
     "PASSWORD_ROTATED": "the device password was rotated; re-pair with the new pairing URI",
+    # The agent holds one stream at a time, so a REPLACED on its current stream means another
+    # process connected with the same credentials. Two agents with two journals could each
+    # send a re-offered message once: stop rather than fight (they would replace each other
+    # forever, and "at most once" would no longer hold).
+    "REPLACED": "another connection with this device's credentials replaced this one"
+    " (is a second agent running with the same pairing?); stopping so that no message is"
+    " sent twice",
 }
 _TRANSIENT = (grpc.RpcError, LinkClosed, ProtocolError, ReconnectRequested, trio.TooSlowError)
 
