@@ -127,7 +127,7 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
         if queue is not None:
             queue.put_nowait(item)
 
-    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         md = dict(context.invocation_metadata() or ())
         device_id = str(md.get("x-device-id", ""))
         device = self.devices.get(device_id)

@@ -37,7 +37,7 @@ def test_a_wrong_password_exits_3_with_a_clear_message_and_no_secret(
         zimsend("run", "--server", f"127.0.0.1:{double.port}", "--client-id", "client_test",
                 "--device-id", "dev1", "--password", "hunter2-typo",
                 "--journal", str(tmp_path / "j.sqlite3")),
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 3
     assert "refused: wrong device password" in done.stderr
@@ -46,7 +46,7 @@ def test_a_wrong_password_exits_3_with_a_clear_message_and_no_secret(
 
 
 def test_missing_credentials_exit_2_naming_the_flags(tmp_path: Path) -> None:
-    done = subprocess.run(zimsend("run", "--server", "127.0.0.1:1"), capture_output=True,
+    done = subprocess.run(zimsend("run", "--server", "127.0.0.1:1"), check=False, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "--client-id" in done.stderr and "--pairing" in done.stderr
@@ -54,7 +54,7 @@ def test_missing_credentials_exit_2_naming_the_flags(tmp_path: Path) -> None:
 
 def test_a_bad_pairing_uri_exits_2_saying_what_is_wrong() -> None:
     done = subprocess.run(zimsend("run", "--pairing", "zimsend://pair?server=h:1"),
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "missing client_id" in done.stderr
 

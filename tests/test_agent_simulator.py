@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from zimsend.agent.senders.base import DeliveryReport, InboundSms, SendRequest, SenderEvent
+from zimsend.agent.senders.base import DeliveryReport, InboundSms, SenderEvent, SendRequest
 from zimsend.agent.senders.simulator import SimulatorSender
 from zimsend.agent.simulation import Simulation, SimulationConfig, read_outbox
 

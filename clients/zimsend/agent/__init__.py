@@ -32,7 +32,23 @@ _EXPORTS = {
     "SimulationConfig": "zimsend.agent.simulation",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AgentConfig",
+    "AgentStopped",
+    "Backoff",
+    "DeliveryReport",
+    "InboundSms",
+    "Journal",
+    "PairingInfo",
+    "PartResult",
+    "SendRequest",
+    "SendResult",
+    "Sender",
+    "SimulationConfig",
+    "SimulatorSender",
+    "parse_pairing_uri",
+    "run_agent",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 from pathlib import Path
 
 import grpc
@@ -40,10 +42,8 @@ __all__ = ["AgentConfig", "AgentStopped", "run_agent"]
 log = logging.getLogger("zimsend.agent")
 
 try:
-    from importlib.metadata import version as _dist_version
-
     APP_VERSION = _dist_version("zimsend-client")
-except Exception:  # pragma: no cover - running from a source tree without metadata
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
     APP_VERSION = "0.0.0"
 
 

@@ -197,7 +197,7 @@ def _fleet_handler(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, "fleet")
     try:
         devices = load_devices(args.devices_file)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         _usage_error(f"cannot read --devices-file: {exc}")
     config = FleetConfig(
         server=args.server, tls=args.tls, ca_file=args.ca_file, batch_size=args.batch_size,

@@ -27,7 +27,7 @@ import trio
 
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
-from zimsend.agent.senders.base import PartResult, SendRequest, SendResult, Sender
+from zimsend.agent.senders.base import PartResult, Sender, SendRequest, SendResult
 from zimsend.segments import plan
 from zimsend.v1 import device_link_pb2 as pb
 

@@ -63,10 +63,10 @@ class FleetConfig:
 
 
 def load_devices(path: Path) -> list[FleetDevice]:
-    """Read a devices file; ValueError naming the first bad entry."""
+    """Read a devices file; ValueError (TypeError for a non-list) naming what is wrong."""
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, list):
-        raise ValueError("expected a JSON list of {client_id, device_id, password}")
+        raise TypeError("expected a JSON list of {client_id, device_id, password}")
     devices = []
     for i, item in enumerate(data):
         try:

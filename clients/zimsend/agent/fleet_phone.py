@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 import grpc
 
@@ -159,7 +160,7 @@ class FleetPhone:
             pending_message_ids=self.journal.pending_message_ids())))
         first = await asyncio.wait_for(first_read, 30)
         self._probe = _PROBE_S
-        if first is grpc.aio.EOF or not first.HasField("welcome"):
+        if first is None or not first.HasField("welcome"):
             raise _LinkClosed()
         self._apply(first.welcome.settings)
         self._welcomed_at = asyncio.get_running_loop().time()
@@ -177,7 +178,7 @@ class FleetPhone:
     async def _read(self, stream: _Stream) -> None:
         while True:
             frame = await stream.read()
-            if frame is grpc.aio.EOF:
+            if frame is None:
                 raise _LinkClosed()
             kind = frame.WhichOneof("frame")
             if kind == "send":
@@ -321,8 +322,10 @@ class _Stream:
     def write(self, frame: pb.DeviceFrame) -> None:
         self._outgoing.put_nowait(frame)
 
-    async def read(self) -> object:
-        return await self._call.read()
+    async def read(self) -> pb.ServerFrame | None:
+        """The next frame, or None when the server ended the stream cleanly."""
+        frame = await self._call.read()
+        return None if frame is grpc.aio.EOF else cast(pb.ServerFrame, frame)
 
 
 async def _requests(outgoing: asyncio.Queue[pb.DeviceFrame | None]) -> AsyncIterator[pb.DeviceFrame]:

@@ -84,6 +84,10 @@ _OUTCOME_LETTER = {
     pb.StatusReport.OUTCOME_DELIVERED: "D",
     pb.StatusReport.OUTCOME_FAILED: "F",
 }
+_UNKNOWN_OUTCOME = (
+    "outcome unknown: the agent stopped while handing this message to the SIM;"
+    " not re-sent, so that it is never sent twice"
+)
 #: A `sent` message waiting for delivery reports stays "pending" this long (many networks
 #: never send a handset delivery report).
 DELIVERY_WINDOW_S = 48 * 3600
@@ -251,8 +255,7 @@ class Journal:
             self._db.execute(
                 "UPDATE messages SET state = 'unknown', error_code = 'DEVICE_ERROR',"
                 " error_message = ?, updated_at = ? WHERE device = ? AND state = 'sending'",
-                ("outcome unknown: the agent stopped while handing this message to the SIM;"
-                 " not re-sent, so that it is never sent twice", time.time(), self.device),
+                (_UNKNOWN_OUTCOME, time.time(), self.device),
             )
             rows = [self._row(mid) for mid in crashed]
             return self._store([f for r in rows if r is not None for f in self._outcome_reports(r)])

@@ -111,7 +111,7 @@ def _requests(
     while True:
         try:
             frame = trio.from_thread.run(outgoing.receive, trio_token=token)
-        except BaseException:  # EndOfChannel, ClosedResourceError, RunFinishedError, Cancelled
+        except BaseException:  # noqa: BLE001 — EndOfChannel, Closed…, RunFinishedError, Cancelled
             return
         yield frame
 
@@ -120,10 +120,10 @@ async def _pump_responses(
     call: grpc.Call, incoming: trio.MemorySendChannel[pb.ServerFrame], limiter: trio.CapacityLimiter
 ) -> None:
     def read() -> None:
-        for frame in call:  # type: ignore[attr-defined]  # a stream call is iterable
+        for frame in call:  # a response-streaming call is an iterator of ServerFrames
             try:
                 trio.from_thread.run(incoming.send, frame)
-            except BaseException:  # the trio side is gone (closed, cancelled, run finished)
+            except BaseException:  # noqa: BLE001 — the trio side is gone (closed, cancelled…)
                 return
 
     try:

@@ -56,7 +56,7 @@ def error_reason(error: grpc.RpcError) -> str:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                return info.reason
+                return str(info.reason)
     return ""
 
 
@@ -67,5 +67,6 @@ def refusal_of(error: grpc.RpcError) -> Refusal | None:
     if status not in _REFUSED:
         return None
     assert isinstance(status, grpc.StatusCode)
-    details = error.details() if callable(getattr(error, "details", None)) else ""  # type: ignore[attr-defined]
+    get_details = getattr(error, "details", None)
+    details = get_details() if callable(get_details) else ""
     return Refusal(code=status.name, reason=error_reason(error), details=details or "")

@@ -97,7 +97,7 @@ async def supervise(
             async with open_link(target.server, target.metadata, limiter=limiter,
                                  credentials=target.credentials) as link:
                 await run_session(link, on_welcome)
-        except BaseException as exc:  # noqa: BLE001 — classified below, the rest re-raised
+        except BaseException as exc:  # classified below; the rest is re-raised
             cause = _cause(exc)
             if cause is None:
                 raise

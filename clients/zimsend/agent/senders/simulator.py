@@ -20,9 +20,9 @@ from zimsend.agent.senders.base import (
     DeviceInfo,
     Health,
     InboundSms,
+    SenderEvent,
     SendRequest,
     SendResult,
-    SenderEvent,
     SimInfo,
 )
 from zimsend.agent.simulation import Simulation, SimulationConfig
