@@ -214,3 +214,17 @@ def test_devices_sharing_one_database_are_isolated() -> None:
     one.begin_send("msg_1")
     assert two.begin_send("msg_1") is True
     assert one.journal_id != two.journal_id
+
+
+def test_prune_forgets_only_old_finished_and_fully_acknowledged_messages(journal: Journal) -> None:
+    for mid in ("msg_acked", "msg_unacked", "msg_queued"):
+        journal.admit(command(mid))
+    for mid in ("msg_acked", "msg_unacked"):
+        journal.begin_send(mid)
+        journal.finish_send(mid, ok())
+    journal.ack_reports([rid for rid, f in journal.unacked_reports()
+                         if f.report.message_id == "msg_acked"])
+    assert journal.prune(older_than_s=3600) == 0  # too recent
+    assert journal.prune(older_than_s=-1) == 1
+    assert journal.state("msg_acked") is None
+    assert journal.state("msg_unacked") == "sent" and journal.state("msg_queued") == "queued"

@@ -88,6 +88,7 @@ async def run_agent(
     """Run the agent until it is stopped (AgentStopped) or cancelled."""
     journal = Journal.open(config.journal, config.device_id)
     try:
+        journal.prune()
         recovered = journal.recover()
         if recovered:
             log.warning("%d message(s) had an unknown outcome after a restart; reported as"

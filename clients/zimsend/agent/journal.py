@@ -26,10 +26,9 @@ re-report is the same report and the server's dedup by report id makes replays h
 
 Reports stay in the journal until the server's ReportAck names them.
 
-The journal is synchronous and fast (a few commits per SMS); trio and asyncio callers call it
-directly from their event loop. Several devices may share one database (`device` column): the
-fleet keeps all its phones in one in-memory database, which is acceptable because a fleet is
-for load tests, where surviving a crash of the load generator is not the point.
+Synchronous and fast (a few commits per SMS): trio and asyncio callers use it directly. Several
+devices may share one database (`device` column): the fleet keeps its phones in one in-memory
+database (a fleet is for load tests; surviving a crash of the load generator is not the point).
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ class Journal:
         return db
 
     def close(self) -> None:
-        self._db.close()
+        self._db.close()  # a shared (fleet) database is closed by its owner instead
 
     # --- commands -------------------------------------------------------------------------
 
@@ -178,11 +177,9 @@ class Journal:
 
     def queued(self) -> list[pb.SendCommand]:
         """Commands received but not yet handed to the SIM, oldest first (resume on restart)."""
-        rows = self._db.execute(
+        return [pb.SendCommand.FromString(r[0]) for r in self._db.execute(
             "SELECT command FROM messages WHERE device = ? AND state = 'queued' ORDER BY rowid",
-            (self.device,),
-        ).fetchall()
-        return [pb.SendCommand.FromString(r[0]) for r in rows]
+            (self.device,))]
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a message not yet handed to the SIM; False when it is too late (or unknown)."""
@@ -260,13 +257,24 @@ class Journal:
             rows = [self._row(mid) for mid in crashed]
             return self._store([f for r in rows if r is not None for f in self._outcome_reports(r)])
 
+    def prune(self, older_than_s: float = 30 * 86400) -> int:
+        """Forget finished messages untouched for `older_than_s` whose reports are all
+        acknowledged: the server has stored their outcome, so it will never re-offer them."""
+        with self._tx():
+            cur = self._db.execute(
+                "DELETE FROM messages WHERE device = ? AND updated_at < ?"
+                " AND state IN ('sent', 'failed', 'unknown', 'cancelled')"
+                " AND message_id NOT IN (SELECT message_id FROM reports WHERE device = ?"
+                " AND message_id IS NOT NULL)",
+                (self.device, time.time() - older_than_s, self.device),
+            )
+            return cur.rowcount
+
     def sends_since(self, since: float) -> int:
         """Messages handed to the SIM since `since` (epoch seconds): the daily cap's count."""
-        row = self._db.execute(
+        return int(self._db.execute(
             "SELECT COUNT(*) FROM messages WHERE device = ? AND handed_at >= ?",
-            (self.device, since),
-        ).fetchone()
-        return int(row[0])
+            (self.device, since)).fetchone()[0])
 
     # --- reports --------------------------------------------------------------------------
 
@@ -316,8 +324,7 @@ class Journal:
 
     def state(self, message_id: str) -> str | None:
         """The journaled state of a message (for logs and tests)."""
-        row = self._row(message_id)
-        return None if row is None else str(row["state"])
+        return None if (row := self._row(message_id)) is None else str(row["state"])
 
     # --- internals ------------------------------------------------------------------------
 
