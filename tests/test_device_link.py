@@ -13,7 +13,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _devices import RawPhone, ServerDb, Tenant, new_tenant, start_agent, wait_for
+from _devices import (
+    RawPhone,
+    ServerDb,
+    Tenant,
+    new_tenant,
+    quick_tenant,
+    start_agent,
+    wait_for,
+)
 from _processes import start_server, zimsend_env as make_env
 
 from zimsend.v1 import common_pb2
@@ -46,8 +54,8 @@ def channel(address: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def tenant(admin, channel, request: pytest.FixtureRequest) -> Tenant:  # type: ignore[no-untyped-def]
-    return new_tenant(admin, channel, request.node.name[:90])
+def tenant(zimsend_env, server, channel, request: pytest.FixtureRequest) -> Tenant:  # type: ignore[no-untyped-def]
+    return quick_tenant(zimsend_env, channel, request.node.name[:90])
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +71,16 @@ def phone(address: str, tenant: Tenant, device_id: str, password: str) -> RawPho
 
 
 def test_agent_is_online_within_a_second_and_offline_after_kill_9(
-    tenant: Tenant, address: str, zimsend_env: dict[str, str], db: ServerDb, tmp_path: Path
+    admin, channel, address: str, zimsend_env: dict[str, str], db: ServerDb, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    device = tenant.create_device("pixel")
+    tenant = new_tenant(admin, channel, "acceptance")  # the real admin CLI, end to end
+    created = admin("create-device", "--client-id", tenant.client_id, "--name", "pixel",
+                    "--server-address", address)
+    assert created["pairing_uri"].startswith("zimsend://pair?server=")
+    device = tenant.get_device(created["device_id"])
     assert not tenant.online(device.device_id)
     with start_agent(zimsend_env, address, tenant.client_id, device.device_id,
-                     device.device_password, tmp_path) as agent:
+                     created["device_password"], tmp_path) as agent:
         # The agent's own start-up (imports) is not the server's business: time from the
         # moment the agent says it is connected.
         wait_for(lambda: "connected to" in agent.output(), 30, "the agent to connect")
