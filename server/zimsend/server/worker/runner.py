@@ -182,7 +182,7 @@ class Worker:
             )
             finished = True
             log.info(
-                "webhook.attempted", event_id=event.id, event=event.event_type,
+                "webhook.attempted", event_id=event.id, event_type=event.event_type,
                 client_id=event.client_id, attempt=event.attempt, targets=len(targets),
                 failures=len(failures), status=status,
             )
