@@ -1,0 +1,155 @@
+"""WebhookService over gRPC against a real `zimsend serve` with production settings: webhook
+URLs must be HTTPS and public (`ZIMSEND_WEBHOOKS_ALLOW_INSECURE` unset).
+
+SPEC §7 management: configure (secret shown once), list (no secrets), logs, test, delete —
+every call scoped by client; §10 codes with a google.rpc.ErrorInfo naming them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from _sms import new_account
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from zimsend.server.storage import Database, OutboxEvent
+from zimsend.v1 import webhooks_pb2 as pb
+from zimsend.v1 import webhooks_pb2_grpc as pb_grpc
+
+TEST_PEPPER = b"test-pepper-not-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from _processes import zimsend_env as make_env
+
+    return make_env(tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER.decode())
+
+
+@pytest.fixture(scope="module")
+def webhooks(server):  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(server[1]) as channel:
+        yield pb_grpc.WebhookServiceStub(channel)
+
+
+@pytest.fixture
+def account(server_db: Database):  # type: ignore[no-untyped-def]
+    return new_account(server_db, TEST_PEPPER, "webhook-service")
+
+
+def details(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    reason, fields = "", {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = {v.field: v.description for v in bad.field_violations}
+    return reason, fields
+
+
+def configure(webhooks: Any, account: Any, url: str = "https://hooks.example.com/zimsend",
+              events: tuple[str, ...] = ("sms.sent", "sms.delivered"), secret: str = "") -> Any:
+    return webhooks.ConfigureWebhook(
+        pb.ConfigureWebhookRequest(url=url, events=list(events), secret=secret),
+        metadata=account.md(), timeout=10,
+    )
+
+
+def test_configure_shows_the_secret_once_and_list_never(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+    created = configure(webhooks, account)
+    assert created.success and created.webhook_id.startswith("wh_")
+    assert created.secret.startswith("whsec_") and created.status == "active"
+    assert list(created.events) == ["sms.sent", "sms.delivered"]
+    listed = webhooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=account.md(), timeout=10)
+    (hook,) = listed.webhooks
+    assert (hook.webhook_id, hook.url, hook.status) == (created.webhook_id, created.url, "active")
+    assert created.secret not in str(listed)
+    assert hook.created_at.seconds > 0
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
+    "https://169.254.169.254/latest/meta-data/", "http://hooks.example.com/", "https://localhost/",
+])
+def test_local_and_plain_urls_are_refused(webhooks, account, url) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as caught:
+        configure(webhooks, account, url=url)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reason, fields = details(caught.value)
+    assert reason == "INVALID_WEBHOOK_URL" and "url" in fields
+
+
+def test_each_bad_field_is_named(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as caught:
+        configure(webhooks, account, events=("sms.sent", "sms.teleported"), secret="tooshort")
+    reason, fields = details(caught.value)
+    assert reason == "INVALID_REQUEST"
+    assert set(fields) == {"events[1]", "secret"}
+    assert "sms.teleported" in fields["events[1]"] and "otp.verified" in fields["events[1]"]
+    with pytest.raises(grpc.RpcError) as caught:
+        configure(webhooks, account, events=())
+    assert set(details(caught.value)[1]) == {"events"}
+
+
+def test_test_queues_an_event_for_that_endpoint(webhooks, account, server_db) -> None:  # type: ignore[no-untyped-def]
+    hook = configure(webhooks, account)
+    reply = webhooks.TestWebhook(pb.TestWebhookRequest(webhook_id=hook.webhook_id),
+                                 metadata=account.md(), timeout=10)
+    assert reply.success and reply.event_id.startswith("evt_") and reply.event_id in reply.message
+    with server_db.session() as s:
+        event = s.get(OutboxEvent, reply.event_id)
+    assert event is not None and event.event_type == "webhook.test"
+    assert event.client_id == account.client_id and event.payload["webhook_id"] == hook.webhook_id
+
+
+def test_another_clients_webhook_is_not_found(webhooks, account, server_db) -> None:  # type: ignore[no-untyped-def]
+    theirs = configure(webhooks, new_account(server_db, TEST_PEPPER, "other"))
+    for call, request in (
+        (webhooks.TestWebhook, pb.TestWebhookRequest(webhook_id=theirs.webhook_id)),
+        (webhooks.DeleteWebhook, pb.DeleteWebhookRequest(webhook_id=theirs.webhook_id)),
+        (webhooks.DeleteWebhook, pb.DeleteWebhookRequest(webhook_id="wh_0000000000000000")),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, metadata=account.md(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert details(caught.value)[0] == "WEBHOOK_NOT_FOUND"
+    with pytest.raises(grpc.RpcError) as caught:
+        webhooks.RedeliverWebhookEvent(pb.RedeliverWebhookEventRequest(event_id="evt_0000000000000000"),
+                                       metadata=account.md(), timeout=10)
+    assert details(caught.value)[0] == "EVENT_NOT_FOUND"
+    listed = webhooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=account.md(), timeout=10)
+    assert theirs.webhook_id not in str(listed)
+
+
+def test_delete_removes_it_from_the_list(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+    keep, gone = configure(webhooks, account), configure(webhooks, account)
+    reply = webhooks.DeleteWebhook(pb.DeleteWebhookRequest(webhook_id=gone.webhook_id),
+                                   metadata=account.md(), timeout=10)
+    assert reply.success and reply.webhook_id == gone.webhook_id
+    listed = webhooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=account.md(), timeout=10)
+    assert [h.webhook_id for h in listed.webhooks] == [keep.webhook_id]
+
+
+def test_logs_start_empty_and_reject_a_page_too_large(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+    reply = webhooks.ListWebhookLogs(pb.ListWebhookLogsRequest(), metadata=account.md(), timeout=10)
+    assert reply.success and list(reply.logs) == []
+    assert (reply.pagination.current_page, reply.pagination.per_page) == (1, 50)
+    assert reply.pagination.total_items == 0
+    with pytest.raises(grpc.RpcError) as caught:
+        webhooks.ListWebhookLogs(pb.ListWebhookLogsRequest(limit=500), metadata=account.md(), timeout=10)
+    assert "limit" in details(caught.value)[1]
+
+
+def test_every_call_needs_credentials(webhooks) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as caught:
+        webhooks.ListWebhooks(pb.ListWebhooksRequest(), timeout=10)
+    assert details(caught.value)[0] == "MISSING_AUTH_HEADERS"
