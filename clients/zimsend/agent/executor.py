@@ -6,9 +6,9 @@ It does wait for the first Welcome of the process, though, so that a phone resta
 journaled commands learns its current settings (`enabled`, pacing, cap) before sending.
 
 Ordering and pacing: highest priority first (urgent=1 … very_low=5), then arrival order; at
-most one send per `send_interval_ms` (start to start); at most `daily_cap` handoffs per local
-calendar day (counted in the journal, so a restart does not reset it); nothing while
-`enabled` is false. Settings apply live: a DeviceSettings frame wakes the executor at once.
+most one send per `send_interval_ms` (start to start); at most `daily_cap` handoffs per UTC
+day, the day the server's dispatcher counts (counted in the journal, so a restart does not
+reset it); nothing while `enabled` is false. Settings apply live: a DeviceSettings frame wakes the executor at once.
 
 Cancellation: a handoff in progress is shielded (bounded by `send_timeout`) so a shutdown never
 leaves an intent without an outcome; the queue itself is durable in the journal.
@@ -122,7 +122,7 @@ class Executor:
         if s is None or not s.enabled or not self._queued:
             return math.inf
         if s.daily_cap > 0:
-            midnight = _local_midnight()
+            midnight = _utc_midnight()
             if self._journal.sends_since(midnight.timestamp()) >= s.daily_cap:
                 if not self._capped_logged:
                     log.info("daily cap of %d reached; holding %d commands until midnight",
@@ -177,6 +177,5 @@ def _failed(request: SendRequest, code: str, message: str) -> SendResult:
     return SendResult(parts=tuple(part for _ in request.parts), at=datetime.now(UTC))
 
 
-def _local_midnight() -> datetime:
-    now = datetime.now().astimezone()
-    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+def _utc_midnight() -> datetime:
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

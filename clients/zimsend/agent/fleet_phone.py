@@ -25,7 +25,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import cast
 
 import grpc
@@ -334,6 +334,6 @@ async def _requests(outgoing: asyncio.Queue[pb.DeviceFrame | None]) -> AsyncIter
 
 
 def _midnight() -> float:
-    now = datetime.now().astimezone()
-    return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    """Start of the current UTC day (the day the server's dispatcher counts for daily_cap)."""
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
