@@ -18,7 +18,8 @@ from typing import Any
 
 import grpc
 import pytest
-from _processes import free_port, start_server, zimsend_env as make_env
+from _processes import free_port, start_server
+from _processes import zimsend_env as make_env
 from _receivers import Receiver, body_of, start_worker, verify_standard, wait_until
 from _sms import new_account
 from _webhooks import add_event, deliveries, event_row, seed_client
@@ -279,7 +280,7 @@ def test_private_addresses_are_refused_at_delivery(tmp_path_factory, logs_dir) -
 
 
 def test_the_default_schedule_is_0_60_300_and_the_setting_overrides_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    for name, value in SHORT.items():
+    for name in SHORT:
         monkeypatch.delenv(name, raising=False)
     assert Settings().webhook_retry_schedule_seconds == [0, 60, 300]
     assert Settings().webhook_timeout_seconds == 5

@@ -8,14 +8,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlmodel import select
 from _webhooks import PEPPER, add_endpoint, add_event, event_row, seed_client
+from sqlmodel import select
 
 from zimsend.server.errors import ApiError
 from zimsend.server.secrets import decrypt_secret
 from zimsend.server.storage import (
-    Database,
     DailyAggregate,
+    Database,
     Message,
     OutboxStatus,
     WebhookEndpoint,

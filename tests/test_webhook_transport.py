@@ -14,7 +14,6 @@ import httpcore
 import httpx
 import pytest
 import trio
-
 from _webhooks import RecordingConnector, StubResolver
 
 from zimsend.server.webhook_delivery.addresses import forbidden_reason, parse_ip_literal, unwrap

@@ -8,13 +8,13 @@ receivers.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import trio
-from sqlmodel import select
 from _webhooks import (
     PEPPER,
     RecordingConnector,
@@ -25,6 +25,7 @@ from _webhooks import (
     event_row,
     seed_client,
 )
+from sqlmodel import select
 
 from zimsend.server.config import Settings
 from zimsend.server.storage import Database, Message, OutboxEvent
@@ -106,7 +107,7 @@ def test_a_failing_endpoint_is_retried_on_the_schedule_then_failed(db: Database,
     rows = deliveries(db, event_id)
     assert [r.attempt for r in rows] == [1, 2, 3]
     assert all(not r.success and r.response_status == 503 for r in rows)
-    gaps = [(b.created_at - a.created_at).total_seconds() for a, b in zip(rows, rows[1:])]
+    gaps = [(b.created_at - a.created_at).total_seconds() for a, b in itertools.pairwise(rows)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[1] > gaps[0]
 
 

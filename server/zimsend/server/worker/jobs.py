@@ -69,7 +69,7 @@ async def run_periodically(
     while not stopping.is_set():
         try:
             result = await db_call(job.run, database, utcnow())
-        except Exception:  # noqa: BLE001 - logged; the next tick tries again
+        except Exception:  # logged; the next tick tries again
             log.exception("job.failed", job=job.name)
         else:
             if result and (not isinstance(result, dict) or any(result.values())):

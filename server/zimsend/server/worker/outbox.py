@@ -230,7 +230,7 @@ def finish_event(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if result.rowcount == 0:
             log.warning("outbox.lease_lost", event_id=event.id, attempt=event.attempt)
             return None
     return str(values["status"])

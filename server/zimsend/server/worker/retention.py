@@ -82,7 +82,7 @@ def _purge(db: Database, model: Any, key: Any, conditions: list[Any]) -> int:
                 delete(model).where(col(key).in_(batch), *conditions)
                 .execution_options(synchronize_session=False)
             )
-            deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
+            deleted = int(result.rowcount or 0)
         total += deleted
         if deleted < BATCH:
             return total

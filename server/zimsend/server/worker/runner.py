@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
-import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,7 +67,7 @@ class WorkerOptions:
     retention_interval: float = 3600.0
     stop_grace: float | None = None  # default: webhook timeout + 5 s
     worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     )
 
 
@@ -142,7 +141,7 @@ class Worker:
                         claim_due_events, self.database, token=self._token(), limit=room,
                         lease=self.lease, now=utcnow(),
                     )
-                except Exception:  # noqa: BLE001 - database down: say so, retry
+                except Exception:  # database down: say so, retry
                     log.exception("worker.claim_failed")
                     await self._nap(max(self.options.poll_interval, 2.0))
                     continue
@@ -172,6 +171,7 @@ class Worker:
                 for target in targets:
                     attempts.start_soon(self._attempt, sender, event, target, body, outcomes)
             failures = [o for o in outcomes if not o.success]
+            last_error: str | None
             if not targets:
                 last_error = "nothing to deliver: no active webhook subscribed to this event"
             else:
@@ -186,14 +186,14 @@ class Worker:
                 client_id=event.client_id, attempt=event.attempt, targets=len(targets),
                 failures=len(failures), status=status,
             )
-        except Exception:  # noqa: BLE001 - one bad event must not stop the worker
+        except Exception:  # one bad event must not stop the worker
             log.exception("webhook.delivery_crashed", event_id=event.id, attempt=event.attempt)
         finally:
             if not finished:
                 with trio.CancelScope(shield=True):
                     try:
                         await self.db_call(release_claim, self.database, event, utcnow())
-                    except Exception:  # noqa: BLE001 - the lease will expire instead
+                    except Exception:  # the lease will expire instead
                         log.exception("webhook.release_failed", event_id=event.id)
             self._slots.release()
 
