@@ -52,6 +52,13 @@ def test_missing_credentials_exit_2_naming_the_flags(tmp_path: Path) -> None:
     assert "--client-id" in done.stderr and "--pairing" in done.stderr
 
 
+def test_a_server_without_port_exits_2() -> None:
+    done = subprocess.run(zimsend("run", "--server", "sms.example.com", "--client-id", "c",
+                                  "--device-id", "d", "--password", "p"),
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "needs a port" in done.stderr
+
+
 def test_a_bad_pairing_uri_exits_2_saying_what_is_wrong() -> None:
     done = subprocess.run(zimsend("run", "--pairing", "zimsend://pair?server=h:1"),
                           check=False, capture_output=True, text=True, timeout=60)

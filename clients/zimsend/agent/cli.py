@@ -121,6 +121,10 @@ def agent_config(args: argparse.Namespace) -> Any:
                if not values[n]]
     if missing:
         _usage_error(f"missing {', '.join(missing)} (or give --pairing URI)")
+    if ":" not in values["server"].rsplit("]", 1)[-1]:
+        _usage_error(f"--server {values['server']!r} needs a port (HOST:PORT)")
+    if args.ca_file is not None and not args.ca_file.is_file():
+        _usage_error(f"--ca-file {args.ca_file} is not a readable file")
     journal = args.journal or default_state_dir() / f"journal-{values['device_id']}.sqlite3"
     return AgentConfig(journal=journal, ca_file=args.ca_file, **values)
 

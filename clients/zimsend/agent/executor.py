@@ -125,7 +125,7 @@ class Executor:
             midnight = _utc_midnight()
             if self._journal.sends_since(midnight.timestamp()) >= s.daily_cap:
                 if not self._capped_logged:
-                    log.info("daily cap of %d reached; holding %d commands until midnight",
+                    log.info("daily cap of %d reached; holding %d commands until 00:00 UTC",
                              s.daily_cap, self.depth)
                     self._capped_logged = True
                 return max(1.0, (midnight + timedelta(days=1)).timestamp() - time.time())
