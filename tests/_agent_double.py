@@ -55,6 +55,8 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
     _loop: asyncio.AbstractEventLoop | None = None
     _server: grpc.aio.Server | None = None
     _thread: threading.Thread | None = None
+    #: (cert PEM, key PEM) to listen with TLS instead of plaintext.
+    tls: tuple[bytes, bytes] | None = None
 
     # --- test-facing (any thread) ---------------------------------------------------------
 
@@ -118,7 +120,11 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
     async def _start(self, ready: threading.Event) -> None:
         self._server = grpc.aio.server()
         pb_grpc.add_DeviceLinkServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        if self.tls is None:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+        else:
+            credentials = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
+            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
         await self._server.start()
         ready.set()
 

@@ -8,6 +8,7 @@ relies on.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -411,3 +412,24 @@ def test_fifty_agents_in_one_process_share_a_dedicated_thread_limiter(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_tls_with_a_private_ca_file(tmp_path: Path) -> None:
+    from _certs import self_signed
+
+    cert, key = self_signed(tmp_path)
+    double = DeviceLinkDouble(tls=(cert.read_bytes(), key.read_bytes()))
+    double.add_device("dev1")
+    double.start()
+    try:
+        phone = Phone(double, tmp_path)
+        phone.config = dataclasses.replace(phone.config, tls=True, ca_file=cert)
+
+        async def scenario() -> None:
+            await until(lambda: double.connected("dev1"))
+            double.send_command("dev1", "msg_tls")
+            await until(lambda: phone.sends() == 1)
+
+        phone.run(scenario)
+    finally:
+        double.stop()
