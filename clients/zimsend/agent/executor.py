@@ -49,8 +49,11 @@ class Executor:
         self._reporter = reporter
         self._send_timeout = send_timeout
         self.settings: pb.DeviceSettings | None = None
-        self._heap: list[tuple[int, int, pb.SendCommand]] = []
-        self._queued: set[str] = set()
+        # Heap of (rank, seq, message id); `_queued` holds the live command per message id, so
+        # a stale heap entry (cancelled, or superseded by a new attempt) is skipped or resolved
+        # to the current command.
+        self._heap: list[tuple[int, int, str]] = []
+        self._queued: dict[str, pb.SendCommand] = {}
         self._seq = itertools.count()
         self._changed = trio.Event()
         self._settings_changed = trio.Event()
@@ -85,13 +88,13 @@ class Executor:
         if command.message_id in self._queued:
             return
         rank = command.priority if 1 <= command.priority <= 5 else _NORMAL
-        heapq.heappush(self._heap, (rank, next(self._seq), command))
-        self._queued.add(command.message_id)
+        heapq.heappush(self._heap, (rank, next(self._seq), command.message_id))
+        self._queued[command.message_id] = command
         self._poke()
 
     def discard(self, message_id: str) -> None:
         """Forget a cancelled command (its heap entry is skipped when popped)."""
-        self._queued.discard(message_id)
+        self._queued.pop(message_id, None)
         self._poke()
 
     async def run(self) -> None:
@@ -108,9 +111,8 @@ class Executor:
             wait = self._blocked_for()
             if wait is None:
                 while self._heap:
-                    _, _, command = heapq.heappop(self._heap)
-                    if command.message_id in self._queued:
-                        self._queued.discard(command.message_id)
+                    _, _, message_id = heapq.heappop(self._heap)
+                    if (command := self._queued.pop(message_id, None)) is not None:
                         return command
                 continue
             with trio.move_on_after(wait):

@@ -86,8 +86,8 @@ class FleetPhone:
     _generation: int = 0
     _welcomed_at: float | None = None
     _probe: float = _PROBE_S
-    _heap: list[tuple[int, int, pb.SendCommand]] = field(default_factory=list, repr=False)
-    _queued: set[str] = field(default_factory=set, repr=False)
+    _heap: list[tuple[int, int, str]] = field(default_factory=list, repr=False)
+    _queued: dict[str, pb.SendCommand] = field(default_factory=dict, repr=False)
     _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _reports_changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -192,7 +192,7 @@ class FleetPhone:
                     self._add_reports(admission.reports)
             elif kind == "cancel":
                 done = self.journal.cancel(frame.cancel.message_id)
-                self._queued.discard(frame.cancel.message_id)
+                self._queued.pop(frame.cancel.message_id, None)
                 stream.write(pb.DeviceFrame(ack=pb.CommandAck(
                     command_id=frame.cancel.command_id, accepted=done,
                     reason="" if done else "too late")))
@@ -238,8 +238,8 @@ class FleetPhone:
     def _enqueue(self, command: pb.SendCommand) -> None:
         if command.message_id not in self._queued:
             rank = command.priority if 1 <= command.priority <= 5 else 3
-            heapq.heappush(self._heap, (rank, next(self._seq), command))
-            self._queued.add(command.message_id)
+            heapq.heappush(self._heap, (rank, next(self._seq), command.message_id))
+            self._queued[command.message_id] = command
             self._changed.set()
 
     def _add_reports(self, frames: list[pb.DeviceFrame]) -> None:
@@ -267,10 +267,9 @@ class FleetPhone:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), wait)
                 continue
-            _, _, command = heapq.heappop(self._heap)
-            if command.message_id not in self._queued:
+            _, _, message_id = heapq.heappop(self._heap)
+            if (command := self._queued.pop(message_id, None)) is None:
                 continue
-            self._queued.discard(command.message_id)
             if not self.journal.begin_send(command.message_id):
                 continue
             self._last_send = loop.time()
