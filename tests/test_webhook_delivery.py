@@ -226,6 +226,25 @@ def test_killing_the_worker_mid_delivery_loses_nothing(tmp_path_factory, logs_di
         assert record["headers"]["webhook-id"] == record["event_id"]
 
 
+def test_ctrl_c_lets_the_delivery_in_flight_finish(tmp_path_factory, logs_dir) -> None:  # type: ignore[no-untyped-def]
+    env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
+    port = free_port()
+    hook = endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
+                               events=["sms.sent"], secret="", allow_insecure=True)
+    with Receiver(logs_dir, secret=hook.secret, port=port, delay_ms=2000) as receiver:
+        worker = start_worker(env, logs_dir, "interrupted", "--lease-seconds", "8")
+        with worker:
+            event_id = add_event(db, client_id, "sms.sent")
+            receiver.wait_for(lambda r: len(r) >= 1, what="a delivery in flight")
+            worker.kill(signal.SIGINT)  # what Ctrl-C in the terminal sends
+            assert worker.proc.wait(15) == 0
+        assert "worker.stopped" in worker.log_path.read_text()
+    (attempt,) = deliveries(db, event_id)
+    assert attempt.success and attempt.response_time_ms >= 1900
+    assert event_row(db, event_id).status == "delivered"
+    db.dispose()
+
+
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_deliver_each_event_once(  # type: ignore[no-untyped-def]
     postgres_database_url, tmp_path_factory, logs_dir,

@@ -8,6 +8,7 @@ status is 0. `zimsend up` starts this command as its `worker` child.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def _handler(args: argparse.Namespace) -> int:
     if args.worker_id:
         options["worker_id"] = args.worker_id
     logs.configure(settings.log_level)
+    # httpx logs every request URL at INFO; a customer's URL may carry a token in its query.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return trio.run(main, settings, WorkerOptions(**options))
 
 
