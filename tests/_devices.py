@@ -250,8 +250,7 @@ class CuttingProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
@@ -263,6 +262,12 @@ class CuttingProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    @property
+    def links(self) -> int:
+        """Connections currently proxied."""
+        with self._lock:
+            return len(self._open) // 2
 
     def cut(self) -> int:
         """Reset every connection (SO_LINGER 0: an RST, not a polite FIN)."""
