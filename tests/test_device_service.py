@@ -1,0 +1,155 @@
+"""DeviceService (SPEC §2 management paths) against a real `zimsend serve`.
+
+Create returns a one-time password and a pairing URI; list/get show presence and what the phone
+reported; update changes only the fields given, within limits that the error names; delete and
+rotate take effect at once; another client's device answers exactly like an unknown one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import grpc
+import pytest
+from _devices import RawPhone, Tenant, error_reason, quick_tenant
+from google.protobuf import field_mask_pb2
+
+from zimsend.v1 import common_pb2, devices_pb2
+from zimsend.v1 import device_link_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def channel(server):  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(server[1]) as ch:
+        yield ch
+
+
+@pytest.fixture
+def tenant(zimsend_env, server, channel, request: pytest.FixtureRequest) -> Tenant:  # type: ignore[no-untyped-def]
+    return quick_tenant(zimsend_env, channel, request.node.name[:90])
+
+
+def test_create_returns_a_one_time_password_and_a_pairing_uri(
+    tenant: Tenant, server, zimsend_env: dict[str, str]  # type: ignore[no-untyped-def]
+) -> None:
+    created = tenant.create_device("  Kitchen phone ")
+    assert created.success and created.device_id.startswith("device_")
+    assert created.name == "Kitchen phone" and created.client_id == tenant.client_id
+    uri = urlparse(created.pairing_uri)
+    query = {k: v[0] for k, v in parse_qs(uri.query).items()}
+    assert uri.scheme == "zimsend" and query == {
+        "server": server[1], "client_id": tenant.client_id, "device_id": created.device_id,
+        "password": created.device_password,
+    }
+    assert len(created.device_password) >= 20
+    db_file = Path(zimsend_env["ZIMSEND_DATA_DIR"]) / "zimsend.db"
+    raw = b"".join(p.read_bytes() for p in db_file.parent.glob("zimsend.db*"))
+    assert created.device_password.encode() not in raw
+
+
+def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
+    tenant: Tenant, server  # type: ignore[no-untyped-def]
+) -> None:
+    first = tenant.create_device("one")
+    second = tenant.create_device("two")
+    got = tenant.get_device(first.device_id)
+    assert got.status == common_pb2.offline and got.enabled
+    assert got.send_interval_ms == 2500 and got.daily_cap == 0
+    assert not got.HasField("battery") and not got.HasField("last_seen")
+    phone = RawPhone(server[1], tenant.client_id, second.device_id, second.device_password)
+    try:
+        phone.hello(android_version="14", phone_number="+33611111111",
+                    sims=[common_pb2.SimSlot(slot=0, carrier="Orange")])
+        phone.send(heartbeat=pb.Heartbeat(battery=64, charging=True, signal=3))
+        time.sleep(1.5)  # one heartbeat flush
+        listed = tenant.devices.ListDevices(devices_pb2.ListDevicesRequest(),
+                                            metadata=tenant.md(), timeout=10)
+    finally:
+        phone.close()
+    assert [d.device_id for d in listed.devices] == [first.device_id, second.device_id]
+    live = listed.devices[1]
+    assert live.status == common_pb2.online and live.battery == 64 and live.charging
+    assert live.signal == 3 and live.android_version == "14" and live.model == "Raw"
+    assert live.phone_number == "+33611111111" and live.sims[0].carrier == "Orange"
+    assert live.app_version == "raw-1" and live.HasField("last_seen")
+
+
+def test_update_changes_only_the_given_fields_and_applies_live(
+    tenant: Tenant, server  # type: ignore[no-untyped-def]
+) -> None:
+    device = tenant.create_device("before")
+    phone = RawPhone(server[1], tenant.client_id, device.device_id, device.device_password)
+    try:
+        phone.hello()
+        updated = tenant.update_device(device.device_id, send_interval_ms=0, daily_cap=500)
+        assert updated.device.name == "before" and updated.device.enabled
+        assert updated.device.send_interval_ms == 0 and updated.device.daily_cap == 500
+        settings = phone.expect("settings").settings
+        assert (settings.send_interval_ms, settings.daily_cap, settings.enabled) == (0, 500, True)
+        renamed = tenant.update_device(device.device_id, name="after")
+        assert renamed.device.name == "after" and renamed.device.daily_cap == 500
+        masked = tenant.devices.UpdateDevice(
+            devices_pb2.UpdateDeviceRequest(
+                device_id=device.device_id, name="ignored", daily_cap=7,
+                update_mask=field_mask_pb2.FieldMask(paths=["daily_cap"]),
+            ), metadata=tenant.md(), timeout=10,
+        )
+        assert masked.device.name == "after" and masked.device.daily_cap == 7
+    finally:
+        phone.close()
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), [
+    ({"send_interval_ms": 3_600_001}, "send_interval_ms", "0-3600000"),
+    ({"send_interval_ms": -1}, "send_interval_ms", "0-3600000"),
+    ({"daily_cap": 100_001}, "daily_cap", "100000"),
+    ({"name": ""}, "name", "1-100"),
+])
+def test_update_validation_names_the_field_and_its_limit(
+    tenant: Tenant, fields: dict[str, object], field: str, words: str
+) -> None:
+    device = tenant.create_device()
+    with pytest.raises(grpc.RpcError) as caught:
+        tenant.update_device(device.device_id, **fields)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(caught.value) == "INVALID_REQUEST"
+    assert field in caught.value.details() and words in caught.value.details()
+
+
+def test_another_clients_device_is_invalid_device_id_everywhere(
+    tenant: Tenant, zimsend_env: dict[str, str], channel: grpc.Channel
+) -> None:
+    other = quick_tenant(zimsend_env, channel, "other")
+    theirs = other.create_device()
+    calls = [
+        lambda: tenant.get_device(theirs.device_id),
+        lambda: tenant.update_device(theirs.device_id, name="mine"),
+        lambda: tenant.devices.DeleteDevice(
+            devices_pb2.DeleteDeviceRequest(device_id=theirs.device_id), metadata=tenant.md()),
+        lambda: tenant.devices.RotateDevicePassword(
+            devices_pb2.RotateDevicePasswordRequest(device_id=theirs.device_id),
+            metadata=tenant.md()),
+        lambda: tenant.get_device("device_0000000000000000"),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert error_reason(caught.value) == "INVALID_DEVICE_ID"
+    assert other.get_device(theirs.device_id).name == "phone"
+
+
+def test_a_deleted_device_disappears(tenant: Tenant) -> None:
+    device = tenant.create_device()
+    reply = tenant.devices.DeleteDevice(
+        devices_pb2.DeleteDeviceRequest(device_id=device.device_id), metadata=tenant.md())
+    assert reply.success and reply.device_id == device.device_id
+    listed = tenant.devices.ListDevices(devices_pb2.ListDevicesRequest(), metadata=tenant.md())
+    assert device.device_id not in [d.device_id for d in listed.devices]
+    with pytest.raises(grpc.RpcError) as caught:
+        tenant.get_device(device.device_id)
+    assert error_reason(caught.value) == "INVALID_DEVICE_ID"
