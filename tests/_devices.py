@@ -182,8 +182,13 @@ class ServerDb:
 class RawPhone:
     """One DeviceLink stream driven by hand (sync grpc; a thread collects server frames)."""
 
-    def __init__(self, address: str, client_id: str, device_id: str, password: str) -> None:
+    def __init__(
+        self, address: str, client_id: str, device_id: str, password: str, *,
+        heartbeats: bool = True,
+    ) -> None:
+        """`heartbeats`: send one every 0.5 s once welcomed (the server cuts a silent phone)."""
         self._out: queue.Queue[pb.DeviceFrame | None] = queue.Queue()
+        self._heartbeats = heartbeats
         self.frames: queue.Queue[pb.ServerFrame] = queue.Queue()
         self.error: grpc.RpcError | None = None
         self.ended = threading.Event()
@@ -212,7 +217,14 @@ class RawPhone:
 
     def hello(self, **fields: Any) -> pb.Welcome:
         self.send(hello=pb.DeviceHello(model="Raw", app_version="raw-1", **fields))
-        return self.expect("welcome").welcome
+        welcome = self.expect("welcome").welcome
+        if self._heartbeats:
+            threading.Thread(target=self._beat, daemon=True).start()
+        return welcome
+
+    def _beat(self) -> None:
+        while not self.ended.wait(0.5):
+            self.send(heartbeat=pb.Heartbeat(battery=90, signal=4))
 
     def expect(self, kind: str, timeout: float = 5.0) -> pb.ServerFrame:
         """The next frame of `kind` (skipping others); AssertionError if none comes."""
@@ -228,6 +240,7 @@ class RawPhone:
 
     def close(self) -> None:
         self._out.put(None)
+        self.ended.set()
         self.call.cancel()
         self.channel.close()
 

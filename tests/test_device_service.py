@@ -60,7 +60,8 @@ def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
     assert got.status == common_pb2.offline and got.enabled
     assert got.send_interval_ms == 2500 and got.daily_cap == 0
     assert not got.HasField("battery") and not got.HasField("last_seen")
-    phone = RawPhone(server[1], tenant.client_id, second.device_id, second.device_password)
+    phone = RawPhone(server[1], tenant.client_id, second.device_id, second.device_password,
+                     heartbeats=False)
     try:
         phone.hello(android_version="14", phone_number="+33611111111",
                     sims=[common_pb2.SimSlot(slot=0, carrier="Orange")])
