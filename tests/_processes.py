@@ -1,138 +1,21 @@
 """Real ZimSend processes for tests: the one way the suite starts a program.
 
-`Program` wraps `subprocess.Popen` so a test can never leave a process behind: it starts the
-child in its own process group, and `stop()` (also on `__exit__`) sends SIGTERM, waits, then
-SIGKILLs the group. Output goes to a log file under the test's directory, shown when a
-readiness wait fails, so a broken start explains itself.
+The implementation lives in `zimsend.server.bench.processes` (the benchmark command starts the
+same processes the same way); this module keeps the names the tests import.
 """
 
-from __future__ import annotations
+from zimsend.server.bench.processes import (
+    BIN,
+    ZIMSEND,
+    Program,
+    free_port,
+    grpc_serving,
+    run_zimsend,
+    start_server,
+    zimsend_env,
+)
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-BIN = Path(sys.executable).parent
-ZIMSEND = str(BIN / "zimsend")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Program:
-    def __init__(
-        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path,
-        name: str | None = None,
-    ) -> None:
-        self.argv = list(argv)
-        self.name = name or Path(argv[0]).name
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=dict(env) if env is not None else None, stdout=self._log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_until(self, ready: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise AssertionError(
-                    f"{self.name} exited with {self.proc.returncode} before {what or 'ready'}:\n"
-                    f"{self.output()[-4000:]}"
-                )
-            try:
-                if ready():
-                    return
-            except Exception:  # noqa: BLE001 - not ready yet
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} not {what or 'ready'} after {timeout}s:\n{self.output()[-4000:]}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.alive():
-            self.kill(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-                self.proc.wait(5)
-        # Children of the group (e.g. a supervisor's) must not outlive the test either.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._log.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> Program:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def zimsend_env(data_dir: Path, pepper: str, **extra: str) -> dict[str, str]:
-    """The environment of a ZimSend child: isolated from the developer's ZIMSEND_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMSEND_")}
-    env.update(ZIMSEND_DATA_DIR=str(data_dir), ZIMSEND_SECRET_PEPPER=pepper, **extra)
-    return env
-
-
-def run_zimsend(args: Sequence[str], env: Mapping[str, str], timeout: float = 60) -> dict:
-    """Run a short `zimsend …` command and parse the JSON it prints."""
-    done = subprocess.run(
-        [ZIMSEND, *args], env=dict(env), capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0, f"zimsend {' '.join(args)} failed:\n{done.stderr}"
-    return json.loads(done.stdout)
-
-
-def grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def start_server(data_dir: Path, env: Mapping[str, str], log_dir: Path) -> tuple[Program, str]:
-    """`zimsend serve` on a free port; returns the program and its gRPC address once SERVING."""
-    port = free_port()
-    program = Program(
-        [ZIMSEND, "serve", "--port", str(port)], env=env, log_path=log_dir / "server.log",
-        name="zimsend serve",
-    )
-    address = f"127.0.0.1:{port}"
-    program.wait_until(lambda: grpc_serving(address), what="SERVING")
-    return program, address
+__all__ = [
+    "BIN", "ZIMSEND", "Program", "free_port", "grpc_serving", "run_zimsend", "start_server",
+    "zimsend_env",
+]

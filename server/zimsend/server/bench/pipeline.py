@@ -1,0 +1,131 @@
+"""Scenarios 4 and 6: messages all the way through, at a sustainable rate and in overload.
+
+The pipeline: SendSms accepted (load generator) → SendCommand on a phone (fleet) → `sent`
+report stored (database) → `delivered` report stored → `sms.delivered` webhook received (the
+worker drains the outbox to the receiver). Each stage is counted at both edges of a measured
+window, so the table shows where the flow narrows; the end-to-end rate is the last stage's.
+
+4. `e2e`: open loop at `rate` messages/s (the goal, 1,000/s). If the stack cannot carry it, the
+   stage rates say what it does carry, and that is the sustainable rate. Then a second phase at
+   half that rate measures accept → command-on-phone latency: the server's `queued_at` (in the
+   SendSms response) against the phone's arrival time of the SendCommand.
+6. `overload`: closed loop with many calls in flight, offering sends as fast as the server
+   accepts them. Reported: the end-to-end rate during the overload against scenario 4's
+   (goal ≥ 80 %: accepted work keeps flowing), what callers saw (latency, error codes) and the
+   backlog left when the offer stops.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from zimsend.server.bench.measure import summarize_ms
+from zimsend.server.bench.rpc import run_loadgens
+from zimsend.server.bench.stack import Phones, Stack, Tenant, receiver_counts
+
+
+class Counters:
+    """Snapshots of every stage's cumulative count for one tenant."""
+
+    def __init__(self, stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str) -> None:
+        self.db_path = stack.data_dir / "zimsend.db"
+        self.client_id = tenant.client_id
+        self.phones = phones
+        self.receiver_url = receiver_url
+        self.marks: dict[str, dict[str, float]] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30) as db:
+            accepted, sent, delivered = db.execute(
+                "SELECT count(*), count(sent_at), count(delivered_at) FROM messages "
+                "WHERE client_id = ?", (self.client_id,)).fetchone()
+        phone = self.phones.stats()
+        hooks = receiver_counts(self.receiver_url)
+        return {
+            "at": time.monotonic(), "accepted": accepted,
+            "on_phone": phone.get("commands", 0), "sent": sent, "delivered": delivered,
+            "webhook_sent": hooks.get("sms.sent", 0),
+            "webhook_delivered": hooks.get("sms.delivered", 0),
+        }
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = self.snapshot()
+
+    def rates(self) -> dict[str, float]:
+        a, b = self.marks["start"], self.marks["end"]
+        seconds = max(1e-9, b["at"] - a["at"])
+        return {k: round((b[k] - a[k]) / seconds, 1) for k in a if k != "at"}
+
+    def drain(self, timeout: float) -> dict[str, float]:
+        """Wait until every accepted message's `sms.delivered` webhook arrived (or timeout);
+        returns how long that took and what was left."""
+        started = time.monotonic()
+        while True:
+            now = self.snapshot()
+            left = now["accepted"] - now["webhook_delivered"]
+            if left <= 0 or time.monotonic() - started > timeout:
+                return {"drain_s": round(time.monotonic() - started, 1), "backlog_left": left}
+            time.sleep(0.5)
+
+
+def _latency(result: dict[str, Any], phones: Phones) -> dict[str, Any]:
+    arrivals = phones.arrivals()
+    gaps = [arrivals[m] - q for m, q in result.get("accepted") or [] if m in arrivals]
+    return {**summarize_ms(gaps), "samples": len(gaps)}
+
+
+def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate: float,
+        concurrency: int, duration: float, warmup: float, drain: float) -> dict[str, Any]:
+    counters = Counters(stack, tenant, phones, receiver_url)
+    assert stack.server is not None
+    full = run_loadgens(stack, "e2e", mode="grpc", target=stack.server_address, tenant=tenant,
+                        concurrency=concurrency, duration=duration, warmup=warmup, rate=rate,
+                        record=True, watch={"server": stack.server.pid},
+                        on_window=counters.mark)
+    stages = counters.rates()
+    drained = counters.drain(drain)
+    sustainable = min(stages["webhook_delivered"], full["rps"])
+    half_rate = max(1.0, round(sustainable / 2))
+    counters.marks.clear()
+    half = run_loadgens(stack, "e2e-half", mode="grpc", target=stack.server_address,
+                        tenant=tenant, concurrency=concurrency, duration=duration, warmup=warmup,
+                        rate=half_rate, record=True, watch={"server": stack.server.pid},
+                        on_window=counters.mark)
+    half_stages = counters.rates()
+    latency = _latency(half, phones)
+    half_drained = counters.drain(drain)
+    return {
+        "offered_rps": rate, "accepted_rps": full["rps"], "stages_rps": stages,
+        "e2e_rps": stages["webhook_delivered"], "send_latency": full["latency"],
+        "send_outcomes": full["outcomes"], "server_cpu_share": full["cpu_share_of"]["server"],
+        "generator_cpu_share": full["cpu_share"], **drained,
+        "half_load": {"offered_rps": half_rate, "stages_rps": half_stages,
+                      "accept_to_phone": latency, **half_drained},
+        "goal": "e2e >= 1000 msg/s; p99 accept->phone <= 20 ms at half load",
+        "met": stages["webhook_delivered"] >= 1000 and (latency["p99_ms"] or 1e9) <= 20,
+    }
+
+
+def overload(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *,
+             concurrency: int, duration: float, warmup: float,
+             sustainable_rps: float | None) -> dict[str, Any]:
+    counters = Counters(stack, tenant, phones, receiver_url)
+    assert stack.server is not None
+    result = run_loadgens(stack, "overload", mode="grpc", target=stack.server_address,
+                          tenant=tenant, concurrency=concurrency, duration=duration,
+                          warmup=warmup, watch={"server": stack.server.pid},
+                          on_window=counters.mark)
+    stages = counters.rates()
+    end = counters.marks["end"]
+    ratio = round(stages["webhook_delivered"] / sustainable_rps, 3) if sustainable_rps else None
+    return {
+        "accepted_rps": result["rps"], "stages_rps": stages,
+        "e2e_rps": stages["webhook_delivered"], "ratio": ratio,
+        "caller_latency": result["latency"], "caller_outcomes": result["outcomes"],
+        "backlog_at_end": end["accepted"] - end["webhook_delivered"],
+        "server_cpu_share": result["cpu_share_of"]["server"],
+        "goal": "e2e rate during overload >= 0.80 x sustainable",
+        "met": ratio is not None and ratio >= 0.8,
+    }
