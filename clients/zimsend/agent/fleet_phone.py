@@ -23,6 +23,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +66,9 @@ class FleetStats:
     reports_sent: int = 0
     reports_acked: int = 0
     inbound: int = 0
+    #: When a list: (message id, wall-clock time) of every SendCommand as it arrives — the
+    #: phone-side timestamp `zimsend bench` needs for accept -> command-on-phone latency.
+    command_log: list[tuple[str, float]] | None = None
 
 
 @dataclass
@@ -183,6 +187,8 @@ class FleetPhone:
             kind = frame.WhichOneof("frame")
             if kind == "send":
                 self.stats.commands += 1
+                if self.stats.command_log is not None:
+                    self.stats.command_log.append((frame.send.message_id, time.time()))
                 admission = self.journal.admit(frame.send)
                 stream.write(pb.DeviceFrame(ack=pb.CommandAck(
                     command_id=frame.send.command_id, accepted=True)))
