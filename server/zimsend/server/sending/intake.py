@@ -14,6 +14,9 @@ queues it (SPEC.md §3, §5).
    skip them too: the built-in simulated device takes them, and they are never pinned to a
    real phone (a sandbox message must not reach one).
 4. One write transaction: every message (`queued`) and the idempotency record, or nothing.
+   A caller that must write more rows with the messages (the OTP service: its `otps` row and
+   the sealed text, which is bound to the new message id) passes `before_commit`; whatever it
+   raises rolls the whole request back.
 
 The caller notifies the dispatcher (`ServerState.new_work`) once this returns a new response.
 """
@@ -78,6 +81,8 @@ def accept(
     validate: Callable[[dt.datetime], SendPlan],
     build_response: Callable[[Accepted], R],
     response_type: type[R],
+    *,
+    before_commit: Callable[[Session, Accepted], None] | None = None,
 ) -> tuple[R, bool]:
     """Queue the request's messages; returns (response, created). `created` is False when
     the response is an idempotent replay and nothing was written."""
@@ -93,6 +98,8 @@ def accept(
     try:
         with db.write() as session:
             accepted = _queue(session, settings, submission, plan, availability, estimate, now)
+            if before_commit is not None:
+                before_commit(session, accepted)
             response = build_response(accepted)
             if submission.key is not None:
                 idempotency.store(
