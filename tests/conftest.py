@@ -289,3 +289,34 @@ def sms_account(server_db):  # type: ignore[no-untyped-def]
     from _sms import new_account
 
     return new_account(server_db, TEST_PEPPER.encode())
+
+
+# --- Devices and dispatch (test_device_*.py, test_dispatch*.py; helpers in tests/_devices.py) -
+#
+#   device_channel         module: a grpc channel to `server`
+#   tenant                 a fresh client with a live and a test key (written through storage)
+#   link_db                module: read-only look into the server's SQLite file (outbox, rows)
+#
+# Modules that need other server settings (1 s heartbeats, no pacing) override `zimsend_env`.
+
+
+@pytest.fixture(scope="module")
+def device_channel(server):  # type: ignore[no-untyped-def]
+    import grpc
+
+    with grpc.insecure_channel(server[1]) as channel:
+        yield channel
+
+
+@pytest.fixture
+def tenant(zimsend_env, server, device_channel, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    from _devices import quick_tenant
+
+    return quick_tenant(zimsend_env, device_channel, request.node.name[:90])
+
+
+@pytest.fixture(scope="module")
+def link_db(zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from _devices import ServerDb
+
+    return ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"]))

@@ -19,7 +19,6 @@ from _devices import (
     ServerDb,
     Tenant,
     new_tenant,
-    quick_tenant,
     start_agent,
     wait_for,
 )
@@ -48,22 +47,6 @@ def address(server) -> str:  # type: ignore[no-untyped-def]
     return str(server[1])
 
 
-@pytest.fixture(scope="module")
-def channel(address: str):  # type: ignore[no-untyped-def]
-    with grpc.insecure_channel(address) as ch:
-        yield ch
-
-
-@pytest.fixture
-def tenant(zimsend_env, server, channel, request: pytest.FixtureRequest) -> Tenant:  # type: ignore[no-untyped-def]
-    return quick_tenant(zimsend_env, channel, request.node.name[:90])
-
-
-@pytest.fixture(scope="module")
-def db(zimsend_env: dict[str, str]) -> ServerDb:
-    return ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"]))
-
-
 def phone(address: str, tenant: Tenant, device_id: str, password: str) -> RawPhone:
     return RawPhone(address, tenant.client_id, device_id, password)
 
@@ -72,9 +55,10 @@ def phone(address: str, tenant: Tenant, device_id: str, password: str) -> RawPho
 
 
 def test_agent_is_online_within_a_second_and_offline_after_kill_9(
-    admin, channel, address: str, zimsend_env: dict[str, str], db: ServerDb, tmp_path: Path  # type: ignore[no-untyped-def]
+    admin, device_channel, address: str, zimsend_env: dict[str, str],  # type: ignore[no-untyped-def]
+    link_db: ServerDb, tmp_path: Path,
 ) -> None:
-    tenant = new_tenant(admin, channel, "acceptance")  # the real admin CLI, end to end
+    tenant = new_tenant(admin, device_channel, "acceptance")  # the real admin CLI, end to end
     created = admin("create-device", "--client-id", tenant.client_id, "--name", "pixel",
                     "--server-address", address)
     assert created["pairing_uri"].startswith("zimsend://pair?server=")
@@ -95,17 +79,17 @@ def test_agent_is_online_within_a_second_and_offline_after_kill_9(
         wait_for(lambda: not tenant.online(device.device_id), 3 * HEARTBEAT_S + 2, "offline")
         assert time.monotonic() - killed <= 3 * HEARTBEAT_S + 1
         assert killed > connected_at
-    kinds = [(k, p.get("reason")) for k, p in db.events(tenant.client_id, "device.")]
+    kinds = [(k, p.get("reason")) for k, p in link_db.events(tenant.client_id, "device.")]
     assert kinds == [("device.connected", None), ("device.disconnected", "CONNECTION_LOST")]
-    connected = db.events(tenant.client_id, "device.connected")[0][1]
+    connected = link_db.events(tenant.client_id, "device.connected")[0][1]
     assert connected["device_id"] == device.device_id and connected["device_name"] == "pixel"
     assert connected["ip_address"] == "127.0.0.1" and connected["connected_at"].endswith("Z")
-    gone = db.events(tenant.client_id, "device.disconnected")[0][1]
+    gone = link_db.events(tenant.client_id, "device.disconnected")[0][1]
     assert gone["last_seen"] and gone["disconnected_at"] >= gone["last_seen"]
 
 
 def test_a_silent_phone_goes_offline_after_the_missed_heartbeats(
-    tenant: Tenant, address: str, db: ServerDb
+    tenant: Tenant, address: str, link_db: ServerDb
 ) -> None:
     device = tenant.create_device()
     raw = RawPhone(address, tenant.client_id, device.device_id, device.device_password,
@@ -120,7 +104,7 @@ def test_a_silent_phone_goes_offline_after_the_missed_heartbeats(
         wait_for(lambda: not tenant.online(device.device_id), 3, "offline")
     finally:
         raw.close()
-    (_, event), = db.events(tenant.client_id, "device.disconnected")
+    (_, event), = link_db.events(tenant.client_id, "device.disconnected")
     assert event["reason"] == "CONNECTION_LOST"
 
 
@@ -228,7 +212,7 @@ def test_the_first_frame_must_be_hello(tenant: Tenant, address: str) -> None:
 
 
 def test_a_second_connection_replaces_the_first_without_going_offline(
-    tenant: Tenant, address: str, db: ServerDb
+    tenant: Tenant, address: str, link_db: ServerDb
 ) -> None:
     device = tenant.create_device()
     first = phone(address, tenant, device.device_id, device.device_password)
@@ -245,9 +229,9 @@ def test_a_second_connection_replaces_the_first_without_going_offline(
     finally:
         first.close()
         second.close()
-    kinds = [k for k, _ in db.events(tenant.client_id, "device.")]
+    kinds = [k for k, _ in link_db.events(tenant.client_id, "device.")]
     assert kinds[:2] == ["device.connected", "device.connected"]
-    wait_for(lambda: len(db.events(tenant.client_id, "device.disconnected")) == 1, 5,
+    wait_for(lambda: len(link_db.events(tenant.client_id, "device.disconnected")) == 1, 5,
              "one disconnect, for the second stream only")
 
 
@@ -255,7 +239,7 @@ def test_a_second_connection_replaces_the_first_without_going_offline(
 
 
 def test_reports_are_idempotent_and_acknowledged_after_storage(
-    tenant: Tenant, address: str, db: ServerDb
+    tenant: Tenant, address: str, link_db: ServerDb
 ) -> None:
     device = tenant.create_device()
     raw = phone(address, tenant, device.device_id, device.device_password)
@@ -287,13 +271,13 @@ def test_reports_are_idempotent_and_acknowledged_after_storage(
         raw.close()
     status = tenant.status(message_id)
     assert status.status == common_pb2.delivered and status.device_id == device.device_id
-    events = db.events(tenant.client_id, "sms.")
+    events = link_db.events(tenant.client_id, "sms.")
     assert [k for k, _ in events] == ["sms.sent", "sms.delivered"]
     data = events[1][1]
     assert data["message_id"] == message_id and data["status"] == "delivered"
     assert data["to"] == "+33612345678" and data["message"] == "hello there"
     assert data["device_id"] == device.device_id and data["sent_at"] and data["delivered_at"]
-    (sent_count, delivered_count, failed_count), = db.query(
+    (sent_count, delivered_count, failed_count), = link_db.query(
         "SELECT sent, delivered, failed FROM daily_aggregates WHERE device_id = ?",
         device.device_id,
     )
@@ -327,7 +311,9 @@ def test_unacknowledged_messages_are_offered_again_after_a_reconnect(
     assert status.error.code == "NO_CREDIT"
 
 
-def test_a_refused_command_fails_its_message(tenant: Tenant, address: str, db: ServerDb) -> None:
+def test_a_refused_command_fails_its_message(
+    tenant: Tenant, address: str, link_db: ServerDb
+) -> None:
     device = tenant.create_device()
     raw = phone(address, tenant, device.device_id, device.device_password)
     try:
@@ -339,11 +325,13 @@ def test_a_refused_command_fails_its_message(tenant: Tenant, address: str, db: S
         wait_for(lambda: tenant.status(message_id).status == common_pb2.failed, 5, "failed")
     finally:
         raw.close()
-    (_, data), = db.events(tenant.client_id, "sms.failed")
+    (_, data), = link_db.events(tenant.client_id, "sms.failed")
     assert data["error"]["code"] == "DEVICE_ERROR" and "no SIM" in data["error"]["message"]
 
 
-def test_inbound_sms_is_stored_once(tenant: Tenant, address: str, db: ServerDb) -> None:
+def test_inbound_sms_is_stored_once(
+    tenant: Tenant, address: str, link_db: ServerDb
+) -> None:
     device = tenant.create_device()
     raw = phone(address, tenant, device.device_id, device.device_password)
     try:
@@ -355,9 +343,9 @@ def test_inbound_sms_is_stored_once(tenant: Tenant, address: str, db: ServerDb) 
             assert list(raw.expect("report_ack").report_ack.report_ids) == ["in-1"]
     finally:
         raw.close()
-    assert db.query("SELECT count(*) FROM inbound_messages WHERE device_id = ?",
+    assert link_db.query("SELECT count(*) FROM inbound_messages WHERE device_id = ?",
                     device.device_id) == [(1,)]
-    (_, data), = db.events(tenant.client_id, "sms.received")
+    (_, data), = link_db.events(tenant.client_id, "sms.received")
     assert data["from"] == "+33698765432" and data["message"] == "STOP"
 
 
@@ -365,7 +353,7 @@ def test_inbound_sms_is_stored_once(tenant: Tenant, address: str, db: ServerDb) 
 
 
 def test_shutdown_tells_phones_to_reconnect_and_marks_them_offline(
-    admin, zimsend_env: dict[str, str], tmp_path: Path, db: ServerDb  # type: ignore[no-untyped-def]
+    admin, zimsend_env: dict[str, str], tmp_path: Path, link_db: ServerDb  # type: ignore[no-untyped-def]
 ) -> None:
     own, own_address = start_server(Path(zimsend_env["ZIMSEND_DATA_DIR"]), zimsend_env, tmp_path)
     with own, grpc.insecure_channel(own_address) as channel:
@@ -380,9 +368,9 @@ def test_shutdown_tells_phones_to_reconnect_and_marks_them_offline(
             wait_for(lambda: not own.alive(), 15, "the server to stop")
         finally:
             raw.close()
-    row, = db.query("SELECT online FROM devices WHERE id = ?", device.device_id)
+    row, = link_db.query("SELECT online FROM devices WHERE id = ?", device.device_id)
     assert row == (0,)
-    assert [k for k, _ in db.events(tenant.client_id, "device.")] == [
+    assert [k for k, _ in link_db.events(tenant.client_id, "device.")] == [
         "device.connected", "device.disconnected"]
 
 

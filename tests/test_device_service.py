@@ -22,17 +22,6 @@ from zimsend.v1 import device_link_pb2 as pb
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def channel(server):  # type: ignore[no-untyped-def]
-    with grpc.insecure_channel(server[1]) as ch:
-        yield ch
-
-
-@pytest.fixture
-def tenant(zimsend_env, server, channel, request: pytest.FixtureRequest) -> Tenant:  # type: ignore[no-untyped-def]
-    return quick_tenant(zimsend_env, channel, request.node.name[:90])
-
-
 def test_create_returns_a_one_time_password_and_a_pairing_uri(
     tenant: Tenant, server, zimsend_env: dict[str, str]  # type: ignore[no-untyped-def]
 ) -> None:
@@ -122,9 +111,9 @@ def test_update_validation_names_the_field_and_its_limit(
 
 
 def test_another_clients_device_is_invalid_device_id_everywhere(
-    tenant: Tenant, zimsend_env: dict[str, str], channel: grpc.Channel
+    tenant: Tenant, zimsend_env: dict[str, str], device_channel: grpc.Channel
 ) -> None:
-    other = quick_tenant(zimsend_env, channel, "other")
+    other = quick_tenant(zimsend_env, device_channel, "other")
     theirs = other.create_device()
     calls = [
         lambda: tenant.get_device(theirs.device_id),

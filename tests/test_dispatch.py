@@ -19,7 +19,6 @@ from _devices import (
     ServerDb,
     Tenant,
     outbox_lines,
-    quick_tenant,
     start_agent,
     wait_for,
 )
@@ -46,22 +45,6 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def address(server) -> str:  # type: ignore[no-untyped-def]
     return str(server[1])
-
-
-@pytest.fixture(scope="module")
-def channel(address: str):  # type: ignore[no-untyped-def]
-    with grpc.insecure_channel(address) as ch:
-        yield ch
-
-
-@pytest.fixture
-def tenant(zimsend_env, server, channel, request: pytest.FixtureRequest) -> Tenant:  # type: ignore[no-untyped-def]
-    return quick_tenant(zimsend_env, channel, request.node.name[:90])
-
-
-@pytest.fixture(scope="module")
-def server_db(zimsend_env: dict[str, str]) -> ServerDb:
-    return ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"]))
 
 
 def queue_directly(zimsend_env: dict[str, str], client_id: str, priorities: list[int]) -> list[str]:
@@ -97,7 +80,7 @@ def sent_times(lines: list[dict]) -> list[float]:  # type: ignore[type-arg]
 
 def test_one_phone_sends_in_priority_order_about_every_2_5_seconds(
     tenant: Tenant, address: str, zimsend_env: dict[str, str], tmp_path: Path,
-    server_db: ServerDb,
+    link_db: ServerDb,
 ) -> None:
     device = tenant.create_device()
     priorities = [3, 5, 1, 4, 2, 3, 1, 5, 2, 4]
@@ -108,7 +91,7 @@ def test_one_phone_sends_in_priority_order_about_every_2_5_seconds(
         outbox = tmp_path / "outbox.jsonl"
         wait_for(lambda: len(outbox_lines(outbox)) == 10, 90, "10 sends")
         lines = outbox_lines(outbox)
-        wait_for(lambda: all(s in ("sent", "delivered") for s in server_db.statuses(ids).values()),
+        wait_for(lambda: all(s in ("sent", "delivered") for s in link_db.statuses(ids).values()),
                  20, "every message reported")
     assert [line["message_id"] for line in lines] == expected
     times = sent_times(lines)
@@ -117,12 +100,12 @@ def test_one_phone_sends_in_priority_order_about_every_2_5_seconds(
     assert max(gaps) <= PACING_S + 2.5, gaps
     total = times[-1] - times[0]
     assert 9 * PACING_S - 0.5 <= total <= 9 * PACING_S + 8, total
-    assert [k for k, _ in server_db.events(tenant.client_id, "sms.sent")] == ["sms.sent"] * 10
+    assert [k for k, _ in link_db.events(tenant.client_id, "sms.sent")] == ["sms.sent"] * 10
 
 
 def test_three_phones_share_the_queue_about_three_times_faster(
     tenant: Tenant, address: str, zimsend_env: dict[str, str], tmp_path: Path,
-    server_db: ServerDb,
+    link_db: ServerDb,
 ) -> None:
     devices = [tenant.create_device(f"phone {n}") for n in range(3)]
     agents: list[Program] = []
@@ -150,7 +133,7 @@ def test_three_phones_share_the_queue_about_three_times_faster(
     for lines in per_phone:  # each phone still respects its own pacing
         own = sent_times(lines)
         assert all(b - a >= PACING_S - 0.3 for a, b in zip(own, own[1:]))
-    by_device = server_db.query(
+    by_device = link_db.query(
         "SELECT device_id, count(*) FROM messages WHERE client_id = ? GROUP BY device_id",
         tenant.client_id,
     )
@@ -176,7 +159,7 @@ def test_a_scheduled_message_is_pushed_when_due_not_before(
 
 
 def test_test_key_messages_go_to_the_simulated_device_only(
-    tenant: Tenant, address: str, server_db: ServerDb
+    tenant: Tenant, address: str, link_db: ServerDb
 ) -> None:
     device = tenant.create_device()
     raw = RawPhone(address, tenant.client_id, device.device_id, device.device_password)
@@ -191,7 +174,7 @@ def test_test_key_messages_go_to_the_simulated_device_only(
         raw.close()
     status = tenant.status(message_id, test=True)
     assert status.device_id and status.device_id != device.device_id
-    assert [k for k, _ in server_db.events(tenant.client_id, "sms.")] == [
+    assert [k for k, _ in link_db.events(tenant.client_id, "sms.")] == [
         "sms.sent", "sms.delivered"]
     listed = tenant.get_device(status.device_id)
     assert listed.status == common_pb2.online and "Simulated" in listed.name
