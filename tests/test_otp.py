@@ -25,7 +25,8 @@ from typing import Any
 import grpc
 import pytest
 from _devices import outbox_lines, quick_tenant, start_agent, wait_for
-from _processes import start_server, zimsend_env as make_env
+from _processes import start_server
+from _processes import zimsend_env as make_env
 from _sms import Account, error_reason, fails, new_account, new_device, violations
 from conftest import TEST_PEPPER
 from google.protobuf import struct_pb2
@@ -78,8 +79,12 @@ def send(stub: pb_grpc.OtpServiceStub, account: Account, *, test: bool = True,
 
 def check(stub: pb_grpc.OtpServiceStub, account: Account, otp_id: str,
           code: str) -> pb.VerifyOtpResponse:
-    return stub.VerifyOtp(pb.VerifyOtpRequest(otp_id=otp_id, code=code),
-                          metadata=account.md(test=True), timeout=10)
+    return check_with(stub, account.md(test=True), otp_id, code)
+
+
+def check_with(stub: pb_grpc.OtpServiceStub, md: Any, otp_id: str,
+               code: str) -> pb.VerifyOtpResponse:
+    return stub.VerifyOtp(pb.VerifyOtpRequest(otp_id=otp_id, code=code), metadata=md, timeout=10)
 
 
 def otp_row(db: Database, otp_id: str) -> Otp:
@@ -199,10 +204,6 @@ def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(  # type: ignore
         assert message is not None
         assert message.body == masked and message.sealed_body is None  # cleared when final
     assert otp_row(server_db, reply.otp_id).code_hash == hash_secret(PEPPER, code)
-
-
-def check_with(stub: pb_grpc.OtpServiceStub, md: Any, otp_id: str, code: str) -> pb.VerifyOtpResponse:
-    return stub.VerifyOtp(pb.VerifyOtpRequest(otp_id=otp_id, code=code), metadata=md, timeout=10)
 
 
 def test_defaults_urgent_masked_and_sealed(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
