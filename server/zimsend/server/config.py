@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     webhook_retry_schedule_seconds: list[float] = Field(
         default_factory=lambda: [0.0, 60.0, 300.0],
         min_length=1,
-        description="Delay before each attempt, from the event (JSON list in the environment).",
+        description="Delay before each attempt: the first from the event, each next one from "
+        "the end of the previous attempt (JSON list in the environment).",
     )
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhooks_allow_insecure: bool = Field(
