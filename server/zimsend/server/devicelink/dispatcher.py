@@ -109,7 +109,10 @@ class Dispatcher:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        await self.simulated.resume()
+        try:
+            await self.simulated.resume()
+        except Exception:
+            log.exception("dispatcher.simulated_resume_failed")
         next_expiry = time.monotonic()
         while True:
             await self._sleep()

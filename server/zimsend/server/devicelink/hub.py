@@ -182,14 +182,14 @@ class DeviceHub:
         beat = self._beats.get(session.device_id)
         if beat is not None and beat.connection_id == session.connection_id:
             del self._beats[session.device_id]
-        already = session.closed and session.disconnect_reason == "detached"
         session.closed = True
-        if already or not session.disconnect_reason:  # replaced: the newer stream owns presence
-            session.disconnect_reason = "detached"
+        if session.detached:
             return
-        reason, detail = session.disconnect_reason, session.disconnect_detail
-        session.disconnect_reason = "detached"
-        self._spawn(self._record_disconnect(session, reason, detail))
+        session.detached = True
+        if session.disconnect_reason:  # empty when replaced: the newer stream owns presence
+            self._spawn(self._record_disconnect(
+                session, session.disconnect_reason, session.disconnect_detail
+            ))
 
     async def _record_disconnect(
         self, session: DeviceSession, reason: str, detail: str | None

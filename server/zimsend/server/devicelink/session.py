@@ -54,6 +54,7 @@ class DeviceSession:
     last_frame: float = field(default_factory=time.monotonic)
     ready: bool = False  # Welcome sent: commands may follow
     closed: bool = False
+    detached: bool = False  # the hub has forgotten it (and recorded the disconnect)
     disconnect_reason: str = "CONNECTION_LOST"
     disconnect_detail: str | None = None
     task: asyncio.Task[object] | None = None

@@ -71,9 +71,16 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         except ApiError as error:
             await abort(context, error)
             return
-        session = await self.hub.connect(
-            device, hello, peer_ip(context), asyncio.current_task()
+        # Shielded: a phone vanishing while its presence row is being written must still be
+        # detached (marked offline, `device.disconnected`) once that write is done.
+        connecting = asyncio.ensure_future(
+            self.hub.connect(device, hello, peer_ip(context), asyncio.current_task())
         )
+        try:
+            session = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            connecting.add_done_callback(self._detach_late)
+            raise
         reader = asyncio.create_task(self._read(request_iterator, session))
         writer = asyncio.create_task(self._write(context, session))
         ended = asyncio.create_task(session.ended.wait())
@@ -83,6 +90,10 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             for task in (reader, writer, ended):
                 task.cancel()
             self.hub.detach(session)
+
+    def _detach_late(self, connecting: asyncio.Future[DeviceSession]) -> None:
+        if not connecting.cancelled() and connecting.exception() is None:
+            self.hub.detach(connecting.result())
 
     async def _hello(self, requests: AsyncIterator[pb.DeviceFrame]) -> pb.DeviceHello:
         try:
