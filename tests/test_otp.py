@@ -1,12 +1,9 @@
 """OtpService over gRPC against a real `zimsend serve` (SPEC.md §6, DESIGN "Security baseline").
 
-What a test needs to know but the API never tells — the code of an OTP — it recovers the way an
-attacker holding the database *and* the pepper could: by trying every 4-digit code against the
-stored HMAC (`code_of`), or, end to end, by reading what the real phone agent sent. Sandbox keys
-(`zs_test_`) let most tests run without a phone; their SMS go to the simulated device.
-
-The concurrency tests fire 50 wrong guesses at once, from 50 threads, on SQLite and on
-PostgreSQL: exactly three are compared, the 47 others are OTP_MAX_ATTEMPTS.
+What a test needs to know but the API never tells — the code of an OTP — it recovers from the
+stored HMAC (`_otp.code_of`) or, end to end, by reading what the real phone agent sent. Sandbox
+keys (`zs_test_`) let most tests run without a phone; their SMS go to the simulated device.
+Races (50 concurrent guesses, on both engines) are in test_otp_concurrency.py.
 """
 
 from __future__ import annotations
@@ -14,35 +11,37 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from _devices import outbox_lines, quick_tenant, start_agent, wait_for
-from _processes import start_server
+from _otp import (
+    PEPPER,
+    TO,
+    check,
+    check_with,
+    code_of,
+    events,
+    otp_row,
+    retry_delay,
+    send,
+    struct,
+    wrong_codes,
+)
 from _processes import zimsend_env as make_env
 from _sms import Account, error_reason, fails, new_account, new_device, violations
 from conftest import TEST_PEPPER
-from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import update
 from sqlmodel import select
 
 from zimsend.server.secrets import hash_secret
-from zimsend.server.storage import Database, Message, Otp, OutboxEvent, utcnow
+from zimsend.server.storage import Database, Message, Otp, utcnow
 from zimsend.v1 import common_pb2, sms_pb2, sms_pb2_grpc
 from zimsend.v1 import otp_pb2 as pb
 from zimsend.v1 import otp_pb2_grpc as pb_grpc
 
-PEPPER = TEST_PEPPER.encode()
-TO = "+33612345678"
 DEFAULT_MASKED = "Votre code de vérification est : ••••••"
 
 
@@ -68,66 +67,6 @@ def otp(channel: grpc.Channel) -> pb_grpc.OtpServiceStub:
 def account(server_db: Database) -> Account:
     """A fresh client per test: the hourly limit and the outbox start empty."""
     return new_account(server_db, PEPPER, "otp-tests")
-
-
-def send(stub: pb_grpc.OtpServiceStub, account: Account, *, test: bool = True,
-         device: str | None = None, **fields: Any) -> pb.SendOtpResponse:
-    fields.setdefault("to", TO)
-    return stub.SendOtp(pb.SendOtpRequest(**fields), metadata=account.md(test=test, device=device),
-                        timeout=10)
-
-
-def check(stub: pb_grpc.OtpServiceStub, account: Account, otp_id: str,
-          code: str) -> pb.VerifyOtpResponse:
-    return check_with(stub, account.md(test=True), otp_id, code)
-
-
-def check_with(stub: pb_grpc.OtpServiceStub, md: Any, otp_id: str,
-               code: str) -> pb.VerifyOtpResponse:
-    return stub.VerifyOtp(pb.VerifyOtpRequest(otp_id=otp_id, code=code), metadata=md, timeout=10)
-
-
-def otp_row(db: Database, otp_id: str) -> Otp:
-    with db.session() as session:
-        row = session.get(Otp, otp_id)
-        assert row is not None
-        return row
-
-
-def code_of(db: Database, otp_id: str, length: int = 4) -> str:
-    """The code, recovered from its HMAC by trying all of them (test pepper, short codes)."""
-    stored = otp_row(db, otp_id).code_hash
-    for n in range(10**length):
-        candidate = str(n).zfill(length)
-        if hash_secret(PEPPER, candidate) == stored:
-            return candidate
-    raise AssertionError(f"no {length}-digit code matches {otp_id}")
-
-
-def wrong_codes(right: str, count: int) -> list[str]:
-    return [c for c in (str(n).zfill(len(right)) for n in range(count + 1)) if c != right][:count]
-
-
-def events(db: Database, client_id: str) -> list[OutboxEvent]:
-    with db.session() as session:
-        return list(session.exec(select(OutboxEvent).where(OutboxEvent.client_id == client_id)))
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(data)
-    return out
-
-
-def retry_delay(error: grpc.RpcError) -> float:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    raise AssertionError("no RetryInfo")
 
 
 # --- Sending ------------------------------------------------------------------------------
@@ -370,81 +309,3 @@ def test_missing_fields_are_invalid_requests_that_spend_nothing(otp, account, se
                   account.md())
     assert "at most 64 characters" in violations(error)["code"]
     assert otp_row(server_db, reply.otp_id).attempts_used == 0
-
-
-# --- Concurrency, on both engines ---------------------------------------------------------
-
-
-def race(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run every call at once (one thread each, released together); results or errors."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        barrier.wait()
-        try:
-            return call()
-        except grpc.RpcError as error:
-            return error_reason(error)
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
-
-
-def fifty_wrong_guesses_get_three_comparisons(
-    stub: pb_grpc.OtpServiceStub, account: Account, db: Database
-) -> None:
-    reply = send(stub, account, length=4)
-    code = code_of(db, reply.otp_id)
-    outcomes = race([
-        (lambda guess=guess: check(stub, account, reply.otp_id, guess))  # type: ignore[misc]
-        for guess in wrong_codes(code, 50)
-    ])
-    compared = [o for o in outcomes if isinstance(o, pb.VerifyOtpResponse)]
-    assert sorted(o.attempts_remaining for o in compared) == [0, 1, 2]
-    assert not any(o.valid for o in compared)
-    assert Counter(o for o in outcomes if isinstance(o, str)) == {"OTP_MAX_ATTEMPTS": 47}
-    assert otp_row(db, reply.otp_id).attempts_used == 3
-
-
-def right_answers_in_a_race_verify_once(
-    stub: pb_grpc.OtpServiceStub, account: Account, db: Database
-) -> None:
-    reply = send(stub, account, length=4)
-    code = code_of(db, reply.otp_id)
-    outcomes = race([lambda: check(stub, account, reply.otp_id, code)] * 10)
-    assert sum(isinstance(o, pb.VerifyOtpResponse) and o.valid for o in outcomes) == 1
-    assert Counter(o for o in outcomes if isinstance(o, str)) == {"OTP_NOT_FOUND": 9}
-    verified = [e for e in events(db, account.client_id) if e.event_type == "otp.verified"]
-    assert len(verified) == 1
-
-
-def sends_in_a_race_respect_the_hourly_limit(stub: pb_grpc.OtpServiceStub, account: Account) -> None:
-    outcomes = race([lambda: send(stub, account, to="+33612345670")] * 15)
-    assert sum(isinstance(o, pb.SendOtpResponse) for o in outcomes) == 10
-    assert Counter(o for o in outcomes if isinstance(o, str)) == {"OTP_RATE_LIMIT": 5}
-
-
-def test_concurrent_attempts_on_sqlite(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
-    fifty_wrong_guesses_get_three_comparisons(otp, account, server_db)
-    right_answers_in_a_race_verify_once(otp, account, server_db)
-    sends_in_a_race_respect_the_hourly_limit(otp, account)
-
-
-@pytest.mark.postgres
-def test_concurrent_attempts_on_postgresql(  # type: ignore[no-untyped-def]
-    postgres_database_url, tmp_path_factory,
-) -> None:
-    data_dir: Path = tmp_path_factory.mktemp("otp-pg")
-    env = make_env(data_dir, TEST_PEPPER, ZIMSEND_DATABASE_URL=postgres_database_url)
-    program, address = start_server(data_dir, env, data_dir / "logs")
-    db = Database.from_url(postgres_database_url)
-    try:
-        with program, grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.OtpServiceStub(channel)
-            account = new_account(db, PEPPER, "otp-pg")
-            fifty_wrong_guesses_get_three_comparisons(stub, account, db)
-            right_answers_in_a_race_verify_once(stub, account, db)
-            sends_in_a_race_respect_the_hourly_limit(stub, account)
-            assert "Traceback" not in program.output()
-    finally:
-        db.dispose()

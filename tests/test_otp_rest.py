@@ -2,7 +2,7 @@
 §1 conventions, §10 statuses). Requests are shaped like ZimSend's own Python wrapper's — every
 optional field present as JSON `null` — and a sandbox key (created over REST) sends them, so
 the built-in simulated device takes the SMS. The code is recovered from its HMAC in the
-server's database (`code_of`), as in test_otp.py.
+server's database (`_otp.code_of`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TEST_PEPPER
-
-from zimsend.server.secrets import hash_secret
-from zimsend.server.storage import Database, Otp
-
-PEPPER = TEST_PEPPER.encode()
+from _otp import code_of
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +33,6 @@ def send_otp(stack, headers: dict[str, str], to: str, **fields: Any) -> httpx.Re
     """What the wrapper sends: every optional field, null unless given."""
     body = {"to": to, "length": None, "expiry": None, "template": None, "metadata": None}
     return post(stack, headers, "send-otp", {**body, **fields})
-
-
-def code_of(db: Database, otp_id: str, length: int = 4) -> str:
-    with db.session() as session:
-        row = session.get(Otp, otp_id)
-        assert row is not None
-    for n in range(10**length):
-        if hash_secret(PEPPER, str(n).zfill(length)) == row.code_hash:
-            return str(n).zfill(length)
-    raise AssertionError("no code matches")
 
 
 def envelope(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
