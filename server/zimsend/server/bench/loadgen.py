@@ -183,7 +183,7 @@ async def drive(call: Call, *, concurrency: int, duration: float, warmup: float,
                 slots.release()
 
         next_at = start
-        while next_at < end:
+        while next_at < end and time.monotonic() < end:
             await slots.acquire()
             delay = next_at - time.monotonic()
             if delay > 0:

@@ -2,8 +2,8 @@
 
     python -m zimsend.server.bench.receiver --port 50200
 
-Answers every POST with 200 at once and counts deliveries by event type (`type` of the
-Standard Webhooks body); `GET /stats` returns the counts as JSON. It does not verify
+Answers every POST with 200 at once and counts deliveries by event type (`event` of the
+ZimSend webhook body); `GET /stats` returns the counts as JSON. It does not verify
 signatures: the tests do that (tests/_receivers.py with the FAQ's node snippet); here the
 receiver must cost as little as possible so that it is never the bottleneck, hence a raw
 asyncio protocol on uvloop rather than an HTTP framework, and no node (the bench must run on a
@@ -29,7 +29,7 @@ class Counts:
 
     def add(self, body: bytes) -> None:
         try:
-            kind = str(json.loads(body).get("type", "?"))
+            kind = str(json.loads(body).get("event", "?"))
         except (ValueError, AttributeError):
             kind = "?"
         self.by_type[kind] += 1
@@ -48,11 +48,10 @@ class _Http(asyncio.Protocol):
     def __init__(self, counts: Counts) -> None:
         self.counts = counts
         self.buffer = b""
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment] # uvloop's is no asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
