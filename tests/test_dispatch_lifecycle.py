@@ -158,3 +158,37 @@ def test_the_simulated_device_is_created_once_and_takes_only_test_messages(setup
         assert claim_due_messages(session, client_id=client_id, device_id=device_id, limit=10,
                                   now=utcnow()) != []
     assert status(db, live).device_id == device_id
+
+
+def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(setup) -> None:  # type: ignore[no-untyped-def]
+    from zimsend.server.devicelink.assignment import ClaimRequest, claim_round
+    from zimsend.server.storage import Device
+
+    db, client_id, first = setup
+    second = accounts.create_device(db, PEPPER, client_id, "q", server_address="x:1").device.id
+    low = queue_message(db, client_id, priority=3)
+    pinned = queue_message(db, client_id, priority=1, pinned_device_id=second)
+    high = queue_message(db, client_id, priority=2)
+    sandbox = queue_message(db, client_id, test=True)
+    later = utcnow() + dt.timedelta(minutes=5)
+    scheduled = queue_message(db, client_id)
+    with db.write() as session:
+        row = session.get(Message, scheduled)
+        assert row is not None
+        row.due_at = row.scheduled_at = later
+    requests = [ClaimRequest(client_id, first, 1), ClaimRequest(client_id, second, 1)]
+    result = claim_round(db, PEPPER, requests, utcnow())
+    assert [c.message_id for c in result.commands[first]] == [high]
+    assert [c.message_id for c in result.commands[second]] == [pinned]
+    assert not result.commands[first][0].redelivery and result.commands[first][0].body == "hi"
+    ((sim_client, taken),) = result.simulated.values()
+    assert sim_client == client_id and [m.id for m in taken] == [sandbox]
+    assert result.next_due is not None and abs((result.next_due - later).total_seconds()) < 1
+    assert status(db, low).status == "queued" and status(db, scheduled).status == "queued"
+    with db.session() as session:
+        counted = session.get(Device, first)
+        assert counted is not None and counted.sent_on_day == 1 and counted.last_send_at
+    again = claim_round(db, PEPPER, [ClaimRequest(client_id, second, 5)], utcnow())
+    assert [c.message_id for c in again.commands[second]] == [low]
+    idle = claim_round(db, PEPPER, requests, utcnow())
+    assert idle.commands == {} and idle.simulated == {}

@@ -135,11 +135,9 @@ class Dispatcher:
         deadline = now + POLL_INTERVAL_S
         if self._next_due is not None:
             deadline = min(deadline, self._next_due)
-        default_ms = self._state.settings.default_send_interval_ms
+        today = utcnow().date()
         for session in self._sessions.values():
-            if session.backlog and session.ready and not session.closed and self._has_room(
-                session, default_ms
-            ):
+            if session.backlog and self._limit(session, today) > 0:
                 deadline = min(deadline, session.next_send_at)
         timeout = max(0.0, deadline - now)
         if timeout > 0 and not self._wake.is_set():
@@ -158,31 +156,24 @@ class Dispatcher:
 
     # --- one round ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _has_room(session: DeviceSession, default_ms: int) -> bool:
-        paced = session.interval_ms(default_ms) > 0
-        limit = MAX_IN_FLIGHT_PACED if paced else MAX_IN_FLIGHT_UNPACED
-        return len(session.in_flight) < limit
+    def _limit(self, session: DeviceSession, today: dt.date) -> int:
+        """How many messages `session` could take once its pacing allows (0: none — not
+        ready, disabled, capped for today, or its in-flight limit reached)."""
+        if not session.ready or session.closed or not session.config.enabled:
+            return 0
+        paced = session.interval_ms(self._state.settings.default_send_interval_ms) > 0
+        room = (MAX_IN_FLIGHT_PACED if paced else MAX_IN_FLIGHT_UNPACED) - len(session.in_flight)
+        limit = min(1, room) if paced else room
+        cap = session.cap_left(today)
+        return max(0, limit if cap is None else min(limit, cap))
 
     def _requests(self, now_m: float, today: dt.date) -> list[tuple[DeviceSession, ClaimRequest]]:
-        default_ms = self._state.settings.default_send_interval_ms
+        """The phones that may take messages now, least loaded first."""
         ready: list[tuple[tuple[int, float], DeviceSession, int]] = []
         for session in self._sessions.values():
-            if not (session.ready and not session.closed and session.config.enabled):
-                continue
-            if session.next_send_at > now_m or not self._has_room(session, default_ms):
-                continue
-            paced = session.interval_ms(default_ms) > 0
-            room = (MAX_IN_FLIGHT_PACED if paced else MAX_IN_FLIGHT_UNPACED) - len(
-                session.in_flight
-            )
-            limit = 1 if paced else room
-            cap = session.cap_left(today)
-            if cap is not None:
-                limit = min(limit, cap)
-            if limit <= 0:
-                continue
-            ready.append(((len(session.in_flight), session.next_send_at), session, limit))
+            limit = self._limit(session, today)
+            if limit > 0 and session.next_send_at <= now_m:
+                ready.append(((len(session.in_flight), session.next_send_at), session, limit))
         ready.sort(key=lambda item: item[0])
         return [
             (s, ClaimRequest(client_id=s.client_id, device_id=s.device_id, limit=limit))
