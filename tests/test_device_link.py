@@ -39,6 +39,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_env(
         tmp_path_factory.mktemp("device-link-data"), TEST_PEPPER,
         ZIMSEND_HEARTBEAT_INTERVAL_SECONDS=str(HEARTBEAT_S), ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",  # the tests poll GetDevice
     )
 
 

@@ -41,7 +41,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(tmp_path / "data", TEST_PEPPER, ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
-                    ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0")
+                    ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0", ZIMSEND_RATE_LIMIT_PER_MINUTE="100000")
 
 
 class Feeder(threading.Thread):

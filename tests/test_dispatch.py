@@ -39,7 +39,8 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(tmp_path_factory.mktemp("dispatch-data"), TEST_PEPPER,
-                    ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1")
+                    ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+                    ZIMSEND_RATE_LIMIT_PER_MINUTE="100000")  # the tests poll GetDevice
 
 
 @pytest.fixture(scope="module")
