@@ -46,7 +46,10 @@ class Stack:
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pepper = secrets.token_hex(32)
-        self.env = zimsend_env(self.data_dir, self.pepper, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1")
+        # Local HTTP receivers allowed; the per-client request limit (SPEC §8, 100/min by
+        # default) lifted, or every scenario would measure 429s.
+        self.env = zimsend_env(self.data_dir, self.pepper, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+                               ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000000")
         self.programs: list[Program] = []
         self.server: Program | None = None
         self.server_address = ""

@@ -1,0 +1,50 @@
+"""`zimsend bench` runs end to end and reports what it promises (not how fast: tests must not
+fail because a shared machine is slow — the numbers live in docs/benchmarks.md).
+
+One smoke run of the two cheapest scenarios with one-second windows: the table names both,
+the JSON file holds the machine and every number the table is built from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from _processes import ZIMSEND
+
+
+def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [ZIMSEND, "bench", "--quick", "--scenarios", "ceiling,grpc", "--seconds", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ceiling (trivial grpc.aio)" in done.stdout
+    assert "SendSms gRPC (accept path)" in done.stdout
+    assert "ratio to ceiling >= 0.45" in done.stdout
+
+    document = json.loads(out.read_text())
+    assert document["quick"] is True
+    assert {"nproc", "cpu", "memory_gb", "python", "grpcio"} <= set(document["machine"])
+    results = document["results"]
+    assert set(results) == {"ceiling", "grpc"}
+    ceiling, send = results["ceiling"], results["grpc"]
+    for row in (ceiling, send):
+        assert row["rps"] > 0
+        assert row["outcomes"].get("OK", 0) > 0
+        assert row["p50_ms"] is not None and row["p99_ms"] >= row["p50_ms"]
+        assert 0 < row["generator_cpu_share"] < 4
+        assert row["two_generators_rps"] > 0
+    assert set(send["outcomes"]) == {"OK"}, "every accept-path send must succeed"
+    assert send["ratio"] == round(send["rps"] / ceiling["rps"], 3)
+    assert isinstance(send["met"], bool)
+
+
+def test_bench_refuses_an_unknown_scenario(tmp_path: Path) -> None:
+    done = subprocess.run([ZIMSEND, "bench", "--scenarios", "ceiling,warp"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "warp" in done.stderr
