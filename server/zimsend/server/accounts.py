@@ -57,6 +57,24 @@ def client_exists(db: Database, client_id: str) -> bool:
         return session.get(Client, client_id) is not None
 
 
+def set_rate_limit(db: Database, client_id: str, per_minute: int) -> Client:
+    """Set a client's requests-per-minute limit; 0 restores the server default. Replicas
+    pick the change up within `ratelimit.LIMIT_CACHE_SECONDS`."""
+    if not 0 <= per_minute <= 1_000_000:
+        raise ApiError.invalid(
+            ErrorCode.INVALID_REQUEST, "per_minute", "per_minute must be 0-1000000."
+        )
+    with db.write() as session:
+        client = session.get(Client, client_id)
+        if client is None:
+            raise ApiError.invalid(
+                ErrorCode.INVALID_CLIENT_ID, "client_id", f"No client {client_id!r}."
+            )
+        client.rate_limit_per_minute = per_minute or None
+        session.add(client)
+    return client
+
+
 def create_api_key(
     db: Database, pepper: bytes, client_id: str, name: str, *, test: bool = False
 ) -> NewApiKey:

@@ -77,6 +77,15 @@ def register_admin(commands: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.set_defaults(handler=_create_device)
 
+    p = sub.add_parser("set-rate-limit", help="requests per minute for one client (SPEC §8)")
+    _common(p)
+    p.add_argument("--client-id", required=True)
+    p.add_argument(
+        "--per-minute", type=int, required=True,
+        help="the client's limit; 0 means the server default (ZIMSEND_RATE_LIMIT_PER_MINUTE)",
+    )
+    p.set_defaults(handler=_set_rate_limit)
+
     p = sub.add_parser("migrate", help="bring the database schema up to date")
     _common(p)
     p.set_defaults(handler=_migrate)
@@ -145,6 +154,17 @@ def _create_device(args: argparse.Namespace) -> int:
         {"client_id": new.device.client_id, "device_id": new.device.id, "name": new.device.name,
          "device_password": new.password, "pairing_uri": new.pairing_uri}
     )
+
+
+def _set_rate_limit(args: argparse.Namespace) -> int:
+    from zimsend.server import accounts
+
+    _, db = _open(args)
+    try:
+        client = accounts.set_rate_limit(db, args.client_id, args.per_minute)
+    except Exception as exc:  # noqa: BLE001
+        return _fail(exc)
+    return _print({"client_id": client.id, "rate_limit_per_minute": client.rate_limit_per_minute})
 
 
 def _migrate(args: argparse.Namespace) -> int:

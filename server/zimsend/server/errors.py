@@ -91,6 +91,8 @@ class ApiError(Exception):
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: Mapping[str, str] = field(default_factory=dict)
     retry_after_seconds: float | None = None
+    # More REST-visible headers (e.g. RateLimit) sent with the error's initial metadata.
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -131,7 +133,7 @@ class ApiError(Exception):
         out = [(ERROR_CODE_HEADER, self.code.name)]
         if self.retry_after_seconds is not None:
             out.append(("retry-after", str(max(1, round(self.retry_after_seconds)))))
-        return out
+        return out + self.extra_headers
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -146,10 +148,13 @@ def _grpc_code_number(status: grpc.StatusCode) -> int:
     return number
 
 
-async def abort(context: grpc.aio.ServicerContext, error: ApiError) -> None:
-    """End the RPC with `error`. Never returns (grpc raises inside `abort`)."""
+async def abort(
+    context: grpc.aio.ServicerContext, error: ApiError, headers: list[tuple[str, str]] = ()  # type: ignore[assignment]
+) -> None:
+    """End the RPC with `error` (and `headers` as extra initial metadata). Never returns
+    (grpc raises inside `abort`)."""
     try:
-        await context.send_initial_metadata(tuple(error.headers()))
+        await context.send_initial_metadata((*error.headers(), *headers))
     except Exception:  # noqa: BLE001 - metadata already sent (streams): the status still goes
         pass
     await context.abort_with_status(rpc_status.to_status(error.to_status()))

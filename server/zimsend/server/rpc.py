@@ -6,7 +6,7 @@ Each public handler is written as
     async def SendSms(self, request, context, caller: Caller) -> SendSmsResponse: ...
 
 and `public_rpc` authenticates the call first (SPEC.md §2: `x-api-key` + `x-client-id` on every
-request), then runs the handler, and turns any `ApiError` into the documented gRPC status. An
+request), counts it against the client's limit (SPEC.md §8, `ratelimit.py`), then runs the handler, and turns any `ApiError` into the documented gRPC status. An
 unexpected exception is logged with its traceback on the server and reaches the caller only as
 `INTERNAL` with a request-independent message: no stack trace, SQL or data leaks out.
 
@@ -29,6 +29,7 @@ import grpc
 from zimsend.server import logs
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode, abort
+from zimsend.server.ratelimit import ClientRateLimiter
 from zimsend.server.storage import Database
 
 P = ParamSpec("P")
@@ -66,7 +67,14 @@ class ServerState:
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="db")
     )
     new_work: WorkSignal = field(default_factory=WorkSignal)
+    rate_limiter: ClientRateLimiter | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rate_limiter is None:
+            self.rate_limiter = ClientRateLimiter(
+                self.db, self.settings.rate_limit_per_minute, self.db_call
+            )
 
     async def db_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking database work off the event loop."""
@@ -86,17 +94,22 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 def public_rpc(handler: Handler) -> Handler:
-    """Authenticate, run, and map errors for one public unary RPC (see module docstring)."""
+    """Authenticate, count against the client's rate limit, run, and map errors for one
+    public unary RPC (see module docstring)."""
     from zimsend.server.auth import authenticate  # avoids an import cycle with auth
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         method = handler.__name__
+        headers: list[tuple[str, str]] = []
         try:
             caller = await authenticate(self.state, context)
-            return await handler(self, request, context, caller)
+            headers = (await self.state.rate_limiter.admit(caller.client_id)).headers()
+            response = await handler(self, request, context, caller)
+            await context.send_initial_metadata(tuple(headers))
+            return response
         except ApiError as error:
-            await abort(context, error)
+            await abort(context, error, headers)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -115,12 +128,18 @@ def public_stream_rpc(handler: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         method = handler.__name__
+        headers: list[tuple[str, str]] = []
+        sent = False
         try:
             caller = await authenticate(self.state, context)
+            headers = (await self.state.rate_limiter.admit(caller.client_id)).headers()
             async for item in handler(self, request, context, caller):
+                if not sent:
+                    await context.send_initial_metadata(tuple(headers))
+                    sent = True
                 yield item
         except ApiError as error:
-            await abort(context, error)
+            await abort(context, error, [] if sent else headers)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

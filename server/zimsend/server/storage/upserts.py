@@ -29,19 +29,19 @@ def insert_for(session: Session, model: Any) -> Any:
 
 
 def count_in_window(
-    session: Session, *, client_id: str, scope: str, window_start: dt.datetime
+    session: Session, *, client_id: str, scope: str, window_start: dt.datetime, amount: int = 1
 ) -> int:
-    """Add one request to a client's fixed-window bucket and return the new count.
+    """Add `amount` requests to a client's fixed-window bucket and return the new count.
 
     Atomic on both engines, so N server replicas enforce one limit (SPEC §8). Old windows are
     garbage: the worker may delete buckets older than a few minutes.
     """
     stmt = (
         insert_for(session, RateLimitBucket)
-        .values(client_id=client_id, scope=scope, window_start=window_start, count=1)
+        .values(client_id=client_id, scope=scope, window_start=window_start, count=amount)
         .on_conflict_do_update(
             index_elements=["client_id", "scope", "window_start"],
-            set_={"count": RateLimitBucket.count + 1},
+            set_={"count": RateLimitBucket.count + amount},
         )
         .returning(RateLimitBucket.count)
     )
