@@ -78,6 +78,11 @@ class DeviceHub:
         return hub
 
     @property
+    def closing(self) -> bool:
+        """Shutting down: new streams are turned away (UNAVAILABLE), phones retry elsewhere."""
+        return self._closing
+
+    @property
     def heartbeat_seconds(self) -> int:
         """The interval phones are told (DeviceSettings has whole seconds)."""
         return max(1, math.ceil(self.state.settings.heartbeat_interval_seconds))
@@ -178,7 +183,6 @@ class DeviceHub:
         current connection. Synchronous, so it can run in a cancelled handler's `finally`."""
         if self.sessions.get(session.device_id) is session:
             del self.sessions[session.device_id]
-            self._locks.pop(session.device_id, None)
         beat = self._beats.get(session.device_id)
         if beat is not None and beat.connection_id == session.connection_id:
             del self._beats[session.device_id]

@@ -60,6 +60,9 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         self, request_iterator: AsyncIterator[pb.DeviceFrame],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        if self.hub.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Server shutting down; reconnect.")
+            return
         try:
             device = await self.state.db_call(
                 authenticate_device, self.state.db, self.state.pepper,
@@ -81,6 +84,9 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         except asyncio.CancelledError:
             connecting.add_done_callback(self._detach_late)
             raise
+        except ApiError as error:  # deleted while connecting
+            await abort(context, error)
+            return
         reader = asyncio.create_task(self._read(request_iterator, session))
         writer = asyncio.create_task(self._write(context, session))
         ended = asyncio.create_task(session.ended.wait())
