@@ -192,3 +192,27 @@ def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(setup) 
     assert [c.message_id for c in again.commands[second]] == [low]
     idle = claim_round(db, PEPPER, requests, utcnow())
     assert idle.commands == {} and idle.simulated == {}
+
+
+def test_messages_stuck_on_a_vanished_phone_time_out(setup) -> None:  # type: ignore[no-untyped-def]
+    from zimsend.server.devicelink.lifecycle import time_out_stale_processing
+    from zimsend.server.storage import Device
+
+    db, client_id, device_id = setup
+    stuck = queue_message(db, client_id)
+    claim(db, client_id, device_id)
+    day = dt.timedelta(hours=24)
+    assert time_out_stale_processing(db, utcnow(), after=day) == 0  # handed out just now
+    later = utcnow() + day + dt.timedelta(minutes=1)
+    with db.write() as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device.online = True
+    assert time_out_stale_processing(db, later, after=day) == 0  # its phone is still there
+    with db.write() as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device.online = False
+    assert time_out_stale_processing(db, later, after=day) == 1
+    assert status(db, stuck).status == "failed" and status(db, stuck).error_code == "TIMEOUT"
+    assert [e.event_type for e in events(db, client_id)] == ["sms.failed"]

@@ -15,8 +15,9 @@ When does a round run? Never on a fixed delay on the hot path:
 - when the next paced phone with a backlog becomes free (pacing timer);
 - at the earliest future `due_at` of a scheduled message (scheduled timer);
 - every `POLL_INTERVAL_S` regardless, the fallback that notices other replicas' writes.
-A slow loop inside the same task fails expired messages (`lifecycle.expire_overdue_messages`;
-the worker will take this over).
+A slow loop inside the same task fails expired messages (`lifecycle.expire_overdue_messages`)
+and messages stuck on a phone that never came back (`lifecycle.time_out_stale_processing`);
+the worker will take both over.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ import time
 
 from zimsend.server import logs
 from zimsend.server.devicelink.assignment import ClaimRequest, RoundResult, claim_round
-from zimsend.server.devicelink.lifecycle import Transition, expire_overdue_messages
+from zimsend.server.devicelink.lifecycle import (
+    Transition,
+    expire_overdue_messages,
+    time_out_stale_processing,
+)
 from zimsend.server.devicelink.session import CommandRecord, DeviceSession
 from zimsend.server.devicelink.simulated import SimulatedPhone
 from zimsend.server.rpc import ServerState
@@ -151,8 +156,10 @@ class Dispatcher:
         ttl = dt.timedelta(hours=self._state.settings.message_ttl_hours)
         count = await self._state.db_call(expire_overdue_messages, self._state.db, utcnow(),
                                           ttl=ttl)
-        if count:
-            log.info("dispatcher.expired", count=count)
+        stale = await self._state.db_call(time_out_stale_processing, self._state.db, utcnow(),
+                                          after=ttl)
+        if count or stale:
+            log.info("dispatcher.expired", count=count, timed_out=stale)
 
     # --- one round ---------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ __all__ = [
     "iso",
     "message_event_payload",
     "record_inbound",
+    "time_out_stale_processing",
     "transition",
     "write_event",
 ]
@@ -319,6 +320,40 @@ def expire_overdue_messages(
             messages = list(session.scalars(query))
             for message in messages:
                 transition(session, message, MessageStatus.FAILED, now, error_code="EXPIRED")
+        total += len(messages)
+        if len(messages) < batch:
+            return total
+
+
+def time_out_stale_processing(
+    db: Database, now: dt.datetime, *, after: dt.timedelta, batch: int = 500
+) -> int:
+    """Fail (`TIMEOUT`) messages handed to a phone more than `after` ago whose phone is gone
+    (offline or deleted): without this they would stay `processing` forever. A phone that
+    comes back later re-reports them, and the reports change nothing (final status). Returns
+    how many timed out."""
+    from zimsend.server.storage import Device
+
+    total = 0
+    while True:
+        with db.write() as session:
+            gone = (
+                select(col(Device.id))
+                .where(or_(col(Device.online).is_(False), col(Device.deleted_at).is_not(None)))
+                .scalar_subquery()
+            )
+            query = (
+                select(Message)
+                .where(col(Message.status) == MessageStatus.PROCESSING,
+                       col(Message.processing_at) <= now - after,
+                       col(Message.device_id).in_(gone))
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            )
+            messages = list(session.scalars(query))
+            for message in messages:
+                transition(session, message, MessageStatus.FAILED, now, error_code="TIMEOUT",
+                           error_message="The phone holding this message never confirmed it.")
         total += len(messages)
         if len(messages) < batch:
             return total
