@@ -27,6 +27,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from zimsend.server import logs
+from zimsend.server import secrets as secrets_module
 from zimsend.server.devicelink.assignment import send_command
 from zimsend.server.devicelink.connections import (
     Beat,
@@ -39,7 +40,7 @@ from zimsend.server.devicelink.connections import (
 from zimsend.server.devicelink.dispatcher import Dispatcher
 from zimsend.server.devicelink.lifecycle import PartReport
 from zimsend.server.devicelink.reports import ReportWriter, inbound_item, status_report
-from zimsend.server.devicelink.session import DeviceSession
+from zimsend.server.devicelink.session import CommandRecord, DeviceSession
 from zimsend.server.rpc import ServerState
 from zimsend.server.storage import Device, utcnow
 from zimsend.v1 import device_link_pb2 as pb
@@ -263,6 +264,18 @@ class DeviceHub:
         ))
         session.backlog = True
         self.dispatcher.wake()
+
+    def cancel(self, device_id: str, message_id: str) -> bool:
+        """Ask a connected phone not to send `message_id` if it has not yet (CancelCommand;
+        its CommandAck says whether it was in time). False when the phone is not here."""
+        session = self.sessions.get(device_id)
+        if session is None or session.closed:
+            return False
+        command_id = secrets_module.new_id("cmd")
+        session.commands[command_id] = CommandRecord("cancel", message_id)
+        return session.push(pb.ServerFrame(
+            cancel=pb.CancelCommand(command_id=command_id, message_id=message_id)
+        ))
 
     def close_device(self, device_id: str, reason: str) -> None:
         """Close a device's stream with Reconnect(reason): DEVICE_DELETED, PASSWORD_ROTATED."""
