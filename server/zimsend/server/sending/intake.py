@@ -19,6 +19,11 @@ queues it (SPEC.md §3, §5).
    raises rolls the whole request back.
 
 The caller notifies the dispatcher (`ServerState.new_work`) once this returns a new response.
+
+Why Core statements built once (`_ONLINE`, `_AHEAD`) and a Core insert: this is the hottest
+path of the server, and building SQLAlchemy expressions, loading ORM objects and running the
+unit of work cost more CPU than SQLite itself (`zimsend bench`, docs/benchmarks.md). The ORM
+stays where a caller needs it: a `before_commit` hook gets messages attached to its session.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
-from sqlalchemy import func
+from sqlalchemy import bindparam, func, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -71,7 +76,28 @@ class Accepted:
 @dataclass(frozen=True)
 class _Availability:
     pinned: Device | None
-    online: list[Device]
+    #: Devices, or rows with the same attribute names (`_ONLINE`: what is_online reads).
+    online: list[Any]
+
+
+_ONLINE = select(  # type: ignore[call-overload]
+    Device.id, Device.online, Device.last_seen_at, Device.deleted_at, Device.send_interval_ms,
+).where(
+    Device.client_id == bindparam("client_id"),
+    Device.online == True,  # noqa: E712 - SQL comparison
+    Device.enabled == True,  # noqa: E712
+    Device.is_simulated == False,  # noqa: E712
+    Device.deleted_at.is_(None),  # type: ignore[union-attr]
+)
+_AHEAD = select(func.count()).select_from(Message).where(
+    Message.status == MessageStatus.QUEUED,
+    Message.client_id == bindparam("client_id"),
+    Message.test == bindparam("test"),
+    Message.priority <= bindparam("priority"),
+    Message.due_at <= bindparam("base"),
+)
+_INSERT = insert(Message.__table__)  # type: ignore[attr-defined]
+_COLUMNS = [c.name for c in Message.__table__.columns]  # type: ignore[attr-defined]
 
 
 def accept(
@@ -97,7 +123,8 @@ def accept(
         estimate = _estimate(session, settings, submission, plan, availability, now)
     try:
         with db.write() as session:
-            accepted = _queue(session, settings, submission, plan, availability, estimate, now)
+            accepted = _queue(session, settings, submission, plan, availability, estimate, now,
+                              attach=before_commit is not None)
             if before_commit is not None:
                 before_commit(session, accepted)
             response = build_response(accepted)
@@ -157,15 +184,7 @@ def _check_devices(
                 "message with scheduled_at so it waits for the device",
             )
         return _Availability(pinned, [pinned] if available else [])
-    candidates = session.exec(
-        select(Device).where(
-            Device.client_id == submission.client_id,
-            Device.online == True,  # noqa: E712 - SQL comparison
-            Device.enabled == True,  # noqa: E712
-            Device.is_simulated == False,  # noqa: E712
-            Device.deleted_at.is_(None),  # type: ignore[union-attr]
-        )
-    ).all()
+    candidates = session.connection().execute(_ONLINE, {"client_id": submission.client_id})
     online = [d for d in candidates if is_online(d, now, window)]
     if plan.immediate and not online:
         raise ApiError(
@@ -184,15 +203,10 @@ def _estimate(
     """When the first of these messages should go: its due time, plus the messages due before
     it at the same or a higher priority, paced by the devices that will share them."""
     base = plan.scheduled_at or now
-    ahead = session.exec(
-        select(func.count()).select_from(Message).where(
-            Message.status == MessageStatus.QUEUED,
-            Message.client_id == submission.client_id,
-            Message.test == submission.test,
-            Message.priority <= plan.priority,
-            Message.due_at <= base,
-        )
-    ).one()
+    ahead = session.connection().execute(_AHEAD, {
+        "client_id": submission.client_id, "test": submission.test,
+        "priority": plan.priority, "base": base,
+    }).scalar_one()
     devices = availability.online
     intervals = [
         (d.send_interval_ms if d.send_interval_ms is not None else settings.default_send_interval_ms)
@@ -205,8 +219,10 @@ def _estimate(
 
 def _queue(
     session: Session, settings: Settings, submission: Submission, plan: SendPlan,
-    availability: _Availability, estimate: dt.datetime, now: dt.datetime,
+    availability: _Availability, estimate: dt.datetime, now: dt.datetime, *, attach: bool,
 ) -> Accepted:
+    """Write the messages: attached ORM objects when a hook will work on them (`attach`),
+    else one Core INSERT (the same columns and values, without the unit of work)."""
     due_at = plan.scheduled_at or now
     expires_at = due_at + dt.timedelta(hours=settings.message_ttl_hours)
     batch_id = secrets.new_id("batch") if plan.kind != "single" else None
@@ -222,6 +238,11 @@ def _queue(
         )
         for draft in plan.drafts
     ]
-    session.add_all(rows)
-    session.flush()
+    if attach:
+        session.add_all(rows)
+        session.flush()
+    else:
+        session.connection().execute(
+            _INSERT, [{name: getattr(row, name) for name in _COLUMNS} for row in rows]
+        )
     return Accepted(rows, batch_id, now, estimate, plan)
