@@ -5,10 +5,14 @@ report stored (database) → `delivered` report stored → `sms.delivered` webho
 worker drains the outbox to the receiver). Each stage is counted at both edges of a measured
 window, so the table shows where the flow narrows; the end-to-end rate is the last stage's.
 
-4. `e2e`: open loop at `rate` messages/s (the goal, 1,000/s). If the stack cannot carry it, the
-   stage rates say what it does carry, and that is the sustainable rate. Then a second phase at
-   half that rate measures accept → command-on-phone latency: the server's `queued_at` (in the
-   SendSms response) against the phone's arrival time of the SendCommand.
+4. `e2e`: open loop at `rate` messages/s (the goal, 1,000/s) for the window, then wait until
+   every accepted message's `sms.delivered` webhook has arrived. The end-to-end rate is
+   messages completed / (window + drain): a pipeline with a long tail (webhooks lag behind
+   sends) is not credited for work it has not finished. If the stack cannot carry the offered
+   rate, this is what it does carry: the sustainable rate. The per-stage rates inside the
+   window show where the flow narrows. Then a second phase at half the sustainable rate
+   measures accept → command-on-phone latency: the server's `queued_at` (in the SendSms
+   response) against the phone's arrival time of the SendCommand.
 6. `overload`: closed loop with many calls in flight, offering sends as fast as the server
    accepts them. Reported: the end-to-end rate during the overload against scenario 4's
    (goal ≥ 80 %: accepted work keeps flowing), what callers saw (latency, error codes) and the
@@ -80,13 +84,16 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
         concurrency: int, duration: float, warmup: float, drain: float) -> dict[str, Any]:
     counters = Counters(stack, tenant, phones, receiver_url)
     assert stack.server is not None
+    begin = counters.snapshot()
     full = run_loadgens(stack, "e2e", mode="grpc", target=stack.server_address, tenant=tenant,
                         concurrency=concurrency, duration=duration, warmup=warmup, rate=rate,
                         record=True, watch={"server": stack.server.pid},
                         on_window=counters.mark)
     stages = counters.rates()
     drained = counters.drain(drain)
-    sustainable = min(stages["webhook_delivered"], full["rps"])
+    finish = counters.snapshot()
+    completed = finish["webhook_delivered"] - begin["webhook_delivered"]
+    sustainable = round(completed / max(1e-9, finish["at"] - begin["at"]), 1)
     half_rate = max(1.0, round(sustainable / 2))
     counters.marks.clear()
     half = run_loadgens(stack, "e2e-half", mode="grpc", target=stack.server_address,
@@ -98,13 +105,13 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
     half_drained = counters.drain(drain)
     return {
         "offered_rps": rate, "accepted_rps": full["rps"], "stages_rps": stages,
-        "e2e_rps": stages["webhook_delivered"], "send_latency": full["latency"],
+        "e2e_rps": sustainable, "completed": completed, "send_latency": full["latency"],
         "send_outcomes": full["outcomes"], "server_cpu_share": full["cpu_share_of"]["server"],
         "generator_cpu_share": full["cpu_share"], **drained,
         "half_load": {"offered_rps": half_rate, "stages_rps": half_stages,
                       "accept_to_phone": latency, **half_drained},
         "goal": "e2e >= 1000 msg/s; p99 accept->phone <= 20 ms at half load",
-        "met": stages["webhook_delivered"] >= 1000 and (latency["p99_ms"] or 1e9) <= 20,
+        "met": sustainable >= 1000 and (latency["p99_ms"] or 1e9) <= 20,
     }
 
 
