@@ -7,7 +7,6 @@ Heartbeats are 1 s here, so a silent phone is offline after 3 s.
 
 from __future__ import annotations
 
-import datetime as dt
 import signal
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from _devices import (
 )
 from _processes import start_server, zimsend_env as make_env
 
-from zimsend.v1 import common_pb2, sms_pb2
+from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -373,54 +372,3 @@ def test_shutdown_tells_phones_to_reconnect_and_marks_them_offline(
     assert row == (0,)
     assert [k for k, _ in link_db.events(tenant.client_id, "device.")] == [
         "device.connected", "device.disconnected"]
-
-
-# --- dispatch limits applied live -------------------------------------------------------------
-
-
-def test_daily_cap_and_disabling_hold_messages_back_until_lifted(
-    tenant: Tenant, address: str
-) -> None:
-    device = tenant.create_device()
-    raw = phone(address, tenant, device.device_id, device.device_password)
-    try:
-        raw.hello()
-        tenant.update_device(device.device_id, daily_cap=2)
-        assert raw.expect("settings").settings.daily_cap == 2
-        ids = [tenant.send("+33612345678", f"capped {n}") for n in range(3)]
-        got = [raw.expect("send").send.message_id for _ in range(2)]
-        assert got == ids[:2]
-        with pytest.raises(AssertionError):
-            raw.expect("send", timeout=1.5)
-        assert tenant.status(ids[2]).status == common_pb2.queued
-        tenant.update_device(device.device_id, daily_cap=0)  # no cap: dispatched at once
-        assert raw.expect("send").send.message_id == ids[2]
-        tenant.update_device(device.device_id, enabled=False)
-        later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat()
-        held = tenant.send("+33612345678", "held", scheduled_at=later.replace("+00:00", "Z"))
-        with pytest.raises(AssertionError):
-            raw.expect("send", timeout=2.5)
-        tenant.update_device(device.device_id, enabled=True)
-        assert raw.expect("send").send.message_id == held
-    finally:
-        raw.close()
-
-
-def test_a_pinned_message_goes_to_its_device_only(tenant: Tenant, address: str) -> None:
-    one, two = tenant.create_device("one"), tenant.create_device("two")
-    first = phone(address, tenant, one.device_id, one.device_password)
-    second = phone(address, tenant, two.device_id, two.device_password)
-    try:
-        first.hello()
-        second.hello()
-        for _ in range(3):
-            reply = tenant.sms.SendSms(
-                sms_pb2.SendSmsRequest(to="+33612345678", message="pinned"),
-                metadata=tenant.md(device=two.device_id), timeout=10,
-            )
-            assert second.expect("send").send.message_id == reply.message_id
-        with pytest.raises(AssertionError):
-            first.expect("send", timeout=1.0)
-    finally:
-        first.close()
-        second.close()
