@@ -6,6 +6,8 @@ acceptance, the FAQ's examples, and ZimSend's own Python wrapper with only its b
 from __future__ import annotations
 
 import datetime as dt
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -172,3 +174,29 @@ def _history_total(stack) -> int:  # type: ignore[no-untyped-def]
     reply = httpx.get(f"{stack.base_url}/v1/sms/history", headers=stack.auth, params={"limit": 1})
     assert reply.status_code == 200, reply.text
     return int(reply.json()["pagination"]["total_items"])
+
+
+def test_presence_through_envoys_phone_listener(stack, zimsend_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 4 through the edge: online within a second of connecting via Envoy's phone port;
+    after kill -9 of the agent, offline within the heartbeat window (1 s x 3 here), with
+    device.connected then device.disconnected(CONNECTION_LOST) in the outbox."""
+    import signal
+
+    from _devices import ServerDb
+
+    created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
+                         json={"name": "presence"}).json()
+    device_id = created["device_id"]
+    agent = start_agent(zimsend_env, stack.envoy.device_target, stack.client_id, device_id,
+                        created["device_password"], tmp_path, name="presence-agent")
+    with agent:
+        agent.wait_until(lambda: "connected to" in agent.output(), 30, what="connected")
+        wait_for(lambda: _device(stack, device_id)["status"] == "online", 1.0, "online in 1 s")
+        agent.kill(signal.SIGKILL)
+        started = time.monotonic()
+        wait_for(lambda: _device(stack, device_id)["status"] == "offline", 10, "offline")
+        assert time.monotonic() - started <= 3 * 1.0 + 1.5
+    db = ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"]))
+    events = [(kind, data.get("reason")) for kind, data in db.events(stack.client_id, "device.")
+              if data.get("device_id") == device_id]
+    assert events == [("device.connected", None), ("device.disconnected", "CONNECTION_LOST")]
