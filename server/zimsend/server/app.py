@@ -94,6 +94,7 @@ class ZimSendServer:
                 await hook()
         await self._server.stop(grace)
         self.state.executor.shutdown(wait=True)
+        self.state.link_executor.shutdown(wait=True)
         self.state.db.dispose()
         log.info("server.stopped")
 

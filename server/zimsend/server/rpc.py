@@ -66,6 +66,12 @@ class ServerState:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="db")
     )
+    #: The device link's own lane (dispatch rounds, report batches, heartbeat flushes): with
+    #: one shared pool, a burst of API calls queued hundreds of jobs ahead of them, and work
+    #: already accepted stopped flowing (`zimsend bench`, overload scenario).
+    link_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-link")
+    )
     new_work: WorkSignal = field(default_factory=WorkSignal)
     rate_limiter: ClientRateLimiter | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +86,13 @@ class ServerState:
         """Run blocking database work off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    async def link_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`db_call` on the device link's lane (see `link_executor`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.link_executor, functools.partial(fn, *args, **kwargs)
+        )
 
 
 def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:

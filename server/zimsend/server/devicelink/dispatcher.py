@@ -194,7 +194,7 @@ class Dispatcher:
         now_m = time.monotonic()
         today = now.date()
         pairs = self._requests(now_m, today)
-        result = await self._state.db_call(
+        result = await self._state.link_call(
             claim_round, self._state.db, self._state.pepper, [r for _, r in pairs], now
         )
         self._next_due = None

@@ -310,7 +310,7 @@ class DeviceHub:
         beats, self._beats = list(self._beats.values()), {}
         if not beats:
             return
-        configs = await self.state.db_call(record_heartbeats, self.state.db, beats)
+        configs = await self.state.link_call(record_heartbeats, self.state.db, beats)
         for beat in beats:
             session = self.sessions.get(beat.device_id)
             if session is None or session.connection_id != beat.connection_id:

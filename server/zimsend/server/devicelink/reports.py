@@ -132,10 +132,10 @@ class ReportWriter:
         items = [(index[id(i.session)] if i.ack else -1, i.session.client_id,
                   i.session.device_id, i.report) for i in batch]
         try:
-            outcome = await self._state.db_call(_apply_batch, self._state.db, items)
+            outcome = await self._state.link_call(_apply_batch, self._state.db, items)
         except Exception:
             log.exception("reports.batch_failed", size=len(items))
-            outcome = await self._state.db_call(_apply_one_by_one, self._state.db, items)
+            outcome = await self._state.link_call(_apply_one_by_one, self._state.db, items)
         by_session: dict[int, list[Transition]] = defaultdict(list)
         message_session = {
             i.report.message_id: index[id(i.session)] for i in batch

@@ -85,7 +85,7 @@ class SimulatedPhone:
                        outcome=outcome)  # type: ignore[arg-type]
             for m in messages
         ]
-        return await self._state.db_call(_apply, self._state.db, client_id, device_id, reports)
+        return await self._state.link_call(_apply, self._state.db, client_id, device_id, reports)
 
 
 def _apply(
