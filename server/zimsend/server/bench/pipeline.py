@@ -74,6 +74,13 @@ class Counters:
             time.sleep(0.5)
 
 
+def _watch(stack: Stack, phones: Phones) -> dict[str, int]:
+    """Every process of the pipeline, for its CPU share over the window."""
+    named = {"server": stack.server, "phones": phones.program}
+    named.update({p.name: p for p in stack.programs if p.name in ("worker", "receiver")})
+    return {name: p.pid for name, p in named.items() if p is not None}
+
+
 def _latency(result: dict[str, Any], phones: Phones) -> dict[str, Any]:
     arrivals = phones.arrivals()
     gaps = [arrivals[m] - q for m, q in result.get("accepted") or [] if m in arrivals]
@@ -87,8 +94,7 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
     begin = counters.snapshot()
     full = run_loadgens(stack, "e2e", mode="grpc", target=stack.server_address, tenant=tenant,
                         concurrency=concurrency, duration=duration, warmup=warmup, rate=rate,
-                        record=True, watch={"server": stack.server.pid},
-                        on_window=counters.mark)
+                        record=True, watch=_watch(stack, phones), on_window=counters.mark)
     stages = counters.rates()
     drained = counters.drain(drain)
     finish = counters.snapshot()
@@ -98,7 +104,7 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
     counters.marks.clear()
     half = run_loadgens(stack, "e2e-half", mode="grpc", target=stack.server_address,
                         tenant=tenant, concurrency=concurrency, duration=duration, warmup=warmup,
-                        rate=half_rate, record=True, watch={"server": stack.server.pid},
+                        rate=half_rate, record=True, watch=_watch(stack, phones),
                         on_window=counters.mark)
     half_stages = counters.rates()
     latency = _latency(half, phones)
@@ -106,7 +112,7 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
     return {
         "offered_rps": rate, "accepted_rps": full["rps"], "stages_rps": stages,
         "e2e_rps": sustainable, "completed": completed, "send_latency": full["latency"],
-        "send_outcomes": full["outcomes"], "server_cpu_share": full["cpu_share_of"]["server"],
+        "send_outcomes": full["outcomes"], "cpu_share_of": full["cpu_share_of"],
         "generator_cpu_share": full["cpu_share"], **drained,
         "half_load": {"offered_rps": half_rate, "stages_rps": half_stages,
                       "accept_to_phone": latency, **half_drained},
@@ -122,8 +128,7 @@ def overload(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *,
     assert stack.server is not None
     result = run_loadgens(stack, "overload", mode="grpc", target=stack.server_address,
                           tenant=tenant, concurrency=concurrency, duration=duration,
-                          warmup=warmup, watch={"server": stack.server.pid},
-                          on_window=counters.mark)
+                          warmup=warmup, watch=_watch(stack, phones), on_window=counters.mark)
     stages = counters.rates()
     end = counters.marks["end"]
     ratio = round(stages["webhook_delivered"] / sustainable_rps, 3) if sustainable_rps else None
@@ -132,7 +137,7 @@ def overload(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *,
         "e2e_rps": stages["webhook_delivered"], "ratio": ratio,
         "caller_latency": result["latency"], "caller_outcomes": result["outcomes"],
         "backlog_at_end": end["accepted"] - end["webhook_delivered"],
-        "server_cpu_share": result["cpu_share_of"]["server"],
+        "cpu_share_of": result["cpu_share_of"],
         "goal": "e2e rate during overload >= 0.80 x sustainable",
         "met": ratio is not None and ratio >= 0.8,
     }

@@ -87,7 +87,8 @@ def details(results: dict[str, dict[str, Any]]) -> str:
     r = results.get("e2e")
     if r and "error" not in r:
         out.append(f"e2e: offered {_fmt(r['offered_rps'])}/s, stages/s {r['stages_rps']}, "
-                   f"drain {r['drain_s']} s (left {r['backlog_left']})")
+                   f"drain {r['drain_s']} s (left {r['backlog_left']}), completed "
+                   f"{r['completed']}; CPU {r['cpu_share_of']}")
         h = r["half_load"]
         out.append(f"e2e half load: stages/s {h['stages_rps']}, accept->phone "
                    f"{h['accept_to_phone']}")
@@ -95,7 +96,7 @@ def details(results: dict[str, dict[str, Any]]) -> str:
     if r and "error" not in r:
         out.append(f"overload: accepted {_fmt(r['accepted_rps'])}/s, stages/s "
                    f"{r['stages_rps']}, caller outcomes {r['caller_outcomes']}, backlog at end "
-                   f"{r['backlog_at_end']}")
+                   f"{r['backlog_at_end']}; CPU {r['cpu_share_of']}")
     r = results.get("streams")
     if r and "error" not in r:
         out.append(f"streams: RSS {r['server_rss_idle_mb']} -> {r['server_rss_loaded_mb']} MB, "
