@@ -119,12 +119,21 @@ def claim_round(
             if (r.client_id, None) in due or (r.client_id, r.device_id) in due]
     if not live and not test_clients:
         return result
+    # A claim that returns fewer than its limit has taken every due message this device may
+    # have; for its client only messages pinned elsewhere remain, so the client's next phones
+    # are skipped unless something is pinned to them. Without this a round over 50 idle
+    # phones ran 50 claims for one message (`zimsend bench`: 43 % of the server's CPU).
+    drained: set[str] = set()
     with db.write() as session:
         for request in live:
+            if request.client_id in drained and (request.client_id, request.device_id) not in due:
+                continue
             messages = claim_due_messages(
                 session, client_id=request.client_id, device_id=request.device_id,
                 limit=request.limit, now=now,
             )
+            if len(messages) < request.limit:
+                drained.add(request.client_id)
             if messages:
                 _count_handed(session, request.device_id, len(messages), now)
                 result.commands[request.device_id] = [
