@@ -194,12 +194,16 @@ def record_attempt(
 ) -> None:
     """One `WebhookDelivery` row: the logs show it at once, and a 2xx is never re-sent."""
     with db.write() as session:
-        session.add(WebhookDelivery(
-            client_id=event.client_id, event_id=event.id, webhook_id=target.webhook_id,
-            event_type=event.event_type, url=target.url, attempt=event.attempt,
-            success=outcome.success, response_status=outcome.status,
-            response_time_ms=outcome.elapsed_ms, error=outcome.error, created_at=outcome.at,
-        ))
+        session.add(_delivery_row(event, target, outcome))
+
+
+def _delivery_row(event: ClaimedEvent, target: Target, outcome: AttemptOutcome) -> WebhookDelivery:
+    return WebhookDelivery(
+        client_id=event.client_id, event_id=event.id, webhook_id=target.webhook_id,
+        event_type=event.event_type, url=target.url, attempt=event.attempt,
+        success=outcome.success, response_status=outcome.status,
+        response_time_ms=outcome.elapsed_ms, error=outcome.error, created_at=outcome.at,
+    )
 
 
 def finish_event(
@@ -210,11 +214,18 @@ def finish_event(
     last_error: str | None,
     schedule: Sequence[float],
     now: dt.datetime,
+    attempts: Sequence[tuple[Target, AttemptOutcome]] = (),
 ) -> str | None:
     """Close the attempt: `delivered` when no target is left (`remaining == 0`), `failed` after
     the last attempt of the schedule, else `pending` until `now + schedule[attempt]` (each
     entry is the delay before that attempt). Returns the new status, or None when the lease
-    had been taken over by another worker (nothing is written then)."""
+    had been taken over by another worker (the event is not updated then).
+
+    `attempts` are `record_attempt` rows written in the same transaction (always, like
+    `record_attempt` itself). The worker passes its single attempt here when an event has
+    one target: one write per delivery instead of two (`zimsend bench`: webhooks were the
+    end-to-end bottleneck), and nothing is lost — until that commit the event is still
+    leased, exactly as between a POST and its `record_attempt`."""
     values: dict[str, Any] = {
         "attempts": event.attempt, "locked_until": None, "claimed_by": None, "last_error": last_error,
     }
@@ -228,6 +239,8 @@ def finish_event(
             next_attempt_at=now + dt.timedelta(seconds=schedule[event.attempt]),
         )
     with db.write() as session:
+        for target, outcome in attempts:
+            session.add(_delivery_row(event, target, outcome))
         result = session.execute(
             update(OutboxEvent)
             .where(col(OutboxEvent.id) == event.id, col(OutboxEvent.claimed_by) == event.token)

@@ -6,6 +6,7 @@ Shape (one nursery each, so every task has an owner and a cancellation story):
     ├── periodic jobs           expiry every few seconds, retention hourly (`jobs`)
     └── claim loop              claims due events while there is room (`max_in_flight`)
         └── one task per event  targets → concurrent POSTs → one log row each → finish
+                                (one target: its log row and the finish in one transaction)
 
 Database work is synchronous SQLAlchemy in `trio.to_thread.run_sync` with the worker's own
 `CapacityLimiter` (DESIGN: trio's default limiter is shared by every thread user in the process;
@@ -167,9 +168,14 @@ class Worker:
             targets = await self.db_call(targets_of, self.database, self._pepper, event)
             body = encode_body(event.event_type, event.id, event.created_at, event.data)
             outcomes: list[AttemptOutcome] = []
+            # One target (the usual case): its attempt row is written with the outcome, in one
+            # transaction (`finish_event`). Several: each row as soon as its POST ends, so a
+            # target that answered 2xx is never sent the event again if another one hangs.
+            alone = len(targets) == 1
             async with trio.open_nursery() as attempts:
                 for target in targets:
-                    attempts.start_soon(self._attempt, sender, event, target, body, outcomes)
+                    attempts.start_soon(self._attempt, sender, event, target, body, outcomes,
+                                        not alone)
             failures = [o for o in outcomes if not o.success]
             last_error: str | None
             if not targets:
@@ -179,6 +185,7 @@ class Worker:
             status = await self.db_call(
                 finish_event, self.database, event, remaining=len(failures), last_error=last_error,
                 schedule=self.settings.webhook_retry_schedule_seconds, now=utcnow(),
+                attempts=list(zip(targets, outcomes, strict=True)) if alone else (),
             )
             finished = True
             log.info(
@@ -199,11 +206,12 @@ class Worker:
 
     async def _attempt(
         self, sender: WebhookSender, event: ClaimedEvent, target: Target, body: bytes,
-        outcomes: list[AttemptOutcome],
+        outcomes: list[AttemptOutcome], record: bool,
     ) -> None:
         if target.secret is None:
             outcome = AttemptOutcome(False, None, 0, target.problem or "no signing secret", utcnow())
         else:
             outcome = await sender.post(target.url, secret=target.secret, event_id=event.id, body=body)
-        await self.db_call(record_attempt, self.database, event, target, outcome)
+        if record:
+            await self.db_call(record_attempt, self.database, event, target, outcome)
         outcomes.append(outcome)
