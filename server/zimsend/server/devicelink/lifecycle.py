@@ -21,7 +21,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlmodel import Session, col
 
 from zimsend.server import secrets
@@ -34,6 +34,7 @@ from zimsend.server.storage import (
     MessagePart,
     MessageStatus,
     OutboxEvent,
+    cached_statement,
     insert_for,
     mark_report_processed,
 )
@@ -240,16 +241,21 @@ def _count(session: Session, message: Message, new: str, now: dt.datetime) -> No
     """Per-day counts (SPEC §4: they outlive message retention). `sent` counts messages that
     reached the network, `delivered` and `failed` their final outcome."""
     column = {"sent": "sent", "delivered": "delivered", "failed": "failed"}[new]
-    values = {"sent": 0, "delivered": 0, "failed": 0, column: 1}
-    stmt = insert_for(session, DailyAggregate).values(
-        client_id=message.client_id, device_id=message.device_id or NO_DEVICE,
-        day=now.astimezone(dt.UTC).date(), **values,
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["client_id", "day", "device_id"],
-        set_={column: getattr(DailyAggregate, column) + 1},
-    )
-    session.execute(stmt)
+
+    def build(s: Session) -> Any:  # once per dialect and column (storage.cached_statement)
+        values = {"sent": 0, "delivered": 0, "failed": 0, column: 1}
+        return insert_for(s, DailyAggregate).values(
+            client_id=bindparam("client_id"), device_id=bindparam("device_id"),
+            day=bindparam("day"), **values,
+        ).on_conflict_do_update(
+            index_elements=["client_id", "day", "device_id"],
+            set_={column: getattr(DailyAggregate, column) + 1},
+        )
+
+    session.execute(cached_statement(session, f"daily_aggregate.{column}", build), {
+        "client_id": message.client_id, "device_id": message.device_id or NO_DEVICE,
+        "day": now.astimezone(dt.UTC).date(),
+    })
 
 
 def _default_error_message(code: str) -> str:

@@ -34,7 +34,7 @@ from .models import (
 )
 from .scoping import get_for_client
 from .types import UTCDateTime, utcnow
-from .upserts import count_in_window, insert_for, mark_report_processed
+from .upserts import cached_statement, count_in_window, insert_for, mark_report_processed
 
 __all__ = [
     "NO_DEVICE",
@@ -56,6 +56,7 @@ __all__ = [
     "UTCDateTime",
     "WebhookDelivery",
     "WebhookEndpoint",
+    "cached_statement",
     "claim_due_messages",
     "count_in_window",
     "get_for_client",
