@@ -44,7 +44,9 @@ def _cells(n: int, name: str, row: dict[str, Any]) -> list[str]:
     if name == "streams":
         return [str(n), f"streams: {row['phones']:,} phones",
                 f"{_fmt(row['rss_per_phone_kb'])} KB/phone", "", "",
-                f"storm {_fmt(row['storm_all_online_s'])} s", row["goal"], _met(row)]
+                f"storm {_fmt(row['storm_all_online_s'])} s" if row["storm_all_online_s"]
+                is not None else f"storm: {row['storm_online_at_timeout']:,} online after "
+                f"{row['storm_timeout_s']:.0f} s", row["goal"], _met(row)]
     if name == "e2e":
         lat = row["half_load"]["accept_to_phone"]
         return [str(n), "end to end (accept->webhook)", f"{_fmt(row['e2e_rps'])} msg/s",

@@ -2,8 +2,11 @@
 
 A fresh `zimsend serve` (so its RSS is not inflated by earlier scenarios) is measured idle,
 then with N fleet phones connected (directly, as Envoy's device listener would forward them);
-RSS delta / N is the cost of one phone. The fleet opens them in batches of 1,000 per second
-(DESIGN: ~4,000 streams opened at the same instant fail).
+RSS delta / N is the cost of one phone. The fleet opens them `batch` per second, each at a
+random moment of its second (DESIGN: ~4,000 streams opened at the same instant fail; on the
+shared 2-core machine 1,000 a second outran the server's connect path — authentication and the
+presence write — and phones waiting > 30 s for Welcome gave up and retried: churn, not
+progress).
 
 The storm is the worst honest case: the server is killed (-9, no Reconnect frame, no goodbye)
 and started again on the same port. Every phone sees its stream fail and comes back on its own
@@ -24,7 +27,19 @@ from zimsend.server.bench.stack import Stack, Tenant
 SETTLE_S = 3.0
 
 
-def streams(stack: Stack, tenant: Tenant, *, timeout: float) -> dict[str, Any]:
+def _wait_all(phones: Any, count: int, timeout: float) -> tuple[float | None, int]:
+    """(seconds until `count` phones are connected or None on timeout, connected then)."""
+    started = time.monotonic()
+    connected = 0
+    while time.monotonic() - started < timeout:
+        connected = phones.stats().get("connected", 0)
+        if connected >= count:
+            return time.monotonic() - started, connected
+        time.sleep(0.2)
+    return None, connected
+
+
+def streams(stack: Stack, tenant: Tenant, *, timeout: float, batch: int) -> dict[str, Any]:
     phones_n = len(tenant.devices)
     port = int(stack.server_address.rpartition(":")[2])
     stack.stop(stack.server)
@@ -32,9 +47,11 @@ def streams(stack: Stack, tenant: Tenant, *, timeout: float) -> dict[str, Any]:
     assert stack.server is not None
     time.sleep(SETTLE_S)
     idle = rss_bytes(stack.server.pid) or 0
-    phones = stack.start_phones(tenant, "stream-phones", batch_size=1000, batch_interval=1.0)
+    phones = stack.start_phones(tenant, "stream-phones", batch_size=batch, batch_interval=1.0)
     try:
-        connect_s = phones.wait_connected(phones_n, timeout)
+        connect_s, connected = _wait_all(phones, phones_n, timeout)
+        if connect_s is None:
+            raise RuntimeError(f"only {connected} of {phones_n} phones connected in {timeout} s")
         time.sleep(SETTLE_S)
         loaded = rss_bytes(stack.server.pid) or 0
         per_phone_kb = round((loaded - idle) / phones_n / 1024, 1)
@@ -44,8 +61,8 @@ def streams(stack: Stack, tenant: Tenant, *, timeout: float) -> dict[str, Any]:
         stack.stop(stack.server)
         stack.start_server(port)
         restart_s = time.monotonic() - killed_at
-        phones.wait_connected(phones_n, timeout)
-        storm_s = round(time.monotonic() - killed_at, 1)
+        back_s, back = _wait_all(phones, phones_n, timeout)
+        storm_s = None if back_s is None else round(time.monotonic() - killed_at, 1)
         reconnects = phones.stats().get("reconnects", 0)
     finally:
         stack.stop(phones.program)
@@ -54,7 +71,9 @@ def streams(stack: Stack, tenant: Tenant, *, timeout: float) -> dict[str, Any]:
         "server_rss_idle_mb": round(idle / 2**20, 1),
         "server_rss_loaded_mb": round(loaded / 2**20, 1),
         "rss_per_phone_kb": per_phone_kb, "storm_all_online_s": storm_s,
+        "storm_online_at_timeout": None if storm_s is not None else back,
+        "storm_timeout_s": timeout, "open_rate_per_s": batch,
         "server_restart_s": round(restart_s, 1), "reconnect_attempts": reconnects,
         "goal": "<= 60 KB per phone; storm <= 60 s",
-        "met": per_phone_kb <= 60 and storm_s <= 60,
+        "met": per_phone_kb <= 60 and storm_s is not None and storm_s <= 60,
     }
