@@ -91,9 +91,14 @@ def _due(now: dt.datetime) -> list[object]:
 
 def claim_round(
     db: Database, pepper: bytes, requests: list[ClaimRequest], now: dt.datetime,
+    *, scan_global: bool = True,
 ) -> RoundResult:
     """Claim due messages for `requests` (already in least-loaded-first order) and for the
-    simulated devices of clients with due test messages."""
+    simulated devices of clients with due test messages.
+
+    `scan_global=False` skips the two reads that scan every queued message whatever its client
+    (due test messages, the next scheduled due time: `next_due` is then None and means
+    "unknown"); the dispatcher runs them at most every GLOBAL_SCAN_INTERVAL_S."""
     result = RoundResult()
     clients = sorted({r.client_id for r in requests})
     with db.session() as session:
@@ -106,15 +111,17 @@ def claim_round(
                 .distinct()
             )
             due = {(c, p) for c, p in rows}
-        later = select(func.min(Message.due_at)).where(
-            col(Message.status) == MessageStatus.QUEUED, col(Message.due_at) > now,
-            or_(col(Message.test).is_(True), col(Message.client_id).in_(clients)),
-        )
-        result.next_due = session.scalar(later)
-        test_clients = list(session.scalars(
-            select(col(Message.client_id)).where(*_due(now), col(Message.test).is_(True))
-            .distinct().limit(100)
-        ))
+        test_clients: list[str] = []
+        if scan_global:
+            later = select(func.min(Message.due_at)).where(
+                col(Message.status) == MessageStatus.QUEUED, col(Message.due_at) > now,
+                or_(col(Message.test).is_(True), col(Message.client_id).in_(clients)),
+            )
+            result.next_due = session.scalar(later)
+            test_clients = list(session.scalars(
+                select(col(Message.client_id)).where(*_due(now), col(Message.test).is_(True))
+                .distinct().limit(100)
+            ))
     live = [r for r in requests
             if (r.client_id, None) in due or (r.client_id, r.device_id) in due]
     if not live and not test_clients:

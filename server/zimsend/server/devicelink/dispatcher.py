@@ -46,6 +46,11 @@ log = logs.get("zimsend.devicelink.dispatcher")
 
 #: Fallback polling: how late a message written by another replica may be noticed.
 POLL_INTERVAL_S = 1.0
+#: The round's client-independent reads (due test messages, the next scheduled due time) scan
+#: every queued message, so they run at most this often; claims for ready phones run every
+#: round. Without the limit each SendSms paid a scan of the whole queue (`zimsend bench`: 3.6
+#: ms per round with 4,700 scheduled messages, one round per accepted message).
+GLOBAL_SCAN_INTERVAL_S = 0.05
 #: How often overdue queued messages are expired.
 EXPIRY_INTERVAL_S = 10.0
 #: Messages a phone may hold unconfirmed (no sent/failed report yet): paced and unpaced.
@@ -64,6 +69,8 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._next_due: float | None = None
+        self._next_scan = 0.0  # monotonic time the next global scan may run
+        self._scan_pending = False  # a round skipped it: run one at _next_scan
         self.rounds = 0
 
     # --- wake-ups ----------------------------------------------------------------------------
@@ -122,7 +129,7 @@ class Dispatcher:
         while True:
             await self._sleep()
             try:
-                await self.round()
+                await self.round(full=False)
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + EXPIRY_INTERVAL_S
                     await self._expire()
@@ -140,6 +147,8 @@ class Dispatcher:
         deadline = now + POLL_INTERVAL_S
         if self._next_due is not None:
             deadline = min(deadline, self._next_due)
+        if self._scan_pending:
+            deadline = min(deadline, self._next_scan)
         today = utcnow().date()
         for session in self._sessions.values():
             if session.backlog and self._limit(session, today) > 0:
@@ -187,21 +196,29 @@ class Dispatcher:
             for _, s, limit in ready
         ]
 
-    async def round(self) -> RoundResult:
-        """One dispatch round (also called directly by tests)."""
+    async def round(self, *, full: bool = True) -> RoundResult:
+        """One dispatch round (also called directly by tests). The task's own rounds pass
+        `full=False`: the global scan then runs only every `GLOBAL_SCAN_INTERVAL_S`."""
         self.rounds += 1
         now = utcnow()
         now_m = time.monotonic()
         today = now.date()
         pairs = self._requests(now_m, today)
+        scan = full or now_m >= self._next_scan
         result = await self._state.link_call(
-            claim_round, self._state.db, self._state.pepper, [r for _, r in pairs], now
+            claim_round, self._state.db, self._state.pepper, [r for _, r in pairs], now,
+            scan_global=scan,
         )
-        self._next_due = None
-        if result.next_due is not None:
-            self._next_due = time.monotonic() + max(
-                0.0, (result.next_due - utcnow()).total_seconds()
-            )
+        if scan:
+            self._next_scan = now_m + GLOBAL_SCAN_INTERVAL_S
+            self._scan_pending = False
+            self._next_due = None
+            if result.next_due is not None:
+                self._next_due = time.monotonic() + max(
+                    0.0, (result.next_due - utcnow()).total_seconds()
+                )
+        else:
+            self._scan_pending = True
         default_ms = self._state.settings.default_send_interval_ms
         for session, request in pairs:
             commands = result.commands.get(request.device_id, [])
