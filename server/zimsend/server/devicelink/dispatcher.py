@@ -51,6 +51,10 @@ POLL_INTERVAL_S = 1.0
 #: round. Without the limit each SendSms paid a scan of the whole queue (`zimsend bench`: 3.6
 #: ms per round with 4,700 scheduled messages, one round per accepted message).
 GLOBAL_SCAN_INTERVAL_S = 0.05
+#: A connecting phone's round waits this long so that a burst of connects shares rounds: a
+#: round walks every session, so one round per connect made a reconnect storm quadratic
+#: (`zimsend bench`, 10,000 phones: the server never caught up).
+CONNECT_ROUND_DELAY_S = 0.05
 #: How often overdue queued messages are expired.
 EXPIRY_INTERVAL_S = 10.0
 #: Messages a phone may hold unconfirmed (no sent/failed report yet): paced and unpaced.
@@ -70,6 +74,7 @@ class Dispatcher:
         self._thread: int | None = None
         self._next_due: float | None = None
         self._next_scan = 0.0  # monotonic time the next global scan may run
+        self._connect_round: asyncio.TimerHandle | None = None
         self._scan_pending = False  # a round skipped it: run one at _next_scan
         self.rounds = 0
 
@@ -89,7 +94,15 @@ class Dispatcher:
         """A phone was welcomed: re-offer what is still `processing` on it, then dispatch."""
         for command in redeliver:
             self.push_command(session, command)
-        self.wake()
+        loop = self._loop
+        if loop is None:
+            return
+        if self._connect_round is None:
+            self._connect_round = loop.call_later(CONNECT_ROUND_DELAY_S, self._connects_round)
+
+    def _connects_round(self) -> None:
+        self._connect_round = None
+        self._wake.set()
 
     def applied(self, session: DeviceSession, transitions: list[Transition]) -> None:
         """Reports were stored: messages that left `processing` free their slot."""
