@@ -43,11 +43,11 @@ class Plan:
     overload_concurrency: int
 
 
-FULL = Plan(rpc_seconds=10, warmup=2, concurrency=64, streams_phones=10_000, streams_batch=250,
+FULL = Plan(rpc_seconds=10, warmup=2, concurrency=64, streams_phones=10_000, streams_batch=100,
             e2e_phones=100,
             e2e_rate=1000, e2e_seconds=20, drain_seconds=60, overload_seconds=60,
             overload_concurrency=256)
-QUICK = Plan(rpc_seconds=3, warmup=1, concurrency=64, streams_phones=1_000, streams_batch=250,
+QUICK = Plan(rpc_seconds=3, warmup=1, concurrency=64, streams_phones=1_000, streams_batch=100,
              e2e_phones=50,
              e2e_rate=1000, e2e_seconds=6, drain_seconds=20, overload_seconds=10,
              overload_concurrency=256)

@@ -4,8 +4,8 @@ A fresh `zimsend serve` (so its RSS is not inflated by earlier scenarios) is mea
 then with N fleet phones connected (directly, as Envoy's device listener would forward them);
 RSS delta / N is the cost of one phone. The fleet opens them `batch` per second, each at a
 random moment of its second (DESIGN: ~4,000 streams opened at the same instant fail; on the
-shared 2-core machine 1,000 a second outran the server's connect path — authentication and the
-presence write — and phones waiting > 30 s for Welcome gave up and retried: churn, not
+shared 2-core machine the connect path — authentication and the presence write — carried
+~100 a second, and faster, phones waiting > 30 s for Welcome gave up and retried: churn, not
 progress).
 
 The storm is the worst honest case: the server is killed (-9, no Reconnect frame, no goodbye)
