@@ -19,7 +19,7 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     done = subprocess.run(
         [ZIMSEND, "bench", "--quick", "--scenarios", "ceiling,grpc", "--seconds", "1",
          "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ceiling (trivial grpc.aio)" in done.stdout
@@ -45,6 +45,7 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 
 def test_bench_refuses_an_unknown_scenario(tmp_path: Path) -> None:
     done = subprocess.run([ZIMSEND, "bench", "--scenarios", "ceiling,warp"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                          check=False, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
     assert done.returncode == 2
     assert "warp" in done.stderr

@@ -102,7 +102,7 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def run(plan: Plan, chosen: list[str], root: Path) -> dict[str, dict[str, Any]]:
-    from zimsend.server.bench import pipeline, rpc, streams
+    from zimsend.server.bench import rpc, streams
     from zimsend.server.bench.stack import Stack
 
     stack = Stack(root)

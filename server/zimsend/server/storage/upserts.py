@@ -11,9 +11,8 @@ building an upsert costs more CPU than running it, and a phone report runs sever
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
-
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
