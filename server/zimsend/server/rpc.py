@@ -109,59 +109,63 @@ Handler = Callable[..., Awaitable[Any]]
 def public_rpc(handler: Handler) -> Handler:
     """Authenticate, count against the client's rate limit, run, and map errors for one
     public unary RPC (see module docstring)."""
-    from zimsend.server.auth import authenticate  # avoids an import cycle with auth
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        method = handler.__name__
         headers: list[tuple[str, str]] = []
         try:
-            caller = await authenticate(self.state, context)
-            headers = (await self.state.rate_limiter.admit(caller.client_id)).headers()
+            caller, headers = await _admit(self.state, context)
             response = await handler(self, request, context, caller)
             await context.send_initial_metadata(tuple(headers))
             return response
-        except ApiError as error:
-            await abort(context, error, headers)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
-            if _is_abort(exc):
-                raise
-            log.exception("rpc.unexpected_error", method=method)
-            await abort(context, ApiError(ErrorCode.INTERNAL, "Internal error; it was logged."))
+            await _fail(context, exc, handler.__name__, headers)
 
     return wrapper
 
 
 def public_stream_rpc(handler: Callable[..., Any]) -> Callable[..., Any]:
     """`public_rpc` for server-streaming RPCs: the handler is an async generator."""
-    from zimsend.server.auth import authenticate
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        method = handler.__name__
         headers: list[tuple[str, str]] = []
         sent = False
         try:
-            caller = await authenticate(self.state, context)
-            headers = (await self.state.rate_limiter.admit(caller.client_id)).headers()
+            caller, headers = await _admit(self.state, context)
             async for item in handler(self, request, context, caller):
                 if not sent:
                     await context.send_initial_metadata(tuple(headers))
                     sent = True
                 yield item
-        except ApiError as error:
-            await abort(context, error, [] if sent else headers)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
-            if _is_abort(exc):
-                raise
-            log.exception("rpc.unexpected_error", method=method)
-            await abort(context, ApiError(ErrorCode.INTERNAL, "Internal error; it was logged."))
+            await _fail(context, exc, handler.__name__, [] if sent else headers)
 
     return wrapper
+
+
+async def _admit(
+    state: ServerState, context: grpc.aio.ServicerContext
+) -> tuple[Any, list[tuple[str, str]]]:
+    """Authenticate the call and count it; returns the caller and the RateLimit headers."""
+    from zimsend.server.auth import authenticate  # avoids an import cycle with auth
+
+    caller = await authenticate(state, context)
+    assert state.rate_limiter is not None
+    return caller, (await state.rate_limiter.admit(caller.client_id)).headers()
+
+
+async def _fail(
+    context: grpc.aio.ServicerContext, exc: Exception, method: str,
+    headers: list[tuple[str, str]],
+) -> None:
+    """Turn a handler's exception into its gRPC status (never returns normally)."""
+    if isinstance(exc, ApiError):
+        await abort(context, exc, headers)
+    if _is_abort(exc):
+        raise exc
+    log.error("rpc.unexpected_error", method=method, exc_info=exc)
+    await abort(context, ApiError(ErrorCode.INTERNAL, "Internal error; it was logged."))
 
 
 def _is_abort(exc: BaseException) -> bool:

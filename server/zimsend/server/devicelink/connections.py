@@ -119,7 +119,8 @@ def authenticate_device(
     return device
 
 
-def _config(device: Device) -> DeviceConfig:
+def device_config(device: Device) -> DeviceConfig:
+    """The settings a connected phone's session follows, read from its row."""
     return DeviceConfig(
         enabled=device.enabled, send_interval_ms=device.send_interval_ms,
         daily_cap=device.daily_cap, password_hash=device.password_hash,
@@ -163,7 +164,7 @@ def record_connect(
         ))
         return ConnectedDevice(
             device_id=device.id, client_id=device.client_id, name=device.name,
-            config=_config(device), last_send_at=device.last_send_at, sent_day=device.sent_day,
+            config=device_config(device), last_send_at=device.last_send_at, sent_day=device.sent_day,
             sent_on_day=device.sent_on_day, processing=processing,
         )
 

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from zimsend.server import accounts
 from zimsend.server.auth import Caller
 from zimsend.server.devicelink import DeviceHub
-from zimsend.server.devicelink.connections import DeviceConfig
+from zimsend.server.devicelink.connections import device_config
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.presence import is_online
 from zimsend.server.rpc import ServerState, public_rpc
@@ -50,14 +50,6 @@ def _owned(db_session: Any, client_id: str, device_id: str) -> Device:
         raise _not_found(device_id)
     assert isinstance(device, Device)
     return device
-
-
-def _config(device: Device) -> DeviceConfig:
-    return DeviceConfig(
-        enabled=device.enabled, send_interval_ms=device.send_interval_ms,
-        daily_cap=device.daily_cap, password_hash=device.password_hash,
-        deleted=device.deleted_at is not None,
-    )
 
 
 def _list(db: Database, client_id: str) -> list[Device]:
@@ -197,7 +189,7 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         device = await self.state.db_call(
             _update, self.state.db, caller.client_id, request.device_id, changes
         )
-        self.hub.apply_config(device.id, _config(device))
+        self.hub.apply_config(device.id, device_config(device))
         return pb.UpdateDeviceResponse(success=True, device=self._device(device, utcnow()))
 
     @public_rpc
