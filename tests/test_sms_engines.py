@@ -8,6 +8,7 @@ and the conditional UPDATEs of cancel/resend.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -38,11 +39,12 @@ def send(db: Database, settings: Settings, client_id: str, request: pb.SendSmsRe
         request_hash=idempotency.request_hash(request, operation="SendSms", device_id=None,
                                               test=True) if key else "",
     )
-    return intake.accept(
-        db, settings, submission,
+    outcome = intake.Intake(db, settings).accept(
+        submission,
         lambda now: validation.validate_send(request, now, allow_insecure_webhooks=False),
         views.send_response, pb.SendSmsResponse,
     )
+    return outcome.response, outcome.created
 
 
 def count(db: Database, client_id: str) -> int:
@@ -75,6 +77,55 @@ def test_concurrent_requests_with_one_key_commit_once(db, settings, client_id) -
     assert sum(created for _, created in outcomes) == 1
     assert len({reply.SerializeToString() for reply, _ in outcomes}) == 1
     assert count(db, client_id) == 1
+
+
+def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+    """Many sends in flight share lane transactions (group commit), yet a bad request fails
+    alone, one idempotency key commits once, and a reused key with another body is refused."""
+    lane = intake.Intake(db, settings)
+
+    def submission(request: pb.SendSmsRequest, key: str | None = None) -> intake.Submission:
+        return intake.Submission(
+            client_id=client_id, test=True, device_header=None, operation="SendSms", key=key,
+            request_hash=idempotency.request_hash(request, operation="SendSms", device_id=None,
+                                                  test=True) if key else "",
+        )
+
+    def submit(request: pb.SendSmsRequest, key: str | None = None):  # type: ignore[no-untyped-def]
+        return lane.submit(
+            submission(request, key),
+            lambda now: validation.validate_send(request, now, allow_insecure_webhooks=False),
+            views.send_response, pb.SendSmsResponse,
+        )
+
+    good = [pb.SendSmsRequest(to="+33612345678", message=f"lane {i}") for i in range(60)]
+    bad = pb.SendSmsRequest(to="+33 12", message="bad number")
+    keyed = pb.SendSmsRequest(to="+33612345678", message="keyed")
+    other_body = pb.SendSmsRequest(to="+33612345678", message="another body")
+
+    async def main() -> list[object]:
+        calls = [submit(r) for r in good[:30]] + [submit(bad)]
+        calls += [submit(keyed, key="lane-key") for _ in range(5)] + [submit(r) for r in good[30:]]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        late = await asyncio.gather(submit(other_body, key="lane-key"), return_exceptions=True)
+        return results + late
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        lane.close()
+    plain = results[:30] + results[36:66]
+    assert all(isinstance(r, intake.Outcome) and r.created for r in plain)
+    assert len({r.response.message_id for r in plain}) == 60  # type: ignore[union-attr]
+    refused = results[30]
+    assert isinstance(refused, ApiError) and refused.code is ErrorCode.INVALID_PHONE_NUMBER
+    keyed_outcomes = results[31:36]
+    assert sum(o.created for o in keyed_outcomes) == 1  # type: ignore[union-attr]
+    assert len({o.response.SerializeToString() for o in keyed_outcomes}) == 1  # type: ignore[union-attr]
+    reused = results[66]
+    assert isinstance(reused, ApiError) and reused.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+    assert count(db, client_id) == 61
+    assert lane.transactions < len(results) - 1  # requests shared transactions
 
 
 def test_a_reused_key_with_another_body_is_refused(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]

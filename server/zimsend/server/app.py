@@ -95,6 +95,7 @@ class ZimSendServer:
         await self._server.stop(grace)
         self.state.executor.shutdown(wait=True)
         self.state.link_executor.shutdown(wait=True)
+        self.state.intake.close()
         self.state.db.dispose()
         log.info("server.stopped")
 

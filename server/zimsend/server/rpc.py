@@ -18,6 +18,7 @@ waits on a disk or a network round trip.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,12 @@ from zimsend.server import logs
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode, abort
 from zimsend.server.ratelimit import ClientRateLimiter
-from zimsend.server.storage import Database
+from zimsend.server.sending.intake import Intake
+from zimsend.server.storage import Database, utcnow
 
 P = ParamSpec("P")
+#: See `WorkSignal.announce`: twice the dispatcher's fallback poll interval.
+ANNOUNCE_HORIZON = dt.timedelta(seconds=2)
 T = TypeVar("T")
 log = logs.get("zimsend.rpc")
 
@@ -54,6 +58,14 @@ class WorkSignal:
         for listener in self._listeners:
             listener(client_id)
 
+    def announce(self, client_id: str, due_at: dt.datetime | None) -> None:
+        """`notify` for messages just queued that are due at `due_at` (None: nothing was
+        queued). Messages due later than `ANNOUNCE_HORIZON` wake nobody: the dispatcher's
+        periodic scan (at least once a second) finds them and sets its timer before they
+        are due. Waking it for each far-future message cost a round per request."""
+        if due_at is not None and due_at - utcnow() <= ANNOUNCE_HORIZON:
+            self.notify(client_id)
+
 
 @dataclass
 class ServerState:
@@ -74,9 +86,12 @@ class ServerState:
     )
     new_work: WorkSignal = field(default_factory=WorkSignal)
     rate_limiter: ClientRateLimiter | None = None
+    #: The accept lane: every send request of this process (`sending.intake`).
+    intake: Intake = field(init=False)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.intake = Intake(self.db, self.settings)
         if self.rate_limiter is None:
             self.rate_limiter = ClientRateLimiter(
                 self.db, self.settings.rate_limit_per_minute, self.db_call

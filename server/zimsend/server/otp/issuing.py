@@ -1,6 +1,6 @@
 """Issuing an OTP: the code, the `otps` row and the SMS that carries it, in one transaction.
 
-Why through `sending.intake.accept`: an OTP is an immediate SendSms in every respect the caller
+Why through `sending.intake.Intake.accept`: an OTP is an immediate SendSms in every respect the caller
 can observe — the same `X-Device-ID` rules (INVALID_DEVICE_ID, DEVICE_OFFLINE), the same
 NO_DEVICE_AVAILABLE, test keys served by the simulated device. `accept` runs those checks and
 queues the message; its `before_commit` hook adds what only an OTP has, inside the same write
@@ -27,12 +27,10 @@ from sqlalchemy import select, text
 from sqlmodel import Session, col
 
 from zimsend.server import secrets
-from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.sending import intake
-from zimsend.server.sending.intake import Accepted, Submission
+from zimsend.server.sending.intake import Accepted, Intake, Submission
 from zimsend.server.services.convert import ts
-from zimsend.server.storage import Database, Otp
+from zimsend.server.storage import Otp
 from zimsend.v1 import common_pb2
 from zimsend.v1 import otp_pb2 as pb
 
@@ -56,7 +54,7 @@ class IssuedOtp:
 
 
 def issue(
-    db: Database, settings: Settings, pepper: bytes, *, client_id: str, test: bool,
+    intake: Intake, pepper: bytes, *, client_id: str, test: bool,
     device_header: str | None, plan: OtpPlan,
 ) -> IssuedOtp:
     """Generate a code, queue its SMS and store the OTP; see the module docstring.
@@ -91,11 +89,10 @@ def issue(
             status=common_pb2.queued, expires_at=ts(accepted.queued_at + plan.expiry),
         )
 
-    response, created = intake.accept(
-        db, settings, submission, lambda _now: send_plan, respond, pb.SendOtpResponse,
-        before_commit=store,
+    outcome = intake.accept(
+        submission, lambda _now: send_plan, respond, pb.SendOtpResponse, before_commit=store,
     )
-    return IssuedOtp(response, otp_id, response.message_id, created)
+    return IssuedOtp(outcome.response, otp_id, outcome.response.message_id, outcome.created)
 
 
 def _enforce_hourly_limit(session: Session, client_id: str, to: str, now: dt.datetime) -> None:

@@ -1,7 +1,7 @@
-"""Accepting a send request: who may send it, when it should go, and the one transaction that
+"""Accepting a send request: who may send it, when it should go, and the transaction that
 queues it (SPEC.md §3, §5).
 
-`accept` runs the whole intake synchronously (call it through `ServerState.db_call`):
+Every request goes through the same steps (`_accept_in`), inside a write transaction:
 
 1. Idempotency first: a retry is answered from its record before anything else is checked,
    so a retry after a timeout replays even if, meanwhile, its `scheduled_at` has passed or
@@ -13,41 +13,58 @@ queues it (SPEC.md §3, §5).
    checks (they wait for a device, and expire after the TTL if none comes). Test-key sends
    skip them too: the built-in simulated device takes them, and they are never pinned to a
    real phone (a sandbox message must not reach one).
-4. One write transaction: every message (`queued`) and the idempotency record, or nothing.
-   A caller that must write more rows with the messages (the OTP service: its `otps` row and
-   the sealed text, which is bound to the new message id) passes `before_commit`; whatever it
+4. The writes: every message (`queued`) and the idempotency record, or nothing. A caller
+   that must write more rows with the messages (the OTP service: its `otps` row and the
+   sealed text, which is bound to the new message id) passes `before_commit`; whatever it
    raises rolls the whole request back.
 
-The caller notifies the dispatcher (`ServerState.new_work`) once this returns a new response.
+Why a lane (`Intake.submit`): this is the hottest path of the server. One request per
+transaction paid, per request, two hops to the database threads, three connection checkouts
+and a commit, and the threads queued on SQLite's single write lock (`zimsend bench`: ~5 ms of
+CPU per SendSms). The lane is one thread that takes every request waiting when it becomes
+free and runs them all in one write transaction — group commit: the more requests wait, the
+larger the batch and the cheaper each one. A request that fails (validation, availability)
+has written nothing and fails alone; one that writes more than its messages (an idempotency
+record, a `before_commit` hook) runs in a SAVEPOINT so that its failure rolls back only its
+own rows. If the batch itself fails, each request is retried alone (`Intake.accept`), so one
+request never fails another.
 
-Why Core statements built once (`_ONLINE`, `_AHEAD`) and a Core insert: this is the hottest
-path of the server, and building SQLAlchemy expressions, loading ORM objects and running the
-unit of work cost more CPU than SQLite itself (`zimsend bench`, docs/benchmarks.md). The ORM
-stays where a caller needs it: a `before_commit` hook gets messages attached to its session.
+Why Core statements built once (`_ONLINE`) and a Core insert: building SQLAlchemy
+expressions, loading ORM objects and running the unit of work cost more CPU than SQLite
+itself. The ORM stays where a caller needs it: a `before_commit` hook gets messages attached
+to its session. The queue count behind `estimated_delivery` comes from `QueueGauge`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import queue
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
-from sqlalchemy import bindparam, func, insert
+from sqlalchemy import bindparam, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from zimsend.server import secrets
+from zimsend.server import logs, secrets
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.presence import is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
 
 from . import idempotency
+from .queue_gauge import QueueGauge
 from .validation import SendPlan
 
 R = TypeVar("R", bound=ProtoMessage)
+log = logs.get("zimsend.sending.intake")
+
+#: Requests one lane transaction takes at most (the rest wait for the next one).
+MAX_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,36 @@ class Accepted:
 
 
 @dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """The answer to one request. `due_at` is when its messages become due (None when the
+    response is an idempotent replay and nothing was written)."""
+
+    response: R
+    due_at: dt.datetime | None
+
+    @property
+    def created(self) -> bool:
+        return self.due_at is not None
+
+
+@dataclass
+class _Request(Generic[R]):
+    """One request waiting for (or inside) a lane transaction."""
+
+    submission: Submission
+    validate: Callable[[dt.datetime], SendPlan]
+    build_response: Callable[[Accepted], R]
+    response_type: type[R]
+    before_commit: Callable[[Session, Accepted], None] | None = None
+    done: Callable[[Outcome[R] | BaseException], None] = field(default=lambda _: None)
+
+    @property
+    def writes_more(self) -> bool:
+        """Writes rows besides its messages (which can fail): needs its own SAVEPOINT."""
+        return self.submission.key is not None or self.before_commit is not None
+
+
+@dataclass(frozen=True)
 class _Availability:
     pinned: Device | None
     #: Devices, or rows with the same attribute names (`_ONLINE`: what is_online reads).
@@ -89,69 +136,208 @@ _ONLINE = select(  # type: ignore[call-overload]
     Device.is_simulated == False,  # noqa: E712
     Device.deleted_at.is_(None),  # type: ignore[union-attr]
 )
-_AHEAD = select(func.count()).select_from(Message).where(
-    Message.status == MessageStatus.QUEUED,
-    Message.client_id == bindparam("client_id"),
-    Message.test == bindparam("test"),
-    Message.priority <= bindparam("priority"),
-    Message.due_at <= bindparam("base"),
-)
 _INSERT = insert(Message.__table__)  # type: ignore[attr-defined]
 _COLUMNS = [c.name for c in Message.__table__.columns]  # type: ignore[attr-defined]
 
 
-def accept(
-    db: Database,
-    settings: Settings,
-    submission: Submission,
-    validate: Callable[[dt.datetime], SendPlan],
-    build_response: Callable[[Accepted], R],
-    response_type: type[R],
-    *,
-    before_commit: Callable[[Session, Accepted], None] | None = None,
-) -> tuple[R, bool]:
-    """Queue the request's messages; returns (response, created). `created` is False when
-    the response is an idempotent replay and nothing was written."""
-    now = utcnow()
-    if submission.key is not None:
-        stored = _find(db, submission, now)
-        if stored is not None:
-            return idempotency.replay(stored, response_type), False
-    plan = validate(now)
-    with db.session() as session:
-        availability = _check_devices(session, settings, submission, plan, now)
-        estimate = _estimate(session, settings, submission, plan, availability, now)
-    try:
-        with db.write() as session:
-            accepted = _queue(session, settings, submission, plan, availability, estimate, now,
-                              attach=before_commit is not None)
-            if before_commit is not None:
-                before_commit(session, accepted)
-            response = build_response(accepted)
-            if submission.key is not None:
-                idempotency.store(
-                    session, client_id=submission.client_id, key=submission.key,
-                    operation=submission.operation, request_hash=submission.request_hash,
-                    response=response, now=now,
-                )
-    except IntegrityError:
-        # A concurrent request with the same key committed first: answer as it did.
-        if submission.key is None:
-            raise
-        stored = _find(db, submission, utcnow())
-        if stored is None:
-            raise
-        return idempotency.replay(stored, response_type), False
-    return response, True
+class Intake:
+    """The accept lane of one server process (see the module docstring).
 
+    `submit` (async) queues a request for the lane's next transaction; `accept` runs one
+    request in its own transaction in the calling thread (the OTP service, which does more
+    work around it, and the lane's fallback). The thread starts on the first `submit`.
+    """
 
-def _find(db: Database, submission: Submission, now: dt.datetime) -> dict[str, Any] | None:
-    assert submission.key is not None
-    with db.session() as session:
-        return idempotency.find(
-            session, client_id=submission.client_id, key=submission.key,
-            operation=submission.operation, request_hash=submission.request_hash, now=now,
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.gauge = QueueGauge()
+        self._waiting: queue.SimpleQueue[_Request[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        #: Lane transactions run so far (requests / transactions = the batching achieved).
+        self.transactions = 0
+
+    async def submit(
+        self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
+        build_response: Callable[[Accepted], R], response_type: type[R],
+    ) -> Outcome[R]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome[R]] = loop.create_future()
+
+        def done(result: Outcome[R] | BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, future, result)
+
+        self._ensure_started()
+        self._waiting.put(_Request(submission, validate, build_response, response_type,
+                                   done=done))
+        return await future
+
+    def accept(
+        self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
+        build_response: Callable[[Accepted], R], response_type: type[R],
+        *, before_commit: Callable[[Session, Accepted], None] | None = None,
+    ) -> Outcome[R]:
+        """Queue one request's messages in its own transaction (blocking)."""
+        return self._accept_alone(
+            _Request(submission, validate, build_response, response_type, before_commit)
         )
+
+    def close(self) -> None:
+        """Stop the lane after the requests already waiting (idempotent)."""
+        if self._thread is not None:
+            self._waiting.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    # --- the lane ------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="accept-lane",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._waiting.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Request[Any]]) -> None:
+        results: list[Outcome[Any] | BaseException | None] = [None] * len(batch)
+        self.transactions += 1
+        try:
+            with self.db.write() as session:
+                session.connection()  # BEGIN (IMMEDIATE): wait for the write lock first
+                now = utcnow()
+                for i, request in enumerate(batch):
+                    results[i] = self._accept_in_batch(session, request, now)
+        except Exception:
+            log.warning("intake.batch_failed", requests=len(batch), exc_info=True)
+            results = [None] * len(batch)  # nothing of it was committed
+        for request, result in zip(batch, results, strict=True):
+            if result is None:  # retried alone: its failure is its own
+                try:
+                    result = self._accept_alone(request)
+                except Exception as exc:
+                    result = exc
+            request.done(result)
+
+    def _accept_in_batch(
+        self, session: Session, request: _Request[Any], now: dt.datetime
+    ) -> Outcome[Any] | BaseException | None:
+        """One request inside the batch's transaction; None: retry it alone afterwards."""
+        if not request.writes_more:
+            try:
+                return self._accept_in(session, request, now)
+            except ApiError as exc:
+                return exc  # raised before its insert: nothing of it was written
+        try:
+            with session.begin_nested():
+                return self._accept_in(session, request, now)
+        except IntegrityError:
+            return None  # a concurrent request with its key won: `_accept_alone` replays it
+        except Exception as exc:
+            return exc
+
+    def _accept_alone(self, request: _Request[R]) -> Outcome[R]:
+        try:
+            with self.db.write() as session:
+                session.connection()
+                return self._accept_in(session, request, utcnow())
+        except IntegrityError:
+            # A concurrent request with the same key committed first: answer as it did.
+            submission = request.submission
+            if submission.key is None:
+                raise
+            with self.db.session() as session:
+                stored = _find(session, submission, utcnow())
+            if stored is None:
+                raise
+            return Outcome(idempotency.replay(stored, request.response_type), None)
+
+    def _accept_in(
+        self, session: Session, request: _Request[R], now: dt.datetime
+    ) -> Outcome[R]:
+        """Steps 1-4 of the module docstring, inside the caller's write transaction."""
+        submission = request.submission
+        if submission.key is not None:
+            stored = _find(session, submission, now)
+            if stored is not None:
+                return Outcome(idempotency.replay(stored, request.response_type), None)
+        plan = request.validate(now)
+        availability = _check_devices(session, self.settings, submission, plan, now)
+        estimate = self._estimate(session, submission, plan, availability, now)
+        accepted = _queue(session, self.settings, submission, plan, availability, estimate,
+                          now, attach=request.before_commit is not None)
+        if request.before_commit is not None:
+            request.before_commit(session, accepted)
+        response = request.build_response(accepted)
+        if submission.key is not None:
+            idempotency.store(
+                session, client_id=submission.client_id, key=submission.key,
+                operation=submission.operation, request_hash=submission.request_hash,
+                response=response, now=now,
+            )
+        due_at = plan.scheduled_at or now
+        self.gauge.record(submission.client_id, submission.test, plan.priority,
+                          [due_at] * len(accepted.messages))
+        return Outcome(response, due_at)
+
+    def _estimate(
+        self, session: Session, submission: Submission, plan: SendPlan,
+        availability: _Availability, now: dt.datetime,
+    ) -> dt.datetime:
+        """When the first of these messages should go: its due time, plus the messages due
+        before it at the same or a higher priority, paced by the devices that will share
+        them."""
+        base = plan.scheduled_at or now
+        ahead = self.gauge.ahead(session.connection(), submission.client_id, submission.test,
+                                 plan.priority, base)
+        default_ms = self.settings.default_send_interval_ms
+        devices = availability.online
+        intervals = [
+            d.send_interval_ms if d.send_interval_ms is not None else default_ms
+            for d in devices
+        ] or [default_ms]
+        # N phones at interval i drain one message every i / N on average.
+        seconds = ahead * (sum(intervals) / len(intervals)) / 1000 / max(1, len(devices))
+        return base + dt.timedelta(seconds=seconds)
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():
+        return  # the caller went away (cancelled RPC)
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _find(session: Session, submission: Submission, now: dt.datetime) -> dict[str, Any] | None:
+    assert submission.key is not None
+    return idempotency.find(
+        session, client_id=submission.client_id, key=submission.key,
+        operation=submission.operation, request_hash=submission.request_hash, now=now,
+    )
 
 
 def _check_devices(
@@ -194,27 +380,6 @@ def _check_devices(
             "waits for a device",
         )
     return _Availability(None, online)
-
-
-def _estimate(
-    session: Session, settings: Settings, submission: Submission, plan: SendPlan,
-    availability: _Availability, now: dt.datetime,
-) -> dt.datetime:
-    """When the first of these messages should go: its due time, plus the messages due before
-    it at the same or a higher priority, paced by the devices that will share them."""
-    base = plan.scheduled_at or now
-    ahead = session.connection().execute(_AHEAD, {
-        "client_id": submission.client_id, "test": submission.test,
-        "priority": plan.priority, "base": base,
-    }).scalar_one()
-    devices = availability.online
-    intervals = [
-        (d.send_interval_ms if d.send_interval_ms is not None else settings.default_send_interval_ms)
-        for d in devices
-    ] or [settings.default_send_interval_ms]
-    # N phones at interval i drain one message every i / N on average.
-    seconds = int(ahead) * (sum(intervals) / len(intervals)) / 1000 / max(1, len(devices))
-    return base + dt.timedelta(seconds=seconds)
 
 
 def _queue(

@@ -39,7 +39,7 @@ class OtpService(pb_grpc.OtpServiceServicer):
     ) -> pb.SendOtpResponse:
         plan = check_send(request)
         issued = await self.state.db_call(
-            issue, self.state.db, self.state.settings, self.state.pepper,
+            issue, self.state.intake, self.state.pepper,
             client_id=caller.client_id, test=caller.test, device_header=caller.device_id,
             plan=plan,
         )

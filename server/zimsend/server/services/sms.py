@@ -90,13 +90,9 @@ class SmsService(pb_grpc.SmsServiceServicer):
         def check(now: dt.datetime) -> validation.SendPlan:
             return validate(request, now, allow_insecure_webhooks=allow_insecure)
 
-        response, created = await self.state.db_call(
-            intake.accept, self.state.db, self.state.settings, submission, check, respond,
-            response_type,
-        )
-        if created:
-            self.state.new_work.notify(caller.client_id)
-        return response
+        outcome = await self.state.intake.submit(submission, check, respond, response_type)
+        self.state.new_work.announce(caller.client_id, outcome.due_at)
+        return outcome.response
 
     # --- One message -------------------------------------------------------------------
 

@@ -44,9 +44,9 @@ class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         CheckConstraint("priority BETWEEN 1 AND 5", name="priority_range"),
-        # claim_due_messages: WHERE status='queued' AND client_id=? AND due_at<=? ORDER BY
-        # priority, due_at.
-        Index("ix_messages_dispatch", "status", "client_id", "priority", "due_at"),
+        # claim_due_messages: WHERE status='queued' AND client_id=? AND test=? AND due_at<=?
+        # ORDER BY priority, due_at; and the accept path's count of messages ahead (index-only).
+        Index("ix_messages_dispatch", "status", "client_id", "test", "priority", "due_at"),
         # The worker's expiry sweep: WHERE status='queued' AND expires_at<=?.
         Index("ix_messages_status_expires_at", "status", "expires_at"),
         # Re-offering `processing` messages to a device after it reconnects.

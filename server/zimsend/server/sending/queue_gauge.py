@@ -1,0 +1,97 @@
+"""How many queued messages wait ahead of a new one, without counting the queue per request.
+
+Every send response carries `estimated_delivery` (SPEC §3): the new message's due time plus
+the messages of the same client (and sandbox flag) at the same or a higher priority that are
+due before it, paced by the phones that will share them. Counting those in SQL on every send
+costs time in proportion to the backlog — an index-only scan still visits every entry, ~5 ms
+for 20,000 queued messages — and was the largest single cost of `SendSms` (`zimsend bench`,
+docs/benchmarks.md).
+
+So each server process keeps, per (client, sandbox flag), a snapshot of the queue's due times
+by priority, read from the database at most every `SNAPSHOT_SECONDS`, plus the messages this
+process accepted since the snapshot was read. The count is then a binary search. What that
+costs in accuracy, bounded by the snapshot's age: messages that left the queue since (sent,
+cancelled, expired) still count, and other replicas' new messages do not count yet. A snapshot
+holds at most `SNAPSHOT_ROWS` messages (highest priority and oldest first); beyond that the
+estimate is a lower bound.
+
+Thread-safe: the accept lane and the OTP service call it from database threads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, bindparam, select
+
+from zimsend.server.storage import Message, MessageStatus
+
+SNAPSHOT_SECONDS = 1.0
+SNAPSHOT_ROWS = 20_000
+
+_QUEUE = (
+    select(Message.priority, Message.due_at)  # type: ignore[call-overload]
+    .where(
+        Message.status == MessageStatus.QUEUED,
+        Message.client_id == bindparam("client_id"),
+        Message.test == bindparam("test"),
+    )
+    .order_by(Message.priority, Message.due_at)
+    .limit(SNAPSHOT_ROWS)
+)
+
+
+@dataclass
+class _Snapshot:
+    read_at: float  # time.monotonic() when the read started
+    due_by_priority: dict[int, list[dt.datetime]] = field(default_factory=dict)
+
+
+class QueueGauge:
+    """Per-process view of each client's queue; see the module docstring."""
+
+    def __init__(self, max_age: float = SNAPSHOT_SECONDS) -> None:
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._snapshots: dict[tuple[str, bool], _Snapshot] = {}
+
+    def ahead(
+        self, connection: Connection, client_id: str, test: bool, priority: int,
+        due_at: dt.datetime,
+    ) -> int:
+        """Queued messages of `client_id` at priority <= `priority` due at or before `due_at`
+        (1 is the highest priority). Reads a fresh snapshot through `connection` when needed."""
+        key = (client_id, test)
+        with self._lock:
+            snapshot = self._snapshots.get(key)
+        if snapshot is None or time.monotonic() - snapshot.read_at > self._max_age:
+            snapshot = self._read(connection, key)
+        with self._lock:
+            return sum(
+                bisect.bisect_right(times, due_at)
+                for p, times in snapshot.due_by_priority.items() if p <= priority
+            )
+
+    def record(self, client_id: str, test: bool, priority: int, due_ats: Iterable[dt.datetime]) -> None:
+        """Count messages this process just queued (until the next snapshot reads them)."""
+        with self._lock:
+            snapshot = self._snapshots.get((client_id, test))
+            if snapshot is None:
+                return  # the next read will see them
+            times = snapshot.due_by_priority.setdefault(priority, [])
+            for due_at in due_ats:
+                bisect.insort(times, due_at)
+
+    def _read(self, connection: Connection, key: tuple[str, bool]) -> _Snapshot:
+        snapshot = _Snapshot(read_at=time.monotonic())
+        rows = connection.execute(_QUEUE, {"client_id": key[0], "test": key[1]})
+        for priority, due_at in rows:
+            snapshot.due_by_priority.setdefault(priority, []).append(due_at)
+        with self._lock:
+            self._snapshots[key] = snapshot
+        return snapshot
