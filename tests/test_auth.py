@@ -94,9 +94,10 @@ def test_missing_headers(channel, metadata, missing) -> None:  # type: ignore[no
 
 def test_wrong_key(channel, client) -> None:  # type: ignore[no-untyped-def]
     client_id, api_key, _ = client
+    wrong = api_key[:-1] + ("y" if api_key.endswith("x") else "x")  # one character changed
     with pytest.raises(grpc.RpcError) as info:
         auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
-            auth_pb2.AuthTestRequest(), metadata=creds(client_id, api_key[:-1] + "x"), timeout=5
+            auth_pb2.AuthTestRequest(), metadata=creds(client_id, wrong), timeout=5
         )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_reason(info.value) == "INVALID_API_KEY"

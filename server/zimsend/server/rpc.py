@@ -33,6 +33,7 @@ from zimsend.server.errors import ApiError, ErrorCode, abort
 from zimsend.server.ratelimit import ClientRateLimiter
 from zimsend.server.sending.intake import Intake
 from zimsend.server.storage import Database, utcnow
+from zimsend.server.verified_keys import VerifiedKeys
 
 P = ParamSpec("P")
 #: See `WorkSignal.announce`: twice the dispatcher's fallback poll interval.
@@ -88,6 +89,8 @@ class ServerState:
     rate_limiter: ClientRateLimiter | None = None
     #: The accept lane: every send request of this process (`sending.intake`).
     intake: Intake = field(init=False)
+    #: API keys verified in the last second (`auth`).
+    verified_keys: VerifiedKeys = field(default_factory=VerifiedKeys)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -43,6 +43,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
@@ -83,7 +84,9 @@ class Submission:
 class Accepted:
     """What `build_response` gets: the rows just queued and the facts a response shows."""
 
-    messages: list[Message]
+    #: `Message` objects attached to the session when a `before_commit` hook will use them,
+    #: else `QueuedMessage`s (the same attribute names).
+    messages: list[Any]
     batch_id: str | None
     queued_at: dt.datetime
     estimated_delivery: dt.datetime
@@ -120,6 +123,16 @@ class _Request(Generic[R]):
         return self.submission.key is not None or self.before_commit is not None
 
 
+@dataclass
+class _BatchState:
+    """What the requests of one lane transaction share."""
+
+    #: Message rows of requests without a SAVEPOINT, inserted in one statement at the end.
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: The client's online phones (`_ONLINE`), read once per client per transaction.
+    online: dict[str, list[Any]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class _Availability:
     pinned: Device | None
@@ -137,7 +150,16 @@ _ONLINE = select(  # type: ignore[call-overload]
     Device.deleted_at.is_(None),  # type: ignore[union-attr]
 )
 _INSERT = insert(Message.__table__)  # type: ignore[attr-defined]
-_COLUMNS = [c.name for c in Message.__table__.columns]  # type: ignore[attr-defined]
+#: Every column's default, for rows inserted without the ORM (the callers set the rest).
+_ROW_DEFAULTS: dict[str, Any] = {
+    column.name: column.default.arg if column.default is not None and column.default.is_scalar
+    else None
+    for column in Message.__table__.columns  # type: ignore[attr-defined]
+}
+
+
+class QueuedMessage(SimpleNamespace):
+    """A message row just inserted with Core: `Message`'s attributes, without the ORM."""
 
 
 class Intake:
@@ -228,8 +250,11 @@ class Intake:
             with self.db.write() as session:
                 session.connection()  # BEGIN (IMMEDIATE): wait for the write lock first
                 now = utcnow()
+                batch_state = _BatchState()
                 for i, request in enumerate(batch):
-                    results[i] = self._accept_in_batch(session, request, now)
+                    results[i] = self._accept_in_batch(session, request, now, batch_state)
+                if batch_state.rows:
+                    session.connection().execute(_INSERT, batch_state.rows)
         except Exception:
             log.warning("intake.batch_failed", requests=len(batch), exc_info=True)
             results = [None] * len(batch)  # nothing of it was committed
@@ -242,17 +267,17 @@ class Intake:
             request.done(result)
 
     def _accept_in_batch(
-        self, session: Session, request: _Request[Any], now: dt.datetime
+        self, session: Session, request: _Request[Any], now: dt.datetime, batch: _BatchState,
     ) -> Outcome[Any] | BaseException | None:
         """One request inside the batch's transaction; None: retry it alone afterwards."""
         if not request.writes_more:
             try:
-                return self._accept_in(session, request, now)
+                return self._accept_in(session, request, now, batch, defer_insert=True)
             except ApiError as exc:
-                return exc  # raised before its insert: nothing of it was written
+                return exc  # raised before its rows were queued: nothing of it is written
         try:
             with session.begin_nested():
-                return self._accept_in(session, request, now)
+                return self._accept_in(session, request, now, batch, defer_insert=False)
         except IntegrityError:
             return None  # a concurrent request with its key won: `_accept_alone` replays it
         except Exception as exc:
@@ -262,7 +287,8 @@ class Intake:
         try:
             with self.db.write() as session:
                 session.connection()
-                return self._accept_in(session, request, utcnow())
+                return self._accept_in(session, request, utcnow(), _BatchState(),
+                                       defer_insert=False)
         except IntegrityError:
             # A concurrent request with the same key committed first: answer as it did.
             submission = request.submission
@@ -275,19 +301,22 @@ class Intake:
             return Outcome(idempotency.replay(stored, request.response_type), None)
 
     def _accept_in(
-        self, session: Session, request: _Request[R], now: dt.datetime
+        self, session: Session, request: _Request[R], now: dt.datetime, batch: _BatchState,
+        *, defer_insert: bool,
     ) -> Outcome[R]:
-        """Steps 1-4 of the module docstring, inside the caller's write transaction."""
+        """Steps 1-4 of the module docstring, inside the caller's write transaction.
+        `defer_insert`: the messages' rows go to `batch.rows` (inserted by the caller)."""
         submission = request.submission
         if submission.key is not None:
             stored = _find(session, submission, now)
             if stored is not None:
                 return Outcome(idempotency.replay(stored, request.response_type), None)
         plan = request.validate(now)
-        availability = _check_devices(session, self.settings, submission, plan, now)
+        availability = _check_devices(session, self.settings, submission, plan, now, batch)
         estimate = self._estimate(session, submission, plan, availability, now)
         accepted = _queue(session, self.settings, submission, plan, availability, estimate,
-                          now, attach=request.before_commit is not None)
+                          now, attach=request.before_commit is not None,
+                          pending=batch.rows if defer_insert else None)
         if request.before_commit is not None:
             request.before_commit(session, accepted)
         response = request.build_response(accepted)
@@ -342,7 +371,7 @@ def _find(session: Session, submission: Submission, now: dt.datetime) -> dict[st
 
 def _check_devices(
     session: Session, settings: Settings, submission: Submission, plan: SendPlan,
-    now: dt.datetime,
+    now: dt.datetime, batch: _BatchState,
 ) -> _Availability:
     pinned: Device | None = None
     if submission.device_header:
@@ -370,7 +399,11 @@ def _check_devices(
                 "message with scheduled_at so it waits for the device",
             )
         return _Availability(pinned, [pinned] if available else [])
-    candidates = session.connection().execute(_ONLINE, {"client_id": submission.client_id})
+    candidates = batch.online.get(submission.client_id)
+    if candidates is None:
+        candidates = batch.online[submission.client_id] = list(
+            session.connection().execute(_ONLINE, {"client_id": submission.client_id})
+        )
     online = [d for d in candidates if is_online(d, now, window)]
     if plan.immediate and not online:
         raise ApiError(
@@ -385,29 +418,35 @@ def _check_devices(
 def _queue(
     session: Session, settings: Settings, submission: Submission, plan: SendPlan,
     availability: _Availability, estimate: dt.datetime, now: dt.datetime, *, attach: bool,
+    pending: list[dict[str, Any]] | None,
 ) -> Accepted:
-    """Write the messages: attached ORM objects when a hook will work on them (`attach`),
-    else one Core INSERT (the same columns and values, without the unit of work)."""
+    """Write the messages: attached ORM objects when a hook will work on them (`attach`);
+    else plain rows for one Core INSERT — now, or appended to `pending` for the lane's one
+    INSERT per batch (the same columns and values, without the ORM's per-object cost)."""
     due_at = plan.scheduled_at or now
-    expires_at = due_at + dt.timedelta(hours=settings.message_ttl_hours)
-    batch_id = secrets.new_id("batch") if plan.kind != "single" else None
-    pinned = availability.pinned.id if availability.pinned is not None else None
+    common = dict(
+        _ROW_DEFAULTS, client_id=submission.client_id, priority=plan.priority,
+        status=MessageStatus.QUEUED, test=submission.test, sim_slot=plan.sim_slot,
+        pinned_device_id=availability.pinned.id if availability.pinned is not None else None,
+        batch_id=secrets.new_id("batch") if plan.kind != "single" else None,
+        scheduled_at=plan.scheduled_at, due_at=due_at,
+        expires_at=due_at + dt.timedelta(hours=settings.message_ttl_hours),
+        created_at=now, queued_at=now, webhook_url=plan.webhook_url,
+    )
     rows = [
-        Message(
-            id=secrets.new_id("msg"), client_id=submission.client_id, batch_id=batch_id,
-            to=draft.to, body=draft.body, priority=plan.priority,
-            status=MessageStatus.QUEUED, test=submission.test, pinned_device_id=pinned,
-            sim_slot=plan.sim_slot, segments=draft.segments, encoding=draft.encoding,
-            scheduled_at=plan.scheduled_at, due_at=due_at, expires_at=expires_at,
-            created_at=now, queued_at=now, meta=draft.meta, webhook_url=plan.webhook_url,
-        )
+        dict(common, id=secrets.new_id("msg"), to=draft.to, body=draft.body,
+             segments=draft.segments, encoding=draft.encoding, meta=draft.meta)
         for draft in plan.drafts
     ]
+    messages: list[Any]
     if attach:
-        session.add_all(rows)
+        messages = [Message(**row) for row in rows]
+        session.add_all(messages)
         session.flush()
     else:
-        session.connection().execute(
-            _INSERT, [{name: getattr(row, name) for name in _COLUMNS} for row in rows]
-        )
-    return Accepted(rows, batch_id, now, estimate, plan)
+        if pending is None:
+            session.connection().execute(_INSERT, rows)
+        else:
+            pending.extend(rows)
+        messages = [QueuedMessage(**row) for row in rows]
+    return Accepted(messages, common["batch_id"], now, estimate, plan)

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, bindparam, select
 from zimsend.server.storage import Message, MessageStatus
 
 SNAPSHOT_SECONDS = 1.0
-SNAPSHOT_ROWS = 20_000
+SNAPSHOT_ROWS = 10_000
 
 _QUEUE = (
     select(Message.priority, Message.due_at)  # type: ignore[call-overload]

@@ -49,6 +49,7 @@ class ApiKeyService(pb_grpc.ApiKeyServiceServicer):
         key = await self.state.db_call(
             accounts.revoke_api_key, self.state.db, caller.client_id, request.key_id
         )
+        self.state.verified_keys.forget(key.id)
         return pb.RevokeApiKeyResponse(success=True, key_id=key.id, revoked_at=ts(key.revoked_at))
 
 

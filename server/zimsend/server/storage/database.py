@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["Database", "normalize_url"]
 
 _WRITE_OPTION = "zimsend_write"
+POOL_SIZE = 16
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -68,6 +69,10 @@ class Database:
     ) -> Database:
         """Create the engine. SQLite files (and their folder) are created on first connect."""
         parsed = normalize_url(url)
+        # As many pooled connections as a server has database threads (8 API, 2 device
+        # link, the accept lane, the rate limiter): with SQLAlchemy's default of 5, each
+        # connection beyond it was closed on return and opened again on the next call.
+        engine_kwargs.setdefault("pool_size", POOL_SIZE)
         if parsed.get_backend_name() == "sqlite":
             return cls(_sqlite_engine(parsed, busy_timeout_ms, engine_kwargs))
         engine_kwargs.setdefault("pool_pre_ping", True)
@@ -126,6 +131,7 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[str, Any]
     if in_memory:
         # One shared connection, or each thread would see its own empty database.
         engine_kwargs.setdefault("poolclass", StaticPool)
+        engine_kwargs.pop("pool_size", None)
     else:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
