@@ -27,7 +27,7 @@ from zimsend.server import logs
 from zimsend.server.devicelink.lifecycle import (
     PartReport,
     Transition,
-    apply_part_report,
+    apply_part_reports,
     record_inbound,
 )
 from zimsend.server.devicelink.session import DeviceSession
@@ -155,12 +155,13 @@ _Row = tuple[int, str, str, "PartReport | InboundItem"]
 
 
 def _apply(session_db: Session, rows: list[_Row], outcome: _Outcome) -> None:
+    """Status reports in one `apply_part_reports` call (one statement per kind for the whole
+    batch), inbound SMS one by one (rare)."""
     now = utcnow()
+    parts: list[tuple[str, str, PartReport]] = []
     for n, client_id, device_id, report in rows:
         if isinstance(report, PartReport):
-            outcome.transitions += apply_part_report(
-                session_db, client_id=client_id, device_id=device_id, report=report, now=now
-            )
+            parts.append((client_id, device_id, report))
         else:
             record_inbound(
                 session_db, client_id=client_id, device_id=device_id,
@@ -169,6 +170,7 @@ def _apply(session_db: Session, rows: list[_Row], outcome: _Outcome) -> None:
             )
         if n >= 0:
             outcome.acked.setdefault(n, []).append(report.report_id)
+    outcome.transitions += apply_part_reports(session_db, parts, now=now)
 
 
 def _apply_batch(db: Database, rows: list[_Row]) -> _Outcome:

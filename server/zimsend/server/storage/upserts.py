@@ -3,25 +3,38 @@
 `INSERT … ON CONFLICT` exists on both engines but SQLAlchemy builds it from each dialect's own
 `insert()`; `insert_for` picks the right one for the session's engine.
 
-The per-report statements are built once per dialect with bind parameters (`_cached`):
+The per-report statements are built once per dialect with bind parameters (`cached_statement`):
 building an upsert costs more CPU than running it, and a phone report runs several
-(`zimsend bench`: report batches were most of the server's CPU end to end).
+(`zimsend bench`: report batches were most of the server's CPU end to end). They work on
+whole batches (one executemany per batch: `mark_reports_processed`, `add_daily_counts`) and
+on the tables, not the ORM classes, so no ORM bulk machinery runs per row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from .models import ProcessedReport, RateLimitBucket
+from .models import DailyAggregate, ProcessedReport, RateLimitBucket
 from .types import utcnow
 
-__all__ = ["cached_statement", "count_in_window", "insert_for", "mark_report_processed"]
+__all__ = [
+    "DayCounts",
+    "add_daily_counts",
+    "cached_statement",
+    "count_in_window",
+    "insert_for",
+    "mark_report_processed",
+    "mark_reports_processed",
+]
+
+#: (client id, device id or NO_DEVICE, UTC day) -> (sent, delivered, failed) to add.
+DayCounts = Mapping[tuple[str, str, dt.date], tuple[int, int, int]]
 
 _STATEMENTS: dict[tuple[str, str], Any] = {}
 
@@ -68,12 +81,50 @@ def count_in_window(
 
 def mark_report_processed(session: Session, *, device_id: str, report_id: str) -> bool:
     """Record a device report; False if it was already recorded (then apply nothing)."""
-    stmt = cached_statement(session, "mark_report_processed", lambda s: (
-        insert_for(s, ProcessedReport)
+    return (device_id, report_id) in mark_reports_processed(session, [(device_id, report_id)])
+
+
+def mark_reports_processed(
+    session: Session, reports: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Record (device id, report id) pairs in one statement; returns those recorded now — the
+    others were recorded before (apply nothing for them). A pair given twice is recorded once:
+    the caller decides which occurrence counts (the first)."""
+    table = ProcessedReport.__table__  # type: ignore[attr-defined]
+    stmt = cached_statement(session, "mark_reports_processed", lambda s: (
+        insert_for(s, table)
         .values(device_id=bindparam("device_id"), report_id=bindparam("report_id"),
                 created_at=bindparam("created_at"))
         .on_conflict_do_nothing(index_elements=["device_id", "report_id"])
-        .returning(ProcessedReport.report_id)
+        .returning(table.c.device_id, table.c.report_id)
     ))
-    params = {"device_id": device_id, "report_id": report_id, "created_at": utcnow()}
-    return session.execute(stmt, params).first() is not None
+    now = utcnow()
+    params = [{"device_id": d, "report_id": r, "created_at": now} for d, r in dict.fromkeys(reports)]
+    if not params:
+        return set()
+    return {(d, r) for d, r in session.execute(stmt, params)}
+
+
+def add_daily_counts(session: Session, counts: DayCounts) -> None:
+    """Add to per-day counters (SPEC §4: they outlive message retention), one upsert for the
+    whole batch. Rows go in key order, so two transactions never lock them in opposite order."""
+    table = DailyAggregate.__table__  # type: ignore[attr-defined]
+
+    def build(s: Session) -> Any:
+        stmt = insert_for(s, table).values(
+            client_id=bindparam("client_id"), device_id=bindparam("device_id"),
+            day=bindparam("day"), sent=bindparam("sent"), delivered=bindparam("delivered"),
+            failed=bindparam("failed"),
+        )
+        return stmt.on_conflict_do_update(
+            index_elements=["client_id", "day", "device_id"],
+            set_={name: table.c[name] + stmt.excluded[name]
+                  for name in ("sent", "delivered", "failed")},
+        )
+
+    params = [
+        {"client_id": c, "device_id": d, "day": day, "sent": s, "delivered": dl, "failed": f}
+        for (c, d, day), (s, dl, f) in sorted(counts.items())
+    ]
+    if params:
+        session.execute(cached_statement(session, "add_daily_counts", build), params)
