@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     missed_heartbeats_before_offline: PositiveInt = 3
     default_send_interval_ms: int = Field(2500, ge=0)
     message_ttl_hours: float = Field(24.0, gt=0)
+    queue_max_wait_seconds: float = Field(
+        300.0, gt=0,
+        description="Backpressure: an immediate send is refused (429 RATE_LIMIT_EXCEEDED with "
+        "Retry-After) while a message of the same client at the same or a higher priority has "
+        "been due for longer than this without a phone taking it.",
+    )
     retention_days: PositiveInt = 90
 
     webhook_retry_schedule_seconds: list[float] = Field(

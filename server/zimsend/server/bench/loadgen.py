@@ -13,7 +13,8 @@ request than Envoy does, and would measure itself rather than the gateway.
 
 Closed loop by default (each of N workers sends, waits, sends again); with `--rate R` open
 loop: a request every 1/R s, at most N in flight (a late request is sent at once, so the
-offered rate holds as long as the server keeps up). Requests that end during the first
+offered rate holds as long as the server keeps up). A closed-loop worker refused with a
+Retry-After (backpressure, rate limit) waits that long before its next request. Requests that end during the first
 `--warmup` seconds are not counted. Credentials come from ZIMSEND_BENCH_CLIENT_ID and
 ZIMSEND_BENCH_API_KEY (not argv: visible in `ps`).
 """
@@ -37,8 +38,9 @@ import grpc
 from zimsend.server.bench.measure import summarize_ms
 from zimsend.v1 import sms_pb2, sms_pb2_grpc
 
-#: What one call returns: (outcome label, message id, queued_at epoch seconds).
-Outcome = tuple[str, str, float]
+#: What one call returns: (outcome label, message id, queued_at epoch seconds, the seconds a
+#: refusal asked the caller to wait — its Retry-After — or 0).
+Outcome = tuple[str, str, float, float]
 Call = Callable[[int], Awaitable[Outcome]]
 
 SCHEDULE_AHEAD = dt.timedelta(days=29)
@@ -64,8 +66,9 @@ def grpc_call(target: str, metadata: tuple[tuple[str, str], ...], scheduled: boo
         try:
             reply = await stubs[n % len(stubs)].SendSms(request, metadata=metadata, timeout=30)
         except grpc.aio.AioRpcError as exc:
-            return exc.code().name, "", 0.0
-        return "OK", reply.message_id, reply.queued_at.seconds + reply.queued_at.nanos / 1e9
+            wait = dict(exc.initial_metadata() or ()).get("retry-after", 0)
+            return exc.code().name, "", 0.0, float(wait)
+        return "OK", reply.message_id, reply.queued_at.seconds + reply.queued_at.nanos / 1e9, 0.0
 
     async def close() -> None:
         for channel in pool:
@@ -126,12 +129,12 @@ def rest_call(base_url: str, client_id: str, api_key: str, scheduled: bool,
             status, data = await connection.request(raw)
         except (OSError, asyncio.IncompleteReadError, ValueError):
             connection.writer = None
-            return "CONNECTION_ERROR", "", 0.0
+            return "CONNECTION_ERROR", "", 0.0, 0.0
         finally:
             free.append(connection)
         if status != 200:
-            return f"HTTP_{status}", "", 0.0
-        return "OK", json.loads(data).get("message_id", ""), 0.0
+            return f"HTTP_{status}", "", 0.0, 0.0
+        return "OK", json.loads(data).get("message_id", ""), 0.0, 0.0
 
     async def close() -> None:
         for connection in free:
@@ -153,9 +156,9 @@ async def drive(call: Call, *, concurrency: int, duration: float, warmup: float,
     accepted: list[tuple[str, float]] = []
     counter = iter(range(10**12))
 
-    async def one(n: int) -> None:
+    async def one(n: int) -> float:
         began = time.monotonic()
-        label, message_id, queued_at = await call(n)
+        label, message_id, queued_at, retry_after = await call(n)
         done = time.monotonic()
         if record and message_id:
             accepted.append((message_id, queued_at))
@@ -164,10 +167,13 @@ async def drive(call: Call, *, concurrency: int, duration: float, warmup: float,
             latencies.append(done - began)
             if label == "OK":
                 per_second[int(done - measure_from)] += 1
+        return retry_after
 
     async def closed_worker() -> None:
         while time.monotonic() < end:
-            await one(next(counter))
+            retry_after = await one(next(counter))
+            if retry_after:  # a well-behaved client waits as the refusal asked
+                await asyncio.sleep(min(retry_after, max(0.0, end - time.monotonic())))
 
     cpu0, wall0 = _cpu(), time.monotonic()
     if rate is None:

@@ -23,6 +23,7 @@ import grpc
 from zimsend.server.bench.processes import ZIMSEND, Program, free_port, grpc_serving, zimsend_env
 
 PY = sys.executable
+QUEUE_MAX_WAIT_SECONDS = 5
 
 
 @dataclass
@@ -47,9 +48,11 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pepper = secrets.token_hex(32)
         # Local HTTP receivers allowed; the per-client request limit (SPEC §8, 100/min by
-        # default) lifted, or every scenario would measure 429s.
+        # default) lifted, or every scenario would measure 429s. Backpressure after 5 s of
+        # queueing (default 300 s), so that the overload scenario's minute shows it.
         self.env = zimsend_env(self.data_dir, self.pepper, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
-                               ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000000")
+                               ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000000",
+                               ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(QUEUE_MAX_WAIT_SECONDS))
         self.programs: list[Program] = []
         self.server: Program | None = None
         self.server_address = ""

@@ -18,6 +18,10 @@ Every request goes through the same steps (`_accept_in`), inside a write transac
    sealed text, which is bound to the new message id) passes `before_commit`; whatever it
    raises rolls the whole request back.
 
+Between 3 and 4, backpressure: an immediate send is refused (RATE_LIMIT_EXCEEDED, 429 with
+Retry-After) while a message ahead of it has been due for longer than
+`queue_max_wait_seconds` (see `Intake._refuse_when_behind`).
+
 Why a lane (`Intake.submit`): this is the hottest path of the server. One request per
 transaction paid, per request, two hops to the database threads, three connection checkouts
 and a commit, and the threads queued on SQLite's single write lock (`zimsend bench`: ~5 ms of
@@ -58,7 +62,7 @@ from zimsend.server.presence import is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
 
 from . import idempotency
-from .queue_gauge import QueueGauge
+from .queue_gauge import Backlog, QueueGauge
 from .validation import SendPlan
 
 R = TypeVar("R", bound=ProtoMessage)
@@ -313,7 +317,12 @@ class Intake:
                 return Outcome(idempotency.replay(stored, request.response_type), None)
         plan = request.validate(now)
         availability = _check_devices(session, self.settings, submission, plan, now, batch)
-        estimate = self._estimate(session, submission, plan, availability, now)
+        base = plan.scheduled_at or now
+        backlog = self.gauge.ahead(session.connection(), submission.client_id, submission.test,
+                                   plan.priority, base)
+        if plan.immediate:
+            self._refuse_when_behind(backlog, now)
+        estimate = self._estimate(backlog.count, availability, base)
         accepted = _queue(session, self.settings, submission, plan, availability, estimate,
                           now, attach=request.before_commit is not None,
                           pending=batch.rows if defer_insert else None)
@@ -331,16 +340,32 @@ class Intake:
                           [due_at] * len(accepted.messages))
         return Outcome(response, due_at)
 
+    def _refuse_when_behind(self, backlog: Backlog, now: dt.datetime) -> None:
+        """Backpressure: refuse an immediate send while a message ahead of it has been due for
+        longer than `queue_max_wait_seconds` — the client's phones are not keeping up, and
+        accepting more would only grow a backlog nobody sees (`zimsend bench`, overload).
+        Scheduled sends are never refused: they wait for their time anyway."""
+        limit = self.settings.queue_max_wait_seconds
+        if backlog.oldest_due is None:
+            return
+        waited = (now - backlog.oldest_due).total_seconds()
+        if waited <= limit:
+            return
+        raise ApiError(
+            ErrorCode.RATE_LIMIT_EXCEEDED,
+            f"This client's phones are behind: {backlog.count} queued message(s) of the same "
+            f"or a higher priority are due, the oldest for {waited:.0f} s (the limit is "
+            f"{limit:g} s). Retry later, add or enable phones, lower their send_interval_ms, "
+            "or schedule the message with scheduled_at.",
+            retry_after_seconds=max(1.0, min(60.0, limit / 4)),
+        )
+
     def _estimate(
-        self, session: Session, submission: Submission, plan: SendPlan,
-        availability: _Availability, now: dt.datetime,
+        self, ahead: int, availability: _Availability, base: dt.datetime
     ) -> dt.datetime:
-        """When the first of these messages should go: its due time, plus the messages due
-        before it at the same or a higher priority, paced by the devices that will share
-        them."""
-        base = plan.scheduled_at or now
-        ahead = self.gauge.ahead(session.connection(), submission.client_id, submission.test,
-                                 plan.priority, base)
+        """When the first of these messages should go: its due time `base`, plus the `ahead`
+        messages due before it at the same or a higher priority, paced by the devices that
+        will share them."""
         default_ms = self.settings.default_send_interval_ms
         devices = availability.online
         intervals = [

@@ -13,7 +13,9 @@ process accepted since the snapshot was read. The count is then a binary search.
 costs in accuracy, bounded by the snapshot's age: messages that left the queue since (sent,
 cancelled, expired) still count, and other replicas' new messages do not count yet. A snapshot
 holds at most `SNAPSHOT_ROWS` messages (highest priority and oldest first); beyond that the
-estimate is a lower bound.
+estimate is a lower bound. Messages pinned to one phone (`X-Device-ID`) are left out: they
+wait for that phone only, and one that went away must not make every other send look late
+(the same snapshot drives the intake's backpressure).
 
 Thread-safe: the accept lane and the OTP service call it from database threads.
 """
@@ -40,10 +42,19 @@ _QUEUE = (
         Message.status == MessageStatus.QUEUED,
         Message.client_id == bindparam("client_id"),
         Message.test == bindparam("test"),
+        Message.pinned_device_id.is_(None),  # type: ignore[union-attr]
     )
     .order_by(Message.priority, Message.due_at)
     .limit(SNAPSHOT_ROWS)
 )
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits ahead of a new message: how many, and the oldest due time among them."""
+
+    count: int
+    oldest_due: dt.datetime | None
 
 
 @dataclass
@@ -63,7 +74,7 @@ class QueueGauge:
     def ahead(
         self, connection: Connection, client_id: str, test: bool, priority: int,
         due_at: dt.datetime,
-    ) -> int:
+    ) -> Backlog:
         """Queued messages of `client_id` at priority <= `priority` due at or before `due_at`
         (1 is the highest priority). Reads a fresh snapshot through `connection` when needed."""
         key = (client_id, test)
@@ -72,9 +83,11 @@ class QueueGauge:
         if snapshot is None or time.monotonic() - snapshot.read_at > self._max_age:
             snapshot = self._read(connection, key)
         with self._lock:
-            return sum(
-                bisect.bisect_right(times, due_at)
-                for p, times in snapshot.due_by_priority.items() if p <= priority
+            lists = [times for p, times in snapshot.due_by_priority.items()
+                     if p <= priority and times]
+            return Backlog(
+                count=sum(bisect.bisect_right(times, due_at) for times in lists),
+                oldest_due=min((times[0] for times in lists), default=None),
             )
 
     def record(self, client_id: str, test: bool, priority: int, due_ats: Iterable[dt.datetime]) -> None:
