@@ -119,7 +119,8 @@ class _Request(Generic[R]):
     build_response: Callable[[Accepted], R]
     response_type: type[R]
     before_commit: Callable[[Session, Accepted], None] | None = None
-    done: Callable[[Outcome[R] | BaseException], None] = field(default=lambda _: None)
+    #: Where the answer goes (`submit`); None for `accept`, which returns it.
+    future: asyncio.Future[Outcome[R]] | None = None
 
     @property
     def writes_more(self) -> bool:
@@ -188,15 +189,10 @@ class Intake:
         self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
         build_response: Callable[[Accepted], R], response_type: type[R],
     ) -> Outcome[R]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome[R]] = loop.create_future()
-
-        def done(result: Outcome[R] | BaseException) -> None:
-            loop.call_soon_threadsafe(_settle, future, result)
-
+        future: asyncio.Future[Outcome[R]] = asyncio.get_running_loop().create_future()
         self._ensure_started()
         self._waiting.put(_Request(submission, validate, build_response, response_type,
-                                   done=done))
+                                   future=future))
         return await future
 
     def accept(
@@ -262,13 +258,17 @@ class Intake:
         except Exception:
             log.warning("intake.batch_failed", requests=len(batch), exc_info=True)
             results = [None] * len(batch)  # nothing of it was committed
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for request, result in zip(batch, results, strict=True):
             if result is None:  # retried alone: its failure is its own
                 try:
                     result = self._accept_alone(request)
                 except Exception as exc:
                     result = exc
-            request.done(result)
+            if request.future is not None:
+                answers.setdefault(request.future.get_loop(), []).append((request.future, result))
+        for loop, settled in answers.items():  # one wake-up per event loop, not per request
+            loop.call_soon_threadsafe(_settle, settled)
 
     def _accept_in_batch(
         self, session: Session, request: _Request[Any], now: dt.datetime, batch: _BatchState,
@@ -377,13 +377,14 @@ class Intake:
         return base + dt.timedelta(seconds=seconds)
 
 
-def _settle(future: asyncio.Future[Any], result: Any) -> None:
-    if future.done():
-        return  # the caller went away (cancelled RPC)
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+def _settle(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in answers:
+        if future.done():
+            continue  # the caller went away (cancelled RPC)
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 def _find(session: Session, submission: Submission, now: dt.datetime) -> dict[str, Any] | None:
