@@ -42,6 +42,7 @@ to its session. The queue count behind `estimated_delivery` comes from `QueueGau
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import queue
 import threading
@@ -239,7 +240,12 @@ class Intake:
                     stop = True
                     break
                 batch.append(more)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except BaseException as exc:  # the lane must outlive any one batch
+                log.error("intake.lane_error", requests=len(batch), exc_info=exc)
+                _answer(batch, [ApiError(ErrorCode.INTERNAL, "Internal error; it was logged.")]
+                        * len(batch))
             if stop:
                 return
 
@@ -258,17 +264,13 @@ class Intake:
         except Exception:
             log.warning("intake.batch_failed", requests=len(batch), exc_info=True)
             results = [None] * len(batch)  # nothing of it was committed
-        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-        for request, result in zip(batch, results, strict=True):
-            if result is None:  # retried alone: its failure is its own
+        for i, request in enumerate(batch):
+            if results[i] is None:  # retried alone: its failure is its own
                 try:
-                    result = self._accept_alone(request)
+                    results[i] = self._accept_alone(request)
                 except Exception as exc:
-                    result = exc
-            if request.future is not None:
-                answers.setdefault(request.future.get_loop(), []).append((request.future, result))
-        for loop, settled in answers.items():  # one wake-up per event loop, not per request
-            loop.call_soon_threadsafe(_settle, settled)
+                    results[i] = exc
+        _answer(batch, results)
 
     def _accept_in_batch(
         self, session: Session, request: _Request[Any], now: dt.datetime, batch: _BatchState,
@@ -375,6 +377,17 @@ class Intake:
         # N phones at interval i drain one message every i / N on average.
         seconds = ahead * (sum(intervals) / len(intervals)) / 1000 / max(1, len(devices))
         return base + dt.timedelta(seconds=seconds)
+
+
+def _answer(batch: list[_Request[Any]], results: list[Any]) -> None:
+    """Hand each submitted request its result: one wake-up per event loop, not per request."""
+    answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for request, result in zip(batch, results, strict=True):
+        if request.future is not None:
+            answers.setdefault(request.future.get_loop(), []).append((request.future, result))
+    for loop, settled in answers.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, settled)
 
 
 def _settle(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
