@@ -14,6 +14,12 @@ claim token in `claimed_by`.
 Every later write about the event is conditional on the token: a worker whose lease ran out and
 whose event was taken over cannot overwrite the new owner's outcome.
 
+Batching (`zimsend bench`: webhooks were the end-to-end bottleneck, each event paying two
+waits for SQLite's write lock): `finish_and_claim` closes any number of finished attempts and
+leases the next due events in one write transaction, and `targets_for` reads the targets of a
+whole claim in one read. `claim_due_events`, `finish_event` and `targets_of` are the same
+functions for one event.
+
 Attempts: `attempts` counts finished attempts. A worker killed mid-attempt leaves it unchanged,
 so the re-claimed event is re-tried as the same attempt number (a receiver may then see the
 event twice, with the same `event_id`). Each HTTP attempt is a `WebhookDelivery` row, written as
@@ -23,11 +29,11 @@ soon as it ends; targets that answered 2xx for an event are not sent it again.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import logs
@@ -44,11 +50,14 @@ from zimsend.server.webhook_delivery.sender import AttemptOutcome
 
 __all__ = [
     "ClaimedEvent",
+    "Finish",
     "Target",
     "claim_due_events",
+    "finish_and_claim",
     "finish_event",
     "record_attempt",
     "release_claim",
+    "targets_for",
     "targets_of",
 ]
 
@@ -79,6 +88,16 @@ class Target:
     problem: str | None = None
 
 
+@dataclass(frozen=True)
+class Finish:
+    """How an attempt at `event` ended (see `finish_event` for the fields)."""
+
+    event: ClaimedEvent
+    remaining: int
+    last_error: str | None
+    attempts: Sequence[tuple[Target, AttemptOutcome]] = ()
+
+
 def _due(now: dt.datetime) -> Any:
     return or_(
         and_(
@@ -94,72 +113,115 @@ def claim_due_events(
     db: Database, *, token: str, limit: int, lease: dt.timedelta, now: dt.datetime
 ) -> list[ClaimedEvent]:
     """Lease up to `limit` due events, oldest due first (see module docstring)."""
-    if limit <= 0:
-        return []
-    # A read first: an idle poll must not take SQLite's single write lock every half second.
-    with db.session() as session:
-        if session.execute(select(col(OutboxEvent.id)).where(_due(now)).limit(1)).first() is None:
-            return []
+    return finish_and_claim(db, [], schedule=(), now=now, token=token, limit=limit,
+                            lease=lease)[1]
+
+
+def finish_and_claim(
+    db: Database, finishes: Sequence[Finish], *, schedule: Sequence[float], now: dt.datetime,
+    token: str = "", limit: int = 0, lease: dt.timedelta = dt.timedelta(0),
+) -> tuple[list[str | None], list[ClaimedEvent]]:
+    """Close `finishes` (each as `finish_event` would), then lease up to `limit` due events
+    under `token`, in one write transaction. Returns each finish's new status (None: lease
+    lost) and the claimed events, oldest first.
+
+    With nothing to finish, a read first: an idle poll must not take SQLite's single write
+    lock every half second."""
+    if not finishes:
+        if limit <= 0:
+            return [], []
+        with db.session() as session:
+            if session.execute(select(col(OutboxEvent.id)).where(_due(now)).limit(1)).first() is None:
+                return [], []
+    with db.write() as session:
+        statuses = _finish(session, finishes, schedule, now)
+        rows = list(session.execute(_claim(now, token, limit, lease))) if limit > 0 else []
+    claimed = [
+        ClaimedEvent(
+            id=row.id, client_id=row.client_id, event_type=row.event_type, data=row.payload,
+            webhook_url=row.webhook_url, created_at=row.created_at,
+            attempt=row.attempts + 1, token=token,
+        )
+        for row in rows
+    ]
+    claimed.sort(key=lambda e: (e.created_at, e.id))
+    return statuses, claimed
+
+
+def _claim(now: dt.datetime, token: str, limit: int, lease: dt.timedelta) -> Any:
+    table = OutboxEvent.__table__  # type: ignore[attr-defined]
     due = (
-        select(col(OutboxEvent.id))
+        select(table.c.id)
         .where(_due(now))
-        .order_by(col(OutboxEvent.next_attempt_at), col(OutboxEvent.id))
+        .order_by(table.c.next_attempt_at, table.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
         .cte("due")
     )
-    claim = (
-        update(OutboxEvent)
-        .where(col(OutboxEvent.id).in_(select(due.c.id)), _due(now))
+    return (
+        update(table)
+        .where(table.c.id.in_(select(due.c.id)), _due(now))
         .values(status=OutboxStatus.DELIVERING, locked_until=now + lease, claimed_by=token)
-        .returning(OutboxEvent)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(table.c.id, table.c.client_id, table.c.event_type, table.c.payload,
+                   table.c.webhook_url, table.c.created_at, table.c.attempts)
     )
-    with db.write() as session:
-        rows = list(session.scalars(claim))
-        claimed = [
-            ClaimedEvent(
-                id=row.id, client_id=row.client_id, event_type=row.event_type, data=row.payload,
-                webhook_url=row.webhook_url, created_at=row.created_at,
-                attempt=row.attempts + 1, token=token,
-            )
-            for row in rows
-        ]
-    claimed.sort(key=lambda e: (e.created_at, e.id))
-    return claimed
 
 
 def targets_of(db: Database, pepper: bytes, event: ClaimedEvent) -> list[Target]:
     """Where `event` still has to go: its override URL, or the client's active endpoints
     subscribed to its type (the tested endpoint for `webhook.test`), minus those that already
     answered 2xx for it."""
+    return targets_for(db, pepper, [event])[0]
+
+
+def targets_for(
+    db: Database, pepper: bytes, events: Sequence[ClaimedEvent]
+) -> list[list[Target]]:
+    """`targets_of` for each of `events`, with one read of the endpoints of their clients and
+    one of their successful deliveries; each endpoint's secret is decrypted once."""
+    if not events:
+        return []
     with db.session() as session:
-        endpoints = _live_endpoints(session, event.client_id)
+        clients = sorted({e.client_id for e in events})
+        endpoints: dict[str, list[WebhookEndpoint]] = {c: [] for c in clients}
+        for endpoint in _live_endpoints(session, clients):
+            endpoints[endpoint.client_id].append(endpoint)
+        done = {
+            (row.event_id, row.webhook_id, row.url)
+            for row in session.execute(
+                select(WebhookDelivery.event_id, WebhookDelivery.webhook_id, WebhookDelivery.url)
+                .where(col(WebhookDelivery.event_id).in_(sorted({e.id for e in events})),
+                       col(WebhookDelivery.success).is_(True))
+            )
+        }
+    signers: dict[str, tuple[str | None, str | None]] = {}
+
+    def signing(endpoint: WebhookEndpoint) -> tuple[str | None, str | None]:
+        if endpoint.id not in signers:
+            signers[endpoint.id] = _signing_secret(pepper, endpoint)
+        return signers[endpoint.id]
+
+    out = []
+    for event in events:
+        live = endpoints[event.client_id]
         if event.webhook_url:
-            targets = [_override_target(pepper, event.webhook_url, endpoints)]
+            targets = [_override_target(event.webhook_url, live, signing)]
         else:
             if event.event_type == TEST_EVENT:
                 wanted = str(event.data.get("webhook_id", "")) if isinstance(event.data, dict) else ""
-                chosen = [e for e in endpoints if e.id == wanted]
+                chosen = [e for e in live if e.id == wanted]
             else:
-                chosen = [e for e in endpoints if event.event_type in (e.events or [])]
-            targets = [Target(e.url, e.id, *_signing_secret(pepper, e)) for e in chosen]
-        done = {
-            (row.webhook_id, row.url)
-            for row in session.execute(
-                select(WebhookDelivery.webhook_id, WebhookDelivery.url).where(
-                    col(WebhookDelivery.event_id) == event.id, col(WebhookDelivery.success).is_(True)
-                )
-            )
-        }
-    return [t for t in targets if (t.webhook_id, t.url) not in done]
+                chosen = [e for e in live if event.event_type in (e.events or [])]
+            targets = [Target(e.url, e.id, *signing(e)) for e in chosen]
+        out.append([t for t in targets if (event.id, t.webhook_id, t.url) not in done])
+    return out
 
 
-def _live_endpoints(session: Session, client_id: str) -> Sequence[WebhookEndpoint]:
+def _live_endpoints(session: Session, client_ids: list[str]) -> Sequence[WebhookEndpoint]:
     return session.scalars(
         select(WebhookEndpoint)
         .where(
-            col(WebhookEndpoint.client_id) == client_id,
+            col(WebhookEndpoint.client_id).in_(client_ids),
             col(WebhookEndpoint.deleted_at).is_(None),
             col(WebhookEndpoint.status) == "active",
         )
@@ -167,7 +229,10 @@ def _live_endpoints(session: Session, client_id: str) -> Sequence[WebhookEndpoin
     ).all()
 
 
-def _override_target(pepper: bytes, url: str, endpoints: Sequence[WebhookEndpoint]) -> Target:
+def _override_target(
+    url: str, endpoints: Sequence[WebhookEndpoint],
+    signing: Callable[[WebhookEndpoint], tuple[str | None, str | None]],
+) -> Target:
     """A message's own `webhook_url` is signed with the secret of the client's endpoint at that
     same URL if there is one, else of its most recently configured endpoint. With no endpoint
     there is no secret, and an unsigned delivery is never sent: the attempt fails, saying so."""
@@ -178,7 +243,7 @@ def _override_target(pepper: bytes, url: str, endpoints: Sequence[WebhookEndpoin
             "no signing secret: configure a webhook (POST /v1/webhooks/configure) so that "
             "per-message webhook_url deliveries can be signed, then redeliver"
         ))
-    return Target(url, None, *_signing_secret(pepper, signer))
+    return Target(url, None, *signing(signer))
 
 
 def _signing_secret(pepper: bytes, endpoint: WebhookEndpoint) -> tuple[str | None, str | None]:
@@ -194,16 +259,16 @@ def record_attempt(
 ) -> None:
     """One `WebhookDelivery` row: the logs show it at once, and a 2xx is never re-sent."""
     with db.write() as session:
-        session.add(_delivery_row(event, target, outcome))
+        session.execute(insert(WebhookDelivery.__table__), [_delivery_row(event, target, outcome)])  # type: ignore[attr-defined]
 
 
-def _delivery_row(event: ClaimedEvent, target: Target, outcome: AttemptOutcome) -> WebhookDelivery:
-    return WebhookDelivery(
-        client_id=event.client_id, event_id=event.id, webhook_id=target.webhook_id,
-        event_type=event.event_type, url=target.url, attempt=event.attempt,
-        success=outcome.success, response_status=outcome.status,
-        response_time_ms=outcome.elapsed_ms, error=outcome.error, created_at=outcome.at,
-    )
+def _delivery_row(event: ClaimedEvent, target: Target, outcome: AttemptOutcome) -> dict[str, Any]:
+    return {
+        "client_id": event.client_id, "event_id": event.id, "webhook_id": target.webhook_id,
+        "event_type": event.event_type, "url": target.url, "attempt": event.attempt,
+        "success": outcome.success, "response_status": outcome.status,
+        "response_time_ms": outcome.elapsed_ms, "error": outcome.error, "created_at": outcome.at,
+    }
 
 
 def finish_event(
@@ -226,31 +291,44 @@ def finish_event(
     one target: one write per delivery instead of two (`zimsend bench`: webhooks were the
     end-to-end bottleneck), and nothing is lost — until that commit the event is still
     leased, exactly as between a POST and its `record_attempt`."""
-    values: dict[str, Any] = {
-        "attempts": event.attempt, "locked_until": None, "claimed_by": None, "last_error": last_error,
-    }
-    if remaining == 0:
-        values.update(status=OutboxStatus.DELIVERED, delivered_at=now)
-    elif event.attempt >= len(schedule):
-        values.update(status=OutboxStatus.FAILED)
-    else:
-        values.update(
-            status=OutboxStatus.PENDING,
-            next_attempt_at=now + dt.timedelta(seconds=schedule[event.attempt]),
-        )
-    with db.write() as session:
-        for target, outcome in attempts:
-            session.add(_delivery_row(event, target, outcome))
+    finish = Finish(event, remaining, last_error, tuple(attempts))
+    return finish_and_claim(db, [finish], schedule=schedule, now=now)[0][0]
+
+
+def _finish(
+    session: Session, finishes: Sequence[Finish], schedule: Sequence[float], now: dt.datetime
+) -> list[str | None]:
+    rows = [_delivery_row(f.event, t, o) for f in finishes for t, o in f.attempts]
+    if rows:
+        session.execute(insert(WebhookDelivery.__table__), rows)  # type: ignore[attr-defined]
+    statuses: list[str | None] = []
+    for finish in finishes:
+        event = finish.event
+        values: dict[str, Any] = {
+            "attempts": event.attempt, "locked_until": None, "claimed_by": None,
+            "last_error": finish.last_error,
+        }
+        if finish.remaining == 0:
+            values.update(status=OutboxStatus.DELIVERED, delivered_at=now)
+        elif event.attempt >= len(schedule):
+            values.update(status=OutboxStatus.FAILED)
+        else:
+            values.update(
+                status=OutboxStatus.PENDING,
+                next_attempt_at=now + dt.timedelta(seconds=schedule[event.attempt]),
+            )
         result = session.execute(
             update(OutboxEvent)
             .where(col(OutboxEvent.id) == event.id, col(OutboxEvent.claimed_by) == event.token)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 0:
+        if result.rowcount == 0:  # type: ignore[attr-defined]
             log.warning("outbox.lease_lost", event_id=event.id, attempt=event.attempt)
-            return None
-    return str(values["status"])
+            statuses.append(None)
+        else:
+            statuses.append(str(values["status"]))
+    return statuses
 
 
 def release_claim(db: Database, event: ClaimedEvent, now: dt.datetime) -> None:
