@@ -13,21 +13,30 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlmodel import col
 
 from zimsend.server.devicelink.lifecycle import iso, write_event
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.secrets import hash_secret
-from zimsend.server.storage import Database, Device, Message, MessageStatus
+from zimsend.server.secrets import hash_secret, new_id
+from zimsend.server.storage import (
+    Database,
+    Device,
+    Message,
+    MessageStatus,
+    OutboxEvent,
+    OutboxStatus,
+)
 
 __all__ = [
     "Beat",
+    "ConnectRequest",
     "ConnectedDevice",
     "DeviceConfig",
     "HelloInfo",
     "authenticate_device",
-    "record_connect",
+    "device_config",
+    "record_connects",
     "record_disconnect",
     "record_heartbeats",
 ]
@@ -87,10 +96,22 @@ def _refused(message: str) -> ApiError:
     return ApiError(ErrorCode.INVALID_DEVICE_CREDENTIALS, message)
 
 
+_DEVICES = Device.__table__  # type: ignore[attr-defined]
+_OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
+
+#: Built once: during a reconnect storm this runs for every phone that comes back (thousands a
+#: minute), and an ORM `session.get` cost several times the lookup (`zimsend bench`, streams).
+_CREDENTIALS = select(
+    _DEVICES.c.client_id, _DEVICES.c.password_hash, _DEVICES.c.is_simulated,
+    _DEVICES.c.deleted_at, _DEVICES.c.enabled,
+).where(_DEVICES.c.id == bindparam("device_id"))
+_DELETED = "This device was deleted; add a new device and pair the phone again."
+
+
 def authenticate_device(
     db: Database, pepper: bytes, client_id: str, device_id: str, password: str
-) -> Device:
-    """The device these credentials open, or ApiError (INVALID_DEVICE_CREDENTIALS,
+) -> str:
+    """The id of the device these credentials open, or ApiError (INVALID_DEVICE_CREDENTIALS,
     DEVICE_DISABLED). The password is checked first and in constant time, so nothing about a
     device (deleted, disabled) is revealed to someone who does not hold its password."""
     bad = _refused(
@@ -100,8 +121,8 @@ def authenticate_device(
     if not (client_id and device_id and password):
         raise bad
     offered = hash_secret(pepper, password).encode()
-    with db.session() as session:
-        device = session.get(Device, device_id)
+    with db.engine.connect() as connection:
+        device = connection.execute(_CREDENTIALS, {"device_id": device_id}).first()
     if device is None:
         hmac.compare_digest(offered, offered)  # same work as a real comparison
         raise bad
@@ -110,13 +131,13 @@ def authenticate_device(
     if not (same_password and same_client) or device.is_simulated:
         raise bad
     if device.deleted_at is not None:
-        raise _refused("This device was deleted; add a new device and pair the phone again.")
+        raise _refused(_DELETED)
     if not device.enabled:
         raise ApiError(
             ErrorCode.DEVICE_DISABLED,
             "This device is disabled; enable it (PATCH /v1/devices/{device_id}) to reconnect.",
         )
-    return device
+    return device_id
 
 
 def device_config(device: Device) -> DeviceConfig:
@@ -128,45 +149,103 @@ def device_config(device: Device) -> DeviceConfig:
     )
 
 
-def record_connect(
-    db: Database, *, device_id: str, connection_id: str, replica_id: str, hello: HelloInfo,
-    ip_address: str | None, now: dt.datetime,
-) -> ConnectedDevice:
-    """Mark the device online under `connection_id` and write `device.connected`, in one
-    transaction; return its settings and the messages to re-offer."""
+def _config(row: Any) -> DeviceConfig:
+    """`device_config` for a Core row (enabled, send_interval_ms, daily_cap, password_hash,
+    deleted_at)."""
+    return DeviceConfig(
+        enabled=row.enabled, send_interval_ms=row.send_interval_ms, daily_cap=row.daily_cap,
+        password_hash=row.password_hash, deleted=row.deleted_at is not None,
+    )
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """One welcomed stream to record (see `record_connects`)."""
+
+    device_id: str
+    connection_id: str
+    hello: HelloInfo
+    ip_address: str | None
+
+
+def _or_kept(name: str) -> Any:
+    """What the phone said, or the stored value when it said nothing (an empty hello field)."""
+    return func.coalesce(func.nullif(bindparam(f"c_{name}"), ""), _DEVICES.c[name])
+
+
+#: One Core statement built once (as `_BEAT`): marks the device online under the new
+#: connection and returns what the session needs; no row when the device was deleted.
+_CONNECT = (
+    update(_DEVICES)
+    .where(_DEVICES.c.id == bindparam("c_device_id"), _DEVICES.c.deleted_at.is_(None))
+    .values(online=True, connection_id=bindparam("c_connection_id"),
+            replica_id=bindparam("c_replica_id"), connected_at=bindparam("c_now"),
+            last_seen_at=bindparam("c_now"), ip_address=bindparam("c_ip_address"),
+            model=_or_kept("model"), android_version=_or_kept("android_version"),
+            app_version=_or_kept("app_version"), phone_number=_or_kept("phone_number"),
+            sims=bindparam("c_sims", type_=_DEVICES.c.sims.type))
+    .returning(_DEVICES.c.client_id, _DEVICES.c.name, _DEVICES.c.phone_number,
+               _DEVICES.c.android_version, _DEVICES.c.app_version, _DEVICES.c.enabled,
+               _DEVICES.c.send_interval_ms, _DEVICES.c.daily_cap, _DEVICES.c.password_hash,
+               _DEVICES.c.deleted_at, _DEVICES.c.last_send_at, _DEVICES.c.sent_day,
+               _DEVICES.c.sent_on_day)
+)
+_EVENTS = insert(_OUTBOX)
+
+
+def record_connects(
+    db: Database, replica_id: str, requests: list[ConnectRequest], now: dt.datetime
+) -> list[ConnectedDevice | ApiError]:
+    """Mark each device online under its `connection_id` and write its `device.connected`,
+    all in one transaction (group commit, as heartbeats: a reconnect storm of thousands of
+    phones is a few dozen transactions, not thousands). Returns, in order, each device's
+    settings and the messages to re-offer — or the ApiError for a device deleted meanwhile."""
+    out: list[ConnectedDevice | ApiError] = []
+    if not requests:
+        return out
+    events: list[dict[str, Any]] = []
     with db.write() as session:
-        device = session.get(Device, device_id, with_for_update=True)
-        if device is None or device.deleted_at is not None:
-            raise _refused("This device was deleted; add a new device and pair the phone again.")
-        device.online = True
-        device.connection_id = connection_id
-        device.replica_id = replica_id
-        device.connected_at = now
-        device.last_seen_at = now
-        device.ip_address = ip_address
-        device.model = hello.model or device.model
-        device.android_version = hello.android_version or device.android_version
-        device.app_version = hello.app_version or device.app_version
-        device.phone_number = hello.phone_number or device.phone_number
-        device.sims = hello.sims
-        session.add(device)
-        write_event(session, device.client_id, "device.connected", {
-            "device_id": device.id, "device_name": device.name,
-            "phone_number": device.phone_number, "android_version": device.android_version,
-            "app_version": device.app_version, "connected_at": iso(now),
-            "ip_address": ip_address,
-        }, now=now)
-        processing = list(session.scalars(
+        connection = session.connection()
+        rows: list[Any] = []
+        for r in requests:
+            rows.append(connection.execute(_CONNECT, {
+                "c_device_id": r.device_id, "c_connection_id": r.connection_id,
+                "c_replica_id": replica_id, "c_now": now, "c_ip_address": r.ip_address,
+                "c_model": r.hello.model, "c_android_version": r.hello.android_version,
+                "c_app_version": r.hello.app_version, "c_phone_number": r.hello.phone_number,
+                "c_sims": r.hello.sims,
+            }).first())
+        for r, row in zip(requests, rows, strict=True):
+            if row is None:
+                continue
+            events.append({
+                "id": new_id("evt"), "client_id": row.client_id,
+                "event_type": "device.connected", "webhook_url": None,
+                "status": OutboxStatus.PENDING, "attempts": 0, "created_at": now,
+                "next_attempt_at": now, "payload": {
+                    "device_id": r.device_id, "device_name": row.name,
+                    "phone_number": row.phone_number, "android_version": row.android_version,
+                    "app_version": row.app_version, "connected_at": iso(now),
+                    "ip_address": r.ip_address,
+                },
+            })
+        if events:
+            connection.execute(_EVENTS, events)
+        processing: dict[str, list[Message]] = {}
+        for message in session.scalars(
             select(Message)
-            .where(col(Message.device_id) == device_id,
+            .where(col(Message.device_id).in_([r.device_id for r in requests]),
                    col(Message.status) == MessageStatus.PROCESSING)
             .order_by(col(Message.priority), col(Message.processing_at), col(Message.id))
+        ):
+            processing.setdefault(message.device_id or "", []).append(message)
+    for r, row in zip(requests, rows, strict=True):
+        out.append(_refused(_DELETED) if row is None else ConnectedDevice(
+            device_id=r.device_id, client_id=row.client_id, name=row.name, config=_config(row),
+            last_send_at=row.last_send_at, sent_day=row.sent_day, sent_on_day=row.sent_on_day,
+            processing=processing.get(r.device_id, []),
         ))
-        return ConnectedDevice(
-            device_id=device.id, client_id=device.client_id, name=device.name,
-            config=device_config(device), last_send_at=device.last_send_at, sent_day=device.sent_day,
-            sent_on_day=device.sent_on_day, processing=processing,
-        )
+    return out
 
 
 def record_disconnect(
@@ -198,7 +277,6 @@ def record_disconnect(
         return True
 
 
-_DEVICES = Device.__table__  # type: ignore[attr-defined]
 #: One Core statement built once: with 10,000 phones the flush runs ~500 of these a second, and
 #: building an ORM update per beat cost more than the update (`zimsend bench`, streams).
 _BEAT = (
@@ -227,9 +305,5 @@ def record_heartbeats(db: Database, beats: list[Beat]) -> dict[str, DeviceConfig
                 "b_battery": beat.battery, "b_charging": beat.charging, "b_signal": beat.signal,
                 "b_at": beat.at,
             }).first()
-            out[beat.device_id] = None if row is None else DeviceConfig(
-                enabled=row.enabled, send_interval_ms=row.send_interval_ms,
-                daily_cap=row.daily_cap, password_hash=row.password_hash,
-                deleted=row.deleted_at is not None,
-            )
+            out[beat.device_id] = None if row is None else _config(row)
     return out

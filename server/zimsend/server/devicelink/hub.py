@@ -9,6 +9,9 @@ One hub per server process (`DeviceHub.of(state)`), owning:
 - the heartbeat flusher: the latest heartbeat of every phone, written in one transaction per
   flush, which also re-reads each phone's settings so a change made through another replica
   (rename, pacing, disable, delete, password rotation) reaches the phone within one flush;
+- the connect writer: streams that said hello are recorded (presence row + `device.connected`)
+  in one transaction per batch, as heartbeats are — during a reconnect storm one transaction
+  per phone made the write lock the limit (~100 phones a second, `zimsend bench` streams);
 - the report writer (group commit) and the dispatcher.
 
 Management RPCs call `apply_config` / `close_device` for phones on this replica.
@@ -31,9 +34,11 @@ from zimsend.server import secrets as secrets_module
 from zimsend.server.devicelink.assignment import send_command
 from zimsend.server.devicelink.connections import (
     Beat,
+    ConnectedDevice,
+    ConnectRequest,
     DeviceConfig,
     HelloInfo,
-    record_connect,
+    record_connects,
     record_disconnect,
     record_heartbeats,
 )
@@ -41,8 +46,9 @@ from zimsend.server.devicelink.dispatcher import Dispatcher
 from zimsend.server.devicelink.lifecycle import PartReport
 from zimsend.server.devicelink.reports import ReportWriter, inbound_item, status_report
 from zimsend.server.devicelink.session import CommandRecord, DeviceSession
+from zimsend.server.errors import ApiError
 from zimsend.server.rpc import ServerState
-from zimsend.server.storage import Device, utcnow
+from zimsend.server.storage import utcnow
 from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = ["DeviceHub"]
@@ -53,6 +59,10 @@ _EXTRAS_KEY = "device_hub"
 #: How long shutdown waits for phones to leave after Reconnect(SERVER_SHUTDOWN).
 SHUTDOWN_WAIT_S = 1.5
 SHUTDOWN_RETRY_AFTER_MS = 1000
+#: Connects recorded per transaction at most (one `IN (...)` for their `processing` messages).
+CONNECT_BATCH = 500
+
+_Connecting = tuple[ConnectRequest, "asyncio.Future[ConnectedDevice | ApiError]"]
 
 
 class DeviceHub:
@@ -64,6 +74,8 @@ class DeviceHub:
         self.reports = ReportWriter(state, self.dispatcher.applied)
         self._locks: dict[str, asyncio.Lock] = {}
         self._beats: dict[str, Beat] = {}
+        self._connecting: list[_Connecting] = []
+        self._connect_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._closing = False
@@ -97,7 +109,7 @@ class DeviceHub:
     async def start(self) -> None:
         self.state.new_work.subscribe(self.dispatcher.wake)
         for coro in (self.dispatcher.run(), self.reports.run(), self._watchdog(),
-                     self._flush_heartbeats_forever()):
+                     self._flush_heartbeats_forever(), self._write_connects_forever()):
             self._loops.append(asyncio.create_task(coro))
 
     async def shutdown(self) -> None:
@@ -120,6 +132,8 @@ class DeviceHub:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        for _, waiter in self._connecting:  # never written: their streams end with the server
+            waiter.cancel()
         await self.dispatcher.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -130,46 +144,77 @@ class DeviceHub:
     # --- streams -----------------------------------------------------------------------------
 
     async def connect(
-        self, device: Device, hello: pb.DeviceHello, ip_address: str | None,
+        self, device_id: str, hello: pb.DeviceHello, ip_address: str | None,
         task: asyncio.Task[Any] | None,
     ) -> DeviceSession:
         """Register a welcomed stream: presence row + `device.connected`, replace an older
-        stream of the same device, send Welcome, re-offer its `processing` messages."""
+        stream of the same device, send Welcome, re-offer its `processing` messages.
+        ApiError when the device was deleted meanwhile."""
         info = HelloInfo(
             model=hello.model[:100], android_version=hello.android_version[:50],
             app_version=hello.app_version[:50], phone_number=hello.phone_number[:20],
             sims=[{"slot": s.slot, "carrier": s.carrier[:50], "phone_number": s.phone_number[:20]}
                   for s in hello.sims[:4]],
         )
-        lock = self._locks.setdefault(device.id, asyncio.Lock())
+        lock = self._locks.setdefault(device_id, asyncio.Lock())
         async with lock:
             connection_id = f"conn_{secrets.token_hex(8)}"
-            connected = await self.state.db_call(
-                record_connect, self.state.db, device_id=device.id, connection_id=connection_id,
-                replica_id=self.replica_id, hello=info, ip_address=ip_address, now=utcnow(),
-            )
+            waiter: asyncio.Future[ConnectedDevice | ApiError] = (
+                asyncio.get_running_loop().create_future())
+            self._connecting.append(
+                (ConnectRequest(device_id, connection_id, info, ip_address), waiter))
+            self._connect_wake.set()
+            connected = await waiter
+            if isinstance(connected, ApiError):
+                raise connected
             session = DeviceSession(
-                device_id=device.id, client_id=connected.client_id, connection_id=connection_id,
+                device_id=device_id, client_id=connected.client_id, connection_id=connection_id,
                 name=connected.name, config=connected.config, ip_address=ip_address, task=task,
                 sent_day=connected.sent_day, sent_on_day=connected.sent_on_day,
             )
-            old = self.sessions.get(device.id)
-            self.sessions[device.id] = session
+            old = self.sessions.get(device_id)
+            self.sessions[device_id] = session
         if old is not None:
             old.close(reconnect="REPLACED", disconnect_reason="")
         session.next_send_at = self._pacing_start(session, connected.last_send_at)
         default_ms = self.state.settings.default_send_interval_ms
         session.push(pb.ServerFrame(welcome=pb.Welcome(
-            device_id=device.id, session_id=connection_id,
+            device_id=device_id, session_id=connection_id,
             settings=session.settings_frame(default_ms, self.heartbeat_seconds),
         )))
         session.ready = True
         redeliver = [send_command(m, self.state.pepper, redelivery=True)
                      for m in connected.processing]
         self.dispatcher.session_ready(session, redeliver)
-        log.info("device.connected", device_id=device.id, connection_id=connection_id,
+        log.info("device.connected", device_id=device_id, connection_id=connection_id,
                  redelivered=len(redeliver))
         return session
+
+    async def _write_connects_forever(self) -> None:
+        while True:
+            await self._connect_wake.wait()
+            self._connect_wake.clear()
+            while self._connecting:
+                batch = self._connecting[:CONNECT_BATCH]
+                del self._connecting[:CONNECT_BATCH]
+                await self._write_connects(batch)
+
+    async def _write_connects(self, batch: list[_Connecting]) -> None:
+        """One transaction for every connect queued; each waiter gets its own outcome (a
+        failed batch fails each of its connects: the phones retry)."""
+        try:
+            outcomes: list[ConnectedDevice | ApiError] = await self.state.link_call(
+                record_connects, self.state.db, self.replica_id, [r for r, _ in batch], utcnow()
+            )
+        except Exception as exc:
+            log.exception("hub.connects_not_recorded", size=len(batch))
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for (_, waiter), outcome in zip(batch, outcomes, strict=True):
+            if not waiter.done():
+                waiter.set_result(outcome)
 
     def _pacing_start(self, session: DeviceSession, last_send_at: dt.datetime | None) -> float:
         """Pacing survives reconnects: the first send waits for the interval since the last."""
