@@ -4,6 +4,10 @@ Why full jitter (a delay drawn uniformly from 0 to the exponential bound): when 
 restarts, thousands of phones lose their stream in the same second. Fixed or "equal" jitter
 keeps them in waves; full jitter spreads them over the whole window, and opening ~4,000 streams
 at the same instant is known to fail (DESIGN.md, Phones' streams).
+
+A delay the server asks for (a busy server's RetryInfo, a Reconnect's `retry_after_ms`) is a
+slot it chose for this phone; `honour` keeps it as the minimum and adds a little jitter, so the
+phones given the same slot do not arrive in the same millisecond.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ class Backoff:
         delay = self.rng.uniform(0.0, self.bound())
         self.attempt += 1
         return delay
+
+    def honour(self, server_delay: float) -> float:
+        """The wait for a delay the server chose: `server_delay` plus up to 20 % (at least
+        0.1 s) of jitter. The exponential window is left as it was."""
+        return server_delay + self.rng.uniform(0.0, max(0.1, 0.2 * server_delay))
 
     def reset(self) -> None:
         """Back to the smallest window (call after a healthy connection)."""

@@ -81,7 +81,8 @@ def status_line(stats: FleetStats) -> str:
     """One line summarising the fleet (printed every status interval)."""
     return (
         f"fleet: {stats.connected}/{stats.phones} connected, {stats.refused} refused, "
-        f"{stats.stopped} stopped, {stats.reconnects} reconnects | commands {stats.commands}, "
+        f"{stats.stopped} stopped, {stats.reconnects} reconnects ({stats.busy} server busy) | "
+        f"commands {stats.commands}, "
         f"sends {stats.sends}, failed {stats.failures}, inbound {stats.inbound} | reports "
         f"{stats.reports_sent} sent, {stats.reports_acked} acked"
     )

@@ -34,7 +34,7 @@ import grpc
 from zimsend.agent.backoff import Backoff
 from zimsend.agent.channel import KEEPALIVE_OPTIONS
 from zimsend.agent.journal import Journal, Verdict
-from zimsend.agent.refusal import refusal_of
+from zimsend.agent.refusal import refusal_of, retry_delay
 from zimsend.agent.senders.base import SendRequest
 from zimsend.agent.simulation import Simulation
 from zimsend.segments import plan
@@ -49,6 +49,11 @@ log = logging.getLogger("zimsend.fleet")
 #: As in zimsend.agent.supervisor (REPLACED: someone else holds this device's credentials).
 _FATAL_RECONNECT = ("DEVICE_DELETED", "DEVICE_DISABLED", "PASSWORD_ROTATED", "REPLACED")
 _PROBE_S = 0.25
+#: Initial metadata a ZimSend server sends once it has admitted and authenticated a stream
+#: (services/device_link.py): the phone says hello only then, so a refusal never races it.
+ADMITTED_HEADER = "zimsend-admitted"
+#: How long to wait for that header from a server known to send it.
+_ADMISSION_WAIT_S = 10.0
 
 
 @dataclass
@@ -60,6 +65,11 @@ class FleetStats:
     refused: int = 0
     stopped: int = 0
     reconnects: int = 0
+    #: Connects a busy server turned away with a retry delay (counted in `reconnects` too).
+    busy: int = 0
+    #: Why streams ended or never started, by gRPC status name (or `welcome_timeout`,
+    #: `closed`): what a reconnect storm is made of.
+    lost: dict[str, int] = field(default_factory=dict)
     commands: int = 0
     sends: int = 0
     failures: int = 0
@@ -90,6 +100,7 @@ class FleetPhone:
     _generation: int = 0
     _welcomed_at: float | None = None
     _probe: float = _PROBE_S
+    _server_admits: bool = False  # this server announces admission (ADMITTED_HEADER)
     _heap: list[tuple[int, int, str]] = field(default_factory=list, repr=False)
     _queued: dict[str, pb.SendCommand] = field(default_factory=dict, repr=False)
     _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
@@ -116,6 +127,7 @@ class FleetPhone:
         while True:
             self._welcomed_at = None
             minimum = 0.0
+            asked: float | None = None
             channel = (grpc.aio.secure_channel(self.server, self.credentials, KEEPALIVE_OPTIONS)
                        if self.credentials else
                        grpc.aio.insecure_channel(self.server, KEEPALIVE_OPTIONS))
@@ -132,7 +144,9 @@ class FleetPhone:
                     self.stats.refused += 1
                     log.error("%s %s", self.device_id, refusal)
                     return
-                log.info("%s link lost: %s", self.device_id, exc.code().name)
+                if (asked := retry_delay(exc)) is not None:
+                    self.stats.busy += 1
+                self._lost(exc.code().name)
             except _Reconnect as exc:
                 if exc.reason in _FATAL_RECONNECT:
                     self.stats.stopped += 1
@@ -140,8 +154,10 @@ class FleetPhone:
                     return
                 minimum = exc.retry_after_ms / 1000
                 self.backoff.reset()  # the server asked: this link was healthy
-            except (TimeoutError, _LinkClosed) as exc:
-                log.info("%s link lost: %s", self.device_id, type(exc).__name__)
+            except TimeoutError:
+                self._lost("welcome_timeout")
+            except _LinkClosed:
+                self._lost("closed")
             finally:
                 outgoing.put_nowait(None)
                 call.cancel()
@@ -149,15 +165,31 @@ class FleetPhone:
             if self._welcomed_at is not None and loop.time() - self._welcomed_at >= 10:
                 self.backoff.reset()
             self.stats.reconnects += 1
-            await asyncio.sleep(minimum + self.backoff.next())
+            await asyncio.sleep(self.backoff.honour(asked) if asked is not None
+                                else minimum + self.backoff.next())
+
+    def _lost(self, why: str) -> None:
+        log.info("%s link lost: %s", self.device_id, why)
+        self.stats.lost[why] = self.stats.lost.get(why, 0) + 1
 
     async def _session(self, stream: _Stream) -> None:
         # grpc.aio quirk: if our first write races the server's immediate refusal, grpc marks
-        # the call INTERNAL ("Internal error from Core") and the real status (UNAUTHENTICATED)
-        # is lost. So give the server `_probe` seconds to refuse before saying hello; an
-        # ambiguous INTERNAL before Welcome makes the next probe longer (see _supervise).
+        # the call INTERNAL ("Internal error from Core") and the real status (UNAUTHENTICATED,
+        # or a busy server's UNAVAILABLE and its retry delay) is lost. So hello waits until the
+        # server announces admission (ADMITTED_HEADER) or ends the call. A server not known to
+        # announce gets `_probe` seconds to refuse; an ambiguous INTERNAL before Welcome makes
+        # the next probe longer (see _supervise).
         first_read = asyncio.ensure_future(stream.read())
-        await asyncio.wait([first_read], timeout=self._probe)
+        admitted = asyncio.ensure_future(stream.admitted())
+        await asyncio.wait(
+            [first_read, admitted], return_when=asyncio.FIRST_COMPLETED,
+            timeout=_ADMISSION_WAIT_S if self._server_admits else self._probe,
+        )
+        if admitted.done() and admitted.result():
+            self._server_admits = True
+        elif not first_read.done():
+            await asyncio.wait([first_read], timeout=self._probe)
+        admitted.cancel()
         stream.write(pb.DeviceFrame(hello=pb.DeviceHello(
             model="ZimSend Fleet Simulator", android_version="fleet", app_version="fleet",
             sims=[common_pb2.SimSlot(slot=0, carrier="SimNet")],
@@ -326,6 +358,14 @@ class _Stream:
 
     def write(self, frame: pb.DeviceFrame) -> None:
         self._outgoing.put_nowait(frame)
+
+    async def admitted(self) -> bool:
+        """Whether the server announced admission (False when the call ended without)."""
+        try:
+            metadata = await self._call.initial_metadata()
+        except grpc.RpcError:  # the call failed: read() raises its status
+            return False
+        return any(key == ADMITTED_HEADER for key, _ in metadata or ())
 
     async def read(self) -> pb.ServerFrame | None:
         """The next frame, or None when the server ended the stream cleanly."""

@@ -3,18 +3,25 @@
 The server ends a refused call with UNAUTHENTICATED or PERMISSION_DENIED and a google.rpc
 ErrorInfo whose `reason` is stable (INVALID_DEVICE_CREDENTIALS, DEVICE_DISABLED, …), carried in
 the `grpc-status-details-bin` trailer. Both the trio agent and the asyncio fleet use this.
+
+A busy server (too many phones connecting at once) refuses differently: UNAVAILABLE with a
+google.rpc.RetryInfo delay (`retry_delay`). That is not a refusal of the device — the phone
+waits the delay it was given (instead of its own backoff) and tries again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-__all__ = ["Refusal", "error_reason", "refusal_of"]
+__all__ = ["Refusal", "error_reason", "refusal_of", "retry_delay"]
 
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+_BUSY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 _EXPLAINED = {
     "INVALID_DEVICE_CREDENTIALS": "wrong device password (or unknown client/device id)",
     "DEVICE_DISABLED": "this device is disabled on the server",
@@ -42,31 +49,51 @@ class Refusal:
         return f"{head}{tail}{server}{hint}"
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The google.rpc.ErrorInfo reason in an error's trailing metadata, or "".
+def _details(error: grpc.RpcError) -> Iterator[any_pb2.Any]:
+    """The google.rpc.Status details in an error's trailing metadata.
 
     Works for sync errors (which are `grpc.Call`s) and grpc.aio's `AioRpcError` (which is not,
     but has the same accessors)."""
     trailing = getattr(error, "trailing_metadata", None)
     trailers = trailing() if callable(trailing) else None
     for key, value in trailers or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return str(info.reason)
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            yield from status_pb2.Status.FromString(value).details
+
+
+def _status(error: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    status = code() if callable(code) else None
+    return status if isinstance(status, grpc.StatusCode) else None
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The google.rpc.ErrorInfo reason in an error's trailing metadata, or ""."""
+    for detail in _details(error):
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
     return ""
+
+
+def retry_delay(error: grpc.RpcError) -> float | None:
+    """Seconds the server asked us to wait (UNAVAILABLE / RESOURCE_EXHAUSTED with a
+    google.rpc.RetryInfo), or None: then the caller's own backoff decides."""
+    if _status(error) not in _BUSY:
+        return None
+    for detail in _details(error):
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return max(0.0, info.retry_delay.ToTimedelta().total_seconds())
+    return None
 
 
 def refusal_of(error: grpc.RpcError) -> Refusal | None:
     """A Refusal when `error` is UNAUTHENTICATED or PERMISSION_DENIED, else None."""
-    code = getattr(error, "code", None)
-    status = code() if callable(code) else None
+    status = _status(error)
     if status not in _REFUSED:
         return None
-    assert isinstance(status, grpc.StatusCode)
+    assert status is not None
     get_details = getattr(error, "details", None)
     details = get_details() if callable(get_details) else ""
     return Refusal(code=status.name, reason=error_reason(error), details=details or "")

@@ -3,6 +3,9 @@
 - Transient failures (server down, network lost, stream reset, a clean close, no Welcome in
   time) → reconnect after a full-jitter exponential backoff, capped; a connection that stayed
   healthy resets the backoff.
+- Busy server (UNAVAILABLE with a RetryInfo delay: too many phones connecting at once) → wait
+  the delay it gave (plus a little jitter) instead of the backoff: the server spreads the
+  phones it turns away over the time it needs to welcome them.
 - Reconnect frame → wait at least `retry_after_ms` (plus jitter, so a restarting server is not
   hit by every phone at the same millisecond), then reconnect; DEVICE_DELETED,
   DEVICE_DISABLED, PASSWORD_ROTATED and REPLACED stop the agent instead: reconnecting cannot
@@ -24,7 +27,7 @@ import trio
 
 from zimsend.agent.backoff import Backoff
 from zimsend.agent.link import Link, LinkClosed, open_link
-from zimsend.agent.refusal import refusal_of
+from zimsend.agent.refusal import refusal_of, retry_delay
 from zimsend.agent.session import ProtocolError, ReconnectRequested
 from zimsend.v1 import device_link_pb2 as pb
 
@@ -106,6 +109,12 @@ async def supervise(
         if isinstance(cause, grpc.RpcError) and (refusal := refusal_of(cause)) is not None:
             log.error("%s", refusal)
             raise AgentStopped(str(refusal), EXIT_REFUSED)
+        if isinstance(cause, grpc.RpcError) and (asked := retry_delay(cause)) is not None:
+            delay = backoff.honour(asked)
+            log.warning("server busy (%s); reconnecting in %.1fs as asked", _describe(cause),
+                        delay)
+            await trio.sleep(delay)
+            continue
         if isinstance(cause, ReconnectRequested):
             if cause.reason in _FATAL_RECONNECT:
                 message = f"stopped by the server: {_FATAL_RECONNECT[cause.reason]}"

@@ -64,6 +64,8 @@ def streams(stack: Stack, tenant: Tenant, *, timeout: float, batch: int) -> dict
         back_s, back = _wait_all(phones, phones_n, timeout)
         storm_s = None if back_s is None else round(time.monotonic() - killed_at, 1)
         reconnects = phones.stats().get("reconnects", 0)
+        busy = phones.stats().get("busy", 0)
+        lost = phones.stats().get("lost", {})
     finally:
         stack.stop(phones.program)
     return {
@@ -74,6 +76,7 @@ def streams(stack: Stack, tenant: Tenant, *, timeout: float, batch: int) -> dict
         "storm_online_at_timeout": None if storm_s is not None else back,
         "storm_timeout_s": timeout, "open_rate_per_s": batch,
         "server_restart_s": round(restart_s, 1), "reconnect_attempts": reconnects,
+        "busy_refusals": busy, "streams_lost": lost,
         "goal": "<= 60 KB per phone; storm <= 60 s",
         "met": per_phone_kb <= 60 and storm_s is not None and storm_s <= 60,
     }
