@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     )
     heartbeat_interval_seconds: float = Field(20.0, gt=0)
     missed_heartbeats_before_offline: PositiveInt = 3
+    device_connects_pending_max: PositiveInt | None = Field(
+        None,
+        description="Phones that may be connecting at once (from opening the stream until "
+        "Welcome); more are refused with UNAVAILABLE SERVER_BUSY and a retry delay. Unset: "
+        "3 s worth of the measured welcome rate, at least 100.",
+    )
     default_send_interval_ms: int = Field(2500, ge=0)
     message_ttl_hours: float = Field(24.0, gt=0)
     queue_max_wait_seconds: float = Field(

@@ -58,6 +58,9 @@ class ErrorCode(enum.Enum):
     WEBHOOK_NOT_FOUND = grpc.StatusCode.NOT_FOUND  # 404
     EVENT_NOT_FOUND = grpc.StatusCode.NOT_FOUND  # 404
     IDEMPOTENCY_KEY_REUSED = grpc.StatusCode.ALREADY_EXISTS  # 409
+    # Beyond SPEC §10, the device link (SPEC §9 leaves its protocol to us): too many phones are
+    # connecting at once; retry after the RetryInfo delay.
+    SERVER_BUSY = grpc.StatusCode.UNAVAILABLE  # 503
     # The phone's stream (DeviceLink), not seen by REST clients.
     INVALID_DEVICE_CREDENTIALS = grpc.StatusCode.UNAUTHENTICATED
     DEVICE_DISABLED = grpc.StatusCode.PERMISSION_DENIED

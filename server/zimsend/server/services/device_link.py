@@ -25,7 +25,6 @@ phones come back at about the rate the server welcomes them.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -49,12 +48,6 @@ log = logs.get("zimsend.devicelink")
 
 #: A phone must say hello this soon after opening the stream.
 HELLO_TIMEOUT_S = 30.0
-#: The refusal's ErrorInfo reason. `errors.ErrorCode` has no "server busy" member yet; the
-#: phone's own state is the closest catalogue code. Phones act on the status (UNAVAILABLE) and
-#: the RetryInfo delay, never on this reason.
-BUSY = ErrorCode.DEVICE_OFFLINE
-#: Environment override of the adaptive limit on connects in progress (tests, small servers).
-CONNECT_LIMIT_ENV = "ZIMSEND_DEVICE_CONNECTS_PENDING_MAX"
 #: Initial metadata sent once a stream is admitted and authenticated: an asyncio phone (the
 #: fleet) says hello only after it, because grpc.aio turns a refusal that races the phone's
 #: first write into a bare INTERNAL, losing the status and its retry delay.
@@ -88,11 +81,6 @@ class ConnectGate:
         self.refused = 0
         self._welcomed: deque[float] = deque()
         self._next_slot = 0.0
-
-    @classmethod
-    def from_env(cls) -> ConnectGate:
-        value = os.environ.get(CONNECT_LIMIT_ENV, "").strip()
-        return cls(max(1, int(value)) if value else None)
 
     def rate(self, now: float) -> float:
         """Welcomes per second over the last window."""
@@ -139,7 +127,7 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.hub = DeviceHub.of(state)
-        self.gate = ConnectGate.from_env()
+        self.gate = ConnectGate(state.settings.device_connects_pending_max)
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.DeviceFrame],
@@ -151,7 +139,8 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         delay = self.gate.enter()
         if delay is not None:
             await abort(context, ApiError(
-                BUSY, f"Too many phones are connecting right now; retry in {delay:.1f} s.",
+                ErrorCode.SERVER_BUSY,
+                f"Too many phones are connecting right now; retry in {delay:.1f} s.",
                 retry_after_seconds=delay,
             ))
             return
