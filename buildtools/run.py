@@ -43,8 +43,22 @@ def ensure_environment() -> None:
     env = dict(os.environ, UV_PROJECT_ENVIRONMENT=str(VENV), VIRTUAL_ENV=str(VENV))
     # --inexact keeps uv itself (installed by pip above) in the environment.
     reinstall = [arg for name in _unexposed_members() for arg in ("--reinstall-package", name)]
-    _run(uv, "sync", "--all-packages", "--inexact", "--quiet", "--python", BIN / "python",
-         *reinstall, env=env)
+    # --compile-bytecode: every ZimSend process (and the test suite starts hundreds) would
+    # otherwise compile grpc, SQLAlchemy, pydantic … from source at each start wherever
+    # PYTHONDONTWRITEBYTECODE is set (it is on our CI machines): `zimsend admin --help` took
+    # 3.3 s of CPU instead of 1.4 s. Already compiled files are skipped.
+    _run(uv, "sync", "--all-packages", "--inexact", "--quiet", "--compile-bytecode",
+         "--python", BIN / "python", *reinstall, env=env)
+
+
+def compile_sources() -> None:
+    """Bytecode for the workspace's own code (editable installs, which uv leaves alone);
+    up-to-date files are skipped."""
+    members = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]["workspace"]
+    folders = [str(ROOT / member / "zimsend") for member in members["members"]
+               if (ROOT / member / "zimsend").is_dir()]
+    _run(BIN / "python", "-m", "compileall", "-q", "-j", "0", *folders,
+         stdout=subprocess.DEVNULL)
 
 
 def _unexposed_members() -> list[str]:
@@ -79,6 +93,7 @@ def main(argv: list[str]) -> int:
     codegen()
     if verb == "codegen":
         return 0
+    compile_sources()
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if verb == "test":
         cmd = [str(BIN / "python"), "-m", "pytest", *rest]
