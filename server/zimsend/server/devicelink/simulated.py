@@ -3,8 +3,9 @@
 Why inside the server: a test key must work with no phone at all, and its messages must never
 reach one. The dispatcher claims a client's test messages for that client's simulated device
 (live phones never claim test messages); this class then "sends" them after a short delay and
-reports `sent`, then `delivered`, through the same `lifecycle.apply_part_report` a real phone's
-reports go through — so statuses, timestamps, `sms.*` events and daily counts behave exactly
+reports `sent`, then `delivered`, through the same `lifecycle.apply_part_reports` a real phone's
+reports go through (one call per batch: one statement per kind, not one unit of work per
+message) — so statuses, timestamps, `sms.*` events and daily counts behave exactly
 as they would with a phone. It does not pace: a sandbox should not make a test suite wait
 2.5 s per message.
 
@@ -21,7 +22,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from zimsend.server import logs
-from zimsend.server.devicelink.lifecycle import PartReport, Transition, apply_part_report
+from zimsend.server.devicelink.lifecycle import PartReport, Transition, apply_part_reports
 from zimsend.server.rpc import ServerState
 from zimsend.server.storage import Database, Device, Message, MessageStatus, utcnow
 
@@ -91,14 +92,10 @@ class SimulatedPhone:
 def _apply(
     db: Database, client_id: str, device_id: str, reports: list[PartReport]
 ) -> list[Transition]:
-    now = utcnow()
-    out: list[Transition] = []
     with db.write() as session:
-        for report in reports:
-            out += apply_part_report(
-                session, client_id=client_id, device_id=device_id, report=report, now=now
-            )
-    return out
+        return apply_part_reports(
+            session, [(client_id, device_id, report) for report in reports], now=utcnow()
+        )
 
 
 def _processing_on_simulated(db: Database) -> dict[tuple[str, str], list[Message]]:
