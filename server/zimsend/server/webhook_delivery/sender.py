@@ -8,6 +8,12 @@ Why `stream()` and a capped read: the response body is not needed, and a hostile
 send gigabytes. Success is decided by the status line alone; up to 64 KiB is drained so the
 connection can be reused, the rest is dropped with the connection.
 
+Why turns (`origins`): at most `per_origin` POSTs go to one receiver origin at a time, each
+origin with its own small pool, so a slow receiver holds up only its own deliveries. Waiting
+for a turn is not part of the receiver's deadline (it has not been sent anything yet) but is
+bounded by `max_wait` — the worker sets it so the event's lease cannot run out meanwhile; an
+attempt that got no turn in time fails without being sent, and is retried like any failure.
+
 An attempt never raises for anything the receiver does: the outcome — status, time, error text
 without secrets — is returned for the webhook logs. Cancellation (worker shutdown) propagates.
 """
@@ -15,20 +21,23 @@ without secrets — is returned for the webhook logs. Cancellation (worker shutd
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Final
 
 import httpx
 import trio
 
+from .origins import OriginBusy, OriginTurns, origin_of
 from .signing import signature_headers
-from .transport import ForbiddenAddress, guarded_transport
+from .transport import ForbiddenAddress, guarded_pools
 from .urls import WebhookUrlError, check_webhook_url
 
 __all__ = ["AttemptOutcome", "WebhookSender"]
 
 _DRAIN_LIMIT: Final = 64 * 1024
 _MAX_ERROR_LENGTH: Final = 500
+PER_ORIGIN: Final = 16  # connections (and POSTs in flight) per receiver origin
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,8 @@ class AttemptOutcome:
 
 class WebhookSender:
     """Owns the httpx client (use `async with`). `allow_insecure` is the development setting:
-    plain HTTP and private addresses allowed."""
+    plain HTTP and private addresses allowed. `max_wait` bounds the wait for a turn at a busy
+    origin (default: the timeout)."""
 
     def __init__(
         self,
@@ -52,11 +62,17 @@ class WebhookSender:
         timeout: float,
         allow_insecure: bool,
         transport: httpx.AsyncBaseTransport | None = None,
+        per_origin: int = PER_ORIGIN,
+        max_wait: float | None = None,
     ) -> None:
         self.timeout = timeout
         self.allow_insecure = allow_insecure
+        self.max_wait = timeout if max_wait is None else max_wait
+        self._turns = OriginTurns(per_origin)
+        if transport is None:
+            transport = guarded_pools(per_origin=per_origin, allow_private=allow_insecure)
         self._client = httpx.AsyncClient(
-            transport=transport or guarded_transport(allow_private=allow_insecure),
+            transport=transport,
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(timeout),
@@ -70,15 +86,19 @@ class WebhookSender:
 
     async def post(self, url: str, *, secret: str, event_id: str, body: bytes) -> AttemptOutcome:
         """POST `body` to `url`, signed with `secret`; see the module docstring."""
+        try:
+            target = _checked_url(url, self.allow_insecure)
+            async with self._turns.turn(origin_of(target), self.max_wait):
+                return await self._post(target, secret, event_id, body)
+        except (WebhookUrlError, ValueError, OriginBusy) as exc:
+            return AttemptOutcome(False, None, 0, _clip(str(exc)), dt.datetime.now(dt.UTC))
+
+    async def _post(self, url: httpx.URL, secret: str, event_id: str, body: bytes) -> AttemptOutcome:
         at = dt.datetime.now(dt.UTC)
         started = trio.current_time()
         status: int | None = None
         error: str | None = None
-        try:
-            check_webhook_url(url, allow_insecure=self.allow_insecure)
-            headers = signature_headers(secret, event_id, body, at)
-        except (WebhookUrlError, ValueError) as exc:
-            return AttemptOutcome(False, None, 0, _clip(str(exc)), at)
+        headers = signature_headers(secret, event_id, body, at)
         with trio.move_on_after(self.timeout) as deadline:
             try:
                 async with self._client.stream("POST", url, content=body, headers=headers) as rsp:
@@ -97,6 +117,13 @@ class WebhookSender:
             else:
                 error = f"HTTP {status}: the receiver must answer 2xx"
         return AttemptOutcome(False, status, elapsed_ms, _clip(error or "unknown error"), at)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_url(url: str, allow_insecure: bool) -> httpx.URL:
+    """`check_webhook_url`, parsed once per URL (every event to a receiver has the same URL;
+    a refused one raises every time, exceptions are not cached)."""
+    return httpx.URL(check_webhook_url(url, allow_insecure=allow_insecure))
 
 
 async def _drain(response: httpx.Response) -> None:

@@ -124,9 +124,11 @@ class Worker:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        timeout = self.settings.webhook_timeout_seconds
         sender = self._sender or WebhookSender(
-            timeout=self.settings.webhook_timeout_seconds,
-            allow_insecure=self.settings.webhooks_allow_insecure,
+            timeout=timeout, allow_insecure=self.settings.webhooks_allow_insecure,
+            # a turn at a busy receiver + the POST must end before the lease does
+            max_wait=self.lease.total_seconds() - timeout - 2,
         )
         async with sender, trio.open_nursery() as background:
             for job in jobs.periodic_jobs(self.settings, self.options):
