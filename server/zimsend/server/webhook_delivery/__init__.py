@@ -5,11 +5,12 @@
     addresses   which IP addresses may be reached, in every spelling (SSRF rules)
     urls        the configure-time URL check (`check_webhook_url`)
     transport   the httpx transport that resolves, checks and connects to the checked address
+    origins     one small pool and a few turns per receiver origin: a slow one holds up no other
     sender      `WebhookSender`: one signed POST with one overall deadline
     endpoints   the WebhookService's database operations (configure, list, logs, test, ...)
 
 The worker (`zimsend.server.worker`) claims outbox rows and uses `sender` to deliver them.
-`transport` and `sender` are trio code: import them from their modules (the asyncio server and
+`transport`, `origins` and `sender` are trio code: import them from their modules (the asyncio server and
 the producers only need the pure modules re-exported here).
 """
 
