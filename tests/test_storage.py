@@ -321,48 +321,6 @@ def test_sqlite_writers_wait_for_each_other_instead_of_failing(sqlite_url: str) 
     db.dispose()
 
 
-_HOLD_WRITE = """
-import sys, time
-from zimsend.server.storage import Database
-db = Database.from_url(sys.argv[1])
-with db.write() as session:
-    session.connection()
-    print("holding", flush=True)
-    time.sleep(float(sys.argv[2]))
-db.dispose()
-"""
-
-
-def test_a_writer_waits_for_another_processs_write_without_sqlites_busy_timeout(
-    sqlite_url: str,
-) -> None:
-    """Writers of different processes queue on the shared write lock (`storage.write_lock`),
-    not in SQLite's sleeping busy handler: even with a 1 ms busy_timeout this write waits for
-    the other process's transaction instead of failing with "database is locked"."""
-    import subprocess
-    import sys
-    import time
-
-    Database.from_url(sqlite_url).migrate()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE, sqlite_url, "0.8"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        impatient = Database.from_url(sqlite_url, busy_timeout_ms=1)
-        started = time.monotonic()
-        # A write opened inside another of the same thread takes the lock again (re-entrant).
-        with impatient.write() as session, impatient.write():
-            session.execute(text("INSERT INTO clients (id, name, created_at) "
-                                 "VALUES ('c1', 'n', '2026-01-01 00:00:00')"))
-        assert time.monotonic() - started > 0.3  # it did wait for the other process
-        assert holder.wait(10) == 0
-        with impatient.session() as session:
-            assert session.scalar(text("SELECT count(*) FROM clients")) == 1
-        impatient.dispose()
-    finally:
-        holder.kill()
-
-
 # --- Upserts --------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ database (DESIGN "The worker").
     runner      `Worker`: the outbox loop (one transaction per cycle), one task per event,
                 graceful stop
     outbox      claim / targets / record / finish: the storage side of delivery
+    writelock   `PatientDatabase`: waits for SQLite's write lock without sleeping through it
     jobs        periodic jobs: message expiry, retention
     retention   what the 90-day retention deletes, and from when
     cli         the `zimsend worker` command

@@ -59,9 +59,9 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 async def main(settings: Settings, options: WorkerOptions) -> int:
-    from zimsend.server.storage import Database
+    from .writelock import BUSY_TIMEOUT_MS, PatientDatabase
 
-    db = Database.from_settings(settings)
+    db = PatientDatabase.from_url(settings.database_url_value, busy_timeout_ms=BUSY_TIMEOUT_MS)
     try:
         await trio.to_thread.run_sync(db.migrate)  # safe while the server migrates too
         worker = Worker(settings, db, options)
