@@ -7,16 +7,23 @@ to claim, and then claims for every ready phone of the round in one commit (DESI
 claims).
 
 Test messages (`zs_test_` keys) are claimed only by each client's built-in simulated device,
-created here on first use; live devices never see them (`claim_due_messages(test=...)`).
+created here on first use; live devices never see them (`claim_due_messages(test=...)`). A
+woken client's test messages are looked up with its live ones; the scan over every client runs
+only with the fallback poll.
+
+Reads that are not about the round's clients (`GlobalScan`) use `ix_messages_due_at_status`:
+the next scheduled due time is one index seek and "which clients' messages became due since the
+last scan" reads only those messages, however many are queued for later.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets as stdlib_secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import secrets
@@ -27,12 +34,14 @@ from zimsend.server.storage import (
     MessageStatus,
     claim_due_messages,
 )
+from zimsend.server.storage.claims import still_queued
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = [
     "SIMULATED_DEVICE_NAME",
     "ClaimRequest",
+    "GlobalScan",
     "RoundResult",
     "claim_round",
     "ensure_simulated_device",
@@ -54,14 +63,33 @@ class ClaimRequest:
     limit: int
 
 
+@dataclass(frozen=True)
+class GlobalScan:
+    """The round's reads beyond its own clients (the dispatcher runs them at most every
+    GLOBAL_SCAN_INTERVAL_S)."""
+
+    #: Report the clients with messages that became due in `(since, now]` (None: skip).
+    since: dt.datetime | None
+    #: Claim every client's due test messages, not only the woken clients' (the poll).
+    test_clients: bool
+
+
+#: Every global read but "became due" (which needs the previous scan's time).
+FULL_SCAN = GlobalScan(since=None, test_clients=True)
+
+
 @dataclass
 class RoundResult:
     #: device id -> SendCommands for the messages it claimed, in dispatch order.
     commands: dict[str, list[pb.SendCommand]] = field(default_factory=dict)
     #: simulated device id -> (client id, claimed test messages).
     simulated: dict[str, tuple[str, list[Message]]] = field(default_factory=dict)
-    #: The earliest future `due_at` among the round's clients (scheduled messages timer).
+    #: Devices with due live messages pinned to them, among the round's clients.
+    pinned: set[str] = field(default_factory=set)
+    #: With a GlobalScan: the earliest future `due_at` of any queued message (the scheduled
+    #: timer; None: none), and the clients whose messages became due since `scan.since`.
     next_due: dt.datetime | None = None
+    became_due: set[str] = field(default_factory=set)
 
 
 def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.SendCommand:
@@ -81,47 +109,54 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
     return command
 
 
-def _due(now: dt.datetime) -> list[object]:
-    return [
-        col(Message.status) == MessageStatus.QUEUED,
-        col(Message.due_at) <= now,
-        or_(col(Message.expires_at).is_(None), col(Message.expires_at) > now),
-    ]
+# The round's reads, built once as Core statements: through the ORM each cost a few hundred
+# microseconds of Python, and a connect storm runs up to 20 rounds a second.
+_m = Message.__table__.c  # type: ignore[attr-defined]
+_now = bindparam("now")
+_due_now = (_m.status == MessageStatus.QUEUED.value, _m.due_at <= _now,
+            or_(_m.expires_at.is_(None), _m.expires_at > _now))
+_clients = _m.client_id.in_(bindparam("clients", expanding=True))
+#: (client, pinned device or None) of due live messages of some clients.
+_LIVE_DUE = select(_m.client_id, _m.pinned_device_id).where(
+    *_due_now, _m.test.is_(False), _clients).distinct()
+#: Clients among some with due test messages.
+_TEST_DUE = select(_m.client_id).where(*_due_now, _m.test.is_(True), _clients).distinct()
+#: Every client with due test messages (the poll).
+_ANY_TEST_DUE = select(_m.client_id).where(*_due_now, _m.test.is_(True)).distinct().limit(100)
+# Both time reads walk `ix_messages_due_at_status` from a due time on; `still_queued()` keeps
+# SQLite's planner from reading the whole queue through the dispatch index instead.
+_NEXT_DUE = (select(_m.due_at).where(_m.due_at > _now, still_queued())
+             .order_by(_m.due_at).limit(1))
+_BECAME_DUE = select(_m.client_id).where(
+    _m.due_at > bindparam("since"), _m.due_at <= _now, still_queued()).distinct()
 
 
 def claim_round(
     db: Database, pepper: bytes, requests: list[ClaimRequest], now: dt.datetime,
-    *, scan_global: bool = True,
+    *, woken: Sequence[str] = (), scan: GlobalScan | None = FULL_SCAN,
 ) -> RoundResult:
     """Claim due messages for `requests` (already in least-loaded-first order) and for the
-    simulated devices of clients with due test messages.
-
-    `scan_global=False` skips the two reads that scan every queued message whatever its client
-    (due test messages, the next scheduled due time: `next_due` is then None and means
-    "unknown"); the dispatcher runs them at most every GLOBAL_SCAN_INTERVAL_S."""
+    simulated devices of `woken` clients with due test messages (every client's, with
+    `scan.test_clients`). `scan=None` skips the global reads (`next_due` is then None and
+    means "unknown")."""
     result = RoundResult()
-    clients = sorted({r.client_id for r in requests})
+    clients = sorted({r.client_id for r in requests}.union(woken))
     with db.session() as session:
+        read = session.connection().execute
         due: set[tuple[str, str | None]] = set()
         if clients:
-            rows = session.execute(
-                select(col(Message.client_id), col(Message.pinned_device_id))
-                .where(*_due(now), col(Message.test).is_(False),
-                       col(Message.client_id).in_(clients))
-                .distinct()
-            )
-            due = {(c, p) for c, p in rows}
-        test_clients: list[str] = []
-        if scan_global:
-            later = select(func.min(Message.due_at)).where(
-                col(Message.status) == MessageStatus.QUEUED, col(Message.due_at) > now,
-                or_(col(Message.test).is_(True), col(Message.client_id).in_(clients)),
-            )
-            result.next_due = session.scalar(later)
-            test_clients = list(session.scalars(
-                select(col(Message.client_id)).where(*_due(now), col(Message.test).is_(True))
-                .distinct().limit(100)
-            ))
+            due = {(c, p) for c, p in read(_LIVE_DUE, {"now": now, "clients": clients})}
+            result.pinned = {p for _, p in due if p is not None}
+        test_clients: set[str] = set()
+        if woken:
+            test_clients.update(read(_TEST_DUE, {"now": now, "clients": sorted(woken)}).scalars())
+        if scan is not None:
+            result.next_due = read(_NEXT_DUE, {"now": now}).scalar()
+            if scan.since is not None:
+                result.became_due = set(
+                    read(_BECAME_DUE, {"now": now, "since": scan.since}).scalars())
+            if scan.test_clients:
+                test_clients.update(read(_ANY_TEST_DUE, {"now": now}).scalars())
     live = [r for r in requests
             if (r.client_id, None) in due or (r.client_id, r.device_id) in due]
     if not live and not test_clients:
@@ -146,7 +181,7 @@ def claim_round(
                 result.commands[request.device_id] = [
                     send_command(m, pepper, redelivery=False) for m in messages
                 ]
-        for client_id in test_clients:
+        for client_id in sorted(test_clients):
             device_id = ensure_simulated_device(session, client_id)
             messages = claim_due_messages(
                 session, client_id=client_id, device_id=device_id, limit=SIMULATED_BATCH,

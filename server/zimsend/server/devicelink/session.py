@@ -48,7 +48,13 @@ class DeviceSession:
     #: UTC day and number of messages handed to this phone that day (daily cap).
     sent_day: dt.date | None = None
     sent_on_day: int = 0
-    #: The last claim for this phone got messages: more may be waiting (pacing timer matters).
+    #: Where the dispatcher keeps this phone between rounds (`dispatcher.Readiness`): "new",
+    #: "ready", "paced", "idle", "blocked" or "claiming"; and the sequence number of its current
+    #: place, so the entries it left behind in the dispatcher's heaps are recognised as stale.
+    dispatch_place: str = "new"
+    dispatch_seq: int = 0
+    #: Unused by the dispatcher; the hub still sets it on a settings change (it should call
+    #: `Dispatcher.settings_changed` instead).
     backlog: bool = True
     commands: dict[str, CommandRecord] = field(default_factory=dict)
     last_frame: float = field(default_factory=time.monotonic)

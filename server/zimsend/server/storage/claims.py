@@ -14,6 +14,11 @@ re-run skips the rows this very statement has just updated and locks the next on
 claim takes more than `n` messages. A CTE holding `FOR UPDATE` is evaluated exactly once.
 (tests/test_storage.py catches the difference.)
 
+The UPDATE's own `status = 'queued'` guard is written as an expression (`still_queued`) that no
+index serves: as a plain `status = ?` term, SQLite's planner (which has no statistics here)
+preferred reading every queued row through `ix_messages_dispatch (status=?)` to looking up the
+claimed ids, so one claim cost O(queued messages) — milliseconds with thousands scheduled.
+
 Order (SPEC §3, DESIGN "Dispatch"): highest priority (lowest number) first, then oldest due.
 """
 
@@ -21,12 +26,19 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, case, or_, select, update
 from sqlmodel import Session, col
 
 from .models import Message, MessageStatus
 
-__all__ = ["claim_due_messages"]
+__all__ = ["claim_due_messages", "still_queued"]
+
+
+def still_queued() -> ColumnElement[bool]:
+    """`status = 'queued'` as a condition no index can serve, for queries that find their rows
+    through another index (see the module docstring): SQLite's planner, without statistics,
+    otherwise picks the `status` prefix of `ix_messages_dispatch` and reads the whole queue."""
+    return case((col(Message.status) == MessageStatus.QUEUED, 1), else_=0) == 1
 
 
 def claim_due_messages(
@@ -71,7 +83,7 @@ def claim_due_messages(
     )
     claim = (
         update(Message)
-        .where(col(Message.id).in_(select(due.c.id)), col(Message.status) == MessageStatus.QUEUED)
+        .where(col(Message.id).in_(select(due.c.id)), still_queued())
         .values(status=MessageStatus.PROCESSING, device_id=device_id, processing_at=now)
         .returning(Message)
         .execution_options(synchronize_session=False, populate_existing=True)

@@ -47,6 +47,10 @@ class Message(SQLModel, table=True):
         # claim_due_messages: WHERE status='queued' AND client_id=? AND test=? AND due_at<=?
         # ORDER BY priority, due_at; and the accept path's count of messages ahead (index-only).
         Index("ix_messages_dispatch", "status", "client_id", "test", "priority", "due_at"),
+        # The dispatcher's global scan: the next due_at after now, and the clients whose
+        # messages became due since the last scan (only those rows). due_at first: with
+        # (status, due_at) SQLite's planner, which has no statistics, took it for the claims.
+        Index("ix_messages_due_at_status", "due_at", "status"),
         # The worker's expiry sweep: WHERE status='queued' AND expires_at<=?.
         Index("ix_messages_status_expires_at", "status", "expires_at"),
         # Re-offering `processing` messages to a device after it reconnects.
