@@ -307,8 +307,7 @@ class DeviceHub:
         session.push(pb.ServerFrame(
             settings=session.settings_frame(default_ms, self.heartbeat_seconds)
         ))
-        session.backlog = True
-        self.dispatcher.wake()
+        self.dispatcher.settings_changed(session)
 
     def cancel(self, device_id: str, message_id: str) -> bool:
         """Ask a connected phone not to send `message_id` if it has not yet (CancelCommand;

@@ -53,9 +53,6 @@ class DeviceSession:
     #: place, so the entries it left behind in the dispatcher's heaps are recognised as stale.
     dispatch_place: str = "new"
     dispatch_seq: int = 0
-    #: Unused by the dispatcher; the hub still sets it on a settings change (it should call
-    #: `Dispatcher.settings_changed` instead).
-    backlog: bool = True
     commands: dict[str, CommandRecord] = field(default_factory=dict)
     last_frame: float = field(default_factory=time.monotonic)
     ready: bool = False  # Welcome sent: commands may follow
