@@ -10,7 +10,8 @@ progress).
 
 The storm is the worst honest case: the server is killed (-9, no Reconnect frame, no goodbye)
 and started again on the same port. Every phone sees its stream fail and comes back on its own
-schedule — exponential backoff with full jitter, the agent's defaults (cap 60 s). The time
+schedule — exponential backoff with full jitter (the fleet's `--backoff-cap`, 10 s here; the agent's
+default is 60 s). The time
 reported runs from the kill until the fleet counts every phone welcomed again, so it includes
 the server's own restart.
 """
