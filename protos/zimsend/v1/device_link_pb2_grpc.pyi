@@ -6,7 +6,13 @@ The phone's side: one long-lived bidirectional stream per device (SPEC.md ยง5, ย
 Authentication: call metadata `x-client-id`, `x-device-id`, `x-device-password` (from the
 pairing URI). A wrong password, a disabled or a deleted device ends the call at once with
 UNAUTHENTICATED or PERMISSION_DENIED and an ErrorInfo reason (INVALID_DEVICE_CREDENTIALS,
-DEVICE_DISABLED).
+DEVICE_DISABLED). Once authenticated the server sends initial metadata `zimsend-admitted: 1`;
+a phone may wait for it before its first frame (a refusal racing that frame can otherwise
+reach an asyncio client as a bare INTERNAL).
+
+A busy server (more phones connecting than it can welcome within a few seconds, e.g. after a
+restart) refuses a new stream at once with UNAVAILABLE, ErrorInfo reason SERVER_BUSY and a
+google.rpc.RetryInfo delay; the phone waits that long (plus some jitter) before trying again.
 
 Life of a stream:
   phone  -> DeviceHello (first frame, always)
