@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from zimsend.agent.senders.base import DeliveryReport, InboundSms, SenderEvent, SendRequest
+from zimsend.agent.agent import JournalRecorder
+from zimsend.agent.journal import Journal
+from zimsend.agent.reporter import Reporter
+from zimsend.agent.senders.base import InboundSms, SendRequest
 from zimsend.agent.senders.simulator import SimulatorSender
+from zimsend.v1 import device_link_pb2 as pb
 from zimsend.agent.simulation import Simulation, SimulationConfig, read_outbox
 
 
@@ -67,26 +71,79 @@ def test_the_outbox_has_one_line_per_sms_that_left_and_none_for_failures(
     assert read_outbox(tmp_path / "missing.jsonl") == {}
 
 
-def test_the_simulator_sender_reports_delivery_per_part_and_injects_inbound_sms() -> None:
+def _command(message_id: str, body: str) -> pb.SendCommand:
+    return pb.SendCommand(command_id=f"cmd_{message_id}", message_id=message_id,
+                          to="+263771234567", body=body)
+
+
+def _send_through_journal(journal: Journal, sender: SimulatorSender, message_id: str,
+                          parts: int) -> None:
+    """What the executor does around `send()`: admit, begin, hand off, finish."""
+    journal.admit(_command(message_id, "x" * parts))
+    assert journal.begin_send(message_id)
+
+    async def hand_off() -> None:
+        journal.finish_send(message_id, await sender.send(request(message_id, parts)))
+
+    trio.run(hand_off)
+
+
+def _delivered_parts(journal: Journal, message_id: str) -> list[int]:
+    return sorted(frame.report.part_index for _, frame in journal.unacked_reports()
+                  if frame.HasField("report") and frame.report.message_id == message_id
+                  and frame.report.outcome == pb.StatusReport.OUTCOME_DELIVERED)
+
+
+def test_the_simulator_sender_records_delivery_per_part_and_inbound_sms(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.sqlite3", "dev1")
+    recorder = JournalRecorder(journal, Reporter(journal))
     sender = SimulatorSender(SimulationConfig(seed=3, send_delay=0.001, delivery_delay=0.01))
-    events: list[SenderEvent] = []
+    _send_through_journal(journal, sender, "msg_1", parts=3)
 
     async def main() -> None:
-        send, receive = trio.open_memory_channel[SenderEvent](100)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(sender.run, send)
-            result = await sender.send(request("msg_1", parts=3))
-            assert result.ok and len(result.parts) == 3
+            nursery.start_soon(sender.run, recorder)
             sender.inject_inbound(InboundSms(sender="+263770000000", body="hi"))
             with trio.fail_after(5):
-                for _ in range(4):
-                    events.append(await receive.receive())
+                while len(_delivered_parts(journal, "msg_1")) < 3:
+                    await trio.sleep(0.01)
+                while not any(f.HasField("inbound") for _, f in journal.unacked_reports()):
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    delivered = sorted(e.part_index for e in events if isinstance(e, DeliveryReport))
-    assert delivered == [0, 1, 2]
-    assert [e.body for e in events if isinstance(e, InboundSms)] == ["hi"]
+    assert _delivered_parts(journal, "msg_1") == [0, 1, 2]
+    inbound = [f.inbound.body for _, f in journal.unacked_reports() if f.HasField("inbound")]
+    assert inbound == ["hi"]
+
+
+def test_a_restarted_simulator_still_reports_delivery_of_what_it_sent_before(
+    tmp_path: Path,
+) -> None:
+    """The phone stopped between the handoff and the network's report (issue: messages stuck
+    `sent` forever): the next process finds the awaiting parts in the journal and the
+    simulated network delivers them."""
+    path = tmp_path / "j.sqlite3"
+    journal = Journal.open(path, "dev1")
+    config = SimulationConfig(seed=3, send_delay=0.001, delivery_delay=0.05)
+    _send_through_journal(journal, SimulatorSender(config), "msg_1", parts=2)
+    journal.close()  # the process dies: its scheduled reports die with it
+
+    journal = Journal.open(path, "dev1")
+    assert [(a.message_id, a.part_index) for a in journal.awaiting_delivery()] == [
+        ("msg_1", 0), ("msg_1", 1)]
+    sender = SimulatorSender(config)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run, JournalRecorder(journal, Reporter(journal)))
+            with trio.fail_after(5):
+                while journal.awaiting_delivery():
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert _delivered_parts(journal, "msg_1") == [0, 1]
 
 
 def test_generated_inbound_sms_are_deterministic_per_seed() -> None:

@@ -1,8 +1,8 @@
 """The device agent: one phone, one nursery.
 
     run_agent(config, sender)
-      ├── sender.run(events)           delivery reports and inbound SMS from the backend
-      ├── _consume(events)             journal them, hand them to the reporter
+      ├── sender.run(recorder)         delivery reports and inbound SMS, journaled as they come
+      ├── health.run()                 the sender's health, polled: can it send right now?
       ├── executor.run()               queued commands → SIM, within the live settings
       └── supervise(...)               connect / session / backoff / refusal
             └── Session.run()          hello, welcome, reader, reporter.pump, heartbeats
@@ -29,10 +29,11 @@ import trio
 
 from zimsend.agent.backoff import Backoff
 from zimsend.agent.executor import Executor
+from zimsend.agent.health import HealthWatch
 from zimsend.agent.journal import Journal
 from zimsend.agent.link import Link
 from zimsend.agent.reporter import Reporter
-from zimsend.agent.senders.base import DeliveryReport, InboundSms, Sender, SenderEvent
+from zimsend.agent.senders.base import AwaitingPart, DeliveryReport, InboundSms, Sender
 from zimsend.agent.session import Session
 from zimsend.agent.supervisor import AgentStopped, ConnectionTarget, supervise
 from zimsend.v1 import device_link_pb2 as pb
@@ -95,18 +96,18 @@ async def run_agent(
                         " failed (DEVICE_ERROR), not re-sent", len({f.report.message_id
                                                                     for f in recovered}))
         reporter = Reporter(journal)
-        executor = Executor(journal, sender, reporter)
+        health = HealthWatch(sender)
+        executor = Executor(journal, sender, reporter, health)
         limiter = limiter or trio.CapacityLimiter(config.max_streams)
-        events_send, events_recv = trio.open_memory_channel[SenderEvent](256)
 
         async def session(link: Link, on_welcome: Callable[[pb.Welcome], None]) -> None:
-            await Session(link, journal, executor, reporter, sender, APP_VERSION,
+            await Session(link, journal, executor, reporter, sender, health, APP_VERSION,
                           on_welcome=on_welcome).run()
 
         stopped: AgentStopped | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(sender.run, events_send)
-            nursery.start_soon(_consume, events_recv, journal, reporter)
+            nursery.start_soon(sender.run, JournalRecorder(journal, reporter))
+            nursery.start_soon(health.run)
             nursery.start_soon(executor.run)
             try:
                 await supervise(config.target(), session, limiter=limiter,
@@ -120,18 +121,38 @@ async def run_agent(
         journal.close()
 
 
-async def _consume(
-    events: trio.MemoryReceiveChannel[SenderEvent], journal: Journal, reporter: Reporter
-) -> None:
-    async for event in events:
-        if isinstance(event, DeliveryReport):
-            frames = journal.record_delivery(event)
-            reporter.add(frames)
-            if frames:
-                log.info("message %s part %d/%d %s", event.message_id, event.part_index + 1,
-                         event.part_count, "delivered" if event.delivered else "not delivered")
-        elif isinstance(event, InboundSms):
-            frame = journal.add_inbound(event)
-            reporter.add([frame])
-            log.info("inbound SMS from %s", event.sender)
+class JournalRecorder:
+    """The `Recorder` a sender writes to: the journal, then the reporter (see senders/base)."""
 
+    def __init__(self, journal: Journal, reporter: Reporter) -> None:
+        self._journal = journal
+        self._reporter = reporter
+
+    def delivery(self, report: DeliveryReport) -> bool:
+        frames = self._journal.record_delivery(report)
+        self._reporter.add(frames)
+        for frame in frames:
+            r = frame.report
+            log.info("message %s part %d/%d %s", r.message_id, r.part_index + 1, r.part_count,
+                     "delivered" if report.delivered else f"not delivered ({r.error_code})")
+        return bool(frames)
+
+    def inbound(self, sms: InboundSms) -> bool:
+        frame = self._journal.add_inbound(sms)
+        if frame is None:
+            return False
+        self._reporter.add([frame])
+        log.info("inbound SMS from %s", sms.sender)
+        return True
+
+    def seen_inbound(self, source_id: str) -> bool:
+        return self._journal.seen_inbound(source_id)
+
+    def mark_inbound_seen(self, source_id: str) -> None:
+        self._journal.mark_inbound_seen(source_id)
+
+    def latest_inbound(self, prefix: str) -> str | None:
+        return self._journal.latest_inbound(prefix)
+
+    def awaiting_delivery(self) -> list[AwaitingPart]:
+        return self._journal.awaiting_delivery()

@@ -8,10 +8,13 @@ journaled commands learns its current settings (`enabled`, pacing, cap) before s
 Ordering and pacing: highest priority first (urgent=1 … very_low=5), then arrival order; at
 most one send per `send_interval_ms` (start to start); at most `daily_cap` handoffs per UTC
 day, the day the server's dispatcher counts (counted in the journal, so a restart does not
-reset it); nothing while `enabled` is false. Settings apply live: a DeviceSettings frame wakes the executor at once.
+reset it); nothing while `enabled` is false, nor while the sender says it cannot send (see
+health.py). Settings apply live: a DeviceSettings frame wakes the executor at once.
 
 Cancellation: a handoff in progress is shielded (bounded by `send_timeout`) so a shutdown never
-leaves an intent without an outcome; the queue itself is durable in the journal.
+leaves an intent without an outcome; the queue itself is durable in the journal. Between two
+handoffs the loop checks for cancellation even when the next command is due at once, so a stop
+finishes only the handoff in progress and leaves the rest queued for the server to re-offer.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
+from zimsend.agent.health import HealthWatch
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
 from zimsend.agent.senders.base import PartResult, Sender, SendRequest, SendResult
@@ -42,11 +46,13 @@ class Executor:
     """One sender, one queue, the device's live settings."""
 
     def __init__(
-        self, journal: Journal, sender: Sender, reporter: Reporter, *, send_timeout: float = 60.0
+        self, journal: Journal, sender: Sender, reporter: Reporter, health: HealthWatch, *,
+        send_timeout: float = 60.0,
     ) -> None:
         self._journal = journal
         self._sender = sender
         self._reporter = reporter
+        self._health = health
         self._send_timeout = send_timeout
         self.settings: pb.DeviceSettings | None = None
         # Heap of (rank, seq, message id); `_queued` holds the live command per message id, so
@@ -101,9 +107,17 @@ class Executor:
         """Resume the journal's queued commands, then send forever (until cancelled)."""
         for command in self._journal.queued():
             self.enqueue(command)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_health)
+            while True:
+                await trio.lowlevel.checkpoint()  # a stop lands between handoffs, not after all
+                command = await self._next()
+                await self._send(command)
+
+    async def _follow_health(self) -> None:
         while True:
-            command = await self._next()
-            await self._send(command)
+            await self._health.changed()
+            self._poke()
 
     async def _next(self) -> pb.SendCommand:
         while True:
@@ -121,7 +135,7 @@ class Executor:
     def _blocked_for(self) -> float | None:
         """None when a send may start now, else how long to wait (inf: until a change)."""
         s = self.settings
-        if s is None or not s.enabled or not self._queued:
+        if s is None or not s.enabled or not self._queued or not self._health.can_send:
             return math.inf
         if s.daily_cap > 0:
             midnight = _utc_midnight()

@@ -331,7 +331,8 @@ class FleetPhone:
     def inject_inbound(self) -> None:
         """Make this phone "receive" a simulated SMS."""
         self.stats.inbound += 1
-        self._add_reports([self.journal.add_inbound(self.simulation.next_inbound())])
+        frame = self.journal.add_inbound(self.simulation.next_inbound())
+        self._add_reports([frame] if frame is not None else [])
 
 
 class _LinkClosed(Exception):

@@ -34,6 +34,7 @@ database (a fleet is for load tests; surviving a crash of the load generator is 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -46,7 +47,7 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from zimsend.agent.senders.base import DeliveryReport, InboundSms, SendResult
+from zimsend.agent.senders.base import AwaitingPart, DeliveryReport, InboundSms, SendResult
 from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = ["Admission", "Journal", "Verdict"]
@@ -69,6 +70,23 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at REAL NOT NULL,
     PRIMARY KEY (device, message_id)
 );
+CREATE TABLE IF NOT EXISTS part_refs (  -- parts handed to the network, for delivery reports
+    device TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    part_index INTEGER NOT NULL,
+    reference INTEGER,                -- the network's message reference (TP-MR), if known
+    recipient TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (device, message_id, attempt, part_index)
+);
+CREATE INDEX IF NOT EXISTS ix_part_refs_reference ON part_refs (device, reference);
+CREATE TABLE IF NOT EXISTS inbound_seen (  -- source ids of inbound SMS already journaled
+    device TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (device, source_id)
+);
 CREATE TABLE IF NOT EXISTS reports (
     device TEXT NOT NULL,
     report_id TEXT NOT NULL,
@@ -90,6 +108,9 @@ _UNKNOWN_OUTCOME = (
 #: A `sent` message waiting for delivery reports stays "pending" this long (many networks
 #: never send a handset delivery report).
 DELIVERY_WINDOW_S = 48 * 3600
+#: Inbound source ids are remembered this long (a modem's SMS is deleted once journaled; an
+#: Android inbox is read from a high-water mark), so a re-read never reports one twice.
+INBOUND_MEMORY_S = 30 * 86400
 
 
 class Verdict(enum.Enum):
@@ -219,11 +240,30 @@ class Journal:
             )
             row = self._row(message_id)
             assert row is not None
+            to = pb.SendCommand.FromString(row["command"]).to
+            sent_at = result.at.timestamp()
+            self._db.executemany(
+                "INSERT OR REPLACE INTO part_refs (device, message_id, attempt, part_index,"
+                " reference, recipient, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(self.device, message_id, row["attempt"], i, p.reference, to, sent_at)
+                 for i, p in enumerate(result.parts) if p.ok],
+            )
             return self._store(self._outcome_reports(row, at=result.at))
 
     def record_delivery(self, report: DeliveryReport) -> list[pb.DeviceFrame]:
-        """Journal a handset delivery report for one part; [] if the message is unknown."""
+        """Journal a handset delivery report for one part; [] if it matches no part awaiting
+        one. A report without `message_id` is matched by the network's reference and the
+        recipient (see `_part_by_reference`)."""
         with self._tx():
+            if not report.message_id:
+                found = self._part_by_reference(report)
+                if found is None:
+                    return []
+                message_id, part_index = found
+                report = DeliveryReport(
+                    message_id, part_index, 0, report.delivered, report.error_code,
+                    report.error_message, report.at,
+                )
             row = self._row(report.message_id)
             if row is None or row["state"] != "sent":
                 return []
@@ -241,6 +281,49 @@ class Journal:
                                  len(parts), outcome, report.error_code, report.error_message,
                                  report.at)
             return self._store([frame])
+
+    def awaiting_delivery(self) -> list[AwaitingPart]:
+        """Parts handed to the network within the delivery window whose delivery report has
+        not arrived, oldest first (a backend resumes waiting for them after a restart)."""
+        rows = self._db.execute(
+            "SELECT m.message_id, m.parts, r.part_index, r.reference, r.recipient, r.sent_at"
+            " FROM messages m JOIN part_refs r ON r.device = m.device"
+            " AND r.message_id = m.message_id AND r.attempt = m.attempt"
+            " WHERE m.device = ? AND m.state = 'sent' AND r.sent_at >= ?"
+            " ORDER BY r.sent_at, m.rowid, r.part_index",
+            (self.device, time.time() - DELIVERY_WINDOW_S),
+        ).fetchall()
+        awaiting = []
+        for r in rows:
+            parts = json.loads(r["parts"])
+            if r["part_index"] < len(parts) and parts[r["part_index"]] == "sent":
+                awaiting.append(AwaitingPart(
+                    message_id=r["message_id"], part_index=r["part_index"],
+                    part_count=len(parts), to=r["recipient"], reference=r["reference"],
+                    sent_at=datetime.fromtimestamp(r["sent_at"], UTC),
+                ))
+        return awaiting
+
+    def _part_by_reference(self, report: DeliveryReport) -> tuple[str, int] | None:
+        """The part a modem's status report is about: same message reference, a recipient
+        with the same trailing digits (networks echo national or international forms), still
+        awaiting its report. References wrap at 256, so among several candidates the one
+        submitted closest to the report's `submitted_at` wins, else the oldest."""
+        if report.reference is None:
+            return None
+        digits = _digits(report.recipient)[-8:]
+        candidates = [
+            a for a in self.awaiting_delivery()
+            if a.reference == report.reference and (not digits or _digits(a.to).endswith(digits))
+        ]
+        if not candidates:
+            return None
+        if report.submitted_at is not None:
+            target = report.submitted_at
+            best = min(candidates, key=lambda a: abs((a.sent_at - target).total_seconds()))
+        else:
+            best = candidates[0]
+        return best.message_id, best.part_index
 
     def recover(self) -> list[pb.DeviceFrame]:
         """After a restart: every `sending` row (crash mid-handoff) becomes `unknown` and is
@@ -268,6 +351,15 @@ class Journal:
                 " AND message_id IS NOT NULL)",
                 (self.device, time.time() - older_than_s, self.device),
             )
+            self._db.execute(
+                "DELETE FROM part_refs WHERE device = ? AND sent_at < ?",
+                (self.device, time.time() - max(older_than_s, DELIVERY_WINDOW_S)))
+            # The newest source id of each backend stays: it is that backend's high-water mark.
+            self._db.execute(
+                "DELETE FROM inbound_seen WHERE device = ? AND seen_at < ? AND rowid NOT IN"
+                " (SELECT MAX(rowid) FROM inbound_seen WHERE device = ?"
+                "  GROUP BY substr(source_id, 1, instr(source_id, ':')))",
+                (self.device, time.time() - INBOUND_MEMORY_S, self.device))
             return cur.rowcount
 
     def sends_since(self, since: float) -> int:
@@ -278,11 +370,16 @@ class Journal:
 
     # --- reports --------------------------------------------------------------------------
 
-    def add_inbound(self, sms: InboundSms) -> pb.DeviceFrame:
-        """Journal an inbound SMS report until the server acknowledges it."""
+    def add_inbound(self, sms: InboundSms) -> pb.DeviceFrame | None:
+        """Journal an inbound SMS report until the server acknowledges it; None when its
+        `source_id` was journaled before (the same SMS read again: reported once)."""
+        if sms.source_id:
+            suffix = hashlib.sha256(sms.source_id.encode()).hexdigest()[:20]
+        else:
+            suffix = secrets.token_hex(8)
         frame = pb.DeviceFrame(
             inbound=pb.InboundSmsReport(
-                report_id=f"{self.journal_id}.in.{secrets.token_hex(8)}",
+                report_id=f"{self.journal_id}.in.{suffix}",
                 body=sms.body,
                 sim_slot=sms.sim_slot,
                 received_at=_timestamp(sms.received_at),
@@ -290,8 +387,34 @@ class Journal:
         )
         setattr(frame.inbound, "from", sms.sender)  # `from` is a Python keyword
         with self._tx():
+            if sms.source_id and not self._mark_seen(sms.source_id):
+                return None
             self._store([frame])
         return frame
+
+    def seen_inbound(self, source_id: str) -> bool:
+        """Whether an inbound SMS with this source id was journaled (or marked seen)."""
+        return self._db.execute(
+            "SELECT 1 FROM inbound_seen WHERE device = ? AND source_id = ?",
+            (self.device, source_id)).fetchone() is not None
+
+    def mark_inbound_seen(self, source_id: str) -> None:
+        """Remember a source id without reporting it."""
+        with self._tx():
+            self._mark_seen(source_id)
+
+    def latest_inbound(self, prefix: str) -> str | None:
+        """The most recently journaled source id starting with `prefix`."""
+        row = self._db.execute(
+            "SELECT source_id FROM inbound_seen WHERE device = ? AND substr(source_id, 1, ?) = ?"
+            " ORDER BY rowid DESC LIMIT 1", (self.device, len(prefix), prefix)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _mark_seen(self, source_id: str) -> bool:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO inbound_seen (device, source_id, seen_at) VALUES (?, ?, ?)",
+            (self.device, source_id, time.time()))
+        return cur.rowcount == 1
 
     def unacked_reports(self) -> list[tuple[str, pb.DeviceFrame]]:
         """Reports (status and inbound) the server has not acknowledged, oldest first."""
@@ -398,3 +521,7 @@ def _timestamp(at: datetime | None) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(at or datetime.now(UTC))
     return ts
+
+
+def _digits(number: str) -> str:
+    return "".join(c for c in number if c.isdigit())

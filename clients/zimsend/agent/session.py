@@ -17,12 +17,13 @@ because commands and reports live in the journal and the executor outlives strea
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
 from zimsend.agent.executor import Executor
+from zimsend.agent.health import HealthWatch
 from zimsend.agent.journal import Journal, Verdict
 from zimsend.agent.link import Link
 from zimsend.agent.reporter import Reporter
@@ -60,6 +61,7 @@ class Session:
     executor: Executor
     reporter: Reporter
     sender: Sender
+    health: HealthWatch
     app_version: str
     on_welcome: Callable[[pb.Welcome], None] = lambda welcome: None
 
@@ -80,7 +82,11 @@ class Session:
 
     def _hello(self) -> pb.DeviceHello:
         info = self.sender.describe()
+        caps = info.capabilities
         return pb.DeviceHello(
+            capabilities=None if caps is None else common_pb2.DeviceCapabilities(
+                backend=caps.backend, delivery_reports=caps.delivery_reports,
+                inbound_sms=caps.inbound_sms),
             model=info.model,
             android_version=info.android_version,
             app_version=self.app_version,
@@ -94,22 +100,24 @@ class Session:
 
     async def _heartbeats(self) -> None:
         while True:
-            health = await self.sender.health()
-            await self.link.send(
-                pb.DeviceFrame(
-                    heartbeat=pb.Heartbeat(
-                        battery=health.battery,
-                        charging=health.charging,
-                        signal=health.signal,
-                        queue_depth=self.executor.depth,
-                    )
-                )
-            )
+            health = await self.health.refresh()
+            await self.link.send(pb.DeviceFrame(heartbeat=pb.Heartbeat(
+                battery=health.battery, charging=bool(health.charging), signal=health.signal,
+                queue_depth=self.executor.depth, network=_network(health.network),
+                cannot_send_reason="" if health.can_send else (
+                    health.problem or "the phone cannot send"),
+            )))
             settings = self.executor.settings
             interval = settings.heartbeat_interval_seconds if settings else 0
-            # New settings (maybe a new interval) end the wait: heartbeat now, then re-read.
+            # New settings (maybe a new interval) or a change of what the phone can do end the
+            # wait: heartbeat now (the server stops or resumes giving it messages), then re-read.
             with trio.move_on_after(interval if interval > 0 else DEFAULT_HEARTBEAT_S):
-                await self.executor.settings_changed()
+                async with trio.open_nursery() as wait:
+                    async def until(event: Callable[[], Awaitable[None]]) -> None:
+                        await event()
+                        wait.cancel_scope.cancel()
+                    wait.start_soon(until, self.executor.settings_changed)
+                    wait.start_soon(until, self.health.changed)
 
     async def _read(self) -> None:
         while True:
@@ -161,3 +169,8 @@ class Session:
             pb.DeviceFrame(ack=pb.CommandAck(command_id=command_id, accepted=accepted,
                                              reason=reason))
         )
+
+
+def _network(state: str) -> common_pb2.NetworkRegistration.ValueType:
+    names = common_pb2.NetworkRegistration.keys()
+    return common_pb2.NetworkRegistration.Value(state) if state in names[1:] else 0  # type: ignore[return-value]

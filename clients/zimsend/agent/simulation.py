@@ -133,7 +133,8 @@ class Simulation:
         """Plausible, slowly varying health; deterministic per seed and minute."""
         minute = int(datetime.now(UTC).timestamp() // 60)
         rng = random.Random(f"{self._seed}:{self.device_id}:health:{minute}")
-        return Health(battery=rng.randint(60, 100), charging=rng.random() < 0.5, signal=rng.randint(2, 4))
+        return Health(battery=rng.randint(60, 100), charging=rng.random() < 0.5,
+                      signal=rng.randint(2, 4), network="home")
 
 
 def _append_line(path: Path, line: str) -> None:

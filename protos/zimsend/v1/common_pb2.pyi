@@ -137,6 +137,42 @@ offline: DeviceStatus.ValueType  # 2
 """No live stream, or heartbeats stopped."""
 Global___DeviceStatus: _TypeAlias = DeviceStatus  # noqa: Y015
 
+class _NetworkRegistration:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NetworkRegistrationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NetworkRegistration.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NETWORK_REGISTRATION_UNSPECIFIED: _NetworkRegistration.ValueType  # 0
+    """The phone does not say (or has not said yet)."""
+    home: _NetworkRegistration.ValueType  # 1
+    """Registered on its home network."""
+    roaming: _NetworkRegistration.ValueType  # 2
+    """Registered on a roaming network."""
+    searching: _NetworkRegistration.ValueType  # 3
+    """Not registered, searching for a network."""
+    denied: _NetworkRegistration.ValueType  # 4
+    """Registration refused by the network (SIM barred, no subscription)."""
+    not_registered: _NetworkRegistration.ValueType  # 5
+    """Not registered and not searching (radio off, no SIM)."""
+
+class NetworkRegistration(_NetworkRegistration, metaclass=_NetworkRegistrationEnumTypeWrapper):
+    """A phone's registration on the mobile network, as its last heartbeat said."""
+
+NETWORK_REGISTRATION_UNSPECIFIED: NetworkRegistration.ValueType  # 0
+"""The phone does not say (or has not said yet)."""
+home: NetworkRegistration.ValueType  # 1
+"""Registered on its home network."""
+roaming: NetworkRegistration.ValueType  # 2
+"""Registered on a roaming network."""
+searching: NetworkRegistration.ValueType  # 3
+"""Not registered, searching for a network."""
+denied: NetworkRegistration.ValueType  # 4
+"""Registration refused by the network (SIM barred, no subscription)."""
+not_registered: NetworkRegistration.ValueType  # 5
+"""Not registered and not searching (radio off, no SIM)."""
+Global___NetworkRegistration: _TypeAlias = NetworkRegistration  # noqa: Y015
+
 class _Encoding:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -160,6 +196,38 @@ GSM7: Encoding.ValueType  # 1
 UCS2: Encoding.ValueType  # 2
 """UCS-2 / UTF-16 (70 units per single SMS, 67 per part)."""
 Global___Encoding: _TypeAlias = Encoding  # noqa: Y015
+
+@_typing.final
+class DeviceCapabilities(_message.Message):
+    """What a phone's sender can report at all (announced in DeviceHello)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    DELIVERY_REPORTS_FIELD_NUMBER: _builtins.int
+    INBOUND_SMS_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    """The agent's sender: `simulator`, `modem` (Gammu), `termux` (Android), or another app's."""
+    delivery_reports: _builtins.bool
+    """Whether it sees the network's delivery reports. Without them a message stays `sent`:
+    ZimSend never invents a `delivered`.
+    """
+    inbound_sms: _builtins.bool
+    """Whether it reports the SMS it receives."""
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        delivery_reports: _builtins.bool = ...,
+        inbound_sms: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "delivery_reports", b"delivery_reports", "inbound_sms", b"inbound_sms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceCapabilities: _TypeAlias = DeviceCapabilities  # noqa: Y015
 
 @_typing.final
 class MessageError(_message.Message):

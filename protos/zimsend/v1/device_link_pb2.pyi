@@ -177,6 +177,7 @@ class DeviceHello(_message.Message):
     PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     SIMS_FIELD_NUMBER: _builtins.int
     PENDING_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Hardware model, e.g. "Pixel 7"."""
     android_version: _builtins.str
@@ -195,6 +196,10 @@ class DeviceHello(_message.Message):
         server resume without re-sending.
         """
 
+    @_builtins.property
+    def capabilities(self) -> _common_pb2.DeviceCapabilities:
+        """What the phone's sender can report (unset: an older agent; assumed to report delivery)."""
+
     def __init__(
         self,
         *,
@@ -204,10 +209,11 @@ class DeviceHello(_message.Message):
         phone_number: _builtins.str = ...,
         sims: _abc.Iterable[_common_pb2.SimSlot] | None = ...,
         pending_message_ids: _abc.Iterable[_builtins.str] | None = ...,
+        capabilities: _common_pb2.DeviceCapabilities | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["android_version", b"android_version", "app_version", b"app_version", "model", b"model", "pending_message_ids", b"pending_message_ids", "phone_number", b"phone_number", "sims", b"sims"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["android_version", b"android_version", "app_version", b"app_version", "capabilities", b"capabilities", "model", b"model", "pending_message_ids", b"pending_message_ids", "phone_number", b"phone_number", "sims", b"sims"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,27 +229,46 @@ class Heartbeat(_message.Message):
     CHARGING_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    CANNOT_SEND_REASON_FIELD_NUMBER: _builtins.int
     battery: _builtins.int
-    """Battery level in percent."""
+    """Battery level in percent; unset when the device has no battery to report (a USB modem)."""
     charging: _builtins.bool
     """Whether it is charging."""
     signal: _builtins.int
-    """Signal strength 0-4."""
+    """Signal strength 0-4; unset when unknown."""
     queue_depth: _builtins.int
     """Commands waiting on the phone (sent to it, not yet handed to the SIM)."""
+    network: _common_pb2.NetworkRegistration.ValueType
+    """Network registration, when the phone knows it."""
+    cannot_send_reason: _builtins.str
+    """Empty while the phone can send. Otherwise why it cannot (modem unplugged, SIM PIN
+    needed, no network): the server gives it no message until a heartbeat clears this, and
+    shows the device `offline` with this reason. Phones send a heartbeat at once when it
+    changes.
+    """
     def __init__(
         self,
         *,
-        battery: _builtins.int = ...,
+        battery: _builtins.int | None = ...,
         charging: _builtins.bool = ...,
-        signal: _builtins.int = ...,
+        signal: _builtins.int | None = ...,
         queue_depth: _builtins.int = ...,
+        network: _common_pb2.NetworkRegistration.ValueType = ...,
+        cannot_send_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery", b"battery", "charging", b"charging", "queue_depth", b"queue_depth", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "charging", b"charging", "network", b"network", "queue_depth", b"queue_depth", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__battery: _TypeAlias = _typing.Literal["battery"]  # noqa: Y015
+    _WhichOneofArgType__battery: _TypeAlias = _typing.Literal["_battery", b"_battery"]  # noqa: Y015
+    _WhichOneofReturnType__signal: _TypeAlias = _typing.Literal["signal"]  # noqa: Y015
+    _WhichOneofArgType__signal: _TypeAlias = _typing.Literal["_signal", b"_signal"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__battery) -> _WhichOneofReturnType__battery | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 

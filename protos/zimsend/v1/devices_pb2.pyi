@@ -43,6 +43,9 @@ class Device(_message.Message):
     DAILY_CAP_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    CANNOT_SEND_REASON_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """`device_` + 16 hex."""
     name: _builtins.str
@@ -69,6 +72,10 @@ class Device(_message.Message):
     """Most SMS a day; 0 means no cap."""
     model: _builtins.str
     """Hardware model."""
+    network: _common_pb2.NetworkRegistration.ValueType
+    """Network registration from the last heartbeat."""
+    cannot_send_reason: _builtins.str
+    """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp:
         """Last frame received from it."""
@@ -80,6 +87,10 @@ class Device(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was added."""
+
+    @_builtins.property
+    def capabilities(self) -> _common_pb2.DeviceCapabilities:
+        """What its sender can report (from its last DeviceHello)."""
 
     def __init__(
         self,
@@ -100,10 +111,13 @@ class Device(_message.Message):
         daily_cap: _builtins.int = ...,
         model: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        network: _common_pb2.NetworkRegistration.ValueType = ...,
+        cannot_send_reason: _builtins.str = ...,
+        capabilities: _common_pb2.DeviceCapabilities | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "created_at", b"created_at", "last_seen", b"last_seen", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__battery: _TypeAlias = _typing.Literal["battery"]  # noqa: Y015
     _WhichOneofArgType__battery: _TypeAlias = _typing.Literal["_battery", b"_battery"]  # noqa: Y015
@@ -270,6 +284,9 @@ class GetDeviceResponse(_message.Message):
     DAILY_CAP_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    CANNOT_SEND_REASON_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     success: _builtins.bool
     """Always true on success."""
     device_id: _builtins.str
@@ -298,6 +315,10 @@ class GetDeviceResponse(_message.Message):
     """Most SMS a day; 0 means no cap."""
     model: _builtins.str
     """Hardware model."""
+    network: _common_pb2.NetworkRegistration.ValueType
+    """Network registration from the last heartbeat."""
+    cannot_send_reason: _builtins.str
+    """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp:
         """Last frame received from it."""
@@ -309,6 +330,10 @@ class GetDeviceResponse(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was added."""
+
+    @_builtins.property
+    def capabilities(self) -> _common_pb2.DeviceCapabilities:
+        """What its sender can report (from its last DeviceHello)."""
 
     def __init__(
         self,
@@ -330,10 +355,13 @@ class GetDeviceResponse(_message.Message):
         daily_cap: _builtins.int = ...,
         model: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        network: _common_pb2.NetworkRegistration.ValueType = ...,
+        cannot_send_reason: _builtins.str = ...,
+        capabilities: _common_pb2.DeviceCapabilities | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "created_at", b"created_at", "last_seen", b"last_seen", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__battery: _TypeAlias = _typing.Literal["battery"]  # noqa: Y015
     _WhichOneofArgType__battery: _TypeAlias = _typing.Literal["_battery", b"_battery"]  # noqa: Y015

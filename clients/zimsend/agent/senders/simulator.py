@@ -6,7 +6,9 @@ test can count sends per message id and prove "at most once".
 
 Cancellation: `send()` sleeps for the simulated handoff; the agent shields it, so a shutdown
 waits for it. `run()` owns the delayed delivery reports: cancelling it drops the reports not
-yet due (like a phone switched off before the network answered).
+yet due, as a phone switched off before the network answered. Like a real network, which
+keeps a status report until the phone is back, the simulated network still delivers them: on
+start `run()` asks the journal which parts await a report and schedules them again.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import platform
 import trio
 
 from zimsend.agent.senders.base import (
+    Capabilities,
+    DeliveryReport,
     DeviceInfo,
     Health,
     InboundSms,
+    Recorder,
     SenderEvent,
     SendRequest,
     SendResult,
@@ -43,6 +48,9 @@ class SimulatorSender:
             model="ZimSend Simulator",
             android_version=f"{platform.system()} {platform.release()}".strip(),
             sims=(SimInfo(slot=0, carrier="SimNet"),),
+            capabilities=Capabilities(
+                backend="simulator", inbound_sms=True,
+                delivery_reports=self.simulation.config.delivery_delay is not None),
         )
 
     async def health(self) -> Health:
@@ -70,14 +78,20 @@ class SimulatorSender:
             await trio.sleep(interval)
             self.inject_inbound()
 
-    async def run(self, events: trio.MemorySendChannel[SenderEvent]) -> None:
+    async def run(self, recorder: Recorder) -> None:
+        delay = self.simulation.config.delivery_delay
+        if delay is not None:
+            for part in recorder.awaiting_delivery():  # sent before a restart
+                self._scheduled_send.send_nowait(
+                    (delay, DeliveryReport(part.message_id, part.part_index, part.part_count)))
         async with trio.open_nursery() as nursery:
-            async for delay, event in self._scheduled:
-                nursery.start_soon(_deliver_later, delay, event, events)
+            async for after, event in self._scheduled:
+                nursery.start_soon(_record_later, after, event, recorder)
 
 
-async def _deliver_later(
-    delay: float, event: SenderEvent, events: trio.MemorySendChannel[SenderEvent]
-) -> None:
+async def _record_later(delay: float, event: SenderEvent, recorder: Recorder) -> None:
     await trio.sleep(delay)
-    await events.send(event)
+    if isinstance(event, DeliveryReport):
+        recorder.delivery(event)
+    else:
+        recorder.inbound(event)
