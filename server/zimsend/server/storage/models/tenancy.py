@@ -84,6 +84,14 @@ class Device(SQLModel, table=True):
     model: str | None = None
     phone_number: str | None = None
     sims: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONValue)
+    #: DeviceCapabilities of its last hello (backend, delivery_reports, inbound_sms); empty
+    #: when the agent did not announce them (an older agent).
+    capabilities: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+    #: NetworkRegistration name of the last heartbeat ("home", "roaming", ...); None: unknown.
+    network: str | None = None
+    #: Why the connected phone cannot send (last heartbeat); None while it can. While set the
+    #: device counts as offline for sending (`presence.is_online`).
+    cannot_send_reason: str | None = None
 
     # Pacing. None means the server default (`default_send_interval_ms`) / no cap.
     send_interval_ms: int | None = None
