@@ -3,14 +3,19 @@
 Format: `zimsend://pair?server=HOST:PORT&client_id=…&device_id=…&password=…&tls=0|1`.
 Parsed with `urllib.parse` (so percent-encoding works); unknown parameters are ignored so a
 newer server can add some. The password is kept out of `repr()` so it never reaches a log.
+`pairing_qr_text` draws a URI as a QR code for a terminal, so whatever shows a pairing (the
+admin CLI, `zimsend up`) shows the same scannable code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import io
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-__all__ = ["PairingError", "PairingInfo", "format_pairing_uri", "parse_pairing_uri"]
+__all__ = [
+    "PairingError", "PairingInfo", "format_pairing_uri", "pairing_qr_text", "parse_pairing_uri",
+]
 
 _REQUIRED = ("server", "client_id", "device_id", "password")
 
@@ -71,3 +76,18 @@ def format_pairing_uri(info: PairingInfo) -> str:
         }
     )
     return f"zimsend://pair?{query}"
+
+
+def pairing_qr_text(uri: str) -> str:
+    """`uri` as a QR code drawn in text (Unicode half blocks: two module rows per line, so it
+    fits a terminal), with its quiet zone; one line per row pair, ending in a newline.
+
+    Light modules are drawn as blocks and dark ones as spaces, as segno's compact terminal
+    output does: on the usual dark terminal that is dark-on-light, the way a scanner expects.
+    The text holds the password: print it only where the password itself may be shown.
+    """
+    import segno  # imported here: the agent itself never draws a QR code
+
+    out = io.StringIO()
+    segno.make(uri, micro=False).terminal(out=out, compact=True)
+    return out.getvalue()

@@ -3,6 +3,8 @@ points; the command root lives in zimsend-client so a phone gets `zimsend device
 
 Admin commands print one JSON object on stdout with the created ids and one-time secrets:
 scripts can parse it, and the secrets appear nowhere else (not in logs, not in the database).
+On a terminal, `create-device` then draws the pairing URI as a QR code to scan onto the phone
+(`--qr` / `--no-qr` force it either way).
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def register_admin(commands: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument(
         "--server-address", default=DEFAULT_DEVICE_ADDRESS,
         help="the phone listener address written into the pairing URI",
+    )
+    p.add_argument(
+        "--qr", action=argparse.BooleanOptionalAction, default=None,
+        help="after the JSON, draw the pairing URI as a QR code to scan onto the phone "
+             "(default: only when stdout is a terminal, so scripts get the JSON alone)",
     )
     p.set_defaults(handler=_create_device)
 
@@ -150,10 +157,38 @@ def _create_device(args: argparse.Namespace) -> int:
         )
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
-    return _print(
+    _print(
         {"client_id": new.device.client_id, "device_id": new.device.id, "name": new.device.name,
          "device_password": new.password, "pairing_uri": new.pairing_uri}
     )
+    show_qr = sys.stdout.isatty() if args.qr is None else args.qr
+    if show_qr:
+        _print_pairing_qr(new.pairing_uri, args.server_address)
+    return 0
+
+
+def _print_pairing_qr(uri: str, server_address: str) -> None:
+    """The QR code goes to stdout, next to the password it contains (shown once, never
+    logged); the loopback warning goes to stderr and holds no secret."""
+    from zimsend.agent.pairing import pairing_qr_text
+
+    qr_text = pairing_qr_text(uri)
+    try:
+        qr_text.encode(sys.stdout.encoding or "ascii")
+    except UnicodeEncodeError:
+        print(f"note: no QR code: this terminal's encoding ({sys.stdout.encoding}) cannot draw "
+              "it; use the pairing URI above", file=sys.stderr)
+        return
+    sys.stdout.write("\nScan this on the phone (or give the URI to `zimsend device run "
+                     "--pairing`):\n")
+    sys.stdout.write(qr_text)
+    sys.stdout.write(f"pairing URI: {uri}\n")
+    sys.stdout.flush()
+    host = server_address.rsplit(":", 1)[0].strip("[]")
+    if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        print(f"note: the URI names {server_address}, which a phone cannot reach; pass "
+              "--server-address HOST:PORT with the address of this machine's phone port "
+              "as the phone sees it", file=sys.stderr)
 
 
 def _set_rate_limit(args: argparse.Namespace) -> int:
