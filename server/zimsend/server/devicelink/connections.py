@@ -63,6 +63,8 @@ class HelloInfo:
     app_version: str
     phone_number: str
     sims: list[dict[str, Any]] = field(default_factory=list)
+    #: DeviceCapabilities as a dict; empty when the hello had none (an older agent).
+    capabilities: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class ConnectedDevice:
     sent_day: dt.date | None
     sent_on_day: int
     processing: list[Message]
+    #: What the device's last heartbeat said it cannot send for (kept across a reconnect: a
+    #: phone that could not send still cannot until its first heartbeat says otherwise).
+    cannot_send_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,11 @@ class Beat:
 
     device_id: str
     connection_id: str
-    battery: int
+    battery: int | None  # None: the phone does not say (a USB modem has no battery)
     charging: bool
-    signal: int
+    signal: int | None
+    network: str | None  # NetworkRegistration name; None: unknown
+    cannot_send_reason: str | None  # None while the phone can send
     at: dt.datetime
 
 
@@ -183,12 +190,13 @@ _CONNECT = (
             last_seen_at=bindparam("c_now"), ip_address=bindparam("c_ip_address"),
             model=_or_kept("model"), android_version=_or_kept("android_version"),
             app_version=_or_kept("app_version"), phone_number=_or_kept("phone_number"),
-            sims=bindparam("c_sims", type_=_DEVICES.c.sims.type))
+            sims=bindparam("c_sims", type_=_DEVICES.c.sims.type),
+            capabilities=bindparam("c_capabilities", type_=_DEVICES.c.capabilities.type))
     .returning(_DEVICES.c.client_id, _DEVICES.c.name, _DEVICES.c.phone_number,
                _DEVICES.c.android_version, _DEVICES.c.app_version, _DEVICES.c.enabled,
                _DEVICES.c.send_interval_ms, _DEVICES.c.daily_cap, _DEVICES.c.password_hash,
                _DEVICES.c.deleted_at, _DEVICES.c.last_send_at, _DEVICES.c.sent_day,
-               _DEVICES.c.sent_on_day)
+               _DEVICES.c.sent_on_day, _DEVICES.c.cannot_send_reason)
 )
 _EVENTS = insert(_OUTBOX)
 
@@ -213,7 +221,7 @@ def record_connects(
                 "c_replica_id": replica_id, "c_now": now, "c_ip_address": r.ip_address,
                 "c_model": r.hello.model, "c_android_version": r.hello.android_version,
                 "c_app_version": r.hello.app_version, "c_phone_number": r.hello.phone_number,
-                "c_sims": r.hello.sims,
+                "c_sims": r.hello.sims, "c_capabilities": r.hello.capabilities,
             }).first())
         for r, row in zip(requests, rows, strict=True):
             if row is None:
@@ -244,6 +252,7 @@ def record_connects(
             device_id=r.device_id, client_id=row.client_id, name=row.name, config=_config(row),
             last_send_at=row.last_send_at, sent_day=row.sent_day, sent_on_day=row.sent_on_day,
             processing=processing.get(r.device_id, []),
+            cannot_send_reason=row.cannot_send_reason,
         ))
     return out
 
@@ -284,7 +293,8 @@ _BEAT = (
     .where(_DEVICES.c.id == bindparam("b_device_id"),
            _DEVICES.c.connection_id == bindparam("b_connection_id"))
     .values(battery=bindparam("b_battery"), charging=bindparam("b_charging"),
-            signal=bindparam("b_signal"), last_seen_at=bindparam("b_at"))
+            signal=bindparam("b_signal"), network=bindparam("b_network"),
+            cannot_send_reason=bindparam("b_cannot_send_reason"), last_seen_at=bindparam("b_at"))
     .returning(_DEVICES.c.enabled, _DEVICES.c.send_interval_ms, _DEVICES.c.daily_cap,
                _DEVICES.c.password_hash, _DEVICES.c.deleted_at)
 )
@@ -303,6 +313,7 @@ def record_heartbeats(db: Database, beats: list[Beat]) -> dict[str, DeviceConfig
             row = connection.execute(_BEAT, {
                 "b_device_id": beat.device_id, "b_connection_id": beat.connection_id,
                 "b_battery": beat.battery, "b_charging": beat.charging, "b_signal": beat.signal,
+                "b_network": beat.network, "b_cannot_send_reason": beat.cannot_send_reason,
                 "b_at": beat.at,
             }).first()
             out[beat.device_id] = None if row is None else _config(row)

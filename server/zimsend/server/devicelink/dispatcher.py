@@ -11,7 +11,9 @@ to that phone). Each claimed message is pushed as a SendCommand at once.
 Which phones a round looks at is kept by events (`Readiness`), not found by walking every
 session: with 3,000–10,000 phones connected the walk was half of the server's CPU
 (`zimsend bench`, streams). A phone is looked at when it is welcomed, when a report frees one
-of its slots, when its settings change, when its pacing timer expires after a full claim, or —
+of its slots, when its settings change, when a heartbeat says it can send again (one saying it
+cannot makes the next round block it: `DeviceSession.cannot_send_reason`), when its pacing
+timer expires after a full claim, or —
 if its last claim came back short ("idle") — when its client has new work (least loaded idle
 phones first, `IDLE_BATCH` per round, more while their claims come back full).
 
@@ -88,8 +90,9 @@ class Readiness:
       of timers for all phones, so finding the next timer walks no session);
     - idle: its last claim came back short, so nothing is due for it until its client has new
       work (a heap per client, least loaded first);
-    - blocked: it may take nothing now (in-flight limit, daily cap, disabled): a freed slot, a
-      settings change or the next UTC day makes it ready;
+    - blocked: it may take nothing now (in-flight limit, daily cap, disabled, its heartbeat
+      says it cannot send): a freed slot, a settings change, a heartbeat saying it can send
+      again or the next UTC day makes it ready;
     - claiming: in the round running now.
     Heap entries are dropped lazily: every move gives the session a new `dispatch_seq`, and an
     entry with an older one is stale. Closed sessions are forgotten when met.
@@ -232,6 +235,13 @@ class Dispatcher:
         """The hub applied new settings to `session` (pacing, cap, enabled)."""
         self._ready_now(session)
 
+    def can_send_changed(self, session: DeviceSession) -> None:
+        """A heartbeat changed `session.cannot_send_reason`. Cleared: the phone takes messages
+        again at once. Set: nothing to do now — its next round finds it unable (`_limit`) and
+        blocks it; what it already holds stays with it (the agent sends once it can)."""
+        if not session.cannot_send_reason:
+            self._ready_now(session)
+
     def session_ready(self, session: DeviceSession, redeliver: list[pb.SendCommand]) -> None:
         """A phone was welcomed: re-offer what is still `processing` on it, then dispatch."""
         for command in redeliver:
@@ -326,8 +336,10 @@ class Dispatcher:
 
     def _limit(self, session: DeviceSession, today: dt.date) -> int:
         """How many messages `session` could take once its pacing allows (0: none — not
-        ready, disabled, capped for today, or its in-flight limit reached)."""
-        if not session.ready or session.closed or not session.config.enabled:
+        ready, disabled, unable to send (its heartbeat says why), capped for today, or its
+        in-flight limit reached)."""
+        if (not session.ready or session.closed or not session.config.enabled
+                or session.cannot_send_reason):
             return 0
         paced = session.interval_ms(self._state.settings.default_send_interval_ms) > 0
         room = (MAX_IN_FLIGHT_PACED if paced else MAX_IN_FLIGHT_UNPACED) - len(session.in_flight)
@@ -429,6 +441,8 @@ class Dispatcher:
                 session.next_send_at = now_m + session.interval_ms(default_ms) / 1000
                 if session.closed:
                     continue  # stays `processing` on this phone; re-offered when it reconnects
+                # A heartbeat may have said "cannot send" while this claim ran: the messages are
+                # this phone's now and go to it anyway (its agent holds them until it can send).
                 for command in commands:
                     self.push_command(session, command)
             if session.dispatch_place != "claiming":

@@ -49,6 +49,7 @@ from zimsend.server.devicelink.session import CommandRecord, DeviceSession
 from zimsend.server.errors import ApiError
 from zimsend.server.rpc import ServerState
 from zimsend.server.storage import utcnow
+from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = ["DeviceHub"]
@@ -61,6 +62,8 @@ SHUTDOWN_WAIT_S = 1.5
 SHUTDOWN_RETRY_AFTER_MS = 1000
 #: Connects recorded per transaction at most (one `IN (...)` for their `processing` messages).
 CONNECT_BATCH = 500
+#: Longest `cannot_send_reason` kept (it is shown on GET /v1/devices and in DEVICE_OFFLINE).
+CANNOT_SEND_REASON_MAX = 200
 
 _Connecting = tuple[ConnectRequest, "asyncio.Future[ConnectedDevice | ApiError]"]
 
@@ -155,6 +158,7 @@ class DeviceHub:
             app_version=hello.app_version[:50], phone_number=hello.phone_number[:20],
             sims=[{"slot": s.slot, "carrier": s.carrier[:50], "phone_number": s.phone_number[:20]}
                   for s in hello.sims[:4]],
+            capabilities=_capabilities(hello),
         )
         lock = self._locks.setdefault(device_id, asyncio.Lock())
         async with lock:
@@ -171,6 +175,7 @@ class DeviceHub:
                 device_id=device_id, client_id=connected.client_id, connection_id=connection_id,
                 name=connected.name, config=connected.config, ip_address=ip_address, task=task,
                 sent_day=connected.sent_day, sent_on_day=connected.sent_on_day,
+                cannot_send_reason=connected.cannot_send_reason or "",
             )
             old = self.sessions.get(device_id)
             self.sessions[device_id] = session
@@ -262,11 +267,20 @@ class DeviceHub:
         kind = frame.WhichOneof("frame")
         if kind == "heartbeat":
             hb = frame.heartbeat
+            reason = hb.cannot_send_reason.strip()[:CANNOT_SEND_REASON_MAX]
             self._beats[session.device_id] = Beat(
                 device_id=session.device_id, connection_id=session.connection_id,
-                battery=max(0, min(100, hb.battery)), charging=hb.charging,
-                signal=max(0, min(4, hb.signal)), at=utcnow(),
+                battery=max(0, min(100, hb.battery)) if hb.HasField("battery") else None,
+                charging=hb.charging,
+                signal=max(0, min(4, hb.signal)) if hb.HasField("signal") else None,
+                network=_network_name(hb.network), cannot_send_reason=reason or None,
+                at=utcnow(),
             )
+            if reason != session.cannot_send_reason:
+                session.cannot_send_reason = reason
+                log.info("device.cannot_send" if reason else "device.can_send",
+                         device_id=session.device_id, reason=reason or None)
+                self.dispatcher.can_send_changed(session)
         elif kind == "report":
             report = status_report(frame.report)
             if report is not None and report.report_id and report.message_id:
@@ -364,3 +378,22 @@ class DeviceHub:
                 session.close(reconnect="REPLACED", disconnect_reason="")
             else:
                 self.apply_config(beat.device_id, config)
+
+
+def _capabilities(hello: pb.DeviceHello) -> dict[str, Any]:
+    """The hello's DeviceCapabilities as stored; {} when it has none (an older agent)."""
+    if not hello.HasField("capabilities"):
+        return {}
+    caps = hello.capabilities
+    return {"backend": caps.backend[:50], "delivery_reports": caps.delivery_reports,
+            "inbound_sms": caps.inbound_sms}
+
+
+def _network_name(value: int) -> str | None:
+    """A NetworkRegistration as stored: its name, None when unspecified or unknown to us."""
+    if value == common_pb2.NETWORK_REGISTRATION_UNSPECIFIED:
+        return None
+    try:
+        return common_pb2.NetworkRegistration.Name(value)
+    except ValueError:  # a newer phone's value: stored as unknown
+        return None

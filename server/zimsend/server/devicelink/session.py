@@ -48,6 +48,9 @@ class DeviceSession:
     #: UTC day and number of messages handed to this phone that day (daily cap).
     sent_day: dt.date | None = None
     sent_on_day: int = 0
+    #: Why the phone cannot send, from its latest heartbeat frame ("" while it can): set at once
+    #: when the frame arrives (not at the heartbeat flush), so the next round gives it nothing.
+    cannot_send_reason: str = ""
     #: Where the dispatcher keeps this phone between rounds (`dispatcher.Readiness`): "new",
     #: "ready", "paced", "idle", "blocked" or "claiming"; and the sequence number of its current
     #: place, so the entries it left behind in the dispatcher's heaps are recognised as stale.

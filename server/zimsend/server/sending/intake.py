@@ -8,8 +8,9 @@ Every request goes through the same steps (`_accept_in`), inside a write transac
    its phone went offline.
 2. Validation (`validation`), pure: every violation in one error.
 3. Devices: `X-Device-ID` must name one of the client's devices (INVALID_DEVICE_ID). An
-   immediate live send needs that device online and enabled (DEVICE_OFFLINE), or without a
-   pin any online enabled phone (NO_DEVICE_AVAILABLE). Scheduled sends skip the availability
+   immediate live send needs that device online and enabled (DEVICE_OFFLINE, naming the
+   phone's reason when it is connected but says it cannot send), or without a pin any online
+   enabled phone (NO_DEVICE_AVAILABLE; a phone that cannot send is not online). Scheduled sends skip the availability
    checks (they wait for a device, and expire after the TTL if none comes). Test-key sends
    skip them too: the built-in simulated device takes them, and they are never pinned to a
    real phone (a sandbox message must not reach one).
@@ -59,7 +60,7 @@ from sqlmodel import Session, select
 from zimsend.server import logs, secrets
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.presence import is_online
+from zimsend.server.presence import is_connected, is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
 
 from . import idempotency
@@ -148,6 +149,7 @@ class _Availability:
 
 _ONLINE = select(  # type: ignore[call-overload]
     Device.id, Device.online, Device.last_seen_at, Device.deleted_at, Device.send_interval_ms,
+    Device.cannot_send_reason,
 ).where(
     Device.client_id == bindparam("client_id"),
     Device.online == True,  # noqa: E712 - SQL comparison
@@ -430,13 +432,7 @@ def _check_devices(
     if pinned is not None:
         available = pinned.enabled and is_online(pinned, now, window)
         if plan.immediate and not available:
-            state = "disabled" if not pinned.enabled else "offline"
-            raise ApiError(
-                ErrorCode.DEVICE_OFFLINE,
-                f"Device {pinned.id} is {state}: check that the phone is on, connected and "
-                "running ZimSend (and enabled), send without X-Device-ID, or schedule the "
-                "message with scheduled_at so it waits for the device",
-            )
+            raise ApiError(ErrorCode.DEVICE_OFFLINE, _unavailable(pinned, now, window))
         return _Availability(pinned, [pinned] if available else [])
     candidates = batch.online.get(submission.client_id)
     if candidates is None:
@@ -452,6 +448,18 @@ def _check_devices(
             "waits for a device",
         )
     return _Availability(None, online)
+
+
+def _unavailable(device: Device, now: dt.datetime, window: float) -> str:
+    """DEVICE_OFFLINE's message: why this device cannot take the message now."""
+    if not device.enabled:
+        why = "is disabled (enable it with PATCH /v1/devices/{device_id})"
+    elif device.cannot_send_reason and is_connected(device, now, window):
+        why = f"is connected but its phone cannot send: {device.cannot_send_reason}"
+    else:
+        why = "is offline: check that the phone is on, connected and running ZimSend"
+    return (f"Device {device.id} {why}. Send without X-Device-ID, or schedule the message with "
+            "scheduled_at so it waits for the device")
 
 
 def _queue(

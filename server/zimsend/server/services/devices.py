@@ -21,7 +21,7 @@ from zimsend.server.auth import Caller
 from zimsend.server.devicelink import DeviceHub
 from zimsend.server.devicelink.connections import device_config
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.presence import is_online
+from zimsend.server.presence import is_connected
 from zimsend.server.rpc import ServerState, public_rpc
 from zimsend.server.services.convert import ts
 from zimsend.server.storage import Database, Device, utcnow
@@ -50,6 +50,16 @@ def _owned(db_session: Any, client_id: str, device_id: str) -> Device:
         raise _not_found(device_id)
     assert isinstance(device, Device)
     return device
+
+
+_NETWORKS = frozenset(common_pb2.NetworkRegistration.keys())
+
+
+def _network(name: str | None) -> common_pb2.NetworkRegistration.ValueType:
+    """The stored NetworkRegistration name as the enum (unspecified when unknown)."""
+    if name is None or name not in _NETWORKS:
+        return common_pb2.NETWORK_REGISTRATION_UNSPECIFIED
+    return common_pb2.NetworkRegistration.Value(name)
 
 
 def _list(db: Database, client_id: str) -> list[Device]:
@@ -126,7 +136,12 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     def _fields(self, device: Device, now: dt.datetime) -> dict[str, Any]:
         settings = self.state.settings
-        online = device.is_simulated or is_online(device, now, settings.offline_after_seconds)
+        connected = device.is_simulated or is_connected(
+            device, now, settings.offline_after_seconds)
+        # A connected phone that says it cannot send is `offline` for sending, and says why;
+        # once its stream is gone the reason is history, not news (`offline` says enough).
+        reason = (device.cannot_send_reason or "") if connected else ""
+        online = connected and not reason
         interval = device.send_interval_ms
         fields: dict[str, Any] = dict(
             device_id=device.id, name=device.name,
@@ -140,7 +155,14 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             send_interval_ms=settings.default_send_interval_ms if interval is None else interval,
             daily_cap=device.daily_cap or 0, model=device.model or "",
             created_at=ts(device.created_at),
+            network=_network(device.network), cannot_send_reason=reason,
         )
+        if device.capabilities:
+            fields["capabilities"] = common_pb2.DeviceCapabilities(
+                backend=str(device.capabilities.get("backend") or ""),
+                delivery_reports=bool(device.capabilities.get("delivery_reports")),
+                inbound_sms=bool(device.capabilities.get("inbound_sms")),
+            )
         if device.battery is not None:
             fields["battery"] = device.battery
         if device.signal is not None:
