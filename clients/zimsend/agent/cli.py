@@ -47,8 +47,19 @@ def register(commands: Any) -> None:
     conn.add_argument("--tls", action="store_true", default=None, help="connect with TLS")
     conn.add_argument("--ca-file", type=Path, help="PEM roots for --tls (default: system)")
     run.add_argument("--journal", type=Path, help="journal file (default: state dir)")
-    run.add_argument("--backend", choices=["simulator"], default="simulator")
+    run.add_argument("--backend", choices=["simulator", "modem", "termux"], default="simulator",
+                     help="what sends the SMS: the simulator, a GSM modem through Gammu,"
+                          " or this Android phone through Termux:API")
     _add_simulator_flags(run)
+    _add_termux_flags(run)
+    modem = run.add_argument_group("modem backend (Gammu; pip install 'zimsend-client[modem]')")
+    modem.add_argument("--gammu-config", type=Path, metavar="FILE",
+                       help="gammurc naming the modem (device, connection, model)")
+    modem.add_argument("--gammu-section", type=int, default=0, metavar="N",
+                       help="section of the gammurc: 0 is [gammu], N is [gammuN]")
+    modem.add_argument("--sim-pin", help="SIM PIN (or $ZIMSEND_SIM_PIN); never logged")
+    modem.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
+                       help="how often the modem's storage is read (reports, inbound SMS)")
     run.add_argument("--inject-inbound", type=int, default=0, metavar="N",
                      help="simulator: receive N inbound SMS, one every --inject-interval")
     run.add_argument("--inject-interval", type=float, default=5.0, metavar="S")
@@ -84,6 +95,23 @@ def _add_simulator_flags(parser: argparse.ArgumentParser) -> None:
                      help="codes drawn for failures (default: all of SPEC §7)")
 
 
+def _add_termux_flags(parser: argparse.ArgumentParser) -> None:
+    termux = parser.add_argument_group("termux backend (Android, Termux:API)")
+    termux.add_argument("--sim-slot", type=int, metavar="N",
+                        help="SIM slot to send from, counted from 0 (default: the phone's default)")
+    termux.add_argument("--sms-poll-interval", type=float, default=5.0, metavar="S",
+                        help="how often to read the phone's SMS inbox")
+
+
+def termux_sender(args: argparse.Namespace) -> Any:
+    """The `--backend termux` sender (docs/phones.md)."""
+    from zimsend.agent.senders.termux import TermuxSender
+
+    if args.sim_slot is not None and args.sim_slot < 0:
+        _usage_error("--sim-slot counts from 0")
+    return TermuxSender(sim_slot=args.sim_slot, poll_interval=max(0.5, args.sms_poll_interval))
+
+
 def simulation_config(args: argparse.Namespace) -> Any:
     from zimsend.agent.senders.base import ERROR_CODES
     from zimsend.agent.simulation import SimulationConfig
@@ -97,6 +125,23 @@ def simulation_config(args: argparse.Namespace) -> Any:
         failure_codes=codes or ERROR_CODES,
         outbox=args.outbox,
     )
+
+
+def modem_sender(args: argparse.Namespace) -> Any:
+    """The Gammu sender, or SystemExit(2) saying what is missing."""
+    if args.gammu_config is None:
+        _usage_error("--backend modem needs --gammu-config FILE (a gammurc naming the modem)")
+    if not args.gammu_config.is_file():
+        _usage_error(f"--gammu-config {args.gammu_config} is not a readable file")
+    try:
+        import gammu  # noqa: F401
+    except ImportError:
+        _usage_error("--backend modem needs python-gammu: pip install 'zimsend-client[modem]'")
+    from zimsend.agent.senders.modem import ModemConfig, ModemSender
+
+    pin = args.sim_pin or os.environ.get("ZIMSEND_SIM_PIN") or None
+    return ModemSender(ModemConfig(gammurc=args.gammu_config, section=args.gammu_section,
+                                   pin=pin, poll_interval=max(0.2, args.poll_interval)))
 
 
 def agent_config(args: argparse.Namespace) -> Any:
@@ -150,14 +195,20 @@ def _run_handler(args: argparse.Namespace) -> int:
 
     config = agent_config(args)
     _setup_logging(args.log_level, f"device={config.device_id}")
-    sender = SimulatorSender(simulation_config(args), device_id=config.device_id)
+    sender: Any
+    if args.backend == "modem":
+        sender = modem_sender(args)
+    elif args.backend == "termux":
+        sender = termux_sender(args)
+    else:
+        sender = SimulatorSender(simulation_config(args), device_id=config.device_id)
     log.info("starting: server=%s tls=%s journal=%s backend=%s", config.server, config.tls,
              config.journal, args.backend)
 
     async def main() -> AgentStopped | None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
-            if args.inject_inbound > 0:
+            if args.inject_inbound > 0 and isinstance(sender, SimulatorSender):
                 nursery.start_soon(sender.inject_periodically, args.inject_inbound,
                                    args.inject_interval)
             try:
