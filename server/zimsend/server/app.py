@@ -3,9 +3,13 @@
 One asyncio process running grpc.aio (DESIGN.md: grpcio's async API is asyncio-only and is the
 fast path for thousands of phone streams), with uvloop when available.
 
-Shutdown order (DESIGN.md "Phones' streams"): mark health NOT_SERVING so the gateway stops
-routing new calls here, run the shutdown hooks (the device hub tells every phone to reconnect
-elsewhere), give in-flight calls a short grace, then stop.
+Shutdown order (DESIGN.md "Phones' streams"): close the call gate (`call_gate`: every new
+call is answered UNAVAILABLE "shutting down") and mark health NOT_SERVING so the gateway stops
+routing here, let the calls in flight finish (at most `grace`), then run the shutdown hooks (the
+device hub tells every phone to reconnect elsewhere), wait until callers stop coming (Envoy's
+health check sees NOT_SERVING within a few seconds; at most `grace`), then stop. Phones leave
+after the calls: a send accepted during the stop still finds its phone online instead of getting
+NO_DEVICE_AVAILABLE.
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from zimsend.server import logs
+from zimsend.server.call_gate import CallGate
 from zimsend.server.config import Settings
+from zimsend.server.request_decoding import RequestDecoding
 from zimsend.server.rpc import ServerState
 from zimsend.server.storage import Database
+from zimsend.v1 import common_pb2
 
 log = logs.get("zimsend.server")
+
+#: Twice what Envoy accepts (common.proto `RequestLimit`), plus room for what Envoy adds.
+METADATA_LIMIT_BYTES = 2 * common_pb2.REQUEST_LIMIT_HEADER_BYTES + 8 * 1024
 
 # DESIGN.md: grpc core's defaults punish a phone pinging more often than every 5 minutes
 # (GOAWAY too_many_pings); these suit phones pinging every 30-60 s on mobile networks.
@@ -37,7 +47,17 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_connection_age_ms", 30 * 60_000),
     ("grpc.max_connection_age_grace_ms", 60_000),
+    # Whatever Envoy lets through must reach the handlers (issue 12): grpc core's default
+    # (8 KiB soft, 16 KiB hard, random refusals in between) refused valid REST requests with
+    # RESOURCE_EXHAUSTED, which Envoy shows as 429. Envoy forwards up to its header limit plus
+    # a copy of the URL (`x-envoy-original-path`) and a few headers of its own; soft = hard:
+    # no random zone.
+    ("grpc.max_metadata_size", METADATA_LIMIT_BYTES),
+    ("grpc.absolute_max_metadata_size", METADATA_LIMIT_BYTES),
 ]
+
+#: A stop waits for this long without a new call before grpc stops listening (see `stop`).
+QUIET_BEFORE_STOP_SECONDS = 0.5
 
 ShutdownHook = Callable[[], Awaitable[None]]
 
@@ -50,7 +70,10 @@ class ZimSendServer:
         self.settings = settings
         db = Database.from_url(settings.database_url_value)
         self.state = ServerState(settings=settings, db=db, pepper=settings.pepper())
-        self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        self._gate = CallGate()
+        self._server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[self._gate, RequestDecoding()]
+        )
         self._health = health.aio.HealthServicer()
         self._shutdown_hooks: list[ShutdownHook] = []
         self._startup_hooks: list[ShutdownHook] = []
@@ -88,10 +111,15 @@ class ZimSendServer:
             return
         self._stopped.set()
         log.info("server.stopping", grace=grace)
+        self._gate.close()
         await self._health.enter_graceful_shutdown()
+        if not await self._gate.drained(grace):
+            log.warning("server.stop_grace_over", calls_in_flight=self._gate.in_flight)
         for hook in reversed(self._shutdown_hooks):
             with contextlib.suppress(Exception):
                 await hook()
+        # Calls still arriving when grpc stops would be cancelled (REST: 499, no envelope).
+        await self._gate.quiet(QUIET_BEFORE_STOP_SECONDS, timeout=grace)
         await self._server.stop(grace)
         self.state.executor.shutdown(wait=True)
         self.state.link_executor.shutdown(wait=True)
