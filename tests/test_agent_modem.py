@@ -242,3 +242,30 @@ def test_network_status_codes_map_to_spec_codes(
     assert expected[2] in message
     if delivered is False:
         assert f"0x{status:02X}" in message  # the network's own code is kept
+
+
+@pytest.mark.parametrize(("error", "code", "words"), [
+    ("ERR_NOSIM", "DEVICE_ERROR", "no SIM card"),
+    ("ERR_SECURITYERROR", "DEVICE_ERROR", "PIN"),
+    ("ERR_FULL", "DEVICE_ERROR", "memory is full"),
+    ("ERR_NETWORK_ERROR", "NETWORK_ERROR", "network refused"),
+    ("ERR_NOSERVICE", "NETWORK_ERROR", "no network"),
+    ("ERR_TIMEOUT", "TIMEOUT", "may have left"),
+    ("ERR_BUG", "DEVICE_ERROR", "modem failed"),
+])
+def test_gammu_errors_map_to_spec_codes_and_keep_the_modem_s_words(
+    error: str, code: str, words: str,
+) -> None:
+    import gammu
+
+    from zimsend.agent.senders.modem import failure_of
+
+    exc = getattr(gammu, error)({"Text": "raw text from libGammu", "Where": "SendSMS", "Code": 1})
+    got_code, message = failure_of(exc)
+    assert got_code == code and words in message
+    assert "raw text from libGammu" in message and error in message
+
+
+def test_the_sim_pin_never_shows_in_the_config_s_repr(tmp_path: Path) -> None:
+    config = ModemConfig(gammurc=tmp_path / "gammurc", pin="4821")
+    assert "4821" not in repr(config) and "4821" not in str(config)
