@@ -189,6 +189,9 @@ class RawPhone:
         """`heartbeats`: send one every 0.5 s once welcomed (the server cuts a silent phone)."""
         self._out: queue.Queue[pb.DeviceFrame | None] = queue.Queue()
         self._heartbeats = heartbeats
+        #: What each periodic heartbeat says (`beat()` changes it).
+        self.heartbeat = pb.Heartbeat(battery=90, signal=4)
+        self._beat_lock = threading.Lock()  # a periodic beat never overtakes `beat()`
         self.frames: queue.Queue[pb.ServerFrame] = queue.Queue()
         self.error: grpc.RpcError | None = None
         self.ended = threading.Event()
@@ -224,7 +227,15 @@ class RawPhone:
 
     def _beat(self) -> None:
         while not self.ended.wait(0.5):
-            self.send(heartbeat=pb.Heartbeat(battery=90, signal=4))
+            with self._beat_lock:
+                self.send(heartbeat=self.heartbeat)
+
+    def beat(self, heartbeat: pb.Heartbeat) -> None:
+        """Say `heartbeat` now and in every periodic heartbeat from now on (as the agent does
+        when what the phone can do changes)."""
+        with self._beat_lock:
+            self.heartbeat = heartbeat
+            self.send(heartbeat=heartbeat)
 
     def expect(self, kind: str, timeout: float = 5.0) -> pb.ServerFrame:
         """The next frame of `kind` (skipping others); AssertionError if none comes."""
