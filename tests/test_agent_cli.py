@@ -52,6 +52,25 @@ def test_missing_credentials_exit_2_naming_the_flags(tmp_path: Path) -> None:
     assert "--client-id" in done.stderr and "--pairing" in done.stderr
 
 
+def test_help_lists_the_three_backends() -> None:
+    done = subprocess.run(zimsend("run", "--help"), check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    assert "{simulator,modem,termux}" in done.stdout
+    assert "--gammu-config" in done.stdout and "--sim-slot" in done.stdout
+
+
+def test_the_modem_backend_without_a_gammurc_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    base = ("run", "--server", "127.0.0.1:1", "--client-id", "c", "--device-id", "d",
+            "--password", "p", "--backend", "modem")
+    done = subprocess.run(zimsend(*base), check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--gammu-config" in done.stderr
+    missing = tmp_path / "nowhere" / "gammurc"
+    done = subprocess.run(zimsend(*base, "--gammu-config", str(missing)), check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and str(missing) in done.stderr
+
+
 def test_a_server_without_port_exits_2() -> None:
     done = subprocess.run(zimsend("run", "--server", "sms.example.com", "--client-id", "c",
                                   "--device-id", "d", "--password", "p"),
