@@ -24,9 +24,9 @@ from _devices import ServerDb, outbox_lines, start_agent, wait_for
 pytestmark = pytest.mark.slow
 
 # The simulator draws each report's delay from 0.75 to 1.25 times this: the first report is due
-# 3.75 s after its send, time enough to see every message `sent` and stop the agent.
-DELIVERY_DELAY_S = 5.0
-EARLIEST_REPORT_S = 0.75 * DELIVERY_DELAY_S
+# 4.5 s after its send, time enough (even on a loaded machine) to see every message `sent` and
+# stop the agent.
+DELIVERY_DELAY_S = 6.0
 MESSAGES = ["Votre code de retrait: 4411", "Rendez-vous demain 9h", "Colis expédié",
             "Paiement reçu, merci", "long " * 60]  # the last one is two parts (GSM-7, 300 chars)
 
@@ -87,11 +87,11 @@ def test_messages_sent_before_a_restart_still_end_delivered(
         before.kill(stop_signal)
         stopped = before.proc.wait(15)
     elapsed = time.time() - _epoch(first_sent)
-    assert elapsed < EARLIEST_REPORT_S, (
-        f"the agent stopped {elapsed:.1f} s after the first send: a report may have been due")
     if stop_signal == signal.SIGTERM:
         assert stopped == 0, "a clean stop exits 0"
-    assert set(_statuses(stack, ids).values()) == {"sent"}, "no report before the restart"
+    # The premise: every report is still owed when the agent stops.
+    assert set(_statuses(stack, ids).values()) == {"sent"}, (
+        f"a report arrived before the restart (stopped {elapsed:.1f} s after the first send)")
 
     with start("after"):
         wait_for(lambda: set(_statuses(stack, ids).values()) == {"delivered"},
