@@ -1,0 +1,135 @@
+"""Requests that are not valid protobuf get INVALID_ARGUMENT, not grpc's UNKNOWN.
+
+grpc.aio decodes a request before any handler runs, and when that fails it answers UNKNOWN
+"Unexpected <class 'google.protobuf.message.DecodeError'>: …": the wrong code (the caller sent
+a bad request, nothing unknown happened) and internal class names in the message. This
+interceptor gives every method a deserializer that does not raise: bytes that do not parse
+become `UNDECODABLE`, which the method's wrapper answers INVALID_REQUEST through the one error
+helper (`errors.abort`). In a client stream the first undecodable frame ends the call the
+same way; the frames before it were handled as usual.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from zimsend.server.errors import ApiError, ErrorCode, abort
+
+Deserializer = Callable[[bytes], Any]
+
+
+class _Undecodable:
+    """Stands for a request message whose bytes did not parse."""
+
+    __slots__ = ()
+
+
+UNDECODABLE = _Undecodable()
+
+
+class RequestDecoding(grpc.aio.ServerInterceptor):
+    """Install with `grpc.aio.server(interceptors=[RequestDecoding(), …])`."""
+
+    def __init__(self) -> None:
+        # Per method: (the service's handler, the guarded one). Built once per method.
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        cached = self._guarded.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, _guard(handler))
+            self._guarded[method] = cached
+        return cached[1]
+
+
+def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    deserialize: Deserializer = handler.request_deserializer
+    error = ApiError(
+        ErrorCode.INVALID_REQUEST,
+        f"The request is not a valid {_message_name(deserialize)} message (protobuf).",
+    )
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return UNDECODABLE
+
+    kind, behavior = next(
+        (name, getattr(handler, name))
+        for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, name) is not None
+    )
+    if kind.startswith("unary_"):
+        guarded = _unary_request(behavior, error)
+    else:
+        guarded = _request_stream(behavior, error)
+    return handler._replace(  # type: ignore[attr-defined]
+        request_deserializer=tolerant, **{kind: guarded}
+    )
+
+
+def _unary_request(behavior: Callable[..., Any], error: ApiError) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if request is UNDECODABLE:
+                await abort(context, error)
+            async for item in behavior(request, context):
+                yield item
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request is UNDECODABLE:
+            await abort(context, error)
+        result = behavior(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return unary
+
+
+def _request_stream(behavior: Callable[..., Any], error: ApiError) -> Callable[..., Any]:
+    async def checked(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for request in requests:
+            if request is UNDECODABLE:
+                await abort(context, error)
+            yield request
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async for item in behavior(checked(requests, context), context):
+                yield item
+
+        return streaming
+
+    async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        result = behavior(checked(requests, context), context)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
+
+
+def _message_name(deserialize: Deserializer) -> str:
+    """`zimsend.v1.SendSmsRequest` for `SendSmsRequest.FromString`; "request" otherwise."""
+    message_class = getattr(deserialize, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    return getattr(descriptor, "full_name", "request")
