@@ -54,7 +54,9 @@ class AuthTestResponse(_message.Message):
     device_id: _builtins.str
     """The `X-Device-ID` given, when it names one of the client's devices."""
     device_status: _common_pb2.DeviceStatus.ValueType
-    """That device's presence; unset when no `X-Device-ID` was given."""
+    """That device's presence, `online` or `offline`; absent from the response when no
+    `X-Device-ID` was given.
+    """
     def __init__(
         self,
         *,
@@ -62,12 +64,14 @@ class AuthTestResponse(_message.Message):
         message: _builtins.str = ...,
         client_id: _builtins.str = ...,
         device_id: _builtins.str = ...,
-        device_status: _common_pb2.DeviceStatus.ValueType = ...,
+        device_status: _common_pb2.DeviceStatus.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_device_status", b"_device_status", "device_status", b"device_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "device_id", b"device_id", "device_status", b"device_status", "message", b"message", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_device_status", b"_device_status", "client_id", b"client_id", "device_id", b"device_id", "device_status", b"device_status", "message", b"message", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__device_status: _TypeAlias = _typing.Literal["device_status"]  # noqa: Y015
+    _WhichOneofArgType__device_status: _TypeAlias = _typing.Literal["_device_status", b"_device_status"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__device_status) -> _WhichOneofReturnType__device_status | None: ...
 
 Global___AuthTestResponse: _TypeAlias = AuthTestResponse  # noqa: Y015

@@ -137,6 +137,40 @@ offline: DeviceStatus.ValueType  # 2
 """No live stream, or heartbeats stopped."""
 Global___DeviceStatus: _TypeAlias = DeviceStatus  # noqa: Y015
 
+class _RequestLimit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RequestLimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestLimit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REQUEST_LIMIT_UNSPECIFIED: _RequestLimit.ValueType  # 0
+    """Not a limit."""
+    REQUEST_LIMIT_HEADER_BYTES: _RequestLimit.ValueType  # 32768
+    """Bytes of request headers, URL included, either of Envoy's ports accepts (32 KiB). The
+    longest valid URL (`/v1/sms/history` with a 1,600-character `search` of 4-byte UTF-8
+    characters, percent-encoded: 19.2 KB) fits with room for ordinary headers; a larger
+    request gets 431 in the error envelope. The server accepts twice this as gRPC metadata
+    (Envoy forwards the original URL again in `x-envoy-original-path`), so whatever Envoy
+    lets through reaches the handlers.
+    """
+
+class RequestLimit(_RequestLimit, metaclass=_RequestLimitEnumTypeWrapper):
+    """Sizes the gateway (Envoy) and the server must agree on. proto3 has no constants: an enum
+    puts the numbers in the generated code both import, so they cannot drift apart.
+    """
+
+REQUEST_LIMIT_UNSPECIFIED: RequestLimit.ValueType  # 0
+"""Not a limit."""
+REQUEST_LIMIT_HEADER_BYTES: RequestLimit.ValueType  # 32768
+"""Bytes of request headers, URL included, either of Envoy's ports accepts (32 KiB). The
+longest valid URL (`/v1/sms/history` with a 1,600-character `search` of 4-byte UTF-8
+characters, percent-encoded: 19.2 KB) fits with room for ordinary headers; a larger
+request gets 431 in the error envelope. The server accepts twice this as gRPC metadata
+(Envoy forwards the original URL again in `x-envoy-original-path`), so whatever Envoy
+lets through reaches the handlers.
+"""
+Global___RequestLimit: _TypeAlias = RequestLimit  # noqa: Y015
+
 class _NetworkRegistration:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

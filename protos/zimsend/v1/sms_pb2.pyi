@@ -647,9 +647,9 @@ class ListSmsHistoryRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     SEARCH_FIELD_NUMBER: _builtins.int
     page: _builtins.int
-    """1-based page; default 1."""
+    """1-based page; default 1 (`0` is refused, not taken for "not given")."""
     limit: _builtins.int
-    """Items per page; default 50, at most 100."""
+    """Items per page, 1-100; default 50."""
     status: _common_pb2.MessageStatus.ValueType
     """Only this status."""
     to: _builtins.str
@@ -665,8 +665,8 @@ class ListSmsHistoryRequest(_message.Message):
     def __init__(
         self,
         *,
-        page: _builtins.int = ...,
-        limit: _builtins.int = ...,
+        page: _builtins.int | None = ...,
+        limit: _builtins.int | None = ...,
         status: _common_pb2.MessageStatus.ValueType = ...,
         to: _builtins.str = ...,
         from_date: _builtins.str = ...,
@@ -674,11 +674,18 @@ class ListSmsHistoryRequest(_message.Message):
         device_id: _builtins.str = ...,
         search: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "limit", b"limit", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "from_date", b"from_date", "limit", b"limit", "page", b"page", "search", b"search", "status", b"status", "to", b"to", "to_date", b"to_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "device_id", b"device_id", "from_date", b"from_date", "limit", b"limit", "page", b"page", "search", b"search", "status", b"status", "to", b"to", "to_date", b"to_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    _WhichOneofReturnType__page: _TypeAlias = _typing.Literal["page"]  # noqa: Y015
+    _WhichOneofArgType__page: _TypeAlias = _typing.Literal["_page", b"_page"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page) -> _WhichOneofReturnType__page | None: ...
 
 Global___ListSmsHistoryRequest: _TypeAlias = ListSmsHistoryRequest  # noqa: Y015
 
@@ -1051,9 +1058,9 @@ class ListInboundSmsRequest(_message.Message):
     TO_DATE_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     page: _builtins.int
-    """1-based page; default 1."""
+    """1-based page; default 1 (`0` is refused, not taken for "not given")."""
     limit: _builtins.int
-    """Items per page; default 50, at most 100."""
+    """Items per page, 1-100; default 50."""
     from_date: _builtins.str
     """As in ListSmsHistoryRequest."""
     to_date: _builtins.str
@@ -1063,17 +1070,24 @@ class ListInboundSmsRequest(_message.Message):
     def __init__(
         self,
         *,
-        page: _builtins.int = ...,
-        limit: _builtins.int = ...,
+        page: _builtins.int | None = ...,
+        limit: _builtins.int | None = ...,
         from_date: _builtins.str = ...,
         to_date: _builtins.str = ...,
         device_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "limit", b"limit", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "from_date", b"from_date", "limit", b"limit", "page", b"page", "to_date", b"to_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "device_id", b"device_id", "from_date", b"from_date", "limit", b"limit", "page", b"page", "to_date", b"to_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    _WhichOneofReturnType__page: _TypeAlias = _typing.Literal["page"]  # noqa: Y015
+    _WhichOneofArgType__page: _TypeAlias = _typing.Literal["_page", b"_page"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page) -> _WhichOneofReturnType__page | None: ...
 
 Global___ListInboundSmsRequest: _TypeAlias = ListInboundSmsRequest  # noqa: Y015
 

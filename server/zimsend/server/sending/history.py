@@ -66,11 +66,13 @@ class Listed:
         return math.ceil(self.total / self.page.limit)
 
 
-def page_of(v: Violations, page: int, limit: int) -> Page:
-    """`page` default 1, `limit` default 50 and at most 100 (0 means "not given")."""
-    if page < 0:
+def page_of(v: Violations, page: int | None, limit: int | None) -> Page:
+    """`page` default 1, `limit` default 50 and at most 100; None means "not given". An
+    explicit 0 is refused like any other value out of range: taking it for the default
+    silently answered something other than what was asked."""
+    if page is not None and page < 1:
         v.add(ErrorCode.INVALID_REQUEST, "page", f"must be 1 or more (got {page})")
-    if limit < 0 or limit > MAX_LIMIT:
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
         v.add(ErrorCode.INVALID_REQUEST, "limit", f"must be 1-{MAX_LIMIT} (got {limit})")
     return Page(page or 1, limit or DEFAULT_LIMIT)
 

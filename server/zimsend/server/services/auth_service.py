@@ -37,6 +37,8 @@ class AuthService(pb_grpc.AuthServiceServicer):
             )
             response.device_id = caller.device_id
             response.device_status = common_pb2.online if online else common_pb2.offline
+        # Without X-Device-ID, device_status stays unset (proto3 `optional`): REST omits it
+        # instead of printing DEVICE_STATUS_UNSPECIFIED, which SPEC §2 does not allow.
         return response
 
 
