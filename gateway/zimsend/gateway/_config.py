@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from zimsend.v1 import common_pb2
+
 __all__ = [
     "GatewayConfig",
     "RateLimit",
@@ -58,6 +60,13 @@ REST_SERVICES = (
 DEVICE_SERVICE = "zimsend.v1.DeviceLinkService"
 # Server-streaming RPCs: their routes need `timeout: 0s` (DESIGN.md).
 STREAMING_METHODS = ("/zimsend.v1.SmsService/ExportSmsHistory",)
+
+# A request Envoy could not read as one of ours: unknown or body-less method (QUERY), malformed
+# request line or header. The codec says nothing more a person could use.
+UNREADABLE_MESSAGE = (
+    "Malformed HTTP request (unknown method or unreadable header); the API uses GET, POST, "
+    "PATCH and DELETE, described at /v1/openapi.json."
+)
 
 _LOCAL_HTTP = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 _FILTERS = "type.googleapis.com/envoy.extensions.filters.http"
@@ -142,6 +151,9 @@ class GatewayConfig:
     tls: TlsFiles | None = None
     rate_limit: RateLimit = field(default_factory=RateLimit)
     max_request_body_bytes: int = 1024 * 1024
+    # Request headers, URL included, on both ports: larger requests get 431. The server
+    # accepts twice this as gRPC metadata (common.proto `RequestLimit`); raise one, raise both.
+    max_request_header_bytes: int = common_pb2.REQUEST_LIMIT_HEADER_BYTES
     # Phones heartbeat every 20 s by default (server setting); a stream silent for much longer
     # than that is dead. Envoy's stream idle timer needs data, not HTTP/2 pings.
     stream_idle_timeout_seconds: float = 300.0
@@ -216,6 +228,7 @@ def _public_listener(config: GatewayConfig) -> dict[str, Any]:
         # Keep a caller's X-Request-ID so its logs and ours can be joined.
         "preserve_external_request_id": True,
         "access_log": _access_log(config, "public"),
+        "max_request_headers_kb": _kib(config.max_request_header_bytes),
         "common_http_protocol_options": {"idle_timeout": "3600s"},
         "http2_protocol_options": {
             "max_concurrent_streams": 1000,
@@ -260,6 +273,7 @@ def _device_listener(config: GatewayConfig) -> dict[str, Any]:
         "stream_idle_timeout": idle,
         "request_timeout": "0s",
         "request_headers_timeout": "10s",
+        "max_request_headers_kb": _kib(config.max_request_header_bytes),
         "common_http_protocol_options": {
             # A connection with no stream at all is closed after this.
             "idle_timeout": idle,
@@ -657,16 +671,30 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
         marker = {"name": REST_MARKER_HEADER, "present_match": True, "invert_match": not rest}
         return {
             "and_filter": {
+                "filters": [{"header_filter": {"header": marker}}, status_is(status)]
+            }
+        }
+
+    def status_is(status: int) -> dict[str, Any]:
+        return {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": status, "runtime_key": f"lr_{status}"},
+                }
+            }
+        }
+
+    def unread(status: int) -> dict[str, Any]:
+        # Refused before any filter ran (the codec, or Envoy's own method checks): no marker
+        # and no content type — a gRPC request always has one — so never a gRPC caller's.
+        absent = {"present_match": True, "invert_match": True}
+        return {
+            "and_filter": {
                 "filters": [
-                    {"header_filter": {"header": marker}},
-                    {
-                        "status_code_filter": {
-                            "comparison": {
-                                "op": "EQ",
-                                "value": {"default_value": status, "runtime_key": f"lr_{status}"},
-                            }
-                        }
-                    },
+                    {"header_filter": {"header": {"name": REST_MARKER_HEADER, **absent}}},
+                    {"header_filter": {"header": {"name": "content-type", **absent}}},
+                    status_is(status),
                 ]
             }
         }
@@ -684,6 +712,17 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
             "body_format_override": {"text_format_source": {"inline_string": message}},
         }
 
+    def unreadable(status: int, message: str) -> dict[str, Any]:
+        # No filter ran, so the Lua filter cannot add the code header on the way out.
+        code_header = {"key": ERROR_CODE_HEADER, "value": "INVALID_REQUEST"}
+        return {
+            "filter": unread(status),
+            "headers_to_add": [
+                {"header": code_header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+            "body_format_override": _envelope_format("INVALID_REQUEST", 3, message),
+        }
+
     too_large = f"Request body larger than {config.max_request_body_bytes} bytes."
     limited = rate_limit_message(config.rate_limit)
     return {
@@ -697,8 +736,18 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
             rest(503, "UNAVAILABLE", 14, "%LOCAL_REPLY_BODY%"),
             rest(504, "DEADLINE_EXCEEDED", 4, "%LOCAL_REPLY_BODY%"),
             grpc(429, limited),
+            unreadable(400, UNREADABLE_MESSAGE),
+            unreadable(431, headers_too_large_message(config)),
         ]
     }
+
+
+def headers_too_large_message(config: GatewayConfig) -> str:
+    """What a caller whose URL and headers are over Envoy's limit is told (431)."""
+    return (
+        f"Request URL and headers are larger than {_kib(config.max_request_header_bytes)} KB "
+        "together; shorten them (long values belong in a JSON body)."
+    )
 
 
 def _envelope_format(code: str, grpc_code: int, message: str) -> dict[str, Any]:
@@ -842,6 +891,11 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _kib(size: int) -> int:
+    """Envoy counts header limits in whole KiB."""
+    return max(1, math.ceil(size / 1024))
 
 
 def _duration(seconds: float) -> str:

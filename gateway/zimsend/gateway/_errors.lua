@@ -20,6 +20,8 @@
 local REST_MARKER = "x-zimsend-rest"
 local ERROR_CODE_HEADER = "zimsend-error-code"
 local MAX_BODY_BYTES = __MAX_BODY_BYTES__
+local HEADERS_TOO_LARGE = "Request URL and headers are larger than the server accepts; shorten "
+  .. "them (long values belong in a JSON body)."
 -- Full enum name -> accepted value names, filled in from the descriptor set.
 local ENUM_VALUES = __ENUM_VALUES__
 
@@ -42,7 +44,48 @@ local TYPE_WORDS = {
 
 -- JSON text helpers ------------------------------------------------------------------------
 
+local REPLACEMENT = "\239\191\189" -- U+FFFD
+
+-- `s` with every byte that is not part of a well-formed UTF-8 sequence replaced by U+FFFD:
+-- messages echo what the caller sent (the parser's window onto a body), and an error body
+-- must stay valid JSON, which is UTF-8.
+local function valid_utf8(s)
+  if not s:find("[\128-\255]") then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len = 0
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then len = 3
+    elseif c >= 0xF0 and c <= 0xF4 then len = 4 end
+    local ok = len > 0 and i + len - 1 <= n
+    if ok and len > 1 then
+      for j = i + 1, i + len - 1 do
+        local b = s:byte(j)
+        if b < 0x80 or b > 0xBF then
+          ok = false
+          break
+        end
+      end
+      local b2 = s:byte(i + 1)
+      -- Overlong forms, UTF-16 surrogates and code points above U+10FFFF.
+      if (c == 0xE0 and b2 < 0xA0) or (c == 0xED and b2 > 0x9F) or (c == 0xF0 and b2 < 0x90)
+        or (c == 0xF4 and b2 > 0x8F) then ok = false end
+    end
+    if ok then
+      out[#out + 1] = s:sub(i, i + len - 1)
+      i = i + len
+    else
+      out[#out + 1] = REPLACEMENT
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
 local function json_string(s)
+  s = valid_utf8(s)
   local escaped = s:gsub('[%c"\\]', function(c)
     if c == '"' then return '\\"' end
     if c == "\\" then return "\\\\" end
@@ -164,7 +207,17 @@ local function explain_bad_request(raw)
   if first then
     first = first:gsub("%.$", "")
     local col = #caret + 1
-    local near = segment:sub(math.max(1, col - 15), col + 10)
+    local first_byte, last_byte = math.max(1, col - 15), col + 10
+    -- Whole characters only: move both ends off UTF-8 continuation bytes.
+    while first_byte > 1 and (segment:byte(first_byte) or 0) >= 0x80
+      and (segment:byte(first_byte) or 0) < 0xC0 do
+      first_byte = first_byte + 1
+    end
+    while (segment:byte(last_byte + 1) or 0) >= 0x80 and (segment:byte(last_byte + 1) or 0) < 0xC0
+      and last_byte < #segment do
+      last_byte = last_byte + 1
+    end
+    local near = segment:sub(first_byte, last_byte)
     return "INVALID_REQUEST", "Request body is not valid JSON: " .. first .. ", near `" .. near
       .. "`."
   end
@@ -270,6 +323,18 @@ function envoy_on_response(handle)
   local literal = find_string_field(text, "message") or '""'
   local reason = text:match('"@type":%s*"type%.googleapis%.com/google%.rpc%.ErrorInfo",%s*"reason":%s*"([%w_]+)"')
   local code = server_code or reason or GRPC_NAMES[grpc_code] or "INTERNAL"
+  if reason == nil and grpc_code == 8 and text:find("metadata size", 1, true) then
+    -- grpc core refused the request's headers before any handler saw it: not a rate limit
+    -- (a client would retry it forever), and its text lists internal header names and sizes.
+    -- The server's limit is above Envoy's (common.proto `RequestLimit`), so this only happens
+    -- when the two were configured apart.
+    local new = envelope("INVALID_REQUEST", 3, HEADERS_TOO_LARGE, error_info("INVALID_REQUEST"))
+    buffer:setBytes(new)
+    headers:replace(":status", "431")
+    headers:replace("content-length", tostring(#new))
+    headers:replace(ERROR_CODE_HEADER, "INVALID_REQUEST")
+    return
+  end
   if reason == nil then
     -- No ErrorInfo (a bare gRPC status, not one of ours): give it the one SPEC promises.
     local new = envelope(code, grpc_code, decode_literal(literal), error_info(code))
@@ -279,8 +344,8 @@ function envoy_on_response(handle)
     return
   end
   local rest = text:gsub("^%s*{", "", 1)
-  local new = '{"success":false,"error":{"code":' .. json_string(code) .. ',"message":'
-    .. literal .. '},' .. rest
+  local new = valid_utf8('{"success":false,"error":{"code":' .. json_string(code)
+    .. ',"message":' .. literal .. '},' .. rest)
   buffer:setBytes(new)
   headers:replace("content-length", tostring(#new))
   headers:replace(ERROR_CODE_HEADER, code)

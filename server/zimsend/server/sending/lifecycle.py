@@ -31,6 +31,9 @@ from zimsend.server.storage import (
 from .fields import shown
 
 _HANDED_TO_PHONE = (MessageStatus.PROCESSING, MessageStatus.SENT, MessageStatus.DELIVERED)
+#: Far above any id ZimSend issues (`msg_` + 16 hex): longer is not an id at all, and is
+#: refused as a bad request rather than looked up and reported "not found".
+MAX_MESSAGE_ID_CHARS = 64
 
 
 def retention_start(settings: Settings, now: dt.datetime) -> dt.datetime:
@@ -43,6 +46,12 @@ def retention_start(settings: Settings, now: dt.datetime) -> dt.datetime:
 
 def _visible(session: Session, settings: Settings, client_id: str, message_id: str,
              now: dt.datetime) -> Message:
+    if len(message_id) > MAX_MESSAGE_ID_CHARS:
+        raise ApiError.invalid(
+            ErrorCode.INVALID_REQUEST, "message_id",
+            f"message_id must be a message id such as msg_1234567890abcdef, at most "
+            f"{MAX_MESSAGE_ID_CHARS} characters (got {len(message_id)})",
+        )
     message = get_for_client(session, Message, message_id, client_id) if message_id else None
     if message is None or message.created_at < retention_start(settings, now):
         raise ApiError.invalid(
