@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,23 @@ from zimsend.agent.senders.base import (
 )
 
 __all__ = ["SendDecision", "Simulation", "SimulationConfig", "read_outbox"]
+
+#: Messages whose attempts and sends a simulated phone remembers (the most recent ones): a
+#: phone that runs for days must not keep one entry per SMS it ever sent.
+REMEMBERED_MESSAGES = 4096
+
+
+class _RecentCounter(OrderedDict[str, int]):
+    """Counts per key, forgetting the least recently counted beyond REMEMBERED_MESSAGES."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+    def __setitem__(self, key: str, value: int) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > REMEMBERED_MESSAGES:
+            self.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,9 @@ class Simulation:
 
     config: SimulationConfig
     device_id: str = "sim"
-    sends: Counter[str] = field(default_factory=Counter)
-    _attempts: Counter[str] = field(default_factory=Counter)
+    #: Handoffs per message id (the recent ones; the outbox file has them all).
+    sends: _RecentCounter = field(default_factory=_RecentCounter)
+    _attempts: _RecentCounter = field(default_factory=_RecentCounter)
     _inbound_count: int = 0
     _seed: int = 0
 
