@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         "Welcome); more are refused with UNAVAILABLE SERVER_BUSY and a retry delay. Unset: "
         "3 s worth of the measured welcome rate, at least 100.",
     )
+    device_hello_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="A phone's stream that has not sent its DeviceHello this long after being "
+        "admitted is closed (DEADLINE_EXCEEDED): a silent stream holds a connect slot.",
+    )
     default_send_interval_ms: int = Field(2500, ge=0)
     message_ttl_hours: float = Field(24.0, gt=0)
     queue_max_wait_seconds: float = Field(

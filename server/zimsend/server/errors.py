@@ -61,6 +61,8 @@ class ErrorCode(enum.Enum):
     # Beyond SPEC §10, the device link (SPEC §9 leaves its protocol to us): too many phones are
     # connecting at once; retry after the RetryInfo delay.
     SERVER_BUSY = grpc.StatusCode.UNAVAILABLE  # 503
+    # The phone opened its stream but sent no DeviceHello in time; it may reconnect.
+    HELLO_TIMEOUT = grpc.StatusCode.DEADLINE_EXCEEDED
     # The phone's stream (DeviceLink), not seen by REST clients.
     INVALID_DEVICE_CREDENTIALS = grpc.StatusCode.UNAUTHENTICATED
     DEVICE_DISABLED = grpc.StatusCode.PERMISSION_DENIED

@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logs.get("zimsend.devicelink")
 
-#: A phone must say hello this soon after opening the stream.
-HELLO_TIMEOUT_S = 30.0
 #: Initial metadata sent once a stream is admitted and authenticated: an asyncio phone (the
 #: fleet) says hello only after it, because grpc.aio turns a refusal that races the phone's
 #: first write into a bare INTERNAL, losing the status and its retry delay.
@@ -176,7 +174,9 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
                 metadata_value(context, "x-device-password") or "",
             )
             await context.send_initial_metadata(ADMITTED)
-            hello = await self._hello(request_iterator)
+            hello = await self._hello(
+                request_iterator, self.state.settings.device_hello_timeout_seconds
+            )
         except ApiError as error:
             await abort(context, error)
             return None
@@ -199,10 +199,20 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         if not connecting.cancelled() and connecting.exception() is None:
             self.hub.detach(connecting.result())
 
-    async def _hello(self, requests: AsyncIterator[pb.DeviceFrame]) -> pb.DeviceHello:
+    async def _hello(
+        self, requests: AsyncIterator[pb.DeviceFrame], timeout: float
+    ) -> pb.DeviceHello:
+        """The stream's first frame, which must be a hello sent within `timeout` seconds
+        (`device_hello_timeout_seconds`): a silent stream would hold its connect slot."""
         try:
-            first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_S)
-        except (StopAsyncIteration, TimeoutError):
+            first = await asyncio.wait_for(anext(requests), timeout)
+        except TimeoutError:
+            raise ApiError(
+                ErrorCode.HELLO_TIMEOUT,
+                f"No DeviceHello within {timeout:g} s of connecting; a phone must send hello "
+                "as its first frame. Reconnect and say hello first.",
+            ) from None
+        except StopAsyncIteration:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST, "The first frame of a DeviceLink stream must be hello."
             ) from None
