@@ -42,5 +42,7 @@ def decode_qr_lines(lines: list[str], pixels_per_module: int = 4) -> list[str]:
     height = len(light_modules(lines)) * scale
     width = len(image) // height
     view = memoryview(bytes(image)).cast("B", (height, width))
-    found = zxingcpp.read_barcodes(view, formats=zxingcpp.BarcodeFormat.QRCode)
+    # No inverted reading: the code must read as drawn, blocks light (a dark terminal).
+    found = zxingcpp.read_barcodes(view, formats=zxingcpp.BarcodeFormat.QRCode,
+                                   try_invert=False)
     return [barcode.text for barcode in found]
