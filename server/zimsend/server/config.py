@@ -192,7 +192,7 @@ def load_pepper(data_dir: Path) -> bytes:
         return _read_pepper(path)
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the database too
     fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".secret-", suffix=".tmp")  # mode 600
     try:
         with os.fdopen(fd, "w") as f:

@@ -23,6 +23,7 @@ lock (and `busy_timeout`) still arbitrates between processes (server, worker, CL
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -123,6 +124,21 @@ class Database:
         self.engine.dispose()
 
 
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file (if missing) mode 600 in a folder created mode 700.
+
+    Why before SQLite opens it: SQLite creates a missing database file with the umask's mode
+    (usually 644), and its WAL and shared-memory files copy the database file's mode — the
+    messages, phone numbers and hashes would be readable by every local user. An existing file
+    keeps its mode (an operator may have chosen it).
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def _sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[str, Any]) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or "mode=memory" in str(url)
@@ -132,8 +148,8 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[str, Any]
         # One shared connection, or each thread would see its own empty database.
         engine_kwargs.setdefault("poolclass", StaticPool)
         engine_kwargs.pop("pool_size", None)
-    else:
-        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    elif not database.startswith("file:"):
+        _create_private_file(Path(database).expanduser().resolve())
     engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
 
     @event.listens_for(engine, "connect")
