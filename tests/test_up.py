@@ -1,24 +1,36 @@
 """`zimsend up`: the README's run command, used the way a new user would.
 
 One supervisor process starts the server, Envoy, the worker and a simulated phone on a fresh
-data directory; a user then reads the printed credentials and talks REST and gRPC to it; Ctrl-C
-stops everything and leaves no process behind.
+data directory; a user then reads the printed credentials and talks REST and gRPC to it; a
+child that crashes is restarted; Ctrl-C stops everything and leaves no process behind. Two
+more stacks: one whose worker keeps crashing (`up` gives up and says so), one over TLS.
+
+The tests of the `up` fixture run in file order on one stack: the first sends the moment the
+ready line is printed, the kill -9 test comes before Ctrl-C, which ends the stack.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
+import ssl
 import stat
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import httpx
 import pytest
+import trio
+from _certs import self_signed
 from _processes import ZIMSEND, Program, free_port, zimsend_env
 
+from zimsend.server import up as up_command
 from zimsend.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -50,21 +62,76 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    data_dir = tmp_path_factory.mktemp("up") / "data"
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+def _child_pid(up_pid: int, verb: str) -> int | None:
+    """The pid of `up`'s live child running `zimsend <verb>` (python -m zimsend.cli <verb>)."""
+    for pid in _descendants(up_pid):
+        argv = _cmdline(pid)
+        if argv[1:4] == ["-m", "zimsend.cli", verb] and _alive(pid):
+            return pid
+    return None
+
+
+def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+        time.sleep(0.1)
+    return value
+
+
+def _start_up(data_dir: Path, *extra: str) -> tuple[Program, dict[str, int]]:
+    """`zimsend up` on free ports and a fresh data directory (like a user: no pepper given)."""
     ports = {name: free_port() for name in ("http", "device", "grpc", "admin")}
     env = zimsend_env(data_dir, "unused")
     del env["ZIMSEND_SECRET_PEPPER"]  # like a user: the pepper is generated in the data dir
     program = Program(
         [ZIMSEND, "up", "--data-dir", str(data_dir), "--http-port", str(ports["http"]),
          "--device-port", str(ports["device"]), "--grpc-port", str(ports["grpc"]),
-         "--admin-port", str(ports["admin"]), "--with-simulated-device"],
+         "--admin-port", str(ports["admin"]), *extra],
         env=env, log_path=data_dir.parent / "up.log", name="zimsend up",
     )
+    return program, ports
+
+
+def _auth(data_dir: Path) -> dict[str, str]:
+    creds = json.loads((data_dir / "credentials.json").read_text())
+    return {"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"]}
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    data_dir = tmp_path_factory.mktemp("up") / "data"
+    program, ports = _start_up(data_dir, "--with-simulated-device")
     with program:
-        program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=90, what="up")
+        program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
         yield program, data_dir, ports
+
+
+def test_a_send_right_after_the_ready_line_is_accepted_and_delivered(up) -> None:  # type: ignore[no-untyped-def]
+    """Ready means every part can do its job: the simulated phone is online already."""
+    _, data_dir, ports = up
+    headers = _auth(data_dir)
+    base = f"http://127.0.0.1:{ports['http']}"
+    sent = httpx.post(f"{base}/v1/sms/send", headers=headers,
+                      json={"to": "+33612345678", "message": "Rappel de rendez-vous demain"})
+    assert sent.status_code == 200, sent.text
+    message_id = sent.json()["message_id"]
+    status = _wait(
+        lambda: (s := httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers)
+                 .json()["status"]) == "delivered" and s,
+        60, "delivered",
+    )
+    assert status == "delivered"
+    outbox = data_dir / "simulated-outbox.jsonl"
+    lines = [json.loads(line) for line in outbox.read_text().splitlines()]
+    assert [line["message_id"] for line in lines].count(message_id) == 1
 
 
 def test_first_start_prints_and_stores_credentials(up) -> None:  # type: ignore[no-untyped-def]
@@ -115,32 +182,57 @@ def test_grpc_through_envoy_and_directly(up) -> None:  # type: ignore[no-untyped
             assert reply.client_id == creds["client_id"]
 
 
-def test_an_sms_reaches_the_simulated_phone(up) -> None:  # type: ignore[no-untyped-def]
+def test_data_dir_and_database_files_are_private(up) -> None:  # type: ignore[no-untyped-def]
+    _, data_dir, _ = up
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    for name in ("zimsend.db", "zimsend.db-wal", "zimsend.db-shm", "secret.key"):
+        path = data_dir / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+
+
+def test_insecure_webhooks_are_refused_without_the_flag(up) -> None:  # type: ignore[no-untyped-def]
     _, data_dir, ports = up
-    creds = json.loads((data_dir / "credentials.json").read_text())
+    for url in ("http://127.0.0.1:9/hooks", "https://169.254.169.254/latest"):
+        reply = httpx.post(f"http://127.0.0.1:{ports['http']}/v1/webhooks/configure",
+                           headers=_auth(data_dir), json={"url": url, "events": ["sms.sent"]})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["code"] == "INVALID_WEBHOOK_URL"
+
+
+def test_kill_9_of_the_server_is_healed(up) -> None:  # type: ignore[no-untyped-def]
+    """`up` restarts a crashed server; messages accepted before the crash are delivered."""
+    program, data_dir, ports = up
+    headers = _auth(data_dir)
     base = f"http://127.0.0.1:{ports['http']}"
-    headers = {"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"]}
-    deadline = time.monotonic() + 30
-    while True:  # the phone connects a moment after /healthz turns green
-        device = httpx.get(f"{base}/v1/devices/{creds['device_id']}", headers=headers).json()
-        if device.get("status") == "online" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert device["status"] == "online"
-    sent = httpx.post(f"{base}/v1/sms/send", headers=headers,
-                      json={"to": "+33612345678", "message": "Rappel de rendez-vous demain"})
-    assert sent.status_code == 200, sent.text
-    message_id = sent.json()["message_id"]
-    outbox = data_dir / "simulated-outbox.jsonl"
-    status = None
-    while time.monotonic() < deadline + 30:
-        status = httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers).json()["status"]
-        if status == "delivered":
-            break
-        time.sleep(0.2)
-    assert status == "delivered"
-    lines = [json.loads(line) for line in outbox.read_text().splitlines()]
-    assert [line["message_id"] for line in lines].count(message_id) == 1
+    # The phone sends one SMS every 2.5 s (default pacing): most of these are still queued
+    # when the server dies.
+    accepted = []
+    for n in range(3):
+        reply = httpx.post(f"{base}/v1/sms/send", headers=headers,
+                           json={"to": "+33612345678", "message": f"before the crash {n}"})
+        assert reply.status_code == 200, reply.text
+        accepted.append(reply.json()["message_id"])
+    server = _child_pid(program.pid, "serve")
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/v1/auth/test", headers=headers, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait(lambda: not _alive(server), 10, "the server gone")
+    _wait(answers, 30, "answering /v1/auth/test after the server's kill -9")
+    assert _child_pid(program.pid, "serve") not in (None, server)
+    assert program.alive()
+    assert "server was killed by SIGKILL; restarting it" in program.output()
+
+    def statuses() -> list[str]:
+        return [httpx.get(f"{base}/v1/sms/status/{m}", headers=headers).json()["status"]
+                for m in accepted]
+
+    _wait(lambda: set(statuses()) == {"delivered"}, 90, f"all delivered ({statuses()})")
 
 
 def test_ctrl_c_leaves_no_process_behind(up) -> None:  # type: ignore[no-untyped-def]
@@ -154,3 +246,130 @@ def test_ctrl_c_leaves_no_process_behind(up) -> None:  # type: ignore[no-untyped
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in children if _alive(pid)]
+
+
+def test_a_child_that_keeps_crashing_stops_the_stack(tmp_path: Path) -> None:
+    """Restarts have a limit: the 5th crash within a minute stops everything, exit 1."""
+    program, _ = _start_up(tmp_path / "data")
+    with program:
+        program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
+        children = _descendants(program.pid)
+        killed: list[int] = []
+        while program.alive() and len(killed) < 5:
+            worker = _wait(lambda: _child_pid(program.pid, "worker") or not program.alive(), 30,
+                           "a worker running")
+            if worker is True:
+                break
+            os.kill(worker, signal.SIGKILL)
+            killed.append(worker)
+            _wait(lambda w=worker: not _alive(w), 10, "the worker gone")
+        program.proc.wait(60)
+        output = program.output()
+        assert program.proc.returncode == 1, output[-3000:]
+        assert len(killed) == 5, output[-3000:]
+        assert "worker was killed by SIGKILL; restarting it" in output
+        assert "stopped because worker kept crashing (5 times within 60 s)" in output
+        _wait(lambda: not [pid for pid in children if _alive(pid)], 10, "every child gone")
+
+
+def test_tls_stack_end_to_end(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key: ready over https, the simulated phone on TLS (a send reaches it),
+    a pairing URI with tls=1; --allow-insecure-webhooks lets a local receiver in."""
+    cert, key = self_signed(tmp_path)
+    data_dir = tmp_path / "data"
+    program, ports = _start_up(data_dir, "--with-simulated-device", "--tls-cert", str(cert),
+                               "--tls-key", str(key), "--allow-insecure-webhooks")
+    with program:
+        program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
+        output = program.output()
+        base = f"https://127.0.0.1:{ports['http']}"
+        assert f"{base}/v1" in output
+        creds = json.loads((data_dir / "credentials.json").read_text())
+        uri = creds["pairing_uri"]
+        assert uri in output
+        assert parse_qs(urlsplit(uri).query)["tls"] == ["1"]
+
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=base, headers=_auth(data_dir), verify=trust) as http:
+            assert http.get("/v1/auth/test").status_code == 200
+            sent = http.post("/v1/sms/send", json={"to": "+33612345678", "message": "over TLS"})
+            assert sent.status_code == 200, sent.text  # the phone is online at the ready line
+            message_id = sent.json()["message_id"]
+            _wait(lambda: http.get(f"/v1/sms/status/{message_id}").json()["status"] == "delivered",
+                  60, "delivered over TLS")
+            hook = http.post("/v1/webhooks/configure",
+                             json={"url": "http://127.0.0.1:9/hooks", "events": ["sms.sent"]})
+            assert hook.status_code == 200, hook.text
+
+        os.kill(program.pid, signal.SIGINT)
+        program.proc.wait(60)
+        assert program.proc.returncode == 0, program.output()[-3000:]
+        assert "did not answer 200" not in program.output()
+
+
+class _StandInEnvoy(ThreadingHTTPServer):
+    """Answers `up`'s readiness looks: /healthz at once, the phone online from the 4th look."""
+
+    def __init__(self) -> None:
+        self.device_looks = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(handler) -> None:  # noqa: N802, N805
+                if handler.path.startswith("/v1/devices/"):
+                    self.device_looks += 1
+                    online = self.device_looks > 3
+                    body = json.dumps({"status": "online" if online else "offline"}).encode()
+                else:
+                    body = b"{}"
+                handler.send_response(200)
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body)
+
+            def log_message(handler, *args: object) -> None:  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def _ready_args(port: int) -> argparse.Namespace:
+    return argparse.Namespace(
+        host="127.0.0.1", http_port=port, device_port=1, grpc_port=2, tls_cert=None,
+        with_simulated_device=True, allow_insecure_webhooks=False,
+    )
+
+
+CREDS = {"client_id": "client_x", "api_key": "zs_live_x", "device_id": "device_x",
+         "device_password": "pw", "pairing_uri": "zimsend://pair?x"}
+
+
+def test_the_ready_line_waits_for_the_simulated_phone(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The real-stack test above cannot force a slow phone; a stand-in Envoy whose phone comes
+    online only at the 4th look can."""
+    envoy = _StandInEnvoy()
+    try:
+        supervisor = up_command.Supervisor([])
+        trio.run(up_command._announce_when_ready, _ready_args(envoy.server_port), tmp_path,
+                 CREDS, False, supervisor)
+    finally:
+        envoy.shutdown()
+    assert "ZimSend is up." in capsys.readouterr().out
+    assert envoy.device_looks == 4
+    assert not supervisor.stop_requested.is_set()
+
+
+def test_a_phone_that_never_comes_online_stops_the_stack(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(up_command, "READY_TIMEOUT_SECONDS", 0.5)
+    envoy = _StandInEnvoy()
+    envoy.device_looks = -1_000_000  # offline for good
+    try:
+        supervisor = up_command.Supervisor([])
+        trio.run(up_command._announce_when_ready, _ready_args(envoy.server_port), tmp_path,
+                 CREDS, False, supervisor)
+    finally:
+        envoy.shutdown()
+    assert "ZimSend is up." not in capsys.readouterr().out
+    assert supervisor.stop_requested.is_set()
+    assert supervisor.failure is not None
+    assert "simulated phone was not online" in supervisor.failure

@@ -119,18 +119,21 @@ def revoke_api_key(db: Database, client_id: str, key_id: str) -> ApiKey:
         return key
 
 
-def pairing_uri(server_address: str, client_id: str, device_id: str, password: str) -> str:
-    """`zimsend://pair?...` — what the QR code shown to the phone holds."""
-    query = urlencode(
-        {"server": server_address, "client_id": client_id, "device_id": device_id,
-         "password": password}
-    )
-    return f"zimsend://pair?{query}"
+def pairing_uri(
+    server_address: str, client_id: str, device_id: str, password: str, *, tls: bool = False
+) -> str:
+    """`zimsend://pair?...` — what the QR code shown to the phone holds; `tls=1` when the
+    phones' listener speaks TLS (the agent then connects with TLS)."""
+    fields = {"server": server_address, "client_id": client_id, "device_id": device_id,
+              "password": password}
+    if tls:
+        fields["tls"] = "1"
+    return f"zimsend://pair?{urlencode(fields)}"
 
 
 def create_device(
     db: Database, pepper: bytes, client_id: str, name: str, *, server_address: str,
-    simulated: bool = False,
+    simulated: bool = False, tls: bool = False,
 ) -> NewDevicePassword:
     password = secrets.new_device_password()
     device = Device(
@@ -146,7 +149,7 @@ def create_device(
                 ErrorCode.INVALID_CLIENT_ID, "client_id", f"No client {client_id!r}."
             )
         session.add(device)
-    uri = pairing_uri(server_address, client_id, device.id, password)
+    uri = pairing_uri(server_address, client_id, device.id, password, tls=tls)
     return NewDevicePassword(device, password, uri)
 
 

@@ -1,18 +1,26 @@
 """`zimsend up`: everything started, on the embedded SQLite default, in one command.
 
 A trio supervisor (DESIGN.md: every long-lived program but the server is trio) that
-  1. migrates the database in `--data-dir` and, on first start, creates a default client, API
-     key and device, writes them to `<data-dir>/credentials.json` (mode 600) and prints them;
+  1. migrates the database in `--data-dir` (created mode 700; the SQLite files are 600) and, on
+     first start, creates a default client, API key and device, writes them to
+     `<data-dir>/credentials.json` (mode 600) and prints them;
   2. starts the children — the server, Envoy (REST + gRPC on `--http-port`, phones on
      `--device-port`), the worker when installed, and with `--with-simulated-device` a
      simulated phone whose "sent" SMS land in `<data-dir>/simulated-outbox.jsonl`;
-  3. waits until Envoy's `/healthz` answers 200 and prints the addresses;
-  4. supervises: a child that exits is reported by name and exit code, and brings the whole
-     stack down with a non-zero status (a half-running gateway is worse than a stopped one);
-     Ctrl-C / SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period).
+  3. says "ZimSend is up" only when every part can do its job: Envoy's `/healthz` answers 200
+     (over https with `--tls-cert`, trusting that certificate) and the simulated phone, when
+     there is one, is online (a send right after the line finds it);
+  4. keeps the children running: one that exits is restarted after a backoff (0.5 s, doubling
+     to 8 s) with the reason said on stderr. A child that crashes `RestartPolicy.max_crashes`
+     times within `window_seconds` would only flap, so `up` then stops everything, says why
+     and exits 1;
+  5. on Ctrl-C / SIGTERM stops the children in order (`STOP_ORDER`: the server first, so it
+     refuses new calls and finishes the ones in flight while its phone and Envoy are still
+     there; Envoy last), each with SIGTERM, then SIGKILL after a grace period.
 
 Children run in their own process groups, so a Ctrl-C in the terminal reaches only the
-supervisor, which then stops them in order (phone first, Envoy last).
+supervisor. Insecure webhook receivers (http://, private addresses) stay refused unless
+`--allow-insecure-webhooks` is given: `up` is the README's run command, not only a dev toy.
 """
 
 from __future__ import annotations
@@ -21,10 +29,13 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections import deque
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -34,6 +45,11 @@ import trio
 
 CREDENTIALS_FILE = "credentials.json"
 STOP_GRACE_SECONDS = 10.0
+#: Stop order (children not running are skipped): the server drains while the phone, the worker
+#: and Envoy still run, so calls in flight through Envoy finish and are answered.
+STOP_ORDER = ("server", "simulated-device", "worker", "envoy")
+#: How long each readiness step (Envoy healthy, then the simulated phone online) may take.
+READY_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,20 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     log_path: Path | None = None  # None: inherit the terminal
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a crashed child comes back: after `first_delay`, doubling with each recent crash up
+    to `max_delay`. The `max_crashes`-th crash within `window_seconds` stops the stack."""
+
+    max_crashes: int = 5
+    window_seconds: float = 60.0
+    first_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, recent_crashes: int) -> float:
+        return min(self.max_delay, self.first_delay * 2 ** max(0, recent_crashes - 1))
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,41 +88,54 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     parser.add_argument("--tls-cert", help="serve both listeners over TLS with this certificate")
     parser.add_argument("--tls-key", help="private key of --tls-cert")
+    parser.add_argument(
+        "--allow-insecure-webhooks", action="store_true",
+        help="development only: accept http:// and private/loopback webhook receivers "
+        "(ZIMSEND_WEBHOOKS_ALLOW_INSECURE); off by default",
+    )
     parser.set_defaults(handler=_handler)
 
 
 def _handler(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("zimsend up: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     return trio.run(run_stack, args)
 
 
 async def run_stack(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = _child_env(data_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env = _child_env(data_dir, allow_insecure_webhooks=args.allow_insecure_webhooks)
     credentials, created = await trio.to_thread.run_sync(
-        ensure_credentials, data_dir, env, f"{args.host}:{args.device_port}"
+        ensure_credentials, data_dir, env, f"{args.host}:{args.device_port}", bool(args.tls_cert)
     )
-    children = _children(args, data_dir, env, credentials)
-    failed: list[str] = []
-    with trio.CancelScope() as stack_scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, stack_scope)
-            for child in children:
-                nursery.start_soon(_supervise, child, stack_scope, failed)
-            await _wait_healthy(args.host, args.http_port, stack_scope)
-            _print_ready(args, data_dir, credentials, created)
-    if failed:
-        print(f"zimsend up: stopped because {', '.join(failed)}", file=sys.stderr)
+    supervisor = Supervisor(_children(args, data_dir, env, credentials))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, supervisor)
+        for child in supervisor.children:
+            nursery.start_soon(supervisor.keep_running, child)
+        nursery.start_soon(_announce_when_ready, args, data_dir, credentials, created, supervisor)
+        await supervisor.stop_requested.wait()
+        with trio.CancelScope(shield=True):
+            await supervisor.stop_all()
+        nursery.cancel_scope.cancel()
+    if supervisor.failure:
+        _say(f"stopped because {supervisor.failure}")
         return 1
-    print("zimsend up: stopped", file=sys.stderr)
+    _say("stopped")
     return 0
 
 
-def _child_env(data_dir: Path) -> dict[str, str]:
+def _say(message: str) -> None:
+    print(f"zimsend up: {message}", file=sys.stderr, flush=True)
+
+
+def _child_env(data_dir: Path, *, allow_insecure_webhooks: bool) -> dict[str, str]:
     env = dict(os.environ)
     env["ZIMSEND_DATA_DIR"] = str(data_dir)
-    # Local mode: webhook receivers on this machine over plain HTTP are allowed.
-    env.setdefault("ZIMSEND_WEBHOOKS_ALLOW_INSECURE", "1")
+    if allow_insecure_webhooks:
+        env["ZIMSEND_WEBHOOKS_ALLOW_INSECURE"] = "1"
     return env
 
 
@@ -100,12 +143,29 @@ def _zimsend_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "zimsend.cli", *args]
 
 
-def ensure_credentials(data_dir: Path, env: dict[str, str], device_address: str) -> tuple[dict[str, Any], bool]:
-    """Create the default client, key and device once; later starts reuse the file."""
+def _local_host(host: str) -> str:
+    """Where processes on this machine reach a listener bound to `host`."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def ensure_credentials(
+    data_dir: Path, env: dict[str, str], device_address: str, tls: bool = False
+) -> tuple[dict[str, Any], bool]:
+    """Create the default client, key and device once; later starts reuse the file (its
+    pairing URI rewritten when the phones' address or TLS changed since)."""
+    from zimsend.server import accounts
+
     path = data_dir / CREDENTIALS_FILE
     if path.exists():
-        return json.loads(path.read_text()), False
-    from zimsend.server import accounts
+        credentials = json.loads(path.read_text())
+        uri = accounts.pairing_uri(
+            device_address, credentials["client_id"], credentials["device_id"],
+            credentials["device_password"], tls=tls,
+        )
+        if credentials.get("pairing_uri") != uri:
+            credentials["pairing_uri"] = uri
+            _write_private_json(path, credentials)
+        return credentials, False
     from zimsend.server.config import Settings
     from zimsend.server.storage import Database
 
@@ -116,7 +176,8 @@ def ensure_credentials(data_dir: Path, env: dict[str, str], device_address: str)
         client = accounts.create_client(db, "default")
         key = accounts.create_api_key(db, settings.pepper(), client.id, "default")
         device = accounts.create_device(
-            db, settings.pepper(), client.id, "default phone", server_address=device_address
+            db, settings.pepper(), client.id, "default phone", server_address=device_address,
+            tls=tls,
         )
     finally:
         db.dispose()
@@ -128,11 +189,19 @@ def ensure_credentials(data_dir: Path, env: dict[str, str], device_address: str)
         "device_password": device.password,
         "pairing_uri": device.pairing_uri,
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(credentials, f, indent=2)
-        f.write("\n")
+    _write_private_json(path, credentials)
     return credentials, True
+
+
+def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `path` (mode 600) through a temporary file, so no reader sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    tmp.replace(path)
 
 
 def _children(
@@ -141,7 +210,7 @@ def _children(
     from zimsend.gateway import envoy_command  # the gateway's one way to run Envoy
 
     logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     upstream = f"127.0.0.1:{args.grpc_port}"
     children = [
         Child("server", _zimsend_argv("serve", "--port", str(args.grpc_port)), env),
@@ -159,12 +228,13 @@ def _children(
     if any(ep.name == "worker" for ep in entry_points(group="zimsend.commands")):
         children.append(Child("worker", _zimsend_argv("worker"), env))
     if args.with_simulated_device:
+        tls = ["--tls", "--ca-file", str(Path(args.tls_cert).resolve())] if args.tls_cert else []
         children.append(
             Child(
                 "simulated-device",
                 _zimsend_argv(
                     "device", "run", "--backend", "simulator",
-                    "--server", f"127.0.0.1:{args.device_port}",
+                    "--server", f"{_local_host(args.host)}:{args.device_port}", *tls,
                     "--client-id", credentials["client_id"],
                     "--device-id", credentials["device_id"],
                     "--outbox", str(data_dir / "simulated-outbox.jsonl"),
@@ -177,32 +247,88 @@ def _children(
     return children
 
 
-async def _supervise(child: Child, stack_scope: trio.CancelScope, failed: list[str]) -> None:
-    """Run one child until it exits (reported) or the stack stops (terminated).
+class Supervisor:
+    """Keeps every child running until the stack stops, then stops them in `STOP_ORDER`.
 
-    The child is started from the main thread on purpose: trio's `open_process` forks from a
+    Children are started from the main thread on purpose: trio's `open_process` forks from a
     worker thread, and Envoy's parent-death signal (PR_SET_PDEATHSIG) fires when that *thread*
-    exits — Envoy then received SIGTERM a few seconds after start. Exit is polled (5 Hz).
+    exits — Envoy then received SIGTERM a few seconds after start. Exits are polled (5 Hz).
     """
-    log_file = child.log_path.open("ab") if child.log_path else None
-    try:
-        proc = subprocess.Popen(
-            child.argv, env=child.env, start_new_session=True,
-            stdout=log_file if log_file else None, stdin=subprocess.DEVNULL,
-        )
-        try:
-            while (code := proc.poll()) is None:
-                await trio.sleep(0.2)
+
+    def __init__(self, children: list[Child], policy: RestartPolicy | None = None) -> None:
+        self.children = children
+        self.policy = policy or RestartPolicy()
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.stop_requested = trio.Event()
+        #: Why the stack stopped on its own (None: asked to, by a signal).
+        self.failure: str | None = None
+
+    def request_stop(self, failure: str | None = None) -> None:
+        if failure is not None and self.failure is None and not self.stop_requested.is_set():
+            self.failure = failure
+        self.stop_requested.set()
+
+    async def keep_running(self, child: Child) -> None:
+        crashes: deque[float] = deque()
+        while not self.stop_requested.is_set():
+            why = await self._run_once(child)
+            if why is None:
+                return  # the stack is stopping
+            now = time.monotonic()
+            crashes.append(now)
+            while crashes and crashes[0] < now - self.policy.window_seconds:
+                crashes.popleft()
+            window = f"{self.policy.window_seconds:g} s"
+            if len(crashes) >= self.policy.max_crashes:
+                _say(f"{child.name} {why}: {len(crashes)} crashes within {window}, giving up")
+                self.request_stop(f"{child.name} kept crashing ({len(crashes)} times within {window})")
+                return
+            delay = self.policy.delay(len(crashes))
+            _say(f"{child.name} {why}; restarting it in {delay:g} s "
+                 f"(crash {len(crashes)} of {self.policy.max_crashes} allowed within {window})")
+            with trio.move_on_after(delay):
+                await self.stop_requested.wait()
+
+    async def _run_once(self, child: Child) -> str | None:
+        """Run `child` until it exits; returns why it ended, or None when the stack stops
+        (whoever stops the stack terminates it)."""
+        log_file = child.log_path.open("ab") if child.log_path else None
+        try:  # the child has its own copy of the log's descriptor
+            proc = subprocess.Popen(
+                child.argv, env=child.env, start_new_session=True,
+                stdout=log_file if log_file else None, stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            return f"could not start ({exc})"
         finally:
-            with trio.CancelScope(shield=True):
+            if log_file:
+                log_file.close()
+        self.running[child.name] = proc
+        while (code := proc.poll()) is None:
+            if self.stop_requested.is_set():
+                return None
+            await trio.sleep(0.2)
+        del self.running[child.name]
+        if self.stop_requested.is_set():
+            return None
+        return _exit_reason(code)
+
+    async def stop_all(self) -> None:
+        """Terminate the running children one by one in `STOP_ORDER` (others last)."""
+        names = sorted(self.running, key=lambda n: STOP_ORDER.index(n) if n in STOP_ORDER else 99)
+        for name in names:
+            proc = self.running.pop(name, None)
+            if proc is not None:
                 await _terminate(proc)
-        if not stack_scope.cancel_called:
-            failed.append(f"{child.name} exited with code {code}")
-            print(f"zimsend up: {child.name} exited with code {code}", file=sys.stderr)
-            stack_scope.cancel()
-    finally:
-        if log_file:
-            log_file.close()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 async def _terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -224,42 +350,108 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-async def _stop_on_signal(stack_scope: trio.CancelScope) -> None:
+async def _stop_on_signal(supervisor: Supervisor) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
-            print("\nzimsend up: stopping…", file=sys.stderr)
-            stack_scope.cancel()
+            print(file=sys.stderr)
+            _say("stopping…")
+            supervisor.request_stop()
             return
 
 
-async def _wait_healthy(host: str, port: int, stack_scope: trio.CancelScope, timeout: float = 60) -> None:
-    url = f"http://{host}:{port}/healthz"
+class _Probe:
+    """HTTP(S) requests from `up` to its own Envoy: the readiness checks."""
+
+    def __init__(self, args: argparse.Namespace, credentials: dict[str, Any]) -> None:
+        scheme = "https" if args.tls_cert else "http"
+        self.base_url = f"{scheme}://{_local_host(args.host)}:{args.http_port}"
+        self.context = _trusting(args.tls_cert) if args.tls_cert else None
+        self.headers = {"X-API-Key": credentials["api_key"], "X-Client-ID": credentials["client_id"]}
+        self.device_id: str = credentials["device_id"]
+        self.last_problem = ""
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(self.base_url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=2, context=self.context) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except OSError as exc:
+            self.last_problem = str(exc)
+            return 0, None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, None
+
+    def healthy(self) -> bool:
+        status, _ = self.get("/healthz")
+        return status == 200
+
+    def device_online(self) -> bool:
+        status, body = self.get(f"/v1/devices/{self.device_id}", self.headers)
+        if status != 200:
+            self.last_problem = f"GET /v1/devices/{self.device_id} answered {status}: {body}"
+            return False
+        self.last_problem = f"the device is {body.get('status')}"
+        return bool(body.get("status") == "online")
+
+
+def _trusting(cert_path: str) -> ssl.SSLContext:
+    """TLS that trusts exactly `cert_path` (self-signed or not). The hostname is not checked:
+    the probe dials this machine's address, which the certificate need not name."""
+    context = ssl.create_default_context(cafile=cert_path)
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the anchor
+    return context
+
+
+async def _wait_for(check: Any, timeout: float, every: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await trio.to_thread.run_sync(_http_ok, url):
-            return
-        await trio.sleep(0.2)
-    print(f"zimsend up: {url} did not become healthy within {timeout:.0f}s", file=sys.stderr)
-    stack_scope.cancel()
+        if await trio.to_thread.run_sync(check):
+            return True
+        await trio.sleep(every)
+    return False
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+async def _announce_when_ready(
+    args: argparse.Namespace, data_dir: Path, credentials: dict[str, Any], created: bool,
+    supervisor: Supervisor,
+) -> None:
+    """Print "ZimSend is up" once Envoy is healthy and the simulated phone (if any) online;
+    stop the stack, saying what never got ready, otherwise."""
+    probe = _Probe(args, credentials)
+    limit = f"{READY_TIMEOUT_SECONDS:g} s"
+    if not await _wait_for(probe.healthy, READY_TIMEOUT_SECONDS, every=0.2):
+        supervisor.request_stop(
+            f"{probe.base_url}/healthz did not answer 200 within {limit} ({probe.last_problem})"
+        )
+        return
+    # Each look is an API call counted against the default client's limit: look calmly.
+    if args.with_simulated_device and not await _wait_for(
+        probe.device_online, READY_TIMEOUT_SECONDS, every=0.3
+    ):
+        hint = " (with --tls-cert, the certificate must name the address it dials)" if args.tls_cert else ""
+        supervisor.request_stop(
+            f"the simulated phone was not online within {limit}{hint}: {probe.last_problem}"
+        )
+        return
+    _print_ready(args, data_dir, credentials, created)
 
 
 def _print_ready(
     args: argparse.Namespace, data_dir: Path, credentials: dict[str, Any], created: bool
 ) -> None:
     scheme = "https" if args.tls_cert else "http"
+    over_tls = " (TLS)" if args.tls_cert else ""
     lines = [
         "ZimSend is up.",
         f"  REST API      {scheme}://{args.host}:{args.http_port}/v1   (OpenAPI: /v1/openapi.json)",
-        f"  gRPC          {args.host}:{args.http_port} (through Envoy), 127.0.0.1:{args.grpc_port} (server)",
-        f"  phones        {args.host}:{args.device_port}",
+        f"  gRPC          {args.host}:{args.http_port}{over_tls} (through Envoy), "
+        f"127.0.0.1:{args.grpc_port} (server)",
+        f"  phones        {args.host}:{args.device_port}{over_tls}",
         f"  data          {data_dir}",
         f"  client id     {credentials['client_id']}",
         f"  device id     {credentials['device_id']}",
@@ -273,10 +465,13 @@ def _print_ready(
     else:
         lines.append(f"  credentials   {data_dir / CREDENTIALS_FILE}")
     if args.with_simulated_device:
-        lines.append(f"  simulated SMS {data_dir / 'simulated-outbox.jsonl'}")
+        lines.append(f"  simulated SMS {data_dir / 'simulated-outbox.jsonl'} (its phone is online)")
+    if args.allow_insecure_webhooks:
+        lines.append("  webhooks      http:// and private receivers allowed (development only)")
+    cacert = f"--cacert {args.tls_cert} " if args.tls_cert else ""
     lines += [
         "",
-        f"  curl -H 'X-API-Key: …' -H 'X-Client-ID: {credentials['client_id']}' "
+        f"  curl {cacert}-H 'X-API-Key: …' -H 'X-Client-ID: {credentials['client_id']}' "
         f"{scheme}://{args.host}:{args.http_port}/v1/auth/test",
         "Ctrl-C stops everything.",
     ]
