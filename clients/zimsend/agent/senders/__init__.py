@@ -1,8 +1,14 @@
 """Senders: what actually hands SMS to a network (see `base.Sender`).
 
-Shipped: `zimsend.agent.senders.simulator.SimulatorSender` (imported from its module, so
-that importing the interface does not import trio: the asyncio fleet uses these types too). Termux (`termux-sms-send`) and AT-command modems plug in behind
-the same interface.
+Shipped, each imported from its own module (importing the interface must not import trio:
+the asyncio fleet uses these types too):
+
+- `simulator.SimulatorSender`: a simulated phone (tests, demos, load);
+- `modem.ModemSender`: a GSM modem through Gammu (`zimsend-client[modem]`);
+- `termux.TermuxSender`: the Android phone the agent runs on, through Termux:API's commands
+  (no delivery reports: its messages stay `sent`).
+
+docs/phones.md says how to set up each real one and what each can report.
 """
 
 from zimsend.agent.senders.base import (
