@@ -176,3 +176,42 @@ def test_what_an_older_agent_says_and_a_long_reason_is_cut(
         assert shown["cannot_send_reason"] == ("SIM PIN " + "x" * 300)[:200]
     finally:
         phone.close()
+
+
+def test_the_reason_outlives_a_reconnect_until_a_heartbeat_clears_it(
+    rest, stack  # type: ignore[no-untyped-def]
+) -> None:
+    """A phone that could not send reconnects: it is given nothing (not even a due message
+    waiting for it) until its first heartbeat says it can. Once the stream is gone the API
+    shows plain `offline`, without the old reason."""
+    tenant, api = rest
+    device_id, password = api.create_device()
+    first = RawPhone(stack.envoy.device_target, tenant.client_id, device_id, password)
+    try:
+        first.hello()
+        first.beat(pb.Heartbeat(cannot_send_reason="SIM PIN required"))
+        wait_for(lambda: api.device(device_id)["cannot_send_reason"] == "SIM PIN required", 3,
+                 "the reason")
+        queued = api.send(device=device_id, scheduled_at=_in(2.0))
+        assert queued.status_code == 200, queued.text
+        due_at = time.monotonic() + 2.0
+    finally:
+        first.close()
+    shown = wait_for(lambda: (d := api.device(device_id))["cannot_send_reason"] == "" and d, 3,
+                     "the stream gone")
+    assert shown["status"] == "offline"
+
+    # Silent but alive (pongs, no heartbeat): the kept reason holds the due message back.
+    second = RawPhone(stack.envoy.device_target, tenant.client_id, device_id, password,
+                      heartbeats=False)
+    try:
+        second.hello()
+        while time.monotonic() < due_at + 1.5:
+            second.send(pong=pb.Pong(nonce="alive"))
+            time.sleep(0.5)
+        assert _sends(second) == []
+        second.beat(pb.Heartbeat(signal=4))
+        offered = second.expect("send", timeout=2).send
+        assert offered.message_id == queued.json()["message_id"]
+    finally:
+        second.close()
