@@ -235,6 +235,49 @@ def test_kill_9_of_the_server_is_healed(up) -> None:  # type: ignore[no-untyped-
     _wait(lambda: set(statuses()) == {"delivered"}, 90, f"all delivered ({statuses()})")
 
 
+def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up) -> None:  # type: ignore[no-untyped-def]
+    program, data_dir, ports = up
+    headers = _auth(data_dir)
+    device_id = json.loads((data_dir / "credentials.json").read_text())["device_id"]
+    base = f"http://127.0.0.1:{ports['http']}"
+    envoy = next(pid for pid in _descendants(program.pid)
+                 if Path(_cmdline(pid)[0]).name == "envoy" and _alive(pid))
+    phone = _child_pid(program.pid, "device")
+    assert phone is not None
+    os.kill(envoy, signal.SIGKILL)
+    os.kill(phone, signal.SIGKILL)
+
+    def phone_online() -> bool:
+        try:
+            reply = httpx.get(f"{base}/v1/devices/{device_id}", headers=headers, timeout=2)
+        except httpx.HTTPError:
+            return False
+        return reply.status_code == 200 and reply.json()["status"] == "online"
+
+    _wait(phone_online, 60, "Envoy answering and the restarted phone online")
+    assert _child_pid(program.pid, "device") not in (None, phone)
+    output = program.output()
+    assert "envoy was killed by SIGKILL; restarting it" in output
+    assert "simulated-device was killed by SIGKILL; restarting it" in output
+    sent = httpx.post(f"{base}/v1/sms/send", headers=headers,
+                      json={"to": "+33612345678", "message": "after the restarts"})
+    assert sent.status_code == 200, sent.text
+    message_id = sent.json()["message_id"]
+    _wait(lambda: httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers)
+          .json()["status"] == "delivered", 60, "delivered by the restarted phone")
+
+
+def test_a_later_start_rewrites_the_pairing_uri_when_tls_changes(tmp_path: Path) -> None:
+    env = zimsend_env(tmp_path, "test-pepper-not-secret-0123456789")
+    first, created = up_command.ensure_credentials(tmp_path, env, "127.0.0.1:8081")
+    assert created and "tls=1" not in first["pairing_uri"]
+    again, created = up_command.ensure_credentials(tmp_path, env, "127.0.0.1:8081", tls=True)
+    assert not created and again["device_password"] == first["device_password"]
+    stored = json.loads((tmp_path / "credentials.json").read_text())
+    assert parse_qs(urlsplit(stored["pairing_uri"]).query)["tls"] == ["1"]
+    assert stat.S_IMODE((tmp_path / "credentials.json").stat().st_mode) == 0o600
+
+
 def test_ctrl_c_leaves_no_process_behind(up) -> None:  # type: ignore[no-untyped-def]
     program, _, _ = up
     children = _descendants(program.pid)

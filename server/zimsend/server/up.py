@@ -45,6 +45,7 @@ import trio
 
 CREDENTIALS_FILE = "credentials.json"
 STOP_GRACE_SECONDS = 10.0
+SERVER_STOP_GRACE_SECONDS = 25.0
 #: Stop order (children not running are skipped): the server drains while the phone, the worker
 #: and Envoy still run, so calls in flight through Envoy finish and are answered.
 STOP_ORDER = ("server", "simulated-device", "worker", "envoy")
@@ -58,6 +59,9 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     log_path: Path | None = None  # None: inherit the terminal
+    #: SIGTERM to SIGKILL. The server's stop has three bounded waits (calls in flight, phones
+    #: leaving, callers going quiet: app.py), so it gets more.
+    stop_grace: float = STOP_GRACE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,8 @@ def _children(
     logs.mkdir(mode=0o700, exist_ok=True)
     upstream = f"127.0.0.1:{args.grpc_port}"
     children = [
-        Child("server", _zimsend_argv("serve", "--port", str(args.grpc_port)), env),
+        Child("server", _zimsend_argv("serve", "--port", str(args.grpc_port)), env,
+              stop_grace=SERVER_STOP_GRACE_SECONDS),
         Child(
             "envoy",
             envoy_command(
@@ -316,10 +321,11 @@ class Supervisor:
     async def stop_all(self) -> None:
         """Terminate the running children one by one in `STOP_ORDER` (others last)."""
         names = sorted(self.running, key=lambda n: STOP_ORDER.index(n) if n in STOP_ORDER else 99)
+        grace = {child.name: child.stop_grace for child in self.children}
         for name in names:
             proc = self.running.pop(name, None)
             if proc is not None:
-                await _terminate(proc)
+                await _terminate(proc, grace.get(name, STOP_GRACE_SECONDS))
 
 
 def _exit_reason(code: int) -> str:
@@ -331,11 +337,11 @@ def _exit_reason(code: int) -> str:
     return f"exited with code {code}"
 
 
-async def _terminate(proc: subprocess.Popen[bytes]) -> None:
+async def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
     if proc.poll() is not None:
         return
     _signal_group(proc.pid, signal.SIGTERM)
-    with trio.move_on_after(STOP_GRACE_SECONDS):
+    with trio.move_on_after(grace):
         while proc.poll() is None:
             await trio.sleep(0.05)
         return
