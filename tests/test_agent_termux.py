@@ -231,6 +231,20 @@ def test_without_cell_permission_signal_is_unknown_and_not_asked_again(
     assert len(phone.calls("termux-telephony-cellinfo")) == 1
 
 
+def test_a_refused_phone_permission_is_asked_again_only_once_a_minute(
+    phone: TermuxApiStandIn,
+) -> None:
+    phone.update(denied=["termux-telephony-deviceinfo"])
+    sender = TermuxSender()
+
+    async def twice() -> list[str]:
+        return [(await sender.health()).problem for _ in range(2)]
+
+    problems = trio.run(twice)
+    assert "android.permission.READ_PHONE_STATE" in problems[0] and problems[0] == problems[1]
+    assert len(phone.calls("termux-telephony-deviceinfo")) == 2  # the constructor's, one read
+
+
 def test_without_termux_api_nothing_is_sent_and_health_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -55,6 +55,10 @@ SOURCE_PREFIX = "termux:"
 REQUIRED_COMMANDS = ("termux-sms-send", "termux-sms-list", "termux-telephony-deviceinfo")
 INSTALL_HINT = "install the Termux:API app (from F-Droid, like Termux) and `pkg install termux-api`"
 
+#: Seconds before asking again after Termux:API refused for a missing permission: each
+#: refused call opens Android's permission dialog on the phone.
+PERMISSION_RETRY_S = 60.0
+
 #: SIM states (TelephonyManager.getSimState, as Termux:API prints them) in which nothing sends.
 #: Numbers are the states Termux:API prints without a name (Android 8+).
 SIM_PROBLEMS = {
@@ -108,7 +112,8 @@ class TermuxSender:
         self._model, self._android = _android_properties()
         self._device_info: dict[str, Any] = _device_info_now()
         self._health: Health | None = None
-        self._health_at = float("-inf")
+        self._health_due = float("-inf")
+        self._permission_refused = False
         self._health_lock = trio.Lock()
         self._cellinfo_allowed = True
         self._last_poll_problem = ""
@@ -132,12 +137,15 @@ class TermuxSender:
 
     async def health(self) -> Health:
         """Battery, network, SIM and signal, read at most every `health_interval` while all
-        is well (each read starts three Termux:API commands), at every call while not."""
+        is well (each read starts three Termux:API commands), at every call while the phone
+        cannot send, and once a minute while a permission is refused."""
         async with self._health_lock:
-            fresh = trio.current_time() - self._health_at < self.health_interval
-            if self._health is None or not self._health.can_send or not fresh:
+            if self._health is None or trio.current_time() >= self._health_due:
                 self._health = await self._read_health()
-                self._health_at = trio.current_time()
+                ttl = self.health_interval if self._health.can_send else 0.0
+                if self._permission_refused:
+                    ttl = PERMISSION_RETRY_S  # each refused call opens a dialog on the phone
+                self._health_due = trio.current_time() + ttl
             return self._health
 
     async def _read_health(self) -> Health:
@@ -163,6 +171,7 @@ class TermuxSender:
         battery, charging = _battery(results.get("termux-battery-status"))
         signal = self._signal(results.get("termux-telephony-cellinfo"))
         info = results["termux-telephony-deviceinfo"]
+        self._permission_refused = isinstance(info, TermuxApiError) and info.permission
         if isinstance(info, Exception) or not isinstance(info, dict):
             problem = str(info) if isinstance(info, Exception) else "unexpected device info"
             return Health(battery, charging, signal, can_send=False, problem=problem)
@@ -228,7 +237,7 @@ class TermuxSender:
                     log.warning("cannot read the SMS inbox: %s", exc)
                     self._last_poll_problem = str(exc)
                 if exc.permission:
-                    delay = max(delay, 60.0)  # each refused call opens a dialog on the phone
+                    delay = max(delay, PERMISSION_RETRY_S)  # each refusal opens a dialog
             await trio.sleep(delay)
 
     async def poll_inbox(self, recorder: Recorder, mark: int | None) -> int:
