@@ -210,7 +210,9 @@ def test_idempotency_header_and_field_must_agree(sms, sms_account) -> None:  # t
 LIST_CASES = [
     ("limit-101", dict(limit=101), "limit", ["must be 1-100 (got 101)"]),
     ("limit-negative", dict(limit=-5), "limit", ["(got -5)"]),
+    ("limit-zero", dict(limit=0), "limit", ["must be 1-100 (got 0)"]),
     ("page-negative", dict(page=-1), "page", ["(got -1)"]),
+    ("page-zero", dict(page=0), "page", ["must be 1 or more (got 0)"]),
     ("from-garbage", dict(from_date="01/02/2025"), "from_date", ["2025-01-31", "'01/02/2025'"]),
     ("to-impossible-day", dict(to_date="2025-02-30"), "to_date", ["not a real day"]),
     ("from-after-to", dict(from_date="2025-02-01", to_date="2025-01-31"), "from_date",
