@@ -63,8 +63,8 @@ class CallGate(grpc.aio.ServerInterceptor):
         return True
 
     async def quiet(self, period: float, timeout: float) -> bool:
-        """Wait until no call was refused for `period` s (at most `timeout` s in all): the
-        gateway has stopped sending calls here. True when it did within `timeout`."""
+        """Wait until no client call was refused for `period` s (at most `timeout` s in
+        all): the gateway has stopped sending calls here. True when it did within `timeout`."""
         deadline = time.monotonic() + timeout
         while (silent_for := time.monotonic() - self._last_refusal) < period:
             left = deadline - time.monotonic()
@@ -83,7 +83,9 @@ class CallGate(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(_UNGATED_PREFIXES):
             return handler
         if self.closed:
-            self._last_refusal = time.monotonic()
+            if handler.unary_unary is not None or handler.unary_stream is not None:
+                # Phones retrying their stream do not count: they take any refusal in stride.
+                self._last_refusal = time.monotonic()
             return _refusing(handler)
         cached = self._counting.get(method)
         if cached is None or cached[0] is not handler:
