@@ -121,8 +121,9 @@ class TermuxSender:
     # --- describe / health --------------------------------------------------------------------
 
     def describe(self) -> DeviceInfo:
-        """What the last health check learnt; no SIM slots before it (the agent then refuses
-        no slot, and Termux:API would send nothing on a slot that does not exist)."""
+        """The SIM slots from the latest device info (read once when the sender is made, then
+        at each health check): the agent refuses a message for a slot the phone lacks, which
+        Termux:API would silently not send. None listed when Termux:API could not say."""
         info = self._device_info
         count = info.get("phone_count")
         sims: tuple[SimInfo, ...] = ()
@@ -248,7 +249,7 @@ class TermuxSender:
         newest SMS becomes the mark, unreported, and so does `termux:0` for an empty inbox:
         the old inbox is not the gateway's to report."""
         if mark is None:
-            newest = await self._inbox_page(limit=1, offset=0)
+            newest = await self._inbox_page(limit=self.page_size, offset=0)  # by date
             baseline = max((_id for _id, _ in newest), default=0)
             recorder.mark_inbound_seen(f"{SOURCE_PREFIX}{baseline}")
             log.info("inbox baseline: SMS up to id %d are not reported", baseline)
