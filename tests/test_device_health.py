@@ -101,7 +101,7 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
         can_send = pb.Heartbeat(signal=3, network=common_pb2.home)  # a USB modem: no battery
         phone.beat(can_send)
         shown = wait_for(lambda: (d := api.device(device_id))["status"] == "online"
-                         and d["network"] == "home" and d, 5, "online on its home network")
+                         and d.get("network") == "home" and d, 5, "online on its home network")
         assert shown["capabilities"] == {"backend": "modem", "delivery_reports": True,
                                          "inbound_sms": True}
         assert "battery" not in shown and shown["signal"] == 3
@@ -169,7 +169,7 @@ def test_what_an_older_agent_says_and_a_long_reason_is_cut(
         shown = wait_for(lambda: (d := api.device(device_id)).get("battery") == 55 and d, 5,
                          "the heartbeat")
         assert shown["status"] == "online" and "capabilities" not in shown
-        assert shown["network"] == "NETWORK_REGISTRATION_UNSPECIFIED"
+        assert "network" not in shown  # an older agent does not say
         phone.beat(pb.Heartbeat(battery=55, signal=2, cannot_send_reason="SIM PIN " + "x" * 300))
         shown = wait_for(lambda: (d := api.device(device_id))["status"] == "offline" and d, 3,
                          "offline")

@@ -73,7 +73,7 @@ class Device(_message.Message):
     model: _builtins.str
     """Hardware model."""
     network: _common_pb2.NetworkRegistration.ValueType
-    """Network registration from the last heartbeat."""
+    """Network registration from the last heartbeat; absent while the phone has not said."""
     cannot_send_reason: _builtins.str
     """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
     @_builtins.property
@@ -111,20 +111,24 @@ class Device(_message.Message):
         daily_cap: _builtins.int = ...,
         model: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
-        network: _common_pb2.NetworkRegistration.ValueType = ...,
+        network: _common_pb2.NetworkRegistration.ValueType | None = ...,
         cannot_send_reason: _builtins.str = ...,
         capabilities: _common_pb2.DeviceCapabilities | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "network", b"network", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__battery: _TypeAlias = _typing.Literal["battery"]  # noqa: Y015
     _WhichOneofArgType__battery: _TypeAlias = _typing.Literal["_battery", b"_battery"]  # noqa: Y015
+    _WhichOneofReturnType__network: _TypeAlias = _typing.Literal["network"]  # noqa: Y015
+    _WhichOneofArgType__network: _TypeAlias = _typing.Literal["_network", b"_network"]  # noqa: Y015
     _WhichOneofReturnType__signal: _TypeAlias = _typing.Literal["signal"]  # noqa: Y015
     _WhichOneofArgType__signal: _TypeAlias = _typing.Literal["_signal", b"_signal"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__battery) -> _WhichOneofReturnType__battery | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__network) -> _WhichOneofReturnType__network | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
 
@@ -316,7 +320,7 @@ class GetDeviceResponse(_message.Message):
     model: _builtins.str
     """Hardware model."""
     network: _common_pb2.NetworkRegistration.ValueType
-    """Network registration from the last heartbeat."""
+    """Network registration from the last heartbeat; absent while the phone has not said."""
     cannot_send_reason: _builtins.str
     """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
     @_builtins.property
@@ -355,20 +359,24 @@ class GetDeviceResponse(_message.Message):
         daily_cap: _builtins.int = ...,
         model: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
-        network: _common_pb2.NetworkRegistration.ValueType = ...,
+        network: _common_pb2.NetworkRegistration.ValueType | None = ...,
         cannot_send_reason: _builtins.str = ...,
         capabilities: _common_pb2.DeviceCapabilities | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "network", b"network", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__battery: _TypeAlias = _typing.Literal["battery"]  # noqa: Y015
     _WhichOneofArgType__battery: _TypeAlias = _typing.Literal["_battery", b"_battery"]  # noqa: Y015
+    _WhichOneofReturnType__network: _TypeAlias = _typing.Literal["network"]  # noqa: Y015
+    _WhichOneofArgType__network: _TypeAlias = _typing.Literal["_network", b"_network"]  # noqa: Y015
     _WhichOneofReturnType__signal: _TypeAlias = _typing.Literal["signal"]  # noqa: Y015
     _WhichOneofArgType__signal: _TypeAlias = _typing.Literal["_signal", b"_signal"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__battery) -> _WhichOneofReturnType__battery | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__network) -> _WhichOneofReturnType__network | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
 

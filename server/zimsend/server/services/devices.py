@@ -55,10 +55,10 @@ def _owned(db_session: Any, client_id: str, device_id: str) -> Device:
 _NETWORKS = frozenset(common_pb2.NetworkRegistration.keys())
 
 
-def _network(name: str | None) -> common_pb2.NetworkRegistration.ValueType:
-    """The stored NetworkRegistration name as the enum (unspecified when unknown)."""
-    if name is None or name not in _NETWORKS:
-        return common_pb2.NETWORK_REGISTRATION_UNSPECIFIED
+def _network(name: str | None) -> common_pb2.NetworkRegistration.ValueType | None:
+    """The stored NetworkRegistration name as the enum; None (field absent) when unknown."""
+    if name is None or name not in _NETWORKS or name == "NETWORK_REGISTRATION_UNSPECIFIED":
+        return None
     return common_pb2.NetworkRegistration.Value(name)
 
 
