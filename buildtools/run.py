@@ -16,6 +16,7 @@ to the `zimsend` command (`python3 buildtools/run.py admin create-client --name 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -81,6 +82,22 @@ def _unexposed_members() -> list[str]:
     return missing
 
 
+def ensure_chromium() -> None:
+    """Debian's `chromium` for the web console's browser tests (Playwright's own browser
+    download cannot reach the network). Installed only when missing; needs root, as CI is."""
+    if shutil.which("chromium"):
+        return
+    if os.name != "posix" or os.geteuid() != 0:
+        print("run.py: `chromium` is not on PATH and this is not root; the web console tests "
+              "need it: apt-get install chromium (as root), or they fail.", flush=True)
+        return
+    print("run.py: installing Debian's chromium for the web console tests", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run("apt-get", "update", "-q", env=env, stdout=subprocess.DEVNULL)
+    _run("apt-get", "install", "-y", "-q", "chromium", env=env,
+         stdout=subprocess.DEVNULL)
+
+
 def codegen() -> None:
     _run(BIN / "python", "-m", "zimsend.buildtools.codegen")
 
@@ -96,6 +113,7 @@ def main(argv: list[str]) -> int:
     compile_sources()
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if verb == "test":
+        ensure_chromium()
         cmd = [str(BIN / "python"), "-m", "pytest", *rest]
     else:
         cmd = [str(BIN / "zimsend"), verb, *rest]
