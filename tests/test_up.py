@@ -343,6 +343,11 @@ def test_tls_stack_end_to_end(tmp_path: Path) -> None:
             hook = http.post("/v1/webhooks/configure",
                              json={"url": "http://127.0.0.1:9/hooks", "events": ["sms.sent"]})
             assert hook.status_code == 200, hook.text
+            # A phone added through the API is paired with Envoy's phone listener, over TLS.
+            added = http.post("/v1/devices", json={"name": "second phone"}).json()
+            pairing = urlsplit(added["pairing_uri"])
+            query = parse_qs(pairing.query)
+            assert query["server"] == [f"127.0.0.1:{ports['device']}"] and query["tls"] == ["1"]
 
         os.kill(program.pid, signal.SIGINT)
         program.proc.wait(60)

@@ -154,7 +154,8 @@ def create_device(
 
 
 def rotate_device_password(
-    db: Database, pepper: bytes, client_id: str, device_id: str, *, server_address: str
+    db: Database, pepper: bytes, client_id: str, device_id: str, *, server_address: str,
+    tls: bool = False,
 ) -> NewDevicePassword:
     password = secrets.new_device_password()
     with db.write() as session:
@@ -165,7 +166,8 @@ def rotate_device_password(
             )
         device.password_hash = secrets.hash_secret(pepper, password)
         session.add(device)
-    return NewDevicePassword(device, password, pairing_uri(server_address, client_id, device_id, password))
+    return NewDevicePassword(
+        device, password, pairing_uri(server_address, client_id, device_id, password, tls=tls))
 
 
 M = TypeVar("M", ApiKey, Device)

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         description="host:port phones connect to, written into pairing URIs (the gateway's phone "
         "listener in production); empty means this server's own gRPC address.",
     )
+    device_link_tls: bool = Field(
+        False, description="Phones connect to `device_link_address` with TLS: pairing URIs "
+        "carry tls=1.",
+    )
     heartbeat_interval_seconds: float = Field(20.0, gt=0)
     missed_heartbeats_before_offline: PositiveInt = 3
     device_connects_pending_max: PositiveInt | None = Field(

@@ -111,6 +111,9 @@ async def run_stack(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = _child_env(data_dir, allow_insecure_webhooks=args.allow_insecure_webhooks)
+    # Pairing URIs made through the API (POST /v1/devices) name Envoy's phone listener too.
+    env.setdefault("ZIMSEND_DEVICE_LINK_ADDRESS", f"{args.host}:{args.device_port}")
+    env.setdefault("ZIMSEND_DEVICE_LINK_TLS", "1" if args.tls_cert else "0")
     credentials, created = await trio.to_thread.run_sync(
         ensure_credentials, data_dir, env, f"{args.host}:{args.device_port}", bool(args.tls_cert)
     )
@@ -482,3 +485,8 @@ def _print_ready(
         "Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)
+    if created and sys.stdout.isatty():  # a phone scans this instead of typing the URI
+        from zimsend.agent.pairing import pairing_qr_text
+
+        print(f"Pairing QR code of {credentials['device_id']}:", flush=True)
+        print(pairing_qr_text(credentials["pairing_uri"]), flush=True)

@@ -179,6 +179,7 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         new = await self.state.db_call(
             accounts.create_device, self.state.db, self.state.pepper, caller.client_id,
             request.name, server_address=self.server_address,
+            tls=self.state.settings.device_link_tls,
         )
         return pb.CreateDeviceResponse(
             success=True, device_id=new.device.id, name=new.device.name,
@@ -234,6 +235,7 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         new = await self.state.db_call(
             accounts.rotate_device_password, self.state.db, self.state.pepper, caller.client_id,
             request.device_id, server_address=self.server_address,
+            tls=self.state.settings.device_link_tls,
         )
         self.hub.close_device(new.device.id, "PASSWORD_ROTATED")
         return pb.RotateDevicePasswordResponse(
