@@ -128,3 +128,24 @@ def test_rest_and_cli_give_the_same_pairing_uri_for_the_same_address(
 
     assert without_secrets(rest_uri, created["device_id"], created["device_password"]) == \
         without_secrets(cli["pairing_uri"], cli["device_id"], cli["device_password"])
+
+
+def test_tls_and_the_phone_address_come_from_the_flags_or_the_settings(
+    admin_env: dict[str, str],
+) -> None:
+    """A server whose phone listener is TLS pairs phones with tls=1; the address defaults to
+    the `device_link_address` setting the server also uses for POST /v1/devices."""
+    client = run_zimsend(["admin", "create-client", "--name", "tls"], admin_env)["client_id"]
+    flagged = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "a",
+                           "--server-address", PHONE_ADDRESS, "--tls"], admin_env)
+    info = parse_pairing_uri(flagged["pairing_uri"])
+    assert info.tls and info.server == PHONE_ADDRESS
+    configured = dict(admin_env, ZIMSEND_DEVICE_LINK_ADDRESS="sms.example.org:8443",
+                      ZIMSEND_DEVICE_LINK_TLS="1")
+    from_settings = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "b"],
+                                configured)
+    info = parse_pairing_uri(from_settings["pairing_uri"])
+    assert info.tls and info.server == "sms.example.org:8443"
+    plain = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "c",
+                         "--no-tls"], configured)
+    assert not parse_pairing_uri(plain["pairing_uri"]).tls

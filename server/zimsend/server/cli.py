@@ -74,8 +74,14 @@ def register_admin(commands: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--client-id", required=True)
     p.add_argument("--name", required=True)
     p.add_argument(
-        "--server-address", default=DEFAULT_DEVICE_ADDRESS,
-        help="the phone listener address written into the pairing URI",
+        "--server-address", default=None,
+        help="the phone listener address written into the pairing URI (default: the"
+             f" device_link_address setting, else {DEFAULT_DEVICE_ADDRESS})",
+    )
+    p.add_argument(
+        "--tls", action=argparse.BooleanOptionalAction, default=None,
+        help="phones connect with TLS: the URI carries tls=1 (default: the device_link_tls"
+             " setting)",
     )
     p.add_argument(
         "--qr", action=argparse.BooleanOptionalAction, default=None,
@@ -151,9 +157,11 @@ def _create_device(args: argparse.Namespace) -> int:
     from zimsend.server import accounts
 
     settings, db = _open(args)
+    address = args.server_address or settings.device_link_address or DEFAULT_DEVICE_ADDRESS
+    tls = settings.device_link_tls if args.tls is None else args.tls
     try:
         new = accounts.create_device(
-            db, settings.pepper(), args.client_id, args.name, server_address=args.server_address
+            db, settings.pepper(), args.client_id, args.name, server_address=address, tls=tls,
         )
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
@@ -163,7 +171,7 @@ def _create_device(args: argparse.Namespace) -> int:
     )
     show_qr = sys.stdout.isatty() if args.qr is None else args.qr
     if show_qr:
-        _print_pairing_qr(new.pairing_uri, args.server_address)
+        _print_pairing_qr(new.pairing_uri, address)
     return 0
 
 
