@@ -91,7 +91,7 @@ def test_the_reason_names_the_embedded_address() -> None:
     "https://0x7f.1/hook", "https://10.0.0.1/", "https://169.254.169.254/latest/meta-data/",
     "https://[fd00:ec2::254]/", "https://localhost/", "https://api.localhost/",
     "http://example.com/", "ftp://example.com/", "https://user:pw@example.com/", "https:///path",
-    "not a url", "",
+    "not a url", "", "https://example.com:99999/", "https://example.com:0/",
 ])
 def test_refused_urls_when_insecure_is_off(url: str) -> None:
     with pytest.raises(WebhookUrlError):

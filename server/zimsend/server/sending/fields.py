@@ -15,12 +15,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import phonenumbers
 from google.protobuf import json_format, struct_pb2
 
 from zimsend.server.errors import ApiError, ErrorCode, FieldViolation, violations_error
+from zimsend.server.webhook_delivery.urls import WebhookUrlError, check_webhook_url
 
 from .dates import iso, parse_instant
 
@@ -46,7 +46,6 @@ MAX_MESSAGE_CHARS = 1600
 MAX_METADATA_BYTES = 1024
 MAX_RECIPIENTS = 100
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=30)
-MAX_WEBHOOK_URL_CHARS = 2048
 PHONE_EXAMPLE = "+33612345678"
 PRIORITY_NAMES = ("urgent", "high", "normal", "low", "very_low")
 DEFAULT_PRIORITY = 3
@@ -191,43 +190,16 @@ def scheduled_at(v: Violations, name: str, value: str, now: dt.datetime) -> dt.d
 
 
 def webhook_url(v: Violations, name: str, value: str, *, allow_insecure: bool) -> str | None:
-    """An absolute https:// URL (http:// too when the development setting allows it).
-
-    Where it resolves (private, loopback, metadata ranges) is checked at delivery time, against
-    the address actually connected to (SPEC.md §7); here only its form.
-    """
-    url = value.strip()
-    if not url:
-        return None
-    schemes = ("https", "http") if allow_insecure else ("https",)
-    example = "e.g. https://example.com/webhooks/zimsend"
-    if len(url) > MAX_WEBHOOK_URL_CHARS:
-        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
-              f"must be at most {MAX_WEBHOOK_URL_CHARS} characters (got {len(url)})")
+    """A message's own webhook URL, checked exactly as `POST /v1/webhooks/configure` checks an
+    endpoint's (`check_webhook_url`: HTTPS, a host, no credentials, no private or local
+    address literal). Where a name resolves is checked at every delivery (SPEC.md §7)."""
+    if not value.strip():
         return None
     try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https"):
-        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
-              f"must be an HTTPS URL, {example} (got {shown(url)})")
+        return check_webhook_url(value, allow_insecure=allow_insecure)
+    except WebhookUrlError as exc:
+        v.add(ErrorCode.INVALID_WEBHOOK_URL, name, exc.problem)
         return None
-    if parts.scheme.lower() not in schemes:
-        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
-              f"must use HTTPS, {example} (got {shown(url)})")
-        return None
-    if not parts.hostname or any(ch.isspace() or not ch.isprintable() for ch in url):
-        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
-              f"is not a well-formed URL, {example} (got {shown(url)})")
-        return None
-    if parts.username is not None or parts.password is not None:
-        v.add(ErrorCode.INVALID_WEBHOOK_URL, name,
-              "must not contain credentials (user:password@); receivers authenticate "
-              "ZimSend with the X-Webhook-Signature header")
-        return None
-    return url
 
 
 def sim_slot(v: Violations, name: str, value: int | None) -> int | None:

@@ -1,4 +1,4 @@
-"""Checking a webhook URL when it is configured (or given as a message's `webhook_url`).
+"""Checking a webhook URL when it is configured or given as a message's `webhook_url`.
 
 Two checks happen at two moments, on purpose:
 
@@ -26,37 +26,60 @@ _LOCAL_NAMES: Final = ("localhost", "localhost.localdomain", "ip6-localhost", "i
 
 
 class WebhookUrlError(ValueError):
-    """A URL that must not be used; the message says why and what is allowed."""
+    """A URL that must not be used. `problem` says why and what is allowed, without naming the
+    field (a message's own `webhook_url` and an endpoint's `url` share this check);
+    `str()` names it `url`."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"url {problem}")
+        self.problem = problem
 
 
 def check_webhook_url(url: str, *, allow_insecure: bool) -> str:
-    """Return the URL (stripped) if it may be stored, else raise `WebhookUrlError`."""
+    """Return the URL (stripped) if it may be stored, else raise `WebhookUrlError`.
+
+    The one check for every webhook URL a caller gives: `POST /v1/webhooks/configure` and a
+    message's own `webhook_url` at send time (issue 12: the send path had a looser copy that
+    accepted private addresses, refused only at delivery)."""
     url = url.strip()
     if not url:
-        raise WebhookUrlError("url is required: the HTTPS address that receives the events.")
+        raise WebhookUrlError("is required: the HTTPS address that receives the events.")
     if len(url) > MAX_URL_LENGTH:
-        raise WebhookUrlError(f"url is too long ({len(url)} characters, at most {MAX_URL_LENGTH}).")
+        raise WebhookUrlError(
+            f"must be at most {MAX_URL_LENGTH} characters (got {len(url)})."
+        )
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise WebhookUrlError(
+            "is not a well-formed URL (it contains spaces or control characters); use e.g. "
+            "https://example.com/webhooks."
+        )
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
-        raise WebhookUrlError(f"url is not a valid URL ({exc}).") from None
+        raise WebhookUrlError(f"is not a valid URL ({exc}).") from None
     allowed_schemes = ("https", "http") if allow_insecure else ("https",)
     if parsed.scheme not in allowed_schemes:
         raise WebhookUrlError(
-            "url must use https:// (plain http:// is refused; this server allows it only in "
-            "development mode)." if not allow_insecure else "url must use https:// or http://."
+            "must use HTTPS, e.g. https://example.com/webhooks (plain http:// is accepted only "
+            "by a server in development mode)." if not allow_insecure
+            else "must use https:// or http://."
         )
     if not parsed.host:
-        raise WebhookUrlError("url has no host; use e.g. https://example.com/webhooks.")
+        raise WebhookUrlError(
+            "is not a well-formed URL: it has no host; use e.g. https://example.com/webhooks."
+        )
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        # httpx parses any integer as a port (99999, 0, -1); no receiver can listen there.
+        raise WebhookUrlError(f"has port {parsed.port}; a port must be 1-65535.")
     if parsed.userinfo:
         raise WebhookUrlError(
-            "url must not contain a user name or password: it is shown in listings and logs. "
-            "Check the X-Webhook-Signature header instead."
+            "must not contain credentials (a user name or password): it is shown in listings "
+            "and logs. Check the X-Webhook-Signature header instead."
         )
     if not allow_insecure:
         host_problem = _host_problem(parsed.host)
         if host_problem:
-            raise WebhookUrlError(f"url points to {host_problem}; use a public HTTPS address.")
+            raise WebhookUrlError(f"points to {host_problem}; use a public HTTPS address.")
     return url
 
 
