@@ -269,12 +269,15 @@ def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
     assert [r.event_id for r in page.logs] == [ids[2], ids[1]]
     assert (page.total_items, page.total_pages) == (3, 2)
     assert [r.event_id for r in endpoints.list_logs(db, client, page=2, limit=2).logs] == [ids[0]]
-    only = endpoints.list_logs(db, client, page=0, limit=0, event_id=ids[1])
+    only = endpoints.list_logs(db, client, event_id=ids[1])  # page and limit not given
     assert [r.event_id for r in only.logs] == [ids[1]] and only.per_page == 50
     assert endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id).total_items == 3
     assert endpoints.list_logs(db, seed_client(db), page=1, limit=10).total_items == 0
     with pytest.raises(ApiError, match="limit"):
         endpoints.list_logs(db, client, page=1, limit=101)
+    for zero in ({"page": 0}, {"limit": 0}):  # issue 12 item 11: refused, not the default
+        with pytest.raises(ApiError, match=rf"{next(iter(zero))}: must be 1"):
+            endpoints.list_logs(db, client, **zero)
 
 
 def test_redeliver_requeues_a_failed_event_with_a_fresh_schedule(db: Database) -> None:

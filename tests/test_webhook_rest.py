@@ -59,3 +59,31 @@ def test_a_refused_url_is_400_invalid_webhook_url(http, url) -> None:  # type: i
     body = response.json()
     assert body["success"] is False and body["error"]["code"] == "INVALID_WEBHOOK_URL"
     assert body["code"] == 3 and "url" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("param, range_text", [("page", "must be 1 or more (got 0)"),
+                                               ("limit", "must be 1-100 (got 0)")])
+def test_logs_paging_zero_is_400_naming_the_parameter(http, param, range_text) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12 item 11: `page=0`/`limit=0` were taken for the defaults (history refuses them)."""
+    response = http.get("/v1/webhooks/logs", params={param: 0})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"]["code"] == "INVALID_REQUEST"
+    assert body["error"]["message"] == f"{param}: {range_text}"
+    assert http.get("/v1/webhooks/logs").json()["pagination"]["per_page"] == 50
+
+
+@pytest.mark.parametrize("url", ["https://10.1.2.3/hook", "https://169.254.169.254:8443/latest/",
+                                 "https://localhost:9000/"])
+def test_a_message_webhook_url_is_checked_like_configure(http, url) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12 item 11: a message's own webhook_url was accepted at send and refused only at
+    delivery; now the send is refused as configure would refuse the same URL."""
+    configured = http.post("/v1/webhooks/configure", json={"url": url, "events": ["sms.sent"]})
+    sent = http.post("/v1/sms/send", json={"to": "+33612345678", "message": "hi",
+                                           "webhook_url": url})
+    for response in (configured, sent):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "INVALID_WEBHOOK_URL"
+    assert "public HTTPS address" in sent.json()["error"]["message"] or "this machine" in (
+        sent.json()["error"]["message"])
+    assert sent.json()["error"]["message"].startswith("webhook_url: ")

@@ -13,6 +13,13 @@ reach an asyncio client as a bare INTERNAL).
 A busy server (more phones connecting than it can welcome within a few seconds, e.g. after a
 restart) refuses a new stream at once with UNAVAILABLE, ErrorInfo reason SERVER_BUSY and a
 google.rpc.RetryInfo delay; the phone waits that long (plus some jitter) before trying again.
+A server that cannot write its storage (disk full, read-only) refuses the same way with
+UNAVAILABLE, ErrorInfo reason UNAVAILABLE (metadata `storage`: `full` or `unwritable`) and a
+RetryInfo delay.
+
+A stream that sends no DeviceHello within `device_hello_timeout_seconds` (server setting,
+default 10 s) of being admitted is closed with DEADLINE_EXCEEDED, ErrorInfo reason
+HELLO_TIMEOUT; the phone may reconnect and must say hello first.
 
 Life of a stream:
   phone  -> DeviceHello (first frame, always)

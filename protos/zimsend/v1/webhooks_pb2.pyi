@@ -254,9 +254,9 @@ class ListWebhookLogsRequest(_message.Message):
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     page: _builtins.int
-    """1-based page; default 1."""
+    """1-based page; default 1 (`0` is refused, not taken for "not given")."""
     limit: _builtins.int
-    """Items per page; default 50, at most 100."""
+    """Items per page, 1-100; default 50."""
     webhook_id: _builtins.str
     """Only attempts for this endpoint."""
     event_id: _builtins.str
@@ -264,16 +264,23 @@ class ListWebhookLogsRequest(_message.Message):
     def __init__(
         self,
         *,
-        page: _builtins.int = ...,
-        limit: _builtins.int = ...,
+        page: _builtins.int | None = ...,
+        limit: _builtins.int | None = ...,
         webhook_id: _builtins.str = ...,
         event_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "limit", b"limit", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "limit", b"limit", "page", b"page", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "event_id", b"event_id", "limit", b"limit", "page", b"page", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    _WhichOneofReturnType__page: _TypeAlias = _typing.Literal["page"]  # noqa: Y015
+    _WhichOneofArgType__page: _TypeAlias = _typing.Literal["_page", b"_page"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page) -> _WhichOneofReturnType__page | None: ...
 
 Global___ListWebhookLogsRequest: _TypeAlias = ListWebhookLogsRequest  # noqa: Y015
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -14,3 +15,12 @@ def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     out = timestamp_pb2.Timestamp()
     out.FromDatetime(value.astimezone(dt.timezone.utc))
     return out
+
+
+def paging(request: Any) -> tuple[int | None, int | None]:
+    """`page` and `limit` of a list request as given, None when absent (they are proto3
+    `optional`, so an explicit 0 can be refused instead of taken for the default)."""
+    return (
+        request.page if request.HasField("page") else None,
+        request.limit if request.HasField("limit") else None,
+    )

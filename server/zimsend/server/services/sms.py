@@ -21,7 +21,7 @@ from zimsend.server.rpc import ServerState, metadata_value, public_rpc, public_s
 from zimsend.server.sending import history, idempotency, intake, lifecycle, stats, validation, views
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.sending.intake import Accepted, Submission
-from zimsend.server.services.convert import ts
+from zimsend.server.services.convert import paging, ts
 from zimsend.server.storage import utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
@@ -141,7 +141,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
         caller: Caller,
     ) -> pb.ListSmsHistoryResponse:
         v = Violations()
-        page = history.page_of(v, *_paging(request))
+        page = history.page_of(v, *paging(request))
         flt = history.message_filter(
             v, self.state.settings, caller.client_id, from_date=request.from_date,
             to_date=request.to_date, status=int(request.status), to=request.to,
@@ -228,7 +228,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
         caller: Caller,
     ) -> pb.ListInboundSmsResponse:
         v = Violations()
-        page = history.page_of(v, *_paging(request))
+        page = history.page_of(v, *paging(request))
         start, end = history.period_of(v, request.from_date, request.to_date)
         v.raise_if_any()
         listed = await self.state.db_call(
@@ -239,14 +239,6 @@ class SmsService(pb_grpc.SmsServiceServicer):
             success=True, data=[views.inbound_sms(m) for m in listed.rows],
             pagination=_pagination(listed),
         )
-
-
-def _paging(request: Any) -> tuple[int | None, int | None]:
-    """`page` and `limit` as given, None when absent (they are proto3 `optional`)."""
-    return (
-        request.page if request.HasField("page") else None,
-        request.limit if request.HasField("limit") else None,
-    )
 
 
 def _pagination(listed: history.Listed) -> common_pb2.Pagination:

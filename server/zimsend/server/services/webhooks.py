@@ -14,7 +14,7 @@ import grpc
 
 from zimsend.server.auth import Caller
 from zimsend.server.rpc import ServerState, public_rpc
-from zimsend.server.services.convert import ts
+from zimsend.server.services.convert import paging, ts
 from zimsend.server.storage import WebhookDelivery, WebhookEndpoint
 from zimsend.server.webhook_delivery import endpoints
 from zimsend.v1 import common_pb2
@@ -55,8 +55,8 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         self, request: pb.ListWebhookLogsRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.ListWebhookLogsResponse:
         page = await self.state.db_call(
-            endpoints.list_logs, self.state.db, caller.client_id, page=request.page,
-            limit=request.limit, webhook_id=request.webhook_id, event_id=request.event_id,
+            endpoints.list_logs, self.state.db, caller.client_id, *paging(request),
+            webhook_id=request.webhook_id, event_id=request.event_id,
         )
         return pb.ListWebhookLogsResponse(
             success=True,

@@ -226,14 +226,16 @@ def redeliver(db: Database, client_id: str, event_id: str) -> OutboxEvent:
 
 
 def list_logs(
-    db: Database, client_id: str, *, page: int, limit: int, webhook_id: str = "", event_id: str = ""
+    db: Database, client_id: str, page: int | None = None, limit: int | None = None, *,
+    webhook_id: str = "", event_id: str = "",
 ) -> Page:
-    """Delivery attempts, newest first."""
+    """Delivery attempts, newest first. `page` default 1, `limit` default 50 (None: not
+    given); an explicit 0 is refused like history's, not taken for the default."""
     problems = []
-    if page < 0:
-        problems.append(FieldViolation("page", "must be 1 or more (default 1)."))
-    if limit < 0 or limit > MAX_PAGE_SIZE:
-        problems.append(FieldViolation("limit", f"must be 1-{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})."))
+    if page is not None and page < 1:
+        problems.append(FieldViolation("page", f"must be 1 or more (got {page})"))
+    if limit is not None and not 1 <= limit <= MAX_PAGE_SIZE:
+        problems.append(FieldViolation("limit", f"must be 1-{MAX_PAGE_SIZE} (got {limit})"))
     if problems:
         raise violations_error(ErrorCode.INVALID_REQUEST, problems)
     page = page or 1
