@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from zimsend.gateway._console import console_routes, largest_console_file
 from zimsend.v1 import common_pb2
 
 __all__ = [
@@ -409,6 +410,8 @@ def _public_routes(config: GatewayConfig) -> dict[str, Any]:
             },
         },
     ]
+    # The web console's static files: `/` and `/console/*` (_console.py).
+    routes.extend(console_routes())
     for method in STREAMING_METHODS:
         routes.append(
             {
@@ -422,7 +425,7 @@ def _public_routes(config: GatewayConfig) -> dict[str, Any]:
         "name": "public",
         # The OpenAPI document is ~90 KB; Envoy's default cap for direct responses is 4 KB.
         "max_direct_response_body_size_bytes": max(
-            1_048_576, _file_size(config.openapi_path) + 1
+            1_048_576, _file_size(config.openapi_path) + 1, largest_console_file() + 1
         ),
         "virtual_hosts": [
             {

@@ -1,0 +1,95 @@
+// One message: its fields, its statuses with times, its parts (split in the page with the
+// server's rules, segments.js; the API returns the count and encoding), cancel when queued and
+// resend when failed (SPEC §3).
+
+import { api } from "../api.js";
+import { h, notice, say } from "../dom.js";
+import { dateTime, statusLabel } from "../format.js";
+import { errorText, t } from "../i18n.js";
+import { plan, unitCost } from "../segments.js";
+
+const TIMELINE = [
+  ["created", "created_at"], ["queued", "queued_at"], ["scheduled", "scheduled_at"], ["sent", "sent_at"],
+  ["delivered", "delivered_at"], ["failed", "failed_at"], ["cancelled", "cancelled_at"],
+];
+
+export async function render(main, { arg: id }) {
+  const problem = notice("error");
+  const done = notice();
+  const body = h("div", {}, t("common.loading"));
+  main.append(h("p", {}, h("a", { href: "#/messages" }, t("message.back"))),
+    h("h1", {}, t("message.title", { id })), problem, done, body);
+
+  async function load() {
+    try {
+      const m = await api("GET", `/sms/status/${encodeURIComponent(id)}`);
+      body.replaceChildren(details(m), timeline(m), parts(m), actions(m), webhooks());
+    } catch (error) {
+      say(problem, "error", errorText(error));
+      body.replaceChildren();
+    }
+  }
+
+  function actions(m) {
+    const buttons = [];
+    if (m.status === "queued") {
+      buttons.push(h("button", { type: "button", class: "danger", onClick: async () => {
+        if (!confirm(t("message.confirmCancel"))) return;
+        try {
+          await api("DELETE", `/sms/${encodeURIComponent(id)}`);
+          say(done, "ok", t("message.cancelled.done"));
+          await load();
+        } catch (error) { say(problem, "error", errorText(error)); }
+      } }, t("message.cancel")));
+    }
+    if (m.status === "failed") {
+      buttons.push(h("button", { type: "button", class: "primary", onClick: async () => {
+        try {
+          const r = await api("POST", `/sms/${encodeURIComponent(id)}/resend`, { body: {} });
+          say(done, "ok", t("message.resent", { attempts: r.attempts }));
+          await load();
+        } catch (error) { say(problem, "error", errorText(error)); }
+      } }, t("message.resend")));
+    }
+    return h("div", { class: "actions" }, buttons);
+  }
+
+  await load();
+  const timer = setInterval(load, 5000);
+  return () => clearInterval(timer);
+}
+
+function details(m) {
+  const rows = [
+    [t("messages.col.status"), h("span", { class: `badge ${m.status}`, id: "message-status", "data-status": m.status }, statusLabel(m.status))],
+    [t("message.to"), m.to],
+    [t("message.text"), h("span", { class: "text" }, m.message)],
+    [t("message.priority"), t("priority." + m.priority) || m.priority],
+    [t("message.device"), m.device_id || "—"],
+    [t("message.attempts"), String(m.attempts || 1)],
+  ];
+  if (m.batch_id) rows.push([t("message.batch"), m.batch_id]);
+  if (m.error?.code) rows.push([t("message.error"), `${m.error.code}: ${m.error.message}`]);
+  if (m.metadata && Object.keys(m.metadata).length) rows.push([t("message.metadata"), h("code", {}, JSON.stringify(m.metadata))]);
+  return h("section", { class: "card" }, h("h2", {}, t("message.details")),
+    h("dl", { class: "pairs" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+}
+
+function timeline(m) {
+  const steps = TIMELINE.filter(([, key]) => m[key]);
+  return h("section", { class: "card" }, h("h2", {}, t("message.timeline")),
+    h("ol", { class: "timeline" }, steps.map(([label, key]) => h("li", {}, h("strong", {}, t("message." + label)), " ", h("time", { datetime: m[key] }, dateTime(m[key]))))));
+}
+
+function parts(m) {
+  const split = plan(m.message || "");
+  return h("section", { class: "card" }, h("h2", {}, t("message.parts")),
+    h("p", {}, t("message.partsSummary", { count: m.segments, encoding: m.encoding, units: split.units })),
+    split.count > 1 ? h("ol", { class: "parts" }, split.parts.map((part, i) =>
+      h("li", {}, h("span", { class: "hint" }, `${t("message.part", { n: i + 1 })} · ${unitCost(part, split.encoding)} · `), part))) : null);
+}
+
+function webhooks() {
+  return h("section", { class: "card" }, h("h2", {}, t("message.webhooks")),
+    h("p", {}, t("message.webhooksHow"), " ", h("a", { href: "#/webhooks" }, t("nav.webhooks"))));
+}
