@@ -18,6 +18,14 @@ Artefacts, all byte-for-byte deterministic:
   and google.rpc's error details, or Envoy cannot render detail types (DESIGN.md "The edge");
 - `openapi.json`: from our own plugin, `zimsend.buildtools.openapi_plugin`.
 
+Version guards: protoc and grpc_tools stamp their own version into the Python code as an
+exact floor (`_pb2.py` refuses a protobuf runtime older than the protoc, `_pb2_grpc.py` a
+grpcio older than the grpcio-tools). The phone's agent runs on the grpcio Termux ships
+(`pkg install python-grpcio`, a few releases behind ours), so `relax_version_guards` puts the
+floor the code really needs instead: `GRPCIO_FLOOR` and `PROTOBUF_FLOOR`, which
+`protos/pyproject.toml` and `clients/pyproject.toml` declare and tests/test_agent_packaging.py
+installs from PyPI and runs (docs/decisions.md).
+
 buf cannot fetch google/api from the Buf Schema Registry here (no network), so `lint()` gives
 buf a protoc-built image instead of sources and limits it to our files with `--path`.
 """
@@ -25,6 +33,7 @@ buf a protoc-built image instead of sources and limits it to our files with `--p
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +51,22 @@ DESCRIPTOR_SET = "descriptor_set.binpb"
 OPENAPI = "openapi.json"
 # Imported by nothing of ours, needed by Envoy to print google.rpc.Status details.
 DESCRIPTOR_EXTRAS = ("google/rpc/error_details.proto", "google/rpc/status.proto")
+# The oldest runtimes the generated code works with (tested: tests/test_agent_packaging.py).
+# grpcio 1.64.0: the stubs pass `_registered_method=True` (grpcio 1.63) and
+# `add_*Servicer_to_server` calls `server.add_registered_method_handlers` (1.64).
+GRPCIO_FLOOR = "1.64.0"
+# protobuf 5.26.1: `_pb2.py` needs only the descriptor-pool builder (protobuf 3.20), but the
+# SDK's JSON printing uses `always_print_fields_with_no_presence` (5.26); one floor for both.
+PROTOBUF_FLOOR = "5.26.1"
+_GRPC_GUARD = re.compile(r"^GRPC_GENERATED_VERSION = '[0-9][^']*'$", re.MULTILINE)
+_PROTOBUF_IMPORT = "from google.protobuf import runtime_version as _runtime_version\n"
+_PROTOBUF_GUARD = re.compile(
+    r"^_runtime_version\.ValidateProtobufRuntimeVersion\(\n(?:    [^\n]*\n)*?\)\n", re.MULTILINE
+)
+_PROTOBUF_NOTE = (
+    "# zimsend codegen: protobuf's exact gencode-version check removed; zimsend-protos\n"
+    f"# requires protobuf>={PROTOBUF_FLOOR}, the oldest runtime tested (docs/decisions.md).\n"
+)
 
 
 class CodegenError(RuntimeError):
@@ -109,7 +134,30 @@ def generate(out: Path, proto_root: Path = PROTOS) -> None:
     args = [f"--plugin=protoc-gen-{name}={path}" for name, path in plugins.items()]
     args += [f"--{name}_out={out}" for name in ("python", "grpc_python", *plugins)]
     _protoc([*args, *files], proto_root)
+    relax_version_guards(out / PACKAGE)
     build_image(out / PACKAGE / DESCRIPTOR_SET, proto_root, DESCRIPTOR_EXTRAS)
+
+
+def relax_version_guards(directory: Path) -> None:
+    """Replace the generators' exact-version guards by our floors (module docstring).
+
+    `_pb2_grpc.py` keeps its guard, which names the version in its error, with
+    `GRPCIO_FLOOR`. protobuf's check cannot be lowered the same way (it also demands the
+    gencode's major version; we accept majors 5 to 7), so it goes, with a comment saying so.
+    Fails when a generator's output no longer has the expected shape, rather than leave an
+    exact pin in place unnoticed.
+    """
+    for path in sorted(directory.glob("*_pb2_grpc.py")):
+        floor = f"GRPC_GENERATED_VERSION = '{GRPCIO_FLOOR}'"
+        text, count = _GRPC_GUARD.subn(floor, path.read_text())
+        if count != 1:
+            raise CodegenError(f"{path.name}: no GRPC_GENERATED_VERSION line to relax")
+        path.write_text(text)
+    for path in sorted(directory.glob("*_pb2.py")):
+        text, count = _PROTOBUF_GUARD.subn(_PROTOBUF_NOTE, path.read_text())
+        if count != 1 or text.count(_PROTOBUF_IMPORT) != 1:
+            raise CodegenError(f"{path.name}: no ValidateProtobufRuntimeVersion call to remove")
+        path.write_text(text.replace(_PROTOBUF_IMPORT, ""))
 
 
 def _generated_in(directory: Path) -> dict[str, Path]:

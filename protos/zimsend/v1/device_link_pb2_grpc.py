@@ -5,7 +5,7 @@ import warnings
 
 from zimsend.v1 import device_link_pb2 as zimsend_dot_v1_dot_device__link__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.64.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -6,17 +6,10 @@
 """Generated protocol buffer code."""
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
-from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-_runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC,
-    7,
-    35,
-    1,
-    '',
-    'zimsend/v1/webhooks.proto'
-)
+# zimsend codegen: protobuf's exact gencode-version check removed; zimsend-protos
+# requires protobuf>=5.26.1, the oldest runtime tested (docs/decisions.md).
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
