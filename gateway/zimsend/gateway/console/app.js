@@ -28,6 +28,7 @@ const header = document.getElementById("top");
 const main = document.getElementById("main");
 let stopPage = null;
 let signedOutReason = "";
+let firstRender = true;
 
 function route() {
   const [name = "", ...rest] = location.hash.replace(/^#\/?/, "").split("/");
@@ -51,6 +52,10 @@ async function render() {
   const context = { arg, reason: signedOutReason, go };
   signedOutReason = "";
   stopPage = (await page.render(main, context)) || null;
+  // After a navigation, the focus moves to the new page (screen readers start there; the
+  // next Tab goes into its content), unless the page put it somewhere itself.
+  if (!firstRender && !main.contains(document.activeElement)) main.focus();
+  firstRender = false;
 }
 
 function go(hash) {

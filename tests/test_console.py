@@ -1,0 +1,454 @@
+"""The web console (issue 14), used in a real headless Chromium against a real `zimsend up`.
+
+One stack (`zimsend up --with-simulated-device --allow-insecure-webhooks` on free ports and a
+fresh data directory) serves every test; each test opens its own browser context, so each
+starts signed out with an empty sessionStorage. Chromium is Debian's (`chromium` on PATH,
+installed by `python3 buildtools/run.py test`), driven by Playwright for Python with
+`executable_path` (Playwright's own browser download cannot reach the network).
+
+A screenshot of every page is saved under tests/artifacts/console/ (ignored by git). Every
+test also fails on any browser console error, which is where CSP violations show.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _processes import ZIMSEND, Program, free_port, zimsend_env
+
+from zimsend.gateway._console import CONTENT_SECURITY_POLICY, console_files
+from zimsend.segments import GSM7_BASIC, GSM7_EXTENSION, plan
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
+DESKTOP = {"width": 1100, "height": 900}
+PHONE = {"width": 375, "height": 740}
+
+
+# --- the stack and the browser ---------------------------------------------------------------
+
+
+class Stack:
+    def __init__(self, base_url: str, data_dir: Path) -> None:
+        self.base_url = base_url
+        creds = json.loads((data_dir / "credentials.json").read_text())
+        self.client_id: str = creds["client_id"]
+        self.api_key: str = creds["api_key"]
+
+    def auth(self, api_key: str | None = None) -> dict[str, str]:
+        return {"X-Client-ID": self.client_id, "X-API-Key": api_key or self.api_key}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("console") / "data"
+    ports = {name: free_port() for name in ("http", "device", "grpc", "admin")}
+    program = Program(
+        [ZIMSEND, "up", "--data-dir", str(data_dir), "--http-port", str(ports["http"]),
+         "--device-port", str(ports["device"]), "--grpc-port", str(ports["grpc"]),
+         "--admin-port", str(ports["admin"]), "--with-simulated-device",
+         "--allow-insecure-webhooks"],
+        env=zimsend_env(data_dir, "console-test-pepper"),
+        log_path=data_dir.parent / "up.log", name="zimsend up",
+    )
+    with program:
+        program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
+        yield Stack(f"http://127.0.0.1:{ports['http']}", data_dir)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's `chromium` is not on PATH: run `python3 buildtools/run.py test` "
+                    "(it installs it as root) or `apt-get install chromium`.")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+class Console:
+    """One browser tab on the console, with what it logged and where it went."""
+
+    def __init__(self, page: Any, stack: Stack) -> None:
+        self.page = page
+        self.stack = stack
+        self.problems: list[str] = []
+        self.origins: set[str] = set()
+        page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
+        page.on("request", lambda r: self.origins.add(re.match(r"[a-z]+://[^/]+", r.url)[0]))
+        page.on("dialog", lambda dialog: dialog.accept())  # confirmations say yes
+
+    def open(self, hash_path: str = "") -> None:
+        self.page.goto(f"{self.stack.base_url}/{hash_path}")
+
+    def sign_in(self, api_key: str | None = None) -> None:
+        self.open()
+        self.page.get_by_label("Client ID").fill(self.stack.client_id)
+        self.page.get_by_label("API key").fill(api_key or self.stack.api_key)
+        self.page.get_by_role("button", name="Sign in").click()
+
+    def go(self, section: str) -> None:
+        self.page.get_by_role("navigation").get_by_role("link", name=section).click()
+
+    def shot(self, name: str) -> None:
+        self.page.wait_for_load_state("networkidle")
+        self.page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+@pytest.fixture
+def console(browser: Any, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Console]:
+    options = getattr(request, "param", {})
+    context = browser.new_context(locale=options.get("locale", "en-US"),
+                                  viewport=options.get("viewport", DESKTOP))
+    tab = Console(context.new_page(), stack)
+    yield tab
+    context.close()
+    assert tab.problems == [], f"browser console errors: {tab.problems}"
+    assert tab.origins <= {stack.base_url}, f"requests to other origins: {tab.origins}"
+
+
+def wait_for(locator: Any, timeout_ms: int = 30_000) -> Any:
+    locator.wait_for(timeout=timeout_ms)
+    return locator
+
+
+# --- served at the edge -------------------------------------------------------------------------
+
+
+def test_the_sign_in_page_is_served_at_root_with_a_strict_policy(stack: Stack) -> None:
+    """`/` is the console's index.html; every file has its type and the CSP; /v1 still the API."""
+    with httpx.Client(base_url=stack.base_url) as http:
+        root = http.get("/")
+        assert root.status_code == 200
+        assert root.headers["content-type"] == "text/html; charset=utf-8"
+        assert root.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert "default-src 'self'" in CONTENT_SECURITY_POLICY
+        assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+        assert root.headers["x-content-type-options"] == "nosniff"
+        assert root.headers["referrer-policy"] == "no-referrer"
+        assert "<script type=\"module\" src=\"/console/app.js\">" in root.text
+        assert not re.search(r"<script(?![^>]*\bsrc=)", root.text), "inline script in index.html"
+        assert " style=" not in root.text
+        for url_path, file in console_files().items():
+            served = http.get(url_path)
+            assert served.status_code == 200, url_path
+            assert served.content == file.read_bytes(), url_path
+            assert served.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert http.get("/console/app.js").headers["content-type"].startswith("text/javascript")
+        assert http.get("/console/console.css").headers["content-type"].startswith("text/css")
+        assert http.post("/").status_code != 200  # files are GET/HEAD only
+        assert http.get("/v1/auth/test", headers=stack.auth()).json()["success"] is True
+
+
+# --- sign in ------------------------------------------------------------------------------------
+
+
+def test_a_wrong_key_shows_the_error_in_words_and_keeps_nothing(console: Console) -> None:
+    console.sign_in(api_key="zs_live_not_a_real_key")
+    alert = wait_for(console.page.get_by_role("alert"))
+    assert "This API key is not valid for this client ID" in alert.inner_text()
+    assert console.page.get_by_role("button", name="Sign in").is_visible()
+    assert console.page.evaluate("sessionStorage.length") == 0
+    console.shot("sign-in-wrong-key")
+    console.problems.clear()  # the refused /v1/auth/test request logs a 401: expected
+
+
+def test_signing_in_keeps_the_key_in_this_tab_only_and_shows_the_overview(
+    console: Console, stack: Stack
+) -> None:
+    console.open()
+    console.shot("sign-in")
+    console.sign_in()
+    wait_for(console.page.get_by_role("heading", name="Overview"))
+    wait_for(console.page.locator('[data-count="online"]'))
+    assert console.page.locator('[data-count="online"]').inner_text() == "1"
+    stored = console.page.evaluate("JSON.stringify(sessionStorage)")
+    assert stack.api_key in stored
+    assert stack.api_key not in console.page.evaluate("JSON.stringify(localStorage)")
+    assert stack.api_key not in console.page.url
+    console.shot("overview")
+    console.page.get_by_role("button", name="Sign out").click()
+    wait_for(console.page.get_by_role("button", name="Sign in"))
+    assert console.page.evaluate("sessionStorage.length") == 0
+
+
+# --- sending ------------------------------------------------------------------------------------
+
+
+def test_an_sms_sent_from_the_form_reaches_delivered_in_messages(console: Console) -> None:
+    console.sign_in()
+    console.go("Send")
+    page = console.page
+    page.get_by_label("To (E.164").fill("+33612345678")
+    message = page.get_by_label("Message", exact=True)
+    message.fill("Bonjour 👋 depuis la console")
+    counter = page.locator("#send-counter")
+    assert "UCS-2" in counter.inner_text() and "1 SMS" in counter.inner_text()
+    message.fill("x" * 161)
+    assert "GSM-7" in counter.inner_text() and "2 SMS" in counter.inner_text()
+    message.fill("Hello from the console {ok}")
+    assert "29 units" in counter.inner_text()  # { and } cost two septets each
+    console.shot("send")
+    page.get_by_role("button", name="Send SMS").click()
+    queued = wait_for(page.get_by_role("status").filter(has_text="Queued as"))
+    message_id = re.search(r"msg_[0-9a-f]+", queued.inner_text())[0]
+
+    console.go("Messages")
+    row = page.locator(f'tr[data-message-id="{message_id}"]')
+    wait_for(row.locator('[data-status="delivered"]'), timeout_ms=60_000)
+    console.shot("messages")
+    row.get_by_role("link").click()
+    wait_for(page.locator('#message-status[data-status="delivered"]'))
+    assert "delivered" in page.locator(".timeline").inner_text()
+    console.shot("message")
+
+
+def test_sending_without_a_number_tells_which_field(console: Console) -> None:
+    console.sign_in()
+    console.go("Send")
+    console.page.get_by_label("To (E.164").fill("12")
+    console.page.get_by_label("Message", exact=True).fill("hello")
+    console.page.get_by_role("button", name="Send SMS").click()
+    alert = wait_for(console.page.get_by_role("alert").filter(has_text="E.164"))
+    assert "This phone number is not valid" in alert.inner_text()
+    console.problems.clear()  # the 400 is logged by the browser
+
+
+# --- phones, keys, webhooks ---------------------------------------------------------------------
+
+
+def test_adding_a_phone_shows_a_pairing_qr_code_that_reads_as_its_uri(console: Console) -> None:
+    import zxingcpp
+
+    console.sign_in()
+    console.go("Phones")
+    page = console.page
+    wait_for(page.locator('[data-field="status"][data-status="online"]'))
+    page.locator("#phone-name").fill("Kitchen phone")
+    page.get_by_role("button", name="Add phone").click()
+    qr = wait_for(page.get_by_role("img", name="Pairing QR code for Kitchen phone"))
+    uri = page.locator("#pairing-uri").input_value()
+    assert uri.startswith("zimsend://pair?")
+    # Read the code as drawn: the canvas's pixels, grey, through a real QR reader.
+    pixels = qr.evaluate("""canvas => {
+        const {data, width, height} = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+        const grey = new Uint8Array(width * height);
+        for (let i = 0; i < grey.length; i++) grey[i] = data[i * 4];
+        let text = ''; for (const b of grey) text += String.fromCharCode(b);
+        return {width, height, data: btoa(text)};
+    }""")
+    image = memoryview(base64.b64decode(pixels["data"])).cast("B", (pixels["height"], pixels["width"]))
+    found = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode, try_invert=False)
+    assert [code.text for code in found] == [uri]
+    wait_for(page.locator("article.phone h2", has_text="Kitchen phone"))
+    console.shot("phones")
+
+
+def test_a_key_created_in_the_console_works_until_revoked_there(
+    console: Console, stack: Stack
+) -> None:
+    console.sign_in()
+    console.go("API keys")
+    page = console.page
+    page.get_by_label("Name", exact=True).fill("billing app")
+    page.get_by_role("button", name="Create key").click()
+    secret = wait_for(page.locator("#new-api-key")).input_value()
+    assert secret.startswith("zs_live_")
+    row = wait_for(page.locator("tr", has_text="billing app"))
+    assert f"…{secret[-4:]}" in row.inner_text()
+    with httpx.Client(base_url=stack.base_url) as http:
+        assert http.get("/v1/auth/test", headers=stack.auth(secret)).status_code == 200
+        console.shot("api-keys")
+        page.get_by_role("button", name="Revoke key billing app").click()
+        wait_for(page.locator("tr", has_text="billing app").locator('[data-field="state"]',
+                                                                   has_text="revoked"))
+        refused = http.get("/v1/auth/test", headers=stack.auth(secret))
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "INVALID_API_KEY"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_webhook_test_from_the_console_is_delivered_and_logged(console: Console) -> None:
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_port}/zimsend"
+        console.sign_in()
+        console.go("Webhooks")
+        page = console.page
+        page.get_by_label("URL (HTTPS)").fill(url)
+        page.get_by_role("button", name="Add endpoint").click()
+        assert wait_for(page.locator("#webhook-secret-shown")).input_value().startswith("whsec_")
+        page.get_by_role("button", name=f"Send a test event to {url}").click()
+        event_id = re.search(r"evt_[0-9a-f]+", wait_for(
+            page.get_by_role("status").filter(has_text="Test event")).inner_text())[0]
+        logged = page.locator(f'#webhook-logs tr[data-event-id="{event_id}"]')
+        wait_for(logged.locator('[data-field="response-status"]', has_text="200"))
+        assert "webhook.test" in logged.inner_text()
+        assert any(event.get("event_id") == event_id for event in _Receiver.received)
+        console.shot("webhooks")
+    finally:
+        receiver.shutdown()
+
+
+# --- languages, keyboard, small screens ---------------------------------------------------------
+
+
+def test_switching_to_french_translates_the_console_and_is_remembered(console: Console) -> None:
+    console.sign_in()
+    wait_for(console.page.get_by_role("heading", name="Overview"))
+    console.page.get_by_label("Language").select_option("fr")
+    wait_for(console.page.get_by_role("heading", name="Vue d’ensemble"))
+    assert console.page.evaluate("document.documentElement.lang") == "fr"
+    nav = console.page.get_by_role("navigation").inner_text()
+    assert "Téléphones" in nav and "Clés d’API" in nav
+    console.shot("overview-fr")
+    console.page.reload()
+    wait_for(console.page.get_by_role("link", name="Envoyer")).click()
+    wait_for(console.page.get_by_role("button", name="Envoyer le SMS"))
+    console.shot("send-fr")
+
+
+@pytest.mark.parametrize("console", [{"locale": "fr-FR"}], indirect=True)
+def test_a_french_browser_gets_french_by_default(console: Console) -> None:
+    console.open()
+    wait_for(console.page.get_by_role("heading", name="Connexion à ZimSend"))
+    console.page.get_by_label("Clé d’API").fill("zs_live_wrong")
+    console.page.get_by_label("Client ID").fill(console.stack.client_id)
+    console.page.get_by_role("button", name="Se connecter").click()
+    alert = wait_for(console.page.get_by_role("alert"))
+    assert "Cette clé d’API n’est pas valable" in alert.inner_text()
+    console.shot("sign-in-fr")
+    console.problems.clear()  # the refused request's 401
+
+
+def test_the_keyboard_alone_signs_in_and_moves_between_pages(console: Console) -> None:
+    console.open()
+    page = console.page
+    wait_for(page.get_by_label("Client ID"))
+    page.keyboard.type(console.stack.client_id)  # the client ID field has the focus
+    page.keyboard.press("Tab")
+    page.keyboard.type(console.stack.api_key)
+    page.keyboard.press("Enter")
+    wait_for(page.get_by_role("heading", name="Overview"))
+    for _ in range(20):  # Tab from wherever the focus is until the Phones link has it
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Phones":
+            break
+    else:
+        pytest.fail("Tab never reached the Phones link")
+    page.keyboard.press("Enter")
+    wait_for(page.get_by_role("heading", name="Phones", exact=True))
+    assert page.evaluate("document.activeElement.id") == "main"
+    page.keyboard.press("Tab")  # into the page: the first control of the phone list
+    assert page.evaluate("document.getElementById('main').contains(document.activeElement)")
+
+
+def test_every_form_field_on_every_page_has_a_label(console: Console) -> None:
+    console.sign_in()
+    wait_for(console.page.get_by_role("heading", name="Overview"))
+    for section in ("Messages", "Send", "Phones", "API keys", "Webhooks"):
+        console.go(section)
+        console.page.wait_for_load_state("networkidle")
+        unlabelled = console.page.evaluate("""() => [...document.querySelectorAll(
+            'input:not([type=hidden]), select, textarea')]
+            .filter(c => !(c.labels && c.labels.length) && !c.getAttribute('aria-label'))
+            .map(c => c.outerHTML)""")
+        assert unlabelled == [], f"{section}: {unlabelled}"
+
+
+@pytest.mark.parametrize("console", [{"viewport": PHONE}], indirect=True)
+def test_every_page_fits_a_375_pixel_wide_screen(console: Console) -> None:
+    console.sign_in()
+    wait_for(console.page.get_by_role("heading", name="Overview"))
+    for section, name in [("Overview", "overview"), ("Messages", "messages"), ("Send", "send"),
+                          ("Phones", "phones"), ("API keys", "api-keys"),
+                          ("Webhooks", "webhooks")]:
+        console.go(section)
+        wait_for(console.page.get_by_role("heading", name=section, exact=True))
+        console.page.wait_for_load_state("networkidle")
+        width = console.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{section} is {width} px wide"
+        console.shot(f"{name}-375px")
+
+
+# --- the segment counter is the server's --------------------------------------------------------
+
+SEGMENT_TEXTS = [
+    "",
+    "Hello",
+    "x" * 160,
+    "x" * 161,
+    "x" * 306,
+    "x" * 307,
+    "{" * 80,
+    "{" * 81,
+    "a" + "€" * 80,
+    "x" * 152 + "€" + "x" * 10,  # an escape pair at a part boundary
+    "é" * 160,  # é is GSM-7
+    "ê",  # ê is not
+    "Votre code de vérification est : 123456",
+    "ç" * 70,  # Ç is GSM-7, ç is not
+    "ç" * 71,
+    "😀" * 35,
+    "😀" * 36,
+    "a" + "😀" * 40,  # a surrogate pair at a part boundary
+    "🇫🇷" * 20,  # flags: a grapheme of two surrogate pairs
+    "e\u0301" * 50,  # e + combining accent
+    "👍🏽" * 30,
+    "Line\nbreak\r\nand\ttab",
+    "[]\\^~|" * 30,
+    "Ω" * 161,
+    "\f" * 3,
+    "x" * 1600,
+]
+
+
+def test_the_live_counter_splits_texts_as_the_server_does(console: Console) -> None:
+    """segments.js against zimsend.segments: encoding, units and every part, and the tables."""
+    console.open()
+    console.page.wait_for_load_state("networkidle")
+    result = console.page.evaluate(
+        """async (texts) => {
+            const s = await import('/console/segments.js');
+            return {
+                plans: texts.map(t => { const p = s.plan(t); return [p.encoding, p.units, p.parts]; }),
+                basic: [...s.GSM7_BASIC].sort(), extension: [...s.GSM7_EXTENSION].sort(),
+            };
+        }""",
+        SEGMENT_TEXTS,
+    )
+    assert sorted(result["basic"]) == sorted(GSM7_BASIC)
+    assert sorted(result["extension"]) == sorted(GSM7_EXTENSION)
+    for text, (encoding, units, parts) in zip(SEGMENT_TEXTS, result["plans"], strict=True):
+        expected = plan(text)
+        assert (encoding, units, parts) == (expected.encoding, expected.units, expected.parts), text
