@@ -4,9 +4,10 @@
 -- client sent it, and on the way out it sees the JSON the transcoder produced.
 --
 -- Requests: marks REST requests with `x-zimsend-rest` (local_reply_config keys its JSON
--- mappers on it, so native gRPC and gRPC-Web callers keep plain gRPC statuses), remembers the
--- method and path for error messages, and enforces the body size limit (the transcoder's own
--- `max_request_body_size` does not trip for a body it can parse as it streams).
+-- mappers on it, so native gRPC and gRPC-Web callers keep plain gRPC statuses), drops the
+-- headers gRPC metadata cannot carry, remembers the method and path for error messages, and
+-- enforces the body size limit (the transcoder's own `max_request_body_size` does not trip
+-- for a body it can parse as it streams).
 --
 -- Responses (JSON only, status >= 400):
 -- * a google.rpc.Status from the server (`{"code":…,"message":…,"details":[…]}`) gets
@@ -246,6 +247,16 @@ end
 
 -- Filter callbacks -------------------------------------------------------------------------
 
+-- Whether a REST caller's header can go on to the server as gRPC metadata. grpc core refuses
+-- the whole call (INTERNAL, a 500) for a name HTTP allows but gRPC does not (`a'b`, `x!`),
+-- for a `-bin` value that is not base64, and for a `grpc-*` header it cannot parse
+-- (`grpc-timeout: zz`, `grpc-encoding: foo`). None of these means anything to the REST API,
+-- so they are dropped, as HTTP drops any header it does not know.
+local function passes_as_metadata(name)
+  if name:sub(1, 1) == ":" then return true end
+  return not name:find("[^0-9a-z_.%-]") and name:sub(1, 5) ~= "grpc-" and name:sub(-4) ~= "-bin"
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local content_type = headers:get("content-type") or ""
@@ -253,6 +264,11 @@ function envoy_on_request(handle)
     headers:remove(REST_MARKER)
     return
   end
+  local unfit = {}
+  for name, _ in pairs(headers) do
+    if not passes_as_metadata(name) then unfit[#unfit + 1] = name end
+  end
+  for _, name in ipairs(unfit) do headers:remove(name) end
   headers:replace(REST_MARKER, "1")
   local method = headers:get(":method") or ""
   local path = (headers:get(":path") or ""):gsub("%?.*$", "")
