@@ -231,6 +231,53 @@ def test_sending_without_a_number_tells_which_field(console: Console) -> None:
     console.problems.clear()  # the 400 is logged by the browser
 
 
+def test_a_csv_file_is_previewed_then_sent_in_bulk_with_a_progress_bar(console: Console) -> None:
+    console.sign_in()
+    console.go("Send")
+    page = console.page
+    csv = "to;message\n+33612345001;Premier\n+33612345002;\"Deuxième; avec point-virgule\"\n+33612345003;Troisième\n"
+    page.get_by_label("CSV file", exact=True).set_input_files(
+        files=[{"name": "campaign.csv", "mimeType": "text/csv", "buffer": csv.encode()}])
+    preview = wait_for(page.locator("#bulk-preview table"))
+    assert "Deuxième; avec point-virgule" in preview.inner_text()
+    assert "3 line(s)" in page.locator("#bulk-preview").inner_text()
+    page.get_by_role("button", name="Send 3 SMS").click()
+    wait_for(page.get_by_role("status").filter(has_text="3 of 3 queued"))
+    assert page.locator("#bulk-progress").evaluate("p => [p.value, p.max]") == [3, 3]
+    console.shot("send-bulk")
+
+
+def test_a_scheduled_message_is_cancelled_from_its_page(console: Console) -> None:
+    console.sign_in()
+    console.go("Send")
+    page = console.page
+    page.get_by_label("To (E.164").fill("+33612345678")
+    page.get_by_label("Message", exact=True).fill("Rappel : rendez-vous demain")
+    tomorrow = page.evaluate("""() => { const d = new Date(Date.now() + 86400000);
+        const p = n => String(n).padStart(2, '0');
+        return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; }""")
+    page.get_by_label("Send later").fill(tomorrow)
+    page.get_by_role("button", name="Send SMS").click()
+    wait_for(page.get_by_role("link", name="See it")).click()
+    wait_for(page.locator('#message-status[data-status="queued"]'))
+    assert "scheduled for" in page.locator(".timeline").inner_text()
+    page.get_by_role("button", name="Cancel this message").click()
+    wait_for(page.locator('#message-status[data-status="cancelled"]'))
+    assert page.get_by_role("button", name="Cancel this message").count() == 0
+
+
+def test_the_history_export_downloads_a_complete_csv(console: Console) -> None:
+    console.sign_in()
+    console.go("Messages")
+    with console.page.expect_download() as download:
+        console.page.get_by_role("button", name="Download CSV").click()
+    path = download.value.path()
+    text = Path(path).read_text()
+    assert download.value.suggested_filename.endswith(".csv")
+    assert text.splitlines()[0].startswith("message_id")
+    assert re.search(r"# end of export: \d+ messages", text)
+
+
 # --- phones, keys, webhooks ---------------------------------------------------------------------
 
 
@@ -259,6 +306,28 @@ def test_adding_a_phone_shows_a_pairing_qr_code_that_reads_as_its_uri(console: C
     assert [code.text for code in found] == [uri]
     wait_for(page.locator("article.phone h2", has_text="Kitchen phone"))
     console.shot("phones")
+
+
+def test_a_phone_s_settings_are_saved_and_it_is_deleted_after_confirmation(
+    console: Console, stack: Stack
+) -> None:
+    with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
+        spare = http.post("/v1/devices", json={"name": "Spare phone"}).json()["device_id"]
+        console.sign_in()
+        console.go("Phones")
+        card = wait_for(console.page.locator(f'article[data-device-id="{spare}"]'))
+        card.get_by_text("Settings").click()
+        card.get_by_label("Daily cap").fill("50")
+        card.get_by_label("Pause between SMS").fill("3000")
+        card.get_by_label("Enabled").uncheck()
+        card.get_by_role("button", name="Save").click()
+        wait_for(console.page.get_by_role("status").filter(has_text="Saved."))
+        assert card.locator('[data-field="sent-today"]').inner_text().endswith("/ 50")
+        device = http.get(f"/v1/devices/{spare}").json()
+        assert (device["daily_cap"], device["send_interval_ms"], device["enabled"]) == (50, 3000, False)
+        card.get_by_role("button", name="Delete").click()  # the confirmation is accepted
+        wait_for(console.page.get_by_role("status").filter(has_text="Spare phone deleted."))
+        assert http.get(f"/v1/devices/{spare}").status_code == 404
 
 
 def test_a_key_created_in_the_console_works_until_revoked_there(

@@ -14,8 +14,8 @@ function svg(tag, attrs = {}, ...children) {
 
 /** `days`: [{date, sent, delivered, failed}] oldest first; `sent` includes the delivered. */
 export function dailyChart(days) {
-  const width = 600;
-  const height = 180;
+  const width = 900;
+  const height = 200;
   const gap = 2;
   const barWidth = width / days.length - gap;
   const peak = Math.max(1, ...days.map((d) => d.sent + d.failed));

@@ -32,7 +32,7 @@ export async function render(main) {
       secret.value = "";
       created.replaceChildren(h("section", { class: "card secret-shown" },
         h("h2", { tabindex: "-1" }, t("webhooks.created")), copyable(t("webhooks.secret"), hook.secret, "webhook-secret-shown"),
-        h("p", { class: "hint" }, t("common.shownOnce"))));
+        h("p", { class: "hint" }, t("webhooks.secretOnce"))));
       created.querySelector("h2").focus();
       await loadEndpoints();
     } catch (error) {
@@ -41,7 +41,7 @@ export async function render(main) {
   } },
     h("h2", { id: "add-webhook" }, t("webhooks.configure")),
     field(t("webhooks.url"), url),
-    h("fieldset", {}, h("legend", {}, t("webhooks.events")),
+    h("fieldset", { class: "choices" }, h("legend", {}, t("webhooks.events")),
       boxes.map((box) => h("div", { class: "field check" }, box, h("label", { for: box.id }, box.value)))),
     field(t("webhooks.secret"), secret),
     h("button", { type: "submit", class: "primary" }, t("webhooks.submit")));
