@@ -139,3 +139,23 @@ def test_stubs_import_as_zimsend_v1() -> None:
 def test_every_proto_has_its_stubs(name: str) -> None:
     for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
         assert (PACKAGE_DIR / f"{name}{suffix}").is_file(), f"{name}{suffix}"
+
+
+def test_generated_code_carries_our_version_floors_not_the_generators() -> None:
+    """A phone keeps Termux's older grpcio (docs/decisions.md): no exact-version guard may
+    survive codegen; tests/test_agent_packaging.py runs the floors themselves."""
+    for stub in PACKAGE_DIR.glob("*_pb2_grpc.py"):
+        assert f"GRPC_GENERATED_VERSION = '{codegen.GRPCIO_FLOOR}'" in stub.read_text(), stub
+    for module in PACKAGE_DIR.glob("*_pb2.py"):
+        assert "runtime_version" not in module.read_text(), module
+
+
+def test_relaxing_the_guards_fails_on_output_it_does_not_recognise(tmp_path: Path) -> None:
+    """A generator that changes its guard's shape must stop codegen, not ship an exact pin."""
+    (tmp_path / "probe_pb2_grpc.py").write_text("import grpc\nGRPC_GENERATED_VERSION = X\n")
+    with pytest.raises(codegen.CodegenError, match="GRPC_GENERATED_VERSION"):
+        codegen.relax_version_guards(tmp_path)
+    (tmp_path / "probe_pb2_grpc.py").unlink()
+    (tmp_path / "probe_pb2.py").write_text("from google.protobuf import descriptor\n")
+    with pytest.raises(codegen.CodegenError, match="ValidateProtobufRuntimeVersion"):
+        codegen.relax_version_guards(tmp_path)
