@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import threading
@@ -157,6 +158,19 @@ def test_the_sign_in_page_is_served_at_root_with_a_strict_policy(stack: Stack) -
         assert http.get("/v1/auth/test", headers=stack.auth()).json()["success"] is True
 
 
+def test_console_routes_come_before_the_api_catch_all_and_fit_the_direct_response_cap() -> None:
+    from zimsend.gateway import build_config
+
+    hcm = build_config(upstreams=("127.0.0.1:1",))["static_resources"]["listeners"][0]
+    routes_config = hcm["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    names = [route["name"] for route in routes_config["virtual_hosts"][0]["routes"]]
+    console_names = [name for name in names if name.startswith("console:")]
+    assert set(console_names) == {f"console:{path}" for path in console_files()}
+    assert names.index("server") > max(names.index(name) for name in console_names)
+    largest = max(file.stat().st_size for file in console_files().values())
+    assert routes_config["max_direct_response_body_size_bytes"] > largest
+
+
 # --- sign in ------------------------------------------------------------------------------------
 
 
@@ -281,7 +295,11 @@ def test_the_history_export_downloads_a_complete_csv(console: Console) -> None:
 # --- phones, keys, webhooks ---------------------------------------------------------------------
 
 
-def test_adding_a_phone_shows_a_pairing_qr_code_that_reads_as_its_uri(console: Console) -> None:
+def test_a_phone_added_and_paired_from_its_qr_code_shows_online_by_itself(
+    console: Console, tmp_path: Path
+) -> None:
+    """Add a phone, read its QR code as drawn, pair a simulated phone with what it says: the
+    card turns online without a reload (the list refreshes itself)."""
     import zxingcpp
 
     console.sign_in()
@@ -304,8 +322,15 @@ def test_adding_a_phone_shows_a_pairing_qr_code_that_reads_as_its_uri(console: C
     image = memoryview(base64.b64decode(pixels["data"])).cast("B", (pixels["height"], pixels["width"]))
     found = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode, try_invert=False)
     assert [code.text for code in found] == [uri]
-    wait_for(page.locator("article.phone h2", has_text="Kitchen phone"))
+    card = wait_for(page.locator("article.phone", has_text="Kitchen phone"))
+    assert card.locator('[data-field="status"]').get_attribute("data-status") == "offline"
     console.shot("phones")
+    argv = [ZIMSEND, "device", "run", "--pairing", found[0].text, "--backend", "simulator",
+            "--journal", str(tmp_path / "journal.sqlite3")]
+    with Program(argv, env=dict(os.environ), log_path=tmp_path / "agent.log", name="phone"):
+        wait_for(card.locator('[data-field="status"][data-status="online"]'), timeout_ms=45_000)
+        assert card.locator('[data-field="status"]').inner_text() == "online"
+        console.shot("phones-paired")
 
 
 def test_a_phone_s_settings_are_saved_and_it_is_deleted_after_confirmation(
