@@ -15,9 +15,10 @@ import pytest
 from zimsend.buildtools import codegen
 
 ROOT = Path(__file__).resolve().parent.parent
-# segno draws pairing QR codes (pure Python, no dependency of its own).
+# segno draws pairing QR codes (pure Python, no dependency of its own); httpx is the SDK's
+# REST transport (zimsend.client; the agent never imports it).
 ALLOWED = {"zimsend-protos", "grpcio", "trio", "gsmcodecs", "regex",
-           "googleapis-common-protos", "protobuf", "segno"}
+           "googleapis-common-protos", "protobuf", "segno", "httpx"}
 
 
 def test_the_client_distribution_depends_on_nothing_of_the_server() -> None:
@@ -186,3 +187,23 @@ def test_the_agent_installs_and_runs_on_an_older_grpcio(
         assert versions[0] == grpcio and versions[2] == implementation, versions
         assert protobuf is None or versions[1] == protobuf, versions
     assert "termux" in run(venv / "bin" / "zimsend", "device", "run", "--help")
+
+
+def test_the_sdk_imports_no_server_library() -> None:
+    # tests/test_sdk.py also runs the SDK from a virtualenv holding only this distribution.
+    code = (
+        "import sys, zimsend.client\n"
+        "bad = [m for m in ('sqlmodel', 'sqlalchemy', 'pydantic', 'zimsend.server', 'trio') "
+        "if m in sys.modules]\n"
+        "print(bad)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_device_agent_never_imports_httpx() -> None:
+    code = "import sys, zimsend.agent.agent, zimsend.agent.cli\nprint('httpx' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "False"

@@ -1,0 +1,430 @@
+"""The Python SDK (`zimsend.client`) against the real stack: a real server behind the real
+Envoy, a real simulated phone connected through Envoy's phone port, a real worker delivering
+webhooks to a real receiver (node). Both clients (`ZimSend`, `AsyncZimSend`) over both
+transports (REST, gRPC) give the same typed answers.
+
+Acceptance of issue 15 item 1: a send waits for `delivered` (blocking and asyncio), a 429 is
+retried after `Retry-After`, a send whose answer was lost on a cut connection is retried and
+creates one message, and the webhook helper verifies a real delivery and rejects a tampered one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from _devices import outbox_lines, start_agent, wait_for
+from _processes import run_zimsend
+
+from zimsend.client import (
+    AsyncZimSend,
+    Batch,
+    ConflictError,
+    Device,
+    InvalidRequestError,
+    Message,
+    MessageStatus,
+    NotFoundError,
+    OtpError,
+    Page,
+    RateLimitError,
+    RestTransport,
+    Retries,
+    SentMessage,
+    SmsEventData,
+    WebhookVerificationError,
+    ZimSend,
+    ZimSendError,
+    verify_webhook,
+)
+
+TRANSPORTS = ["rest", "grpc"]
+
+
+@pytest.fixture(scope="module")
+def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from _processes import zimsend_env as make_env
+
+    from conftest import TEST_PEPPER
+
+    data_dir = tmp_path_factory.mktemp("zimsend-data")
+    return make_env(data_dir, TEST_PEPPER, ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+                    ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+                    ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0,1,2]")
+
+
+def _client(stack, **options) -> ZimSend:  # type: ignore[no-untyped-def]
+    return ZimSend(api_key=stack.api_key, client_id=stack.client_id, base_url=stack.base_url,
+                   **options)
+
+
+@pytest.fixture(scope="module")
+def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A device made with the SDK, its real agent connected through Envoy's phone port."""
+    with _client(stack) as zs:
+        created = zs.devices.create("sdk phone")
+        zs.devices.update(created.device_id, send_interval_ms=0)
+        workdir = tmp_path_factory.mktemp("phone")
+        agent = start_agent(zimsend_env, stack.envoy.device_target, stack.client_id,
+                            created.device_id, created.device_password, workdir,
+                            "--delivery-delay", "0.2", "--send-delay", "0.05")
+        with agent:
+            wait_for(lambda: zs.devices.get(created.device_id).status == "online", 30,
+                     "phone online")
+            yield created.device_id, workdir / "outbox.jsonl"
+
+
+def _tomorrow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+
+
+# --- Sending and waiting --------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def client_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv holding only zimsend-client and zimsend-protos (and what they
+    depend on), installed from the working tree like a user's `pip install`."""
+    venv = tmp_path_factory.mktemp("client-only") / "venv"
+    uv = Path(sys.executable).with_name("uv")
+    subprocess.run([str(uv), "venv", "-q", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = [str(uv), "pip", "install", "-q", "--python", str(python),
+               str(ROOT / "protos"), str(ROOT / "clients")]
+    # The uv cache normally has every wheel (the workspace was synced); else ask the index.
+    if subprocess.run([*install, "--offline"], capture_output=True, timeout=300).returncode:
+        subprocess.run(install, check=True, timeout=600)
+    return python
+
+
+@pytest.mark.slow
+def test_the_sdk_alone_sends_and_waits_for_delivered(stack, phone, client_only_python) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15's acceptance, literally: `from zimsend.client import ZimSend` where only the
+    client distribution is installed (no zimsend.server, no SQLModel), blocking and asyncio."""
+    script = textwrap.dedent("""
+        import asyncio, json, sys
+        from zimsend.client import AsyncZimSend, ZimSend
+        base, client_id, key = sys.argv[1:4]
+        with ZimSend(api_key=key, client_id=client_id, base_url=base) as zs:
+            sent = zs.sms.send("+33612345640", "Bonjour depuis le SDK")
+            done = zs.sms.wait(sent.message_id, timeout=30, interval=0.2)
+
+        async def main():
+            async with AsyncZimSend(api_key=key, client_id=client_id, base_url=base) as azs:
+                sent = await azs.sms.send("+33612345641", "Bonjour depuis asyncio")
+                return await azs.sms.wait(sent.message_id, timeout=30, interval=0.2)
+
+        adone = asyncio.run(main())
+        try:
+            import zimsend.server
+            server = True
+        except ImportError:
+            server = False
+        # (not trio: httpcore imports it to sniff the async library when it is installed)
+        loaded = [m for m in ("sqlmodel", "sqlalchemy", "pydantic") if m in sys.modules]
+        print(json.dumps({"sync": done.status, "async": adone.status, "server": server,
+                          "loaded": loaded}))
+    """)
+    done = subprocess.run(
+        [str(client_only_python), "-c", script, stack.base_url, stack.client_id, stack.api_key],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"sync": "delivered", "async": "delivered",
+                                       "server": False, "loaded": []}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_send_waits_for_delivered(stack, phone, transport: str) -> None:  # type: ignore[no-untyped-def]
+    device_id, outbox = phone
+    with _client(stack, transport=transport) as zs:
+        sent = zs.sms.send("+33612345601", f"Votre commande est arrivée ({transport})",
+                           metadata={"order": "A-1"}, priority="high")
+        assert isinstance(sent, SentMessage)
+        assert sent.status is MessageStatus.QUEUED and sent.to == "+33612345601"
+        assert sent.segments == 1 and sent.encoding == "GSM7" and sent.priority == "high"
+        assert isinstance(sent.queued_at, dt.datetime) and sent.queued_at.tzinfo is not None
+        done = zs.sms.wait(sent.message_id, timeout=30, interval=0.2)
+    assert isinstance(done, Message)
+    assert done.status == "delivered" and done.device_id == device_id
+    assert done.delivered_at is not None and done.metadata == {"order": "A-1"}
+    assert [line["message_id"] for line in outbox_lines(outbox)].count(sent.message_id) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_async_client_sends_and_waits_for_delivered(stack, phone, transport: str) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> tuple[Message, list[Message]]:
+        async with AsyncZimSend(api_key=stack.api_key, client_id=stack.client_id,
+                                base_url=stack.base_url, transport=transport) as zs:
+            sent = await zs.sms.send("+33612345602", f"Rendez-vous demain ({transport})")
+            batch = await zs.sms.send_bulk(["+33612345603", "+33612345604"], "Bulk async",
+                                           scheduled_at=_tomorrow())
+            done = await zs.sms.wait(sent.message_id, timeout=30, interval=0.2)
+            history = [m async for m in zs.sms.iter_history(to="+33612345604", page_size=1)]
+            for item in batch.messages:
+                await zs.sms.cancel(item.message_id)
+            return done, history
+
+    done, history = asyncio.run(main())
+    assert done.status == MessageStatus.DELIVERED
+    assert history and all(m.to == "+33612345604" for m in history)
+
+
+# --- Retries --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_429_is_retried_after_retry_after(stack, zimsend_env) -> None:  # type: ignore[no-untyped-def]
+    """A client limited to 3 requests a minute: the 4th call is refused with Retry-After (the
+    seconds to the next minute), the SDK waits that long and the same call then succeeds."""
+    client_id = run_zimsend(["admin", "create-client", "--name", "limited"], zimsend_env)["client_id"]
+    key = run_zimsend(["admin", "create-key", "--client-id", client_id], zimsend_env)["api_key"]
+    run_zimsend(["admin", "set-rate-limit", "--client-id", client_id, "--per-minute", "3"],
+                zimsend_env)
+    seen: list[tuple[float, int, str | None]] = []
+
+    def record(response: httpx.Response) -> None:
+        seen.append((time.monotonic(), response.status_code, response.headers.get("retry-after")))
+
+    # Start early in a minute's window, so the wait is long enough to measure yet bounded.
+    while dt.datetime.now().second > 50:
+        time.sleep(0.5)
+    http = httpx.Client(event_hooks={"response": [record]})
+    transport = RestTransport(stack.base_url, client=http)
+    with ZimSend(api_key=key, client_id=client_id, base_url=stack.base_url,
+                 transport=transport, retries=Retries(max_retries=2, max_wait=70)) as zs:
+        for _ in range(3):
+            zs.auth_test()
+        info = zs.auth_test()  # refused once, then admitted in the next window
+    assert info.client_id == client_id
+    statuses = [status for _, status, _ in seen]
+    assert statuses == [200, 200, 200, 429, 200], seen
+    refused_at, _, retry_after = seen[3]
+    assert retry_after is not None and int(retry_after) >= 1
+    assert seen[4][0] - refused_at >= float(retry_after) - 0.2
+    http.close()
+
+    # With retries off the refusal is a typed error carrying SPEC's code and Retry-After.
+    with ZimSend(api_key=key, client_id=client_id, base_url=stack.base_url, retries=0) as zs:
+        with pytest.raises(RateLimitError) as refused:
+            for _ in range(4):  # the retried call already counts in this window
+                zs.auth_test()
+    assert refused.value.code == "RATE_LIMIT_EXCEEDED" and refused.value.http_status == 429
+    assert refused.value.retry_after and refused.value.retry_after >= 1
+
+
+class AnswerLosingProxy:
+    """TCP proxy to Envoy that, while `lose_answers` > 0, resets the caller's connection at
+    the first byte of the answer (SO_LINGER 0): the request reached the server, the answer
+    never reaches the caller — a timeout or a cut mobile link after the server acted."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.lose_answers = 0
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                caller, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            host, port = self.target.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            threading.Thread(target=self._pipe, args=(caller, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, caller, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if answers and self.lose_answers > 0:
+                    self.lose_answers -= 1
+                    sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    # shutdown wakes the other direction's thread blocked in recv (a bare
+                    # close would not, and no reset would reach the caller)
+                    sink.shutdown(socket.SHUT_RDWR)
+                    sink.close()
+                    return
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.slow
+def test_a_send_retried_after_a_cut_connection_creates_one_message(stack) -> None:  # type: ignore[no-untyped-def]
+    proxy = AnswerLosingProxy(stack.base_url.split("://", 1)[1].rstrip("/"))
+    to = "+33612345609"
+    try:
+        with ZimSend(api_key=stack.api_key, client_id=stack.client_id, base_url=proxy.url,
+                     timeout=10, retries=Retries(max_retries=3, backoff=0.1)) as zs:
+            before = zs.sms.history(to=to).pagination.total_items
+            proxy.lose_answers = 1
+            sent = zs.sms.send(to, "Paiement reçu, merci", scheduled_at=_tomorrow())
+            assert proxy.lose_answers == 0, "the first answer must have been lost"
+            assert proxy.connections >= 2, "the retry must have used a new connection"
+            page = zs.sms.history(to=to)
+            assert page.pagination.total_items == before + 1
+            assert page.items[0].message_id == sent.message_id
+            zs.sms.cancel(sent.message_id)
+
+            # Without a key, the same cut on a call that is not safe to repeat is raised.
+            proxy.lose_answers = 1
+            with pytest.raises(ZimSendError) as lost:
+                zs.devices.create("never retried")
+            assert lost.value.code == "CONNECTION_ERROR"
+    finally:
+        proxy.close()
+
+
+# --- Every endpoint, both transports --------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_endpoint_returns_typed_results(stack, phone, transport: str) -> None:  # type: ignore[no-untyped-def]
+    device_id, _ = phone
+    with _client(stack, transport=transport) as zs:
+        assert zs.auth_test().client_id == stack.client_id
+        assert zs.auth_test(device_id=device_id).device_status == "online"
+
+        # SMS: bulk, personalized, history pages, stats, cancel, export, inbox.
+        to = "+3361234" + ("5610" if transport == "rest" else "5620")
+        batch = zs.sms.send_bulk([to, to], "Soldes", scheduled_at=_tomorrow())
+        assert isinstance(batch, Batch) and batch.total_recipients == 2
+        personal = zs.sms.send_personalized(
+            [{"to": to, "message": "Bonjour Ada", "metadata": {"row": 1}}],
+            scheduled_at=_tomorrow())
+        ids = [m.message_id for m in batch.messages + personal.messages]
+        first = zs.sms.history(to=to, limit=2)
+        assert isinstance(first, Page) and first.pagination.total_items == 3
+        assert first.has_more and len(first.items) == 2
+        assert sorted(m.message_id for m in zs.sms.iter_history(to=to, page_size=1)) == sorted(ids)
+        stats = zs.sms.stats()
+        assert stats.pending >= 3 and stats.period_to is not None
+        cancelled = [zs.sms.cancel(i) for i in ids]
+        assert all(c.status == "cancelled" for c in cancelled)
+        assert zs.sms.status(ids[0]).cancelled_at is not None
+        csv_text = b"".join(zs.sms.export(status="cancelled")).decode()
+        assert ids[0] in csv_text and csv_text.rstrip().splitlines()[-1].startswith("# end of")
+        lines = b"".join(zs.sms.export(format="jsonl", status="cancelled")).decode().splitlines()
+        assert json.loads(lines[-1])["end_of_export"] is True
+        assert isinstance(zs.sms.inbox(limit=5), Page)
+
+        # Typed errors with SPEC's code and HTTP status, whichever transport.
+        with pytest.raises(NotFoundError) as missing:
+            zs.sms.status("msg_0000000000000000")
+        assert (missing.value.code, missing.value.http_status) == ("MESSAGE_NOT_FOUND", 404)
+        with pytest.raises(InvalidRequestError) as bad:
+            zs.sms.send_bulk(["+33612345678", "+33 12"], "x", scheduled_at=_tomorrow())
+        assert bad.value.code == "INVALID_PHONE_NUMBER" and bad.value.http_status == 400
+        assert [v.field for v in bad.value.violations] == ["recipients[1]"]
+        with pytest.raises(ConflictError):
+            zs.sms.send(to, "a", scheduled_at=_tomorrow(), idempotency_key=f"k-{transport}")
+            zs.sms.send(to, "b", scheduled_at=_tomorrow(), idempotency_key=f"k-{transport}")
+
+        # OTP: a wrong code is an answer, not an error; an unknown OTP is OtpError.
+        otp = zs.otp.send("+33612345699")
+        verdict = zs.otp.verify(otp.otp_id, "000000")
+        assert verdict.valid is False and verdict.attempts_remaining == 2
+        with pytest.raises(OtpError) as unknown:
+            zs.otp.verify("otp_0000000000000000", "123456")
+        assert unknown.value.code == "OTP_NOT_FOUND"
+
+        # Devices.
+        made = zs.devices.create(f"spare {transport}")
+        assert made.pairing_uri.startswith("zimsend://") and made.device_password
+        changed = zs.devices.update(made.device_id, name="renamed", daily_cap=50, enabled=False)
+        assert isinstance(changed, Device)
+        assert (changed.name, changed.daily_cap, changed.enabled) == ("renamed", 50, False)
+        assert made.device_id in {d.device_id for d in zs.devices.list()}
+        assert zs.devices.rotate_password(made.device_id).device_password != made.device_password
+        zs.devices.delete(made.device_id)
+        with pytest.raises(NotFoundError):
+            zs.devices.get(made.device_id)
+
+        # API keys.
+        key = zs.api_keys.create(f"ci {transport}", test=True)
+        assert key.api_key.startswith("zs_test_")
+        listed = {k.key_id: k for k in zs.api_keys.list()}
+        assert listed[key.key_id].last4 == key.api_key[-4:]
+        zs.api_keys.revoke(key.key_id)
+        assert {k.key_id: k for k in zs.api_keys.list()}[key.key_id].revoked_at is not None
+
+        # Webhooks (the delivery itself is the next test's).
+        hook = zs.webhooks.configure("https://example.com/hooks", ["sms.delivered"])
+        assert hook.secret.startswith("whsec_") and hook.events == ("sms.delivered",)
+        assert hook.webhook_id in {w.webhook_id for w in zs.webhooks.list()}
+        assert zs.webhooks.test(hook.webhook_id).event_id.startswith("evt_")
+        assert isinstance(zs.webhooks.logs(webhook_id=hook.webhook_id), Page)
+        zs.webhooks.delete(hook.webhook_id)
+
+
+# --- Webhooks -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(  # type: ignore[no-untyped-def]
+    stack, phone, zimsend_env, tmp_path: Path,
+) -> None:
+    from _receivers import Receiver, body_of, start_worker
+
+    def _about(record: dict, message_id: str) -> bool:
+        return message_id.encode() in body_of(record)
+
+    with _client(stack) as zs:
+        with Receiver(tmp_path, secret="whsec_" + "A" * 43 + "=") as receiver, \
+                start_worker(zimsend_env, tmp_path):
+            made = zs.webhooks.configure(receiver.url, ["sms.delivered"], secret=receiver.secret)
+            try:
+                sent = zs.sms.send("+33612345630", "Livraison confirmée", metadata={"n": 7})
+                receiver.wait_for(lambda rs: any(_about(r, sent.message_id) for r in rs), 60,
+                                  "the sms.delivered delivery")
+            finally:
+                zs.webhooks.delete(made.webhook_id)
+    record = next(r for r in receiver.records() if _about(r, sent.message_id))
+    body = body_of(record)
+    headers = {k: v for k, v in record["headers"].items() if v is not None}
+    event = verify_webhook(body, headers, receiver.secret)
+    assert event.event == "sms.delivered" and event.event_id == headers["webhook-id"]
+    assert isinstance(event.data, SmsEventData)
+    assert event.data.message_id == sent.message_id and event.data.status == "delivered"
+    assert event.data.metadata == {"n": 7} and event.data.delivered_at is not None
+
+    tampered = body.replace(b"Livraison", b"Livraisin")
+    with pytest.raises(WebhookVerificationError, match="X-Webhook-Signature"):
+        verify_webhook(tampered, headers, receiver.secret)
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(body, headers, "whsec_" + "B" * 43 + "=")
+    stripped = {k: v for k, v in headers.items() if not k.lower().startswith("webhook-")}
+    with pytest.raises(WebhookVerificationError, match="missing"):
+        verify_webhook(body, stripped, receiver.secret)
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        verify_webhook(body, headers, receiver.secret, now=time.time() + 3600)
