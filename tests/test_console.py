@@ -280,6 +280,35 @@ def test_a_scheduled_message_is_cancelled_from_its_page(console: Console) -> Non
     assert page.get_by_role("button", name="Cancel this message").count() == 0
 
 
+def test_a_failed_message_shows_its_error_and_is_resent_from_its_page(
+    console: Console, stack: Stack, tmp_path: Path
+) -> None:
+    """A phone whose every send fails, chosen in the form: the detail shows the failure and
+    its code, and Resend queues it again as attempt 2."""
+    with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
+        phone = http.post("/v1/devices", json={"name": "Broken phone"}).json()
+        argv = [ZIMSEND, "device", "run", "--pairing", phone["pairing_uri"], "--backend",
+                "simulator", "--failure-rate", "1", "--failure-codes", "NO_CREDIT",
+                "--journal", str(tmp_path / "journal.sqlite3")]
+        with Program(argv, env=dict(os.environ), log_path=tmp_path / "agent.log", name="phone"):
+            console.sign_in()
+            console.go("Phones")
+            card = console.page.locator(f'article[data-device-id="{phone["device_id"]}"]')
+            wait_for(card.locator('[data-field="status"][data-status="online"]'), 45_000)
+            console.go("Send")
+            page = console.page
+            page.get_by_label("To (E.164").fill("+33612345678")
+            page.get_by_label("Message", exact=True).fill("Ce message échouera")
+            page.get_by_label("Phone", exact=True).select_option(phone["device_id"])
+            page.get_by_role("button", name="Send SMS").click()
+            wait_for(page.get_by_role("link", name="See it")).click()
+            wait_for(page.locator('#message-status[data-status="failed"]'), 60_000)
+            assert "NO_CREDIT" in page.locator("section", has_text="Details").inner_text()
+            console.shot("message-failed")
+            page.get_by_role("button", name="Resend this message").click()
+            wait_for(page.get_by_role("status").filter(has_text="Queued again (attempt 2)"))
+
+
 def test_the_history_export_downloads_a_complete_csv(console: Console) -> None:
     console.sign_in()
     console.go("Messages")

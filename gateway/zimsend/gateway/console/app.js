@@ -29,6 +29,7 @@ const main = document.getElementById("main");
 let stopPage = null;
 let signedOutReason = "";
 let firstRender = true;
+let renders = 0;
 
 function route() {
   const [name = "", ...rest] = location.hash.replace(/^#\/?/, "").split("/");
@@ -36,6 +37,7 @@ function route() {
 }
 
 async function render() {
+  const thisRender = ++renders;
   if (stopPage) stopPage();
   stopPage = null;
   const { name, arg } = route();
@@ -51,11 +53,14 @@ async function render() {
   main.replaceChildren();
   const context = { arg, reason: signedOutReason, go };
   signedOutReason = "";
-  stopPage = (await page.render(main, context)) || null;
   // After a navigation, the focus moves to the new page (screen readers start there; the
-  // next Tab goes into its content), unless the page put it somewhere itself.
-  if (!firstRender && !main.contains(document.activeElement)) main.focus();
+  // next Tab goes into its content); a page may then put it somewhere itself.
+  if (!firstRender) main.focus();
   firstRender = false;
+  const stop = (await page.render(main, context)) || null;
+  // Left while it was still loading: stop its timers at once.
+  if (thisRender !== renders) stop?.();
+  else stopPage = stop;
 }
 
 function go(hash) {

@@ -53,9 +53,15 @@ export function notice(kind = "status") {
   return h("div", { class: "notice", role: kind === "error" ? "alert" : "status", hidden: true });
 }
 
+/** Text with `backquoted` spans as <code> (the texts name commands and columns that way). */
+export function withCode(text) {
+  return String(text).split("`").map((piece, i) => (i % 2 ? h("code", {}, piece) : piece));
+}
+
 /** Show `text` (or nodes) in a notice made by notice(); empty hides it. */
 export function say(region, kind, ...content) {
-  region.replaceChildren(...content.filter((c) => c !== undefined && c !== null));
+  const present = content.filter((c) => c !== undefined && c !== null);
+  region.replaceChildren(...present.flatMap((c) => (typeof c === "string" ? withCode(c) : [c])));
   region.className = "notice " + kind;
-  region.hidden = content.length === 0;
+  region.hidden = present.length === 0;
 }

@@ -36,11 +36,20 @@ export function t(key, vars = {}) {
   return text.replace(/\{(\w+)\}/g, (_, name) => (name in vars ? String(vars[name]) : `{${name}}`));
 }
 
-/** What to tell a person about an ApiError: our words for SPEC's code, then the server's. */
+// Codes whose server message adds what our words cannot know: the field, the limit, the
+// index in a bulk request, the phone's reason. For the others our words say it all.
+const SERVER_DETAIL = new Set([
+  "INVALID_REQUEST", "INVALID_PHONE_NUMBER", "MESSAGE_TOO_LONG", "INVALID_SCHEDULED_DATE",
+  "INVALID_WEBHOOK_URL", "TOO_MANY_RECIPIENTS", "DEVICE_OFFLINE", "RATE_LIMIT_EXCEEDED",
+  "IDEMPOTENCY_KEY_REUSED",
+]);
+
+/** What to tell a person about an ApiError: our words for SPEC's code (and the server's
+ * specifics where they help); the server's message alone for codes we do not word. */
 export function errorText(error) {
   const words = t("error." + error.code);
   if (!words) return error.message || error.code;
-  return error.message && error.code !== "NETWORK" ? `${words} (${error.message})` : words;
+  return SERVER_DETAIL.has(error.code) && error.message ? `${words} (${error.message})` : words;
 }
 
 document.documentElement.lang = current;

@@ -4,7 +4,7 @@
 
 import { api } from "../api.js";
 import { parseCsv, recipientsOf } from "../csv.js";
-import { field, h, notice, say } from "../dom.js";
+import { field, h, notice, say, withCode } from "../dom.js";
 import { errorText, t } from "../i18n.js";
 import { characterCount, plan } from "../segments.js";
 
@@ -128,7 +128,7 @@ function bulkSection(text, common) {
     submit.disabled = false;
   } },
     h("h2", { id: "send-bulk" }, t("send.bulk")),
-    h("p", { class: "hint" }, t("send.bulkHow")),
+    h("p", { class: "hint" }, withCode(t("send.bulkHow"))),
     field(t("send.file"), file),
     preview,
     h("label", { for: "bulk-progress", class: "visually-hidden" }, t("send.progress")),

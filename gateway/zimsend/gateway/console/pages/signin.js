@@ -1,7 +1,7 @@
 // Sign in: a client ID and an API key, checked with GET /v1/auth/test before they are kept.
 
 import { api } from "../api.js";
-import { field, h, notice, say } from "../dom.js";
+import { field, h, notice, say, withCode } from "../dom.js";
 import { errorText, t } from "../i18n.js";
 import { signIn } from "../session.js";
 
@@ -28,7 +28,7 @@ export async function render(main, { reason, go }) {
     }
   } },
     h("h1", {}, t("signin.title")),
-    h("p", {}, t("signin.intro")),
+    h("p", {}, withCode(t("signin.intro"))),
     problem,
     field(t("signin.clientId"), clientId),
     field(t("signin.apiKey"), apiKey, t("signin.keptWhere")),
