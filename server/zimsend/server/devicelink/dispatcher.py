@@ -317,8 +317,12 @@ class Dispatcher:
                 deadline = min(deadline, at)
         timeout = deadline - time.monotonic()
         if timeout > 0 and not self._wake.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set, and this loop then outlives the hub's shutdown
+            # (a SIGTERM'd server under load never exited; tests/test_faults.py).
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
         self._wake.clear()
