@@ -136,7 +136,7 @@ def test_the_device_listener_is_tuned_for_long_streams() -> None:
 def test_phones_have_their_own_upstream_pool_sized_for_one_stream_each() -> None:
     config = build_config(max_connections=20_000)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert set(clusters) == {"zimsend_server", "zimsend_devices"}
+    assert set(clusters) == {"zimsend_server", "zimsend_devices", "zimsend_readiness"}
     device_route = hcm(listeners(config)["device"])["route_config"]["virtual_hosts"][0]["routes"][0]
     assert device_route["route"]["cluster"] == "zimsend_devices"
     breaker = clusters["zimsend_devices"]["circuit_breakers"]["thresholds"][0]
@@ -153,6 +153,21 @@ def test_upstream_health_checks_start_at_once() -> None:
     http2 = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
     assert "http2_protocol_options" in http2
+
+
+def test_healthz_also_needs_a_ready_replica_while_calls_still_reach_it() -> None:
+    """Issue 12 item 9: /healthz is 503 while a replica's storage cannot be written (its
+    SmsService health is NOT_SERVING), but the clusters that carry calls check the server as a
+    whole, so callers still get the server's 503 "storage is full" with Retry-After."""
+    config = build_config()
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    checks = {name: c["health_checks"][0]["grpc_health_check"] for name, c in clusters.items()}
+    assert checks == {"zimsend_server": {}, "zimsend_devices": {},
+                      "zimsend_readiness": {"service_name": "zimsend.v1.SmsService"}}
+    (health,) = [f for f in hcm(listeners(config)["public"])["http_filters"]
+                 if f["name"] == "envoy.filters.http.health_check"]
+    assert set(health["typed_config"]["cluster_min_healthy_percentages"]) == {
+        "zimsend_server", "zimsend_readiness"}
 
 
 def test_the_openapi_route_serves_the_generated_file() -> None:

@@ -41,6 +41,13 @@ CLUSTER = "zimsend_server"
 # The same replicas again, for the phones' streams: their own connection pool and circuit
 # breakers, so thousands of long streams neither starve nor share flow control with API calls.
 DEVICE_CLUSTER = "zimsend_devices"
+# The same replicas once more, carrying no traffic: its health check asks whether a replica is
+# *ready* (gRPC health of READINESS_SERVICE; NOT_SERVING while its database cannot be written),
+# and only /healthz looks at it. The two clusters above check the server as a whole (""), so a
+# replica with a full disk still gets calls and answers them 503 "storage is full" with
+# Retry-After, instead of Envoy's bare "no healthy upstream" (issue 12 item 9).
+READINESS_CLUSTER = "zimsend_readiness"
+READINESS_SERVICE = "zimsend.v1.SmsService"
 ERROR_CODE_HEADER = "zimsend-error-code"
 ERROR_DOMAIN = "zimsend.dev"
 # Set by the Lua filter on every request that did not arrive as gRPC or gRPC-Web, before the
@@ -197,6 +204,9 @@ def build_config(config: GatewayConfig | None = None, **overrides: Any) -> dict[
                 # cluster: far too few for one stream per phone.
                 _server_cluster(config, CLUSTER, max_requests=10_000),
                 _server_cluster(config, DEVICE_CLUSTER, max_requests=config.max_connections),
+                _server_cluster(
+                    config, READINESS_CLUSTER, max_requests=16, health_service=READINESS_SERVICE
+                ),
             ],
         },
         "overload_manager": {
@@ -483,8 +493,10 @@ def _health_check_filter() -> dict[str, Any]:
             "@type": f"{_FILTERS}.health_check.v3.HealthCheck",
             "pass_through_mode": False,
             "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
-            # Healthy while at least one server replica passes its gRPC health check.
-            "cluster_min_healthy_percentages": {CLUSTER: {"value": 1.0}},
+            # Healthy while at least one server replica is up and ready (READINESS_CLUSTER).
+            "cluster_min_healthy_percentages": {
+                CLUSTER: {"value": 1.0}, READINESS_CLUSTER: {"value": 1.0},
+            },
         },
     }
 
@@ -811,7 +823,9 @@ def _access_log(config: GatewayConfig, listener: str) -> list[dict[str, Any]]:
     ]
 
 
-def _server_cluster(config: GatewayConfig, name: str, max_requests: int) -> dict[str, Any]:
+def _server_cluster(
+    config: GatewayConfig, name: str, max_requests: int, health_service: str = ""
+) -> dict[str, Any]:
     endpoints = []
     all_ips = True
     for upstream in config.upstreams:
@@ -867,7 +881,7 @@ def _server_cluster(config: GatewayConfig, name: str, max_requests: int) -> dict
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {},
+                "grpc_health_check": {"service_name": health_service} if health_service else {},
             }
         ],
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},

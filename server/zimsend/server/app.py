@@ -10,6 +10,14 @@ device hub tells every phone to reconnect elsewhere), wait until callers stop co
 health check sees NOT_SERVING within a few seconds; at most `grace`), then stop. Phones leave
 after the calls: a send accepted during the stop still finds its phone online instead of getting
 NO_DEVICE_AVAILABLE.
+
+Health has two levels (issue 12 item 9). The server as a whole (service name "") is SERVING
+while it answers calls: Envoy keeps routing to it, so a caller gets the server's own answer.
+Each zimsend.v1 service is NOT_SERVING while the database cannot be written (disk full,
+read-only): Envoy's `/healthz` checks those (gateway `READINESS_SERVICE`) and says not ready,
+while callers get 503 UNAVAILABLE "storage is full" with Retry-After. The server checks the
+storage every `STORAGE_CHECK_SECONDS` until it can write again (reopening its connections, and
+migrating if it started on an unwritable database), then says SERVING again — no restart.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from zimsend.server.config import Settings
 from zimsend.server.request_decoding import RequestDecoding
 from zimsend.server.rpc import ServerState
 from zimsend.server.storage import Database
+from zimsend.server.storage.availability import StorageProblem, storage_problem
 from zimsend.v1 import common_pb2
 
 log = logs.get("zimsend.server")
@@ -58,6 +67,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 #: A stop waits for this long without a new call before grpc stops listening (see `stop`).
 QUIET_BEFORE_STOP_SECONDS = 0.5
+#: How often an unwritable database is tried again.
+STORAGE_CHECK_SECONDS = 1.0
 
 ShutdownHook = Callable[[], Awaitable[None]]
 
@@ -78,6 +89,10 @@ class ZimSendServer:
         self._shutdown_hooks: list[ShutdownHook] = []
         self._startup_hooks: list[ShutdownHook] = []
         self._stopped = asyncio.Event()
+        self._migrated = False
+        self._storage_watch: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        db.availability.subscribe(self._storage_changed)
         address = f"{settings.grpc_host}:{settings.grpc_port if port is None else port}"
         self.bound_port = self._server.add_insecure_port(address)
         self.address = f"{settings.grpc_host}:{self.bound_port}"
@@ -98,18 +113,71 @@ class ZimSendServer:
         self._shutdown_hooks.append(hook)
 
     async def start(self) -> None:
-        await self.state.db_call(self.state.db.migrate)
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self.state.db_call(self.state.db.migrate)
+            self._migrated = True
+        except Exception as exc:
+            if storage_problem(exc) is None:
+                raise
+            # Start anyway, not ready: callers get 503 "storage …" instead of a dead port, and
+            # the storage watch migrates once the database can be written.
         for hook in self._startup_hooks:
             await hook()
         await self._server.start()
-        for name in ("", *self._service_names):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._set_readiness(self.state.db.availability.problem)
+        if not self._migrated:
+            self._watch_storage()
         log.info("server.started", address=self.address, services=self._service_names)
+
+    def _storage_changed(self, problem: StorageProblem | None) -> None:
+        """From any database thread: follow the storage condition in health."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._on_storage_change, problem)
+
+    def _on_storage_change(self, problem: StorageProblem | None) -> None:
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._set_readiness(self.state.db.availability.problem))
+        if problem is not None:
+            self._watch_storage()
+
+    async def _set_readiness(self, problem: StorageProblem | None) -> None:
+        if self._stopped.is_set():
+            return
+        ready = problem is None and self._migrated
+        status = (health_pb2.HealthCheckResponse.SERVING if ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in self._service_names:
+            await self._health.set(name, status)
+
+    def _watch_storage(self) -> None:
+        if self._storage_watch is None or self._storage_watch.done():
+            self._storage_watch = asyncio.get_running_loop().create_task(self._storage_watch_loop())
+
+    async def _storage_watch_loop(self) -> None:
+        """Until the database can be written again (and is migrated): try every second."""
+        db = self.state.db
+        while not self._stopped.is_set():
+            await asyncio.sleep(STORAGE_CHECK_SECONDS)
+            try:
+                if not self._migrated:
+                    await self.state.db_call(db.migrate)
+                    self._migrated = True
+                if await self.state.db_call(db.check_storage) is None:
+                    await self._set_readiness(None)
+                    return
+            except Exception as exc:  # noqa: BLE001 - keep trying; say what is not storage
+                logs.failure(log, "server.storage_check_failed", exc)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._storage_watch is not None:
+            self._storage_watch.cancel()
         log.info("server.stopping", grace=grace)
         self._gate.close()
         await self._health.enter_graceful_shutdown()

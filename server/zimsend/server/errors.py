@@ -23,8 +23,13 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from zimsend.server.storage.availability import StorageProblem, storage_problem
+
 ERROR_DOMAIN = "zimsend.dev"
 ERROR_CODE_HEADER = "zimsend-error-code"
+#: Retry-After while storage is full or unwritable: the server re-checks every second, and
+#: Envoy's health check (2 s, two failures) follows within about 5 s.
+STORAGE_RETRY_AFTER_SECONDS = 5
 
 
 class ErrorCode(enum.Enum):
@@ -63,6 +68,9 @@ class ErrorCode(enum.Enum):
     SERVER_BUSY = grpc.StatusCode.UNAVAILABLE  # 503
     # The phone opened its stream but sent no DeviceHello in time; it may reconnect.
     HELLO_TIMEOUT = grpc.StatusCode.DEADLINE_EXCEEDED
+    # Beyond SPEC §10: the server cannot do its job right now (its storage is full or cannot
+    # be written; the call gate's "shutting down"); always with a RetryInfo / Retry-After.
+    UNAVAILABLE = grpc.StatusCode.UNAVAILABLE  # 503
     # The phone's stream (DeviceLink), not seen by REST clients.
     INVALID_DEVICE_CREDENTIALS = grpc.StatusCode.UNAUTHENTICATED
     DEVICE_DISABLED = grpc.StatusCode.PERMISSION_DENIED
@@ -172,3 +180,21 @@ def violations_error(
     items = list(violations)
     message = summary or "; ".join(f"{v.field}: {v.description}" for v in items)
     return ApiError(code, message, items)
+
+
+def storage_unavailable(problem: StorageProblem) -> ApiError:
+    """503 UNAVAILABLE for a full or unwritable database: what happened and when to retry,
+    never the driver's text or SQL. ErrorInfo metadata `storage` is `full` or `unwritable`."""
+    return ApiError(
+        ErrorCode.UNAVAILABLE, problem.message, metadata={"storage": problem.value},
+        retry_after_seconds=STORAGE_RETRY_AFTER_SECONDS,
+    )
+
+
+def known_error(exc: BaseException) -> ApiError | None:
+    """The error a caller should see for `exc`: itself when it is an `ApiError`, 503
+    UNAVAILABLE for a storage problem, None for anything unexpected (then: log it, INTERNAL)."""
+    if isinstance(exc, ApiError):
+        return exc
+    problem = storage_problem(exc)
+    return storage_unavailable(problem) if problem is not None else None

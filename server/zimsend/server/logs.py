@@ -38,3 +38,14 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
 
 def get(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)  # type: ignore[no-any-return]
+
+
+def failure(logger: structlog.stdlib.BoundLogger, event: str, exc: BaseException,
+            **fields: object) -> None:
+    """Log an unexpected failure with its traceback, except a storage problem (full or
+    read-only database): the database says that once when it starts and once when it ends
+    (`storage.availability`), not once per failed request or loop turn."""
+    from zimsend.server.storage.availability import storage_problem
+
+    if storage_problem(exc) is None:
+        logger.error(event, exc_info=exc, **fields)

@@ -8,7 +8,8 @@ Each public handler is written as
 and `public_rpc` authenticates the call first (SPEC.md §2: `x-api-key` + `x-client-id` on every
 request), counts it against the client's limit (SPEC.md §8, `ratelimit.py`), then runs the handler, and turns any `ApiError` into the documented gRPC status. An
 unexpected exception is logged with its traceback on the server and reaches the caller only as
-`INTERNAL` with a request-independent message: no stack trace, SQL or data leaks out.
+`INTERNAL` with a request-independent message: no stack trace, SQL or data leaks out. A full
+or unwritable database is not unexpected: 503 UNAVAILABLE with Retry-After (`errors.known_error`).
 
 Database work is synchronous SQLAlchemy (one storage layer for the asyncio server and the trio
 worker, DESIGN.md); `ServerState.db_call` runs it on a small thread pool so the event loop never
@@ -29,7 +30,7 @@ import grpc
 
 from zimsend.server import logs
 from zimsend.server.config import Settings
-from zimsend.server.errors import ApiError, ErrorCode, abort
+from zimsend.server.errors import ApiError, ErrorCode, abort, known_error
 from zimsend.server.ratelimit import ClientRateLimiter
 from zimsend.server.sending.intake import Intake
 from zimsend.server.storage import Database, utcnow
@@ -177,9 +178,12 @@ async def _fail(
     context: grpc.aio.ServicerContext, exc: Exception, method: str,
     headers: list[tuple[str, str]],
 ) -> None:
-    """Turn a handler's exception into its gRPC status (never returns normally)."""
-    if isinstance(exc, ApiError):
-        await abort(context, exc, headers)
+    """Turn a handler's exception into its gRPC status (never returns normally). A full or
+    unwritable database is 503 UNAVAILABLE with Retry-After and no log line of its own
+    (`storage.availability` logs the condition once)."""
+    known = known_error(exc)
+    if known is not None:
+        await abort(context, known, headers)
     if _is_abort(exc):
         raise exc
     log.error("rpc.unexpected_error", method=method, exc_info=exc)

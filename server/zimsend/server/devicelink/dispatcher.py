@@ -289,8 +289,8 @@ class Dispatcher:
         self._thread = threading.get_ident()
         try:
             await self.simulated.resume()
-        except Exception:
-            log.exception("dispatcher.simulated_resume_failed")
+        except Exception as exc:
+            logs.failure(log, "dispatcher.simulated_resume_failed", exc)
         next_expiry = time.monotonic()
         while True:
             await self._sleep()
@@ -301,8 +301,8 @@ class Dispatcher:
                     await self._expire()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("dispatcher.round_failed")
+            except Exception as exc:
+                logs.failure(log, "dispatcher.round_failed", exc)
                 await asyncio.sleep(POLL_INTERVAL_S)
 
     async def close(self) -> None:

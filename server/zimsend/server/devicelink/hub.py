@@ -212,7 +212,7 @@ class DeviceHub:
                 record_connects, self.state.db, self.replica_id, [r for r, _ in batch], utcnow()
             )
         except Exception as exc:
-            log.exception("hub.connects_not_recorded", size=len(batch))
+            logs.failure(log, "hub.connects_not_recorded", exc, size=len(batch))
             for _, waiter in batch:
                 if not waiter.done():
                     waiter.set_exception(exc)
@@ -254,8 +254,8 @@ class DeviceHub:
                 record_disconnect, self.state.db, device_id=session.device_id,
                 connection_id=session.connection_id, reason=reason, now=utcnow(), detail=detail,
             )
-        except Exception:
-            log.exception("device.disconnect_not_recorded", device_id=session.device_id)
+        except Exception as exc:
+            logs.failure(log, "device.disconnect_not_recorded", exc, device_id=session.device_id)
             return
         if changed:
             log.info("device.disconnected", device_id=session.device_id, reason=reason,
@@ -361,8 +361,8 @@ class DeviceHub:
             await asyncio.sleep(period)
             try:
                 await self._flush_heartbeats()
-            except Exception:
-                log.exception("hub.heartbeat_flush_failed")
+            except Exception as exc:
+                logs.failure(log, "hub.heartbeat_flush_failed", exc)
 
     async def _flush_heartbeats(self) -> None:
         beats, self._beats = list(self._beats.values()), {}

@@ -117,8 +117,8 @@ class ReportWriter:
             if batch:
                 try:
                     await self._write(batch)
-                except Exception:  # never let one batch stop the writer
-                    log.exception("reports.write_failed", size=len(batch))
+                except Exception as exc:  # never let one batch stop the writer
+                    logs.failure(log, "reports.write_failed", exc, size=len(batch))
 
     async def flush(self) -> None:
         """Write whatever is queued now (shutdown)."""
@@ -133,8 +133,8 @@ class ReportWriter:
                   i.session.device_id, i.report) for i in batch]
         try:
             outcome = await self._state.link_call(_apply_batch, self._state.db, items)
-        except Exception:
-            log.exception("reports.batch_failed", size=len(items))
+        except Exception as exc:
+            logs.failure(log, "reports.batch_failed", exc, size=len(items))
             outcome = await self._state.link_call(_apply_one_by_one, self._state.db, items)
         by_session: dict[int, list[Transition]] = defaultdict(list)
         message_session = {
@@ -185,8 +185,8 @@ def _apply_one_by_one(db: Database, rows: list[_Row]) -> _Outcome:
     for row in rows:
         try:
             one = _apply_batch(db, [row])
-        except Exception:
-            log.exception("reports.report_failed", device_id=row[2], report_id=row[3].report_id)
+        except Exception as exc:
+            logs.failure(log, "reports.report_failed", exc, device_id=row[2], report_id=row[3].report_id)
             continue
         for n, ids in one.acked.items():
             total.acked.setdefault(n, []).extend(ids)

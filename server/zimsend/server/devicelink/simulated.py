@@ -72,8 +72,8 @@ class SimulatedPhone:
             await self._report(device_id, client_id, messages, "delivered")
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("simulated.failed", device_id=device_id)
+        except Exception as exc:
+            logs.failure(log, "simulated.failed", exc, device_id=device_id)
         finally:
             self._taken.difference_update(m.id for m in messages)
 

@@ -62,6 +62,7 @@ from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.presence import is_connected, is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
+from zimsend.server.storage.availability import storage_problem
 
 from . import idempotency
 from .queue_gauge import Backlog, QueueGauge
@@ -263,7 +264,12 @@ class Intake:
                     results[i] = self._accept_in_batch(session, request, now, batch_state)
                 if batch_state.rows:
                     session.connection().execute(_INSERT, batch_state.rows)
-        except Exception:
+        except Exception as exc:
+            if storage_problem(exc) is not None:
+                # Full or unwritable: each request alone would fail the same way. They are
+                # answered 503 (rpc), and the condition is logged once (storage.availability).
+                _answer(batch, [exc] * len(batch))
+                return
             log.warning("intake.batch_failed", requests=len(batch), exc_info=True)
             results = [None] * len(batch)  # nothing of it was committed
         for i, request in enumerate(batch):

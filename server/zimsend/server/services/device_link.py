@@ -36,7 +36,7 @@ from zimsend.server import logs
 from zimsend.server.devicelink import DeviceHub
 from zimsend.server.devicelink.connections import authenticate_device
 from zimsend.server.devicelink.session import DeviceSession
-from zimsend.server.errors import ApiError, ErrorCode, abort
+from zimsend.server.errors import ApiError, ErrorCode, abort, known_error
 from zimsend.server.rpc import ServerState, metadata_value
 from zimsend.v1 import device_link_pb2 as pb
 from zimsend.v1 import device_link_pb2_grpc as pb_grpc
@@ -177,8 +177,8 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             hello = await self._hello(
                 request_iterator, self.state.settings.device_hello_timeout_seconds
             )
-        except ApiError as error:
-            await abort(context, error)
+        except Exception as exc:  # noqa: BLE001 - the phone gets a status, never our internals
+            await abort(context, _refusal(exc))
             return None
         # Shielded: a phone vanishing while its presence row is being written must still be
         # detached (marked offline, `device.disconnected`) once that write is done.
@@ -190,8 +190,8 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         except asyncio.CancelledError:
             connecting.add_done_callback(self._detach_late)
             raise
-        except ApiError as error:  # deleted while connecting
-            await abort(context, error)
+        except Exception as exc:  # noqa: BLE001 - deleted while connecting, storage, a bug
+            await abort(context, _refusal(exc))
             return None
         return session
 
@@ -230,8 +230,8 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         async for frame in requests:
             try:
                 self.hub.on_frame(session, frame)
-            except Exception:  # a bug handling one frame must not cut the phone off
-                log.exception("devicelink.frame_failed", device_id=session.device_id)
+            except Exception as exc:  # a bug handling one frame must not cut the phone off
+                logs.failure(log, "devicelink.frame_failed", exc, device_id=session.device_id)
 
     async def _write(self, context: grpc.aio.ServicerContext, session: DeviceSession) -> None:
         while True:
@@ -239,6 +239,18 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             if frame is None:
                 return
             await context.write(frame)
+
+
+def _refusal(exc: Exception) -> ApiError:
+    """What a phone is told when its connect fails: the ApiError itself, UNAVAILABLE with a
+    retry delay while storage cannot be written, else INTERNAL (logged here) — never the
+    exception's text, which can hold SQL (issue 12 item 9)."""
+    known = known_error(exc)
+    if known is not None:
+        return known
+    log.error("devicelink.connect_failed", exc_info=exc)
+    return ApiError(ErrorCode.INTERNAL, "Internal error while connecting; it was logged. "
+                    "Reconnect in a moment.")
 
 
 def register(server: ZimSendServer) -> str:

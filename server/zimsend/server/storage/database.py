@@ -19,6 +19,9 @@ wait for the write lock inside SQLite, its busy handler *sleeps* between retries
 send path collapsed into a convoy (`zimsend bench`: 220 SendSms/s, p50 300 ms). A
 `threading.Lock` hands the lock to the next thread the moment it is released; SQLite's own
 lock (and `busy_timeout`) still arbitrates between processes (server, worker, CLI).
+
+Why `availability`: a full or read-only disk is a condition of the process, not an error of
+one request (see `availability`); `check_storage()` is how it ends.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from . import schema
+from .availability import StorageAvailability, StorageProblem, storage_problem
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -44,6 +48,9 @@ __all__ = ["Database", "normalize_url"]
 
 _WRITE_OPTION = "zimsend_write"
 POOL_SIZE = 16
+#: Below this much free space on SQLite's disk, `check_storage` still says FULL: a disk with a
+#: few free bytes takes a one-page write now and then while real ones keep failing.
+MIN_FREE_BYTES = 1 << 20
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -63,6 +70,48 @@ class Database:
         # Re-entrant: a thread already writing that opens another write() waits in SQLite
         # (busy_timeout), exactly as it did before this lock existed.
         self._writers = threading.RLock() if engine.dialect.name == "sqlite" else None
+        self.availability = StorageAvailability(
+            engine.url.render_as_string(hide_password=True)
+        )
+        database = engine.url.database or ""
+        self._sqlite_folder = (
+            Path(database).expanduser().resolve().parent
+            if engine.dialect.name == "sqlite" and database not in ("", ":memory:")
+            and not database.startswith("file:") else None
+        )
+        event.listen(engine, "handle_error", self._on_error)
+
+    def _on_error(self, context: Any) -> None:
+        """Every database error passes here (connects included): a storage problem is
+        reported, and the pooled connections are discarded, so the next ones are opened afresh
+        (a SQLite connection opened while the file was read-only stays read-only forever)."""
+        problem = storage_problem(context.original_exception)
+        if problem is not None:
+            context.is_disconnect = True
+            self.availability.failed(problem)
+
+    def check_storage(self) -> StorageProblem | None:
+        """Try a real write now (and, on SQLite, look at the free space); mark storage
+        available when it works. Returns the problem that remains, None when none does.
+        Errors other than storage problems propagate."""
+        if self._sqlite_folder is not None:
+            stat = os.statvfs(self._sqlite_folder)
+            if stat.f_bavail * stat.f_frsize < MIN_FREE_BYTES:
+                self.availability.failed(StorageProblem.FULL)
+                return StorageProblem.FULL
+        try:
+            with self.write() as session:
+                # A write of one row that changes nothing: it needs the write lock, a page of
+                # journal and a writable file, like any real write.
+                session.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        except Exception as exc:
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            self.availability.failed(problem)
+            return problem
+        self.availability.recovered()
+        return None
 
     @classmethod
     def from_url(

@@ -17,8 +17,10 @@ import trio
 
 from zimsend.server import logs
 from zimsend.server.config import Settings
+from zimsend.server.storage import Database
+from zimsend.server.storage.availability import storage_problem
 
-from .runner import Worker, WorkerOptions
+from .runner import STORAGE_CHECK_SECONDS, Worker, WorkerOptions
 
 __all__ = ["main", "register"]
 
@@ -63,7 +65,7 @@ async def main(settings: Settings, options: WorkerOptions) -> int:
 
     db = PatientDatabase.from_url(settings.database_url_value, busy_timeout_ms=BUSY_TIMEOUT_MS)
     try:
-        await trio.to_thread.run_sync(db.migrate)  # safe while the server migrates too
+        await _migrate_when_writable(db)
         worker = Worker(settings, db, options)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -73,6 +75,21 @@ async def main(settings: Settings, options: WorkerOptions) -> int:
     finally:
         db.dispose()
     return 0
+
+
+async def _migrate_when_writable(db: Database) -> None:
+    """Migrate (safe while the server migrates too); while the database cannot be written
+    (disk full, read-only) wait and try again each second instead of exiting: a worker that
+    crashed at every start would make `zimsend up` give up on the whole stack. The condition is
+    logged once, by the database (storage.availability)."""
+    while True:
+        try:
+            await trio.to_thread.run_sync(db.migrate)
+            return
+        except Exception as exc:
+            if storage_problem(exc) is None:
+                raise
+        await trio.sleep(STORAGE_CHECK_SECONDS)
 
 
 async def _on_signals(signals: Any, worker: Worker, scope: trio.CancelScope) -> None:

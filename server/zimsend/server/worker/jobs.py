@@ -69,8 +69,8 @@ async def run_periodically(
     while not stopping.is_set():
         try:
             result = await db_call(job.run, database, utcnow())
-        except Exception:  # logged; the next tick tries again
-            log.exception("job.failed", job=job.name)
+        except Exception as exc:  # logged (a storage problem once); the next tick tries again
+            logs.failure(log, "job.failed", exc, job=job.name)
         else:
             if result and (not isinstance(result, dict) or any(result.values())):
                 log.info("job.done", job=job.name, result=result)

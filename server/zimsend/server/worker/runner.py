@@ -60,6 +60,8 @@ __all__ = ["Worker", "WorkerOptions"]
 
 T = TypeVar("T")
 log = logs.get("zimsend.worker")
+#: While the database cannot be written, how often the worker tries it again.
+STORAGE_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class Worker:
         if not batch and room <= 0:
             await self._wait(self.options.poll_interval)
             return
+        if self.database.availability.problem is not None and not await self._storage_back():
+            return
         for outcome in batch:
             outcome.taken = True
         try:
@@ -172,7 +176,7 @@ class Worker:
                 token=self._token(), limit=room, lease=self.lease,
             )
         except Exception as exc:  # database down: say so; the deliveries give their claims back
-            log.exception("worker.cycle_failed", finishing=len(batch))
+            logs.failure(log, "worker.cycle_failed", exc, finishing=len(batch))
             for outcome in batch:
                 outcome.failed = exc
                 outcome.written.set()
@@ -186,6 +190,21 @@ class Worker:
             deliveries.start_soon(self._deliver, sender, event, event_targets)
         if len(claimed) < room:
             await self._wait(self.options.poll_interval)  # nothing more due: poll
+
+    async def _storage_back(self) -> bool:
+        """While storage is full or read-only, one real check per `STORAGE_CHECK_SECONDS`
+        instead of a failing cycle every poll; True once it can be written (logged then, once,
+        by the database)."""
+        try:
+            if await self.db_call(self.database.check_storage) is None:
+                return True
+        except Exception as exc:  # noqa: BLE001 - not storage: say so, keep trying
+            logs.failure(log, "worker.storage_check_failed", exc)
+        if self._stopping.is_set():
+            await trio.sleep(STORAGE_CHECK_SECONDS)  # `_nap` would return at once
+        else:
+            await self._nap(STORAGE_CHECK_SECONDS)
+        return False
 
     async def _wait(self, seconds: float) -> None:
         """Until an outcome arrives, a delivery gives up its event, or `stop()`."""
@@ -238,8 +257,8 @@ class Worker:
                 client_id=event.client_id, attempt=event.attempt, targets=len(targets),
                 failures=len(failures), status=outcome.status,
             )
-        except Exception:  # one bad event must not stop the worker
-            log.exception("webhook.delivery_crashed", event_id=event.id, attempt=event.attempt)
+        except Exception as exc:  # one bad event must not stop the worker
+            logs.failure(log, "webhook.delivery_crashed", exc, event_id=event.id, attempt=event.attempt)
         finally:
             if outcome is None or not outcome.written.is_set() or outcome.failed is not None:
                 if outcome is not None and not outcome.taken:
@@ -247,8 +266,8 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     try:
                         await self.db_call(release_claim, self.database, event, utcnow())
-                    except Exception:  # the lease will expire instead
-                        log.exception("webhook.release_failed", event_id=event.id)
+                    except Exception as exc:  # the lease will expire instead
+                        logs.failure(log, "webhook.release_failed", exc, event_id=event.id)
                 self._in_flight -= 1
                 self._wake.set()
 
