@@ -4,6 +4,8 @@ and over gRPC RESOURCE_EXHAUSTED with RetryInfo."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -106,3 +108,124 @@ def test_the_limit_holds_across_two_replicas(server, server_db, zimsend_env, tmp
         accepted = sum(o is None for o in first + second)
         assert first == [None] * (LIMIT // 2)
         assert accepted == LIMIT
+
+
+def test_a_single_replica_never_overshoots_under_concurrency(server, admin, server_db) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12 item 11: 102 of 100 were admitted on one replica. Requests admitted while a
+    flush of the counts was being written were counted nowhere until it returned. 150 calls in
+    flight at once, several flushes during the burst: exactly the limit is admitted."""
+    _, address = server
+    client = _client(server_db)
+    admin("set-rate-limit", "--client-id", client["client_id"], "--per-minute", "100")
+    metadata = (("x-api-key", client["api_key"]), ("x-client-id", client["client_id"]))
+    while time.time() % 60 > 50:  # one fixed window for the whole burst
+        time.sleep(0.5)
+    with grpc.insecure_channel(address) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        calls = []
+        for wave in range(15):  # over ~0.6 s: several flushes happen during the burst
+            calls += [stub.AuthTest.future(auth_pb2.AuthTestRequest(), metadata=metadata,
+                                           timeout=30) for _ in range(10)]
+            time.sleep(0.04)
+        codes = []
+        for call in calls:
+            try:
+                call.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+    assert codes.count(grpc.StatusCode.OK) == 100, codes
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 50
+
+
+# --- the two interleavings that overshot, forced (real limiter, real SQLite) ------------------
+
+
+class _Lanes:
+    """The limiter's `run_db` (ServerState.db_call): runs the real function in a thread, and
+    lets the test hold a flush's write until released, or (`stale_second_read`) make the
+    window's second first-read answer late: the first read answers once the second has been
+    made, the second only when released."""
+
+    def __init__(self) -> None:
+        self.hold_writes = threading.Event()
+        self.writes_may_finish = threading.Event()
+        self.stale_second_read = False
+        self.reads = 0
+        self.second_read_made = threading.Event()
+        self.second_read_may_answer = threading.Event()
+
+    async def __call__(self, fn, *args):  # type: ignore[no-untyped-def]
+        if fn.__name__ == "_write" and self.hold_writes.is_set():
+            await asyncio.to_thread(self.writes_may_finish.wait, 10)
+        if fn.__name__ != "_read_count" or not self.stale_second_read:
+            return await asyncio.to_thread(fn, *args)
+        self.reads += 1
+        number = self.reads
+        result = await asyncio.to_thread(fn, *args)
+        if number == 1:
+            await asyncio.to_thread(self.second_read_made.wait, 10)
+        else:
+            self.second_read_made.set()
+            await asyncio.to_thread(self.second_read_may_answer.wait, 10)
+        return result
+
+
+def _limiter(sqlite_url: str, limit: int):  # type: ignore[no-untyped-def]
+    from zimsend.server import accounts
+    from zimsend.server.ratelimit import ClientRateLimiter
+    from zimsend.server.storage import Database
+
+    db = Database.from_url(sqlite_url)
+    db.migrate()
+    client = accounts.create_client(db, "burst")
+    lanes = _Lanes()
+    return db, client.id, lanes, ClientRateLimiter(db, limit, lanes)
+
+
+async def _admitted(limiter, client_id: str, n: int) -> int:  # type: ignore[no-untyped-def]
+    from zimsend.server.errors import ApiError
+
+    results = await asyncio.gather(*(limiter.admit(client_id) for _ in range(n)),
+                                   return_exceptions=True)
+    assert all(not isinstance(r, Exception) or isinstance(r, ApiError) for r in results)
+    return sum(not isinstance(r, Exception) for r in results)
+
+
+def test_requests_admitted_while_a_flush_is_written_still_count(sqlite_url: str) -> None:
+    db, client_id, lanes, limiter = _limiter(sqlite_url, 10)
+
+    async def scenario() -> int:
+        admitted = await _admitted(limiter, client_id, 5)
+        lanes.hold_writes.set()
+        await asyncio.sleep(0.3)  # the flush of those 5 has started and is being written
+        admitted += await _admitted(limiter, client_id, 10)
+        lanes.writes_may_finish.set()
+        await asyncio.sleep(0.3)
+        return admitted + await _admitted(limiter, client_id, 5)
+
+    try:
+        assert asyncio.run(scenario()) == 10
+    finally:
+        db.dispose()
+
+
+def test_a_late_first_read_does_not_replace_a_newer_total(sqlite_url: str) -> None:
+    db, client_id, lanes, limiter = _limiter(sqlite_url, 10)
+    lanes.stale_second_read = True
+
+    async def scenario() -> int:
+        # Two first requests of the window at once; the second one's read (0) answers late.
+        quick = asyncio.ensure_future(_admitted(limiter, client_id, 1))
+        late = asyncio.ensure_future(_admitted(limiter, client_id, 1))
+        admitted = await quick
+        admitted += await _admitted(limiter, client_id, 5)
+        await asyncio.sleep(0.3)  # those 6 are flushed: the limiter knows the total is 6
+        lanes.second_read_may_answer.set()
+        admitted += await late
+        return admitted + await _admitted(limiter, client_id, 10)
+
+    try:
+        assert asyncio.run(scenario()) == 10
+    finally:
+        db.dispose()

@@ -7,7 +7,10 @@ replica admits against `known + pending` — the window's total as last read fro
 plus the requests it admitted since — and flushes its pending counts for all clients in one
 transaction every `FLUSH_INTERVAL` seconds, reading the new totals back. Windows are fixed
 minutes. With R replicas the limit can be overshot by at most what R-1 other replicas admit
-within one flush interval; a single replica never overshoots.
+within one flush interval; a single replica never overshoots: the counts being written stay
+counted (`_flushing`) until the totals that include them are read back, and a window's first
+database read never replaces a total a flush already brought back (issue 12: 102 of 100 were
+admitted while a flush was in flight).
 
 Refusals are `RATE_LIMIT_EXCEEDED` (HTTP 429) with `Retry-After` (seconds to the next window)
 and a `RetryInfo`; every answer carries the IETF `RateLimit-Policy` / `RateLimit` headers.
@@ -59,6 +62,8 @@ class ClientRateLimiter:
         self._run_db = run_db  # ServerState.db_call
         self._known: dict[WindowKey, int] = {}
         self._pending: defaultdict[WindowKey, int] = defaultdict(int)
+        #: Admitted, being written by the flush in progress, not yet in `_known`.
+        self._flushing: dict[WindowKey, int] = {}
         self._limits: dict[str, tuple[int, float]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -71,8 +76,11 @@ class ClientRateLimiter:
         key = (client_id, window)
         if key not in self._known:
             # First request of this window on this replica: learn what the others counted.
-            self._known[key] = await self._run_db(self._read_count, key)
-        used = self._known[key] + self._pending[key]
+            # Several first requests may read at once, and a flush may have brought a newer
+            # total back meanwhile: the first value in stays.
+            counted = await self._run_db(self._read_count, key)
+            self._known.setdefault(key, counted)
+        used = self._known[key] + self._flushing.get(key, 0) + self._pending[key]
         if used >= limit:
             error = ApiError(
                 ErrorCode.RATE_LIMIT_EXCEEDED,
@@ -116,15 +124,18 @@ class ClientRateLimiter:
         self._pending.clear()
         if not batch:
             return
+        self._flushing = batch
         try:
             totals = await self._run_db(self._write, batch)
-        except Exception:  # noqa: BLE001 - counting must never fail a request; retry next time
-            log.exception("ratelimit.flush_failed")
+        except Exception as exc:  # noqa: BLE001 - counting must never fail a request
+            logs.failure(log, "ratelimit.flush_failed", exc)
+            self._flushing = {}
             for key, amount in batch.items():
                 self._pending[key] += amount
-            return
+            return  # the next admission schedules another try
         current = utcnow().replace(second=0, microsecond=0)
         self._known = {k: v for k, v in {**self._known, **totals}.items() if k[1] >= current}
+        self._flushing = {}
         self._flusher = None  # this task is ending: let admissions made meanwhile schedule anew
         if any(self._pending.values()):
             self._schedule_flush()
