@@ -271,7 +271,16 @@ function envoy_on_request(handle)
   for _, name in ipairs(unfit) do headers:remove(name) end
   headers:replace(REST_MARKER, "1")
   local method = headers:get(":method") or ""
-  local path = (headers:get(":path") or ""):gsub("%?.*$", "")
+  local full_path = headers:get(":path") or ""
+  local path = full_path:gsub("%?.*$", "")
+  if full_path:find("[?&]=") then
+    -- Envoy's transcoder silently skips a parameter without a name (`?=x`), where every other
+    -- unknown parameter is a 400: refuse it the same way.
+    handle:respond({ [":status"] = "400", ["content-type"] = "application/json" },
+      envelope("INVALID_REQUEST", 3, "A query parameter has no name (\"=value\"): remove it "
+        .. "or name it; unknown parameters are refused.", error_info("INVALID_REQUEST")))
+    return
+  end
   local meta = handle:streamInfo():dynamicMetadata()
   meta:set("zimsend", "method", method)
   meta:set("zimsend", "path", path)
