@@ -189,10 +189,10 @@ def test_the_agent_installs_and_runs_on_an_older_grpcio(
     assert "termux" in run(venv / "bin" / "zimsend", "device", "run", "--help")
 
 
-def test_the_sdk_imports_no_server_library() -> None:
+def test_the_sdk_and_the_user_commands_import_no_server_library() -> None:
     # tests/test_sdk.py also runs the SDK from a virtualenv holding only this distribution.
     code = (
-        "import sys, zimsend.client\n"
+        "import sys, zimsend.client, zimsend.client.cli\n"
         "bad = [m for m in ('sqlmodel', 'sqlalchemy', 'pydantic', 'zimsend.server', 'trio') "
         "if m in sys.modules]\n"
         "print(bad)"
