@@ -320,3 +320,25 @@ def link_db(zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
     from _devices import ServerDb
 
     return ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"]))
+
+
+# --- Summary lines ----------------------------------------------------------------------------
+#
+# A test may `record_property("summary", line)`: the line is printed in the terminal summary of
+# every run, whether output is captured or not, passed or failed (the fault suite's counts in
+# `.ci/run`'s output).
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = [
+        str(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.section("summary lines")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -130,9 +130,11 @@ def grpc_serving(address: str) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_server(data_dir: Path, env: Mapping[str, str], log_dir: Path) -> tuple[Program, str]:
-    """`zimsend serve` on a free port; returns the program and its gRPC address once SERVING."""
-    port = free_port()
+def start_server(data_dir: Path, env: Mapping[str, str], log_dir: Path,
+                 port: int | None = None) -> tuple[Program, str]:
+    """`zimsend serve` on `port` (default: a free one); returns the program and its gRPC
+    address once SERVING. A fixed port restarts a server where its Envoy expects it."""
+    port = port or free_port()
     program = Program(
         [ZIMSEND, "serve", "--port", str(port)], env=env, log_path=log_dir / "server.log",
         name="zimsend serve",
