@@ -11,7 +11,7 @@ from typing import Any
 from zimsend.client import Message, ZimSend
 
 from . import api_command, common
-from ._output import print_json, print_record, print_table
+from ._output import print_json, print_record, print_table, when
 
 __all__ = ["add_sms"]
 
@@ -208,7 +208,7 @@ def _stats(client: ZimSend, args: argparse.Namespace) -> int:
     if args.json:
         print_json(stats)
         return 0
-    print_record([("period", f"{stats.period_from} – {stats.period_to}"),
+    print_record([("period", f"{when(stats.period_from)} – {when(stats.period_to)}"),
                   ("sent", stats.total_sent), ("delivered", stats.delivered),
                   ("failed", stats.failed), ("pending", stats.pending),
                   ("delivery rate", f"{stats.delivery_rate:.1f} %")])
