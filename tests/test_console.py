@@ -158,6 +158,20 @@ def test_the_sign_in_page_is_served_at_root_with_a_strict_policy(stack: Stack) -
         assert http.get("/v1/auth/test", headers=stack.auth()).json()["success"] is True
 
 
+def test_the_console_code_builds_no_markup_from_strings_and_credits_its_vendored_file() -> None:
+    """Text goes into the DOM as text (dom.js), so API data can never become markup or code."""
+    for url_path, file in console_files().items():
+        if file.suffix != ".js" or "/vendor/" in url_path:
+            continue
+        code = file.read_text()
+        for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                      "eval(", "new Function", "localStorage.setItem(KEY"):
+            assert risky not in code, f"{url_path} uses {risky}"
+    vendored = (console_files()["/console/vendor/qrcode-generator.mjs"]).read_text()
+    assert "Copyright (c) 2009 Kazuhiko Arase" in vendored
+    assert "Licensed under the MIT license" in vendored
+
+
 def test_console_routes_come_before_the_api_catch_all_and_fit_the_direct_response_cap() -> None:
     from zimsend.gateway import build_config
 

@@ -72,8 +72,8 @@ function renderHeader(signedIn, current) {
   const picker = h(
     "select",
     { id: "language", onChange: (event) => { setLanguage(event.target.value); render(); } },
-    h("option", { value: "fr" }, "Français"),
-    h("option", { value: "en" }, "English"),
+    h("option", { value: "fr", lang: "fr" }, "Français"),
+    h("option", { value: "en", lang: "en" }, "English"),
   );
   picker.value = language();
   const skip = h("a", { class: "skip", href: "#", onClick: (event) => { event.preventDefault(); main.focus(); } }, t("app.skip"));

@@ -1,5 +1,5 @@
-// Building DOM nodes without innerHTML: every value from the API goes in as text, never as
-// markup (and the CSP forbids inline handlers anyway).
+// Building DOM nodes from data, never from markup strings: every value from the API goes in as
+// text (and the CSP forbids inline handlers anyway).
 
 let nextId = 0;
 

@@ -8,6 +8,7 @@ import { dateTime, statusLabel } from "../format.js";
 import { errorText, t } from "../i18n.js";
 import { plan, unitCost } from "../segments.js";
 
+const FINAL = ["delivered", "failed", "cancelled"];
 const TIMELINE = [
   ["created", "created_at"], ["queued", "queued_at"], ["scheduled", "scheduled_at"], ["sent", "sent_at"],
   ["delivered", "delivered_at"], ["failed", "failed_at"], ["cancelled", "cancelled_at"],
@@ -23,7 +24,8 @@ export async function render(main, { arg: id }) {
   async function load() {
     try {
       const m = await api("GET", `/sms/status/${encodeURIComponent(id)}`);
-      body.replaceChildren(details(m), timeline(m), parts(m), actions(m), webhooks());
+      moving = !FINAL.includes(m.status);
+      body.replaceChildren(...[details(m), timeline(m), parts(m), actions(m), webhooks()].filter(Boolean));
     } catch (error) {
       say(problem, "error", errorText(error));
       body.replaceChildren();
@@ -51,11 +53,13 @@ export async function render(main, { arg: id }) {
         } catch (error) { say(problem, "error", errorText(error)); }
       } }, t("message.resend")));
     }
-    return h("div", { class: "actions" }, buttons);
+    return buttons.length ? h("div", { class: "actions page-actions" }, buttons) : null;
   }
 
+  let moving = true;
   await load();
-  const timer = setInterval(load, 5000);
+  // Follows the message while it moves; a final status stays as drawn (and keeps the focus).
+  const timer = setInterval(() => moving && load(), 5000);
   return () => clearInterval(timer);
 }
 

@@ -5,7 +5,7 @@
 import { api } from "../api.js";
 import { field, h, notice, say } from "../dom.js";
 import { dateTime, statusLabel } from "../format.js";
-import { errorText, t } from "../i18n.js";
+import { errorText, language, t } from "../i18n.js";
 
 const STATUSES = ["queued", "processing", "sent", "delivered", "failed", "cancelled"];
 const PAGE_SIZE = 20;
@@ -40,12 +40,16 @@ export async function render(main) {
   );
   const results = h("div", { id: "message-list", "aria-live": "polite" }, t("common.loading"));
   main.append(h("h1", {}, t("messages.title")), filters, problem, results);
+  let shown = "";
 
   async function load() {
     try {
       const query = { ...state, page: state.page, limit: PAGE_SIZE };
       const history = await api("GET", "/sms/history", { query });
-      results.replaceChildren(table(history.data), pager(history.pagination));
+      // Redraw only on change: a redraw would take the focus from a keyboard user's link.
+      const seen = JSON.stringify([history.data, history.pagination, language()]);
+      if (seen !== shown) results.replaceChildren(table(history.data), pager(history.pagination));
+      shown = seen;
       say(problem, "error");
     } catch (error) {
       say(problem, "error", errorText(error));
@@ -83,7 +87,13 @@ async function exportCsv(problem) {
   try {
     const { from_date, to_date, status } = state;
     const response = await api("GET", "/sms/history:export", { query: { format: "csv", from_date, to_date, status }, raw: true });
-    const url = URL.createObjectURL(await response.blob());
+    const csv = await response.text();
+    // The export ends with its completion line; without it the stream was cut (decisions.md).
+    if (!/# end of export: \d+ messages\s*$/.test(csv)) {
+      say(problem, "error", t("messages.exportCut"));
+      return;
+    }
+    const url = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
     const link = h("a", { href: url, download: `zimsend-messages-${new Date().toISOString().slice(0, 10)}.csv`, hidden: true });
     document.body.append(link);
     link.click();

@@ -125,7 +125,8 @@ function bulkSection(text, common) {
       say(result, "ok", t("send.bulkDone", { done: queued, total: recipients.length }));
     }
     if (failures.length) say(problem, "error", ...failures.map((f) => h("p", {}, f)));
-    submit.disabled = false;
+    // All queued: the same file again would send everything twice; choosing a file re-arms.
+    submit.disabled = failures.length === 0;
   } },
     h("h2", { id: "send-bulk" }, t("send.bulk")),
     h("p", { class: "hint" }, withCode(t("send.bulkHow"))),

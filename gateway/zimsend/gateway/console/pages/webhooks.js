@@ -18,6 +18,7 @@ export async function render(main) {
   const endpoints = h("div", { id: "webhook-list" }, t("common.loading"));
   const logs = h("div", { id: "webhook-logs", "aria-live": "polite" });
   let logPage = 1;
+  let shownLogs = "";
 
   const url = h("input", { id: "webhook-url", type: "url", required: true, placeholder: "https://example.com/zimsend" });
   const secret = h("input", { id: "webhook-secret", autocomplete: "off" });
@@ -84,7 +85,10 @@ export async function render(main) {
   async function loadLogs() {
     try {
       const { logs: rows, pagination } = await api("GET", "/webhooks/logs", { query: { page: logPage, limit: LOG_PAGE } });
-      logs.replaceChildren(logTable(rows), pager(pagination));
+      // Redraw only on change: a redraw would take the focus from a keyboard user's button.
+      const seen = JSON.stringify([rows, pagination]);
+      if (seen !== shownLogs) logs.replaceChildren(logTable(rows), pager(pagination));
+      shownLogs = seen;
     } catch (error) {
       say(problem, "error", errorText(error));
     }
