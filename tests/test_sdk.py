@@ -428,3 +428,62 @@ def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(
         verify_webhook(body, stripped, receiver.secret)
     with pytest.raises(WebhookVerificationError, match="too old"):
         verify_webhook(body, headers, receiver.secret, now=time.time() + 3600)
+
+
+# --- Without a stack: the rules themselves --------------------------------------------------
+
+
+def test_retry_rules_never_repeat_an_unsafe_call() -> None:
+    from zimsend.client import RequestTimeout, ServerError, TransportError
+    from zimsend.client._calls import DEVICE_CREATE, SEND, STATUS
+
+    rules = Retries(max_retries=3, max_wait=60)
+    limited = RateLimitError("RATE_LIMIT_EXCEEDED", "slow down", http_status=429, retry_after=7)
+    cut = TransportError("CONNECTION_ERROR", "reset")
+    busy = ServerError("UNAVAILABLE", "busy", http_status=503)
+    assert rules.delay(DEVICE_CREATE, limited, 0) == 7  # refused before acting: any call
+    assert rules.delay(DEVICE_CREATE, cut, 0) is None  # may have acted, not keyed
+    assert rules.delay(DEVICE_CREATE, busy, 0) is None
+    assert 0.25 <= rules.delay(SEND, cut, 0) <= 0.5  # keyed
+    assert 1.0 <= rules.delay(STATUS, RequestTimeout("TIMEOUT", "slow"), 2) <= 2.0
+    assert rules.delay(SEND, cut, 3) is None  # retries used up
+    too_long = RateLimitError("RATE_LIMIT_EXCEEDED", "", http_status=429, retry_after=3600)
+    assert rules.delay(STATUS, too_long, 0) is None
+    otp = ZimSendError("OTP_RATE_LIMIT", "", http_status=429, retry_after=5)
+    assert rules.delay(STATUS, otp, 0) is None
+
+
+def test_rest_error_envelopes_become_typed_errors() -> None:
+    from zimsend.client._rest import error_from_response
+
+    body = json.dumps({
+        "success": False, "error": {"code": "INVALID_PHONE_NUMBER", "message": "bad"},
+        "code": 3, "message": "bad",
+        "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                     "fieldViolations": [{"field": "messages[2].to", "description": "no"}]}],
+    }).encode()
+    error = error_from_response(400, {}, body)
+    assert isinstance(error, InvalidRequestError)
+    assert (error.code, error.http_status, error.violations[0].field) == (
+        "INVALID_PHONE_NUMBER", 400, "messages[2].to")
+    limited = error_from_response(429, {"retry-after": "12"}, b"{}")
+    assert isinstance(limited, RateLimitError) and limited.retry_after == 12
+    gateway = error_from_response(503, {}, b"upstream connect error")
+    assert gateway.code == "UNAVAILABLE" and "upstream" in gateway.message
+
+
+def test_verify_webhook_against_the_workers_own_signing() -> None:
+    from zimsend.server.webhook_delivery.signing import encode_body, signature_headers
+
+    now = dt.datetime.now(dt.UTC)
+    for secret in ("whsec_" + "QUJD" * 11, "my-own-secret-of-20-chars"):
+        body = encode_body("sms.received", "evt_1", now, {
+            "id": "in_1", "device_id": "device_1", "from": "+33612345678", "message": "Oui",
+            "sim_slot": 0, "received_at": "2025-01-15T10:30:00.123456789Z"})
+        event = verify_webhook(body, signature_headers(secret, "evt_1", body, now), secret)
+        assert event.data.from_ == "+33612345678"  # type: ignore[union-attr]
+        assert event.data.received_at.microsecond == 123456  # type: ignore[union-attr]
+    other = encode_body("sms.sent", "evt_2", now, {"message_id": "msg_1"})
+    swapped = signature_headers("s" * 20, "evt_1", other, now)  # a signature for another id
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(other, swapped, "s" * 20)
