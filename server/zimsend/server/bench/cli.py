@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 ALL = ["ceiling", "grpc", "rest", "e2e", "streams", "overload"]
+#: Run only when named: `soak` takes 10 minutes (memory of every process under steady load).
+OPT_IN = ["soak"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
                         help="where to write every number (default bench-results.json)")
     parser.add_argument("--scenarios", default=",".join(ALL),
-                        help=f"comma-separated subset of {','.join(ALL)}")
+                        help=f"comma-separated subset of {','.join(ALL)}; or soak (10 minutes "
+                        "of steady REST load: does any process's memory keep growing?)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="override every scenario's measured duration (smoke tests)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -70,11 +73,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def _handler(args: argparse.Namespace) -> int:
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in ALL]
+    unknown = [s for s in chosen if s not in ALL + OPT_IN]
     if unknown:
         print(f"zimsend bench: unknown scenario(s) {', '.join(unknown)}; choose from "
-              f"{', '.join(ALL)}", file=sys.stderr)
+              f"{', '.join(ALL + OPT_IN)}", file=sys.stderr)
         return 2
+    if "soak" in chosen:
+        if chosen != ["soak"]:
+            print("zimsend bench: run the soak alone (--scenarios soak)", file=sys.stderr)
+            return 2
+        return _soak(args)
     plan = QUICK if args.quick else FULL
     if args.seconds is not None:
         s = args.seconds
@@ -99,6 +107,35 @@ def _handler(args: argparse.Namespace) -> int:
 
         shutil.rmtree(root, ignore_errors=True)
     return 1 if any("error" in r for r in results.values()) else 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    """`--scenarios soak`: its own stack, its own report (see soak.py)."""
+    from zimsend.server.bench import soak
+    from zimsend.server.bench.stack import Stack
+
+    seconds = args.seconds if args.seconds is not None else soak.SECONDS
+    root = Path(tempfile.mkdtemp(prefix="zimsend-soak-"))
+    stack = Stack(root)
+    print(f"zimsend bench: soak, {seconds:g} s of REST load at {soak.RATE:g}/s, RSS every "
+          f"{soak.SAMPLE_EVERY_S:g} s (files in {root})", file=sys.stderr, flush=True)
+    try:
+        tenant = stack.provision("bench-soak", soak.AGENTS)
+        stack.start_server()
+        result = soak.soak(stack, tenant, seconds=seconds,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        stack.close()
+    document = {"machine": machine(), "command": " ".join(["zimsend", *sys.argv[1:]]),
+                "results": {"soak": result}}
+    args.json.write_text(json.dumps(document, indent=2))
+    print(soak.table(result))
+    print(f"\nevery sample's verdict in {args.json}" + (f"; files in {root}" if args.keep else ""))
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return 1 if soak.failed(result) else 0
 
 
 def run(plan: Plan, chosen: list[str], root: Path) -> dict[str, dict[str, Any]]:
