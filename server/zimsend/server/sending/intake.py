@@ -59,7 +59,7 @@ from sqlmodel import Session, select
 
 from zimsend.server import logs, secrets
 from zimsend.server.config import Settings
-from zimsend.server.errors import ApiError, ErrorCode
+from zimsend.server.errors import ApiError, ErrorCode, storage_unavailable
 from zimsend.server.presence import is_connected, is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
 from zimsend.server.storage.availability import storage_problem
@@ -193,6 +193,7 @@ class Intake:
         self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
         build_response: Callable[[Accepted], R], response_type: type[R],
     ) -> Outcome[R]:
+        self._refuse_while_storage_unavailable()
         future: asyncio.Future[Outcome[R]] = asyncio.get_running_loop().create_future()
         self._ensure_started()
         self._waiting.put(_Request(submission, validate, build_response, response_type,
@@ -205,9 +206,18 @@ class Intake:
         *, before_commit: Callable[[Session, Accepted], None] | None = None,
     ) -> Outcome[R]:
         """Queue one request's messages in its own transaction (blocking)."""
+        self._refuse_while_storage_unavailable()
         return self._accept_alone(
             _Request(submission, validate, build_response, response_type, before_commit)
         )
+
+    def _refuse_while_storage_unavailable(self) -> None:
+        """While the database cannot be written, a send is refused as such (503 UNAVAILABLE
+        "storage …"), not with whatever the checks before its first write would say — phones
+        cannot connect then either, so it was NO_DEVICE_AVAILABLE (issue 12 item 9)."""
+        problem = self.db.availability.problem
+        if problem is not None:
+            raise storage_unavailable(problem)
 
     def close(self) -> None:
         """Stop the lane after the requests already waiting (idempotent)."""
