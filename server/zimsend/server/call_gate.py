@@ -27,13 +27,14 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from zimsend.server.errors import ERROR_CODE_HEADER, ERROR_DOMAIN
+from zimsend.server.errors import ERROR_CODE_HEADER, ERROR_DOMAIN, ErrorCode
 
 SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry in a moment."
 #: Seconds a refused caller is told to wait (RetryInfo and Retry-After): a replica behind the
 #: same Envoy answers at once, a restarted `zimsend up` server within a few seconds.
 RETRY_AFTER_SECONDS = 1
 _UNGATED_PREFIXES = ("/grpc.health.v1.Health/",)
+_REASON = ErrorCode.UNAVAILABLE.name  # the one list of reasons (errors.ErrorCode)
 
 
 class CallGate(grpc.aio.ServerInterceptor):
@@ -146,13 +147,13 @@ async def _refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
     `zimsend-error-code` and `retry-after` headers make the REST envelope and Retry-After."""
     status = status_pb2.Status(
         code=code_pb2.UNAVAILABLE, message=SHUTTING_DOWN_MESSAGE,
-        details=[_packed(error_details_pb2.ErrorInfo(reason="UNAVAILABLE", domain=ERROR_DOMAIN)),
+        details=[_packed(error_details_pb2.ErrorInfo(reason=_REASON, domain=ERROR_DOMAIN)),
                  _packed(error_details_pb2.RetryInfo(
                      retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)))],
     )
     try:
         await context.send_initial_metadata(
-            ((ERROR_CODE_HEADER, "UNAVAILABLE"), ("retry-after", str(RETRY_AFTER_SECONDS)))
+            ((ERROR_CODE_HEADER, _REASON), ("retry-after", str(RETRY_AFTER_SECONDS)))
         )
     except Exception:  # noqa: BLE001 - metadata already sent: the status still goes
         pass
