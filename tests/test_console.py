@@ -323,6 +323,32 @@ def test_a_failed_message_shows_its_error_and_is_resent_from_its_page(
             wait_for(page.get_by_role("status").filter(has_text="Queued again (attempt 2)"))
 
 
+def test_history_filters_and_pages(console: Console, stack: Stack) -> None:
+    """25 messages of a campaign, found by their text among the others, 20 to a page."""
+    with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
+        bulk = http.post("/v1/sms/send-bulk", json={
+            "recipients": [f"+336123450{i:02d}" for i in range(25)],
+            "message": "Soldes d'hiver : -30 % (campagne 7)", "scheduled_at": None})
+        assert bulk.status_code == 200, bulk.text
+    console.sign_in()
+    console.go("Messages")
+    page = console.page
+    page.get_by_label("Text contains").fill("campagne 7")
+    page.get_by_role("button", name="Apply filters").click()
+    wait_for(page.get_by_text("Page 1 of 2 · 25 in all"))
+    assert page.locator("#message-list tbody tr").count() == 20
+    page.get_by_role("button", name="Next page").click()
+    wait_for(page.get_by_text("Page 2 of 2 · 25 in all"))
+    assert page.locator("#message-list tbody tr").count() == 5
+    page.get_by_label("Status").select_option("cancelled")
+    page.get_by_role("button", name="Apply filters").click()
+    wait_for(page.get_by_text("No message matches these filters."))
+    page.get_by_label("Status").select_option("")
+    page.get_by_label("Number").fill("+33612345007")
+    page.get_by_role("button", name="Apply filters").click()
+    wait_for(page.get_by_text("Page 1 of 1 · 1 in all"))
+
+
 def test_the_history_export_downloads_a_complete_csv(console: Console) -> None:
     console.sign_in()
     console.go("Messages")

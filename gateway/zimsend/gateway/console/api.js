@@ -25,10 +25,12 @@ export function whenCredentialsRefused(callback) {
  */
 export async function api(method, path, { query, body, headers = {}, auth, raw = false } = {}) {
   const creds = auth || credentials();
-  const url = new URL("/v1" + path, location.origin);
-  for (const [name, value] of Object.entries(query || {})) {
-    if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
-  }
+  // Percent-encoding, not URLSearchParams: its "+" for a space reaches the server as a "+"
+  // (Envoy's transcoder decodes RFC 3986 escapes only), so a search for "a b" found nothing.
+  const pairs = Object.entries(query || {})
+    .filter(([, value]) => value !== undefined && value !== null && value !== "")
+    .map(([name, value]) => `${encodeURIComponent(name)}=${encodeURIComponent(value)}`);
+  const url = "/v1" + path + (pairs.length ? "?" + pairs.join("&") : "");
   const sent = { ...headers };
   if (creds) {
     sent["X-Client-ID"] = creds.clientId;
