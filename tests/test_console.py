@@ -181,6 +181,10 @@ def test_console_routes_come_before_the_api_catch_all_and_fit_the_direct_respons
     console_names = [name for name in names if name.startswith("console:")]
     assert set(console_names) == {f"console:{path}" for path in console_files()}
     assert names.index("server") > max(names.index(name) for name in console_names)
+    for route in routes_config["virtual_hosts"][0]["routes"]:
+        if route["name"].startswith("console:"):  # served by Envoy: no transcoder, no bucket
+            assert set(route["typed_per_filter_config"]) == {
+                "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.local_ratelimit"}
     largest = max(file.stat().st_size for file in console_files().values())
     assert routes_config["max_direct_response_body_size_bytes"] > largest
 

@@ -55,6 +55,13 @@ _SECURITY_HEADERS = {
 }
 
 
+# Not RPCs: no transcoding; and no share of the bucket of requests without an API key (a
+# flood of those must not make the sign-in page itself answer 429; Envoy serves these files
+# from memory, nothing reaches the server).
+_FILTERS_OFF = ("envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.local_ratelimit")
+_OFF = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+
+
 def console_directory() -> Path:
     """The console's files as installed with the gateway distribution."""
     return Path(str(resources.files("zimsend.gateway") / "console"))
@@ -79,7 +86,7 @@ def largest_console_file(directory: Path | None = None) -> int:
 
 
 def console_routes(directory: Path | None = None) -> list[dict[str, Any]]:
-    """One exact-path GET/HEAD route per file, the transcoder off (these are not RPCs)."""
+    """One exact-path GET/HEAD route per file, served by Envoy itself (_FILTERS_OFF)."""
     routes = []
     for url_path, file in console_files(directory).items():
         headers = {"content-type": CONTENT_TYPES[file.suffix], **_SECURITY_HEADERS}
@@ -103,12 +110,7 @@ def console_routes(directory: Path | None = None) -> list[dict[str, Any]]:
                     }
                     for key, value in headers.items()
                 ],
-                "typed_per_filter_config": {
-                    "envoy.filters.http.grpc_json_transcoder": {
-                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                        "disabled": True,
-                    }
-                },
+                "typed_per_filter_config": {name: _OFF for name in _FILTERS_OFF},
             }
         )
     return routes

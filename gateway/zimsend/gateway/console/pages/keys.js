@@ -12,6 +12,8 @@ export async function render(main) {
   const done = notice();
   const created = h("div", { id: "created-key" });
   const list = h("div", { id: "key-list" }, t("common.loading"));
+  const listSection = h("section", { class: "card", "aria-labelledby": "key-list-title" },
+    h("h2", { id: "key-list-title" }, t("keys.list")), list);
   const name = h("input", { id: "key-name", required: true, maxlength: 100 });
   const test = h("input", { id: "key-test", type: "checkbox" });
   const form = h("form", { class: "card", "aria-labelledby": "create-key", onSubmit: async (event) => {
@@ -33,7 +35,7 @@ export async function render(main) {
     field(t("keys.name"), name),
     h("div", { class: "field check" }, test, h("label", { for: "key-test" }, t("keys.test"))),
     h("button", { type: "submit", class: "primary" }, t("keys.createSubmit")));
-  main.append(h("h1", {}, t("keys.title")), problem, done, form, created, list);
+  main.append(h("h1", {}, t("keys.title")), problem, done, form, created, listSection);
 
   async function load() {
     try {
