@@ -555,6 +555,15 @@ def test_every_form_field_on_every_page_has_a_label(console: Console) -> None:
 
 @pytest.mark.parametrize("console", [{"viewport": PHONE}], indirect=True)
 def test_every_page_fits_a_375_pixel_wide_screen(console: Console) -> None:
+    def fits(what: str) -> None:
+        console.page.wait_for_load_state("networkidle")
+        width = console.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{what} is {width} px wide"
+
+    console.open()
+    wait_for(console.page.get_by_role("button", name="Sign in"))
+    fits("the sign-in page")
+    console.shot("sign-in-375px")
     console.sign_in()
     wait_for(console.page.get_by_role("heading", name="Overview"))
     for section, name in [("Overview", "overview"), ("Messages", "messages"), ("Send", "send"),
@@ -562,10 +571,14 @@ def test_every_page_fits_a_375_pixel_wide_screen(console: Console) -> None:
                           ("Webhooks", "webhooks")]:
         console.go(section)
         wait_for(console.page.get_by_role("heading", name=section, exact=True))
-        console.page.wait_for_load_state("networkidle")
-        width = console.page.evaluate("document.documentElement.scrollWidth")
-        assert width <= PHONE["width"], f"{section} is {width} px wide"
+        fits(section)
         console.shot(f"{name}-375px")
+        if section == "Messages":  # and one message's page
+            wait_for(console.page.locator("#message-list tbody a").first).click()
+            wait_for(console.page.locator("#message-status"))
+            fits("a message's page")
+            console.shot("message-375px")
+            console.page.go_back()
 
 
 # --- the segment counter is the server's --------------------------------------------------------
