@@ -21,6 +21,7 @@ export async function render(main) {
   const device = h("select", { id: "send-device" }, h("option", { value: "" }, t("send.anyDevice")));
   const problem = notice("error");
   const result = notice();
+  const sendButton = h("button", { type: "submit", class: "primary" }, t("send.submit"));
 
   function count() {
     const split = plan(text.value);
@@ -43,12 +44,15 @@ export async function render(main) {
     say(problem, "error");
     say(result, "ok");
     const headers = device.value ? { "X-Device-ID": device.value } : {};
+    sendButton.disabled = true; // a second click while the first is on its way would send twice
     try {
       const sent = await api("POST", "/sms/send", { headers, body: { to: to.value.trim(), message: text.value, ...common() } });
       say(result, "ok", t("send.queued", { id: sent.message_id, segments: sent.segments, encoding: sent.encoding }), " ",
         h("a", { href: `#/messages/${encodeURIComponent(sent.message_id)}` }, t("send.see")));
     } catch (error) {
       say(problem, "error", errorText(error));
+    } finally {
+      sendButton.disabled = false;
     }
   } },
     h("h2", { id: "send-single" }, t("send.single")),
@@ -57,7 +61,7 @@ export async function render(main) {
     counter,
     h("div", { class: "row" }, field(t("send.priority"), priority), field(t("send.schedule"), schedule), field(t("send.device"), device)),
     problem, result,
-    h("button", { type: "submit", class: "primary" }, t("send.submit")),
+    sendButton,
   );
   main.append(h("h1", {}, t("send.title")), single, bulkSection(text, common));
 
