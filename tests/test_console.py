@@ -78,7 +78,9 @@ def browser() -> Iterator[Any]:
                     "(it installs it as root) or `apt-get install chromium`.")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        # --no-sandbox: the tests run as root; /dev/shm may be tiny in a CI container.
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield browser
         browser.close()
 
@@ -503,6 +505,23 @@ def test_switching_to_french_translates_the_console_and_is_remembered(console: C
     wait_for(console.page.get_by_role("link", name="Envoyer")).click()
     wait_for(console.page.get_by_role("button", name="Envoyer le SMS"))
     console.shot("send-fr")
+
+
+def test_every_text_exists_in_french_and_english(console: Console) -> None:
+    """Same keys in both languages, and every literal key the code asks for is there."""
+    console.open()
+    console.page.wait_for_load_state("networkidle")
+    texts = console.page.evaluate("""async () => {
+        const {MESSAGES} = await import('/console/texts.js');
+        return {en: Object.keys(MESSAGES.en), fr: Object.keys(MESSAGES.fr)};
+    }""")
+    assert sorted(texts["en"]) == sorted(texts["fr"])
+    asked = set()
+    for file in console_files().values():
+        if file.suffix == ".js":
+            asked |= set(re.findall(r"\bt\(\"([\w.]+)\"\s*[,)]", file.read_text()))
+    assert asked, "no t(\"…\") call found"
+    assert asked <= set(texts["en"]), asked - set(texts["en"])
 
 
 @pytest.mark.parametrize("console", [{"locale": "fr-FR"}], indirect=True)
