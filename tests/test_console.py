@@ -269,7 +269,8 @@ def test_a_csv_file_is_previewed_then_sent_in_bulk_with_a_progress_bar(console: 
     console.sign_in()
     console.go("Send")
     page = console.page
-    csv = "to;message\n+33612345001;Premier\n+33612345002;\"Deuxième; avec point-virgule\"\n+33612345003;Troisième\n"
+    csv = ("to;message\n+33612345001;Premier\n"
+           "+33612345002;\"Deuxième; avec point-virgule\"\n+33612345003;Troisième\n")
     page.get_by_label("CSV file", exact=True).set_input_files(
         files=[{"name": "campaign.csv", "mimeType": "text/csv", "buffer": csv.encode()}])
     preview = wait_for(page.locator("#bulk-preview table"))
@@ -287,9 +288,10 @@ def test_a_scheduled_message_is_cancelled_from_its_page(console: Console) -> Non
     page = console.page
     page.get_by_label("To (E.164").fill("+33612345678")
     page.get_by_label("Message", exact=True).fill("Rappel : rendez-vous demain")
-    tomorrow = page.evaluate("""() => { const d = new Date(Date.now() + 86400000);
-        const p = n => String(n).padStart(2, '0');
-        return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; }""")
+    tomorrow = page.evaluate("""() => {  // datetime-local wants local time, no zone
+        const d = new Date(Date.now() + 86400000), p = n => String(n).padStart(2, '0');
+        return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}` +
+               `T${p(d.getHours())}:${p(d.getMinutes())}`; }""")
     page.get_by_label("Send later").fill(tomorrow)
     page.get_by_role("button", name="Send SMS").click()
     wait_for(page.get_by_role("link", name="See it")).click()
@@ -388,13 +390,15 @@ def test_a_phone_added_and_paired_from_its_qr_code_shows_online_by_itself(
     assert uri.startswith("zimsend://pair?")
     # Read the code as drawn: the canvas's pixels, grey, through a real QR reader.
     pixels = qr.evaluate("""canvas => {
-        const {data, width, height} = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+        const {data, width, height} = canvas.getContext('2d')
+            .getImageData(0, 0, canvas.width, canvas.height);
         const grey = new Uint8Array(width * height);
         for (let i = 0; i < grey.length; i++) grey[i] = data[i * 4];
         let text = ''; for (const b of grey) text += String.fromCharCode(b);
         return {width, height, data: btoa(text)};
     }""")
-    image = memoryview(base64.b64decode(pixels["data"])).cast("B", (pixels["height"], pixels["width"]))
+    grey = base64.b64decode(pixels["data"])
+    image = memoryview(grey).cast("B", (pixels["height"], pixels["width"]))
     found = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode, try_invert=False)
     assert [code.text for code in found] == [uri]
     card = wait_for(page.locator("article.phone", has_text="Kitchen phone"))
@@ -424,7 +428,8 @@ def test_a_phone_s_settings_are_saved_and_it_is_deleted_after_confirmation(
         wait_for(console.page.get_by_role("status").filter(has_text="Saved."))
         assert card.locator('[data-field="sent-today"]').inner_text().endswith("/ 50")
         device = http.get(f"/v1/devices/{spare}").json()
-        assert (device["daily_cap"], device["send_interval_ms"], device["enabled"]) == (50, 3000, False)
+        saved = (device["daily_cap"], device["send_interval_ms"], device["enabled"])
+        assert saved == (50, 3000, False)
         card.get_by_role("button", name="Delete").click()  # the confirmation is accepted
         wait_for(console.page.get_by_role("status").filter(has_text="Spare phone deleted."))
         assert http.get(f"/v1/devices/{spare}").status_code == 404
@@ -640,7 +645,10 @@ def test_the_live_counter_splits_texts_as_the_server_does(console: Console) -> N
         """async (texts) => {
             const s = await import('/console/segments.js');
             return {
-                plans: texts.map(t => { const p = s.plan(t); return [p.encoding, p.units, p.parts]; }),
+                plans: texts.map(t => {
+                    const p = s.plan(t);
+                    return [p.encoding, p.units, p.parts];
+                }),
                 basic: [...s.GSM7_BASIC].sort(), extension: [...s.GSM7_EXTENSION].sort(),
             };
         }""",
