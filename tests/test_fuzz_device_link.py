@@ -337,6 +337,29 @@ def test_huge_strings_are_cut_and_the_stream_stays(stream: RawStream, good: Good
     assert_still_serving(good)
 
 
+def test_an_overlong_report_id_is_ignored_never_stored_nor_echoed(
+    stream: RawStream, good: Good, rogue: Tenant,
+) -> None:
+    """A 1 MB report id would be stored and sent back whole in the ReportAck: ids over 128
+    characters are ignored (device_link.proto), while a normal one next to them is acked."""
+    stream.hello()
+    message_id = rogue.send(RECIPIENT, "rogue's long ids")
+    command = stream.expect("send", timeout=10).send
+    stream.send(frame(ack=pb.CommandAck(command_id=command.command_id, accepted=True)))
+    long_id = "r" * 1_000_000
+    stream.send(frame(report=pb.StatusReport(report_id=long_id, message_id=message_id,
+                                             outcome=pb.StatusReport.OUTCOME_SENT)),
+                frame(inbound=pb.InboundSmsReport(report_id="i" * 129, body="hi")),
+                frame(report=pb.StatusReport(report_id="normal", message_id=message_id,
+                                             outcome=pb.StatusReport.OUTCOME_SENT)))
+    acked = _acked_on(stream, {"normal"})
+    assert acked == {"normal"}
+    stream.still_open()
+    assert all(len(rid) <= 128 for f in _drain(stream) if f.WhichOneof("frame") == "report_ack"
+               for rid in f.report_ack.report_ids)
+    assert_still_serving(good)
+
+
 def test_a_frame_over_4_mb_drops_the_stream(stream: RawStream, good: Good) -> None:
     stream.hello()
     stream.send(frame(heartbeat=pb.Heartbeat(cannot_send_reason="z" * 5_000_000)))

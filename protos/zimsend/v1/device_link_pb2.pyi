@@ -351,7 +351,9 @@ class StatusReport(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     report_id: _builtins.str
-    """Chosen by the phone, unique per device; the server ignores one it already stored."""
+    """Chosen by the phone, unique per device, at most 128 characters (a longer one is ignored
+    and never acknowledged); the server ignores one it already stored.
+    """
     message_id: _builtins.str
     """The message."""
     part_index: _builtins.int
@@ -400,7 +402,9 @@ class InboundSmsReport(_message.Message):
     SIM_SLOT_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     report_id: _builtins.str
-    """Chosen by the phone, unique per device; replays are ignored."""
+    """Chosen by the phone, unique per device, at most 128 characters (a longer one is ignored
+    and never acknowledged); replays are ignored.
+    """
     body: _builtins.str
     """Text."""
     sim_slot: _builtins.int

@@ -60,6 +60,9 @@ _EXTRAS_KEY = "device_hub"
 #: How long shutdown waits for phones to leave after Reconnect(SERVER_SHUTDOWN).
 SHUTDOWN_WAIT_S = 1.5
 SHUTDOWN_RETRY_AFTER_MS = 1000
+#: Longest report id (and message id) stored: longer ones are ignored, never stored nor echoed
+#: back in a ReportAck (device_link.proto); the agent's ids are about 40 characters.
+MAX_REPORT_ID_CHARS = 128
 #: Connects recorded per transaction at most (one `IN (...)` for their `processing` messages).
 CONNECT_BATCH = 500
 #: Longest `cannot_send_reason` kept (it is shown on GET /v1/devices and in DEVICE_OFFLINE).
@@ -283,10 +286,11 @@ class DeviceHub:
                 self.dispatcher.can_send_changed(session)
         elif kind == "report":
             report = status_report(frame.report)
-            if report is not None and report.report_id and report.message_id:
+            if (report is not None and 0 < len(report.report_id) <= MAX_REPORT_ID_CHARS
+                    and 0 < len(report.message_id) <= MAX_REPORT_ID_CHARS):
                 self.reports.submit(session, report)
         elif kind == "inbound":
-            if frame.inbound.report_id:
+            if 0 < len(frame.inbound.report_id) <= MAX_REPORT_ID_CHARS:
                 self.reports.submit(session, inbound_item(frame.inbound))
         elif kind == "ack":
             refused = self.dispatcher.command_acked(session, frame.ack)

@@ -177,6 +177,8 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             hello = await self._hello(
                 request_iterator, self.state.settings.device_hello_timeout_seconds
             )
+        except grpc.aio.AbortError:  # grpc already ended the call (an undecodable frame)
+            raise
         except Exception as exc:  # noqa: BLE001 - the phone gets a status, never our internals
             await abort(context, _refusal(exc))
             return None
