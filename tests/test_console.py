@@ -412,7 +412,7 @@ def test_a_phone_added_and_paired_from_its_qr_code_shows_online_by_itself(
         console.shot("phones-paired")
 
 
-def test_a_phone_s_settings_are_saved_and_it_is_deleted_after_confirmation(
+def test_a_phone_s_settings_are_saved_its_password_rotated_and_it_is_deleted(
     console: Console, stack: Stack
 ) -> None:
     with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
@@ -430,6 +430,11 @@ def test_a_phone_s_settings_are_saved_and_it_is_deleted_after_confirmation(
         device = http.get(f"/v1/devices/{spare}").json()
         saved = (device["daily_cap"], device["send_interval_ms"], device["enabled"])
         assert saved == (50, 3000, False)
+        card.get_by_role("button", name="New password").click()  # confirmed
+        rotated = wait_for(console.page.locator("#pairing-uri")).input_value()
+        assert f"device_id={spare}" in rotated
+        password = console.page.locator("#device-password").input_value()
+        assert password and password in rotated
         card.get_by_role("button", name="Delete").click()  # the confirmation is accepted
         wait_for(console.page.get_by_role("status").filter(has_text="Spare phone deleted."))
         assert http.get(f"/v1/devices/{spare}").status_code == 404
@@ -445,6 +450,10 @@ def test_a_key_created_in_the_console_works_until_revoked_there(
     page.get_by_role("button", name="Create key").click()
     secret = wait_for(page.locator("#new-api-key")).input_value()
     assert secret.startswith("zs_live_")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.base_url)
+    page.get_by_role("button", name="Copy: API key").click()
+    wait_for(page.get_by_text("Copied."))
+    assert page.evaluate("navigator.clipboard.readText()") == secret
     row = wait_for(page.locator("tr", has_text="billing app"))
     assert f"…{secret[-4:]}" in row.inner_text()
     with httpx.Client(base_url=stack.base_url) as http:
@@ -490,6 +499,8 @@ def test_a_webhook_test_from_the_console_is_delivered_and_logged(console: Consol
         assert "webhook.test" in logged.inner_text()
         assert any(event.get("event_id") == event_id for event in _Receiver.received)
         console.shot("webhooks")
+        page.get_by_role("button", name=f"Delete endpoint {url}").click()  # confirmed
+        wait_for(page.locator("#webhook-list").get_by_text("Nothing yet."))
     finally:
         receiver.shutdown()
 
