@@ -528,8 +528,9 @@ def test_every_text_exists_in_french_and_english(console: Console) -> None:
     console.open()
     console.page.wait_for_load_state("networkidle")
     texts = console.page.evaluate("""async () => {
-        const {MESSAGES} = await import('/console/texts.js');
-        return {en: Object.keys(MESSAGES.en), fr: Object.keys(MESSAGES.fr)};
+        const {en} = await import('/console/texts/en.js');
+        const {fr} = await import('/console/texts/fr.js');
+        return {en: Object.keys(en), fr: Object.keys(fr)};
     }""")
     assert sorted(texts["en"]) == sorted(texts["fr"])
     asked = set()

@@ -2,7 +2,10 @@
 // lists it before English), and a choice made in the header is remembered in localStorage:
 // a language is no secret, unlike the credentials (session.js).
 
-import { MESSAGES } from "./texts.js";
+import { en } from "./texts/en.js";
+import { fr } from "./texts/fr.js";
+
+const MESSAGES = { en, fr };
 
 const CHOICE_KEY = "zimsend.language";
 const SUPPORTED = ["fr", "en"];
