@@ -222,3 +222,26 @@ def test_every_documented_operation_and_query_parameter_is_served(http) -> None:
         assert response.headers.get("zimsend-error-code") == "MISSING_AUTH_HEADERS", (
             method, path, params, response.status_code, response.text,
         )
+
+
+def test_a_plus_in_the_query_is_a_space_except_before_a_number(http, stack) -> None:  # type: ignore[no-untyped-def]
+    """Forms, httpx and requests write a space as `+`; a person types `to=+336…` as is."""
+    import datetime as dt
+
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sent = http.post("/v1/sms/send", headers=stack.auth, json={
+        "to": "+33612340099", "message": "big world plus+sign", "scheduled_at": later})
+    assert sent.status_code == 200, sent.text
+    message_id = sent.json()["message_id"]
+
+    def found(query: str) -> list[str]:
+        response = httpx.get(f"{stack.base_url}/v1/sms/history?{query}", headers=stack.auth,
+                             timeout=10)
+        assert response.status_code == 200, response.text
+        return [m["message_id"] for m in response.json()["data"]]
+
+    assert message_id in found("search=big+world")  # a space written as +
+    assert message_id in found("search=plus%2Bsign")  # an encoded plus stays a plus
+    assert message_id in found("to=+33612340099")  # an E.164 number typed as is
+    assert message_id in found("to=%2B33612340099&search=big+world")
+    assert message_id not in found("search=big+planet")

@@ -257,6 +257,19 @@ local function passes_as_metadata(name)
   return not name:find("[^0-9a-z_.%-]") and name:sub(1, 5) ~= "grpc-" and name:sub(-4) ~= "-bin"
 end
 
+-- HTML forms and most HTTP clients (httpx, requests) write a space in a query as `+`, which
+-- Envoy's transcoder keeps as a plus sign (`search=big+world` found nothing). A `+` that starts
+-- a value and is followed by a digit stays: it is an E.164 number typed as is (`to=+336…`).
+local function spaces_from_plus(query)
+  return (query:gsub("([^&]*)", function(pair)
+    local name, value = pair:match("^([^=]*=)(.*)$")
+    if not name then return (pair:gsub("%+", "%%20")) end
+    local keep = value:match("^%+%d") and "+" or ""
+    if keep ~= "" then value = value:sub(2) end
+    return name .. keep .. value:gsub("%+", "%%20")
+  end))
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local content_type = headers:get("content-type") or ""
@@ -273,6 +286,11 @@ function envoy_on_request(handle)
   local method = headers:get(":method") or ""
   local full_path = headers:get(":path") or ""
   local path = full_path:gsub("%?.*$", "")
+  local query_start = full_path:find("?", 1, true)
+  if query_start and full_path:find("+", query_start, true) then
+    full_path = full_path:sub(1, query_start) .. spaces_from_plus(full_path:sub(query_start + 1))
+    headers:replace(":path", full_path)
+  end
   if full_path:find("[?&]=") then
     -- Envoy's transcoder silently skips a parameter without a name (`?=x`), where every other
     -- unknown parameter is a 400: refuse it the same way.

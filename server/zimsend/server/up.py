@@ -457,6 +457,7 @@ def _print_ready(
     over_tls = " (TLS)" if args.tls_cert else ""
     lines = [
         "ZimSend is up.",
+        f"  web console   {scheme}://{args.host}:{args.http_port}/",
         f"  REST API      {scheme}://{args.host}:{args.http_port}/v1   (OpenAPI: /v1/openapi.json)",
         f"  gRPC          {args.host}:{args.http_port}{over_tls} (through Envoy), "
         f"127.0.0.1:{args.grpc_port} (server)",
