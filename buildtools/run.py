@@ -82,19 +82,31 @@ def _unexposed_members() -> list[str]:
     return missing
 
 
-def ensure_chromium() -> None:
-    """Debian's `chromium` for the web console's browser tests (Playwright's own browser
-    download cannot reach the network). Installed only when missing; needs root, as CI is."""
-    if shutil.which("chromium"):
+#: What the test suite needs from Debian: (how to tell it is there, package, what for).
+TEST_SYSTEM_PACKAGES = (
+    ("chromium", "chromium", "the web console's browser tests (Playwright cannot download one)"),
+    ("/usr/lib/postgresql/15/bin/initdb", "postgresql-15", "the PostgreSQL the tests start"),
+    ("node", "nodejs", "the webhook receiver (the FAQ's Node.js verification snippet)"),
+)
+
+
+def ensure_test_packages() -> None:
+    """Install with apt-get what the tests need from Debian and is missing (CI runs as root on
+    a clean machine); elsewhere say what is missing, and the tests that need it fail."""
+    missing = [(package, why) for probe, package, why in TEST_SYSTEM_PACKAGES
+               if not (Path(probe).exists() if probe.startswith("/") else shutil.which(probe))]
+    if not missing:
         return
-    if os.name != "posix" or os.geteuid() != 0:
-        print("run.py: `chromium` is not on PATH and this is not root; the web console tests "
-              "need it: apt-get install chromium (as root), or they fail.", flush=True)
+    names = [package for package, _ in missing]
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        for package, why in missing:
+            print(f"run.py: Debian package {package} is missing ({why}); install it as root"
+                  " (apt-get install), or those tests fail.", flush=True)
         return
-    print("run.py: installing Debian's chromium for the web console tests", flush=True)
+    print(f"run.py: installing {', '.join(names)} for the tests", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     _run("apt-get", "update", "-q", env=env, stdout=subprocess.DEVNULL)
-    _run("apt-get", "install", "-y", "-q", "chromium", env=env,
+    _run("apt-get", "install", "-y", "-q", *names, env=env,
          stdout=subprocess.DEVNULL)
 
 
@@ -113,7 +125,7 @@ def main(argv: list[str]) -> int:
     compile_sources()
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if verb == "test":
-        ensure_chromium()
+        ensure_test_packages()
         cmd = [str(BIN / "python"), "-m", "pytest", *rest]
     else:
         cmd = [str(BIN / "zimsend"), verb, *rest]
