@@ -96,6 +96,9 @@ class Message(SQLModel, table=True):
     # The client's `metadata` object (attribute name `meta`: SQLAlchemy reserves `metadata`).
     meta: dict[str, Any] | None = Field(default=None, sa_type=JSONValue)
     webhook_url: str | None = None
+    # The id of the request that queued it (Envoy's `x-request-id`, else made by the server):
+    # log lines from the accept to the phone and the webhook carry it.
+    request_id: str | None = None
 
 
 class MessagePart(SQLModel, table=True):

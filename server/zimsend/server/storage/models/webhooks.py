@@ -75,6 +75,9 @@ class OutboxEvent(SQLModel, table=True):
     claimed_by: str | None = None
     delivered_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = Field(default=None, sa_type=Text)
+    # The request id of the message the event is about (None for other events): the worker's
+    # delivery log line carries it.
+    request_id: str | None = None
 
 
 class WebhookDelivery(SQLModel, table=True):
