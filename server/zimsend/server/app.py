@@ -26,12 +26,13 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from zimsend.server import logs
+from zimsend.server import logs, metrics
 from zimsend.server.call_gate import CallGate
 from zimsend.server.config import Settings
 from zimsend.server.request_decoding import RequestDecoding
@@ -82,13 +83,16 @@ class ZimSendServer:
         db = Database.from_url(settings.database_url_value)
         self.state = ServerState(settings=settings, db=db, pepper=settings.pepper())
         self._gate = CallGate()
+        # RpcMetrics first: calls the gate refuses are counted too.
         self._server = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[self._gate, RequestDecoding()]
+            options=SERVER_OPTIONS,
+            interceptors=[metrics.RpcMetrics(), self._gate, RequestDecoding()],
         )
         self._health = health.aio.HealthServicer()
         self._shutdown_hooks: list[ShutdownHook] = []
         self._startup_hooks: list[ShutdownHook] = []
         self._stopped = asyncio.Event()
+        self._metrics_http: Any = None
         self._migrated = False
         self._storage_watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,11 +129,29 @@ class ZimSendServer:
         for hook in self._startup_hooks:
             await hook()
         await self._server.start()
+        if self.settings.metrics_port:
+            self._watch_for_metrics()
+            self._metrics_http = metrics.serve(
+                self.settings.metrics_host, self.settings.metrics_port, process="server")
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._set_readiness(self.state.db.availability.problem)
         if not self._migrated:
             self._watch_storage()
         log.info("server.started", address=self.address, services=self._service_names)
+
+    def _watch_for_metrics(self) -> None:
+        """The gauges read at scrape time: the queue in this server's database, and the
+        phones of this replica."""
+        from zimsend.server.devicelink import DeviceHub
+
+        sessions = DeviceHub.of(self.state).sessions
+
+        def phones() -> tuple[int, int]:
+            live = list(sessions.values())  # one C-level copy: safe from the scrape thread
+            online = sum(1 for s in live if s.ready and not s.closed and not s.cannot_send_reason)
+            return len(live), online
+
+        metrics.watch(self.state.db, phones)
 
     def _storage_changed(self, problem: StorageProblem | None) -> None:
         """From any database thread: follow the storage condition in health."""
@@ -192,6 +214,8 @@ class ZimSendServer:
         self.state.executor.shutdown(wait=True)
         self.state.link_executor.shutdown(wait=True)
         self.state.intake.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
         self.state.db.dispose()
         log.info("server.stopped")
 

@@ -109,6 +109,19 @@ class Settings(BaseSettings):
     rate_limit_per_minute: PositiveInt = 100
     log_level: LogLevel = "INFO"
 
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the Prometheus endpoints listen on (server and "
+        "worker); loopback by default: the numbers are for the operator, not the internet.",
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="The server's Prometheus endpoint (`/metrics`); 0: off. Each server "
+        "process needs a port of its own (docs/operations.md).",
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="The worker's Prometheus endpoint; 0: off.",
+    )
+
     @model_validator(mode="after")
     def _default_database_url(self) -> Settings:
         if self.database_url is None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -120,6 +122,21 @@ def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
         if key == name:
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
+
+
+#: A caller's own X-Request-ID passes Envoy (`preserve_external_request_id`); it goes into logs
+#: and the database, so only a short plain one is kept.
+_PLAIN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The call's request id: Envoy's `x-request-id` (REST and gRPC through the gateway), or a
+    new one for a direct call or an unusable value. It follows the messages the call queues
+    into every log line about them (docs/operations.md)."""
+    value = metadata_value(context, "x-request-id")
+    if value is not None and _PLAIN_REQUEST_ID.fullmatch(value):
+        return value
+    return str(uuid.uuid4())
 
 
 Handler = Callable[..., Awaitable[Any]]

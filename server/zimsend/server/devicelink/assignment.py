@@ -90,6 +90,9 @@ class RoundResult:
     #: timer; None: none), and the clients whose messages became due since `scan.since`.
     next_due: dt.datetime | None = None
     became_due: set[str] = field(default_factory=set)
+    #: message id -> (due_at, request_id) of every live message claimed: the dispatcher's
+    #: latency metric and log line.
+    origins: dict[str, tuple[dt.datetime, str | None]] = field(default_factory=dict)
 
 
 def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.SendCommand:
@@ -181,6 +184,8 @@ def claim_round(
                 result.commands[request.device_id] = [
                     send_command(m, pepper, redelivery=False) for m in messages
                 ]
+                for m in messages:
+                    result.origins[m.id] = (m.due_at, m.request_id)
         for client_id in sorted(test_clients):
             device_id = ensure_simulated_device(session, client_id)
             messages = claim_due_messages(

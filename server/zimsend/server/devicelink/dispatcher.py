@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from zimsend.server import logs
+from zimsend.server import logs, metrics
 from zimsend.server.devicelink.assignment import (
     ClaimRequest,
     GlobalScan,
@@ -334,6 +334,8 @@ class Dispatcher:
         stale = await self._state.db_call(time_out_stale_processing, self._state.db, utcnow(),
                                           after=ttl)
         if count or stale:
+            metrics.MESSAGES_FAILED.labels("EXPIRED").inc(count)
+            metrics.MESSAGES_FAILED.labels("TIMEOUT").inc(stale)
             log.info("dispatcher.expired", count=count, timed_out=stale)
 
     # --- one round ---------------------------------------------------------------------------
@@ -413,8 +415,30 @@ class Dispatcher:
         self._settle(pairs, result, now_m, today, woken)
         for device_id, (client_id, messages) in result.simulated.items():
             self.simulated.take(device_id, client_id, messages)
+            now = utcnow()
+            for m in messages:
+                latency = metrics.dispatched(m.due_at, now)
+                log.info("sms.dispatched", request_id=m.request_id, message_id=m.id,
+                         device_id=device_id, client_id=client_id, simulated=True,
+                         latency_ms=round(latency * 1000, 1))
             self._woken_by(client_id)  # more test messages may be waiting
         return result
+
+    def _dispatched(
+        self, session: DeviceSession, commands: list[pb.SendCommand], result: RoundResult
+    ) -> None:
+        """Dispatch latency and one log line per command pushed (with the message's request
+        id, which the accept logged)."""
+        now = utcnow()
+        for command in commands:
+            origin = result.origins.get(command.message_id)
+            if origin is None:
+                continue
+            due_at, request_id = origin
+            latency = metrics.dispatched(due_at, now)
+            log.info("sms.dispatched", request_id=request_id, message_id=command.message_id,
+                     device_id=session.device_id, client_id=session.client_id,
+                     latency_ms=round(latency * 1000, 1))
 
     def _note_scan(self, now: dt.datetime, now_m: float, result: RoundResult) -> None:
         self._scanned_at = now
@@ -449,6 +473,7 @@ class Dispatcher:
                 # this phone's now and go to it anyway (its agent holds them until it can send).
                 for command in commands:
                     self.push_command(session, command)
+                self._dispatched(session, commands, result)
             if session.dispatch_place != "claiming":
                 continue  # readied again while the claim ran (a slot freed, new settings)
             if len(commands) < request.limit:

@@ -93,11 +93,14 @@ class PartReport:
 
 @dataclass(frozen=True)
 class Transition:
-    """A message status change that was applied (and its events written)."""
+    """A message status change that was applied (and its events written); `error_code` is
+    the failure code of a move to `failed`, `request_id` the message's (for log lines)."""
 
     message_id: str
     old: str
     new: str
+    error_code: str | None = None
+    request_id: str | None = None
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -110,24 +113,26 @@ def iso(value: dt.datetime | None) -> str | None:
 
 def event_row(
     client_id: str, event_type: str, payload: dict[str, Any], *,
-    webhook_url: str | None = None, now: dt.datetime,
+    webhook_url: str | None = None, now: dt.datetime, request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Every column of a new outbox row (`webhook_delivery.events` has the contract)."""
+    """Every column of a new outbox row (`webhook_delivery.events` has the contract);
+    `request_id` is the message's, for the worker's log line."""
     return {
         "id": secrets.new_id("evt"), "client_id": client_id, "event_type": event_type,
         "payload": payload, "webhook_url": webhook_url, "status": OutboxStatus.PENDING,
         "attempts": 0, "created_at": now, "next_attempt_at": now, "locked_until": None,
         "claimed_by": None, "delivered_at": None, "last_error": None,
+        "request_id": request_id,
     }
 
 
 def write_event(
     session: Session, client_id: str, event_type: str, payload: dict[str, Any], *,
-    webhook_url: str | None = None, now: dt.datetime,
+    webhook_url: str | None = None, now: dt.datetime, request_id: str | None = None,
 ) -> OutboxEvent:
     """Add one outbox row (the worker delivers it); `payload` is the webhook body's `data`."""
     event = OutboxEvent(**event_row(client_id, event_type, payload, webhook_url=webhook_url,
-                                    now=now))
+                                    now=now, request_id=request_id))
     session.add(event)
     return event
 
@@ -154,6 +159,7 @@ class MessageRow:
     failed_at: dt.datetime | None
     error_code: str | None
     error_message: str | None
+    request_id: str | None
 
 
 @dataclass(slots=True)
@@ -232,7 +238,9 @@ def _advance(
         message.error_message = error_message or _default_error_message(message.error_code)
     if new in _FINAL:
         message.sealed_body = None  # OTP text: no longer needed once final (models docstring)
-    return [(Transition(message.id, old, new), message_event_payload(message))]
+    failure = message.error_code if new == MessageStatus.FAILED else None
+    return [(Transition(message.id, old, new, failure, message.request_id),
+             message_event_payload(message))]
 
 
 def _tally(counts: _Counts, message: Message | MessageRow, new: str, now: dt.datetime) -> None:
@@ -260,7 +268,7 @@ def transition(
     counts: _Counts = {}
     for step, payload in steps:
         write_event(session, message.client_id, _EVENT[MessageStatus(step.new)], payload,
-                    webhook_url=message.webhook_url, now=now)
+                    webhook_url=message.webhook_url, now=now, request_id=message.request_id)
         _tally(counts, message, step.new, now)
     add_daily_counts(session, counts)
     return [step for step, _ in steps]
@@ -323,7 +331,8 @@ def apply_part_reports(
             error_message=(report.error_message or None) if failed else None,
         ):
             events.append(event_row(message.client_id, _EVENT[MessageStatus(step.new)], payload,
-                                    webhook_url=message.webhook_url, now=now))
+                                    webhook_url=message.webhook_url, now=now,
+                                    request_id=message.request_id))
             _tally(counts, message, step.new, now)
             moves.append(step)
     changed = [m for m in messages.values() if _written(m) != before[m.id]]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session
 
-from zimsend.server import logs
+from zimsend.server import logs, metrics
 from zimsend.server.devicelink.lifecycle import (
     PartReport,
     Transition,
@@ -86,6 +86,8 @@ class _Item:
 class _Outcome:
     acked: dict[int, list[str]]  # index into the batch's sessions -> report ids
     transitions: list[Transition]
+    status_reports: int = 0  # stored (replays included)
+    inbound_reports: int = 0
 
 
 class ReportWriter:
@@ -143,11 +145,23 @@ class ReportWriter:
         }
         for t in outcome.transitions:
             by_session[message_session.get(t.message_id, -1)].append(t)
+        metrics.count_reports(outcome.status_reports, outcome.inbound_reports)
+        for n, moved in by_session.items():
+            applied(moved, sessions[n].device_id if n >= 0 else None)
         for n, session in enumerate(sessions):
             ids = outcome.acked.get(n)
             if ids:
                 session.push(pb.ServerFrame(report_ack=pb.ReportAck(report_ids=ids)))
             self._on_applied(session, by_session.get(n, []))
+
+
+def applied(transitions: list[Transition], device_id: str | None) -> None:
+    """Committed status changes: counted, and one log line each with the message's request
+    id (never its text)."""
+    metrics.count_transitions(transitions)
+    for t in transitions:
+        log.info("sms.status", request_id=t.request_id, message_id=t.message_id,
+                 device_id=device_id, status=t.new, error_code=t.error_code)
 
 
 #: (session index in the batch, or -1 for "do not acknowledge"), client, device, report.
@@ -162,7 +176,9 @@ def _apply(session_db: Session, rows: list[_Row], outcome: _Outcome) -> None:
     for n, client_id, device_id, report in rows:
         if isinstance(report, PartReport):
             parts.append((client_id, device_id, report))
+            outcome.status_reports += 1
         else:
+            outcome.inbound_reports += 1
             record_inbound(
                 session_db, client_id=client_id, device_id=device_id,
                 report_id=report.report_id, sender=report.sender, body=report.body,
@@ -191,4 +207,6 @@ def _apply_one_by_one(db: Database, rows: list[_Row]) -> _Outcome:
         for n, ids in one.acked.items():
             total.acked.setdefault(n, []).extend(ids)
         total.transitions += one.transitions
+        total.status_reports += one.status_reports
+        total.inbound_reports += one.inbound_reports
     return total

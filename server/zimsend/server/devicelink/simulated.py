@@ -23,6 +23,7 @@ from sqlmodel import col
 
 from zimsend.server import logs
 from zimsend.server.devicelink.lifecycle import PartReport, Transition, apply_part_reports
+from zimsend.server.devicelink.reports import applied
 from zimsend.server.rpc import ServerState
 from zimsend.server.storage import Database, Device, Message, MessageStatus, utcnow
 
@@ -86,7 +87,9 @@ class SimulatedPhone:
                        outcome=outcome)  # type: ignore[arg-type]
             for m in messages
         ]
-        return await self._state.link_call(_apply, self._state.db, client_id, device_id, reports)
+        moved = await self._state.link_call(_apply, self._state.db, client_id, device_id, reports)
+        applied(moved, device_id)
+        return moved
 
 
 def _apply(

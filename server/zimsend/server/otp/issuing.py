@@ -55,7 +55,7 @@ class IssuedOtp:
 
 def issue(
     intake: Intake, pepper: bytes, *, client_id: str, test: bool,
-    device_header: str | None, plan: OtpPlan,
+    device_header: str | None, plan: OtpPlan, request_id: str | None = None,
 ) -> IssuedOtp:
     """Generate a code, queue its SMS and store the OTP; see the module docstring.
 
@@ -67,7 +67,8 @@ def issue(
     code_hash = secrets.hash_secret(pepper, code)
     real_text = plan.text(code)
     submission = Submission(
-        client_id=client_id, test=test, device_header=device_header, operation=OPERATION
+        client_id=client_id, test=test, device_header=device_header, operation=OPERATION,
+        request_id=request_id,
     )
     send_plan = plan.send_plan()
 

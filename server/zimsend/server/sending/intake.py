@@ -77,7 +77,8 @@ MAX_BATCH = 128
 
 @dataclass(frozen=True)
 class Submission:
-    """Who sends, and the idempotency facts of the request (key None: no idempotency)."""
+    """Who sends, and the idempotency facts of the request (key None: no idempotency);
+    `request_id` is stored with the messages (`rpc.request_id`)."""
 
     client_id: str
     test: bool
@@ -85,6 +86,7 @@ class Submission:
     operation: str
     key: str | None = None
     request_hash: str = ""
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,12 @@ class Accepted:
 @dataclass(frozen=True)
 class Outcome(Generic[R]):
     """The answer to one request. `due_at` is when its messages become due (None when the
-    response is an idempotent replay and nothing was written)."""
+    response is an idempotent replay and nothing was written); `message_ids` are the
+    messages it queued."""
 
     response: R
     due_at: dt.datetime | None
+    message_ids: tuple[str, ...] = ()
 
     @property
     def created(self) -> bool:
@@ -358,7 +362,7 @@ class Intake:
         due_at = plan.scheduled_at or now
         self.gauge.record(submission.client_id, submission.test, plan.priority,
                           [due_at] * len(accepted.messages))
-        return Outcome(response, due_at)
+        return Outcome(response, due_at, tuple(m.id for m in accepted.messages))
 
     def _refuse_when_behind(self, backlog: Backlog, now: dt.datetime) -> None:
         """Backpressure: refuse an immediate send while a message ahead of it has been due for
@@ -495,6 +499,7 @@ def _queue(
         scheduled_at=plan.scheduled_at, due_at=due_at,
         expires_at=due_at + dt.timedelta(hours=settings.message_ttl_hours),
         created_at=now, queued_at=now, webhook_url=plan.webhook_url,
+        request_id=submission.request_id,
     )
     rows = [
         dict(common, id=secrets.new_id("msg"), to=draft.to, body=draft.body,

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from zimsend.server import logs
+from zimsend.server import logs, metrics
 from zimsend.server.auth import Caller
 from zimsend.server.otp import check_send, issue, verify
-from zimsend.server.rpc import ServerState, public_rpc
+from zimsend.server.rpc import ServerState, public_rpc, request_id
 from zimsend.server.services.convert import ts
 from zimsend.server.storage import utcnow
 from zimsend.v1 import otp_pb2 as pb
@@ -38,15 +38,17 @@ class OtpService(pb_grpc.OtpServiceServicer):
         self, request: pb.SendOtpRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.SendOtpResponse:
         plan = check_send(request)
+        request_ref = request_id(context)
         issued = await self.state.db_call(
             issue, self.state.intake, self.state.pepper,
             client_id=caller.client_id, test=caller.test, device_header=caller.device_id,
-            plan=plan,
+            plan=plan, request_id=request_ref,
         )
         if issued.created:
             self.state.new_work.notify(caller.client_id)
-        log.info("otp.sent", client_id=caller.client_id, otp_id=issued.otp_id,
-                 message_id=issued.message_id)
+            metrics.MESSAGES_ACCEPTED.inc()
+        log.info("otp.sent", request_id=request_ref, client_id=caller.client_id,
+                 otp_id=issued.otp_id, message_id=issued.message_id)
         return issued.response
 
     @public_rpc

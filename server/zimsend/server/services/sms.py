@@ -15,9 +15,16 @@ import grpc
 from google.api import httpbody_pb2
 from google.protobuf.message import Message as ProtoMessage
 
+from zimsend.server import logs, metrics
 from zimsend.server.auth import Caller
 from zimsend.server.errors import ErrorCode
-from zimsend.server.rpc import ServerState, metadata_value, public_rpc, public_stream_rpc
+from zimsend.server.rpc import (
+    ServerState,
+    metadata_value,
+    public_rpc,
+    public_stream_rpc,
+    request_id,
+)
 from zimsend.server.sending import history, idempotency, intake, lifecycle, stats, validation, views
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.sending.intake import Accepted, Submission
@@ -30,6 +37,7 @@ from zimsend.v1 import sms_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from zimsend.server.app import ZimSendServer
 
+log = logs.get("zimsend.sms")
 EXPORT_CHUNK_ROWS = 500
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
@@ -84,6 +92,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
             request_hash=idempotency.request_hash(
                 request, operation=operation, device_id=caller.device_id, test=caller.test
             ) if key else "",
+            request_id=request_id(context),
         )
         allow_insecure = self.state.settings.webhooks_allow_insecure
 
@@ -92,6 +101,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
         outcome = await self.state.intake.submit(submission, check, respond, response_type)
         self.state.new_work.announce(caller.client_id, outcome.due_at)
+        accepted(submission, outcome.message_ids)
         return outcome.response
 
     # --- One message -------------------------------------------------------------------
@@ -239,6 +249,18 @@ class SmsService(pb_grpc.SmsServiceServicer):
             success=True, data=[views.inbound_sms(m) for m in listed.rows],
             pagination=_pagination(listed),
         )
+
+
+def accepted(submission: Submission, message_ids: tuple[str, ...]) -> None:
+    """Count and log a send request's outcome: the messages it queued (none when it was an
+    idempotent replay). One line per request; bulk requests list their message ids."""
+    metrics.MESSAGES_ACCEPTED.inc(len(message_ids))
+    ids: dict[str, Any] = (
+        {"message_id": message_ids[0]} if len(message_ids) == 1 else {"message_ids": message_ids}
+    )
+    log.info("sms.accepted", request_id=submission.request_id, client_id=submission.client_id,
+             operation=submission.operation, replayed=not message_ids, sandbox=submission.test,
+             **ids)
 
 
 def _pagination(listed: history.Listed) -> common_pb2.Pagination:

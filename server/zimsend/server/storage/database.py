@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -37,6 +38,8 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
+
+from zimsend.server.metrics import DB_WRITE_SECONDS
 
 from . import schema
 from .availability import StorageAvailability, StorageProblem, storage_problem
@@ -153,16 +156,21 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back if it raises.
+        Its time, lock wait included, is `zimsend_db_write_transaction_seconds`.
 
         On SQLite it begins with `BEGIN IMMEDIATE` (waits for the single write lock instead of
         failing mid-transaction); on PostgreSQL it is a plain READ COMMITTED transaction.
         """
-        with (
-            self._writers if self._writers is not None else nullcontext(),
-            Session(self._write_engine, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            yield session
+        started = time.perf_counter()
+        try:
+            with (
+                self._writers if self._writers is not None else nullcontext(),
+                Session(self._write_engine, expire_on_commit=False) as session,
+                session.begin(),
+            ):
+                yield session
+        finally:
+            DB_WRITE_SECONDS.observe(time.perf_counter() - started)
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to `revision` (Alembic `upgrade`); safe to run from two processes."""

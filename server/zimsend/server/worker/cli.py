@@ -64,6 +64,12 @@ async def main(settings: Settings, options: WorkerOptions) -> int:
     from .writelock import BUSY_TIMEOUT_MS, PatientDatabase
 
     db = PatientDatabase.from_url(settings.database_url_value, busy_timeout_ms=BUSY_TIMEOUT_MS)
+    metrics_http = None
+    if settings.worker_metrics_port:
+        from zimsend.server import metrics
+
+        metrics_http = metrics.serve(settings.metrics_host, settings.worker_metrics_port,
+                                     process="worker")
     try:
         await _migrate_when_writable(db)
         worker = Worker(settings, db, options)
@@ -73,6 +79,8 @@ async def main(settings: Settings, options: WorkerOptions) -> int:
                 await worker.run()
                 nursery.cancel_scope.cancel()
     finally:
+        if metrics_http is not None:
+            metrics_http.shutdown()
         db.dispose()
     return 0
 

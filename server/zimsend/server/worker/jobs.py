@@ -55,7 +55,11 @@ def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJo
 
 
 def _expire(expire: Callable[..., int], db: Database, now: dt.datetime, *, ttl: dt.timedelta) -> int:
-    return expire(db, now, ttl=ttl)
+    from zimsend.server.metrics import MESSAGES_FAILED
+
+    expired = expire(db, now, ttl=ttl)
+    MESSAGES_FAILED.labels("EXPIRED").inc(expired)
+    return expired
 
 
 def _retention(db: Database, now: dt.datetime, *, retention_days: int) -> dict[str, int]:

@@ -76,6 +76,8 @@ class ClaimedEvent:
     created_at: dt.datetime
     attempt: int
     token: str
+    #: The request id of the message the event is about (None for other events): logged.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def finish_and_claim(
         ClaimedEvent(
             id=row.id, client_id=row.client_id, event_type=row.event_type, data=row.payload,
             webhook_url=row.webhook_url, created_at=row.created_at,
-            attempt=row.attempts + 1, token=token,
+            attempt=row.attempts + 1, token=token, request_id=row.request_id,
         )
         for row in rows
     ]
@@ -163,7 +165,8 @@ def _claim(now: dt.datetime, token: str, limit: int, lease: dt.timedelta) -> Any
         .where(table.c.id.in_(select(due.c.id)), _due(now))
         .values(status=OutboxStatus.DELIVERING, locked_until=now + lease, claimed_by=token)
         .returning(table.c.id, table.c.client_id, table.c.event_type, table.c.payload,
-                   table.c.webhook_url, table.c.created_at, table.c.attempts)
+                   table.c.webhook_url, table.c.created_at, table.c.attempts,
+                   table.c.request_id)
     )
 
 

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from zimsend.server import logs
+from zimsend.server import logs, metrics
 from zimsend.server.config import Settings
 from zimsend.server.storage import Database, utcnow
 from zimsend.server.webhook_delivery.sender import AttemptOutcome, WebhookSender
@@ -252,10 +252,14 @@ class Worker:
             await outcome.written.wait()
             if outcome.failed is not None:
                 raise outcome.failed
+            metrics.WEBHOOK_EVENTS.labels(_RESULTS.get(outcome.status or "", "lease_lost")).inc()
+            message_id = event.data.get("message_id") if isinstance(event.data, dict) else None
             log.info(
-                "webhook.attempted", event_id=event.id, event_type=event.event_type,
-                client_id=event.client_id, attempt=event.attempt, targets=len(targets),
-                failures=len(failures), status=outcome.status,
+                "webhook.attempted", request_id=event.request_id, event_id=event.id,
+                event_type=event.event_type, message_id=message_id, client_id=event.client_id,
+                attempt=event.attempt, targets=len(targets), failures=len(failures),
+                status=outcome.status,
+                outcomes=[metrics.webhook_outcome(o) for o in outcomes],
             )
         except Exception as exc:  # one bad event must not stop the worker
             logs.failure(log, "webhook.delivery_crashed", exc, event_id=event.id, attempt=event.attempt)
@@ -279,9 +283,14 @@ class Worker:
             outcome = AttemptOutcome(False, None, 0, target.problem or "no signing secret", utcnow())
         else:
             outcome = await sender.post(target.url, secret=target.secret, event_id=event.id, body=body)
+        metrics.webhook_attempted(outcome)
         if record:
             await self.db_call(record_attempt, self.database, event, target, outcome)
         outcomes.append(outcome)
+
+
+#: An event's new outbox status -> `zimsend_webhook_events_total{result}`.
+_RESULTS = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
 
 
 @dataclass(eq=False)
