@@ -54,11 +54,13 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("console") / "data"
-    ports = {name: free_port() for name in ("http", "device", "grpc", "admin")}
+    ports = {name: free_port() for name in ("http", "device", "grpc", "admin", "metrics",
+                                            "worker-metrics")}
     program = Program(
         [ZIMSEND, "up", "--data-dir", str(data_dir), "--http-port", str(ports["http"]),
          "--device-port", str(ports["device"]), "--grpc-port", str(ports["grpc"]),
-         "--admin-port", str(ports["admin"]), "--with-simulated-device",
+         "--admin-port", str(ports["admin"]), "--metrics-port", str(ports["metrics"]),
+         "--worker-metrics-port", str(ports["worker-metrics"]), "--with-simulated-device",
          "--allow-insecure-webhooks"],
         env=zimsend_env(data_dir, "console-test-pepper"),
         log_path=data_dir.parent / "up.log", name="zimsend up",

@@ -88,13 +88,15 @@ def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
 
 def _start_up(data_dir: Path, *extra: str) -> tuple[Program, dict[str, int]]:
     """`zimsend up` on free ports and a fresh data directory (like a user: no pepper given)."""
-    ports = {name: free_port() for name in ("http", "device", "grpc", "admin")}
+    ports = {name: free_port() for name in ("http", "device", "grpc", "admin", "metrics",
+                                            "worker-metrics")}
     env = zimsend_env(data_dir, "unused")
     del env["ZIMSEND_SECRET_PEPPER"]  # like a user: the pepper is generated in the data dir
     program = Program(
         [ZIMSEND, "up", "--data-dir", str(data_dir), "--http-port", str(ports["http"]),
          "--device-port", str(ports["device"]), "--grpc-port", str(ports["grpc"]),
-         "--admin-port", str(ports["admin"]), *extra],
+         "--admin-port", str(ports["admin"]), "--metrics-port", str(ports["metrics"]),
+         "--worker-metrics-port", str(ports["worker-metrics"]), *extra],
         env=env, log_path=data_dir.parent / "up.log", name="zimsend up",
     )
     return program, ports
@@ -144,6 +146,19 @@ def test_first_start_prints_and_stores_credentials(up) -> None:  # type: ignore[
     assert f"127.0.0.1:{ports['device']}" in output
     assert creds["client_id"] in output and creds["api_key"] in output
     assert creds["api_key"].startswith("zs_live_")
+
+
+def test_up_prints_the_metrics_endpoints_and_they_answer(up) -> None:  # type: ignore[no-untyped-def]
+    """The server's and the worker's Prometheus endpoints, on loopback (docs/operations.md);
+    the send of the first test is counted."""
+    program, _, ports = up
+    server = f"http://127.0.0.1:{ports['metrics']}/metrics"
+    worker = f"http://127.0.0.1:{ports['worker-metrics']}/metrics"
+    assert f"  metrics       {server} (server), {worker} (worker)" in program.output()
+    server_text = httpx.get(server).text
+    assert "zimsend_messages_accepted_total 1.0" in server_text
+    assert "zimsend_phones_online 1.0" in server_text
+    assert "zimsend_webhook_attempts_total" in httpx.get(worker).text
 
 
 def test_rest_auth_test_with_printed_credentials(up) -> None:  # type: ignore[no-untyped-def]

@@ -86,6 +86,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--device-port", type=int, default=8081, help="phones' DeviceLink (Envoy)")
     parser.add_argument("--grpc-port", type=int, default=50051, help="the server itself (loopback)")
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin (loopback)")
+    parser.add_argument("--metrics-port", type=int, default=9470,
+                        help="the server's Prometheus endpoint (loopback; 0: off)")
+    parser.add_argument("--worker-metrics-port", type=int, default=9471,
+                        help="the worker's Prometheus endpoint (loopback; 0: off)")
     parser.add_argument(
         "--with-simulated-device", action="store_true",
         help="also run a simulated phone for the default device",
@@ -111,6 +115,8 @@ async def run_stack(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = _child_env(data_dir, allow_insecure_webhooks=args.allow_insecure_webhooks)
+    env["ZIMSEND_METRICS_PORT"] = str(args.metrics_port)
+    env["ZIMSEND_WORKER_METRICS_PORT"] = str(args.worker_metrics_port)
     # Pairing URIs made through the API (POST /v1/devices) name Envoy's phone listener too.
     env.setdefault("ZIMSEND_DEVICE_LINK_ADDRESS", f"{args.host}:{args.device_port}")
     env.setdefault("ZIMSEND_DEVICE_LINK_TLS", "1" if args.tls_cert else "0")
@@ -450,6 +456,20 @@ async def _announce_when_ready(
     _print_ready(args, data_dir, credentials, created)
 
 
+def _metrics_lines(args: argparse.Namespace) -> list[str]:
+    """Where Prometheus scrapes each process (docs/operations.md)."""
+    from zimsend.server.config import Settings
+
+    host = os.environ.get("ZIMSEND_METRICS_HOST", Settings.model_fields["metrics_host"].default)
+    server_port = getattr(args, "metrics_port", 0)
+    worker_port = getattr(args, "worker_metrics_port", 0)
+    endpoints = [f"http://{host}:{server_port}/metrics (server)"] if server_port else []
+    has_worker = any(ep.name == "worker" for ep in entry_points(group="zimsend.commands"))
+    if worker_port and has_worker:
+        endpoints.append(f"http://{host}:{worker_port}/metrics (worker)")
+    return [f"  metrics       {', '.join(endpoints)}"] if endpoints else []
+
+
 def _print_ready(
     args: argparse.Namespace, data_dir: Path, credentials: dict[str, Any], created: bool
 ) -> None:
@@ -474,6 +494,7 @@ def _print_ready(
         ]
     else:
         lines.append(f"  credentials   {data_dir / CREDENTIALS_FILE}")
+    lines += _metrics_lines(args)
     if args.with_simulated_device:
         lines.append(f"  simulated SMS {data_dir / 'simulated-outbox.jsonl'} (its phone is online)")
     if args.allow_insecure_webhooks:
