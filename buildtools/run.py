@@ -82,6 +82,9 @@ def _unexposed_members() -> list[str]:
     return missing
 
 
+#: How the whole suite runs when no pytest arguments are given (docs/decisions.md).
+PARALLEL = ("-n", "4", "--dist", "loadfile")
+
 #: What the test suite needs from Debian: (how to tell it is there, package, what for).
 TEST_SYSTEM_PACKAGES = (
     ("chromium", "chromium", "the web console's browser tests (Playwright cannot download one)"),
@@ -126,7 +129,9 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if verb == "test":
         ensure_test_packages()
-        cmd = [str(BIN / "python"), "-m", "pytest", *rest]
+        # The whole suite mostly waits (processes starting, phones, timers): four xdist
+        # workers, one test file each at a time (module fixtures stay in one worker).
+        cmd = [str(BIN / "python"), "-m", "pytest", *(rest or PARALLEL)]
     else:
         cmd = [str(BIN / "zimsend"), verb, *rest]
     try:
