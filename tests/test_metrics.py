@@ -276,3 +276,22 @@ def test_a_direct_grpc_send_gets_a_request_id_of_its_own(stack, server) -> None:
                                  and line.get("message_id") == reply.message_id], 10,
                         "the accept line")
     assert re.fullmatch(r"[0-9a-f-]{36}", accepted[0]["request_id"])
+
+
+def test_every_metric_is_documented_and_every_documented_metric_exists(worker: Program) -> None:
+    """docs/operations.md explains each exported `zimsend_*` family, and neither it nor the
+    Grafana dashboard names one that does not exist (runs after the sends above, so every
+    labelled family has a series)."""
+    docs = Path(__file__).parents[1] / "docs"
+    exported = {name for port in (SERVER_METRICS, WORKER_METRICS)
+                for name, _ in scrape(port) if name.startswith("zimsend_")}
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in exported}
+    operations = (docs / "operations.md").read_text()
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    for family in families:
+        assert f"`{family}" in operations, f"{family} is not explained in operations.md"
+    exprs = " ".join(target["expr"] for panel in dashboard["panels"]
+                     for target in panel.get("targets", []))
+    for text, where in ((operations, "operations.md"), (exprs, "grafana-dashboard.json")):
+        for name in set(re.findall(r"\bzimsend_[a-z_]*[a-z]\b", text)):
+            assert any(e.startswith(name) for e in exported), f"{where} names {name}"
