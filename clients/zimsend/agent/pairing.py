@@ -9,8 +9,8 @@ admin CLI, `zimsend up`) shows the same scannable code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import io
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 __all__ = [

@@ -6,8 +6,8 @@ integrator's program, and httpx.AsyncClient and grpc.aio are asyncio (docs/decis
 
 from __future__ import annotations
 
-import builtins
 import asyncio
+import builtins
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar

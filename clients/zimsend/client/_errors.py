@@ -19,9 +19,9 @@ __all__ = [
     "NotFoundError",
     "OtpError",
     "RateLimitError",
+    "RequestTimeout",
     "ServerError",
     "TransportError",
-    "RequestTimeout",
     "ZimSendError",
     "error_for",
 ]

@@ -76,7 +76,7 @@ class ErrorCode(enum.Enum):
     DEVICE_DISABLED = grpc.StatusCode.PERMISSION_DENIED
 
     # Enum members with equal values would be aliases; keep each name its own member.
-    def __new__(cls, status: grpc.StatusCode) -> "ErrorCode":
+    def __new__(cls, status: grpc.StatusCode) -> ErrorCode:
         obj = object.__new__(cls)
         obj._value_ = (len(cls.__members__), status)
         return obj
@@ -111,7 +111,7 @@ class ApiError(Exception):
         super().__init__(self.message)
 
     @classmethod
-    def invalid(cls, code: ErrorCode, field_name: str, message: str) -> "ApiError":
+    def invalid(cls, code: ErrorCode, field_name: str, message: str) -> ApiError:
         """A validation error naming its field in the message and in BadRequest."""
         return cls(code, message, [FieldViolation(field_name, message)])
 

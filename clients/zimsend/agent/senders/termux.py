@@ -29,7 +29,7 @@ import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -205,7 +205,7 @@ class TermuxSender:
 
     async def send(self, request: SendRequest) -> SendResult:
         """Hand the whole text to Android in one call; every part gets its outcome."""
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         slot = request.sim_slot if request.sim_slot is not None else self.sim_slot
         args = ["-n", request.to]
         if slot is not None:
@@ -375,7 +375,7 @@ def _received_at(text: Any) -> datetime | None:
     """termux-sms-list's `received` ("yyyy-MM-dd HH:mm:ss", the phone's local time; the agent
     runs on that phone, so its local zone is the right one)."""
     try:
-        return datetime.strptime(str(text), "%Y-%m-%d %H:%M:%S").astimezone(timezone.utc)
+        return datetime.strptime(str(text), "%Y-%m-%d %H:%M:%S").astimezone(UTC)
     except ValueError:
         return None
 

@@ -147,8 +147,8 @@ def _devices_list(client: ZimSend, args: argparse.Namespace) -> int:
     else:
         print_table(["device id", "name", "status", "enabled", "last seen", "battery",
                      "interval ms", "daily cap"],
-                    [[d.device_id, d.name, d.cannot_send_reason and f"{d.status} "
-                      f"({d.cannot_send_reason})" or d.status, d.enabled, d.last_seen,
+                    [[d.device_id, d.name, (d.cannot_send_reason and f"{d.status} "
+                      f"({d.cannot_send_reason})") or d.status, d.enabled, d.last_seen,
                       d.battery, d.send_interval_ms, d.daily_cap] for d in devices],
                     empty="(no devices: `zimsend devices add NAME`)")
     return 0

@@ -34,7 +34,6 @@ from sqlmodel import Session, col
 from zimsend.server import secrets
 from zimsend.server.storage import (
     NO_DEVICE,
-    DailyAggregate,
     Database,
     InboundMessage,
     Message,

@@ -13,7 +13,7 @@ def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value.astimezone(dt.timezone.utc))
+    out.FromDatetime(value.astimezone(dt.UTC))
     return out
 
 

@@ -25,7 +25,7 @@ from zimsend.server.rpc import (
     public_stream_rpc,
     request_id,
 )
-from zimsend.server.sending import history, idempotency, intake, lifecycle, stats, validation, views
+from zimsend.server.sending import history, idempotency, lifecycle, stats, validation, views
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.sending.intake import Accepted, Submission
 from zimsend.server.services.convert import paging, ts
