@@ -278,6 +278,35 @@ def test_a_direct_grpc_send_gets_a_request_id_of_its_own(stack, server) -> None:
     assert re.fullmatch(r"[0-9a-f-]{36}", accepted[0]["request_id"])
 
 
+def test_the_queue_sample_on_both_engines(db) -> None:  # type: ignore[no-untyped-def]
+    """The scrape-time query (`metrics.Sampler`) on SQLite and PostgreSQL: due and scheduled
+    counts per priority, the oldest due message's age; other statuses are not queued."""
+    from _webhooks import seed_client
+
+    from zimsend.server import metrics
+    from zimsend.server.storage import Message
+
+    client_id = seed_client(db)
+    now = dt.datetime.now(dt.UTC)
+    rows = [(1, now - dt.timedelta(seconds=90), "queued"), (1, now - dt.timedelta(seconds=5),
+            "queued"), (1, now + dt.timedelta(hours=1), "queued"),
+            (3, now + dt.timedelta(hours=2), "queued"), (3, now - dt.timedelta(hours=1), "sent")]
+    with db.write() as session:
+        for n, (priority, due_at, status) in enumerate(rows):
+            session.add(Message(id=f"msg_queue{n}", client_id=client_id, to="+33612345678",
+                                body="x", priority=priority, status=status, due_at=due_at))
+    metrics.watch(db)
+    families = {f.name: f for f in metrics.SAMPLER.collect()}
+    depth = {tuple(s.labels.values()): s.value for s in families["zimsend_queue_messages"].samples}
+    age = {s.labels["priority"]: s.value
+           for s in families["zimsend_queue_oldest_due_age_seconds"].samples}
+    assert depth[("urgent", "due")] == 2 and depth[("urgent", "scheduled")] == 1
+    assert depth[("normal", "due")] == 0 and depth[("normal", "scheduled")] == 1
+    assert depth[("high", "due")] == 0
+    assert 89 <= age["urgent"] < 120
+    assert age["normal"] == 0 and age["low"] == 0
+
+
 def test_every_metric_is_documented_and_every_documented_metric_exists(worker: Program) -> None:
     """docs/operations.md explains each exported `zimsend_*` family, and neither it nor the
     Grafana dashboard names one that does not exist (runs after the sends above, so every
