@@ -87,7 +87,9 @@ def include_paths(proto_root: Path = PROTOS) -> list[Path]:
 
 def proto_files(proto_root: Path = PROTOS) -> list[str]:
     """Our .proto files, relative to `proto_root`, in a stable order."""
-    return sorted(p.relative_to(proto_root).as_posix() for p in (proto_root / PACKAGE).glob("*.proto"))
+    return sorted(
+        p.relative_to(proto_root).as_posix() for p in (proto_root / PACKAGE).glob("*.proto")
+    )
 
 
 def _tool(name: str) -> str:
@@ -225,8 +227,11 @@ def lint(proto_root: Path = PROTOS, config: Path | None = None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zimsend.buildtools.codegen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m zimsend.buildtools.codegen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="list stale files, change nothing")
     mode.add_argument("--lint", action="store_true", help="run buf lint on the protos")

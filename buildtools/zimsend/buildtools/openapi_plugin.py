@@ -63,8 +63,12 @@ _WELL_KNOWN: dict[str, Schema] = {
     ".google.protobuf.ListValue": {"type": "array", "items": {}},
     ".google.protobuf.Empty": {"type": "object"},
     ".google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated field paths."},
-    ".google.protobuf.Any": {"type": "object", "required": ["@type"],
-                             "properties": {"@type": {"type": "string"}}, "additionalProperties": True},
+    ".google.protobuf.Any": {
+        "type": "object",
+        "required": ["@type"],
+        "properties": {"@type": {"type": "string"}},
+        "additionalProperties": True,
+    },
     **{f".google.protobuf.{k}Value": _SCALARS[t] for k, t in _WRAPPERS.items()},
 }
 _HTTP_BODY = ".google.api.HttpBody"
@@ -127,7 +131,9 @@ class _Api:
             prefix = f".{f.package}" if f.package else ""
             self._index(f.name, prefix, f.message_type, f.enum_type, ())
 
-    def _index(self, file: str, prefix: str, messages: Any, enums: Any, path: tuple[int, ...]) -> None:
+    def _index(
+        self, file: str, prefix: str, messages: Any, enums: Any, path: tuple[int, ...]
+    ) -> None:
         in_file = not path
         for i, e in enumerate(enums):
             self.enums[f"{prefix}.{e.name}"] = (e, file, (*path, 5 if in_file else 4, i))
@@ -170,8 +176,12 @@ class _Api:
 
     def _enum(self, full_name: str) -> Schema:
         enum, file, path = self.enums[full_name]
-        lines = [f"- `{v.name}` ({v.number}): {self.comments.get((file, (*path, 2, i)), '')}".rstrip(": ")
-                 for i, v in enumerate(enum.value)]
+        lines = [
+            f"- `{v.name}` ({v.number}): {self.comments.get((file, (*path, 2, i)), '')}".rstrip(
+                ": "
+            )
+            for i, v in enumerate(enum.value)
+        ]
         intro = self.comments.get((file, path), "")
         text = f"{intro}\n\nResponses print the name; requests may send the name or the number.\n\n"
         return {"type": "string", "enum": [v.name for v in enum.value],
@@ -217,7 +227,9 @@ class _Api:
             schema = _or_null(schema)  # proto3 JSON reads null as "not set"
         return schema
 
-    def query(self, message: str, fields_prefix: str, skip: set[str], depth: int = 0) -> list[Schema]:
+    def query(
+        self, message: str, fields_prefix: str, skip: set[str], depth: int = 0
+    ) -> list[Schema]:
         """Query parameters: the request's non-path fields, nested messages as `a.b`."""
         found, file, path = self.messages[message]
         params = []
@@ -271,8 +283,11 @@ def _operation(
     path = re.sub(r"\{([^}=]+)(?:=[^}]*)?\}", r"{\1}", template)
     text = comment.get("description", "").lower()
     sends = any(f.name == "idempotency_key" for f in api.messages[method.input_type][0].field)
-    params: list[Schema] = [{"$ref": f"#/components/parameters/{key}"}
-                            for key, (header, _) in _HEADERS.items() if sends or header.lower() in text]
+    params: list[Schema] = [
+        {"$ref": f"#/components/parameters/{key}"}
+        for key, (header, _) in _HEADERS.items()
+        if sends or header.lower() in text
+    ]
     for name in names:
         field, doc = api.lookup(method.input_type, name)
         params.append({"name": name, "in": "path", "required": True,
@@ -346,13 +361,29 @@ def build(request: plugin_pb2.CodeGeneratorRequest) -> Schema:
         "paths": paths,
         "components": {
             "schemas": {**api.schemas, "ErrorEnvelope": _ENVELOPE},
-            "parameters": {key: {"name": header, "in": "header", "schema": {"type": "string"},
-                                 "description": doc} for key, (header, doc) in _HEADERS.items()},
-            "responses": {"Error": {
-                "description": "An error (HTTP status per SPEC.md §10).",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}},
-            "securitySchemes": {scheme: {"type": "apiKey", "in": "header", "name": header}
-                                for scheme, header in headers.items()},
+            "parameters": {
+                key: {
+                    "name": header,
+                    "in": "header",
+                    "schema": {"type": "string"},
+                    "description": doc,
+                }
+                for key, (header, doc) in _HEADERS.items()
+            },
+            "responses": {
+                "Error": {
+                    "description": "An error (HTTP status per SPEC.md §10).",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorEnvelope"}
+                        }
+                    },
+                }
+            },
+            "securitySchemes": {
+                scheme: {"type": "apiKey", "in": "header", "name": header}
+                for scheme, header in headers.items()
+            },
         },
     }
 

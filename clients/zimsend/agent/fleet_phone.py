@@ -374,7 +374,9 @@ class _Stream:
         return None if frame is grpc.aio.EOF else cast(pb.ServerFrame, frame)
 
 
-async def _requests(outgoing: asyncio.Queue[pb.DeviceFrame | None]) -> AsyncIterator[pb.DeviceFrame]:
+async def _requests(
+    outgoing: asyncio.Queue[pb.DeviceFrame | None],
+) -> AsyncIterator[pb.DeviceFrame]:
     while (frame := await outgoing.get()) is not None:
         yield frame
 

@@ -470,7 +470,9 @@ class Journal:
         ).fetchone()
         return row
 
-    def _outcome_reports(self, row: sqlite3.Row, at: datetime | None = None) -> list[pb.DeviceFrame]:
+    def _outcome_reports(
+        self, row: sqlite3.Row, at: datetime | None = None
+    ) -> list[pb.DeviceFrame]:
         """The reports that state a message's journaled outcome (deterministic ids)."""
         mid, attempt, state = row["message_id"], row["attempt"], row["state"]
         if state == "unknown":

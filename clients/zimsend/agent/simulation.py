@@ -86,7 +86,9 @@ class Simulation:
 
     def __post_init__(self) -> None:
         self._seed = (
-            self.config.seed if self.config.seed is not None else random.SystemRandom().getrandbits(32)
+            self.config.seed
+            if self.config.seed is not None
+            else random.SystemRandom().getrandbits(32)
         )
         for code in self.config.failure_codes:
             if code not in ERROR_CODES:
@@ -95,7 +97,9 @@ class Simulation:
     def decide(self, message_id: str) -> SendDecision:
         """Draw the outcome of the next handoff of `message_id`."""
         self._attempts[message_id] += 1
-        rng = random.Random(f"{self._seed}:{self.device_id}:{message_id}:{self._attempts[message_id]}")
+        rng = random.Random(
+            f"{self._seed}:{self.device_id}:{message_id}:{self._attempts[message_id]}"
+        )
         cfg = self.config
         # Up to ±25% around the configured delays, so a fleet does not move in lockstep.
         delay = cfg.send_delay * rng.uniform(0.75, 1.25)

@@ -179,7 +179,9 @@ def _standard_key(secret: str) -> bytes:
     try:
         return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except binascii.Error:
-        raise WebhookVerificationError("the part of the secret after whsec_ is not base64") from None
+        raise WebhookVerificationError(
+            "the part of the secret after whsec_ is not base64"
+        ) from None
 
 
 def _event(parsed: Mapping[str, Any]) -> WebhookEvent:

@@ -162,7 +162,9 @@ def rotate_device_password(
         device = _owned(session, Device, client_id, device_id)
         if device is None or device.deleted_at is not None:
             raise ApiError.invalid(
-                ErrorCode.INVALID_DEVICE_ID, "device_id", f"No device {device_id!r} for this client."
+                ErrorCode.INVALID_DEVICE_ID,
+                "device_id",
+                f"No device {device_id!r} for this client.",
             )
         device.password_hash = secrets.hash_secret(pepper, password)
         session.add(device)

@@ -30,7 +30,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="state directory (default ./.zimsend or ZIMSEND_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", help="state directory (default ./.zimsend or ZIMSEND_DATA_DIR)"
+    )
     parser.add_argument("--database-url", help="overrides ZIMSEND_DATABASE_URL")
 
 
@@ -144,7 +146,9 @@ def _create_key(args: argparse.Namespace) -> int:
 
     settings, db = _open(args)
     try:
-        new = accounts.create_api_key(db, settings.pepper(), args.client_id, args.name, test=args.test)
+        new = accounts.create_api_key(
+            db, settings.pepper(), args.client_id, args.name, test=args.test
+        )
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
     return _print(

@@ -6,10 +6,11 @@ Each public handler is written as
     async def SendSms(self, request, context, caller: Caller) -> SendSmsResponse: ...
 
 and `public_rpc` authenticates the call first (SPEC.md §2: `x-api-key` + `x-client-id` on every
-request), counts it against the client's limit (SPEC.md §8, `ratelimit.py`), then runs the handler, and turns any `ApiError` into the documented gRPC status. An
-unexpected exception is logged with its traceback on the server and reaches the caller only as
-`INTERNAL` with a request-independent message: no stack trace, SQL or data leaks out. A full
-or unwritable database is not unexpected: 503 UNAVAILABLE with Retry-After (`errors.known_error`).
+request), counts it against the client's limit (SPEC.md §8, `ratelimit.py`), then runs the
+handler, and turns any `ApiError` into the documented gRPC status. An unexpected exception is
+logged with its traceback on the server and reaches the caller only as `INTERNAL` with a
+request-independent message: no stack trace, SQL or data leaks out. A full or unwritable
+database is not unexpected: 503 UNAVAILABLE with Retry-After (`errors.known_error`).
 
 Database work is synchronous SQLAlchemy (one storage layer for the asyncio server and the trio
 worker, DESIGN.md); `ServerState.db_call` runs it on a small thread pool so the event loop never

@@ -80,7 +80,9 @@ class RestartPolicy:
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser("up", help="start the whole stack (server, Envoy, worker)")
-    parser.add_argument("--data-dir", default=".zimsend", help="state directory (default ./.zimsend)")
+    parser.add_argument(
+        "--data-dir", default=".zimsend", help="state directory (default ./.zimsend)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address Envoy listens on")
     parser.add_argument("--http-port", type=int, default=8080, help="REST and gRPC (Envoy)")
     parser.add_argument("--device-port", type=int, default=8081, help="phones' DeviceLink (Envoy)")
@@ -295,7 +297,9 @@ class Supervisor:
             window = f"{self.policy.window_seconds:g} s"
             if len(crashes) >= self.policy.max_crashes:
                 _say(f"{child.name} {why}: {len(crashes)} crashes within {window}, giving up")
-                self.request_stop(f"{child.name} kept crashing ({len(crashes)} times within {window})")
+                self.request_stop(
+                    f"{child.name} kept crashing ({len(crashes)} times within {window})"
+                )
                 return
             delay = self.policy.delay(len(crashes))
             _say(f"{child.name} {why}; restarting it in {delay:g} s "
@@ -381,7 +385,10 @@ class _Probe:
         scheme = "https" if args.tls_cert else "http"
         self.base_url = f"{scheme}://{_local_host(args.host)}:{args.http_port}"
         self.context = _trusting(args.tls_cert) if args.tls_cert else None
-        self.headers = {"X-API-Key": credentials["api_key"], "X-Client-ID": credentials["client_id"]}
+        self.headers = {
+            "X-API-Key": credentials["api_key"],
+            "X-Client-ID": credentials["client_id"],
+        }
         self.device_id: str = credentials["device_id"]
         self.last_problem = ""
 
@@ -448,7 +455,11 @@ async def _announce_when_ready(
     if args.with_simulated_device and not await _wait_for(
         probe.device_online, READY_TIMEOUT_SECONDS, every=0.3
     ):
-        hint = " (with --tls-cert, the certificate must name the address it dials)" if args.tls_cert else ""
+        hint = (
+            " (with --tls-cert, the certificate must name the address it dials)"
+            if args.tls_cert
+            else ""
+        )
         supervisor.request_stop(
             f"the simulated phone was not online within {limit}{hint}: {probe.last_problem}"
         )
@@ -488,7 +499,8 @@ def _print_ready(
     ]
     if created:
         lines += [
-            f"  API key       {credentials['api_key']}   (shown once; also in {CREDENTIALS_FILE}, mode 600)",
+            f"  API key       {credentials['api_key']}"
+            f"   (shown once; also in {CREDENTIALS_FILE}, mode 600)",
             f"  device pass   {credentials['device_password']}",
             f"  pairing URI   {credentials['pairing_uri']}",
         ]

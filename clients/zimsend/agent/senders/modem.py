@@ -205,7 +205,9 @@ class ModemSender:
 
     async def send(self, request: SendRequest) -> SendResult:
         if not self._state.open:
-            failed = PartResult(False, "DEVICE_ERROR", f"modem not available: {self._state.problem}")
+            failed = PartResult(
+                False, "DEVICE_ERROR", f"modem not available: {self._state.problem}"
+            )
             return SendResult(parts=tuple(failed for _ in request.parts), at=datetime.now(UTC))
         unicode = encoding_of(request.body) == "UCS2"
         concat = secrets.randbelow(256)
@@ -267,11 +269,17 @@ class ModemSender:
         for sms in reports:
             delivered, code, message = delivery_outcome(int(sms.get("DeliveryStatus", 0)))
             if delivered is not None:
-                matched = recorder.delivery(DeliveryReport(
-                    delivered=delivered, error_code=code, error_message=message,
-                    at=_utc(sms.get("DateTime")), reference=int(sms["MessageReference"]),
-                    recipient=str(sms.get("Number", "")), submitted_at=_utc(sms.get("SMSCDateTime")),
-                ))
+                matched = recorder.delivery(
+                    DeliveryReport(
+                        delivered=delivered,
+                        error_code=code,
+                        error_message=message,
+                        at=_utc(sms.get("DateTime")),
+                        reference=int(sms["MessageReference"]),
+                        recipient=str(sms.get("Number", "")),
+                        submitted_at=_utc(sms.get("SMSCDateTime")),
+                    )
+                )
                 if not matched:
                     log.info("status report for reference %s matches no part awaiting one",
                              sms["MessageReference"])

@@ -14,9 +14,9 @@ request than Envoy does, and would measure itself rather than the gateway.
 Closed loop by default (each of N workers sends, waits, sends again); with `--rate R` open
 loop: a request every 1/R s, at most N in flight (a late request is sent at once, so the
 offered rate holds as long as the server keeps up). A closed-loop worker refused with a
-Retry-After (backpressure, rate limit) waits that long before its next request. Requests that end during the first
-`--warmup` seconds are not counted. Credentials come from ZIMSEND_BENCH_CLIENT_ID and
-ZIMSEND_BENCH_API_KEY (not argv: visible in `ps`).
+Retry-After (backpressure, rate limit) waits that long before its next request. Requests that
+end during the first `--warmup` seconds are not counted. Credentials come from
+ZIMSEND_BENCH_CLIENT_ID and ZIMSEND_BENCH_API_KEY (not argv: visible in `ps`).
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ class Program:
             except Exception:  # noqa: BLE001 - not ready yet
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"{self.name} not {what or 'ready'} after {timeout}s:\n{self.output()[-4000:]}")
+        raise AssertionError(
+            f"{self.name} not {what or 'ready'} after {timeout}s:\n{self.output()[-4000:]}"
+        )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.alive():

@@ -202,7 +202,9 @@ def _apply_one_by_one(db: Database, rows: list[_Row]) -> _Outcome:
         try:
             one = _apply_batch(db, [row])
         except Exception as exc:
-            logs.failure(log, "reports.report_failed", exc, device_id=row[2], report_id=row[3].report_id)
+            logs.failure(
+                log, "reports.report_failed", exc, device_id=row[2], report_id=row[3].report_id
+            )
             continue
         for n, ids in one.acked.items():
             total.acked.setdefault(n, []).extend(ids)

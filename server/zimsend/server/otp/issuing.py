@@ -1,7 +1,7 @@
 """Issuing an OTP: the code, the `otps` row and the SMS that carries it, in one transaction.
 
-Why through `sending.intake.Intake.accept`: an OTP is an immediate SendSms in every respect the caller
-can observe — the same `X-Device-ID` rules (INVALID_DEVICE_ID, DEVICE_OFFLINE), the same
+Why through `sending.intake.Intake.accept`: an OTP is an immediate SendSms in every respect the
+caller can observe — the same `X-Device-ID` rules (INVALID_DEVICE_ID, DEVICE_OFFLINE), the same
 NO_DEVICE_AVAILABLE, test keys served by the simulated device. `accept` runs those checks and
 queues the message; its `before_commit` hook adds what only an OTP has, inside the same write
 transaction, so either all of it exists or none does:

@@ -56,7 +56,9 @@ def resolve_key(header: str | None, field_value: str) -> str | None:
     return key
 
 
-def request_hash(request: ProtoMessage, *, operation: str, device_id: str | None, test: bool) -> str:
+def request_hash(
+    request: ProtoMessage, *, operation: str, device_id: str | None, test: bool
+) -> str:
     """sha256 of everything that decides what a send request does, minus its key."""
     canonical = type(request)()
     canonical.CopyFrom(request)

@@ -10,10 +10,10 @@ Every request goes through the same steps (`_accept_in`), inside a write transac
 3. Devices: `X-Device-ID` must name one of the client's devices (INVALID_DEVICE_ID). An
    immediate live send needs that device online and enabled (DEVICE_OFFLINE, naming the
    phone's reason when it is connected but says it cannot send), or without a pin any online
-   enabled phone (NO_DEVICE_AVAILABLE; a phone that cannot send is not online). Scheduled sends skip the availability
-   checks (they wait for a device, and expire after the TTL if none comes). Test-key sends
-   skip them too: the built-in simulated device takes them, and they are never pinned to a
-   real phone (a sandbox message must not reach one).
+   enabled phone (NO_DEVICE_AVAILABLE; a phone that cannot send is not online). Scheduled
+   sends skip the availability checks (they wait for a device, and expire after the TTL if
+   none comes). Test-key sends skip them too: the built-in simulated device takes them, and
+   they are never pinned to a real phone (a sandbox message must not reach one).
 4. The writes: every message (`queued`) and the idempotency record, or nothing. A caller
    that must write more rows with the messages (the OTP service: its `otps` row and the
    sealed text, which is bound to the new message id) passes `before_commit`; whatever it

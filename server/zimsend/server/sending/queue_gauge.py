@@ -90,7 +90,9 @@ class QueueGauge:
                 oldest_due=min((times[0] for times in lists), default=None),
             )
 
-    def record(self, client_id: str, test: bool, priority: int, due_ats: Iterable[dt.datetime]) -> None:
+    def record(
+        self, client_id: str, test: bool, priority: int, due_ats: Iterable[dt.datetime]
+    ) -> None:
         """Count messages this process just queued (until the next snapshot reads them)."""
         with self._lock:
             snapshot = self._snapshots.get((client_id, test))

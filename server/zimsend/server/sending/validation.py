@@ -68,7 +68,9 @@ def validate_send(
     body = fields.text(v, "message", request.message)
     options = _options(v, request, now, allow_insecure_webhooks)
     meta = fields.metadata(v, "metadata", _struct(request, "metadata"))
-    slot = fields.sim_slot(v, "sim_slot", request.sim_slot if request.HasField("sim_slot") else None)
+    slot = fields.sim_slot(
+        v, "sim_slot", request.sim_slot if request.HasField("sim_slot") else None
+    )
     v.raise_if_any()
     assert to is not None and body is not None
     return SendPlan("single", [_draft(to, body, meta)], *options, sim_slot=slot)

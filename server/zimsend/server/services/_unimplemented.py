@@ -36,7 +36,9 @@ def register_unimplemented(server: ZimSendServer, service_name: str) -> str:
 
 
 def _unimplemented(name: str) -> Any:
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext, caller: Any) -> Any:
+    async def handler(
+        self: Any, request: Any, context: grpc.aio.ServicerContext, caller: Any
+    ) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented yet")
 
     handler.__name__ = name
@@ -44,7 +46,9 @@ def _unimplemented(name: str) -> Any:
 
 
 def _stream_unimplemented(name: str) -> Any:
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext, caller: Any) -> Any:
+    async def handler(
+        self: Any, request: Any, context: grpc.aio.ServicerContext, caller: Any
+    ) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented yet")
         yield  # pragma: no cover - makes this an async generator
 

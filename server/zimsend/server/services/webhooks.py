@@ -75,8 +75,10 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
             endpoints.queue_test_event, self.state.db, caller.client_id, request.webhook_id
         )
         return pb.TestWebhookResponse(
-            success=True, event_id=event.id,
-            message=f"Test event queued; its attempts appear in GET /v1/webhooks/logs?event_id={event.id}",
+            success=True,
+            event_id=event.id,
+            message="Test event queued; its attempts appear in"
+            f" GET /v1/webhooks/logs?event_id={event.id}",
         )
 
     @public_rpc

@@ -10,8 +10,8 @@
     endpoints   the WebhookService's database operations (configure, list, logs, test, ...)
 
 The worker (`zimsend.server.worker`) claims outbox rows and uses `sender` to deliver them.
-`transport`, `origins` and `sender` are trio code: import them from their modules (the asyncio server and
-the producers only need the pure modules re-exported here).
+`transport`, `origins` and `sender` are trio code: import them from their modules (the asyncio
+server and the producers only need the pure modules re-exported here).
 """
 
 from .events import EVENT_TYPES, TEST_EVENT, outbox_event

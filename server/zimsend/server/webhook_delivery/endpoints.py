@@ -93,8 +93,11 @@ def configure(
     )
     with db.write() as session:
         active = session.exec(
-            select(func.count()).select_from(WebhookEndpoint).where(
-                col(WebhookEndpoint.client_id) == client_id, col(WebhookEndpoint.deleted_at).is_(None)
+            select(func.count())
+            .select_from(WebhookEndpoint)
+            .where(
+                col(WebhookEndpoint.client_id) == client_id,
+                col(WebhookEndpoint.deleted_at).is_(None),
             )
         ).one()
         if active >= MAX_ENDPOINTS_PER_CLIENT:
@@ -154,15 +157,22 @@ def _check_secret(secret: str, problems: list[FieldViolation]) -> None:
 
 def list_endpoints(db: Database, client_id: str) -> list[WebhookEndpoint]:
     with db.session() as session:
-        return list(session.exec(
-            select(WebhookEndpoint)
-            .where(col(WebhookEndpoint.client_id) == client_id, col(WebhookEndpoint.deleted_at).is_(None))
-            .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
-        ))
+        return list(
+            session.exec(
+                select(WebhookEndpoint)
+                .where(
+                    col(WebhookEndpoint.client_id) == client_id,
+                    col(WebhookEndpoint.deleted_at).is_(None),
+                )
+                .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+            )
+        )
 
 
 def _live_endpoint(session: Session, client_id: str, webhook_id: str) -> WebhookEndpoint:
-    endpoint = get_for_client(session, WebhookEndpoint, webhook_id, client_id) if webhook_id else None
+    endpoint = (
+        get_for_client(session, WebhookEndpoint, webhook_id, client_id) if webhook_id else None
+    )
     if endpoint is None or endpoint.deleted_at is not None:
         raise ApiError.invalid(
             ErrorCode.WEBHOOK_NOT_FOUND, "webhook_id",
@@ -246,7 +256,9 @@ def list_logs(
     if event_id:
         filters.append(col(WebhookDelivery.event_id) == event_id)
     with db.session() as session:
-        total = session.exec(select(func.count()).select_from(WebhookDelivery).where(*filters)).one()
+        total = session.exec(
+            select(func.count()).select_from(WebhookDelivery).where(*filters)
+        ).one()
         rows = list(session.exec(
             select(WebhookDelivery).where(*filters)
             .order_by(col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())

@@ -93,7 +93,9 @@ class WebhookSender:
         except (WebhookUrlError, ValueError, OriginBusy) as exc:
             return AttemptOutcome(False, None, 0, _clip(str(exc)), dt.datetime.now(dt.UTC))
 
-    async def _post(self, url: httpx.URL, secret: str, event_id: str, body: bytes) -> AttemptOutcome:
+    async def _post(
+        self, url: httpx.URL, secret: str, event_id: str, body: bytes
+    ) -> AttemptOutcome:
         at = dt.datetime.now(dt.UTC)
         started = trio.current_time()
         status: int | None = None

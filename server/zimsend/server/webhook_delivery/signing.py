@@ -54,7 +54,12 @@ def rfc3339(value: dt.datetime) -> str:
 
 def encode_body(event_type: str, event_id: str, created_at: dt.datetime, data: Any) -> bytes:
     """`{event, event_id, timestamp, data}` as compact UTF-8 JSON (`JSON.stringify`'s shape)."""
-    body = {"event": event_type, "event_id": event_id, "timestamp": rfc3339(created_at), "data": data}
+    body = {
+        "event": event_type,
+        "event_id": event_id,
+        "timestamp": rfc3339(created_at),
+        "data": data,
+    }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

@@ -152,11 +152,15 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     `httpx` errors) is httpx's own. tests/test_webhook_transport.py fails if httpx changes this.
     """
 
-    def __init__(self, guard: AddressGuard, *, verify: ssl.SSLContext | bool, limits: httpx.Limits) -> None:
+    def __init__(
+        self, guard: AddressGuard, *, verify: ssl.SSLContext | bool, limits: httpx.Limits
+    ) -> None:
         ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)  # as is if one
         super().__init__(verify=ssl_context, trust_env=False, limits=limits)
         if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError("this httpx version builds its pool differently; update transport.py")
+            raise RuntimeError(
+                "this httpx version builds its pool differently; update transport.py"
+            )
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,

@@ -29,12 +29,18 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser = commands.add_parser(
         "worker", help="deliver webhooks, expire overdue messages, apply retention (trio)"
     )
-    parser.add_argument("--data-dir", help="state directory (default ./.zimsend or ZIMSEND_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", help="state directory (default ./.zimsend or ZIMSEND_DATA_DIR)"
+    )
     parser.add_argument("--database-url", help="overrides ZIMSEND_DATABASE_URL")
     parser.add_argument("--poll-interval", type=float, default=0.5,
                         help="seconds between outbox polls when idle (default 0.5)")
-    parser.add_argument("--lease-seconds", type=float, default=None,
-                        help="how long a claimed event stays reserved (default max(30, 3 x timeout))")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=None,
+        help="how long a claimed event stays reserved (default max(30, 3 x timeout))",
+    )
     parser.add_argument("--max-in-flight", type=int, default=64,
                         help="events delivered concurrently (default 64)")
     parser.add_argument("--worker-id", help="name in claims and logs (default host:pid:random)")

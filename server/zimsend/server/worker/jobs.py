@@ -54,7 +54,9 @@ def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJo
     ]
 
 
-def _expire(expire: Callable[..., int], db: Database, now: dt.datetime, *, ttl: dt.timedelta) -> int:
+def _expire(
+    expire: Callable[..., int], db: Database, now: dt.datetime, *, ttl: dt.timedelta
+) -> int:
     from zimsend.server.metrics import MESSAGES_FAILED
 
     expired = expire(db, now, ttl=ttl)

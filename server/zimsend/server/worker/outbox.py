@@ -133,7 +133,10 @@ def finish_and_claim(
         if limit <= 0:
             return [], []
         with db.session() as session:
-            if session.execute(select(col(OutboxEvent.id)).where(_due(now)).limit(1)).first() is None:
+            if (
+                session.execute(select(col(OutboxEvent.id)).where(_due(now)).limit(1)).first()
+                is None
+            ):
                 return [], []
     with db.write() as session:
         statuses = _finish(session, finishes, schedule, now)
@@ -211,7 +214,9 @@ def targets_for(
             targets = [_override_target(event.webhook_url, live, signing)]
         else:
             if event.event_type == TEST_EVENT:
-                wanted = str(event.data.get("webhook_id", "")) if isinstance(event.data, dict) else ""
+                wanted = (
+                    str(event.data.get("webhook_id", "")) if isinstance(event.data, dict) else ""
+                )
                 chosen = [e for e in live if e.id == wanted]
             else:
                 chosen = [e for e in live if event.event_type in (e.events or [])]
@@ -372,6 +377,8 @@ def release_claim(db: Database, event: ClaimedEvent, now: dt.datetime) -> None:
         session.execute(
             update(OutboxEvent)
             .where(col(OutboxEvent.id) == event.id, col(OutboxEvent.claimed_by) == event.token)
-            .values(status=OutboxStatus.PENDING, next_attempt_at=now, locked_until=None, claimed_by=None)
+            .values(
+                status=OutboxStatus.PENDING, next_attempt_at=now, locked_until=None, claimed_by=None
+            )
             .execution_options(synchronize_session=False)
         )

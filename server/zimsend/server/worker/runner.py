@@ -134,7 +134,9 @@ class Worker:
         )
         async with sender, trio.open_nursery() as background:
             for job in jobs.periodic_jobs(self.settings, self.options):
-                background.start_soon(jobs.run_periodically, job, self.db_call, self.database, self._stopping)
+                background.start_soon(
+                    jobs.run_periodically, job, self.db_call, self.database, self._stopping
+                )
             log.info(
                 "worker.started", worker_id=self.options.worker_id,
                 schedule=self.settings.webhook_retry_schedule_seconds,
@@ -262,7 +264,9 @@ class Worker:
                 outcomes=[metrics.webhook_outcome(o) for o in outcomes],
             )
         except Exception as exc:  # one bad event must not stop the worker
-            logs.failure(log, "webhook.delivery_crashed", exc, event_id=event.id, attempt=event.attempt)
+            logs.failure(
+                log, "webhook.delivery_crashed", exc, event_id=event.id, attempt=event.attempt
+            )
         finally:
             if outcome is None or not outcome.written.is_set() or outcome.failed is not None:
                 if outcome is not None and not outcome.taken:
@@ -280,9 +284,13 @@ class Worker:
         outcomes: list[AttemptOutcome], record: bool,
     ) -> None:
         if target.secret is None:
-            outcome = AttemptOutcome(False, None, 0, target.problem or "no signing secret", utcnow())
+            outcome = AttemptOutcome(
+                False, None, 0, target.problem or "no signing secret", utcnow()
+            )
         else:
-            outcome = await sender.post(target.url, secret=target.secret, event_id=event.id, body=body)
+            outcome = await sender.post(
+                target.url, secret=target.secret, event_id=event.id, body=body
+            )
         metrics.webhook_attempted(outcome)
         if record:
             await self.db_call(record_attempt, self.database, event, target, outcome)
