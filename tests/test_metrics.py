@@ -300,11 +300,14 @@ def test_the_queue_sample_on_both_engines(db) -> None:  # type: ignore[no-untype
     depth = {tuple(s.labels.values()): s.value for s in families["zimsend_queue_messages"].samples}
     age = {s.labels["priority"]: s.value
            for s in families["zimsend_queue_oldest_due_age_seconds"].samples}
-    assert depth[("urgent", "due")] == 2 and depth[("urgent", "scheduled")] == 1
-    assert depth[("normal", "due")] == 0 and depth[("normal", "scheduled")] == 1
+    assert depth[("urgent", "due")] == 2
+    assert depth[("urgent", "scheduled")] == 1
+    assert depth[("normal", "due")] == 0
+    assert depth[("normal", "scheduled")] == 1
     assert depth[("high", "due")] == 0
     assert 89 <= age["urgent"] < 120
-    assert age["normal"] == 0 and age["low"] == 0
+    assert age["normal"] == 0
+    assert age["low"] == 0
 
 
 def test_every_metric_is_documented_and_every_documented_metric_exists(worker: Program) -> None:

@@ -82,7 +82,7 @@ WEBHOOK_ATTEMPTS = Counter(
     "zimsend_webhook_attempts", "HTTP attempts to deliver a webhook, by outcome.", ["outcome"])
 WEBHOOK_SECONDS = Histogram(
     "zimsend_webhook_attempt_duration_seconds", "Time of one webhook POST, by outcome.",
-    ["outcome"], buckets=_FAST + (30.0,))
+    ["outcome"], buckets=(*_FAST, 30.0))
 WEBHOOK_EVENTS = Counter(
     "zimsend_webhook_events", "Events whose delivery cycle ended: delivered, retrying (another "
     "attempt is scheduled) or failed (no attempt left).", ["result"])
