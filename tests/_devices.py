@@ -33,7 +33,7 @@ def error_reason(error: grpc.RpcError) -> str:
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, "the server must attach google.rpc.Status details"
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()

@@ -76,7 +76,7 @@ def struct(data: dict[str, Any]) -> struct_pb2.Struct:
 
 
 def retry_delay(error: grpc.RpcError) -> float:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     for detail in status.details:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):

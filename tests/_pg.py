@@ -153,7 +153,7 @@ class PostgresServer:
         name = f"test_{secrets.token_hex(6)}"
         sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
         with psycopg.connect(self.url().replace("+psycopg", ""), autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
         return self.url(name)
 
     def stop(self) -> None:

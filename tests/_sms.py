@@ -107,7 +107,7 @@ def unique_text(label: str = "msg") -> str:
 
 def error_reason(error: grpc.RpcError) -> str:
     """The SPEC error code (google.rpc.ErrorInfo.reason) of a failed call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, "the server must attach google.rpc.Status details"
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -119,7 +119,7 @@ def error_reason(error: grpc.RpcError) -> str:
 
 def violations(error: grpc.RpcError) -> dict[str, str]:
     """BadRequest field violations of a failed call: {field: description}."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     out: dict[str, str] = {}
     for detail in status.details:

@@ -88,7 +88,7 @@ def _empty_postgres_database(url: str) -> None:
         )
         with conn.transaction():
             for table in reversed(metadata.sorted_tables):  # children before parents
-                conn.execute(f'DELETE FROM "{table.name}"')  # type: ignore[arg-type]
+                conn.execute(f'DELETE FROM "{table.name}"')
 
 
 # --- SQLite ---------------------------------------------------------------------------------

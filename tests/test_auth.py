@@ -46,7 +46,7 @@ def creds(client_id: str, api_key: str) -> tuple[tuple[str, str], ...]:
 
 
 def error_reason(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, "the server must attach google.rpc.Status details"
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_create_returns_a_one_time_password_and_a_pairing_uri(
-    tenant: Tenant, server, zimsend_env: dict[str, str]  # type: ignore[no-untyped-def]
+    tenant: Tenant, server, zimsend_env: dict[str, str]
 ) -> None:
     created = tenant.create_device("  Kitchen phone ")
     assert created.success and created.device_id.startswith("device_")
@@ -41,7 +41,7 @@ def test_create_returns_a_one_time_password_and_a_pairing_uri(
 
 
 def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
-    tenant: Tenant, server  # type: ignore[no-untyped-def]
+    tenant: Tenant, server
 ) -> None:
     first = tenant.create_device("one")
     second = tenant.create_device("two")
@@ -69,7 +69,7 @@ def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
 
 
 def test_update_changes_only_the_given_fields_and_applies_live(
-    tenant: Tenant, server  # type: ignore[no-untyped-def]
+    tenant: Tenant, server
 ) -> None:
     device = tenant.create_device("before")
     phone = RawPhone(server[1], tenant.client_id, device.device_id, device.device_password)

@@ -219,7 +219,7 @@ UNKNOWN_KIND = b"\x9a\x06\x03abc"
     (b"", "not an empty frame"),
     (UNKNOWN_KIND, "not an empty frame"),
 ], ids=["heartbeat", "report", "ack", "pong", "empty", "unknown-kind"])
-def test_a_frame_before_hello_drops_the_stream(stream: RawStream, good: Good, first: bytes | pb.DeviceFrame, named: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_frame_before_hello_drops_the_stream(stream: RawStream, good: Good, first: bytes | pb.DeviceFrame, named: str) -> None:
     stream.send(first)
     error = stream.dropped()
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -229,7 +229,7 @@ def test_a_frame_before_hello_drops_the_stream(stream: RawStream, good: Good, fi
 
 
 @pytest.mark.parametrize("hello_first", [False, True], ids=["before-hello", "after-hello"])
-def test_a_burst_of_random_bytes_drops_the_stream(stream: RawStream, good: Good, hello_first: bool) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_of_random_bytes_drops_the_stream(stream: RawStream, good: Good, hello_first: bool) -> None:
     import random
 
     rng = random.Random(1212)
@@ -397,7 +397,7 @@ _frames = st.one_of(
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(frames=st.lists(_frames, min_size=1, max_size=20))
 def test_random_frames_after_hello_never_break_the_server(
-    phones_port: str, rogue: Tenant, good: Good, server, frames: list[pb.DeviceFrame],  # type: ignore[no-untyped-def]
+    phones_port: str, rogue: Tenant, good: Good, server, frames: list[pb.DeviceFrame],
 ) -> None:
     """Any sequence of well-formed frames after hello is ignored or clamped: the stream stays
     open (or, at worst, ends with a status that says the phone was wrong), and no frame

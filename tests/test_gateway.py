@@ -26,7 +26,7 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 def reason_and_retry(error: grpc.RpcError) -> tuple[str, float | None]:
     """ErrorInfo.reason and RetryInfo delay (seconds) of a failed call's status details."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, f"no status details on {error}"
     reason, retry = "", None
     for detail in status.details:

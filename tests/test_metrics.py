@@ -221,7 +221,7 @@ def test_the_queue_gauges_count_scheduled_and_due_messages(stack) -> None:  # ty
 
 
 def test_the_worker_counts_webhook_attempts_and_logs_the_request_id(
-    stack, phone: str, receiver: Receiver, worker: Program, server,  # type: ignore[no-untyped-def]
+    stack, phone: str, receiver: Receiver, worker: Program, server,
 ) -> None:
     """One request id from the REST call: the server's accept, dispatch and report lines, and
     the worker's delivery line; the worker's endpoint counts the attempts."""

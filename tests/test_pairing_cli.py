@@ -108,7 +108,7 @@ def test_for_scripts_the_output_stays_one_json_object(admin_env: dict[str, str])
 
 @pytest.mark.slow
 def test_rest_and_cli_give_the_same_pairing_uri_for_the_same_address(
-    stack, admin  # type: ignore[no-untyped-def]
+    stack, admin
 ) -> None:
     """Same format and same fields: only the new device's id and password differ."""
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,

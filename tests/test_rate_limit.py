@@ -61,7 +61,7 @@ def test_the_limit_refuses_with_retry_info_and_spares_other_clients(server, serv
     assert len(refused) == 3
     error = refused[0]
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     kinds = {}
     for detail in status.details:
         for cls in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):

@@ -147,7 +147,7 @@ def test_immediate_send_with_only_offline_devices(sms, lonely, server_db) -> Non
     stale = utcnow() - dt.timedelta(minutes=10)  # online flag set, heartbeats stopped
     set_online(server_db, device)
     with server_db.write() as session:
-        session.get(Device, device).last_seen_at = stale  # type: ignore[union-attr]
+        session.get(Device, device).last_seen_at = stale
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="now"), lonely.md())
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
 
@@ -191,7 +191,7 @@ def test_another_clients_device_is_unknown(sms, sms_account, lonely, server_db) 
 def test_deleted_device_is_unknown(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
     device = new_device(server_db, PEPPER, lonely.client_id, online=True)
     with server_db.write() as session:
-        session.get(Device, device).deleted_at = utcnow()  # type: ignore[union-attr]
+        session.get(Device, device).deleted_at = utcnow()
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"), lonely.md(device=device))
     assert error_reason(error) == "INVALID_DEVICE_ID"
 
@@ -212,7 +212,7 @@ def test_pinned_offline_device(sms, lonely, server_db) -> None:  # type: ignore[
 def test_pinned_disabled_device_is_offline(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
     device = new_device(server_db, PEPPER, lonely.client_id, online=True)
     with server_db.write() as session:
-        session.get(Device, device).enabled = False  # type: ignore[union-attr]
+        session.get(Device, device).enabled = False
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"), lonely.md(device=device))
     assert error_reason(error) == "DEVICE_OFFLINE"
     assert "disabled" in error.details()

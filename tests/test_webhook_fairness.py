@@ -119,7 +119,7 @@ def test_idle_origins_pools_are_closed_and_their_number_is_bounded() -> None:
 
 
 @pytest.mark.slow
-def test_a_slow_receiver_does_not_hold_up_another_one(  # type: ignore[no-untyped-def]
+def test_a_slow_receiver_does_not_hold_up_another_one(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """A real worker and two real receivers: one never answers (5 s timeout), the other gets

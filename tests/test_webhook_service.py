@@ -41,7 +41,7 @@ def account(server_db: Database):  # type: ignore[no-untyped-def]
 
 
 def details(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     reason, fields = "", {}
     for detail in status.details:

@@ -207,6 +207,6 @@ def test_the_transport_is_httpx_own_with_our_pool() -> None:
     # Guards the one place we reach into httpx: its transport must still route through `_pool`.
     transport = guarded_transport(resolver=StubResolver({}), connector=RecordingConnector())
     assert isinstance(transport, httpx.AsyncHTTPTransport)
-    pool = transport._pool  # type: ignore[attr-defined]
+    pool = transport._pool
     assert isinstance(pool, httpcore.AsyncConnectionPool)
     assert isinstance(pool._network_backend, AddressGuard)

@@ -71,10 +71,10 @@ def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
 
 def error_from_rpc(error: grpc.RpcError) -> ZimSendError:
     """A failed call → the exception of its family, SPEC code from `ErrorInfo.reason`."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message = error.details() or code.name  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message = error.details() or code.name
     reason, violations, retry_after = "", [], None
-    trailers = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    trailers = error.trailing_metadata() or ()
     for key, value in trailers:
         if key != "grpc-status-details-bin":
             continue

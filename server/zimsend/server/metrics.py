@@ -163,7 +163,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler  # unknown method: grpc answers UNIMPLEMENTED, nothing is counted
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         cached = self._measured.get(method)
         if cached is None or cached[0] is not handler:
             cached = (handler, _measuring(handler, _MethodMetrics(method)))
@@ -335,7 +335,7 @@ def _queue_rows(database: Database, now: dt.datetime) -> list[tuple[int, int, in
              .where(m.status == MessageStatus.QUEUED.value)
              .group_by(m.priority))
     with database.session() as session:
-        return [tuple(row) for row in session.execute(query, {"now": now})]  # type: ignore[misc]
+        return [tuple(row) for row in session.execute(query, {"now": now})]
 
 
 SAMPLER = Sampler()

@@ -47,7 +47,7 @@ class RequestDecoding(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         cached = self._guarded.get(method)
         if cached is None or cached[0] is not handler:
             cached = (handler, _guard(handler))
