@@ -149,7 +149,8 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
                          device.refuse_reason)
             return
         hello = await context.read()
-        assert isinstance(hello, pb.DeviceFrame) and hello.HasField("hello"), "hello first"
+        assert isinstance(hello, pb.DeviceFrame), "hello first"
+        assert hello.HasField("hello"), "hello first"
         queue: asyncio.Queue[object] = asyncio.Queue()
         with self._lock:
             self._frames[device_id].append(hello)

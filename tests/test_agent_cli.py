@@ -49,7 +49,8 @@ def test_missing_credentials_exit_2_naming_the_flags(tmp_path: Path) -> None:
     done = subprocess.run(zimsend("run", "--server", "127.0.0.1:1"), check=False, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
-    assert "--client-id" in done.stderr and "--pairing" in done.stderr
+    assert "--client-id" in done.stderr
+    assert "--pairing" in done.stderr
 
 
 def test_help_lists_the_three_backends() -> None:
@@ -57,25 +58,29 @@ def test_help_lists_the_three_backends() -> None:
                           timeout=60)
     assert done.returncode == 0
     assert "{simulator,modem,termux}" in done.stdout
-    assert "--gammu-config" in done.stdout and "--sim-slot" in done.stdout
+    assert "--gammu-config" in done.stdout
+    assert "--sim-slot" in done.stdout
 
 
 def test_the_modem_backend_without_a_gammurc_exits_2_naming_the_flag(tmp_path: Path) -> None:
     base = ("run", "--server", "127.0.0.1:1", "--client-id", "c", "--device-id", "d",
             "--password", "p", "--backend", "modem")
     done = subprocess.run(zimsend(*base), check=False, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--gammu-config" in done.stderr
+    assert done.returncode == 2
+    assert "--gammu-config" in done.stderr
     missing = tmp_path / "nowhere" / "gammurc"
     done = subprocess.run(zimsend(*base, "--gammu-config", str(missing)), check=False,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and str(missing) in done.stderr
+    assert done.returncode == 2
+    assert str(missing) in done.stderr
 
 
 def test_a_server_without_port_exits_2() -> None:
     done = subprocess.run(zimsend("run", "--server", "sms.example.com", "--client-id", "c",
                                   "--device-id", "d", "--password", "p"),
                           check=False, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "needs a port" in done.stderr
+    assert done.returncode == 2
+    assert "needs a port" in done.stderr
 
 
 def test_a_bad_pairing_uri_exits_2_saying_what_is_wrong() -> None:
@@ -107,5 +112,7 @@ def test_a_paired_device_sends_logs_state_changes_and_stops_on_a_signal(
         proc.send_signal(stop)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == code, err[-3000:]
-    assert "connected to" in err and "sending msg_cli" in err and "reports acked" in err
+    assert "connected to" in err
+    assert "sending msg_cli" in err
+    assert "reports acked" in err
     assert PASSWORD not in out + err

@@ -74,7 +74,8 @@ def test_a_fleet_connects_in_batches_sends_once_and_counts_refusals(
     # grpc.aio can hide a refusal behind INTERNAL when our hello races it (fleet_phone.py):
     # then the phone retries once or twice, and stops as soon as the refusal is visible.
     assert 1 <= double.refusals <= 3
-    assert phones[0].stats.refused == 1 and phones[0].stats.sends == N
+    assert phones[0].stats.refused == 1
+    assert phones[0].stats.sends == N
     assert f"{N}/{N + 1} connected, 1 refused" in out.getvalue()
 
 

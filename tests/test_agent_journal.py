@@ -227,4 +227,5 @@ def test_prune_forgets_only_old_finished_and_fully_acknowledged_messages(journal
     assert journal.prune(older_than_s=3600) == 0  # too recent
     assert journal.prune(older_than_s=-1) == 1
     assert journal.state("msg_acked") is None
-    assert journal.state("msg_unacked") == "sent" and journal.state("msg_queued") == "queued"
+    assert journal.state("msg_unacked") == "sent"
+    assert journal.state("msg_queued") == "queued"

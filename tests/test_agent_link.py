@@ -106,7 +106,8 @@ def test_hello_first_then_each_part_reported_sent_then_delivered(
     frames = double.frames("dev1")
     kinds = [f.WhichOneof("frame") for f in frames]
     assert kinds[0] == "hello"
-    assert frames[0].hello.model and frames[0].hello.app_version
+    assert frames[0].hello.model
+    assert frames[0].hello.app_version
     assert "heartbeat" in kinds
     assert kinds.index("ack") < kinds.index("report")
     got = reports_for(double, "msg_1")
@@ -156,7 +157,8 @@ def test_a_redelivery_after_a_reconnect_is_re_reported_not_re_sent(
     phone.run(scenario)
     assert phone.sends() == 1
     acks = double.frames("dev1", "ack")
-    assert len(acks) == 2 and all(a.ack.accepted for a in acks)
+    assert len(acks) == 2
+    assert all(a.ack.accepted for a in acks)
 
 
 def test_a_restarted_agent_never_resends_what_it_already_sent(
@@ -220,7 +222,8 @@ def test_unacknowledged_reports_are_replayed_on_the_next_stream(
 
     phone.run(scenario)
     ids = [r.report_id for r in double.reports("dev1")]
-    assert len(ids) == 2 and ids[0] == ids[1]  # the same report, so the server dedups it
+    assert len(ids) == 2
+    assert ids[0] == ids[1]
     assert list(double.frames("dev1", "hello")[1].hello.pending_message_ids) == ["msg_1"]
 
 
@@ -295,7 +298,8 @@ def test_cancel_works_before_the_handoff_and_is_refused_after(
     phone.run(scenario)
     acks = {a.ack.command_id: a.ack for a in double.frames("dev1", "ack")}
     assert acks["x-msg_held"].accepted is True
-    assert acks["x-msg_sent"].accepted is False and "too late" in acks["x-msg_sent"].reason
+    assert acks["x-msg_sent"].accepted is False
+    assert "too late" in acks["x-msg_sent"].reason
     assert set(read_outbox(phone.outbox)) == {"msg_sent"}
 
 
@@ -314,7 +318,8 @@ def test_ping_is_answered_and_inbound_sms_are_reported(
     phone.run(scenario)
     assert double.frames("dev1", "pong")[0].pong.nonce == "n-1"
     inbound = double.frames("dev1", "inbound")[0].inbound
-    assert getattr(inbound, "from").startswith("+2637") and inbound.report_id
+    assert getattr(inbound, "from").startswith("+2637")
+    assert inbound.report_id
 
 
 def test_reconnect_waits_at_least_retry_after_then_reconnects(
@@ -353,7 +358,8 @@ def test_a_deleted_disabled_rotated_or_replaced_device_stops_the_agent(
     with pytest.RaisesGroup(AgentStopped, flatten_subgroups=True) as caught:
         trio.run(main)
     stopped = caught.value.exceptions[0]
-    assert isinstance(stopped, AgentStopped) and stopped.exit_code == EXIT_STOPPED
+    assert isinstance(stopped, AgentStopped)
+    assert stopped.exit_code == EXIT_STOPPED
     assert says in str(stopped)
     assert double.connects["dev1"] == 1
 
@@ -375,7 +381,8 @@ def test_a_refused_device_stops_at_once_with_a_clear_message(
     with pytest.raises(AgentStopped) as caught:
         trio.run(phone.agent)
     assert caught.value.exit_code == EXIT_REFUSED
-    assert str(caught.value).startswith("refused: ") and says in str(caught.value)
+    assert str(caught.value).startswith("refused: ")
+    assert says in str(caught.value)
     assert "hunter2" not in str(caught.value)
     assert double.refusals == 1  # no retry loop
 

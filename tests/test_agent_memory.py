@@ -50,7 +50,8 @@ def test_the_reporter_forgets_what_the_server_acknowledged(tmp_path: Path) -> No
 
     trio.run(main)
     assert link.sent == 3000
-    assert reporter.unacked == 0 and reporter.in_flight == 0
+    assert reporter.unacked == 0
+    assert reporter.in_flight == 0
     assert journal.unacked_reports() == []
 
 
@@ -60,4 +61,5 @@ def test_the_simulated_phone_remembers_only_recent_messages() -> None:
         simulation.decide(f"msg_{i}")
     assert len(simulation._attempts) == REMEMBERED_MESSAGES
     last = f"msg_{REMEMBERED_MESSAGES + 999}"
-    assert simulation._attempts[last] == 1 and "msg_0" not in simulation._attempts
+    assert simulation._attempts[last] == 1
+    assert "msg_0" not in simulation._attempts

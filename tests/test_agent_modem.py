@@ -86,7 +86,8 @@ def test_a_long_gsm_message_leaves_as_concatenated_parts_with_their_references(
 ) -> None:
     body = "".join(f"Ligne {i:04d}; " for i in range(130))[:1600]
     result = _send(journal, _sender(modem), "msg_long", body)
-    assert result.ok and len(result.parts) == len(plan(body).parts) == 11
+    assert result.ok
+    assert len(result.parts) == len(plan(body).parts) == 11
     assert all(p.reference == 255 for p in result.parts)  # the dummy driver's reference
     sent = modem.sent()
     assert [to for to, _ in sent] == [TO] * 11
@@ -98,7 +99,8 @@ def test_a_long_gsm_message_leaves_as_concatenated_parts_with_their_references(
 def test_a_ucs2_message_keeps_its_characters(modem: DummyModem, journal: Journal) -> None:
     body = "Votre colis арриве demain — 👍🏽 " * 3
     result = _send(journal, _sender(modem), "msg_ucs2", body)
-    assert result.ok and len(result.parts) == len(plan(body).parts) == 2
+    assert result.ok
+    assert len(result.parts) == len(plan(body).parts) == 2
     sent = modem.sent()
     assert [to for to, _ in sent] == [TO, TO]
     assert "".join(text for _, text in sent) == body
@@ -219,10 +221,13 @@ def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
 
     trio.run(main)
     can_send, problem = seen["unplugged"]  # type: ignore[misc]
-    assert can_send is False and "cannot open the modem" in str(problem)
+    assert can_send is False
+    assert "cannot open the modem" in str(problem)
     plugged = seen["plugged"]
-    assert plugged.can_send and plugged.network == "home"  # type: ignore[attr-defined]
-    assert plugged.signal == 2 and plugged.battery == 100  # type: ignore[attr-defined]
+    assert plugged.can_send
+    assert plugged.network == "home"
+    assert plugged.signal == 2
+    assert plugged.battery == 100
     assert sender.describe().capabilities.delivery_reports  # type: ignore[union-attr]
     shutil.rmtree(modem.folder)
 
@@ -262,10 +267,13 @@ def test_gammu_errors_map_to_spec_codes_and_keep_the_modem_s_words(
 
     exc = getattr(gammu, error)({"Text": "raw text from libGammu", "Where": "SendSMS", "Code": 1})
     got_code, message = failure_of(exc)
-    assert got_code == code and words in message
-    assert "raw text from libGammu" in message and error in message
+    assert got_code == code
+    assert words in message
+    assert "raw text from libGammu" in message
+    assert error in message
 
 
 def test_the_sim_pin_never_shows_in_the_config_s_repr(tmp_path: Path) -> None:
     config = ModemConfig(gammurc=tmp_path / "gammurc", pin="4821")
-    assert "4821" not in repr(config) and "4821" not in str(config)
+    assert "4821" not in repr(config)
+    assert "4821" not in str(config)

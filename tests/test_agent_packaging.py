@@ -184,7 +184,8 @@ def test_the_agent_installs_and_runs_on_an_older_grpcio(
     for implementation in ("upb", "python"):
         versions = run(python, tmp_path / "probe.py",
                        PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=implementation).split()
-        assert versions[0] == grpcio and versions[2] == implementation, versions
+        assert versions[0] == grpcio, versions
+        assert versions[2] == implementation, versions
         assert protobuf is None or versions[1] == protobuf, versions
     assert "termux" in run(venv / "bin" / "zimsend", "device", "run", "--help")
 

@@ -63,7 +63,8 @@ def test_a_send_hands_recipient_slot_and_exact_text_to_termux_sms_send(
     rewritten by dash) and a text starting with `-h` would print the usage and send nothing."""
     text = "-h is not an option \\n here: Mhoro! " + "ü" * 70  # UCS-2, two parts
     result = trio.run(TermuxSender(sim_slot=0).send, request(text, parts=2))
-    assert result.ok and len(result.parts) == 2
+    assert result.ok
+    assert len(result.parts) == 2
     assert phone.sent() == [{"recipients": ["+263771234567"], "slot": 0, "text": text}]
     assert text not in str(phone.calls("termux-sms-send"))  # never in argv (ps shows argv)
 
@@ -95,12 +96,14 @@ def test_a_send_that_hangs_is_a_timeout(phone: TermuxApiStandIn) -> None:
     phone.update(send_failure={"hang": True})
     sender = TermuxSender(timeouts=TermuxTimeouts(send=1.0, query=1.0))
     part = trio.run(sender.send, request("x")).parts[0]
-    assert part.error_code == "TIMEOUT" and "did not answer within 1s" in part.error_message
+    assert part.error_code == "TIMEOUT"
+    assert "did not answer within 1s" in part.error_message
 
 
 def test_a_recipient_list_is_refused_not_sent(phone: TermuxApiStandIn) -> None:
     part = trio.run(TermuxSender().send, SendRequest("m", "+2637,+2638", "x", ("x",))).parts[0]
-    assert part.error_code == "INVALID_NUMBER" and phone.sent() == []
+    assert part.error_code == "INVALID_NUMBER"
+    assert phone.sent() == []
 
 
 # --- receiving ----------------------------------------------------------------------------------
@@ -179,7 +182,8 @@ def test_health_reads_battery_network_and_signal(phone: TermuxApiStandIn) -> Non
     assert (health.battery, health.charging, health.signal) == (87, True, 3)
     assert (health.network, health.can_send, health.problem) == ("home", True, "")
     info = sender.describe()
-    assert [s.slot for s in info.sims] == [0, 1] and info.sims[0].carrier == "Econet"
+    assert [s.slot for s in info.sims] == [0, 1]
+    assert info.sims[0].carrier == "Econet"
     assert info.capabilities is not None
     assert (info.capabilities.backend, info.capabilities.delivery_reports,
             info.capabilities.inbound_sms) == ("termux", False, True)
@@ -197,7 +201,8 @@ def test_health_says_why_the_phone_cannot_send(phone: TermuxApiStandIn) -> None:
     for state, words in cases.items():
         phone.update_deviceinfo(sim_state=state)
         health = trio.run(TermuxSender().health)
-        assert not health.can_send and words in health.problem, (state, health)
+        assert not health.can_send, (state, health)
+        assert words in health.problem, (state, health)
     assert (health.battery, health.charging) == (battery["percentage"], False)
 
     phone.update_deviceinfo(sim_state="ready", network_operator="", network_operator_name="")
@@ -213,7 +218,8 @@ def test_health_says_why_the_phone_cannot_send(phone: TermuxApiStandIn) -> None:
 def test_a_sim_slot_the_phone_does_not_have_stops_sending(phone: TermuxApiStandIn) -> None:
     """Termux:API sends nothing and exits 0 for a slot that does not exist: say so before."""
     health = trio.run(TermuxSender(sim_slot=2).health)
-    assert not health.can_send and "SIM slot 2 does not exist" in health.problem
+    assert not health.can_send
+    assert "SIM slot 2 does not exist" in health.problem
 
 
 def test_without_cell_permission_signal_is_unknown_and_not_asked_again(
@@ -241,7 +247,8 @@ def test_a_refused_phone_permission_is_asked_again_only_once_a_minute(
         return [(await sender.health()).problem for _ in range(2)]
 
     problems = trio.run(twice)
-    assert "android.permission.READ_PHONE_STATE" in problems[0] and problems[0] == problems[1]
+    assert "android.permission.READ_PHONE_STATE" in problems[0]
+    assert problems[0] == problems[1]
     assert len(phone.calls("termux-telephony-deviceinfo")) == 2  # the constructor's, one read
 
 
@@ -251,9 +258,11 @@ def test_without_termux_api_nothing_is_sent_and_health_says_what_to_install(
     monkeypatch.setenv("PATH", str(tmp_path))  # no termux-* anywhere
     health = trio.run(TermuxSender().health)
     assert not health.can_send
-    assert "Termux:API" in health.problem and "pkg install termux-api" in health.problem
+    assert "Termux:API" in health.problem
+    assert "pkg install termux-api" in health.problem
     part = trio.run(TermuxSender().send, request("x")).parts[0]
-    assert part.error_code == "DEVICE_ERROR" and "termux-sms-send not found" in part.error_message
+    assert part.error_code == "DEVICE_ERROR"
+    assert "termux-sms-send not found" in part.error_message
 
 
 # --- end to end: REST → server → Envoy → `zimsend device run --backend termux` --------------

@@ -120,7 +120,8 @@ def test_revoked_key_fails_on_next_request(channel, client, admin) -> None:  # t
     second = stub.CreateApiKey(
         api_keys_pb2.CreateApiKeyRequest(name="to revoke"), metadata=creds(client_id, api_key)
     )
-    assert second.api_key.startswith("zs_live_") and second.api_key != api_key
+    assert second.api_key.startswith("zs_live_")
+    assert second.api_key != api_key
     auth = auth_pb2_grpc.AuthServiceStub(channel)
     auth.AuthTest(auth_pb2.AuthTestRequest(), metadata=creds(client_id, second.api_key))
     stub.RevokeApiKey(
@@ -141,7 +142,8 @@ def test_test_keys_have_the_sandbox_prefix(channel, client) -> None:  # type: ig
     reply = api_keys_pb2_grpc.ApiKeyServiceStub(channel).CreateApiKey(
         api_keys_pb2.CreateApiKeyRequest(name="sandbox", test=True), metadata=creds(client_id, api_key)
     )
-    assert reply.api_key.startswith("zs_test_") and reply.test
+    assert reply.api_key.startswith("zs_test_")
+    assert reply.test
 
 
 def test_keys_of_another_client_cannot_be_revoked(channel, client, admin) -> None:  # type: ignore[no-untyped-def]

@@ -42,9 +42,11 @@ def test_a_client_whose_phones_fall_behind_gets_429_until_they_catch_up(sms, ser
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="second"), account.md())
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_reason(error) == "RATE_LIMIT_EXCEEDED"
-    assert "phones are behind" in error.details() and "scheduled_at" in error.details()
+    assert "phones are behind" in error.details()
+    assert "scheduled_at" in error.details()
     retry_after = dict(error.initial_metadata() or ()).get("retry-after")
-    assert retry_after is not None and int(retry_after) >= 1
+    assert retry_after is not None
+    assert int(retry_after) >= 1
 
     # Not refused: a scheduled send (it waits for its time anyway), an urgent one (nothing
     # urgent is ahead of it), and another client's send.

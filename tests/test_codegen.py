@@ -131,8 +131,10 @@ def test_stubs_import_as_zimsend_v1() -> None:
     assert "from zimsend.v1 import common_pb2" in (PACKAGE_DIR / "sms_pb2.py").read_text()
     request = sms_pb2.SendSmsRequest(to="+33612345678", message="Bonjour", priority="high")
     assert request.priority == common_pb2.high == 2
-    assert hasattr(sms_pb2_grpc, "SmsServiceStub") and hasattr(sms_pb2_grpc, "SmsServiceServicer")
-    assert (PACKAGE_DIR / "sms_pb2.pyi").exists() and (PACKAGE_DIR / "sms_pb2_grpc.pyi").exists()
+    assert hasattr(sms_pb2_grpc, "SmsServiceStub")
+    assert hasattr(sms_pb2_grpc, "SmsServiceServicer")
+    assert (PACKAGE_DIR / "sms_pb2.pyi").exists()
+    assert (PACKAGE_DIR / "sms_pb2_grpc.pyi").exists()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PACKAGE_DIR.glob("*.proto")))

@@ -80,9 +80,11 @@ def test_excess_connects_are_refused_with_a_retry_delay_and_all_phones_come_onli
 
     refused = RawPhone(address, client_id, probe_device["device_id"], probe_device["password"])
     wait_for(refused.ended.is_set, 10, "the third connect refused")
-    assert refused.error is not None and refused.error.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.error is not None
+    assert refused.error.code() == grpc.StatusCode.UNAVAILABLE
     delay = retry_delay(refused.error)
-    assert delay is not None and 0 < delay <= 30, delay
+    assert delay is not None, delay
+    assert 0 < delay <= 30, delay
     refused.close()
 
     devices_file = tmp_path / "devices.json"

@@ -236,9 +236,11 @@ def test_an_sms_sent_from_the_form_reaches_delivered_in_messages(console: Consol
     message = page.get_by_label("Message", exact=True)
     message.fill("Bonjour 👋 depuis la console")
     counter = page.locator("#send-counter")
-    assert "UCS-2" in counter.inner_text() and "1 SMS" in counter.inner_text()
+    assert "UCS-2" in counter.inner_text()
+    assert "1 SMS" in counter.inner_text()
     message.fill("x" * 161)
-    assert "GSM-7" in counter.inner_text() and "2 SMS" in counter.inner_text()
+    assert "GSM-7" in counter.inner_text()
+    assert "2 SMS" in counter.inner_text()
     message.fill("Hello from the console {ok}")
     assert "29 units" in counter.inner_text()  # { and } cost two septets each
     console.shot("send")
@@ -436,7 +438,8 @@ def test_a_phone_s_settings_are_saved_its_password_rotated_and_it_is_deleted(
         rotated = wait_for(console.page.locator("#pairing-uri")).input_value()
         assert f"device_id={spare}" in rotated
         password = console.page.locator("#device-password").input_value()
-        assert password and password in rotated
+        assert password
+        assert password in rotated
         card.get_by_role("button", name="Delete").click()  # the confirmation is accepted
         wait_for(console.page.get_by_role("status").filter(has_text="Spare phone deleted."))
         assert http.get(f"/v1/devices/{spare}").status_code == 404
@@ -517,7 +520,8 @@ def test_switching_to_french_translates_the_console_and_is_remembered(console: C
     wait_for(console.page.get_by_role("heading", name="Vue d’ensemble"))
     assert console.page.evaluate("document.documentElement.lang") == "fr"
     nav = console.page.get_by_role("navigation").inner_text()
-    assert "Téléphones" in nav and "Clés d’API" in nav
+    assert "Téléphones" in nav
+    assert "Clés d’API" in nav
     console.shot("overview-fr")
     console.page.reload()
     wait_for(console.page.get_by_role("link", name="Envoyer")).click()

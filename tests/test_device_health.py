@@ -104,7 +104,8 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
                          and d.get("network") == "home" and d, 5, "online on its home network")
         assert shown["capabilities"] == {"backend": "modem", "delivery_reports": True,
                                          "inbound_sms": True}
-        assert "battery" not in shown and shown["signal"] == 3
+        assert "battery" not in shown
+        assert shown["signal"] == 3
         assert shown["cannot_send_reason"] == ""
 
         # Queued for this phone while it can send; due once it no longer can.
@@ -119,7 +120,8 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
         shown = wait_for(lambda: (d := api.device(device_id))["status"] == "offline" and d, 3,
                          "offline with its reason")
         assert shown["cannot_send_reason"] == UNPLUGGED
-        assert shown["network"] == "not_registered" and shown["signal"] == 0
+        assert shown["network"] == "not_registered"
+        assert shown["signal"] == 0
         assert shown["capabilities"]["backend"] == "modem"
         listed = api.http.get("/v1/devices").json()["devices"]
         assert [(d["status"], d["cannot_send_reason"]) for d in listed] == [
@@ -128,7 +130,8 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
         pinned = api.send(device=device_id)
         assert pinned.status_code == 503, pinned.text
         error = pinned.json()["error"]
-        assert error["code"] == "DEVICE_OFFLINE" and UNPLUGGED in error["message"]
+        assert error["code"] == "DEVICE_OFFLINE"
+        assert UNPLUGGED in error["message"]
         unpinned = api.send()
         assert unpinned.status_code == 503, unpinned.text
         assert unpinned.json()["error"]["code"] == "NO_DEVICE_AVAILABLE"
@@ -147,7 +150,8 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
         assert time.monotonic() - cleared_at < 1.0
         shown = wait_for(lambda: (d := api.device(device_id))["status"] == "online" and d, 3,
                          "online again")
-        assert shown["cannot_send_reason"] == "" and shown["network"] == "home"
+        assert shown["cannot_send_reason"] == ""
+        assert shown["network"] == "home"
         # The stream stayed up throughout: no webhook says otherwise.
         kinds = [kind for kind, _ in link_db.events(tenant.client_id, "device.")]
         assert kinds == ["device.connected"]
@@ -168,7 +172,8 @@ def test_what_an_older_agent_says_and_a_long_reason_is_cut(
         phone.beat(pb.Heartbeat(battery=55, signal=2))
         shown = wait_for(lambda: (d := api.device(device_id)).get("battery") == 55 and d, 5,
                          "the heartbeat")
-        assert shown["status"] == "online" and "capabilities" not in shown
+        assert shown["status"] == "online"
+        assert "capabilities" not in shown
         assert "network" not in shown  # an older agent does not say
         phone.beat(pb.Heartbeat(battery=55, signal=2, cannot_send_reason="SIM PIN " + "x" * 300))
         shown = wait_for(lambda: (d := api.device(device_id))["status"] == "offline" and d, 3,

@@ -72,7 +72,9 @@ def test_agent_is_online_within_a_second_and_offline_after_kill_9(
         connected_at = time.monotonic()
         wait_for(lambda: tenant.online(device.device_id), 1.0, "online within 1 s")
         got = tenant.get_device(device.device_id)
-        assert got.model == "ZimSend Simulator" and got.app_version and got.sims[0].carrier
+        assert got.model == "ZimSend Simulator"
+        assert got.app_version
+        assert got.sims[0].carrier
         wait_for(lambda: tenant.get_device(device.device_id).HasField("battery"), 5, "heartbeat")
         agent.kill(signal.SIGKILL)
         killed = time.monotonic()
@@ -82,10 +84,13 @@ def test_agent_is_online_within_a_second_and_offline_after_kill_9(
     kinds = [(k, p.get("reason")) for k, p in link_db.events(tenant.client_id, "device.")]
     assert kinds == [("device.connected", None), ("device.disconnected", "CONNECTION_LOST")]
     connected = link_db.events(tenant.client_id, "device.connected")[0][1]
-    assert connected["device_id"] == device.device_id and connected["device_name"] == "pixel"
-    assert connected["ip_address"] == "127.0.0.1" and connected["connected_at"].endswith("Z")
+    assert connected["device_id"] == device.device_id
+    assert connected["device_name"] == "pixel"
+    assert connected["ip_address"] == "127.0.0.1"
+    assert connected["connected_at"].endswith("Z")
     gone = link_db.events(tenant.client_id, "device.disconnected")[0][1]
-    assert gone["last_seen"] and gone["disconnected_at"] >= gone["last_seen"]
+    assert gone["last_seen"]
+    assert gone["disconnected_at"] >= gone["last_seen"]
 
 
 def test_a_silent_phone_goes_offline_after_the_missed_heartbeats(
@@ -128,7 +133,8 @@ def test_a_wrong_password_is_refused_and_the_agent_says_why(
     code, output = run_agent_until_exit(zimsend_env, address, tenant, device.device_id,
                                         "not-the-password", tmp_path, "wrong")
     assert code == 3
-    assert "INVALID_DEVICE_CREDENTIALS" in output and "wrong device password" in output
+    assert "INVALID_DEVICE_CREDENTIALS" in output
+    assert "wrong device password" in output
     assert not tenant.online(device.device_id)
 
 
@@ -152,7 +158,8 @@ def test_a_rotated_password_stops_the_connected_phone_and_the_old_one_is_refused
     assert "password=" + rotated.device_password in rotated.pairing_uri
     code, output = run_agent_until_exit(zimsend_env, address, tenant, device.device_id,
                                         device.device_password, tmp_path, "old")
-    assert code == 3 and "INVALID_DEVICE_CREDENTIALS" in output
+    assert code == 3
+    assert "INVALID_DEVICE_CREDENTIALS" in output
     raw = phone(address, tenant, device.device_id, rotated.device_password)
     try:
         raw.hello()  # the new one works
@@ -174,7 +181,9 @@ def test_a_disabled_device_is_told_at_once_and_refused_on_reconnect(
         raw.close()
     code, output = run_agent_until_exit(zimsend_env, address, tenant, device.device_id,
                                         device.device_password, tmp_path, "disabled")
-    assert code == 3 and "DEVICE_DISABLED" in output and "disabled" in output
+    assert code == 3
+    assert "DEVICE_DISABLED" in output
+    assert "disabled" in output
 
 
 def test_a_deleted_device_is_closed_and_refused(tenant: Tenant, address: str) -> None:
@@ -193,7 +202,8 @@ def test_a_deleted_device_is_closed_and_refused(tenant: Tenant, address: str) ->
     again = phone(address, tenant, device.device_id, device.device_password)
     again.send(hello=pb.DeviceHello())
     assert again.ended.wait(5)
-    assert again.error is not None and again.error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert again.error is not None
+    assert again.error.code() == grpc.StatusCode.UNAUTHENTICATED
     again.close()
 
 
@@ -202,7 +212,8 @@ def test_the_first_frame_must_be_hello(tenant: Tenant, address: str) -> None:
     raw = phone(address, tenant, device.device_id, device.device_password)
     raw.send(heartbeat=pb.Heartbeat(battery=50))
     assert raw.ended.wait(5)
-    assert raw.error is not None and raw.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raw.error is not None
+    assert raw.error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "hello" in (raw.error.details() or "")
     raw.close()
     assert not tenant.online(device.device_id)
@@ -247,8 +258,11 @@ def test_reports_are_idempotent_and_acknowledged_after_storage(
         raw.hello()
         message_id = tenant.send("+33612345678", "hello there")
         command = raw.expect("send").send
-        assert command.message_id == message_id and command.body == "hello there"
-        assert command.to == "+33612345678" and command.segments == 1 and not command.redelivery
+        assert command.message_id == message_id
+        assert command.body == "hello there"
+        assert command.to == "+33612345678"
+        assert command.segments == 1
+        assert not command.redelivery
         raw.send(ack=pb.CommandAck(command_id=command.command_id, accepted=True))
         sent = pb.StatusReport(report_id="r-sent", message_id=message_id, part_index=0,
                                part_count=1, outcome=pb.StatusReport.OUTCOME_SENT)
@@ -270,13 +284,18 @@ def test_reports_are_idempotent_and_acknowledged_after_storage(
     finally:
         raw.close()
     status = tenant.status(message_id)
-    assert status.status == common_pb2.delivered and status.device_id == device.device_id
+    assert status.status == common_pb2.delivered
+    assert status.device_id == device.device_id
     events = link_db.events(tenant.client_id, "sms.")
     assert [k for k, _ in events] == ["sms.sent", "sms.delivered"]
     data = events[1][1]
-    assert data["message_id"] == message_id and data["status"] == "delivered"
-    assert data["to"] == "+33612345678" and data["message"] == "hello there"
-    assert data["device_id"] == device.device_id and data["sent_at"] and data["delivered_at"]
+    assert data["message_id"] == message_id
+    assert data["status"] == "delivered"
+    assert data["to"] == "+33612345678"
+    assert data["message"] == "hello there"
+    assert data["device_id"] == device.device_id
+    assert data["sent_at"]
+    assert data["delivered_at"]
     (sent_count, delivered_count, failed_count), = link_db.query(
         "SELECT sent, delivered, failed FROM daily_aggregates WHERE device_id = ?",
         device.device_id,
@@ -298,7 +317,8 @@ def test_unacknowledged_messages_are_offered_again_after_a_reconnect(
     try:
         again.hello(pending_message_ids=[message_id])
         offer = again.expect("send").send
-        assert offer.message_id == message_id and offer.redelivery is True
+        assert offer.message_id == message_id
+        assert offer.redelivery is True
         assert offer.command_id != first.command_id
         again.send(report=pb.StatusReport(report_id="x", message_id=message_id,
                                           outcome=pb.StatusReport.OUTCOME_FAILED,
@@ -326,7 +346,8 @@ def test_a_refused_command_fails_its_message(
     finally:
         raw.close()
     (_, data), = link_db.events(tenant.client_id, "sms.failed")
-    assert data["error"]["code"] == "DEVICE_ERROR" and "no SIM" in data["error"]["message"]
+    assert data["error"]["code"] == "DEVICE_ERROR"
+    assert "no SIM" in data["error"]["message"]
 
 
 def test_inbound_sms_is_stored_once(
@@ -346,7 +367,8 @@ def test_inbound_sms_is_stored_once(
     assert link_db.query("SELECT count(*) FROM inbound_messages WHERE device_id = ?",
                     device.device_id) == [(1,)]
     (_, data), = link_db.events(tenant.client_id, "sms.received")
-    assert data["from"] == "+33698765432" and data["message"] == "STOP"
+    assert data["from"] == "+33698765432"
+    assert data["message"] == "STOP"
 
 
 # --- graceful shutdown ------------------------------------------------------------------------
@@ -364,7 +386,8 @@ def test_shutdown_tells_phones_to_reconnect_and_marks_them_offline(
             raw.hello()
             own.kill(signal.SIGTERM)
             frame = raw.expect("reconnect").reconnect
-            assert frame.reason == "SERVER_SHUTDOWN" and frame.retry_after_ms >= 500
+            assert frame.reason == "SERVER_SHUTDOWN"
+            assert frame.retry_after_ms >= 500
             wait_for(lambda: not own.alive(), 15, "the server to stop")
         finally:
             raw.close()

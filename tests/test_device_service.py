@@ -26,11 +26,14 @@ def test_create_returns_a_one_time_password_and_a_pairing_uri(
     tenant: Tenant, server, zimsend_env: dict[str, str]
 ) -> None:
     created = tenant.create_device("  Kitchen phone ")
-    assert created.success and created.device_id.startswith("device_")
-    assert created.name == "Kitchen phone" and created.client_id == tenant.client_id
+    assert created.success
+    assert created.device_id.startswith("device_")
+    assert created.name == "Kitchen phone"
+    assert created.client_id == tenant.client_id
     uri = urlparse(created.pairing_uri)
     query = {k: v[0] for k, v in parse_qs(uri.query).items()}
-    assert uri.scheme == "zimsend" and query == {
+    assert uri.scheme == "zimsend"
+    assert query == {
         "server": server[1], "client_id": tenant.client_id, "device_id": created.device_id,
         "password": created.device_password,
     }
@@ -46,9 +49,12 @@ def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
     first = tenant.create_device("one")
     second = tenant.create_device("two")
     got = tenant.get_device(first.device_id)
-    assert got.status == common_pb2.offline and got.enabled
-    assert got.send_interval_ms == 2500 and got.daily_cap == 0
-    assert not got.HasField("battery") and not got.HasField("last_seen")
+    assert got.status == common_pb2.offline
+    assert got.enabled
+    assert got.send_interval_ms == 2500
+    assert got.daily_cap == 0
+    assert not got.HasField("battery")
+    assert not got.HasField("last_seen")
     phone = RawPhone(server[1], tenant.client_id, second.device_id, second.device_password,
                      heartbeats=False)
     try:
@@ -62,10 +68,16 @@ def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
         phone.close()
     assert [d.device_id for d in listed.devices] == [first.device_id, second.device_id]
     live = listed.devices[1]
-    assert live.status == common_pb2.online and live.battery == 64 and live.charging
-    assert live.signal == 3 and live.android_version == "14" and live.model == "Raw"
-    assert live.phone_number == "+33611111111" and live.sims[0].carrier == "Orange"
-    assert live.app_version == "raw-1" and live.HasField("last_seen")
+    assert live.status == common_pb2.online
+    assert live.battery == 64
+    assert live.charging
+    assert live.signal == 3
+    assert live.android_version == "14"
+    assert live.model == "Raw"
+    assert live.phone_number == "+33611111111"
+    assert live.sims[0].carrier == "Orange"
+    assert live.app_version == "raw-1"
+    assert live.HasField("last_seen")
 
 
 def test_update_changes_only_the_given_fields_and_applies_live(
@@ -76,19 +88,23 @@ def test_update_changes_only_the_given_fields_and_applies_live(
     try:
         phone.hello()
         updated = tenant.update_device(device.device_id, send_interval_ms=0, daily_cap=500)
-        assert updated.device.name == "before" and updated.device.enabled
-        assert updated.device.send_interval_ms == 0 and updated.device.daily_cap == 500
+        assert updated.device.name == "before"
+        assert updated.device.enabled
+        assert updated.device.send_interval_ms == 0
+        assert updated.device.daily_cap == 500
         settings = phone.expect("settings").settings
         assert (settings.send_interval_ms, settings.daily_cap, settings.enabled) == (0, 500, True)
         renamed = tenant.update_device(device.device_id, name="after")
-        assert renamed.device.name == "after" and renamed.device.daily_cap == 500
+        assert renamed.device.name == "after"
+        assert renamed.device.daily_cap == 500
         masked = tenant.devices.UpdateDevice(
             devices_pb2.UpdateDeviceRequest(
                 device_id=device.device_id, name="ignored", daily_cap=7,
                 update_mask=field_mask_pb2.FieldMask(paths=["daily_cap"]),
             ), metadata=tenant.md(), timeout=10,
         )
-        assert masked.device.name == "after" and masked.device.daily_cap == 7
+        assert masked.device.name == "after"
+        assert masked.device.daily_cap == 7
     finally:
         phone.close()
 
@@ -107,7 +123,8 @@ def test_update_validation_names_the_field_and_its_limit(
         tenant.update_device(device.device_id, **fields)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(caught.value) == "INVALID_REQUEST"
-    assert field in caught.value.details() and words in caught.value.details()
+    assert field in caught.value.details()
+    assert words in caught.value.details()
 
 
 def test_another_clients_device_is_invalid_device_id_everywhere(
@@ -137,7 +154,8 @@ def test_a_deleted_device_disappears(tenant: Tenant) -> None:
     device = tenant.create_device()
     reply = tenant.devices.DeleteDevice(
         devices_pb2.DeleteDeviceRequest(device_id=device.device_id), metadata=tenant.md())
-    assert reply.success and reply.device_id == device.device_id
+    assert reply.success
+    assert reply.device_id == device.device_id
     listed = tenant.devices.ListDevices(devices_pb2.ListDevicesRequest(), metadata=tenant.md())
     assert device.device_id not in [d.device_id for d in listed.devices]
     with pytest.raises(grpc.RpcError) as caught:

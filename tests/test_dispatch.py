@@ -174,8 +174,10 @@ def test_test_key_messages_go_to_the_simulated_device_only(
     finally:
         raw.close()
     status = tenant.status(message_id, test=True)
-    assert status.device_id and status.device_id != device.device_id
+    assert status.device_id
+    assert status.device_id != device.device_id
     assert [k for k, _ in link_db.events(tenant.client_id, "sms.")] == [
         "sms.sent", "sms.delivered"]
     listed = tenant.get_device(status.device_id)
-    assert listed.status == common_pb2.online and "Simulated" in listed.name
+    assert listed.status == common_pb2.online
+    assert "Simulated" in listed.name

@@ -89,16 +89,22 @@ def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(se
     assert r("b", 1, "sent") == []
     assert status(db, mid).status == MessageStatus.PROCESSING
     assert r("c", 2, "sent") == ["sent"]
-    assert r("d", 0, "delivered") == [] and r("e", 1, "delivered") == []
+    assert r("d", 0, "delivered") == []
+    assert r("e", 1, "delivered") == []
     assert r("f", 2, "failed", error_code="network_error", error_message="lost") == ["failed"]
     final = status(db, mid)
-    assert final.status == "failed" and final.error_code == "NETWORK_ERROR" and final.parts == 3
-    assert final.sent_at and final.failed_at and final.delivered_at is None
+    assert final.status == "failed"
+    assert final.error_code == "NETWORK_ERROR"
+    assert final.parts == 3
+    assert final.sent_at
+    assert final.failed_at
+    assert final.delivered_at is None
     kinds = [e.event_type for e in events(db, client_id)]
     assert kinds == ["sms.sent", "sms.failed"]
     failed = events(db, client_id)[1].payload
     assert failed["error"] == {"code": "NETWORK_ERROR", "message": "lost"}
-    assert failed["metadata"] == {"order": 7} and failed["failed_at"].endswith("Z")
+    assert failed["metadata"] == {"order": 7}
+    assert failed["failed_at"].endswith("Z")
 
 
 def test_delivered_before_sent_passes_through_sent_and_counts_per_day(setup) -> None:  # type: ignore[no-untyped-def]
@@ -138,10 +144,12 @@ def test_expiry_fails_overdue_queued_messages_with_expired(setup) -> None:  # ty
         message.due_at, message.expires_at = past, past + dt.timedelta(hours=24)
     fresh = queue_message(db, client_id)
     assert expire_overdue_messages(db, utcnow(), ttl=dt.timedelta(hours=24)) == 1
-    assert status(db, old).status == "failed" and status(db, old).error_code == "EXPIRED"
+    assert status(db, old).status == "failed"
+    assert status(db, old).error_code == "EXPIRED"
     assert status(db, fresh).status == "queued"
     (event,) = events(db, client_id)
-    assert event.event_type == "sms.failed" and event.payload["error"]["code"] == "EXPIRED"
+    assert event.event_type == "sms.failed"
+    assert event.payload["error"]["code"] == "EXPIRED"
     assert expire_overdue_messages(db, utcnow()) == 0
 
 
@@ -180,18 +188,25 @@ def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(setup) 
     result = claim_round(db, PEPPER, requests, utcnow())
     assert [c.message_id for c in result.commands[first]] == [high]
     assert [c.message_id for c in result.commands[second]] == [pinned]
-    assert not result.commands[first][0].redelivery and result.commands[first][0].body == "hi"
+    assert not result.commands[first][0].redelivery
+    assert result.commands[first][0].body == "hi"
     ((sim_client, taken),) = result.simulated.values()
-    assert sim_client == client_id and [m.id for m in taken] == [sandbox]
-    assert result.next_due is not None and abs((result.next_due - later).total_seconds()) < 1
-    assert status(db, low).status == "queued" and status(db, scheduled).status == "queued"
+    assert sim_client == client_id
+    assert [m.id for m in taken] == [sandbox]
+    assert result.next_due is not None
+    assert abs((result.next_due - later).total_seconds()) < 1
+    assert status(db, low).status == "queued"
+    assert status(db, scheduled).status == "queued"
     with db.session() as session:
         counted = session.get(Device, first)
-        assert counted is not None and counted.sent_on_day == 1 and counted.last_send_at
+        assert counted is not None
+        assert counted.sent_on_day == 1
+        assert counted.last_send_at
     again = claim_round(db, PEPPER, [ClaimRequest(client_id, second, 5)], utcnow())
     assert [c.message_id for c in again.commands[second]] == [low]
     idle = claim_round(db, PEPPER, requests, utcnow())
-    assert idle.commands == {} and idle.simulated == {}
+    assert idle.commands == {}
+    assert idle.simulated == {}
 
 
 def test_messages_stuck_on_a_vanished_phone_time_out(setup) -> None:  # type: ignore[no-untyped-def]
@@ -214,5 +229,6 @@ def test_messages_stuck_on_a_vanished_phone_time_out(setup) -> None:  # type: ig
         assert device is not None
         device.online = False
     assert time_out_stale_processing(db, later, after=day) == 1
-    assert status(db, stuck).status == "failed" and status(db, stuck).error_code == "TIMEOUT"
+    assert status(db, stuck).status == "failed"
+    assert status(db, stuck).error_code == "TIMEOUT"
     assert [e.event_type for e in events(db, client_id)] == ["sms.failed"]

@@ -68,7 +68,8 @@ def test_a_thousand_phones_stay_connected_for_a_minute(server, zimsend_env, tmp_
             samples.append(online())
             assert fleet.alive(), fleet.output()[-2000:]
             time.sleep(5)
-        assert samples and min(samples) == PHONES, samples
+        assert samples, samples
+        assert min(samples) == PHONES, samples
         disconnects = server_db.query(
             "SELECT count(*) FROM outbox_events WHERE client_id = ? AND event_type = "
             "'device.disconnected'", client.id)[0][0]

@@ -119,9 +119,12 @@ def assert_envelope(case, response) -> None:  # type: ignore[no-untyped-def]
         _show(case, response)
     body = json.loads(response.content.decode("utf-8"))  # strict UTF-8
     assert body["success"] is False, _show(case, response)
-    assert isinstance(body["error"]["code"], str) and body["error"]["code"], _show(case, response)
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert isinstance(body["code"], int) and body["code"] > 0, _show(case, response)
+    assert isinstance(body["error"]["code"], str), _show(case, response)
+    assert body["error"]["code"], _show(case, response)
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    assert isinstance(body["code"], int), _show(case, response)
+    assert body["code"] > 0, _show(case, response)
     assert body["message"] == body["error"]["message"], _show(case, response)
 
 
@@ -170,5 +173,7 @@ def test_a_query_parameter_without_a_name_is_refused(stack: Stack) -> None:
                              timeout=10)
         assert response.status_code == 400
         body = response.json()
-        assert body["success"] is False and body["error"]["code"] == "INVALID_REQUEST"
-        assert "no name" in body["error"]["message"] and body["code"] == 3
+        assert body["success"] is False
+        assert body["error"]["code"] == "INVALID_REQUEST"
+        assert "no name" in body["error"]["message"]
+        assert body["code"] == 3

@@ -76,7 +76,8 @@ def test_grpc_clients_reach_auth_test_through_envoy_and_directly(stack, via: str
     with grpc.insecure_channel(target) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         reply = stub.AuthTest(auth_pb2.AuthTestRequest(), metadata=stack.metadata, timeout=5)
-        assert reply.success and reply.client_id == stack.client_id
+        assert reply.success
+        assert reply.client_id == stack.client_id
 
         with pytest.raises(grpc.RpcError) as caught:
             stub.AuthTest(auth_pb2.AuthTestRequest(), timeout=5,
@@ -104,7 +105,8 @@ def test_grpc_web_clients_are_served(stack) -> None:  # type: ignore[no-untyped-
     reply = auth_pb2.AuthTestResponse.FromString(body[5:5 + length])
     assert reply.client_id == stack.client_id
     trailers = body[5 + length:]
-    assert trailers[0] == 0x80 and b"grpc-status:0" in trailers
+    assert trailers[0] == 0x80
+    assert b"grpc-status:0" in trailers
 
 
 # --- the phones' stream ---------------------------------------------------------------------
@@ -147,7 +149,8 @@ def test_the_device_stream_is_not_on_the_public_port(stack) -> None:  # type: ig
 
     rest = httpx.post(f"{stack.base_url}/zimsend.v1.DeviceLinkService/Connect", json={},
                       headers=stack.auth, timeout=5)
-    assert rest.status_code == 404 and rest.json()["error"]["code"] == "NOT_FOUND"
+    assert rest.status_code == 404
+    assert rest.json()["error"]["code"] == "NOT_FOUND"
 
 
 def test_the_device_port_serves_nothing_else(stack) -> None:  # type: ignore[no-untyped-def]
@@ -173,8 +176,10 @@ def test_the_per_key_rate_limit_answers_429_with_retry_after(stack, gateway_fact
     assert limited.headers["content-type"] == "application/json"
     assert limited.headers["retry-after"] == "30"
     body = limited.json()
-    assert body["success"] is False and body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
-    assert body["code"] == 8 and body["message"] == body["error"]["message"]
+    assert body["success"] is False
+    assert body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert body["code"] == 8
+    assert body["message"] == body["error"]["message"]
     assert {d["@type"].rsplit(".", 1)[1] for d in body["details"]} == {"ErrorInfo", "RetryInfo"}
     assert "grpc-status-details-bin" not in limited.headers
     assert other.status_code == 401
@@ -199,7 +204,8 @@ def test_tls_on_both_listeners(stack, gateway_factory, tmp_path: Path) -> None: 
 
     response = httpx.get(f"{envoy.base_url}/v1/auth/test", headers=stack.auth,
                          verify=ssl.create_default_context(cafile=cert), timeout=5)
-    assert response.status_code == 200 and response.json()["client_id"] == stack.client_id
+    assert response.status_code == 200
+    assert response.json()["client_id"] == stack.client_id
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://{envoy.grpc_target}/healthz", timeout=5)
 
@@ -230,7 +236,8 @@ def test_every_request_is_one_json_access_log_line(stack) -> None:  # type: igno
     assert refused["upstream_host"] is None
 
     served = access_log(stack.envoy, "log-test-2")
-    assert served["method"] == "GET" and served["path"] == "/v1/auth/test"
+    assert served["method"] == "GET"
+    assert served["path"] == "/v1/auth/test"
     assert served["upstream_path"] == "/zimsend.v1.AuthService/AuthTest"
     assert served["grpc_status"] == "OK"
     assert served["response_flags"] == "-"
@@ -247,7 +254,8 @@ def test_without_a_healthy_server_healthz_is_503_and_calls_unavailable(tmp_path:
         response = httpx.get(f"{envoy.base_url}/v1/auth/test", timeout=5)
         assert response.status_code == 503
         body = response.json()
-        assert body["success"] is False and body["error"]["code"] == "UNAVAILABLE"
+        assert body["success"] is False
+        assert body["error"]["code"] == "UNAVAILABLE"
         assert body["code"] == 14
         with grpc.insecure_channel(envoy.grpc_target) as channel:
             with pytest.raises(grpc.RpcError) as caught:

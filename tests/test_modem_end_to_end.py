@@ -58,7 +58,8 @@ def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back
                          f"the modem online; agent said:\n{agent.output()[-2000:]}")
         assert shown["capabilities"] == {"backend": "modem", "delivery_reports": True,
                                          "inbound_sms": True}
-        assert shown["network"] == "home" and shown["signal"] == 2
+        assert shown["network"] == "home"
+        assert shown["signal"] == 2
 
         long_text = "".join(f"Rappel {i:03d}: rendez-vous demain. " for i in range(60))[:1600]
         unicode_text = "Votre code: 4821 — merci 🙏 Привет"
@@ -73,10 +74,12 @@ def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back
         parts = modem.sent()
         assert {to for to, _ in parts} == {TO}
         joined = "".join(text for _, text in parts)
-        assert long_text in joined and unicode_text in joined
+        assert long_text in joined
+        assert unicode_text in joined
         segments = {text: http.get(f"/v1/sms/status/{mid}").json()["segments"]
                     for text, mid in sent_ids.items()}
-        assert segments == {long_text: 11, unicode_text: 1} and len(parts) == 12
+        assert segments == {long_text: 11, unicode_text: 1}
+        assert len(parts) == 12
 
         # The network confirms every part (the dummy driver numbers them all 255).
         for _ in range(len(parts)):

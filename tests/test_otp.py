@@ -101,16 +101,20 @@ def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(  # type: ignore
             timeout=10)).status == common_pb2.delivered and s, 20, "delivered")
 
     match = re.fullmatch(r"ZimSend: (\d{8}) is your code \((\d{8})\)", line["body"])
-    assert match and match[1] == match[2], line
+    assert match, line
+    assert match[1] == match[2], line
     code = match[1]
     assert line["to"] == TO
-    assert reply.success and reply.status == common_pb2.queued and reply.to == TO
+    assert reply.success
+    assert reply.status == common_pb2.queued
+    assert reply.to == TO
     assert re.fullmatch(r"otp_[0-9a-f]{16}", reply.otp_id)
     assert re.fullmatch(r"msg_[0-9a-f]{16}", reply.message_id)
     expires = reply.expires_at.ToDatetime(tzinfo=dt.UTC)
     assert before + dt.timedelta(seconds=599) < expires < utcnow() + dt.timedelta(seconds=601)
     masked = "ZimSend: •••••• is your code (••••••)"
-    assert status.message == masked and status.priority == common_pb2.urgent
+    assert status.message == masked
+    assert status.priority == common_pb2.urgent
     assert status.metadata["user"] == 7
 
     seen: list[str] = [str(reply), str(status)]
@@ -141,7 +145,8 @@ def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(  # type: ignore
     with server_db.session() as session:
         message = session.get(Message, reply.message_id)
         assert message is not None
-        assert message.body == masked and message.sealed_body is None  # cleared when final
+        assert message.body == masked
+        assert message.sealed_body is None
     assert otp_row(server_db, reply.otp_id).code_hash == hash_secret(PEPPER, code)
 
 
@@ -149,16 +154,20 @@ def test_defaults_urgent_masked_and_sealed(otp, account, server_db) -> None:  # 
     reply = send(otp, account)
     row = otp_row(server_db, reply.otp_id)
     assert row.expires_at - row.created_at == dt.timedelta(seconds=300)
-    assert row.max_attempts == 3 and row.attempts_used == 0 and row.to == TO
+    assert row.max_attempts == 3
+    assert row.attempts_used == 0
+    assert row.to == TO
     assert row.message_id == reply.message_id
     assert reply.expires_at.ToDatetime(tzinfo=dt.UTC) == row.expires_at
     with server_db.session() as session:
         message = session.get(Message, reply.message_id)
         assert message is not None
-    assert message.priority == 1 and message.test
+    assert message.priority == 1
+    assert message.test
     assert message.body == DEFAULT_MASKED
     # Segments and encoding are those of the real text: 6 digits instead of 6 bullets.
-    assert message.encoding == "GSM-7" and message.segments == 1
+    assert message.encoding == "GSM-7"
+    assert message.segments == 1
 
 
 def test_a_live_key_needs_a_device_like_sendsms(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
@@ -176,8 +185,10 @@ def test_a_live_key_needs_a_device_like_sendsms(otp, account, server_db) -> None
     reply = send(otp, account, test=False, device=online)
     with server_db.session() as session:
         message = session.get(Message, reply.message_id)
-        assert message is not None and message.pinned_device_id == online
-        assert message.status == "queued" and message.sealed_body
+        assert message is not None
+        assert message.pinned_device_id == online
+        assert message.status == "queued"
+        assert message.sealed_body
 
 
 @pytest.mark.parametrize(("fields", "field", "words"), [
@@ -194,7 +205,8 @@ def test_bad_fields_are_named_with_their_limits(otp, account, fields, field, wor
     error = fails(otp.SendOtp, pb.SendOtpRequest(**{"to": TO, **fields}), account.md(test=True))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(error) == ("INVALID_PHONE_NUMBER" if field == "to" else "INVALID_REQUEST")
-    assert words in violations(error)[field] and field in error.details()
+    assert words in violations(error)[field]
+    assert field in error.details()
 
 
 def test_every_bad_field_in_one_answer_and_the_text_limit(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
@@ -215,7 +227,8 @@ def test_the_eleventh_otp_in_an_hour_to_one_number_is_refused(otp, account, serv
     sent = [send(otp, account).otp_id for _ in range(10)]
     error = fails(otp.SendOtp, pb.SendOtpRequest(to=TO), account.md(test=True))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_reason(error) == "OTP_RATE_LIMIT" and "10 OTPs per hour" in error.details()
+    assert error_reason(error) == "OTP_RATE_LIMIT"
+    assert "10 OTPs per hour" in error.details()
     assert 3590 < retry_delay(error) <= 3600
     send(otp, account, to="+33612345679")  # another number
     send(otp, new_account(server_db, PEPPER, "other"))  # another client, same number
@@ -242,14 +255,18 @@ def test_the_right_code_works_once(otp, account, server_db) -> None:  # type: ig
     code = code_of(server_db, reply.otp_id)
     before = utcnow()
     verified = check(otp, account, reply.otp_id, f" {code} ")
-    assert verified.success and verified.valid and verified.message == "Code verified"
+    assert verified.success
+    assert verified.valid
+    assert verified.message == "Code verified"
     assert before - dt.timedelta(seconds=1) < verified.verified_at.ToDatetime(tzinfo=dt.UTC)
     assert not verified.HasField("attempts_remaining")
     error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=code),
                   account.md())
-    assert error.code() == grpc.StatusCode.NOT_FOUND and error_reason(error) == "OTP_NOT_FOUND"
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(error) == "OTP_NOT_FOUND"
     (event,) = [e for e in events(server_db, account.client_id) if e.event_type == "otp.verified"]
-    assert event.payload["metadata"] == {"order": "A-1"} and code not in json.dumps(event.payload)
+    assert event.payload["metadata"] == {"order": "A-1"}
+    assert code not in json.dumps(event.payload)
 
 
 def test_three_wrong_codes_invalidate_the_otp(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
@@ -264,7 +281,8 @@ def test_three_wrong_codes_invalidate_the_otp(otp, account, server_db) -> None: 
         error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=attempt),
                       account.md())
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert error_reason(error) == "OTP_MAX_ATTEMPTS" and "send-otp" in error.details()
+        assert error_reason(error) == "OTP_MAX_ATTEMPTS"
+        assert "send-otp" in error.details()
     assert otp_row(server_db, reply.otp_id).attempts_used == 3
     assert not [e for e in events(server_db, account.client_id) if e.event_type == "otp.verified"]
 
@@ -284,7 +302,8 @@ def test_an_expired_code_is_refused_without_spending_an_attempt(otp, account, se
     error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=code),
                   account.md())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_reason(error) == "OTP_EXPIRED" and "expired at" in error.details()
+    assert error_reason(error) == "OTP_EXPIRED"
+    assert "expired at" in error.details()
     assert otp_row(server_db, reply.otp_id).attempts_used == 0
 
 

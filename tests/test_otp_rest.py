@@ -38,7 +38,8 @@ def send_otp(stack, headers: dict[str, str], to: str, **fields: Any) -> httpx.Re
 def envelope(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
-    assert body["success"] is False and body["error"]["code"] == code, body
+    assert body["success"] is False, body
+    assert body["error"]["code"] == code, body
     assert body["details"][0]["reason"] == code
     return body  # type: ignore[no-any-return]
 
@@ -48,10 +49,13 @@ def test_wrapper_nulls_send_then_verify(stack, sandbox, server_db) -> None:  # t
     assert sent.status_code == 200, sent.text
     body = sent.json()
     assert set(body) == {"success", "otp_id", "to", "expires_at", "message_id", "status"}
-    assert body["success"] is True and body["status"] == "queued" and body["to"] == "+33612345601"
+    assert body["success"] is True
+    assert body["status"] == "queued"
+    assert body["to"] == "+33612345601"
     expires = dt.datetime.fromisoformat(body["expires_at"])
     left = (expires - dt.datetime.now(dt.UTC)).total_seconds()
-    assert body["expires_at"].endswith("Z") and 290 < left <= 300
+    assert body["expires_at"].endswith("Z")
+    assert 290 < left <= 300
     status = httpx.get(f"{stack.base_url}/v1/sms/status/{body['message_id']}", headers=sandbox)
     assert status.json()["message"] == "Votre code de vérification est : ••••••"
     assert status.json()["priority"] == "urgent"
@@ -61,11 +65,13 @@ def test_wrapper_nulls_send_then_verify(stack, sandbox, server_db) -> None:  # t
     wrong = post(stack, sandbox, "verify-otp",
                  {"otp_id": otp["otp_id"], "code": "0000" if code != "0000" else "1111"})
     assert wrong.status_code == 200, wrong.text
-    assert wrong.json()["success"] is True and wrong.json()["valid"] is False
+    assert wrong.json()["success"] is True
+    assert wrong.json()["valid"] is False
     assert wrong.json()["attempts_remaining"] == 2
     right = post(stack, sandbox, "verify-otp", {"otp_id": otp["otp_id"], "code": code})
     assert right.status_code == 200, right.text
-    assert right.json()["valid"] is True and right.json()["verified_at"].endswith("Z")
+    assert right.json()["valid"] is True
+    assert right.json()["verified_at"].endswith("Z")
     assert right.json()["message"] == "Code verified"
     again = post(stack, sandbox, "verify-otp", {"otp_id": otp["otp_id"], "code": code})
     envelope(again, 404, "OTP_NOT_FOUND")
@@ -74,10 +80,12 @@ def test_wrapper_nulls_send_then_verify(stack, sandbox, server_db) -> None:  # t
 def test_rest_errors_have_their_documented_statuses(stack, sandbox, server_db) -> None:  # type: ignore[no-untyped-def]
     bad = envelope(send_otp(stack, sandbox, "+33612345602", template="Your code"), 400,
                    "INVALID_REQUEST")
-    assert "template" in bad["error"]["message"] and "{{code}}" in bad["error"]["message"]
+    assert "template" in bad["error"]["message"]
+    assert "{{code}}" in bad["error"]["message"]
     bad = envelope(send_otp(stack, sandbox, "+33612345602", length=12, expiry=3600), 400,
                    "INVALID_REQUEST")
-    assert "4-8" in bad["error"]["message"] and "1-1800" in bad["error"]["message"]
+    assert "4-8" in bad["error"]["message"]
+    assert "1-1800" in bad["error"]["message"]
 
     short = send_otp(stack, sandbox, "+33612345602", length=4, expiry=1).json()
     code = code_of(server_db, short["otp_id"])

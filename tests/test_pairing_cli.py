@@ -121,7 +121,8 @@ def test_rest_and_cli_give_the_same_pairing_uri_for_the_same_address(
     def without_secrets(uri: str, device_id: str, password: str) -> tuple[object, ...]:
         parts = urlsplit(uri)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        assert ("device_id", device_id) in query and ("password", password) in query
+        assert ("device_id", device_id) in query
+        assert ("password", password) in query
         names_in_order = [name for name, _ in query]
         public = [(name, value) for name, value in query if name not in ("device_id", "password")]
         return parts.scheme, parts.netloc, names_in_order, public
@@ -139,13 +140,15 @@ def test_tls_and_the_phone_address_come_from_the_flags_or_the_settings(
     flagged = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "a",
                            "--server-address", PHONE_ADDRESS, "--tls"], admin_env)
     info = parse_pairing_uri(flagged["pairing_uri"])
-    assert info.tls and info.server == PHONE_ADDRESS
+    assert info.tls
+    assert info.server == PHONE_ADDRESS
     configured = dict(admin_env, ZIMSEND_DEVICE_LINK_ADDRESS="sms.example.org:8443",
                       ZIMSEND_DEVICE_LINK_TLS="1")
     from_settings = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "b"],
                                 configured)
     info = parse_pairing_uri(from_settings["pairing_uri"])
-    assert info.tls and info.server == "sms.example.org:8443"
+    assert info.tls
+    assert info.server == "sms.example.org:8443"
     plain = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "c",
                          "--no-tls"], configured)
     assert not parse_pairing_uri(plain["pairing_uri"]).tls

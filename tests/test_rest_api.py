@@ -73,7 +73,8 @@ def test_an_unknown_device_keeps_the_servers_field_details(http, stack) -> None:
     response = http.get("/v1/auth/test", headers={**stack.auth, "X-Device-ID": "device_nope"})
     body = assert_error(response, 404, "INVALID_DEVICE_ID", 5)
     bad = [d for d in body["details"] if d["@type"].endswith("google.rpc.BadRequest")]
-    assert bad and bad[0]["field_violations"][0]["field"] == "X-Device-ID"
+    assert bad
+    assert bad[0]["field_violations"][0]["field"] == "X-Device-ID"
 
 
 # --- Envoy's own refusals, in the same envelope ---------------------------------------------
@@ -88,7 +89,8 @@ def test_malformed_json_is_a_400_envelope_not_text(http, stack) -> None:  # type
 def test_a_wrong_json_type_names_the_field(http, stack) -> None:  # type: ignore[no-untyped-def]
     response = http.post("/v1/sms/send", headers=stack.auth, json={"to": 33612345678})
     body = assert_error(response, 400, "INVALID_REQUEST", 3)
-    assert "`to`" in body["message"] and "string" in body["message"]
+    assert "`to`" in body["message"]
+    assert "string" in body["message"]
 
 
 def test_a_body_that_is_not_an_object_is_refused(http, stack) -> None:  # type: ignore[no-untyped-def]
@@ -103,7 +105,8 @@ def test_an_unknown_priority_name_is_invalid_priority(http, stack) -> None:  # t
         json={"to": "+33612345678", "message": "hi", "priority": "super"},
     )
     body = assert_error(response, 400, "INVALID_PRIORITY", 3)
-    assert "`priority`" in body["message"] and "very_low" in body["message"]
+    assert "`priority`" in body["message"]
+    assert "very_low" in body["message"]
 
 
 def test_an_unknown_path_is_a_404_envelope(http, stack) -> None:  # type: ignore[no-untyped-def]
@@ -125,7 +128,8 @@ def test_an_unknown_query_parameter_is_named(http, stack) -> None:  # type: igno
 def test_a_bad_query_value_says_what_is_expected(http, stack) -> None:  # type: ignore[no-untyped-def]
     response = http.get("/v1/sms/history", params={"limit": "many"}, headers=stack.auth)
     body = assert_error(response, 400, "INVALID_REQUEST", 3)
-    assert "`limit`" in body["message"] and "integer" in body["message"]
+    assert "`limit`" in body["message"]
+    assert "integer" in body["message"]
 
 
 def test_a_body_over_one_megabyte_is_413(http, stack) -> None:  # type: ignore[no-untyped-def]

@@ -33,7 +33,8 @@ def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
     """A device created over REST and a real agent connected through Envoy's phone port."""
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
                          json={"name": "rest phone"}).json()
-    assert created["success"] is True and created["device_password"]
+    assert created["success"] is True
+    assert created["device_password"]
     device_id = created["device_id"]
     patched = httpx.patch(f"{stack.base_url}/v1/devices/{device_id}", headers=stack.auth,
                           json={"send_interval_ms": 0})
@@ -62,16 +63,21 @@ def test_faq_send_reaches_the_phone_and_is_delivered(stack, phone) -> None:  # t
                              "priority": "high", "metadata": {"order": 42}})
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    assert body["success"] is True and body["status"] == "queued"
-    assert body["message_id"].startswith("msg_") and len(body["message_id"]) == 20
+    assert body["success"] is True
+    assert body["status"] == "queued"
+    assert body["message_id"].startswith("msg_")
+    assert len(body["message_id"]) == 20
     assert body["to"] == "+33612345678"
     final = wait_for(lambda: (s := _status(stack, body["message_id"]))["status"] == "delivered" and s,
                      20, "delivered")
-    assert final["device_id"] == device_id and final["priority"] == "high"
+    assert final["device_id"] == device_id
+    assert final["priority"] == "high"
     assert final["metadata"] == {"order": 42}
-    assert final["sent_at"] and final["delivered_at"]
+    assert final["sent_at"]
+    assert final["delivered_at"]
     sent = [line for line in outbox_lines(outbox) if line["message_id"] == body["message_id"]]
-    assert len(sent) == 1 and sent[0]["to"] == "+33612345678"
+    assert len(sent) == 1
+    assert sent[0]["to"] == "+33612345678"
 
 
 def test_faq_scheduled_send_then_cancel(stack, phone) -> None:  # type: ignore[no-untyped-def]
@@ -103,10 +109,12 @@ def test_cancel_of_a_sent_message_is_refused(stack, phone) -> None:  # type: ign
 def test_segments_and_encoding(stack, phone) -> None:  # type: ignore[no-untyped-def]
     long = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                       json={"to": "+33612345678", "message": "a" * 1600}).json()
-    assert long["segments"] == 11 and long["encoding"] == "GSM7"
+    assert long["segments"] == 11
+    assert long["encoding"] == "GSM7"
     emoji = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                        json={"to": "+33612345678", "message": "Merci 🎉"}).json()
-    assert emoji["encoding"] == "UCS2" and emoji["segments"] == 1
+    assert emoji["encoding"] == "UCS2"
+    assert emoji["segments"] == 1
     too_long = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                           json={"to": "+33612345678", "message": "a" * 1601})
     assert too_long.status_code == 400
@@ -154,7 +162,8 @@ def test_zimsend_python_wrapper_works_with_only_the_base_url_changed(stack, phon
     assert sent["status"] == "queued"
     wait_for(lambda: client.get_status(sent["message_id"])["status"] == "delivered", 20, "delivered")
     bulk = client.send_bulk_sms(["+33612345670", "+33612345671"], "Soldes !")
-    assert bulk["total_recipients"] == 2 and len(bulk["messages"]) == 2
+    assert bulk["total_recipients"] == 2
+    assert len(bulk["messages"]) == 2
     scheduled = client.send_sms("+33612345678", "plus tard", scheduled_at=_tomorrow())
     assert client.cancel_message(scheduled["message_id"])["status"] == "cancelled"
     history = client.get_history(limit=100, from_date="2025-01-01",
@@ -163,7 +172,8 @@ def test_zimsend_python_wrapper_works_with_only_the_base_url_changed(stack, phon
     assert client.get_stats()["stats"]["total_sent"] >= 1
     with pytest.raises(ZimSendError) as info:
         client.send_sms("0612345678", "sans indicatif")
-    assert info.value.code == "INVALID_PHONE_NUMBER" and info.value.status == 400
+    assert info.value.code == "INVALID_PHONE_NUMBER"
+    assert info.value.status == 400
 
 
 def _tomorrow() -> str:

@@ -154,13 +154,19 @@ def test_a_send_waits_for_delivered(stack, phone, transport: str) -> None:  # ty
         sent = zs.sms.send("+33612345601", f"Votre commande est arrivée ({transport})",
                            metadata={"order": "A-1"}, priority="high")
         assert isinstance(sent, SentMessage)
-        assert sent.status is MessageStatus.QUEUED and sent.to == "+33612345601"
-        assert sent.segments == 1 and sent.encoding == "GSM7" and sent.priority == "high"
-        assert isinstance(sent.queued_at, dt.datetime) and sent.queued_at.tzinfo is not None
+        assert sent.status is MessageStatus.QUEUED
+        assert sent.to == "+33612345601"
+        assert sent.segments == 1
+        assert sent.encoding == "GSM7"
+        assert sent.priority == "high"
+        assert isinstance(sent.queued_at, dt.datetime)
+        assert sent.queued_at.tzinfo is not None
         done = zs.sms.wait(sent.message_id, timeout=30, interval=0.2)
     assert isinstance(done, Message)
-    assert done.status == "delivered" and done.device_id == device_id
-    assert done.delivered_at is not None and done.metadata == {"order": "A-1"}
+    assert done.status == "delivered"
+    assert done.device_id == device_id
+    assert done.delivered_at is not None
+    assert done.metadata == {"order": "A-1"}
     assert [line["message_id"] for line in outbox_lines(outbox)].count(sent.message_id) == 1
 
 
@@ -181,7 +187,8 @@ def test_the_async_client_sends_and_waits_for_delivered(stack, phone, transport:
 
     done, history = asyncio.run(main())
     assert done.status == MessageStatus.DELIVERED
-    assert history and all(m.to == "+33612345604" for m in history)
+    assert history
+    assert all(m.to == "+33612345604" for m in history)
 
 
 # --- Retries --------------------------------------------------------------------------------
@@ -214,7 +221,8 @@ def test_a_429_is_retried_after_retry_after(stack, zimsend_env) -> None:  # type
     statuses = [status for _, status, _ in seen]
     assert statuses == [200, 200, 200, 429, 200], seen
     refused_at, _, retry_after = seen[3]
-    assert retry_after is not None and int(retry_after) >= 1
+    assert retry_after is not None
+    assert int(retry_after) >= 1
     assert seen[4][0] - refused_at >= float(retry_after) - 0.2
     http.close()
 
@@ -223,8 +231,10 @@ def test_a_429_is_retried_after_retry_after(stack, zimsend_env) -> None:  # type
         with pytest.raises(RateLimitError) as refused:
             for _ in range(4):  # the retried call already counts in this window
                 zs.auth_test()
-    assert refused.value.code == "RATE_LIMIT_EXCEEDED" and refused.value.http_status == 429
-    assert refused.value.retry_after and refused.value.retry_after >= 1
+    assert refused.value.code == "RATE_LIMIT_EXCEEDED"
+    assert refused.value.http_status == 429
+    assert refused.value.retry_after
+    assert refused.value.retry_after >= 1
 
 
 class AnswerLosingProxy:
@@ -318,22 +328,27 @@ def test_every_endpoint_returns_typed_results(stack, phone, transport: str) -> N
         # SMS: bulk, personalized, history pages, stats, cancel, export, inbox.
         to = "+3361234" + ("5610" if transport == "rest" else "5620")
         batch = zs.sms.send_bulk([to, to], "Soldes", scheduled_at=_tomorrow())
-        assert isinstance(batch, Batch) and batch.total_recipients == 2
+        assert isinstance(batch, Batch)
+        assert batch.total_recipients == 2
         personal = zs.sms.send_personalized(
             [{"to": to, "message": "Bonjour Ada", "metadata": {"row": 1}}],
             scheduled_at=_tomorrow())
         ids = [m.message_id for m in batch.messages + personal.messages]
         first = zs.sms.history(to=to, limit=2)
-        assert isinstance(first, Page) and first.pagination.total_items == 3
-        assert first.has_more and len(first.items) == 2
+        assert isinstance(first, Page)
+        assert first.pagination.total_items == 3
+        assert first.has_more
+        assert len(first.items) == 2
         assert sorted(m.message_id for m in zs.sms.iter_history(to=to, page_size=1)) == sorted(ids)
         stats = zs.sms.stats()
-        assert stats.pending >= 3 and stats.period_to is not None
+        assert stats.pending >= 3
+        assert stats.period_to is not None
         cancelled = [zs.sms.cancel(i) for i in ids]
         assert all(c.status == "cancelled" for c in cancelled)
         assert zs.sms.status(ids[0]).cancelled_at is not None
         csv_text = b"".join(zs.sms.export(status="cancelled")).decode()
-        assert ids[0] in csv_text and csv_text.rstrip().splitlines()[-1].startswith("# end of")
+        assert ids[0] in csv_text
+        assert csv_text.rstrip().splitlines()[-1].startswith("# end of")
         lines = b"".join(zs.sms.export(format="jsonl", status="cancelled")).decode().splitlines()
         assert json.loads(lines[-1])["end_of_export"] is True
         assert isinstance(zs.sms.inbox(limit=5), Page)
@@ -344,7 +359,8 @@ def test_every_endpoint_returns_typed_results(stack, phone, transport: str) -> N
         assert (missing.value.code, missing.value.http_status) == ("MESSAGE_NOT_FOUND", 404)
         with pytest.raises(InvalidRequestError) as bad:
             zs.sms.send_bulk(["+33612345678", "+33 12"], "x", scheduled_at=_tomorrow())
-        assert bad.value.code == "INVALID_PHONE_NUMBER" and bad.value.http_status == 400
+        assert bad.value.code == "INVALID_PHONE_NUMBER"
+        assert bad.value.http_status == 400
         assert [v.field for v in bad.value.violations] == ["recipients[1]"]
         with pytest.raises(ConflictError):
             zs.sms.send(to, "a", scheduled_at=_tomorrow(), idempotency_key=f"k-{transport}")
@@ -353,14 +369,16 @@ def test_every_endpoint_returns_typed_results(stack, phone, transport: str) -> N
         # OTP: a wrong code is an answer, not an error; an unknown OTP is OtpError.
         otp = zs.otp.send("+33612345699")
         verdict = zs.otp.verify(otp.otp_id, "000000")
-        assert verdict.valid is False and verdict.attempts_remaining == 2
+        assert verdict.valid is False
+        assert verdict.attempts_remaining == 2
         with pytest.raises(OtpError) as unknown:
             zs.otp.verify("otp_0000000000000000", "123456")
         assert unknown.value.code == "OTP_NOT_FOUND"
 
         # Devices.
         made = zs.devices.create(f"spare {transport}")
-        assert made.pairing_uri.startswith("zimsend://") and made.device_password
+        assert made.pairing_uri.startswith("zimsend://")
+        assert made.device_password
         changed = zs.devices.update(made.device_id, name="renamed", daily_cap=50, enabled=False)
         assert isinstance(changed, Device)
         assert (changed.name, changed.daily_cap, changed.enabled) == ("renamed", 50, False)
@@ -380,7 +398,8 @@ def test_every_endpoint_returns_typed_results(stack, phone, transport: str) -> N
 
         # Webhooks (the delivery itself is the next test's).
         hook = zs.webhooks.configure("https://example.com/hooks", ["sms.delivered"])
-        assert hook.secret.startswith("whsec_") and hook.events == ("sms.delivered",)
+        assert hook.secret.startswith("whsec_")
+        assert hook.events == ("sms.delivered",)
         assert hook.webhook_id in {w.webhook_id for w in zs.webhooks.list()}
         assert zs.webhooks.test(hook.webhook_id).event_id.startswith("evt_")
         assert isinstance(zs.webhooks.logs(webhook_id=hook.webhook_id), Page)
@@ -413,10 +432,13 @@ def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(
     body = body_of(record)
     headers = {k: v for k, v in record["headers"].items() if v is not None}
     event = verify_webhook(body, headers, receiver.secret)
-    assert event.event == "sms.delivered" and event.event_id == headers["webhook-id"]
+    assert event.event == "sms.delivered"
+    assert event.event_id == headers["webhook-id"]
     assert isinstance(event.data, SmsEventData)
-    assert event.data.message_id == sent.message_id and event.data.status == "delivered"
-    assert event.data.metadata == {"n": 7} and event.data.delivered_at is not None
+    assert event.data.message_id == sent.message_id
+    assert event.data.status == "delivered"
+    assert event.data.metadata == {"n": 7}
+    assert event.data.delivered_at is not None
 
     tampered = body.replace(b"Livraison", b"Livraisin")
     with pytest.raises(WebhookVerificationError, match="X-Webhook-Signature"):
@@ -467,9 +489,11 @@ def test_rest_error_envelopes_become_typed_errors() -> None:
     assert (error.code, error.http_status, error.violations[0].field) == (
         "INVALID_PHONE_NUMBER", 400, "messages[2].to")
     limited = error_from_response(429, {"retry-after": "12"}, b"{}")
-    assert isinstance(limited, RateLimitError) and limited.retry_after == 12
+    assert isinstance(limited, RateLimitError)
+    assert limited.retry_after == 12
     gateway = error_from_response(503, {}, b"upstream connect error")
-    assert gateway.code == "UNAVAILABLE" and "upstream" in gateway.message
+    assert gateway.code == "UNAVAILABLE"
+    assert "upstream" in gateway.message
 
 
 def test_verify_webhook_against_the_workers_own_signing() -> None:

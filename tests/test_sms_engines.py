@@ -118,12 +118,14 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(db, sett
     assert all(isinstance(r, intake.Outcome) and r.created for r in plain)
     assert len({r.response.message_id for r in plain}) == 60
     refused = results[30]
-    assert isinstance(refused, ApiError) and refused.code is ErrorCode.INVALID_PHONE_NUMBER
+    assert isinstance(refused, ApiError)
+    assert refused.code is ErrorCode.INVALID_PHONE_NUMBER
     keyed_outcomes = results[31:36]
     assert sum(o.created for o in keyed_outcomes) == 1
     assert len({o.response.SerializeToString() for o in keyed_outcomes}) == 1
     reused = results[66]
-    assert isinstance(reused, ApiError) and reused.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+    assert isinstance(reused, ApiError)
+    assert reused.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
     assert count(db, client_id) == 61
     assert lane.transactions < len(results) - 1  # requests shared transactions
 

@@ -122,8 +122,10 @@ def test_history_entries_are_complete(sms, account, server_db) -> None:  # type:
         message_id, common_pb2.delivered, phone
     )
     assert (entry.segments, entry.encoding, entry.priority) == (2, common_pb2.UCS2, common_pb2.urgent)
-    assert entry.HasField("sent_at") and entry.HasField("delivered_at")
-    assert entry.batch_id == "batch_0123456789abcdef" and entry.attempts == 1
+    assert entry.HasField("sent_at")
+    assert entry.HasField("delivered_at")
+    assert entry.batch_id == "batch_0123456789abcdef"
+    assert entry.attempts == 1
     assert dict(entry.metadata) == {"k": 1.0}
 
 
@@ -269,13 +271,17 @@ def test_export_csv_streams_every_message_in_chunks(sms, account, server_db) -> 
     assert content_type.startswith("text/csv")
     assert chunks == 3  # 500 + 500 + 201
     lines = text.split("\r\n")
-    assert lines[-2] == "# end of export: 1201 messages" and lines[-1] == ""
+    assert lines[-2] == "# end of export: 1201 messages"
+    assert lines[-1] == ""
     records = list(csv.DictReader(io.StringIO(text.rsplit("# end of export", 1)[0])))
     assert [r["message_id"] for r in records] == ids  # oldest first, none lost or repeated
     first = next(r for r in records if r["message"].startswith("n°0,"))
-    assert first["message"] == 'n°0, "quoted"\nline' and first["status"] == "failed"
-    assert first["to"] == "+33612345678" and first["priority"] == "normal"
-    assert first["created_at"] == "2025-03-01T00:00:00Z" and first["attempts"] == "1"
+    assert first["message"] == 'n°0, "quoted"\nline'
+    assert first["status"] == "failed"
+    assert first["to"] == "+33612345678"
+    assert first["priority"] == "normal"
+    assert first["created_at"] == "2025-03-01T00:00:00Z"
+    assert first["attempts"] == "1"
 
 
 def test_export_jsonl_with_filters(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
@@ -284,8 +290,10 @@ def test_export_jsonl_with_filters(sms, account, server_db) -> None:  # type: ig
     assert content_type == "application/x-ndjson"
     lines = [json.loads(line) for line in text.splitlines()]
     assert lines[-1] == {"end_of_export": True, "total": 5}
-    assert {e["status"] for e in lines[:-1]} == {"delivered"} and len(lines) == 6
-    assert lines[0]["to"] == "+33612345678" and lines[0]["encoding"] == "GSM7"
+    assert {e["status"] for e in lines[:-1]} == {"delivered"}
+    assert len(lines) == 6
+    assert lines[0]["to"] == "+33612345678"
+    assert lines[0]["encoding"] == "GSM7"
 
 
 def test_export_of_nothing(sms, account) -> None:  # type: ignore[no-untyped-def]

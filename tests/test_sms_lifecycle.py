@@ -71,12 +71,14 @@ def test_status_shows_the_documented_fields(sms, sms_account) -> None:  # type: 
     message_id = scheduled(sms, sms_account, message="Rappel de rendez-vous demain",
                            priority=common_pb2.high, metadata=meta)
     reply = status_of(sms, sms_account, message_id)
-    assert reply.success and reply.message_id == message_id
+    assert reply.success
+    assert reply.message_id == message_id
     assert reply.status == common_pb2.queued
     assert (reply.to, reply.message) == (TO, "Rappel de rendez-vous demain")
     assert reply.priority == common_pb2.high
     assert (reply.segments, reply.encoding, reply.attempts) == (1, common_pb2.GSM7, 1)
-    assert reply.device_id == "" and reply.batch_id == ""
+    assert reply.device_id == ""
+    assert reply.batch_id == ""
     for present in ("created_at", "queued_at", "scheduled_at"):
         assert reply.HasField(present), present
     for absent in ("sent_at", "delivered_at", "failed_at", "cancelled_at", "error"):
@@ -94,7 +96,8 @@ def test_status_of_a_failed_message_shows_its_error(sms, sms_account, server_db,
     reply = status_of(sms, sms_account, message_id)
     assert reply.status == common_pb2.failed
     assert (reply.error.code, reply.error.message) == ("NETWORK_ERROR", "no signal")
-    assert reply.device_id == phone and reply.HasField("failed_at")
+    assert reply.device_id == phone
+    assert reply.HasField("failed_at")
 
 
 @pytest.mark.parametrize("message_id", ["msg_0000000000000000", "", "nonsense' OR 1=1 --"])
@@ -103,7 +106,8 @@ def test_unknown_message(sms, sms_account, message_id) -> None:  # type: ignore[
                   sms_account.md())
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error) == "MESSAGE_NOT_FOUND"
-    assert "SELECT" not in error.details() and "Traceback" not in error.details()
+    assert "SELECT" not in error.details()
+    assert "Traceback" not in error.details()
 
 
 def test_another_clients_message_is_not_found(sms, sms_account, stranger) -> None:  # type: ignore[no-untyped-def]
@@ -136,10 +140,12 @@ def test_cancel_a_scheduled_message(sms, sms_account, server_db) -> None:  # typ
     message_id = scheduled(sms, sms_account)
     reply = sms.CancelSms(pb.CancelSmsRequest(message_id=message_id),
                           metadata=sms_account.md(), timeout=10)
-    assert reply.success and reply.message == "Message cancelled"
+    assert reply.success
+    assert reply.message == "Message cancelled"
     assert (reply.message_id, reply.status) == (message_id, common_pb2.cancelled)
     status = status_of(sms, sms_account, message_id)
-    assert status.status == common_pb2.cancelled and status.HasField("cancelled_at")
+    assert status.status == common_pb2.cancelled
+    assert status.HasField("cancelled_at")
     assert get_message(server_db, message_id).status == "cancelled"
 
 
@@ -151,7 +157,8 @@ def test_only_queued_messages_can_be_cancelled(sms, sms_account, server_db, phon
     error = fails(sms.CancelSms, pb.CancelSmsRequest(message_id=message_id), sms_account.md())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION  # HTTP 400
     assert error_reason(error) == "CANNOT_CANCEL_MESSAGE"
-    assert f"is {state}" in error.details() and "only queued" in error.details()
+    assert f"is {state}" in error.details()
+    assert "only queued" in error.details()
     assert get_message(server_db, message_id).status == state
 
 
@@ -182,7 +189,8 @@ def test_resend_a_failed_message(sms, sms_account, server_db, phone) -> None:  #
     before = utcnow()
     reply = sms.ResendSms(pb.ResendSmsRequest(message_id=message_id),
                           metadata=sms_account.md(), timeout=10)
-    assert reply.success and reply.message_id == message_id
+    assert reply.success
+    assert reply.message_id == message_id
     assert (reply.status, reply.attempts) == (common_pb2.queued, 2)
     row = get_message(server_db, message_id)
     assert (row.status, row.attempts) == ("queued", 1)
@@ -193,7 +201,8 @@ def test_resend_a_failed_message(sms, sms_account, server_db, phone) -> None:  #
     with server_db.session() as session:
         assert session.get(MessagePart, (message_id, 0)) is None  # the new attempt starts clean
     status = status_of(sms, sms_account, message_id)
-    assert status.attempts == 2 and not status.HasField("error")
+    assert status.attempts == 2
+    assert not status.HasField("error")
     # Queued again: a second resend is refused, naming the status.
     error = fails(sms.ResendSms, pb.ResendSmsRequest(message_id=message_id), sms_account.md())
     assert error_reason(error) == "CANNOT_RESEND_MESSAGE"

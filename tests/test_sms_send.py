@@ -67,7 +67,8 @@ def test_send_returns_the_documented_response(sms, sms_account, online, server_d
     reply = sms.SendSms(pb.SendSmsRequest(to="+33 6 12 34 56 78", message="Bonjour"),
                         metadata=sms_account.md(), timeout=10)
     assert reply.success is True
-    assert reply.message_id.startswith("msg_") and len(reply.message_id) == 20
+    assert reply.message_id.startswith("msg_")
+    assert len(reply.message_id) == 20
     assert reply.status == common_pb2.queued
     assert reply.to == TO  # E.164 out
     assert reply.queued_at.ToDatetime(dt.UTC) >= before.replace(microsecond=0)
@@ -256,7 +257,8 @@ def test_bulk_queues_every_recipient(sms, sms_account, server_db) -> None:  # ty
                               scheduled_at=later(hours=1), metadata=struct({"campaign": "x"})),
         metadata=sms_account.md(), timeout=10,
     )
-    assert reply.success and reply.batch_id.startswith("batch_")
+    assert reply.success
+    assert reply.batch_id.startswith("batch_")
     assert reply.total_recipients == 3
     assert [m.to for m in reply.messages] == ["+33612345678", "+447911123456", "+263771234567"]
     assert all(m.status == common_pb2.queued for m in reply.messages)
@@ -307,7 +309,9 @@ def test_personalized_bulk(sms, sms_account, server_db) -> None:  # type: ignore
         priority=common_pb2.low, scheduled_at=later(hours=3),
     )
     reply = sms.SendBulkPersonalizedSms(request, metadata=sms_account.md(), timeout=10)
-    assert reply.success and reply.batch_id.startswith("batch_") and reply.total_recipients == 2
+    assert reply.success
+    assert reply.batch_id.startswith("batch_")
+    assert reply.total_recipients == 2
     first, second = (get_message(server_db, m.message_id) for m in reply.messages)
     assert (first.body, first.meta, first.encoding) == (f"{tag} Bonjour Alice", {"name": "Alice"},
                                                          "GSM-7")

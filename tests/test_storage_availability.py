@@ -32,9 +32,12 @@ def test_a_full_sqlite_database_is_full_until_a_real_write_fits(sqlite_url: str)
                 accounts.create_client(db, f"client {n} " + "x" * 80)
         assert storage_problem(caught.value) is StorageProblem.FULL
         error = known_error(caught.value)
-        assert error is not None and error.code is ErrorCode.UNAVAILABLE
-        assert error.retry_after_seconds and "full" in error.message
-        assert "sqlite" not in error.message.lower() and "INSERT" not in error.message
+        assert error is not None
+        assert error.code is ErrorCode.UNAVAILABLE
+        assert error.retry_after_seconds
+        assert "full" in error.message
+        assert "sqlite" not in error.message.lower()
+        assert "INSERT" not in error.message
         assert db.availability.problem is StorageProblem.FULL
         # The capped connection was discarded: the check writes on a new one, and it fits.
         assert db.check_storage() is None

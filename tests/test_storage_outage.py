@@ -103,9 +103,11 @@ def _assert_storage_refusal(response: httpx.Response, word: str) -> None:
     """503 UNAVAILABLE in the envelope, about storage, with Retry-After, no internals."""
     assert response.status_code == 503, response.text
     body = response.json()
-    assert body["success"] is False and body["error"]["code"] == "UNAVAILABLE", body
+    assert body["success"] is False, body
+    assert body["error"]["code"] == "UNAVAILABLE", body
     message = body["error"]["message"]
-    assert "storage" in message and word in message, message
+    assert "storage" in message, message
+    assert word in message, message
     assert int(response.headers["retry-after"]) >= 1
     assert response.headers["zimsend-error-code"] == "UNAVAILABLE"
     for internal in INTERNAL_WORDS:
@@ -189,7 +191,8 @@ def test_a_server_started_on_a_read_only_database_says_so_and_recovers_without_r
             for program in (server, worker):
                 wait_for(lambda p=program: _lines(p, "storage.writable_again") == 1, timeout=10,
                          what=f"{program.name} saying storage is writable again")
-                assert program.alive() and _lines(program, "storage.unavailable") == 1
+                assert program.alive()
+                assert _lines(program, "storage.unavailable") == 1
                 assert "Traceback" not in program.output(), program.output()[-3000:]
 
 
@@ -234,7 +237,8 @@ def test_a_full_disk_is_503_and_not_ready_once_and_heals_when_space_is_freed(
                          what="/healthz 503 while the disk is full")
                 assert _stays(lambda: _healthz(http) == 503, 2)
                 time.sleep(2)  # the worker's cycles meet the full disk too
-                assert worker.alive() and server.alive()
+                assert worker.alive()
+                assert server.alive()
                 for program in (server, worker):
                     assert _lines(program, "storage.unavailable") <= 1, program.output()[-3000:]
                     assert "Traceback" not in program.output(), program.output()[-3000:]

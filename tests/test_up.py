@@ -144,7 +144,8 @@ def test_first_start_prints_and_stores_credentials(up) -> None:  # type: ignore[
     output = program.output()
     assert f"http://127.0.0.1:{ports['http']}/v1" in output
     assert f"127.0.0.1:{ports['device']}" in output
-    assert creds["client_id"] in output and creds["api_key"] in output
+    assert creds["client_id"] in output
+    assert creds["api_key"] in output
     assert creds["api_key"].startswith("zs_live_")
 
 
@@ -168,21 +169,25 @@ def test_rest_auth_test_with_printed_credentials(up) -> None:  # type: ignore[no
     ok = httpx.get(f"{base}/v1/auth/test",
                    headers={"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"]})
     assert ok.status_code == 200
-    assert ok.json()["success"] is True and ok.json()["client_id"] == creds["client_id"]
+    assert ok.json()["success"] is True
+    assert ok.json()["client_id"] == creds["client_id"]
 
     wrong = httpx.get(f"{base}/v1/auth/test",
                       headers={"X-API-Key": "zs_live_wrong", "X-Client-ID": creds["client_id"]})
     assert wrong.status_code == 401
     body = wrong.json()
-    assert body["success"] is False and body["error"]["code"] == "INVALID_API_KEY"
-    assert body["code"] == 16 and body["message"]
+    assert body["success"] is False
+    assert body["error"]["code"] == "INVALID_API_KEY"
+    assert body["code"] == 16
+    assert body["message"]
 
     broken = httpx.post(f"{base}/v1/sms/send", content=b"{not json",
                         headers={"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"],
                                  "Content-Type": "application/json"})
     assert broken.status_code == 400
     assert broken.headers["content-type"].startswith("application/json")
-    assert broken.json()["success"] is False and broken.json()["error"]["code"] == "INVALID_REQUEST"
+    assert broken.json()["success"] is False
+    assert broken.json()["error"]["code"] == "INVALID_REQUEST"
 
 
 def test_grpc_through_envoy_and_directly(up) -> None:  # type: ignore[no-untyped-def]
@@ -285,9 +290,11 @@ def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up) -> None:  # ty
 def test_a_later_start_rewrites_the_pairing_uri_when_tls_changes(tmp_path: Path) -> None:
     env = zimsend_env(tmp_path, "test-pepper-not-secret-0123456789")
     first, created = up_command.ensure_credentials(tmp_path, env, "127.0.0.1:8081")
-    assert created and "tls=1" not in first["pairing_uri"]
+    assert created
+    assert "tls=1" not in first["pairing_uri"]
     again, created = up_command.ensure_credentials(tmp_path, env, "127.0.0.1:8081", tls=True)
-    assert not created and again["device_password"] == first["device_password"]
+    assert not created
+    assert again["device_password"] == first["device_password"]
     stored = json.loads((tmp_path / "credentials.json").read_text())
     assert parse_qs(urlsplit(stored["pairing_uri"]).query)["tls"] == ["1"]
     assert stat.S_IMODE((tmp_path / "credentials.json").stat().st_mode) == 0o600
@@ -362,7 +369,8 @@ def test_tls_stack_end_to_end(tmp_path: Path) -> None:
             added = http.post("/v1/devices", json={"name": "second phone"}).json()
             pairing = urlsplit(added["pairing_uri"])
             query = parse_qs(pairing.query)
-            assert query["server"] == [f"127.0.0.1:{ports['device']}"] and query["tls"] == ["1"]
+            assert query["server"] == [f"127.0.0.1:{ports['device']}"]
+            assert query["tls"] == ["1"]
 
         os.kill(program.pid, signal.SIGINT)
         program.proc.wait(60)

@@ -99,15 +99,18 @@ def test_login_saves_a_private_profile_and_the_environment_wins(  # type: ignore
 
     # Each environment variable wins over the profile on its own.
     refused = run(logged_in, "keys", "--json", env={"ZIMSEND_API_KEY": "zs_live_wrong"})
-    assert refused.returncode == 1 and "INVALID_API_KEY" in refused.stderr
+    assert refused.returncode == 1
+    assert "INVALID_API_KEY" in refused.stderr
     # A wrong key is not saved; a missing profile says how to log in.
     elsewhere = tmp_path / "other-config"
     bad = run(elsewhere, "login", "--base-url", stack.base_url, "--client-id", stack.client_id,
               "--api-key", "zs_live_wrong")
-    assert bad.returncode == 1 and "INVALID_API_KEY" in bad.stderr
+    assert bad.returncode == 1
+    assert "INVALID_API_KEY" in bad.stderr
     assert not (elsewhere / "zimsend" / "config.toml").exists()
     none = run(elsewhere, "sms", "history")
-    assert none.returncode == 2 and "zimsend login" in none.stderr
+    assert none.returncode == 2
+    assert "zimsend login" in none.stderr
 
 
 # --- sms ------------------------------------------------------------------------------------
@@ -117,19 +120,23 @@ def test_sms_send_waits_for_delivered_and_json_parses(logged_in: Path, phone) ->
     sent = json.loads(ok(run(logged_in, "sms", "send", "--to", "+33612345650", "--message",
                              "Votre colis arrive", "--metadata", '{"order": 9}', "--wait",
                              "--json")).stdout)
-    assert sent["status"] == "delivered" and sent["device_id"] == phone
+    assert sent["status"] == "delivered"
+    assert sent["device_id"] == phone
     assert sent["metadata"] == {"order": 9}
     status = json.loads(ok(run(logged_in, "sms", "status", sent["message_id"], "--json")).stdout)
-    assert status["message_id"] == sent["message_id"] and status["delivered_at"]
+    assert status["message_id"] == sent["message_id"]
+    assert status["delivered_at"]
     table = ok(run(logged_in, "sms", "history", "--to", "+33612345650")).stdout
     assert table.splitlines()[0].split()[:3] == ["MESSAGE", "ID", "STATUS"]
-    assert sent["message_id"] in table and "delivered" in table
+    assert sent["message_id"] in table
+    assert "delivered" in table
     same_over_grpc = json.loads(ok(run(logged_in, "sms", "history", "--to", "+33612345650",
                                        "--json", "--transport", "grpc")).stdout)
     assert [m["message_id"] for m in same_over_grpc] == [sent["message_id"]]
     refused = run(logged_in, "sms", "send", "--to", "+33 12", "--message", "x")
     assert refused.returncode == 1
-    assert "INVALID_PHONE_NUMBER" in refused.stderr and "to:" in refused.stderr
+    assert "INVALID_PHONE_NUMBER" in refused.stderr
+    assert "to:" in refused.stderr
 
 
 def _bulk_csv(path: Path, rows: int) -> dict[int, str]:
@@ -161,7 +168,8 @@ def test_bulk_csv_of_250_rows_shows_progress_and_a_summary(logged_in: Path, tmp_
                "--batch-size", "50", timeout=300)
     assert done.returncode == 1, done.stderr  # some rows failed
     progress = [line for line in done.stderr.splitlines() if line.startswith("sending [")]
-    assert len(progress) >= 6 and progress[-1].startswith("sending [" + "#" * 30 + "] 250/250")
+    assert len(progress) >= 6
+    assert progress[-1].startswith("sending [" + "#" * 30 + "] 250/250")
     assert "queued 247, failed 3" in progress[-1]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("250 rows: 247 queued, 3 failed (batches: batch_")
@@ -206,7 +214,8 @@ def test_devices_add_prints_the_pairing_uri_and_its_qr_code(logged_in: Path, pho
                                 "--no-enabled", "--json")).stdout)
     assert (changed["daily_cap"], changed["enabled"]) == (500, False)
     table = ok(run(logged_in, "devices")).stdout
-    assert phone in table and "online" in table
+    assert phone in table
+    assert "online" in table
     ok(run(logged_in, "devices", "remove", new_id))
 
 
@@ -242,10 +251,13 @@ def test_events_tail_follows_real_deliveries(  # type: ignore[no-untyped-def]
             tail.kill()
         assert tail.returncode == 0, err
         entry = json.loads(out.splitlines()[0])
-        assert entry["event_id"] == tested["event_id"] and entry["event"] == "webhook.test"
-        assert entry["success"] is True and entry["response_status"] == 200
+        assert entry["event_id"] == tested["event_id"]
+        assert entry["event"] == "webhook.test"
+        assert entry["success"] is True
+        assert entry["response_status"] == 200
         logs = ok(run(logged_in, "webhooks", "logs", "--webhook", hook["webhook_id"])).stdout
-        assert tested["event_id"] in logs and " ok " in logs
+        assert tested["event_id"] in logs
+        assert " ok " in logs
         listed = json.loads(ok(run(logged_in, "webhooks", "--json")).stdout)
         assert hook["webhook_id"] in {h["webhook_id"] for h in listed}
         ok(run(logged_in, "webhooks", "remove", hook["webhook_id"]))

@@ -98,7 +98,8 @@ def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(  # type: i
     port = free_port()
     hook = configure(webhooks, account, f"http://127.0.0.1:{port}/hooks",
                      ["sms.sent", "sms.delivered", "device.connected"])
-    assert hook.secret.startswith("whsec_") and hook.status == "active"
+    assert hook.secret.startswith("whsec_")
+    assert hook.status == "active"
     own_secret = "my-own-secret-of-32-characters!!"
     with Receiver(logs_dir, secret=hook.secret, port=port) as receiver, \
             Receiver(logs_dir, secret=own_secret, name="own-secret") as second:
@@ -134,8 +135,11 @@ def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(  # type: i
     assert json.loads(body_of(own[0]))["data"]["message_id"] == sent.message_id
     assert "sms.received" not in {b["event"] for b in by_event.values()}
     (log,) = logs_of(webhooks, account, test.event_id)
-    assert log.success and log.response_status == 200 and log.attempt == 1
-    assert log.webhook_id == hook.webhook_id and log.event == "webhook.test"
+    assert log.success
+    assert log.response_status == 200
+    assert log.attempt == 1
+    assert log.webhook_id == hook.webhook_id
+    assert log.event == "webhook.test"
 
 
 def test_a_receiver_down_for_two_attempts_gets_the_third(  # type: ignore[no-untyped-def]
@@ -147,16 +151,20 @@ def test_a_receiver_down_for_two_attempts_gets_the_third(  # type: ignore[no-unt
     wait_until(lambda: len(logs_of(webhooks, account, event_id)) >= 2, what="two failed attempts")
     with Receiver(logs_dir, secret=hook.secret, port=port) as receiver:
         (record,) = receiver.wait_for(lambda r: len(r) >= 1)
-    assert record["verified"] and record["event_id"] == event_id
+    assert record["verified"]
+    assert record["event_id"] == event_id
     # The receiver has the request before the worker has written the attempt row.
     wait_until(lambda: len(logs_of(webhooks, account, event_id)) >= 3, what="third attempt")
     first, second, third = logs_of(webhooks, account, event_id)
     assert [a.attempt for a in (first, second, third)] == [1, 2, 3]
     assert [a.success for a in (first, second, third)] == [False, False, True]
-    assert first.response_status == 0 and "connection" in first.error
+    assert first.response_status == 0
+    assert "connection" in first.error
     gaps = [(b.timestamp.ToDatetime() - a.timestamp.ToDatetime()).total_seconds()
             for a, b in ((first, second), (second, third))]
-    assert gaps[0] >= 1 and gaps[1] >= 2 and gaps[1] > gaps[0], gaps
+    assert gaps[0] >= 1, gaps
+    assert gaps[1] >= 2, gaps
+    assert gaps[1] > gaps[0], gaps
     assert event_row(server_db, event_id).status == "delivered"
 
 
@@ -182,7 +190,8 @@ def test_a_receiver_that_never_answers_ends_failed_and_can_be_redelivered(  # ty
         )
         assert reply.event_id == event_id
         (record,) = receiver.wait_for(lambda r: len(r) >= 1)
-    assert record["event_id"] == event_id and record["verified"]
+    assert record["event_id"] == event_id
+    assert record["verified"]
     wait_until(lambda: event_row(server_db, event_id).status == "delivered", what="delivered")
     latest = logs_of(webhooks, account, event_id)[-1]
     assert (latest.attempt, latest.success) == (1, True)  # a fresh schedule, same event_id
@@ -242,7 +251,8 @@ def test_ctrl_c_lets_the_delivery_in_flight_finish(tmp_path_factory, logs_dir) -
             assert worker.proc.wait(15) == 0
         assert "worker.stopped" in worker.log_path.read_text()
     (attempt,) = deliveries(db, event_id)
-    assert attempt.success and attempt.response_time_ms >= 1900
+    assert attempt.success
+    assert attempt.response_time_ms >= 1900
     assert event_row(db, event_id).status == "delivered"
     db.dispose()
 
@@ -274,7 +284,8 @@ def test_two_workers_on_postgresql_deliver_each_event_once(  # type: ignore[no-u
                                          metadata=account.md(), timeout=10)
     db.dispose()
     counts = Counter(r["event_id"] for r in records)
-    assert set(counts) == set(events) and set(counts.values()) == {1}, counts.most_common(3)
+    assert set(counts) == set(events), counts.most_common(3)
+    assert set(counts.values()) == {1}, counts.most_common(3)
     assert all(r["verified"] for r in records)
     assert reply.pagination.total_items == 60
     workers = {line for line in (logs_dir.glob("pg-*.log")) if "webhook.attempted" in line.read_text()}

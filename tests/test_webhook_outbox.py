@@ -57,11 +57,13 @@ def failed(at: dt.datetime | None = None) -> AttemptOutcome:
 def test_configure_generates_a_whsec_secret_stored_encrypted(db: Database) -> None:
     client = seed_client(db)
     new = add_endpoint(db, client, "https://hooks.example.com/z", ["sms.sent", "sms.sent", "otp.verified"])
-    assert new.secret.startswith("whsec_") and new.endpoint.id.startswith("wh_")
+    assert new.secret.startswith("whsec_")
+    assert new.endpoint.id.startswith("wh_")
     assert new.endpoint.events == ["sms.sent", "otp.verified"]
     with db.session() as s:
         row = s.get(WebhookEndpoint, new.endpoint.id)
-    assert row is not None and new.secret not in row.secret_encrypted
+    assert row is not None
+    assert new.secret not in row.secret_encrypted
     assert decrypt_secret(PEPPER, row.secret_encrypted, bound_to=row.id) == new.secret
 
 
@@ -75,7 +77,8 @@ def test_configure_names_every_bad_field(db: Database) -> None:
     error = caught.value
     assert error.code.name == "INVALID_REQUEST"
     assert {v.field for v in error.violations} == {"events[1]", "events[2]", "secret"}
-    assert "sms.exploded" in error.message and "16" in error.message
+    assert "sms.exploded" in error.message
+    assert "16" in error.message
 
 
 @pytest.mark.parametrize("url", [
@@ -123,7 +126,8 @@ def test_a_claim_leases_due_events_once(db: Database) -> None:
     assert all(e.attempt == 1 for e in claimed)
     assert claim(db, token="w2#1") == []
     row = event_row(db, first)
-    assert row.status == OutboxStatus.DELIVERING and row.claimed_by == "w1#1"
+    assert row.status == OutboxStatus.DELIVERING
+    assert row.claimed_by == "w1#1"
 
 
 def test_an_expired_lease_is_taken_over_as_the_same_attempt(db: Database) -> None:
@@ -132,7 +136,8 @@ def test_an_expired_lease_is_taken_over_as_the_same_attempt(db: Database) -> Non
     (mine,) = claim(db)
     later = now() + LEASE + dt.timedelta(seconds=1)
     (theirs,) = claim(db, token="w2#1", at=later)
-    assert theirs.id == event_id and theirs.attempt == mine.attempt == 1
+    assert theirs.id == event_id
+    assert theirs.attempt == mine.attempt == 1
     # The first worker's outcome arrives late: it must not overwrite the new owner's.
     assert finish_event(db, mine, remaining=0, last_error=None, schedule=SCHEDULE, now=later) is None
     assert event_row(db, event_id).claimed_by == "w2#1"
@@ -148,7 +153,8 @@ def test_attempts_follow_the_schedule_then_fail(db: Database) -> None:
         assert event.attempt == attempt
         assert finish_event(db, event, remaining=1, last_error="x", schedule=SCHEDULE, now=t) == "pending"
         row = event_row(db, event_id)
-        assert row.next_attempt_at == t + dt.timedelta(seconds=delay) and row.attempts == attempt
+        assert row.next_attempt_at == t + dt.timedelta(seconds=delay)
+        assert row.attempts == attempt
         assert claim(db, at=t + dt.timedelta(seconds=delay - 1)) == []
         t += dt.timedelta(seconds=delay)
     (event,) = claim(db, at=t)
@@ -163,7 +169,8 @@ def test_release_gives_the_event_back_at_once(db: Database) -> None:
     (event,) = claim(db)
     release_claim(db, event, now())
     (again,) = claim(db, token="w2#1")
-    assert again.id == event.id and again.attempt == 1
+    assert again.id == event.id
+    assert again.attempt == 1
 
 
 @pytest.mark.postgres
@@ -216,7 +223,8 @@ def test_a_message_webhook_url_replaces_the_endpoints(db: Database) -> None:
     add_event(db, client, "sms.sent", webhook_url="https://override.example.com/x")
     (event,) = claim(db)
     (target,) = targets_of(db, PEPPER, event)
-    assert target.url == "https://override.example.com/x" and target.webhook_id is None
+    assert target.url == "https://override.example.com/x"
+    assert target.webhook_id is None
     assert target.secret == newest.secret  # signed with the client's newest endpoint secret
 
 
@@ -225,7 +233,8 @@ def test_a_message_webhook_url_without_any_secret_is_never_sent_unsigned(db: Dat
     add_event(db, client, "sms.sent", webhook_url="https://override.example.com/x")
     (event,) = claim(db)
     (target,) = targets_of(db, PEPPER, event)
-    assert target.secret is None and "configure a webhook" in (target.problem or "")
+    assert target.secret is None
+    assert "configure a webhook" in (target.problem or "")
 
 
 def test_a_test_event_goes_to_its_endpoint_only(db: Database) -> None:
@@ -234,7 +243,8 @@ def test_a_test_event_goes_to_its_endpoint_only(db: Database) -> None:
     add_endpoint(db, client, "https://b.example.com/", ["sms.sent"])
     queued = endpoints.queue_test_event(db, client, tested.endpoint.id)
     (event,) = claim(db)
-    assert event.id == queued.id and event.event_type == "webhook.test"
+    assert event.id == queued.id
+    assert event.event_type == "webhook.test"
     assert [t.webhook_id for t in targets_of(db, PEPPER, event)] == [tested.endpoint.id]
 
 
@@ -270,7 +280,8 @@ def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
     assert (page.total_items, page.total_pages) == (3, 2)
     assert [r.event_id for r in endpoints.list_logs(db, client, page=2, limit=2).logs] == [ids[0]]
     only = endpoints.list_logs(db, client, event_id=ids[1])  # page and limit not given
-    assert [r.event_id for r in only.logs] == [ids[1]] and only.per_page == 50
+    assert [r.event_id for r in only.logs] == [ids[1]]
+    assert only.per_page == 50
     assert endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id).total_items == 3
     assert endpoints.list_logs(db, seed_client(db), page=1, limit=10).total_items == 0
     with pytest.raises(ApiError, match="limit"):
@@ -293,7 +304,8 @@ def test_redeliver_requeues_a_failed_event_with_a_fresh_schedule(db: Database) -
     assert caught.value.code.name == "EVENT_NOT_FOUND"
     endpoints.redeliver(db, client, event_id)
     (again,) = claim(db)
-    assert again.id == event_id and again.attempt == 1
+    assert again.id == event_id
+    assert again.attempt == 1
 
 
 # --- retention ---------------------------------------------------------------------------
@@ -317,10 +329,12 @@ def test_retention_deletes_old_messages_and_keeps_the_aggregates(db: Database) -
     (event,) = claim(db)
     finish_event(db, event, remaining=0, last_error=None, schedule=SCHEDULE, now=t)
     counts = purge_expired(db, t, retention_days=90)
-    assert counts["messages"] == 1 and counts["outbox_events"] == 1
+    assert counts["messages"] == 1
+    assert counts["outbox_events"] == 1
     with db.session() as s:
         assert s.get(Message, "msg_old") is None
-        assert s.get(Message, "msg_edge") is not None and s.get(Message, "msg_new") is not None
+        assert s.get(Message, "msg_edge") is not None
+        assert s.get(Message, "msg_new") is not None
         assert len(list(s.exec(select(DailyAggregate)))) == 1
     assert purge_expired(db, t, retention_days=90)["messages"] == 0
     assert old_event == event.id

@@ -29,27 +29,33 @@ def test_configure_list_test_logs_delete(http) -> None:  # type: ignore[no-untyp
     })
     assert created.status_code == 200, created.text
     body = created.json()
-    assert body["success"] is True and body["status"] == "active"
-    assert body["secret"].startswith("whsec_") and body["webhook_id"].startswith("wh_")
+    assert body["success"] is True
+    assert body["status"] == "active"
+    assert body["secret"].startswith("whsec_")
+    assert body["webhook_id"].startswith("wh_")
     assert body["events"] == ["sms.sent", "sms.delivered"]
     webhook_id = body["webhook_id"]
 
     listed = http.get("/v1/webhooks").json()
     assert listed["success"] is True
     assert [w["webhook_id"] for w in listed["webhooks"]] == [webhook_id]
-    assert "secret" not in listed["webhooks"][0] and body["secret"] not in str(listed)
+    assert "secret" not in listed["webhooks"][0]
+    assert body["secret"] not in str(listed)
 
     tested = http.post(f"/v1/webhooks/{webhook_id}/test", json={}).json()
-    assert tested["success"] is True and tested["event_id"].startswith("evt_")
+    assert tested["success"] is True
+    assert tested["event_id"].startswith("evt_")
 
     logs = http.get("/v1/webhooks/logs", params={"page": 1, "limit": 10}).json()
     assert logs["success"] is True
-    assert logs["pagination"]["current_page"] == 1 and logs["pagination"]["per_page"] == 10
+    assert logs["pagination"]["current_page"] == 1
+    assert logs["pagination"]["per_page"] == 10
 
     deleted = http.delete(f"/v1/webhooks/{webhook_id}").json()
     assert deleted == {"success": True, "webhook_id": webhook_id}
     gone = http.delete(f"/v1/webhooks/{webhook_id}")
-    assert gone.status_code == 404 and gone.json()["error"]["code"] == "WEBHOOK_NOT_FOUND"
+    assert gone.status_code == 404
+    assert gone.json()["error"]["code"] == "WEBHOOK_NOT_FOUND"
 
 
 @pytest.mark.parametrize("url", ["http://hooks.example.com/", "https://127.0.0.1/", "https://2130706433/"])
@@ -57,8 +63,10 @@ def test_a_refused_url_is_400_invalid_webhook_url(http, url) -> None:  # type: i
     response = http.post("/v1/webhooks/configure", json={"url": url, "events": ["sms.sent"]})
     assert response.status_code == 400
     body = response.json()
-    assert body["success"] is False and body["error"]["code"] == "INVALID_WEBHOOK_URL"
-    assert body["code"] == 3 and "url" in body["error"]["message"]
+    assert body["success"] is False
+    assert body["error"]["code"] == "INVALID_WEBHOOK_URL"
+    assert body["code"] == 3
+    assert "url" in body["error"]["message"]
 
 
 @pytest.mark.parametrize("param, range_text", [("page", "must be 1 or more (got 0)"),

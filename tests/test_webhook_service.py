@@ -66,8 +66,10 @@ def configure(webhooks: Any, account: Any, url: str = "https://hooks.example.com
 
 def test_configure_shows_the_secret_once_and_list_never(webhooks, account) -> None:  # type: ignore[no-untyped-def]
     created = configure(webhooks, account)
-    assert created.success and created.webhook_id.startswith("wh_")
-    assert created.secret.startswith("whsec_") and created.status == "active"
+    assert created.success
+    assert created.webhook_id.startswith("wh_")
+    assert created.secret.startswith("whsec_")
+    assert created.status == "active"
     assert list(created.events) == ["sms.sent", "sms.delivered"]
     listed = webhooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=account.md(), timeout=10)
     (hook,) = listed.webhooks
@@ -85,7 +87,8 @@ def test_local_and_plain_urls_are_refused(webhooks, account, url) -> None:  # ty
         configure(webhooks, account, url=url)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     reason, fields = details(caught.value)
-    assert reason == "INVALID_WEBHOOK_URL" and "url" in fields
+    assert reason == "INVALID_WEBHOOK_URL"
+    assert "url" in fields
 
 
 def test_each_bad_field_is_named(webhooks, account) -> None:  # type: ignore[no-untyped-def]
@@ -94,7 +97,8 @@ def test_each_bad_field_is_named(webhooks, account) -> None:  # type: ignore[no-
     reason, fields = details(caught.value)
     assert reason == "INVALID_REQUEST"
     assert set(fields) == {"events[1]", "secret"}
-    assert "sms.teleported" in fields["events[1]"] and "otp.verified" in fields["events[1]"]
+    assert "sms.teleported" in fields["events[1]"]
+    assert "otp.verified" in fields["events[1]"]
     with pytest.raises(grpc.RpcError) as caught:
         configure(webhooks, account, events=())
     assert set(details(caught.value)[1]) == {"events"}
@@ -104,11 +108,15 @@ def test_test_queues_an_event_for_that_endpoint(webhooks, account, server_db) ->
     hook = configure(webhooks, account)
     reply = webhooks.TestWebhook(pb.TestWebhookRequest(webhook_id=hook.webhook_id),
                                  metadata=account.md(), timeout=10)
-    assert reply.success and reply.event_id.startswith("evt_") and reply.event_id in reply.message
+    assert reply.success
+    assert reply.event_id.startswith("evt_")
+    assert reply.event_id in reply.message
     with server_db.session() as s:
         event = s.get(OutboxEvent, reply.event_id)
-    assert event is not None and event.event_type == "webhook.test"
-    assert event.client_id == account.client_id and event.payload["webhook_id"] == hook.webhook_id
+    assert event is not None
+    assert event.event_type == "webhook.test"
+    assert event.client_id == account.client_id
+    assert event.payload["webhook_id"] == hook.webhook_id
 
 
 def test_another_clients_webhook_is_not_found(webhooks, account, server_db) -> None:  # type: ignore[no-untyped-def]
@@ -134,14 +142,16 @@ def test_delete_removes_it_from_the_list(webhooks, account) -> None:  # type: ig
     keep, gone = configure(webhooks, account), configure(webhooks, account)
     reply = webhooks.DeleteWebhook(pb.DeleteWebhookRequest(webhook_id=gone.webhook_id),
                                    metadata=account.md(), timeout=10)
-    assert reply.success and reply.webhook_id == gone.webhook_id
+    assert reply.success
+    assert reply.webhook_id == gone.webhook_id
     listed = webhooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=account.md(), timeout=10)
     assert [h.webhook_id for h in listed.webhooks] == [keep.webhook_id]
 
 
 def test_logs_start_empty_and_reject_a_page_too_large(webhooks, account) -> None:  # type: ignore[no-untyped-def]
     reply = webhooks.ListWebhookLogs(pb.ListWebhookLogsRequest(), metadata=account.md(), timeout=10)
-    assert reply.success and list(reply.logs) == []
+    assert reply.success
+    assert list(reply.logs) == []
     assert (reply.pagination.current_page, reply.pagination.per_page) == (1, 50)
     assert reply.pagination.total_items == 0
     with pytest.raises(grpc.RpcError) as caught:

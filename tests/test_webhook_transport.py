@@ -52,7 +52,8 @@ def post(url: str, resolver: StubResolver, connector: RecordingConnector, *,
 ])
 def test_every_spelling_of_loopback_is_parsed_as_loopback(spelling: str) -> None:
     address = parse_ip_literal(spelling)
-    assert address is not None and unwrap(address) == ipaddress.ip_address("127.0.0.1")
+    assert address is not None
+    assert unwrap(address) == ipaddress.ip_address("127.0.0.1")
 
 
 @pytest.mark.parametrize("name", ["example.com", "1.2.3.4.5", "08.1.2.3", "0x", "hooks.127.0.0.1.nip"])
@@ -80,7 +81,9 @@ def test_public_addresses_pass(address: str) -> None:
 
 def test_the_reason_names_the_embedded_address() -> None:
     reason = forbidden_reason(ipaddress.ip_address("::ffff:169.254.169.254"))
-    assert reason is not None and "169.254.169.254" in reason and "metadata" in reason
+    assert reason is not None
+    assert "169.254.169.254" in reason
+    assert "metadata" in reason
 
 
 # --- configure-time URL checks ------------------------------------------------------------
@@ -119,8 +122,10 @@ def test_a_public_https_url_is_accepted() -> None:
 def test_literal_private_urls_are_refused_without_connecting(url: str) -> None:
     resolver, connector = StubResolver({}), RecordingConnector()
     outcome = post(url, resolver, connector)
-    assert not outcome.success and outcome.status is None
-    assert connector.connects == [] and resolver.calls == []
+    assert not outcome.success
+    assert outcome.status is None
+    assert connector.connects == []
+    assert resolver.calls == []
 
 
 def test_a_name_resolving_to_a_private_address_is_refused() -> None:
@@ -128,7 +133,8 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
     connector = RecordingConnector()
     outcome = post("https://internal.example.com/hook", resolver, connector)
     assert not outcome.success
-    assert "10.0.0.1" in (outcome.error or "") and "private" in (outcome.error or "")
+    assert "10.0.0.1" in (outcome.error or "")
+    assert "private" in (outcome.error or "")
     assert resolver.calls == ["internal.example.com"]
     assert connector.connects == []
 
@@ -140,14 +146,16 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
 def test_wrapped_or_mixed_private_answers_are_refused(answer: list[str]) -> None:
     connector = RecordingConnector()
     outcome = post("https://tricky.example.com/", StubResolver({"tricky.example.com": answer}), connector)
-    assert not outcome.success and connector.connects == []
+    assert not outcome.success
+    assert connector.connects == []
 
 
 def test_connects_to_the_checked_address_and_keeps_the_name_for_tls_and_host() -> None:
     resolver = StubResolver({"hooks.example.com": [PUBLIC_V4]})
     connector = RecordingConnector()
     outcome = post("https://hooks.example.com/zimsend", resolver, connector)
-    assert outcome.success and outcome.status == 200
+    assert outcome.success
+    assert outcome.status == 200
     assert connector.connects == [(PUBLIC_V4, 443)]  # the address, not the name
     assert connector.tls_server_names == ["hooks.example.com"]  # SNI + certificate name
     assert b"\r\nHost: hooks.example.com\r\n" in connector.written
@@ -170,7 +178,8 @@ def test_redirects_are_failures_and_are_not_followed() -> None:
         b"HTTP/1.1 302 Found\r\nLocation: https://10.0.0.1/\r\nContent-Length: 0\r\n\r\n"
     )
     outcome = post("https://hooks.example.com/", resolver, connector)
-    assert not outcome.success and outcome.status == 302
+    assert not outcome.success
+    assert outcome.status == 302
     assert "redirect" in (outcome.error or "")
     assert connector.connects == [(PUBLIC_V4, 443)]  # one request only
 
@@ -178,21 +187,25 @@ def test_redirects_are_failures_and_are_not_followed() -> None:
 def test_non_2xx_is_a_failure_with_its_status() -> None:
     connector = RecordingConnector(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
     outcome = post("https://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V6]}), connector)
-    assert not outcome.success and outcome.status == 500
+    assert not outcome.success
+    assert outcome.status == 500
     assert connector.connects == [(PUBLIC_V6, 443)]
 
 
 def test_plain_http_is_refused_unless_insecure() -> None:
     connector = RecordingConnector()
     refused = post("http://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V4]}), connector)
-    assert not refused.success and "https" in (refused.error or "") and connector.connects == []
+    assert not refused.success
+    assert "https" in (refused.error or "")
+    assert connector.connects == []
 
 
 def test_development_setting_connects_to_private_addresses() -> None:
     connector = RecordingConnector()
     outcome = post("http://internal.example.com:8080/", StubResolver({"internal.example.com": ["10.0.0.1"]}),
                    connector, allow_private=True)
-    assert outcome.success and connector.connects == [("10.0.0.1", 8080)]
+    assert outcome.success
+    assert connector.connects == [("10.0.0.1", 8080)]
 
 
 def test_unix_sockets_are_refused() -> None:

@@ -103,12 +103,16 @@ def test_a_failing_endpoint_is_retried_on_the_schedule_then_failed(db: Database,
     run_worker(db, make_settings(tmp_path), RecordingConnector(responses={DOWN: FAIL}),
                status_of(db, event_id))
     row = event_row(db, event_id)
-    assert row.status == "failed" and row.attempts == 3 and "503" in (row.last_error or "")
+    assert row.status == "failed"
+    assert row.attempts == 3
+    assert "503" in (row.last_error or "")
     rows = deliveries(db, event_id)
     assert [r.attempt for r in rows] == [1, 2, 3]
     assert all(not r.success and r.response_status == 503 for r in rows)
     gaps = [(b.created_at - a.created_at).total_seconds() for a, b in itertools.pairwise(rows)]
-    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[1] > gaps[0]
+    assert gaps[0] >= 0.2
+    assert gaps[1] >= 0.4
+    assert gaps[1] > gaps[0]
 
 
 def test_only_the_failed_endpoint_is_retried(db: Database, tmp_path: Path) -> None:
@@ -130,8 +134,10 @@ def test_a_timeout_is_logged_without_a_status(db: Database, tmp_path: Path) -> N
     settings = make_settings(tmp_path, webhook_retry_schedule_seconds=[0])
     run_worker(db, settings, RecordingConnector(hang={SLOW}), status_of(db, event_id))
     (row,) = deliveries(db, event_id)
-    assert not row.success and row.response_status is None
-    assert "0.5 s" in (row.error or "") and 450 <= (row.response_time_ms or 0) < 3000
+    assert not row.success
+    assert row.response_status is None
+    assert "0.5 s" in (row.error or "")
+    assert 450 <= (row.response_time_ms or 0) < 3000
 
 
 def test_an_event_nobody_subscribed_to_is_closed_without_attempts(db: Database, tmp_path: Path) -> None:
@@ -141,8 +147,10 @@ def test_an_event_nobody_subscribed_to_is_closed_without_attempts(db: Database, 
     connector = RecordingConnector()
     run_worker(db, make_settings(tmp_path), connector, status_of(db, event_id))
     row = event_row(db, event_id)
-    assert row.status == "delivered" and "no active webhook" in (row.last_error or "")
-    assert deliveries(db, event_id) == [] and connector.connects == []
+    assert row.status == "delivered"
+    assert "no active webhook" in (row.last_error or "")
+    assert deliveries(db, event_id) == []
+    assert connector.connects == []
 
 
 def test_a_graceful_stop_gives_unfinished_claims_back(db: Database, tmp_path: Path) -> None:
@@ -153,7 +161,9 @@ def test_a_graceful_stop_gives_unfinished_claims_back(db: Database, tmp_path: Pa
     connector = RecordingConnector(hang={SLOW})
     run_worker(db, settings, connector, lambda: bool(connector.connects), stop_grace=0.2, lease=60)
     row = event_row(db, event_id)
-    assert row.status == "pending" and row.attempts == 0 and row.claimed_by is None
+    assert row.status == "pending"
+    assert row.attempts == 0
+    assert row.claimed_by is None
     assert deliveries(db, event_id) == []
 
 
@@ -167,9 +177,12 @@ def test_the_body_is_identical_on_every_attempt(db: Database, tmp_path: Path) ->
     run_worker(db, make_settings(tmp_path), connector, status_of(db, event_id))
     requests = connector.written.split(b"POST / HTTP/1.1")[1:]
     bodies = {r.split(b"\r\n\r\n", 1)[1] for r in requests}
-    assert len(requests) == 3 and len(bodies) == 1
+    assert len(requests) == 3
+    assert len(bodies) == 1
     body = json.loads(bodies.pop())
-    assert body["event"] == "sms.failed" and body["event_id"] == event_id and body["data"] == data
+    assert body["event"] == "sms.failed"
+    assert body["event_id"] == event_id
+    assert body["data"] == data
 
 
 def test_the_worker_expires_overdue_messages(db: Database, tmp_path: Path) -> None:
@@ -187,7 +200,8 @@ def test_the_worker_expires_overdue_messages(db: Database, tmp_path: Path) -> No
     run_worker(db, make_settings(tmp_path), RecordingConnector(), expired)
     with db.session() as s:
         message = s.get(Message, "msg_overdue")
-        assert message is not None and message.error_code == "EXPIRED"
+        assert message is not None
+        assert message.error_code == "EXPIRED"
         events = [e.event_type for e in s.exec(select(OutboxEvent))]
     assert events == ["sms.failed"]
 

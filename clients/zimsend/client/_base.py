@@ -36,7 +36,8 @@ class Credentials:
         if missing:
             raise ValueError(f"ZimSend needs {' and '.join(missing)} (arguments, or the "
                              "ZIMSEND_API_KEY / ZIMSEND_CLIENT_ID environment variables)")
-        assert api_key and client_id
+        assert api_key
+        assert client_id
         return cls(api_key, client_id, base_url, device_id)
 
     def request(self, call: Call[object], key: str | None, timeout: float | None) -> Request:

@@ -57,7 +57,8 @@ async def authenticate(state: ServerState, context: grpc.aio.ServicerContext) ->
             f"Missing authentication header(s): {', '.join(missing)}. Every request needs "
             "X-API-Key and X-Client-ID.",
         )
-    assert api_key is not None and client_id is not None
+    assert api_key is not None
+    assert client_id is not None
     key_hash = hash_secret(state.pepper, api_key)
     caller = state.verified_keys.get(key_hash)
     if caller is None:

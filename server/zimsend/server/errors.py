@@ -157,7 +157,8 @@ def _pack(message: object) -> any_pb2.Any:
 
 def _grpc_code_number(status: grpc.StatusCode) -> int:
     number = status.value[0]
-    assert isinstance(number, int) and code_pb2.Code.Name(number)
+    assert isinstance(number, int)
+    assert code_pb2.Code.Name(number)
     return number
 
 

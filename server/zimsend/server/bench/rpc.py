@@ -133,7 +133,8 @@ def grpc_send(stack: Stack, tenant: Tenant, *, concurrency: int, duration: float
 
 def rest_send(stack: Stack, tenant: Tenant, base_url: str, *, concurrency: int,
               duration: float, warmup: float, grpc_rps: float | None) -> dict[str, Any]:
-    assert stack.server is not None and stack.envoy is not None
+    assert stack.server is not None
+    assert stack.envoy is not None
     result = run_loadgens(stack, "rest", mode="rest", target=base_url, tenant=tenant,
                           concurrency=concurrency, duration=duration, warmup=warmup,
                           scheduled=True, watch={"server": stack.server.pid,

@@ -99,7 +99,9 @@ def check_send(request: pb.SendOtpRequest) -> OtpPlan:
         v, "metadata", request.metadata if request.HasField("metadata") else None
     )
     v.raise_if_any()
-    assert to is not None and length is not None and expiry is not None
+    assert to is not None
+    assert length is not None
+    assert expiry is not None
     assert template is not None
     segments, encoding = segment(template.replace(PLACEHOLDER, "0" * length))
     return OtpPlan(to, length, dt.timedelta(seconds=expiry), template, meta, segments, encoding)

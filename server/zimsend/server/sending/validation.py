@@ -72,7 +72,8 @@ def validate_send(
         v, "sim_slot", request.sim_slot if request.HasField("sim_slot") else None
     )
     v.raise_if_any()
-    assert to is not None and body is not None
+    assert to is not None
+    assert body is not None
     return SendPlan("single", [_draft(to, body, meta)], *options, sim_slot=slot)
 
 
