@@ -196,11 +196,14 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messa
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="zimsend.v1"))
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    await context.abort(code, message,
-                        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+    await context.abort(
+        code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+    )
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> None:
     """Poll `predicate` from a plain thread (for use inside trio.to_thread or asyncio tests)."""
     deadline = time.monotonic() + timeout
     while not predicate():

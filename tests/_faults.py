@@ -35,8 +35,8 @@ import httpx
 from _devices import ServerDb, outbox_lines, quick_tenant, start_agent, wait_for
 from _processes import Program, free_port, start_server, zimsend_env
 from _receivers import Receiver, body_of, start_worker
-
 from conftest import TEST_PEPPER
+
 from zimsend.gateway import RateLimit, start_envoy
 
 WEBHOOK_SECRET = "fault-suite-webhook-secret-0123456789"

@@ -134,7 +134,7 @@ class PostgresServer:
         with self.logfile.open("ab") as log:
             self._proc = subprocess.Popen(
                 args, cwd=self._tmp, env=self._env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, **self._as_user,  # noqa: PLW1509 (prctl only, no locks)
+                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, **self._as_user,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

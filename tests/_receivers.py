@@ -78,7 +78,9 @@ def verify_standard(record: dict[str, Any], secret: str | bytes) -> Any:
     return Webhook(secret).verify(body_of(record), headers)
 
 
-def start_worker(env: Mapping[str, str], log_dir: Path, name: str = "worker", *args: str) -> Program:
+def start_worker(
+    env: Mapping[str, str], log_dir: Path, name: str = "worker", *args: str
+) -> Program:
     """`zimsend worker`, polling fast, once it has logged `worker.started`."""
     program = Program(
         [ZIMSEND, "worker", "--poll-interval", "0.1", "--worker-id", name, *args], env=env,

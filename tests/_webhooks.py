@@ -130,9 +130,14 @@ class RecordingConnector(httpcore.AsyncNetworkBackend):
         self.responses = responses or {}
         self.hang = hang or set()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         self.connects.append((host, port))
         return RecordingStream(self, self.responses.get(host, self.response), host in self.hang)
 

@@ -28,8 +28,15 @@ class ZimSendClient:
             raise ZimSendError(error.get("code"), error.get("message"), response.status_code)
         return data
 
-    def send_sms(self, to: str, message: str, priority: int = 3, webhook_url: str | None = None,
-                 metadata: dict[str, Any] | None = None, scheduled_at: str | None = None) -> dict[str, Any]:
+    def send_sms(
+        self,
+        to: str,
+        message: str,
+        priority: int = 3,
+        webhook_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        scheduled_at: str | None = None,
+    ) -> dict[str, Any]:
         payload = {"to": to, "message": message, "priority": priority, "webhook_url": webhook_url,
                    "metadata": metadata, "scheduled_at": scheduled_at}
         return self._handle(self.session.post(f"{self.base_url}/sms/send", json=payload))

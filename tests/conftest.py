@@ -277,6 +277,7 @@ def server_db(server, zimsend_env: dict[str, str]):  # type: ignore[no-untyped-d
 @pytest.fixture(scope="module")
 def sms(server):  # type: ignore[no-untyped-def]
     import grpc
+
     from zimsend.v1 import sms_pb2_grpc
 
     _, address = server

@@ -46,8 +46,13 @@ def test_a_wrong_password_exits_3_with_a_clear_message_and_no_secret(
 
 
 def test_missing_credentials_exit_2_naming_the_flags(tmp_path: Path) -> None:
-    done = subprocess.run(zimsend("run", "--server", "127.0.0.1:1"), check=False, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        zimsend("run", "--server", "127.0.0.1:1"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "--client-id" in done.stderr
     assert "--pairing" in done.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.lowlevel
 
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
@@ -42,7 +43,7 @@ def test_the_reporter_forgets_what_the_server_acknowledged(tmp_path: Path) -> No
                 assert frame is not None
                 reporter.add([frame])
                 if i % 100 == 0:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
             with trio.fail_after(10):
                 while reporter.unacked:
                     await trio.sleep(0.01)

@@ -93,7 +93,9 @@ def test_a_long_gsm_message_leaves_as_concatenated_parts_with_their_references(
     assert [to for to, _ in sent] == [TO] * 11
     assert "".join(text for _, text in sent) == body
     awaiting = journal.awaiting_delivery()
-    assert [(a.part_index, a.reference, a.to) for a in awaiting] == [(i, 255, TO) for i in range(11)]
+    assert [(a.part_index, a.reference, a.to) for a in awaiting] == [
+        (i, 255, TO) for i in range(11)
+    ]
 
 
 def test_a_ucs2_message_keeps_its_characters(modem: DummyModem, journal: Journal) -> None:

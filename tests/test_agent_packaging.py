@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from zimsend.buildtools import codegen
 
 ROOT = Path(__file__).resolve().parent.parent

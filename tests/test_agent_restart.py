@@ -36,7 +36,6 @@ MESSAGES = ["Votre code de retrait: 4411", "Rendez-vous demain 9h", "Colis expé
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Fast presence (1 s heartbeats) and no pacing, so the sends all leave at once."""
     from _processes import zimsend_env as make_env
-
     from conftest import TEST_PEPPER
 
     return make_env(tmp_path_factory.mktemp("restart-data"), TEST_PEPPER,

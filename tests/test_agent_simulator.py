@@ -13,8 +13,8 @@ from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
 from zimsend.agent.senders.base import InboundSms, SendRequest
 from zimsend.agent.senders.simulator import SimulatorSender
-from zimsend.v1 import device_link_pb2 as pb
 from zimsend.agent.simulation import Simulation, SimulationConfig, read_outbox
+from zimsend.v1 import device_link_pb2 as pb
 
 
 def request(message_id: str, parts: int = 1) -> SendRequest:

@@ -17,7 +17,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from zimsend.v1 import api_keys_pb2, api_keys_pb2_grpc, auth_pb2, auth_pb2_grpc, sms_pb2, sms_pb2_grpc
+from zimsend.v1 import (
+    api_keys_pb2,
+    api_keys_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+)
 
 ZIMSEND_SERVICES = {
     "zimsend.v1.AuthService", "zimsend.v1.ApiKeyService", "zimsend.v1.DeviceService",
@@ -163,7 +168,9 @@ def test_keys_of_another_client_cannot_be_revoked(channel, client, admin) -> Non
 
 def test_every_public_rpc_requires_auth(channel) -> None:  # type: ignore[no-untyped-def]
     """No public RPC, implemented or not yet, answers without credentials."""
-    import zimsend.v1.api_keys_pb2, zimsend.v1.devices_pb2, zimsend.v1.otp_pb2  # noqa: F401
+    import zimsend.v1.api_keys_pb2
+    import zimsend.v1.devices_pb2
+    import zimsend.v1.otp_pb2
     import zimsend.v1.webhooks_pb2  # noqa: F401
 
     pool = descriptor_pool.Default()

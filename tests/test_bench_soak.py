@@ -14,7 +14,9 @@ from zimsend.server.bench.soak import MIB, SAMPLE_EVERY_S, verdict
 SECONDS = 600.0
 
 
-def _series(start_mib: float, mib_per_min: float, noise_mib: float = 0.0) -> list[tuple[float, int]]:
+def _series(
+    start_mib: float, mib_per_min: float, noise_mib: float = 0.0
+) -> list[tuple[float, int]]:
     rng = random.Random(7)
     points = []
     at = SAMPLE_EVERY_S

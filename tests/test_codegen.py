@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
+
 from zimsend.buildtools import codegen
 
 PACKAGE_DIR = codegen.PROTOS / codegen.PACKAGE

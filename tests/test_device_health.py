@@ -31,7 +31,6 @@ UNPLUGGED = "modem not found on /dev/ttyUSB0 (unplugged?)"
 @pytest.fixture(scope="module")
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
-
     from conftest import TEST_PEPPER
 
     return make_env(

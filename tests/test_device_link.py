@@ -21,7 +21,8 @@ from _devices import (
     start_agent,
     wait_for,
 )
-from _processes import start_server, zimsend_env as make_env
+from _processes import start_server
+from _processes import zimsend_env as make_env
 
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb

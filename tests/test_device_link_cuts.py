@@ -28,7 +28,8 @@ from pathlib import Path
 import grpc
 import pytest
 from _devices import CuttingProxy, ServerDb, outbox_lines, quick_tenant, start_agent, wait_for
-from _processes import start_server, zimsend_env as make_env
+from _processes import start_server
+from _processes import zimsend_env as make_env
 
 from zimsend.v1 import sms_pb2
 

@@ -12,7 +12,6 @@ import datetime as dt
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 from _devices import (
     RawPhone,
@@ -22,7 +21,8 @@ from _devices import (
     start_agent,
     wait_for,
 )
-from _processes import Program, zimsend_env as make_env
+from _processes import Program
+from _processes import zimsend_env as make_env
 
 from zimsend.segments import plan
 from zimsend.server import secrets

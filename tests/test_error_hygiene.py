@@ -163,7 +163,9 @@ def test_auth_test_with_a_device_says_offline(http, stack, admin) -> None:  # ty
     b'{"name": "\xff\xfe\xfd"}',
     b"\xd8\x85\xc3",
 ], ids=["latin1", "cut-character", "bytes-ff", "not-json"])
-def test_error_bodies_are_valid_utf8_whatever_the_request_body(http, stack, path: str, body: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_error_bodies_are_valid_utf8_whatever_the_request_body(
+    http, stack, path: str, body: bytes
+) -> None:  # type: ignore[no-untyped-def]
     response = http.post(path, content=body,
                          headers={**stack.auth, "content-type": "application/json"})
     message = envelope(response, 400)
@@ -178,7 +180,9 @@ def test_error_bodies_are_valid_utf8_whatever_the_request_body(http, stack, path
     ("limit", 0, "limit: must be 1-100 (got 0)"),
     ("page", 0, "page: must be 1 or more (got 0)"),
 ])
-def test_paging_out_of_range_is_refused_naming_the_parameter(http, stack, path: str, param: str, value: int, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_paging_out_of_range_is_refused_naming_the_parameter(
+    http, stack, path: str, param: str, value: int, expected: str
+) -> None:  # type: ignore[no-untyped-def]
     response = http.get(path, params={param: value}, headers=stack.auth)
     assert envelope(response, 400) == expected
 
@@ -206,7 +210,10 @@ def test_garbage_protobuf_is_invalid_argument_without_class_names(stack, via: st
             send(b"\xff\xff\xff\xff\x0f\x01garbage", metadata=stack.metadata, timeout=5)
     error = caught.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert error.details() == "The request is not a valid zimsend.v1.SendSmsRequest message (protobuf)."
+    assert (
+        error.details()
+        == "The request is not a valid zimsend.v1.SendSmsRequest message (protobuf)."
+    )
     assert dict(error.initial_metadata())["zimsend-error-code"] == "INVALID_REQUEST"
 
 

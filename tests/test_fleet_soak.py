@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from _devices import ServerDb, wait_for
 from _processes import ZIMSEND, Program
-
 from conftest import TEST_PEPPER
 
 PHONES = 1000

@@ -219,7 +219,9 @@ UNKNOWN_KIND = b"\x9a\x06\x03abc"
     (b"", "not an empty frame"),
     (UNKNOWN_KIND, "not an empty frame"),
 ], ids=["heartbeat", "report", "ack", "pong", "empty", "unknown-kind"])
-def test_a_frame_before_hello_drops_the_stream(stream: RawStream, good: Good, first: bytes | pb.DeviceFrame, named: str) -> None:
+def test_a_frame_before_hello_drops_the_stream(
+    stream: RawStream, good: Good, first: bytes | pb.DeviceFrame, named: str
+) -> None:
     stream.send(first)
     error = stream.dropped()
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -229,7 +231,9 @@ def test_a_frame_before_hello_drops_the_stream(stream: RawStream, good: Good, fi
 
 
 @pytest.mark.parametrize("hello_first", [False, True], ids=["before-hello", "after-hello"])
-def test_a_burst_of_random_bytes_drops_the_stream(stream: RawStream, good: Good, hello_first: bool) -> None:
+def test_a_burst_of_random_bytes_drops_the_stream(
+    stream: RawStream, good: Good, hello_first: bool
+) -> None:
     import random
 
     rng = random.Random(1212)
@@ -304,7 +308,9 @@ def test_a_report_without_an_id_or_outcome_is_ignored(stream: RawStream, good: G
 # --- absurd numbers and huge strings: clamped ---------------------------------------------------
 
 
-def test_absurd_part_numbers_on_its_own_message_are_clamped(stream: RawStream, good: Good, rogue: Tenant) -> None:
+def test_absurd_part_numbers_on_its_own_message_are_clamped(
+    stream: RawStream, good: Good, rogue: Tenant
+) -> None:
     stream.hello()
     message_id = rogue.send(RECIPIENT, "rogue's own")
     command = stream.expect("send", timeout=10).send
@@ -320,7 +326,9 @@ def test_absurd_part_numbers_on_its_own_message_are_clamped(stream: RawStream, g
     assert_still_serving(good)
 
 
-def test_huge_strings_are_cut_and_the_stream_stays(stream: RawStream, good: Good, rogue: Tenant) -> None:
+def test_huge_strings_are_cut_and_the_stream_stays(
+    stream: RawStream, good: Good, rogue: Tenant
+) -> None:
     stream.hello()
     message_id = rogue.send(RECIPIENT, "rogue's long failure")
     command = stream.expect("send", timeout=10).send

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from _certs import self_signed
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from _certs import self_signed
 
 from zimsend.gateway import EnvoyProcess, RateLimit, start_envoy
 from zimsend.v1 import auth_pb2, auth_pb2_grpc, device_link_pb2, device_link_pb2_grpc

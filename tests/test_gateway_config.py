@@ -144,7 +144,9 @@ def test_phones_have_their_own_upstream_pool_sized_for_one_stream_each() -> None
 
 
 def test_upstream_health_checks_start_at_once() -> None:
-    cluster = build_config(upstreams=("127.0.0.1:1", "127.0.0.1:2"))["static_resources"]["clusters"][0]
+    cluster = build_config(upstreams=("127.0.0.1:1", "127.0.0.1:2"))["static_resources"][
+        "clusters"
+    ][0]
     check = cluster["health_checks"][0]
     assert "grpc_health_check" in check
     assert check["no_traffic_interval"] == check["interval"] == "2s"
@@ -175,7 +177,9 @@ def test_the_openapi_route_serves_the_generated_file() -> None:
     route = route_config["virtual_hosts"][0]["routes"][0]
     assert route["match"]["path"] == "/v1/openapi.json"
     assert route["direct_response"]["body"] == {"filename": str(default_openapi_path())}
-    assert route_config["max_direct_response_body_size_bytes"] > default_openapi_path().stat().st_size
+    assert (
+        route_config["max_direct_response_body_size_bytes"] > default_openapi_path().stat().st_size
+    )
 
 
 @pytest.mark.parametrize(
@@ -195,7 +199,10 @@ def test_rate_limit_buckets_refill_smoothly(
 def test_the_lua_filter_knows_the_enum_names() -> None:
     lua = http_filter(listeners(build_config())["public"], "envoy.filters.http.lua")
     source = lua["default_source_code"]["inline_string"]
-    assert '["zimsend.v1.Priority"] = "urgent, high, normal, low, very_low, or the numbers 1-5"' in source
+    assert (
+        '["zimsend.v1.Priority"] = "urgent, high, normal, low, very_low, or the numbers 1-5"'
+        in source
+    )
     assert "__" not in source.split("local GRPC_NAMES")[0].split("local REST_MARKER")[1]
 
 

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from _devices import start_agent, wait_for
 from _gammu import DummyModem
-from _processes import free_port, zimsend_env as make_env
+from _processes import free_port
+from _processes import zimsend_env as make_env
 from _receivers import Receiver, body_of, start_worker
 
 pytestmark = pytest.mark.slow

@@ -15,6 +15,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
+
 from zimsend.buildtools import codegen
 
 PACKAGE_DIR = codegen.PROTOS / codegen.PACKAGE

@@ -84,7 +84,9 @@ def right_answers_in_a_race_verify_once(
     assert len(verified) == 1
 
 
-def sends_in_a_race_respect_the_hourly_limit(stub: pb_grpc.OtpServiceStub, account: Account) -> None:
+def sends_in_a_race_respect_the_hourly_limit(
+    stub: pb_grpc.OtpServiceStub, account: Account
+) -> None:
     outcomes = race([lambda: send(stub, account, to="+33612345670")] * 15)
     assert sum(isinstance(o, pb.SendOtpResponse) for o in outcomes) == 10
     assert Counter(o for o in outcomes if isinstance(o, str)) == {"OTP_RATE_LIMIT": 5}

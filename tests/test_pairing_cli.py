@@ -28,7 +28,6 @@ PHONE_ADDRESS = "192.168.1.20:8081"
 @pytest.fixture
 def admin_env(tmp_path: Path) -> dict[str, str]:
     from _processes import zimsend_env
-
     from conftest import TEST_PEPPER
 
     return zimsend_env(tmp_path / "data", TEST_PEPPER)

@@ -13,10 +13,10 @@ import grpc
 import httpx
 import pytest
 from _processes import start_server
+from conftest import TEST_PEPPER
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conftest import TEST_PEPPER
 from zimsend.v1 import auth_pb2, auth_pb2_grpc
 
 LIMIT = 8

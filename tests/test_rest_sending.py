@@ -18,7 +18,6 @@ from _zimsend_wrapper import ZimSendClient, ZimSendError
 @pytest.fixture(scope="module")
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
-
     from conftest import TEST_PEPPER
 
     data_dir = tmp_path_factory.mktemp("zimsend-data")
@@ -81,7 +80,7 @@ def test_faq_send_reaches_the_phone_and_is_delivered(stack, phone) -> None:  # t
 
 
 def test_faq_scheduled_send_then_cancel(stack, phone) -> None:  # type: ignore[no-untyped-def]
-    when = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     reply = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                        json={"to": "+33612345678", "message": "Rappel de rendez-vous demain",
                              "scheduled_at": when})
@@ -177,7 +176,7 @@ def test_zimsend_python_wrapper_works_with_only_the_base_url_changed(stack, phon
 
 
 def _tomorrow() -> str:
-    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _history_total(stack) -> int:  # type: ignore[no-untyped-def]

@@ -54,7 +54,6 @@ TRANSPORTS = ["rest", "grpc"]
 @pytest.fixture(scope="module")
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
-
     from conftest import TEST_PEPPER
 
     data_dir = tmp_path_factory.mktemp("zimsend-data")

@@ -79,7 +79,9 @@ def test_concurrent_requests_with_one_key_commit_once(db, settings, client_id) -
     assert count(db, client_id) == 1
 
 
-def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
+    db, settings, client_id
+) -> None:  # type: ignore[no-untyped-def]
     """Many sends in flight share lane transactions (group commit), yet a bad request fails
     alone, one idempotency key commits once, and a reused key with another body is refused."""
     lane = intake.Intake(db, settings)

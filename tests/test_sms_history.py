@@ -121,7 +121,11 @@ def test_history_entries_are_complete(sms, account, server_db) -> None:  # type:
     assert (entry.message_id, entry.status, entry.device_id) == (
         message_id, common_pb2.delivered, phone
     )
-    assert (entry.segments, entry.encoding, entry.priority) == (2, common_pb2.UCS2, common_pb2.urgent)
+    assert (entry.segments, entry.encoding, entry.priority) == (
+        2,
+        common_pb2.UCS2,
+        common_pb2.urgent,
+    )
     assert entry.HasField("sent_at")
     assert entry.HasField("delivered_at")
     assert entry.batch_id == "batch_0123456789abcdef"

@@ -230,7 +230,9 @@ def test_estimated_delivery_follows_the_queue_and_the_phones(sms, lonely, server
     phone = new_device(server_db, PEPPER, lonely.client_id, online=True)
 
     def wait_of(reply: pb.SendSmsResponse) -> float:
-        return (reply.estimated_delivery.ToDatetime() - reply.queued_at.ToDatetime()).total_seconds()
+        return (
+            reply.estimated_delivery.ToDatetime() - reply.queued_at.ToDatetime()
+        ).total_seconds()
 
     first = sms.SendSms(pb.SendSmsRequest(to=TO, message="1"), metadata=lonely.md(), timeout=10)
     assert wait_of(first) == 0

@@ -35,8 +35,8 @@ import httpx
 import pytest
 from _devices import RawPhone, wait_for
 from _processes import ZIMSEND, Program, run_zimsend, start_server, zimsend_env
-
 from conftest import TEST_PEPPER
+
 from zimsend.gateway import start_envoy
 
 INTERNAL_WORDS = ("sqlite", "SQL", "OperationalError", "Traceback", "readonly database",

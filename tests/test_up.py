@@ -385,7 +385,7 @@ class _StandInEnvoy(ThreadingHTTPServer):
         self.device_looks = 0
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(handler) -> None:  # noqa: N802, N805
+            def do_GET(handler) -> None:  # noqa: N802
                 if handler.path.startswith("/v1/devices/"):
                     self.device_looks += 1
                     online = self.device_looks > 3
@@ -397,7 +397,7 @@ class _StandInEnvoy(ThreadingHTTPServer):
                 handler.end_headers()
                 handler.wfile.write(body)
 
-            def log_message(handler, *args: object) -> None:  # noqa: N805
+            def log_message(handler, *args: object) -> None:
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)

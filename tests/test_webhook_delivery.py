@@ -68,7 +68,9 @@ def account(server_db: Database):  # type: ignore[no-untyped-def]
     return new_account(server_db, TEST_PEPPER.encode(), "webhook-tests")
 
 
-def isolated(tmp_path_factory: pytest.TempPathFactory, **extra: str) -> tuple[dict[str, str], Database, str]:
+def isolated(
+    tmp_path_factory: pytest.TempPathFactory, **extra: str
+) -> tuple[dict[str, str], Database, str]:
     """A database of its own (no server, no module worker): for tests that run their own
     workers and must not share events with the module's."""
     data_dir = tmp_path_factory.mktemp("own-data")
@@ -107,9 +109,15 @@ def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(  # type: i
         test = webhooks.TestWebhook(pb.TestWebhookRequest(webhook_id=hook.webhook_id),
                                     metadata=account.md(), timeout=10)
         inserted = [
-            add_event(server_db, account.client_id, "sms.sent",
-                      data={"message_id": "msg_1", "message": "Café ☕ à 10 h 👍"}),
-            add_event(server_db, account.client_id, "device.connected", data={"device_id": "device_1"}),
+            add_event(
+                server_db,
+                account.client_id,
+                "sms.sent",
+                data={"message_id": "msg_1", "message": "Café ☕ à 10 h 👍"},
+            ),
+            add_event(
+                server_db, account.client_id, "device.connected", data={"device_id": "device_1"}
+            ),
         ]
         add_event(server_db, account.client_id, "sms.received", data={"from": "+33600000000"})
         sms = sms_pb2_grpc.SmsServiceStub(grpc.insecure_channel(server[1]))
@@ -130,7 +138,9 @@ def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(  # type: i
     assert {test.event_id, *inserted} <= set(by_event)
     assert by_event[inserted[0]]["data"]["message"] == "Café ☕ à 10 h 👍"
     assert by_event[test.event_id]["event"] == "webhook.test"
-    real = sorted(b["event"] for b in by_event.values() if b["data"].get("message_id") == sent.message_id)
+    real = sorted(
+        b["event"] for b in by_event.values() if b["data"].get("message_id") == sent.message_id
+    )
     assert real == ["sms.delivered", "sms.sent"]
     assert json.loads(body_of(own[0]))["data"]["message_id"] == sent.message_id
     assert "sms.received" not in {b["event"] for b in by_event.values()}
@@ -288,7 +298,9 @@ def test_two_workers_on_postgresql_deliver_each_event_once(  # type: ignore[no-u
     assert set(counts.values()) == {1}, counts.most_common(3)
     assert all(r["verified"] for r in records)
     assert reply.pagination.total_items == 60
-    workers = {line for line in (logs_dir.glob("pg-*.log")) if "webhook.attempted" in line.read_text()}
+    workers = {
+        line for line in (logs_dir.glob("pg-*.log")) if "webhook.attempted" in line.read_text()
+    }
     assert len(workers) == 2, "both workers should have delivered some events"
 
 
@@ -318,4 +330,6 @@ def test_the_default_schedule_is_0_60_300_and_the_setting_overrides_it(monkeypat
     assert Settings().webhook_timeout_seconds == 5
     monkeypatch.setenv("ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS", "[0,1,2]")
     assert Settings().webhook_retry_schedule_seconds == [0, 1, 2]
-    assert isinstance(dt.timedelta(seconds=Settings().webhook_retry_schedule_seconds[2]), dt.timedelta)
+    assert isinstance(
+        dt.timedelta(seconds=Settings().webhook_retry_schedule_seconds[2]), dt.timedelta
+    )

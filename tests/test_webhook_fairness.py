@@ -9,7 +9,6 @@ socket is opened); the last one is a real `zimsend worker` with two real receive
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import trio

@@ -56,7 +56,9 @@ def failed(at: dt.datetime | None = None) -> AttemptOutcome:
 
 def test_configure_generates_a_whsec_secret_stored_encrypted(db: Database) -> None:
     client = seed_client(db)
-    new = add_endpoint(db, client, "https://hooks.example.com/z", ["sms.sent", "sms.sent", "otp.verified"])
+    new = add_endpoint(
+        db, client, "https://hooks.example.com/z", ["sms.sent", "sms.sent", "otp.verified"]
+    )
     assert new.secret.startswith("whsec_")
     assert new.endpoint.id.startswith("wh_")
     assert new.endpoint.events == ["sms.sent", "otp.verified"]
@@ -84,17 +86,23 @@ def test_configure_names_every_bad_field(db: Database) -> None:
 @pytest.mark.parametrize("url", [
     "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/", "http://example.com/",
 ])
-def test_configure_refuses_local_and_plain_urls_when_insecure_is_off(db: Database, url: str) -> None:
+def test_configure_refuses_local_and_plain_urls_when_insecure_is_off(
+    db: Database, url: str
+) -> None:
     client = seed_client(db)
     with pytest.raises(ApiError) as caught:
-        endpoints.configure(db, PEPPER, client, url=url, events=["sms.sent"], secret="", allow_insecure=False)
+        endpoints.configure(
+            db, PEPPER, client, url=url, events=["sms.sent"], secret="", allow_insecure=False
+        )
     assert caught.value.code.name == "INVALID_WEBHOOK_URL"
     assert caught.value.violations[0].field == "url"
 
 
 def test_configure_accepts_user_secrets_and_checks_whsec_ones(db: Database) -> None:
     client = seed_client(db)
-    own = add_endpoint(db, client, "https://a.example.com/", secret="my-own-secret-of-32-characters!!")
+    own = add_endpoint(
+        db, client, "https://a.example.com/", secret="my-own-secret-of-32-characters!!"
+    )
     assert own.secret == "my-own-secret-of-32-characters!!"
     with pytest.raises(ApiError, match="base64"):
         add_endpoint(db, client, "https://a.example.com/", secret="whsec_this*is*not*base64*at*all")
@@ -139,9 +147,14 @@ def test_an_expired_lease_is_taken_over_as_the_same_attempt(db: Database) -> Non
     assert theirs.id == event_id
     assert theirs.attempt == mine.attempt == 1
     # The first worker's outcome arrives late: it must not overwrite the new owner's.
-    assert finish_event(db, mine, remaining=0, last_error=None, schedule=SCHEDULE, now=later) is None
+    assert (
+        finish_event(db, mine, remaining=0, last_error=None, schedule=SCHEDULE, now=later) is None
+    )
     assert event_row(db, event_id).claimed_by == "w2#1"
-    assert finish_event(db, theirs, remaining=0, last_error=None, schedule=SCHEDULE, now=later) == "delivered"
+    assert (
+        finish_event(db, theirs, remaining=0, last_error=None, schedule=SCHEDULE, now=later)
+        == "delivered"
+    )
 
 
 def test_attempts_follow_the_schedule_then_fail(db: Database) -> None:
@@ -151,7 +164,10 @@ def test_attempts_follow_the_schedule_then_fail(db: Database) -> None:
     for attempt, delay in ((1, 60), (2, 300)):
         (event,) = claim(db, at=t)
         assert event.attempt == attempt
-        assert finish_event(db, event, remaining=1, last_error="x", schedule=SCHEDULE, now=t) == "pending"
+        assert (
+            finish_event(db, event, remaining=1, last_error="x", schedule=SCHEDULE, now=t)
+            == "pending"
+        )
         row = event_row(db, event_id)
         assert row.next_attempt_at == t + dt.timedelta(seconds=delay)
         assert row.attempts == attempt
@@ -159,7 +175,9 @@ def test_attempts_follow_the_schedule_then_fail(db: Database) -> None:
         t += dt.timedelta(seconds=delay)
     (event,) = claim(db, at=t)
     assert event.attempt == 3
-    assert finish_event(db, event, remaining=1, last_error="x", schedule=SCHEDULE, now=t) == "failed"
+    assert (
+        finish_event(db, event, remaining=1, last_error="x", schedule=SCHEDULE, now=t) == "failed"
+    )
     assert claim(db, at=t + dt.timedelta(days=1)) == []
 
 
@@ -282,7 +300,10 @@ def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
     only = endpoints.list_logs(db, client, event_id=ids[1])  # page and limit not given
     assert [r.event_id for r in only.logs] == [ids[1]]
     assert only.per_page == 50
-    assert endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id).total_items == 3
+    assert (
+        endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id).total_items
+        == 3
+    )
     assert endpoints.list_logs(db, seed_client(db), page=1, limit=10).total_items == 0
     with pytest.raises(ApiError, match="limit"):
         endpoints.list_logs(db, client, page=1, limit=101)
@@ -322,8 +343,17 @@ def test_retention_deletes_old_messages_and_keeps_the_aggregates(db: Database) -
     old, edge = t - dt.timedelta(days=95), retention_cutoff(t, 90) + dt.timedelta(minutes=1)
     with db.write() as s:
         for mid, created in (("msg_old", old), ("msg_edge", edge), ("msg_new", t)):
-            s.add(Message(id=mid, client_id=client, to="+33612345678", body="hi", status="delivered",
-                          due_at=created, created_at=created))
+            s.add(
+                Message(
+                    id=mid,
+                    client_id=client,
+                    to="+33612345678",
+                    body="hi",
+                    status="delivered",
+                    due_at=created,
+                    created_at=created,
+                )
+            )
         s.add(DailyAggregate(client_id=client, day=old.date(), sent=1, delivered=1))
     old_event = add_event(db, client, at=old)
     (event,) = claim(db)

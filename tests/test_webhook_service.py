@@ -155,7 +155,9 @@ def test_logs_start_empty_and_reject_a_page_too_large(webhooks, account) -> None
     assert (reply.pagination.current_page, reply.pagination.per_page) == (1, 50)
     assert reply.pagination.total_items == 0
     with pytest.raises(grpc.RpcError) as caught:
-        webhooks.ListWebhookLogs(pb.ListWebhookLogsRequest(limit=500), metadata=account.md(), timeout=10)
+        webhooks.ListWebhookLogs(
+            pb.ListWebhookLogsRequest(limit=500), metadata=account.md(), timeout=10
+        )
     assert "limit" in details(caught.value)[1]
 
 

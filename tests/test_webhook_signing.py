@@ -43,7 +43,10 @@ def test_x_webhook_signature_is_hex_hmac_of_the_raw_body_with_the_whole_secret()
     secret = new_webhook_secret()
     body = encode_body("sms.sent", "evt_1", WHEN, DATA)
     headers = signature_headers(secret, "evt_1", body, WHEN)
-    assert headers["X-Webhook-Signature"] == hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert (
+        headers["X-Webhook-Signature"]
+        == hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    )
     assert headers["Content-Type"] == "application/json"
     assert headers["User-Agent"] == USER_AGENT == "ZimSend-Webhook/1.0"
     assert headers["webhook-id"] == "evt_1"

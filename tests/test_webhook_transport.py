@@ -47,16 +47,27 @@ def post(url: str, resolver: StubResolver, connector: RecordingConnector, *,
 # --- address rules -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spelling", [
-    "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0x7f.0.0.1", "127.0.0.1.", "[::ffff:127.0.0.1]",
-])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "2130706433",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.1",
+        "0x7f.0.0.1",
+        "127.0.0.1.",
+        "[::ffff:127.0.0.1]",
+    ],
+)
 def test_every_spelling_of_loopback_is_parsed_as_loopback(spelling: str) -> None:
     address = parse_ip_literal(spelling)
     assert address is not None
     assert unwrap(address) == ipaddress.ip_address("127.0.0.1")
 
 
-@pytest.mark.parametrize("name", ["example.com", "1.2.3.4.5", "08.1.2.3", "0x", "hooks.127.0.0.1.nip"])
+@pytest.mark.parametrize(
+    "name", ["example.com", "1.2.3.4.5", "08.1.2.3", "0x", "hooks.127.0.0.1.nip"]
+)
 def test_names_are_not_mistaken_for_addresses(name: str) -> None:
     assert parse_ip_literal(name) is None
 
@@ -145,7 +156,9 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
 ])
 def test_wrapped_or_mixed_private_answers_are_refused(answer: list[str]) -> None:
     connector = RecordingConnector()
-    outcome = post("https://tricky.example.com/", StubResolver({"tricky.example.com": answer}), connector)
+    outcome = post(
+        "https://tricky.example.com/", StubResolver({"tricky.example.com": answer}), connector
+    )
     assert not outcome.success
     assert connector.connects == []
 
@@ -186,7 +199,9 @@ def test_redirects_are_failures_and_are_not_followed() -> None:
 
 def test_non_2xx_is_a_failure_with_its_status() -> None:
     connector = RecordingConnector(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
-    outcome = post("https://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V6]}), connector)
+    outcome = post(
+        "https://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V6]}), connector
+    )
     assert not outcome.success
     assert outcome.status == 500
     assert connector.connects == [(PUBLIC_V6, 443)]
@@ -194,7 +209,9 @@ def test_non_2xx_is_a_failure_with_its_status() -> None:
 
 def test_plain_http_is_refused_unless_insecure() -> None:
     connector = RecordingConnector()
-    refused = post("http://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V4]}), connector)
+    refused = post(
+        "http://hooks.example.com/", StubResolver({"hooks.example.com": [PUBLIC_V4]}), connector
+    )
     assert not refused.success
     assert "https" in (refused.error or "")
     assert connector.connects == []
@@ -202,8 +219,12 @@ def test_plain_http_is_refused_unless_insecure() -> None:
 
 def test_development_setting_connects_to_private_addresses() -> None:
     connector = RecordingConnector()
-    outcome = post("http://internal.example.com:8080/", StubResolver({"internal.example.com": ["10.0.0.1"]}),
-                   connector, allow_private=True)
+    outcome = post(
+        "http://internal.example.com:8080/",
+        StubResolver({"internal.example.com": ["10.0.0.1"]}),
+        connector,
+        allow_private=True,
+    )
     assert outcome.success
     assert connector.connects == [("10.0.0.1", 8080)]
 
@@ -211,7 +232,9 @@ def test_development_setting_connects_to_private_addresses() -> None:
 def test_unix_sockets_are_refused() -> None:
     async def main() -> None:
         with pytest.raises(ForbiddenAddress):
-            await AddressGuard(connector=RecordingConnector()).connect_unix_socket("/var/run/docker.sock")
+            await AddressGuard(connector=RecordingConnector()).connect_unix_socket(
+                "/var/run/docker.sock"
+            )
 
     trio.run(main)
 

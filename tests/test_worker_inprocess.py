@@ -85,7 +85,9 @@ def test_an_event_fans_out_to_every_subscribed_endpoint(db: Database, tmp_path: 
     a = add_endpoint(db, client, "https://up.example.com/a", ["sms.delivered"])
     b = add_endpoint(db, client, "https://up.example.com/b", ["sms.delivered", "sms.sent"])
     add_endpoint(db, client, "https://up.example.com/c", ["sms.sent"])
-    event_id = add_event(db, client, "sms.delivered", data={"message_id": "msg_1", "status": "delivered"})
+    event_id = add_event(
+        db, client, "sms.delivered", data={"message_id": "msg_1", "status": "delivered"}
+    )
     connector = RecordingConnector()
     run_worker(db, make_settings(tmp_path), connector, status_of(db, event_id))
     assert event_row(db, event_id).status == "delivered"
@@ -96,7 +98,9 @@ def test_an_event_fans_out_to_every_subscribed_endpoint(db: Database, tmp_path: 
     assert connector.written.count(f'"event_id":"{event_id}"'.encode()) == 2
 
 
-def test_a_failing_endpoint_is_retried_on_the_schedule_then_failed(db: Database, tmp_path: Path) -> None:
+def test_a_failing_endpoint_is_retried_on_the_schedule_then_failed(
+    db: Database, tmp_path: Path
+) -> None:
     client = seed_client(db)
     add_endpoint(db, client, "https://down.example.com/", ["sms.sent"])
     event_id = add_event(db, client)
@@ -140,7 +144,9 @@ def test_a_timeout_is_logged_without_a_status(db: Database, tmp_path: Path) -> N
     assert 450 <= (row.response_time_ms or 0) < 3000
 
 
-def test_an_event_nobody_subscribed_to_is_closed_without_attempts(db: Database, tmp_path: Path) -> None:
+def test_an_event_nobody_subscribed_to_is_closed_without_attempts(
+    db: Database, tmp_path: Path
+) -> None:
     client = seed_client(db)
     add_endpoint(db, client, "https://up.example.com/", ["sms.delivered"])
     event_id = add_event(db, client, "sms.sent")
@@ -208,4 +214,6 @@ def test_the_worker_expires_overdue_messages(db: Database, tmp_path: Path) -> No
 
 def test_a_lease_shorter_than_the_timeout_is_refused(db: Database, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lease"):
-        Worker(make_settings(tmp_path, webhook_timeout_seconds=5), db, WorkerOptions(lease_seconds=6))
+        Worker(
+            make_settings(tmp_path, webhook_timeout_seconds=5), db, WorkerOptions(lease_seconds=6)
+        )
