@@ -100,7 +100,7 @@ class PostgresServer:
     def start(self, timeout: float = 60.0) -> None:
         try:
             self._initdb()
-            for attempt in range(3):  # a free port can be taken before postgres binds it
+            for _attempt in range(3):  # a free port can be taken before postgres binds it
                 self.port = _free_port()
                 if self._launch(timeout):
                     return

@@ -91,10 +91,10 @@ class RecordingStream(httpcore.AsyncNetworkStream):
         self.hang = hang
         self._sent = False
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109 - httpcore's network backend interface names it so
         self.recorder.written += buffer
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 - httpcore's network backend interface names it so
         if self.hang:
             await trio.sleep_forever()
         if self._sent:
@@ -106,7 +106,7 @@ class RecordingStream(httpcore.AsyncNetworkStream):
         pass
 
     async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109 - httpcore's network backend interface names it so
         self.recorder.tls_server_names.append(server_hostname)
         return self
 
@@ -134,7 +134,7 @@ class RecordingConnector(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's network backend interface names it so
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:

@@ -74,9 +74,9 @@ class Phone:
         return sum(read_outbox(self.outbox).values())
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109 - the deadline is part of this call's contract
     with trio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
             await trio.sleep(0.01)
 
 

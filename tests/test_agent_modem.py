@@ -49,7 +49,7 @@ async def _running(sender: ModemSender, recorder: JournalRecorder, body, *args):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender.run, recorder)
         with trio.fail_after(20):
-            while not (await sender.health()).can_send:
+            while not (await sender.health()).can_send:  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
                 await trio.sleep(0.02)
             result = await body(*args)
         nursery.cancel_scope.cancel()
@@ -117,7 +117,7 @@ def test_status_reports_from_the_modem_mark_parts_delivered_or_failed_and_leave_
     recorder = JournalRecorder(journal, Reporter(journal))
 
     async def wait_for_reports() -> None:
-        while journal.awaiting_delivery():
+        while journal.awaiting_delivery():  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
             await trio.sleep(0.02)
 
     trio.run(_running, sender, recorder, wait_for_reports)
@@ -143,7 +143,7 @@ def test_a_delivery_report_after_an_agent_restart_still_finds_its_part(
     reopened = Journal.open(tmp_path / "journal.sqlite3", "device_modem")
 
     async def wait_for_reports() -> None:
-        while reopened.awaiting_delivery():
+        while reopened.awaiting_delivery():  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
             await trio.sleep(0.02)
 
     try:
@@ -166,7 +166,7 @@ def test_inbound_sms_are_joined_reported_once_and_deleted_even_across_restarts(
                       for _, f in journal.unacked_reports() if f.HasField("inbound"))
 
     async def until_empty() -> None:
-        while modem.storage() or len(inbound()) < 2:
+        while modem.storage() or len(inbound()) < 2:  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
             await trio.sleep(0.02)
 
     trio.run(_running, _sender(modem), JournalRecorder(journal, Reporter(journal)), until_empty)
@@ -188,7 +188,7 @@ def test_the_same_stored_sms_is_never_reported_twice(modem: DummyModem, journal:
     recorder = JournalRecorder(journal, Reporter(journal))
 
     async def until_empty() -> None:
-        while modem.storage():
+        while modem.storage():  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
             await trio.sleep(0.02)
 
     trio.run(_running, _sender(modem), recorder, until_empty)
@@ -210,13 +210,13 @@ def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run, JournalRecorder(journal, Reporter(journal)))
             with trio.fail_after(10):
-                while "cannot open" not in (await sender.health()).problem:
+                while "cannot open" not in (await sender.health()).problem:  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
                     await trio.sleep(0.02)
             health = await sender.health()
             seen["unplugged"] = (health.can_send, health.problem)
             modem.folder.mkdir(parents=True)  # plugged in
             with trio.fail_after(20):
-                while not (await sender.health()).can_send:
+                while not (await sender.health()).can_send:  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
                     await trio.sleep(0.02)
             seen["plugged"] = await sender.health()
             nursery.cancel_scope.cancel()

@@ -83,7 +83,7 @@ def test_key_is_stored_only_as_hash(client, zimsend_env) -> None:  # type: ignor
 
 
 @pytest.mark.parametrize(
-    "metadata, missing",
+    ("metadata", "missing"),
     [((), "X-API-Key, X-Client-ID"), ((("x-client-id", "client_x"),), "X-API-Key"),
      ((("x-api-key", "zs_live_x"),), "X-Client-ID")],
 )

@@ -9,6 +9,7 @@ exact.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_one_phone_sends_in_priority_order_about_every_2_5_seconds(
     device = tenant.create_device()
     priorities = [3, 5, 1, 4, 2, 3, 1, 5, 2, 4]
     ids = queue_directly(zimsend_env, tenant.client_id, priorities)
-    expected = [i for _, _, i in sorted(zip(priorities, range(10), ids))]
+    expected = [i for _, _, i in sorted(zip(priorities, range(10), ids, strict=False))]
     with start_agent(zimsend_env, address, tenant.client_id, device.device_id,
                      device.device_password, tmp_path):
         outbox = tmp_path / "outbox.jsonl"
@@ -96,7 +97,7 @@ def test_one_phone_sends_in_priority_order_about_every_2_5_seconds(
                  20, "every message reported")
     assert [line["message_id"] for line in lines] == expected
     times = sent_times(lines)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= PACING_S - 0.3, gaps
     assert max(gaps) <= PACING_S + 2.5, gaps
     total = times[-1] - times[0]
@@ -133,7 +134,7 @@ def test_three_phones_share_the_queue_about_three_times_faster(
     assert times[-1] - times[0] < one_phone / 2, times[-1] - times[0]
     for lines in per_phone:  # each phone still respects its own pacing
         own = sent_times(lines)
-        assert all(b - a >= PACING_S - 0.3 for a, b in zip(own, own[1:]))
+        assert all(b - a >= PACING_S - 0.3 for a, b in itertools.pairwise(own))
     by_device = link_db.query(
         "SELECT device_id, count(*) FROM messages WHERE client_id = ? GROUP BY device_id",
         tenant.client_id,

@@ -176,7 +176,7 @@ def test_error_bodies_are_valid_utf8_whatever_the_request_body(
 
 
 @pytest.mark.parametrize("path", ["/v1/sms/history", "/v1/sms/inbox"])
-@pytest.mark.parametrize("param, value, expected", [
+@pytest.mark.parametrize(("param", "value", "expected"), [
     ("limit", 0, "limit: must be 1-100 (got 0)"),
     ("page", 0, "page: must be 1 or more (got 0)"),
 ])

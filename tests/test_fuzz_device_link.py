@@ -210,7 +210,7 @@ UNKNOWN_KIND = b"\x9a\x06\x03abc"
 # --- before hello: dropped ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("first, named", [
+@pytest.mark.parametrize(("first", "named"), [
     (HEARTBEAT, "not heartbeat"),
     (frame(report=pb.StatusReport(report_id="r", message_id="msg_0000000000000000")),
      "not report"),

@@ -69,7 +69,7 @@ def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back
             reply = http.post("/v1/sms/send", json={"to": TO, "message": text})
             assert reply.status_code == 200, reply.text
             sent_ids[text] = reply.json()["message_id"]
-        for text, message_id in sent_ids.items():
+        for message_id in sent_ids.values():
             wait_for(lambda mid=message_id: _status(http, mid) == "sent", 30, f"{message_id} sent")
 
         parts = modem.sent()

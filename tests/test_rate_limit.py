@@ -123,7 +123,7 @@ def test_a_single_replica_never_overshoots_under_concurrency(server, admin, serv
     with grpc.insecure_channel(address) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         calls = []
-        for wave in range(15):  # over ~0.6 s: several flushes happen during the burst
+        for _wave in range(15):  # over ~0.6 s: several flushes happen during the burst
             calls += [stub.AuthTest.future(auth_pb2.AuthTestRequest(), metadata=metadata,
                                            timeout=30) for _ in range(10)]
             time.sleep(0.04)

@@ -124,7 +124,7 @@ def test_segments_and_encoding(stack, phone) -> None:  # type: ignore[no-untyped
 def test_bulk_limits_and_atomicity(stack, phone) -> None:  # type: ignore[no-untyped-def]
     numbers = [f"+336123456{i:02d}" for i in range(100)]
     too_many = httpx.post(f"{stack.base_url}/v1/sms/send-bulk", headers=stack.auth,
-                          json={"recipients": numbers + ["+33612345699"], "message": "x"})
+                          json={"recipients": [*numbers, "+33612345699"], "message": "x"})
     assert too_many.status_code == 400
     assert too_many.json()["error"]["code"] == "TOO_MANY_RECIPIENTS"
 

@@ -129,7 +129,7 @@ def test_greedy_packing_is_minimal_no_part_could_take_the_next_cluster(text: str
     if p.count == 1:
         return
     _, per_part = limits(p.encoding)
-    for part, following in zip(p.parts, p.parts[1:]):
+    for part, following in zip(p.parts, p.parts[1:], strict=False):
         first = regex.match(r"\X", following)
         assert first is not None
         head = first.group()

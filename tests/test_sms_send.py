@@ -91,7 +91,7 @@ def test_1600_gsm_characters_are_11_segments(sms, sms_account) -> None:  # type:
 
 
 @pytest.mark.parametrize(
-    "text, segments, encoding",
+    ("text", "segments", "encoding"),
     [("a" * 160, 1, common_pb2.GSM7), ("a" * 161, 2, common_pb2.GSM7),
      ("€" * 80, 1, common_pb2.GSM7), ("€" * 81, 2, common_pb2.GSM7),
      ("Rendez-vous demain 😀", 1, common_pb2.UCS2), ("é" * 160, 1, common_pb2.GSM7),
@@ -104,7 +104,7 @@ def test_segments_and_encoding(sms, sms_account, text, segments, encoding) -> No
     assert (reply.segments, reply.encoding) == (segments, encoding)
 
 
-@pytest.mark.parametrize("given, applied", [
+@pytest.mark.parametrize(("given", "applied"), [
     (common_pb2.urgent, 1), (common_pb2.high, 2), (3, 3), (common_pb2.low, 4), (5, 5),
 ])
 def test_priority_integer_or_name(sms, sms_account, server_db, given, applied) -> None:  # type: ignore[no-untyped-def]

@@ -106,7 +106,7 @@ SEND_CASES = [
 
 
 @pytest.mark.parametrize(
-    "fields, code, field, fragments", [c[1:] for c in SEND_CASES], ids=[c[0] for c in SEND_CASES]
+    ("fields", "code", "field", "fragments"), [c[1:] for c in SEND_CASES], ids=[c[0] for c in SEND_CASES]
 )
 def test_send_rejects(sms, sms_account, fields, code, field, fragments) -> None:  # type: ignore[no-untyped-def]
     error = fails(sms.SendSms, pb.SendSmsRequest(**fields), sms_account.md(test=True))
@@ -235,7 +235,7 @@ LIST_CASES = [
 
 
 @pytest.mark.parametrize(
-    "fields, field, fragments", [c[1:] for c in LIST_CASES], ids=[c[0] for c in LIST_CASES]
+    ("fields", "field", "fragments"), [c[1:] for c in LIST_CASES], ids=[c[0] for c in LIST_CASES]
 )
 def test_history_rejects(sms, sms_account, fields, field, fragments) -> None:  # type: ignore[no-untyped-def]
     error = fails(sms.ListSmsHistory, pb.ListSmsHistoryRequest(**fields), sms_account.md())
@@ -267,7 +267,7 @@ def test_export_rejects_unknown_format(sms, sms_account) -> None:  # type: ignor
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    ("text", "expected"),
     [
         ("2025-01-15T10:30:00Z", dt.datetime(2025, 1, 15, 10, 30, tzinfo=UTC)),
         ("2025-01-15t10:30:00z", dt.datetime(2025, 1, 15, 10, 30, tzinfo=UTC)),

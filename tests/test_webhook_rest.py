@@ -69,7 +69,7 @@ def test_a_refused_url_is_400_invalid_webhook_url(http, url) -> None:  # type: i
     assert "url" in body["error"]["message"]
 
 
-@pytest.mark.parametrize("param, range_text", [("page", "must be 1 or more (got 0)"),
+@pytest.mark.parametrize(("param", "range_text"), [("page", "must be 1 or more (got 0)"),
                                                ("limit", "must be 1-100 (got 0)")])
 def test_logs_paging_zero_is_400_naming_the_parameter(http, param, range_text) -> None:  # type: ignore[no-untyped-def]
     """Issue 12 item 11: `page=0`/`limit=0` were taken for the defaults (history refuses them)."""

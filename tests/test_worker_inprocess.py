@@ -68,7 +68,7 @@ def run_worker(
             if after_start:
                 await after_start(worker)
             with trio.fail_after(timeout):
-                while not await trio.to_thread.run_sync(until):
+                while not await trio.to_thread.run_sync(until):  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
                     await trio.sleep(0.05)
             worker.stop()
         return worker

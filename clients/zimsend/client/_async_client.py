@@ -166,7 +166,7 @@ class AsyncSms:
         return await self._c._run(c.status(message_id))
 
     async def wait(
-        self, message_id: str, *, until: Sequence[str] = ("delivered",), timeout: float = 60.0,
+        self, message_id: str, *, until: Sequence[str] = ("delivered",), timeout: float = 60.0,  # noqa: ASYNC109 - the deadline is part of this call's contract
         interval: float = 1.0,
     ) -> t.Message:
         """Poll the status until it is one of `until` or final (delivered, failed,

@@ -62,7 +62,7 @@ class Transport(abc.ABC):
     def stream(self, request: Request) -> Iterator[bytes]:
         """The chunks of a server-streaming `google.api.HttpBody` reply (the export)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a transport may hold nothing to release
         """Release connections."""
 
 
@@ -77,5 +77,5 @@ class AsyncTransport(abc.ABC):
     def stream(self, request: Request) -> AsyncIterator[bytes]:
         """The chunks of a server-streaming `google.api.HttpBody` reply (the export)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional, as `Transport.close`
         """Release connections."""

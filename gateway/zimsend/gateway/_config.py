@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -519,6 +520,7 @@ def _lua_enum_table(descriptor_path: Path) -> str:
     descriptor set the transcoder loads, so error messages can list them."""
     from google.protobuf import descriptor_pb2
 
+    files: Sequence[descriptor_pb2.FileDescriptorProto]
     try:
         files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_path.read_bytes()).file
     except OSError:

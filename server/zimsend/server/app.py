@@ -91,6 +91,8 @@ class ZimSendServer:
         self._health = health.aio.HealthServicer()
         self._shutdown_hooks: list[ShutdownHook] = []
         self._startup_hooks: list[ShutdownHook] = []
+        # The event loop keeps only weak references to tasks: these must not vanish mid-way.
+        self._readiness_updates: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._metrics_http: Any = None
         self._migrated = False
@@ -162,7 +164,9 @@ class ZimSendServer:
 
     def _on_storage_change(self, problem: StorageProblem | None) -> None:
         loop = asyncio.get_running_loop()
-        loop.create_task(self._set_readiness(self.state.db.availability.problem))
+        update = loop.create_task(self._set_readiness(self.state.db.availability.problem))
+        self._readiness_updates.add(update)
+        update.add_done_callback(self._readiness_updates.discard)
         if problem is not None:
             self._watch_storage()
 

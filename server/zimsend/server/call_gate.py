@@ -55,7 +55,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         self.closed = True
         self._last_refusal = time.monotonic()
 
-    async def drained(self, timeout: float) -> bool:
+    async def drained(self, timeout: float) -> bool:  # noqa: ASYNC109 - the deadline is part of this call's contract
         """Wait until no counted call runs (at most `timeout` s); True when none does."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
@@ -63,7 +63,7 @@ class CallGate(grpc.aio.ServerInterceptor):
             return False
         return True
 
-    async def quiet(self, period: float, timeout: float) -> bool:
+    async def quiet(self, period: float, timeout: float) -> bool:  # noqa: ASYNC109 - the deadline is part of this call's contract
         """Wait until no client call was refused for `period` s (at most `timeout` s in
         all): the gateway has stopped sending calls here. True when it did within `timeout`."""
         deadline = time.monotonic() + timeout

@@ -295,7 +295,7 @@ class TermuxSender:
 
     # --- running Termux:API commands ------------------------------------------------------------
 
-    async def _call(self, command: str, *args: str, stdin: bytes = b"", timeout: float) -> str:
+    async def _call(self, command: str, *args: str, stdin: bytes = b"", timeout: float) -> str:  # noqa: ASYNC109 - the deadline is part of this call's contract
         """Run one Termux:API command; its stdout, or TermuxApiError saying what went wrong
         (not installed, no answer in time, a non-zero exit, a JSON `error`)."""
         path = shutil.which(command)

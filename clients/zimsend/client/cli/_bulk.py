@@ -152,7 +152,7 @@ def _send_batch(client: ZimSend, args: argparse.Namespace, batch: list[Row],
                 outcome.fail(row, exc.code, exc.message)
             return
         outcome.batches.append(result.batch_id)
-        for row, message in zip(batch, result.messages):
+        for row, message in zip(batch, result.messages, strict=False):
             outcome.queued.append({"line": row.line, "to": message.to,
                                    "message_id": message.message_id})
         return

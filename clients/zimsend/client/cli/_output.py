@@ -62,7 +62,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     for line in ([h.upper() for h in headers], *cells):
-        out.write("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() + "\n")
+        out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)).rstrip() + "\n")
 
 
 def print_record(pairs: Sequence[tuple[str, Any]], out: TextIO | None = None) -> None:

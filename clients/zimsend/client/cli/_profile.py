@@ -46,7 +46,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path} is not valid TOML ({exc}); fix it or run `zimsend login`")
+        raise ProfileError(
+            f"{path} is not valid TOML ({exc}); fix it or run `zimsend login`"
+        ) from exc
 
 
 def load_profile(name: str | None = None) -> Profile:

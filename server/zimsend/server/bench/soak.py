@@ -48,7 +48,7 @@ def soak(stack: Stack, tenant: Tenant, *, seconds: float = SECONDS, rate: float 
     """Run the soak on a stack whose server is started and `tenant` provisioned with agents'
     devices; returns per-process samples and verdicts, and the pipeline's counts."""
     base_url = stack.start_envoy()
-    receiver, receiver_url = stack.start_receiver()
+    _receiver, receiver_url = stack.start_receiver()
     stack.start_worker()
     stack.configure(tenant, webhook_url=receiver_url, unpaced=True)
     agents = [_start_agent(stack, device, n) for n, device in enumerate(tenant.devices)]

@@ -202,7 +202,7 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             self.hub.detach(connecting.result())
 
     async def _hello(
-        self, requests: AsyncIterator[pb.DeviceFrame], timeout: float
+        self, requests: AsyncIterator[pb.DeviceFrame], timeout: float  # noqa: ASYNC109 - the deadline is part of this call's contract
     ) -> pb.DeviceHello:
         """The stream's first frame, which must be a hello sent within `timeout` seconds
         (`device_hello_timeout_seconds`): a silent stream would hold its connect slot."""

@@ -73,7 +73,7 @@ class OriginTurns:
                     await turns.acquire()
                     acquired = True
                 if not acquired:
-                    raise OriginBusy(
+                    raise OriginBusy(  # noqa: B904 - WouldBlock only chose the waiting path
                         f"not sent: {self.per_origin} deliveries to this receiver were already "
                         f"in flight for {max_wait:g} s (it answers too slowly for the load)"
                     )

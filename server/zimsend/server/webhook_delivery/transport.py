@@ -86,7 +86,7 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's network backend interface names it so
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -104,7 +104,7 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         raise failure
 
     async def checked_addresses(
-        self, host: str, port: int, timeout: float | None = None
+        self, host: str, port: int, timeout: float | None = None  # noqa: ASYNC109 - httpcore's network backend interface names it so
     ) -> list[IPAddress]:
         """The addresses `host` may be reached at; raises `ForbiddenAddress` or
         `httpcore.ConnectError` when there are none."""
@@ -120,7 +120,7 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
                     raise ForbiddenAddress(f"refused to connect to {host}: {reason}")
         return addresses
 
-    async def _resolve(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
+    async def _resolve(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:  # noqa: ASYNC109 - httpcore's network backend interface names it so
         try:
             with trio.fail_after(timeout if timeout is not None else float("inf")):
                 addresses = await self._resolver.resolve(host, port)
@@ -135,7 +135,7 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self,
         path: str,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's network backend interface names it so
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         raise ForbiddenAddress("webhooks never connect to unix sockets")
