@@ -99,7 +99,9 @@ def mark_reports_processed(
         .returning(table.c.device_id, table.c.report_id)
     ))
     now = utcnow()
-    params = [{"device_id": d, "report_id": r, "created_at": now} for d, r in dict.fromkeys(reports)]
+    params = [
+        {"device_id": d, "report_id": r, "created_at": now} for d, r in dict.fromkeys(reports)
+    ]
     if not params:
         return set()
     return {(d, r) for d, r in session.execute(stmt, params)}
