@@ -127,7 +127,7 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
             else:
                 kinds["network"] += 1
                 assert proxy.cut() >= 1
-            wait_for(lambda: links() > before, 90, f"a new link after cut {cut}")
+            wait_for(lambda before=before: links() > before, 90, f"a new link after cut {cut}")
         feeder.stop.set()
         feeder.join(10)
         ids = list(feeder.ids)
