@@ -9,8 +9,10 @@ This script makes `.venv` (installing uv into it from PyPI), syncs the uv worksp
 `uv.lock`, regenerates the code from the protos, and then runs the real command inside the
 environment. Every step is idempotent, so running it twice costs only the sync check.
 
-Other verbs: `codegen` (regenerate only), `sync` (environment only), and anything else is passed
-to the `zimsend` command (`python3 buildtools/run.py admin create-client --name acme`).
+Other verbs: `lint` (ruff, mypy and the generated files' freshness: the gate `test` runs first,
+zimsend.buildtools.lint), `codegen` (regenerate only), `sync` (environment only), and anything
+else is passed to the `zimsend` command (`python3 buildtools/run.py admin create-client --name
+acme`).
 """
 
 from __future__ import annotations
@@ -22,19 +24,20 @@ import sys
 import tomllib
 import venv
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 
 
-def _run(*cmd: str | os.PathLike[str], **kw: object) -> None:
-    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)  # type: ignore[arg-type]
+def _run(*cmd: str | os.PathLike[str], **kw: Any) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)
 
 
 def ensure_environment() -> None:
     """Create `.venv` with uv inside it and sync the workspace (dev tools included)."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - run.py starts under any python3
         sys.exit("ZimSend needs Python 3.11 or newer")
     uv = BIN / "uv"
     if not uv.exists():
@@ -78,7 +81,8 @@ def _unexposed_members() -> list[str]:
     for member in members["members"]:
         folder = ROOT / member
         if str(folder) not in on_path and any((folder / "zimsend").rglob("*.py")):
-            missing.append(tomllib.loads((folder / "pyproject.toml").read_text())["project"]["name"])
+            project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+            missing.append(project["name"])
     return missing
 
 
@@ -117,10 +121,23 @@ def codegen() -> None:
     _run(BIN / "python", "-m", "zimsend.buildtools.codegen")
 
 
+def lint() -> int:
+    """The gate (zimsend.buildtools.lint); its exit status, non-zero on any finding."""
+    return subprocess.run([str(BIN / "python"), "-m", "zimsend.buildtools.lint"],
+                          cwd=ROOT, check=False).returncode
+
+
 def main(argv: list[str]) -> int:
     verb, rest = (argv[0], argv[1:]) if argv else ("up", [])
     ensure_environment()
     if verb == "sync":
+        return 0
+    # Before codegen, which would make stale generated files fresh and hide that they were
+    # committed stale; `test` fails on any finding without starting the suite.
+    if verb in ("lint", "test") and (status := lint()) != 0:
+        print("run.py: lint failed (CONTRIBUTING.md says how to run and fix it)", flush=True)
+        return status
+    if verb == "lint":
         return 0
     codegen()
     if verb == "codegen":
