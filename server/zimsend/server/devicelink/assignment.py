@@ -35,6 +35,7 @@ from zimsend.server.storage import (
     claim_due_messages,
 )
 from zimsend.server.storage.claims import still_queued
+from zimsend.server.storage.shapes import padded
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
@@ -148,11 +149,12 @@ def claim_round(
         read = session.connection().execute
         due: set[tuple[str, str | None]] = set()
         if clients:
-            due = {(c, p) for c, p in read(_LIVE_DUE, {"now": now, "clients": clients})}
+            due = {(c, p) for c, p in read(_LIVE_DUE, {"now": now, "clients": padded(clients)})}
             result.pinned = {p for _, p in due if p is not None}
         test_clients: set[str] = set()
         if woken:
-            test_clients.update(read(_TEST_DUE, {"now": now, "clients": sorted(woken)}).scalars())
+            test_clients.update(
+                read(_TEST_DUE, {"now": now, "clients": padded(sorted(woken))}).scalars())
         if scan is not None:
             result.next_due = read(_NEXT_DUE, {"now": now}).scalar()
             if scan.since is not None:

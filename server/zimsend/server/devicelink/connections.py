@@ -27,6 +27,7 @@ from zimsend.server.storage import (
     OutboxEvent,
     OutboxStatus,
 )
+from zimsend.server.storage.shapes import padded
 
 __all__ = [
     "Beat",
@@ -242,7 +243,7 @@ def record_connects(
         processing: dict[str, list[Message]] = {}
         for message in session.scalars(
             select(Message)
-            .where(col(Message.device_id).in_([r.device_id for r in requests]),
+            .where(col(Message.device_id).in_(padded([r.device_id for r in requests])),
                    col(Message.status) == MessageStatus.PROCESSING)
             .order_by(col(Message.priority), col(Message.processing_at), col(Message.id))
         ):

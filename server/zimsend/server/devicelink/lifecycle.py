@@ -44,6 +44,7 @@ from zimsend.server.storage import (
     cached_statement,
     insert_for,
 )
+from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.upserts import add_daily_counts, mark_reports_processed
 
 __all__ = [
@@ -181,8 +182,9 @@ _WRITTEN = ("status", "parts", "sealed_body", "sent_at", "delivered_at", "failed
             "error_code", "error_message")
 _PART_COLUMNS = tuple(f.name for f in fields(_Part))
 _DAY_COLUMN = {MessageStatus.SENT: 0, MessageStatus.DELIVERED: 1, MessageStatus.FAILED: 2}
-#: Ids per `IN (…)` when loading a batch's messages (SQLite caps bound parameters).
-_CHUNK = 500
+#: Ids per `IN (…)` when loading a batch's messages (SQLite caps bound parameters); lists are
+#: padded to a power of two (`storage.shapes`), so this is one too.
+_CHUNK = 512
 _Counts = dict[tuple[str, str, dt.date], list[int]]
 
 
@@ -351,10 +353,9 @@ def _load_messages(session: Session, ids: set[str]) -> dict[str, MessageRow]:
         .order_by(table.c.id)
         .with_for_update()  # PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes writers
     ))
-    ordered = sorted(ids)
     out: dict[str, MessageRow] = {}
-    for n in range(0, len(ordered), _CHUNK):
-        for row in session.execute(stmt, {"ids": ordered[n:n + _CHUNK]}):
+    for chunk in padded_chunks(sorted(ids), _CHUNK):
+        for row in session.execute(stmt, {"ids": chunk}):
             out[row.id] = MessageRow(*row)
     return out
 
@@ -367,10 +368,9 @@ def _load_parts(session: Session, ids: set[str]) -> dict[str, dict[int, _Part]]:
         select(*(table.c[name] for name in _PART_COLUMNS))
         .where(table.c.message_id.in_(bindparam("ids", expanding=True)))
     ))
-    ordered = sorted(ids)
     out: dict[str, dict[int, _Part]] = {}
-    for n in range(0, len(ordered), _CHUNK):
-        for row in session.execute(stmt, {"ids": ordered[n:n + _CHUNK]}):
+    for chunk in padded_chunks(sorted(ids), _CHUNK):
+        for row in session.execute(stmt, {"ids": chunk}):
             out.setdefault(row.message_id, {})[row.part_index] = _Part(*row)
     return out
 

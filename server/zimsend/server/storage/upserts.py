@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from .models import DailyAggregate, ProcessedReport, RateLimitBucket
+from .shapes import padded_chunks
 from .types import utcnow
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
 DayCounts = Mapping[tuple[str, str, dt.date], tuple[int, int, int]]
 
 _STATEMENTS: dict[tuple[str, str], Any] = {}
+#: Rows per `mark_reports_processed` statement: 3 parameters each, under SQLite's oldest limit
+#: of 999 bound parameters.
+_MARK_CHUNK = 256
 
 
 def cached_statement(session: Session, name: str, build: Callable[[Session], Any]) -> Any:
@@ -102,9 +106,11 @@ def mark_reports_processed(
     params = [
         {"device_id": d, "report_id": r, "created_at": now} for d, r in dict.fromkeys(reports)
     ]
-    if not params:
-        return set()
-    return {(d, r) for d, r in session.execute(stmt, params)}
+    recorded: set[tuple[str, str]] = set()
+    # Padded rows (`shapes`): one statement shape per power of two, not one per batch size.
+    for chunk in padded_chunks(params, _MARK_CHUNK):
+        recorded.update((d, r) for d, r in session.execute(stmt, chunk))
+    return recorded
 
 
 def add_daily_counts(session: Session, counts: DayCounts) -> None:
