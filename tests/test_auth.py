@@ -171,7 +171,7 @@ def test_every_public_rpc_requires_auth(channel) -> None:  # type: ignore[no-unt
     import zimsend.v1.api_keys_pb2
     import zimsend.v1.devices_pb2
     import zimsend.v1.otp_pb2
-    import zimsend.v1.webhooks_pb2  # noqa: F401
+    import zimsend.v1.webhooks_pb2  # noqa: F401 - imported to register its descriptors
 
     pool = descriptor_pool.Default()
     checked = 0

@@ -134,7 +134,7 @@ def modem_sender(args: argparse.Namespace) -> Any:
     if not args.gammu_config.is_file():
         _usage_error(f"--gammu-config {args.gammu_config} is not a readable file")
     try:
-        import gammu  # noqa: F401
+        import gammu  # noqa: F401 - only probes that python-gammu is installed
     except ImportError:
         _usage_error("--backend modem needs python-gammu: pip install 'zimsend-client[modem]'")
     from zimsend.agent.senders.modem import ModemConfig, ModemSender

@@ -136,7 +136,7 @@ def _create_client(args: argparse.Namespace) -> int:
     _, db = _open(args)
     try:
         client = accounts.create_client(db, args.name)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a one-line error and exit 1
         return _fail(exc)
     return _print({"client_id": client.id, "name": client.name})
 
@@ -149,7 +149,7 @@ def _create_key(args: argparse.Namespace) -> int:
         new = accounts.create_api_key(
             db, settings.pepper(), args.client_id, args.name, test=args.test
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a one-line error and exit 1
         return _fail(exc)
     return _print(
         {"client_id": new.key.client_id, "key_id": new.key.id, "name": new.key.name,
@@ -167,7 +167,7 @@ def _create_device(args: argparse.Namespace) -> int:
         new = accounts.create_device(
             db, settings.pepper(), args.client_id, args.name, server_address=address, tls=tls,
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a one-line error and exit 1
         return _fail(exc)
     _print(
         {"client_id": new.device.client_id, "device_id": new.device.id, "name": new.device.name,
@@ -209,7 +209,7 @@ def _set_rate_limit(args: argparse.Namespace) -> int:
     _, db = _open(args)
     try:
         client = accounts.set_rate_limit(db, args.client_id, args.per_minute)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a one-line error and exit 1
         return _fail(exc)
     return _print({"client_id": client.id, "rate_limit_per_minute": client.rate_limit_per_minute})
 

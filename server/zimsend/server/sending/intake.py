@@ -158,8 +158,8 @@ _ONLINE = select(  # type: ignore[call-overload]
 ).where(
     Device.client_id == bindparam("client_id"),
     Device.online == True,  # noqa: E712 - SQL comparison
-    Device.enabled == True,  # noqa: E712
-    Device.is_simulated == False,  # noqa: E712
+    Device.enabled == True,  # noqa: E712 - SQL comparison
+    Device.is_simulated == False,  # noqa: E712 - SQL comparison
     Device.deleted_at.is_(None),  # type: ignore[union-attr]
 )
 _INSERT = insert(Message.__table__)  # type: ignore[attr-defined]
