@@ -68,9 +68,10 @@ class DummyModem:
         try:
             parts = gammu.EncodeSMS({"Class": -1, "Unicode": unicode, "Entries": [
                 {"ID": "ConcatenatedTextLong", "Buffer": text}]})
+            stamp = datetime.now()  # the centre's timestamp (TP-SCTS), Gammu's DateTime
             for part in parts:
                 part.update(Folder=1, Number=sender, Type="Deliver", State="UnRead",
-                            SMSC={"Number": "+33609001390"}, DateTime=datetime.now())
+                            SMSC={"Number": "+33609001390"}, DateTime=stamp)
                 machine.AddSMS(part)
             return len(parts)
         finally:
@@ -84,6 +85,8 @@ class DummyModem:
                 "Folder": 1, "Type": "Status_Report", "Number": recipient,
                 "MessageReference": reference, "DeliveryStatus": status, "State": "UnRead",
                 "SMSC": {"Number": "+33609001390"}, "Text": "Delivered" if status == 0 else "",
+                # DateTime: when the centre took the original (TP-SCTS); SMSCDateTime: when it
+                # was delivered (TP-DT, the discharge time).
                 "DateTime": datetime.now(), "SMSCDateTime": datetime.now(),
             })
         finally:

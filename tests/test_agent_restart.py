@@ -24,10 +24,12 @@ from _devices import ServerDb, outbox_lines, start_agent, wait_for
 
 pytestmark = pytest.mark.slow
 
-# The simulator draws each report's delay from 0.75 to 1.25 times this: the first report is due
-# 4.5 s after its send, time enough (even on a loaded machine) to see every message `sent` and
-# stop the agent.
-DELIVERY_DELAY_S = 6.0
+# The simulator draws each report's delay from 0.75 to 1.25 times its --delivery-delay. Before
+# the stop the network takes 60 s (the first report is due 45 s after its send: time enough,
+# even on a loaded machine, to see every message `sent` and stop the agent); after the restart
+# it answers within about a second, so the test does not wait a minute.
+DELIVERY_DELAY_BEFORE_S = 60.0
+DELIVERY_DELAY_AFTER_S = 1.0
 MESSAGES = ["Votre code de retrait: 4411", "Rendez-vous demain 9h", "Colis expédié",
             "Paiement reçu, merci", "long " * 60]  # the last one is two parts (GSM-7, 300 chars)
 
@@ -65,15 +67,13 @@ def test_messages_sent_before_a_restart_still_end_delivered(
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
                          json={"name": f"restart {stop_signal.name}"}).json()
     device_id, password = created["device_id"], created["device_password"]
-    agent_args = ("--send-delay", "0.05", "--delivery-delay", str(DELIVERY_DELAY_S),
-                  "--log-level", "INFO")
-
-    def start(name: str):  # type: ignore[no-untyped-def]
+    def start(name: str, delivery_delay: float):  # type: ignore[no-untyped-def]
         """The same journal and outbox (under tmp_path) every time, as on a real phone."""
         return start_agent(zimsend_env, stack.envoy.device_target, stack.client_id, device_id,
-                           password, tmp_path, *agent_args, name=name)
+                           password, tmp_path, "--send-delay", "0.05", "--delivery-delay",
+                           str(delivery_delay), "--log-level", "INFO", name=name)
 
-    with start("before") as before:
+    with start("before", DELIVERY_DELAY_BEFORE_S) as before:
         wait_for(lambda: _online(stack, device_id), 30, "the phone online")
         ids = []
         for n, text in enumerate(MESSAGES):
@@ -93,9 +93,9 @@ def test_messages_sent_before_a_restart_still_end_delivered(
     assert set(_statuses(stack, ids).values()) == {"sent"}, (
         f"a report arrived before the restart (stopped {elapsed:.1f} s after the first send)")
 
-    with start("after"):
+    with start("after", DELIVERY_DELAY_AFTER_S):
         wait_for(lambda: set(_statuses(stack, ids).values()) == {"delivered"},
-                 DELIVERY_DELAY_S + 30, "every message delivered after the restart")
+                 DELIVERY_DELAY_AFTER_S + 30, "every message delivered after the restart")
 
     sends = collections.Counter(line["message_id"] for line in
                                 outbox_lines(tmp_path / "outbox.jsonl"))

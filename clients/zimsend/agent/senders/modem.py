@@ -269,15 +269,17 @@ class ModemSender:
         for sms in reports:
             delivered, code, message = delivery_outcome(int(sms.get("DeliveryStatus", 0)))
             if delivered is not None:
+                # Gammu's DateTime is the centre's timestamp of the original submission
+                # (TP-SCTS); SMSCDateTime is when the network delivered it (TP-DT).
                 matched = recorder.delivery(
                     DeliveryReport(
                         delivered=delivered,
                         error_code=code,
                         error_message=message,
-                        at=_utc(sms.get("DateTime")),
+                        at=_utc(sms.get("SMSCDateTime")),
                         reference=int(sms["MessageReference"]),
                         recipient=str(sms.get("Number", "")),
-                        submitted_at=_utc(sms.get("SMSCDateTime")),
+                        submitted_at=_utc(sms.get("DateTime")),
                     )
                 )
                 if not matched:
@@ -297,8 +299,9 @@ class ModemSender:
         first = parts[0]
         udh = first.get("UDH", {})
         expected = int(udh.get("AllParts", -1)) if udh.get("Type") != "NoUDH" else 1
+        # The centre's timestamp (TP-SCTS, Gammu's DateTime) is part of every SMS-DELIVER.
         source = hashlib.sha256("\x1f".join(
-            [str(first.get("Number")), str(first.get("SMSCDateTime")), str(udh.get("ID8bit")),
+            [str(first.get("Number")), str(first.get("DateTime")), str(udh.get("ID8bit")),
              str(udh.get("ID16bit")), *(str(p.get("Text")) for p in parts)]
         ).encode()).hexdigest()[:32]
         if expected > len(parts):
