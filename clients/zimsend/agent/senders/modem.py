@@ -341,6 +341,11 @@ class ModemSender:
                 p for p in (machine.GetManufacturer(), machine.GetModel()[1]) if p) or "GSM modem"
         except gammu.GSMError:
             pass
+        try:  # registration and signal known before anyone is told the modem can send
+            self._refresh_health()
+        except gammu.GSMError as exc:
+            self._close(f"cannot read the modem's state: {failure_of(exc)[1]}")
+            return False
         self._state.open, self._state.problem = True, ""
         log.info("modem open: %s", self._state.model)
         return True
