@@ -114,9 +114,10 @@ def test_a_failing_endpoint_is_retried_on_the_schedule_then_failed(
     assert [r.attempt for r in rows] == [1, 2, 3]
     assert all(not r.success and r.response_status == 503 for r in rows)
     gaps = [(b.created_at - a.created_at).total_seconds() for a, b in itertools.pairwise(rows)]
+    # The schedule's lower bounds only: a loaded machine can stretch any gap (the first one
+    # ran 0.45 s against the second's 0.44 s on four busy xdist workers).
     assert gaps[0] >= 0.2
     assert gaps[1] >= 0.4
-    assert gaps[1] > gaps[0]
 
 
 def test_only_the_failed_endpoint_is_retried(db: Database, tmp_path: Path) -> None:
