@@ -34,6 +34,9 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_env(
         tmp_path_factory.mktemp("shedding-data"), TEST_PEPPER,
         ZIMSEND_DEVICE_CONNECTS_PENDING_MAX="2", ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        # The silent holders must keep their places for the whole test, however slowly the
+        # agents start: the default 10 s hello deadline would free them (test_device_link).
+        ZIMSEND_DEVICE_HELLO_TIMEOUT_SECONDS="600",
     )
 
 
