@@ -89,9 +89,11 @@ def test_the_transcoder_exposes_every_public_service_but_not_the_phones_stream()
     transcoder = http_filter(listeners(build_config())["public"],
                              "envoy.filters.http.grpc_json_transcoder")
     assert "zimsend.v1.DeviceLinkService" not in transcoder["services"]
+    # Read from the descriptor set: a service added to the protos is exposed without a list
+    # to keep.
     assert {"zimsend.v1.AuthService", "zimsend.v1.SmsService", "zimsend.v1.OtpService",
             "zimsend.v1.DeviceService", "zimsend.v1.WebhookService",
-            "zimsend.v1.ApiKeyService"} == set(transcoder["services"])
+            "zimsend.v1.ApiKeyService"} <= set(transcoder["services"])
     assert transcoder["convert_grpc_status"] is True
     assert transcoder["print_options"] == {
         "add_whitespace": False,

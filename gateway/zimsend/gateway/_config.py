@@ -56,16 +56,8 @@ ERROR_DOMAIN = "zimsend.dev"
 # clients never get JSON in their grpc-message.
 REST_MARKER_HEADER = "x-zimsend-rest"
 
-# The public services the transcoder exposes as REST. DeviceLinkService is deliberately absent:
-# phones use the device listener, and it has no google.api.http bindings anyway.
-REST_SERVICES = (
-    "zimsend.v1.AuthService",
-    "zimsend.v1.ApiKeyService",
-    "zimsend.v1.DeviceService",
-    "zimsend.v1.SmsService",
-    "zimsend.v1.OtpService",
-    "zimsend.v1.WebhookService",
-)
+# The phones' service, on the device listener only; every other service of the descriptor set
+# is public and transcoded (`_rest_services`).
 DEVICE_SERVICE = "zimsend.v1.DeviceLinkService"
 # Server-streaming RPCs: their routes need `timeout: 0s` (DESIGN.md).
 STREAMING_METHODS = ("/zimsend.v1.SmsService/ExportSmsHistory",)
@@ -555,7 +547,7 @@ def _transcoder_filter(config: GatewayConfig) -> dict[str, Any]:
         "typed_config": {
             "@type": f"{_FILTERS}.grpc_json_transcoder.v3.GrpcJsonTranscoder",
             "proto_descriptor": str(config.descriptor_path),
-            "services": list(REST_SERVICES),
+            "services": _rest_services(config.descriptor_path),
             "convert_grpc_status": True,
             "auto_mapping": False,
             "print_options": {
@@ -574,6 +566,17 @@ def _transcoder_filter(config: GatewayConfig) -> dict[str, Any]:
             "max_response_body_size": 64 * 1024 * 1024,
         },
     }
+
+
+def _rest_services(descriptor_path: Path) -> list[str]:
+    """The services the transcoder exposes as REST: every zimsend service of the descriptor
+    set but `DEVICE_SERVICE` (phones use the device listener; it has no HTTP bindings)."""
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_path.read_bytes()).file
+    names = [f"{f.package}.{s.name}" for f in files if f.package.startswith("zimsend.")
+             for s in f.service]
+    return [name for name in names if name != DEVICE_SERVICE]
 
 
 def _rate_limit_filter(config: GatewayConfig) -> dict[str, Any]:
