@@ -48,7 +48,7 @@ from zimsend.server.devicelink.reports import ReportWriter, inbound_item, status
 from zimsend.server.devicelink.session import CommandRecord, DeviceSession
 from zimsend.server.errors import ApiError
 from zimsend.server.rpc import ServerState
-from zimsend.server.storage import utcnow
+from zimsend.server.storage import utcnow, wakeups
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
@@ -85,6 +85,7 @@ class DeviceHub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._closing = False
+        self._listener: wakeups.Listener | None = None
 
     @classmethod
     def of(cls, state: ServerState) -> DeviceHub:
@@ -114,6 +115,11 @@ class DeviceHub:
 
     async def start(self) -> None:
         self.state.new_work.subscribe(self.dispatcher.wake)
+        # Other replicas' new work (PostgreSQL NOTIFY): a round for that client at once.
+        self._listener = wakeups.Listener.for_database(
+            self.state.db, {wakeups.WORK_CHANNEL: self.dispatcher.wake},
+            on_reconnect=self.dispatcher.wake, name="dispatch-wakeups",
+        )
         for coro in (self.dispatcher.run(), self.reports.run(), self._watchdog(),
                      self._flush_heartbeats_forever(), self._write_connects_forever()):
             self._loops.append(asyncio.create_task(coro))
@@ -135,6 +141,8 @@ class DeviceHub:
         await self._flush_heartbeats()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_WAIT_S)
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

@@ -41,7 +41,7 @@ import trio
 
 from zimsend.server import logs, metrics
 from zimsend.server.config import Settings
-from zimsend.server.storage import Database, utcnow
+from zimsend.server.storage import Database, utcnow, wakeups
 from zimsend.server.webhook_delivery.sender import AttemptOutcome, WebhookSender
 from zimsend.server.webhook_delivery.signing import encode_body
 
@@ -62,6 +62,9 @@ T = TypeVar("T")
 log = logs.get("zimsend.worker")
 #: While the database cannot be written, how often the worker tries it again.
 STORAGE_CHECK_SECONDS = 1.0
+#: The outbox poll while PostgreSQL NOTIFYs new events (`storage.wakeups`): only a safety net
+#: (and the pace at which retries that came due are noticed).
+NOTIFIED_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class Worker:
         self._finished: list[_Outcome] = []  # outcomes waiting for the next cycle
         self._in_flight = 0  # claimed events whose outcome is not written yet
         self._claims = 0
+        self._notified = False  # NOTIFY of new events since the last `_wait`
+        self._listener: wakeups.Listener | None = None
 
     @property
     def stopping(self) -> bool:
@@ -143,7 +148,16 @@ class Worker:
                 lease_seconds=self.lease.total_seconds(),
             )
             task_status.started()
-            await self._outbox_loop(sender)
+            self._listener = wakeups.Listener.for_database(
+                self.database, {wakeups.OUTBOX_CHANNEL: self._notify_from_thread(
+                    trio.lowlevel.current_trio_token())},
+                name="outbox-wakeups",
+            )
+            try:
+                await self._outbox_loop(sender)
+            finally:
+                if self._listener is not None:
+                    await trio.to_thread.run_sync(self._listener.stop)
             background.cancel_scope.cancel()
         log.info("worker.stopped", worker_id=self.options.worker_id)
 
@@ -209,12 +223,26 @@ class Worker:
         return False
 
     async def _wait(self, seconds: float) -> None:
-        """Until an outcome arrives, a delivery gives up its event, or `stop()`."""
-        if self._finished:
+        """Until an outcome arrives, a delivery gives up its event, new events are notified
+        (PostgreSQL), or `stop()`. While notifications are heard, the poll is a safety net."""
+        if self._finished or self._notified:
+            self._notified = False
             return
+        if self._listener is not None and self._listener.connected.is_set():
+            seconds = max(seconds, NOTIFIED_POLL_SECONDS)
         self._wake = trio.Event()
         with trio.move_on_after(seconds):
             await self._wake.wait()
+        self._notified = False
+
+    def _notify_from_thread(self, token: trio.lowlevel.TrioToken) -> Callable[[str], None]:
+        """The listener's callback (its thread): wake the outbox loop in trio's."""
+
+        def notified() -> None:
+            self._notified = True
+            self._wake.set()
+
+        return lambda _payload: token.run_sync_soon(notified)
 
     def _token(self) -> str:
         self._claims += 1

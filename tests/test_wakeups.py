@@ -1,0 +1,126 @@
+"""Wake-ups across processes on PostgreSQL (issue 17): what one process commits, another hears
+at once through LISTEN/NOTIFY (migration 0008's triggers, `storage.wakeups.Listener`).
+
+The listener and the writer use two separate `Database`s, as two replicas would; the database
+is a real PostgreSQL. On SQLite nothing listens (one writer; wake-ups stay in-process).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from _devices import wait_for
+
+from zimsend.server import accounts, secrets
+from zimsend.server.storage import Database, Message, utcnow
+from zimsend.server.storage.wakeups import OUTBOX_CHANNEL, WORK_CHANNEL, Listener
+from zimsend.server.webhook_delivery.events import outbox_event
+
+HEARD_WITHIN_S = 10.0  # a sanity bound on a loaded machine; typically a few milliseconds
+
+
+@pytest.fixture
+def pg(postgres_database_url: str) -> Iterator[Database]:
+    db = Database.from_url(postgres_database_url)
+    db.migrate()
+    yield db
+    db.dispose()
+
+
+def _listen(db: Database, reconnects: list[int] | None = None) -> tuple[Listener, queue.Queue[
+        tuple[str, str]]]:
+    heard: queue.Queue[tuple[str, str]] = queue.Queue()
+    listener = Listener.for_database(
+        db, {WORK_CHANNEL: lambda p: heard.put((WORK_CHANNEL, p)),
+             OUTBOX_CHANNEL: lambda p: heard.put((OUTBOX_CHANNEL, p))},
+        on_reconnect=(lambda: reconnects.append(1)) if reconnects is not None else None,
+    )
+    assert listener is not None
+    assert listener.connected.wait(HEARD_WITHIN_S)
+    return listener, heard
+
+
+def _queue_message(db: Database, client_id: str, due_at: dt.datetime) -> str:
+    with db.write() as session:
+        message = Message(id=secrets.new_id("msg"), client_id=client_id, to="+33612345678",
+                          body="hi", segments=1, due_at=due_at,
+                          expires_at=due_at + dt.timedelta(hours=24))
+        session.add(message)
+    return message.id
+
+
+def test_a_committed_message_wakes_another_process_and_a_rollback_does_not(
+    pg: Database, postgres_database_url: str
+) -> None:
+    writer = Database.from_url(postgres_database_url)  # another replica
+    listener, heard = _listen(pg)
+    try:
+        client = accounts.create_client(writer, "wakeups")
+        # Rolled back: nobody is woken for rows nobody can see.
+        with writer.session() as session, session.begin():
+            session.add(Message(id=secrets.new_id("msg"), client_id=client.id, to="+1",
+                                body="x", segments=1, due_at=utcnow(),
+                                expires_at=utcnow() + dt.timedelta(hours=1)))
+            session.flush()
+            session.rollback()
+        # Due far in the future: the dispatchers' periodic scan finds it, no wake-up.
+        _queue_message(writer, client.id, utcnow() + dt.timedelta(hours=1))
+        _queue_message(writer, client.id, utcnow())
+        assert heard.get(timeout=HEARD_WITHIN_S) == (WORK_CHANNEL, client.id)
+        with pytest.raises(queue.Empty):
+            heard.get(timeout=0.5)
+    finally:
+        listener.stop()
+        writer.dispose()
+
+
+def test_outbox_events_wake_the_workers_once_per_transaction(
+    pg: Database, postgres_database_url: str
+) -> None:
+    writer = Database.from_url(postgres_database_url)
+    listener, heard = _listen(pg)
+    try:
+        client = accounts.create_client(writer, "outbox")
+        with writer.write() as session:
+            for n in range(5):
+                session.add(outbox_event(client_id=client.id, event_type="sms.sent",
+                                         data={"n": n}))
+        assert heard.get(timeout=HEARD_WITHIN_S) == (OUTBOX_CHANNEL, "")
+        with pytest.raises(queue.Empty):
+            heard.get(timeout=0.5)
+    finally:
+        listener.stop()
+        writer.dispose()
+
+
+def test_the_listener_reconnects_and_says_so(pg: Database, postgres_database_url: str) -> None:
+    """A lost connection (PostgreSQL restarted, network cut): the listener comes back on its
+    own and calls `on_reconnect` (what was sent meanwhile is lost), then hears again."""
+    reconnects: list[int] = []
+    listener, heard = _listen(pg, reconnects)
+    try:
+        admin_url = pg.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False)
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = 'zimsend-listener' AND datname = "
+                         "current_database()")
+        wait_for(lambda: reconnects, HEARD_WITHIN_S + 10, "the listener to reconnect")
+        client = accounts.create_client(pg, "again")
+        _queue_message(pg, client.id, utcnow())
+        assert heard.get(timeout=HEARD_WITHIN_S) == (WORK_CHANNEL, client.id)
+    finally:
+        listener.stop()
+
+
+def test_nothing_listens_on_sqlite(tmp_path: Path) -> None:
+    db = Database.from_url(f"sqlite:///{tmp_path / 'z.db'}")
+    try:
+        assert Listener.for_database(db, {WORK_CHANNEL: lambda _p: None}) is None
+    finally:
+        db.dispose()
