@@ -375,6 +375,7 @@ def _public_routes(config: GatewayConfig) -> dict[str, Any]:
     cluster_route = {
         "cluster": CLUSTER,
         "timeout": _duration(config.request_timeout_seconds),
+        "retry_policy": _retry_unsent(),
     }
     transcoder_off = {
         "envoy.filters.http.grpc_json_transcoder": {
@@ -890,6 +891,39 @@ def _server_cluster(
             }
         ],
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        # A replica that died (kill -9) is taken out after two failed connections, long before
+        # two missed health checks say so; back after `base_ejection_time` (doubling while it
+        # keeps failing). Never the last one: `max_ejection_percent`.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 2,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_gateway_failure": 100,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_time": "60s",
+            "max_ejection_percent": 50,
+        },
+    }
+
+
+def _retry_unsent() -> dict[str, Any]:
+    """Unary calls are retried on another replica only when the one chosen never received
+    them (connection refused or reset before the request was sent): a retry can then not run
+    a call twice. A call a replica had received when it died fails (503 / UNAVAILABLE): the
+    caller retries it, with its Idempotency-Key for sends."""
+    return {
+        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        "num_retries": 2,
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                "PreviousHostsPredicate",
+            },
+        }],
+        "host_selection_retry_max_attempts": 3,
     }
 
 
