@@ -23,7 +23,7 @@ from zimsend.server.config import Settings
 from zimsend.server.devicelink.connections import DeviceConfig
 from zimsend.server.devicelink.dispatcher import IDLE_BATCH, POLL_INTERVAL_S, Dispatcher
 from zimsend.server.devicelink.session import DeviceSession
-from zimsend.server.rpc import ServerState
+from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, Message, utcnow
 
 PHONES = 1000

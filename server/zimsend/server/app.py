@@ -36,7 +36,7 @@ from zimsend.server import logs, metrics
 from zimsend.server.call_gate import CallGate
 from zimsend.server.config import Settings
 from zimsend.server.request_decoding import RequestDecoding
-from zimsend.server.rpc import ServerState
+from zimsend.server.state import ServerState
 from zimsend.server.storage import Database
 from zimsend.server.storage.availability import StorageProblem, storage_problem
 from zimsend.v1 import common_pb2

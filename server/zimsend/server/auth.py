@@ -23,8 +23,8 @@ from sqlalchemy import bindparam, update
 from sqlmodel import col, select
 
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.rpc import ServerState, metadata_value
 from zimsend.server.secrets import hash_secret
+from zimsend.server.state import ServerState
 from zimsend.server.storage import ApiKey, Database, utcnow
 
 API_KEY_HEADER = "x-api-key"
@@ -68,6 +68,14 @@ async def authenticate(state: ServerState, context: grpc.aio.ServicerContext) ->
         raise _invalid_key()
     device_id = metadata_value(context, DEVICE_ID_HEADER) or None
     return Caller(caller.client_id, caller.key_id, caller.test, device_id)
+
+
+def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    """First value of an incoming metadata key (names are lower-case in gRPC)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
 
 
 def _invalid_key() -> ApiError:

@@ -53,7 +53,7 @@ from zimsend.server.devicelink.lifecycle import (
 )
 from zimsend.server.devicelink.session import CommandRecord, DeviceSession
 from zimsend.server.devicelink.simulated import SimulatedPhone
-from zimsend.server.rpc import ServerState
+from zimsend.server.state import ServerState
 from zimsend.server.storage import MessageStatus, utcnow
 from zimsend.v1 import device_link_pb2 as pb
 

@@ -47,7 +47,7 @@ from zimsend.server.devicelink.lifecycle import PartReport
 from zimsend.server.devicelink.reports import ReportWriter, inbound_item, status_report
 from zimsend.server.devicelink.session import CommandRecord, DeviceSession
 from zimsend.server.errors import ApiError
-from zimsend.server.rpc import ServerState
+from zimsend.server.state import ServerState
 from zimsend.server.storage import utcnow, wakeups
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
@@ -56,7 +56,6 @@ __all__ = ["DeviceHub"]
 
 log = logs.get("zimsend.devicelink.hub")
 
-_EXTRAS_KEY = "device_hub"
 #: How long shutdown waits for phones to leave after Reconnect(SERVER_SHUTDOWN).
 SHUTDOWN_WAIT_S = 1.5
 SHUTDOWN_RETRY_AFTER_MS = 1000
@@ -91,11 +90,9 @@ class DeviceHub:
     def of(cls, state: ServerState) -> DeviceHub:
         """The process's hub (created on first use; DeviceService and DeviceLinkService share
         it)."""
-        hub = state.extras.get(_EXTRAS_KEY)
-        if hub is None:
-            hub = state.extras[_EXTRAS_KEY] = cls(state)
-        assert isinstance(hub, DeviceHub)
-        return hub
+        if state.device_hub is None:
+            state.device_hub = cls(state)
+        return state.device_hub
 
     @property
     def closing(self) -> bool:

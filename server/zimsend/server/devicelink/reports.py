@@ -31,7 +31,7 @@ from zimsend.server.devicelink.lifecycle import (
     record_inbound,
 )
 from zimsend.server.devicelink.session import DeviceSession
-from zimsend.server.rpc import ServerState
+from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, utcnow
 from zimsend.v1 import device_link_pb2 as pb
 

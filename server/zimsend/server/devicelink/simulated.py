@@ -24,7 +24,7 @@ from sqlmodel import col
 from zimsend.server import logs
 from zimsend.server.devicelink.lifecycle import PartReport, Transition, apply_part_reports
 from zimsend.server.devicelink.reports import applied
-from zimsend.server.rpc import ServerState
+from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, Device, Message, MessageStatus, utcnow
 
 __all__ = ["SimulatedPhone"]

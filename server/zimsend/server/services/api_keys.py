@@ -8,8 +8,9 @@ import grpc
 
 from zimsend.server import accounts
 from zimsend.server.auth import Caller
-from zimsend.server.rpc import ServerState, public_rpc
+from zimsend.server.rpc import public_rpc
 from zimsend.server.services.convert import ts
+from zimsend.server.state import ServerState
 from zimsend.server.storage import ApiKey
 from zimsend.v1 import api_keys_pb2 as pb
 from zimsend.v1 import api_keys_pb2_grpc as pb_grpc

@@ -9,7 +9,8 @@ import grpc
 from zimsend.server.auth import Caller
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.presence import is_online
-from zimsend.server.rpc import ServerState, public_rpc
+from zimsend.server.rpc import public_rpc
+from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, Device, utcnow
 from zimsend.v1 import auth_pb2 as pb
 from zimsend.v1 import auth_pb2_grpc as pb_grpc

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING
 import grpc
 
 from zimsend.server import logs
+from zimsend.server.auth import metadata_value
 from zimsend.server.devicelink import DeviceHub
 from zimsend.server.devicelink.connections import authenticate_device
 from zimsend.server.devicelink.session import DeviceSession
 from zimsend.server.errors import ApiError, ErrorCode, abort, known_error
-from zimsend.server.rpc import ServerState, metadata_value
+from zimsend.server.state import ServerState
 from zimsend.v1 import device_link_pb2 as pb
 from zimsend.v1 import device_link_pb2_grpc as pb_grpc
 

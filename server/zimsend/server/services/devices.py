@@ -22,8 +22,9 @@ from zimsend.server.devicelink import DeviceHub
 from zimsend.server.devicelink.connections import device_config
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.presence import is_connected
-from zimsend.server.rpc import ServerState, public_rpc
+from zimsend.server.rpc import public_rpc
 from zimsend.server.services.convert import ts
+from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, Device, utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import devices_pb2 as pb

@@ -17,8 +17,9 @@ import grpc
 from zimsend.server import logs, metrics
 from zimsend.server.auth import Caller
 from zimsend.server.otp import check_send, issue, verify
-from zimsend.server.rpc import ServerState, public_rpc, request_id
+from zimsend.server.rpc import public_rpc, request_id
 from zimsend.server.services.convert import ts
+from zimsend.server.state import ServerState
 from zimsend.server.storage import utcnow
 from zimsend.v1 import otp_pb2 as pb
 from zimsend.v1 import otp_pb2_grpc as pb_grpc

@@ -16,19 +16,14 @@ from google.api import httpbody_pb2
 from google.protobuf.message import Message as ProtoMessage
 
 from zimsend.server import logs, metrics
-from zimsend.server.auth import Caller
+from zimsend.server.auth import Caller, metadata_value
 from zimsend.server.errors import ErrorCode
-from zimsend.server.rpc import (
-    ServerState,
-    metadata_value,
-    public_rpc,
-    public_stream_rpc,
-    request_id,
-)
+from zimsend.server.rpc import public_rpc, public_stream_rpc, request_id
 from zimsend.server.sending import history, idempotency, lifecycle, stats, validation, views
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.sending.intake import Accepted, Submission
 from zimsend.server.services.convert import paging, ts
+from zimsend.server.state import ServerState
 from zimsend.server.storage import utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import grpc
 
 from zimsend.server.auth import Caller
-from zimsend.server.rpc import ServerState, public_rpc
+from zimsend.server.rpc import public_rpc
 from zimsend.server.services.convert import paging, ts
+from zimsend.server.state import ServerState
 from zimsend.server.storage import WebhookDelivery, WebhookEndpoint
 from zimsend.server.webhook_delivery import endpoints
 from zimsend.v1 import common_pb2
