@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import update
 
-from zimsend.server import accounts, secrets
+from zimsend.server import accounts, credentials
 from zimsend.server.storage import Database, Device, Message, utcnow
 
 UTC = dt.UTC
@@ -90,7 +90,7 @@ def insert_message(db: Database, client_id: str, **values: Any) -> str:
     """A message row as if it had been sent at `created_at` (default now) and lived on."""
     created = values.pop("created_at", utcnow())
     fields: dict[str, Any] = dict(
-        id=secrets.new_id("msg"), client_id=client_id, to="+33612345678",
+        id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
         body=f"inserted {uuid.uuid4().hex[:8]}", status="queued", created_at=created,
         queued_at=created, due_at=created, expires_at=created + dt.timedelta(hours=24),
     )

@@ -26,7 +26,7 @@ from _processes import Program
 from _processes import zimsend_env as make_env
 
 from zimsend.segments import plan
-from zimsend.server import secrets
+from zimsend.server import credentials
 from zimsend.server.storage import Database, Message, utcnow
 from zimsend.v1 import common_pb2
 
@@ -60,7 +60,7 @@ def queue_directly(zimsend_env: dict[str, str], client_id: str, priorities: list
             segments = plan(text)
             now = utcnow()
             message = Message(
-                id=secrets.new_id("msg"), client_id=client_id, to="+33612345678", body=text,
+                id=credentials.new_id("msg"), client_id=client_id, to="+33612345678", body=text,
                 priority=priority, segments=len(segments.parts),
                 encoding="GSM-7" if segments.encoding == "GSM7" else "UCS-2",
                 due_at=now, queued_at=now, created_at=now,

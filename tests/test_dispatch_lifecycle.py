@@ -11,7 +11,7 @@ import datetime as dt
 import pytest
 from sqlmodel import select
 
-from zimsend.server import accounts, secrets
+from zimsend.server import accounts, credentials
 from zimsend.server.devicelink.assignment import ensure_simulated_device
 from zimsend.server.devicelink.lifecycle import (
     PartReport,
@@ -41,7 +41,7 @@ def setup(db: Database) -> tuple[Database, str, str]:
 def queue_message(db: Database, client_id: str, *, segments: int = 1, **fields: object) -> str:
     now = utcnow()
     message = Message(
-        id=secrets.new_id("msg"), client_id=client_id, to="+33612345678",
+        id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
         body="hi", segments=segments, due_at=now, expires_at=now + dt.timedelta(hours=24),
         meta={"order": 7}, **fields,  # type: ignore[arg-type]
     )

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from zimsend.server import accounts, secrets
+from zimsend.server import accounts, credentials
 from zimsend.server.config import Settings
 from zimsend.server.devicelink.connections import DeviceConfig
 from zimsend.server.devicelink.dispatcher import IDLE_BATCH, POLL_INTERVAL_S, Dispatcher
@@ -33,7 +33,7 @@ PEPPER = b"readiness-test-pepper-0123456789"
 def queue(db: Database, client_id: str, **fields: object) -> str:
     now = utcnow()
     message = Message(
-        id=secrets.new_id("msg"), client_id=client_id, to="+33612345678", body="hi",
+        id=credentials.new_id("msg"), client_id=client_id, to="+33612345678", body="hi",
         segments=1, due_at=now, expires_at=now + dt.timedelta(hours=1),
         **fields,  # type: ignore[arg-type]
     )

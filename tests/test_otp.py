@@ -36,7 +36,7 @@ from conftest import TEST_PEPPER
 from sqlalchemy import update
 from sqlmodel import select
 
-from zimsend.server.secrets import hash_secret
+from zimsend.server.credentials import hash_secret
 from zimsend.server.storage import Database, Message, Otp, utcnow
 from zimsend.v1 import common_pb2, sms_pb2, sms_pb2_grpc
 from zimsend.v1 import otp_pb2 as pb

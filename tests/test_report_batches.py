@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from zimsend.server import accounts, secrets
+from zimsend.server import accounts, credentials
 from zimsend.server.devicelink.lifecycle import PartReport, apply_part_report, apply_part_reports
 from zimsend.server.storage import (
     DailyAggregate,
@@ -64,7 +64,7 @@ def setup(db: Database) -> tuple[Database, list[tuple[str, str, list[str]]]]:
         with db.write() as session:
             for n in range(5):
                 message = Message(
-                    id=secrets.new_id("msg"), client_id=client.id, to="+33612345678",
+                    id=credentials.new_id("msg"), client_id=client.id, to="+33612345678",
                     body=f"hi {n}", segments=3 if n >= 3 else 1, due_at=now,
                     expires_at=now + dt.timedelta(hours=24), meta={"n": n},
                     batch_id="batch_x" if n == 1 else None,

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlmodel import func, select
 
-from zimsend.server import accounts, secrets
+from zimsend.server import accounts, credentials
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.sending import history, idempotency, intake, lifecycle, stats, validation, views
@@ -57,7 +57,7 @@ def count(db: Database, client_id: str) -> int:
 def insert(db: Database, client_id: str, created: str, status: str = "delivered",
            body: str = "x") -> str:
     when = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
-    message = Message(id=secrets.new_id("msg"), client_id=client_id, to="+33612345678",
+    message = Message(id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
                       body=body, status=status, created_at=when, queued_at=when, due_at=when)
     with db.write() as session:
         session.add(message)

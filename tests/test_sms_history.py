@@ -18,7 +18,7 @@ import pytest
 from _sms import fails, insert_message, new_account, new_device
 from conftest import TEST_PEPPER
 
-from zimsend.server import secrets
+from zimsend.server import credentials
 from zimsend.server.storage import NO_DEVICE, DailyAggregate, InboundMessage, Message, utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
@@ -257,7 +257,7 @@ def export(sms, account, **fields) -> tuple[str, str, int]:  # type: ignore[no-u
 
 def insert_many(server_db, client_id: str, count: int, start: dt.datetime) -> list[str]:  # type: ignore[no-untyped-def]
     rows = [
-        Message(id=secrets.new_id("msg"), client_id=client_id, to="+33612345678",
+        Message(id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
                 body=f'n°{i}, "quoted"\nline', status="delivered" if i % 2 else "failed",
                 created_at=start + dt.timedelta(seconds=i // 3),  # ties: keyset must use the id
                 queued_at=start, due_at=start)
@@ -322,7 +322,7 @@ def test_inbox(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
         (account.client_id, first_phone, "2025-05-03T10:00:00Z"),
         (other.client_id, other_phone, "2025-05-02T11:00:00Z"),
     ]):
-        rows.append(InboundMessage(id=secrets.new_id("in"), client_id=client, device_id=device,
+        rows.append(InboundMessage(id=credentials.new_id("in"), client_id=client, device_id=device,
                                    report_id=f"r{i}", from_number="+33612345678",
                                    body=f"STOP {i}", sim_slot=i % 2, received_at=at(when)))
     with server_db.write() as session:

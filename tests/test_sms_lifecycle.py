@@ -24,7 +24,7 @@ from _sms import (
 from conftest import TEST_PEPPER
 from google.protobuf import json_format, struct_pb2
 
-from zimsend.server import secrets
+from zimsend.server import credentials
 from zimsend.server.storage import MessagePart, Otp, utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
@@ -232,7 +232,7 @@ def test_an_otp_message_is_not_resent(sms, sms_account, server_db, phone) -> Non
     message_id = scheduled(sms, sms_account)
     failed(server_db, message_id, phone)
     with server_db.write() as session:
-        session.add(Otp(id=secrets.new_id("otp"), client_id=sms_account.client_id, to=TO,
+        session.add(Otp(id=credentials.new_id("otp"), client_id=sms_account.client_id, to=TO,
                         code_hash="x", message_id=message_id,
                         expires_at=utcnow() + dt.timedelta(minutes=5)))
     error = fails(sms.ResendSms, pb.ResendSmsRequest(message_id=message_id), sms_account.md())

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from zimsend.server import accounts, secrets
+from zimsend.server import accounts, credentials
 from zimsend.server.devicelink.lifecycle import PartReport, apply_part_reports
 from zimsend.server.storage import Database, Message, claim_due_messages, utcnow
 from zimsend.server.storage.shapes import padded, padded_chunks
@@ -45,7 +45,7 @@ def _messages(db: Database, count: int) -> tuple[str, str, list[str]]:
     with db.write() as session:
         ids = []
         for n in range(count):
-            message = Message(id=secrets.new_id("msg"), client_id=client.id, to="+33612345678",
+            message = Message(id=credentials.new_id("msg"), client_id=client.id, to="+33612345678",
                               body=f"hi {n}", segments=1, due_at=now,
                               expires_at=now + dt.timedelta(hours=24))
             session.add(message)

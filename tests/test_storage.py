@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import exc, func, inspect, select, text
 
-from zimsend.server.secrets import new_id
+from zimsend.server.credentials import new_id
 from zimsend.server.storage import (
     ApiKey,
     Client,

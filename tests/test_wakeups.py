@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from _devices import wait_for
 
-from zimsend.server import accounts, secrets
+from zimsend.server import accounts, credentials
 from zimsend.server.storage import Database, Message, utcnow
 from zimsend.server.storage.wakeups import OUTBOX_CHANNEL, WORK_CHANNEL, Listener
 from zimsend.server.webhook_delivery.events import outbox_event
@@ -47,7 +47,7 @@ def _listen(db: Database, reconnects: list[int] | None = None) -> tuple[Listener
 
 def _queue_message(db: Database, client_id: str, due_at: dt.datetime) -> str:
     with db.write() as session:
-        message = Message(id=secrets.new_id("msg"), client_id=client_id, to="+33612345678",
+        message = Message(id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
                           body="hi", segments=1, due_at=due_at,
                           expires_at=due_at + dt.timedelta(hours=24))
         session.add(message)
@@ -63,7 +63,7 @@ def test_a_committed_message_wakes_another_process_and_a_rollback_does_not(
         client = accounts.create_client(writer, "wakeups")
         # Rolled back: nobody is woken for rows nobody can see.
         with writer.session() as session, session.begin():
-            session.add(Message(id=secrets.new_id("msg"), client_id=client.id, to="+1",
+            session.add(Message(id=credentials.new_id("msg"), client_id=client.id, to="+1",
                                 body="x", segments=1, due_at=utcnow(),
                                 expires_at=utcnow() + dt.timedelta(hours=1)))
             session.flush()

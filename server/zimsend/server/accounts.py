@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session, col, select
 
-from zimsend.server import secrets
+from zimsend.server import credentials
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import ApiKey, Client, Database, Device, utcnow
 
@@ -46,7 +46,7 @@ def check_name(name: str, field_name: str = "name") -> str:
 
 
 def create_client(db: Database, name: str) -> Client:
-    client = Client(id=secrets.new_id("client"), name=check_name(name))
+    client = Client(id=credentials.new_id("client"), name=check_name(name))
     with db.write() as session:
         session.add(client)
     return client
@@ -78,13 +78,13 @@ def set_rate_limit(db: Database, client_id: str, per_minute: int) -> Client:
 def create_api_key(
     db: Database, pepper: bytes, client_id: str, name: str, *, test: bool = False
 ) -> NewApiKey:
-    secret = secrets.new_api_key(test=test)
+    secret = credentials.new_api_key(test=test)
     key = ApiKey(
-        id=secrets.new_id("key"),
+        id=credentials.new_id("key"),
         client_id=client_id,
         name=check_name(name),
-        key_hash=secrets.hash_secret(pepper, secret),
-        last4=secrets.api_key_last4(secret),
+        key_hash=credentials.hash_secret(pepper, secret),
+        last4=credentials.api_key_last4(secret),
         test=test,
     )
     with db.write() as session:
@@ -135,12 +135,12 @@ def create_device(
     db: Database, pepper: bytes, client_id: str, name: str, *, server_address: str,
     simulated: bool = False, tls: bool = False,
 ) -> NewDevicePassword:
-    password = secrets.new_device_password()
+    password = credentials.new_device_password()
     device = Device(
-        id=secrets.new_id("device"),
+        id=credentials.new_id("device"),
         client_id=client_id,
         name=check_name(name),
-        password_hash=secrets.hash_secret(pepper, password),
+        password_hash=credentials.hash_secret(pepper, password),
         is_simulated=simulated,
     )
     with db.write() as session:
@@ -157,7 +157,7 @@ def rotate_device_password(
     db: Database, pepper: bytes, client_id: str, device_id: str, *, server_address: str,
     tls: bool = False,
 ) -> NewDevicePassword:
-    password = secrets.new_device_password()
+    password = credentials.new_device_password()
     with db.write() as session:
         device = _owned(session, Device, client_id, device_id)
         if device is None or device.deleted_at is not None:
@@ -166,7 +166,7 @@ def rotate_device_password(
                 "device_id",
                 f"No device {device_id!r} for this client.",
             )
-        device.password_hash = secrets.hash_secret(pepper, password)
+        device.password_hash = credentials.hash_secret(pepper, password)
         session.add(device)
     return NewDevicePassword(
         device, password, pairing_uri(server_address, client_id, device_id, password, tls=tls))

@@ -22,8 +22,8 @@ import grpc
 from sqlalchemy import bindparam, update
 from sqlmodel import col, select
 
+from zimsend.server.credentials import hash_secret
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.secrets import hash_secret
 from zimsend.server.state import ServerState
 from zimsend.server.storage import ApiKey, Database, utcnow
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
-from zimsend.server import secrets
+from zimsend.server import credentials
 from zimsend.server.storage import (
     Database,
     Device,
@@ -101,9 +101,9 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
     gets the clear text."""
     body = message.body
     if message.sealed_body:
-        body = secrets.decrypt_secret(pepper, message.sealed_body, bound_to=message.id)
+        body = credentials.decrypt_secret(pepper, message.sealed_body, bound_to=message.id)
     command = pb.SendCommand(
-        command_id=secrets.new_id("cmd"), message_id=message.id, to=message.to, body=body,
+        command_id=credentials.new_id("cmd"), message_id=message.id, to=message.to, body=body,
         segments=message.segments, encoding=_ENCODINGS.get(message.encoding, 0),
         priority=message.priority,  # type: ignore[arg-type]
         redelivery=redelivery,
@@ -227,7 +227,7 @@ def ensure_simulated_device(session: Session, client_id: str) -> str:
     if existing is not None:
         return str(existing)
     device = Device(
-        id=secrets.new_id("device"), client_id=client_id, name=SIMULATED_DEVICE_NAME,
+        id=credentials.new_id("device"), client_id=client_id, name=SIMULATED_DEVICE_NAME,
         password_hash="!unusable-" + stdlib_secrets.token_hex(16), is_simulated=True,
         model="ZimSend simulated device", app_version="built-in", android_version="sandbox",
         send_interval_ms=0,

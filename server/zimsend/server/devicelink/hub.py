@@ -29,8 +29,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from zimsend.server import logs
-from zimsend.server import secrets as secrets_module
+from zimsend.server import credentials, logs
 from zimsend.server.devicelink.assignment import send_command
 from zimsend.server.devicelink.connections import (
     Beat,
@@ -338,7 +337,7 @@ class DeviceHub:
         session = self.sessions.get(device_id)
         if session is None or session.closed:
             return False
-        command_id = secrets_module.new_id("cmd")
+        command_id = credentials.new_id("cmd")
         session.commands[command_id] = CommandRecord("cancel", message_id)
         return session.push(pb.ServerFrame(
             cancel=pb.CancelCommand(command_id=command_id, message_id=message_id)

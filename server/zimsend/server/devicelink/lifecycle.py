@@ -31,7 +31,7 @@ from typing import Any, Literal
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlmodel import Session, col
 
-from zimsend.server import secrets
+from zimsend.server import credentials
 from zimsend.server.storage import (
     NO_DEVICE,
     Database,
@@ -118,7 +118,7 @@ def event_row(
     """Every column of a new outbox row (`webhook_delivery.events` has the contract);
     `request_id` is the message's, for the worker's log line."""
     return {
-        "id": secrets.new_id("evt"), "client_id": client_id, "event_type": event_type,
+        "id": credentials.new_id("evt"), "client_id": client_id, "event_type": event_type,
         "payload": payload, "webhook_url": webhook_url, "status": OutboxStatus.PENDING,
         "attempts": 0, "created_at": now, "next_attempt_at": now, "locked_until": None,
         "claimed_by": None, "delivered_at": None, "last_error": None,
@@ -458,7 +458,7 @@ def record_inbound(
 ) -> bool:
     """Store an inbound SMS once per (device, report id) and write its `sms.received` event.
     Returns False for a replay."""
-    inbound_id = secrets.new_id("in")
+    inbound_id = credentials.new_id("in")
     received = received_at or now
     stmt = (
         insert_for(session, InboundMessage)

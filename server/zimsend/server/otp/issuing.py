@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlmodel import Session, col
 
-from zimsend.server import secrets
+from zimsend.server import credentials
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.sending.intake import Accepted, Intake, Submission
 from zimsend.server.services.convert import ts
@@ -62,9 +62,9 @@ def issue(
     Raises the SendSms availability errors, or OTP_RATE_LIMIT with a retry-after that says
     when the oldest OTP of the last hour leaves the window.
     """
-    otp_id = secrets.new_id("otp")
-    code = secrets.new_otp_code(plan.length)
-    code_hash = secrets.hash_secret(pepper, code)
+    otp_id = credentials.new_id("otp")
+    code = credentials.new_otp_code(plan.length)
+    code_hash = credentials.hash_secret(pepper, code)
     real_text = plan.text(code)
     submission = Submission(
         client_id=client_id, test=test, device_header=device_header, operation=OPERATION,
@@ -76,7 +76,7 @@ def issue(
         (message,) = accepted.messages
         now = accepted.queued_at
         _enforce_hourly_limit(session, client_id, plan.to, now)
-        message.sealed_body = secrets.encrypt_secret(pepper, real_text, bound_to=message.id)
+        message.sealed_body = credentials.encrypt_secret(pepper, real_text, bound_to=message.id)
         session.add(message)
         session.add(Otp(
             id=otp_id, client_id=client_id, to=plan.to, code_hash=code_hash,

@@ -57,7 +57,7 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from zimsend.server import logs, secrets
+from zimsend.server import credentials, logs
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode, storage_unavailable
 from zimsend.server.presence import is_connected, is_online
@@ -495,14 +495,14 @@ def _queue(
         _ROW_DEFAULTS, client_id=submission.client_id, priority=plan.priority,
         status=MessageStatus.QUEUED, test=submission.test, sim_slot=plan.sim_slot,
         pinned_device_id=availability.pinned.id if availability.pinned is not None else None,
-        batch_id=secrets.new_id("batch") if plan.kind != "single" else None,
+        batch_id=credentials.new_id("batch") if plan.kind != "single" else None,
         scheduled_at=plan.scheduled_at, due_at=due_at,
         expires_at=due_at + dt.timedelta(hours=settings.message_ttl_hours),
         created_at=now, queued_at=now, webhook_url=plan.webhook_url,
         request_id=submission.request_id,
     )
     rows = [
-        dict(common, id=secrets.new_id("msg"), to=draft.to, body=draft.body,
+        dict(common, id=credentials.new_id("msg"), to=draft.to, body=draft.body,
              segments=draft.segments, encoding=draft.encoding, meta=draft.meta)
         for draft in plan.drafts
     ]

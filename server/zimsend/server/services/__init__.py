@@ -1,8 +1,9 @@
 """The zimsend.v1 services, one module each.
 
 Each module defines `register(server: ZimSendServer) -> str`: it adds its servicer to the gRPC
-server (and may add startup/shutdown hooks) and returns the service's full name. `REGISTER` is
-the one list of them; tests/test_auth.py checks that it serves every service of the protos.
+server (and may add startup/shutdown hooks) and returns the service's full name.
+`registrations()` is the one list of them; tests/test_auth.py checks that it serves every
+service of the protos.
 """
 
 from __future__ import annotations
@@ -10,30 +11,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from zimsend.server.services import (
-    api_keys,
-    auth_service,
-    device_link,
-    devices,
-    otp,
-    sms,
-    webhooks,
-)
-
 if TYPE_CHECKING:
     from zimsend.server.app import ZimSendServer
 
-REGISTER: tuple[Callable[[ZimSendServer], str], ...] = (
-    auth_service.register,
-    api_keys.register,
-    devices.register,
-    sms.register,
-    otp.register,
-    webhooks.register,
-    device_link.register,
-)
+
+def registrations() -> tuple[Callable[[ZimSendServer], str], ...]:
+    """Every service's `register`, in order. Imported here, not at the top: domain modules
+    import `services.convert`, and importing the package must not pull in every service
+    (`zimsend.server.otp` imported first would meet itself half-initialised)."""
+    from zimsend.server.services import (
+        api_keys,
+        auth_service,
+        device_link,
+        devices,
+        otp,
+        sms,
+        webhooks,
+    )
+
+    return (
+        auth_service.register,
+        api_keys.register,
+        devices.register,
+        sms.register,
+        otp.register,
+        webhooks.register,
+        device_link.register,
+    )
 
 
 def register_all(server: ZimSendServer) -> list[str]:
     """Add every service to `server`; returns their full names (for health and reflection)."""
-    return [register(server) for register in REGISTER]
+    return [register(server) for register in registrations()]

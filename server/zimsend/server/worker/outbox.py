@@ -37,7 +37,7 @@ from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import logs
-from zimsend.server.secrets import decrypt_secret
+from zimsend.server.credentials import decrypt_secret
 from zimsend.server.storage import (
     Database,
     OutboxEvent,
