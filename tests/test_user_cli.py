@@ -187,6 +187,27 @@ def test_bulk_csv_of_250_rows_shows_progress_and_a_summary(logged_in: Path, tmp_
     assert all(m["to"].startswith("+336") for m in report["messages"])
 
 
+def test_running_a_bulk_again_resends_nothing_unless_given_a_new_run_id(
+    logged_in: Path, tmp_path: Path,
+) -> None:
+    """An interrupted campaign is re-run as is: the rows already queued come back with their
+    message ids instead of going out twice (the keys are hashes of the bodies)."""
+    path = tmp_path / "again.csv"
+    _bulk_csv(path, 30)
+    command = ["sms", "bulk", "--csv", str(path), "--message", "Rappel {name}",
+               "--schedule", _tomorrow(), "--batch-size", "10", "--json"]
+    first = json.loads(run(logged_in, *command, timeout=120).stdout)
+    again = json.loads(run(logged_in, *command, timeout=120).stdout)
+    assert first["queued"] == again["queued"] == 29  # one bad row (line 19)
+    assert [m["message_id"] for m in again["messages"]] == [
+        m["message_id"] for m in first["messages"]]
+    on_purpose = json.loads(run(logged_in, *command, "--run-id", "second-wave",
+                                timeout=120).stdout)
+    assert on_purpose["queued"] == 29
+    assert not {m["message_id"] for m in on_purpose["messages"]} & {
+        m["message_id"] for m in first["messages"]}
+
+
 def test_export_writes_a_complete_file(logged_in: Path, tmp_path: Path) -> None:
     out = tmp_path / "export.jsonl"
     ok(run(logged_in, "sms", "export", "--format", "jsonl", "--output", str(out)))

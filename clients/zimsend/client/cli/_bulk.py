@@ -4,10 +4,14 @@ Why batches of personalized sends rather than one request per row: SPEC's 100 re
 minute would make a 1,000-row file take ten minutes of 429s; `send-bulk-personalized` takes
 up to 100 messages per request. It is atomic, so one bad row would refuse its whole batch:
 the server names every bad row (`messages[3].to`), those rows are recorded as failed with the
-server's reason, and the rest of the batch is sent again (a new body, so a new Idempotency-Key;
-the SDK keeps each attempt's key across its own retries). A refusal that names no row (no phone
-online, rate limit after the SDK's retries) fails that batch and the next is tried; bad
-credentials stop everything.
+server's reason, and the rest of the batch is sent again (a new body, so a new Idempotency-Key).
+A refusal that names no row (no phone online, rate limit after the SDK's retries) fails that
+batch and the next is tried; bad credentials stop everything.
+
+Each request's Idempotency-Key is a hash of its body and a run id (by default, of the file and
+the options): running the same command again after an interruption, within the server's 24 h,
+gets the messages already queued back instead of sending them twice. `--run-id` sends the same
+file again on purpose.
 
 The CSV needs a header row with a `to` column and either a `message` column or `--message
 TEMPLATE` (`{column}` placeholders filled from the row); other non-empty columns become the
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -65,6 +71,10 @@ def add_bulk(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", metavar="TIME", help="RFC 3339 time, at most 30 days ahead")
     p.add_argument("--webhook-url", metavar="URL")
     p.add_argument("--device", dest="device_id", metavar="DEVICE_ID")
+    p.add_argument("--run-id", metavar="ID",
+                   help="rows already sent under this id (within 24 h) are not sent again; "
+                        "default: derived from the file and these options, so running the "
+                        "same command again resumes instead of resending")
     p.set_defaults(handler=_bulk)
 
 
@@ -107,13 +117,14 @@ def _bulk(client: ZimSend, args: argparse.Namespace) -> int:
         print(f"zimsend sms bulk: {exc}", file=sys.stderr)
         return 2
     size = max(1, min(args.batch_size, 100))
+    run_id = args.run_id or _default_run_id(args)
     total = len(rows) + len(outcome.failed)
     progress = Progress(total, "sending")
     progress.update(len(outcome.failed), "")
     for start in range(0, len(rows), size):
         batch = rows[start:start + size]
         try:
-            _send_batch(client, args, batch, outcome)
+            _send_batch(client, args, batch, outcome, run_id)
         except AuthenticationError:
             progress.close()
             raise
@@ -124,17 +135,31 @@ def _bulk(client: ZimSend, args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def _default_run_id(args: argparse.Namespace) -> str:
+    """The file's bytes and every option that shapes the requests."""
+    digest = hashlib.sha256(args.csv.read_bytes())
+    options = [args.message, args.priority, args.schedule, args.webhook_url, args.device_id]
+    digest.update(json.dumps(options).encode())
+    return digest.hexdigest()[:32]
+
+
+def _batch_key(run_id: str, messages: list[dict[str, Any]]) -> str:
+    body = json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()
+    return "bulk-" + hashlib.sha256(run_id.encode() + b"\0" + body).hexdigest()[:40]
+
+
 def _send_batch(client: ZimSend, args: argparse.Namespace, batch: list[Row],
-                outcome: Outcome) -> None:
+                outcome: Outcome, run_id: str) -> None:
     from ._sms import priority_arg
 
     while batch:
+        messages = [{"to": r.to, "message": r.message, "metadata": r.metadata or None}
+                    for r in batch]
         try:
             result = client.sms.send_personalized(
-                [{"to": r.to, "message": r.message, "metadata": r.metadata or None}
-                 for r in batch],
-                priority=priority_arg(args.priority), webhook_url=args.webhook_url,
-                scheduled_at=args.schedule, device_id=args.device_id)
+                messages, priority=priority_arg(args.priority), webhook_url=args.webhook_url,
+                scheduled_at=args.schedule, device_id=args.device_id,
+                idempotency_key=_batch_key(run_id, messages))
         except InvalidRequestError as exc:
             bad = _bad_rows(exc, len(batch))
             if not bad:
