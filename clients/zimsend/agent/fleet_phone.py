@@ -302,8 +302,9 @@ class FleetPhone:
                 wait = remaining if remaining > 0 else None
             if wait is not None:
                 self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), wait)
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout: wait_for of 3.11
+                    async with asyncio.timeout(wait):     # can lose a cancellation
+                        await self._changed.wait()
                 continue
             _, _, message_id = heapq.heappop(self._heap)
             if (command := self._queued.pop(message_id, None)) is None:
