@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,7 @@ from _processes import ZIMSEND, Program, run_zimsend, start_server, zimsend_env
 from conftest import TEST_PEPPER
 
 from zimsend.gateway import start_envoy
+from zimsend.server.local_postgres import LocalPostgres
 
 INTERNAL_WORDS = ("sqlite", "SQL", "OperationalError", "Traceback", "readonly database",
                   "sqlalche", "INSERT", "SELECT")
@@ -66,7 +69,8 @@ class Account:
         from zimsend.server.storage import Database
 
         run_zimsend(["admin", "migrate"], env)
-        db = Database.from_url(f"sqlite:///{data_dir / 'zimsend.db'}")
+        db = Database.from_url(env.get("ZIMSEND_DATABASE_URL")
+                               or f"sqlite:///{data_dir / 'zimsend.db'}")
         try:
             pepper = TEST_PEPPER.encode()
             client = accounts.create_client(db, "outage")
@@ -259,3 +263,55 @@ def test_a_full_disk_is_503_and_not_ready_once_and_heals_when_space_is_freed(
                     p, "storage.writable_again"), timeout=15,
                     what=f"{program.name} saying storage is writable again")
                 assert "Traceback" not in program.output()
+
+
+def test_a_postgresql_outage_is_503_unreachable_and_heals_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL stopped under a running server: sends are refused 503 UNAVAILABLE "cannot
+    reach its database storage" (not 500 INTERNAL), health is NOT_SERVING; once PostgreSQL is
+    back, sends work again without restarting anything."""
+    postgres = LocalPostgres(Path(tempfile.mkdtemp(prefix="zs-pgout-")), database="zimsend")
+    postgres.start()
+    try:
+        data = tmp_path / "data"
+        env = zimsend_env(data, TEST_PEPPER, ZIMSEND_DATABASE_URL=postgres.url())
+        account = Account(data, env)
+        server, address = start_server(data, env, tmp_path / "logs")
+        envoy = _envoy(tmp_path, address)
+        with server, envoy, httpx.Client(base_url=envoy.base_url, timeout=10) as http:
+            envoy.wait_healthy()
+            phone = _connect_phone(f"127.0.0.1:{envoy.device_port}", account)
+            try:
+                phone.hello()
+                assert _send(http, account).status_code == 200
+            finally:
+                phone.close()
+
+            postgres.stop()
+            answers = [_send(http, account) for _ in range(5)]
+            assert {r.status_code for r in answers} == {503}, [r.text for r in answers]
+            for refusal in answers:
+                _assert_storage_refusal(refusal, "cannot reach")
+                assert "postgres" not in refusal.text.lower(), refusal.text
+            wait_for(lambda: _healthz(http) == 503, timeout=4 * HEALTH_CHECK_SECONDS + 5,
+                     what="/healthz 503 while PostgreSQL is down")
+            assert server.alive()
+
+            postgres.start()
+            wait_for(lambda: _healthz(http) == 200, timeout=30, what="/healthz 200 again")
+            phone = _connect_phone(f"127.0.0.1:{envoy.device_port}", account)
+            try:
+                phone.hello()
+                sent = wait_for(lambda: (r := _send(http, account)).status_code == 200 and r,
+                                timeout=20, what="a send accepted once PostgreSQL is back")
+                assert sent.json()["success"] is True
+            finally:
+                phone.close()
+            assert _lines(server, "storage.unavailable") == 1, server.output()[-3000:]
+            wait_for(lambda: _lines(server, "storage.writable_again") == 1, timeout=10,
+                     what="the server saying storage is writable again")
+            assert "Traceback" not in server.output(), server.output()[-3000:]
+    finally:
+        postgres.stop()
+        shutil.rmtree(postgres.directory, ignore_errors=True)

@@ -185,7 +185,8 @@ def violations_error(
 
 def storage_unavailable(problem: StorageProblem) -> ApiError:
     """503 UNAVAILABLE for a full or unwritable database: what happened and when to retry,
-    never the driver's text or SQL. ErrorInfo metadata `storage` is `full` or `unwritable`."""
+    never the driver's text or SQL. ErrorInfo metadata `storage` is `full`, `unwritable`
+    or `unreachable`."""
     return ApiError(
         ErrorCode.UNAVAILABLE, problem.message, metadata={"storage": problem.value},
         retry_after_seconds=STORAGE_RETRY_AFTER_SECONDS,

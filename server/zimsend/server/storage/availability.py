@@ -7,8 +7,9 @@ and failed until restarted (issue 12 item 9). Here:
 
 - `storage_problem(exc)` recognises what the drivers say (SQLite "database or disk is full",
   "attempt to write a readonly database", "unable to open database file", "disk I/O error";
-  PostgreSQL SQLSTATE 53100 disk full, 25006 read-only transaction, 58030 I/O error) as one of
-  two `StorageProblem`s; everything else is not a storage condition;
+  PostgreSQL SQLSTATE 53100 disk full, 25006 read-only transaction, 58030 I/O error, class 08
+  and 57P01-57P03 or a failed connection: the server is down or restarting) as one of three
+  `StorageProblem`s; everything else is not a storage condition;
 - `StorageAvailability` holds the current problem of one `Database`: the engine reports every
   such failure to it (`Database`'s `handle_error` hook, which also discards the pooled
   connections, so the next ones are opened afresh: writable once the disk is), and it logs one
@@ -37,12 +38,17 @@ class StorageProblem(enum.Enum):
 
     FULL = "full"
     UNWRITABLE = "unwritable"
+    UNREACHABLE = "unreachable"
 
     @property
     def message(self) -> str:
         if self is StorageProblem.FULL:
             return ("The server's storage is full, so nothing can be saved right now; retry "
                     "later (the operator has been told through the server's health).")
+        if self is StorageProblem.UNREACHABLE:
+            return ("The server cannot reach its database storage right now, so nothing can "
+                    "be saved; retry later (the operator has been told through the server's "
+                    "health).")
         return ("The server's storage cannot be written (read-only or unreachable), so "
                 "nothing can be saved right now; retry later (the operator has been told "
                 "through the server's health).")
@@ -69,6 +75,10 @@ _POSTGRES_PROBLEMS = {
     "53100": StorageProblem.FULL,
     "25006": StorageProblem.UNWRITABLE,
     "58030": StorageProblem.UNWRITABLE,
+    # admin_shutdown, crash_shutdown, cannot_connect_now: the server stops or starts.
+    "57P01": StorageProblem.UNREACHABLE,
+    "57P02": StorageProblem.UNREACHABLE,
+    "57P03": StorageProblem.UNREACHABLE,
 }
 
 
@@ -94,6 +104,11 @@ def _own_problem(exc: BaseException) -> StorageProblem | None:
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate in _POSTGRES_PROBLEMS:
         return _POSTGRES_PROBLEMS[sqlstate]
+    if isinstance(sqlstate, str) and sqlstate.startswith("08"):  # connection_exception
+        return StorageProblem.UNREACHABLE
+    if (type(exc).__module__.startswith("psycopg") and sqlstate is None
+            and type(exc).__name__ == "OperationalError"):
+        return StorageProblem.UNREACHABLE  # refused, closed or timed out: libpq gives no code
     if type(exc).__module__ == "sqlite3":
         text = str(exc).lower()
         for fragment, problem in _SQLITE_MESSAGES:

@@ -89,6 +89,8 @@ class Database:
         reported, and the pooled connections are discarded, so the next ones are opened afresh
         (a SQLite connection opened while the file was read-only stays read-only forever)."""
         problem = storage_problem(context.original_exception)
+        if problem is StorageProblem.UNREACHABLE and context.is_pre_ping:
+            return  # a pooled connection outlived a restart: the pool opens a new one
         if problem is not None:
             context.is_disconnect = True
             self.availability.failed(problem)
