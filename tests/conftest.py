@@ -24,18 +24,24 @@ deselect them on purpose).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import grpc
 import pytest
 from _pg import PostgresNotInstalled, PostgresServer
 
 if TYPE_CHECKING:
+    from _devices import ServerDb, Tenant
+    from _processes import Program
+    from _sms import Account
+
     from zimsend.gateway import EnvoyProcess
     from zimsend.server.config import Settings
     from zimsend.server.storage import Database
+    from zimsend.v1.sms_pb2_grpc import SmsServiceStub
 
 ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 TEST_PEPPER = "test-pepper-not-secret-0123456789"
@@ -159,8 +165,20 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -
 # --- Real processes -------------------------------------------------------------------------
 #
 #   zimsend_env            module: environment for ZimSend children (temp data dir, test pepper)
-#   server                 module: a real `zimsend serve` process -> (Program, grpc address)
+#   server                 module: a real `zimsend serve` process -> RunningServer
 #   admin                  module: run `zimsend admin …` against that server's database
+#                          (`admin("create-client", "--name", "x")` -> its JSON output)
+
+
+class RunningServer(NamedTuple):
+    """The module's `zimsend serve` process and its gRPC address (`_, address = server`)."""
+
+    program: Program
+    address: str
+
+
+#: `zimsend admin <args…>` against the module server's database; returns the JSON it prints.
+Admin = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -172,21 +190,23 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def server(
+    zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     from _processes import start_server
 
     program, address = start_server(
         Path(zimsend_env["ZIMSEND_DATA_DIR"]), zimsend_env, tmp_path_factory.mktemp("logs")
     )
     with program:
-        yield program, address
+        yield RunningServer(program, address)
 
 
 @pytest.fixture(scope="module")
-def admin(zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
+def admin(zimsend_env: dict[str, str]) -> Admin:
     from _processes import run_zimsend
 
-    def run(*args: str) -> dict:
+    def run(*args: str) -> dict[str, Any]:
         return run_zimsend(["admin", *args], zimsend_env)
 
     return run
@@ -197,6 +217,9 @@ def admin(zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
 #   gateway_factory        module: start Envoys in front of `server` (ports chosen by the
 #                          kernel, /healthz already 200); all stopped at module teardown
 #   stack                  module: `server` + one Envoy + a client and API key -> Stack
+
+#: `gateway_factory(**GatewayConfig fields)`: a started, healthy Envoy in front of `server`.
+GatewayFactory = Callable[..., "EnvoyProcess"]
 
 
 @dataclass(frozen=True)
@@ -224,13 +247,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def gateway_factory(server, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def gateway_factory(
+    server: RunningServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayFactory]:
     from zimsend.gateway import start_envoy
 
     _, address = server
     started: list[EnvoyProcess] = []
 
-    def start(**fields: object) -> EnvoyProcess:
+    def start(**fields: Any) -> EnvoyProcess:
         fields.setdefault("upstreams", (address,))
         envoy = start_envoy(
             directory=tmp_path_factory.mktemp("envoy"), public_port=0, device_port=0,
@@ -248,7 +273,7 @@ def gateway_factory(server, tmp_path_factory: pytest.TempPathFactory):  # type: 
 
 
 @pytest.fixture(scope="module")
-def stack(server, admin, gateway_factory) -> Stack:  # type: ignore[no-untyped-def]
+def stack(server: RunningServer, admin: Admin, gateway_factory: GatewayFactory) -> Stack:
     _, address = server
     client = admin("create-client", "--name", "gateway-tests")
     key = admin("create-key", "--client-id", client["client_id"], "--name", "rest")
@@ -266,7 +291,7 @@ def stack(server, admin, gateway_factory) -> Stack:  # type: ignore[no-untyped-d
 
 
 @pytest.fixture(scope="module")
-def server_db(server, zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
+def server_db(server: RunningServer, zimsend_env: dict[str, str]) -> Iterator[Database]:
     from zimsend.server.storage import Database
 
     database = Database.from_url(f"sqlite:///{zimsend_env['ZIMSEND_DATA_DIR']}/zimsend.db")
@@ -275,9 +300,7 @@ def server_db(server, zimsend_env: dict[str, str]):  # type: ignore[no-untyped-d
 
 
 @pytest.fixture(scope="module")
-def sms(server):  # type: ignore[no-untyped-def]
-    import grpc
-
+def sms(server: RunningServer) -> Iterator[SmsServiceStub]:
     from zimsend.v1 import sms_pb2_grpc
 
     _, address = server
@@ -286,7 +309,7 @@ def sms(server):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def sms_account(server_db):  # type: ignore[no-untyped-def]
+def sms_account(server_db: Database) -> Account:
     from _sms import new_account
 
     return new_account(server_db, TEST_PEPPER.encode())
@@ -302,22 +325,23 @@ def sms_account(server_db):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def device_channel(server):  # type: ignore[no-untyped-def]
-    import grpc
-
-    with grpc.insecure_channel(server[1]) as channel:
+def device_channel(server: RunningServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.address) as channel:
         yield channel
 
 
 @pytest.fixture
-def tenant(zimsend_env, server, device_channel, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def tenant(
+    zimsend_env: dict[str, str], server: RunningServer, device_channel: grpc.Channel,
+    request: pytest.FixtureRequest,
+) -> Tenant:
     from _devices import quick_tenant
 
     return quick_tenant(zimsend_env, device_channel, request.node.name[:90])
 
 
 @pytest.fixture(scope="module")
-def link_db(zimsend_env: dict[str, str]):  # type: ignore[no-untyped-def]
+def link_db(zimsend_env: dict[str, str]) -> ServerDb:
     from _devices import ServerDb
 
     return ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"]))
