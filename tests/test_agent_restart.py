@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from _devices import ServerDb, outbox_lines, start_agent, wait_for
+from conftest import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -44,17 +45,17 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1", ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0")
 
 
-def _status(stack, message_id: str) -> str:  # type: ignore[no-untyped-def]
+def _status(stack: Stack, message_id: str) -> str:
     reply = httpx.get(f"{stack.base_url}/v1/sms/status/{message_id}", headers=stack.auth)
     assert reply.status_code == 200, reply.text
     return str(reply.json()["status"])
 
 
-def _statuses(stack, ids: list[str]) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _statuses(stack: Stack, ids: list[str]) -> dict[str, str]:
     return {message_id: _status(stack, message_id) for message_id in ids}
 
 
-def _online(stack, device_id: str) -> bool:  # type: ignore[no-untyped-def]
+def _online(stack: Stack, device_id: str) -> bool:
     reply = httpx.get(f"{stack.base_url}/v1/devices/{device_id}", headers=stack.auth)
     return bool(reply.json()["status"] == "online")
 

@@ -17,6 +17,7 @@ import pytest
 import trio
 from _processes import ZIMSEND, Program
 from _termux_api import TermuxApiStandIn
+from conftest import Stack
 
 from zimsend.agent.agent import JournalRecorder
 from zimsend.agent.journal import Journal
@@ -272,8 +273,8 @@ AgentOnTermux = tuple[Program, TermuxApiStandIn, str]
 
 
 @pytest.fixture
-def termux_agent(  # type: ignore[no-untyped-def]
-    stack, tmp_path: Path, zimsend_env: dict[str, str],
+def termux_agent(
+    stack: Stack, tmp_path: Path, zimsend_env: dict[str, str],
 ) -> Iterator[AgentOnTermux]:
     """`zimsend device run --backend termux` paired through REST, its stand-ins on PATH."""
     phone = TermuxApiStandIn(tmp_path / "phone").install()
@@ -292,8 +293,8 @@ def termux_agent(  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_a_termux_phone_sends_and_receives_through_the_whole_stack(  # type: ignore[no-untyped-def]
-    stack, termux_agent: AgentOnTermux,
+def test_a_termux_phone_sends_and_receives_through_the_whole_stack(
+    stack: Stack, termux_agent: AgentOnTermux,
 ) -> None:
     agent, phone, device_id = termux_agent
     base, headers = stack.base_url, stack.auth

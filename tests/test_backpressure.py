@@ -15,8 +15,10 @@ import pytest
 from _sms import error_reason, fails, later, new_account, new_device
 from conftest import TEST_PEPPER
 
+from zimsend.server.storage import Database
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
+from zimsend.v1.sms_pb2_grpc import SmsServiceStub
 
 PEPPER = TEST_PEPPER.encode()
 TO = "+33612345678"
@@ -31,7 +33,9 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(MAX_WAIT_SECONDS))
 
 
-def test_a_client_whose_phones_fall_behind_gets_429_until_they_catch_up(sms, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_a_client_whose_phones_fall_behind_gets_429_until_they_catch_up(
+    sms: SmsServiceStub, server_db: Database
+) -> None:
     account = new_account(server_db, PEPPER, "behind")
     new_device(server_db, PEPPER, account.client_id, online=True)
     first = sms.SendSms(pb.SendSmsRequest(to=TO, message="first"), metadata=account.md(),

@@ -23,6 +23,7 @@ from _devices import (
 )
 from _processes import start_server
 from _processes import zimsend_env as make_env
+from conftest import RunningServer
 
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
@@ -44,7 +45,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def address(server) -> str:  # type: ignore[no-untyped-def]
+def address(server: RunningServer) -> str:
     return str(server[1])
 
 

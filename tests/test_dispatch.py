@@ -24,6 +24,7 @@ from _devices import (
 )
 from _processes import Program
 from _processes import zimsend_env as make_env
+from conftest import RunningServer
 
 from zimsend.segments import plan
 from zimsend.server import credentials
@@ -45,7 +46,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def address(server) -> str:  # type: ignore[no-untyped-def]
+def address(server: RunningServer) -> str:
     return str(server[1])
 
 

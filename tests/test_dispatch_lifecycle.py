@@ -78,7 +78,9 @@ def status(db: Database, message_id: str) -> Message:
         return message
 
 
-def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(setup) -> None:  # type: ignore[no-untyped-def]
+def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(
+    setup: tuple[Database, str, str]
+) -> None:
     db, client_id, device_id = setup
     mid = queue_message(db, client_id, segments=3)
     claim(db, client_id, device_id)
@@ -107,7 +109,9 @@ def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(se
     assert failed["failed_at"].endswith("Z")
 
 
-def test_delivered_before_sent_passes_through_sent_and_counts_per_day(setup) -> None:  # type: ignore[no-untyped-def]
+def test_delivered_before_sent_passes_through_sent_and_counts_per_day(
+    setup: tuple[Database, str, str]
+) -> None:
     db, client_id, device_id = setup
     mid = queue_message(db, client_id)
     claim(db, client_id, device_id)
@@ -123,7 +127,9 @@ def test_delivered_before_sent_passes_through_sent_and_counts_per_day(setup) -> 
     assert (row.device_id, row.sent, row.delivered, row.failed) == (device_id, 1, 1, 0)
 
 
-def test_reports_about_other_devices_messages_change_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+def test_reports_about_other_devices_messages_change_nothing(
+    setup: tuple[Database, str, str]
+) -> None:
     db, client_id, device_id = setup
     other = accounts.create_device(db, PEPPER, client_id, "q", server_address="x:1").device
     mid = queue_message(db, client_id)
@@ -134,7 +140,9 @@ def test_reports_about_other_devices_messages_change_nothing(setup) -> None:  # 
     assert status(db, mid).status == MessageStatus.PROCESSING
 
 
-def test_expiry_fails_overdue_queued_messages_with_expired(setup) -> None:  # type: ignore[no-untyped-def]
+def test_expiry_fails_overdue_queued_messages_with_expired(
+    setup: tuple[Database, str, str]
+) -> None:
     db, client_id, _ = setup
     past = utcnow() - dt.timedelta(hours=30)
     old = queue_message(db, client_id)
@@ -153,7 +161,9 @@ def test_expiry_fails_overdue_queued_messages_with_expired(setup) -> None:  # ty
     assert expire_overdue_messages(db, utcnow()) == 0
 
 
-def test_the_simulated_device_is_created_once_and_takes_only_test_messages(setup) -> None:  # type: ignore[no-untyped-def]
+def test_the_simulated_device_is_created_once_and_takes_only_test_messages(
+    setup: tuple[Database, str, str]
+) -> None:
     db, client_id, device_id = setup
     live = queue_message(db, client_id)
     sandbox = queue_message(db, client_id, test=True, pinned_device_id=device_id)
@@ -168,7 +178,9 @@ def test_the_simulated_device_is_created_once_and_takes_only_test_messages(setup
     assert status(db, live).device_id == device_id
 
 
-def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(setup) -> None:  # type: ignore[no-untyped-def]
+def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(
+    setup: tuple[Database, str, str]
+) -> None:
     from zimsend.server.devicelink.assignment import ClaimRequest, claim_round
     from zimsend.server.storage import Device
 
@@ -209,7 +221,7 @@ def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(setup) 
     assert idle.simulated == {}
 
 
-def test_messages_stuck_on_a_vanished_phone_time_out(setup) -> None:  # type: ignore[no-untyped-def]
+def test_messages_stuck_on_a_vanished_phone_time_out(setup: tuple[Database, str, str]) -> None:
     from zimsend.server.devicelink.lifecycle import time_out_stale_processing
     from zimsend.server.storage import Device
 

@@ -10,6 +10,7 @@ import datetime as dt
 import pytest
 from _devices import RawPhone, Tenant
 from _processes import zimsend_env as make_env
+from conftest import RunningServer
 
 from zimsend.v1 import common_pb2, sms_pb2
 
@@ -28,7 +29,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def address(server) -> str:  # type: ignore[no-untyped-def]
+def address(server: RunningServer) -> str:
     return str(server[1])
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import grpc
 import httpx
 import pytest
+from conftest import Admin, GatewayFactory, Stack
 
 from zimsend.gateway import GatewayConfig
 from zimsend.server.app import METADATA_LIMIT_BYTES
@@ -114,7 +115,9 @@ def test_a_url_over_the_limit_is_a_431_envelope(http, stack) -> None:  # type: i
     envelope(response, 431)
 
 
-def test_headers_the_server_refuses_are_431_not_a_rate_limit(gateway_factory, stack) -> None:  # type: ignore[no-untyped-def]
+def test_headers_the_server_refuses_are_431_not_a_rate_limit(
+    gateway_factory: GatewayFactory, stack: Stack
+) -> None:
     """An Envoy configured with more room than the server: grpc core refuses the metadata
     with RESOURCE_EXHAUSTED, and the Lua filter still answers 431, not 429."""
     envoy = gateway_factory(max_request_header_bytes=4 * METADATA_LIMIT_BYTES)
@@ -199,7 +202,7 @@ def test_paging_within_range_and_absent_still_works(http, stack) -> None:  # typ
 
 
 @pytest.mark.parametrize("via", ["envoy", "direct"])
-def test_garbage_protobuf_is_invalid_argument_without_class_names(stack, via: str) -> None:  # type: ignore[no-untyped-def]
+def test_garbage_protobuf_is_invalid_argument_without_class_names(stack: Stack, via: str) -> None:
     target = stack.envoy.grpc_target if via == "envoy" else stack.server_address
     with grpc.insecure_channel(target) as channel:
         send = channel.unary_unary(
@@ -217,7 +220,7 @@ def test_garbage_protobuf_is_invalid_argument_without_class_names(stack, via: st
     assert dict(error.initial_metadata())["zimsend-error-code"] == "INVALID_REQUEST"
 
 
-def test_a_garbage_frame_on_a_phone_stream_is_invalid_argument(stack, admin) -> None:  # type: ignore[no-untyped-def]
+def test_a_garbage_frame_on_a_phone_stream_is_invalid_argument(stack: Stack, admin: Admin) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "garbage-phone")
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         connect = channel.stream_stream(
@@ -239,7 +242,7 @@ def test_an_unknown_http_method_is_the_envelope(http, stack, method: str) -> Non
     assert "/v1/openapi.json" in message
 
 
-def test_a_malformed_header_line_is_the_envelope(stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_header_line_is_the_envelope(stack: Stack) -> None:
     address = urlsplit(stack.base_url)
     with socket.create_connection((address.hostname, address.port), timeout=5) as raw:
         raw.sendall(b"GET /v1/auth/test HTTP/1.1\r\nHost: x\r\nBad Header: \x01\r\n\r\n")
@@ -252,7 +255,9 @@ def test_a_malformed_header_line_is_the_envelope(stack) -> None:  # type: ignore
     assert json.loads(body.decode("utf-8"))["error"]["code"] == "INVALID_REQUEST"
 
 
-def test_a_phone_that_never_says_hello_is_closed_after_the_deadline(stack, admin) -> None:  # type: ignore[no-untyped-def]
+def test_a_phone_that_never_says_hello_is_closed_after_the_deadline(
+    stack: Stack, admin: Admin
+) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "silent-phone")
     silent: queue.SimpleQueue = queue.SimpleQueue()
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
@@ -273,7 +278,7 @@ def test_a_phone_that_never_says_hello_is_closed_after_the_deadline(stack, admin
     assert f"No DeviceHello within {HELLO_TIMEOUT_SECONDS} s" in errors[0].details()
 
 
-def test_a_phone_that_says_hello_in_time_is_welcomed(stack, admin) -> None:  # type: ignore[no-untyped-def]
+def test_a_phone_that_says_hello_in_time_is_welcomed(stack: Stack, admin: Admin) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "prompt-phone")
     frames: queue.SimpleQueue = queue.SimpleQueue()
     with grpc.insecure_channel(stack.envoy.device_target) as channel:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _devices import ServerDb, wait_for
 from _processes import ZIMSEND, Program
-from conftest import TEST_PEPPER
+from conftest import TEST_PEPPER, RunningServer
 
 PHONES = 1000
 SOAK_SECONDS = 60
@@ -26,7 +26,9 @@ def _rss_kb(pid: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_thousand_phones_stay_connected_for_a_minute(server, zimsend_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_thousand_phones_stay_connected_for_a_minute(
+    server: RunningServer, zimsend_env: dict[str, str], tmp_path: Path
+) -> None:
     from zimsend.server import accounts
     from zimsend.server.storage import Database
 

@@ -22,7 +22,7 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-from conftest import Stack
+from conftest import Admin, GatewayFactory, RunningServer, Stack
 from schemathesis import GenerationMode
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ SENT: Counter[tuple[str, int]] = Counter()
 
 
 @pytest.fixture(scope="module")
-def stack(server, admin, gateway_factory) -> Stack:  # type: ignore[no-untyped-def]
+def stack(server: RunningServer, admin: Admin, gateway_factory: GatewayFactory) -> Stack:
     """The conftest stack, with Envoy's per-key flood limit out of the way: a 429 from it
     would only hide what the server answers."""
     from zimsend.gateway import RateLimit

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from _devices import RawPhone, Tenant, quick_tenant, wait_for
+from conftest import GatewayFactory, RunningServer
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -59,7 +60,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def phones_port(gateway_factory) -> str:  # type: ignore[no-untyped-def]
+def phones_port(gateway_factory: GatewayFactory) -> str:
     """Envoy's phone listener: bad and good streams share its upstream connection."""
     return str(gateway_factory().device_target)
 
@@ -74,7 +75,9 @@ class Good:
 
 
 @pytest.fixture(scope="module")
-def good(zimsend_env, device_channel, phones_port: str) -> Iterator[Good]:  # type: ignore[no-untyped-def]
+def good(
+    zimsend_env: dict[str, str], device_channel: grpc.Channel, phones_port: str
+) -> Iterator[Good]:
     tenant = quick_tenant(zimsend_env, device_channel, "good")
     device = tenant.create_device("good-phone")
     phone = RawPhone(phones_port, tenant.client_id, device.device_id, device.device_password)
@@ -84,7 +87,7 @@ def good(zimsend_env, device_channel, phones_port: str) -> Iterator[Good]:  # ty
 
 
 @pytest.fixture(scope="module")
-def rogue(zimsend_env, device_channel) -> Tenant:  # type: ignore[no-untyped-def]
+def rogue(zimsend_env: dict[str, str], device_channel: grpc.Channel) -> Tenant:
     """The client whose phones misbehave (its own devices: its messages go only to them)."""
     return quick_tenant(zimsend_env, device_channel, "rogue")
 
@@ -426,7 +429,7 @@ def test_random_frames_after_hello_never_break_the_server(
     assert "devicelink.frame_failed" not in program.output()
 
 
-def test_the_server_logged_no_failure_for_any_of_it(good: Good, server) -> None:  # type: ignore[no-untyped-def]
+def test_the_server_logged_no_failure_for_any_of_it(good: Good, server: RunningServer) -> None:
     """Runs last: a phone's nonsense is the phone's fault, refused or ignored as above; the
     server logs no error and no traceback for it (one would be a bug, and a flood of them
     from a misbehaving fleet would bury the real ones)."""

@@ -15,6 +15,7 @@ import grpc
 import httpx
 import pytest
 from _certs import self_signed
+from conftest import Admin, GatewayFactory, Stack
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -71,7 +72,7 @@ def device_connect(target: str, credentials: grpc.ChannelCredentials | None = No
 
 
 @pytest.mark.parametrize("via", ["envoy", "direct"])
-def test_grpc_clients_reach_auth_test_through_envoy_and_directly(stack, via: str) -> None:  # type: ignore[no-untyped-def]
+def test_grpc_clients_reach_auth_test_through_envoy_and_directly(stack: Stack, via: str) -> None:
     target = stack.envoy.grpc_target if via == "envoy" else stack.server_address
     with grpc.insecure_channel(target) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
@@ -89,7 +90,7 @@ def test_grpc_clients_reach_auth_test_through_envoy_and_directly(stack, via: str
     assert dict(error.initial_metadata())["zimsend-error-code"] == "INVALID_API_KEY"
 
 
-def test_grpc_web_clients_are_served(stack) -> None:  # type: ignore[no-untyped-def]
+def test_grpc_web_clients_are_served(stack: Stack) -> None:
     message = auth_pb2.AuthTestRequest().SerializeToString()
     response = httpx.post(
         f"{stack.base_url}/zimsend.v1.AuthService/AuthTest",
@@ -112,7 +113,7 @@ def test_grpc_web_clients_are_served(stack) -> None:  # type: ignore[no-untyped-
 # --- the phones' stream ---------------------------------------------------------------------
 
 
-def test_the_device_stream_goes_through_the_device_port(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_device_stream_goes_through_the_device_port(stack: Stack) -> None:
     error = device_connect(stack.envoy.device_target, request_id="device-port-1")
     entry = access_log(stack.envoy, "device-port-1")
     assert entry["listener"] == "device"
@@ -120,7 +121,9 @@ def test_the_device_stream_goes_through_the_device_port(stack) -> None:  # type:
     assert "device port" not in error.details()
 
 
-def test_a_paired_phone_gets_its_welcome_through_the_device_port(stack, admin) -> None:  # type: ignore[no-untyped-def]
+def test_a_paired_phone_gets_its_welcome_through_the_device_port(
+    stack: Stack, admin: Admin
+) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "edge-phone")
     metadata = (("x-client-id", stack.client_id), ("x-device-id", device["device_id"]),
                 ("x-device-password", device["device_password"]))
@@ -141,7 +144,7 @@ def test_a_paired_phone_gets_its_welcome_through_the_device_port(stack, admin) -
     assert first.welcome.device_id == device["device_id"]
 
 
-def test_the_device_stream_is_not_on_the_public_port(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_device_stream_is_not_on_the_public_port(stack: Stack) -> None:
     error = device_connect(stack.envoy.grpc_target, request_id="public-port-1")
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "device port" in error.details()
@@ -153,7 +156,7 @@ def test_the_device_stream_is_not_on_the_public_port(stack) -> None:  # type: ig
     assert rest.json()["error"]["code"] == "NOT_FOUND"
 
 
-def test_the_device_port_serves_nothing_else(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_device_port_serves_nothing_else(stack: Stack) -> None:
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         with pytest.raises(grpc.RpcError) as caught:
             auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
@@ -164,7 +167,9 @@ def test_the_device_port_serves_nothing_else(stack) -> None:  # type: ignore[no-
 # --- flood protection -----------------------------------------------------------------------
 
 
-def test_the_per_key_rate_limit_answers_429_with_retry_after(stack, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+def test_the_per_key_rate_limit_answers_429_with_retry_after(
+    stack: Stack, gateway_factory: GatewayFactory
+) -> None:
     envoy = gateway_factory(rate_limit=RateLimit(requests_per_minute=2))
     url = f"{envoy.base_url}/v1/auth/test"
     with httpx.Client(timeout=5) as http:
@@ -197,7 +202,9 @@ def test_the_per_key_rate_limit_answers_429_with_retry_after(stack, gateway_fact
 # --- TLS ------------------------------------------------------------------------------------
 
 
-def test_tls_on_both_listeners(stack, gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tls_on_both_listeners(
+    stack: Stack, gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
     cert, key = self_signed(tmp_path)
     envoy = gateway_factory(tls_cert=cert, tls_key=key)
     assert envoy.base_url.startswith("https://")
@@ -221,7 +228,7 @@ def test_tls_on_both_listeners(stack, gateway_factory, tmp_path: Path) -> None: 
 # --- logs and health ------------------------------------------------------------------------
 
 
-def test_every_request_is_one_json_access_log_line(stack) -> None:  # type: ignore[no-untyped-def]
+def test_every_request_is_one_json_access_log_line(stack: Stack) -> None:
     response = httpx.get(f"{stack.base_url}/v1/auth/test?x=1", timeout=5,
                          headers={**stack.auth, "X-Request-ID": "log-test-1"})
     assert response.status_code == 400

@@ -24,8 +24,10 @@ from _devices import start_agent, wait_for
 from _processes import Program, free_port
 from _processes import zimsend_env as make_env
 from _receivers import Receiver, body_of, start_worker
+from conftest import RunningServer, Stack
 from prometheus_client.parser import text_string_to_metric_families
 
+from zimsend.server.storage import Database
 from zimsend.v1 import sms_pb2, sms_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -58,7 +60,7 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def phone(stack, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def phone(stack: Stack, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator[str]:
     """The real agent (simulator backend) for a device of the stack's client, online."""
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
                          json={"name": "metrics phone"}).json()
@@ -71,7 +73,7 @@ def phone(stack, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator[str]: 
 
 
 @pytest.fixture(scope="module")
-def receiver(stack, logs_dir: Path) -> Iterator[Receiver]:  # type: ignore[no-untyped-def]
+def receiver(stack: Stack, logs_dir: Path) -> Iterator[Receiver]:
     with Receiver(logs_dir, secret=WEBHOOK_SECRET) as hooks:
         reply = httpx.post(f"{stack.base_url}/v1/webhooks/configure", headers=stack.auth, json={
             "url": hooks.url, "events": ["sms.sent", "sms.delivered", "sms.failed"],
@@ -82,17 +84,17 @@ def receiver(stack, logs_dir: Path) -> Iterator[Receiver]:  # type: ignore[no-un
 
 
 @pytest.fixture(scope="module")
-def worker(server, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator[Program]:  # type: ignore[no-untyped-def]
+def worker(server: RunningServer, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator[Program]:
     with start_worker(zimsend_env, logs_dir, "metrics-worker") as program:
         yield program
 
 
-def _device_status(stack, device_id: str) -> str:  # type: ignore[no-untyped-def]
+def _device_status(stack: Stack, device_id: str) -> str:
     reply = httpx.get(f"{stack.base_url}/v1/devices/{device_id}", headers=stack.auth)
     return str(reply.json().get("status"))
 
 
-def _message_status(stack, message_id: str) -> str:  # type: ignore[no-untyped-def]
+def _message_status(stack: Stack, message_id: str) -> str:
     reply = httpx.get(f"{stack.base_url}/v1/sms/status/{message_id}", headers=stack.auth)
     return str(reply.json().get("status"))
 
@@ -144,7 +146,7 @@ def events_for(program: Program, request_id: str) -> dict[str, list[dict[str, An
     return found
 
 
-def test_a_rest_send_moves_the_server_counters(stack, phone: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_rest_send_moves_the_server_counters(stack: Stack, phone: str) -> None:
     before = scrape(SERVER_METRICS)
     request_id = f"metrics-{uuid.uuid4().hex}"
     reply = httpx.post(f"{stack.base_url}/v1/sms/send",
@@ -182,7 +184,7 @@ def test_a_rest_send_moves_the_server_counters(stack, phone: str) -> None:  # ty
     assert_no_ids(after, stack.client_id, phone, message_id, request_id)
 
 
-def test_failed_calls_are_counted_by_grpc_code(stack) -> None:  # type: ignore[no-untyped-def]
+def test_failed_calls_are_counted_by_grpc_code(stack: Stack) -> None:
     before = scrape(SERVER_METRICS)
     reply = httpx.get(f"{stack.base_url}/v1/sms/status/msg_0000000000000000", headers=stack.auth)
     assert reply.status_code == 404
@@ -192,7 +194,7 @@ def test_failed_calls_are_counted_by_grpc_code(stack) -> None:  # type: ignore[n
                 code="NOT_FOUND") == 1
 
 
-def test_the_queue_gauges_count_scheduled_and_due_messages(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_queue_gauges_count_scheduled_and_due_messages(stack: Stack) -> None:
     """A message for tomorrow is `scheduled`; one pinned to a phone that never connects
     becomes `due` at its time and ages. Both are read from the database at scrape time."""
     offline = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
@@ -264,7 +266,9 @@ def test_the_worker_counts_webhook_attempts_and_logs_the_request_id(
     assert_no_ids(after, stack.client_id, phone, message_id, request_id)
 
 
-def test_a_direct_grpc_send_gets_a_request_id_of_its_own(stack, server) -> None:  # type: ignore[no-untyped-def]
+def test_a_direct_grpc_send_gets_a_request_id_of_its_own(
+    stack: Stack, server: RunningServer
+) -> None:
     """Without Envoy there is no x-request-id: the server makes one, logs and stores it."""
     program, address = server
     with grpc.insecure_channel(address) as channel:
@@ -278,7 +282,7 @@ def test_a_direct_grpc_send_gets_a_request_id_of_its_own(stack, server) -> None:
     assert re.fullmatch(r"[0-9a-f-]{36}", accepted[0]["request_id"])
 
 
-def test_the_queue_sample_on_both_engines(db) -> None:  # type: ignore[no-untyped-def]
+def test_the_queue_sample_on_both_engines(db: Database) -> None:
     """The scrape-time query (`metrics.Sampler`) on SQLite and PostgreSQL: due and scheduled
     counts per priority, the oldest due message's age; other statuses are not queued."""
     from _webhooks import seed_client

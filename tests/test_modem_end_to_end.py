@@ -20,6 +20,7 @@ from _gammu import DummyModem
 from _processes import free_port
 from _processes import zimsend_env as make_env
 from _receivers import Receiver, body_of, start_worker
+from conftest import Admin, Stack
 
 pytestmark = pytest.mark.slow
 TO = "+33612345678"
@@ -36,8 +37,8 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     )
 
 
-def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back(  # type: ignore[no-untyped-def]
-    stack, admin, zimsend_env: dict[str, str], tmp_path: Path,
+def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back(
+    stack: Stack, admin: Admin, zimsend_env: dict[str, str], tmp_path: Path,
 ) -> None:
     modem = DummyModem.create(tmp_path / "modem")
     device = admin("create-device", "--client-id", stack.client_id, "--name", "usb-modem",

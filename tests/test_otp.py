@@ -150,7 +150,9 @@ def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(  # type: ignore
     assert otp_row(server_db, reply.otp_id).code_hash == hash_secret(PEPPER, code)
 
 
-def test_defaults_urgent_masked_and_sealed(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_defaults_urgent_masked_and_sealed(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     reply = send(otp, account)
     row = otp_row(server_db, reply.otp_id)
     assert row.expires_at - row.created_at == dt.timedelta(seconds=300)
@@ -170,7 +172,9 @@ def test_defaults_urgent_masked_and_sealed(otp, account, server_db) -> None:  # 
     assert message.segments == 1
 
 
-def test_a_live_key_needs_a_device_like_sendsms(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_a_live_key_needs_a_device_like_sendsms(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     error = fails(otp.SendOtp, pb.SendOtpRequest(to=TO), account.md())
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
@@ -209,7 +213,9 @@ def test_bad_fields_are_named_with_their_limits(otp, account, fields, field, wor
     assert field in error.details()
 
 
-def test_every_bad_field_in_one_answer_and_the_text_limit(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_every_bad_field_in_one_answer_and_the_text_limit(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     error = fails(otp.SendOtp, pb.SendOtpRequest(to=TO, length=2, expiry=4000, template="x"),
                   account.md(test=True))
     assert set(violations(error)) == {"length", "expiry", "template"}
@@ -223,7 +229,9 @@ def test_every_bad_field_in_one_answer_and_the_text_limit(otp, account, server_d
         assert len(session.exec(select(Otp).where(Otp.client_id == account.client_id)).all()) == 1
 
 
-def test_the_eleventh_otp_in_an_hour_to_one_number_is_refused(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_the_eleventh_otp_in_an_hour_to_one_number_is_refused(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     sent = [send(otp, account).otp_id for _ in range(10)]
     error = fails(otp.SendOtp, pb.SendOtpRequest(to=TO), account.md(test=True))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -250,7 +258,9 @@ def age(db: Database, otp_ids: list[str], by: dt.timedelta) -> None:
 # --- Verifying ----------------------------------------------------------------------------
 
 
-def test_the_right_code_works_once(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_the_right_code_works_once(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     reply = send(otp, account, length=4, metadata=struct({"order": "A-1"}))
     code = code_of(server_db, reply.otp_id)
     before = utcnow()
@@ -269,7 +279,9 @@ def test_the_right_code_works_once(otp, account, server_db) -> None:  # type: ig
     assert code not in json.dumps(event.payload)
 
 
-def test_three_wrong_codes_invalidate_the_otp(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_three_wrong_codes_invalidate_the_otp(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     reply = send(otp, account, length=4)
     code = code_of(server_db, reply.otp_id)
     answers = [check(otp, account, reply.otp_id, wrong) for wrong in wrong_codes(code, 3)]
@@ -287,7 +299,9 @@ def test_three_wrong_codes_invalidate_the_otp(otp, account, server_db) -> None: 
     assert not [e for e in events(server_db, account.client_id) if e.event_type == "otp.verified"]
 
 
-def test_two_wrong_codes_then_the_right_one(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_two_wrong_codes_then_the_right_one(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     reply = send(otp, account, length=4)
     code = code_of(server_db, reply.otp_id)
     for wrong in wrong_codes(code, 2):
@@ -295,7 +309,9 @@ def test_two_wrong_codes_then_the_right_one(otp, account, server_db) -> None:  #
     assert check(otp, account, reply.otp_id, code).valid
 
 
-def test_an_expired_code_is_refused_without_spending_an_attempt(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_an_expired_code_is_refused_without_spending_an_attempt(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     reply = send(otp, account, length=4, expiry=1)
     code = code_of(server_db, reply.otp_id)
     time.sleep(1.2)
@@ -307,7 +323,9 @@ def test_an_expired_code_is_refused_without_spending_an_attempt(otp, account, se
     assert otp_row(server_db, reply.otp_id).attempts_used == 0
 
 
-def test_unknown_and_other_clients_otps_are_not_found(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_and_other_clients_otps_are_not_found(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     reply = send(otp, account, length=4)
     code = code_of(server_db, reply.otp_id)
     stranger = new_account(server_db, PEPPER, "stranger")
@@ -319,7 +337,9 @@ def test_unknown_and_other_clients_otps_are_not_found(otp, account, server_db) -
     assert check(otp, account, reply.otp_id, code).valid
 
 
-def test_missing_fields_are_invalid_requests_that_spend_nothing(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_missing_fields_are_invalid_requests_that_spend_nothing(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     reply = send(otp, account, length=4)
     error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id="", code=" "), account.md())
     assert error_reason(error) == "INVALID_REQUEST"

@@ -14,10 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from _otp import code_of
+from conftest import Stack
+
+from zimsend.server.storage import Database
 
 
 @pytest.fixture(scope="module")
-def sandbox(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def sandbox(stack: Stack) -> dict[str, str]:
     """REST headers of a `zs_test_` key of the stack's client."""
     created = httpx.post(f"{stack.base_url}/v1/api-keys", headers=stack.auth,
                          json={"name": "otp sandbox", "test": True})
@@ -25,11 +28,11 @@ def sandbox(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {"X-API-Key": created.json()["api_key"], "X-Client-ID": stack.client_id}
 
 
-def post(stack, headers: dict[str, str], path: str, body: dict[str, Any]) -> httpx.Response:  # type: ignore[no-untyped-def]
+def post(stack: Stack, headers: dict[str, str], path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{stack.base_url}/v1/sms/{path}", headers=headers, json=body, timeout=10)
 
 
-def send_otp(stack, headers: dict[str, str], to: str, **fields: Any) -> httpx.Response:  # type: ignore[no-untyped-def]
+def send_otp(stack: Stack, headers: dict[str, str], to: str, **fields: Any) -> httpx.Response:
     """What the wrapper sends: every optional field, null unless given."""
     body = {"to": to, "length": None, "expiry": None, "template": None, "metadata": None}
     return post(stack, headers, "send-otp", {**body, **fields})
@@ -44,7 +47,9 @@ def envelope(response: httpx.Response, status: int, code: str) -> dict[str, Any]
     return body  # type: ignore[no-any-return]
 
 
-def test_wrapper_nulls_send_then_verify(stack, sandbox, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_wrapper_nulls_send_then_verify(
+    stack: Stack, sandbox: dict[str, str], server_db: Database
+) -> None:
     sent = send_otp(stack, sandbox, "+33612345601")
     assert sent.status_code == 200, sent.text
     body = sent.json()
@@ -77,7 +82,9 @@ def test_wrapper_nulls_send_then_verify(stack, sandbox, server_db) -> None:  # t
     envelope(again, 404, "OTP_NOT_FOUND")
 
 
-def test_rest_errors_have_their_documented_statuses(stack, sandbox, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_rest_errors_have_their_documented_statuses(
+    stack: Stack, sandbox: dict[str, str], server_db: Database
+) -> None:
     bad = envelope(send_otp(stack, sandbox, "+33612345602", template="Your code"), 400,
                    "INVALID_REQUEST")
     assert "template" in bad["error"]["message"]
@@ -105,7 +112,9 @@ def test_rest_errors_have_their_documented_statuses(stack, sandbox, server_db) -
              404, "OTP_NOT_FOUND")
 
 
-def test_the_hourly_limit_answers_429_with_retry_after(stack, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_the_hourly_limit_answers_429_with_retry_after(
+    stack: Stack, sandbox: dict[str, str]
+) -> None:
     for _ in range(10):
         assert send_otp(stack, sandbox, "+33612345603").status_code == 200
     limited = send_otp(stack, sandbox, "+33612345603")

@@ -13,10 +13,11 @@ import grpc
 import httpx
 import pytest
 from _processes import start_server
-from conftest import TEST_PEPPER
+from conftest import TEST_PEPPER, Admin, GatewayFactory, RunningServer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from zimsend.server.storage import Database
 from zimsend.v1 import auth_pb2, auth_pb2_grpc
 
 LIMIT = 8
@@ -52,7 +53,9 @@ def _client(server_db) -> dict:  # type: ignore[no-untyped-def, type-arg]
     return {"client_id": client.id, "api_key": key.secret}
 
 
-def test_the_limit_refuses_with_retry_info_and_spares_other_clients(server, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_the_limit_refuses_with_retry_info_and_spares_other_clients(
+    server: RunningServer, server_db: Database
+) -> None:
     _, address = server
     first, second = _client(server_db), _client(server_db)
     outcomes = [_auth_test(address, first) for _ in range(LIMIT + 3)]
@@ -73,7 +76,9 @@ def test_the_limit_refuses_with_retry_info_and_spares_other_clients(server, serv
     assert _auth_test(address, second) is None  # another client has its own budget
 
 
-def test_a_client_setting_overrides_the_default(server, admin, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_a_client_setting_overrides_the_default(
+    server: RunningServer, admin: Admin, server_db: Database
+) -> None:
     _, address = server
     client = _client(server_db)
     admin("set-rate-limit", "--client-id", client["client_id"], "--per-minute", "3")
@@ -81,7 +86,9 @@ def test_a_client_setting_overrides_the_default(server, admin, server_db) -> Non
     assert [o is None for o in outcomes] == [True, True, True, False, False]
 
 
-def test_rest_sees_429_retry_after_and_ratelimit_headers(server, server_db, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+def test_rest_sees_429_retry_after_and_ratelimit_headers(
+    server: RunningServer, server_db: Database, gateway_factory: GatewayFactory
+) -> None:
     envoy = gateway_factory()
     client = _client(server_db)
     headers = {"X-API-Key": client["api_key"], "X-Client-ID": client["client_id"]}
@@ -96,7 +103,9 @@ def test_rest_sees_429_retry_after_and_ratelimit_headers(server, server_db, gate
     assert str(LIMIT) in last.json()["error"]["message"]
 
 
-def test_the_limit_holds_across_two_replicas(server, server_db, zimsend_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_limit_holds_across_two_replicas(
+    server: RunningServer, server_db: Database, zimsend_env: dict[str, str], tmp_path: Path
+) -> None:
     """A second server process on the same database: the budget is shared, not doubled."""
     _, address = server
     replica, replica_address = start_server(Path(zimsend_env["ZIMSEND_DATA_DIR"]), zimsend_env, tmp_path)
@@ -110,7 +119,9 @@ def test_the_limit_holds_across_two_replicas(server, server_db, zimsend_env, tmp
         assert accepted == LIMIT
 
 
-def test_a_single_replica_never_overshoots_under_concurrency(server, admin, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_a_single_replica_never_overshoots_under_concurrency(
+    server: RunningServer, admin: Admin, server_db: Database
+) -> None:
     """Issue 12 item 11: 102 of 100 were admitted on one replica. Requests admitted while a
     flush of the counts was being written were counted nowhere until it returned. 150 calls in
     flight at once, several flushes during the burst: exactly the limit is admitted."""

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from _devices import outbox_lines, start_agent, wait_for
 from _zimsend_wrapper import ZimSendClient, ZimSendError
+from conftest import Stack
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +48,11 @@ def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
         yield device_id, workdir / "outbox.jsonl"
 
 
-def _device(stack, device_id: str) -> dict:  # type: ignore[no-untyped-def]
+def _device(stack: Stack, device_id: str) -> dict:
     return httpx.get(f"{stack.base_url}/v1/devices/{device_id}", headers=stack.auth).json()
 
 
-def _status(stack, message_id: str) -> dict:  # type: ignore[no-untyped-def]
+def _status(stack: Stack, message_id: str) -> dict:
     return httpx.get(f"{stack.base_url}/v1/sms/status/{message_id}", headers=stack.auth).json()
 
 
@@ -179,13 +180,15 @@ def _tomorrow() -> str:
     return (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _history_total(stack) -> int:  # type: ignore[no-untyped-def]
+def _history_total(stack: Stack) -> int:
     reply = httpx.get(f"{stack.base_url}/v1/sms/history", headers=stack.auth, params={"limit": 1})
     assert reply.status_code == 200, reply.text
     return int(reply.json()["pagination"]["total_items"])
 
 
-def test_presence_through_envoys_phone_listener(stack, zimsend_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_presence_through_envoys_phone_listener(
+    stack: Stack, zimsend_env: dict[str, str], tmp_path: Path
+) -> None:
     """Issue 4 through the edge: online within a second of connecting via Envoy's phone port;
     after kill -9 of the agent, offline within the heartbeat window (1 s x 3 here), with
     device.connected then device.disconnected(CONNECTION_LOST) in the outbox."""

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from _devices import outbox_lines, start_agent, wait_for
 from _processes import run_zimsend
+from conftest import Stack
 
 from zimsend.client import (
     AsyncZimSend,
@@ -194,7 +195,7 @@ def test_the_async_client_sends_and_waits_for_delivered(stack, phone, transport:
 
 
 @pytest.mark.slow
-def test_a_429_is_retried_after_retry_after(stack, zimsend_env) -> None:  # type: ignore[no-untyped-def]
+def test_a_429_is_retried_after_retry_after(stack: Stack, zimsend_env: dict[str, str]) -> None:
     """A client limited to 3 requests a minute: the 4th call is refused with Retry-After (the
     seconds to the next minute), the SDK waits that long and the same call then succeeds."""
     client_id = run_zimsend(["admin", "create-client", "--name", "limited"], zimsend_env)["client_id"]
@@ -288,7 +289,7 @@ class AnswerLosingProxy:
 
 
 @pytest.mark.slow
-def test_a_send_retried_after_a_cut_connection_creates_one_message(stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_retried_after_a_cut_connection_creates_one_message(stack: Stack) -> None:
     proxy = AnswerLosingProxy(stack.base_url.split("://", 1)[1].rstrip("/"))
     to = "+33612345609"
     try:

@@ -19,12 +19,15 @@ from collections import Counter
 from typing import Any
 
 import httpx
-from _devices import RawPhone, wait_for
+from _devices import RawPhone, Tenant, wait_for
+from conftest import GatewayFactory, RunningServer
 
 from zimsend.gateway import RateLimit
 
 
-def test_sigterm_refuses_new_calls_before_dropping_phones(server, gateway_factory, tenant) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_refuses_new_calls_before_dropping_phones(
+    server: RunningServer, gateway_factory: GatewayFactory, tenant: Tenant
+) -> None:
     program, address = server
     envoy = gateway_factory(rate_limit=RateLimit(requests_per_minute=1_000_000))
     device = tenant.create_device("stays connected")

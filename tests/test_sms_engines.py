@@ -64,7 +64,9 @@ def insert(db: Database, client_id: str, created: str, status: str = "delivered"
     return message.id
 
 
-def test_concurrent_requests_with_one_key_commit_once(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_requests_with_one_key_commit_once(
+    db: Database, settings: Settings, client_id: str
+) -> None:
     request = pb.SendSmsRequest(to="+33612345678", message="race")
     barrier = threading.Barrier(20)
 
@@ -80,8 +82,8 @@ def test_concurrent_requests_with_one_key_commit_once(db, settings, client_id) -
 
 
 def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
-    db, settings, client_id
-) -> None:  # type: ignore[no-untyped-def]
+    db: Database, settings: Settings, client_id: str
+) -> None:
     """Many sends in flight share lane transactions (group commit), yet a bad request fails
     alone, one idempotency key commits once, and a reused key with another body is refused."""
     lane = intake.Intake(db, settings)
@@ -132,7 +134,9 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
     assert lane.transactions < len(results) - 1  # requests shared transactions
 
 
-def test_a_reused_key_with_another_body_is_refused(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+def test_a_reused_key_with_another_body_is_refused(
+    db: Database, settings: Settings, client_id: str
+) -> None:
     send(db, settings, client_id, pb.SendSmsRequest(to="+33612345678", message="a"), key="k")
     with pytest.raises(ApiError) as info:
         send(db, settings, client_id, pb.SendSmsRequest(to="+33612345678", message="b"), key="k")
@@ -140,7 +144,7 @@ def test_a_reused_key_with_another_body_is_refused(db, settings, client_id) -> N
     assert count(db, client_id) == 1
 
 
-def test_stats_group_by_utc_day(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+def test_stats_group_by_utc_day(db: Database, settings: Settings, client_id: str) -> None:
     recent = utcnow().replace(hour=0, minute=30, second=0, microsecond=0) - dt.timedelta(days=2)
     late = recent.replace(hour=23, minute=59, second=59)
     for when, status in [(recent, "delivered"), (late, "sent"), (late, "failed"),
@@ -159,7 +163,9 @@ def test_stats_group_by_utc_day(db, settings, client_id) -> None:  # type: ignor
     assert (result.total_sent, result.delivered, result.failed, result.pending) == (6, 4, 1, 1)
 
 
-def test_search_is_case_insensitive_and_literal(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+def test_search_is_case_insensitive_and_literal(
+    db: Database, settings: Settings, client_id: str
+) -> None:
     now = utcnow().isoformat()
     plain = insert(db, client_id, now, body="Votre CODE promo")
     percent = insert(db, client_id, now, body="50% off_today")
@@ -177,7 +183,7 @@ def test_search_is_case_insensitive_and_literal(db, settings, client_id) -> None
     assert not v
 
 
-def test_export_keyset_walks_ties_once(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+def test_export_keyset_walks_ties_once(db: Database, settings: Settings, client_id: str) -> None:
     same = "2025-03-01T00:00:00Z"
     ids = sorted(insert(db, client_id, same) for _ in range(7))
     flt = history.MessageFilter(client_id=client_id, since=dt.datetime(2000, 1, 1, tzinfo=UTC))
@@ -192,7 +198,9 @@ def test_export_keyset_walks_ties_once(db, settings, client_id) -> None:  # type
     assert seen == ids
 
 
-def test_cancel_and_resend_are_conditional(db, settings, client_id) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_and_resend_are_conditional(
+    db: Database, settings: Settings, client_id: str
+) -> None:
     message_id = insert(db, client_id, utcnow().isoformat(), status="queued")
     assert lifecycle.cancel(db, settings, client_id, message_id).status == "cancelled"
     with pytest.raises(ApiError) as info:

@@ -19,9 +19,17 @@ from _sms import fails, insert_message, new_account, new_device
 from conftest import TEST_PEPPER
 
 from zimsend.server import credentials
-from zimsend.server.storage import NO_DEVICE, DailyAggregate, InboundMessage, Message, utcnow
+from zimsend.server.storage import (
+    NO_DEVICE,
+    DailyAggregate,
+    Database,
+    InboundMessage,
+    Message,
+    utcnow,
+)
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
+from zimsend.v1.sms_pb2_grpc import SmsServiceStub
 
 PEPPER = TEST_PEPPER.encode()
 UTC = dt.UTC
@@ -255,7 +263,7 @@ def export(sms, account, **fields) -> tuple[str, str, int]:  # type: ignore[no-u
     return chunks[0].content_type, b"".join(c.data for c in chunks).decode(), len(chunks)
 
 
-def insert_many(server_db, client_id: str, count: int, start: dt.datetime) -> list[str]:  # type: ignore[no-untyped-def]
+def insert_many(server_db: Database, client_id: str, count: int, start: dt.datetime) -> list[str]:
     rows = [
         Message(id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
                 body=f'n°{i}, "quoted"\nline', status="delivered" if i % 2 else "failed",
@@ -347,6 +355,6 @@ def test_inbox(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
     assert (paged.pagination.total_pages, paged.pagination.total_items) == (2, 3)
 
 
-def test_lists_need_credentials(sms) -> None:  # type: ignore[no-untyped-def]
+def test_lists_need_credentials(sms: SmsServiceStub) -> None:
     error = fails(sms.ListSmsHistory, pb.ListSmsHistoryRequest(), ())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from _sms import (
+    Account,
     error_reason,
     fails,
     get_message,
@@ -25,16 +26,17 @@ from conftest import TEST_PEPPER
 from google.protobuf import json_format, struct_pb2
 
 from zimsend.server import credentials
-from zimsend.server.storage import MessagePart, Otp, utcnow
+from zimsend.server.storage import Database, MessagePart, Otp, utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
+from zimsend.v1.sms_pb2_grpc import SmsServiceStub
 
 PEPPER = TEST_PEPPER.encode()
 TO = "+33612345678"
 
 
 @pytest.fixture(scope="module")
-def phone(server_db, sms_account) -> str:  # type: ignore[no-untyped-def]
+def phone(server_db: Database, sms_account: Account) -> str:
     return new_device(server_db, PEPPER, sms_account.client_id)
 
 
@@ -51,7 +53,7 @@ def scheduled(sms, account, **fields) -> str:  # type: ignore[no-untyped-def]
     return str(reply.message_id)
 
 
-def failed(server_db, message_id: str, device: str) -> None:  # type: ignore[no-untyped-def]
+def failed(server_db: Database, message_id: str, device: str) -> None:
     now = utcnow()
     update_message(server_db, message_id, status="failed", device_id=device, processing_at=now,
                    failed_at=now, error_code="NETWORK_ERROR", error_message="no signal")
@@ -65,7 +67,7 @@ def status_of(sms, account, message_id: str) -> pb.GetSmsStatusResponse:  # type
 # --- Status ----------------------------------------------------------------------------------
 
 
-def test_status_shows_the_documented_fields(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_status_shows_the_documented_fields(sms: SmsServiceStub, sms_account: Account) -> None:
     meta = struct_pb2.Struct()
     meta.update({"order": 7})
     message_id = scheduled(sms, sms_account, message="Rappel de rendez-vous demain",
@@ -90,7 +92,9 @@ def test_status_shows_the_documented_fields(sms, sms_account) -> None:  # type: 
     )
 
 
-def test_status_of_a_failed_message_shows_its_error(sms, sms_account, server_db, phone) -> None:  # type: ignore[no-untyped-def]
+def test_status_of_a_failed_message_shows_its_error(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database, phone: str
+) -> None:
     message_id = scheduled(sms, sms_account)
     failed(server_db, message_id, phone)
     reply = status_of(sms, sms_account, message_id)
@@ -121,7 +125,9 @@ def test_another_clients_message_is_not_found(sms, sms_account, stranger) -> Non
     assert status_of(sms, sms_account, message_id).status == common_pb2.queued  # untouched
 
 
-def test_messages_older_than_retention_are_not_found(sms, sms_account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_messages_older_than_retention_are_not_found(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database
+) -> None:
     old = insert_message(server_db, sms_account.client_id, status="delivered",
                          created_at=utcnow() - dt.timedelta(days=91))
     recent = insert_message(server_db, sms_account.client_id, status="delivered",
@@ -135,7 +141,9 @@ def test_messages_older_than_retention_are_not_found(sms, sms_account, server_db
 # --- Cancel ----------------------------------------------------------------------------------
 
 
-def test_cancel_a_scheduled_message(sms, sms_account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_a_scheduled_message(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database
+) -> None:
     """The FAQ: `curl -X DELETE …/v1/sms/msg_…` of a scheduled SMS."""
     message_id = scheduled(sms, sms_account)
     reply = sms.CancelSms(pb.CancelSmsRequest(message_id=message_id),
@@ -162,7 +170,7 @@ def test_only_queued_messages_can_be_cancelled(sms, sms_account, server_db, phon
     assert get_message(server_db, message_id).status == state
 
 
-def test_concurrent_cancels_succeed_once(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_cancels_succeed_once(sms: SmsServiceStub, sms_account: Account) -> None:
     message_id = scheduled(sms, sms_account)
 
     def cancel(_: int) -> str:
@@ -181,7 +189,9 @@ def test_concurrent_cancels_succeed_once(sms, sms_account) -> None:  # type: ign
 # --- Resend ----------------------------------------------------------------------------------
 
 
-def test_resend_a_failed_message(sms, sms_account, server_db, phone) -> None:  # type: ignore[no-untyped-def]
+def test_resend_a_failed_message(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database, phone: str
+) -> None:
     message_id = scheduled(sms, sms_account)
     failed(server_db, message_id, phone)
     with server_db.write() as session:
@@ -227,7 +237,9 @@ def test_only_failed_messages_can_be_resent(sms, sms_account, server_db, phone, 
     assert get_message(server_db, message_id).status == state
 
 
-def test_an_otp_message_is_not_resent(sms, sms_account, server_db, phone) -> None:  # type: ignore[no-untyped-def]
+def test_an_otp_message_is_not_resent(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database, phone: str
+) -> None:
     """Its text (the code) is gone once it failed; a new OTP is the way."""
     message_id = scheduled(sms, sms_account)
     failed(server_db, message_id, phone)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from _sms import (
+    Account,
     error_reason,
     fails,
     get_message,
@@ -26,9 +27,10 @@ from _sms import (
 from conftest import TEST_PEPPER
 from google.protobuf import json_format, struct_pb2
 
-from zimsend.server.storage import Device, utcnow
+from zimsend.server.storage import Database, Device, utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
+from zimsend.v1.sms_pb2_grpc import SmsServiceStub
 
 PEPPER = TEST_PEPPER.encode()
 TO = "+33612345678"
@@ -41,7 +43,7 @@ def struct(data: dict) -> struct_pb2.Struct:  # type: ignore[type-arg]
 
 
 @pytest.fixture(scope="module")
-def online(server_db, sms_account) -> str:  # type: ignore[no-untyped-def]
+def online(server_db: Database, sms_account: Account) -> str:
     """An online phone for `sms_account`, so its immediate live sends are accepted."""
     return new_device(server_db, PEPPER, sms_account.client_id, online=True)
 
@@ -61,7 +63,9 @@ def history(sms, account, text: str, test: bool = False) -> pb.ListSmsHistoryRes
 # --- One SMS ---------------------------------------------------------------------------------
 
 
-def test_send_returns_the_documented_response(sms, sms_account, online, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_send_returns_the_documented_response(
+    sms: SmsServiceStub, sms_account: Account, online: str, server_db: Database
+) -> None:
     set_online(server_db, online)
     before = utcnow()
     reply = sms.SendSms(pb.SendSmsRequest(to="+33 6 12 34 56 78", message="Bonjour"),
@@ -84,7 +88,7 @@ def test_send_returns_the_documented_response(sms, sms_account, online, server_d
     assert row.expires_at == row.due_at + dt.timedelta(hours=24)
 
 
-def test_1600_gsm_characters_are_11_segments(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_1600_gsm_characters_are_11_segments(sms: SmsServiceStub, sms_account: Account) -> None:
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="a" * 1600),
                         metadata=sms_account.md(test=True), timeout=10)
     assert (reply.segments, reply.encoding) == (11, common_pb2.GSM7)
@@ -116,7 +120,9 @@ def test_priority_integer_or_name(sms, sms_account, server_db, given, applied) -
     assert get_message(server_db, reply.message_id).priority == applied
 
 
-def test_metadata_webhook_and_sim_slot_are_kept(sms, sms_account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_webhook_and_sim_slot_are_kept(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database
+) -> None:
     meta = {"order": 1234, "tags": ["a", "b"], "nested": {"ok": True, "ratio": 0.5}}
     reply = sms.SendSms(
         pb.SendSmsRequest(to=TO, message="m", metadata=struct(meta),
@@ -173,7 +179,7 @@ def test_immediate_send_with_a_test_key_needs_no_device(sms, lonely, server_db) 
     assert get_message(server_db, reply.message_id).test is True
 
 
-def test_unknown_device_id(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_device_id(sms: SmsServiceStub, sms_account: Account) -> None:
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"),
                   sms_account.md(device="device_0000000000000000"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -219,7 +225,9 @@ def test_pinned_disabled_device_is_offline(sms, lonely, server_db) -> None:  # t
     assert "disabled" in error.details()
 
 
-def test_pinned_online_device(sms, sms_account, online, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_pinned_online_device(
+    sms: SmsServiceStub, sms_account: Account, online: str, server_db: Database
+) -> None:
     set_online(server_db, online)
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="pinned"),
                         metadata=sms_account.md(device=online), timeout=10)
@@ -251,7 +259,9 @@ def test_estimated_delivery_follows_the_queue_and_the_phones(sms, lonely, server
 # --- Bulk -------------------------------------------------------------------------------------
 
 
-def test_bulk_queues_every_recipient(sms, sms_account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_queues_every_recipient(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database
+) -> None:
     text = unique_text("bulk")
     recipients = ["+33612345678", "+44 7911 123456", "+263771234567"]
     reply = sms.SendBulkSms(
@@ -271,7 +281,7 @@ def test_bulk_queues_every_recipient(sms, sms_account, server_db) -> None:  # ty
     assert history(sms, sms_account, text).pagination.total_items == 3
 
 
-def test_one_bad_number_in_100_queues_nothing(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_one_bad_number_in_100_queues_nothing(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("atomic")
     recipients = [f"+336123456{i:02d}" for i in range(100)]
     recipients[57] = "+33 12"
@@ -287,7 +297,7 @@ def test_one_bad_number_in_100_queues_nothing(sms, sms_account) -> None:  # type
     assert history(sms, sms_account, text, test=True).pagination.total_items == 100
 
 
-def test_101_recipients_queue_nothing(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_101_recipients_queue_nothing(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("many")
     error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(recipients=[TO] * 101, message=text),
                   sms_account.md(test=True))
@@ -300,7 +310,7 @@ def test_bulk_needs_a_device_like_a_single_send(sms, lonely) -> None:  # type: i
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
 
 
-def test_personalized_bulk(sms, sms_account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_personalized_bulk(sms: SmsServiceStub, sms_account: Account, server_db: Database) -> None:
     tag = unique_text("perso")
     request = pb.SendBulkPersonalizedSmsRequest(
         messages=[
@@ -322,7 +332,7 @@ def test_personalized_bulk(sms, sms_account, server_db) -> None:  # type: ignore
     assert first.priority == second.priority == 4
 
 
-def test_personalized_bulk_is_atomic(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_personalized_bulk_is_atomic(sms: SmsServiceStub, sms_account: Account) -> None:
     tag = unique_text("perso-atomic")
     request = pb.SendBulkPersonalizedSmsRequest(messages=[
         pb.PersonalizedMessage(to=TO, message=f"{tag} ok"),
@@ -337,7 +347,7 @@ def test_personalized_bulk_is_atomic(sms, sms_account) -> None:  # type: ignore[
 # --- Idempotency -------------------------------------------------------------------------
 
 
-def test_same_key_twice_sends_once(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_same_key_twice_sends_once(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("idem")
     request = pb.SendSmsRequest(to=TO, message=text, scheduled_at=later(hours=1))
     md = sms_account.md(idempotency_key=unique_text("key"))
@@ -347,7 +357,7 @@ def test_same_key_twice_sends_once(sms, sms_account) -> None:  # type: ignore[no
     assert history(sms, sms_account, text).pagination.total_items == 1
 
 
-def test_key_in_the_field_works_like_the_header(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_key_in_the_field_works_like_the_header(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("idem-field")
     key = unique_text("key")
     request = pb.SendSmsRequest(to=TO, message=text, idempotency_key=key)
@@ -368,7 +378,7 @@ def test_replay_does_not_recheck_what_changed_since(sms, lonely, server_db) -> N
     assert sms.SendSms(pb.SendSmsRequest(to=TO, message="x"), metadata=md, timeout=10) == first
 
 
-def test_same_key_different_body_is_refused(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_same_key_different_body_is_refused(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("idem-diff")
     md = sms_account.md(test=True, idempotency_key=unique_text("key"))
     sms.SendSms(pb.SendSmsRequest(to=TO, message=text), metadata=md, timeout=10)
@@ -393,7 +403,7 @@ def test_keys_belong_to_their_client(sms, sms_account, lonely) -> None:  # type:
     assert theirs.message_id != mine.message_id
 
 
-def test_bulk_replay(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_replay(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("idem-bulk")
     request = pb.SendBulkSmsRequest(recipients=[TO, "+447911123456"], message=text,
                                     idempotency_key=unique_text("key"))
@@ -402,7 +412,9 @@ def test_bulk_replay(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
     assert history(sms, sms_account, text, test=True).pagination.total_items == 2
 
 
-def test_expired_record_is_reused(sms, sms_account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_expired_record_is_reused(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database
+) -> None:
     from sqlalchemy import update
 
     from zimsend.server.storage import IdempotencyRecord
@@ -419,7 +431,9 @@ def test_expired_record_is_reused(sms, sms_account, server_db) -> None:  # type:
     assert sms.SendSms(pb.SendSmsRequest(to=TO, message="new"), metadata=md, timeout=10) == second
 
 
-def test_20_concurrent_requests_with_one_key_create_one_message(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_20_concurrent_requests_with_one_key_create_one_message(
+    sms: SmsServiceStub, sms_account: Account
+) -> None:
     text = unique_text("race")
     request = pb.SendSmsRequest(to=TO, message=text, scheduled_at=later(hours=1))
     md = sms_account.md(idempotency_key=unique_text("key"))
@@ -431,7 +445,9 @@ def test_20_concurrent_requests_with_one_key_create_one_message(sms, sms_account
     assert history(sms, sms_account, text).pagination.total_items == 1
 
 
-def test_20_concurrent_bulk_requests_with_one_key(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_20_concurrent_bulk_requests_with_one_key(
+    sms: SmsServiceStub, sms_account: Account
+) -> None:
     text = unique_text("race-bulk")
     request = pb.SendBulkSmsRequest(recipients=[TO] * 50, message=text,
                                     idempotency_key=unique_text("key"))

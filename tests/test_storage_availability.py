@@ -8,6 +8,8 @@ without a mount: SQLite's per-connection `max_page_count` and a read-only URI, P
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -48,7 +50,7 @@ def test_a_full_sqlite_database_is_full_until_a_real_write_fits(sqlite_url: str)
         db.dispose()
 
 
-def test_a_read_only_sqlite_file_is_unwritable(sqlite_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_read_only_sqlite_file_is_unwritable(sqlite_url: str, tmp_path: Path) -> None:
     Database.from_url(sqlite_url).migrate()
     path = tmp_path / "zimsend.db"
     db = Database.from_url(f"sqlite:///file:{path}?mode=ro&uri=true")

@@ -415,7 +415,9 @@ CREDS = {"client_id": "client_x", "api_key": "zs_live_x", "device_id": "device_x
          "device_password": "pw", "pairing_uri": "zimsend://pair?x"}
 
 
-def test_the_ready_line_waits_for_the_simulated_phone(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_the_ready_line_waits_for_the_simulated_phone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The real-stack test above cannot force a slow phone; a stand-in Envoy whose phone comes
     online only at the 4th look can."""
     envoy = _StandInEnvoy()
@@ -430,7 +432,9 @@ def test_the_ready_line_waits_for_the_simulated_phone(tmp_path: Path, capsys) ->
     assert not supervisor.stop_requested.is_set()
 
 
-def test_a_phone_that_never_comes_online_stops_the_stack(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_phone_that_never_comes_online_stops_the_stack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(up_command, "READY_TIMEOUT_SECONDS", 0.5)
     envoy = _StandInEnvoy()
     envoy.device_looks = -1_000_000  # offline for good

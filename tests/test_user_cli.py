@@ -21,6 +21,7 @@ import pytest
 from _devices import start_agent, wait_for
 from _processes import ZIMSEND
 from _qr import decode_qr_lines, qr_lines
+from conftest import Stack
 
 from zimsend.client import ZimSend
 
@@ -58,7 +59,7 @@ def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
 
 
 @pytest.fixture(scope="module")
-def logged_in(stack, config_home: Path) -> Path:  # type: ignore[no-untyped-def]
+def logged_in(stack: Stack, config_home: Path) -> Path:
     ok(run(config_home, "login", "--base-url", f"{stack.base_url}/v1", "--client-id",
            stack.client_id, "--api-key-stdin", stdin=stack.api_key + "\n"))
     return config_home
@@ -86,8 +87,8 @@ def _tomorrow() -> str:
 # --- login ----------------------------------------------------------------------------------
 
 
-def test_login_saves_a_private_profile_and_the_environment_wins(  # type: ignore[no-untyped-def]
-    stack, logged_in: Path, tmp_path: Path,
+def test_login_saves_a_private_profile_and_the_environment_wins(
+    stack: Stack, logged_in: Path, tmp_path: Path,
 ) -> None:
     config = logged_in / "zimsend" / "config.toml"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
@@ -247,8 +248,8 @@ def test_keys_create_list_revoke(logged_in: Path) -> None:
     assert keys[made["key_id"]]["revoked_at"]
 
 
-def test_events_tail_follows_real_deliveries(  # type: ignore[no-untyped-def]
-    logged_in: Path, zimsend_env, tmp_path: Path,
+def test_events_tail_follows_real_deliveries(
+    logged_in: Path, zimsend_env: dict[str, str], tmp_path: Path,
 ) -> None:
     from _receivers import Receiver, start_worker
 

@@ -11,11 +11,12 @@ import datetime as dt
 
 import grpc
 import pytest
-from _sms import error_reason, fails, later, violations
+from _sms import Account, error_reason, fails, later, violations
 from google.protobuf import struct_pb2
 
 from zimsend.server.sending.dates import parse_bound, parse_instant
 from zimsend.v1 import sms_pb2 as pb
+from zimsend.v1.sms_pb2_grpc import SmsServiceStub
 
 UTC = dt.UTC
 OK_TO = "+33612345678"
@@ -114,7 +115,7 @@ def test_send_rejects(sms, sms_account, fields, code, field, fragments) -> None:
     check(error, code, field, *fragments)
 
 
-def test_every_violation_is_reported_at_once(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_every_violation_is_reported_at_once(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendSmsRequest(
         to="+33 12", message="a" * 1601, priority=9, scheduled_at="yesterday",
         webhook_url="http://x", sim_slot=7, metadata=struct({"k": "x" * 2000}),
@@ -127,14 +128,16 @@ def test_every_violation_is_reported_at_once(sms, sms_account) -> None:  # type:
     assert error.details().startswith("to: '+33 12' is not a valid phone number")
 
 
-def test_generic_then_specific_violation_reports_the_specific_code(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_generic_then_specific_violation_reports_the_specific_code(
+    sms: SmsServiceStub, sms_account: Account
+) -> None:
     error = fails(sms.SendSms, pb.SendSmsRequest(to="", message="a" * 1601),
                   sms_account.md(test=True))
     assert error_reason(error) == "MESSAGE_TOO_LONG"
     assert set(violations(error)) == {"to", "message"}
 
 
-def test_limits_themselves_are_accepted(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_limits_themselves_are_accepted(sms: SmsServiceStub, sms_account: Account) -> None:
     metadata = struct({"k": "x" * (1024 - len('{"k":""}'))})  # exactly 1024 bytes
     reply = sms.SendSms(
         pb.SendSmsRequest(to="+33 6 12 34 56 78", message="a" * 1600, priority=5,
@@ -149,18 +152,18 @@ def test_limits_themselves_are_accepted(sms, sms_account) -> None:  # type: igno
 # --- Bulk ------------------------------------------------------------------------------------
 
 
-def test_bulk_without_recipients(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_without_recipients(sms: SmsServiceStub, sms_account: Account) -> None:
     error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(message="hi"), sms_account.md(test=True))
     check(error, "INVALID_REQUEST", "recipients", "1 to 100")
 
 
-def test_bulk_101_recipients(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_101_recipients(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendBulkSmsRequest(recipients=[OK_TO] * 101, message="hi")
     error = fails(sms.SendBulkSms, request, sms_account.md(test=True))
     check(error, "TOO_MANY_RECIPIENTS", "recipients", "at most 100", "got 101")
 
 
-def test_bulk_names_the_bad_index(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_names_the_bad_index(sms: SmsServiceStub, sms_account: Account) -> None:
     recipients = [OK_TO] * 3 + ["+33 12"] + [OK_TO] * 2 + ["nope"]
     error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(recipients=recipients, message="hi"),
                   sms_account.md(test=True))
@@ -169,14 +172,14 @@ def test_bulk_names_the_bad_index(sms, sms_account) -> None:  # type: ignore[no-
     assert set(violations(error)) == {"recipients[3]", "recipients[6]"}
 
 
-def test_bulk_shares_the_send_rules(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_shares_the_send_rules(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendBulkSmsRequest(recipients=[OK_TO], message="", priority=8,
                                     scheduled_at=later(days=40), webhook_url="http://x")
     error = fails(sms.SendBulkSms, request, sms_account.md(test=True))
     assert set(violations(error)) == {"message", "priority", "scheduled_at", "webhook_url"}
 
 
-def test_personalized_names_index_and_field(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_personalized_names_index_and_field(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendBulkPersonalizedSmsRequest(messages=[
         pb.PersonalizedMessage(to=OK_TO, message="ok"),
         pb.PersonalizedMessage(to="123", message="ok"),
@@ -190,7 +193,7 @@ def test_personalized_names_index_and_field(sms, sms_account) -> None:  # type: 
     assert error_reason(error) == "INVALID_PHONE_NUMBER"
 
 
-def test_personalized_limits(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_personalized_limits(sms: SmsServiceStub, sms_account: Account) -> None:
     empty = fails(sms.SendBulkPersonalizedSms, pb.SendBulkPersonalizedSmsRequest(),
                   sms_account.md(test=True))
     check(empty, "INVALID_REQUEST", "messages")
@@ -204,13 +207,13 @@ def test_personalized_limits(sms, sms_account) -> None:  # type: ignore[no-untyp
 # --- Idempotency key ---------------------------------------------------------------------
 
 
-def test_idempotency_key_too_long(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_idempotency_key_too_long(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendSmsRequest(to=OK_TO, message="hi", idempotency_key="k" * 256)
     check(fails(sms.SendSms, request, sms_account.md(test=True)), "INVALID_REQUEST",
           "idempotency_key", "1-255")
 
 
-def test_idempotency_header_and_field_must_agree(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_idempotency_header_and_field_must_agree(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendSmsRequest(to=OK_TO, message="hi", idempotency_key="a")
     error = fails(sms.SendSms, request, sms_account.md(test=True, idempotency_key="b"))
     check(error, "INVALID_REQUEST", "idempotency_key", "Idempotency-Key header")
@@ -243,7 +246,7 @@ def test_history_rejects(sms, sms_account, fields, field, fragments) -> None:  #
     check(error, expected, field, *fragments)
 
 
-def test_stats_rejects_bad_dates(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_stats_rejects_bad_dates(sms: SmsServiceStub, sms_account: Account) -> None:
     error = fails(sms.GetSmsStats, pb.GetSmsStatsRequest(from_date="last week"), sms_account.md())
     check(error, "INVALID_REQUEST", "from_date")
     future = fails(sms.GetSmsStats, pb.GetSmsStatsRequest(from_date=later(days=3)),
@@ -251,12 +254,12 @@ def test_stats_rejects_bad_dates(sms, sms_account) -> None:  # type: ignore[no-u
     check(future, "INVALID_REQUEST", "from_date", "to_date defaults to now")
 
 
-def test_inbox_rejects_bad_paging(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_inbox_rejects_bad_paging(sms: SmsServiceStub, sms_account: Account) -> None:
     error = fails(sms.ListInboundSms, pb.ListInboundSmsRequest(limit=500), sms_account.md())
     check(error, "INVALID_REQUEST", "limit", "got 500")
 
 
-def test_export_rejects_unknown_format(sms, sms_account) -> None:  # type: ignore[no-untyped-def]
+def test_export_rejects_unknown_format(sms: SmsServiceStub, sms_account: Account) -> None:
     with pytest.raises(grpc.RpcError) as info:
         list(sms.ExportSmsHistory(pb.ExportSmsHistoryRequest(format="xml"),
                                   metadata=sms_account.md(), timeout=10))

@@ -218,7 +218,9 @@ def test_a_redirect_is_a_failure(worker, webhooks, account, server_db, logs_dir)
     assert all(a.response_status == 302 and "redirect" in a.error for a in attempts)
 
 
-def test_killing_the_worker_mid_delivery_loses_nothing(tmp_path_factory, logs_dir) -> None:  # type: ignore[no-untyped-def]
+def test_killing_the_worker_mid_delivery_loses_nothing(
+    tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
+) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
     port = free_port()
     hook = endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
@@ -247,7 +249,9 @@ def test_killing_the_worker_mid_delivery_loses_nothing(tmp_path_factory, logs_di
         assert record["headers"]["webhook-id"] == record["event_id"]
 
 
-def test_ctrl_c_lets_the_delivery_in_flight_finish(tmp_path_factory, logs_dir) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_lets_the_delivery_in_flight_finish(
+    tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
+) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
     port = free_port()
     hook = endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
@@ -304,7 +308,9 @@ def test_two_workers_on_postgresql_deliver_each_event_once(  # type: ignore[no-u
     assert len(workers) == 2, "both workers should have delivered some events"
 
 
-def test_private_addresses_are_refused_at_delivery(tmp_path_factory, logs_dir) -> None:  # type: ignore[no-untyped-def]
+def test_private_addresses_are_refused_at_delivery(
+    tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
+) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="0")
     endpoints.configure(db, TEST_PEPPER.encode(), client_id, url="https://hooks.example.com/z",
                         events=["otp.verified"], secret="", allow_insecure=False)  # signs overrides
@@ -323,7 +329,9 @@ def test_private_addresses_are_refused_at_delivery(tmp_path_factory, logs_dir) -
     db.dispose()
 
 
-def test_the_default_schedule_is_0_60_300_and_the_setting_overrides_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_default_schedule_is_0_60_300_and_the_setting_overrides_it(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in SHORT:
         monkeypatch.delenv(name, raising=False)
     assert Settings().webhook_retry_schedule_seconds == [0, 60, 300]
