@@ -252,11 +252,13 @@ def test_network_status_codes_map_to_spec_codes(
 
 
 @pytest.mark.parametrize(("error", "code", "words"), [
-    ("ERR_NOSIM", "DEVICE_ERROR", "no SIM card"),
-    ("ERR_SECURITYERROR", "DEVICE_ERROR", "PIN"),
+    ("ERR_NOSIM", "SIM_MISSING", "no SIM card"),
+    ("ERR_SECURITYERROR", "SIM_PIN_REQUIRED", "PIN"),
     ("ERR_FULL", "DEVICE_ERROR", "memory is full"),
     ("ERR_NETWORK_ERROR", "NETWORK_ERROR", "network refused"),
-    ("ERR_NOSERVICE", "NETWORK_ERROR", "no network"),
+    ("ERR_NOSERVICE", "NO_SERVICE", "no network"),
+    ("ERR_EMPTYSMSC", "MODEM_REFUSED", "SMS centre"),
+    ("ERR_UNKNOWN", "NETWORK_ERROR", "refused"),
     ("ERR_TIMEOUT", "TIMEOUT", "may have left"),
     ("ERR_BUG", "DEVICE_ERROR", "modem failed"),
 ])

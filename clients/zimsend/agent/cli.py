@@ -92,7 +92,9 @@ def _add_simulator_flags(parser: argparse.ArgumentParser) -> None:
                      help="delay of handset delivery reports; negative: never delivered")
     sim.add_argument("--failure-rate", type=float, default=0.0, metavar="F")
     sim.add_argument("--failure-codes", default="", metavar="CODE,...",
-                     help="codes drawn for failures (default: all of SPEC §7)")
+                     help="FailureCode names drawn for failures (failures.proto), e.g. "
+                     "NO_SERVICE (before the SMS left: the server re-routes it) or TIMEOUT "
+                     "(ambiguous); default: SPEC §7's phone codes")
 
 
 def _add_termux_flags(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +115,7 @@ def termux_sender(args: argparse.Namespace) -> Any:
 
 
 def simulation_config(args: argparse.Namespace) -> Any:
-    from zimsend.agent.senders.base import ERROR_CODES
-    from zimsend.agent.simulation import SimulationConfig
+    from zimsend.agent.simulation import DEFAULT_FAILURE_CODES, SimulationConfig
 
     codes = tuple(c.strip().upper() for c in args.failure_codes.split(",") if c.strip())
     return SimulationConfig(
@@ -122,7 +123,7 @@ def simulation_config(args: argparse.Namespace) -> Any:
         send_delay=max(0.0, args.send_delay),
         delivery_delay=None if args.delivery_delay < 0 else args.delivery_delay,
         failure_rate=min(1.0, max(0.0, args.failure_rate)),
-        failure_codes=codes or ERROR_CODES,
+        failure_codes=codes or DEFAULT_FAILURE_CODES,
         outbox=args.outbox,
     )
 

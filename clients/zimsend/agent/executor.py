@@ -31,9 +31,10 @@ import trio
 from zimsend.agent.health import HealthWatch
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
-from zimsend.agent.senders.base import PartResult, Sender, SendRequest, SendResult
+from zimsend.agent.senders.base import PartResult, Sender, SendRequest, SendResult, failure
 from zimsend.segments import plan
 from zimsend.v1 import device_link_pb2 as pb
+from zimsend.v1 import failures_pb2
 
 __all__ = ["Executor"]
 
@@ -178,10 +179,12 @@ class Executor:
             with trio.fail_after(self._send_timeout):
                 return await self._sender.send(request)
         except trio.TooSlowError:
-            return _failed(request, "TIMEOUT", f"sender did not answer in {self._send_timeout}s")
+            return _failed(request, failure(failures_pb2.TIMEOUT),
+                           f"sender did not answer in {self._send_timeout}s")
         except Exception as exc:  # a backend bug must not kill the agent
             log.exception("sender failed on %s", request.message_id)
-            return _failed(request, "DEVICE_ERROR", f"{type(exc).__name__}: {exc}")
+            return _failed(request, failure(failures_pb2.DEVICE_ERROR),
+                           f"{type(exc).__name__}: {exc}")
 
     def _poke(self) -> None:
         self._changed.set()

@@ -47,8 +47,15 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from zimsend.agent.senders.base import AwaitingPart, DeliveryReport, InboundSms, SendResult
+from zimsend.agent.senders.base import (
+    AwaitingPart,
+    DeliveryReport,
+    InboundSms,
+    SendResult,
+    failure,
+)
 from zimsend.v1 import device_link_pb2 as pb
+from zimsend.v1 import failures_pb2
 
 __all__ = ["Admission", "Journal", "Verdict"]
 
@@ -101,6 +108,8 @@ _OUTCOME_LETTER = {
     pb.StatusReport.OUTCOME_DELIVERED: "D",
     pb.StatusReport.OUTCOME_FAILED: "F",
 }
+#: An outcome the phone cannot know (a crash mid-send): ambiguous, never re-sent anywhere.
+_DEVICE_ERROR = failure(failures_pb2.DEVICE_ERROR)
 _UNKNOWN_OUTCOME = (
     "outcome unknown: the agent stopped while handing this message to the SIM;"
     " not re-sent, so that it is never sent twice"
@@ -333,9 +342,9 @@ class Journal:
                 "SELECT message_id FROM messages WHERE device = ? AND state = 'sending'"
                 " ORDER BY rowid", (self.device,))]
             self._db.execute(
-                "UPDATE messages SET state = 'unknown', error_code = 'DEVICE_ERROR',"
+                "UPDATE messages SET state = 'unknown', error_code = ?,"
                 " error_message = ?, updated_at = ? WHERE device = ? AND state = 'sending'",
-                (_UNKNOWN_OUTCOME, time.time(), self.device),
+                (_DEVICE_ERROR, _UNKNOWN_OUTCOME, time.time(), self.device),
             )
             rows = [self._row(mid) for mid in crashed]
             return self._store([f for r in rows if r is not None for f in self._outcome_reports(r)])
@@ -490,7 +499,7 @@ class Journal:
                                            pb.StatusReport.OUTCOME_DELIVERED, at=at))
             if part == "failed":
                 frames.append(self._report(mid, attempt, i, n, pb.StatusReport.OUTCOME_FAILED,
-                                           row["error_code"] or "DEVICE_ERROR",
+                                           row["error_code"] or _DEVICE_ERROR,
                                            row["error_message"], at))
         return frames
 

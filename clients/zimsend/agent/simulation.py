@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from zimsend.agent.senders.base import (
+    BEFORE_SEND_CODES,
     ERROR_CODES,
     DeliveryReport,
     Health,
@@ -30,7 +31,13 @@ from zimsend.agent.senders.base import (
     SendResult,
 )
 
-__all__ = ["SendDecision", "Simulation", "SimulationConfig", "read_outbox"]
+__all__ = [
+    "DEFAULT_FAILURE_CODES", "SendDecision", "Simulation", "SimulationConfig", "read_outbox",
+]
+
+#: The codes a simulated failure draws from unless told: SPEC §7's phone codes (the ones that
+#: do not prove the SMS stayed on the phone, so nothing is re-routed unless a test asks).
+DEFAULT_FAILURE_CODES = tuple(c for c in ERROR_CODES if c not in BEFORE_SEND_CODES)
 
 #: Messages whose attempts and sends a simulated phone remembers (the most recent ones): a
 #: phone that runs for days must not keep one entry per SMS it ever sent.
@@ -59,7 +66,9 @@ class SimulationConfig:
     #: None (or negative): the network never sends delivery reports.
     delivery_delay: float | None = 1.0
     failure_rate: float = 0.0
-    failure_codes: tuple[str, ...] = ERROR_CODES
+    #: FailureCode names (failures.proto); a before-send code (NO_SERVICE…) makes the server
+    #: give the message to another phone, an ambiguous one (TIMEOUT, DEVICE_ERROR) does not.
+    failure_codes: tuple[str, ...] = DEFAULT_FAILURE_CODES
     outbox: Path | None = None
 
 

@@ -265,27 +265,41 @@ Global___DeviceCapabilities: _TypeAlias = DeviceCapabilities  # noqa: Y015
 
 @_typing.final
 class MessageError(_message.Message):
-    """Why a message failed: one of the `sms.failed` codes of SPEC.md §7
-    (NETWORK_ERROR, INVALID_NUMBER, NO_CREDIT, BLOCKED_NUMBER, DEVICE_ERROR, TIMEOUT, EXPIRED).
+    """Why a message failed (or why its last attempt did): `code` is one of the `sms.failed` codes
+    of SPEC.md §7 (NETWORK_ERROR, INVALID_NUMBER, NO_CREDIT, BLOCKED_NUMBER, DEVICE_ERROR,
+    TIMEOUT, EXPIRED); `reason` the precise FailureCode (failures.proto), e.g. NO_SERVICE behind
+    NETWORK_ERROR.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Stable upper-case code."""
+    """Stable upper-case code (SPEC.md §7)."""
     message: _builtins.str
     """Human-readable explanation."""
+    reason: _builtins.str
+    """The precise FailureCode name; equal to `code` for SPEC's own codes."""
+    retryable: _builtins.bool
+    """Whether sending the same message again later may succeed (after the hint, if any)."""
+    hint: _builtins.str
+    """One line saying what to do, e.g. "Top up the SIM of phone device_…, then resend." """
     def __init__(
         self,
         *,
         code: _builtins.str = ...,
         message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        retryable: _builtins.bool = ...,
+        hint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "hint", b"hint", "message", b"message", "reason", b"reason", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

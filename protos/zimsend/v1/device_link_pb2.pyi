@@ -363,7 +363,10 @@ class StatusReport(_message.Message):
     outcome: Global___StatusReport.Outcome.ValueType
     """What happened."""
     error_code: _builtins.str
-    """For failures: NETWORK_ERROR, INVALID_NUMBER, NO_CREDIT, BLOCKED_NUMBER, DEVICE_ERROR, TIMEOUT."""
+    """For failures: a FailureCode name (failures.proto), e.g. NO_CREDIT, or NO_SERVICE when the
+    SMS provably never left the phone (the server may then give the message to another phone;
+    report such a code only when that is certain). Unknown names are stored as DEVICE_ERROR.
+    """
     error_message: _builtins.str
     """For failures: details from the phone."""
     @_builtins.property

@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zimsend.v1 import common_pb2 as zimsend_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18zimsend/v1/devices.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\xcf\x04\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.zimsend.v1.DeviceStatus\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07\x62\x61ttery\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63harging\x18\x07 \x01(\x08\x12\x13\n\x06signal\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x61pp_version\x18\t \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\n \x01(\t\x12\x14\n\x0cphone_number\x18\x0b \x01(\t\x12!\n\x04sims\x18\x0c \x03(\x0b\x32\x13.zimsend.v1.SimSlot\x12\x18\n\x10send_interval_ms\x18\r \x01(\x05\x12\x11\n\tdaily_cap\x18\x0e \x01(\x05\x12\r\n\x05model\x18\x0f \x01(\t\x12.\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07network\x18\x11 \x01(\x0e\x32\x1f.zimsend.v1.NetworkRegistrationH\x02\x88\x01\x01\x12\x1a\n\x12\x63\x61nnot_send_reason\x18\x12 \x01(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x13 \x01(\x0b\x32\x1e.zimsend.v1.DeviceCapabilitiesB\n\n\x08_batteryB\t\n\x07_signalB\n\n\x08_network\")\n\x13\x43reateDeviceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x89\x01\n\x14\x43reateDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65vice_password\x18\x04 \x01(\t\x12\x13\n\x0bpairing_uri\x18\x05 \x01(\t\x12\x11\n\tclient_id\x18\x06 \x01(\t\"\x14\n\x12ListDevicesRequest\"K\n\x13ListDevicesResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12#\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x12.zimsend.v1.Device\"+\n\x10GetDeviceRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xeb\x04\n\x11GetDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.zimsend.v1.DeviceStatus\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07\x62\x61ttery\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63harging\x18\x08 \x01(\x08\x12\x13\n\x06signal\x18\t \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x61pp_version\x18\n \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\x0b \x01(\t\x12\x14\n\x0cphone_number\x18\x0c \x01(\t\x12!\n\x04sims\x18\r \x03(\x0b\x32\x13.zimsend.v1.SimSlot\x12\x18\n\x10send_interval_ms\x18\x0e \x01(\x05\x12\x11\n\tdaily_cap\x18\x0f \x01(\x05\x12\r\n\x05model\x18\x10 \x01(\t\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07network\x18\x12 \x01(\x0e\x32\x1f.zimsend.v1.NetworkRegistrationH\x02\x88\x01\x01\x12\x1a\n\x12\x63\x61nnot_send_reason\x18\x13 \x01(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x14 \x01(\x0b\x32\x1e.zimsend.v1.DeviceCapabilitiesB\n\n\x08_batteryB\t\n\x07_signalB\n\n\x08_network\"\x95\x02\n\x13UpdateDeviceRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1a\n\x07\x65nabled\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12#\n\x10send_interval_ms\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1c\n\tdaily_cap\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12\x35\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x42\x07\n\x05_nameB\n\n\x08_enabledB\x13\n\x11_send_interval_msB\x0c\n\n_daily_cap\"K\n\x14UpdateDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\"\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x12.zimsend.v1.Device\".\n\x13\x44\x65leteDeviceRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\":\n\x14\x44\x65leteDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"6\n\x1bRotateDevicePasswordRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x1cRotateDevicePasswordResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65vice_password\x18\x03 \x01(\t\x12\x13\n\x0bpairing_uri\x18\x04 \x01(\t2\xd5\x05\n\rDeviceService\x12i\n\x0c\x43reateDevice\x12\x1f.zimsend.v1.CreateDeviceRequest\x1a .zimsend.v1.CreateDeviceResponse\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/v1/devices:\x01*\x12\x63\n\x0bListDevices\x12\x1e.zimsend.v1.ListDevicesRequest\x1a\x1f.zimsend.v1.ListDevicesResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/devices\x12i\n\tGetDevice\x12\x1c.zimsend.v1.GetDeviceRequest\x1a\x1d.zimsend.v1.GetDeviceResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/devices/{device_id}\x12u\n\x0cUpdateDevice\x12\x1f.zimsend.v1.UpdateDeviceRequest\x1a .zimsend.v1.UpdateDeviceResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x32\x17/v1/devices/{device_id}:\x01*\x12r\n\x0c\x44\x65leteDevice\x12\x1f.zimsend.v1.DeleteDeviceRequest\x1a .zimsend.v1.DeleteDeviceResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/devices/{device_id}\x12\x9d\x01\n\x14RotateDevicePassword\x12\'.zimsend.v1.RotateDevicePasswordRequest\x1a(.zimsend.v1.RotateDevicePasswordResponse\"2\x82\xd3\xe4\x93\x02,\"\'/v1/devices/{device_id}/rotate-password:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18zimsend/v1/devices.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\xe8\x05\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.zimsend.v1.DeviceStatus\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07\x62\x61ttery\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63harging\x18\x07 \x01(\x08\x12\x13\n\x06signal\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x61pp_version\x18\t \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\n \x01(\t\x12\x14\n\x0cphone_number\x18\x0b \x01(\t\x12!\n\x04sims\x18\x0c \x03(\x0b\x32\x13.zimsend.v1.SimSlot\x12\x18\n\x10send_interval_ms\x18\r \x01(\x05\x12\x11\n\tdaily_cap\x18\x0e \x01(\x05\x12\r\n\x05model\x18\x0f \x01(\t\x12.\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07network\x18\x11 \x01(\x0e\x32\x1f.zimsend.v1.NetworkRegistrationH\x02\x88\x01\x01\x12\x1a\n\x12\x63\x61nnot_send_reason\x18\x12 \x01(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x13 \x01(\x0b\x32\x1e.zimsend.v1.DeviceCapabilities\x12\x1e\n\x10parts_per_minute\x18\x1e \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0eparts_per_hour\x18\x1f \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rparts_per_day\x18  \x01(\x05\x42\x04\xe2\x41\x01\x03\x12<\n\x12\x63ooling_down_until\x18! \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\n\n\x08_batteryB\t\n\x07_signalB\n\n\x08_network\")\n\x13\x43reateDeviceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x89\x01\n\x14\x43reateDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65vice_password\x18\x04 \x01(\t\x12\x13\n\x0bpairing_uri\x18\x05 \x01(\t\x12\x11\n\tclient_id\x18\x06 \x01(\t\"\x14\n\x12ListDevicesRequest\"K\n\x13ListDevicesResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12#\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x12.zimsend.v1.Device\"+\n\x10GetDeviceRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x84\x06\n\x11GetDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.zimsend.v1.DeviceStatus\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07\x62\x61ttery\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63harging\x18\x08 \x01(\x08\x12\x13\n\x06signal\x18\t \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x61pp_version\x18\n \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\x0b \x01(\t\x12\x14\n\x0cphone_number\x18\x0c \x01(\t\x12!\n\x04sims\x18\r \x03(\x0b\x32\x13.zimsend.v1.SimSlot\x12\x18\n\x10send_interval_ms\x18\x0e \x01(\x05\x12\x11\n\tdaily_cap\x18\x0f \x01(\x05\x12\r\n\x05model\x18\x10 \x01(\t\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07network\x18\x12 \x01(\x0e\x32\x1f.zimsend.v1.NetworkRegistrationH\x02\x88\x01\x01\x12\x1a\n\x12\x63\x61nnot_send_reason\x18\x13 \x01(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x14 \x01(\x0b\x32\x1e.zimsend.v1.DeviceCapabilities\x12\x1e\n\x10parts_per_minute\x18\x1e \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0eparts_per_hour\x18\x1f \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rparts_per_day\x18  \x01(\x05\x42\x04\xe2\x41\x01\x03\x12<\n\x12\x63ooling_down_until\x18! \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\n\n\x08_batteryB\t\n\x07_signalB\n\n\x08_network\"\xb9\x03\n\x13UpdateDeviceRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1a\n\x07\x65nabled\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12#\n\x10send_interval_ms\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1c\n\tdaily_cap\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12#\n\x10parts_per_minute\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x04\x88\x01\x01\x12!\n\x0eparts_per_hour\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x05\x88\x01\x01\x12 \n\rparts_per_day\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01H\x06\x88\x01\x01\x12\x35\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x42\x07\n\x05_nameB\n\n\x08_enabledB\x13\n\x11_send_interval_msB\x0c\n\n_daily_capB\x13\n\x11_parts_per_minuteB\x11\n\x0f_parts_per_hourB\x10\n\x0e_parts_per_day\"K\n\x14UpdateDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\"\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x12.zimsend.v1.Device\".\n\x13\x44\x65leteDeviceRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\":\n\x14\x44\x65leteDeviceResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"6\n\x1bRotateDevicePasswordRequest\x12\x17\n\tdevice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x1cRotateDevicePasswordResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65vice_password\x18\x03 \x01(\t\x12\x13\n\x0bpairing_uri\x18\x04 \x01(\t2\xd5\x05\n\rDeviceService\x12i\n\x0c\x43reateDevice\x12\x1f.zimsend.v1.CreateDeviceRequest\x1a .zimsend.v1.CreateDeviceResponse\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/v1/devices:\x01*\x12\x63\n\x0bListDevices\x12\x1e.zimsend.v1.ListDevicesRequest\x1a\x1f.zimsend.v1.ListDevicesResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/devices\x12i\n\tGetDevice\x12\x1c.zimsend.v1.GetDeviceRequest\x1a\x1d.zimsend.v1.GetDeviceResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/devices/{device_id}\x12u\n\x0cUpdateDevice\x12\x1f.zimsend.v1.UpdateDeviceRequest\x1a .zimsend.v1.UpdateDeviceResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x32\x17/v1/devices/{device_id}:\x01*\x12r\n\x0c\x44\x65leteDevice\x12\x1f.zimsend.v1.DeleteDeviceRequest\x1a .zimsend.v1.DeleteDeviceResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/devices/{device_id}\x12\x9d\x01\n\x14RotateDevicePassword\x12\'.zimsend.v1.RotateDevicePasswordRequest\x1a(.zimsend.v1.RotateDevicePasswordResponse\"2\x82\xd3\xe4\x93\x02,\"\'/v1/devices/{device_id}/rotate-password:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -30,10 +30,26 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zimsend.v1.devices_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1'
+  _globals['_DEVICE'].fields_by_name['parts_per_minute']._loaded_options = None
+  _globals['_DEVICE'].fields_by_name['parts_per_minute']._serialized_options = b'\342A\001\003'
+  _globals['_DEVICE'].fields_by_name['parts_per_hour']._loaded_options = None
+  _globals['_DEVICE'].fields_by_name['parts_per_hour']._serialized_options = b'\342A\001\003'
+  _globals['_DEVICE'].fields_by_name['parts_per_day']._loaded_options = None
+  _globals['_DEVICE'].fields_by_name['parts_per_day']._serialized_options = b'\342A\001\003'
+  _globals['_DEVICE'].fields_by_name['cooling_down_until']._loaded_options = None
+  _globals['_DEVICE'].fields_by_name['cooling_down_until']._serialized_options = b'\342A\001\003'
   _globals['_CREATEDEVICEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CREATEDEVICEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_GETDEVICEREQUEST'].fields_by_name['device_id']._loaded_options = None
   _globals['_GETDEVICEREQUEST'].fields_by_name['device_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETDEVICERESPONSE'].fields_by_name['parts_per_minute']._loaded_options = None
+  _globals['_GETDEVICERESPONSE'].fields_by_name['parts_per_minute']._serialized_options = b'\342A\001\003'
+  _globals['_GETDEVICERESPONSE'].fields_by_name['parts_per_hour']._loaded_options = None
+  _globals['_GETDEVICERESPONSE'].fields_by_name['parts_per_hour']._serialized_options = b'\342A\001\003'
+  _globals['_GETDEVICERESPONSE'].fields_by_name['parts_per_day']._loaded_options = None
+  _globals['_GETDEVICERESPONSE'].fields_by_name['parts_per_day']._serialized_options = b'\342A\001\003'
+  _globals['_GETDEVICERESPONSE'].fields_by_name['cooling_down_until']._loaded_options = None
+  _globals['_GETDEVICERESPONSE'].fields_by_name['cooling_down_until']._serialized_options = b'\342A\001\003'
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['device_id']._loaded_options = None
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['device_id']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['name']._loaded_options = None
@@ -44,6 +60,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['send_interval_ms']._serialized_options = b'\342A\001\001'
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['daily_cap']._loaded_options = None
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['daily_cap']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEDEVICEREQUEST'].fields_by_name['parts_per_minute']._loaded_options = None
+  _globals['_UPDATEDEVICEREQUEST'].fields_by_name['parts_per_minute']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEDEVICEREQUEST'].fields_by_name['parts_per_hour']._loaded_options = None
+  _globals['_UPDATEDEVICEREQUEST'].fields_by_name['parts_per_hour']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEDEVICEREQUEST'].fields_by_name['parts_per_day']._loaded_options = None
+  _globals['_UPDATEDEVICEREQUEST'].fields_by_name['parts_per_day']._serialized_options = b'\342A\001\001'
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATEDEVICEREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
   _globals['_DELETEDEVICEREQUEST'].fields_by_name['device_id']._loaded_options = None
@@ -63,31 +85,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEVICESERVICE'].methods_by_name['RotateDevicePassword']._loaded_options = None
   _globals['_DEVICESERVICE'].methods_by_name['RotateDevicePassword']._serialized_options = b'\202\323\344\223\002,\"\'/v1/devices/{device_id}/rotate-password:\001*'
   _globals['_DEVICE']._serialized_start=196
-  _globals['_DEVICE']._serialized_end=787
-  _globals['_CREATEDEVICEREQUEST']._serialized_start=789
-  _globals['_CREATEDEVICEREQUEST']._serialized_end=830
-  _globals['_CREATEDEVICERESPONSE']._serialized_start=833
-  _globals['_CREATEDEVICERESPONSE']._serialized_end=970
-  _globals['_LISTDEVICESREQUEST']._serialized_start=972
-  _globals['_LISTDEVICESREQUEST']._serialized_end=992
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=994
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1069
-  _globals['_GETDEVICEREQUEST']._serialized_start=1071
-  _globals['_GETDEVICEREQUEST']._serialized_end=1114
-  _globals['_GETDEVICERESPONSE']._serialized_start=1117
-  _globals['_GETDEVICERESPONSE']._serialized_end=1736
-  _globals['_UPDATEDEVICEREQUEST']._serialized_start=1739
-  _globals['_UPDATEDEVICEREQUEST']._serialized_end=2016
-  _globals['_UPDATEDEVICERESPONSE']._serialized_start=2018
-  _globals['_UPDATEDEVICERESPONSE']._serialized_end=2093
-  _globals['_DELETEDEVICEREQUEST']._serialized_start=2095
-  _globals['_DELETEDEVICEREQUEST']._serialized_end=2141
-  _globals['_DELETEDEVICERESPONSE']._serialized_start=2143
-  _globals['_DELETEDEVICERESPONSE']._serialized_end=2201
-  _globals['_ROTATEDEVICEPASSWORDREQUEST']._serialized_start=2203
-  _globals['_ROTATEDEVICEPASSWORDREQUEST']._serialized_end=2257
-  _globals['_ROTATEDEVICEPASSWORDRESPONSE']._serialized_start=2259
-  _globals['_ROTATEDEVICEPASSWORDRESPONSE']._serialized_end=2371
-  _globals['_DEVICESERVICE']._serialized_start=2374
-  _globals['_DEVICESERVICE']._serialized_end=3099
+  _globals['_DEVICE']._serialized_end=940
+  _globals['_CREATEDEVICEREQUEST']._serialized_start=942
+  _globals['_CREATEDEVICEREQUEST']._serialized_end=983
+  _globals['_CREATEDEVICERESPONSE']._serialized_start=986
+  _globals['_CREATEDEVICERESPONSE']._serialized_end=1123
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1125
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1145
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1147
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1222
+  _globals['_GETDEVICEREQUEST']._serialized_start=1224
+  _globals['_GETDEVICEREQUEST']._serialized_end=1267
+  _globals['_GETDEVICERESPONSE']._serialized_start=1270
+  _globals['_GETDEVICERESPONSE']._serialized_end=2042
+  _globals['_UPDATEDEVICEREQUEST']._serialized_start=2045
+  _globals['_UPDATEDEVICEREQUEST']._serialized_end=2486
+  _globals['_UPDATEDEVICERESPONSE']._serialized_start=2488
+  _globals['_UPDATEDEVICERESPONSE']._serialized_end=2563
+  _globals['_DELETEDEVICEREQUEST']._serialized_start=2565
+  _globals['_DELETEDEVICEREQUEST']._serialized_end=2611
+  _globals['_DELETEDEVICERESPONSE']._serialized_start=2613
+  _globals['_DELETEDEVICERESPONSE']._serialized_end=2671
+  _globals['_ROTATEDEVICEPASSWORDREQUEST']._serialized_start=2673
+  _globals['_ROTATEDEVICEPASSWORDREQUEST']._serialized_end=2727
+  _globals['_ROTATEDEVICEPASSWORDRESPONSE']._serialized_start=2729
+  _globals['_ROTATEDEVICEPASSWORDRESPONSE']._serialized_end=2841
+  _globals['_DEVICESERVICE']._serialized_start=2844
+  _globals['_DEVICESERVICE']._serialized_end=3569
 # @@protoc_insertion_point(module_scope)

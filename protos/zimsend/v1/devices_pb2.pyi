@@ -46,6 +46,10 @@ class Device(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     CANNOT_SEND_REASON_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    PARTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    PARTS_PER_HOUR_FIELD_NUMBER: _builtins.int
+    PARTS_PER_DAY_FIELD_NUMBER: _builtins.int
+    COOLING_DOWN_UNTIL_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """`device_` + 16 hex."""
     name: _builtins.str
@@ -76,6 +80,14 @@ class Device(_message.Message):
     """Network registration from the last heartbeat; absent while the phone has not said."""
     cannot_send_reason: _builtins.str
     """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
+    parts_per_minute: _builtins.int
+    """(server default `default_parts_per_minute`, 20: under Android's 30-a-minute prompt);
+    0 means no limit.
+    """
+    parts_per_hour: _builtins.int
+    """The same over any hour; 0 means no limit (server default `default_parts_per_hour`)."""
+    parts_per_day: _builtins.int
+    """The same over any 24 hours; 0 means no limit (server default `default_parts_per_day`)."""
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp:
         """Last frame received from it."""
@@ -90,7 +102,15 @@ class Device(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _common_pb2.DeviceCapabilities:
-        """What its sender can report (from its last DeviceHello)."""
+        """What its sender can report (from its last DeviceHello).
+        Send budget of each SIM slot of the phone: at most this many SMS parts in any 60 s
+        """
+
+    @_builtins.property
+    def cooling_down_until(self) -> _timestamp_pb2.Timestamp:
+        """While the phone cools down after a send-limit failure (SEND_LIMIT) or a failure before
+        sending: it is given nothing until then. Unset when it is not cooling down.
+        """
 
     def __init__(
         self,
@@ -114,10 +134,14 @@ class Device(_message.Message):
         network: _common_pb2.NetworkRegistration.ValueType | None = ...,
         cannot_send_reason: _builtins.str = ...,
         capabilities: _common_pb2.DeviceCapabilities | None = ...,
+        parts_per_minute: _builtins.int = ...,
+        parts_per_hour: _builtins.int = ...,
+        parts_per_day: _builtins.int = ...,
+        cooling_down_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "network", b"network", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "cooling_down_until", b"cooling_down_until", "created_at", b"created_at", "last_seen", b"last_seen", "network", b"network", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "cooling_down_until", b"cooling_down_until", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "parts_per_day", b"parts_per_day", "parts_per_hour", b"parts_per_hour", "parts_per_minute", b"parts_per_minute", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__battery: _TypeAlias = _typing.Literal["battery"]  # noqa: Y015
     _WhichOneofArgType__battery: _TypeAlias = _typing.Literal["_battery", b"_battery"]  # noqa: Y015
@@ -291,6 +315,10 @@ class GetDeviceResponse(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     CANNOT_SEND_REASON_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    PARTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    PARTS_PER_HOUR_FIELD_NUMBER: _builtins.int
+    PARTS_PER_DAY_FIELD_NUMBER: _builtins.int
+    COOLING_DOWN_UNTIL_FIELD_NUMBER: _builtins.int
     success: _builtins.bool
     """Always true on success."""
     device_id: _builtins.str
@@ -323,6 +351,14 @@ class GetDeviceResponse(_message.Message):
     """Network registration from the last heartbeat; absent while the phone has not said."""
     cannot_send_reason: _builtins.str
     """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
+    parts_per_minute: _builtins.int
+    """(server default `default_parts_per_minute`, 20: under Android's 30-a-minute prompt);
+    0 means no limit.
+    """
+    parts_per_hour: _builtins.int
+    """The same over any hour; 0 means no limit (server default `default_parts_per_hour`)."""
+    parts_per_day: _builtins.int
+    """The same over any 24 hours; 0 means no limit (server default `default_parts_per_day`)."""
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp:
         """Last frame received from it."""
@@ -337,7 +373,15 @@ class GetDeviceResponse(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _common_pb2.DeviceCapabilities:
-        """What its sender can report (from its last DeviceHello)."""
+        """What its sender can report (from its last DeviceHello).
+        Send budget of each SIM slot of the phone: at most this many SMS parts in any 60 s
+        """
+
+    @_builtins.property
+    def cooling_down_until(self) -> _timestamp_pb2.Timestamp:
+        """While the phone cools down after a send-limit failure (SEND_LIMIT) or a failure before
+        sending: it is given nothing until then. Unset when it is not cooling down.
+        """
 
     def __init__(
         self,
@@ -362,10 +406,14 @@ class GetDeviceResponse(_message.Message):
         network: _common_pb2.NetworkRegistration.ValueType | None = ...,
         cannot_send_reason: _builtins.str = ...,
         capabilities: _common_pb2.DeviceCapabilities | None = ...,
+        parts_per_minute: _builtins.int = ...,
+        parts_per_hour: _builtins.int = ...,
+        parts_per_day: _builtins.int = ...,
+        cooling_down_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "created_at", b"created_at", "last_seen", b"last_seen", "network", b"network", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "battery", b"battery", "capabilities", b"capabilities", "cooling_down_until", b"cooling_down_until", "created_at", b"created_at", "last_seen", b"last_seen", "network", b"network", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery", b"_battery", "_network", b"_network", "_signal", b"_signal", "android_version", b"android_version", "app_version", b"app_version", "battery", b"battery", "cannot_send_reason", b"cannot_send_reason", "capabilities", b"capabilities", "charging", b"charging", "cooling_down_until", b"cooling_down_until", "created_at", b"created_at", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "last_seen", b"last_seen", "model", b"model", "name", b"name", "network", b"network", "parts_per_day", b"parts_per_day", "parts_per_hour", b"parts_per_hour", "parts_per_minute", b"parts_per_minute", "phone_number", b"phone_number", "send_interval_ms", b"send_interval_ms", "signal", b"signal", "sims", b"sims", "status", b"status", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__battery: _TypeAlias = _typing.Literal["battery"]  # noqa: Y015
     _WhichOneofArgType__battery: _TypeAlias = _typing.Literal["_battery", b"_battery"]  # noqa: Y015
@@ -395,6 +443,9 @@ class UpdateDeviceRequest(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     SEND_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     DAILY_CAP_FIELD_NUMBER: _builtins.int
+    PARTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    PARTS_PER_HOUR_FIELD_NUMBER: _builtins.int
+    PARTS_PER_DAY_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """The device."""
@@ -406,6 +457,12 @@ class UpdateDeviceRequest(_message.Message):
     """New pacing interval, 0-3600000 ms (0 = no pacing; meant for modems and tests)."""
     daily_cap: _builtins.int
     """New daily cap, 0 (none) to 100000."""
+    parts_per_minute: _builtins.int
+    """New per-SIM budget in SMS parts per 60 s, 0 (no limit) to 10000."""
+    parts_per_hour: _builtins.int
+    """New per-SIM budget in SMS parts per hour, 0 (no limit) to 100000."""
+    parts_per_day: _builtins.int
+    """New per-SIM budget in SMS parts per 24 hours, 0 (no limit) to 1000000."""
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Optional explicit mask; when empty, every field present in the request is applied."""
@@ -418,11 +475,14 @@ class UpdateDeviceRequest(_message.Message):
         enabled: _builtins.bool | None = ...,
         send_interval_ms: _builtins.int | None = ...,
         daily_cap: _builtins.int | None = ...,
+        parts_per_minute: _builtins.int | None = ...,
+        parts_per_hour: _builtins.int | None = ...,
+        parts_per_day: _builtins.int | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "_enabled", b"_enabled", "_name", b"_name", "_send_interval_ms", b"_send_interval_ms", "daily_cap", b"daily_cap", "enabled", b"enabled", "name", b"name", "send_interval_ms", b"send_interval_ms", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "_enabled", b"_enabled", "_name", b"_name", "_parts_per_day", b"_parts_per_day", "_parts_per_hour", b"_parts_per_hour", "_parts_per_minute", b"_parts_per_minute", "_send_interval_ms", b"_send_interval_ms", "daily_cap", b"daily_cap", "enabled", b"enabled", "name", b"name", "parts_per_day", b"parts_per_day", "parts_per_hour", b"parts_per_hour", "parts_per_minute", b"parts_per_minute", "send_interval_ms", b"send_interval_ms", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "_enabled", b"_enabled", "_name", b"_name", "_send_interval_ms", b"_send_interval_ms", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "name", b"name", "send_interval_ms", b"send_interval_ms", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "_enabled", b"_enabled", "_name", b"_name", "_parts_per_day", b"_parts_per_day", "_parts_per_hour", b"_parts_per_hour", "_parts_per_minute", b"_parts_per_minute", "_send_interval_ms", b"_send_interval_ms", "daily_cap", b"daily_cap", "device_id", b"device_id", "enabled", b"enabled", "name", b"name", "parts_per_day", b"parts_per_day", "parts_per_hour", b"parts_per_hour", "parts_per_minute", b"parts_per_minute", "send_interval_ms", b"send_interval_ms", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__daily_cap: _TypeAlias = _typing.Literal["daily_cap"]  # noqa: Y015
     _WhichOneofArgType__daily_cap: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap"]  # noqa: Y015
@@ -430,6 +490,12 @@ class UpdateDeviceRequest(_message.Message):
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__parts_per_day: _TypeAlias = _typing.Literal["parts_per_day"]  # noqa: Y015
+    _WhichOneofArgType__parts_per_day: _TypeAlias = _typing.Literal["_parts_per_day", b"_parts_per_day"]  # noqa: Y015
+    _WhichOneofReturnType__parts_per_hour: _TypeAlias = _typing.Literal["parts_per_hour"]  # noqa: Y015
+    _WhichOneofArgType__parts_per_hour: _TypeAlias = _typing.Literal["_parts_per_hour", b"_parts_per_hour"]  # noqa: Y015
+    _WhichOneofReturnType__parts_per_minute: _TypeAlias = _typing.Literal["parts_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__parts_per_minute: _TypeAlias = _typing.Literal["_parts_per_minute", b"_parts_per_minute"]  # noqa: Y015
     _WhichOneofReturnType__send_interval_ms: _TypeAlias = _typing.Literal["send_interval_ms"]  # noqa: Y015
     _WhichOneofArgType__send_interval_ms: _TypeAlias = _typing.Literal["_send_interval_ms", b"_send_interval_ms"]  # noqa: Y015
     @_typing.overload
@@ -438,6 +504,12 @@ class UpdateDeviceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parts_per_day) -> _WhichOneofReturnType__parts_per_day | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parts_per_hour) -> _WhichOneofReturnType__parts_per_hour | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parts_per_minute) -> _WhichOneofReturnType__parts_per_minute | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__send_interval_ms) -> _WhichOneofReturnType__send_interval_ms | None: ...
 

@@ -407,6 +407,9 @@ class SmsMessage(_message.Message):
     CANCELLED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_REPORT_MISSING_FIELD_NUMBER: _builtins.int
+    HELD_UNTIL_FIELD_NUMBER: _builtins.int
+    HOLD_REASON_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """`msg_` + 16 hex."""
     status: _common_pb2.MessageStatus.ValueType
@@ -424,9 +427,17 @@ class SmsMessage(_message.Message):
     encoding: _common_pb2.Encoding.ValueType
     """GSM7 or UCS2."""
     attempts: _builtins.int
-    """Number of dispatch attempts (resend increments it)."""
+    """Number of dispatch attempts: 1, plus one for every resend and every automatic re-route
+    after a failure that happened before the SMS left a phone.
+    """
     batch_id: _builtins.str
     """The bulk batch it belongs to, if any."""
+    delivery_report_missing: _builtins.bool
+    """True when the message is `sent` and no delivery report came within the server's
+    `delivery_report_timeout_hours` (default 24): it is probably not on its way any more.
+    """
+    hold_reason: _builtins.str
+    """Why it is held: `quiet_hours`; empty when it is not held."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -463,6 +474,12 @@ class SmsMessage(_message.Message):
     def cancelled_at(self) -> _timestamp_pb2.Timestamp:
         """When it was cancelled."""
 
+    @_builtins.property
+    def held_until(self) -> _timestamp_pb2.Timestamp:
+        """While the message waits for the end of the recipient's quiet hours: when it will go
+        (docs/compliance.md). Unset when it is not held.
+        """
+
     def __init__(
         self,
         *,
@@ -485,10 +502,13 @@ class SmsMessage(_message.Message):
         cancelled_at: _timestamp_pb2.Timestamp | None = ...,
         attempts: _builtins.int = ...,
         batch_id: _builtins.str = ...,
+        delivery_report_missing: _builtins.bool = ...,
+        held_until: _timestamp_pb2.Timestamp | None = ...,
+        hold_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "error", b"error", "failed_at", b"failed_at", "metadata", b"metadata", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "sent_at", b"sent_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "error", b"error", "failed_at", b"failed_at", "held_until", b"held_until", "metadata", b"metadata", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "device_id", b"device_id", "encoding", b"encoding", "error", b"error", "failed_at", b"failed_at", "message", b"message", "message_id", b"message_id", "metadata", b"metadata", "priority", b"priority", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "segments", b"segments", "sent_at", b"sent_at", "status", b"status", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "delivery_report_missing", b"delivery_report_missing", "device_id", b"device_id", "encoding", b"encoding", "error", b"error", "failed_at", b"failed_at", "held_until", b"held_until", "hold_reason", b"hold_reason", "message", b"message", "message_id", b"message_id", "metadata", b"metadata", "priority", b"priority", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "segments", b"segments", "sent_at", b"sent_at", "status", b"status", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -542,6 +562,9 @@ class GetSmsStatusResponse(_message.Message):
     CANCELLED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_REPORT_MISSING_FIELD_NUMBER: _builtins.int
+    HELD_UNTIL_FIELD_NUMBER: _builtins.int
+    HOLD_REASON_FIELD_NUMBER: _builtins.int
     success: _builtins.bool
     """Always true on success."""
     message_id: _builtins.str
@@ -561,9 +584,17 @@ class GetSmsStatusResponse(_message.Message):
     encoding: _common_pb2.Encoding.ValueType
     """GSM7 or UCS2."""
     attempts: _builtins.int
-    """Number of dispatch attempts."""
+    """Number of dispatch attempts: 1, plus one for every resend and every automatic re-route
+    after a failure that happened before the SMS left a phone.
+    """
     batch_id: _builtins.str
     """The bulk batch it belongs to, if any."""
+    delivery_report_missing: _builtins.bool
+    """True when the message is `sent` and no delivery report came within the server's
+    `delivery_report_timeout_hours` (default 24): it is probably not on its way any more.
+    """
+    hold_reason: _builtins.str
+    """Why it is held: `quiet_hours`; empty when it is not held."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -600,6 +631,12 @@ class GetSmsStatusResponse(_message.Message):
     def cancelled_at(self) -> _timestamp_pb2.Timestamp:
         """When it was cancelled."""
 
+    @_builtins.property
+    def held_until(self) -> _timestamp_pb2.Timestamp:
+        """While the message waits for the end of the recipient's quiet hours: when it will go
+        (docs/compliance.md). Unset when it is not held.
+        """
+
     def __init__(
         self,
         *,
@@ -623,10 +660,13 @@ class GetSmsStatusResponse(_message.Message):
         cancelled_at: _timestamp_pb2.Timestamp | None = ...,
         attempts: _builtins.int = ...,
         batch_id: _builtins.str = ...,
+        delivery_report_missing: _builtins.bool = ...,
+        held_until: _timestamp_pb2.Timestamp | None = ...,
+        hold_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "error", b"error", "failed_at", b"failed_at", "metadata", b"metadata", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "sent_at", b"sent_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "error", b"error", "failed_at", b"failed_at", "held_until", b"held_until", "metadata", b"metadata", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "device_id", b"device_id", "encoding", b"encoding", "error", b"error", "failed_at", b"failed_at", "message", b"message", "message_id", b"message_id", "metadata", b"metadata", "priority", b"priority", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "segments", b"segments", "sent_at", b"sent_at", "status", b"status", "success", b"success", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "cancelled_at", b"cancelled_at", "created_at", b"created_at", "delivered_at", b"delivered_at", "delivery_report_missing", b"delivery_report_missing", "device_id", b"device_id", "encoding", b"encoding", "error", b"error", "failed_at", b"failed_at", "held_until", b"held_until", "hold_reason", b"hold_reason", "message", b"message", "message_id", b"message_id", "metadata", b"metadata", "priority", b"priority", "queued_at", b"queued_at", "scheduled_at", b"scheduled_at", "segments", b"segments", "sent_at", b"sent_at", "status", b"status", "success", b"success", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -646,6 +686,7 @@ class ListSmsHistoryRequest(_message.Message):
     TO_DATE_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     SEARCH_FIELD_NUMBER: _builtins.int
+    DELIVERY_REPORT_MISSING_FIELD_NUMBER: _builtins.int
     page: _builtins.int
     """1-based page; default 1 (`0` is refused, not taken for "not given")."""
     limit: _builtins.int
@@ -662,6 +703,8 @@ class ListSmsHistoryRequest(_message.Message):
     """Only messages taken by this device."""
     search: _builtins.str
     """Text contained in the message body."""
+    delivery_report_missing: _builtins.bool
+    """true: only messages flagged `delivery_report_missing`; false: only the others."""
     def __init__(
         self,
         *,
@@ -673,15 +716,20 @@ class ListSmsHistoryRequest(_message.Message):
         to_date: _builtins.str = ...,
         device_id: _builtins.str = ...,
         search: _builtins.str = ...,
+        delivery_report_missing: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "limit", b"limit", "page", b"page"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delivery_report_missing", b"_delivery_report_missing", "_limit", b"_limit", "_page", b"_page", "delivery_report_missing", b"delivery_report_missing", "limit", b"limit", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "device_id", b"device_id", "from_date", b"from_date", "limit", b"limit", "page", b"page", "search", b"search", "status", b"status", "to", b"to", "to_date", b"to_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delivery_report_missing", b"_delivery_report_missing", "_limit", b"_limit", "_page", b"_page", "delivery_report_missing", b"delivery_report_missing", "device_id", b"device_id", "from_date", b"from_date", "limit", b"limit", "page", b"page", "search", b"search", "status", b"status", "to", b"to", "to_date", b"to_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__delivery_report_missing: _TypeAlias = _typing.Literal["delivery_report_missing"]  # noqa: Y015
+    _WhichOneofArgType__delivery_report_missing: _TypeAlias = _typing.Literal["_delivery_report_missing", b"_delivery_report_missing"]  # noqa: Y015
     _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
     _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
     _WhichOneofReturnType__page: _TypeAlias = _typing.Literal["page"]  # noqa: Y015
     _WhichOneofArgType__page: _TypeAlias = _typing.Literal["_page", b"_page"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delivery_report_missing) -> _WhichOneofReturnType__delivery_report_missing | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
     @_typing.overload

@@ -77,7 +77,9 @@ class ConfigureWebhookRequest(_message.Message):
     """Signing secret to use; generated (`whsec_…`) when empty. At least 16 characters."""
     @_builtins.property
     def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Event types to deliver (SPEC.md §7); at least one."""
+        """Event types to deliver (SPEC.md §7, and the ones docs/webhooks.md adds, e.g.
+        `sms.rerouted`, `sms.delivery_report_missing`); at least one.
+        """
 
     def __init__(
         self,

@@ -86,6 +86,28 @@ class Settings(BaseSettings):
         "admitted is closed (DEADLINE_EXCEEDED): a silent stream holds a connect slot.",
     )
     default_send_interval_ms: int = Field(2500, ge=0)
+    default_parts_per_minute: int = Field(
+        20, ge=0, description="Send budget of each SIM of a phone, in SMS parts per 60 s, "
+        "unless the device sets its own (0: no limit); under Android's 30-a-minute prompt.",
+    )
+    default_parts_per_hour: int = Field(0, ge=0, description="The same per hour (0: none).")
+    default_parts_per_day: int = Field(0, ge=0, description="The same per 24 h (0: none).")
+    max_send_attempts: int = Field(
+        3, ge=1, le=10, description="Dispatch attempts of one message when phones fail it "
+        "before it left them (each failure re-queues it); a client may set its own.",
+    )
+    failover_cooldown_seconds: float = Field(
+        60.0, ge=0, description="A phone that failed a message before sending it (no service, "
+        "no SIM...) is given nothing for this long.",
+    )
+    send_limit_cooldown_seconds: float = Field(
+        900.0, ge=0, description="A phone whose send limit (Android's or the carrier's) "
+        "refused a message is given nothing for this long.",
+    )
+    delivery_report_timeout_hours: float = Field(
+        24.0, gt=0, description="A `sent` message without a delivery report this long is "
+        "flagged `delivery_report_missing` (and `sms.delivery_report_missing` is sent).",
+    )
     message_ttl_hours: float = Field(24.0, gt=0)
     queue_max_wait_seconds: float = Field(
         300.0, gt=0,

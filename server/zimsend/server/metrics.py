@@ -8,8 +8,8 @@ prometheus-client's own lock) — no allocation, no label lookup per request.
 
 Labels are bounded sets only: RPC service, method and gRPC code (only registered methods are
 measured, so a caller cannot invent label values), failure codes (the phone's are normalised
-to `lifecycle.PHONE_ERROR_CODES`), priority names, webhook outcomes. Never a client, phone,
-message or request id: those are in the logs (`logs.py`), keyed by the request id.
+to the FailureCode names of `failures.proto`), priority names, webhook outcomes. Never a
+client, phone, message or request id: those are in the logs (`logs.py`), keyed by the request id.
 
 What depends on the database or the phones (queue depth, oldest due message, phones
 connected) is sampled when Prometheus scrapes (`Sampler`), not kept up to date on the hot

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from zimsend.v1 import failures_pb2
+
 __all__ = [
+    "BEFORE_SEND_CODES",
     "ERROR_CODES",
     "NETWORK_STATES",
     "AwaitingPart",
@@ -41,18 +44,29 @@ __all__ = [
     "Sender",
     "SenderEvent",
     "SimInfo",
+    "failure",
 ]
 
-#: Failure codes a sender may report (SPEC.md §7 `sms.failed`, minus EXPIRED which is the
-#: server's).
-ERROR_CODES = (
-    "NETWORK_ERROR",
-    "INVALID_NUMBER",
-    "NO_CREDIT",
-    "BLOCKED_NUMBER",
-    "DEVICE_ERROR",
-    "TIMEOUT",
+
+def failure(code: failures_pb2.FailureCode.ValueType) -> str:
+    """The name a report carries for a FailureCode (`failures.proto`), e.g. "NO_SERVICE"."""
+    return failures_pb2.FailureCode.Name(code)
+
+
+def _before_send(name: str) -> bool:
+    value = failures_pb2.FailureCode.DESCRIPTOR.values_by_name[name]
+    return bool(value.GetOptions().Extensions[failures_pb2.failure].before_send)
+
+
+#: Failure codes a sender may report: every FailureCode but EXPIRED, which is the server's.
+#: Report a BEFORE_SEND_CODES code only when the SMS certainly did not leave the phone: the
+#: server then gives the message to another phone.
+ERROR_CODES = tuple(
+    name for name in failures_pb2.FailureCode.keys()
+    if name not in ("FAILURE_CODE_UNSPECIFIED", failure(failures_pb2.EXPIRED))
 )
+#: The codes that prove the SMS never left the phone (failures.proto's table).
+BEFORE_SEND_CODES = tuple(name for name in ERROR_CODES if _before_send(name))
 
 
 #: Network registration as a sender reports it (the Heartbeat's `network`); "" is unknown.

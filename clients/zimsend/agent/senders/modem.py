@@ -48,8 +48,10 @@ from zimsend.agent.senders.base import (
     SendRequest,
     SendResult,
     SimInfo,
+    failure,
 )
 from zimsend.segments import encoding_of
+from zimsend.v1 import failures_pb2
 
 __all__ = ["ModemConfig", "ModemSender", "delivery_outcome", "failure_of"]
 
@@ -72,25 +74,32 @@ _DEVICE_LOST = frozenset({
     "ERR_NOTCONNECTED", "ERR_DEVICENODRIVER", "ERR_PHONEOFF",
 })
 
-#: Gammu error → (SPEC §7 code, what it means for a person). Anything else: DEVICE_ERROR.
+_F = failures_pb2
+#: Gammu error → (FailureCode, what it means for a person). Anything else: DEVICE_ERROR.
+#: Errors raised before the modem submitted anything (no service, no SIM, PIN, no SMS centre)
+#: are the codes that let the server give the message to another phone; ERR_UNKNOWN and
+#: ERR_TIMEOUT may come after the submission and stay ambiguous.
 _FAILURES = {
-    "ERR_NETWORK_ERROR": ("NETWORK_ERROR", "the network refused the message"),
-    "ERR_NOSERVICE": ("NETWORK_ERROR", "no network service"),
-    "ERR_UNKNOWN": ("NETWORK_ERROR", "the modem or the network refused the message"),
-    "ERR_TIMEOUT": ("TIMEOUT", "the modem did not answer in time; the SMS may have left"),
-    "ERR_NOSIM": ("DEVICE_ERROR", "no SIM card in the modem"),
-    "ERR_SECURITYERROR": ("DEVICE_ERROR", "the SIM is locked (PIN or PUK needed)"),
-    "ERR_FULL": ("DEVICE_ERROR", "the modem's message memory is full"),
-    "ERR_EMPTYSMSC": ("DEVICE_ERROR", "no SMS centre number: set it on the SIM or in gammurc"),
-    "ERR_GETTING_SMSC": ("DEVICE_ERROR", "the modem could not read its SMS centre number"),
-    "ERR_INVALIDDATA": ("INVALID_NUMBER", "the modem refused the recipient or the text"),
+    "ERR_NETWORK_ERROR": (failure(_F.NETWORK_ERROR), "the network refused the message"),
+    "ERR_NOSERVICE": (failure(_F.NO_SERVICE), "no network service"),
+    "ERR_UNKNOWN": (failure(_F.NETWORK_ERROR), "the modem or the network refused the message"),
+    "ERR_TIMEOUT": (failure(_F.TIMEOUT),
+                    "the modem did not answer in time; the SMS may have left"),
+    "ERR_NOSIM": (failure(_F.SIM_MISSING), "no SIM card in the modem"),
+    "ERR_SECURITYERROR": (failure(_F.SIM_PIN_REQUIRED), "the SIM is locked (PIN or PUK needed)"),
+    "ERR_FULL": (failure(_F.DEVICE_ERROR), "the modem's message memory is full"),
+    "ERR_EMPTYSMSC": (failure(_F.MODEM_REFUSED),
+                      "no SMS centre number: set it on the SIM or in gammurc"),
+    "ERR_GETTING_SMSC": (failure(_F.MODEM_REFUSED),
+                         "the modem could not read its SMS centre number"),
+    "ERR_INVALIDDATA": (failure(_F.INVALID_NUMBER), "the modem refused the recipient or the text"),
 }
 
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """(SPEC code, message) for a Gammu error; the message keeps Gammu's own text and code."""
     name = type(exc).__name__
-    code, meaning = _FAILURES.get(name, ("DEVICE_ERROR", "the modem failed"))
+    code, meaning = _FAILURES.get(name, (failure(_F.DEVICE_ERROR), "the modem failed"))
     info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     raw = f"{info.get('Where', '?')}: {info.get('Text', str(exc))} ({name})"
     return code, f"{meaning} [{raw}]"
@@ -103,16 +112,18 @@ def delivery_outcome(status: int) -> tuple[bool | None, str, str]:
         return True, "", ""
     if status < 0x40:
         return None, "", ""
+    invalid, blocked, timeout = (failure(_F.INVALID_NUMBER), failure(_F.BLOCKED_NUMBER),
+                                 failure(_F.TIMEOUT))
     reasons = {
-        0x41: ("INVALID_NUMBER", "incompatible destination"),
-        0x42: ("BLOCKED_NUMBER", "connection rejected by the recipient"),
-        0x43: ("INVALID_NUMBER", "recipient not obtainable"),
-        0x46: ("TIMEOUT", "validity period expired before delivery"),
-        0x49: ("INVALID_NUMBER", "the message does not exist at the SMS centre"),
-        0x62: ("TIMEOUT", "no response from the recipient"),
-        0x63: ("BLOCKED_NUMBER", "service rejected"),
+        0x41: (invalid, "incompatible destination"),
+        0x42: (blocked, "connection rejected by the recipient"),
+        0x43: (invalid, "recipient not obtainable"),
+        0x46: (timeout, "validity period expired before delivery"),
+        0x49: (invalid, "the message does not exist at the SMS centre"),
+        0x62: (timeout, "no response from the recipient"),
+        0x63: (blocked, "service rejected"),
     }
-    code, reason = reasons.get(status, ("NETWORK_ERROR", "not delivered"))
+    code, reason = reasons.get(status, (failure(_F.NETWORK_ERROR), "not delivered"))
     return False, code, f"network status report 0x{status:02X}: {reason}"
 
 
@@ -205,8 +216,8 @@ class ModemSender:
 
     async def send(self, request: SendRequest) -> SendResult:
         if not self._state.open:
-            failed = PartResult(
-                False, "DEVICE_ERROR", f"modem not available: {self._state.problem}"
+            failed = PartResult(  # nothing reached the modem: it certainly did not leave
+                False, failure(_F.MODEM_REFUSED), f"modem not available: {self._state.problem}"
             )
             return SendResult(parts=tuple(failed for _ in request.parts), at=datetime.now(UTC))
         unicode = encoding_of(request.body) == "UCS2"

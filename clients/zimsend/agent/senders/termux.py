@@ -44,13 +44,18 @@ from zimsend.agent.senders.base import (
     SendRequest,
     SendResult,
     SimInfo,
+    failure,
 )
+from zimsend.v1 import failures_pb2
 
 __all__ = ["TermuxApiError", "TermuxSender"]
 
 log = logging.getLogger("zimsend.agent")
 
 SOURCE_PREFIX = "termux:"
+#: termux-sms-send reports no reason (Android's result code stays inside Termux:API), so a
+#: failed call is ambiguous: DEVICE_ERROR, never re-sent elsewhere.
+_DEVICE_ERROR = failure(failures_pb2.DEVICE_ERROR)
 #: The commands this backend cannot work without.
 REQUIRED_COMMANDS = ("termux-sms-send", "termux-sms-list", "termux-telephony-deviceinfo")
 INSTALL_HINT = "install the Termux:API app (from F-Droid, like Termux) and `pkg install termux-api`"
@@ -77,7 +82,7 @@ class TermuxApiError(Exception):
     """A Termux:API command that did not do its job. `code` is the SPEC §7 code a send
     reports for it; the message keeps the raw error (never the SMS text)."""
 
-    def __init__(self, message: str, code: str = "DEVICE_ERROR", *, permission: bool = False):
+    def __init__(self, message: str, code: str = _DEVICE_ERROR, *, permission: bool = False):
         super().__init__(message)
         self.code = code
         self.permission = permission
@@ -213,7 +218,7 @@ class TermuxSender:
         try:
             if not request.to or "," in request.to:  # a comma would mean several recipients
                 raise TermuxApiError(f"not a single phone number: {request.to!r}",
-                                     "INVALID_NUMBER")
+                                     failure(failures_pb2.INVALID_NUMBER))
             await self._call("termux-sms-send", *args, stdin=request.body.encode(),
                              timeout=self.timeouts.send)
         except TermuxApiError as exc:
@@ -311,7 +316,7 @@ class TermuxSender:
         if proc is None:
             raise TermuxApiError(
                 f"{command} did not answer within {timeout:g}s: is the Termux:API app installed"
-                " and allowed to run in the background?", "TIMEOUT")
+                " and allowed to run in the background?", failure(failures_pb2.TIMEOUT))
         out = proc.stdout.decode("utf-8", "replace")
         if proc.returncode != 0:
             said = (proc.stderr.decode("utf-8", "replace").strip() or out.strip())[:500]

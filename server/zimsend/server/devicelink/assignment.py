@@ -27,6 +27,7 @@ from sqlalchemy import bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import credentials
+from zimsend.server.devicelink.budgets import Budget, record_handed, room_for
 from zimsend.server.storage import (
     Database,
     Device,
@@ -94,6 +95,9 @@ class RoundResult:
     #: message id -> (due_at, request_id) of every live message claimed: the dispatcher's
     #: latency metric and log line.
     origins: dict[str, tuple[dt.datetime, str | None]] = field(default_factory=dict)
+    #: device id -> seconds until it may be offered more: its send budget or cool-down
+    #: stopped its claim (the dispatcher paces it until then instead of idling it).
+    waits: dict[str, float] = field(default_factory=dict)
 
 
 def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.SendCommand:
@@ -138,11 +142,14 @@ _BECAME_DUE = select(_m.client_id).where(
 def claim_round(
     db: Database, pepper: bytes, requests: list[ClaimRequest], now: dt.datetime,
     *, woken: Sequence[str] = (), scan: GlobalScan | None = FULL_SCAN,
+    budgets: Budget | None = None,
 ) -> RoundResult:
     """Claim due messages for `requests` (already in least-loaded-first order) and for the
     simulated devices of `woken` clients with due test messages (every client's, with
     `scan.test_clients`). `scan=None` skips the global reads (`next_due` is then None and
-    means "unknown")."""
+    means "unknown"). With `budgets` (the server's default per-SIM budget), each phone's
+    claim stays within its send budget and cool-down (`budgets.py`), and is recorded in its
+    ledger."""
     result = RoundResult()
     clients = sorted({r.client_id for r in requests}.union(woken))
     with db.session() as session:
@@ -175,14 +182,20 @@ def claim_round(
         for request in live:
             if request.client_id in drained and (request.client_id, request.device_id) not in due:
                 continue
+            room = None if budgets is None else room_for(session, request.device_id, now,
+                                                          budgets)
             messages = claim_due_messages(
                 session, client_id=request.client_id, device_id=request.device_id,
-                limit=request.limit, now=now,
+                limit=request.limit, now=now, fits=None if room is None else room.fits,
             )
-            if len(messages) < request.limit:
+            if room is not None and room.limited:
+                result.waits[request.device_id] = room.wait_s()  # not drained: over budget
+            elif len(messages) < request.limit:
                 drained.add(request.client_id)
             if messages:
                 _count_handed(session, request.device_id, len(messages), now)
+                if room is not None:
+                    record_handed(session, request.device_id, messages, now)
                 result.commands[request.device_id] = [
                     send_command(m, pepper, redelivery=False) for m in messages
                 ]

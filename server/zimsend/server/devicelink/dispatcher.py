@@ -26,8 +26,13 @@ When does a round run? Never on a fixed delay on the hot path:
 - every `POLL_INTERVAL_S` regardless, the fallback that notices other replicas' writes: it wakes
   every client with idle phones here.
 A slow loop inside the same task fails expired messages (`lifecycle.expire_overdue_messages`)
-and messages stuck on a phone that never came back (`lifecycle.time_out_stale_processing`);
-the worker will take both over.
+and messages stuck on a phone that never came back (`lifecycle.time_out_stale_processing`),
+and flags `sent` messages whose delivery report never came
+(`lifecycle.flag_missing_delivery_reports`, the worker runs it too).
+
+Send budgets and cool-downs (issue 16 item 5, `budgets.py`) are checked inside the claim,
+from the database; a phone whose claim they stopped is paced until they allow more
+(`RoundResult.waits`), not idled, and its client is not taken for drained.
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ from zimsend.server.devicelink.assignment import (
     RoundResult,
     claim_round,
 )
+from zimsend.server.devicelink.budgets import Budget
 from zimsend.server.devicelink.lifecycle import (
     Transition,
     expire_overdue_messages,
+    flag_missing_delivery_reports,
     time_out_stale_processing,
 )
 from zimsend.server.devicelink.session import CommandRecord, DeviceSession
@@ -116,7 +123,7 @@ class Readiness:
 
     def pace(self, session: DeviceSession) -> None:
         seq = self._move(session, "paced")
-        heapq.heappush(self._timers, (session.next_send_at, seq, session))
+        heapq.heappush(self._timers, (session.free_at, seq, session))
 
     def idle(self, session: DeviceSession) -> None:
         seq = self._move(session, "idle")
@@ -232,7 +239,9 @@ class Dispatcher:
         self._wake.set()
 
     def settings_changed(self, session: DeviceSession) -> None:
-        """The hub applied new settings to `session` (pacing, cap, enabled)."""
+        """The hub applied new settings to `session` (pacing, cap, enabled, budget): its next
+        claim re-reads its budget and cool-down."""
+        session.held_until = 0.0
         self._ready_now(session)
 
     def can_send_changed(self, session: DeviceSession) -> None:
@@ -258,14 +267,21 @@ class Dispatcher:
         self._wake.set()
 
     def applied(self, session: DeviceSession, transitions: list[Transition]) -> None:
-        """Reports were stored: messages that left `processing` free their slot."""
-        freed = False
+        """Reports were stored: messages that left `processing` free their slot; a failure
+        before sending cools the phone down (it is paced until then; the claim checks the
+        stored cool-down too) and a re-routed message is new work for its client."""
+        freed = requeued = False
         for t in transitions:
             if t.new != MessageStatus.PROCESSING and t.message_id in session.in_flight:
                 session.in_flight.discard(t.message_id)
                 freed = True
+            if t.cooldown_s > 0:
+                session.held_until = max(session.held_until, time.monotonic() + t.cooldown_s)
+            requeued = requeued or t.new == MessageStatus.QUEUED
         if freed:
             self._ready_now(session)
+        if requeued:
+            self._woken_by(session.client_id)
 
     def command_acked(self, session: DeviceSession, ack: pb.CommandAck) -> str | None:
         """A CommandAck arrived; returns the message id of a *refused* SendCommand (the
@@ -333,6 +349,11 @@ class Dispatcher:
                                           ttl=ttl)
         stale = await self._state.db_call(time_out_stale_processing, self._state.db, utcnow(),
                                           after=ttl)
+        hours = self._state.settings.delivery_report_timeout_hours
+        flagged = await self._state.db_call(flag_missing_delivery_reports, self._state.db,
+                                            utcnow(), after=dt.timedelta(hours=hours))
+        if flagged:
+            log.info("dispatcher.delivery_reports_missing", count=flagged)
         if count or stale:
             metrics.MESSAGES_FAILED.labels("EXPIRED").inc(count)
             metrics.MESSAGES_FAILED.labels("TIMEOUT").inc(stale)
@@ -379,7 +400,7 @@ class Dispatcher:
             limit = self._limit(session, today)
             if limit <= 0:
                 self._queue.block(session)
-            elif session.next_send_at > now_m:
+            elif session.free_at > now_m:
                 self._queue.pace(session)
             else:
                 ready.append(((len(session.in_flight), session.next_send_at), session, limit))
@@ -404,9 +425,12 @@ class Dispatcher:
         scan = None
         if poll or now_m >= self._next_scan:
             scan = GlobalScan(since=self._scanned_at, test_clients=poll)
+        settings = self._state.settings
+        budgets = Budget(settings.default_parts_per_minute, settings.default_parts_per_hour,
+                         settings.default_parts_per_day)
         result = await self._state.link_call(
             claim_round, self._state.db, self._state.pepper, [r for _, r in pairs], now,
-            woken=sorted(woken), scan=scan,
+            woken=sorted(woken), scan=scan, budgets=budgets,
         )
         if scan is not None:
             self._note_scan(now, now_m, result)
@@ -461,7 +485,8 @@ class Dispatcher:
         short: set[str] = set()  # clients with nothing more due for their next phones
         for session, request in pairs:
             commands = result.commands.get(request.device_id, [])
-            if len(commands) < request.limit:
+            wait = result.waits.get(request.device_id)  # over budget or cooling down
+            if len(commands) < request.limit and wait is None:
                 short.add(request.client_id)
             if commands:
                 sent_today = session.sent_on_day if session.sent_day == today else 0
@@ -474,9 +499,13 @@ class Dispatcher:
                 for command in commands:
                     self.push_command(session, command)
                 self._dispatched(session, commands, result)
+            if wait is not None:
+                session.held_until = max(session.held_until, now_m + wait)
             if session.dispatch_place != "claiming":
                 continue  # readied again while the claim ran (a slot freed, new settings)
-            if len(commands) < request.limit:
+            if wait is not None:
+                self._queue.pace(session)  # its timer: when the budget or cool-down allows
+            elif len(commands) < request.limit:
                 self._queue.idle(session)
             elif self._limit(session, today) > 0:
                 self._queue.pace(session)  # unpaced: its timer is now, the next round

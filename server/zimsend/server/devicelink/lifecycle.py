@@ -28,13 +28,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlmodel import Session, col
 
-from zimsend.server import credentials
+from zimsend.server import credentials, failures
+from zimsend.server.compliance import opt_outs
 from zimsend.server.storage import (
     NO_DEVICE,
+    Client,
     Database,
+    Device,
     InboundMessage,
     Message,
     MessagePart,
@@ -48,6 +51,7 @@ from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.upserts import add_daily_counts, mark_reports_processed
 
 __all__ = [
+    "Failover",
     "MessageRow",
     "PartReport",
     "Transition",
@@ -55,7 +59,9 @@ __all__ = [
     "apply_part_reports",
     "event_row",
     "expire_overdue_messages",
+    "flag_missing_delivery_reports",
     "iso",
+    "max_send_attempts",
     "message_event_payload",
     "record_inbound",
     "time_out_stale_processing",
@@ -65,16 +71,14 @@ __all__ = [
 
 Outcome = Literal["sent", "delivered", "failed"]
 
-#: SPEC §7 `sms.failed` codes a phone may report; anything else is recorded as DEVICE_ERROR.
-PHONE_ERROR_CODES = frozenset(
-    {"NETWORK_ERROR", "INVALID_NUMBER", "NO_CREDIT", "BLOCKED_NUMBER", "DEVICE_ERROR", "TIMEOUT"}
-)
 _FINAL = frozenset({MessageStatus.DELIVERED, MessageStatus.FAILED, MessageStatus.CANCELLED})
 _EVENT = {
     MessageStatus.SENT: "sms.sent",
     MessageStatus.DELIVERED: "sms.delivered",
     MessageStatus.FAILED: "sms.failed",
 }
+REROUTED_EVENT = "sms.rerouted"
+REPORT_MISSING_EVENT = "sms.delivery_report_missing"
 
 
 @dataclass(frozen=True)
@@ -94,13 +98,30 @@ class PartReport:
 @dataclass(frozen=True)
 class Transition:
     """A message status change that was applied (and its events written); `error_code` is
-    the failure code of a move to `failed`, `request_id` the message's (for log lines)."""
+    the failure code of a move to `failed` (or back to `queued`: a re-route), `request_id` the
+    message's (for log lines); `cooldown_s` how long the reporting phone must now be given
+    nothing (a failure before sending)."""
 
     message_id: str
     old: str
     new: str
     error_code: str | None = None
     request_id: str | None = None
+    cooldown_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What a failure before sending does (server settings): the message goes back to the
+    queue while its attempts since the last resend stay under the client's maximum
+    (`max_attempts` when the client has none), and the phone cools down."""
+
+    max_attempts: int
+    cooldown: dt.timedelta
+    send_limit_cooldown: dt.timedelta
+
+    def cooldown_for(self, code: str) -> dt.timedelta:
+        return self.send_limit_cooldown if code == "SEND_LIMIT" else self.cooldown
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -160,6 +181,9 @@ class MessageRow:
     error_code: str | None
     error_message: str | None
     request_id: str | None
+    attempts: int
+    reroutes: int
+    processing_at: dt.datetime | None
 
 
 @dataclass(slots=True)
@@ -179,7 +203,7 @@ class _Part:
 _ROW_COLUMNS = tuple(f.name for f in fields(MessageRow))
 #: What a report may change on a message.
 _WRITTEN = ("status", "parts", "sealed_body", "sent_at", "delivered_at", "failed_at",
-            "error_code", "error_message")
+            "error_code", "error_message", "device_id", "attempts", "reroutes", "processing_at")
 _PART_COLUMNS = tuple(f.name for f in fields(_Part))
 _DAY_COLUMN = {MessageStatus.SENT: 0, MessageStatus.DELIVERED: 1, MessageStatus.FAILED: 2}
 #: Ids per `IN (…)` when loading a batch's messages (SQLite caps bound parameters); lists are
@@ -202,8 +226,10 @@ def message_event_payload(message: Message | MessageRow) -> dict[str, Any]:
         value = getattr(message, name)
         if value is not None:
             payload[name] = iso(value)
-    if message.status == MessageStatus.FAILED:
-        payload["error"] = {"code": message.error_code, "message": message.error_message}
+    payload["attempts"] = message.attempts + 1  # as the API numbers them (sending.views)
+    if message.status in (MessageStatus.FAILED, MessageStatus.QUEUED) and message.error_code:
+        payload["error"] = failures.error_payload(
+            message.error_code, message.error_message, message.device_id)
     if message.batch_id:
         payload["batch_id"] = message.batch_id
     return payload
@@ -231,12 +257,14 @@ def _advance(
     message.status = new
     if new == MessageStatus.SENT:
         message.sent_at = now
+        # A re-routed message kept its last attempt's failure while queued; it left now.
+        message.error_code = message.error_message = None
     elif new == MessageStatus.DELIVERED:
         message.delivered_at = now
     else:
         message.failed_at = now
-        message.error_code = error_code or "DEVICE_ERROR"
-        message.error_message = error_message or _default_error_message(message.error_code)
+        message.error_code = error_code or failures.FALLBACK
+        message.error_message = error_message or failures.info(message.error_code).message
     if new in _FINAL:
         message.sealed_body = None  # OTP text: no longer needed once final (models docstring)
     failure = message.error_code if new == MessageStatus.FAILED else None
@@ -276,18 +304,33 @@ def transition(
 
 
 def apply_part_report(
-    session: Session, *, client_id: str, device_id: str, report: PartReport, now: dt.datetime
+    session: Session, *, client_id: str, device_id: str, report: PartReport, now: dt.datetime,
+    failover: Failover | None = None,
 ) -> list[Transition]:
     """Apply one phone report, at most once per (device, report id); returns the transitions.
 
     Reports about a message that is not this device's (another client's, reassigned, unknown)
     are recorded as processed and change nothing: the phone may forget them.
     """
-    return apply_part_reports(session, [(client_id, device_id, report)], now=now)
+    return apply_part_reports(session, [(client_id, device_id, report)], now=now,
+                              failover=failover)
+
+
+def max_send_attempts(session: Session, client_ids: set[str], default: int) -> dict[str, int]:
+    """Each client's `max_send_attempts` (the server's `default` where the client has none)."""
+    if not client_ids:
+        return {}
+    rows = session.execute(
+        select(col(Client.id), col(Client.max_send_attempts))
+        .where(col(Client.id).in_(sorted(client_ids)))
+    )
+    found = {client_id: value for client_id, value in rows}
+    return {c: found.get(c) or default for c in client_ids}
 
 
 def apply_part_reports(
-    session: Session, reports: Sequence[tuple[str, str, PartReport]], *, now: dt.datetime
+    session: Session, reports: Sequence[tuple[str, str, PartReport]], *, now: dt.datetime,
+    failover: Failover | None = None,
 ) -> list[Transition]:
     """Apply (client id, device id, report) triples in order, exactly as `apply_part_report`
     one after the other would, with one statement per kind for the whole batch: the
@@ -297,6 +340,11 @@ def apply_part_reports(
     Why it is the same: every rule runs in memory on the rows as the previous reports of the
     batch left them, under the write lock (`BEGIN IMMEDIATE`; PostgreSQL: the rows are
     locked `FOR UPDATE`, in id order), and only the outcome is written.
+
+    Failover (with `failover`): a failure that provably happened before the SMS left the phone
+    (`failures.proto`: `before_send`; for a multi-part message, every part failed so) puts the
+    message back in the queue — `sms.rerouted`, one more attempt — while the client's maximum
+    allows, and the phone cools down. Any other failure is final, as before.
     """
     fresh = mark_reports_processed(session, [(d, r.report_id) for _, d, r in reports])
     todo: list[tuple[str, str, PartReport]] = []
@@ -314,18 +362,46 @@ def apply_part_reports(
     events: list[dict[str, Any]] = []
     counts: _Counts = {}
     touched: set[tuple[str, int]] = set()
+    rerouted: set[str] = set()
+    cooling: dict[str, dt.datetime] = {}
+    limits: dict[str, int] | None = None
     for client_id, device_id, report in todo:
         message = messages.get(report.message_id)
-        if message is None or message.client_id != client_id or message.device_id != device_id:
+        if (message is None or message.client_id != client_id or message.device_id != device_id
+                or message.status == MessageStatus.QUEUED):  # re-routed: that attempt is over
             continue
-        code = report.error_code.upper() if report.error_code else "DEVICE_ERROR"
-        code = code if code in PHONE_ERROR_CODES else "DEVICE_ERROR"
+        code = failures.normalise(report.error_code)
         target: str | None = report.outcome
         if report.part_count > 0:
-            target = _aggregate_parts(parts.setdefault(message.id, {}), message, report, code, now)
+            known = parts.setdefault(message.id, {})
+            target = _aggregate_parts(known, message, report, code, now)
             touched.add((message.id, report.part_index))
+            code = next((p.error_code for _, p in sorted(known.items())
+                         if p.status == MessageStatus.FAILED and p.error_code), code)
+        elif target == MessageStatus.FAILED and failures.info(code).before_send:
+            target = _REROUTE
         if target is None:
             continue
+        cooldown_s = 0.0
+        if target == _REROUTE:
+            target = MessageStatus.FAILED
+            if failover is not None:
+                cooldown = failover.cooldown_for(code)
+                cooldown_s = cooldown.total_seconds()
+                cooling[device_id] = max(cooling.get(device_id, now), now + cooldown)
+                if limits is None:
+                    limits = max_send_attempts(session, {c for c, _, _ in todo},
+                                               failover.max_attempts)
+                if (message.status == MessageStatus.PROCESSING
+                        and message.reroutes + 1 < limits[client_id]):
+                    step, payload = _reroute(message, code, report.error_message, device_id)
+                    events.append(event_row(message.client_id, REROUTED_EVENT, payload,
+                                            webhook_url=message.webhook_url, now=now,
+                                            request_id=message.request_id))
+                    moves.append(Transition(step.message_id, step.old, step.new, code,
+                                            message.request_id, cooldown_s))
+                    rerouted.add(message.id)
+                    continue
         failed = target == MessageStatus.FAILED
         for step, payload in _advance(
             message, target, now, error_code=code if failed else None,
@@ -335,10 +411,44 @@ def apply_part_reports(
                                     webhook_url=message.webhook_url, now=now,
                                     request_id=message.request_id))
             _tally(counts, message, step.new, now)
-            moves.append(step)
+            moves.append(Transition(step.message_id, step.old, step.new, step.error_code,
+                                    step.request_id, cooldown_s))
     changed = [m for m in messages.values() if _written(m) != before[m.id]]
-    _store(session, changed, [parts[m][i] for m, i in sorted(touched)], events, counts)
+    _store(session, changed, [parts[m][i] for m, i in sorted(touched) if m not in rerouted],
+           events, counts)
+    if rerouted:
+        part_table = MessagePart.__table__  # type: ignore[attr-defined]
+        session.execute(delete(part_table).where(part_table.c.message_id.in_(sorted(rerouted))))
+    for device_id, until in sorted(cooling.items()):
+        current = session.scalar(
+            select(col(Device.cooling_down_until)).where(col(Device.id) == device_id))
+        if current is None or current < until:
+            session.execute(update(Device).where(col(Device.id) == device_id)
+                            .values(cooling_down_until=until))
     return moves
+
+
+#: `_aggregate_parts`' answer for "every part failed before leaving the phone".
+_REROUTE = "reroute"
+
+
+def _reroute(
+    message: MessageRow, code: str, error_message: str, device_id: str
+) -> tuple[Transition, dict[str, Any]]:
+    """Put a message a phone failed before sending back in the queue (in memory): one more
+    attempt; its `device_id` and error stay those of the failed attempt until a phone takes
+    it (status shows why it is queued again); the payload names the phone (`rerouted_from`)."""
+    old = message.status
+    message.status = MessageStatus.QUEUED
+    message.attempts += 1
+    message.reroutes += 1
+    message.error_code = code
+    message.error_message = error_message or failures.info(code).message
+    message.parts = None
+    message.processing_at = message.sent_at = message.failed_at = None
+    payload = message_event_payload(message)
+    payload["rerouted_from"] = device_id
+    return Transition(message.id, old, MessageStatus.QUEUED, code, message.request_id), payload
 
 
 def _written(message: MessageRow) -> tuple[Any, ...]:
@@ -429,6 +539,15 @@ def _aggregate_parts(
     elif report.outcome == "sent" and part.status == MessageStatus.PROCESSING:
         part.status, part.sent_at = MessageStatus.SENT, now
     statuses = [p.status for p in parts.values()]
+    failed = [p for p in parts.values() if p.status == MessageStatus.FAILED]
+    if failed and all(failures.info(p.error_code).before_send for p in failed):
+        # Failed before leaving: the message may go to another phone, but only if no part
+        # left this one, which is known once every part is reported.
+        if any(s in (MessageStatus.SENT, MessageStatus.DELIVERED) for s in statuses):
+            return MessageStatus.FAILED
+        if len(statuses) < report.part_count or len(failed) < len(statuses):
+            return None
+        return _REROUTE
     if MessageStatus.FAILED in statuses:
         return MessageStatus.FAILED
     if len(statuses) < report.part_count:
@@ -438,18 +557,6 @@ def _aggregate_parts(
     if all(s in (MessageStatus.SENT, MessageStatus.DELIVERED) for s in statuses):
         return MessageStatus.SENT
     return None
-
-
-def _default_error_message(code: str) -> str:
-    return {
-        "EXPIRED": "No device took this message before it expired.",
-        "DEVICE_ERROR": "The phone could not send this message.",
-        "NETWORK_ERROR": "The mobile network refused or lost this message.",
-        "INVALID_NUMBER": "The mobile network says the number is invalid.",
-        "NO_CREDIT": "The SIM has no credit left.",
-        "BLOCKED_NUMBER": "The number is blocked.",
-        "TIMEOUT": "The phone did not confirm the send in time.",
-    }.get(code, "The message failed.")
 
 
 def record_inbound(
@@ -477,6 +584,9 @@ def record_inbound(
         "sim_slot": sim_slot, "received_at": iso(received),
     }
     write_event(session, client_id, "sms.received", payload, now=now)
+    # A stop or start keyword also lists or unlists the sender (docs/compliance.md).
+    opt_outs.apply_inbound(session, client_id=client_id, device_id=device_id, sender=sender,
+                           body=body, inbound_id=inbound_id, now=now)
     return True
 
 
@@ -542,6 +652,41 @@ def time_out_stale_processing(
             for message in messages:
                 transition(session, message, MessageStatus.FAILED, now, error_code="TIMEOUT",
                            error_message="The phone holding this message never confirmed it.")
+        total += len(messages)
+        if len(messages) < batch:
+            return total
+
+
+def flag_missing_delivery_reports(
+    db: Database, now: dt.datetime, *, after: dt.timedelta, batch: int = 500
+) -> int:
+    """Flag `sent` messages without a delivery report for longer than `after`
+    (`delivery_report_missing`) and write one `sms.delivery_report_missing` event each.
+
+    The flag is set once (`delivery_report_missing_at`), so the event is too; a report that
+    arrives later still moves the message to `delivered` (the flag then no longer shows).
+    Batches of `batch`, one transaction each; safe from several processes at once.
+    """
+    total = 0
+    while True:
+        with db.write() as session:
+            query = (
+                select(Message)
+                .where(col(Message.status) == MessageStatus.SENT,
+                       col(Message.delivery_report_missing_at).is_(None),
+                       col(Message.sent_at) <= now - after)
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            )
+            messages = list(session.scalars(query))
+            for message in messages:
+                message.delivery_report_missing_at = now
+                session.add(message)
+                payload = message_event_payload(message)
+                payload["delivery_report_missing"] = True
+                write_event(session, message.client_id, REPORT_MISSING_EVENT, payload,
+                            webhook_url=message.webhook_url, now=now,
+                            request_id=message.request_id)
         total += len(messages)
         if len(messages) < batch:
             return total

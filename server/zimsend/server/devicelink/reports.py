@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from zimsend.server import logs, metrics
 from zimsend.server.devicelink.lifecycle import (
+    Failover,
     PartReport,
     Transition,
     apply_part_reports,
@@ -102,6 +103,7 @@ class ReportWriter:
         self._on_applied = on_applied
         self._pending: list[_Item] = []
         self._wake = asyncio.Event()
+        self._failover = failover_of(state)
 
     def submit(
         self, session: DeviceSession, report: PartReport | InboundItem, *, ack: bool = True
@@ -134,10 +136,12 @@ class ReportWriter:
         items = [(index[id(i.session)] if i.ack else -1, i.session.client_id,
                   i.session.device_id, i.report) for i in batch]
         try:
-            outcome = await self._state.link_call(_apply_batch, self._state.db, items)
+            outcome = await self._state.link_call(_apply_batch, self._state.db, items,
+                                                  self._failover)
         except Exception as exc:
             logs.failure(log, "reports.batch_failed", exc, size=len(items))
-            outcome = await self._state.link_call(_apply_one_by_one, self._state.db, items)
+            outcome = await self._state.link_call(_apply_one_by_one, self._state.db, items,
+                                                  self._failover)
         by_session: dict[int, list[Transition]] = defaultdict(list)
         message_session = {
             i.report.message_id: index[id(i.session)] for i in batch
@@ -155,6 +159,16 @@ class ReportWriter:
             self._on_applied(session, by_session.get(n, []))
 
 
+def failover_of(state: ServerState) -> Failover:
+    """The server settings' failover rules (issue 16 item 1)."""
+    settings = state.settings
+    return Failover(
+        max_attempts=settings.max_send_attempts,
+        cooldown=dt.timedelta(seconds=settings.failover_cooldown_seconds),
+        send_limit_cooldown=dt.timedelta(seconds=settings.send_limit_cooldown_seconds),
+    )
+
+
 def applied(transitions: list[Transition], device_id: str | None) -> None:
     """Committed status changes: counted, and one log line each with the message's request
     id (never its text)."""
@@ -168,7 +182,9 @@ def applied(transitions: list[Transition], device_id: str | None) -> None:
 _Row = tuple[int, str, str, "PartReport | InboundItem"]
 
 
-def _apply(session_db: Session, rows: list[_Row], outcome: _Outcome) -> None:
+def _apply(
+    session_db: Session, rows: list[_Row], outcome: _Outcome, failover: Failover | None
+) -> None:
     """Status reports in one `apply_part_reports` call (one statement per kind for the whole
     batch), inbound SMS one by one (rare)."""
     now = utcnow()
@@ -186,21 +202,23 @@ def _apply(session_db: Session, rows: list[_Row], outcome: _Outcome) -> None:
             )
         if n >= 0:
             outcome.acked.setdefault(n, []).append(report.report_id)
-    outcome.transitions += apply_part_reports(session_db, parts, now=now)
+    outcome.transitions += apply_part_reports(session_db, parts, now=now, failover=failover)
 
 
-def _apply_batch(db: Database, rows: list[_Row]) -> _Outcome:
+def _apply_batch(db: Database, rows: list[_Row], failover: Failover | None = None) -> _Outcome:
     outcome = _Outcome({}, [])
     with db.write() as session:
-        _apply(session, rows, outcome)
+        _apply(session, rows, outcome, failover)
     return outcome
 
 
-def _apply_one_by_one(db: Database, rows: list[_Row]) -> _Outcome:
+def _apply_one_by_one(
+    db: Database, rows: list[_Row], failover: Failover | None = None
+) -> _Outcome:
     total = _Outcome({}, [])
     for row in rows:
         try:
-            one = _apply_batch(db, [row])
+            one = _apply_batch(db, [row], failover)
         except Exception as exc:
             logs.failure(
                 log, "reports.report_failed", exc, device_id=row[2], report_id=row[3].report_id

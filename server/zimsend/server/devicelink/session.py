@@ -45,6 +45,10 @@ class DeviceSession:
     in_flight: set[str] = field(default_factory=set)
     #: Earliest monotonic time the next message may be pushed (pacing).
     next_send_at: float = 0.0
+    #: Earliest monotonic time its send budget or cool-down may allow more (the claim checks
+    #: both in the database; this only spares rounds that would find nothing). A settings
+    #: change clears it.
+    held_until: float = 0.0
     #: UTC day and number of messages handed to this phone that day (daily cap).
     sent_day: dt.date | None = None
     sent_on_day: int = 0
@@ -108,6 +112,11 @@ class DeviceSession:
             self.ended.set()
 
     # --- dispatcher helpers ------------------------------------------------------------------
+
+    @property
+    def free_at(self) -> float:
+        """When the dispatcher may next claim for it: pacing, budget and cool-down."""
+        return max(self.next_send_at, self.held_until)
 
     def interval_ms(self, default_ms: int) -> int:
         value = self.config.send_interval_ms

@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from zimsend.server.config import Settings
 from zimsend.server.errors import ErrorCode
-from zimsend.server.storage import Database, InboundMessage, Message, utcnow
+from zimsend.server.storage import Database, InboundMessage, Message, MessageStatus, utcnow
 from zimsend.v1 import common_pb2
 
 from . import fields
@@ -53,6 +53,8 @@ class MessageFilter:
     to: str | None = None
     device_id: str | None = None
     search: str | None = None
+    #: True: only `sent` messages flagged `delivery_report_missing`; False: all others.
+    report_missing: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ def period_of(
 def message_filter(
     v: Violations, settings: Settings, client_id: str, *, from_date: str = "",
     to_date: str = "", status: int = 0, to: str = "", device_id: str = "", search: str = "",
+    report_missing: bool | None = None,
 ) -> MessageFilter:
     """Check the history/export filters (violations go to `v`) and build the filter."""
     start, end = period_of(v, from_date, to_date)
@@ -119,7 +122,7 @@ def message_filter(
     return MessageFilter(
         client_id=client_id, since=max(start, oldest) if start else oldest, until=end,
         status=status_name, to=number, device_id=device_id.strip() or None,
-        search=search or None,
+        search=search or None, report_missing=report_missing,
     )
 
 
@@ -135,6 +138,10 @@ def _conditions(flt: MessageFilter) -> list[Any]:
         conditions.append(Message.device_id == flt.device_id)
     if flt.search is not None:
         conditions.append(col(Message.body).icontains(flt.search, autoescape=True))
+    if flt.report_missing is not None:
+        flagged = (col(Message.status) == MessageStatus.SENT) & col(
+            Message.delivery_report_missing_at).is_not(None)
+        conditions.append(flagged if flt.report_missing else ~flagged)
     return conditions
 
 

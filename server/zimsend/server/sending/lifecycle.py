@@ -136,6 +136,11 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
                 metadata={"status": current.status},
             )
         session.execute(delete(MessagePart).where(MessagePart.message_id == message_id))  # type: ignore[arg-type]
+        # A fresh start for failover's count and the missing-report flag (issue 16).
+        session.execute(
+            update(Message).where(Message.id == message_id)  # type: ignore[arg-type]
+            .values(reroutes=0, delivery_report_missing_at=None)
+        )
         return _reload(session, message_id)
 
 

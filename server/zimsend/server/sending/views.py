@@ -5,8 +5,11 @@ and `GetSmsStatusResponse` share (same names, same meaning), so status, history 
 can never disagree. Two conversions matter:
 
 - encoding: storage says "GSM-7"/"UCS-2", the API's enum `GSM7`/`UCS2`;
-- attempts: storage counts resends (0 for a message never resent); the API shows the attempt
-  number (1 for the first, 2 after the first resend), as `ResendSmsResponse` documents.
+- attempts: storage counts resends and automatic re-routes (0 for a message sent once); the API
+  shows the attempt number (1 for the first, 2 after the first resend or re-route), as
+  `ResendSmsResponse` documents;
+- error: the stored FailureCode is shown as SPEC's public `code` plus `reason`, `retryable`
+  and `hint` (`failures.error_payload`, the same as webhooks).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
 
+from zimsend.server import failures
 from zimsend.server.services.convert import ts
-from zimsend.server.storage import InboundMessage, Message
+from zimsend.server.storage import InboundMessage, Message, MessageStatus
 from zimsend.v1 import common_pb2, sms_pb2
 
 from .dates import iso
@@ -68,9 +72,10 @@ def message_fields(message: Message) -> dict[str, Any]:
         "batch_id": message.batch_id or "",
     }
     if message.error_code:
-        fields["error"] = common_pb2.MessageError(
-            code=message.error_code, message=message.error_message or ""
-        )
+        fields["error"] = common_pb2.MessageError(**failures.error_payload(
+            message.error_code, message.error_message, message.device_id))
+    if message.status == MessageStatus.SENT and message.delivery_report_missing_at is not None:
+        fields["delivery_report_missing"] = True
     return {k: v for k, v in fields.items() if v is not None}
 
 

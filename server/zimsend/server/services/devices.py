@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 MAX_SEND_INTERVAL_MS = 3_600_000
 MAX_DAILY_CAP = 100_000
-_UPDATABLE = ("name", "enabled", "send_interval_ms", "daily_cap")
+#: Per-SIM send budgets (issue 16 item 5): field -> most parts it may allow.
+MAX_PARTS = {"parts_per_minute": 10_000, "parts_per_hour": 100_000, "parts_per_day": 1_000_000}
+_UPDATABLE = ("name", "enabled", "send_interval_ms", "daily_cap", *MAX_PARTS)
 
 
 def _not_found(device_id: str) -> ApiError:
@@ -125,6 +127,11 @@ def validate_update(request: pb.UpdateDeviceRequest) -> dict[str, Any]:
                 ErrorCode.INVALID_REQUEST, name,
                 f"daily_cap must be 0 (no cap) to {MAX_DAILY_CAP} (got {value}).",
             )
+        elif name in MAX_PARTS and not 0 <= value <= MAX_PARTS[name]:
+            raise ApiError.invalid(
+                ErrorCode.INVALID_REQUEST, name,
+                f"{name} must be 0 (no limit) to {MAX_PARTS[name]} SMS parts (got {value}).",
+            )
         changes[name] = value
     return changes
 
@@ -157,6 +164,7 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             daily_cap=device.daily_cap or 0, model=device.model or "",
             created_at=ts(device.created_at),
             network=_network(device.network), cannot_send_reason=reason,
+            **self._budget(device, now),
         )
         if device.capabilities:
             fields["capabilities"] = common_pb2.DeviceCapabilities(
@@ -168,6 +176,21 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             fields["battery"] = device.battery
         if device.signal is not None:
             fields["signal"] = device.signal
+        return fields
+
+    def _budget(self, device: Device, now: dt.datetime) -> dict[str, Any]:
+        """The device's per-SIM budget as it applies (its own values, else the server's)
+        and its cool-down while it lasts."""
+        settings = self.state.settings
+        own = (device.parts_per_minute, device.parts_per_hour, device.parts_per_day)
+        defaults = (settings.default_parts_per_minute, settings.default_parts_per_hour,
+                    settings.default_parts_per_day)
+        fields: dict[str, Any] = {
+            name: default if value is None else value
+            for name, value, default in zip(MAX_PARTS, own, defaults, strict=True)
+        }
+        if device.cooling_down_until is not None and device.cooling_down_until > now:
+            fields["cooling_down_until"] = ts(device.cooling_down_until)
         return fields
 
     def _device(self, device: Device, now: dt.datetime) -> pb.Device:

@@ -151,6 +151,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
             v, self.state.settings, caller.client_id, from_date=request.from_date,
             to_date=request.to_date, status=int(request.status), to=request.to,
             device_id=request.device_id, search=request.search,
+            report_missing=(request.delivery_report_missing
+                            if request.HasField("delivery_report_missing") else None),
         )
         v.raise_if_any()
         listed = await self.state.db_call(history.list_messages, self.state.db, flt, page)

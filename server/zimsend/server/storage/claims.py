@@ -25,6 +25,8 @@ Order (SPEC §3, DESIGN "Dispatch"): highest priority (lowest number) first, the
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import ColumnElement, case, or_, select, update
 from sqlmodel import Session, col
@@ -50,6 +52,7 @@ def claim_due_messages(
     now: dt.datetime,
     test: bool = False,
     any_pin: bool = False,
+    fits: Callable[[int, int], bool] | None = None,
 ) -> list[Message]:
     """Move up to `limit` due messages of `client_id` to `processing` on `device_id`.
 
@@ -59,6 +62,10 @@ def claim_due_messages(
     is undone if that transaction rolls back. Whether the device is online, enabled and within
     its pacing is the caller's business. `any_pin` ignores pinning: the built-in simulated
     device of a client takes all its test messages, whatever `X-Device-ID` named.
+
+    `fits(sim_slot, parts)` (a phone's send budget, `devicelink.budgets`): the due messages
+    are read first (locked on PostgreSQL), in dispatch order, and only those it accepts are
+    claimed; once it refuses one, nothing later on that SIM slot is taken (no overtaking).
     """
     if limit <= 0:
         return []
@@ -73,17 +80,25 @@ def claim_due_messages(
         conditions.append(
             or_(col(Message.pinned_device_id).is_(None), col(Message.pinned_device_id) == device_id)
         )
-    due = (
-        select(col(Message.id))
-        .where(*conditions)
-        .order_by(col(Message.priority), col(Message.due_at), col(Message.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
-        .cte("due")
-    )
+    order = (col(Message.priority), col(Message.due_at), col(Message.id))
+    if fits is not None:
+        chosen = _within(session, conditions, order, limit, fits)
+        if not chosen:
+            return []
+        target = col(Message.id).in_(chosen)
+    else:
+        due = (
+            select(col(Message.id))
+            .where(*conditions)
+            .order_by(*order)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+            .cte("due")
+        )
+        target = col(Message.id).in_(select(due.c.id))
     claim = (
         update(Message)
-        .where(col(Message.id).in_(select(due.c.id)), still_queued())
+        .where(target, still_queued())
         .values(status=MessageStatus.PROCESSING, device_id=device_id, processing_at=now)
         .returning(Message)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -92,3 +107,26 @@ def claim_due_messages(
     # RETURNING has no defined order.
     claimed.sort(key=lambda m: (m.priority, m.due_at, m.id))
     return claimed
+
+
+def _within(
+    session: Session, conditions: list[ColumnElement[bool]], order: tuple[Any, ...], limit: int,
+    fits: Callable[[int, int], bool],
+) -> list[str]:
+    """The ids of the first due messages (at most `limit`) that `fits` accepts."""
+    rows = session.execute(
+        select(col(Message.id), col(Message.sim_slot), col(Message.segments))
+        .where(*conditions).order_by(*order).limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    chosen: list[str] = []
+    refused: set[int] = set()
+    for message_id, sim_slot, segments in rows:
+        slot = sim_slot or 0
+        if slot in refused:
+            continue
+        if fits(slot, max(1, segments)):
+            chosen.append(message_id)
+        else:
+            refused.add(slot)
+    return chosen

@@ -38,6 +38,8 @@ EVENT_TYPES: Final = (
     "device.disconnected",
     "sms.received",
     "otp.verified",
+    "sms.rerouted",
+    "sms.delivery_report_missing",
 )
 # Not subscribable: TestWebhook sends it to the one endpoint being tested.
 TEST_EVENT: Final = "webhook.test"

@@ -1,4 +1,5 @@
-"""The worker's periodic jobs: message expiry (every few seconds) and retention (hourly).
+"""The worker's periodic jobs: message expiry and the missing-delivery-report flag (every few
+seconds), and retention (hourly).
 
 Each job is a plain synchronous function of (database, now) run in a thread; a failing run is
 logged and the job tries again at its next tick — one bad run must not stop webhook delivery.
@@ -39,13 +40,23 @@ class PeriodicJob:
 
 
 def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJob]:
-    from zimsend.server.devicelink.lifecycle import expire_overdue_messages
+    from zimsend.server.devicelink.lifecycle import (
+        expire_overdue_messages,
+        flag_missing_delivery_reports,
+    )
 
     ttl = dt.timedelta(hours=settings.message_ttl_hours)
     return [
         PeriodicJob(
             "expiry", options.expiry_interval,
             functools.partial(_expire, expire_overdue_messages, ttl=ttl),
+        ),
+        PeriodicJob(
+            "delivery_report_missing", options.expiry_interval,
+            functools.partial(
+                flag_missing_delivery_reports,
+                after=dt.timedelta(hours=settings.delivery_report_timeout_hours),
+            ),
         ),
         PeriodicJob(
             "retention", options.retention_interval,

@@ -3,7 +3,7 @@
 
 from sqlmodel import SQLModel
 
-from .accounting import NO_DEVICE, DailyAggregate, ProcessedReport, RateLimitBucket
+from .accounting import NO_DEVICE, DailyAggregate, DeviceSend, ProcessedReport, RateLimitBucket
 from .messages import (
     IdempotencyRecord,
     InboundMessage,
@@ -23,6 +23,7 @@ __all__ = [
     "Client",
     "DailyAggregate",
     "Device",
+    "DeviceSend",
     "IdempotencyRecord",
     "InboundMessage",
     "Message",

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from ..types import UTCDateTime, utcnow
 
-__all__ = ["DailyAggregate", "ProcessedReport", "RateLimitBucket"]
+__all__ = ["DailyAggregate", "DeviceSend", "ProcessedReport", "RateLimitBucket"]
 
 NO_DEVICE = ""
 
@@ -60,3 +60,22 @@ class RateLimitBucket(SQLModel, table=True):
     scope: str = Field(primary_key=True)  # "api", or a tighter limit's name
     window_start: dt.datetime = Field(sa_type=UTCDateTime, primary_key=True)
     count: int = 0
+
+
+class DeviceSend(SQLModel, table=True):
+    """One message handed to a phone: the ledger its per-SIM send budgets are counted from.
+
+    Written in the claim's transaction and read there (`devicelink.budgets`), so whichever
+    replica holds the phone counts what every replica handed it. Rows older than the longest
+    window (24 h) are deleted by the claims themselves.
+    """
+
+    __tablename__ = "device_sends"
+    __table_args__ = (Index("ix_device_sends_device_id_handed_at", "device_id", "handed_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="devices.id", ondelete="CASCADE")
+    sim_slot: int = 0  # a message without `sim_slot` counts against slot 0
+    handed_at: dt.datetime = Field(sa_type=UTCDateTime)
+    parts: int = 1
+    message_id: str

@@ -57,6 +57,9 @@ class Message(SQLModel, table=True):
         Index("ix_messages_device_id_status", "device_id", "status"),
         # History and stats pages, retention.
         Index("ix_messages_client_id_created_at", "client_id", "created_at"),
+        # The delivery-report sweep: WHERE status='sent' AND delivery_report_missing_at IS NULL
+        # AND sent_at <= ? (flagged rows leave the range it reads).
+        Index("ix_messages_report_sweep", "status", "delivery_report_missing_at", "sent_at"),
     )
 
     id: str = Field(primary_key=True)
@@ -78,7 +81,10 @@ class Message(SQLModel, table=True):
     segments: int = 1  # computed by the server at send time
     encoding: str = "GSM-7"  # "GSM-7" or "UCS-2"
     parts: int | None = None  # parts the phone actually used, once it reports
-    attempts: int = 0  # incremented by each resend
+    attempts: int = 0  # incremented by each resend and each automatic re-route
+    # Automatic re-routes since the last resend (a failure before the SMS left a phone put it
+    # back in the queue): the per-client `max_send_attempts` counts these plus one.
+    reroutes: int = 0
 
     scheduled_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     due_at: dt.datetime = Field(sa_type=UTCDateTime)
@@ -91,8 +97,11 @@ class Message(SQLModel, table=True):
     failed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     cancelled_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
 
-    error_code: str | None = None
+    error_code: str | None = None  # a FailureCode name (failures.proto)
     error_message: str | None = None
+    # When the delivery-report sweep found it `sent` for longer than the server's
+    # `delivery_report_timeout_hours` without a report (`delivery_report_missing`).
+    delivery_report_missing_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     # The client's `metadata` object (attribute name `meta`: SQLAlchemy reserves `metadata`).
     meta: dict[str, Any] | None = Field(default=None, sa_type=JSONValue)
     webhook_url: str | None = None

@@ -27,6 +27,9 @@ class Client(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # None means the server-wide `rate_limit_per_minute` setting.
     rate_limit_per_minute: int | None = None
+    # Dispatch attempts of one message before a failure that happened before the SMS left a
+    # phone is final; None means the server-wide `max_send_attempts` setting.
+    max_send_attempts: int | None = None
 
 
 class ApiKey(SQLModel, table=True):
@@ -100,3 +103,10 @@ class Device(SQLModel, table=True):
     # Messages handed to the phone on `sent_day` (a UTC date); reset when the day changes.
     sent_day: dt.date | None = None
     sent_on_day: int = 0
+    # Send budget of each SIM slot, in SMS parts per 60 s / hour / 24 h (`device_sends`);
+    # None: the server default (`default_parts_per_*`); 0: no limit.
+    parts_per_minute: int | None = None
+    parts_per_hour: int | None = None
+    parts_per_day: int | None = None
+    # Given nothing until then: a send-limit failure, or a failure before sending.
+    cooling_down_until: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -1,0 +1,140 @@
+"""Per-SIM send budgets and cool-downs, read and written in the claim's transaction.
+
+Why in the database and not in the dispatcher's memory: a phone may reconnect to another
+replica at any time, and every replica must count what the others handed it. The ledger
+(`device_sends`, one row per message handed to a phone) is written by the claim that hands the
+message and read by the next claim for the same phone, under the same write lock
+(SQLite's `BEGIN IMMEDIATE`; on PostgreSQL the phone's claims run on the one replica that holds
+its stream). Reading costs one index range per claim, as many rows as the longest budgeted
+window holds — which the budget itself bounds.
+
+A budget is per SIM slot, in SMS parts (the server's `segments`), over sliding windows of
+60 s, 1 h and 24 h (0: no limit in that window). A message without `sim_slot` counts against
+slot 0. A message with more parts than a window allows goes only when that slot's windows are
+empty (it would otherwise never go). A phone that is cooling down (`cooling_down_until`, set
+when it reported a failure before sending, longer for SEND_LIMIT) is given nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, insert, select
+from sqlmodel import Session, col
+
+from zimsend.server.storage import Device, DeviceSend, Message
+
+__all__ = ["WINDOWS", "Budget", "Room", "record_handed", "room_for"]
+
+#: The windows a budget counts over, in the order of Budget's fields.
+WINDOWS = (dt.timedelta(minutes=1), dt.timedelta(hours=1), dt.timedelta(days=1))
+_LEDGER_DEPTH = WINDOWS[-1]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Parts per 60 s, hour and 24 h for each SIM slot; 0 is no limit."""
+
+    per_minute: int = 0
+    per_hour: int = 0
+    per_day: int = 0
+
+    @property
+    def limits(self) -> tuple[int, int, int]:
+        return (self.per_minute, self.per_hour, self.per_day)
+
+    def resolve(self, device: tuple[int | None, int | None, int | None]) -> Budget:
+        """The device's own values where it has them (None: these defaults)."""
+        own = [d if d is not None else default for d, default in zip(device, self.limits,
+                                                                      strict=True)]
+        return Budget(*own)
+
+
+@dataclass
+class Room:
+    """What one phone may still be handed now; `fits(slot, parts)` takes from it."""
+
+    now: dt.datetime
+    budget: Budget
+    #: (slot, window index) -> [(handed_at, parts)] within that window, oldest first.
+    used: dict[tuple[int, int], list[tuple[dt.datetime, int]]] = field(default_factory=dict)
+    #: Until when the phone cools down (None: it does not).
+    cooling_until: dt.datetime | None = None
+    #: A message was refused for lack of room: the phone waits for `wait_s()`.
+    limited: bool = False
+
+    def _sum(self, slot: int, window: int) -> int:
+        return sum(p for _, p in self.used.get((slot, window), ()))
+
+    def fits(self, slot: int, parts: int) -> bool:
+        """Whether a message of `parts` parts on `slot` fits now; if so it is counted."""
+        if self.cooling_until is not None:
+            self.limited = True
+            return False
+        limits = self.budget.limits
+        totals = [self._sum(slot, w) for w in range(len(WINDOWS))]
+        empty = all(t == 0 for t in totals)
+        for w, limit in enumerate(limits):
+            if limit and totals[w] + parts > limit and not empty:
+                self.limited = True
+                return False
+        for w, limit in enumerate(limits):
+            if limit:
+                self.used.setdefault((slot, w), []).append((self.now, parts))
+        return True
+
+    def wait_s(self) -> float:
+        """Seconds until the phone may be offered something again: the cool-down's end, or
+        when the oldest part of a full window leaves it (at least 0.05 s)."""
+        if self.cooling_until is not None:
+            return max(0.05, (self.cooling_until - self.now).total_seconds())
+        best: float | None = None
+        for (_, w), rows in self.used.items():
+            limit = self.budget.limits[w]
+            if limit and rows and sum(p for _, p in rows) >= limit:
+                at = (rows[0][0] + WINDOWS[w] - self.now).total_seconds()
+                best = at if best is None else min(best, at)
+        return max(0.05, best if best is not None else 1.0)
+
+
+def room_for(session: Session, device_id: str, now: dt.datetime, defaults: Budget) -> Room:
+    """The phone's room now, from its row (own budget, cool-down) and its ledger."""
+    row = session.execute(
+        select(col(Device.parts_per_minute), col(Device.parts_per_hour),
+               col(Device.parts_per_day), col(Device.cooling_down_until))
+        .where(col(Device.id) == device_id)
+    ).one()
+    budget = defaults.resolve((row[0], row[1], row[2]))
+    room = Room(now=now, budget=budget)
+    if row[3] is not None and row[3] > now:
+        room.cooling_until = row[3]
+        return room
+    longest = max((w for w, limit in zip(WINDOWS, budget.limits, strict=True) if limit),
+                  default=None)
+    if longest is None:
+        return room
+    ledger = session.execute(
+        select(col(DeviceSend.sim_slot), col(DeviceSend.handed_at), col(DeviceSend.parts))
+        .where(col(DeviceSend.device_id) == device_id, col(DeviceSend.handed_at) > now - longest)
+        .order_by(col(DeviceSend.handed_at))
+    )
+    for slot, handed_at, parts in ledger:
+        for w, (window, limit) in enumerate(zip(WINDOWS, budget.limits, strict=True)):
+            if limit and handed_at > now - window:
+                room.used.setdefault((slot, w), []).append((handed_at, parts))
+    return room
+
+
+def record_handed(
+    session: Session, device_id: str, messages: list[Message], now: dt.datetime
+) -> None:
+    """Write the claimed messages into the phone's ledger; forget rows older than 24 h."""
+    table = DeviceSend.__table__  # type: ignore[attr-defined]
+    session.execute(delete(table).where(table.c.device_id == device_id,
+                                        table.c.handed_at < now - _LEDGER_DEPTH))
+    session.execute(insert(table), [
+        {"device_id": device_id, "sim_slot": m.sim_slot or 0, "handed_at": now,
+         "parts": max(1, m.segments), "message_id": m.id}
+        for m in messages
+    ])
