@@ -123,13 +123,13 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
     assert len({r.response.message_id for r in plain}) == 60
     refused = results[30]
     assert isinstance(refused, ApiError)
-    assert refused.code is ErrorCode.INVALID_PHONE_NUMBER
+    assert refused.code == ErrorCode.INVALID_PHONE_NUMBER
     keyed_outcomes = results[31:36]
     assert sum(o.created for o in keyed_outcomes) == 1
     assert len({o.response.SerializeToString() for o in keyed_outcomes}) == 1
     reused = results[66]
     assert isinstance(reused, ApiError)
-    assert reused.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+    assert reused.code == ErrorCode.IDEMPOTENCY_KEY_REUSED
     assert count(db, client_id) == 61
     assert lane.transactions < len(results) - 1  # requests shared transactions
 
@@ -140,7 +140,7 @@ def test_a_reused_key_with_another_body_is_refused(
     send(db, settings, client_id, pb.SendSmsRequest(to="+33612345678", message="a"), key="k")
     with pytest.raises(ApiError) as info:
         send(db, settings, client_id, pb.SendSmsRequest(to="+33612345678", message="b"), key="k")
-    assert info.value.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+    assert info.value.code == ErrorCode.IDEMPOTENCY_KEY_REUSED
     assert count(db, client_id) == 1
 
 
@@ -205,9 +205,9 @@ def test_cancel_and_resend_are_conditional(
     assert lifecycle.cancel(db, settings, client_id, message_id).status == "cancelled"
     with pytest.raises(ApiError) as info:
         lifecycle.cancel(db, settings, client_id, message_id)
-    assert info.value.code is ErrorCode.CANNOT_CANCEL_MESSAGE
+    assert info.value.code == ErrorCode.CANNOT_CANCEL_MESSAGE
     failed = insert(db, client_id, utcnow().isoformat(), status="failed")
     assert lifecycle.resend(db, settings, client_id, failed).attempts == 1
     with pytest.raises(ApiError) as info:
         lifecycle.resend(db, settings, client_id, failed)
-    assert info.value.code is ErrorCode.CANNOT_RESEND_MESSAGE
+    assert info.value.code == ErrorCode.CANNOT_RESEND_MESSAGE

@@ -12,7 +12,7 @@ from _webhooks import PEPPER, add_endpoint, add_event, event_row, seed_client
 from sqlmodel import select
 
 from zimsend.server.credentials import decrypt_secret
-from zimsend.server.errors import ApiError
+from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import (
     DailyAggregate,
     Database,
@@ -77,7 +77,7 @@ def test_configure_names_every_bad_field(db: Database) -> None:
             events=["sms.sent", "sms.exploded", "webhook.test"], secret="short",
         )
     error = caught.value
-    assert error.code.name == "INVALID_REQUEST"
+    assert error.code == ErrorCode.INVALID_REQUEST
     assert {v.field for v in error.violations} == {"events[1]", "events[2]", "secret"}
     assert "sms.exploded" in error.message
     assert "16" in error.message
@@ -94,7 +94,7 @@ def test_configure_refuses_local_and_plain_urls_when_insecure_is_off(
         endpoints.configure(
             db, PEPPER, client, url=url, events=["sms.sent"], secret="", allow_insecure=False
         )
-    assert caught.value.code.name == "INVALID_WEBHOOK_URL"
+    assert caught.value.code == ErrorCode.INVALID_WEBHOOK_URL
     assert caught.value.violations[0].field == "url"
 
 
@@ -117,7 +117,7 @@ def test_endpoints_are_scoped_by_client(db: Database) -> None:
     for call in (endpoints.delete, endpoints.queue_test_event):
         with pytest.raises(ApiError) as caught:
             call(db, mine, hook.id)
-        assert caught.value.code.name == "WEBHOOK_NOT_FOUND"
+        assert caught.value.code == ErrorCode.WEBHOOK_NOT_FOUND
     endpoints.delete(db, theirs, hook.id)
     assert endpoints.list_endpoints(db, theirs) == []
 
@@ -322,7 +322,7 @@ def test_redeliver_requeues_a_failed_event_with_a_fresh_schedule(db: Database) -
     assert event_row(db, event_id).status == "failed"
     with pytest.raises(ApiError) as caught:
         endpoints.redeliver(db, seed_client(db), event_id)
-    assert caught.value.code.name == "EVENT_NOT_FOUND"
+    assert caught.value.code == ErrorCode.EVENT_NOT_FOUND
     endpoints.redeliver(db, client, event_id)
     (again,) = claim(db)
     assert again.id == event_id

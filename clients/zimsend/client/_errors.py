@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zimsend.v1 import errors_pb2
+
 __all__ = [
     "AuthenticationError",
     "ConflictError",
@@ -96,26 +98,38 @@ class RequestTimeout(TransportError):
     """No answer within the client's timeout (code `TIMEOUT`)."""
 
 
-# SPEC §10 (and docs/decisions.md's extra codes) → HTTP status.
-HTTP_STATUS: dict[str, int] = {
-    "MISSING_AUTH_HEADERS": 400, "INVALID_API_KEY": 401, "INVALID_CLIENT_ID": 401,
-    "INVALID_DEVICE_ID": 404, "DEVICE_OFFLINE": 503, "NO_DEVICE_AVAILABLE": 503,
-    "INVALID_PHONE_NUMBER": 400, "MESSAGE_TOO_LONG": 400, "INVALID_PRIORITY": 400,
-    "INVALID_SCHEDULED_DATE": 400, "INVALID_REQUEST": 400, "OTP_EXPIRED": 400,
-    "OTP_MAX_ATTEMPTS": 429, "OTP_NOT_FOUND": 404, "OTP_RATE_LIMIT": 429,
-    "MESSAGE_NOT_FOUND": 404, "CANNOT_CANCEL_MESSAGE": 400, "CANNOT_RESEND_MESSAGE": 400,
-    "RATE_LIMIT_EXCEEDED": 429, "TOO_MANY_RECIPIENTS": 400, "INVALID_WEBHOOK_URL": 400,
-    "INTERNAL": 500, "API_KEY_NOT_FOUND": 404, "WEBHOOK_NOT_FOUND": 404,
-    "EVENT_NOT_FOUND": 404, "IDEMPOTENCY_KEY_REUSED": 409, "NOT_FOUND": 404,
-    "UNAVAILABLE": 503,
-}
+_REASON = errors_pb2.ErrorReason
+#: gRPC status → HTTP status, as Envoy's transcoder and grpc-gateway map them.
+_HTTP_OF_GRPC = {3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 13: 500, 14: 503,
+                 16: 401}
+
+
+def _http_statuses() -> dict[str, int]:
+    """Every error reason's HTTP status, from the reasons' one list (errors.proto)."""
+    statuses = {"NOT_FOUND": 404}  # the gateway's own: no such path
+    for value in _REASON.DESCRIPTOR.values:
+        if value.number:
+            grpc_status = value.GetOptions().Extensions[errors_pb2.grpc_status]
+            statuses[value.name] = _HTTP_OF_GRPC.get(grpc_status, 500)
+    return statuses
+
+
+HTTP_STATUS = _http_statuses()
 
 _FAMILY: dict[str, type[ZimSendError]] = {
-    "MISSING_AUTH_HEADERS": AuthenticationError, "INVALID_API_KEY": AuthenticationError,
-    "INVALID_CLIENT_ID": AuthenticationError, "DEVICE_OFFLINE": DeviceUnavailableError,
-    "NO_DEVICE_AVAILABLE": DeviceUnavailableError, "RATE_LIMIT_EXCEEDED": RateLimitError,
-    "IDEMPOTENCY_KEY_REUSED": ConflictError, "OTP_EXPIRED": OtpError,
-    "OTP_MAX_ATTEMPTS": OtpError, "OTP_NOT_FOUND": OtpError, "OTP_RATE_LIMIT": OtpError,
+    _REASON.Name(reason): family for reason, family in (
+        (_REASON.MISSING_AUTH_HEADERS, AuthenticationError),
+        (_REASON.INVALID_API_KEY, AuthenticationError),
+        (_REASON.INVALID_CLIENT_ID, AuthenticationError),
+        (_REASON.DEVICE_OFFLINE, DeviceUnavailableError),
+        (_REASON.NO_DEVICE_AVAILABLE, DeviceUnavailableError),
+        (_REASON.RATE_LIMIT_EXCEEDED, RateLimitError),
+        (_REASON.IDEMPOTENCY_KEY_REUSED, ConflictError),
+        (_REASON.OTP_EXPIRED, OtpError),
+        (_REASON.OTP_MAX_ATTEMPTS, OtpError),
+        (_REASON.OTP_NOT_FOUND, OtpError),
+        (_REASON.OTP_RATE_LIMIT, OtpError),
+    )
 }
 
 

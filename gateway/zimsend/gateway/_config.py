@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zimsend.gateway._console import console_routes, largest_console_file
-from zimsend.v1 import common_pb2
+from zimsend.v1 import common_pb2, errors_pb2
 
 __all__ = [
     "GatewayConfig",
@@ -51,6 +51,7 @@ READINESS_CLUSTER = "zimsend_readiness"
 READINESS_SERVICE = "zimsend.v1.SmsService"
 ERROR_CODE_HEADER = "zimsend-error-code"
 ERROR_DOMAIN = "zimsend.dev"
+_REASON = errors_pb2.ErrorReason  # the reasons' one list (errors.proto)
 # Set by the Lua filter on every request that did not arrive as gRPC or gRPC-Web, before the
 # transcoder turns it into gRPC; local_reply_config keys its JSON mappers on it, so native gRPC
 # clients never get JSON in their grpc-message.
@@ -650,7 +651,8 @@ def _rate_limit_status_bin(limit: RateLimit) -> str:
 
     details = []
     for message in (
-        error_details_pb2.ErrorInfo(reason="RATE_LIMIT_EXCEEDED", domain=ERROR_DOMAIN),
+        error_details_pb2.ErrorInfo(reason=_REASON.Name(_REASON.RATE_LIMIT_EXCEEDED),
+                                     domain=ERROR_DOMAIN),
         error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(seconds=limit.retry_after_seconds)
         ),
@@ -687,6 +689,7 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     keep Envoy's plain gRPC status. The Lua filter then completes what local_reply_config
     cannot write (the ErrorInfo detail) on the way out.
     """
+    invalid = _REASON.Name(_REASON.INVALID_REQUEST)
 
     def when(status: int, rest: bool) -> dict[str, Any]:
         marker = {"name": REST_MARKER_HEADER, "present_match": True, "invert_match": not rest}
@@ -735,26 +738,27 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
 
     def unreadable(status: int, message: str) -> dict[str, Any]:
         # No filter ran, so the Lua filter cannot add the code header on the way out.
-        code_header = {"key": ERROR_CODE_HEADER, "value": "INVALID_REQUEST"}
+        code_header = {"key": ERROR_CODE_HEADER, "value": invalid}
         return {
             "filter": unread(status),
             "headers_to_add": [
                 {"header": code_header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
             ],
-            "body_format_override": _envelope_format("INVALID_REQUEST", 3, message),
+            "body_format_override": _envelope_format(invalid, 3, message),
         }
 
     too_large = f"Request body larger than {config.max_request_body_bytes} bytes."
     limited = rate_limit_message(config.rate_limit)
+    unavailable = _REASON.Name(_REASON.UNAVAILABLE)
     return {
         "mappers": [
-            rest(400, "INVALID_REQUEST", 3, "%LOCAL_REPLY_BODY%"),
+            rest(400, invalid, 3, "%LOCAL_REPLY_BODY%"),
             rest(404, "NOT_FOUND", 5, "%LOCAL_REPLY_BODY%"),
-            rest(413, "INVALID_REQUEST", 3, too_large),
-            rest(429, "RATE_LIMIT_EXCEEDED", 8, limited),
-            rest(500, "INTERNAL", 13, "%LOCAL_REPLY_BODY%"),
-            rest(502, "UNAVAILABLE", 14, "%LOCAL_REPLY_BODY%"),
-            rest(503, "UNAVAILABLE", 14, "%LOCAL_REPLY_BODY%"),
+            rest(413, invalid, 3, too_large),
+            rest(429, _REASON.Name(_REASON.RATE_LIMIT_EXCEEDED), 8, limited),
+            rest(500, _REASON.Name(_REASON.INTERNAL), 13, "%LOCAL_REPLY_BODY%"),
+            rest(502, unavailable, 14, "%LOCAL_REPLY_BODY%"),
+            rest(503, unavailable, 14, "%LOCAL_REPLY_BODY%"),
             rest(504, "DEADLINE_EXCEEDED", 4, "%LOCAL_REPLY_BODY%"),
             grpc(429, limited),
             unreadable(400, UNREADABLE_MESSAGE),

@@ -27,14 +27,14 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from zimsend.server.errors import ERROR_CODE_HEADER, ERROR_DOMAIN, ErrorCode
+from zimsend.server.errors import ERROR_CODE_HEADER, ERROR_DOMAIN, ErrorCode, reason_name
 
 SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry in a moment."
 #: Seconds a refused caller is told to wait (RetryInfo and Retry-After): a replica behind the
 #: same Envoy answers at once, a restarted `zimsend up` server within a few seconds.
 RETRY_AFTER_SECONDS = 1
 _UNGATED_PREFIXES = ("/grpc.health.v1.Health/",)
-_REASON = ErrorCode.UNAVAILABLE.name  # the one list of reasons (errors.ErrorCode)
+_REASON = reason_name(ErrorCode.UNAVAILABLE)
 
 
 class CallGate(grpc.aio.ServerInterceptor):

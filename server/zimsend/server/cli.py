@@ -122,10 +122,10 @@ def _print(data: dict[str, Any]) -> int:
 
 
 def _fail(exc: Exception) -> int:
-    from zimsend.server.errors import ApiError
+    from zimsend.server.errors import ApiError, reason_name
 
     if isinstance(exc, ApiError):
-        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        print(f"error: {reason_name(exc.code)}: {exc.message}", file=sys.stderr)
         return 2
     raise exc
 

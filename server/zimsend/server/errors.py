@@ -14,16 +14,17 @@ another client's data: they are written here or by the caller, never copied from
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from zimsend.server.storage.availability import StorageProblem, storage_problem
+from zimsend.v1 import errors_pb2
 
 ERROR_DOMAIN = "zimsend.dev"
 ERROR_CODE_HEADER = "zimsend-error-code"
@@ -32,58 +33,33 @@ ERROR_CODE_HEADER = "zimsend-error-code"
 STORAGE_RETRY_AFTER_SECONDS = 5
 
 
-class ErrorCode(enum.Enum):
-    """SPEC.md §10 codes, each with the gRPC code whose HTTP mapping (in Envoy and
-    grpc-gateway alike) is the documented HTTP status."""
+#: The error reasons, from their one list (protos/zimsend/v1/errors.proto):
+#: `ErrorCode.DEVICE_OFFLINE` is the generated value; each value's option gives its status.
+ErrorCode = errors_pb2.ErrorReason
+Reason: TypeAlias = errors_pb2.ErrorReason.ValueType
 
-    MISSING_AUTH_HEADERS = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    INVALID_API_KEY = grpc.StatusCode.UNAUTHENTICATED  # 401
-    INVALID_CLIENT_ID = grpc.StatusCode.UNAUTHENTICATED  # 401
-    INVALID_DEVICE_ID = grpc.StatusCode.NOT_FOUND  # 404
-    DEVICE_OFFLINE = grpc.StatusCode.UNAVAILABLE  # 503
-    NO_DEVICE_AVAILABLE = grpc.StatusCode.UNAVAILABLE  # 503
-    INVALID_PHONE_NUMBER = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    MESSAGE_TOO_LONG = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    INVALID_PRIORITY = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    INVALID_SCHEDULED_DATE = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    INVALID_REQUEST = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    OTP_EXPIRED = grpc.StatusCode.FAILED_PRECONDITION  # 400
-    OTP_MAX_ATTEMPTS = grpc.StatusCode.RESOURCE_EXHAUSTED  # 429
-    OTP_NOT_FOUND = grpc.StatusCode.NOT_FOUND  # 404
-    OTP_RATE_LIMIT = grpc.StatusCode.RESOURCE_EXHAUSTED  # 429
-    MESSAGE_NOT_FOUND = grpc.StatusCode.NOT_FOUND  # 404
-    CANNOT_CANCEL_MESSAGE = grpc.StatusCode.FAILED_PRECONDITION  # 400
-    CANNOT_RESEND_MESSAGE = grpc.StatusCode.FAILED_PRECONDITION  # 400
-    RATE_LIMIT_EXCEEDED = grpc.StatusCode.RESOURCE_EXHAUSTED  # 429
-    TOO_MANY_RECIPIENTS = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    INVALID_WEBHOOK_URL = grpc.StatusCode.INVALID_ARGUMENT  # 400
-    INTERNAL = grpc.StatusCode.INTERNAL  # 500
-    # Beyond SPEC §10: resources SPEC adds (management paths) and the Idempotency-Key.
-    API_KEY_NOT_FOUND = grpc.StatusCode.NOT_FOUND  # 404
-    WEBHOOK_NOT_FOUND = grpc.StatusCode.NOT_FOUND  # 404
-    EVENT_NOT_FOUND = grpc.StatusCode.NOT_FOUND  # 404
-    IDEMPOTENCY_KEY_REUSED = grpc.StatusCode.ALREADY_EXISTS  # 409
-    # Beyond SPEC §10, the device link (SPEC §9 leaves its protocol to us): too many phones are
-    # connecting at once; retry after the RetryInfo delay.
-    SERVER_BUSY = grpc.StatusCode.UNAVAILABLE  # 503
-    # The phone opened its stream but sent no DeviceHello in time; it may reconnect.
-    HELLO_TIMEOUT = grpc.StatusCode.DEADLINE_EXCEEDED
-    # Beyond SPEC §10: the server cannot do its job right now (its storage is full or cannot
-    # be written; the call gate's "shutting down"); always with a RetryInfo / Retry-After.
-    UNAVAILABLE = grpc.StatusCode.UNAVAILABLE  # 503
-    # The phone's stream (DeviceLink), not seen by REST clients.
-    INVALID_DEVICE_CREDENTIALS = grpc.StatusCode.UNAUTHENTICATED
-    DEVICE_DISABLED = grpc.StatusCode.PERMISSION_DENIED
 
-    # Enum members with equal values would be aliases; keep each name its own member.
-    def __new__(cls, status: grpc.StatusCode) -> ErrorCode:
-        obj = object.__new__(cls)
-        obj._value_ = (len(cls.__members__), status)
-        return obj
+def reason_name(code: Reason) -> str:
+    """`"DEVICE_OFFLINE"`: what ErrorInfo.reason, the header and the envelope carry."""
+    return ErrorCode.Name(code)
 
-    @property
-    def status(self) -> grpc.StatusCode:
-        return self.value[1]
+
+def grpc_status(code: Reason) -> grpc.StatusCode:
+    """The gRPC status `code` is returned with (its `grpc_status` option)."""
+    return _STATUS[code]
+
+
+def _statuses() -> dict[int, grpc.StatusCode]:
+    by_number = {status.value[0]: status for status in grpc.StatusCode}
+    statuses = {}
+    for value in ErrorCode.DESCRIPTOR.values:
+        if value.number:
+            number = value.GetOptions().Extensions[errors_pb2.grpc_status]
+            statuses[value.number] = by_number[number]
+    return statuses
+
+
+_STATUS = _statuses()
 
 
 @dataclass(frozen=True)
@@ -99,7 +75,7 @@ class FieldViolation:
 class ApiError(Exception):
     """Raise anywhere in a handler; `abort()` turns it into the gRPC status."""
 
-    code: ErrorCode
+    code: Reason
     message: str
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -111,14 +87,14 @@ class ApiError(Exception):
         super().__init__(self.message)
 
     @classmethod
-    def invalid(cls, code: ErrorCode, field_name: str, message: str) -> ApiError:
+    def invalid(cls, code: Reason, field_name: str, message: str) -> ApiError:
         """A validation error naming its field in the message and in BadRequest."""
         return cls(code, message, [FieldViolation(field_name, message)])
 
     def to_status(self) -> status_pb2.Status:
         details: list[any_pb2.Any] = []
         info = error_details_pb2.ErrorInfo(
-            reason=self.code.name, domain=ERROR_DOMAIN, metadata=dict(self.metadata)
+            reason=reason_name(self.code), domain=ERROR_DOMAIN, metadata=dict(self.metadata)
         )
         details.append(_pack(info))
         if self.violations:
@@ -138,12 +114,12 @@ class ApiError(Exception):
             )
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         return status_pb2.Status(
-            code=_grpc_code_number(self.code.status), message=self.message, details=details
+            code=grpc_status(self.code).value[0], message=self.message, details=details
         )
 
     def headers(self) -> list[tuple[str, str]]:
         """Initial metadata: Envoy turns it into HTTP headers for REST callers."""
-        out = [(ERROR_CODE_HEADER, self.code.name)]
+        out = [(ERROR_CODE_HEADER, reason_name(self.code))]
         if self.retry_after_seconds is not None:
             out.append(("retry-after", str(max(1, round(self.retry_after_seconds)))))
         return out + self.extra_headers
@@ -153,13 +129,6 @@ def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
     return packed
-
-
-def _grpc_code_number(status: grpc.StatusCode) -> int:
-    number = status.value[0]
-    assert isinstance(number, int)
-    assert code_pb2.Code.Name(number)
-    return number
 
 
 async def abort(
@@ -175,7 +144,7 @@ async def abort(
 
 
 def violations_error(
-    code: ErrorCode, violations: Iterable[FieldViolation], summary: str | None = None
+    code: Reason, violations: Iterable[FieldViolation], summary: str | None = None
 ) -> ApiError:
     """One error for several bad fields; the message lists them all."""
     items = list(violations)

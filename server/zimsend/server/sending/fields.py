@@ -19,7 +19,7 @@ from typing import Any
 import phonenumbers
 from google.protobuf import json_format, struct_pb2
 
-from zimsend.server.errors import ApiError, ErrorCode, FieldViolation, violations_error
+from zimsend.server.errors import ApiError, ErrorCode, FieldViolation, Reason, violations_error
 from zimsend.server.webhook_delivery.urls import WebhookUrlError, check_webhook_url
 
 from .dates import iso, parse_instant
@@ -67,9 +67,9 @@ class Violations:
     message lists the first ten.
     """
 
-    items: list[tuple[ErrorCode, FieldViolation]] = field(default_factory=list)
+    items: list[tuple[Reason, FieldViolation]] = field(default_factory=list)
 
-    def add(self, code: ErrorCode, field_name: str, description: str) -> None:
+    def add(self, code: Reason, field_name: str, description: str) -> None:
         self.items.append((code, FieldViolation(field_name, description)))
 
     def __bool__(self) -> bool:
@@ -77,7 +77,7 @@ class Violations:
 
     def error(self) -> ApiError:
         codes = [code for code, _ in self.items]
-        code = next((c for c in codes if c is not ErrorCode.INVALID_REQUEST), codes[0])
+        code = next((c for c in codes if c != ErrorCode.INVALID_REQUEST), codes[0])
         violations = [v for _, v in self.items]
         lines = [f"{v.field}: {v.description}" for v in violations[:_SUMMARY_ITEMS]]
         if len(violations) > _SUMMARY_ITEMS:

@@ -27,7 +27,7 @@ from google.protobuf.message import Message as ProtoMessage
 from sqlalchemy import delete
 from sqlmodel import Session, select
 
-from zimsend.server.errors import ErrorCode
+from zimsend.server.errors import ErrorCode, Reason
 from zimsend.server.storage import IdempotencyRecord
 
 from .fields import Violations, shown
@@ -120,7 +120,7 @@ def store(
     session.flush()
 
 
-def _fail(code: ErrorCode, description: str) -> NoReturn:
+def _fail(code: Reason, description: str) -> NoReturn:
     v = Violations()
     v.add(code, "idempotency_key", description)
     raise v.error()
