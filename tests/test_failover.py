@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from _devices import ServerDb, outbox_lines, quick_tenant, start_agent, wait_for
 from _processes import Program
+from conftest import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -91,13 +94,17 @@ class Rest:
 
 
 @pytest.fixture
-def rest(stack, zimsend_env, device_channel, request: pytest.FixtureRequest) -> Rest:  # type: ignore[no-untyped-def]
+def rest(stack: Stack, zimsend_env: dict[str, str], device_channel: grpc.Channel,
+         request: pytest.FixtureRequest) -> Rest:
     tenant = quick_tenant(zimsend_env, device_channel, request.node.name[:90])
     return Rest(stack.base_url, tenant.client_id, tenant.live_key)
 
 
+StartPhone = Callable[..., Path]
+
+
 @pytest.fixture
-def phones(stack, zimsend_env, tmp_path: Path):  # type: ignore[no-untyped-def]
+def phones(stack: Stack, zimsend_env: dict[str, str], tmp_path: Path) -> Iterator[StartPhone]:
     """Start agents through Envoy's phone port (stopped at the end of the test)."""
     started: list[Program] = []
 
@@ -116,8 +123,8 @@ def phones(stack, zimsend_env, tmp_path: Path):  # type: ignore[no-untyped-def]
         agent.__exit__(None, None, None)
 
 
-def test_no_service_phone_hands_every_message_to_the_other_phone_once(  # type: ignore[no-untyped-def]
-    rest, phones, link_db: ServerDb,
+def test_no_service_phone_hands_every_message_to_the_other_phone_once(
+    rest: Rest, phones: StartPhone, link_db: ServerDb,
 ) -> None:
     broken = rest.new_device("no service")
     working = rest.new_device("working")
@@ -158,8 +165,8 @@ def test_no_service_phone_hands_every_message_to_the_other_phone_once(  # type: 
     assert {m["attempts"] for m in history if m["message_id"] in ids} == {2}
 
 
-def test_an_ambiguous_failure_is_final_after_one_attempt(  # type: ignore[no-untyped-def]
-    rest, phones, link_db: ServerDb,
+def test_an_ambiguous_failure_is_final_after_one_attempt(
+    rest: Rest, phones: StartPhone, link_db: ServerDb,
 ) -> None:
     device = rest.new_device("times out")
     phones(rest, device, "--failure-rate", "1", "--failure-codes", "TIMEOUT", name="timeout")
@@ -178,8 +185,8 @@ def test_an_ambiguous_failure_is_final_after_one_attempt(  # type: ignore[no-unt
     assert "cooling_down_until" not in rest.device(device[0])
 
 
-def test_send_limit_cools_the_phone_down_and_requeues(  # type: ignore[no-untyped-def]
-    rest, phones,
+def test_send_limit_cools_the_phone_down_and_requeues(
+    rest: Rest, phones: StartPhone,
 ) -> None:
     device = rest.new_device("limited")
     phones(rest, device, "--failure-rate", "1", "--failure-codes", "SEND_LIMIT", name="limit")
@@ -193,8 +200,8 @@ def test_send_limit_cools_the_phone_down_and_requeues(  # type: ignore[no-untype
     assert waiting["error"]["reason"] == "SEND_LIMIT"
 
 
-def test_a_budget_of_5_per_minute_hands_at_most_5_parts_in_any_minute(  # type: ignore[no-untyped-def]
-    rest, phones, link_db: ServerDb,
+def test_a_budget_of_5_per_minute_hands_at_most_5_parts_in_any_minute(
+    rest: Rest, phones: StartPhone, link_db: ServerDb,
 ) -> None:
     device = rest.new_device("budgeted", parts_per_minute=5)
     assert rest.device(device[0])["parts_per_minute"] == 5
@@ -228,8 +235,8 @@ def test_a_budget_of_5_per_minute_hands_at_most_5_parts_in_any_minute(  # type: 
     assert len({line["message_id"] for line in sent}) == 10
 
 
-def test_sent_without_delivery_report_is_flagged(  # type: ignore[no-untyped-def]
-    rest, phones, link_db: ServerDb,
+def test_sent_without_delivery_report_is_flagged(
+    rest: Rest, phones: StartPhone, link_db: ServerDb,
 ) -> None:
     device = rest.new_device("no reports")
     phones(rest, device, "--delivery-delay", "-1", name="noreports")
