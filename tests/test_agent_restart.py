@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from _devices import ServerDb, outbox_lines, start_agent, wait_for
+from _processes import Program
 from conftest import Stack
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ def test_messages_sent_before_a_restart_still_end_delivered(
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
                          json={"name": f"restart {stop_signal.name}"}).json()
     device_id, password = created["device_id"], created["device_password"]
-    def start(name: str, delivery_delay: float):  # type: ignore[no-untyped-def]
+    def start(name: str, delivery_delay: float) -> Program:
         """The same journal and outbox (under tmp_path) every time, as on a real phone."""
         return start_agent(zimsend_env, stack.envoy.device_target, stack.client_id, device_id,
                            password, tmp_path, "--send-delay", "0.05", "--delivery-delay",

@@ -9,8 +9,9 @@ real `zimsend device run --backend termux` against a real server behind Envoy.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -24,6 +25,8 @@ from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
 from zimsend.agent.senders.base import SendRequest
 from zimsend.agent.senders.termux import TermuxSender, TermuxTimeouts
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -304,7 +307,7 @@ def test_a_termux_phone_sends_and_receives_through_the_whole_stack(
         assert reply.status_code == 200, reply.text
         return reply.json()  # type: ignore[no-any-return]
 
-    def wait(predicate, what: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+    def wait(predicate: Callable[[], T], what: str, timeout: float = 30) -> T:
         deadline = time.monotonic() + timeout
         while not (value := predicate()):
             assert time.monotonic() < deadline, f"timed out waiting for {what}\n{agent.output()}"

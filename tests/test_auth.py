@@ -7,10 +7,13 @@ x-client-id); failures use the codes of §10 with a google.rpc.ErrorInfo naming 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
+from conftest import Admin, RunningServer
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,17 +41,25 @@ PUBLIC_SERVICES = ZIMSEND_SERVICES - {"zimsend.v1.DeviceLinkService"}
 
 
 @pytest.fixture(scope="module")
-def channel(server):  # type: ignore[no-untyped-def]
+def channel(server: RunningServer) -> Iterator[grpc.Channel]:
     _, address = server
     with grpc.insecure_channel(address) as ch:
         yield ch
 
 
+class Credentials(NamedTuple):
+    """A client of the module's server and one live API key of it."""
+
+    client_id: str
+    api_key: str
+    key_id: str
+
+
 @pytest.fixture(scope="module")
-def client(admin):  # type: ignore[no-untyped-def]
+def client(admin: Admin) -> Credentials:
     created = admin("create-client", "--name", "acme")
     key = admin("create-key", "--client-id", created["client_id"], "--name", "backend")
-    return created["client_id"], key["api_key"], key["key_id"]
+    return Credentials(created["client_id"], key["api_key"], key["key_id"])
 
 
 def creds(client_id: str, api_key: str) -> tuple[tuple[str, str], ...]:
@@ -66,7 +77,7 @@ def error_reason(error: grpc.RpcError) -> str:
     raise AssertionError(f"no ErrorInfo in {status}")
 
 
-def test_created_key_authenticates(channel, client) -> None:  # type: ignore[no-untyped-def]
+def test_created_key_authenticates(channel: grpc.Channel, client: Credentials) -> None:
     client_id, api_key, _ = client
     reply = auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
         auth_pb2.AuthTestRequest(), metadata=creds(client_id, api_key), timeout=5
@@ -75,7 +86,7 @@ def test_created_key_authenticates(channel, client) -> None:  # type: ignore[no-
     assert reply.client_id == client_id
 
 
-def test_key_is_stored_only_as_hash(client, zimsend_env) -> None:  # type: ignore[no-untyped-def]
+def test_key_is_stored_only_as_hash(client: Credentials, zimsend_env: dict[str, str]) -> None:
     _, api_key, _ = client
     assert api_key.startswith("zs_live_")
     db_file = Path(zimsend_env["ZIMSEND_DATA_DIR"]) / "zimsend.db"
@@ -92,7 +103,9 @@ def test_key_is_stored_only_as_hash(client, zimsend_env) -> None:  # type: ignor
     [((), "X-API-Key, X-Client-ID"), ((("x-client-id", "client_x"),), "X-API-Key"),
      ((("x-api-key", "zs_live_x"),), "X-Client-ID")],
 )
-def test_missing_headers(channel, metadata, missing) -> None:  # type: ignore[no-untyped-def]
+def test_missing_headers(
+    channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], missing: str
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
             auth_pb2.AuthTestRequest(), metadata=metadata, timeout=5
@@ -102,7 +115,7 @@ def test_missing_headers(channel, metadata, missing) -> None:  # type: ignore[no
     assert missing in info.value.details()
 
 
-def test_wrong_key(channel, client) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_key(channel: grpc.Channel, client: Credentials) -> None:
     client_id, api_key, _ = client
     wrong = api_key[:-1] + ("y" if api_key.endswith("x") else "x")  # one character changed
     with pytest.raises(grpc.RpcError) as info:
@@ -114,7 +127,7 @@ def test_wrong_key(channel, client) -> None:  # type: ignore[no-untyped-def]
     assert api_key not in info.value.details()
 
 
-def test_key_of_another_client(channel, client, admin) -> None:  # type: ignore[no-untyped-def]
+def test_key_of_another_client(channel: grpc.Channel, client: Credentials, admin: Admin) -> None:
     _, api_key, _ = client
     other = admin("create-client", "--name", "other")
     with pytest.raises(grpc.RpcError) as info:
@@ -124,7 +137,9 @@ def test_key_of_another_client(channel, client, admin) -> None:  # type: ignore[
     assert error_reason(info.value) == "INVALID_API_KEY"
 
 
-def test_revoked_key_fails_on_next_request(channel, client, admin) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_key_fails_on_next_request(
+    channel: grpc.Channel, client: Credentials, admin: Admin
+) -> None:
     client_id, api_key, _ = client
     stub = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
     second = stub.CreateApiKey(
@@ -147,7 +162,7 @@ def test_revoked_key_fails_on_next_request(channel, client, admin) -> None:  # t
     assert all(second.api_key not in str(k) for k in listed.api_keys)
 
 
-def test_test_keys_have_the_sandbox_prefix(channel, client) -> None:  # type: ignore[no-untyped-def]
+def test_test_keys_have_the_sandbox_prefix(channel: grpc.Channel, client: Credentials) -> None:
     client_id, api_key, _ = client
     reply = api_keys_pb2_grpc.ApiKeyServiceStub(channel).CreateApiKey(
         api_keys_pb2.CreateApiKeyRequest(name="sandbox", test=True), metadata=creds(client_id, api_key)
@@ -156,7 +171,9 @@ def test_test_keys_have_the_sandbox_prefix(channel, client) -> None:  # type: ig
     assert reply.test
 
 
-def test_keys_of_another_client_cannot_be_revoked(channel, client, admin) -> None:  # type: ignore[no-untyped-def]
+def test_keys_of_another_client_cannot_be_revoked(
+    channel: grpc.Channel, client: Credentials, admin: Admin
+) -> None:
     client_id, api_key, key_id = client
     other = admin("create-client", "--name", "intruder")
     other_key = admin("create-key", "--client-id", other["client_id"])
@@ -171,7 +188,7 @@ def test_keys_of_another_client_cannot_be_revoked(channel, client, admin) -> Non
     )
 
 
-def test_every_public_rpc_requires_auth(channel) -> None:  # type: ignore[no-untyped-def]
+def test_every_public_rpc_requires_auth(channel: grpc.Channel) -> None:
     """No public RPC answers without credentials."""
     pool = descriptor_pool.DescriptorPool()
     for file in DESCRIPTORS.file:  # dependencies come first
@@ -201,14 +218,14 @@ def test_every_public_rpc_requires_auth(channel) -> None:  # type: ignore[no-unt
     assert checked >= 28  # the 28 RPCs of the first six public services, and any added since
 
 
-def test_health_reports_serving(channel) -> None:  # type: ignore[no-untyped-def]
+def test_health_reports_serving(channel: grpc.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     for name in ["", *sorted(ZIMSEND_SERVICES)]:
         reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
 
 
-def test_reflection_lists_every_service(channel) -> None:  # type: ignore[no-untyped-def]
+def test_reflection_lists_every_service(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     replies = stub.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -41,7 +42,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def address(zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def address(zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     program, address = start_server(
         Path(zimsend_env["ZIMSEND_DATA_DIR"]), zimsend_env, tmp_path_factory.mktemp("logs")
     )

@@ -14,11 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import queue
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from _devices import RawPhone, ServerDb, Tenant, quick_tenant, wait_for
+from conftest import Stack
 
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
@@ -63,7 +66,12 @@ class Rest:
 
 
 @pytest.fixture
-def rest(stack, zimsend_env, device_channel, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def rest(
+    stack: Stack,
+    zimsend_env: dict[str, str],
+    device_channel: grpc.Channel,
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Tenant, Rest]]:
     tenant = quick_tenant(zimsend_env, device_channel, request.node.name[:90])
     client = Rest(stack.base_url, tenant)
     yield tenant, client

@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 import pytest
 from _devices import CuttingProxy, ServerDb, outbox_lines, quick_tenant, start_agent, wait_for
-from _processes import start_server
+from _processes import Program, start_server
 from _processes import zimsend_env as make_env
 
 from zimsend.v1 import sms_pb2
@@ -89,7 +89,7 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
     channel.close()
     agent_args = ("--send-delay", "0.05", "--delivery-delay", "0.3", "--log-level", "INFO")
 
-    def agent(n: int):  # type: ignore[no-untyped-def]
+    def agent(n: int) -> Program:
         return start_agent(env, proxy.address, tenant.client_id, device.device_id,
                            device.device_password, tmp_path, *agent_args, name=f"agent{n}")
 

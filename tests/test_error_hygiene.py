@@ -17,6 +17,8 @@ import json
 import queue
 import socket
 import time
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -47,7 +49,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http(stack):  # type: ignore[no-untyped-def]
+def http(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=10) as client:
         yield client
 
@@ -77,7 +79,9 @@ def test_envoy_and_server_header_limits_agree() -> None:
 
 
 @pytest.mark.parametrize("char", ["é", "😀"], ids=["accented", "four-byte"])
-def test_a_search_at_specs_limit_succeeds_every_time(http, stack, char: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_search_at_specs_limit_succeeds_every_time(
+    http: httpx.Client, stack: Stack, char: str
+) -> None:
     """1,600 characters is SPEC's limit for `search`; percent-encoded, up to 19.2 KB of URL.
     grpc core's default metadata limit refused these at random (429 RATE_LIMIT_EXCEEDED)."""
     for _ in range(5):
@@ -87,14 +91,14 @@ def test_a_search_at_specs_limit_succeeds_every_time(http, stack, char: str) -> 
         assert response.json()["success"] is True
 
 
-def test_a_20000_character_message_id_is_a_400_naming_it(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_20000_character_message_id_is_a_400_naming_it(http: httpx.Client, stack: Stack) -> None:
     response = http.get(f"/v1/sms/status/msg_{'a' * 20_000}", headers=stack.auth)
     message = envelope(response, 400)
     assert "message_id" in message
     assert "64 characters" in message
 
 
-def test_a_17_kb_idempotency_key_is_a_400_naming_it(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_17_kb_idempotency_key_is_a_400_naming_it(http: httpx.Client, stack: Stack) -> None:
     response = http.post(
         "/v1/sms/send", json={"to": "+33612345678", "message": "hi"},
         headers={**stack.auth, "Idempotency-Key": "k" * 17_000},
@@ -104,13 +108,13 @@ def test_a_17_kb_idempotency_key_is_a_400_naming_it(http, stack) -> None:  # typ
     assert "1-255" in message
 
 
-def test_a_100_kb_header_is_a_431_envelope(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_100_kb_header_is_a_431_envelope(http: httpx.Client, stack: Stack) -> None:
     response = http.get("/v1/auth/test", headers={**stack.auth, "X-Padding": "p" * 100_000})
     message = envelope(response, 431)
     assert "32 KB" in message
 
 
-def test_a_url_over_the_limit_is_a_431_envelope(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_url_over_the_limit_is_a_431_envelope(http: httpx.Client, stack: Stack) -> None:
     response = http.get(f"/v1/sms/status/msg_{'a' * 40_000}", headers=stack.auth)
     envelope(response, 431)
 
@@ -143,13 +147,15 @@ def test_headers_the_server_refuses_are_431_not_a_rate_limit(
 # --- item 5: device_status --------------------------------------------------------------------
 
 
-def test_auth_test_without_a_device_omits_device_status(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_auth_test_without_a_device_omits_device_status(http: httpx.Client, stack: Stack) -> None:
     response = http.get("/v1/auth/test", headers=stack.auth)
     assert response.status_code == 200, response.text
     assert "device_status" not in response.json(), response.text
 
 
-def test_auth_test_with_a_device_says_offline(http, stack, admin) -> None:  # type: ignore[no-untyped-def]
+def test_auth_test_with_a_device_says_offline(
+    http: httpx.Client, stack: Stack, admin: Admin
+) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "status-phone")
     response = http.get("/v1/auth/test", headers={**stack.auth, "X-Device-ID": device["device_id"]})
     assert response.status_code == 200, response.text
@@ -167,8 +173,8 @@ def test_auth_test_with_a_device_says_offline(http, stack, admin) -> None:  # ty
     b"\xd8\x85\xc3",
 ], ids=["latin1", "cut-character", "bytes-ff", "not-json"])
 def test_error_bodies_are_valid_utf8_whatever_the_request_body(
-    http, stack, path: str, body: bytes
-) -> None:  # type: ignore[no-untyped-def]
+    http: httpx.Client, stack: Stack, path: str, body: bytes
+) -> None:
     response = http.post(path, content=body,
                          headers={**stack.auth, "content-type": "application/json"})
     message = envelope(response, 400)
@@ -184,13 +190,13 @@ def test_error_bodies_are_valid_utf8_whatever_the_request_body(
     ("page", 0, "page: must be 1 or more (got 0)"),
 ])
 def test_paging_out_of_range_is_refused_naming_the_parameter(
-    http, stack, path: str, param: str, value: int, expected: str
-) -> None:  # type: ignore[no-untyped-def]
+    http: httpx.Client, stack: Stack, path: str, param: str, value: int, expected: str
+) -> None:
     response = http.get(path, params={param: value}, headers=stack.auth)
     assert envelope(response, 400) == expected
 
 
-def test_paging_within_range_and_absent_still_works(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_paging_within_range_and_absent_still_works(http: httpx.Client, stack: Stack) -> None:
     default = http.get("/v1/sms/history", headers=stack.auth).json()
     assert default["pagination"]["per_page"] == 50
     assert default["pagination"]["current_page"] == 1
@@ -236,7 +242,9 @@ def test_a_garbage_frame_on_a_phone_stream_is_invalid_argument(stack: Stack, adm
 
 
 @pytest.mark.parametrize("method", ["QUERY", "FOO"])
-def test_an_unknown_http_method_is_the_envelope(http, stack, method: str) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_http_method_is_the_envelope(
+    http: httpx.Client, stack: Stack, method: str
+) -> None:
     response = http.request(method, "/v1/sms/history", headers=stack.auth)
     message = envelope(response, 400)
     assert "/v1/openapi.json" in message
@@ -295,6 +303,6 @@ def test_a_phone_that_says_hello_in_time_is_welcomed(stack: Stack, admin: Admin)
     assert first.WhichOneof("frame") == "welcome"
 
 
-def _device_metadata(stack, device: dict) -> tuple[tuple[str, str], ...]:  # type: ignore[no-untyped-def, type-arg]
+def _device_metadata(stack: Stack, device: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return (("x-client-id", stack.client_id), ("x-device-id", device["device_id"]),
             ("x-device-password", device["device_password"]))

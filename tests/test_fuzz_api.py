@@ -16,6 +16,7 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -131,7 +132,7 @@ def test_no_server_error_and_every_refusal_is_the_envelope(label: str, stack: St
                          phases=[hypothesis.Phase.generate],
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(case=strategy)
-    def check(case):  # type: ignore[no-untyped-def]
+    def check(case: schemathesis.Case[Any]) -> None:
         response = case.call(base_url=stack.base_url, headers=stack.auth, timeout=30)
         SENT[(case.operation.label, response.status_code)] += 1
         assert response.status_code < 500, _show(case, response)
@@ -142,7 +143,7 @@ def test_no_server_error_and_every_refusal_is_the_envelope(label: str, stack: St
     check()
 
 
-def assert_envelope(case, response) -> None:  # type: ignore[no-untyped-def]
+def assert_envelope(case: schemathesis.Case[Any], response: schemathesis.Response) -> None:
     assert response.headers.get("content-type", [""])[0].startswith("application/json"), \
         _show(case, response)
     body = json.loads(response.content.decode("utf-8"))  # strict UTF-8
@@ -156,7 +157,7 @@ def assert_envelope(case, response) -> None:  # type: ignore[no-untyped-def]
     assert body["message"] == body["error"]["message"], _show(case, response)
 
 
-def _show(case, response) -> str:  # type: ignore[no-untyped-def]
+def _show(case: schemathesis.Case[Any], response: schemathesis.Response) -> str:
     return (f"{case.operation.label} -> {response.status_code}\n"
             f"request: {case.as_curl_command()}\nresponse: {response.content[:1000]!r}")
 

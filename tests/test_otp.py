@@ -13,6 +13,9 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,7 +35,7 @@ from _otp import (
 )
 from _processes import zimsend_env as make_env
 from _sms import Account, error_reason, fails, new_account, new_device, violations
-from conftest import TEST_PEPPER
+from conftest import TEST_PEPPER, RunningServer
 from sqlalchemy import update
 from sqlmodel import select
 
@@ -53,7 +56,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def channel(server):  # type: ignore[no-untyped-def]
+def channel(server: RunningServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(server[1]) as ch:
         yield ch
 
@@ -72,8 +75,9 @@ def account(server_db: Database) -> Account:
 # --- Sending ------------------------------------------------------------------------------
 
 
-def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(  # type: ignore[no-untyped-def]
-    server, server_db, channel, otp, zimsend_env, tmp_path,
+def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(
+    server: RunningServer, server_db: Database, channel: grpc.Channel, otp: pb_grpc.OtpServiceStub,
+    zimsend_env: dict[str, str], tmp_path: Path,
 ) -> None:
     """End to end with the real agent: the outbox file has the code; the response, status,
     history, both exports, every outbox event and the server log do not."""
@@ -205,7 +209,9 @@ def test_a_live_key_needs_a_device_like_sendsms(
     ({"to": "0612345678"}, "to", "international format"),
     ({"metadata": struct({"x": "y" * 1100})}, "metadata", "1024 bytes"),
 ])
-def test_bad_fields_are_named_with_their_limits(otp, account, fields, field, words) -> None:  # type: ignore[no-untyped-def]
+def test_bad_fields_are_named_with_their_limits(
+    otp: pb_grpc.OtpServiceStub, account: Account, fields: dict[str, Any], field: str, words: str
+) -> None:
     error = fails(otp.SendOtp, pb.SendOtpRequest(**{"to": TO, **fields}), account.md(test=True))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(error) == ("INVALID_PHONE_NUMBER" if field == "to" else "INVALID_REQUEST")

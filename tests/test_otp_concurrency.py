@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from _otp import PEPPER, check, code_of, events, otp_row, send, wrong_codes
 from _processes import start_server
 from _processes import zimsend_env as make_env
 from _sms import Account, error_reason, new_account
-from conftest import TEST_PEPPER
+from conftest import TEST_PEPPER, RunningServer
 
 from zimsend.server.storage import Database
 from zimsend.v1 import otp_pb2 as pb
@@ -31,7 +31,7 @@ from zimsend.v1 import otp_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
-def otp(server):  # type: ignore[no-untyped-def]
+def otp(server: RunningServer) -> Iterator[pb_grpc.OtpServiceStub]:
     with grpc.insecure_channel(server[1]) as channel:
         yield pb_grpc.OtpServiceStub(channel)
 
@@ -92,15 +92,17 @@ def sends_in_a_race_respect_the_hourly_limit(
     assert Counter(o for o in outcomes if isinstance(o, str)) == {"OTP_RATE_LIMIT": 5}
 
 
-def test_concurrent_attempts_on_sqlite(otp, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_attempts_on_sqlite(
+    otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
+) -> None:
     fifty_wrong_guesses_get_three_comparisons(otp, account, server_db)
     right_answers_in_a_race_verify_once(otp, account, server_db)
     sends_in_a_race_respect_the_hourly_limit(otp, account)
 
 
 @pytest.mark.postgres
-def test_concurrent_attempts_on_postgresql(  # type: ignore[no-untyped-def]
-    postgres_database_url, tmp_path_factory,
+def test_concurrent_attempts_on_postgresql(
+    postgres_database_url: str, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     data_dir: Path = tmp_path_factory.mktemp("otp-pg")
     env = make_env(data_dir, TEST_PEPPER, ZIMSEND_DATABASE_URL=postgres_database_url)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -21,6 +23,9 @@ from zimsend.server.storage import Database
 from zimsend.v1 import auth_pb2, auth_pb2_grpc
 
 LIMIT = 8
+
+if TYPE_CHECKING:
+    from zimsend.server.ratelimit import ClientRateLimiter
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def _auth_test(address: str, client: dict) -> grpc.RpcError | None:  # type: ign
     return None
 
 
-def _client(server_db) -> dict:  # type: ignore[no-untyped-def, type-arg]
+def _client(server_db: Database) -> dict:  # type: ignore[type-arg]
     """A client and key written next to the running server (what `zimsend admin` does)."""
     from zimsend.server import accounts
 
@@ -166,7 +171,7 @@ class _Lanes:
         self.second_read_made = threading.Event()
         self.second_read_may_answer = threading.Event()
 
-    async def __call__(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
         if fn.__name__ == "_write" and self.hold_writes.is_set():
             await asyncio.to_thread(self.writes_may_finish.wait, 10)
         if fn.__name__ != "_read_count" or not self.stale_second_read:
@@ -182,7 +187,7 @@ class _Lanes:
         return result
 
 
-def _limiter(sqlite_url: str, limit: int):  # type: ignore[no-untyped-def]
+def _limiter(sqlite_url: str, limit: int) -> tuple[Database, str, _Lanes, ClientRateLimiter]:
     from zimsend.server import accounts
     from zimsend.server.ratelimit import ClientRateLimiter
     from zimsend.server.storage import Database
@@ -194,7 +199,7 @@ def _limiter(sqlite_url: str, limit: int):  # type: ignore[no-untyped-def]
     return db, client.id, lanes, ClientRateLimiter(db, limit, lanes)
 
 
-async def _admitted(limiter, client_id: str, n: int) -> int:  # type: ignore[no-untyped-def]
+async def _admitted(limiter: ClientRateLimiter, client_id: str, n: int) -> int:
     from zimsend.server.errors import ApiError
 
     results = await asyncio.gather(*(limiter.admit(client_id) for _ in range(n)),

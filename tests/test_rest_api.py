@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from conftest import Stack
 
 from zimsend.gateway import default_openapi_path
 
@@ -20,7 +22,7 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
 @pytest.fixture(scope="module")
-def http(stack):  # type: ignore[no-untyped-def]
+def http(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=10) as client:
         yield client
 
@@ -44,7 +46,7 @@ def assert_error(response: httpx.Response, status: int, code: str, grpc_code: in
 # --- success and server errors --------------------------------------------------------------
 
 
-def test_auth_test_succeeds_with_the_key_and_client_id(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_auth_test_succeeds_with_the_key_and_client_id(http: httpx.Client, stack: Stack) -> None:
     response = http.get("/v1/auth/test", headers=stack.auth)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -54,7 +56,7 @@ def test_auth_test_succeeds_with_the_key_and_client_id(http, stack) -> None:  # 
     assert "zimsend-error-code" not in response.headers
 
 
-def test_a_wrong_key_is_401_invalid_api_key(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_key_is_401_invalid_api_key(http: httpx.Client, stack: Stack) -> None:
     response = http.get(
         "/v1/auth/test", headers={**stack.auth, "X-API-Key": "zs_live_" + "0" * 40}
     )
@@ -65,11 +67,13 @@ def test_a_wrong_key_is_401_invalid_api_key(http, stack) -> None:  # type: ignor
     assert list(body)[:2] == ["success", "error"]
 
 
-def test_missing_headers_are_400_missing_auth_headers(http) -> None:  # type: ignore[no-untyped-def]
+def test_missing_headers_are_400_missing_auth_headers(http: httpx.Client) -> None:
     assert_error(http.get("/v1/auth/test"), 400, "MISSING_AUTH_HEADERS", 3)
 
 
-def test_an_unknown_device_keeps_the_servers_field_details(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_device_keeps_the_servers_field_details(
+    http: httpx.Client, stack: Stack
+) -> None:
     response = http.get("/v1/auth/test", headers={**stack.auth, "X-Device-ID": "device_nope"})
     body = assert_error(response, 404, "INVALID_DEVICE_ID", 5)
     bad = [d for d in body["details"] if d["@type"].endswith("google.rpc.BadRequest")]
@@ -80,26 +84,26 @@ def test_an_unknown_device_keeps_the_servers_field_details(http, stack) -> None:
 # --- Envoy's own refusals, in the same envelope ---------------------------------------------
 
 
-def test_malformed_json_is_a_400_envelope_not_text(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_json_is_a_400_envelope_not_text(http: httpx.Client, stack: Stack) -> None:
     response = http.post("/v1/sms/send", headers=stack.auth, content=b"{not json")
     body = assert_error(response, 400, "INVALID_REQUEST", 3)
     assert body["message"].startswith("Request body is not valid JSON: ")
 
 
-def test_a_wrong_json_type_names_the_field(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_json_type_names_the_field(http: httpx.Client, stack: Stack) -> None:
     response = http.post("/v1/sms/send", headers=stack.auth, json={"to": 33612345678})
     body = assert_error(response, 400, "INVALID_REQUEST", 3)
     assert "`to`" in body["message"]
     assert "string" in body["message"]
 
 
-def test_a_body_that_is_not_an_object_is_refused(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_that_is_not_an_object_is_refused(http: httpx.Client, stack: Stack) -> None:
     response = http.post("/v1/sms/send", headers=stack.auth, json=["+33612345678"])
     body = assert_error(response, 400, "INVALID_REQUEST", 3)
     assert "JSON object" in body["message"]
 
 
-def test_an_unknown_priority_name_is_invalid_priority(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_priority_name_is_invalid_priority(http: httpx.Client, stack: Stack) -> None:
     response = http.post(
         "/v1/sms/send", headers=stack.auth,
         json={"to": "+33612345678", "message": "hi", "priority": "super"},
@@ -109,30 +113,32 @@ def test_an_unknown_priority_name_is_invalid_priority(http, stack) -> None:  # t
     assert "very_low" in body["message"]
 
 
-def test_an_unknown_path_is_a_404_envelope(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_path_is_a_404_envelope(http: httpx.Client, stack: Stack) -> None:
     body = assert_error(http.get("/v1/nope", headers=stack.auth), 404, "NOT_FOUND", 5)
     assert "GET /v1/nope" in body["message"]
 
 
-def test_a_known_path_with_the_wrong_method_is_a_404_envelope(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_known_path_with_the_wrong_method_is_a_404_envelope(
+    http: httpx.Client, stack: Stack
+) -> None:
     body = assert_error(http.put("/v1/auth/test", headers=stack.auth), 404, "NOT_FOUND", 5)
     assert "PUT /v1/auth/test" in body["message"]
 
 
-def test_an_unknown_query_parameter_is_named(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_query_parameter_is_named(http: httpx.Client, stack: Stack) -> None:
     response = http.get("/v1/auth/test", params={"verbose": "1"}, headers=stack.auth)
     body = assert_error(response, 400, "INVALID_REQUEST", 3)
     assert "`verbose`" in body["message"]
 
 
-def test_a_bad_query_value_says_what_is_expected(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_query_value_says_what_is_expected(http: httpx.Client, stack: Stack) -> None:
     response = http.get("/v1/sms/history", params={"limit": "many"}, headers=stack.auth)
     body = assert_error(response, 400, "INVALID_REQUEST", 3)
     assert "`limit`" in body["message"]
     assert "integer" in body["message"]
 
 
-def test_a_body_over_one_megabyte_is_413(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_over_one_megabyte_is_413(http: httpx.Client, stack: Stack) -> None:
     text = "a" * (1024 * 1024 + 10)
     response = http.post("/v1/sms/send", headers=stack.auth, json={"to": "+33612345678",
                                                                    "message": text})
@@ -140,8 +146,8 @@ def test_a_body_over_one_megabyte_is_413(http, stack) -> None:  # type: ignore[n
     assert "1048576 bytes" in body["message"]
 
 
-def test_a_chunked_body_over_the_limit_is_413_too(http, stack) -> None:  # type: ignore[no-untyped-def]
-    def chunks():  # type: ignore[no-untyped-def]
+def test_a_chunked_body_over_the_limit_is_413_too(http: httpx.Client, stack: Stack) -> None:
+    def chunks() -> Iterator[bytes]:
         yield b'{"to": "+33612345678", "message": "'
         for _ in range(1100):
             yield b"a" * 1024
@@ -154,11 +160,11 @@ def test_a_chunked_body_over_the_limit_is_413_too(http, stack) -> None:  # type:
 # --- edge services --------------------------------------------------------------------------
 
 
-def test_healthz_is_200_while_the_server_is_healthy(http) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_is_200_while_the_server_is_healthy(http: httpx.Client) -> None:
     assert http.get("/healthz").status_code == 200
 
 
-def test_cors_preflight_allows_the_zimsend_headers(http) -> None:  # type: ignore[no-untyped-def]
+def test_cors_preflight_allows_the_zimsend_headers(http: httpx.Client) -> None:
     response = http.options(
         "/v1/sms/send",
         headers={
@@ -175,13 +181,13 @@ def test_cors_preflight_allows_the_zimsend_headers(http) -> None:  # type: ignor
     assert "POST" in response.headers["access-control-allow-methods"]
 
 
-def test_cors_headers_on_a_real_response(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_cors_headers_on_a_real_response(http: httpx.Client, stack: Stack) -> None:
     response = http.get("/v1/auth/test", headers={**stack.auth, "Origin": "https://x.example"})
     assert response.headers["access-control-allow-origin"] == "https://x.example"
     assert "retry-after" in response.headers["access-control-expose-headers"]
 
 
-def test_openapi_json_is_the_generated_document(http) -> None:  # type: ignore[no-untyped-def]
+def test_openapi_json_is_the_generated_document(http: httpx.Client) -> None:
     response = http.get("/v1/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -208,7 +214,7 @@ def _example(parameter: dict, document: dict) -> str:
     return {"integer": "1", "boolean": "true"}.get(schema.get("type", "string"), "x")
 
 
-def test_every_documented_operation_and_query_parameter_is_served(http) -> None:  # type: ignore[no-untyped-def]
+def test_every_documented_operation_and_query_parameter_is_served(http: httpx.Client) -> None:
     """The OpenAPI document matches the gateway: each documented method and path reaches the
     server (without credentials: MISSING_AUTH_HEADERS, never Envoy's NOT_FOUND), and each
     documented query parameter is accepted by the transcoder."""
@@ -228,7 +234,9 @@ def test_every_documented_operation_and_query_parameter_is_served(http) -> None:
         )
 
 
-def test_a_plus_in_the_query_is_a_space_except_before_a_number(http, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_plus_in_the_query_is_a_space_except_before_a_number(
+    http: httpx.Client, stack: Stack
+) -> None:
     """Forms, httpx and requests write a space as `+`; a person types `to=+336…` as is."""
     import datetime as dt
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -28,8 +30,17 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1")
 
 
+class Phone(NamedTuple):
+    """The module's device and the outbox file its simulated phone writes what it sends to."""
+
+    device_id: str
+    outbox: Path
+
+
 @pytest.fixture(scope="module")
-def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
+def phone(
+    stack: Stack, zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Phone]:
     """A device created over REST and a real agent connected through Envoy's phone port."""
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
                          json={"name": "rest phone"}).json()
@@ -45,7 +56,7 @@ def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
                         "--send-delay", "0.05")
     with agent:
         wait_for(lambda: _device(stack, device_id)["status"] == "online", 20, "phone online")
-        yield device_id, workdir / "outbox.jsonl"
+        yield Phone(device_id, workdir / "outbox.jsonl")
 
 
 def _device(stack: Stack, device_id: str) -> dict:
@@ -56,7 +67,7 @@ def _status(stack: Stack, message_id: str) -> dict:
     return httpx.get(f"{stack.base_url}/v1/sms/status/{message_id}", headers=stack.auth).json()
 
 
-def test_faq_send_reaches_the_phone_and_is_delivered(stack, phone) -> None:  # type: ignore[no-untyped-def]
+def test_faq_send_reaches_the_phone_and_is_delivered(stack: Stack, phone: Phone) -> None:
     device_id, outbox = phone
     reply = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                        json={"to": "+33612345678", "message": "Bonjour depuis ZimSend",
@@ -80,7 +91,7 @@ def test_faq_send_reaches_the_phone_and_is_delivered(stack, phone) -> None:  # t
     assert sent[0]["to"] == "+33612345678"
 
 
-def test_faq_scheduled_send_then_cancel(stack, phone) -> None:  # type: ignore[no-untyped-def]
+def test_faq_scheduled_send_then_cancel(stack: Stack, phone: Phone) -> None:
     when = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     reply = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                        json={"to": "+33612345678", "message": "Rappel de rendez-vous demain",
@@ -95,7 +106,7 @@ def test_faq_scheduled_send_then_cancel(stack, phone) -> None:  # type: ignore[n
     assert _status(stack, message_id)["status"] == "cancelled"
 
 
-def test_cancel_of_a_sent_message_is_refused(stack, phone) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_of_a_sent_message_is_refused(stack: Stack, phone: Phone) -> None:
     reply = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                        json={"to": "+33612345678", "message": "déjà parti"})
     message_id = reply.json()["message_id"]
@@ -106,7 +117,7 @@ def test_cancel_of_a_sent_message_is_refused(stack, phone) -> None:  # type: ign
     assert refused.json()["error"]["code"] == "CANNOT_CANCEL_MESSAGE"
 
 
-def test_segments_and_encoding(stack, phone) -> None:  # type: ignore[no-untyped-def]
+def test_segments_and_encoding(stack: Stack, phone: Phone) -> None:
     long = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
                       json={"to": "+33612345678", "message": "a" * 1600}).json()
     assert long["segments"] == 11
@@ -122,7 +133,7 @@ def test_segments_and_encoding(stack, phone) -> None:  # type: ignore[no-untyped
     assert "1600" in too_long.json()["error"]["message"]
 
 
-def test_bulk_limits_and_atomicity(stack, phone) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_limits_and_atomicity(stack: Stack, phone: Phone) -> None:
     numbers = [f"+336123456{i:02d}" for i in range(100)]
     too_many = httpx.post(f"{stack.base_url}/v1/sms/send-bulk", headers=stack.auth,
                           json={"recipients": [*numbers, "+33612345699"], "message": "x"})
@@ -140,7 +151,7 @@ def test_bulk_limits_and_atomicity(stack, phone) -> None:  # type: ignore[no-unt
     assert _history_total(stack) == before
 
 
-def test_same_idempotency_key_creates_one_message(stack, phone) -> None:  # type: ignore[no-untyped-def]
+def test_same_idempotency_key_creates_one_message(stack: Stack, phone: Phone) -> None:
     before = _history_total(stack)
     headers = dict(stack.auth, **{"Idempotency-Key": "order-1234-confirmation"})
     payload = {"to": "+33612345678", "message": "Commande confirmée", "scheduled_at": _tomorrow()}
@@ -154,7 +165,9 @@ def test_same_idempotency_key_creates_one_message(stack, phone) -> None:  # type
     assert clash.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
 
 
-def test_zimsend_python_wrapper_works_with_only_the_base_url_changed(stack, phone) -> None:  # type: ignore[no-untyped-def]
+def test_zimsend_python_wrapper_works_with_only_the_base_url_changed(
+    stack: Stack, phone: Phone
+) -> None:
     client = ZimSendClient(stack.api_key, stack.client_id, base_url=f"{stack.base_url}/v1")
     assert client.test_connection()["client_id"] == stack.client_id
     sent = client.send_sms("+33612345678", "Votre colis arrive", priority=2,

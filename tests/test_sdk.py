@@ -19,7 +19,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -63,13 +65,22 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0,1,2]")
 
 
-def _client(stack, **options) -> ZimSend:  # type: ignore[no-untyped-def]
+def _client(stack: Stack, **options: Any) -> ZimSend:
     return ZimSend(api_key=stack.api_key, client_id=stack.client_id, base_url=stack.base_url,
                    **options)
 
 
+class Phone(NamedTuple):
+    """The module's device and the outbox file its simulated phone writes what it sends to."""
+
+    device_id: str
+    outbox: Path
+
+
 @pytest.fixture(scope="module")
-def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
+def phone(
+    stack: Stack, zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Phone]:
     """A device made with the SDK, its real agent connected through Envoy's phone port."""
     with _client(stack) as zs:
         created = zs.devices.create("sdk phone")
@@ -81,7 +92,7 @@ def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
         with agent:
             wait_for(lambda: zs.devices.get(created.device_id).status == "online", 30,
                      "phone online")
-            yield created.device_id, workdir / "outbox.jsonl"
+            yield Phone(created.device_id, workdir / "outbox.jsonl")
 
 
 def _tomorrow() -> dt.datetime:
@@ -110,7 +121,9 @@ def client_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_sdk_alone_sends_and_waits_for_delivered(stack, phone, client_only_python) -> None:  # type: ignore[no-untyped-def]
+def test_the_sdk_alone_sends_and_waits_for_delivered(
+    stack: Stack, phone: Phone, client_only_python: Path
+) -> None:
     """Issue 15's acceptance, literally: `from zimsend.client import ZimSend` where only the
     client distribution is installed (no zimsend.server, no SQLModel), blocking and asyncio."""
     script = textwrap.dedent("""
@@ -148,7 +161,7 @@ def test_the_sdk_alone_sends_and_waits_for_delivered(stack, phone, client_only_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_send_waits_for_delivered(stack, phone, transport: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_waits_for_delivered(stack: Stack, phone: Phone, transport: str) -> None:
     device_id, outbox = phone
     with _client(stack, transport=transport) as zs:
         sent = zs.sms.send("+33612345601", f"Votre commande est arrivée ({transport})",
@@ -172,7 +185,9 @@ def test_a_send_waits_for_delivered(stack, phone, transport: str) -> None:  # ty
 
 @pytest.mark.slow
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_the_async_client_sends_and_waits_for_delivered(stack, phone, transport: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_async_client_sends_and_waits_for_delivered(
+    stack: Stack, phone: Phone, transport: str
+) -> None:
     async def main() -> tuple[Message, list[Message]]:
         async with AsyncZimSend(api_key=stack.api_key, client_id=stack.client_id,
                                 base_url=stack.base_url, transport=transport) as zs:
@@ -319,7 +334,7 @@ def test_a_send_retried_after_a_cut_connection_creates_one_message(stack: Stack)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_every_endpoint_returns_typed_results(stack, phone, transport: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_endpoint_returns_typed_results(stack: Stack, phone: Phone, transport: str) -> None:
     device_id, _ = phone
     with _client(stack, transport=transport) as zs:
         assert zs.auth_test().client_id == stack.client_id
@@ -410,8 +425,8 @@ def test_every_endpoint_returns_typed_results(stack, phone, transport: str) -> N
 
 
 @pytest.mark.slow
-def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(  # type: ignore[no-untyped-def]
-    stack, phone, zimsend_env, tmp_path: Path,
+def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(
+    stack: Stack, phone: Phone, zimsend_env: dict[str, str], tmp_path: Path,
 ) -> None:
     from _receivers import Receiver, body_of, start_worker
 

@@ -12,10 +12,11 @@ import csv
 import datetime as dt
 import io
 import json
+from typing import Any
 
 import grpc
 import pytest
-from _sms import fails, insert_message, new_account, new_device
+from _sms import Account, fails, insert_message, new_account, new_device
 from conftest import TEST_PEPPER
 
 from zimsend.server import credentials
@@ -44,7 +45,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def account(server_db):  # type: ignore[no-untyped-def]
+def account(server_db: Database) -> Account:
     return new_account(server_db, PEPPER, "history")
 
 
@@ -52,7 +53,7 @@ def at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def listing(sms, account, **filters) -> pb.ListSmsHistoryResponse:  # type: ignore[no-untyped-def]
+def listing(sms: SmsServiceStub, account: Account, **filters: Any) -> pb.ListSmsHistoryResponse:
     return sms.ListSmsHistory(pb.ListSmsHistoryRequest(**filters), metadata=account.md(),
                               timeout=10)
 
@@ -60,7 +61,9 @@ def listing(sms, account, **filters) -> pb.ListSmsHistoryResponse:  # type: igno
 # --- History ---------------------------------------------------------------------------------
 
 
-def test_the_faq_export_example_works_verbatim(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_the_faq_export_example_works_verbatim(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     """`/v1/sms/history?from_date=2025-01-01&to_date=2025-01-31&limit=100`"""
     times = ["2024-12-31T23:59:59.999999Z", "2025-01-01T00:00:00Z", "2025-01-15T10:30:00Z",
              "2025-01-31T23:59:59.999Z", "2025-02-01T00:00:00Z"]
@@ -78,7 +81,7 @@ def test_the_faq_export_example_works_verbatim(sms, account, server_db) -> None:
     assert [m.message_id for m in exact.data] == [ids[times[3]], ids[times[2]]]
 
 
-def test_pages(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_pages(sms: SmsServiceStub, account: Account, server_db: Database) -> None:
     start = utcnow() - dt.timedelta(hours=1)
     ids = [insert_message(server_db, account.client_id, created_at=start + dt.timedelta(seconds=i))
            for i in range(7)]
@@ -94,7 +97,7 @@ def test_pages(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
     assert listing(sms, account, limit=100).pagination.per_page == 100
 
 
-def test_filters(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_filters(sms: SmsServiceStub, account: Account, server_db: Database) -> None:
     phone = new_device(server_db, PEPPER, account.client_id)
     a = insert_message(server_db, account.client_id, to="+33612345678", status="delivered",
                        device_id=phone, body="Votre RDV est confirmé")
@@ -103,7 +106,7 @@ def test_filters(sms, account, server_db) -> None:  # type: ignore[no-untyped-de
     c = insert_message(server_db, account.client_id, to="+33612345678", status="queued",
                        body="Promo 100 pour cent")
 
-    def ids(**filters) -> set[str]:  # type: ignore[no-untyped-def]
+    def ids(**filters: Any) -> set[str]:
         return {m.message_id for m in listing(sms, account, **filters).data}
 
     assert ids(status=common_pb2.delivered) == {a}
@@ -117,7 +120,9 @@ def test_filters(sms, account, server_db) -> None:  # type: ignore[no-untyped-de
     assert ids(search="nothing like this") == set()
 
 
-def test_history_entries_are_complete(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_history_entries_are_complete(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     phone = new_device(server_db, PEPPER, account.client_id)
     sent_at = utcnow() - dt.timedelta(minutes=1)
     message_id = insert_message(
@@ -141,7 +146,9 @@ def test_history_entries_are_complete(sms, account, server_db) -> None:  # type:
     assert dict(entry.metadata) == {"k": 1.0}
 
 
-def test_history_is_scoped_to_the_client_and_retention(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_history_is_scoped_to_the_client_and_retention(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     other = new_account(server_db, PEPPER, "other")
     insert_message(server_db, other.client_id)
     insert_message(server_db, account.client_id, created_at=utcnow() - dt.timedelta(days=3651))
@@ -153,7 +160,7 @@ def test_history_is_scoped_to_the_client_and_retention(sms, account, server_db) 
 # --- Stats -----------------------------------------------------------------------------------
 
 
-def test_stats_count_by_day(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_stats_count_by_day(sms: SmsServiceStub, account: Account, server_db: Database) -> None:
     phone = new_device(server_db, PEPPER, account.client_id)
     day_a, day_b = "2025-01-10T08:00:00Z", "2025-01-11T20:00:00Z"
     for status, when, device in [
@@ -188,14 +195,18 @@ def test_stats_count_by_day(sms, account, server_db) -> None:  # type: ignore[no
     )
 
 
-def test_delivery_rate_is_rounded_to_two_decimals(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_delivery_rate_is_rounded_to_two_decimals(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     for status in ("delivered", "delivered", "sent"):
         insert_message(server_db, account.client_id, status=status)
     stats = sms.GetSmsStats(pb.GetSmsStatsRequest(), metadata=account.md(), timeout=10).stats
     assert stats.delivery_rate == 66.67
 
 
-def test_stats_default_to_the_last_30_days(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_stats_default_to_the_last_30_days(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     now = utcnow()
     insert_message(server_db, account.client_id, status="delivered",
                    created_at=now - dt.timedelta(days=10))
@@ -212,7 +223,9 @@ def test_stats_default_to_the_last_30_days(sms, account, server_db) -> None:  # 
     assert (empty.total_sent, empty.delivery_rate, len(empty.by_day)) == (0, 0.0, 0)
 
 
-def test_stats_answer_for_days_past_retention_from_aggregates(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_stats_answer_for_days_past_retention_from_aggregates(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     """SPEC §4: after 90 days (here ten years) only per-day counts remain, and stats keep
     answering for those days."""
     phone = new_device(server_db, PEPPER, account.client_id)
@@ -240,7 +253,9 @@ def test_stats_answer_for_days_past_retention_from_aggregates(sms, account, serv
     assert (only_phone.total_sent, only_phone.failed) == (5, 1)
 
 
-def test_stats_span_aggregates_and_messages(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_stats_span_aggregates_and_messages(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     with server_db.write() as session:
         session.add(DailyAggregate(client_id=account.client_id, day=dt.date(2015, 6, 1),
                                    sent=2, delivered=2))
@@ -256,7 +271,7 @@ def test_stats_span_aggregates_and_messages(sms, account, server_db) -> None:  #
 # --- Export ----------------------------------------------------------------------------------
 
 
-def export(sms, account, **fields) -> tuple[str, str, int]:  # type: ignore[no-untyped-def]
+def export(sms: SmsServiceStub, account: Account, **fields: Any) -> tuple[str, str, int]:
     chunks = list(sms.ExportSmsHistory(pb.ExportSmsHistoryRequest(**fields),
                                        metadata=account.md(), timeout=30))
     assert len({c.content_type for c in chunks}) == 1
@@ -276,7 +291,9 @@ def insert_many(server_db: Database, client_id: str, count: int, start: dt.datet
     return [r.id for r in sorted(rows, key=lambda r: (r.created_at, r.id))]
 
 
-def test_export_csv_streams_every_message_in_chunks(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_export_csv_streams_every_message_in_chunks(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     ids = insert_many(server_db, account.client_id, 1201, at("2025-03-01T00:00:00Z"))
     content_type, text, chunks = export(sms, account, from_date="2025-03-01",
                                         to_date="2025-03-31")
@@ -296,7 +313,9 @@ def test_export_csv_streams_every_message_in_chunks(sms, account, server_db) -> 
     assert first["attempts"] == "1"
 
 
-def test_export_jsonl_with_filters(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_export_jsonl_with_filters(
+    sms: SmsServiceStub, account: Account, server_db: Database
+) -> None:
     insert_many(server_db, account.client_id, 10, at("2025-04-01T00:00:00Z"))
     content_type, text, _ = export(sms, account, format="jsonl", status=common_pb2.delivered)
     assert content_type == "application/x-ndjson"
@@ -308,7 +327,7 @@ def test_export_jsonl_with_filters(sms, account, server_db) -> None:  # type: ig
     assert lines[0]["encoding"] == "GSM7"
 
 
-def test_export_of_nothing(sms, account) -> None:  # type: ignore[no-untyped-def]
+def test_export_of_nothing(sms: SmsServiceStub, account: Account) -> None:
     _, text, chunks = export(sms, account, format="csv")
     assert chunks == 1
     assert text.startswith("message_id,status,to,message,")
@@ -318,7 +337,7 @@ def test_export_of_nothing(sms, account) -> None:  # type: ignore[no-untyped-def
 # --- Inbox -----------------------------------------------------------------------------------
 
 
-def test_inbox(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_inbox(sms: SmsServiceStub, account: Account, server_db: Database) -> None:
     first_phone = new_device(server_db, PEPPER, account.client_id)
     second_phone = new_device(server_db, PEPPER, account.client_id)
     other = new_account(server_db, PEPPER, "other")
@@ -337,7 +356,7 @@ def test_inbox(sms, account, server_db) -> None:  # type: ignore[no-untyped-def]
         session.add_all(rows)
     ids = [r.id for r in rows]
 
-    def inbox(**fields) -> pb.ListInboundSmsResponse:  # type: ignore[no-untyped-def]
+    def inbox(**fields: Any) -> pb.ListInboundSmsResponse:
         return sms.ListInboundSms(pb.ListInboundSmsRequest(**fields), metadata=account.md(),
                                   timeout=10)
 

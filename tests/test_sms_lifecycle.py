@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -41,11 +42,11 @@ def phone(server_db: Database, sms_account: Account) -> str:
 
 
 @pytest.fixture(scope="module")
-def stranger(server_db):  # type: ignore[no-untyped-def]
+def stranger(server_db: Database) -> Account:
     return new_account(server_db, PEPPER, "stranger")
 
 
-def scheduled(sms, account, **fields) -> str:  # type: ignore[no-untyped-def]
+def scheduled(sms: SmsServiceStub, account: Account, **fields: Any) -> str:
     """A live message that stays `queued` (due in an hour; no phone takes it before)."""
     fields.setdefault("message", unique_text("lifecycle"))
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, scheduled_at=later(hours=1), **fields),
@@ -59,7 +60,7 @@ def failed(server_db: Database, message_id: str, device: str) -> None:
                    failed_at=now, error_code="NETWORK_ERROR", error_message="no signal")
 
 
-def status_of(sms, account, message_id: str) -> pb.GetSmsStatusResponse:  # type: ignore[no-untyped-def]
+def status_of(sms: SmsServiceStub, account: Account, message_id: str) -> pb.GetSmsStatusResponse:
     return sms.GetSmsStatus(pb.GetSmsStatusRequest(message_id=message_id),
                             metadata=account.md(), timeout=10)
 
@@ -105,7 +106,7 @@ def test_status_of_a_failed_message_shows_its_error(
 
 
 @pytest.mark.parametrize("message_id", ["msg_0000000000000000", "", "nonsense' OR 1=1 --"])
-def test_unknown_message(sms, sms_account, message_id) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_message(sms: SmsServiceStub, sms_account: Account, message_id: str) -> None:
     error = fails(sms.GetSmsStatus, pb.GetSmsStatusRequest(message_id=message_id),
                   sms_account.md())
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -114,7 +115,9 @@ def test_unknown_message(sms, sms_account, message_id) -> None:  # type: ignore[
     assert "Traceback" not in error.details()
 
 
-def test_another_clients_message_is_not_found(sms, sms_account, stranger) -> None:  # type: ignore[no-untyped-def]
+def test_another_clients_message_is_not_found(
+    sms: SmsServiceStub, sms_account: Account, stranger: Account
+) -> None:
     message_id = scheduled(sms, sms_account)
     for call, request in [
         (sms.GetSmsStatus, pb.GetSmsStatusRequest(message_id=message_id)),
@@ -158,7 +161,9 @@ def test_cancel_a_scheduled_message(
 
 
 @pytest.mark.parametrize("state", ["processing", "sent", "delivered", "failed", "cancelled"])
-def test_only_queued_messages_can_be_cancelled(sms, sms_account, server_db, phone, state) -> None:  # type: ignore[no-untyped-def]
+def test_only_queued_messages_can_be_cancelled(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database, phone: str, state: str
+) -> None:
     message_id = scheduled(sms, sms_account)
     update_message(server_db, message_id, status=state,
                    device_id=None if state == "cancelled" else phone)
@@ -225,7 +230,9 @@ def test_resend_a_failed_message(
 
 
 @pytest.mark.parametrize("state", ["queued", "processing", "sent", "delivered", "cancelled"])
-def test_only_failed_messages_can_be_resent(sms, sms_account, server_db, phone, state) -> None:  # type: ignore[no-untyped-def]
+def test_only_failed_messages_can_be_resent(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database, phone: str, state: str
+) -> None:
     message_id = scheduled(sms, sms_account)
     if state != "queued":
         update_message(server_db, message_id, status=state,

@@ -49,12 +49,14 @@ def online(server_db: Database, sms_account: Account) -> str:
 
 
 @pytest.fixture
-def lonely(server_db):  # type: ignore[no-untyped-def]
+def lonely(server_db: Database) -> Account:
     """A fresh client with no device at all."""
     return new_account(server_db, PEPPER, "lonely")
 
 
-def history(sms, account, text: str, test: bool = False) -> pb.ListSmsHistoryResponse:  # type: ignore[no-untyped-def]
+def history(
+    sms: SmsServiceStub, account: Account, text: str, test: bool = False
+) -> pb.ListSmsHistoryResponse:
     return sms.ListSmsHistory(
         pb.ListSmsHistoryRequest(search=text, limit=100), metadata=account.md(test=test), timeout=10
     )
@@ -102,7 +104,9 @@ def test_1600_gsm_characters_are_11_segments(sms: SmsServiceStub, sms_account: A
      ("ł" * 70, 1, common_pb2.UCS2), ("ł" * 71, 2, common_pb2.UCS2),
      ("a" * 152 + "€" + "a" * 152, 3, common_pb2.GSM7)],
 )
-def test_segments_and_encoding(sms, sms_account, text, segments, encoding) -> None:  # type: ignore[no-untyped-def]
+def test_segments_and_encoding(
+    sms: SmsServiceStub, sms_account: Account, text: str, segments: int, encoding: int
+) -> None:
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message=text),
                         metadata=sms_account.md(test=True), timeout=10)
     assert (reply.segments, reply.encoding) == (segments, encoding)
@@ -111,7 +115,9 @@ def test_segments_and_encoding(sms, sms_account, text, segments, encoding) -> No
 @pytest.mark.parametrize(("given", "applied"), [
     (common_pb2.urgent, 1), (common_pb2.high, 2), (3, 3), (common_pb2.low, 4), (5, 5),
 ])
-def test_priority_integer_or_name(sms, sms_account, server_db, given, applied) -> None:  # type: ignore[no-untyped-def]
+def test_priority_integer_or_name(
+    sms: SmsServiceStub, sms_account: Account, server_db: Database, given: int, applied: int
+) -> None:
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="p", priority=given),
                         metadata=sms_account.md(test=True), timeout=10)
     assert reply.priority == applied
@@ -142,14 +148,16 @@ def test_metadata_webhook_and_sim_slot_are_kept(
 # --- Scheduling, devices, test keys ----------------------------------------------------------
 
 
-def test_immediate_send_without_any_device(sms, lonely) -> None:  # type: ignore[no-untyped-def]
+def test_immediate_send_without_any_device(sms: SmsServiceStub, lonely: Account) -> None:
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="now"), lonely.md())
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
     assert "scheduled_at" in error.details()  # says what to do
 
 
-def test_immediate_send_with_only_offline_devices(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_immediate_send_with_only_offline_devices(
+    sms: SmsServiceStub, lonely: Account, server_db: Database
+) -> None:
     device = new_device(server_db, PEPPER, lonely.client_id)
     stale = utcnow() - dt.timedelta(minutes=10)  # online flag set, heartbeats stopped
     set_online(server_db, device)
@@ -159,7 +167,9 @@ def test_immediate_send_with_only_offline_devices(sms, lonely, server_db) -> Non
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
 
 
-def test_scheduled_send_is_accepted_with_no_device_online(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_scheduled_send_is_accepted_with_no_device_online(
+    sms: SmsServiceStub, lonely: Account, server_db: Database
+) -> None:
     when = later(hours=2)
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="later", scheduled_at=when),
                         metadata=lonely.md(), timeout=10)
@@ -172,7 +182,9 @@ def test_scheduled_send_is_accepted_with_no_device_online(sms, lonely, server_db
     assert row.expires_at == scheduled + dt.timedelta(hours=24)
 
 
-def test_immediate_send_with_a_test_key_needs_no_device(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_immediate_send_with_a_test_key_needs_no_device(
+    sms: SmsServiceStub, lonely: Account, server_db: Database
+) -> None:
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="sandbox"),
                         metadata=lonely.md(test=True), timeout=10)
     assert reply.success
@@ -187,7 +199,9 @@ def test_unknown_device_id(sms: SmsServiceStub, sms_account: Account) -> None:
     assert "X-Device-ID" in error.details()
 
 
-def test_another_clients_device_is_unknown(sms, sms_account, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_another_clients_device_is_unknown(
+    sms: SmsServiceStub, sms_account: Account, lonely: Account, server_db: Database
+) -> None:
     theirs = new_device(server_db, PEPPER, lonely.client_id, online=True)
     for scheduled in ("", later(hours=1)):
         error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x", scheduled_at=scheduled),
@@ -195,7 +209,9 @@ def test_another_clients_device_is_unknown(sms, sms_account, lonely, server_db) 
         assert error_reason(error) == "INVALID_DEVICE_ID"
 
 
-def test_deleted_device_is_unknown(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_deleted_device_is_unknown(
+    sms: SmsServiceStub, lonely: Account, server_db: Database
+) -> None:
     device = new_device(server_db, PEPPER, lonely.client_id, online=True)
     with server_db.write() as session:
         session.get(Device, device).deleted_at = utcnow()
@@ -203,7 +219,7 @@ def test_deleted_device_is_unknown(sms, lonely, server_db) -> None:  # type: ign
     assert error_reason(error) == "INVALID_DEVICE_ID"
 
 
-def test_pinned_offline_device(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_pinned_offline_device(sms: SmsServiceStub, lonely: Account, server_db: Database) -> None:
     device = new_device(server_db, PEPPER, lonely.client_id)
     new_device(server_db, PEPPER, lonely.client_id, online=True)  # another phone is online
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"), lonely.md(device=device))
@@ -216,7 +232,9 @@ def test_pinned_offline_device(sms, lonely, server_db) -> None:  # type: ignore[
     assert get_message(server_db, reply.message_id).pinned_device_id == device
 
 
-def test_pinned_disabled_device_is_offline(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_pinned_disabled_device_is_offline(
+    sms: SmsServiceStub, lonely: Account, server_db: Database
+) -> None:
     device = new_device(server_db, PEPPER, lonely.client_id, online=True)
     with server_db.write() as session:
         session.get(Device, device).enabled = False
@@ -234,7 +252,9 @@ def test_pinned_online_device(
     assert get_message(server_db, reply.message_id).pinned_device_id == online
 
 
-def test_estimated_delivery_follows_the_queue_and_the_phones(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_estimated_delivery_follows_the_queue_and_the_phones(
+    sms: SmsServiceStub, lonely: Account, server_db: Database
+) -> None:
     phone = new_device(server_db, PEPPER, lonely.client_id, online=True)
 
     def wait_of(reply: pb.SendSmsResponse) -> float:
@@ -305,7 +325,7 @@ def test_101_recipients_queue_nothing(sms: SmsServiceStub, sms_account: Account)
     assert history(sms, sms_account, text, test=True).pagination.total_items == 0
 
 
-def test_bulk_needs_a_device_like_a_single_send(sms, lonely) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_needs_a_device_like_a_single_send(sms: SmsServiceStub, lonely: Account) -> None:
     error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(recipients=[TO], message="x"), lonely.md())
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
 
@@ -369,7 +389,9 @@ def test_key_in_the_field_works_like_the_header(sms: SmsServiceStub, sms_account
     assert history(sms, sms_account, text, test=True).pagination.total_items == 1
 
 
-def test_replay_does_not_recheck_what_changed_since(sms, lonely, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_replay_does_not_recheck_what_changed_since(
+    sms: SmsServiceStub, lonely: Account, server_db: Database
+) -> None:
     """A retry after a timeout must not fail because the phone went offline meanwhile."""
     device = new_device(server_db, PEPPER, lonely.client_id, online=True)
     md = lonely.md(idempotency_key=unique_text("key"))
@@ -394,7 +416,9 @@ def test_same_key_different_body_is_refused(sms: SmsServiceStub, sms_account: Ac
     assert history(sms, sms_account, text, test=True).pagination.total_items == 1
 
 
-def test_keys_belong_to_their_client(sms, sms_account, lonely) -> None:  # type: ignore[no-untyped-def]
+def test_keys_belong_to_their_client(
+    sms: SmsServiceStub, sms_account: Account, lonely: Account
+) -> None:
     key = unique_text("key")
     mine = sms.SendSms(pb.SendSmsRequest(to=TO, message="a"),
                        metadata=sms_account.md(test=True, idempotency_key=key), timeout=10)

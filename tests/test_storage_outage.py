@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -39,7 +39,7 @@ from _devices import RawPhone, wait_for
 from _processes import ZIMSEND, Program, run_zimsend, start_server, zimsend_env
 from conftest import TEST_PEPPER
 
-from zimsend.gateway import start_envoy
+from zimsend.gateway import EnvoyProcess, start_envoy
 from zimsend.server.local_postgres import LocalPostgres
 
 INTERNAL_WORDS = ("sqlite", "SQL", "OperationalError", "Traceback", "readonly database",
@@ -87,7 +87,7 @@ class Account:
         return {"X-API-Key": self.api_key, "X-Client-ID": self.client_id}
 
 
-def _envoy(tmp_path: Path, address: str):  # type: ignore[no-untyped-def]
+def _envoy(tmp_path: Path, address: str) -> EnvoyProcess:
     return start_envoy(
         directory=tmp_path / "envoy", upstreams=(address,), public_port=0, device_port=0,
         admin_port=0, health_check_interval_seconds=HEALTH_CHECK_SECONDS,
@@ -118,7 +118,7 @@ def _assert_storage_refusal(response: httpx.Response, word: str) -> None:
         assert internal not in response.text, response.text
 
 
-def _stays(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+def _stays(predicate: Callable[[], object], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not predicate():

@@ -19,8 +19,10 @@ import ssl
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
@@ -78,7 +80,18 @@ def _child_pid(up_pid: int, verb: str) -> int | None:
     return None
 
 
-def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+class Up(NamedTuple):
+    """The module's `zimsend up`: its process, data directory and ports."""
+
+    program: Program
+    data_dir: Path
+    ports: dict[str, int]
+
+
+def _wait(predicate: Callable[..., T], timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"not {what} after {timeout} s"
@@ -108,15 +121,15 @@ def _auth(data_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     data_dir = tmp_path_factory.mktemp("up") / "data"
     program, ports = _start_up(data_dir, "--with-simulated-device")
     with program:
         program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
-        yield program, data_dir, ports
+        yield Up(program, data_dir, ports)
 
 
-def test_a_send_right_after_the_ready_line_is_accepted_and_delivered(up) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_right_after_the_ready_line_is_accepted_and_delivered(up: Up) -> None:
     """Ready means every part can do its job: the simulated phone is online already."""
     _, data_dir, ports = up
     headers = _auth(data_dir)
@@ -136,7 +149,7 @@ def test_a_send_right_after_the_ready_line_is_accepted_and_delivered(up) -> None
     assert [line["message_id"] for line in lines].count(message_id) == 1
 
 
-def test_first_start_prints_and_stores_credentials(up) -> None:  # type: ignore[no-untyped-def]
+def test_first_start_prints_and_stores_credentials(up: Up) -> None:
     program, data_dir, ports = up
     path = data_dir / "credentials.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -149,7 +162,7 @@ def test_first_start_prints_and_stores_credentials(up) -> None:  # type: ignore[
     assert creds["api_key"].startswith("zs_live_")
 
 
-def test_up_prints_the_metrics_endpoints_and_they_answer(up) -> None:  # type: ignore[no-untyped-def]
+def test_up_prints_the_metrics_endpoints_and_they_answer(up: Up) -> None:
     """The server's and the worker's Prometheus endpoints, on loopback (docs/operations.md);
     the send of the first test is counted."""
     program, _, ports = up
@@ -162,7 +175,7 @@ def test_up_prints_the_metrics_endpoints_and_they_answer(up) -> None:  # type: i
     assert "zimsend_webhook_attempts_total" in httpx.get(worker).text
 
 
-def test_rest_auth_test_with_printed_credentials(up) -> None:  # type: ignore[no-untyped-def]
+def test_rest_auth_test_with_printed_credentials(up: Up) -> None:
     _, data_dir, ports = up
     creds = json.loads((data_dir / "credentials.json").read_text())
     base = f"http://127.0.0.1:{ports['http']}"
@@ -190,7 +203,7 @@ def test_rest_auth_test_with_printed_credentials(up) -> None:  # type: ignore[no
     assert broken.json()["error"]["code"] == "INVALID_REQUEST"
 
 
-def test_grpc_through_envoy_and_directly(up) -> None:  # type: ignore[no-untyped-def]
+def test_grpc_through_envoy_and_directly(up: Up) -> None:
     _, data_dir, ports = up
     creds = json.loads((data_dir / "credentials.json").read_text())
     metadata = (("x-api-key", creds["api_key"]), ("x-client-id", creds["client_id"]))
@@ -202,7 +215,7 @@ def test_grpc_through_envoy_and_directly(up) -> None:  # type: ignore[no-untyped
             assert reply.client_id == creds["client_id"]
 
 
-def test_data_dir_and_database_files_are_private(up) -> None:  # type: ignore[no-untyped-def]
+def test_data_dir_and_database_files_are_private(up: Up) -> None:
     _, data_dir, _ = up
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     for name in ("zimsend.db", "zimsend.db-wal", "zimsend.db-shm", "secret.key"):
@@ -210,7 +223,7 @@ def test_data_dir_and_database_files_are_private(up) -> None:  # type: ignore[no
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
 
 
-def test_insecure_webhooks_are_refused_without_the_flag(up) -> None:  # type: ignore[no-untyped-def]
+def test_insecure_webhooks_are_refused_without_the_flag(up: Up) -> None:
     _, data_dir, ports = up
     for url in ("http://127.0.0.1:9/hooks", "https://169.254.169.254/latest"):
         reply = httpx.post(f"http://127.0.0.1:{ports['http']}/v1/webhooks/configure",
@@ -219,7 +232,7 @@ def test_insecure_webhooks_are_refused_without_the_flag(up) -> None:  # type: ig
         assert reply.json()["error"]["code"] == "INVALID_WEBHOOK_URL"
 
 
-def test_kill_9_of_the_server_is_healed(up) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_of_the_server_is_healed(up: Up) -> None:
     """`up` restarts a crashed server; messages accepted before the crash are delivered."""
     program, data_dir, ports = up
     headers = _auth(data_dir)
@@ -255,7 +268,7 @@ def test_kill_9_of_the_server_is_healed(up) -> None:  # type: ignore[no-untyped-
     _wait(lambda: set(statuses()) == {"delivered"}, 90, f"all delivered ({statuses()})")
 
 
-def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up: Up) -> None:
     program, data_dir, ports = up
     headers = _auth(data_dir)
     device_id = json.loads((data_dir / "credentials.json").read_text())["device_id"]
@@ -300,7 +313,7 @@ def test_a_later_start_rewrites_the_pairing_uri_when_tls_changes(tmp_path: Path)
     assert stat.S_IMODE((tmp_path / "credentials.json").stat().st_mode) == 0o600
 
 
-def test_ctrl_c_leaves_no_process_behind(up) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_leaves_no_process_behind(up: Up) -> None:
     program, _, _ = up
     children = _descendants(program.pid)
     assert len(children) >= 4  # server, envoy, worker, simulated phone

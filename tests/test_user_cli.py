@@ -15,6 +15,7 @@ import os
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,9 @@ def logged_in(stack: Stack, config_home: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def phone(stack, zimsend_env, tmp_path_factory):  # type: ignore[no-untyped-def]
+def phone(
+    stack: Stack, zimsend_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     with ZimSend(api_key=stack.api_key, client_id=stack.client_id,
                  base_url=stack.base_url) as zs:
         made = zs.devices.create("cli phone")
@@ -116,7 +119,7 @@ def test_login_saves_a_private_profile_and_the_environment_wins(
 # --- sms ------------------------------------------------------------------------------------
 
 
-def test_sms_send_waits_for_delivered_and_json_parses(logged_in: Path, phone) -> None:  # type: ignore[no-untyped-def]
+def test_sms_send_waits_for_delivered_and_json_parses(logged_in: Path, phone: str) -> None:
     sent = json.loads(ok(run(logged_in, "sms", "send", "--to", "+33612345650", "--message",
                              "Votre colis arrive", "--metadata", '{"order": 9}', "--wait",
                              "--json")).stdout)
@@ -222,7 +225,7 @@ def test_export_writes_a_complete_file(logged_in: Path, tmp_path: Path) -> None:
 # --- devices, keys, webhooks, events --------------------------------------------------------
 
 
-def test_devices_add_prints_the_pairing_uri_and_its_qr_code(logged_in: Path, phone) -> None:  # type: ignore[no-untyped-def]
+def test_devices_add_prints_the_pairing_uri_and_its_qr_code(logged_in: Path, phone: str) -> None:
     added = ok(run(logged_in, "devices", "add", "desk phone")).stdout
     uri = next(line.split()[-1] for line in added.splitlines() if line.startswith("pairing URI"))
     assert uri.startswith("zimsend://pair?")

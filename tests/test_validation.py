@@ -8,6 +8,7 @@ This module's server refuses plain-http webhooks (the development setting is off
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import grpc
 import pytest
@@ -109,7 +110,14 @@ SEND_CASES = [
 @pytest.mark.parametrize(
     ("fields", "code", "field", "fragments"), [c[1:] for c in SEND_CASES], ids=[c[0] for c in SEND_CASES]
 )
-def test_send_rejects(sms, sms_account, fields, code, field, fragments) -> None:  # type: ignore[no-untyped-def]
+def test_send_rejects(
+    sms: SmsServiceStub,
+    sms_account: Account,
+    fields: dict[str, Any],
+    code: str,
+    field: str,
+    fragments: list[str],
+) -> None:
     error = fails(sms.SendSms, pb.SendSmsRequest(**fields), sms_account.md(test=True))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     check(error, code, field, *fragments)
@@ -240,7 +248,13 @@ LIST_CASES = [
 @pytest.mark.parametrize(
     ("fields", "field", "fragments"), [c[1:] for c in LIST_CASES], ids=[c[0] for c in LIST_CASES]
 )
-def test_history_rejects(sms, sms_account, fields, field, fragments) -> None:  # type: ignore[no-untyped-def]
+def test_history_rejects(
+    sms: SmsServiceStub,
+    sms_account: Account,
+    fields: dict[str, Any],
+    field: str,
+    fragments: list[str],
+) -> None:
     error = fails(sms.ListSmsHistory, pb.ListSmsHistoryRequest(**fields), sms_account.md())
     expected = "INVALID_PHONE_NUMBER" if field == "to" else "INVALID_REQUEST"
     check(error, expected, field, *fragments)

@@ -13,16 +13,18 @@ import datetime as dt
 import json
 import signal
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from _processes import free_port, start_server
+from _processes import Program, free_port, start_server
 from _processes import zimsend_env as make_env
 from _receivers import Receiver, body_of, start_worker, verify_standard, wait_until
-from _sms import new_account
+from _sms import Account, new_account
 from _webhooks import add_event, deliveries, event_row, seed_client
+from conftest import RunningServer
 
 from zimsend.server.config import Settings
 from zimsend.server.storage import Database
@@ -51,20 +53,20 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker(server, zimsend_env: dict[str, str], logs_dir: Path):  # type: ignore[no-untyped-def]
+def worker(server: RunningServer, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator[Program]:
     with start_worker(zimsend_env, logs_dir, "module-worker", "--lease-seconds", "4") as program:
         yield program
 
 
 @pytest.fixture(scope="module")
-def webhooks(server):  # type: ignore[no-untyped-def]
+def webhooks(server: RunningServer) -> Iterator[pb_grpc.WebhookServiceStub]:
     _, address = server
     with grpc.insecure_channel(address) as channel:
         yield pb_grpc.WebhookServiceStub(channel)
 
 
 @pytest.fixture
-def account(server_db: Database):  # type: ignore[no-untyped-def]
+def account(server_db: Database) -> Account:
     return new_account(server_db, TEST_PEPPER.encode(), "webhook-tests")
 
 
@@ -94,8 +96,9 @@ def logs_of(webhooks: Any, account: Any, event_id: str) -> list[Any]:
     return sorted(reply.logs, key=lambda log: (log.timestamp.ToDatetime(), log.attempt))
 
 
-def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(  # type: ignore[no-untyped-def]
-    server, worker, webhooks, account, server_db, logs_dir,
+def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(
+    server: RunningServer, worker: Program, webhooks: pb_grpc.WebhookServiceStub, account: Account,
+    server_db: Database, logs_dir: Path,
 ) -> None:
     port = free_port()
     hook = configure(webhooks, account, f"http://127.0.0.1:{port}/hooks",
@@ -152,8 +155,9 @@ def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(  # type: i
     assert log.event == "webhook.test"
 
 
-def test_a_receiver_down_for_two_attempts_gets_the_third(  # type: ignore[no-untyped-def]
-    worker, webhooks, account, server_db, logs_dir,
+def test_a_receiver_down_for_two_attempts_gets_the_third(
+    worker: Program, webhooks: pb_grpc.WebhookServiceStub, account: Account, server_db: Database,
+    logs_dir: Path,
 ) -> None:
     port = free_port()  # nothing listens there yet
     hook = configure(webhooks, account, f"http://127.0.0.1:{port}/hooks", ["sms.delivered"])
@@ -178,8 +182,9 @@ def test_a_receiver_down_for_two_attempts_gets_the_third(  # type: ignore[no-unt
     assert event_row(server_db, event_id).status == "delivered"
 
 
-def test_a_receiver_that_never_answers_ends_failed_and_can_be_redelivered(  # type: ignore[no-untyped-def]
-    worker, webhooks, account, server_db, logs_dir,
+def test_a_receiver_that_never_answers_ends_failed_and_can_be_redelivered(
+    worker: Program, webhooks: pb_grpc.WebhookServiceStub, account: Account, server_db: Database,
+    logs_dir: Path,
 ) -> None:
     port = free_port()
     hook = configure(webhooks, account, f"http://127.0.0.1:{port}/hooks", ["sms.failed"])
@@ -207,7 +212,13 @@ def test_a_receiver_that_never_answers_ends_failed_and_can_be_redelivered(  # ty
     assert (latest.attempt, latest.success) == (1, True)  # a fresh schedule, same event_id
 
 
-def test_a_redirect_is_a_failure(worker, webhooks, account, server_db, logs_dir) -> None:  # type: ignore[no-untyped-def]
+def test_a_redirect_is_a_failure(
+    worker: Program,
+    webhooks: pb_grpc.WebhookServiceStub,
+    account: Account,
+    server_db: Database,
+    logs_dir: Path,
+) -> None:
     port = free_port()
     hook = configure(webhooks, account, f"http://127.0.0.1:{port}/hooks", ["sms.sent"])
     with Receiver(logs_dir, secret=hook.secret, port=port, mode="status", status=302) as receiver:
@@ -272,8 +283,8 @@ def test_ctrl_c_lets_the_delivery_in_flight_finish(
 
 
 @pytest.mark.postgres
-def test_two_workers_on_postgresql_deliver_each_event_once(  # type: ignore[no-untyped-def]
-    postgres_database_url, tmp_path_factory, logs_dir,
+def test_two_workers_on_postgresql_deliver_each_event_once(
+    postgres_database_url: str, tmp_path_factory: pytest.TempPathFactory, logs_dir: Path,
 ) -> None:
     env = make_env(tmp_path_factory.mktemp("pg-data"), TEST_PEPPER, **SHORT,
                    ZIMSEND_DATABASE_URL=postgres_database_url)

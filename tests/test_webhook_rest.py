@@ -3,8 +3,11 @@ JSON shapes, §10 error envelope), with production settings: HTTPS-only public U
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
+from conftest import Stack
 
 TEST_PEPPER = "test-pepper-not-secret-0123456789"
 
@@ -17,12 +20,12 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http(stack):  # type: ignore[no-untyped-def]
+def http(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=10, headers=stack.auth) as client:
         yield client
 
 
-def test_configure_list_test_logs_delete(http) -> None:  # type: ignore[no-untyped-def]
+def test_configure_list_test_logs_delete(http: httpx.Client) -> None:
     created = http.post("/v1/webhooks/configure", json={
         "url": "https://hooks.example.com/zimsend", "events": ["sms.sent", "sms.delivered"],
         "secret": None,
@@ -59,7 +62,7 @@ def test_configure_list_test_logs_delete(http) -> None:  # type: ignore[no-untyp
 
 
 @pytest.mark.parametrize("url", ["http://hooks.example.com/", "https://127.0.0.1/", "https://2130706433/"])
-def test_a_refused_url_is_400_invalid_webhook_url(http, url) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_url_is_400_invalid_webhook_url(http: httpx.Client, url: str) -> None:
     response = http.post("/v1/webhooks/configure", json={"url": url, "events": ["sms.sent"]})
     assert response.status_code == 400
     body = response.json()
@@ -71,7 +74,9 @@ def test_a_refused_url_is_400_invalid_webhook_url(http, url) -> None:  # type: i
 
 @pytest.mark.parametrize(("param", "range_text"), [("page", "must be 1 or more (got 0)"),
                                                ("limit", "must be 1-100 (got 0)")])
-def test_logs_paging_zero_is_400_naming_the_parameter(http, param, range_text) -> None:  # type: ignore[no-untyped-def]
+def test_logs_paging_zero_is_400_naming_the_parameter(
+    http: httpx.Client, param: str, range_text: str
+) -> None:
     """Issue 12 item 11: `page=0`/`limit=0` were taken for the defaults (history refuses them)."""
     response = http.get("/v1/webhooks/logs", params={param: 0})
     assert response.status_code == 400, response.text
@@ -83,7 +88,7 @@ def test_logs_paging_zero_is_400_naming_the_parameter(http, param, range_text) -
 
 @pytest.mark.parametrize("url", ["https://10.1.2.3/hook", "https://169.254.169.254:8443/latest/",
                                  "https://localhost:9000/"])
-def test_a_message_webhook_url_is_checked_like_configure(http, url) -> None:  # type: ignore[no-untyped-def]
+def test_a_message_webhook_url_is_checked_like_configure(http: httpx.Client, url: str) -> None:
     """Issue 12 item 11: a message's own webhook_url was accepted at send and refused only at
     delivery; now the send is refused as configure would refuse the same URL."""
     configured = http.post("/v1/webhooks/configure", json={"url": url, "events": ["sms.sent"]})

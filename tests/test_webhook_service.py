@@ -7,11 +7,13 @@ every call scoped by client; §10 codes with a google.rpc.ErrorInfo naming them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
-from _sms import new_account
+from _sms import Account, new_account
+from conftest import RunningServer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -30,13 +32,13 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def webhooks(server):  # type: ignore[no-untyped-def]
+def webhooks(server: RunningServer) -> Iterator[pb_grpc.WebhookServiceStub]:
     with grpc.insecure_channel(server[1]) as channel:
         yield pb_grpc.WebhookServiceStub(channel)
 
 
 @pytest.fixture
-def account(server_db: Database):  # type: ignore[no-untyped-def]
+def account(server_db: Database) -> Account:
     return new_account(server_db, TEST_PEPPER, "webhook-service")
 
 
@@ -64,7 +66,9 @@ def configure(webhooks: Any, account: Any, url: str = "https://hooks.example.com
     )
 
 
-def test_configure_shows_the_secret_once_and_list_never(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+def test_configure_shows_the_secret_once_and_list_never(
+    webhooks: pb_grpc.WebhookServiceStub, account: Account
+) -> None:
     created = configure(webhooks, account)
     assert created.success
     assert created.webhook_id.startswith("wh_")
@@ -82,7 +86,9 @@ def test_configure_shows_the_secret_once_and_list_never(webhooks, account) -> No
     "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
     "https://169.254.169.254/latest/meta-data/", "http://hooks.example.com/", "https://localhost/",
 ])
-def test_local_and_plain_urls_are_refused(webhooks, account, url) -> None:  # type: ignore[no-untyped-def]
+def test_local_and_plain_urls_are_refused(
+    webhooks: pb_grpc.WebhookServiceStub, account: Account, url: str
+) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         configure(webhooks, account, url=url)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -91,7 +97,7 @@ def test_local_and_plain_urls_are_refused(webhooks, account, url) -> None:  # ty
     assert "url" in fields
 
 
-def test_each_bad_field_is_named(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+def test_each_bad_field_is_named(webhooks: pb_grpc.WebhookServiceStub, account: Account) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         configure(webhooks, account, events=("sms.sent", "sms.teleported"), secret="tooshort")
     reason, fields = details(caught.value)
@@ -104,7 +110,9 @@ def test_each_bad_field_is_named(webhooks, account) -> None:  # type: ignore[no-
     assert set(details(caught.value)[1]) == {"events"}
 
 
-def test_test_queues_an_event_for_that_endpoint(webhooks, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_test_queues_an_event_for_that_endpoint(
+    webhooks: pb_grpc.WebhookServiceStub, account: Account, server_db: Database
+) -> None:
     hook = configure(webhooks, account)
     reply = webhooks.TestWebhook(pb.TestWebhookRequest(webhook_id=hook.webhook_id),
                                  metadata=account.md(), timeout=10)
@@ -119,13 +127,16 @@ def test_test_queues_an_event_for_that_endpoint(webhooks, account, server_db) ->
     assert event.payload["webhook_id"] == hook.webhook_id
 
 
-def test_another_clients_webhook_is_not_found(webhooks, account, server_db) -> None:  # type: ignore[no-untyped-def]
+def test_another_clients_webhook_is_not_found(
+    webhooks: pb_grpc.WebhookServiceStub, account: Account, server_db: Database
+) -> None:
     theirs = configure(webhooks, new_account(server_db, TEST_PEPPER, "other"))
-    for call, request in (
+    calls: list[tuple[Callable[..., object], object]] = [
         (webhooks.TestWebhook, pb.TestWebhookRequest(webhook_id=theirs.webhook_id)),
         (webhooks.DeleteWebhook, pb.DeleteWebhookRequest(webhook_id=theirs.webhook_id)),
         (webhooks.DeleteWebhook, pb.DeleteWebhookRequest(webhook_id="wh_0000000000000000")),
-    ):
+    ]
+    for call, request in calls:
         with pytest.raises(grpc.RpcError) as caught:
             call(request, metadata=account.md(), timeout=10)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -138,7 +149,9 @@ def test_another_clients_webhook_is_not_found(webhooks, account, server_db) -> N
     assert theirs.webhook_id not in str(listed)
 
 
-def test_delete_removes_it_from_the_list(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+def test_delete_removes_it_from_the_list(
+    webhooks: pb_grpc.WebhookServiceStub, account: Account
+) -> None:
     keep, gone = configure(webhooks, account), configure(webhooks, account)
     reply = webhooks.DeleteWebhook(pb.DeleteWebhookRequest(webhook_id=gone.webhook_id),
                                    metadata=account.md(), timeout=10)
@@ -148,7 +161,9 @@ def test_delete_removes_it_from_the_list(webhooks, account) -> None:  # type: ig
     assert [h.webhook_id for h in listed.webhooks] == [keep.webhook_id]
 
 
-def test_logs_start_empty_and_reject_a_page_too_large(webhooks, account) -> None:  # type: ignore[no-untyped-def]
+def test_logs_start_empty_and_reject_a_page_too_large(
+    webhooks: pb_grpc.WebhookServiceStub, account: Account
+) -> None:
     reply = webhooks.ListWebhookLogs(pb.ListWebhookLogsRequest(), metadata=account.md(), timeout=10)
     assert reply.success
     assert list(reply.logs) == []
@@ -161,7 +176,7 @@ def test_logs_start_empty_and_reject_a_page_too_large(webhooks, account) -> None
     assert "limit" in details(caught.value)[1]
 
 
-def test_every_call_needs_credentials(webhooks) -> None:  # type: ignore[no-untyped-def]
+def test_every_call_needs_credentials(webhooks: pb_grpc.WebhookServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         webhooks.ListWebhooks(pb.ListWebhooksRequest(), timeout=10)
     assert details(caught.value)[0] == "MISSING_AUTH_HEADERS"
