@@ -127,7 +127,8 @@ def quick_tenant(env: dict[str, str], channel: grpc.Channel, name: str) -> Tenan
 
     data_dir = Path(env["ZIMSEND_DATA_DIR"])
     pepper = env["ZIMSEND_SECRET_PEPPER"].encode()
-    db = Database.from_url(f"sqlite:///{data_dir / 'zimsend.db'}")
+    db = Database.from_url(env.get("ZIMSEND_DATABASE_URL")
+                           or f"sqlite:///{data_dir / 'zimsend.db'}")
     try:
         client = accounts.create_client(db, name)
         live = accounts.create_api_key(db, pepper, client.id, "live")

@@ -6,7 +6,9 @@ or doubled.
 port (so a restarted server is where Envoy expects it), the real Envoy, `zimsend worker`, the
 node webhook receiver of tests/_receivers.py (subscribed to every event type), and simulated
 phones (`zimsend device run --backend simulator`), each with its own journal and outbox file,
-connected through Envoy's phone port. Every process is a `Program`.
+connected through Envoy's phone port. Every process is a `Program`. With `database_url`
+(PostgreSQL), `replicas` servers run behind the one Envoy and `workers` workers share the outbox
+(issue 17: the production layout of docs/deploy.md, small).
 
 `BulkSender` sends the run through REST as a customer who reads the docs would: bulk requests
 with an Idempotency-Key, each retried with the same key and body after a connection error, a
@@ -14,7 +16,9 @@ with an Idempotency-Key, each retried with the same key and body after a connect
 creating a second message. Every answer is kept (start, end, status, error code) for the checks.
 
 `Tally` counts what the run left behind — in the database, the phones' outboxes, the
-receiver's records — and prints as the scenario's summary line.
+receiver's records — and prints as the scenario's summary line. `LimitProbe` is a second
+client calling at a steady pace against a small per-client limit during the run: the limit
+must hold whichever replica answers, and whichever dies.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ from typing import Any
 
 import grpc
 import httpx
+import psycopg
 from _devices import ServerDb, outbox_lines, quick_tenant, start_agent, wait_for
 from _processes import Program, free_port, start_server, zimsend_env
 from _receivers import Receiver, body_of, start_worker
 from conftest import TEST_PEPPER
 
 from zimsend.gateway import RateLimit, start_envoy
+from zimsend.server import accounts
+from zimsend.server.storage import Database
 
 WEBHOOK_SECRET = "fault-suite-webhook-secret-0123456789"
 EVENT_TYPES = ["sms.sent", "sms.delivered", "sms.failed", "device.connected",
@@ -65,9 +72,14 @@ class Phone:
 class FaultStack:
     """Server, Envoy, worker, receiver and `phones` simulated phones under `root`."""
 
-    def __init__(self, root: Path, *, phones: int = 2, delivery_delay: float = 1.0) -> None:
+    def __init__(
+        self, root: Path, *, phones: int = 2, delivery_delay: float = 1.0,
+        database_url: str | None = None, replicas: int = 1, workers: int = 1,
+    ) -> None:
         self.root = root
         self.data_dir = root / "data"
+        self.database_url = database_url
+        on_postgres = {"ZIMSEND_DATABASE_URL": database_url} if database_url else {}
         # 1 s heartbeats: presence follows restarts quickly. No pacing: the phones send as fast
         # as the simulator does. Webhook retries at 0/1/2 s instead of 0/60/300 s.
         self.env = zimsend_env(
@@ -75,19 +87,25 @@ class FaultStack:
             ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1", ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
             ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0,1,2]",
             PYTHONFAULTHANDLER="1",  # SIGABRT shows where a hung process is (every thread)
+            # No per-SIM send budget (20 parts a minute by default): the run is 1,000 a phone.
+            ZIMSEND_DEFAULT_PARTS_PER_MINUTE="0",
+            **on_postgres,
         )
         self.delivery_delay = delivery_delay
-        self.port = free_port()
+        self.ports = [free_port() for _ in range(replicas)]
         self._cleanup = contextlib.ExitStack()
         self.servers = 0
         self.workers = 0
-        self.server: Program | None = None
-        self.worker: Program | None = None
+        #: The server replicas by index (None: not running), on fixed ports.
+        self.replicas: list[Program | None] = [None] * replicas
+        self.worker: Program | None = None  # the last one started
+        self.worker_programs: list[Program] = []
         self.phones: list[Phone] = []
         try:
-            self.start_server()
+            for index in range(replicas):
+                self.start_server(index)
             self.envoy = start_envoy(
-                directory=root / "envoy", upstreams=(self.address,), public_port=0,
+                directory=root / "envoy", upstreams=tuple(self.addresses), public_port=0,
                 device_port=0, admin_port=0,
                 rate_limit=RateLimit(requests_per_minute=100_000_000,
                                      unkeyed_per_minute=100_000_000),
@@ -101,7 +119,8 @@ class FaultStack:
             self._cleanup.callback(self.receiver.stop)
             self.rest("POST", "/v1/webhooks/configure",
                       {"url": self.receiver.url, "events": EVENT_TYPES, "secret": WEBHOOK_SECRET})
-            self.start_worker()
+            for _ in range(workers):
+                self.start_worker()
             for n in range(phones):
                 created = self.rest("POST", "/v1/devices", {"name": f"fault phone {n}"})
                 folder = root / f"phone{n}"
@@ -118,22 +137,53 @@ class FaultStack:
     # --- processes ----------------------------------------------------------------------
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
 
-    def start_server(self) -> None:
-        """`zimsend serve` on the stack's port (each start logs to a file of its own)."""
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
+    @property
+    def server(self) -> Program | None:
+        return self.replicas[0]
+
+    def start_server(self, index: int = 0) -> None:
+        """`zimsend serve` on replica `index`'s port (each start logs to a file of its own)."""
         self.servers += 1
         program, _ = start_server(self.data_dir, self.env, self.root / f"server{self.servers}",
-                                  port=self.port)
+                                  port=self.ports[index])
         self._cleanup.callback(program.stop)
-        self.server = program
+        self.replicas[index] = program
 
     def start_worker(self) -> None:
         self.workers += 1
         self.worker = start_worker(self.env, self.root, f"worker{self.workers}",
                                    "--lease-seconds", LEASE_SECONDS)
+        self.worker_programs.append(self.worker)
         self._cleanup.callback(self.worker.stop)
+
+    def replica_of(self, device_id: str) -> int | None:
+        """The index of the live replica whose row says it holds the phone's stream."""
+        rows = self.db.query("SELECT replica_id FROM devices WHERE id = ?", device_id)
+        holder = rows[0][0] if rows else None
+        pid = int(holder.split(":")[1]) if holder else None
+        for index, program in enumerate(self.replicas):
+            if program is not None and program.alive() and program.pid == pid:
+                return index
+        return None
+
+    def limited_client(self, per_minute: int) -> dict[str, str]:
+        """A second client with its own per-client limit; its REST headers."""
+        channel = grpc.insecure_channel(self.address)
+        self._cleanup.callback(channel.close)
+        tenant = quick_tenant(self.env, channel, "limited")
+        db = Database.from_url(self.database_url or f"sqlite:///{self.data_dir / 'zimsend.db'}")
+        try:
+            accounts.set_rate_limit(db, tenant.client_id, per_minute)
+        finally:
+            db.dispose()
+        return {"X-API-Key": tenant.live_key, "X-Client-ID": tenant.client_id}
 
     def start_phone(self, n: int) -> None:
         """Phone `n` on its own journal and outbox (the same ones at every start)."""
@@ -150,6 +200,7 @@ class FaultStack:
     def processes(self) -> dict[str, int]:
         """Every running process of the stack by role, for RSS samples and kills."""
         named = {"server": self.server, "worker": self.worker,
+                 **{f"server{i + 1}": p for i, p in enumerate(self.replicas) if i},
                  **{f"agent{n}": phone.program for n, phone in enumerate(self.phones)}}
         pids = {name: p.pid for name, p in named.items() if p is not None and p.alive()}
         pids["envoy"] = self.envoy.process.pid
@@ -182,8 +233,24 @@ class FaultStack:
         return reply.status_code == 200 and reply.json().get("status") == "online"
 
     @property
-    def db(self) -> ServerDb:
-        return ServerDb(self.data_dir)
+    def db(self) -> ServerDb | PostgresDb:
+        return PostgresDb(self.database_url) if self.database_url else ServerDb(self.data_dir)
+
+
+class PostgresDb:
+    """`ServerDb`'s reads (`?` placeholders, JSON columns as text) on PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        self.conninfo = url.replace("+psycopg", "")
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.conninfo) as conn:
+            rows = conn.execute(sql.replace("?", "%s"), args).fetchall()  # type: ignore[arg-type]  # test SQL built from constants
+        return [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in row)
+                for row in rows]
+
+    def statuses(self, ids: list[str]) -> dict[str, str]:
+        return dict(self.query("SELECT id, status FROM messages WHERE id = ANY(?)", ids))
 
 
 # --- the load ---------------------------------------------------------------------------
@@ -220,6 +287,7 @@ class BulkSender:
     accepted: dict[str, list[str]] = field(default_factory=dict)  # key -> message ids
     refused: list[tuple[str, int, str]] = field(default_factory=list)  # not retryable
     retried: int = 0
+    in_flight: int = 0  # requests sent and not answered yet
 
     def __post_init__(self) -> None:
         self._next = itertools.count()
@@ -267,6 +335,8 @@ class BulkSender:
                     self.retried += 1
             first = False
             started = time.monotonic()
+            with self._lock:
+                self.in_flight += 1
             try:
                 reply = http.post("/v1/sms/send-bulk", json=body,
                                   headers={"Idempotency-Key": key})
@@ -295,7 +365,63 @@ class BulkSender:
 
     def _note(self, answer: Answer) -> None:
         with self._lock:
+            self.in_flight -= 1
             self.answers.append(answer)
+
+
+@dataclass
+class LimitProbe:
+    """A client with a small per-client limit calling `GET /v1/auth/test` at `rate` a second
+    through Envoy until `stop()`: whatever replica answers (and whichever dies), the calls
+    admitted in one minute window stay within the limit. `SLACK`: ratelimit.py flushes every
+    0.1 s, so another replica may admit ~1 call (at this pace) the first did not see yet, a
+    killed replica takes its unflushed ones with it, and a call sent at a minute's edge may
+    be counted in the other window."""
+
+    SLACK = 4
+    base_url: str
+    auth: dict[str, str]
+    limit: int
+    rate: float = 8.0
+    answers: list[tuple[int, int]] = field(default_factory=list)  # (UTC minute, status)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="limit-probe")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(REQUEST_TIMEOUT_S + 5)
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.base_url, headers=self.auth,
+                          timeout=REQUEST_TIMEOUT_S) as http:
+            while not self._stop.wait(1 / self.rate):
+                try:
+                    status = http.get("/v1/auth/test").status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.answers.append((int(time.time() // 60), status))
+
+    def admitted(self) -> dict[int, int]:
+        return dict(collections.Counter(m for m, status in self.answers if status == 200))
+
+    def summary(self) -> str:
+        refused = sum(1 for _, status in self.answers if status == 429)
+        return f"{max(self.admitted().values(), default=0)}/{self.limit}max,{refused}x429"
+
+    def problems(self) -> list[str]:
+        out = []
+        over = {m: n for m, n in self.admitted().items() if n > self.limit + self.SLACK}
+        if over:
+            out.append(f"the per-client limit of {self.limit}/min did not hold across the "
+                       f"replicas: admitted per minute window {self.admitted()}")
+        if not any(status == 429 for _, status in self.answers):
+            out.append(f"the limited client was never refused ({len(self.answers)} calls)")
+        return out
 
 
 def _json(reply: httpx.Response) -> dict[str, Any]:

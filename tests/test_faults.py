@@ -9,7 +9,13 @@ the sending (seeded: `ZIMSEND_FAULT_SEED=N` replays it), hurts one process:
 - `kill9-server`, `kill9-worker`, `kill9-agent`: kill -9, then start it again (the server on the
   same port behind the same Envoy, a phone on the same journal and outbox);
 - `sigterm-server`: SIGTERM under load; every request in flight or arriving until it has exited
-  is answered 200 or 503 UNAVAILABLE (the envelope), none hangs; then it starts again.
+  is answered 200 or 503 UNAVAILABLE (the envelope), none hangs; then it starts again;
+- `kill9-replica` (issue 17, the production layout of docs/deploy.md): PostgreSQL, two server
+  replicas and two workers behind one Envoy; kill -9 of the replica holding a phone: its phones
+  come back online through Envoy on the other replica, its unfinished calls end 503
+  UNAVAILABLE (and their retries, same Idempotency-Key, 200), then it starts again. Meanwhile a
+  second client calls at a steady pace against a per-client limit of 30 a minute, which must
+  hold across the replicas (`LimitProbe`).
 
 The client retries every request cut or refused (connection error, 503, 429) with the same
 Idempotency-Key until it gets 200. After the run: every accepted message is `delivered` or
@@ -25,6 +31,7 @@ Each scenario prints one summary line in the terminal summary (conftest.py), e.g
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import random
 import signal
@@ -34,7 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _faults import BulkSender, FaultStack, Tally, seeded, wait_settled
+from _devices import wait_for
+from _faults import BulkSender, FaultStack, LimitProbe, Tally, seeded, wait_settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -107,6 +115,44 @@ def _sigterm_server(stack: FaultStack, rng: random.Random, sender: BulkSender) -
             "window": ",".join(f"{k}x{v}" for k, v in sorted(outcomes.items()))}, problems
 
 
+def _kill9_replica(stack: FaultStack, rng: random.Random, sender: BulkSender) -> Outcome:
+    """kill -9 the replica holding a phone; its phones must come back through Envoy on another
+    replica; the calls it had when it died end 503 UNAVAILABLE; then it starts again."""
+    held = {p.device_id: stack.replica_of(p.device_id) for p in stack.phones}
+    candidates = sorted({i for i in held.values() if i is not None})
+    assert candidates, f"no phone is held by a live replica: {held}"
+    index = rng.choice(candidates)
+    victims = [device for device, i in held.items() if i == index]
+    program = stack.replicas[index]
+    assert program is not None
+    # While a request is in flight (on this replica or the other): a call cut by the death.
+    wait_for(lambda: sender.in_flight > 0, 30, "a request in flight")
+    killed_at = time.monotonic()
+    program.kill(signal.SIGKILL)
+    program.stop()
+    def moved_on(device_id: str) -> bool:
+        return stack.replica_of(device_id) not in (None, index) and stack.online(device_id)
+
+    for device_id in victims:
+        wait_for(functools.partial(moved_on, device_id), 60,
+                 f"phone {device_id} online again on another replica")
+    moved = time.monotonic() - killed_at
+    down = rng.uniform(0.5, 2.0)
+    time.sleep(down)
+    stack.start_server(index)
+    sender.join()
+    cut = [a for a in sender.answers if a.started < killed_at < a.ended]
+    outcomes = collections.Counter(
+        "200" if a.status == 200 else f"{a.status}:{a.code}" for a in cut)
+    problems = []
+    odd = {k: v for k, v in outcomes.items() if k not in ("200", "503:UNAVAILABLE")}
+    if odd:
+        problems.append(f"calls in flight when a replica died were answered otherwise than 200 "
+                        f"(another replica) or 503 UNAVAILABLE: {dict(outcomes)}")
+    return {"replica": index + 1, "phones_moved": len(victims), "back_online": f"{moved:.1f}s",
+            "cut": ",".join(f"{k}x{v}" for k, v in sorted(outcomes.items()))}, problems
+
+
 #: What a fault reports: details for the summary line, and the promises it saw broken.
 Outcome = tuple[dict[str, object], list[str]]
 Fault = Callable[[FaultStack, random.Random, BulkSender], Outcome]
@@ -115,20 +161,38 @@ FAULTS: dict[str, tuple[Fault, int]] = {  # scenario -> (fault, messages allowed
     "kill9-worker": (_kill9_worker, 0),
     "kill9-agent": (_kill9_agent, 1),
     "sigterm-server": (_sigterm_server, 0),
+    "kill9-replica": (_kill9_replica, 0),
 }
+#: Scenarios on the production layout: PostgreSQL, replicas and workers (docs/deploy.md).
+TOPOLOGY = {"kill9-replica": {"replicas": 2, "workers": 2}}
+#: `LimitProbe`'s per-client limit (requests a minute).
+PROBE_LIMIT = 30
 
 
 @pytest.mark.parametrize("scenario", list(FAULTS))
-def test_nothing_stuck_doubled_or_lost(scenario: str, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_stuck_doubled_or_lost(  # type: ignore[no-untyped-def]
+    scenario: str, tmp_path: Path, record_property, request: pytest.FixtureRequest,
+) -> None:
     fault, failures_allowed = FAULTS[scenario]
     rng = seeded(SEED, scenario)
-    with FaultStack(tmp_path) as stack:
+    topology: dict[str, object] = dict(TOPOLOGY.get(scenario, {}))
+    if topology:
+        topology["database_url"] = request.getfixturevalue("postgres_database_url")
+    with FaultStack(tmp_path, **topology) as stack:  # type: ignore[arg-type]
+        probe = (LimitProbe(stack.envoy.base_url, stack.limited_client(PROBE_LIMIT),
+                            PROBE_LIMIT) if topology else None)
         sender = BulkSender(stack.envoy.base_url, stack.auth, run_id=f"{scenario}-{SEED}")
         fault_at = rng.uniform(0.5, 0.9 * sender.seconds)
+        if probe is not None:
+            probe.start()
         sender.start()
         time.sleep(max(0.0, sender.started_at + fault_at - time.monotonic()))
         detail, fault_problems = fault(stack, rng, sender)
         sender.join()
+        if probe is not None:
+            probe.stop()
+            detail["limit"] = probe.summary()
+            fault_problems += probe.problems()
         ids = sender.message_ids()
         wait_settled(stack, ids, SETTLE_TIMEOUT_S)
         tally = Tally.count(stack, ids)

@@ -104,13 +104,13 @@ def test_migrations_ship_inside_the_package() -> None:
 def test_missing_postgres_binaries_fail_with_the_install_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import _pg
+    from zimsend.server import local_postgres
 
     monkeypatch.delenv("ZIMSEND_PG_BINDIR", raising=False)
-    monkeypatch.setattr(_pg.shutil, "which", lambda _: None)
-    monkeypatch.setattr(_pg.glob, "glob", lambda _: [])
-    with pytest.raises(_pg.PostgresNotInstalled, match="apt-get install postgresql-15"):
-        _pg.find_bindir()
+    monkeypatch.setattr(local_postgres.shutil, "which", lambda _: None)
+    monkeypatch.setattr(local_postgres.glob, "glob", lambda _: [])
+    with pytest.raises(local_postgres.PostgresNotInstalled, match="apt-get install postgresql-15"):
+        local_postgres.find_bindir()
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,15 @@ A trio supervisor (DESIGN.md: every long-lived program but the server is trio) t
   1. migrates the database in `--data-dir` (created mode 700; the SQLite files are 600) and, on
      first start, creates a default client, API key and device, writes them to
      `<data-dir>/credentials.json` (mode 600) and prints them;
-  2. starts the children — the server, Envoy (REST + gRPC on `--http-port`, phones on
-     `--device-port`), the worker when installed, and with `--with-simulated-device` a
-     simulated phone whose "sent" SMS land in `<data-dir>/simulated-outbox.jsonl`;
+  2. starts the children — the server (`--replicas N` of them, on consecutive ports from
+     `--grpc-port`), Envoy (REST + gRPC on `--http-port`, phones on `--device-port`, balancing
+     over the replicas), the worker when installed (`--workers M`), and with
+     `--with-simulated-device` a simulated phone whose "sent" SMS land in
+     `<data-dir>/simulated-outbox.jsonl`;
   3. says "ZimSend is up" only when every part can do its job: Envoy's `/healthz` answers 200
-     (over https with `--tls-cert`, trusting that certificate) and the simulated phone, when
-     there is one, is online (a send right after the line finds it);
+     (over https with `--tls-cert`, trusting that certificate), every replica answers its gRPC
+     health check, and the simulated phone, when there is one, is online (a send right after
+     the line finds it);
   4. keeps the children running: one that exits is restarted after a backoff (0.5 s, doubling
      to 8 s) with the reason said on stderr. A child that crashes `RestartPolicy.max_crashes`
      times within `window_seconds` would only flap, so `up` then stops everything, says why
@@ -17,6 +20,12 @@ A trio supervisor (DESIGN.md: every long-lived program but the server is trio) t
   5. on Ctrl-C / SIGTERM stops the children in order (`STOP_ORDER`: the server first, so it
      refuses new calls and finishes the ones in flight while its phone and Envoy are still
      there; Envoy last), each with SIGTERM, then SIGKILL after a grace period.
+
+The database: the embedded SQLite in `--data-dir` by default; `--database-url
+postgresql://…` for a PostgreSQL server; `--postgres` for a private PostgreSQL cluster in
+`<data-dir>/postgres` (`local_postgres`: PostgreSQL's own binaries, reachable only through a
+Unix socket there; started before the children, stopped after them). Several replicas need
+PostgreSQL (SQLite serves one machine and one writer): docs/deploy.md.
 
 Children run in their own process groups, so a Ctrl-C in the terminal reaches only the
 supervisor. Insecure webhook receivers (http://, private addresses) stay refused unless
@@ -51,6 +60,8 @@ SERVER_STOP_GRACE_SECONDS = 25.0
 STOP_ORDER = ("server", "simulated-device", "worker", "envoy")
 #: How long each readiness step (Envoy healthy, then the simulated phone online) may take.
 READY_TIMEOUT_SECONDS = 60.0
+#: The database `--postgres` creates in its private cluster.
+POSTGRES_DATABASE = "zimsend"
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,20 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--tls-cert", help="serve both listeners over TLS with this certificate")
     parser.add_argument("--tls-key", help="private key of --tls-cert")
     parser.add_argument(
+        "--database-url",
+        help="PostgreSQL for the whole stack (postgresql://user:pw@host/db; default: "
+        "ZIMSEND_DATABASE_URL, else the embedded SQLite in --data-dir)",
+    )
+    parser.add_argument(
+        "--postgres", action="store_true",
+        help="run a private PostgreSQL cluster in <data-dir>/postgres (PostgreSQL's binaries "
+        "on PATH or under /usr/lib/postgresql) and use it",
+    )
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="server processes behind Envoy (default 1; more need PostgreSQL)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (default 1; more need PostgreSQL)")
+    parser.add_argument(
         "--allow-insecure-webhooks", action="store_true",
         help="development only: accept http:// and private/loopback webhook receivers "
         "(ZIMSEND_WEBHOOKS_ALLOW_INSECURE); off by default",
@@ -107,10 +132,61 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _handler(args: argparse.Namespace) -> int:
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("zimsend up: --tls-cert and --tls-key go together", file=sys.stderr)
+    problem = _topology_problem(args)
+    if problem:
+        print(f"zimsend up: {problem}", file=sys.stderr)
         return 2
-    return trio.run(run_stack, args)
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not args.postgres:
+        return trio.run(run_stack, args)
+    # Started here, in the main thread, so that its parent-death signal is tied to this
+    # process's life, not to a worker thread's (local_postgres).
+    from zimsend.server.local_postgres import LocalPostgres, PostgresNotInstalled
+
+    if os.geteuid() == 0:
+        # PostgreSQL runs as the `postgres` user, which must reach <data-dir>/postgres: the
+        # data directory may be traversed (not listed) by others; its files keep their modes.
+        data_dir.chmod(0o711)
+    try:
+        cluster = LocalPostgres(data_dir / "postgres", database=POSTGRES_DATABASE,
+                                max_connections=postgres_connections(args.replicas,
+                                                                     args.workers))
+        _say(f"starting PostgreSQL in {cluster.directory}")
+        cluster.start()
+    except (PostgresNotInstalled, ValueError, RuntimeError, OSError) as exc:
+        _say(f"could not start PostgreSQL: {exc}")
+        return 1
+    try:
+        args.database_url = cluster.url()
+        return trio.run(run_stack, args)
+    finally:
+        _say("stopping PostgreSQL")
+        cluster.stop()
+
+
+def _topology_problem(args: argparse.Namespace) -> str | None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    if args.postgres and args.database_url:
+        return "--postgres runs its own PostgreSQL: give it or --database-url, not both"
+    if args.replicas < 1 or args.workers < 0:
+        return "--replicas must be at least 1 and --workers at least 0"
+    url = args.database_url or os.environ.get("ZIMSEND_DATABASE_URL", "")
+    on_postgres = args.postgres or url.startswith(("postgres://", "postgresql"))
+    if (args.replicas > 1 or args.workers > 1) and not on_postgres:
+        return ("several replicas or workers need PostgreSQL (SQLite serves one machine): "
+                "add --database-url postgresql://… or --postgres")
+    return None
+
+
+def postgres_connections(replicas: int, workers: int) -> int:
+    """`max_connections` for a stack of `replicas` servers and `workers` workers: each
+    process's pool at its fullest (`database.POOL_SIZE` + SQLAlchemy's overflow of 10) plus
+    its LISTEN connection, plus room for `zimsend admin` and psql (docs/deploy.md)."""
+    from zimsend.server.storage.database import POOL_SIZE
+
+    return max(100, (replicas + workers) * (POOL_SIZE + 10 + 1) + 20)
 
 
 async def run_stack(args: argparse.Namespace) -> int:
@@ -118,13 +194,16 @@ async def run_stack(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()  # noqa: ASYNC240
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = _child_env(data_dir, allow_insecure_webhooks=args.allow_insecure_webhooks)
+    if args.database_url:
+        env["ZIMSEND_DATABASE_URL"] = args.database_url
     env["ZIMSEND_METRICS_PORT"] = str(args.metrics_port)
     env["ZIMSEND_WORKER_METRICS_PORT"] = str(args.worker_metrics_port)
     # Pairing URIs made through the API (POST /v1/devices) name Envoy's phone listener too.
     env.setdefault("ZIMSEND_DEVICE_LINK_ADDRESS", f"{args.host}:{args.device_port}")
     env.setdefault("ZIMSEND_DEVICE_LINK_TLS", "1" if args.tls_cert else "0")
     credentials, created = await trio.to_thread.run_sync(
-        ensure_credentials, data_dir, env, f"{args.host}:{args.device_port}", bool(args.tls_cert)
+        ensure_credentials, data_dir, env, f"{args.host}:{args.device_port}", bool(args.tls_cert),
+        env.get("ZIMSEND_DATABASE_URL"),
     )
     supervisor = Supervisor(_children(args, data_dir, env, credentials))
     async with trio.open_nursery() as nursery:
@@ -165,14 +244,20 @@ def _local_host(host: str) -> str:
 
 
 def ensure_credentials(
-    data_dir: Path, env: dict[str, str], device_address: str, tls: bool = False
+    data_dir: Path, env: dict[str, str], device_address: str, tls: bool = False,
+    database_url: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Create the default client, key and device once; later starts reuse the file (its
-    pairing URI rewritten when the phones' address or TLS changed since)."""
+    """Create the default client, key and device once per database; later starts on the same
+    database reuse the file (its pairing URI rewritten when the phones' address or TLS changed
+    since)."""
+    from sqlalchemy import make_url
+
     from zimsend.server import accounts
 
     path = data_dir / CREDENTIALS_FILE
-    if path.exists():
+    database = (make_url(database_url).render_as_string(hide_password=True)
+                if database_url else "sqlite")
+    if path.exists() and json.loads(path.read_text()).get("database", "sqlite") == database:
         credentials = json.loads(path.read_text())
         uri = accounts.pairing_uri(
             device_address, credentials["client_id"], credentials["device_id"],
@@ -185,7 +270,8 @@ def ensure_credentials(
     from zimsend.server.config import Settings
     from zimsend.server.storage import Database
 
-    settings = Settings(data_dir=data_dir)
+    settings = Settings(data_dir=data_dir, **({"database_url": database_url} if database_url
+                                               else {}))
     db = Database.from_url(settings.database_url_value)
     try:
         db.migrate()
@@ -204,6 +290,7 @@ def ensure_credentials(
         "device_id": device.device.id,
         "device_password": device.password,
         "pairing_uri": device.pairing_uri,
+        "database": database,
     }
     _write_private_json(path, credentials)
     return credentials, True
@@ -227,23 +314,33 @@ def _children(
 
     logs = data_dir / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
-    upstream = f"127.0.0.1:{args.grpc_port}"
+    ports = replica_ports(args)
     children = [
-        Child("server", _zimsend_argv("serve", "--port", str(args.grpc_port)), env,
-              stop_grace=SERVER_STOP_GRACE_SECONDS),
+        Child(_numbered("server", i, len(ports)), _zimsend_argv("serve", "--port", str(port)),
+              dict(env, ZIMSEND_METRICS_PORT=str(_nth_port(args.metrics_port, i))),
+              stop_grace=SERVER_STOP_GRACE_SECONDS)
+        for i, port in enumerate(ports)
+    ]
+    children.append(
         Child(
             "envoy",
             envoy_command(
-                data_dir / "envoy", upstreams=(upstream,), listen_address=args.host,
+                data_dir / "envoy", upstreams=tuple(f"127.0.0.1:{p}" for p in ports),
+                listen_address=args.host,
                 public_port=args.http_port, device_port=args.device_port,
                 admin_port=args.admin_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
             ),
             env,
             log_path=logs / "envoy-access.log",
-        ),
-    ]
-    if any(ep.name == "worker" for ep in entry_points(group="zimsend.commands")):
-        children.append(Child("worker", _zimsend_argv("worker"), env))
+        )
+    )
+    if _has_worker():
+        children += [
+            Child(_numbered("worker", j, args.workers), _zimsend_argv("worker"),
+                  dict(env, ZIMSEND_WORKER_METRICS_PORT=str(
+                      _nth_port(args.worker_metrics_port, j))))
+            for j in range(args.workers)
+        ]
     if args.with_simulated_device:
         tls = ["--tls", "--ca-file", str(Path(args.tls_cert).resolve())] if args.tls_cert else []
         children.append(
@@ -262,6 +359,31 @@ def _children(
             )
         )
     return children
+
+
+def replica_ports(args: argparse.Namespace) -> list[int]:
+    """The servers' gRPC ports: `--grpc-port` and the next ones."""
+    return [args.grpc_port + i for i in range(getattr(args, "replicas", 1))]
+
+
+def _numbered(kind: str, index: int, count: int) -> str:
+    """`server` alone, `server-1` … `server-N` when there are several."""
+    return kind if count == 1 else f"{kind}-{index + 1}"
+
+
+def _nth_port(first: int, index: int) -> int:
+    """Metrics ports: the server's (9470) and the worker's (9471) first, then every second
+    port (9472, 9474 … servers; 9473, 9475 … workers). 0 stays off."""
+    return first + 2 * index if first else 0
+
+
+def _has_worker() -> bool:
+    return any(ep.name == "worker" for ep in entry_points(group="zimsend.commands"))
+
+
+def _stop_rank(name: str) -> int:
+    kind = name.rstrip("0123456789").removesuffix("-") if name[-1:].isdigit() else name
+    return STOP_ORDER.index(kind) if kind in STOP_ORDER else 99
 
 
 class Supervisor:
@@ -335,7 +457,7 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         """Terminate the running children one by one in `STOP_ORDER` (others last)."""
-        names = sorted(self.running, key=lambda n: STOP_ORDER.index(n) if n in STOP_ORDER else 99)
+        names = sorted(self.running, key=_stop_rank)
         grace = {child.name: child.stop_grace for child in self.children}
         for name in names:
             proc = self.running.pop(name, None)
@@ -453,6 +575,12 @@ async def _announce_when_ready(
             f"{probe.base_url}/healthz did not answer 200 within {limit} ({probe.last_problem})"
         )
         return
+    ports = replica_ports(args)
+    if len(ports) > 1 and not await _wait_for(
+        lambda: _replicas_serving(ports), READY_TIMEOUT_SECONDS, every=0.3
+    ):
+        supervisor.request_stop(f"not every replica ({ports}) was serving within {limit}")
+        return
     # Each look is an API call counted against the default client's limit: look calmly.
     if args.with_simulated_device and not await _wait_for(
         probe.device_online, READY_TIMEOUT_SECONDS, every=0.3
@@ -469,6 +597,24 @@ async def _announce_when_ready(
     _print_ready(args, data_dir, credentials, created)
 
 
+def _replicas_serving(ports: list[int]) -> bool:
+    """Every replica answers its gRPC health check SERVING (Envoy routes to it)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    for port in ports:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
+            except grpc.RpcError:
+                return False
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                return False
+    return True
+
+
 def _metrics_lines(args: argparse.Namespace) -> list[str]:
     """Where Prometheus scrapes each process (docs/operations.md)."""
     from zimsend.server.config import Settings
@@ -476,11 +622,28 @@ def _metrics_lines(args: argparse.Namespace) -> list[str]:
     host = os.environ.get("ZIMSEND_METRICS_HOST", Settings.model_fields["metrics_host"].default)
     server_port = getattr(args, "metrics_port", 0)
     worker_port = getattr(args, "worker_metrics_port", 0)
-    endpoints = [f"http://{host}:{server_port}/metrics (server)"] if server_port else []
-    has_worker = any(ep.name == "worker" for ep in entry_points(group="zimsend.commands"))
-    if worker_port and has_worker:
-        endpoints.append(f"http://{host}:{worker_port}/metrics (worker)")
+    replicas, workers = getattr(args, "replicas", 1), getattr(args, "workers", 1)
+    endpoints = [
+        f"http://{host}:{_nth_port(server_port, i)}/metrics ({_numbered('server', i, replicas)})"
+        for i in range(replicas if server_port else 0)
+    ]
+    if worker_port and _has_worker():
+        endpoints += [
+            f"http://{host}:{_nth_port(worker_port, j)}/metrics "
+            f"({_numbered('worker', j, workers)})"
+            for j in range(workers)
+        ]
     return [f"  metrics       {', '.join(endpoints)}"] if endpoints else []
+
+
+def _database_label(args: argparse.Namespace) -> str:
+    from sqlalchemy import make_url
+
+    url = getattr(args, "database_url", None) or os.environ.get("ZIMSEND_DATABASE_URL")
+    if not url:
+        return "SQLite (embedded)"
+    shown = make_url(url).render_as_string(hide_password=True)
+    return f"PostgreSQL, private cluster ({shown})" if args.postgres else shown
 
 
 def _print_ready(
@@ -488,14 +651,18 @@ def _print_ready(
 ) -> None:
     scheme = "https" if args.tls_cert else "http"
     over_tls = " (TLS)" if args.tls_cert else ""
+    servers = ", ".join(f"127.0.0.1:{port}" for port in replica_ports(args))
+    workers = getattr(args, "workers", 1) if _has_worker() else 0
     lines = [
         "ZimSend is up.",
         f"  web console   {scheme}://{args.host}:{args.http_port}/",
         f"  REST API      {scheme}://{args.host}:{args.http_port}/v1   (OpenAPI: /v1/openapi.json)",
         f"  gRPC          {args.host}:{args.http_port}{over_tls} (through Envoy), "
-        f"127.0.0.1:{args.grpc_port} (server)",
+        f"{servers} (server{'s' if ',' in servers else ''})",
         f"  phones        {args.host}:{args.device_port}{over_tls}",
         f"  data          {data_dir}",
+        f"  database      {_database_label(args)}; {len(replica_ports(args))} server "
+        f"replica(s), {workers} worker(s)",
         f"  client id     {credentials['client_id']}",
         f"  device id     {credentials['device_id']}",
     ]
