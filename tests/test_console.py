@@ -329,7 +329,10 @@ def test_a_failed_message_shows_its_error_and_is_resent_from_its_page(
             page.get_by_role("button", name="Send SMS").click()
             wait_for(page.get_by_role("link", name="See it")).click()
             wait_for(page.locator('#message-status[data-status="failed"]'), 60_000)
-            assert "NO_CREDIT" in page.locator("section", has_text="Details").inner_text()
+            details = page.locator("section", has_text="Details").inner_text()
+            assert "NO_CREDIT" in details
+            # What to do, naming the phone (issue 16 item 2).
+            assert f"Top up the SIM of phone {phone['device_id']}" in details
             console.shot("message-failed")
             page.get_by_role("button", name="Resend this message").click()
             wait_for(page.get_by_role("status").filter(has_text="Queued again (attempt 2)"))

@@ -73,7 +73,12 @@ function details(m) {
     [t("message.attempts"), String(m.attempts || 1)],
   ];
   if (m.batch_id) rows.push([t("message.batch"), m.batch_id]);
-  if (m.error?.code) rows.push([t("message.error"), `${m.error.code}: ${m.error.message}`]);
+  if (m.error?.code) {
+    const reason = m.error.reason && m.error.reason !== m.error.code ? ` (${m.error.reason})` : "";
+    rows.push([t("message.error"), `${m.error.code}${reason}: ${m.error.message}`]);
+    if (m.error.hint) rows.push([t("message.hint"), h("span", { id: "message-hint" }, m.error.hint)]);
+  }
+  if (m.delivery_report_missing) rows.push([t("message.report"), t("message.report_missing")]);
   if (m.metadata && Object.keys(m.metadata).length) rows.push([t("message.metadata"), h("code", {}, JSON.stringify(m.metadata))]);
   return h("section", { class: "card" }, h("h2", {}, t("message.details")),
     h("dl", { class: "pairs" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
