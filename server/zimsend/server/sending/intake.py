@@ -6,7 +6,11 @@ Every request goes through the same steps (`_accept_in`), inside a write transac
 1. Idempotency first: a retry is answered from its record before anything else is checked,
    so a retry after a timeout replays even if, meanwhile, its `scheduled_at` has passed or
    its phone went offline.
-2. Validation (`validation`), pure: every violation in one error.
+2. Validation (`validation`), pure: every violation in one error. Then the client's policy
+   (`compliance`, read once per client per transaction): RECIPIENT_OPTED_OUT when a recipient
+   opted out, and quiet hours, which move a non-urgent message's due time to the end of its
+   recipient's quiet window (`held_until`); messages that all wait skip step 3's availability
+   checks, as scheduled ones do.
 3. Devices: `X-Device-ID` must name one of the client's devices (INVALID_DEVICE_ID). An
    immediate live send needs that device online and enabled (DEVICE_OFFLINE, naming the
    phone's reason when it is connected but says it cannot send), or without a pin any online
@@ -58,6 +62,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from zimsend.server import credentials, logs
+from zimsend.server.compliance import opt_outs, quiet_hours
+from zimsend.server.compliance.policy import Policy
+from zimsend.server.compliance.policy import load as load_policy
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode, storage_unavailable
 from zimsend.server.presence import is_connected, is_online
@@ -143,6 +150,8 @@ class _BatchState:
     rows: list[dict[str, Any]] = field(default_factory=list)
     #: The client's online phones (`_ONLINE`), read once per client per transaction.
     online: dict[str, list[Any]] = field(default_factory=dict)
+    #: The client's sending policy (opt-out exemption, quiet hours), read once likewise.
+    policies: dict[str, Policy] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -340,15 +349,27 @@ class Intake:
             if stored is not None:
                 return Outcome(idempotency.replay(stored, request.response_type), None)
         plan = request.validate(now)
-        availability = _check_devices(session, self.settings, submission, plan, now, batch)
+        policy = batch.policies.get(submission.client_id)
+        if policy is None:
+            policy = batch.policies[submission.client_id] = load_policy(
+                session.connection(), submission.client_id)
+        opt_outs.refuse_opted_out(session.connection(), submission.client_id, plan, policy,
+                                  operation=submission.operation)
         base = plan.scheduled_at or now
+        holds = _quiet_holds(policy, plan, submission, base)
+        # Messages that all wait for the end of quiet hours wait like scheduled ones: no
+        # phone needs to be online now, and a backlog now does not concern them.
+        immediate = plan.immediate and None in holds
+        availability = _check_devices(session, self.settings, submission, plan, now, batch,
+                                      immediate=immediate)
         backlog = self.gauge.ahead(session.connection(), submission.client_id, submission.test,
                                    plan.priority, base)
-        if plan.immediate:
+        if immediate:
             self._refuse_when_behind(backlog, now)
-        estimate = self._estimate(backlog.count, availability, base)
+        dues = [hold or base for hold in holds]
+        estimate = self._estimate(backlog.count, availability, min(dues, default=base))
         accepted = _queue(session, self.settings, submission, plan, availability, estimate,
-                          now, attach=request.before_commit is not None,
+                          now, holds, attach=request.before_commit is not None,
                           pending=batch.rows if defer_insert else None)
         if request.before_commit is not None:
             request.before_commit(session, accepted)
@@ -359,10 +380,8 @@ class Intake:
                 operation=submission.operation, request_hash=submission.request_hash,
                 response=response, now=now,
             )
-        due_at = plan.scheduled_at or now
-        self.gauge.record(submission.client_id, submission.test, plan.priority,
-                          [due_at] * len(accepted.messages))
-        return Outcome(response, due_at, tuple(m.id for m in accepted.messages))
+        self.gauge.record(submission.client_id, submission.test, plan.priority, dues)
+        return Outcome(response, min(dues, default=base), tuple(m.id for m in accepted.messages))
 
     def _refuse_when_behind(self, backlog: Backlog, now: dt.datetime) -> None:
         """Backpressure: refuse an immediate send while a message ahead of it has been due for
@@ -430,9 +449,20 @@ def _find(session: Session, submission: Submission, now: dt.datetime) -> dict[st
     )
 
 
+def _quiet_holds(
+    policy: Policy, plan: SendPlan, submission: Submission, base: dt.datetime
+) -> list[dt.datetime | None]:
+    """Per message, the end of the recipient's quiet hours when it would be due inside them
+    (`base`), else None. Urgent messages (OTPs are urgent) never wait."""
+    window = policy.quiet_window
+    if window is None or plan.priority == 1 or submission.operation == "SendOtp":
+        return [None] * len(plan.drafts)
+    return [quiet_hours.held_until(window, draft.to, base) for draft in plan.drafts]
+
+
 def _check_devices(
     session: Session, settings: Settings, submission: Submission, plan: SendPlan,
-    now: dt.datetime, batch: _BatchState,
+    now: dt.datetime, batch: _BatchState, *, immediate: bool,
 ) -> _Availability:
     pinned: Device | None = None
     if submission.device_header:
@@ -451,7 +481,7 @@ def _check_devices(
     window = settings.offline_after_seconds
     if pinned is not None:
         available = pinned.enabled and is_online(pinned, now, window)
-        if plan.immediate and not available:
+        if immediate and not available:
             raise ApiError(ErrorCode.DEVICE_OFFLINE, _unavailable(pinned, now, window))
         return _Availability(pinned, [pinned] if available else [])
     candidates = batch.online.get(submission.client_id)
@@ -460,7 +490,7 @@ def _check_devices(
             session.connection().execute(_ONLINE, {"client_id": submission.client_id})
         )
     online = [d for d in candidates if is_online(d, now, window)]
-    if plan.immediate and not online:
+    if immediate and not online:
         raise ApiError(
             ErrorCode.NO_DEVICE_AVAILABLE,
             "No device of this client is online: start the ZimSend app on a phone (GET "
@@ -484,8 +514,8 @@ def _unavailable(device: Device, now: dt.datetime, window: float) -> str:
 
 def _queue(
     session: Session, settings: Settings, submission: Submission, plan: SendPlan,
-    availability: _Availability, estimate: dt.datetime, now: dt.datetime, *, attach: bool,
-    pending: list[dict[str, Any]] | None,
+    availability: _Availability, estimate: dt.datetime, now: dt.datetime,
+    holds: list[dt.datetime | None], *, attach: bool, pending: list[dict[str, Any]] | None,
 ) -> Accepted:
     """Write the messages: attached ORM objects when a hook will work on them (`attach`);
     else plain rows for one Core INSERT — now, or appended to `pending` for the lane's one
@@ -501,10 +531,14 @@ def _queue(
         created_at=now, queued_at=now, webhook_url=plan.webhook_url,
         request_id=submission.request_id,
     )
+    ttl = dt.timedelta(hours=settings.message_ttl_hours)
     rows = [
         dict(common, id=credentials.new_id("msg"), to=draft.to, body=draft.body,
-             segments=draft.segments, encoding=draft.encoding, meta=draft.meta)
-        for draft in plan.drafts
+             segments=draft.segments, encoding=draft.encoding, meta=draft.meta,
+             **({} if hold is None else {
+                 "due_at": hold, "expires_at": hold + ttl, "held_until": hold,
+                 "hold_reason": quiet_hours.HOLD_REASON}))
+        for draft, hold in zip(plan.drafts, holds, strict=True)
     ]
     messages: list[Any]
     if attach:

@@ -16,6 +16,8 @@ import datetime as dt
 from sqlalchemy import delete, update
 from sqlmodel import Session, select
 
+from zimsend.server.compliance import opt_outs, quiet_hours
+from zimsend.server.compliance.policy import load as load_policy
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import (
@@ -112,6 +114,10 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
                 f"Message {message_id} carries a one-time code and cannot be sent again; "
                 "request a new OTP with POST /v1/sms/send-otp",
             )
+        # The client's policy holds for a resend as for a send (docs/compliance.md).
+        hold = _policy_hold(session, message, now) if message.status == MessageStatus.FAILED \
+            else None
+        due = hold or now
         done = session.execute(
             update(Message)
             .where(
@@ -123,8 +129,9 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
                 status=MessageStatus.QUEUED, attempts=Message.attempts + 1,
                 device_id=None, error_code=None, error_message=None, parts=None,
                 processing_at=None, sent_at=None, delivered_at=None, failed_at=None,
-                queued_at=now, due_at=now,
-                expires_at=now + dt.timedelta(hours=settings.message_ttl_hours),
+                queued_at=now, due_at=due,
+                expires_at=due + dt.timedelta(hours=settings.message_ttl_hours),
+                held_until=hold, hold_reason=quiet_hours.HOLD_REASON if hold else None,
             )
             .execution_options(synchronize_session=False)
         )
@@ -142,6 +149,17 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
             .values(reroutes=0, delivery_report_missing_at=None)
         )
         return _reload(session, message_id)
+
+
+def _policy_hold(session: Session, message: Message, now: dt.datetime) -> dt.datetime | None:
+    """RECIPIENT_OPTED_OUT when the message's recipient opted out since; else the end of the
+    recipient's quiet hours when `now` is inside them (None: it may go now)."""
+    policy = load_policy(session, message.client_id)
+    opt_outs.refuse_numbers(session.connection(), message.client_id, [("to", message.to)])
+    window = policy.quiet_window
+    if window is None or message.priority == 1:
+        return None
+    return quiet_hours.held_until(window, message.to, now)
 
 
 def _reload(session: Session, message_id: str) -> Message:

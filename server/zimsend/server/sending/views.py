@@ -71,6 +71,9 @@ def message_fields(message: Message) -> dict[str, Any]:
         "attempts": message.attempts + 1,
         "batch_id": message.batch_id or "",
     }
+    if message.status == "queued" and message.held_until is not None:
+        fields["held_until"] = ts(message.held_until)
+        fields["hold_reason"] = message.hold_reason or ""
     if message.error_code:
         fields["error"] = common_pb2.MessageError(**failures.error_payload(
             message.error_code, message.error_message, message.device_id))

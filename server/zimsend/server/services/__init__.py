@@ -24,7 +24,9 @@ def registrations() -> tuple[Callable[[ZimSendServer], str], ...]:
         auth_service,
         device_link,
         devices,
+        opt_outs,
         otp,
+        settings,
         sms,
         webhooks,
     )
@@ -36,6 +38,8 @@ def registrations() -> tuple[Callable[[ZimSendServer], str], ...]:
         sms.register,
         otp.register,
         webhooks.register,
+        opt_outs.register,
+        settings.register,
         device_link.register,
     )
 

@@ -40,6 +40,8 @@ EVENT_TYPES: Final = (
     "otp.verified",
     "sms.rerouted",
     "sms.delivery_report_missing",
+    "sms.opted_out",
+    "sms.opted_in",
 )
 # Not subscribable: TestWebhook sends it to the one endpoint being tested.
 TEST_EVENT: Final = "webhook.test"

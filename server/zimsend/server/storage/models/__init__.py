@@ -12,6 +12,7 @@ from .messages import (
     MessageStatus,
     Otp,
 )
+from .policy import ClientPolicy, OptOut
 from .tenancy import ApiKey, Client, Device
 from .webhooks import OutboxEvent, OutboxStatus, WebhookDelivery, WebhookEndpoint
 
@@ -21,6 +22,7 @@ __all__ = [
     "NO_DEVICE",
     "ApiKey",
     "Client",
+    "ClientPolicy",
     "DailyAggregate",
     "Device",
     "DeviceSend",
@@ -29,6 +31,7 @@ __all__ = [
     "Message",
     "MessagePart",
     "MessageStatus",
+    "OptOut",
     "Otp",
     "OutboxEvent",
     "OutboxStatus",

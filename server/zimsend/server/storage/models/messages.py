@@ -108,6 +108,10 @@ class Message(SQLModel, table=True):
     # The id of the request that queued it (Envoy's `x-request-id`, else made by the server):
     # log lines from the accept to the phone and the webhook carry it.
     request_id: str | None = None
+    # Quiet hours (docs/compliance.md): the message was accepted inside the recipient's quiet
+    # window and its `due_at` moved to the window's end, `held_until`; `hold_reason` says why.
+    held_until: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    hold_reason: str | None = None
 
 
 class MessagePart(SQLModel, table=True):

@@ -1,0 +1,230 @@
+"""The suppression list: refusing sends to opted-out numbers, inbound STOP/START, the API.
+
+Numbers are compared in E.164 (the send path normalises recipients with `phonenumbers`; an
+inbound sender is normalised the same way, and one that is not an international number — a
+short code, an alphanumeric sender — cannot opt out and is only stored as an inbound SMS).
+
+Every change of a number's state writes one event in the same transaction
+(`sms.opted_out` / `sms.opted_in`, DESIGN "outbox"): a second STOP from a number already listed
+changes nothing and writes nothing, so a receiver sees one event per real change.
+
+Concurrency: adding is an INSERT … ON CONFLICT DO NOTHING and removing a DELETE whose row count
+says whether it happened, so two replicas applying the same STOP at once write one event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import phonenumbers
+from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy.engine import Connection
+from sqlmodel import Session, col
+
+from zimsend.server import logs
+from zimsend.server.errors import ApiError, ErrorCode, FieldViolation
+from zimsend.server.sending.dates import iso
+from zimsend.server.sending.fields import Violations, phone
+from zimsend.server.sending.validation import SendPlan
+from zimsend.server.storage import OptOut, insert_for, utcnow
+from zimsend.server.storage.shapes import padded
+from zimsend.server.webhook_delivery.events import outbox_event
+
+from . import keywords
+from .policy import Policy
+from .policy import load as load_policy
+
+__all__ = [
+    "Listed",
+    "add",
+    "apply_inbound",
+    "list_page",
+    "number",
+    "refuse_numbers",
+    "refuse_opted_out",
+    "remove",
+]
+
+log = logs.get("zimsend.opt_outs")
+KEYWORD = "keyword"
+API = "api"
+_TABLE: Any = OptOut.__table__  # type: ignore[attr-defined]
+_LISTED = select(_TABLE.c.phone_number).where(
+    _TABLE.c.client_id == bindparam("client_id"),
+    _TABLE.c.phone_number.in_(bindparam("numbers", expanding=True)),
+)
+
+
+def number(v: Violations, name: str, raw: str) -> str | None:
+    """A number as the API takes it (E.164 out); `%2B` is read as `+` (a REST path may carry
+    the number URL-encoded, and Envoy leaves reserved characters encoded)."""
+    text = raw.strip()
+    if text[:3].upper() == "%2B":
+        text = "+" + text[3:]
+    return phone(v, name, text)
+
+
+def _field(plan: SendPlan, index: int) -> str:
+    if plan.kind == "bulk":
+        return f"recipients[{index}]"
+    if plan.kind == "personalized":
+        return f"messages[{index}].to"
+    return "to"
+
+
+def refuse_opted_out(
+    connection: Connection, client_id: str, plan: SendPlan, policy: Policy, *, operation: str,
+) -> None:
+    """RECIPIENT_OPTED_OUT naming every opted-out recipient of a send request, unless none
+    is. An OTP (`operation` SendOtp) passes when the client exempts OTPs."""
+    if operation == "SendOtp" and policy.exempt_otp:
+        return
+    refuse_numbers(connection, client_id,
+                   [(_field(plan, i), d.to) for i, d in enumerate(plan.drafts)])
+
+
+def refuse_numbers(
+    connection: Connection, client_id: str, recipients: list[tuple[str, str]]
+) -> None:
+    """RECIPIENT_OPTED_OUT naming every (field, E.164 number) whose number is listed; the
+    whole request is refused (bulk stays atomic: docs/decisions.md)."""
+    numbers = sorted({to for _, to in recipients})
+    if not numbers:
+        return
+    listed = set(connection.execute(
+        _LISTED, {"client_id": client_id, "numbers": padded(numbers)}
+    ).scalars())
+    if not listed:
+        return
+    violations = [
+        FieldViolation(name, f"{to} has opted out of this client's messages (it texted a stop "
+                             "keyword, or was added with POST /v1/opt-outs)")
+        for name, to in recipients if to in listed
+    ]
+    count = len(violations)
+    where = ", ".join(v.field for v in violations[:10]) + (" …" if count > 10 else "")
+    raise ApiError(
+        ErrorCode.RECIPIENT_OPTED_OUT,
+        f"{count} recipient(s) opted out and cannot be sent to ({where}); nothing was queued. "
+        "Remove them from the request, or, if the person asked to receive messages again, "
+        "DELETE /v1/opt-outs/{phone_number} (a START text does it too)",
+        violations,
+        metadata={"opted_out": ",".join(sorted(listed)[:10])},
+    )
+
+
+def _event(session: Session, client_id: str, kind: str, row: dict[str, Any],
+           when: dt.datetime, inbound_id: str | None) -> None:
+    stamp = "opted_out_at" if kind == "sms.opted_out" else "opted_in_at"
+    session.add(outbox_event(
+        client_id=client_id, event_type=kind, now=when,
+        data={"phone_number": row["phone_number"], "source": row["source"],
+              "keyword": row.get("keyword"), "device_id": row.get("device_id"),
+              "inbound_id": inbound_id, stamp: iso(when)},
+    ))
+
+
+def add(
+    session: Session, client_id: str, phone_number: str, *, source: str,
+    keyword: str | None = None, device_id: str | None = None, inbound_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[OptOut, bool]:
+    """List `phone_number` (E.164); (the entry, whether it is new). A new entry writes
+    `sms.opted_out`."""
+    when = now or utcnow()
+    row = {"client_id": client_id, "phone_number": phone_number, "source": source,
+           "keyword": keyword, "device_id": device_id, "created_at": when}
+    inserted = session.execute(
+        insert_for(session, OptOut).values(**row)
+        .on_conflict_do_nothing(index_elements=["client_id", "phone_number"])
+        .returning(_TABLE.c.phone_number)
+    ).first()
+    if inserted is not None:
+        _event(session, client_id, "sms.opted_out", row, when, inbound_id)
+    stored = session.get(OptOut, (client_id, phone_number), populate_existing=True)
+    assert stored is not None
+    return stored, inserted is not None
+
+
+def remove(
+    session: Session, client_id: str, phone_number: str, *, source: str,
+    keyword: str | None = None, device_id: str | None = None, inbound_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Unlist `phone_number`; whether it was listed. A removal writes `sms.opted_in`."""
+    when = now or utcnow()
+    result = session.execute(
+        delete(OptOut).where(col(OptOut.client_id) == client_id,
+                             col(OptOut.phone_number) == phone_number)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    row = {"phone_number": phone_number, "source": source, "keyword": keyword,
+           "device_id": device_id}
+    _event(session, client_id, "sms.opted_in", row, when, inbound_id)
+    return True
+
+
+def _sender(raw: str) -> str | None:
+    """An inbound sender in E.164, or None when it is not an international number."""
+    text = raw.strip()
+    if not text.startswith("+"):
+        return None
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def apply_inbound(
+    session: Session, *, client_id: str, device_id: str, sender: str, body: str,
+    inbound_id: str, now: dt.datetime,
+) -> str | None:
+    """If `body` is one of the client's stop or start keywords, list or unlist `sender`;
+    returns "stop"/"start" when it matched (whether or not the list changed)."""
+    if len(body) > 200:
+        return None
+    policy = load_policy(session, client_id)
+    said = keywords.match(body, policy.stop_keywords, policy.start_keywords)
+    if said is None:
+        return None
+    number_ = _sender(sender)
+    if number_ is None:
+        log.info("opt_outs.keyword_from_unusable_sender", client_id=client_id,
+                 device_id=device_id, inbound_id=inbound_id, keyword=said)
+        return None
+    word = " ".join(body.split())
+    if said == "stop":
+        _, changed = add(session, client_id, number_, source=KEYWORD, keyword=word,
+                         device_id=device_id, inbound_id=inbound_id, now=now)
+    else:
+        changed = remove(session, client_id, number_, source=KEYWORD, keyword=word,
+                         device_id=device_id, inbound_id=inbound_id, now=now)
+    log.info("opt_outs.keyword", client_id=client_id, device_id=device_id,
+             inbound_id=inbound_id, keyword=said, changed=changed)
+    return said
+
+
+@dataclass(frozen=True)
+class Listed:
+    rows: list[OptOut]
+    total: int
+
+
+def list_page(
+    session: Session, client_id: str, *, page: int, limit: int, phone_number: str | None,
+) -> Listed:
+    """One page of the client's opt-outs, newest first."""
+    where = [col(OptOut.client_id) == client_id]
+    if phone_number:
+        where.append(col(OptOut.phone_number) == phone_number)
+    total = session.scalar(select(func.count()).select_from(OptOut).where(*where)) or 0
+    rows = list(session.scalars(
+        select(OptOut).where(*where)
+        .order_by(col(OptOut.created_at).desc(), col(OptOut.phone_number))
+        .offset((page - 1) * limit).limit(limit)
+    ))
+    return Listed(rows, int(total))

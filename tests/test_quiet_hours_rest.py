@@ -1,0 +1,153 @@
+"""Quiet hours (issue 16 item 4) through the real Envoy with a real simulated phone: the window
+is set to cover the recipient's local time now and end at the next minute, so a normal message
+is held (status shows `held_until` and `hold_reason`) and leaves when the window ends, while
+urgent messages and OTPs leave at once. The rule itself, at any instant, is covered by
+tests/test_compliance_rules.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from _devices import outbox_lines, start_agent, wait_for
+
+pytestmark = pytest.mark.slow
+PARIS = ZoneInfo("Europe/Paris")
+TO = "+33612345678"  # Europe/Paris, the only zone of +33
+NEW_YORK = "+12025550123"  # America/New_York: 5-6 hours behind Paris
+
+
+@pytest.fixture(scope="module")
+def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from _processes import zimsend_env as make_env
+    from conftest import TEST_PEPPER
+
+    return make_env(
+        tmp_path_factory.mktemp("quiet-data"), TEST_PEPPER, ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0", ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
+    )
+
+
+@pytest.fixture(scope="module")
+def http(stack) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=stack.base_url, timeout=15, headers=stack.auth) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def outbox(stack, admin, zimsend_env, tmp_path_factory) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    device = admin("create-device", "--client-id", stack.client_id, "--name", "sender",
+                   "--server-address", stack.envoy.device_target, "--no-qr")
+    workdir = tmp_path_factory.mktemp("agent")
+    with start_agent(zimsend_env, stack.envoy.device_target, stack.client_id,
+                     device["device_id"], device["device_password"], workdir,
+                     "--send-delay", "0.05", "--delivery-delay", "0.2") as program:
+        wait_for(lambda: httpx.get(f"{stack.base_url}/v1/devices/{device['device_id']}",
+                                   headers=stack.auth).json()["status"] == "online",
+                 60, f"the agent online; it said:\n{program.output()[-2000:]}")
+        yield workdir / "outbox.jsonl"
+
+
+def _sent(outbox: Path, message_id: str) -> dict[str, Any] | None:
+    return next((line for line in outbox_lines(outbox) if line["message_id"] == message_id), None)
+
+
+def _window_ending_next_minute() -> tuple[str, str, dt.datetime]:
+    """(start, end, end as UTC): a window around Paris' local time now that ends at the next
+    minute boundary, at least 15 s away (the requests must all land inside it)."""
+    now = dt.datetime.now(PARIS)
+    if now.second >= 45:
+        time.sleep(61 - now.second)
+        now = dt.datetime.now(PARIS)
+    minute = now.replace(second=0, microsecond=0)
+    start, end = minute - dt.timedelta(minutes=5), minute + dt.timedelta(minutes=1)
+    return start.strftime("%H:%M"), end.strftime("%H:%M"), end.astimezone(dt.UTC)
+
+
+def _utc(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once(  # type: ignore[no-untyped-def]
+    http, outbox,
+) -> None:
+    start, end, end_utc = _window_ending_next_minute()
+    patched = http.patch("/v1/settings", json={
+        "quiet_hours": {"enabled": True, "start": start, "end": end}})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["settings"]["quiet_hours"] == {
+        "enabled": True, "start": start, "end": end, "fallback_time_zone": ""}
+    try:
+        normal = http.post("/v1/sms/send", json={"to": TO, "message": "Rappel: RDV demain"})
+        assert normal.status_code == 200, normal.text
+        assert _utc(normal.json()["estimated_delivery"]) >= end_utc
+        held_id = normal.json()["message_id"]
+        status = http.get(f"/v1/sms/status/{held_id}").json()
+        assert status["status"] == "queued"
+        assert status["hold_reason"] == "quiet_hours"
+        assert _utc(status["held_until"]) == end_utc
+
+        urgent = http.post("/v1/sms/send", json={"to": TO, "message": "Alerte",
+                                                 "priority": "urgent"}).json()
+        otp = http.post("/v1/sms/send-otp", json={"to": TO}).json()
+        # A bulk is held per recipient: New York's evening is outside Paris' window.
+        bulk = http.post("/v1/sms/send-bulk", json={
+            "recipients": [TO, NEW_YORK], "message": "Offre"}).json()
+        paris_id, new_york_id = (m["message_id"] for m in bulk["messages"])
+        for message_id in (urgent["message_id"], otp["message_id"], new_york_id):
+            wait_for(partial(_sent, outbox, message_id), 30, f"{message_id} sent at once")
+        assert dt.datetime.now(dt.UTC) < end_utc, "the window ended before the checks; rerun"
+        assert _sent(outbox, held_id) is None
+        assert http.get(f"/v1/sms/status/{paris_id}").json()["hold_reason"] == "quiet_hours"
+        assert "held_until" not in http.get(f"/v1/sms/status/{new_york_id}").json()
+
+        for message_id in (held_id, paris_id):
+            line = wait_for(partial(_sent, outbox, message_id), 90,
+                            f"{message_id} sent after the window")
+            assert dt.datetime.fromisoformat(line["sent_at"]) >= end_utc
+        final = http.get(f"/v1/sms/status/{held_id}").json()
+        assert final["status"] in ("sent", "delivered")
+        assert "held_until" not in final
+    finally:
+        http.patch("/v1/settings", json={"quiet_hours": {"enabled": False}})
+
+
+def test_settings_show_defaults_and_refuse_bad_values_naming_each_field(http) -> None:  # type: ignore[no-untyped-def]
+    shown = http.get("/v1/settings").json()
+    assert shown["success"] is True
+    assert shown["settings"]["quiet_hours"]["start"] == "21:00"
+    assert shown["settings"]["quiet_hours"]["end"] == "08:00"
+    assert shown["settings"]["opt_outs"]["stop_keywords"] == [
+        "STOP", "STOP ALL", "UNSUBSCRIBE", "ARRET", "ARRÊT", "DESABONNER"]
+    assert shown["settings"]["opt_outs"]["start_keywords"] == ["START", "UNSTOP"]
+    assert shown["settings"]["max_send_attempts"] == 3
+
+    bad = http.patch("/v1/settings", json={
+        "quiet_hours": {"enabled": True, "start": "25:00", "end": "08:00",
+                        "fallback_time_zone": "Mars/Olympus"},
+        "max_send_attempts": 0,
+        "opt_outs": {"stop_keywords": ["STOP", " "], "start_keywords": ["stop"]}})
+    assert bad.status_code == 400, bad.text
+    message = bad.json()["error"]["message"]
+    for name in ("quiet_hours.start", "quiet_hours.fallback_time_zone", "max_send_attempts",
+                 "opt_outs.stop_keywords[1]", "opt_outs.start_keywords"):
+        assert f"{name}: " in message
+    same = http.patch("/v1/settings", json={"quiet_hours": {"start": "22:00", "end": "22:00"}})
+    assert same.status_code == 400
+    assert "quiet_hours.end: must differ from start" in same.json()["error"]["message"]
+    assert http.get("/v1/settings").json() == shown  # nothing was written
+
+    changed = http.patch("/v1/settings", json={
+        "max_send_attempts": 5,
+        "quiet_hours": {"enabled": False, "fallback_time_zone": "America/Chicago"}}).json()
+    assert changed["settings"]["max_send_attempts"] == 5
+    assert changed["settings"]["quiet_hours"]["fallback_time_zone"] == "America/Chicago"
+    assert changed["settings"]["update_time"]
+    assert http.get("/v1/settings").json()["settings"] == changed["settings"]
