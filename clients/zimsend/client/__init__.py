@@ -16,12 +16,13 @@ the generated stubs), never the server.
 from ._async_client import (
     AsyncApiKeys,
     AsyncDevices,
+    AsyncOptOuts,
     AsyncOtp,
     AsyncSms,
     AsyncWebhooks,
     AsyncZimSend,
 )
-from ._client import ApiKeys, Devices, Otp, Sms, Webhooks, ZimSend
+from ._client import ApiKeys, Devices, OptOuts, Otp, Sms, Webhooks, ZimSend
 from ._errors import (
     AuthenticationError,
     ConflictError,
@@ -57,6 +58,8 @@ from ._types import (
     Message,
     MessageError,
     MessageStatus,
+    OptOut,
+    OptOutAdded,
     OtpSent,
     OtpVerification,
     Page,
@@ -83,16 +86,16 @@ from ._webhooks import (
 
 __all__ = [
     "ApiKey", "ApiKeyCreated", "ApiKeys", "AsyncApiKeys", "AsyncDevices", "AsyncGrpcTransport",
-    "AsyncOtp", "AsyncRestTransport", "AsyncSms", "AsyncTransport", "AsyncWebhooks",
-    "AsyncZimSend", "AuthInfo", "AuthenticationError", "Batch", "BatchMessage",
-    "CancelledMessage", "ConflictError", "DailyStats", "Device", "DeviceCapabilities",
-    "DeviceCreated", "DeviceEventData", "DevicePassword", "DeviceStatus",
-    "DeviceUnavailableError", "Devices", "FieldViolation", "GrpcTransport", "InboundSms",
-    "InvalidRequestError", "Message", "MessageError", "MessageStatus", "NotFoundError",
-    "Operation", "Otp", "OtpError", "OtpSent", "OtpVerification", "OtpVerifiedData", "Page",
+    "AsyncOptOuts", "AsyncOtp", "AsyncRestTransport", "AsyncSms", "AsyncTransport", "AsyncWebhooks",
+    "AsyncZimSend", "AuthInfo", "AuthenticationError", "Batch", "BatchMessage", "CancelledMessage",
+    "ConflictError", "DailyStats", "Device", "DeviceCapabilities", "DeviceCreated",
+    "DeviceEventData", "DevicePassword", "DeviceStatus", "DeviceUnavailableError", "Devices",
+    "FieldViolation", "GrpcTransport", "InboundSms", "InvalidRequestError", "Message",
+    "MessageError", "MessageStatus", "NotFoundError", "Operation", "OptOut", "OptOutAdded",
+    "OptOuts", "Otp", "OtpError", "OtpSent", "OtpVerification", "OtpVerifiedData", "Page",
     "Pagination", "Priority", "RateLimitError", "Request", "RequestTimeout", "ResentMessage",
-    "RestTransport", "Retries", "SentMessage", "ServerError", "SimSlot", "Sms",
-    "SmsEventData", "Stats", "Transport", "TransportError", "Webhook", "WebhookCreated",
-    "WebhookEvent", "WebhookLog", "WebhookTest", "WebhookTestData", "WebhookVerificationError",
-    "Webhooks", "ZimSend", "ZimSendError", "verify_webhook",
+    "RestTransport", "Retries", "SentMessage", "ServerError", "SimSlot", "Sms", "SmsEventData",
+    "Stats", "Transport", "TransportError", "Webhook", "WebhookCreated", "WebhookEvent",
+    "WebhookLog", "WebhookTest", "WebhookTestData", "WebhookVerificationError", "Webhooks",
+    "ZimSend", "ZimSendError", "verify_webhook",
 ]

@@ -66,6 +66,7 @@ class AsyncZimSend:
         self.devices = AsyncDevices(self)
         self.api_keys = AsyncApiKeys(self)
         self.webhooks = AsyncWebhooks(self)
+        self.opt_outs = AsyncOptOuts(self)
 
     @property
     def client_id(self) -> str:
@@ -338,3 +339,25 @@ class AsyncWebhooks:
     async def redeliver(self, event_id: str) -> None:
         """Queue a failed event again (same event_id, a fresh schedule)."""
         await self._c._run(c.webhook_redeliver(event_id))
+
+
+class AsyncOptOuts:
+    """Numbers that texted STOP (or were added) and must not be sent to (`client.opt_outs`);
+    a send to one raises InvalidRequestError with code RECIPIENT_OPTED_OUT."""
+
+    def __init__(self, client: AsyncZimSend) -> None:
+        self._c = client
+
+    async def list(self, *, page: int | None = None, limit: int | None = None,
+                   phone_number: str | None = None) -> t.Page[t.OptOut]:
+        """Newest first; `phone_number` looks one number up."""
+        return await self._c._run(c.opt_out_list(page=page, limit=limit,
+                                                 phone_number=phone_number))
+
+    async def add(self, phone_number: str) -> t.OptOutAdded:
+        """List a number (`created` False when it already was)."""
+        return await self._c._run(c.opt_out_add(phone_number))
+
+    async def remove(self, phone_number: str) -> None:
+        """Unlist a number: sends to it are accepted again (NotFoundError if not listed)."""
+        await self._c._run(c.opt_out_remove(phone_number))

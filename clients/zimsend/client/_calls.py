@@ -66,6 +66,12 @@ WEBHOOK_DELETE = _op("WebhookService", "DeleteWebhook", "webhooks", "DELETE",
                      "/v1/webhooks/{webhook_id}")
 WEBHOOK_REDELIVER = _op("WebhookService", "RedeliverWebhookEvent", "webhooks", "POST",
                         "/v1/webhooks/events/{event_id}/redeliver")
+OPT_OUT_LIST = _op("OptOutService", "ListOptOuts", "opt_outs", "GET", "/v1/opt-outs",
+                   idempotent=True)
+OPT_OUT_ADD = _op("OptOutService", "AddOptOut", "opt_outs", "POST", "/v1/opt-outs",
+                  idempotent=True)
+OPT_OUT_REMOVE = _op("OptOutService", "RemoveOptOut", "opt_outs", "DELETE",
+                     "/v1/opt-outs/{phone_number}")
 
 
 @dataclass(frozen=True)
@@ -286,3 +292,17 @@ def webhook_delete(webhook_id: str) -> Call[None]:
 
 def webhook_redeliver(event_id: str) -> Call[None]:
     return Call(WEBHOOK_REDELIVER, {"event_id": event_id}, _none)
+
+
+def opt_out_list(*, page: int | None, limit: int | None,
+                 phone_number: str | None) -> Call[t.Page[t.OptOut]]:
+    fields = {"page": page, "limit": limit, "phone_number": phone_number}
+    return Call(OPT_OUT_LIST, fields, _page(t.OptOut, "opt_outs"))
+
+
+def opt_out_add(phone_number: str) -> Call[t.OptOutAdded]:
+    return Call(OPT_OUT_ADD, {"phone_number": phone_number}, _one(t.OptOutAdded))
+
+
+def opt_out_remove(phone_number: str) -> Call[None]:
+    return Call(OPT_OUT_REMOVE, {"phone_number": phone_number}, _none)

@@ -60,6 +60,7 @@ class ZimSend:
         self.devices = Devices(self)
         self.api_keys = ApiKeys(self)
         self.webhooks = Webhooks(self)
+        self.opt_outs = OptOuts(self)
 
     @property
     def client_id(self) -> str:
@@ -333,3 +334,24 @@ class Webhooks:
     def redeliver(self, event_id: str) -> None:
         """Queue a failed event again (same event_id, a fresh schedule)."""
         self._c._run(c.webhook_redeliver(event_id))
+
+
+class OptOuts:
+    """Numbers that texted STOP (or were added) and must not be sent to (`client.opt_outs`);
+    a send to one raises InvalidRequestError with code RECIPIENT_OPTED_OUT."""
+
+    def __init__(self, client: ZimSend) -> None:
+        self._c = client
+
+    def list(self, *, page: int | None = None, limit: int | None = None,
+             phone_number: str | None = None) -> t.Page[t.OptOut]:
+        """Newest first; `phone_number` looks one number up."""
+        return self._c._run(c.opt_out_list(page=page, limit=limit, phone_number=phone_number))
+
+    def add(self, phone_number: str) -> t.OptOutAdded:
+        """List a number (`created` False when it already was)."""
+        return self._c._run(c.opt_out_add(phone_number))
+
+    def remove(self, phone_number: str) -> None:
+        """Unlist a number: sends to it are accepted again (NotFoundError if not listed)."""
+        self._c._run(c.opt_out_remove(phone_number))

@@ -22,7 +22,8 @@ from typing import Any, Generic, TypeVar
 __all__ = [
     "ApiKey", "ApiKeyCreated", "AuthInfo", "Batch", "BatchMessage", "CancelledMessage",
     "DailyStats", "Device", "DeviceCapabilities", "DeviceCreated", "DevicePassword",
-    "DeviceStatus", "InboundSms", "Message", "MessageError", "MessageStatus", "OtpSent",
+    "DeviceStatus", "InboundSms", "Message", "MessageError", "MessageStatus", "OptOut",
+    "OptOutAdded", "OtpSent",
     "OtpVerification", "Page", "Pagination", "Priority", "ResentMessage", "SentMessage",
     "SimSlot", "Stats", "Webhook", "WebhookCreated", "WebhookLog", "WebhookTest", "from_json",
 ]
@@ -125,6 +126,10 @@ class Message:
     cancelled_at: dt.datetime | None = None
     attempts: int = 0
     batch_id: str = ""
+    #: While it waits for the end of the recipient's quiet hours: when it will go.
+    held_until: dt.datetime | None = None
+    #: Why it waits (`quiet_hours`); "" when it does not.
+    hold_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,28 @@ class ApiKeyCreated:
     api_key: str = ""
     test: bool = False
     created_at: dt.datetime | None = None
+
+
+# --- Opt-outs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """A number that must not be sent to (`source`: `keyword` when it texted STOP, `api`)."""
+
+    phone_number: str
+    source: str = ""
+    keyword: str = ""
+    device_id: str = ""
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class OptOutAdded:
+    """`created` is False when the number was already listed (`opt_out` is that entry)."""
+
+    opt_out: OptOut
+    created: bool = False
 
 
 # --- Webhooks -------------------------------------------------------------------------------

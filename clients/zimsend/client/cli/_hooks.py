@@ -16,7 +16,7 @@ from ._output import jsonable, print_json, print_table, when
 __all__ = ["add_events", "add_webhooks"]
 
 EVENTS = ("sms.sent", "sms.delivered", "sms.failed", "sms.received", "device.connected",
-          "device.disconnected", "otp.verified")
+          "device.disconnected", "otp.verified", "sms.opted_out", "sms.opted_in")
 
 
 def add_webhooks(commands: Any) -> None:
