@@ -50,3 +50,31 @@ def test_bench_refuses_an_unknown_scenario(tmp_path: Path) -> None:
                           cwd=tmp_path)
     assert done.returncode == 2
     assert "warp" in done.stderr
+
+
+def test_bench_webhooks_scenario_delivers_every_event_signed(tmp_path: Path) -> None:
+    """Scenario 7: one worker drains a filled outbox to the bench's receiver, which checks both
+    signatures of every POST and counts distinct event ids."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [ZIMSEND, "bench", "--quick", "--scenarios", "webhooks", "--seconds", "1",
+         "--json", str(out)],
+        check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "webhooks: one worker" in done.stdout
+    assert "signed POSTs/s" in done.stdout
+    assert "ms CPU/POST" in done.stdout
+
+    row = json.loads(out.read_text())["results"]["webhooks"]
+    events = row["events"]
+    assert events >= 100
+    assert row["event_ids"] == events, "every event arrives, with valid signatures"
+    assert row["bad_signatures"] == 0
+    assert row["posts"] == events + row["duplicates"]  # a duplicate repeats its event_id
+    assert row["outbox_delivered"] == events, "every outcome is written"
+    assert row["complete"] is True
+    assert row["rps"] > 0
+    assert 0 < row["cpu_share_of"]["worker"] < 4
+    assert row["worker_cpu_ms_per_post"] > 0
+    assert isinstance(row["met"], bool)

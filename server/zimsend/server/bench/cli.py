@@ -5,9 +5,10 @@ path over gRPC then REST (they leave only far-future scheduled messages behind, 
 dispatches), the pipeline scenarios (their phones, worker and receiver are stopped after them;
 the overload's backlog then waits for phones that never return), and last the streams, on a
 fresh server process: 10,000 phones connecting write ~20,000 presence events, which would
-otherwise sit in the worker's outbox ahead of the pipeline's webhooks. The table keeps the
-issue's numbering. Each scenario runs for a bounded time; one that fails is reported as an
-error and the others still run.
+otherwise sit in the worker's outbox ahead of the pipeline's webhooks. The webhook stage alone
+(`webhooks`: one worker, its own receiver) runs before the pipeline, while the outbox holds
+nothing else. The table keeps the issue's numbering. Each scenario runs for a bounded time; one
+that fails is reported as an error and the others still run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ALL = ["ceiling", "grpc", "rest", "e2e", "streams", "overload"]
+ALL = ["ceiling", "grpc", "rest", "e2e", "streams", "overload", "webhooks"]
 #: Run only when named: `soak` takes 10 minutes (memory of every process under steady load).
 OPT_IN = ["soak"]
 
@@ -43,16 +44,17 @@ class Plan:
     drain_seconds: float
     overload_seconds: float
     overload_concurrency: int
+    webhook_events: int
 
 
 FULL = Plan(rpc_seconds=10, warmup=2, concurrency=64, streams_phones=10_000, streams_batch=100,
             e2e_phones=100,
             e2e_rate=1000, e2e_seconds=20, drain_seconds=60, overload_seconds=60,
-            overload_concurrency=256)
+            overload_concurrency=256, webhook_events=30_000)
 QUICK = Plan(rpc_seconds=3, warmup=1, concurrency=64, streams_phones=1_000, streams_batch=100,
              e2e_phones=50,
              e2e_rate=1000, e2e_seconds=6, drain_seconds=20, overload_seconds=10,
-             overload_concurrency=256)
+             overload_concurrency=256, webhook_events=6_000)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -87,7 +89,8 @@ def _handler(args: argparse.Namespace) -> int:
     if args.seconds is not None:
         s = args.seconds
         plan = Plan(**{**plan.__dict__, "rpc_seconds": s, "warmup": min(plan.warmup, s),
-                       "e2e_seconds": s, "overload_seconds": s, "drain_seconds": 2 * s + 5})
+                       "e2e_seconds": s, "overload_seconds": s, "drain_seconds": 2 * s + 5,
+                       "webhook_events": min(plan.webhook_events, max(100, round(200 * s)))})
     root = Path(tempfile.mkdtemp(prefix="zimsend-bench-"))
     started = time.monotonic()
     results = run(plan, [s for s in ALL if s in chosen], root)
@@ -174,6 +177,11 @@ def run(plan: Plan, chosen: list[str], root: Path) -> dict[str, dict[str, Any]]:
             base_url = stack.start_envoy()
             attempt("rest", rpc.rest_send, stack=stack, tenant=accept, base_url=base_url,
                     grpc_rps=rps("grpc"), **rpc_kw)
+        if "webhooks" in chosen:
+            from zimsend.server.bench.webhooks import webhooks
+
+            attempt("webhooks", webhooks, stack=stack, events=p.webhook_events,
+                    timeout=max(60.0, p.webhook_events / 50))
         if e2e_tenant is not None:
             try:
                 _pipeline(stack, e2e_tenant, p, attempt, results)

@@ -57,6 +57,9 @@ def _cells(n: int, name: str, row: dict[str, Any]) -> list[str]:
         return [str(n), "overload (closed loop)", f"{_fmt(row['e2e_rps'])} msg/s",
                 _fmt(lat["p50_ms"]), _fmt(lat["p99_ms"]), _fmt(row.get("ratio")), row["goal"],
                 _met(row)]
+    if name == "webhooks":
+        return [str(n), "webhooks: one worker", f"{_fmt(row['rps'])} POSTs/s", "", "",
+                f"{_fmt(row['cpu_share_of']['worker'])} core", row["goal"], _met(row)]
     return [str(n), name, "", "", "", "", "", _met(row)]
 
 
@@ -99,6 +102,13 @@ def details(results: dict[str, dict[str, Any]]) -> str:
         out.append(f"overload: accepted {_fmt(r['accepted_rps'])}/s, stages/s "
                    f"{r['stages_rps']}, caller outcomes {r['caller_outcomes']}, backlog at end "
                    f"{r['backlog_at_end']}; CPU {r['cpu_share_of']}")
+    r = results.get("webhooks")
+    if r and "error" not in r:
+        out.append(f"webhooks: {r['events']:,} events, {r['posts_in_window']:,} POSTs in "
+                   f"{r['window_s']} s, worker {r['worker_cpu_ms_per_post']} ms CPU/POST, "
+                   f"all outcomes written after {r['all_recorded_s']} s; received "
+                   f"{r['event_ids']} event_ids signed ({r['duplicates']} duplicates, "
+                   f"{r['bad_signatures']} bad signatures); CPU {r['cpu_share_of']}")
     r = results.get("streams")
     if r and "error" not in r:
         out.append(f"streams: RSS {r['server_rss_idle_mb']} -> {r['server_rss_loaded_mb']} MB, "

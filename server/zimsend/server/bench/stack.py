@@ -124,16 +124,18 @@ class Stack:
         self.envoy.wait_healthy(60)
         return str(self.envoy.base_url)
 
-    def start_worker(self) -> Program:
-        program = self.start([ZIMSEND, "worker", "--worker-id", "bench"], "worker")
+    def start_worker(self, name: str = "worker") -> Program:
+        program = self.start([ZIMSEND, "worker", "--worker-id", f"bench-{name}"], name)
         program.wait_until(lambda: "worker.started" in program.output(), timeout=90,
                            what="started")
         return program
 
-    def start_receiver(self) -> tuple[Program, str]:
+    def start_receiver(self, secret: str | None = None,
+                       name: str = "receiver") -> tuple[Program, str]:
+        """The counting receiver (receiver.py); with `secret` it checks both signatures."""
         port = free_port()
-        program = self.start([PY, "-m", "zimsend.server.bench.receiver", "--port", str(port)],
-                             "receiver")
+        argv = [PY, "-m", "zimsend.server.bench.receiver", "--port", str(port)]
+        program = self.start(argv + (["--secret", secret] if secret else []), name)
         program.wait_until(lambda: "listening" in program.output(), what="listening")
         return program, f"http://127.0.0.1:{port}"
 
@@ -220,5 +222,9 @@ class Phones:
 
 
 def receiver_counts(url: str) -> dict[str, int]:
+    return dict(receiver_stats(url)["by_type"])
+
+
+def receiver_stats(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url + "/stats", timeout=5) as response:
-        return dict(json.loads(response.read())["by_type"])
+        return dict(json.loads(response.read()))

@@ -4,14 +4,15 @@
     signing     the body bytes, `X-Webhook-Signature` and the Standard Webhooks headers
     addresses   which IP addresses may be reached, in every spelling (SSRF rules)
     urls        the configure-time URL check (`check_webhook_url`)
-    transport   the httpx transport that resolves, checks and connects to the checked address
-    origins     one small pool and a few turns per receiver origin: a slow one holds up no other
+    transport   the network guard that resolves, checks and connects to the checked address
+    http1       lean keep-alive HTTP/1.1 POSTs (h11), one small pool per receiver origin
+    origins     a few turns per receiver origin: a slow one holds up no other
     sender      `WebhookSender`: one signed POST with one overall deadline
     endpoints   the WebhookService's database operations (configure, list, logs, test, ...)
 
 The worker (`zimsend.server.worker`) claims outbox rows and uses `sender` to deliver them.
-`transport`, `origins` and `sender` are trio code: import them from their modules (the asyncio
-server and the producers only need the pure modules re-exported here).
+`transport`, `http1`, `origins` and `sender` are trio code: import them from their modules (the
+asyncio server and the producers only need the pure modules re-exported here).
 """
 
 from .events import EVENT_TYPES, TEST_EVENT, outbox_event

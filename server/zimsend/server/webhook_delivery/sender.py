@@ -1,12 +1,13 @@
 """`WebhookSender`: one signed POST of one event to one URL, with one overall deadline.
 
-Why an overall deadline (`trio.move_on_after`) on top of httpx's timeouts: httpx applies its
-timeout to each phase (connect, write, each read), so a receiver trickling bytes could hold an
-attempt for many times 5 s. SPEC §7 says the receiver must answer 2xx within 5 s, full stop.
+Why one overall deadline (`trio.move_on_after`): per-phase timeouts (connect, write, each
+read) would let a receiver trickling bytes hold an attempt for many times 5 s. SPEC §7 says the
+receiver must answer 2xx within 5 s, full stop.
 
-Why `stream()` and a capped read: the response body is not needed, and a hostile receiver could
-send gigabytes. Success is decided by the status line alone; up to 64 KiB is drained so the
-connection can be reused, the rest is dropped with the connection.
+Why a capped read: the response body is not needed, and a hostile receiver could send
+gigabytes. Success is decided by the status line alone; up to 64 KiB is drained so the
+connection can be reused, the rest is dropped with the connection (`http1.Http1Pools`, the
+lean keep-alive HTTP/1.1 client the POSTs go through).
 
 Why turns (`origins`): at most `per_origin` POSTs go to one receiver origin at a time, each
 origin with its own small pool, so a slow receiver holds up only its own deliveries. Waiting
@@ -28,14 +29,14 @@ from typing import Final
 import httpx
 import trio
 
+from .http1 import Http1Pools, HttpFailure
 from .origins import OriginBusy, OriginTurns, origin_of
 from .signing import signature_headers
-from .transport import ForbiddenAddress, guarded_pools
+from .transport import guarded_pools
 from .urls import WebhookUrlError, check_webhook_url
 
 __all__ = ["AttemptOutcome", "WebhookSender"]
 
-_DRAIN_LIMIT: Final = 64 * 1024
 _MAX_ERROR_LENGTH: Final = 500
 PER_ORIGIN: Final = 16  # connections (and POSTs in flight) per receiver origin
 
@@ -52,16 +53,16 @@ class AttemptOutcome:
 
 
 class WebhookSender:
-    """Owns the httpx client (use `async with`). `allow_insecure` is the development setting:
-    plain HTTP and private addresses allowed. `max_wait` bounds the wait for a turn at a busy
-    origin (default: the timeout)."""
+    """Owns the connection pools (use `async with`). `allow_insecure` is the development
+    setting: plain HTTP and private addresses allowed. `max_wait` bounds the wait for a turn
+    at a busy origin (default: the timeout)."""
 
     def __init__(
         self,
         *,
         timeout: float,
         allow_insecure: bool,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Http1Pools | None = None,
         per_origin: int = PER_ORIGIN,
         max_wait: float | None = None,
     ) -> None:
@@ -71,18 +72,13 @@ class WebhookSender:
         self._turns = OriginTurns(per_origin)
         if transport is None:
             transport = guarded_pools(per_origin=per_origin, allow_private=allow_insecure)
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(timeout),
-        )
+        self._pools = transport
 
     async def __aenter__(self) -> WebhookSender:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._client.aclose()
+        await self._pools.aclose()
 
     async def post(self, url: str, *, secret: str, event_id: str, body: bytes) -> AttemptOutcome:
         """POST `body` to `url`, signed with `secret`; see the module docstring."""
@@ -100,14 +96,13 @@ class WebhookSender:
         started = trio.current_time()
         status: int | None = None
         error: str | None = None
-        headers = signature_headers(secret, event_id, body, at)
+        headers = [(name.encode(), value.encode())
+                   for name, value in signature_headers(secret, event_id, body, at).items()]
         with trio.move_on_after(self.timeout) as deadline:
             try:
-                async with self._client.stream("POST", url, content=body, headers=headers) as rsp:
-                    status = rsp.status_code
-                    await _drain(rsp)
-            except httpx.HTTPError as exc:
-                error = _describe(exc)
+                status = await self._pools.post(url, headers, body, self.timeout)
+            except HttpFailure as exc:
+                error = str(exc)
         elapsed_ms = int((trio.current_time() - started) * 1000)
         if status is None and error is None and deadline.cancelled_caught:
             error = f"no response within {self.timeout:g} s"
@@ -126,27 +121,6 @@ def _checked_url(url: str, allow_insecure: bool) -> httpx.URL:
     """`check_webhook_url`, parsed once per URL (every event to a receiver has the same URL;
     a refused one raises every time, exceptions are not cached)."""
     return httpx.URL(check_webhook_url(url, allow_insecure=allow_insecure))
-
-
-async def _drain(response: httpx.Response) -> None:
-    read = 0
-    async for chunk in response.aiter_raw():
-        read += len(chunk)
-        if read > _DRAIN_LIMIT:
-            return
-
-
-def _describe(exc: httpx.HTTPError) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ForbiddenAddress) or str(exc).startswith("refused to connect"):
-        return str(exc)
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timeout ({type(exc).__name__})"
-    if isinstance(exc, httpx.ConnectError):
-        return f"connection failed: {exc}" if str(exc) else "connection failed"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return f"invalid HTTP response: {exc}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _clip(text: str) -> str:

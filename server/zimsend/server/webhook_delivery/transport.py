@@ -1,7 +1,8 @@
-"""An httpx transport for webhooks that cannot be pointed at the operator's own network.
+"""The guarded network for webhooks: it cannot be pointed at the operator's own network.
 
-How (DESIGN "Security baseline"): httpcore opens connections through a *network backend*;
-`AddressGuard` is one that wraps the real backend. For every new connection it
+How (DESIGN "Security baseline"): connections are opened through a *network backend*
+(httpcore's interface: `connect_tcp`, then `start_tls` on the stream); `AddressGuard` is one
+that wraps the real backend. For every new connection it
 
 1. turns the host into addresses itself — an address literal in any spelling is parsed
    (`parse_ip_literal`: `2130706433` is 127.0.0.1), a name is resolved (`Resolver`);
@@ -10,14 +11,14 @@ How (DESIGN "Security baseline"): httpcore opens connections through a *network 
    cannot win a race;
 3. connects to the checked address — never to the name, so nothing re-resolves it between the
    check and the connect (DNS rebinding) — while TLS keeps the URL's host name for SNI and
-   certificate checks, and the `Host` header keeps it too (httpcore passes the original host to
-   `start_tls`; only the TCP connect sees the address).
+   certificate checks, and the `Host` header keeps it too (`http1.Http1Pools` passes the
+   original host to `start_tls`; only the TCP connect sees the address).
 
-Unix sockets are refused outright, proxies from the environment are ignored (`trust_env=False`:
-an `HTTPS_PROXY` would otherwise connect on our behalf to whatever it resolves), and redirects
-are never followed (the client is built with `follow_redirects=False`).
+Unix sockets are refused outright, proxies from the environment are never consulted (an
+`HTTPS_PROXY` would otherwise connect on our behalf to whatever it resolves), and redirects are
+never followed (`Http1Pools` makes exactly one request per attempt).
 
-The sender uses one such pool per receiver origin (`guarded_pools`, `origins.OriginPools`):
+The sender keeps one small pool per receiver origin (`guarded_pools`, `http1.Http1Pools`):
 every pool connects through the same guard, so the checks hold whichever pool a request takes.
 
 Tests inject a stub `Resolver` and a `connector` backend that records instead of connecting
@@ -29,24 +30,26 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpcore
 import httpx
 import trio
 
 from .addresses import IPAddress, forbidden_reason, parse_ip_literal
-from .origins import OriginPools
 
 __all__ = [
     "AddressGuard", "ForbiddenAddress", "Resolver", "SystemResolver", "guarded_pools",
     "guarded_transport",
 ]
 
+if TYPE_CHECKING:
+    from .http1 import Http1Pools
+
 
 class ForbiddenAddress(httpcore.ConnectError):
-    """A connection the guard refused; httpx reports it as `httpx.ConnectError` with this
-    message (it ends up in the webhook logs, so it names ranges, never secrets)."""
+    """A connection the guard refused; the attempt fails with this message (it ends up in the
+    webhook logs, so it names ranges, never secrets)."""
 
 
 class Resolver(Protocol):
@@ -144,46 +147,18 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         await self._connector.sleep(seconds)
 
 
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """`httpx.AsyncHTTPTransport` whose connection pool uses an `AddressGuard`.
-
-    httpx 0.28 takes no network backend argument, so the pool it builds is replaced by an
-    equivalent one that has ours; everything else (request mapping, exception mapping to
-    `httpx` errors) is httpx's own. tests/test_webhook_transport.py fails if httpx changes this.
-    """
-
-    def __init__(
-        self, guard: AddressGuard, *, verify: ssl.SSLContext | bool, limits: httpx.Limits
-    ) -> None:
-        ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)  # as is if one
-        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError(
-                "this httpx version builds its pool differently; update transport.py"
-            )
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=guard,
-        )
-
-
 def guarded_transport(
     *,
     allow_private: bool = False,
     resolver: Resolver | None = None,
     connector: httpcore.AsyncNetworkBackend | None = None,
     verify: ssl.SSLContext | bool = True,
-    limits: httpx.Limits | None = None,
-) -> httpx.AsyncBaseTransport:
-    """One guarded pool (any origin); `allow_private` is the development setting."""
-    guard = AddressGuard(resolver=resolver, connector=connector, allow_private=allow_private)
-    return _GuardedTransport(
-        guard, verify=verify,
-        limits=limits or httpx.Limits(max_connections=200, max_keepalive_connections=50),
-    )
+    per_origin: int = 200,
+) -> Http1Pools:
+    """Guarded pools with room for `per_origin` connections to each origin (tests; the worker
+    uses `guarded_pools` with the sender's turns); `allow_private` is the development setting."""
+    return guarded_pools(per_origin=per_origin, allow_private=allow_private, resolver=resolver,
+                         connector=connector, verify=verify)
 
 
 def guarded_pools(
@@ -195,14 +170,14 @@ def guarded_pools(
     verify: ssl.SSLContext | bool = True,
     max_origins: int = 256,
     idle_seconds: float = 60.0,
-) -> OriginPools:
-    """The transport the webhook sender uses: a guarded pool of `per_origin` connections per
-    receiver origin (`origins.OriginPools`), all sharing one guard and one TLS context
-    (building a context loads the CA bundle: ~10 ms of CPU)."""
+) -> Http1Pools:
+    """The transport the webhook sender uses: keep-alive HTTP/1.1 with up to `per_origin` idle
+    connections per receiver origin (`http1.Http1Pools`), all sharing one guard and one TLS
+    context (building a context loads the CA bundle: ~10 ms of CPU). The context is httpx's
+    (certifi's CA bundle, the environment's SSL settings ignored)."""
+    from .http1 import Http1Pools
+
     guard = AddressGuard(resolver=resolver, connector=connector, allow_private=allow_private)
     ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
-    limits = httpx.Limits(max_connections=per_origin, max_keepalive_connections=per_origin)
-    return OriginPools(
-        lambda: _GuardedTransport(guard, verify=ssl_context, limits=limits),
-        max_origins=max_origins, idle_seconds=idle_seconds,
-    )
+    return Http1Pools(guard, ssl_context, per_origin=per_origin, max_origins=max_origins,
+                      idle_seconds=idle_seconds)
