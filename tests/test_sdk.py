@@ -394,9 +394,11 @@ def test_every_endpoint_returns_typed_results(stack: Stack, phone: Phone, transp
         made = zs.devices.create(f"spare {transport}")
         assert made.pairing_uri.startswith("zimsend://")
         assert made.device_password
-        changed = zs.devices.update(made.device_id, name="renamed", daily_cap=50, enabled=False)
+        changed = zs.devices.update(made.device_id, name="renamed", daily_cap=50, enabled=False,
+                                    parts_per_minute=7)
         assert isinstance(changed, Device)
         assert (changed.name, changed.daily_cap, changed.enabled) == ("renamed", 50, False)
+        assert (changed.parts_per_minute, changed.parts_per_hour) == (7, 0)  # per-SIM budget
         assert made.device_id in {d.device_id for d in zs.devices.list()}
         assert zs.devices.rotate_password(made.device_id).device_password != made.device_password
         zs.devices.delete(made.device_id)

@@ -185,11 +185,14 @@ class AsyncSms:
         self, *, page: int | None = None, limit: int | None = None, status: str | None = None,
         to: str | None = None, from_date: TimeArg = None, to_date: TimeArg = None,
         device_id: str | None = None, search: str | None = None,
+        delivery_report_missing: bool | None = None,
     ) -> t.Page[t.Message]:
-        """One page, newest first."""
+        """One page, newest first; `delivery_report_missing=True`: only the `sent` messages
+        whose delivery report never came."""
         return await self._c._run(c.history(
             page=page, limit=limit, status_=status, to=to, from_date=from_date,
-            to_date=to_date, device_id=device_id, search=search))
+            to_date=to_date, device_id=device_id, search=search,
+            delivery_report_missing=delivery_report_missing))
 
     async def iter_history(
         self, *, status: str | None = None, to: str | None = None, from_date: TimeArg = None,
@@ -276,11 +279,17 @@ class AsyncDevices:
         return await self._c._run(c.device_get(device_id))
 
     async def update(self, device_id: str, *, name: str | None = None, enabled: bool | None = None,
-               send_interval_ms: int | None = None, daily_cap: int | None = None) -> t.Device:
-        """Change what is given, live (the phone gets new pacing at once)."""
+               send_interval_ms: int | None = None, daily_cap: int | None = None,
+               parts_per_minute: int | None = None, parts_per_hour: int | None = None,
+               parts_per_day: int | None = None) -> t.Device:
+        """Change what is given, live (the phone gets new pacing at once); `parts_per_*` is
+        the per-SIM send budget in SMS parts (0: no limit)."""
         return await self._c._run(c.device_update(device_id, name=name, enabled=enabled,
                                             send_interval_ms=send_interval_ms,
-                                            daily_cap=daily_cap))
+                                            daily_cap=daily_cap,
+                                            parts_per_minute=parts_per_minute,
+                                            parts_per_hour=parts_per_hour,
+                                            parts_per_day=parts_per_day))
 
     async def delete(self, device_id: str) -> None:
         await self._c._run(c.device_delete(device_id))

@@ -171,10 +171,12 @@ def status(message_id: str) -> Call[t.Message]:
 
 def history(*, page: int | None, limit: int | None, status_: str | None, to: str | None,
             from_date: TimeArg, to_date: TimeArg, device_id: str | None,
-            search: str | None) -> Call[t.Page[t.Message]]:
+            search: str | None,
+            delivery_report_missing: bool | None = None) -> Call[t.Page[t.Message]]:
     fields = {"page": page, "limit": limit, "status": status_ and str(status_), "to": to,
               "from_date": time_arg(from_date), "to_date": time_arg(to_date),
-              "device_id": device_id, "search": search}
+              "device_id": device_id, "search": search,
+              "delivery_report_missing": delivery_report_missing}
     return Call(HISTORY, fields, _page(t.Message, "data"))
 
 
@@ -240,9 +242,13 @@ def device_get(device_id: str) -> Call[t.Device]:
 
 
 def device_update(device_id: str, *, name: str | None, enabled: bool | None,
-                  send_interval_ms: int | None, daily_cap: int | None) -> Call[t.Device]:
+                  send_interval_ms: int | None, daily_cap: int | None,
+                  parts_per_minute: int | None = None, parts_per_hour: int | None = None,
+                  parts_per_day: int | None = None) -> Call[t.Device]:
     fields = {"device_id": device_id, "name": name, "enabled": enabled,
-              "send_interval_ms": send_interval_ms, "daily_cap": daily_cap}
+              "send_interval_ms": send_interval_ms, "daily_cap": daily_cap,
+              "parts_per_minute": parts_per_minute, "parts_per_hour": parts_per_hour,
+              "parts_per_day": parts_per_day}
     return Call(DEVICE_UPDATE, fields, _device)
 
 

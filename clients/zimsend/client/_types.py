@@ -65,10 +65,15 @@ class DeviceStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class MessageError:
-    """Why a message failed: one of SPEC §7's `sms.failed` codes."""
+    """Why a message failed (or why its last attempt did): `code` is one of SPEC §7's
+    `sms.failed` codes, `reason` the precise FailureCode (e.g. NO_SERVICE behind
+    NETWORK_ERROR), `retryable` whether sending it again may succeed, `hint` what to do."""
 
     code: str = ""
     message: str = ""
+    reason: str = ""
+    retryable: bool = False
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ class Message:
     held_until: dt.datetime | None = None
     #: Why it waits (`quiet_hours`); "" when it does not.
     hold_reason: str = ""
+    #: `sent`, and no delivery report came within the server's timeout (24 h by default).
+    delivery_report_missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,6 +276,12 @@ class Device:
     network: str | None = None
     cannot_send_reason: str = ""
     capabilities: DeviceCapabilities | None = None
+    #: Send budget of each SIM, in SMS parts per 60 s / hour / 24 h (0: no limit).
+    parts_per_minute: int = 0
+    parts_per_hour: int = 0
+    parts_per_day: int = 0
+    #: Given nothing until then (a send-limit failure, or a failure before sending).
+    cooling_down_until: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
