@@ -17,6 +17,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import update
+from sqlmodel import col
 
 from zimsend.server import accounts, credentials
 from zimsend.server.storage import Database, Device, Message, utcnow
@@ -65,7 +66,7 @@ def set_online(db: Database, device_id: str, online: bool = True, **values: Any)
     now = utcnow()
     with db.write() as session:
         session.execute(
-            update(Device).where(Device.id == device_id).values(  # type: ignore[arg-type]
+            update(Device).where(col(Device.id) == device_id).values(
                 online=online, last_seen_at=now if online else None,
                 connected_at=now if online else None, **values,
             )
@@ -75,7 +76,7 @@ def set_online(db: Database, device_id: str, online: bool = True, **values: Any)
 def update_message(db: Database, message_id: str, **values: Any) -> None:
     with db.write() as session:
         session.execute(
-            update(Message).where(Message.id == message_id).values(**values)  # type: ignore[arg-type]
+            update(Message).where(col(Message.id) == message_id).values(**values)
         )
 
 

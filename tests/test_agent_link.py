@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -45,13 +46,15 @@ class Phone:
     """One agent's configuration, sender and outbox."""
 
     def __init__(self, double: DeviceLinkDouble, tmp_path: Path, device_id: str = "dev1",
-                 password: str = "pw", **simulation: object) -> None:
+                 password: str = "pw", **simulation: Any) -> None:
         self.outbox = tmp_path / "outbox.jsonl"
         self.journal = tmp_path / f"journal-{device_id}.sqlite3"
         self.config = AgentConfig(server=f"127.0.0.1:{double.port}", client_id="client_test",
                                   device_id=device_id, password=password, journal=self.journal)
-        options = {"seed": 1, "send_delay": 0.005, "delivery_delay": 0.02, **simulation}
-        self.sender = SimulatorSender(SimulationConfig(outbox=self.outbox, **options),  # type: ignore[arg-type]
+        options: dict[str, Any] = {
+            "seed": 1, "send_delay": 0.005, "delivery_delay": 0.02, **simulation,
+        }
+        self.sender = SimulatorSender(SimulationConfig(outbox=self.outbox, **options),
                                       device_id=device_id)
 
     def run(self, scenario: Callable[[], Awaitable[None]],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -302,10 +302,11 @@ def test_a_termux_phone_sends_and_receives_through_the_whole_stack(
     agent, phone, device_id = termux_agent
     base, headers = stack.base_url, stack.auth
 
-    def get(path: str) -> dict:  # type: ignore[type-arg]
+    def get(path: str) -> dict[str, Any]:
         reply = httpx.get(f"{base}{path}", headers=headers, timeout=10)
         assert reply.status_code == 200, reply.text
-        return reply.json()  # type: ignore[no-any-return]
+        body: dict[str, Any] = reply.json()
+        return body
 
     def wait(predicate: Callable[[], T], what: str, timeout: float = 30) -> T:
         deadline = time.monotonic() + timeout
@@ -325,7 +326,7 @@ def test_a_termux_phone_sends_and_receives_through_the_whole_stack(
 
     phone.receive("+263772222222", "YES")
 
-    def inbox() -> list[dict]:  # type: ignore[type-arg]
+    def inbox() -> list[dict[str, Any]]:
         return [m for m in get("/v1/sms/inbox")["data"] if m.get("from") == "+263772222222"]
 
     wait(inbox, "the SMS in the inbox")

@@ -14,14 +14,14 @@ PEPPER = b"pepper-for-tests-0123456789abcdef"
 
 @pytest.mark.parametrize("prefix", ["msg", "otp", "batch", "evt", "wh", "device", "client", "key"])
 def test_ids_are_prefix_and_16_hex(prefix: str) -> None:
-    value = credentials.new_id(prefix)  # type: ignore[arg-type]
+    value = credentials.new_id(prefix)  # type: ignore[arg-type]  # a str from parametrize
     assert re.fullmatch(rf"{prefix}_[0-9a-f]{{16}}", value)
 
 
 def test_ids_do_not_repeat_and_unknown_prefixes_are_refused() -> None:
     assert len({credentials.new_id("msg") for _ in range(1000)}) == 1000
     with pytest.raises(ValueError):
-        credentials.new_id("sms")  # type: ignore[arg-type]
+        credentials.new_id("sms")  # type: ignore[arg-type]  # not an IdPrefix, on purpose
 
 
 @pytest.mark.parametrize(("test", "prefix"), [(False, "zs_live_"), (True, "zs_test_")])

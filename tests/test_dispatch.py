@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _devices import (
@@ -76,7 +77,7 @@ def queue_directly(zimsend_env: dict[str, str], client_id: str, priorities: list
     return ids
 
 
-def sent_times(lines: list[dict]) -> list[float]:  # type: ignore[type-arg]
+def sent_times(lines: list[dict[str, Any]]) -> list[float]:
     return [dt.datetime.fromisoformat(line["sent_at"].replace("Z", "+00:00")).timestamp()
             for line in lines]
 

@@ -7,9 +7,10 @@ link, the simulated device and the expiry sweep use.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from zimsend.server import accounts, credentials
 from zimsend.server.devicelink.assignment import ensure_simulated_device
@@ -38,12 +39,12 @@ def setup(db: Database) -> tuple[Database, str, str]:
     return db, client.id, device.id
 
 
-def queue_message(db: Database, client_id: str, *, segments: int = 1, **fields: object) -> str:
+def queue_message(db: Database, client_id: str, *, segments: int = 1, **fields: Any) -> str:
     now = utcnow()
     message = Message(
         id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
         body="hi", segments=segments, due_at=now, expires_at=now + dt.timedelta(hours=24),
-        meta={"order": 7}, **fields,  # type: ignore[arg-type]
+        meta={"order": 7}, **fields,
     )
     with db.write() as session:
         session.add(message)
@@ -56,10 +57,10 @@ def claim(db: Database, client_id: str, device_id: str) -> None:
                                   now=utcnow())
 
 
-def report(db: Database, client_id: str, device_id: str, **fields: object) -> list[str]:
+def report(db: Database, client_id: str, device_id: str, **fields: Any) -> list[str]:
     with db.write() as session:
         moves = apply_part_report(session, client_id=client_id, device_id=device_id,
-                                  report=PartReport(**fields), now=utcnow())  # type: ignore[arg-type]
+                                  report=PartReport(**fields), now=utcnow())
     return [m.new for m in moves]
 
 
@@ -67,7 +68,7 @@ def events(db: Database, client_id: str) -> list[OutboxEvent]:
     with db.session() as session:
         return list(session.exec(
             select(OutboxEvent).where(OutboxEvent.client_id == client_id)
-            .order_by(OutboxEvent.created_at)  # type: ignore[arg-type]
+            .order_by(col(OutboxEvent.created_at))
         ).all())
 
 

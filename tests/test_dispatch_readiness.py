@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -30,12 +31,12 @@ PHONES = 1000
 PEPPER = b"readiness-test-pepper-0123456789"
 
 
-def queue(db: Database, client_id: str, **fields: object) -> str:
+def queue(db: Database, client_id: str, **fields: Any) -> str:
     now = utcnow()
     message = Message(
         id=credentials.new_id("msg"), client_id=client_id, to="+33612345678", body="hi",
         segments=1, due_at=now, expires_at=now + dt.timedelta(hours=1),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
     with db.write() as session:
         session.add(message)

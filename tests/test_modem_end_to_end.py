@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +109,7 @@ def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back
         assert received
 
 
-def _device(http: httpx.Client, device_id: str, status: str) -> dict | None:  # type: ignore[type-arg]
+def _device(http: httpx.Client, device_id: str, status: str) -> dict[str, Any] | None:
     """The device once its status is `status` and a heartbeat told its network."""
     body = http.get(f"/v1/devices/{device_id}").json()
     return body if body.get("status") == status and body.get("network") == "home" else None
@@ -118,5 +119,5 @@ def _status(http: httpx.Client, message_id: str) -> str:
     return str(http.get(f"/v1/sms/status/{message_id}").json().get("status"))
 
 
-def _inbox(http: httpx.Client) -> list[dict]:  # type: ignore[type-arg]
+def _inbox(http: httpx.Client) -> list[dict[str, Any]]:
     return list(http.get("/v1/sms/inbox").json().get("data", []))

@@ -37,7 +37,7 @@ from _processes import zimsend_env as make_env
 from _sms import Account, error_reason, fails, new_account, new_device, violations
 from conftest import TEST_PEPPER, RunningServer
 from sqlalchemy import update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from zimsend.server.credentials import hash_secret
 from zimsend.server.storage import Database, Message, Otp, utcnow
@@ -257,7 +257,7 @@ def test_the_eleventh_otp_in_an_hour_to_one_number_is_refused(
 
 def age(db: Database, otp_ids: list[str], by: dt.timedelta) -> None:
     with db.write() as session:
-        session.execute(update(Otp).where(Otp.id.in_(otp_ids))  # type: ignore[attr-defined]
+        session.execute(update(Otp).where(col(Otp.id).in_(otp_ids))
                         .values(created_at=utcnow() - by))
 
 

@@ -40,11 +40,11 @@ def send_otp(stack: Stack, headers: dict[str, str], to: str, **fields: Any) -> h
 
 def envelope(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["success"] is False, body
     assert body["error"]["code"] == code, body
     assert body["details"][0]["reason"] == code
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 def test_wrapper_nulls_send_then_verify(

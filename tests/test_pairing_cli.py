@@ -13,6 +13,7 @@ import os
 import pty
 import subprocess
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -53,7 +54,7 @@ def run_on_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str, str
     return proc.wait(30), b"".join(chunks).decode().replace("\r\n", "\n"), stderr
 
 
-def first_json_object(text: str) -> dict:  # type: ignore[type-arg]
+def first_json_object(text: str) -> dict[str, Any]:
     return json.JSONDecoder().raw_decode(text)[0]
 
 

@@ -36,7 +36,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     ZIMSEND_RATE_LIMIT_PER_MINUTE=str(LIMIT))
 
 
-def _auth_test(address: str, client: dict) -> grpc.RpcError | None:  # type: ignore[type-arg]
+def _auth_test(address: str, client: dict[str, str]) -> grpc.RpcError | None:
     with grpc.insecure_channel(address) as channel:
         try:
             auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
@@ -49,7 +49,7 @@ def _auth_test(address: str, client: dict) -> grpc.RpcError | None:  # type: ign
     return None
 
 
-def _client(server_db: Database) -> dict:  # type: ignore[type-arg]
+def _client(server_db: Database) -> dict[str, str]:
     """A client and key written next to the running server (what `zimsend admin` does)."""
     from zimsend.server import accounts
 

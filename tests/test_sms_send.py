@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -26,6 +27,7 @@ from _sms import (
 )
 from conftest import TEST_PEPPER
 from google.protobuf import json_format, struct_pb2
+from sqlmodel import col
 
 from zimsend.server.storage import Database, Device, utcnow
 from zimsend.v1 import common_pb2
@@ -36,7 +38,7 @@ PEPPER = TEST_PEPPER.encode()
 TO = "+33612345678"
 
 
-def struct(data: dict) -> struct_pb2.Struct:  # type: ignore[type-arg]
+def struct(data: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(data)
     return out
@@ -447,7 +449,7 @@ def test_expired_record_is_reused(
     md = sms_account.md(test=True, idempotency_key=key)
     first = sms.SendSms(pb.SendSmsRequest(to=TO, message="old"), metadata=md, timeout=10)
     with server_db.write() as session:
-        session.execute(update(IdempotencyRecord).where(IdempotencyRecord.key == key).values(  # type: ignore[arg-type]
+        session.execute(update(IdempotencyRecord).where(col(IdempotencyRecord.key) == key).values(
             created_at=utcnow() - dt.timedelta(hours=25)))
     # A day later the key is free again, even for another body.
     second = sms.SendSms(pb.SendSmsRequest(to=TO, message="new"), metadata=md, timeout=10)

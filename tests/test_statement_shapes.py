@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlmodel import col
 
 from zimsend.server import accounts, credentials
 from zimsend.server.devicelink.lifecycle import PartReport, apply_part_reports
@@ -88,7 +89,7 @@ def test_report_batches_of_every_size_share_a_few_statements(db: Database) -> No
     for table, statements in texts.items():
         assert 1 <= len(statements) <= 6, (table, len(statements))
     with db.session() as session:
-        statuses = {m.status for m in session.query(Message).filter(Message.id.in_(ids))}  # type: ignore[attr-defined]
+        statuses = {m.status for m in session.query(Message).filter(col(Message.id).in_(ids))}
     assert statuses == {"sent"}
 
 

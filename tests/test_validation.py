@@ -32,7 +32,7 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_env(tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER)
 
 
-def struct(data: dict) -> struct_pb2.Struct:  # type: ignore[type-arg]
+def struct(data: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(data)
     return out

@@ -12,6 +12,7 @@ import itertools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -38,13 +39,13 @@ HOSTS = {"up.example.com": [UP], "down.example.com": [DOWN], "slow.example.com":
 FAIL = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
 
 
-def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
         "data_dir": tmp_path, "secret_pepper": PEPPER.decode(), "webhook_timeout_seconds": 0.5,
         "webhook_retry_schedule_seconds": [0, 0.2, 0.4],
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
 def run_worker(
