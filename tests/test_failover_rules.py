@@ -242,3 +242,20 @@ def test_a_message_larger_than_the_budget_goes_alone_into_an_empty_window(
     result = claim_round(db, PEPPER, [request], utcnow(), budgets=Budget(per_minute=20))
     taken = [c.message_id for c in result.commands[device_id]]
     assert taken == (ids if parts == 1 else ids[:1])
+
+
+def test_the_csv_export_shows_spec_s_code_and_the_failure_s_details() -> None:
+    import csv
+    import io
+
+    from zimsend.server.sending import views
+
+    message = Message(id="msg_0000000000000001", client_id="client_x", to="+33612345678",
+                      body="hi", due_at=utcnow(), status="queued", device_id="device_0001",
+                      error_code="NO_SERVICE", error_message="no service", attempts=1)
+    text = views.csv_header() + views.csv_row(message)
+    [row] = list(csv.DictReader(io.StringIO(text)))
+    assert (row["error_code"], row["error_reason"], row["error_retryable"]) == (
+        "NETWORK_ERROR", "NO_SERVICE", "true")
+    assert "device_0001" in row["error_hint"]
+    assert (row["attempts"], row["delivery_report_missing"]) == ("2", "false")

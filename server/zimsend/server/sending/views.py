@@ -127,6 +127,7 @@ CSV_COLUMNS = [
     "message_id", "status", "to", "message", "priority", "device_id", "segments", "encoding",
     "created_at", "queued_at", "scheduled_at", "sent_at", "delivered_at", "failed_at",
     "cancelled_at", "error_code", "error_message", "attempts", "batch_id", "metadata",
+    "error_reason", "error_retryable", "error_hint", "delivery_report_missing",
 ]
 
 
@@ -144,11 +145,27 @@ def csv_row(message: Message) -> str:
         str(message.segments), ENCODING_NAME.get(message.encoding, message.encoding),
         when(message.created_at), when(message.queued_at), when(message.scheduled_at),
         when(message.sent_at), when(message.delivered_at), when(message.failed_at),
-        when(message.cancelled_at), message.error_code or "", message.error_message or "",
+        when(message.cancelled_at),
+        failures.info(message.error_code).public_code if message.error_code else "",
+        message.error_message or "",
         str(message.attempts + 1), message.batch_id or "",
         json.dumps(message.meta, separators=(",", ":"), ensure_ascii=False)
         if message.meta is not None else "",
+        *_failure_columns(message),
     ])
+
+
+def _failure_columns(message: Message) -> list[str]:
+    """The CSV's issue-16 columns (appended, so existing readers keep their positions): the
+    public `error_code` stays SPEC's, these say the precise reason, whether a resend may
+    succeed, the hint, and a missing delivery report."""
+    report_missing = (message.status == MessageStatus.SENT
+                      and message.delivery_report_missing_at is not None)
+    if not message.error_code:
+        return ["", "", "", "true" if report_missing else "false"]
+    error = failures.error_payload(message.error_code, message.error_message, message.device_id)
+    return [error["reason"], "true" if error["retryable"] else "false", error["hint"],
+            "true" if report_missing else "false"]
 
 
 def jsonl_row(message: Message) -> str:
