@@ -62,6 +62,9 @@ DB_WRITE_SECONDS = Histogram(
     "for the write lock to the end of the commit.", buckets=_DATABASE)
 MESSAGES_FAILED = Counter(
     "zimsend_messages_failed", "Messages that reached `failed`, by failure code.", ["reason"])
+MESSAGES_REROUTED = Counter(
+    "zimsend_messages_rerouted", "Messages a phone failed before they left it, put back in the "
+    "queue for another phone (failover), by failure code.", ["reason"])
 
 # --- server --------------------------------------------------------------------------------
 
@@ -104,6 +107,8 @@ def count_transitions(transitions: Iterable[Transition]) -> None:
             _DELIVERED.inc()
         elif t.new == "failed":
             MESSAGES_FAILED.labels(t.error_code or "DEVICE_ERROR").inc()
+        elif t.new == "queued":
+            MESSAGES_REROUTED.labels(t.error_code or "DEVICE_ERROR").inc()
 
 
 def count_reports(status: int, inbound: int) -> None:
