@@ -8,7 +8,8 @@ The test suite's variant (`ephemeral=True`) listens on 127.0.0.1 on a free port 
 durability off (fsync, synchronous_commit, full_page_writes), since its data is thrown away.
 
 `initdb` and `postgres` refuse to run as root; as root they run as the `postgres` system user
-(created by the Debian package) in a directory chowned to it. The postmaster gets
+(created by the Debian package) in a directory chowned to it — which that user must be able to
+reach: `cluster_directory` puts `zimsend up`'s cluster in that user's home then. The postmaster gets
 PR_SET_PDEATHSIG (SIGQUIT, PostgreSQL's immediate shutdown), so even a SIGKILLed parent leaves
 no server behind; the signal fires when the *thread* that started it exits: start it from the
 main thread.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -30,7 +32,9 @@ from typing import Any, Self
 
 import psycopg
 
-__all__ = ["INSTALL_HINT", "LocalPostgres", "PostgresNotInstalled", "find_bindir"]
+__all__ = [
+    "INSTALL_HINT", "LocalPostgres", "PostgresNotInstalled", "cluster_directory", "find_bindir",
+]
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, postgres) were not found. Install them with "
@@ -64,6 +68,22 @@ def find_bindir() -> Path:
         if candidate and all((Path(candidate) / b).is_file() for b in ("initdb", "postgres")):
             return Path(candidate)
     raise PostgresNotInstalled(INSTALL_HINT)
+
+
+def cluster_directory(data_dir: Path) -> Path:
+    """Where `zimsend up --postgres` keeps the cluster of `data_dir`: `<data_dir>/postgres`.
+    As root the server runs as the `postgres` user, which cannot enter a data directory of
+    mode 700 (nor, often, its parents, such as /root): the cluster then lives in that user's
+    home (`/var/lib/postgresql/zimsend-<hash of data_dir>`) and `<data_dir>/postgres` is a
+    symbolic link to it."""
+    here = data_dir / "postgres"
+    if os.geteuid() != 0:
+        return here
+    home = Path(pwd.getpwnam("postgres").pw_dir)
+    there = home / f"zimsend-{hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]}"
+    if not here.is_symlink() and not here.exists():
+        here.symlink_to(there, target_is_directory=True)
+    return there
 
 
 def free_port() -> int:

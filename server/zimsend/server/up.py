@@ -142,14 +142,14 @@ def _handler(args: argparse.Namespace) -> int:
         return trio.run(run_stack, args)
     # Started here, in the main thread, so that its parent-death signal is tied to this
     # process's life, not to a worker thread's (local_postgres).
-    from zimsend.server.local_postgres import LocalPostgres, PostgresNotInstalled
+    from zimsend.server.local_postgres import (
+        LocalPostgres,
+        PostgresNotInstalled,
+        cluster_directory,
+    )
 
-    if os.geteuid() == 0:
-        # PostgreSQL runs as the `postgres` user, which must reach <data-dir>/postgres: the
-        # data directory may be traversed (not listed) by others; its files keep their modes.
-        data_dir.chmod(0o711)
     try:
-        cluster = LocalPostgres(data_dir / "postgres", database=POSTGRES_DATABASE,
+        cluster = LocalPostgres(cluster_directory(data_dir), database=POSTGRES_DATABASE,
                                 max_connections=postgres_connections(args.replicas,
                                                                      args.workers))
         _say(f"starting PostgreSQL in {cluster.directory}")
