@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import credentials
-from zimsend.server.devicelink.budgets import Budget, record_handed, room_for
+from zimsend.server.devicelink.budgets import Budget, record_handed, rooms_for
 from zimsend.server.storage import (
     Database,
     Device,
@@ -179,11 +179,13 @@ def claim_round(
     # phones ran 50 claims for one message (`zimsend bench`: 43 % of the server's CPU).
     drained: set[str] = set()
     with db.write() as session:
+        rooms = {} if budgets is None else rooms_for(session, [r.device_id for r in live], now,
+                                                        budgets)
+        handed: list[tuple[str, list[Message]]] = []
         for request in live:
             if request.client_id in drained and (request.client_id, request.device_id) not in due:
                 continue
-            room = None if budgets is None else room_for(session, request.device_id, now,
-                                                          budgets)
+            room = rooms.get(request.device_id)
             messages = claim_due_messages(
                 session, client_id=request.client_id, device_id=request.device_id,
                 limit=request.limit, now=now, fits=None if room is None else room.fits,
@@ -195,12 +197,13 @@ def claim_round(
             if messages:
                 _count_handed(session, request.device_id, len(messages), now)
                 if room is not None:
-                    record_handed(session, request.device_id, messages, now)
+                    handed.append((request.device_id, messages))
                 result.commands[request.device_id] = [
                     send_command(m, pepper, redelivery=False) for m in messages
                 ]
                 for m in messages:
                     result.origins[m.id] = (m.due_at, m.request_id)
+        record_handed(session, handed, now)
         for client_id in sorted(test_clients):
             device_id = ensure_simulated_device(session, client_id)
             messages = claim_due_messages(

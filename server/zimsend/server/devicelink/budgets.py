@@ -5,8 +5,9 @@ replica at any time, and every replica must count what the others handed it. The
 (`device_sends`, one row per message handed to a phone) is written by the claim that hands the
 message and read by the next claim for the same phone, under the same write lock
 (SQLite's `BEGIN IMMEDIATE`; on PostgreSQL the phone's claims run on the one replica that holds
-its stream). Reading costs one index range per claim, as many rows as the longest budgeted
-window holds — which the budget itself bounds.
+its stream). A round reads its phones' rows and ledgers in two statements and writes the new
+ledger rows in one; the ledger read is as many rows as the longest budgeted window holds, which
+the budget itself bounds.
 
 A budget is per SIM slot, in SMS parts (the server's `segments`), over sliding windows of
 60 s, 1 h and 24 h (0: no limit in that window). A message without `sim_slot` counts against
@@ -18,14 +19,16 @@ when it reported a failure before sending, longer for SEND_LIMIT) is given nothi
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, insert, select
 from sqlmodel import Session, col
 
 from zimsend.server.storage import Device, DeviceSend, Message
+from zimsend.server.storage.shapes import padded_chunks
 
-__all__ = ["WINDOWS", "Budget", "Room", "record_handed", "room_for"]
+__all__ = ["WINDOWS", "Budget", "Room", "record_handed", "rooms_for"]
 
 #: The windows a budget counts over, in the order of Budget's fields.
 WINDOWS = (dt.timedelta(minutes=1), dt.timedelta(hours=1), dt.timedelta(days=1))
@@ -98,43 +101,62 @@ class Room:
         return max(0.05, best if best is not None else 1.0)
 
 
-def room_for(session: Session, device_id: str, now: dt.datetime, defaults: Budget) -> Room:
-    """The phone's room now, from its row (own budget, cool-down) and its ledger."""
-    row = session.execute(
-        select(col(Device.parts_per_minute), col(Device.parts_per_hour),
-               col(Device.parts_per_day), col(Device.cooling_down_until))
-        .where(col(Device.id) == device_id)
-    ).one()
-    budget = defaults.resolve((row[0], row[1], row[2]))
-    room = Room(now=now, budget=budget)
-    if row[3] is not None and row[3] > now:
-        room.cooling_until = row[3]
-        return room
-    longest = max((w for w, limit in zip(WINDOWS, budget.limits, strict=True) if limit),
-                  default=None)
-    if longest is None:
-        return room
-    ledger = session.execute(
-        select(col(DeviceSend.sim_slot), col(DeviceSend.handed_at), col(DeviceSend.parts))
-        .where(col(DeviceSend.device_id) == device_id, col(DeviceSend.handed_at) > now - longest)
-        .order_by(col(DeviceSend.handed_at))
-    )
-    for slot, handed_at, parts in ledger:
-        for w, (window, limit) in enumerate(zip(WINDOWS, budget.limits, strict=True)):
-            if limit and handed_at > now - window:
-                room.used.setdefault((slot, w), []).append((handed_at, parts))
-    return room
+#: Device ids per `IN (…)` (SQLite caps bound parameters; padded to a power of two).
+_CHUNK = 512
+
+
+def rooms_for(
+    session: Session, device_ids: Sequence[str], now: dt.datetime, defaults: Budget
+) -> dict[str, Room]:
+    """Each phone's room now, from its row (own budget, cool-down) and its ledger: two reads
+    for a whole round, whatever the number of phones."""
+    ids = sorted(set(device_ids))
+    rooms: dict[str, Room] = {}
+    for chunk in padded_chunks(ids, _CHUNK):
+        rows = session.execute(
+            select(col(Device.id), col(Device.parts_per_minute), col(Device.parts_per_hour),
+                   col(Device.parts_per_day), col(Device.cooling_down_until))
+            .where(col(Device.id).in_(chunk))
+        )
+        for device_id, minute, hour, day, cooling in rows:
+            room = rooms[device_id] = Room(now=now, budget=defaults.resolve((minute, hour, day)))
+            if cooling is not None and cooling > now:
+                room.cooling_until = cooling
+    depth = {d: max((w for w, limit in zip(WINDOWS, r.budget.limits, strict=True) if limit),
+                    default=None)
+             for d, r in rooms.items() if r.cooling_until is None}
+    counted = sorted(d for d, longest in depth.items() if longest is not None)
+    if not counted:
+        return rooms
+    longest = max(w for w in depth.values() if w is not None)
+    for chunk in padded_chunks(counted, _CHUNK):
+        ledger = session.execute(
+            select(col(DeviceSend.device_id), col(DeviceSend.sim_slot),
+                   col(DeviceSend.handed_at), col(DeviceSend.parts))
+            .where(col(DeviceSend.device_id).in_(chunk),
+                   col(DeviceSend.handed_at) > now - longest)
+            .order_by(col(DeviceSend.handed_at))
+        )
+        for device_id, slot, handed_at, parts in ledger:
+            room = rooms[device_id]
+            for w, (window, limit) in enumerate(zip(WINDOWS, room.budget.limits, strict=True)):
+                if limit and handed_at > now - window:
+                    room.used.setdefault((slot, w), []).append((handed_at, parts))
+    return rooms
 
 
 def record_handed(
-    session: Session, device_id: str, messages: list[Message], now: dt.datetime
+    session: Session, handed: Sequence[tuple[str, Sequence[Message]]], now: dt.datetime
 ) -> None:
-    """Write the claimed messages into the phone's ledger; forget rows older than 24 h."""
+    """Write the round's claimed messages into their phones' ledgers (one insert) and forget
+    those phones' rows older than 24 h (one delete)."""
+    rows = [{"device_id": device_id, "sim_slot": m.sim_slot or 0, "handed_at": now,
+             "parts": max(1, m.segments), "message_id": m.id}
+            for device_id, messages in handed for m in messages]
+    if not rows:
+        return
     table = DeviceSend.__table__  # type: ignore[attr-defined]
-    session.execute(delete(table).where(table.c.device_id == device_id,
-                                        table.c.handed_at < now - _LEDGER_DEPTH))
-    session.execute(insert(table), [
-        {"device_id": device_id, "sim_slot": m.sim_slot or 0, "handed_at": now,
-         "parts": max(1, m.segments), "message_id": m.id}
-        for m in messages
-    ])
+    for chunk in padded_chunks(sorted({r["device_id"] for r in rows}), _CHUNK):
+        session.execute(delete(table).where(table.c.device_id.in_(chunk),
+                                            table.c.handed_at < now - _LEDGER_DEPTH))
+    session.execute(insert(table), rows)
