@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import CursorResult, bindparam, delete, func, select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col
 
@@ -30,6 +30,7 @@ from zimsend.server.sending.fields import Violations, phone
 from zimsend.server.sending.validation import SendPlan
 from zimsend.server.storage import OptOut, insert_for, utcnow
 from zimsend.server.storage.shapes import padded
+from zimsend.server.storage.tables import table_of
 from zimsend.server.webhook_delivery.events import outbox_event
 
 from . import keywords
@@ -50,10 +51,16 @@ __all__ = [
 log = logs.get("zimsend.opt_outs")
 KEYWORD = "keyword"
 API = "api"
-_TABLE: Any = OptOut.__table__  # type: ignore[attr-defined]
+_TABLE = table_of(OptOut)
 _LISTED = select(_TABLE.c.phone_number).where(
     _TABLE.c.client_id == bindparam("client_id"),
     _TABLE.c.phone_number.in_(bindparam("numbers", expanding=True)),
+)
+#: The single-recipient case (SendSms, OTP, resend): a plain key lookup costs a fraction of an
+#: expanding IN, which SQLAlchemy re-renders on every execution.
+_LISTED_ONE = select(_TABLE.c.phone_number).where(
+    _TABLE.c.client_id == bindparam("client_id"),
+    _TABLE.c.phone_number == bindparam("number"),
 )
 
 
@@ -93,9 +100,11 @@ def refuse_numbers(
     numbers = sorted({to for _, to in recipients})
     if not numbers:
         return
-    listed = set(connection.execute(
-        _LISTED, {"client_id": client_id, "numbers": padded(numbers)}
-    ).scalars())
+    if len(numbers) == 1:
+        found = connection.execute(_LISTED_ONE, {"client_id": client_id, "number": numbers[0]})
+    else:
+        found = connection.execute(_LISTED, {"client_id": client_id, "numbers": padded(numbers)})
+    listed = set(found.scalars())
     if not listed:
         return
     violations = [
@@ -159,7 +168,8 @@ def remove(
         delete(OptOut).where(col(OptOut.client_id) == client_id,
                              col(OptOut.phone_number) == phone_number)
     )
-    if not result.rowcount:  # type: ignore[attr-defined]
+    assert isinstance(result, CursorResult)  # a DELETE's result
+    if not result.rowcount:
         return False
     row = {"phone_number": phone_number, "source": source, "keyword": keyword,
            "device_id": device_id}
