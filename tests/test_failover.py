@@ -165,6 +165,30 @@ def test_no_service_phone_hands_every_message_to_the_other_phone_once(
     assert {m["attempts"] for m in history if m["message_id"] in ids} == {2}
 
 
+def test_with_both_phones_online_the_working_one_delivers_everything_once(
+    rest: Rest, phones: StartPhone, link_db: ServerDb,
+) -> None:
+    broken = rest.new_device("no service")
+    working = rest.new_device("working")
+    outbox = phones(rest, broken, "--failure-rate", "1", "--failure-codes", "NO_SERVICE",
+                    name="broken")
+    phones(rest, working, name="working")
+    ids = []
+    for n in range(3):  # whichever phone a round offers them to first
+        ids += rest.send_bulk(f"both online {n}", 4)
+    wait_for(lambda: all(rest.status(m)["status"] == "delivered" for m in ids), 90,
+             "every message delivered")
+    rerouted = {p["message_id"] for _, p in link_db.events(rest.client_id, "sms.rerouted")}
+    for message_id in ids:
+        final = rest.status(message_id)
+        assert final["device_id"] == working[0]
+        assert final["attempts"] == (2 if message_id in rerouted else 1)
+    sends = [line for line in outbox_lines(outbox) if line["message_id"] in ids]
+    assert sorted(line["message_id"] for line in sends) == sorted(ids)
+    assert {line["device_id"] for line in sends} == {working[0]}
+    assert link_db.events(rest.client_id, "sms.failed") == []
+
+
 def test_an_ambiguous_failure_is_final_after_one_attempt(
     rest: Rest, phones: StartPhone, link_db: ServerDb,
 ) -> None:
