@@ -254,3 +254,31 @@ def test_the_sdk_manages_opt_outs_and_names_the_refusal(stack, agent, transport:
         with pytest.raises(NotFoundError):
             zs.opt_outs.remove(number)
         assert zs.sms.send(number, "Bonjour").message_id.startswith("msg_")
+
+
+def test_the_cli_lists_adds_and_removes(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+
+    from _processes import ZIMSEND
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "ZIMSEND_BASE_URL": stack.base_url,
+           "ZIMSEND_CLIENT_ID": stack.client_id, "ZIMSEND_API_KEY": stack.api_key}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ZIMSEND, "opt-outs", *args], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    added = cli("add", "+33 6 98 00 00 20")
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == "+33698000020 added"
+    listed = json.loads(cli("list", "--number", "+33698000020", "--json").stdout)
+    assert [o["phone_number"] for o in listed] == ["+33698000020"]
+    assert listed[0]["source"] == "api"
+    assert cli("remove", "+33698000020").returncode == 0
+    again = cli("remove", "+33698000020")
+    assert again.returncode == 1
+    assert "OPT_OUT_NOT_FOUND" in again.stderr
+    bad = cli("add", "0612")
+    assert bad.returncode == 1
+    assert "phone_number:" in bad.stderr

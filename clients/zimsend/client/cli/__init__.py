@@ -1,7 +1,8 @@
 """The `zimsend` commands for people who use ZimSend (docs/cli.md): `login`, `sms`, `devices`,
-`keys`, `webhooks`, `events`. Each is registered through the `zimsend.commands` entry-point
-group (clients/pyproject.toml) like `device`, and each is a thin layer over the blocking SDK
-(`zimsend.client.ZimSend`): short-lived commands doing one thing at a time need no event loop.
+`keys`, `webhooks`, `events`, `opt-outs`. Each is registered through the `zimsend.commands`
+entry-point group (clients/pyproject.toml) like `device`, and each is a thin layer over the
+blocking SDK (`zimsend.client.ZimSend`): short-lived commands doing one thing at a time need no
+event loop.
 
 Exit codes: 0 done, 1 the API refused (the SPEC code and message on stderr) or some rows of a
 bulk send failed, 2 bad arguments or no credentials, 130 Ctrl-C.
@@ -16,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "register_devices", "register_events", "register_keys", "register_login", "register_sms",
-    "register_webhooks",
+    "register_devices", "register_events", "register_keys", "register_login",
+    "register_opt_outs", "register_sms", "register_webhooks",
 ]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -107,3 +108,9 @@ def register_events(commands: Any) -> None:
     from ._hooks import add_events
 
     add_events(commands)
+
+
+def register_opt_outs(commands: Any) -> None:
+    from ._opt_outs import add_opt_outs
+
+    add_opt_outs(commands)
