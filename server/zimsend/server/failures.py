@@ -14,10 +14,17 @@ from typing import Any
 
 from zimsend.v1 import failures_pb2
 
-__all__ = ["FALLBACK", "FailureInfo", "error_payload", "hint", "info", "known", "normalise"]
+__all__ = [
+    "EXPIRED", "FALLBACK", "TIMEOUT", "FailureInfo", "error_payload", "hint", "info", "known",
+    "normalise",
+]
 
+_NAME = failures_pb2.FailureCode.Name
 #: What a report with an unknown or empty code is stored as (SPEC §7's catch-all).
-FALLBACK = "DEVICE_ERROR"
+FALLBACK = _NAME(failures_pb2.DEVICE_ERROR)
+#: The codes the server itself gives: no phone took it in time; its phone never confirmed it.
+EXPIRED = _NAME(failures_pb2.EXPIRED)
+TIMEOUT = _NAME(failures_pb2.TIMEOUT)
 
 
 @dataclass(frozen=True)

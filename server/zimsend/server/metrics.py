@@ -30,7 +30,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from zimsend.server import logs
+from zimsend.server import failures, logs
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -106,9 +106,9 @@ def count_transitions(transitions: Iterable[Transition]) -> None:
         elif t.new == "delivered":
             _DELIVERED.inc()
         elif t.new == "failed":
-            MESSAGES_FAILED.labels(t.error_code or "DEVICE_ERROR").inc()
+            MESSAGES_FAILED.labels(t.error_code or failures.FALLBACK).inc()
         elif t.new == "queued":
-            MESSAGES_REROUTED.labels(t.error_code or "DEVICE_ERROR").inc()
+            MESSAGES_REROUTED.labels(t.error_code or failures.FALLBACK).inc()
 
 
 def count_reports(status: int, inbound: int) -> None:

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from zimsend.server import logs, metrics
+from zimsend.server import failures, logs, metrics
 from zimsend.server.devicelink.assignment import (
     ClaimRequest,
     GlobalScan,
@@ -355,8 +355,8 @@ class Dispatcher:
         if flagged:
             log.info("dispatcher.delivery_reports_missing", count=flagged)
         if count or stale:
-            metrics.MESSAGES_FAILED.labels("EXPIRED").inc(count)
-            metrics.MESSAGES_FAILED.labels("TIMEOUT").inc(stale)
+            metrics.MESSAGES_FAILED.labels(failures.EXPIRED).inc(count)
+            metrics.MESSAGES_FAILED.labels(failures.TIMEOUT).inc(stale)
             log.info("dispatcher.expired", count=count, timed_out=stale)
 
     # --- one round ---------------------------------------------------------------------------

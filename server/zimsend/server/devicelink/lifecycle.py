@@ -617,7 +617,8 @@ def expire_overdue_messages(
             )
             messages = list(session.scalars(query))
             for message in messages:
-                transition(session, message, MessageStatus.FAILED, now, error_code="EXPIRED")
+                transition(session, message, MessageStatus.FAILED, now,
+                           error_code=failures.EXPIRED)
         total += len(messages)
         if len(messages) < batch:
             return total
@@ -650,7 +651,8 @@ def time_out_stale_processing(
             )
             messages = list(session.scalars(query))
             for message in messages:
-                transition(session, message, MessageStatus.FAILED, now, error_code="TIMEOUT",
+                transition(session, message, MessageStatus.FAILED, now,
+                           error_code=failures.TIMEOUT,
                            error_message="The phone holding this message never confirmed it.")
         total += len(messages)
         if len(messages) < batch:

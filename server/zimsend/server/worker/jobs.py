@@ -68,10 +68,11 @@ def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJo
 def _expire(
     expire: Callable[..., int], db: Database, now: dt.datetime, *, ttl: dt.timedelta
 ) -> int:
+    from zimsend.server.failures import EXPIRED
     from zimsend.server.metrics import MESSAGES_FAILED
 
     expired = expire(db, now, ttl=ttl)
-    MESSAGES_FAILED.labels("EXPIRED").inc(expired)
+    MESSAGES_FAILED.labels(EXPIRED).inc(expired)
     return expired
 
 
