@@ -382,7 +382,7 @@ class LimitProbe:
     base_url: str
     auth: dict[str, str]
     limit: int
-    rate: float = 8.0
+    rate: float = 5.0
     answers: list[tuple[int, int]] = field(default_factory=list)  # (UTC minute, status)
 
     def __post_init__(self) -> None:

@@ -12,7 +12,9 @@ is a modem whose folder is missing when it is opened, then appears.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -21,10 +23,12 @@ from _gammu import DummyModem
 from zimsend.agent.agent import JournalRecorder
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
-from zimsend.agent.senders.base import SendRequest
+from zimsend.agent.senders.base import Health, SendRequest, SendResult
 from zimsend.agent.senders.modem import ModemConfig, ModemSender, delivery_outcome
 from zimsend.segments import plan
 from zimsend.v1 import device_link_pb2 as pb
+
+T = TypeVar("T")
 
 TO = "+33612345678"
 
@@ -45,7 +49,9 @@ def _request(message_id: str, body: str) -> SendRequest:
     return SendRequest(message_id, TO, body, tuple(plan(body).parts))
 
 
-async def _running(sender: ModemSender, recorder: JournalRecorder, body, *args):  # type: ignore[no-untyped-def]
+async def _running(
+    sender: ModemSender, recorder: JournalRecorder, body: Callable[..., Awaitable[T]], *args: Any
+) -> T:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender.run, recorder)
         with trio.fail_after(20):
@@ -56,13 +62,13 @@ async def _running(sender: ModemSender, recorder: JournalRecorder, body, *args):
     return result
 
 
-def _send(journal: Journal, sender: ModemSender, message_id: str, body: str):  # type: ignore[no-untyped-def]
+def _send(journal: Journal, sender: ModemSender, message_id: str, body: str) -> SendResult:
     """What the executor does around `send()` (journal, hand off, journal the outcome)."""
     journal.admit(pb.SendCommand(command_id=f"c_{message_id}", message_id=message_id, to=TO,
                                  body=body))
     assert journal.begin_send(message_id)
 
-    async def hand_off():  # type: ignore[no-untyped-def]
+    async def hand_off() -> SendResult:
         result = await sender.send(_request(message_id, body))
         journal.finish_send(message_id, result)
         return result
@@ -204,7 +210,7 @@ def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
 ) -> None:
     modem = DummyModem.create(tmp_path / "usb", make_folder=False)
     sender = ModemSender(ModemConfig(gammurc=modem.gammurc, poll_interval=0.05, reopen_cap=0.5))
-    seen: dict[str, object] = {}
+    seen: dict[str, Health] = {}
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -213,7 +219,7 @@ def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
                 while "cannot open" not in (await sender.health()).problem:  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
                     await trio.sleep(0.02)
             health = await sender.health()
-            seen["unplugged"] = (health.can_send, health.problem)
+            seen["unplugged"] = health
             modem.folder.mkdir(parents=True)  # plugged in
             with trio.fail_after(20):
                 while not (await sender.health()).can_send:  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
@@ -222,7 +228,7 @@ def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    can_send, problem = seen["unplugged"]  # type: ignore[misc]
+    can_send, problem = seen["unplugged"].can_send, seen["unplugged"].problem
     assert can_send is False
     assert "cannot open the modem" in str(problem)
     plugged = seen["plugged"]
@@ -230,7 +236,9 @@ def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
     assert plugged.network == "home"
     assert plugged.signal == 2
     assert plugged.battery == 100
-    assert sender.describe().capabilities.delivery_reports  # type: ignore[union-attr]
+    capabilities = sender.describe().capabilities
+    assert capabilities is not None
+    assert capabilities.delivery_reports
     shutil.rmtree(modem.folder)
 
 

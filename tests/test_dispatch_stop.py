@@ -22,7 +22,7 @@ def test_a_cancel_that_meets_a_wake_up_still_ends_the_dispatcher() -> None:
         await asyncio.sleep(0)
 
     async def main() -> None:
-        dispatcher = Dispatcher(SimpleNamespace(), {})  # type: ignore[arg-type]
+        dispatcher = Dispatcher(SimpleNamespace(), {})  # type: ignore[arg-type]  # no state: its rounds are replaced below
         fake: Any = dispatcher
         fake.simulated = SimpleNamespace(resume=nothing)
         fake.round = fake._expire = nothing

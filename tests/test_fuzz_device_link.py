@@ -302,7 +302,7 @@ def test_a_report_without_an_id_or_outcome_is_ignored(stream: RawStream, good: G
                                              outcome=pb.StatusReport.OUTCOME_SENT)),
                 frame(report=pb.StatusReport(report_id="no-outcome",
                                              message_id="msg_ffffffffffffffff")),
-                frame(report=pb.StatusReport(report_id="bad-outcome", outcome=42)))  # type: ignore[arg-type]
+                frame(report=pb.StatusReport(report_id="bad-outcome", outcome=42)))  # type: ignore[arg-type]  # unknown on purpose
     stream.still_open()
     assert [f for f in _drain(stream) if f.WhichOneof("frame") == "report_ack"] == []
     assert_still_serving(good)

@@ -15,6 +15,7 @@ import pytest
 from _devices import RawPhone, outbox_lines, start_agent, wait_for
 from _processes import free_port
 from _receivers import Receiver, body_of, start_worker
+from conftest import Admin, Stack
 
 from zimsend.v1 import device_link_pb2 as link_pb
 
@@ -35,13 +36,18 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http(stack) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+def http(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=15, headers=stack.auth) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def agent(stack, admin, zimsend_env, tmp_path_factory) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+def agent(
+    stack: Stack,
+    admin: Admin,
+    zimsend_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
     """The real agent (simulator backend) online through Envoy; yields its outbox file."""
     device = admin("create-device", "--client-id", stack.client_id, "--name", "sender",
                    "--server-address", stack.envoy.device_target, "--no-qr")
@@ -55,17 +61,17 @@ def agent(stack, admin, zimsend_env, tmp_path_factory) -> Iterator[Path]:  # typ
 
 
 @pytest.fixture(scope="module")
-def inbox_phone(stack, admin) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def inbox_phone(stack: Stack, admin: Admin) -> dict[str, str]:
     """A second device whose stream the test drives to report inbound SMS."""
     return dict(admin("create-device", "--client-id", stack.client_id, "--name", "inbox",
                       "--server-address", stack.envoy.device_target, "--no-qr"))
 
 
-def _get(stack, path: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _get(stack: Stack, path: str) -> dict[str, Any]:
     return dict(httpx.get(f"{stack.base_url}{path}", headers=stack.auth, timeout=15).json())
 
 
-def _receive(stack, phone: dict[str, str], sender: str, text: str, report_id: str) -> None:  # type: ignore[no-untyped-def]
+def _receive(stack: Stack, phone: dict[str, str], sender: str, text: str, report_id: str) -> None:
     """The phone reports an inbound SMS and hangs up once the server has stored it (so it never
     takes a message meant for the agent)."""
     raw = RawPhone(stack.envoy.device_target, stack.client_id, phone["device_id"],
@@ -85,8 +91,9 @@ def _listed(http: httpx.Client, number: str) -> list[dict[str, Any]]:
     return list(body["opt_outs"])
 
 
-def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(  # type: ignore[no-untyped-def]
-    stack, http, agent, inbox_phone, zimsend_env, tmp_path: Path,
+def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
+    stack: Stack, http: httpx.Client, agent: Path, inbox_phone: dict[str, str],
+    zimsend_env: dict[str, str], tmp_path: Path,
 ) -> None:
     port = free_port()
     hook = http.post("/v1/webhooks/configure", json={
@@ -151,7 +158,7 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(  #
         assert {m["message"] for m in inbox if m["from"] == TO} >= {"Stop", "  START "}
 
 
-def test_the_api_adds_lists_and_removes_numbers(http) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_adds_lists_and_removes_numbers(http: httpx.Client) -> None:
     number = "+33698000001"
     added = http.post("/v1/opt-outs", json={"phone_number": "+33 6 98 00 00 01"})
     assert added.status_code == 200, added.text
@@ -178,13 +185,13 @@ def test_the_api_adds_lists_and_removes_numbers(http) -> None:  # type: ignore[n
 
 
 @pytest.mark.parametrize("value", ["0612345678", "+3361", "", "+33 6 12 AB"])
-def test_a_bad_number_is_400_naming_the_field(http, value: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_number_is_400_naming_the_field(http: httpx.Client, value: str) -> None:
     response = http.post("/v1/opt-outs", json={"phone_number": value})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"].startswith("phone_number: ")
 
 
-def test_opt_outs_belong_to_one_client(stack, http, admin) -> None:  # type: ignore[no-untyped-def]
+def test_opt_outs_belong_to_one_client(stack: Stack, http: httpx.Client, admin: Admin) -> None:
     other = admin("create-client", "--name", "other")
     key = admin("create-key", "--client-id", other["client_id"], "--name", "k")
     headers = {"X-API-Key": key["api_key"], "X-Client-ID": other["client_id"]}
@@ -196,8 +203,8 @@ def test_opt_outs_belong_to_one_client(stack, http, admin) -> None:  # type: ign
     assert removed.status_code == 404
 
 
-def test_otps_reach_opted_out_numbers_only_when_the_client_exempts_them(  # type: ignore[no-untyped-def]
-    http, agent,
+def test_otps_reach_opted_out_numbers_only_when_the_client_exempts_them(
+    http: httpx.Client, agent: Path,
 ) -> None:
     number = "+33698000003"
     http.post("/v1/opt-outs", json={"phone_number": number})
@@ -217,7 +224,9 @@ def test_otps_reach_opted_out_numbers_only_when_the_client_exempts_them(  # type
         http.patch("/v1/settings", json={"opt_outs": {}})
 
 
-def test_client_keywords_replace_the_defaults(stack, http, inbox_phone) -> None:  # type: ignore[no-untyped-def]
+def test_client_keywords_replace_the_defaults(
+    stack: Stack, http: httpx.Client, inbox_phone: dict[str, str]
+) -> None:
     patched = http.patch("/v1/settings", json={
         "opt_outs": {"stop_keywords": ["HALT", "Fin"], "start_keywords": ["REPRENDRE"]}})
     assert patched.status_code == 200, patched.text
@@ -233,7 +242,9 @@ def test_client_keywords_replace_the_defaults(stack, http, inbox_phone) -> None:
 
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
-def test_the_sdk_manages_opt_outs_and_names_the_refusal(stack, agent, transport: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_sdk_manages_opt_outs_and_names_the_refusal(
+    stack: Stack, agent: Path, transport: str
+) -> None:
     from zimsend.client import InvalidRequestError, NotFoundError, OptOut, ZimSend
 
     number = "+3369800001" + ("6" if transport == "rest" else "7")

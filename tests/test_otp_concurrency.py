@@ -10,6 +10,7 @@ one number (10 accepted, 5 OTP_RATE_LIMIT).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -62,7 +63,7 @@ def fifty_wrong_guesses_get_three_comparisons(
     reply = send(stub, account, length=4)
     code = code_of(db, reply.otp_id)
     outcomes = race([
-        (lambda guess=guess: check(stub, account, reply.otp_id, guess))  # type: ignore[misc]
+        functools.partial(check, stub, account, reply.otp_id, guess)
         for guess in wrong_codes(code, 50)
     ])
     compared = [o for o in outcomes if isinstance(o, pb.VerifyOtpResponse)]

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from _devices import outbox_lines, start_agent, wait_for
+from conftest import Admin, Stack
 
 pytestmark = pytest.mark.slow
 PARIS = ZoneInfo("Europe/Paris")
@@ -36,13 +37,18 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http(stack) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+def http(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=15, headers=stack.auth) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def outbox(stack, admin, zimsend_env, tmp_path_factory) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+def outbox(
+    stack: Stack,
+    admin: Admin,
+    zimsend_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "sender",
                    "--server-address", stack.envoy.device_target, "--no-qr")
     workdir = tmp_path_factory.mktemp("agent")
@@ -75,8 +81,8 @@ def _utc(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once(  # type: ignore[no-untyped-def]
-    http, outbox,
+def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once(
+    http: httpx.Client, outbox: Path,
 ) -> None:
     start, end, end_utc = _window_ending_next_minute()
     patched = http.patch("/v1/settings", json={
@@ -119,7 +125,7 @@ def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once
         http.patch("/v1/settings", json={"quiet_hours": {"enabled": False}})
 
 
-def test_settings_show_defaults_and_refuse_bad_values_naming_each_field(http) -> None:  # type: ignore[no-untyped-def]
+def test_settings_show_defaults_and_refuse_bad_values_naming_each_field(http: httpx.Client) -> None:
     shown = http.get("/v1/settings").json()
     assert shown["success"] is True
     assert shown["settings"]["quiet_hours"]["start"] == "21:00"

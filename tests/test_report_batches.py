@@ -17,7 +17,12 @@ import pytest
 from sqlmodel import col, select
 
 from zimsend.server import accounts, credentials
-from zimsend.server.devicelink.lifecycle import PartReport, apply_part_report, apply_part_reports
+from zimsend.server.devicelink.lifecycle import (
+    Outcome,
+    PartReport,
+    apply_part_report,
+    apply_part_reports,
+)
 from zimsend.server.storage import (
     DailyAggregate,
     Database,
@@ -33,7 +38,7 @@ PEPPER = b"report-batches-test-pepper-01234"
 # (message index, report id, outcome, part index, part count, error code); message 0-2 have
 # one part, 3-4 three parts. Replays, a repeat inside the batch, delivered before sent, a late
 # report after a final status, a failed part and an unknown message are all in here.
-REPORTS: list[tuple[int, str, str, int, int, str]] = [
+REPORTS: list[tuple[int, str, Outcome, int, int, str]] = [
     (0, "r1", "sent", 0, 0, ""),
     (0, "r2", "delivered", 0, 0, ""),
     (0, "r2", "delivered", 0, 0, ""),  # the same report twice in one batch
@@ -83,7 +88,7 @@ def setup(db: Database) -> tuple[Database, list[tuple[str, str, list[str]]]]:
 def reports_for(ids: list[str]) -> list[PartReport]:
     return [
         PartReport(report_id=rid, message_id=ids[m] if m >= 0 else "msg_unknown",
-                   outcome=outcome, part_index=part, part_count=count,  # type: ignore[arg-type]
+                   outcome=outcome, part_index=part, part_count=count,
                    error_code=code, error_message="lost" if code else "")
         for m, rid, outcome, part, count, code in REPORTS
     ]
@@ -113,7 +118,9 @@ def snapshot(db: Database, client_id: str, device_id: str, ids: list[str]) -> di
             "events": sorted(events, key=key), "days": days}
 
 
-def test_a_batch_changes_what_the_same_reports_one_by_one_change(setup) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_changes_what_the_same_reports_one_by_one_change(
+    setup: tuple[Database, list[tuple[str, str, list[str]]]],
+) -> None:
     db, ((c1, d1, ids1), (c2, d2, ids2)) = setup
     now = utcnow()
     one_by_one = []

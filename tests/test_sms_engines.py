@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -95,7 +96,9 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
                                                   test=True) if key else "",
         )
 
-    def submit(request: pb.SendSmsRequest, key: str | None = None):  # type: ignore[no-untyped-def]
+    def submit(
+        request: pb.SendSmsRequest, key: str | None = None
+    ) -> Awaitable[intake.Outcome[pb.SendSmsResponse]]:
         return lane.submit(
             submission(request, key),
             lambda now: validation.validate_send(request, now, allow_insecure_webhooks=False),

@@ -23,6 +23,7 @@ from zimsend.server.storage import (
 from zimsend.server.webhook_delivery import endpoints
 from zimsend.server.webhook_delivery.sender import AttemptOutcome
 from zimsend.server.worker.outbox import (
+    ClaimedEvent,
     claim_due_events,
     finish_event,
     record_attempt,
@@ -39,7 +40,9 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def claim(db: Database, token: str = "w1#1", limit: int = 10, at: dt.datetime | None = None):  # type: ignore[no-untyped-def]
+def claim(
+    db: Database, token: str = "w1#1", limit: int = 10, at: dt.datetime | None = None
+) -> list[ClaimedEvent]:
     return claim_due_events(db, token=token, limit=limit, lease=LEASE, now=at or now())
 
 

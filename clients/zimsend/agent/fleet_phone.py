@@ -88,8 +88,8 @@ class FleetPhone:
     device_id: str
     client_id: str
     password: str = field(repr=False)
-    journal: Journal = field(repr=False, default=None)  # type: ignore[assignment]
-    simulation: Simulation = field(repr=False, default=None)  # type: ignore[assignment]
+    journal: Journal = field(repr=False)
+    simulation: Simulation = field(repr=False)
     stats: FleetStats = field(default_factory=FleetStats, repr=False)
     server: str = "127.0.0.1:50051"
     credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)

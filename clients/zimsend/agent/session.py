@@ -173,4 +173,4 @@ class Session:
 
 def _network(state: str) -> common_pb2.NetworkRegistration.ValueType:
     names = common_pb2.NetworkRegistration.keys()
-    return common_pb2.NetworkRegistration.Value(state) if state in names[1:] else 0  # type: ignore[return-value]
+    return common_pb2.NetworkRegistration.Value(state if state in names[1:] else names[0])

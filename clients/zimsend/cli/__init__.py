@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _register_broken(commands: argparse._SubParsersAction, name: str, exc: ImportError) -> None:  # type: ignore[type-arg]
+def _register_broken(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, exc: ImportError
+) -> None:
     parser = commands.add_parser(name, help=f"(unavailable: {exc})", add_help=False)
     parser.add_argument("rest", nargs=argparse.REMAINDER)
 

@@ -5,11 +5,11 @@ lookup itself is the comparison; the client id is then compared in constant time
 failure that involves a key answers `INVALID_API_KEY` whatever the reason (unknown, revoked,
 or another client's), so an attacker learns nothing about which keys or clients exist.
 A key that passed is remembered for `VerifiedKeys.ttl` (1 s) by its HMAC, so a busy client
-costs one database lookup a second instead of one per request — a thread hop, a connection
-checkout and a query, which were a third of `SendSms`'s cost (`zimsend bench`). Revoking a
-key forgets it at once on the replica that revoked it; other replicas refuse it within the
-TTL. Failures are never remembered: every wrong key is looked up (and answers the same way).
-The lookup itself is one prebuilt Core statement on a bare connection.
+costs one database lookup a second instead of one per request (a thread hop, a connection
+checkout and a query; docs/benchmarks.md, `6ea4e80`). Revoking a key forgets it at once on the
+replica that revoked it; other replicas refuse it within the TTL. Failures are never
+remembered: every wrong key is looked up (and answers the same way). The lookup itself is one
+prebuilt Core statement on a bare connection.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import hmac
 from dataclasses import dataclass
 
 import grpc
-from sqlalchemy import bindparam, update
-from sqlmodel import col, select
+from sqlalchemy import bindparam, select, update
+from sqlmodel import col
 
 from zimsend.server.credentials import hash_secret
 from zimsend.server.errors import ApiError, ErrorCode
@@ -31,9 +31,10 @@ API_KEY_HEADER = "x-api-key"
 CLIENT_ID_HEADER = "x-client-id"
 DEVICE_ID_HEADER = "x-device-id"
 _LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
-_KEY_BY_HASH = select(  # type: ignore[call-overload]
-    ApiKey.id, ApiKey.client_id, ApiKey.test, ApiKey.revoked_at, ApiKey.last_used_at
-).where(ApiKey.key_hash == bindparam("key_hash"))
+_KEY_BY_HASH = select(
+    col(ApiKey.id), col(ApiKey.client_id), col(ApiKey.test), col(ApiKey.revoked_at),
+    col(ApiKey.last_used_at),
+).where(col(ApiKey.key_hash) == bindparam("key_hash"))
 
 
 @dataclass(frozen=True)

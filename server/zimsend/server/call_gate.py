@@ -28,6 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from zimsend.server.errors import ERROR_CODE_HEADER, ERROR_DOMAIN, ErrorCode, reason_name
+from zimsend.server.method_handlers import with_behavior
 
 SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry in a moment."
 #: Seconds a refused caller is told to wait (RetryInfo and Retry-After): a replica behind the
@@ -115,7 +116,7 @@ class CallGate(grpc.aio.ServerInterceptor):
                 finally:
                     self._leave()
 
-            return handler._replace(unary_unary=counted_unary)  # type: ignore[attr-defined]
+            return with_behavior(handler, unary_unary=counted_unary)
         if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             stream = handler.unary_stream
 
@@ -129,7 +130,7 @@ class CallGate(grpc.aio.ServerInterceptor):
                 finally:
                     self._leave()
 
-            return handler._replace(unary_stream=counted_stream)  # type: ignore[attr-defined]
+            return with_behavior(handler, unary_stream=counted_stream)
         return handler  # phones' streams (and any other kind) are not waited for
 
 
@@ -139,7 +140,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         name for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
         if getattr(handler, name) is not None
     )
-    return handler._replace(**{kind: _refuse})  # type: ignore[attr-defined]
+    return with_behavior(handler, **{kind: _refuse})
 
 
 async def _refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:

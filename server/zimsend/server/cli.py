@@ -13,9 +13,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zimsend.server.config import Settings
+
+if TYPE_CHECKING:
+    from zimsend.server.storage import Database
 
 DEFAULT_DEVICE_ADDRESS = "127.0.0.1:8081"
 
@@ -36,7 +39,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="overrides ZIMSEND_DATABASE_URL")
 
 
-def register_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("serve", help="run the gRPC server")
     _common(parser)
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -55,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_admin(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = commands.add_parser("admin", help="create clients, API keys and devices")
     sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
 
@@ -106,7 +109,7 @@ def register_admin(commands: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(handler=_migrate)
 
 
-def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open(args: argparse.Namespace) -> tuple[Settings, Database]:
     from zimsend.server.storage import Database
 
     settings = _settings(args)

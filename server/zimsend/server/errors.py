@@ -14,12 +14,13 @@ another client's data: they are written here or by the caller, never copied from
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -125,14 +126,14 @@ class ApiError(Exception):
         return out + self.extra_headers
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 
 async def abort(
-    context: grpc.aio.ServicerContext, error: ApiError, headers: list[tuple[str, str]] = ()  # type: ignore[assignment]
+    context: grpc.aio.ServicerContext, error: ApiError, headers: Sequence[tuple[str, str]] = ()
 ) -> None:
     """End the RPC with `error` (and `headers` as extra initial metadata). Never returns
     (grpc raises inside `abort`)."""

@@ -37,7 +37,8 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger
 
 
 def failure(logger: structlog.stdlib.BoundLogger, event: str, exc: BaseException,

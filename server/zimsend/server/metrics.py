@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from zimsend.server import failures, logs
+from zimsend.server.method_handlers import with_behavior
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -229,7 +230,7 @@ def _measuring(handler: grpc.RpcMethodHandler, m: _MethodMetrics) -> grpc.RpcMet
                 m.ended(context, None)
             return result
 
-        return handler._replace(unary_unary=measured_unary)  # type: ignore[attr-defined]
+        return with_behavior(handler, unary_unary=measured_unary)
     if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
         stream = handler.unary_stream
 
@@ -248,7 +249,7 @@ def _measuring(handler: grpc.RpcMethodHandler, m: _MethodMetrics) -> grpc.RpcMet
                 m.duration.observe(clock() - started)
                 m.ended(context, error)
 
-        return handler._replace(unary_stream=measured_stream)  # type: ignore[attr-defined]
+        return with_behavior(handler, unary_stream=measured_stream)
     if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
         bidi = handler.stream_stream
 
@@ -265,7 +266,7 @@ def _measuring(handler: grpc.RpcMethodHandler, m: _MethodMetrics) -> grpc.RpcMet
             finally:
                 m.ended(context, error)
 
-        return handler._replace(stream_stream=counted_bidi)  # type: ignore[attr-defined]
+        return with_behavior(handler, stream_stream=counted_bidi)
     return handler
 
 
@@ -333,8 +334,9 @@ def _queue_rows(database: Database, now: dt.datetime) -> list[tuple[int, int, in
     from sqlalchemy import bindparam, case, func, select
 
     from zimsend.server.storage import Message, MessageStatus
+    from zimsend.server.storage.tables import table_of
 
-    m = Message.__table__.c  # type: ignore[attr-defined]
+    m = table_of(Message).c
     due = case((m.due_at <= bindparam("now", type_=m.due_at.type), 1), else_=0)
     query = (select(m.priority, func.count(), func.sum(due), func.min(m.due_at))
              .where(m.status == MessageStatus.QUEUED.value)

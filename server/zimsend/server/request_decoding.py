@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from zimsend.server.errors import ApiError, ErrorCode, abort
+from zimsend.server.method_handlers import with_behavior
 
 Deserializer = Callable[[bytes], Any]
 
@@ -77,9 +78,7 @@ def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         guarded = _unary_request(behavior, error)
     else:
         guarded = _request_stream(behavior, error)
-    return handler._replace(  # type: ignore[attr-defined]
-        request_deserializer=tolerant, **{kind: guarded}
-    )
+    return with_behavior(handler, request_deserializer=tolerant, **{kind: guarded})
 
 
 def _unary_request(behavior: Callable[..., Any], error: ApiError) -> Callable[..., Any]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ALL = ["ceiling", "grpc", "rest", "e2e", "streams", "overload", "webhooks"]
+ALL = ["ceiling", "grpc", "rest", "e2e", "streams", "overload", "webhooks", "postgres"]
 #: Run only when named: `soak` takes 10 minutes (memory of every process under steady load).
 OPT_IN = ["soak"]
 
@@ -195,6 +195,12 @@ def run(plan: Plan, chosen: list[str], root: Path) -> dict[str, dict[str, Any]]:
                     batch=p.streams_batch)
     finally:
         stack.close()
+    # Last, on its own stack and PostgreSQL: the SQLite numbers above are its comparison.
+    from zimsend.server.bench import postgres
+
+    attempt("postgres", postgres.topology, root=root / "postgres", phones=p.e2e_phones,
+            rate=p.e2e_rate, concurrency=p.concurrency, rpc_seconds=p.rpc_seconds,
+            e2e_seconds=p.e2e_seconds, warmup=p.warmup, drain=p.drain_seconds, sqlite=results)
     return results
 
 

@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TextIO
 
 from zimsend.agent.fleet import FleetConfig, _raise_file_limit, load_devices, run_fleet
 from zimsend.agent.fleet_phone import FleetStats
@@ -47,12 +48,12 @@ async def main(args: argparse.Namespace) -> None:
             fleet.cancel()
 
 
-def _write(stats: FleetStats, path: Path, arrivals: object) -> None:
+def _write(stats: FleetStats, path: Path, arrivals: TextIO) -> None:
     log = stats.command_log or []
     stats.command_log = []
     if log:
-        arrivals.write("".join(f"{m}\t{t:.6f}\n" for m, t in log))  # type: ignore[attr-defined]
-        arrivals.flush()  # type: ignore[attr-defined]
+        arrivals.write("".join(f"{m}\t{t:.6f}\n" for m, t in log))
+        arrivals.flush()
     counters = {k: v for k, v in asdict(stats).items() if k != "command_log"}
     counters["at"] = time.time()
     tmp = path.with_suffix(".tmp")

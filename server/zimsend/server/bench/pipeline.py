@@ -35,16 +35,28 @@ class Counters:
 
     def __init__(self, stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str) -> None:
         self.db_path = stack.data_dir / "zimsend.db"
+        self.postgres = stack.env.get("ZIMSEND_DATABASE_URL")  # bench/postgres.py
         self.client_id = tenant.client_id
         self.phones = phones
         self.receiver_url = receiver_url
         self.marks: dict[str, dict[str, float]] = {}
 
+    def _counts(self) -> tuple[int, int, int]:
+        sql = ("SELECT count(*), count(sent_at), count(delivered_at) FROM messages "
+               "WHERE client_id = ?")
+        if self.postgres:
+            import psycopg
+
+            with psycopg.connect(self.postgres.replace("+psycopg", "")) as pg:
+                row = pg.execute(sql.replace("?", "%s"), (self.client_id,)).fetchone()
+        else:
+            with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30) as db:
+                row = db.execute(sql, (self.client_id,)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
     def snapshot(self) -> dict[str, float]:
-        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30) as db:
-            accepted, sent, delivered = db.execute(
-                "SELECT count(*), count(sent_at), count(delivered_at) FROM messages "
-                "WHERE client_id = ?", (self.client_id,)).fetchone()
+        accepted, sent, delivered = self._counts()
         phone = self.phones.stats()
         hooks = receiver_counts(self.receiver_url)
         return {
@@ -81,7 +93,9 @@ def _watch(stack: Stack, phones: Phones) -> dict[str, int]:
     return {name: p.pid for name, p in named.items() if p is not None}
 
 
-def _latency(result: dict[str, Any], phones: Phones) -> dict[str, Any]:
+def accept_to_phone(result: dict[str, Any], phones: Phones) -> dict[str, Any]:
+    """Accept (the server's `queued_at`) to the phone's arrival of the SendCommand, for the
+    messages a recorded load run accepted."""
     arrivals = phones.arrivals()
     gaps = [arrivals[m] - q for m, q in result.get("accepted") or [] if m in arrivals]
     return {**summarize_ms(gaps), "samples": len(gaps)}
@@ -107,7 +121,7 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
                         rate=half_rate, record=True, watch=_watch(stack, phones),
                         on_window=counters.mark)
     half_stages = counters.rates()
-    latency = _latency(half, phones)
+    latency = accept_to_phone(half, phones)
     half_drained = counters.drain(drain)
     return {
         "offered_rps": rate, "accepted_rps": full["rps"], "stages_rps": stages,

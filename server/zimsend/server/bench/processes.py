@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -116,7 +117,7 @@ def zimsend_env(data_dir: Path, pepper: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_zimsend(args: Sequence[str], env: Mapping[str, str], timeout: float = 60) -> dict:  # type: ignore[type-arg]
+def run_zimsend(args: Sequence[str], env: Mapping[str, str], timeout: float = 60) -> dict[str, Any]:
     """Run a short `zimsend …` command and parse the JSON it prints."""
     done = subprocess.run(
         [ZIMSEND, *args], env=dict(env), capture_output=True, text=True, timeout=timeout

@@ -60,6 +60,10 @@ def _cells(n: int, name: str, row: dict[str, Any]) -> list[str]:
     if name == "webhooks":
         return [str(n), "webhooks: one worker", f"{_fmt(row['rps'])} POSTs/s", "", "",
                 f"{_fmt(row['cpu_share_of']['worker'])} core", row["goal"], _met(row)]
+    if name == "postgres":
+        from zimsend.server.bench import postgres
+
+        return postgres.cells(n, row, _fmt, _met(row))
     return [str(n), name, "", "", "", "", "", _met(row)]
 
 
@@ -109,6 +113,11 @@ def details(results: dict[str, dict[str, Any]]) -> str:
                    f"all outcomes written after {r['all_recorded_s']} s; received "
                    f"{r['event_ids']} event_ids signed ({r['duplicates']} duplicates, "
                    f"{r['bad_signatures']} bad signatures); CPU {r['cpu_share_of']}")
+    r = results.get("postgres")
+    if r and "error" not in r:
+        from zimsend.server.bench import postgres
+
+        out.append(postgres.details(r, _fmt))
     r = results.get("streams")
     if r and "error" not in r:
         out.append(f"streams: RSS {r['server_rss_idle_mb']} -> {r['server_rss_loaded_mb']} MB, "

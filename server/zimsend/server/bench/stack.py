@@ -49,10 +49,12 @@ class Stack:
         self.pepper = secrets.token_hex(32)
         # Local HTTP receivers allowed; the per-client request limit (SPEC §8, 100/min by
         # default) lifted, or every scenario would measure 429s. Backpressure after 5 s of
-        # queueing (default 300 s), so that the overload scenario's minute shows it.
+        # queueing (default 300 s), so that the overload scenario's minute shows it. No per-SIM
+        # send budget (20 parts a minute by default): the phones are simulated.
         self.env = zimsend_env(self.data_dir, self.pepper, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
                                ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000000",
-                               ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(QUEUE_MAX_WAIT_SECONDS))
+                               ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(QUEUE_MAX_WAIT_SECONDS),
+                               ZIMSEND_DEFAULT_PARTS_PER_MINUTE="0")
         self.programs: list[Program] = []
         self.server: Program | None = None
         self.server_address = ""
@@ -66,7 +68,11 @@ class Stack:
         from zimsend.server.config import Settings
         from zimsend.server.storage import Database
 
+        url = self.env.get("ZIMSEND_DATABASE_URL")  # PostgreSQL (bench/postgres.py)
         settings = Settings(data_dir=self.data_dir, secret_pepper=self.pepper)
+        if url:
+            settings = Settings(data_dir=self.data_dir, secret_pepper=self.pepper,
+                                database_url=url)
         db = Database.from_url(settings.database_url_value)
         try:
             db.migrate()
@@ -111,13 +117,15 @@ class Stack:
         program.wait_until(lambda: grpc_serving(address), what="SERVING")
         return program, address
 
-    def start_envoy(self) -> str:
-        """Envoy in front of the server, its per-key flood limit lifted (the bench is one key
-        sending thousands of requests a second); returns the REST base URL."""
+    def start_envoy(self, upstreams: tuple[str, ...] | None = None) -> str:
+        """Envoy in front of the server (or of `upstreams`, the replicas), its per-key flood
+        limit lifted (the bench is one key sending thousands of requests a second); returns
+        the REST base URL."""
         from zimsend.gateway import RateLimit, start_envoy
 
         self.envoy = start_envoy(
-            directory=self.root / "envoy", upstreams=(self.server_address,), public_port=0,
+            directory=self.root / "envoy", upstreams=upstreams or (self.server_address,),
+            public_port=0,
             device_port=0, admin_port=0, access_log=False,
             rate_limit=RateLimit(requests_per_minute=100_000_000, unkeyed_per_minute=100_000_000),
         )

@@ -50,6 +50,7 @@ def fill_outbox(stack: Stack, tenant: Tenant, url: str, secret: str, events: int
     from zimsend.server.credentials import new_id
     from zimsend.server.devicelink.lifecycle import event_row, iso
     from zimsend.server.storage import OutboxEvent
+    from zimsend.server.storage.tables import table_of
     from zimsend.server.webhook_delivery import endpoints
 
     db, pepper = _database(stack)
@@ -68,7 +69,7 @@ def fill_outbox(stack: Stack, tenant: Tenant, url: str, secret: str, events: int
                 for n in range(start, min(events, start + 2000))
             ]
             with db.write() as session:
-                session.execute(insert(OutboxEvent.__table__), rows)  # type: ignore[attr-defined]
+                session.execute(insert(table_of(OutboxEvent)), rows)
     finally:
         db.dispose()
 
@@ -77,8 +78,9 @@ def outbox_delivered(db: Database, client_id: str) -> int:
     from sqlalchemy import func, select
 
     from zimsend.server.storage import OutboxEvent, OutboxStatus
+    from zimsend.server.storage.tables import table_of
 
-    table = OutboxEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(OutboxEvent)
     with db.session() as session:
         return int(session.execute(
             select(func.count()).select_from(table)

@@ -23,6 +23,7 @@ from sqlmodel import Session
 from zimsend.server.errors import ErrorCode
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.storage import Client, ClientPolicy, utcnow
+from zimsend.server.storage.tables import table_of
 
 from . import keywords
 from .quiet_hours import QuietWindow, parse_clock, zone_named
@@ -75,7 +76,7 @@ class Policy:
 
 DEFAULTS = Policy()
 
-_TABLE: Any = ClientPolicy.__table__  # type: ignore[attr-defined]
+_TABLE = table_of(ClientPolicy)
 _BY_CLIENT = select(*_TABLE.columns).where(_TABLE.c.client_id == bindparam("client_id"))
 
 

@@ -37,6 +37,7 @@ from zimsend.server.storage import (
 )
 from zimsend.server.storage.claims import still_queued
 from zimsend.server.storage.shapes import padded
+from zimsend.server.storage.tables import table_of
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
@@ -109,7 +110,7 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
     command = pb.SendCommand(
         command_id=credentials.new_id("cmd"), message_id=message.id, to=message.to, body=body,
         segments=message.segments, encoding=_ENCODINGS.get(message.encoding, 0),
-        priority=message.priority,  # type: ignore[arg-type]
+        priority=common_pb2.Priority.ValueType(message.priority),
         redelivery=redelivery,
     )
     if message.sim_slot is not None:
@@ -119,7 +120,7 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
 
 # The round's reads, built once as Core statements: through the ORM each cost a few hundred
 # microseconds of Python, and a connect storm runs up to 20 rounds a second.
-_m = Message.__table__.c  # type: ignore[attr-defined]
+_m = table_of(Message).c
 _now = bindparam("now")
 _due_now = (_m.status == MessageStatus.QUEUED.value, _m.due_at <= _now,
             or_(_m.expires_at.is_(None), _m.expires_at > _now))

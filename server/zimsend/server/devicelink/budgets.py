@@ -27,6 +27,7 @@ from sqlmodel import Session, col
 
 from zimsend.server.storage import Device, DeviceSend, Message
 from zimsend.server.storage.shapes import padded_chunks
+from zimsend.server.storage.tables import table_of
 
 __all__ = ["WINDOWS", "Budget", "Room", "record_handed", "rooms_for"]
 
@@ -155,7 +156,7 @@ def record_handed(
             for device_id, messages in handed for m in messages]
     if not rows:
         return
-    table = DeviceSend.__table__  # type: ignore[attr-defined]
+    table = table_of(DeviceSend)
     for chunk in padded_chunks(sorted({r["device_id"] for r in rows}), _CHUNK):
         session.execute(delete(table).where(table.c.device_id.in_(chunk),
                                             table.c.handed_at < now - _LEDGER_DEPTH))

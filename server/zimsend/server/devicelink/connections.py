@@ -28,6 +28,7 @@ from zimsend.server.storage import (
     OutboxStatus,
 )
 from zimsend.server.storage.shapes import padded
+from zimsend.server.storage.tables import table_of
 
 __all__ = [
     "Beat",
@@ -104,8 +105,8 @@ def _refused(message: str) -> ApiError:
     return ApiError(ErrorCode.INVALID_DEVICE_CREDENTIALS, message)
 
 
-_DEVICES = Device.__table__  # type: ignore[attr-defined]
-_OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
+_DEVICES = table_of(Device)
+_OUTBOX = table_of(OutboxEvent)
 
 #: Built once: during a reconnect storm this runs for every phone that comes back (thousands a
 #: minute), and an ORM `session.get` cost several times the lookup (`zimsend bench`, streams).

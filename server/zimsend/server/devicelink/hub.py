@@ -11,7 +11,7 @@ One hub per server process (`DeviceHub.of(state)`), owning:
   (rename, pacing, disable, delete, password rotation) reaches the phone within one flush;
 - the connect writer: streams that said hello are recorded (presence row + `device.connected`)
   in one transaction per batch, as heartbeats are — during a reconnect storm one transaction
-  per phone made the write lock the limit (~100 phones a second, `zimsend bench` streams);
+  per phone made the write lock the limit (docs/benchmarks.md, `aced0d2`);
 - the report writer (group commit) and the dispatcher.
 
 Management RPCs call `apply_config` / `close_device` for phones on this replica.

@@ -48,6 +48,7 @@ from zimsend.server.storage import (
     insert_for,
 )
 from zimsend.server.storage.shapes import padded_chunks
+from zimsend.server.storage.tables import table_of
 from zimsend.server.storage.upserts import add_daily_counts, mark_reports_processed
 
 __all__ = [
@@ -417,7 +418,7 @@ def apply_part_reports(
     _store(session, changed, [parts[m][i] for m, i in sorted(touched) if m not in rerouted],
            events, counts)
     if rerouted:
-        part_table = MessagePart.__table__  # type: ignore[attr-defined]
+        part_table = table_of(MessagePart)
         session.execute(delete(part_table).where(part_table.c.message_id.in_(sorted(rerouted))))
     for device_id, until in sorted(cooling.items()):
         current = session.scalar(
@@ -456,7 +457,7 @@ def _written(message: MessageRow) -> tuple[Any, ...]:
 
 
 def _load_messages(session: Session, ids: set[str]) -> dict[str, MessageRow]:
-    table = Message.__table__  # type: ignore[attr-defined]
+    table = table_of(Message)
     stmt = cached_statement(session, "reports.load_messages", lambda s: (
         select(*(table.c[name] for name in _ROW_COLUMNS))
         .where(table.c.id.in_(bindparam("ids", expanding=True)))
@@ -473,7 +474,7 @@ def _load_messages(session: Session, ids: set[str]) -> dict[str, MessageRow]:
 def _load_parts(session: Session, ids: set[str]) -> dict[str, dict[int, _Part]]:
     if not ids:
         return {}
-    table = MessagePart.__table__  # type: ignore[attr-defined]
+    table = table_of(MessagePart)
     stmt = cached_statement(session, "reports.load_parts", lambda s: (
         select(*(table.c[name] for name in _PART_COLUMNS))
         .where(table.c.message_id.in_(bindparam("ids", expanding=True)))
@@ -499,12 +500,12 @@ def _store(
         session.execute(cached_statement(session, "reports.upsert_parts", _upsert_parts),
                         [{name: getattr(p, name) for name in _PART_COLUMNS} for p in parts])
     if events:
-        session.execute(insert(OutboxEvent.__table__), events)  # type: ignore[attr-defined]
+        session.execute(insert(table_of(OutboxEvent)), events)
     add_daily_counts(session, counts)
 
 
 def _update_messages(session: Session) -> Any:
-    table = Message.__table__  # type: ignore[attr-defined]
+    table = table_of(Message)
     return (
         update(table).where(table.c.id == bindparam("_id"))
         .values({name: bindparam(name) for name in _WRITTEN})
@@ -512,7 +513,7 @@ def _update_messages(session: Session) -> Any:
 
 
 def _upsert_parts(session: Session) -> Any:
-    table = MessagePart.__table__  # type: ignore[attr-defined]
+    table = table_of(MessagePart)
     stmt = insert_for(session, table).values({name: bindparam(name) for name in _PART_COLUMNS})
     return stmt.on_conflict_do_update(
         index_elements=["message_id", "part_index"],

@@ -26,6 +26,7 @@ from sqlmodel import Session
 from zimsend.server import logs, metrics
 from zimsend.server.devicelink.lifecycle import (
     Failover,
+    Outcome,
     PartReport,
     Transition,
     apply_part_reports,
@@ -40,7 +41,7 @@ __all__ = ["InboundItem", "ReportWriter", "status_report"]
 
 log = logs.get("zimsend.devicelink.reports")
 
-_OUTCOMES = {
+_OUTCOMES: dict[int, Outcome] = {
     pb.StatusReport.OUTCOME_SENT: "sent",
     pb.StatusReport.OUTCOME_DELIVERED: "delivered",
     pb.StatusReport.OUTCOME_FAILED: "failed",
@@ -62,7 +63,7 @@ def status_report(report: pb.StatusReport) -> PartReport | None:
     if outcome is None:
         return None
     return PartReport(
-        report_id=report.report_id, message_id=report.message_id, outcome=outcome,  # type: ignore[arg-type]
+        report_id=report.report_id, message_id=report.message_id, outcome=outcome,
         part_index=max(0, report.part_index), part_count=max(0, report.part_count),
         error_code=report.error_code, error_message=report.error_message[:500],
     )

@@ -22,7 +22,12 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from zimsend.server import logs
-from zimsend.server.devicelink.lifecycle import PartReport, Transition, apply_part_reports
+from zimsend.server.devicelink.lifecycle import (
+    Outcome,
+    PartReport,
+    Transition,
+    apply_part_reports,
+)
 from zimsend.server.devicelink.reports import applied
 from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, Device, Message, MessageStatus, utcnow
@@ -79,12 +84,12 @@ class SimulatedPhone:
             self._taken.difference_update(m.id for m in messages)
 
     async def _report(
-        self, device_id: str, client_id: str, messages: list[Message], outcome: str
+        self, device_id: str, client_id: str, messages: list[Message], outcome: Outcome
     ) -> list[Transition]:
         letter = outcome[0].upper()
         reports = [
             PartReport(report_id=f"sim.{m.id}.{m.attempts}.{letter}", message_id=m.id,
-                       outcome=outcome)  # type: ignore[arg-type]
+                       outcome=outcome)
             for m in messages
         ]
         moved = await self._state.link_call(_apply, self._state.db, client_id, device_id, reports)

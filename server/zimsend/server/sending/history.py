@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
@@ -84,12 +84,15 @@ def period_of(
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
     """The optional `from_date`/`to_date` bounds, checked and in order."""
     bounds: list[dt.datetime | None] = []
-    for name, value, side in (("from_date", from_date, "from"), ("to_date", to_date, "to")):
+    sides: tuple[tuple[str, str, Literal["from", "to"]], ...] = (
+        ("from_date", from_date, "from"), ("to_date", to_date, "to"),
+    )
+    for name, value, side in sides:
         if not value.strip():
             bounds.append(None)
             continue
         try:
-            bounds.append(parse_bound(value, side))  # type: ignore[arg-type]
+            bounds.append(parse_bound(value, side))
         except ValueError as exc:
             v.add(ErrorCode.INVALID_REQUEST, name, f"{exc} (got {fields.shown(value)})")
             bounds.append(None)
@@ -170,7 +173,7 @@ def export_chunk(
         conditions.append(
             or_(
                 Message.created_at > created,
-                and_(Message.created_at == created, Message.id > message_id),  # type: ignore[arg-type]
+                and_(col(Message.created_at) == created, col(Message.id) > message_id),
             )
         )
     with db.session() as session:

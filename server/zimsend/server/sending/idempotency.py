@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 from sqlalchemy import delete
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from zimsend.server.errors import ErrorCode, Reason
 from zimsend.server.storage import IdempotencyRecord
@@ -105,9 +105,9 @@ def store(
     """
     session.execute(
         delete(IdempotencyRecord).where(
-            IdempotencyRecord.client_id == client_id,  # type: ignore[arg-type]
-            IdempotencyRecord.key == key,  # type: ignore[arg-type]
-            IdempotencyRecord.created_at <= now - WINDOW,  # type: ignore[arg-type]
+            col(IdempotencyRecord.client_id) == client_id,
+            col(IdempotencyRecord.key) == key,
+            col(IdempotencyRecord.created_at) <= now - WINDOW,
         )
     )
     session.add(

@@ -70,6 +70,7 @@ from zimsend.server.errors import ApiError, ErrorCode, storage_unavailable
 from zimsend.server.presence import is_connected, is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
 from zimsend.server.storage.availability import storage_problem
+from zimsend.server.storage.tables import table_of
 
 from . import idempotency
 from .queue_gauge import Backlog, QueueGauge
@@ -171,7 +172,7 @@ _ONLINE = select(  # type: ignore[call-overload]
     Device.is_simulated == False,  # noqa: E712 - SQL comparison
     Device.deleted_at.is_(None),  # type: ignore[union-attr]
 )
-_INSERT = insert(Message.__table__)  # type: ignore[attr-defined]
+_INSERT = insert(table_of(Message))
 #: Every column's default, for rows inserted without the ORM (the callers set the rest).
 _ROW_DEFAULTS: dict[str, Any] = {
     column.name: column.default.arg if column.default is not None and column.default.is_scalar

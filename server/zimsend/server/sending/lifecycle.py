@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import delete, update
-from sqlmodel import Session, select
+from sqlalchemy import CursorResult, delete, update
+from sqlmodel import Session, col, select
 
 from zimsend.server.compliance import opt_outs, quiet_hours
 from zimsend.server.compliance.policy import load as load_policy
@@ -77,15 +77,16 @@ def cancel(db: Database, settings: Settings, client_id: str, message_id: str) ->
         done = session.execute(
             update(Message)
             .where(
-                Message.id == message_id,  # type: ignore[arg-type]
-                Message.client_id == client_id,  # type: ignore[arg-type]
-                Message.status == MessageStatus.QUEUED,  # type: ignore[arg-type]
+                col(Message.id) == message_id,
+                col(Message.client_id) == client_id,
+                col(Message.status) == MessageStatus.QUEUED,
             )
             .values(status=MessageStatus.CANCELLED, cancelled_at=now)
             .execution_options(synchronize_session=False)
         )
         message = _reload(session, message_id)
-        if done.rowcount != 1:  # type: ignore[attr-defined]
+        assert isinstance(done, CursorResult)  # an UPDATE's result
+        if done.rowcount != 1:
             why = (" (it was already handed to a phone)"
                    if message.status in _HANDED_TO_PHONE else "")
             raise ApiError(
@@ -121,9 +122,9 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
         done = session.execute(
             update(Message)
             .where(
-                Message.id == message_id,  # type: ignore[arg-type]
-                Message.client_id == client_id,  # type: ignore[arg-type]
-                Message.status == MessageStatus.FAILED,  # type: ignore[arg-type]
+                col(Message.id) == message_id,
+                col(Message.client_id) == client_id,
+                col(Message.status) == MessageStatus.FAILED,
             )
             .values(
                 status=MessageStatus.QUEUED, attempts=Message.attempts + 1,
@@ -135,17 +136,18 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
             )
             .execution_options(synchronize_session=False)
         )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
+        assert isinstance(done, CursorResult)  # an UPDATE's result
+        if done.rowcount != 1:
             current = _reload(session, message_id)
             raise ApiError(
                 ErrorCode.CANNOT_RESEND_MESSAGE,
                 f"Message {message_id} is {current.status}; only failed messages can be resent",
                 metadata={"status": current.status},
             )
-        session.execute(delete(MessagePart).where(MessagePart.message_id == message_id))  # type: ignore[arg-type]
+        session.execute(delete(MessagePart).where(col(MessagePart.message_id) == message_id))
         # A fresh start for failover's count and the missing-report flag (issue 16).
         session.execute(
-            update(Message).where(Message.id == message_id)  # type: ignore[arg-type]
+            update(Message).where(col(Message.id) == message_id)
             .values(reroutes=0, delivery_report_missing_at=None)
         )
         return _reload(session, message_id)

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, bindparam, select
+from sqlmodel import col
 
 from zimsend.server.storage import Message, MessageStatus
 
@@ -37,14 +38,14 @@ SNAPSHOT_SECONDS = 1.0
 SNAPSHOT_ROWS = 10_000
 
 _QUEUE = (
-    select(Message.priority, Message.due_at)  # type: ignore[call-overload]
+    select(col(Message.priority), col(Message.due_at))
     .where(
-        Message.status == MessageStatus.QUEUED,
-        Message.client_id == bindparam("client_id"),
-        Message.test == bindparam("test"),
-        Message.pinned_device_id.is_(None),  # type: ignore[union-attr]
+        col(Message.status) == MessageStatus.QUEUED,
+        col(Message.client_id) == bindparam("client_id"),
+        col(Message.test) == bindparam("test"),
+        col(Message.pinned_device_id).is_(None),
     )
-    .order_by(Message.priority, Message.due_at)
+    .order_by(col(Message.priority), col(Message.due_at))
     .limit(SNAPSHOT_ROWS)
 )
 

@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from .models import DailyAggregate, ProcessedReport, RateLimitBucket
 from .shapes import padded_chunks
+from .tables import table_of
 from .types import utcnow
 
 __all__ = [
@@ -94,7 +95,7 @@ def mark_reports_processed(
     """Record (device id, report id) pairs in one statement; returns those recorded now — the
     others were recorded before (apply nothing for them). A pair given twice is recorded once:
     the caller decides which occurrence counts (the first)."""
-    table = ProcessedReport.__table__  # type: ignore[attr-defined]
+    table = table_of(ProcessedReport)
     stmt = cached_statement(session, "mark_reports_processed", lambda s: (
         insert_for(s, table)
         .values(device_id=bindparam("device_id"), report_id=bindparam("report_id"),
@@ -116,7 +117,7 @@ def mark_reports_processed(
 def add_daily_counts(session: Session, counts: DayCounts) -> None:
     """Add to per-day counters (SPEC §4: they outlive message retention), one upsert for the
     whole batch. Rows go in key order, so two transactions never lock them in opposite order."""
-    table = DailyAggregate.__table__  # type: ignore[attr-defined]
+    table = table_of(DailyAggregate)
 
     def build(s: Session) -> Any:
         stmt = insert_for(s, table).values(
