@@ -13,6 +13,7 @@ test also fails on any browser console error, which is where CSP violations show
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -336,6 +338,28 @@ def test_a_failed_message_shows_its_error_and_is_resent_from_its_page(
             console.shot("message-failed")
             page.get_by_role("button", name="Resend this message").click()
             wait_for(page.get_by_role("status").filter(has_text="Queued again (attempt 2)"))
+
+
+def test_a_message_held_for_quiet_hours_says_when_it_leaves(
+    console: Console, stack: Stack
+) -> None:
+    """Issue 16 item 4: quiet hours covering the recipient's time now (Paris) hold a normal
+    message; its page says so and when it will go."""
+    paris = dt.datetime.now(ZoneInfo("Europe/Paris"))
+    window = {"enabled": True, "start": (paris - dt.timedelta(hours=1)).strftime("%H:00"),
+              "end": (paris + dt.timedelta(hours=2)).strftime("%H:00")}
+    with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
+        assert http.patch("/v1/settings", json={"quiet_hours": window}).status_code == 200
+        try:
+            sent = http.post("/v1/sms/send", json={"to": "+33612345678", "message": "Bonne nuit"})
+            assert sent.status_code == 200, sent.text
+            console.sign_in()
+            wait_for(console.page.get_by_role("navigation"))
+            console.open(f"#/messages/{sent.json()['message_id']}")
+            held = wait_for(console.page.locator("#message-held"))
+            assert "quiet hours of the recipient: leaves at" in held.inner_text()
+        finally:
+            http.patch("/v1/settings", json={"quiet_hours": {"enabled": False}})
 
 
 def test_history_filters_and_pages(console: Console, stack: Stack) -> None:

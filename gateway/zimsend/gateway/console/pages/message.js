@@ -79,6 +79,7 @@ function details(m) {
     if (m.error.hint) rows.push([t("message.hint"), h("span", { id: "message-hint" }, m.error.hint)]);
   }
   if (m.delivery_report_missing) rows.push([t("message.report"), t("message.report_missing")]);
+  if (m.held_until) rows.push([t("message.held"), h("span", { id: "message-held" }, t("message.held_until", { time: dateTime(m.held_until) }))]);
   if (m.metadata && Object.keys(m.metadata).length) rows.push([t("message.metadata"), h("code", {}, JSON.stringify(m.metadata))]);
   return h("section", { class: "card" }, h("h2", {}, t("message.details")),
     h("dl", { class: "pairs" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));

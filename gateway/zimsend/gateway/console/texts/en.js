@@ -88,6 +88,8 @@ export const en = {
   "message.hint": "What to do",
   "message.report": "Delivery report",
   "message.report_missing": "none came in time: the SMS was probably not delivered",
+  "message.held": "Held",
+  "message.held_until": "quiet hours of the recipient: leaves at {time}",
   "message.timeline": "Statuses",
   "message.created": "created",
   "message.queued": "queued",

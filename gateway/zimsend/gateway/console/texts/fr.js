@@ -87,6 +87,8 @@ export const fr = {
   "message.hint": "Que faire",
   "message.report": "Accusé de réception",
   "message.report_missing": "aucun reçu à temps : le SMS n'a probablement pas été remis",
+  "message.held": "En attente",
+  "message.held_until": "heures calmes du destinataire : part à {time}",
   "message.timeline": "Statuts",
   "message.created": "créé",
   "message.queued": "mis en file",
