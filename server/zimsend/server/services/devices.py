@@ -237,6 +237,12 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             _update, self.state.db, caller.client_id, request.device_id, changes
         )
         self.hub.apply_config(device.id, device_config(device))
+        if any(name in MAX_PARTS for name in changes):
+            # A budget is read by the claim, not kept in the session's settings: the phone
+            # (if it is here) is looked at again now, not when its current wait ends.
+            session = self.hub.sessions.get(device.id)
+            if session is not None and not session.closed:
+                self.hub.dispatcher.settings_changed(session)
         return pb.UpdateDeviceResponse(success=True, device=self._device(device, utcnow()))
 
     @public_rpc
