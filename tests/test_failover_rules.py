@@ -20,6 +20,7 @@ from sqlmodel import col, select
 
 from zimsend.agent.senders.base import BEFORE_SEND_CODES, ERROR_CODES
 from zimsend.server import accounts, credentials, failures
+from zimsend.server.config import Settings
 from zimsend.server.devicelink.assignment import ClaimRequest, claim_round
 from zimsend.server.devicelink.budgets import Budget
 from zimsend.server.devicelink.lifecycle import Failover, PartReport, apply_part_reports
@@ -155,6 +156,23 @@ def test_a_pre_send_failure_requeues_until_the_client_s_maximum(db: Database) ->
     assert payload["error"] == failures.error_payload("NO_SERVICE", message.error_message,
                                                       device_id)
     assert payload["error"]["code"] == "NETWORK_ERROR"
+
+
+def test_a_resend_starts_a_fresh_count_of_attempts(db: Database, settings: Settings) -> None:
+    from zimsend.server.sending import lifecycle as sending
+
+    client_id, device_id, [mid] = _tenant(db, [1])
+    for n in range(2):  # re-routed once, then final (the maximum is 2)
+        _claim(db, client_id, device_id)
+        _report(db, client_id, device_id, PartReport(f"r{n}", mid, "failed",
+                                                     error_code="NO_SERVICE"))
+    assert _message(db, mid).status == "failed"
+    resent = sending.resend(db, settings, client_id, mid)
+    assert (resent.status, resent.attempts, resent.reroutes) == ("queued", 2, 0)
+    _claim(db, client_id, device_id)
+    assert _report(db, client_id, device_id, PartReport("r2", mid, "failed",
+                                                        error_code="NO_SERVICE")) == ["queued"]
+    assert _message(db, mid).attempts == 3  # shown as attempt 4
 
 
 def test_the_client_s_own_maximum_wins(db: Database) -> None:
