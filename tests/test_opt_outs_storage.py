@@ -125,7 +125,14 @@ def test_policy_changes_are_validated_whole_and_stored(db: Database) -> None:
     assert stored.stop_keywords == ("Halt",)
     assert stored.start_keywords == ("START", "UNSTOP")
     assert stored.exempt_otp is True
+    with db.write() as session:
+        later = policy.update(session, client, opt_outs=None, quiet_hours=None,
+                              max_send_attempts=4, now=utcnow() + dt.timedelta(seconds=5))
+    assert stored.updated_at is not None
+    assert later.updated_at is not None
+    assert later.updated_at > stored.updated_at  # update_time moves for max_send_attempts too
+    assert later.stop_keywords == ("Halt",)
     with db.session() as session:
-        assert policy.max_send_attempts(session, client, 3) == 2
+        assert policy.max_send_attempts(session, client, 3) == 4
         with db.engine.connect() as connection:
-            assert policy.load(connection, client) == stored
+            assert policy.load(connection, client) == later

@@ -207,8 +207,9 @@ def update(
         assert client is not None  # the caller was authenticated as this client
         client.max_send_attempts = max_send_attempts
         session.add(client)
-    if not values:
+    if not values and max_send_attempts is None:
         return load(session, client_id)
+    # Written even when only max_send_attempts changed, so update_time says when.
     row = session.get(ClientPolicy, client_id)
     if row is None:
         row = ClientPolicy(client_id=client_id)
