@@ -34,8 +34,9 @@ ANNOUNCE_HORIZON = dt.timedelta(seconds=2)
 class WorkSignal:
     """"There is new work for client X": the SMS service notifies, the dispatcher listens.
 
-    In-process only (DESIGN "Dispatch": an in-process event on SQLite; PostgreSQL adds
-    LISTEN/NOTIFY so other replicas hear it too). Callbacks must be quick and non-blocking.
+    In-process (DESIGN "Dispatch"); on PostgreSQL the other replicas hear of the same work
+    through LISTEN/NOTIFY (`storage.wakeups`, migration 0008's trigger). Callbacks must be
+    quick and non-blocking.
     """
 
     def __init__(self) -> None:

@@ -23,8 +23,10 @@ When does a round run? Never on a fixed delay on the hot path:
   after a phone connects (a burst of connects shares one round);
 - when the next paced phone becomes free (a heap of pacing timers);
 - at the earliest future `due_at` of a scheduled message (scheduled timer);
-- every `POLL_INTERVAL_S` regardless, the fallback that notices other replicas' writes: it wakes
-  every client with idle phones here.
+- when another replica queued work for a client (PostgreSQL NOTIFY, `storage.wakeups`: the
+  hub's listener calls `wake(client_id)`);
+- every `POLL_INTERVAL_S` regardless, the safety net for missed notifications (and the only
+  cross-process wake-up on SQLite): it wakes every client with idle phones here.
 A slow loop inside the same task fails expired messages (`lifecycle.expire_overdue_messages`)
 and messages stuck on a phone that never came back (`lifecycle.time_out_stale_processing`),
 and flags `sent` messages whose delivery report never came
