@@ -14,12 +14,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import trio
 from _devices import wait_for
+from conftest import TEST_PEPPER
 
 from zimsend.server import accounts, credentials
-from zimsend.server.storage import Database, Message, utcnow
+from zimsend.server.config import Settings
+from zimsend.server.storage import Database, Message, OutboxEvent, utcnow
 from zimsend.server.storage.wakeups import OUTBOX_CHANNEL, WORK_CHANNEL, Listener
 from zimsend.server.webhook_delivery.events import outbox_event
+from zimsend.server.worker import Worker, WorkerOptions
 
 HEARD_WITHIN_S = 10.0  # a sanity bound on a loaded machine; typically a few milliseconds
 
@@ -116,6 +120,48 @@ def test_the_listener_reconnects_and_says_so(pg: Database, postgres_database_url
         assert heard.get(timeout=HEARD_WITHIN_S) == (WORK_CHANNEL, client.id)
     finally:
         listener.stop()
+
+
+def test_a_worker_hears_new_events_long_before_its_poll(
+    pg: Database, postgres_database_url: str, tmp_path: Path
+) -> None:
+    """A worker polling once a minute still takes an event written by another process at once:
+    the insert's NOTIFY wakes it (the event has no subscriber, so no POST is needed to end it)."""
+    writer = Database.from_url(postgres_database_url)
+    client = accounts.create_client(writer, "worker-wakeup")
+    settings = Settings(data_dir=tmp_path, secret_pepper=TEST_PEPPER,
+                        database_url=postgres_database_url)
+
+    def write_event() -> str:
+        with writer.write() as session:
+            event = outbox_event(client_id=client.id, event_type="sms.sent", data={"n": 1})
+            session.add(event)
+        return event.id
+
+    def status(event_id: str) -> str:
+        with writer.session() as session:
+            row = session.get(OutboxEvent, event_id)
+            return row.status if row is not None else "missing"
+
+    async def main() -> str:
+        worker = Worker(settings, pg, WorkerOptions(poll_interval=60.0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            with trio.fail_after(HEARD_WITHIN_S):
+                while not worker.notified:  # noqa: ASYNC110 - set by the listener's thread
+                    await trio.sleep(0.05)
+            await trio.sleep(0.5)  # its first cycle found nothing: it now waits (60 s poll)
+            event_id = await trio.to_thread.run_sync(write_event)
+            with trio.fail_after(HEARD_WITHIN_S * 2):
+                while await trio.to_thread.run_sync(status, event_id) == "pending":  # noqa: ASYNC110 - another process writes it
+                    await trio.sleep(0.05)
+            worker.stop()
+        return await trio.to_thread.run_sync(status, event_id)
+
+    try:
+        assert trio.run(main) == "delivered"
+    finally:
+        writer.dispose()
 
 
 def test_nothing_listens_on_sqlite(tmp_path: Path) -> None:

@@ -117,6 +117,11 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    @property
+    def notified(self) -> bool:
+        """PostgreSQL NOTIFYs new events to this worker now (its poll is a safety net)."""
+        return self._listener is not None and self._listener.connected.is_set()
+
     def stop(self) -> None:
         """Graceful stop: no new claims; in-flight deliveries get `stop_grace` to end."""
         if not self._stopping.is_set():
@@ -228,7 +233,7 @@ class Worker:
         if self._finished or self._notified:
             self._notified = False
             return
-        if self._listener is not None and self._listener.connected.is_set():
+        if self.notified:
             seconds = max(seconds, NOTIFIED_POLL_SECONDS)
         self._wake = trio.Event()
         with trio.move_on_after(seconds):
