@@ -215,3 +215,27 @@ def test_render_is_json_and_envoy_command_writes_it(tmp_path: Path) -> None:
     assert "--use-dynamic-base-id" in argv
     config = json.loads((tmp_path / "envoy.json").read_text())
     assert listeners(config)["public"]["address"]["socket_address"]["port_value"] == 0
+
+
+def test_a_dead_replica_is_ejected_and_only_unsent_calls_are_retried() -> None:
+    """Issue 17: a replica killed with -9 is taken out after two refused connections (outlier
+    detection, not two missed health checks), never more than half of them; unary calls are
+    retried on another replica only when none received them, so a retry cannot run a call
+    twice; the phones' streams are not retried (the agents reconnect themselves)."""
+    config = build_config(upstreams=("127.0.0.1:1", "127.0.0.1:2"))
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name in ("zimsend_server", "zimsend_devices"):
+        outlier = clusters[name]["outlier_detection"]
+        assert outlier["consecutive_local_origin_failure"] == 2
+        assert outlier["split_external_local_origin_errors"] is True
+        assert outlier["max_ejection_percent"] == 50
+        assert clusters[name]["lb_policy"] == "LEAST_REQUEST"
+    routes = hcm(listeners(config)["public"])["route_config"]["virtual_hosts"][0]["routes"]
+    (server,) = [r for r in routes if r.get("name") == "server"]
+    policy = server["route"]["retry_policy"]
+    assert set(policy["retry_on"].split(",")) == {
+        "connect-failure", "refused-stream", "reset-before-request"}
+    assert policy["retry_host_predicate"][0]["name"] == (
+        "envoy.retry_host_predicates.previous_hosts")
+    device_routes = hcm(listeners(config)["device"])["route_config"]["virtual_hosts"][0]["routes"]
+    assert all("retry_policy" not in r.get("route", {}) for r in device_routes)
