@@ -413,7 +413,7 @@ def from_json(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build dataclass `cls` from its JSON object (unknown keys ignored)."""
     hints = _hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # T: a dataclass, unsaid
         key = f.metadata.get("json", f.name)
         if key in data and data[key] is not None:
             values[f.name] = _convert(hints[f.name], data[key])
@@ -450,7 +450,7 @@ def _convert(hint: Any, value: Any) -> Any:
         except ValueError:  # `*_UNSPECIFIED` or a value newer than this SDK
             return None
     if dataclasses.is_dataclass(hint):
-        return from_json(hint, value)  # type: ignore[arg-type]
+        return from_json(hint, value)  # type: ignore[arg-type]  # is_dataclass said so
     if hint is int:
         return int(value)
     if hint is float:

@@ -89,7 +89,7 @@ class RestartPolicy:
         return min(self.max_delay, self.first_delay * 2 ** max(0, recent_crashes - 1))
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("up", help="start the whole stack (server, Envoy, worker)")
     parser.add_argument(
         "--data-dir", default=".zimsend", help="state directory (default ./.zimsend)"

@@ -57,7 +57,7 @@ QUICK = Plan(rpc_seconds=3, warmup=1, concurrency=64, streams_phones=1_000, stre
              overload_concurrency=256, webhook_events=6_000)
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "bench", help="benchmark the stack on loopback (prints a table, writes JSON)")
     parser.add_argument("--quick", action="store_true",

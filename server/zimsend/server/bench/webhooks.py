@@ -37,8 +37,8 @@ def _database(stack: Stack) -> tuple[Database, bytes]:
     from zimsend.server.storage import Database
 
     url = stack.env.get("ZIMSEND_DATABASE_URL")
-    settings = Settings(data_dir=stack.data_dir, secret_pepper=stack.pepper,
-                        **({"database_url": url} if url else {}))  # type: ignore[arg-type]
+    database: dict[str, Any] = {"database_url": url} if url else {}
+    settings = Settings(data_dir=stack.data_dir, secret_pepper=stack.pepper, **database)
     return Database.from_url(settings.database_url_value), settings.pepper()
 
 

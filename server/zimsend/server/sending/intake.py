@@ -59,7 +59,8 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message as ProtoMessage
 from sqlalchemy import bindparam, insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
+from sqlmodel import Session, col, select
 
 from zimsend.server import credentials, logs
 from zimsend.server.compliance import opt_outs, quiet_hours
@@ -162,7 +163,7 @@ class _Availability:
     online: list[Any]
 
 
-_ONLINE = select(  # type: ignore[call-overload]
+_ONLINE = select(  # type: ignore[call-overload]  # sqlmodel types select() up to 4 columns
     Device.id, Device.online, Device.last_seen_at, Device.deleted_at, Device.send_interval_ms,
     Device.cannot_send_reason,
 ).where(
@@ -170,14 +171,14 @@ _ONLINE = select(  # type: ignore[call-overload]
     Device.online == True,  # noqa: E712 - SQL comparison
     Device.enabled == True,  # noqa: E712 - SQL comparison
     Device.is_simulated == False,  # noqa: E712 - SQL comparison
-    Device.deleted_at.is_(None),  # type: ignore[union-attr]
+    col(Device.deleted_at).is_(None),
 )
 _INSERT = insert(table_of(Message))
 #: Every column's default, for rows inserted without the ORM (the callers set the rest).
 _ROW_DEFAULTS: dict[str, Any] = {
-    column.name: column.default.arg if column.default is not None and column.default.is_scalar
-    else None
-    for column in Message.__table__.columns  # type: ignore[attr-defined]
+    column.name: column.default.arg
+    if isinstance(column.default, ScalarElementColumnDefault) else None
+    for column in table_of(Message).columns
 }
 
 

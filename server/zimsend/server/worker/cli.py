@@ -25,7 +25,7 @@ from .runner import STORAGE_CHECK_SECONDS, Worker, WorkerOptions
 __all__ = ["main", "register"]
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "worker", help="deliver webhooks, expire overdue messages, apply retention (trio)"
     )

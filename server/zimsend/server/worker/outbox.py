@@ -46,6 +46,7 @@ from zimsend.server.storage import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from zimsend.server.storage.tables import table_of
 from zimsend.server.webhook_delivery.events import TEST_EVENT
 from zimsend.server.webhook_delivery.sender import AttemptOutcome
 
@@ -169,7 +170,7 @@ def _claim_kinds(now: dt.datetime) -> list[tuple[Any, Any]]:
     `storage.claims.still_queued` does and for the same reason: as plain terms, SQLite's
     planner walked the status index over every pending row instead of looking up the claimed
     ids (3.3 ms instead of 0.7 ms per claim of 64 with 9,500 pending)."""
-    table = OutboxEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(OutboxEvent)
     expired = and_(table.c.status == OutboxStatus.DELIVERING, table.c.locked_until < now)
     pending = and_(table.c.status == OutboxStatus.PENDING, table.c.next_attempt_at <= now)
     return [(expired, None), (pending, table.c.next_attempt_at)]
@@ -177,7 +178,7 @@ def _claim_kinds(now: dt.datetime) -> list[tuple[Any, Any]]:
 
 def _claim(due_now: Any, order: Any, now: dt.datetime, token: str, limit: int,
            lease: dt.timedelta) -> Any:
-    table = OutboxEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(OutboxEvent)
     due = (
         select(table.c.id)
         .where(due_now)
@@ -290,7 +291,7 @@ def record_attempt(
 ) -> None:
     """One `WebhookDelivery` row: the logs show it at once, and a 2xx is never re-sent."""
     with db.write() as session:
-        session.execute(insert(WebhookDelivery.__table__), [_delivery_row(event, target, outcome)])  # type: ignore[attr-defined]
+        session.execute(insert(table_of(WebhookDelivery)), [_delivery_row(event, target, outcome)])
 
 
 def _delivery_row(event: ClaimedEvent, target: Target, outcome: AttemptOutcome) -> dict[str, Any]:
@@ -336,10 +337,10 @@ def _finish(
     """
     rows = [_delivery_row(f.event, t, o) for f in finishes for t, o in f.attempts]
     if rows:
-        session.execute(insert(WebhookDelivery.__table__), rows)  # type: ignore[attr-defined]
+        session.execute(insert(table_of(WebhookDelivery)), rows)
     if not finishes:
         return []
-    table = OutboxEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(OutboxEvent)
     holders = dict(session.execute(  # FOR UPDATE on PostgreSQL; SQLite: under BEGIN IMMEDIATE
         select(table.c.id, table.c.claimed_by)
         .where(table.c.id.in_([f.event.id for f in finishes]))
@@ -374,7 +375,7 @@ def _finish(
 def _finish_statements() -> dict[str, Any]:
     """One prebuilt UPDATE per outcome kind, for executemany (`b_at` is `delivered_at` or
     `next_attempt_at`)."""
-    table = OutboxEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(OutboxEvent)
     common = {
         "attempts": bindparam("b_attempts"), "locked_until": None, "claimed_by": None,
         "last_error": bindparam("b_last_error"),
