@@ -153,6 +153,15 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
         assert out["device_id"] == inbox_phone["device_id"]
         assert out["opted_out_at"]
         assert back["opted_in_at"]
+        # The SDK's helper verifies a real delivery and types its data.
+        from zimsend.client import OptOutEventData, verify_webhook
+
+        record = next(r for r in records if r["event"] == "sms.opted_out")
+        headers = {k: v for k, v in record["headers"].items() if v is not None}
+        typed = verify_webhook(body_of(record), headers, hook.json()["secret"]).data
+        assert isinstance(typed, OptOutEventData)
+        assert (typed.phone_number, typed.source, typed.keyword) == (TO, "keyword", "Stop")
+        assert typed.opted_out_at is not None
         # The inbound texts stay in the inbox like any other.
         inbox = http.get("/v1/sms/inbox").json()["data"]
         assert {m["message"] for m in inbox if m["from"] == TO} >= {"Stop", "  START "}

@@ -76,6 +76,7 @@ from ._types import (
 )
 from ._webhooks import (
     DeviceEventData,
+    OptOutEventData,
     OtpVerifiedData,
     SmsEventData,
     WebhookEvent,
@@ -92,10 +93,10 @@ __all__ = [
     "DeviceEventData", "DevicePassword", "DeviceStatus", "DeviceUnavailableError", "Devices",
     "FieldViolation", "GrpcTransport", "InboundSms", "InvalidRequestError", "Message",
     "MessageError", "MessageStatus", "NotFoundError", "Operation", "OptOut", "OptOutAdded",
-    "OptOuts", "Otp", "OtpError", "OtpSent", "OtpVerification", "OtpVerifiedData", "Page",
-    "Pagination", "Priority", "RateLimitError", "Request", "RequestTimeout", "ResentMessage",
-    "RestTransport", "Retries", "SentMessage", "ServerError", "SimSlot", "Sms", "SmsEventData",
-    "Stats", "Transport", "TransportError", "Webhook", "WebhookCreated", "WebhookEvent",
-    "WebhookLog", "WebhookTest", "WebhookTestData", "WebhookVerificationError", "Webhooks",
-    "ZimSend", "ZimSendError", "verify_webhook",
+    "OptOutEventData", "OptOuts", "Otp", "OtpError", "OtpSent", "OtpVerification",
+    "OtpVerifiedData", "Page", "Pagination", "Priority", "RateLimitError", "Request",
+    "RequestTimeout", "ResentMessage", "RestTransport", "Retries", "SentMessage", "ServerError",
+    "SimSlot", "Sms", "SmsEventData", "Stats", "Transport", "TransportError", "Webhook",
+    "WebhookCreated", "WebhookEvent", "WebhookLog", "WebhookTest", "WebhookTestData",
+    "WebhookVerificationError", "Webhooks", "ZimSend", "ZimSendError", "verify_webhook",
 ]

@@ -85,6 +85,20 @@ class OtpVerifiedData:
 
 
 @dataclass(frozen=True)
+class OptOutEventData:
+    """`data` of `sms.opted_out` and `sms.opted_in` (docs/compliance.md): `source` is `keyword`
+    (the number texted STOP / START to `device_id`; `keyword` is that text) or `api`."""
+
+    phone_number: str
+    source: str = ""
+    keyword: str = ""
+    device_id: str = ""
+    inbound_id: str = ""
+    opted_out_at: dt.datetime | None = None
+    opted_in_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class WebhookTestData:
     """`data` of `webhook.test` (`POST /v1/webhooks/{id}/test`)."""
 
@@ -92,12 +106,14 @@ class WebhookTestData:
     message: str = ""
 
 
-EventData = SmsEventData | DeviceEventData | t.InboundSms | OtpVerifiedData | WebhookTestData
+EventData = (SmsEventData | DeviceEventData | t.InboundSms | OtpVerifiedData | OptOutEventData
+             | WebhookTestData)
 
 _DATA: dict[str, type[Any]] = {
     "sms.sent": SmsEventData, "sms.delivered": SmsEventData, "sms.failed": SmsEventData,
     "device.connected": DeviceEventData, "device.disconnected": DeviceEventData,
     "sms.received": t.InboundSms, "otp.verified": OtpVerifiedData,
+    "sms.opted_out": OptOutEventData, "sms.opted_in": OptOutEventData,
     "webhook.test": WebhookTestData,
 }
 
