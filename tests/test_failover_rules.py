@@ -277,3 +277,22 @@ def test_the_csv_export_shows_spec_s_code_and_the_failure_s_details() -> None:
         "NETWORK_ERROR", "NO_SERVICE", "true")
     assert "device_0001" in row["error_hint"]
     assert (row["attempts"], row["delivery_report_missing"]) == ("2", "false")
+
+
+@pytest.mark.parametrize(("interval_ms", "taken"), [(None, 20), (0, 25), (1000, 20)])
+def test_the_default_budget_is_for_paced_phones(
+    db: Database, interval_ms: int | None, taken: int,
+) -> None:
+    """Server default 20 parts a minute, pacing 2500 ms: a phone set to send without pacing
+    (modems, tests) has only the budget set on it."""
+    client_id, device_id, _ = _tenant(db, [1] * 25)
+    with db.write() as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device.send_interval_ms = interval_ms
+        session.add(device)
+    request = ClaimRequest(client_id=client_id, device_id=device_id, limit=30)
+    result = claim_round(db, PEPPER, [request], utcnow(), budgets=Budget(per_minute=20),
+                         default_interval_ms=2500)
+    assert len(result.commands[device_id]) == taken
+    assert (device_id in result.waits) == (taken < 25)

@@ -143,12 +143,13 @@ _BECAME_DUE = select(_m.client_id).where(
 def claim_round(
     db: Database, pepper: bytes, requests: list[ClaimRequest], now: dt.datetime,
     *, woken: Sequence[str] = (), scan: GlobalScan | None = FULL_SCAN,
-    budgets: Budget | None = None,
+    budgets: Budget | None = None, default_interval_ms: int | None = None,
 ) -> RoundResult:
     """Claim due messages for `requests` (already in least-loaded-first order) and for the
     simulated devices of `woken` clients with due test messages (every client's, with
     `scan.test_clients`). `scan=None` skips the global reads (`next_due` is then None and
-    means "unknown"). With `budgets` (the server's default per-SIM budget), each phone's
+    means "unknown"). With `budgets` (the server's default per-SIM budget, for phones paced at
+    `default_interval_ms` or their own interval), each phone's
     claim stays within its send budget and cool-down (`budgets.py`), and is recorded in its
     ledger."""
     result = RoundResult()
@@ -181,7 +182,7 @@ def claim_round(
     drained: set[str] = set()
     with db.write() as session:
         rooms = {} if budgets is None else rooms_for(session, [r.device_id for r in live], now,
-                                                        budgets)
+                                                        budgets, default_interval_ms)
         handed: list[tuple[str, list[Message]]] = []
         for request in live:
             if request.client_id in drained and (request.client_id, request.device_id) not in due:

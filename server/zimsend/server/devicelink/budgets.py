@@ -12,8 +12,10 @@ the budget itself bounds.
 A budget is per SIM slot, in SMS parts (the server's `segments`), over sliding windows of
 60 s, 1 h and 24 h (0: no limit in that window). A message without `sim_slot` counts against
 slot 0. A message with more parts than a window allows goes only when that slot's windows are
-empty (it would otherwise never go). A phone that is cooling down (`cooling_down_until`, set
-when it reported a failure before sending, longer for SEND_LIMIT) is given nothing.
+empty (it would otherwise never go). The server's default budget applies to paced phones;
+one set to send without pacing has only the budget set on it. A phone that is cooling down
+(`cooling_down_until`, set when it reported a failure before sending, longer for SEND_LIMIT)
+is given nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from zimsend.server.storage import Device, DeviceSend, Message
 from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
 
-__all__ = ["WINDOWS", "Budget", "Room", "record_handed", "rooms_for"]
+__all__ = ["WINDOWS", "Budget", "Room", "effective", "record_handed", "rooms_for"]
 
 #: The windows a budget counts over, in the order of Budget's fields.
 WINDOWS = (dt.timedelta(minutes=1), dt.timedelta(hours=1), dt.timedelta(days=1))
@@ -106,21 +108,36 @@ class Room:
 _CHUNK = 512
 
 
+def effective(
+    own: tuple[int | None, int | None, int | None], send_interval_ms: int | None,
+    defaults: Budget, default_interval_ms: int | None,
+) -> Budget:
+    """A phone's budget: its own values, else the defaults — which apply to paced phones
+    only: a phone set to send without pacing (`send_interval_ms` 0, for modems and tests) has
+    only the budget it was given."""
+    interval = default_interval_ms if send_interval_ms is None else send_interval_ms
+    return (defaults if interval != 0 else Budget()).resolve(own)
+
+
 def rooms_for(
-    session: Session, device_ids: Sequence[str], now: dt.datetime, defaults: Budget
+    session: Session, device_ids: Sequence[str], now: dt.datetime, defaults: Budget,
+    default_interval_ms: int | None = None,
 ) -> dict[str, Room]:
-    """Each phone's room now, from its row (own budget, cool-down) and its ledger: two reads
-    for a whole round, whatever the number of phones."""
+    """Each phone's room now, from its row (own budget, pacing, cool-down) and its ledger: two
+    reads for a whole round, whatever the number of phones. `default_interval_ms` is the
+    server's pacing (None: every phone counts as paced)."""
     ids = sorted(set(device_ids))
     rooms: dict[str, Room] = {}
     for chunk in padded_chunks(ids, _CHUNK):
         rows = session.execute(
             select(col(Device.id), col(Device.parts_per_minute), col(Device.parts_per_hour),
-                   col(Device.parts_per_day), col(Device.cooling_down_until))
+                   col(Device.parts_per_day), col(Device.cooling_down_until),
+                   col(Device.send_interval_ms))
             .where(col(Device.id).in_(chunk))
         )
-        for device_id, minute, hour, day, cooling in rows:
-            room = rooms[device_id] = Room(now=now, budget=defaults.resolve((minute, hour, day)))
+        for device_id, minute, hour, day, cooling, interval in rows:
+            budget = effective((minute, hour, day), interval, defaults, default_interval_ms)
+            room = rooms[device_id] = Room(now=now, budget=budget)
             if cooling is not None and cooling > now:
                 room.cooling_until = cooling
     depth = {d: max((w for w, limit in zip(WINDOWS, r.budget.limits, strict=True) if limit),
@@ -157,7 +174,7 @@ def record_handed(
     if not rows:
         return
     table = table_of(DeviceSend)
-    for chunk in padded_chunks(sorted({r["device_id"] for r in rows}), _CHUNK):
+    for chunk in padded_chunks(sorted({device_id for device_id, _ in handed}), _CHUNK):
         session.execute(delete(table).where(table.c.device_id.in_(chunk),
                                             table.c.handed_at < now - _LEDGER_DEPTH))
     session.execute(insert(table), rows)

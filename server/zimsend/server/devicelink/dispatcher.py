@@ -433,6 +433,7 @@ class Dispatcher:
         result = await self._state.link_call(
             claim_round, self._state.db, self._state.pepper, [r for _, r in pairs], now,
             woken=sorted(woken), scan=scan, budgets=budgets,
+            default_interval_ms=settings.default_send_interval_ms,
         )
         if scan is not None:
             self._note_scan(now, now_m, result)

@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from zimsend.server import accounts
 from zimsend.server.auth import Caller
 from zimsend.server.devicelink import DeviceHub
+from zimsend.server.devicelink.budgets import Budget, effective
 from zimsend.server.devicelink.connections import device_config
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.presence import is_connected
@@ -183,12 +184,11 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         and its cool-down while it lasts."""
         settings = self.state.settings
         own = (device.parts_per_minute, device.parts_per_hour, device.parts_per_day)
-        defaults = (settings.default_parts_per_minute, settings.default_parts_per_hour,
-                    settings.default_parts_per_day)
-        fields: dict[str, Any] = {
-            name: default if value is None else value
-            for name, value, default in zip(MAX_PARTS, own, defaults, strict=True)
-        }
+        defaults = Budget(settings.default_parts_per_minute, settings.default_parts_per_hour,
+                          settings.default_parts_per_day)
+        budget = effective(own, device.send_interval_ms, defaults,
+                           settings.default_send_interval_ms)
+        fields: dict[str, Any] = dict(zip(MAX_PARTS, budget.limits, strict=True))
         if device.cooling_down_until is not None and device.cooling_down_until > now:
             fields["cooling_down_until"] = ts(device.cooling_down_until)
         return fields
