@@ -136,3 +136,16 @@ def test_policy_changes_are_validated_whole_and_stored(db: Database) -> None:
         assert policy.max_send_attempts(session, client, 3) == 4
         with db.engine.connect() as connection:
             assert policy.load(connection, client) == later
+
+
+def test_the_same_stop_applied_at_once_by_several_writers_writes_one_event(db: Database) -> None:
+    """Two replicas may store the same number's STOP (two phones, or a replay) at the same
+    moment: the insert's ON CONFLICT makes exactly one of them write `sms.opted_out`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = new_account(db, PEPPER).client_id
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        said = list(pool.map(lambda n: _inbound(db, client, NUMBER, "STOP", n), range(16)))
+    assert said == ["stop"] * 16
+    assert [kind for kind, _ in _events(db, client)] == ["sms.opted_out"]
+    assert _listed(db, client) == [NUMBER]
