@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -68,11 +69,13 @@ def x_webhook_signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
 def standard_webhooks_key(secret: str) -> bytes:
     """The HMAC key Standard Webhooks libraries use for `secret` (see module docstring).
 
     Raises ValueError for a `whsec_` secret whose remainder is not base64: the libraries would
-    silently derive some other key from it, and nobody could verify.
+    silently derive some other key from it, and nobody could verify. Cached: every POST to a
+    receiver derives the same key from the same secret.
     """
     if not secret.startswith(SECRET_PREFIX):
         return secret.encode("utf-8")

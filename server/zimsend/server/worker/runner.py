@@ -268,10 +268,13 @@ class Worker:
             # transaction (`finish_and_claim`). Several: each row as soon as its POST ends, so a
             # target that answered 2xx is never sent the event again if another one hangs.
             alone = len(targets) == 1
-            async with trio.open_nursery() as attempts:
-                for target in targets:
-                    attempts.start_soon(self._attempt, sender, event, target, body, outcomes,
-                                        not alone)
+            if alone:
+                await self._attempt(sender, event, targets[0], body, outcomes, False)
+            else:
+                async with trio.open_nursery() as attempts:
+                    for target in targets:
+                        attempts.start_soon(self._attempt, sender, event, target, body, outcomes,
+                                            True)
             failures = [o for o in outcomes if not o.success]
             last_error: str | None
             if not targets:
