@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 from zimsend.v1 import device_link_pb2_grpc as pb_grpc
 
@@ -95,7 +96,8 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
                      priority: int = 3, command_id: str | None = None) -> None:
         self.push(device_id, pb.ServerFrame(send=pb.SendCommand(
             command_id=command_id or f"cmd-{message_id}-{time.monotonic_ns()}",
-            message_id=message_id, to=to, body=body, priority=priority,  # type: ignore[arg-type]
+            message_id=message_id, to=to, body=body,
+            priority=common_pb2.Priority.ValueType(priority),
             redelivery=redelivery)))
 
     def drop(self, device_id: str) -> None:

@@ -42,7 +42,7 @@ def error_reason(error: grpc.RpcError) -> str:
     raise AssertionError(f"no ErrorInfo in {status}")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+def wait_for(predicate: Callable[..., Any], timeout: float, what: str, step: float = 0.05) -> Any:
     """Poll until `predicate()` is truthy; returns its value; fails naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -63,12 +63,12 @@ class Tenant:
     test_key: str
     channel: grpc.Channel
 
-    def md(self, *, test: bool = False, device: str | None = None) -> list[tuple[str, str]]:
+    def md(self, *, test: bool = False, device: str | None = None) -> tuple[tuple[str, str], ...]:
         out = [("x-api-key", self.test_key if test else self.live_key),
                ("x-client-id", self.client_id)]
         if device:
             out.append(("x-device-id", device))
-        return out
+        return tuple(out)
 
     @property
     def devices(self) -> devices_pb2_grpc.DeviceServiceStub:

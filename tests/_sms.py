@@ -114,8 +114,15 @@ def error_reason(error: grpc.RpcError) -> str:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
+            return str(info.reason)
     raise AssertionError(f"no ErrorInfo in {status}")
+
+
+def message_of(error: grpc.RpcError) -> str:
+    """The status message of a failed call (grpc's types say it may be absent; ours never is)."""
+    message = error.details()
+    assert message is not None, "a failed call from the server always says why"
+    return message
 
 
 def violations(error: grpc.RpcError) -> dict[str, str]:

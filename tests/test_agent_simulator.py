@@ -13,7 +13,7 @@ from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
 from zimsend.agent.senders.base import InboundSms, SendRequest
 from zimsend.agent.senders.simulator import SimulatorSender
-from zimsend.agent.simulation import Simulation, SimulationConfig, read_outbox
+from zimsend.agent.simulation import SendDecision, Simulation, SimulationConfig, read_outbox
 from zimsend.v1 import device_link_pb2 as pb
 
 
@@ -21,7 +21,7 @@ def request(message_id: str, parts: int = 1) -> SendRequest:
     return SendRequest(message_id, "+263771234567", "x" * parts, tuple("x" * parts))
 
 
-def decisions(config: SimulationConfig, ids: list[str]) -> dict[str, object]:
+def decisions(config: SimulationConfig, ids: list[str]) -> dict[str, SendDecision]:
     sim = Simulation(config, device_id="dev1")
     return {mid: sim.decide(mid) for mid in ids}
 
@@ -42,10 +42,10 @@ def test_another_seed_gives_other_outcomes() -> None:
 def test_failures_follow_the_rate_and_use_the_configured_codes() -> None:
     config = SimulationConfig(seed=7, failure_rate=0.3, failure_codes=("NO_CREDIT", "TIMEOUT"))
     got = decisions(config, [f"msg_{i}" for i in range(1000)]).values()
-    failures = [d.failure for d in got if d.failure]  # type: ignore[attr-defined]
+    failures = [d.failure for d in got if d.failure]
     assert 200 < len(failures) < 400
     assert set(failures) == {"NO_CREDIT", "TIMEOUT"}
-    assert all(d.failure is None for d in decisions(SimulationConfig(seed=7), ["a", "b"]).values())  # type: ignore[attr-defined]
+    assert all(d.failure is None for d in decisions(SimulationConfig(seed=7), ["a", "b"]).values())
 
 
 def test_an_unknown_failure_code_is_refused() -> None:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import grpc
 import pytest
+from _sms import message_of
 from conftest import Admin, RunningServer
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.rpc import error_details_pb2
@@ -112,7 +113,7 @@ def test_missing_headers(
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(info.value) == "MISSING_AUTH_HEADERS"
-    assert missing in info.value.details()
+    assert missing in message_of(info.value)
 
 
 def test_wrong_key(channel: grpc.Channel, client: Credentials) -> None:
@@ -124,7 +125,7 @@ def test_wrong_key(channel: grpc.Channel, client: Credentials) -> None:
         )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_reason(info.value) == "INVALID_API_KEY"
-    assert api_key not in info.value.details()
+    assert api_key not in message_of(info.value)
 
 
 def test_key_of_another_client(channel: grpc.Channel, client: Credentials, admin: Admin) -> None:

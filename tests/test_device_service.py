@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import grpc
 import pytest
 from _devices import RawPhone, Tenant, error_reason, quick_tenant
+from _sms import message_of
 from google.protobuf import field_mask_pb2
 
 from zimsend.v1 import common_pb2, devices_pb2
@@ -123,8 +124,8 @@ def test_update_validation_names_the_field_and_its_limit(
         tenant.update_device(device.device_id, **fields)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(caught.value) == "INVALID_REQUEST"
-    assert field in caught.value.details()
-    assert words in caught.value.details()
+    assert field in message_of(caught.value)
+    assert words in message_of(caught.value)
 
 
 def test_another_clients_device_is_invalid_device_id_everywhere(

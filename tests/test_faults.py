@@ -39,6 +39,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _devices import wait_for
@@ -170,15 +171,16 @@ PROBE_LIMIT = 30
 
 
 @pytest.mark.parametrize("scenario", list(FAULTS))
-def test_nothing_stuck_doubled_or_lost(  # type: ignore[no-untyped-def]
-    scenario: str, tmp_path: Path, record_property, request: pytest.FixtureRequest,
+def test_nothing_stuck_doubled_or_lost(
+    scenario: str, tmp_path: Path, record_property: Callable[[str, object], None],
+    request: pytest.FixtureRequest,
 ) -> None:
     fault, failures_allowed = FAULTS[scenario]
     rng = seeded(SEED, scenario)
-    topology: dict[str, object] = dict(TOPOLOGY.get(scenario, {}))
+    topology: dict[str, Any] = dict(TOPOLOGY.get(scenario, {}))
     if topology:
         topology["database_url"] = request.getfixturevalue("postgres_database_url")
-    with FaultStack(tmp_path, **topology) as stack:  # type: ignore[arg-type]
+    with FaultStack(tmp_path, **topology) as stack:
         probe = (LimitProbe(stack.envoy.base_url, stack.limited_client(PROBE_LIMIT),
                             PROBE_LIMIT) if topology else None)
         sender = BulkSender(stack.envoy.base_url, stack.auth, run_id=f"{scenario}-{SEED}")

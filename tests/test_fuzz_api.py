@@ -111,7 +111,7 @@ def test_envoy_serves_the_fuzzed_document(stack: Stack) -> None:
 #: its items share one node id, and pytest-xdist (the suite's runner) then ran one of the 28.
 OPERATIONS = {
     op.label: op
-    for op in (result.ok() for result in schema.get_all_operations())  # type: ignore[union-attr]
+    for op in (result.ok() for result in schema.get_all_operations())  # type: ignore[union-attr]  # an Err raises: see below
 }  # an Err (a broken operation in our own document) raises here, at collection: wanted
 
 

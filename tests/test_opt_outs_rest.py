@@ -276,7 +276,7 @@ def test_the_sdk_manages_opt_outs_and_names_the_refusal(
         assert zs.sms.send(number, "Bonjour").message_id.startswith("msg_")
 
 
-def test_the_cli_lists_adds_and_removes(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_cli_lists_adds_and_removes(stack: Stack, tmp_path: Path) -> None:
     import os
     import subprocess
 

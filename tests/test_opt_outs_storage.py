@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from _sms import insert_message, new_account
 from conftest import TEST_PEPPER
-from sqlmodel import select
+from sqlmodel import col, select
 
 from zimsend.server.compliance import opt_outs, policy
 from zimsend.server.config import Settings
@@ -26,8 +26,8 @@ PARIS = ZoneInfo("Europe/Paris")
 
 def _events(db: Database, client_id: str) -> list[tuple[str, dict[str, object]]]:
     with db.session() as session:
-        rows = session.exec(select(OutboxEvent).where(OutboxEvent.client_id == client_id)
-                            .order_by(OutboxEvent.created_at)).all()  # type: ignore[arg-type]
+        rows = session.exec(select(OutboxEvent).where(col(OutboxEvent.client_id) == client_id)
+                            .order_by(col(OutboxEvent.created_at))).all()
         return [(r.event_type, dict(r.payload)) for r in rows if r.event_type.startswith("sms.opt")]
 
 

@@ -34,7 +34,7 @@ from _otp import (
     wrong_codes,
 )
 from _processes import zimsend_env as make_env
-from _sms import Account, error_reason, fails, new_account, new_device, violations
+from _sms import Account, error_reason, fails, message_of, new_account, new_device, violations
 from conftest import TEST_PEPPER, RunningServer
 from sqlalchemy import update
 from sqlmodel import col, select
@@ -216,7 +216,7 @@ def test_bad_fields_are_named_with_their_limits(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(error) == ("INVALID_PHONE_NUMBER" if field == "to" else "INVALID_REQUEST")
     assert words in violations(error)[field]
-    assert field in error.details()
+    assert field in message_of(error)
 
 
 def test_every_bad_field_in_one_answer_and_the_text_limit(
@@ -242,7 +242,7 @@ def test_the_eleventh_otp_in_an_hour_to_one_number_is_refused(
     error = fails(otp.SendOtp, pb.SendOtpRequest(to=TO), account.md(test=True))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_reason(error) == "OTP_RATE_LIMIT"
-    assert "10 OTPs per hour" in error.details()
+    assert "10 OTPs per hour" in message_of(error)
     assert 3590 < retry_delay(error) <= 3600
     send(otp, account, to="+33612345679")  # another number
     send(otp, new_account(server_db, PEPPER, "other"))  # another client, same number
@@ -300,7 +300,7 @@ def test_three_wrong_codes_invalidate_the_otp(
                       account.md())
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_reason(error) == "OTP_MAX_ATTEMPTS"
-        assert "send-otp" in error.details()
+        assert "send-otp" in message_of(error)
     assert otp_row(server_db, reply.otp_id).attempts_used == 3
     assert not [e for e in events(server_db, account.client_id) if e.event_type == "otp.verified"]
 
@@ -325,7 +325,7 @@ def test_an_expired_code_is_refused_without_spending_an_attempt(
                   account.md())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error) == "OTP_EXPIRED"
-    assert "expired at" in error.details()
+    assert "expired at" in message_of(error)
     assert otp_row(server_db, reply.otp_id).attempts_used == 0
 
 

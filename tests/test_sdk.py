@@ -34,6 +34,7 @@ from zimsend.client import (
     Batch,
     ConflictError,
     Device,
+    InboundSms,
     InvalidRequestError,
     Message,
     MessageStatus,
@@ -522,8 +523,9 @@ def test_verify_webhook_against_the_workers_own_signing() -> None:
             "id": "in_1", "device_id": "device_1", "from": "+33612345678", "message": "Oui",
             "sim_slot": 0, "received_at": "2025-01-15T10:30:00.123456789Z"})
         event = verify_webhook(body, signature_headers(secret, "evt_1", body, now), secret)
-        assert event.data.from_ == "+33612345678"  # type: ignore[union-attr]
-        assert event.data.received_at.microsecond == 123456  # type: ignore[union-attr]
+        assert isinstance(event.data, InboundSms)
+        assert event.data.from_ == "+33612345678"
+        assert event.data.received_at.microsecond == 123456
     other = encode_body("sms.sent", "evt_2", now, {"message_id": "msg_1"})
     swapped = signature_headers("s" * 20, "evt_1", other, now)  # a signature for another id
     with pytest.raises(WebhookVerificationError):

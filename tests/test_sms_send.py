@@ -20,6 +20,7 @@ from _sms import (
     fails,
     get_message,
     later,
+    message_of,
     new_account,
     new_device,
     set_online,
@@ -154,7 +155,7 @@ def test_immediate_send_without_any_device(sms: SmsServiceStub, lonely: Account)
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="now"), lonely.md())
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
-    assert "scheduled_at" in error.details()  # says what to do
+    assert "scheduled_at" in message_of(error)  # says what to do
 
 
 def test_immediate_send_with_only_offline_devices(
@@ -198,7 +199,7 @@ def test_unknown_device_id(sms: SmsServiceStub, sms_account: Account) -> None:
                   sms_account.md(device="device_0000000000000000"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error) == "INVALID_DEVICE_ID"
-    assert "X-Device-ID" in error.details()
+    assert "X-Device-ID" in message_of(error)
 
 
 def test_another_clients_device_is_unknown(
@@ -227,7 +228,7 @@ def test_pinned_offline_device(sms: SmsServiceStub, lonely: Account, server_db: 
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"), lonely.md(device=device))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error_reason(error) == "DEVICE_OFFLINE"
-    assert device in error.details()
+    assert device in message_of(error)
     # Scheduled: accepted, and waits for that very phone.
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="x", scheduled_at=later(minutes=5)),
                         metadata=lonely.md(device=device), timeout=10)
@@ -242,7 +243,7 @@ def test_pinned_disabled_device_is_offline(
         session.get(Device, device).enabled = False
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"), lonely.md(device=device))
     assert error_reason(error) == "DEVICE_OFFLINE"
-    assert "disabled" in error.details()
+    assert "disabled" in message_of(error)
 
 
 def test_pinned_online_device(
@@ -310,7 +311,7 @@ def test_one_bad_number_in_100_queues_nothing(sms: SmsServiceStub, sms_account: 
     error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(recipients=recipients, message=text),
                   sms_account.md(test=True))
     assert error_reason(error) == "INVALID_PHONE_NUMBER"
-    assert "recipients[57]" in error.details()
+    assert "recipients[57]" in message_of(error)
     assert history(sms, sms_account, text, test=True).pagination.total_items == 0
     recipients[57] = "+33612345699"
     reply = sms.SendBulkSms(pb.SendBulkSmsRequest(recipients=recipients, message=text),
@@ -362,7 +363,7 @@ def test_personalized_bulk_is_atomic(sms: SmsServiceStub, sms_account: Account) 
     ])
     error = fails(sms.SendBulkPersonalizedSms, request, sms_account.md(test=True))
     assert error_reason(error) == "MESSAGE_TOO_LONG"
-    assert "messages[1].message" in error.details()
+    assert "messages[1].message" in message_of(error)
     assert history(sms, sms_account, tag, test=True).pagination.total_items == 0
 
 
@@ -411,7 +412,7 @@ def test_same_key_different_body_is_refused(sms: SmsServiceStub, sms_account: Ac
         error = fails(sms.SendSms, other, md)
         assert error.code() == grpc.StatusCode.ALREADY_EXISTS  # HTTP 409
         assert error_reason(error) == "IDEMPOTENCY_KEY_REUSED"
-        assert "different request" in error.details()
+        assert "different request" in message_of(error)
     # Another endpoint with the same key is a different request too.
     bulk = pb.SendBulkSmsRequest(recipients=[TO], message=text)
     assert error_reason(fails(sms.SendBulkSms, bulk, md)) == "IDEMPOTENCY_KEY_REUSED"

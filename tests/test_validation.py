@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from _sms import Account, error_reason, fails, later, violations
+from _sms import Account, error_reason, fails, later, message_of, violations
 from google.protobuf import struct_pb2
 
 from zimsend.server.sending.dates import parse_bound, parse_instant
@@ -41,9 +41,9 @@ def struct(data: dict[str, Any]) -> struct_pb2.Struct:
 def check(error: grpc.RpcError, code: str, field: str, *fragments: str) -> None:
     assert error_reason(error) == code, error.details()
     assert field in violations(error), violations(error)
-    assert f"{field}: " in error.details()
+    assert f"{field}: " in message_of(error)
     for fragment in fragments:
-        assert fragment in error.details(), error.details()
+        assert fragment in message_of(error), message_of(error)
 
 
 # --- SendSms, field by field ----------------------------------------------------------------
