@@ -105,7 +105,10 @@ def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(
     kinds = [e.event_type for e in events(db, client_id)]
     assert kinds == ["sms.sent", "sms.failed"]
     failed = events(db, client_id)[1].payload
-    assert failed["error"] == {"code": "NETWORK_ERROR", "message": "lost"}
+    assert failed["error"] == {
+        "code": "NETWORK_ERROR", "message": "lost", "reason": "NETWORK_ERROR", "retryable": True,
+        "hint": "The mobile network refused or lost it; resend later, or from another phone.",
+    }
     assert failed["metadata"] == {"order": 7}
     assert failed["failed_at"].endswith("Z")
 
