@@ -102,13 +102,15 @@ class LocalPostgres:
 
     def __init__(
         self, directory: Path, *, ephemeral: bool = False, max_connections: int = 300,
-        database: str = "postgres",
+        database: str = "postgres", settings: dict[str, str] | None = None,
     ) -> None:
         self.bindir = find_bindir()
         self.directory = Path(directory).resolve()
         self.ephemeral = ephemeral
         self.max_connections = max_connections
         self.database = database
+        #: Server settings (`-c name=value`) over the defaults below.
+        self.extra_settings = dict(settings or {})
         self.port = 0 if ephemeral else 5432
         self._proc: subprocess.Popen[bytes] | None = None
         self._as_user: dict[str, Any] = {}
@@ -182,7 +184,7 @@ class LocalPostgres:
                          "synchronous_commit": "off", "full_page_writes": "off"}
         else:
             settings["listen_addresses"] = ""  # the Unix socket only
-        return settings
+        return settings | self.extra_settings
 
     def _launch(self, timeout: float) -> bool:
         args: list[str] = [str(self.bindir / "postgres"), "-D", str(self.datadir)]

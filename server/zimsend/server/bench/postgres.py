@@ -33,6 +33,11 @@ GOAL_P99_MS = 100.0
 MODERATE_SHARE = 0.1
 REPLICAS = 2
 WORKERS = 2
+#: PostgreSQL settings over its defaults (`ZIMSEND_BENCH_PG_SETTINGS="a=1,b=2"` adds more).
+SETTINGS: dict[str, str] = dict(
+    item.split("=", 1) for item in os.environ.get("ZIMSEND_BENCH_PG_SETTINGS", "").split(",")
+    if "=" in item
+)
 
 
 def topology(
@@ -47,7 +52,8 @@ def topology(
         root.chmod(0o711)
         root.parent.chmod(root.parent.stat().st_mode | 0o011)
     cluster = LocalPostgres(root / "pg", database="zimsend",
-                            max_connections=postgres_connections(REPLICAS, WORKERS) + 20)
+                            max_connections=postgres_connections(REPLICAS, WORKERS) + 20,
+                            settings=SETTINGS)
     cluster.start()
     stack = Stack(root / "stack")
     stack.env["ZIMSEND_DATABASE_URL"] = cluster.url()
