@@ -245,7 +245,7 @@ class PostgresDb:
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.conninfo) as conn:
-            rows = conn.execute(sql.replace("?", "%s"), args).fetchall()  # type: ignore[arg-type]  # test SQL built from constants
+            rows = conn.execute(sql.replace("?", "%s"), args).fetchall()  # SQL from constants
         return [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in row)
                 for row in rows]
 

@@ -22,7 +22,7 @@ class ZimSendClient:
             self.session.headers["X-Device-ID"] = device_id
 
     def _handle(self, response: requests.Response) -> dict[str, Any]:
-        data = response.json()
+        data: dict[str, Any] = response.json()
         if not data.get("success"):
             error = data.get("error", {})
             raise ZimSendError(error.get("code"), error.get("message"), response.status_code)

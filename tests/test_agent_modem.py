@@ -12,7 +12,7 @@ is a modem whose folder is missing when it is opened, then appears.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +39,7 @@ def modem(tmp_path: Path) -> DummyModem:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
+def journal(tmp_path: Path) -> Iterator[Journal]:
     journal = Journal.open(tmp_path / "journal.sqlite3", "device_modem")
     yield journal
     journal.close()

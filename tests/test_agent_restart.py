@@ -64,7 +64,7 @@ def _online(stack: Stack, device_id: str) -> bool:
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM],
                          ids=["kill-9", "sigterm"])
 def test_messages_sent_before_a_restart_still_end_delivered(
-    stack, zimsend_env: dict[str, str], tmp_path: Path, stop_signal: signal.Signals,
+    stack: Stack, zimsend_env: dict[str, str], tmp_path: Path, stop_signal: signal.Signals,
 ) -> None:
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
                          json={"name": f"restart {stop_signal.name}"}).json()

@@ -130,7 +130,7 @@ def test_stubs_import_as_zimsend_v1() -> None:
     from zimsend.v1 import common_pb2, sms_pb2, sms_pb2_grpc
 
     assert "from zimsend.v1 import common_pb2" in (PACKAGE_DIR / "sms_pb2.py").read_text()
-    request = sms_pb2.SendSmsRequest(to="+33612345678", message="Bonjour", priority="high")
+    request = sms_pb2.SendSmsRequest(to="+33612345678", message="Bonjour", priority="high")  # type: ignore[arg-type]  # a name: protobuf takes it
     assert request.priority == common_pb2.high == 2
     assert hasattr(sms_pb2_grpc, "SmsServiceStub")
     assert hasattr(sms_pb2_grpc, "SmsServiceServicer")

@@ -223,7 +223,7 @@ def test_the_queue_gauges_count_scheduled_and_due_messages(stack: Stack) -> None
 
 
 def test_the_worker_counts_webhook_attempts_and_logs_the_request_id(
-    stack, phone: str, receiver: Receiver, worker: Program, server,
+    stack: Stack, phone: str, receiver: Receiver, worker: Program, server: RunningServer,
 ) -> None:
     """One request id from the REST call: the server's accept, dispatch and report lines, and
     the worker's delivery line; the worker's endpoint counts the attempts."""

@@ -277,6 +277,7 @@ def test_ctrl_c_lets_the_delivery_in_flight_finish(
         assert "worker.stopped" in worker.log_path.read_text()
     (attempt,) = deliveries(db, event_id)
     assert attempt.success
+    assert attempt.response_time_ms is not None
     assert attempt.response_time_ms >= 1900
     assert event_row(db, event_id).status == "delivered"
     db.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from _webhooks import PEPPER, add_endpoint, add_event, event_row, seed_client
@@ -310,7 +311,8 @@ def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
     assert endpoints.list_logs(db, seed_client(db), page=1, limit=10).total_items == 0
     with pytest.raises(ApiError, match="limit"):
         endpoints.list_logs(db, client, page=1, limit=101)
-    for zero in ({"page": 0}, {"limit": 0}):  # issue 12 item 11: refused, not the default
+    zeros: tuple[dict[str, Any], ...] = ({"page": 0}, {"limit": 0})
+    for zero in zeros:  # issue 12 item 11: refused, not the default
         with pytest.raises(ApiError, match=rf"{next(iter(zero))}: must be 1"):
             endpoints.list_logs(db, client, **zero)
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
@@ -121,7 +121,7 @@ class Database:
     @classmethod
     def from_url(
         cls, url: str | URL, *, busy_timeout_ms: int = 15_000, **engine_kwargs: Any
-    ) -> Database:
+    ) -> Self:
         """Create the engine. SQLite files (and their folder) are created on first connect."""
         parsed = normalize_url(url)
         # As many pooled connections as a server has database threads (8 API, 2 device
