@@ -8,7 +8,7 @@ import { dateTime } from "../format.js";
 import { errorText, t } from "../i18n.js";
 
 // SPEC §7's events, then its "Beyond" ones (the server's EVENT_TYPES).
-const EVENTS = ["sms.sent", "sms.delivered", "sms.failed", "device.connected", "device.disconnected", "sms.received", "otp.verified", "sms.opted_out", "sms.opted_in"];
+const EVENTS = ["sms.sent", "sms.delivered", "sms.failed", "device.connected", "device.disconnected", "sms.received", "otp.verified", "sms.opted_out", "sms.opted_in", "sms.rerouted", "sms.delivery_report_missing"];
 const LOG_PAGE = 20;
 
 export async function render(main) {
