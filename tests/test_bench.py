@@ -10,23 +10,29 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from _processes import ZIMSEND
 
 
-def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+def quick_bench(tmp_path: Path, scenarios: str) -> tuple[str, Any]:
+    """`zimsend bench --quick --seconds 1` of `scenarios`: its table and its JSON document."""
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [ZIMSEND, "bench", "--quick", "--scenarios", "ceiling,grpc", "--seconds", "1",
+        [ZIMSEND, "bench", "--quick", "--scenarios", scenarios, "--seconds", "1",
          "--json", str(out)],
-        check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ceiling (trivial grpc.aio)" in done.stdout
-    assert "SendSms gRPC (accept path)" in done.stdout
-    assert "ratio to ceiling >= 0.45" in done.stdout
+    return done.stdout, json.loads(out.read_text())
 
-    document = json.loads(out.read_text())
+
+def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    stdout, document = quick_bench(tmp_path, "ceiling,grpc")
+    assert "ceiling (trivial grpc.aio)" in stdout
+    assert "SendSms gRPC (accept path)" in stdout
+    assert "ratio to ceiling >= 0.45" in stdout
+
     assert document["quick"] is True
     assert {"nproc", "cpu", "memory_gb", "python", "grpcio"} <= set(document["machine"])
     results = document["results"]
@@ -55,18 +61,12 @@ def test_bench_refuses_an_unknown_scenario(tmp_path: Path) -> None:
 def test_bench_webhooks_scenario_delivers_every_event_signed(tmp_path: Path) -> None:
     """Scenario 7: one worker drains a filled outbox to the bench's receiver, which checks both
     signatures of every POST and counts distinct event ids."""
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [ZIMSEND, "bench", "--quick", "--scenarios", "webhooks", "--seconds", "1",
-         "--json", str(out)],
-        check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "webhooks: one worker" in done.stdout
-    assert "signed POSTs/s" in done.stdout
-    assert "ms CPU/POST" in done.stdout
+    stdout, document = quick_bench(tmp_path, "webhooks")
+    assert "webhooks: one worker" in stdout
+    assert "signed POSTs/s" in stdout
+    assert "ms CPU/POST" in stdout
 
-    row = json.loads(out.read_text())["results"]["webhooks"]
+    row = document["results"]["webhooks"]
     events = row["events"]
     assert events >= 100
     assert row["event_ids"] == events, "every event arrives, with valid signatures"
