@@ -129,6 +129,8 @@ def test_up_says_which_database_and_replicas(stack: Stack) -> None:
     assert "PostgreSQL, private cluster" in out
     assert "2 server replica(s), 2 worker(s)" in out
     assert len(_servers(stack.program.pid)) == 2
+    # Every server and worker hears the others' commits (LISTEN/NOTIFY), not only its poll.
+    assert out.count('"event": "wakeups.listening"') >= 4, out[-3000:]
 
 
 def test_a_send_through_envoy_is_delivered(stack: Stack) -> None:

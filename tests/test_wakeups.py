@@ -7,6 +7,8 @@ is a real PostgreSQL. On SQLite nothing listens (one writer; wake-ups stay in-pr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import queue
 from collections.abc import Iterator
@@ -21,7 +23,12 @@ from conftest import TEST_PEPPER
 from zimsend.server import accounts, credentials
 from zimsend.server.config import Settings
 from zimsend.server.storage import Database, Message, OutboxEvent, utcnow
-from zimsend.server.storage.wakeups import OUTBOX_CHANNEL, WORK_CHANNEL, Listener
+from zimsend.server.storage.wakeups import (
+    OUTBOX_CHANNEL,
+    WORK_CHANNEL,
+    Listener,
+    listen_in_loop,
+)
 from zimsend.server.webhook_delivery.events import outbox_event
 from zimsend.server.worker import Worker, WorkerOptions
 
@@ -164,9 +171,38 @@ def test_a_worker_hears_new_events_long_before_its_poll(
         writer.dispose()
 
 
+def test_the_servers_listener_runs_in_its_event_loop(
+    pg: Database, postgres_database_url: str
+) -> None:
+    """The asyncio server listens in its loop (`listen_in_loop`): a commit elsewhere calls the
+    callback in the loop; cancelling the task ends it."""
+    writer = Database.from_url(postgres_database_url)
+    client = accounts.create_client(writer, "in-loop")
+
+    async def main() -> str:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        task = asyncio.create_task(listen_in_loop(pg, {WORK_CHANNEL: heard.put_nowait}))
+        try:
+            async with asyncio.timeout(HEARD_WITHIN_S):
+                while True:  # until it listens: a new message now and then
+                    await asyncio.to_thread(_queue_message, writer, client.id, utcnow())
+                    with contextlib.suppress(TimeoutError):
+                        return await asyncio.wait_for(heard.get(), 0.3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    try:
+        assert asyncio.run(main()) == client.id
+    finally:
+        writer.dispose()
+
+
 def test_nothing_listens_on_sqlite(tmp_path: Path) -> None:
     db = Database.from_url(f"sqlite:///{tmp_path / 'z.db'}")
     try:
         assert Listener.for_database(db, {WORK_CHANNEL: lambda _p: None}) is None
+        asyncio.run(listen_in_loop(db, {WORK_CHANNEL: lambda _p: None}))  # returns at once
     finally:
         db.dispose()

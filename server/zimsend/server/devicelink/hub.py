@@ -83,7 +83,6 @@ class DeviceHub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._closing = False
-        self._listener: wakeups.Listener | None = None
 
     @classmethod
     def of(cls, state: ServerState) -> DeviceHub:
@@ -112,11 +111,9 @@ class DeviceHub:
     async def start(self) -> None:
         self.state.new_work.subscribe(self.dispatcher.wake)
         # Other replicas' new work (PostgreSQL NOTIFY): a round for that client at once.
-        self._listener = wakeups.Listener.for_database(
-            self.state.db, {wakeups.WORK_CHANNEL: self.dispatcher.wake},
-            on_reconnect=self.dispatcher.wake, name="dispatch-wakeups",
-        )
-        for coro in (self.dispatcher.run(), self.reports.run(), self._watchdog(),
+        listen = wakeups.listen_in_loop(self.state.db, {wakeups.WORK_CHANNEL: self.dispatcher.wake},
+                                        on_reconnect=self.dispatcher.wake)
+        for coro in (listen, self.dispatcher.run(), self.reports.run(), self._watchdog(),
                      self._flush_heartbeats_forever(), self._write_connects_forever()):
             self._loops.append(asyncio.create_task(coro))
 
@@ -137,8 +134,6 @@ class DeviceHub:
         await self._flush_heartbeats()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_WAIT_S)
-        if self._listener is not None:
-            await asyncio.to_thread(self._listener.stop)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

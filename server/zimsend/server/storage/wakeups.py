@@ -9,15 +9,19 @@ notification is sent exactly when the rows are visible, and never for a rollback
 
 `Listener` holds one extra connection per process (not from the pool: a LISTENing connection
 must stay open and idle) in a daemon thread, and calls the channel's callback from that thread
-for each notification (callbacks must be thread-safe and quick: the dispatcher's `wake`, a
-trio token's `run_sync_soon`). When the connection is lost it reconnects with backoff and calls
-`on_reconnect` (notifications sent while it was away are lost: the caller treats it as "maybe
-everything changed"). The pollers stay as a safety net; `connected` says whether they may be
-slow. On SQLite nothing listens: `Listener.for_database` returns None.
+for each notification (callbacks must be thread-safe and quick: a trio token's
+`run_sync_soon` in the worker). The asyncio server listens in its event loop instead
+(`listen_in_loop`, psycopg's async connection): the notification wakes the loop directly, one
+thread hand-off fewer on the way from another replica's commit to a phone. Either way, when
+the connection is lost it reconnects with backoff and calls `on_reconnect` (notifications
+sent while it was away are lost: the caller treats it as "maybe everything changed"). The
+pollers stay as a safety net; `connected` says whether they may be slow. On SQLite nothing
+listens: `Listener.for_database` returns None, `listen_in_loop` returns at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Mapping
 
@@ -28,7 +32,7 @@ from zimsend.server import logs
 
 from .database import Database
 
-__all__ = ["OUTBOX_CHANNEL", "WORK_CHANNEL", "Listener"]
+__all__ = ["OUTBOX_CHANNEL", "WORK_CHANNEL", "Listener", "listen_in_loop"]
 
 log = logs.get("zimsend.storage.wakeups")
 
@@ -90,6 +94,7 @@ class Listener:
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self.connected.set()
                     backoff = _FIRST_BACKOFF_S
+                    log.info("wakeups.listening", channels=list(self._callbacks))
                     if was_connected:
                         log.info("wakeups.reconnected")
                         self._call(self._on_reconnect)
@@ -119,3 +124,39 @@ class Listener:
             callback(*args)
         except Exception as exc:  # a listener outlives any one callback
             logs.failure(log, "wakeups.callback_failed", exc)
+
+
+async def listen_in_loop(
+    db: Database, callbacks: Mapping[str, Callable[[str], None]], *,
+    on_reconnect: Callable[[], None] | None = None,
+) -> None:
+    """`Listener`'s loop as an asyncio task (cancel it to stop): callbacks run in the event
+    loop. Returns at once on SQLite."""
+    if db.dialect != "postgresql":
+        return
+    conninfo = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    backoff = _FIRST_BACKOFF_S
+    was_connected = False
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, connect_timeout=5, keepalives=1,
+                keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                application_name="zimsend-listener",
+            ) as conn:
+                for channel in callbacks:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                backoff = _FIRST_BACKOFF_S
+                log.info("wakeups.listening", channels=list(callbacks))
+                if was_connected:
+                    log.info("wakeups.reconnected")
+                    Listener._call(on_reconnect)
+                was_connected = True
+                async for notify in conn.notifies():
+                    callback = callbacks.get(notify.channel)
+                    if callback is not None:
+                        Listener._call(callback, notify.payload)
+        except psycopg.Error as exc:
+            log.warning("wakeups.connection_lost", error=str(exc), retry_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(_MAX_BACKOFF_S, backoff * 2)
