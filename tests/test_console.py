@@ -454,6 +454,7 @@ def test_a_phone_s_settings_are_saved_its_password_rotated_and_it_is_deleted(
         card.get_by_text("Settings").click()
         card.get_by_label("Daily cap").fill("50")
         card.get_by_label("Pause between SMS").fill("3000")
+        card.get_by_label("SMS parts a minute").fill("12")  # the per-SIM budget (issue 16)
         card.get_by_label("Enabled").uncheck()
         card.get_by_role("button", name="Save").click()
         wait_for(console.page.get_by_role("status").filter(has_text="Saved."))
@@ -461,6 +462,7 @@ def test_a_phone_s_settings_are_saved_its_password_rotated_and_it_is_deleted(
         device = http.get(f"/v1/devices/{spare}").json()
         saved = (device["daily_cap"], device["send_interval_ms"], device["enabled"])
         assert saved == (50, 3000, False)
+        assert device["parts_per_minute"] == 12
         card.get_by_role("button", name="New password").click()  # confirmed
         rotated = wait_for(console.page.locator("#pairing-uri")).input_value()
         assert f"device_id={spare}" in rotated

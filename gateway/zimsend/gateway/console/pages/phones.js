@@ -79,22 +79,29 @@ export async function render(main) {
       sent: h("span", { "data-field": "sent-today" }, "—"),
     };
     let cap = device.daily_cap;
+    let budgetShown = String(device.parts_per_minute ?? 0);
     let lastSent = null;
     const showSent = () => { live.sent.textContent = `${lastSent === null ? "—" : number(lastSent)} / ${cap ? number(cap) : t("phones.noCap")}`; };
     const controls = {
       name: h("input", { value: device.name, required: true }),
       interval: h("input", { type: "number", min: 0, step: 100, value: String(device.send_interval_ms) }),
       cap: h("input", { type: "number", min: 0, value: String(device.daily_cap) }),
+      budget: h("input", { type: "number", min: 0, value: budgetShown }),
       enabled: h("input", { type: "checkbox", id: `enabled-${device.device_id}`, checked: device.enabled }),
     };
     const settings = h("details", {}, h("summary", {}, t("phones.settings")),
       h("form", { onSubmit: async (event) => {
         event.preventDefault();
         try {
-          const { device: saved } = await api("PATCH", path, { body: {
+          const body = {
             name: controls.name.value.trim(), enabled: controls.enabled.checked,
             send_interval_ms: Number(controls.interval.value), daily_cap: Number(controls.cap.value),
-          } });
+          };
+          // Sent only when changed: the shown value may be the server's default, which must
+          // stay a default (it follows the server and the phone's pacing).
+          if (controls.budget.value !== budgetShown) body.parts_per_minute = Number(controls.budget.value);
+          const { device: saved } = await api("PATCH", path, { body });
+          budgetShown = controls.budget.value = String(saved.parts_per_minute ?? 0);
           title.textContent = saved.name;
           cap = saved.daily_cap;
           showSent();
@@ -102,7 +109,7 @@ export async function render(main) {
         } catch (error) { say(problem, "error", errorText(error)); }
       } },
         field(t("phones.name"), controls.name), field(t("phones.interval"), controls.interval),
-        field(t("phones.cap"), controls.cap),
+        field(t("phones.cap"), controls.cap), field(t("phones.budget"), controls.budget),
         h("div", { class: "field check" }, controls.enabled, h("label", { for: controls.enabled.id }, t("phones.enabled"))),
         h("button", { type: "submit", class: "primary" }, t("common.save"))));
     const title = h("h2", {}, device.name);

@@ -158,6 +158,7 @@ export const en = {
   "phones.settings": "Settings",
   "phones.interval": "Pause between SMS (ms)",
   "phones.cap": "Daily cap (0 = none)",
+  "phones.budget": "SMS parts a minute, per SIM (0 = no limit)",
   "phones.enabled": "Enabled (gets messages)",
   "phones.saved": "Saved.",
   "phones.rotate": "New password",

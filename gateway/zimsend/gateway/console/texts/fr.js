@@ -157,6 +157,7 @@ export const fr = {
   "phones.settings": "Réglages",
   "phones.interval": "Pause entre deux SMS (ms)",
   "phones.cap": "Plafond quotidien (0 = aucun)",
+  "phones.budget": "Parties de SMS par minute et par SIM (0 = sans limite)",
   "phones.enabled": "Activé (reçoit des messages)",
   "phones.saved": "Enregistré.",
   "phones.rotate": "Nouveau mot de passe",
