@@ -190,7 +190,8 @@ def claim_round(
             room = rooms.get(request.device_id)
             messages = claim_due_messages(
                 session, client_id=request.client_id, device_id=request.device_id,
-                limit=request.limit, now=now, fits=None if room is None else room.fits,
+                limit=request.limit, now=now,
+                fits=None if room is None or room.unlimited else room.fits,
             )
             if room is not None and room.limited:
                 result.waits[request.device_id] = room.wait_s()  # not drained: over budget

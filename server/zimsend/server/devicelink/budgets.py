@@ -70,6 +70,11 @@ class Room:
     #: A message was refused for lack of room: the phone waits for `wait_s()`.
     limited: bool = False
 
+    @property
+    def unlimited(self) -> bool:
+        """No budget and no cool-down: the claim need not ask `fits`."""
+        return self.cooling_until is None and not any(self.budget.limits)
+
     def _sum(self, slot: int, window: int) -> int:
         return sum(p for _, p in self.used.get((slot, window), ()))
 
