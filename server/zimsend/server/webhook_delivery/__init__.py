@@ -5,7 +5,7 @@
     addresses   which IP addresses may be reached, in every spelling (SSRF rules)
     urls        the configure-time URL check (`check_webhook_url`)
     transport   the network guard that resolves, checks and connects to the checked address
-    http1       lean keep-alive HTTP/1.1 POSTs (h11), one small pool per receiver origin
+    http1       lean keep-alive HTTP/1.1 POSTs (httptools), one small pool per origin
     origins     a few turns per receiver origin: a slow one holds up no other
     sender      `WebhookSender`: one signed POST with one overall deadline
     endpoints   the WebhookService's database operations (configure, list, logs, test, ...)

@@ -1,13 +1,13 @@
 """`Http1Pools`: the webhook POST as lean keep-alive HTTP/1.1, one small pool per origin.
 
-Why not httpx: `zimsend bench --scenarios webhooks` measured ~2 ms of the worker's CPU per
-signed POST, about half of it in httpx/httpcore's per-request machinery (the client's request
-and response objects, the pool assigning requests by walking and polling every connection,
-headers and body written separately). A webhook needs far less: one POST, a status line, a
-bounded drain. So this module speaks HTTP/1.1 with `h11` (the maintained sans-I/O protocol
-implementation httpcore itself uses) over the same guarded network backend, and keeps per
-origin a stack of idle keep-alive connections (the most recently used first, so a steady load
-keeps few of them warm).
+Why not httpx: a webhook needs one POST, a status line and a bounded drain, and httpx/httpcore's
+per-request machinery (request and response objects, a pool that walks and polls every
+connection per request, head and body written separately) was most of the worker's CPU per
+POST (docs/benchmarks.md, scenario 7). So this module writes the request itself — one buffer:
+a head of our own with every value checked for control characters, then the body — parses the
+response with `httptools` (llhttp, Node.js's parser; `h11`, pure Python, was measured too),
+over the same guarded network backend, and keeps per origin a stack of idle keep-alive
+connections (the most recently used first, so a steady load keeps few of them warm).
 
 What stays as it was (DESIGN "Security baseline", the module docstring of transport.py):
 
@@ -28,13 +28,14 @@ least recently used first, as `origins.OriginTurns` bounds what is in flight per
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
-import h11
 import httpcore
+import httptools
 import httpx
 import trio
 
@@ -44,16 +45,45 @@ from .transport import AddressGuard
 __all__ = ["Http1Pools", "HttpFailure"]
 
 _READ_SIZE: Final = 65536
+#: Bytes no header value or request target may contain (CR and LF above all: injection).
+_CONTROL: Final = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 class HttpFailure(Exception):
     """An exchange that gave no status; the message is for the webhook logs (no secrets)."""
 
 
+class _Response:
+    """httptools' callbacks for one connection's responses (parsed in order, keep-alive)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status: int | None = None
+        self.complete = False
+        self.keep_alive = False
+        self.body = 0
+
+    def reset(self) -> None:
+        self.status, self.complete, self.keep_alive, self.body = None, False, False, 0
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.status is not None and self.status < 200:
+            self.status = None  # 1xx: the real answer follows
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+
 @dataclass(eq=False)
 class _Connection:
     stream: httpcore.AsyncNetworkStream
-    protocol: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+    response: _Response = field(default_factory=_Response)
     idle_since: float = 0.0
 
 
@@ -116,14 +146,13 @@ class Http1Pools:
             return status
         except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
             raise HttpFailure(_network_error(exc)) from exc
-        except h11.ProtocolError as exc:
+        except httptools.HttpParserError as exc:
             raise HttpFailure(f"invalid HTTP response: {exc}") from exc
         finally:
             origin.in_use -= 1
             origin.last_used = trio.current_time()
             if connection is not None:
                 if reusable and len(origin.idle) < self.per_origin:
-                    connection.protocol.start_next_cycle()
                     connection.idle_since = origin.last_used
                     origin.idle.append(connection)
                 else:
@@ -155,34 +184,28 @@ class Http1Pools:
         body: bytes,
     ) -> tuple[int, bool]:
         """Write the request in one piece, read the status, drain; (status, reusable)."""
-        protocol = connection.protocol
-        head = [(b"Host", url.netloc), (b"Content-Length", str(len(body)).encode()), *headers]
-        await connection.stream.write(
-            protocol.send(h11.Request(method=b"POST", target=url.raw_path, headers=head))
-            + protocol.send(h11.Data(data=body)) + protocol.send(h11.EndOfMessage())
-        )
-        status: int | None = None
-        drained = 0
+        head = [b"POST ", _checked(url.raw_path), b" HTTP/1.1\r\nHost: ", _checked(url.netloc),
+                b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        for name, value in headers:
+            head += (_checked(name), b": ", _checked(value), b"\r\n")
+        head += (b"\r\n", body)
+        await connection.stream.write(b"".join(head))
+        response = connection.response
+        response.reset()
         try:
-            while True:
-                event = protocol.next_event()
-                if event is h11.NEED_DATA:
-                    protocol.receive_data(await connection.stream.read(_READ_SIZE))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    drained += len(event.data)
-                    if drained > self.drain_limit:
-                        break
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    break
-        except (httpcore.NetworkError, httpcore.TimeoutException, OSError, h11.ProtocolError):
-            if status is None:
+            while not response.complete and response.body <= self.drain_limit:
+                data = await connection.stream.read(_READ_SIZE)
+                if not data:
+                    break  # closed: a body delimited by the close ends here
+                response.parser.feed_data(data)
+        except (httpcore.NetworkError, httpcore.TimeoutException, OSError,
+                httptools.HttpParserError):
+            if response.status is None:
                 raise
-            return status, False  # the status line decides; the body was only drained
-        if status is None:
+            return response.status, False  # the status line decides; the body was only drained
+        if response.status is None:
             raise HttpFailure("invalid HTTP response: the server closed without a status")
-        return status, protocol.our_state is h11.DONE and protocol.their_state is h11.DONE
+        return response.status, response.complete and response.keep_alive
 
     async def _sweep(self, now: float) -> None:
         """Drop idle origins (unused for `idle_seconds`, then the least recently used beyond
@@ -208,6 +231,15 @@ class Http1Pools:
         for origin in origins:
             for connection in origin.idle:
                 await _close(connection)
+
+
+def _checked(value: bytes) -> bytes:
+    """A header value or target as given, refused if it could break the request's framing
+    (every one is ours or a checked URL's, so this never fires unless something upstream
+    broke)."""
+    if _CONTROL.search(value):
+        raise HttpFailure("refused to send a header value with control characters")
+    return value
 
 
 async def _close(connection: _Connection) -> None:
