@@ -15,8 +15,8 @@ from typing import Any
 from zimsend.v1 import failures_pb2
 
 __all__ = [
-    "EXPIRED", "FALLBACK", "TIMEOUT", "FailureInfo", "error_payload", "hint", "info", "known",
-    "normalise",
+    "EXPIRED", "FALLBACK", "TIMEOUT", "FailureInfo", "before_send_codes", "error_payload",
+    "hint", "info", "known", "normalise",
 ]
 
 _NAME = failures_pb2.FailureCode.Name
@@ -59,6 +59,11 @@ _TABLE = _load()
 def known() -> frozenset[str]:
     """Every FailureCode name."""
     return frozenset(_TABLE)
+
+
+def before_send_codes() -> tuple[str, ...]:
+    """The codes that prove the SMS never left the phone (failover may re-route them)."""
+    return tuple(name for name, row in _TABLE.items() if row.before_send)
 
 
 def normalise(code: str | None) -> str:

@@ -66,6 +66,8 @@ MESSAGES_FAILED = Counter(
 MESSAGES_REROUTED = Counter(
     "zimsend_messages_rerouted", "Messages a phone failed before they left it, put back in the "
     "queue for another phone (failover), by failure code.", ["reason"])
+for _code in failures.before_send_codes():  # every possible series exists from the start, at 0
+    MESSAGES_REROUTED.labels(_code)
 
 # --- server --------------------------------------------------------------------------------
 
