@@ -352,6 +352,31 @@ def test_a_refused_command_fails_its_message(
     assert "no SIM" in data["error"]["message"]
 
 
+def test_a_command_refused_for_a_missing_sim_goes_back_to_the_queue(
+    tenant: Tenant, address: str, link_db: ServerDb
+) -> None:
+    """A refusal that says SIM_MISSING proves nothing was sent: the message is queued again
+    for another phone (issue 16 item 1), and this one cools down."""
+    device = tenant.create_device()
+    raw = phone(address, tenant, device.device_id, device.device_password)
+    try:
+        raw.hello()
+        message_id = tenant.send("+33612345678", "slot 1 please", sim_slot=1)
+        command = raw.expect("send").send
+        raw.send(ack=pb.CommandAck(command_id=command.command_id, accepted=False,
+                                   reason="no SIM in slot 1", error_code="SIM_MISSING"))
+        wait_for(lambda: tenant.status(message_id).attempts == 2, 10, "re-queued")
+    finally:
+        raw.close()
+    status = tenant.status(message_id)
+    assert status.status == common_pb2.queued
+    assert (status.error.code, status.error.reason) == ("DEVICE_ERROR", "SIM_MISSING")
+    (_, data), = link_db.events(tenant.client_id, "sms.rerouted")
+    assert data["rerouted_from"] == device.device_id
+    assert link_db.events(tenant.client_id, "sms.failed") == []
+    assert tenant.get_device(device.device_id).HasField("cooling_down_until")
+
+
 def test_inbound_sms_is_stored_once(
     tenant: Tenant, address: str, link_db: ServerDb
 ) -> None:

@@ -189,6 +189,26 @@ def test_with_both_phones_online_the_working_one_delivers_everything_once(
     assert link_db.events(rest.client_id, "sms.failed") == []
 
 
+def test_a_phone_without_the_requested_sim_gives_the_message_back(
+    rest: Rest, phones: StartPhone, link_db: ServerDb,
+) -> None:
+    """The simulator has one SIM (slot 0): it refuses a message for slot 1 with SIM_MISSING,
+    which proves nothing was sent, so the message waits for a phone that has that slot."""
+    device = rest.new_device("one sim")
+    outbox = phones(rest, device, name="onesim")
+    reply = httpx.post(f"{rest.base_url}/v1/sms/send", headers=rest.headers, timeout=30,
+                       json={"to": "+33612345678", "message": "slot 1", "sim_slot": 1})
+    assert reply.status_code == 200, reply.text
+    message_id = reply.json()["message_id"]
+    waiting = wait_for(lambda: (s := rest.status(message_id))["attempts"] == 2 and s, 60,
+                       "the refused message back in the queue")
+    assert waiting["status"] == "queued"
+    assert waiting["error"]["reason"] == "SIM_MISSING"
+    assert [p["message_id"] for _, p in link_db.events(rest.client_id, "sms.rerouted")] == [
+        message_id]
+    assert all(line["message_id"] != message_id for line in outbox_lines(outbox))
+
+
 def test_an_ambiguous_failure_is_final_after_one_attempt(
     rest: Rest, phones: StartPhone, link_db: ServerDb,
 ) -> None:

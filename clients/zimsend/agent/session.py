@@ -27,8 +27,8 @@ from zimsend.agent.health import HealthWatch
 from zimsend.agent.journal import Journal, Verdict
 from zimsend.agent.link import Link
 from zimsend.agent.reporter import Reporter
-from zimsend.agent.senders.base import Sender
-from zimsend.v1 import common_pb2
+from zimsend.agent.senders.base import Sender, failure
+from zimsend.v1 import common_pb2, failures_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = ["ProtocolError", "ReconnectRequested", "Session"]
@@ -143,7 +143,9 @@ class Session:
         slots = {s.slot for s in self.sender.describe().sims}
         if command.HasField("sim_slot") and slots and command.sim_slot not in slots:
             log.info("command %s refused: no SIM in slot %d", command.message_id, command.sim_slot)
-            await self._ack(command.command_id, False, f"no SIM in slot {command.sim_slot}")
+            # Nothing was sent: SIM_MISSING lets the server give it to another phone.
+            await self._ack(command.command_id, False, f"no SIM in slot {command.sim_slot}",
+                            failure(failures_pb2.SIM_MISSING))
             return
         admission = self.journal.admit(command)  # durable before the ack
         await self._ack(command.command_id, True)
@@ -164,10 +166,12 @@ class Session:
         log.info("cancel %s: %s", cancel.message_id, "done" if cancelled else reason)
         await self._ack(cancel.command_id, cancelled, reason)
 
-    async def _ack(self, command_id: str, accepted: bool, reason: str = "") -> None:
+    async def _ack(
+        self, command_id: str, accepted: bool, reason: str = "", error_code: str = ""
+    ) -> None:
         await self.link.send(
             pb.DeviceFrame(ack=pb.CommandAck(command_id=command_id, accepted=accepted,
-                                             reason=reason))
+                                             reason=reason, error_code=error_code))
         )
 
 

@@ -19,7 +19,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zimsend.v1 import common_pb2 as zimsend_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1czimsend/v1/device_link.proto\x12\nzimsend.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\x92\x02\n\x0b\x44\x65viceFrame\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.zimsend.v1.DeviceHelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.zimsend.v1.HeartbeatH\x00\x12%\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x16.zimsend.v1.CommandAckH\x00\x12*\n\x06report\x18\x04 \x01(\x0b\x32\x18.zimsend.v1.StatusReportH\x00\x12/\n\x07inbound\x18\x05 \x01(\x0b\x32\x1c.zimsend.v1.InboundSmsReportH\x00\x12 \n\x04pong\x18\x06 \x01(\x0b\x32\x10.zimsend.v1.PongH\x00\x42\x07\n\x05\x66rame\"\xbf\x02\n\x0bServerFrame\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.zimsend.v1.WelcomeH\x00\x12\'\n\x04send\x18\x02 \x01(\x0b\x32\x17.zimsend.v1.SendCommandH\x00\x12+\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x19.zimsend.v1.CancelCommandH\x00\x12.\n\x08settings\x18\x04 \x01(\x0b\x32\x1a.zimsend.v1.DeviceSettingsH\x00\x12 \n\x04ping\x18\x05 \x01(\x0b\x32\x10.zimsend.v1.PingH\x00\x12+\n\nreport_ack\x18\x06 \x01(\x0b\x32\x15.zimsend.v1.ReportAckH\x00\x12*\n\treconnect\x18\x07 \x01(\x0b\x32\x15.zimsend.v1.ReconnectH\x00\x42\x07\n\x05\x66rame\"\xd6\x01\n\x0b\x44\x65viceHello\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_version\x18\x03 \x01(\t\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12!\n\x04sims\x18\x05 \x03(\x0b\x32\x13.zimsend.v1.SimSlot\x12\x1b\n\x13pending_message_ids\x18\x06 \x03(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x07 \x01(\x0b\x32\x1e.zimsend.v1.DeviceCapabilities\"\xc2\x01\n\tHeartbeat\x12\x14\n\x07\x62\x61ttery\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63harging\x18\x02 \x01(\x08\x12\x13\n\x06signal\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x30\n\x07network\x18\x05 \x01(\x0e\x32\x1f.zimsend.v1.NetworkRegistration\x12\x1a\n\x12\x63\x61nnot_send_reason\x18\x06 \x01(\tB\n\n\x08_batteryB\t\n\x07_signal\"B\n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xcd\x02\n\x0cStatusReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x12\n\npart_index\x18\x03 \x01(\x05\x12\x12\n\npart_count\x18\x04 \x01(\x05\x12\x31\n\x07outcome\x18\x05 \x01(\x0e\x32 .zimsend.v1.StatusReport.Outcome\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTCOME_SENT\x10\x01\x12\x15\n\x11OUTCOME_DELIVERED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\"\x84\x01\n\x10InboundSmsReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x10\n\x08sim_slot\x18\x04 \x01(\x05\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\t\"^\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.zimsend.v1.DeviceSettings\x12\x12\n\nsession_id\x18\x03 \x01(\t\"\xe9\x01\n\x0bSendCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02to\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x10\n\x08segments\x18\x05 \x01(\x05\x12&\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x14.zimsend.v1.Encoding\x12\x15\n\x08sim_slot\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12&\n\x08priority\x18\x08 \x01(\x0e\x32\x14.zimsend.v1.Priority\x12\x12\n\nredelivery\x18\t \x01(\x08\x42\x0b\n\t_sim_slot\"7\n\rCancelCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"r\n\x0e\x44\x65viceSettings\x12\x18\n\x10send_interval_ms\x18\x01 \x01(\x05\x12\x11\n\tdaily_cap\x18\x02 \x01(\x05\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x05\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\t\"\x1f\n\tReportAck\x12\x12\n\nreport_ids\x18\x01 \x03(\t\"3\n\tReconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\x05\x32T\n\x11\x44\x65viceLinkService\x12?\n\x07\x43onnect\x12\x17.zimsend.v1.DeviceFrame\x1a\x17.zimsend.v1.ServerFrame(\x01\x30\x01\x42\x35Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1czimsend/v1/device_link.proto\x12\nzimsend.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\x92\x02\n\x0b\x44\x65viceFrame\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.zimsend.v1.DeviceHelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.zimsend.v1.HeartbeatH\x00\x12%\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x16.zimsend.v1.CommandAckH\x00\x12*\n\x06report\x18\x04 \x01(\x0b\x32\x18.zimsend.v1.StatusReportH\x00\x12/\n\x07inbound\x18\x05 \x01(\x0b\x32\x1c.zimsend.v1.InboundSmsReportH\x00\x12 \n\x04pong\x18\x06 \x01(\x0b\x32\x10.zimsend.v1.PongH\x00\x42\x07\n\x05\x66rame\"\xbf\x02\n\x0bServerFrame\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.zimsend.v1.WelcomeH\x00\x12\'\n\x04send\x18\x02 \x01(\x0b\x32\x17.zimsend.v1.SendCommandH\x00\x12+\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x19.zimsend.v1.CancelCommandH\x00\x12.\n\x08settings\x18\x04 \x01(\x0b\x32\x1a.zimsend.v1.DeviceSettingsH\x00\x12 \n\x04ping\x18\x05 \x01(\x0b\x32\x10.zimsend.v1.PingH\x00\x12+\n\nreport_ack\x18\x06 \x01(\x0b\x32\x15.zimsend.v1.ReportAckH\x00\x12*\n\treconnect\x18\x07 \x01(\x0b\x32\x15.zimsend.v1.ReconnectH\x00\x42\x07\n\x05\x66rame\"\xd6\x01\n\x0b\x44\x65viceHello\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_version\x18\x03 \x01(\t\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12!\n\x04sims\x18\x05 \x03(\x0b\x32\x13.zimsend.v1.SimSlot\x12\x1b\n\x13pending_message_ids\x18\x06 \x03(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x07 \x01(\x0b\x32\x1e.zimsend.v1.DeviceCapabilities\"\xc2\x01\n\tHeartbeat\x12\x14\n\x07\x62\x61ttery\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08\x63harging\x18\x02 \x01(\x08\x12\x13\n\x06signal\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x30\n\x07network\x18\x05 \x01(\x0e\x32\x1f.zimsend.v1.NetworkRegistration\x12\x1a\n\x12\x63\x61nnot_send_reason\x18\x06 \x01(\tB\n\n\x08_batteryB\t\n\x07_signal\"V\n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\"\xcd\x02\n\x0cStatusReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x12\n\npart_index\x18\x03 \x01(\x05\x12\x12\n\npart_count\x18\x04 \x01(\x05\x12\x31\n\x07outcome\x18\x05 \x01(\x0e\x32 .zimsend.v1.StatusReport.Outcome\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTCOME_SENT\x10\x01\x12\x15\n\x11OUTCOME_DELIVERED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\"\x84\x01\n\x10InboundSmsReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x10\n\x08sim_slot\x18\x04 \x01(\x05\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\t\"^\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.zimsend.v1.DeviceSettings\x12\x12\n\nsession_id\x18\x03 \x01(\t\"\xe9\x01\n\x0bSendCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02to\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x10\n\x08segments\x18\x05 \x01(\x05\x12&\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x14.zimsend.v1.Encoding\x12\x15\n\x08sim_slot\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12&\n\x08priority\x18\x08 \x01(\x0e\x32\x14.zimsend.v1.Priority\x12\x12\n\nredelivery\x18\t \x01(\x08\x42\x0b\n\t_sim_slot\"7\n\rCancelCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"r\n\x0e\x44\x65viceSettings\x12\x18\n\x10send_interval_ms\x18\x01 \x01(\x05\x12\x11\n\tdaily_cap\x18\x02 \x01(\x05\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x05\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\t\"\x1f\n\tReportAck\x12\x12\n\nreport_ids\x18\x01 \x03(\t\"3\n\tReconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\x05\x32T\n\x11\x44\x65viceLinkService\x12?\n\x07\x43onnect\x12\x17.zimsend.v1.DeviceFrame\x1a\x17.zimsend.v1.ServerFrame(\x01\x30\x01\x42\x35Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=919
   _globals['_HEARTBEAT']._serialized_end=1113
   _globals['_COMMANDACK']._serialized_start=1115
-  _globals['_COMMANDACK']._serialized_end=1181
-  _globals['_STATUSREPORT']._serialized_start=1184
-  _globals['_STATUSREPORT']._serialized_end=1517
-  _globals['_STATUSREPORT_OUTCOME']._serialized_start=1422
-  _globals['_STATUSREPORT_OUTCOME']._serialized_end=1517
-  _globals['_INBOUNDSMSREPORT']._serialized_start=1520
-  _globals['_INBOUNDSMSREPORT']._serialized_end=1652
-  _globals['_PONG']._serialized_start=1654
-  _globals['_PONG']._serialized_end=1675
-  _globals['_WELCOME']._serialized_start=1677
-  _globals['_WELCOME']._serialized_end=1771
-  _globals['_SENDCOMMAND']._serialized_start=1774
-  _globals['_SENDCOMMAND']._serialized_end=2007
-  _globals['_CANCELCOMMAND']._serialized_start=2009
-  _globals['_CANCELCOMMAND']._serialized_end=2064
-  _globals['_DEVICESETTINGS']._serialized_start=2066
-  _globals['_DEVICESETTINGS']._serialized_end=2180
-  _globals['_PING']._serialized_start=2182
-  _globals['_PING']._serialized_end=2203
-  _globals['_REPORTACK']._serialized_start=2205
-  _globals['_REPORTACK']._serialized_end=2236
-  _globals['_RECONNECT']._serialized_start=2238
-  _globals['_RECONNECT']._serialized_end=2289
-  _globals['_DEVICELINKSERVICE']._serialized_start=2291
-  _globals['_DEVICELINKSERVICE']._serialized_end=2375
+  _globals['_COMMANDACK']._serialized_end=1201
+  _globals['_STATUSREPORT']._serialized_start=1204
+  _globals['_STATUSREPORT']._serialized_end=1537
+  _globals['_STATUSREPORT_OUTCOME']._serialized_start=1442
+  _globals['_STATUSREPORT_OUTCOME']._serialized_end=1537
+  _globals['_INBOUNDSMSREPORT']._serialized_start=1540
+  _globals['_INBOUNDSMSREPORT']._serialized_end=1672
+  _globals['_PONG']._serialized_start=1674
+  _globals['_PONG']._serialized_end=1695
+  _globals['_WELCOME']._serialized_start=1697
+  _globals['_WELCOME']._serialized_end=1791
+  _globals['_SENDCOMMAND']._serialized_start=1794
+  _globals['_SENDCOMMAND']._serialized_end=2027
+  _globals['_CANCELCOMMAND']._serialized_start=2029
+  _globals['_CANCELCOMMAND']._serialized_end=2084
+  _globals['_DEVICESETTINGS']._serialized_start=2086
+  _globals['_DEVICESETTINGS']._serialized_end=2200
+  _globals['_PING']._serialized_start=2202
+  _globals['_PING']._serialized_end=2223
+  _globals['_REPORTACK']._serialized_start=2225
+  _globals['_REPORTACK']._serialized_end=2256
+  _globals['_RECONNECT']._serialized_start=2258
+  _globals['_RECONNECT']._serialized_end=2309
+  _globals['_DEVICELINKSERVICE']._serialized_start=2311
+  _globals['_DEVICELINKSERVICE']._serialized_end=2395
 # @@protoc_insertion_point(module_scope)

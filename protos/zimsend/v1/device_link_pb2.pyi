@@ -288,22 +288,29 @@ class CommandAck(_message.Message):
     COMMAND_ID_FIELD_NUMBER: _builtins.int
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The command's id."""
     accepted: _builtins.bool
     """false when the phone refuses it (e.g. no SIM in the requested slot)."""
     reason: _builtins.str
     """Why it was refused."""
+    error_code: _builtins.str
+    """For a refused SendCommand: a FailureCode name (failures.proto). A before-send code (e.g.
+    SIM_MISSING: no SIM in the requested slot) lets the server give the message to another
+    phone; empty or unknown: the message fails with DEVICE_ERROR.
+    """
     def __init__(
         self,
         *,
         command_id: _builtins.str = ...,
         accepted: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        error_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "command_id", b"command_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "command_id", b"command_id", "error_code", b"error_code", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from zimsend.server import credentials, logs
+from zimsend.server import credentials, failures, logs
 from zimsend.server.devicelink.assignment import send_command
 from zimsend.server.devicelink.connections import (
     Beat,
@@ -296,9 +296,10 @@ class DeviceHub:
             if refused is not None:
                 log.info("command.refused", device_id=session.device_id, message_id=refused,
                          reason=frame.ack.reason)
+                # Its FailureCode, if the phone gave one (SIM_MISSING: failover may re-route it).
                 self.reports.submit(session, PartReport(
                     report_id=f"refused.{frame.ack.command_id}", message_id=refused,
-                    outcome="failed", error_code="DEVICE_ERROR",
+                    outcome="failed", error_code=failures.normalise(frame.ack.error_code),
                     error_message=f"The phone refused the message: {frame.ack.reason[:200]}",
                 ), ack=False)
         # pong: liveness only (touch above); a repeated hello is ignored.
