@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import and_, bindparam, case, insert, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, case, insert, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import logs
@@ -143,8 +143,9 @@ def finish_and_claim(
     with db.write() as session:
         statuses = _finish(session, finishes, schedule, now)
         rows: list[Any] = []
-        for due_now, order in _claim_kinds(now) if limit > 0 else []:
-            rows += session.execute(_claim(due_now, order, now, token, limit - len(rows), lease))
+        for statement in _CLAIM if limit > 0 else ():
+            rows += session.execute(statement, {"b_now": now, "b_limit": limit - len(rows),
+                                                "b_until": now + lease, "b_token": token})
             if len(rows) >= limit:
                 break
     claimed = [
@@ -159,42 +160,47 @@ def finish_and_claim(
     return statuses, claimed
 
 
-def _claim_kinds(now: dt.datetime) -> list[tuple[Any, Any]]:
-    """The claim's two statements (due condition, order): expired leases first (few: at most
-    what workers had in flight), then pending events in `next_attempt_at` order. Two, not one
-    with an OR: the index on (status, next_attempt_at) then yields rows already in order and
-    stops at `limit`, where the OR made SQLite collect and sort every due row on every claim
-    (see docs/benchmarks.md).
+def _claim_statements() -> tuple[Any, Any]:
+    """The claim's two statements, built once (bind parameters `b_now`, `b_limit`,
+    `b_until`, `b_token`): expired leases first (few: at most what workers had in flight), then
+    pending events in `next_attempt_at` order. Two, not one with an OR: the index on (status,
+    next_attempt_at) then yields rows already in order and stops at the limit, where the OR
+    made SQLite collect and sort every due row on every claim (docs/benchmarks.md).
 
     The UPDATE checks the condition again as an expression no index serves, as
     `storage.claims.still_queued` does and for the same reason: as plain terms, SQLite's
     planner walked the status index over every pending row instead of looking up the claimed
-    ids (3.3 ms instead of 0.7 ms per claim of 64 with 9,500 pending)."""
+    ids."""
     table = table_of(OutboxEvent)
+    now = bindparam("b_now", type_=table.c.next_attempt_at.type)
     expired = and_(table.c.status == OutboxStatus.DELIVERING, table.c.locked_until < now)
     pending = and_(table.c.status == OutboxStatus.PENDING, table.c.next_attempt_at <= now)
-    return [(expired, None), (pending, table.c.next_attempt_at)]
+    return _claim(expired, None), _claim(pending, table.c.next_attempt_at)
 
 
-def _claim(due_now: Any, order: Any, now: dt.datetime, token: str, limit: int,
-           lease: dt.timedelta) -> Any:
+def _claim(due_now: Any, order: Any) -> Any:
     table = table_of(OutboxEvent)
     due = (
         select(table.c.id)
         .where(due_now)
         .order_by(order)
-        .limit(limit)
+        .limit(bindparam("b_limit", type_=Integer))
         .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
         .cte("due")
     )
     return (
         update(table)
         .where(table.c.id.in_(select(due.c.id)), case((due_now, 1), else_=0) == 1)
-        .values(status=OutboxStatus.DELIVERING, locked_until=now + lease, claimed_by=token)
+        .values(status=OutboxStatus.DELIVERING,
+                locked_until=bindparam("b_until", type_=table.c.locked_until.type),
+                claimed_by=bindparam("b_token", type_=table.c.claimed_by.type))
         .returning(table.c.id, table.c.client_id, table.c.event_type, table.c.payload,
                    table.c.webhook_url, table.c.created_at, table.c.attempts,
                    table.c.request_id)
     )
+
+
+_CLAIM: Final = _claim_statements()
 
 
 def targets_of(db: Database, pepper: bytes, event: ClaimedEvent) -> list[Target]:
