@@ -296,3 +296,18 @@ def test_the_default_budget_is_for_paced_phones(
                          default_interval_ms=2500)
     assert len(result.commands[device_id]) == taken
     assert (device_id in result.waits) == (taken < 25)
+
+
+def test_the_worker_prunes_ledger_rows_older_than_a_day(db: Database) -> None:
+    from zimsend.server.devicelink.budgets import prune_ledger
+
+    _, device_id, [mid] = _tenant(db, [1])
+    now = utcnow()
+    with db.write() as session:
+        for age in (dt.timedelta(days=2), dt.timedelta(hours=23)):
+            session.add(DeviceSend(device_id=device_id, sim_slot=0, handed_at=now - age,
+                                   parts=1, message_id=mid))
+    assert prune_ledger(db, now) == 1
+    with db.session() as session:
+        [left] = session.exec(select(DeviceSend).where(col(DeviceSend.device_id) == device_id))
+        assert left.handed_at > now - dt.timedelta(days=1)

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, insert, select
 from sqlmodel import Session, col
 
-from zimsend.server.storage import Device, DeviceSend, Message
+from zimsend.server.storage import Database, Device, DeviceSend, Message
 from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
 
-__all__ = ["WINDOWS", "Budget", "Room", "effective", "record_handed", "rooms_for"]
+__all__ = ["WINDOWS", "Budget", "Room", "effective", "prune_ledger", "record_handed", "rooms_for"]
 
 #: The windows a budget counts over, in the order of Budget's fields.
 WINDOWS = (dt.timedelta(minutes=1), dt.timedelta(hours=1), dt.timedelta(days=1))
@@ -183,3 +183,13 @@ def record_handed(
         session.execute(delete(table).where(table.c.device_id.in_(chunk),
                                             table.c.handed_at < now - _LEDGER_DEPTH))
     session.execute(insert(table), rows)
+
+
+def prune_ledger(db: Database, now: dt.datetime) -> int:
+    """Delete ledger rows older than the longest window, for every phone (the claims prune
+    only the phones they serve; a deleted or silent phone's rows would stay). The worker runs
+    it with retention."""
+    table = table_of(DeviceSend)
+    with db.write() as session:
+        done = session.execute(delete(table).where(table.c.handed_at < now - _LEDGER_DEPTH))
+        return int(done.rowcount or 0)  # type: ignore[attr-defined]  # CursorResult's

@@ -40,6 +40,7 @@ class PeriodicJob:
 
 
 def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJob]:
+    from zimsend.server.devicelink.budgets import prune_ledger
     from zimsend.server.devicelink.lifecycle import (
         expire_overdue_messages,
         flag_missing_delivery_reports,
@@ -58,6 +59,7 @@ def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJo
                 after=dt.timedelta(hours=settings.delivery_report_timeout_hours),
             ),
         ),
+        PeriodicJob("send_ledger", options.retention_interval, prune_ledger),
         PeriodicJob(
             "retention", options.retention_interval,
             functools.partial(_retention, retention_days=settings.retention_days),
