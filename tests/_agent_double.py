@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -135,7 +136,9 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
         if queue is not None:
             queue.put_nowait(item)
 
-    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+    async def Connect(  # type: ignore[override]  # grpc.aio: a stream handler may write()
+        self, request_iterator: object, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         md = dict(context.invocation_metadata() or ())
         device_id = str(md.get("x-device-id", ""))
         device = self.devices.get(device_id)
@@ -177,7 +180,7 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
                 if self._queues.get(device_id) is queue:
                     del self._queues[device_id]
 
-    async def _read(self, device_id: str, context: grpc.aio.ServicerContext,
+    async def _read(self, device_id: str, context: grpc.aio.ServicerContext[Any, Any],
                     queue: asyncio.Queue[object]) -> None:
         while True:
             frame = await context.read()
@@ -193,7 +196,7 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
                 queue.put_nowait(pb.ServerFrame(report_ack=pb.ReportAck(report_ids=[rid])))
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str,
                  reason: str) -> None:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="zimsend.v1"))

@@ -38,7 +38,7 @@ def error_reason(error: grpc.RpcError) -> str:
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
+            return str(info.reason)
     raise AssertionError(f"no ErrorInfo in {status}")
 
 
@@ -198,8 +198,8 @@ class RawPhone:
         self.ended = threading.Event()
         self.channel = grpc.insecure_channel(address)
         stub = pb_grpc.DeviceLinkServiceStub(self.channel)
-        metadata = [("x-client-id", client_id), ("x-device-id", device_id),
-                    ("x-device-password", password)]
+        metadata = (("x-client-id", client_id), ("x-device-id", device_id),
+                    ("x-device-password", password))
         self.call = stub.Connect(self._requests(), metadata=metadata)
         threading.Thread(target=self._read, daemon=True).start()
 

@@ -43,6 +43,6 @@ def decode_qr_lines(lines: list[str], pixels_per_module: int = 4) -> list[str]:
     width = len(image) // height
     view = memoryview(bytes(image)).cast("B", (height, width))
     # No inverted reading: the code must read as drawn, blocks light (a dark terminal).
-    found = zxingcpp.read_barcodes(view, formats=zxingcpp.BarcodeFormat.QRCode,
-                                   try_invert=False)
+    qr_only = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
+    found = zxingcpp.read_barcodes(view, formats=qr_only, try_invert=False)
     return [barcode.text for barcode in found]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -123,6 +123,14 @@ def message_of(error: grpc.RpcError) -> str:
     message = error.details()
     assert message is not None, "a failed call from the server always says why"
     return message
+
+
+def headers_of(error: grpc.RpcError) -> dict[str, str]:
+    """The initial metadata of a failed call: the `zimsend-error-code`, `retry-after`, ... that
+    Envoy turns into HTTP headers. grpc raises errors that are also `grpc.Call`s; its types keep
+    the two apart."""
+    call = cast(grpc.Call, error)
+    return {key: str(value) for key, value in call.initial_metadata() or ()}
 
 
 def violations(error: grpc.RpcError) -> dict[str, str]:

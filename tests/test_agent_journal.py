@@ -176,6 +176,7 @@ def test_reports_stay_until_acknowledged_even_across_restarts(path: Path) -> Non
     journal.begin_send("msg_1")
     sent = journal.finish_send("msg_1", ok(parts=3))
     inbound = journal.add_inbound(InboundSms(sender="+263772222222", body="yes"))
+    assert inbound is not None
     assert getattr(inbound.inbound, "from") == "+263772222222"
     journal.ack_reports([sent[0].report.report_id])
     journal.close()

@@ -74,7 +74,7 @@ def error_reason(error: grpc.RpcError) -> str:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
+            return str(info.reason)
     raise AssertionError(f"no ErrorInfo in {status}")
 
 
@@ -204,10 +204,11 @@ def test_every_public_rpc_requires_auth(channel: grpc.Channel) -> None:
             response_cls = message_factory.GetMessageClass(method.output_type)
             path = f"/{service.full_name}/{method.name}"
             if method.server_streaming:
-                call = channel.unary_stream(path, request_serializer=request_cls.SerializeToString,
-                                            response_deserializer=response_cls.FromString)
+                stream = channel.unary_stream(
+                    path, request_serializer=request_cls.SerializeToString,
+                    response_deserializer=response_cls.FromString)
                 with pytest.raises(grpc.RpcError) as info:
-                    list(call(request_cls(), timeout=5))
+                    list(stream(request_cls(), timeout=5))
             else:
                 call = channel.unary_unary(path, request_serializer=request_cls.SerializeToString,
                                            response_deserializer=response_cls.FromString)

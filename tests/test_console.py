@@ -89,6 +89,13 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+def _first(pattern: str, text: str) -> str:
+    """The first match of `pattern` in `text` (there must be one)."""
+    found = re.search(pattern, text)
+    assert found is not None, f"no {pattern!r} in {text!r}"
+    return found[0]
+
+
 class Console:
     """One browser tab on the console, with what it logged and where it went."""
 
@@ -99,7 +106,7 @@ class Console:
         self.origins: set[str] = set()
         page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
-        page.on("request", lambda r: self.origins.add(re.match(r"[a-z]+://[^/]+", r.url)[0]))
+        page.on("request", lambda r: self.origins.add(_first(r"^[a-z]+://[^/]+", r.url)))
         page.on("dialog", lambda dialog: dialog.accept())  # confirmations say yes
 
     def open(self, hash_path: str = "") -> None:
@@ -248,7 +255,7 @@ def test_an_sms_sent_from_the_form_reaches_delivered_in_messages(console: Consol
     console.shot("send")
     page.get_by_role("button", name="Send SMS").click()
     queued = wait_for(page.get_by_role("status").filter(has_text="Queued as"))
-    message_id = re.search(r"msg_[0-9a-f]+", queued.inner_text())[0]
+    message_id = _first(r"msg_[0-9a-f]+", queued.inner_text())
 
     console.go("Messages")
     row = page.locator(f'tr[data-message-id="{message_id}"]')
@@ -430,7 +437,8 @@ def test_a_phone_added_and_paired_from_its_qr_code_shows_online_by_itself(
     }""")
     grey = base64.b64decode(pixels["data"])
     image = memoryview(grey).cast("B", (pixels["height"], pixels["width"]))
-    found = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode, try_invert=False)
+    qr_only = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
+    found = zxingcpp.read_barcodes(image, formats=qr_only, try_invert=False)
     assert [code.text for code in found] == [uri]
     card = wait_for(page.locator("article.phone", has_text="Kitchen phone"))
     assert card.locator('[data-field="status"]').get_attribute("data-status") == "offline"
@@ -526,8 +534,8 @@ def test_a_webhook_test_from_the_console_is_delivered_and_logged(console: Consol
         page.get_by_role("button", name="Add endpoint").click()
         assert wait_for(page.locator("#webhook-secret-shown")).input_value().startswith("whsec_")
         page.get_by_role("button", name=f"Send a test event to {url}").click()
-        event_id = re.search(r"evt_[0-9a-f]+", wait_for(
-            page.get_by_role("status").filter(has_text="Test event")).inner_text())[0]
+        event_id = _first(r"evt_[0-9a-f]+", wait_for(
+            page.get_by_role("status").filter(has_text="Test event")).inner_text())
         logged = page.locator(f'#webhook-logs tr[data-event-id="{event_id}"]')
         wait_for(logged.locator('[data-field="response-status"]', has_text="200"))
         assert "webhook.test" in logged.inner_text()

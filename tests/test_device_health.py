@@ -80,7 +80,7 @@ def rest(
 
 def _sends(phone: RawPhone) -> list[pb.SendCommand]:
     """Every SendCommand the phone has received so far (other frames are dropped)."""
-    out = []
+    out: list[pb.SendCommand] = []
     while True:
         try:
             frame = phone.frames.get_nowait()
@@ -96,7 +96,7 @@ def _in(seconds: float) -> str:
 
 
 def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_it_can(
-    rest, stack, link_db: ServerDb
+    rest: tuple[Tenant, Rest], stack: Stack, link_db: ServerDb
 ) -> None:
     tenant, api = rest
     device_id, password = api.create_device()
@@ -167,7 +167,7 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
 
 
 def test_what_an_older_agent_says_and_a_long_reason_is_cut(
-    rest, stack
+    rest: tuple[Tenant, Rest], stack: Stack
 ) -> None:
     """No capabilities in the hello: none shown; battery given: shown; an unspecified network;
     a reason longer than 200 characters is kept to 200."""
@@ -191,7 +191,7 @@ def test_what_an_older_agent_says_and_a_long_reason_is_cut(
 
 
 def test_the_reason_outlives_a_reconnect_until_a_heartbeat_clears_it(
-    rest, stack
+    rest: tuple[Tenant, Rest], stack: Stack
 ) -> None:
     """A phone that could not send reconnects: it is given nothing (not even a due message
     waiting for it) until its first heartbeat says it can. Once the stream is gone the API

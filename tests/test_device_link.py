@@ -23,7 +23,7 @@ from _devices import (
 )
 from _processes import start_server
 from _processes import zimsend_env as make_env
-from conftest import RunningServer
+from conftest import Admin, RunningServer
 
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
@@ -57,7 +57,7 @@ def phone(address: str, tenant: Tenant, device_id: str, password: str) -> RawPho
 
 
 def test_agent_is_online_within_a_second_and_offline_after_kill_9(
-    admin, device_channel, address: str, zimsend_env: dict[str, str],
+    admin: Admin, device_channel: grpc.Channel, address: str, zimsend_env: dict[str, str],
     link_db: ServerDb, tmp_path: Path,
 ) -> None:
     tenant = new_tenant(admin, device_channel, "acceptance")  # the real admin CLI, end to end
@@ -402,7 +402,7 @@ def test_inbound_sms_is_stored_once(
 
 
 def test_shutdown_tells_phones_to_reconnect_and_marks_them_offline(
-    admin, zimsend_env: dict[str, str], tmp_path: Path, link_db: ServerDb
+    admin: Admin, zimsend_env: dict[str, str], tmp_path: Path, link_db: ServerDb
 ) -> None:
     own, own_address = start_server(Path(zimsend_env["ZIMSEND_DATA_DIR"]), zimsend_env, tmp_path)
     with own, grpc.insecure_channel(own_address) as channel:

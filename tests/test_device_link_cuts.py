@@ -48,7 +48,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 class Feeder(threading.Thread):
     """Queues 3 messages every 0.5 s until stopped, through whichever server is up."""
 
-    def __init__(self, proxy_target: list[str], tenant_md: list[tuple[str, str]]) -> None:
+    def __init__(self, proxy_target: list[str], tenant_md: tuple[tuple[str, str], ...]) -> None:
         super().__init__(daemon=True)
         self.target = proxy_target
         self.md = tenant_md

@@ -8,6 +8,7 @@ rotate take effect at once; another client's device answers exactly like an unkn
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from _devices import RawPhone, Tenant, error_reason, quick_tenant
 from _sms import message_of
+from conftest import RunningServer
 from google.protobuf import field_mask_pb2
 
 from zimsend.v1 import common_pb2, devices_pb2
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_create_returns_a_one_time_password_and_a_pairing_uri(
-    tenant: Tenant, server, zimsend_env: dict[str, str]
+    tenant: Tenant, server: RunningServer, zimsend_env: dict[str, str]
 ) -> None:
     created = tenant.create_device("  Kitchen phone ")
     assert created.success
@@ -45,7 +47,7 @@ def test_create_returns_a_one_time_password_and_a_pairing_uri(
 
 
 def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
-    tenant: Tenant, server
+    tenant: Tenant, server: RunningServer
 ) -> None:
     first = tenant.create_device("one")
     second = tenant.create_device("two")
@@ -82,7 +84,7 @@ def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
 
 
 def test_update_changes_only_the_given_fields_and_applies_live(
-    tenant: Tenant, server
+    tenant: Tenant, server: RunningServer
 ) -> None:
     device = tenant.create_device("before")
     phone = RawPhone(server[1], tenant.client_id, device.device_id, device.device_password)
@@ -133,7 +135,7 @@ def test_another_clients_device_is_invalid_device_id_everywhere(
 ) -> None:
     other = quick_tenant(zimsend_env, device_channel, "other")
     theirs = other.create_device()
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: tenant.get_device(theirs.device_id),
         lambda: tenant.update_device(theirs.device_id, name="mine"),
         lambda: tenant.devices.DeleteDevice(

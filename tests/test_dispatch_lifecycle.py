@@ -85,9 +85,10 @@ def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(
     db, client_id, device_id = setup
     mid = queue_message(db, client_id, segments=3)
     claim(db, client_id, device_id)
-    r = lambda rid, part, outcome, **kw: report(  # noqa: E731
-        db, client_id, device_id, report_id=rid, message_id=mid, part_index=part, part_count=3,
-        outcome=outcome, **kw)
+
+    def r(rid: str, part: int, outcome: str, **kw: Any) -> list[str]:
+        return report(db, client_id, device_id, report_id=rid, message_id=mid, part_index=part,
+                      part_count=3, outcome=outcome, **kw)
     assert r("a", 0, "sent") == []
     assert r("b", 1, "sent") == []
     assert status(db, mid).status == MessageStatus.PROCESSING

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import grpc
 import httpx
 import pytest
-from _sms import message_of
+from _sms import headers_of, message_of
 from conftest import Admin, GatewayFactory, Stack
 
 from zimsend.gateway import GatewayConfig
@@ -224,7 +224,7 @@ def test_garbage_protobuf_is_invalid_argument_without_class_names(stack: Stack, 
         error.details()
         == "The request is not a valid zimsend.v1.SendSmsRequest message (protobuf)."
     )
-    assert dict(error.initial_metadata())["zimsend-error-code"] == "INVALID_REQUEST"
+    assert headers_of(error)["zimsend-error-code"] == "INVALID_REQUEST"
 
 
 def test_a_garbage_frame_on_a_phone_stream_is_invalid_argument(stack: Stack, admin: Admin) -> None:
@@ -268,7 +268,7 @@ def test_a_phone_that_never_says_hello_is_closed_after_the_deadline(
     stack: Stack, admin: Admin
 ) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "silent-phone")
-    silent: queue.SimpleQueue = queue.SimpleQueue()
+    silent: queue.SimpleQueue[Any] = queue.SimpleQueue()
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         stub = device_link_pb2_grpc.DeviceLinkServiceStub(channel)
         calls = [stub.Connect(iter(silent.get, None), metadata=_device_metadata(stack, device),
@@ -289,7 +289,7 @@ def test_a_phone_that_never_says_hello_is_closed_after_the_deadline(
 
 def test_a_phone_that_says_hello_in_time_is_welcomed(stack: Stack, admin: Admin) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "prompt-phone")
-    frames: queue.SimpleQueue = queue.SimpleQueue()
+    frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         stub = device_link_pb2_grpc.DeviceLinkServiceStub(channel)
         call = stub.Connect(iter(frames.get, None), metadata=_device_metadata(stack, device),

@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -102,8 +103,8 @@ def assert_still_serving(good: Good) -> None:
     report_id, inbound_id = f"r-{uuid.uuid4().hex}", f"i-{uuid.uuid4().hex}"
     good.phone.send(report=pb.StatusReport(report_id=report_id, message_id=message_id,
                                            outcome=pb.StatusReport.OUTCOME_SENT))
-    good.phone.send(inbound=pb.InboundSmsReport(report_id=inbound_id, body="hi",
-                                                **{"from": RECIPIENT}))
+    sender: dict[str, Any] = {"from": RECIPIENT}  # a Python keyword: only as a mapping
+    good.phone.send(inbound=pb.InboundSmsReport(report_id=inbound_id, body="hi", **sender))
     acked = _acked(good.phone, {report_id, inbound_id})
     assert acked >= {report_id, inbound_id}
     wait_for(lambda: good.tenant.status(message_id).status == common_pb2.sent, 5,
@@ -202,7 +203,7 @@ def stream(phones_port: str, rogue: Tenant, request: pytest.FixtureRequest) -> I
     opened.close()
 
 
-def frame(**fields: object) -> pb.DeviceFrame:
+def frame(**fields: Any) -> pb.DeviceFrame:
     return pb.DeviceFrame(**fields)
 
 
@@ -337,11 +338,12 @@ def test_huge_strings_are_cut_and_the_stream_stays(
     message_id = rogue.send(RECIPIENT, "rogue's long failure")
     command = stream.expect("send", timeout=10).send
     stream.send(frame(ack=pb.CommandAck(command_id=command.command_id, accepted=True)))
+    huge_sender: dict[str, Any] = {"from": "+" + "9" * 100_000}
     stream.send(frame(report=pb.StatusReport(
         report_id="huge", message_id=message_id, outcome=pb.StatusReport.OUTCOME_FAILED,
         error_code="E" * 100_000, error_message="é" * 1_000_000,
     )), frame(inbound=pb.InboundSmsReport(report_id="huge-in", body="b" * 1_000_000,
-                                          **{"from": "+" + "9" * 100_000})))
+                                          **huge_sender)))
     assert _acked_on(stream, {"huge", "huge-in"}, timeout=20) >= {"huge", "huge-in"}
     stream.still_open()
     failed = rogue.status(message_id)
@@ -411,7 +413,8 @@ _frames = st.one_of(
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(frames=st.lists(_frames, min_size=1, max_size=20))
 def test_random_frames_after_hello_never_break_the_server(
-    phones_port: str, rogue: Tenant, good: Good, server, frames: list[pb.DeviceFrame],
+    phones_port: str, rogue: Tenant, good: Good, server: RunningServer,
+    frames: list[pb.DeviceFrame],
 ) -> None:
     """Any sequence of well-formed frames after hello is ignored or clamped: the stream stays
     open (or, at worst, ends with a status that says the phone was wrong), and no frame

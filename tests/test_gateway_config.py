@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _certs import self_signed
@@ -28,18 +29,20 @@ from zimsend.gateway import (
 )
 
 
-def listeners(config: dict) -> dict[str, dict]:
+def listeners(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in config["static_resources"]["listeners"]}
 
 
-def hcm(listener: dict) -> dict:
-    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+def hcm(listener: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return config
 
 
-def http_filter(listener: dict, name: str) -> dict:
+def http_filter(listener: dict[str, Any], name: str) -> dict[str, Any]:
     for item in hcm(listener)["http_filters"]:
         if item["name"] == name:
-            return item["typed_config"]
+            config: dict[str, Any] = item["typed_config"]
+            return config
     raise AssertionError(f"no {name} filter")
 
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from _processes import ZIMSEND, run_zimsend
 from _qr import decode_qr_lines, qr_lines
+from conftest import Admin, Stack
 
 from zimsend.agent.pairing import parse_pairing_uri
 
@@ -55,7 +56,8 @@ def run_on_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str, str
 
 
 def first_json_object(text: str) -> dict[str, Any]:
-    return json.JSONDecoder().raw_decode(text)[0]
+    found: dict[str, Any] = json.JSONDecoder().raw_decode(text)[0]
+    return found
 
 
 def create_device_argv(client_id: str, *extra: str, address: str = PHONE_ADDRESS) -> list[str]:
@@ -108,7 +110,7 @@ def test_for_scripts_the_output_stays_one_json_object(admin_env: dict[str, str])
 
 @pytest.mark.slow
 def test_rest_and_cli_give_the_same_pairing_uri_for_the_same_address(
-    stack, admin
+    stack: Stack, admin: Admin
 ) -> None:
     """Same format and same fields: only the new device's id and password differ."""
     created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,

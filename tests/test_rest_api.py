@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -27,11 +28,13 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
-def assert_error(response: httpx.Response, status: int, code: str, grpc_code: int) -> dict:
+def assert_error(
+    response: httpx.Response, status: int, code: str, grpc_code: int
+) -> dict[str, Any]:
     """The response is SPEC §1's error object; returns it."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["success"] is False
     assert body["error"]["code"] == code
     assert body["error"]["message"], body
@@ -195,7 +198,7 @@ def test_openapi_json_is_the_generated_document(http: httpx.Client) -> None:
     assert http.post("/v1/openapi.json").status_code == 404
 
 
-def _operations() -> list[tuple[str, str, dict]]:
+def _operations() -> list[tuple[str, str, dict[str, Any]]]:
     document = json.loads(default_openapi_path().read_text())
     return [
         (method.upper(), path, operation)
@@ -205,7 +208,7 @@ def _operations() -> list[tuple[str, str, dict]]:
     ]
 
 
-def _example(parameter: dict, document: dict) -> str:
+def _example(parameter: dict[str, Any], document: dict[str, Any]) -> str:
     schema = parameter.get("schema", {})
     if "anyOf" in schema:  # an enum: its first value name
         ref = next(s["$ref"] for s in schema["anyOf"] if "$ref" in s)

@@ -9,7 +9,7 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -59,12 +59,16 @@ def phone(
         yield Phone(device_id, workdir / "outbox.jsonl")
 
 
-def _device(stack: Stack, device_id: str) -> dict:
-    return httpx.get(f"{stack.base_url}/v1/devices/{device_id}", headers=stack.auth).json()
+def _device(stack: Stack, device_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{stack.base_url}/v1/devices/{device_id}",
+                                     headers=stack.auth).json()
+    return body
 
 
-def _status(stack: Stack, message_id: str) -> dict:
-    return httpx.get(f"{stack.base_url}/v1/sms/status/{message_id}", headers=stack.auth).json()
+def _status(stack: Stack, message_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{stack.base_url}/v1/sms/status/{message_id}",
+                                     headers=stack.auth).json()
+    return body
 
 
 def test_faq_send_reaches_the_phone_and_is_delivered(stack: Stack, phone: Phone) -> None:

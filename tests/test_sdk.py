@@ -433,7 +433,7 @@ def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(
 ) -> None:
     from _receivers import Receiver, body_of, start_worker
 
-    def _about(record: dict, message_id: str) -> bool:
+    def _about(record: dict[str, Any], message_id: str) -> bool:
         return message_id.encode() in body_of(record)
 
     with _client(stack) as zs:
@@ -484,8 +484,12 @@ def test_retry_rules_never_repeat_an_unsafe_call() -> None:
     assert rules.delay(DEVICE_CREATE, limited, 0) == 7  # refused before acting: any call
     assert rules.delay(DEVICE_CREATE, cut, 0) is None  # may have acted, not keyed
     assert rules.delay(DEVICE_CREATE, busy, 0) is None
-    assert 0.25 <= rules.delay(SEND, cut, 0) <= 0.5  # keyed
-    assert 1.0 <= rules.delay(STATUS, RequestTimeout("TIMEOUT", "slow"), 2) <= 2.0
+    keyed = rules.delay(SEND, cut, 0)
+    assert keyed is not None
+    assert 0.25 <= keyed <= 0.5
+    timed_out = rules.delay(STATUS, RequestTimeout("TIMEOUT", "slow"), 2)
+    assert timed_out is not None
+    assert 1.0 <= timed_out <= 2.0
     assert rules.delay(SEND, cut, 3) is None  # retries used up
     too_long = RateLimitError("RATE_LIMIT_EXCEEDED", "", http_status=429, retry_after=3600)
     assert rules.delay(STATUS, too_long, 0) is None
@@ -525,6 +529,7 @@ def test_verify_webhook_against_the_workers_own_signing() -> None:
         event = verify_webhook(body, signature_headers(secret, "evt_1", body, now), secret)
         assert isinstance(event.data, InboundSms)
         assert event.data.from_ == "+33612345678"
+        assert event.data.received_at is not None
         assert event.data.received_at.microsecond == 123456
     other = encode_body("sms.sent", "evt_2", now, {"message_id": "msg_1"})
     swapped = signature_headers("s" * 20, "evt_1", other, now)  # a signature for another id

@@ -13,6 +13,7 @@ import datetime as dt
 import threading
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlmodel import func, select
@@ -110,12 +111,12 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
     keyed = pb.SendSmsRequest(to="+33612345678", message="keyed")
     other_body = pb.SendSmsRequest(to="+33612345678", message="another body")
 
-    async def main() -> list[object]:
+    async def main() -> list[Any]:
         calls = [submit(r) for r in good[:30]] + [submit(bad)]
         calls += [submit(keyed, key="lane-key") for _ in range(5)] + [submit(r) for r in good[30:]]
         results = await asyncio.gather(*calls, return_exceptions=True)
         late = await asyncio.gather(submit(other_body, key="lane-key"), return_exceptions=True)
-        return results + late
+        return [*results, *late]
 
     try:
         results = asyncio.run(main())

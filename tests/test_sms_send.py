@@ -119,7 +119,8 @@ def test_segments_and_encoding(
     (common_pb2.urgent, 1), (common_pb2.high, 2), (3, 3), (common_pb2.low, 4), (5, 5),
 ])
 def test_priority_integer_or_name(
-    sms: SmsServiceStub, sms_account: Account, server_db: Database, given: int, applied: int
+    sms: SmsServiceStub, sms_account: Account, server_db: Database,
+    given: common_pb2.Priority.ValueType, applied: int,
 ) -> None:
     reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="p", priority=given),
                         metadata=sms_account.md(test=True), timeout=10)
@@ -165,7 +166,9 @@ def test_immediate_send_with_only_offline_devices(
     stale = utcnow() - dt.timedelta(minutes=10)  # online flag set, heartbeats stopped
     set_online(server_db, device)
     with server_db.write() as session:
-        session.get(Device, device).last_seen_at = stale
+        row = session.get(Device, device)
+        assert row is not None
+        row.last_seen_at = stale
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="now"), lonely.md())
     assert error_reason(error) == "NO_DEVICE_AVAILABLE"
 
@@ -217,7 +220,9 @@ def test_deleted_device_is_unknown(
 ) -> None:
     device = new_device(server_db, PEPPER, lonely.client_id, online=True)
     with server_db.write() as session:
-        session.get(Device, device).deleted_at = utcnow()
+        row = session.get(Device, device)
+        assert row is not None
+        row.deleted_at = utcnow()
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"), lonely.md(device=device))
     assert error_reason(error) == "INVALID_DEVICE_ID"
 
@@ -240,7 +245,9 @@ def test_pinned_disabled_device_is_offline(
 ) -> None:
     device = new_device(server_db, PEPPER, lonely.client_id, online=True)
     with server_db.write() as session:
-        session.get(Device, device).enabled = False
+        row = session.get(Device, device)
+        assert row is not None
+        row.enabled = False
     error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"), lonely.md(device=device))
     assert error_reason(error) == "DEVICE_OFFLINE"
     assert "disabled" in message_of(error)

@@ -4,11 +4,15 @@ PostgreSQL alike."""
 from __future__ import annotations
 
 import datetime as dt
+import glob
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlalchemy import exc, func, inspect, select, text
+from sqlmodel import col
 
 from zimsend.server.credentials import new_id
 from zimsend.server.storage import (
@@ -41,12 +45,12 @@ def seed_client(db: Database, client_id: str = "client_a", devices: int = 1) -> 
     return ids
 
 
-def queue(db: Database, client_id: str, count: int, **fields: object) -> list[str]:
+def queue(db: Database, client_id: str, count: int, **fields: Any) -> list[str]:
     """`count` queued messages, due one second apart ending at NOW; returns their ids."""
     ids = [new_id("msg") for _ in range(count)]
     with db.write() as s:
         for i, mid in enumerate(ids):
-            values: dict[str, object] = {"due_at": NOW - dt.timedelta(seconds=count - i)}
+            values: dict[str, Any] = {"due_at": NOW - dt.timedelta(seconds=count - i)}
             values.update(fields)
             s.add(Message(id=mid, client_id=client_id, to="+33612345678", body="hi", **values))
     return ids
@@ -107,8 +111,8 @@ def test_missing_postgres_binaries_fail_with_the_install_command(
     from zimsend.server import local_postgres
 
     monkeypatch.delenv("ZIMSEND_PG_BINDIR", raising=False)
-    monkeypatch.setattr(local_postgres.shutil, "which", lambda _: None)
-    monkeypatch.setattr(local_postgres.glob, "glob", lambda _: [])
+    monkeypatch.setattr(shutil, "which", lambda _: None)  # what local_postgres looks up
+    monkeypatch.setattr(glob, "glob", lambda _: [])
     with pytest.raises(local_postgres.PostgresNotInstalled, match="apt-get install postgresql-15"):
         local_postgres.find_bindir()
 
@@ -210,7 +214,9 @@ def test_another_clients_row_looks_missing(db: Database) -> None:
 # --- Claims ---------------------------------------------------------------------------------
 
 
-def claim(db: Database, device: str, limit: int, client: str = "client_a", **kw: bool) -> list:
+def claim(
+    db: Database, device: str, limit: int, client: str = "client_a", **kw: Any
+) -> list[Message]:
     with db.write() as s:
         return claim_due_messages(s, client_id=client, device_id=device, limit=limit, now=NOW, **kw)
 
@@ -257,7 +263,7 @@ def test_concurrent_claims_never_take_the_same_message(db: Database) -> None:
     everything = [mid for taken in results for mid in taken]
     assert sorted(everything) == sorted(ids)  # each message exactly once
     with db.session() as s:
-        owners = dict(s.execute(select(Message.id, Message.device_id)).all())
+        owners = dict(s.execute(select(col(Message.id), col(Message.device_id))).all())
     for device, taken in zip(devices, results, strict=True):
         assert all(owners[mid] == device for mid in taken)
 
@@ -317,7 +323,7 @@ def test_sqlite_writers_wait_for_each_other_instead_of_failing(sqlite_url: str) 
         b = pool.submit(read_then_write, 0)
         a.result(), b.result()
     with db.session() as s:
-        assert s.scalar(select(Message.attempts)) == 2
+        assert s.scalar(select(col(Message.attempts))) == 2
     db.dispose()
 
 

@@ -16,10 +16,13 @@ from _sms import Account, error_reason, fails, later, message_of, violations
 from google.protobuf import struct_pb2
 
 from zimsend.server.sending.dates import parse_bound, parse_instant
+from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb
 from zimsend.v1.sms_pb2_grpc import SmsServiceStub
 
 UTC = dt.UTC
+#: A priority number as the request type wants it (an out-of-range one on purpose, below).
+Priority = common_pb2.Priority.ValueType
 OK_TO = "+33612345678"
 
 
@@ -125,7 +128,7 @@ def test_send_rejects(
 
 def test_every_violation_is_reported_at_once(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendSmsRequest(
-        to="+33 12", message="a" * 1601, priority=9, scheduled_at="yesterday",
+        to="+33 12", message="a" * 1601, priority=Priority(9), scheduled_at="yesterday",
         webhook_url="http://x", sim_slot=7, metadata=struct({"k": "x" * 2000}),
     )
     error = fails(sms.SendSms, request, sms_account.md(test=True))
@@ -133,7 +136,7 @@ def test_every_violation_is_reported_at_once(sms: SmsServiceStub, sms_account: A
         "to", "message", "priority", "scheduled_at", "webhook_url", "sim_slot", "metadata"
     }
     assert error_reason(error) == "INVALID_PHONE_NUMBER"  # the first specific one
-    assert error.details().startswith("to: '+33 12' is not a valid phone number")
+    assert message_of(error).startswith("to: '+33 12' is not a valid phone number")
 
 
 def test_generic_then_specific_violation_reports_the_specific_code(
@@ -148,7 +151,7 @@ def test_generic_then_specific_violation_reports_the_specific_code(
 def test_limits_themselves_are_accepted(sms: SmsServiceStub, sms_account: Account) -> None:
     metadata = struct({"k": "x" * (1024 - len('{"k":""}'))})  # exactly 1024 bytes
     reply = sms.SendSms(
-        pb.SendSmsRequest(to="+33 6 12 34 56 78", message="a" * 1600, priority=5,
+        pb.SendSmsRequest(to="+33 6 12 34 56 78", message="a" * 1600, priority=Priority(5),
                           metadata=metadata, scheduled_at=later(days=29, hours=23),
                           webhook_url="https://example.com/hook", sim_slot=1),
         metadata=sms_account.md(test=True), timeout=10,
@@ -181,7 +184,7 @@ def test_bulk_names_the_bad_index(sms: SmsServiceStub, sms_account: Account) -> 
 
 
 def test_bulk_shares_the_send_rules(sms: SmsServiceStub, sms_account: Account) -> None:
-    request = pb.SendBulkSmsRequest(recipients=[OK_TO], message="", priority=8,
+    request = pb.SendBulkSmsRequest(recipients=[OK_TO], message="", priority=Priority(8),
                                     scheduled_at=later(days=40), webhook_url="http://x")
     error = fails(sms.SendBulkSms, request, sms_account.md(test=True))
     assert set(violations(error)) == {"message", "priority", "scheduled_at", "webhook_url"}

@@ -12,11 +12,11 @@ leaves `pending` only on ReportAck.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import trio
 
 from zimsend.agent.journal import Journal
-from zimsend.agent.link import Link
 from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = ["Reporter"]
@@ -27,6 +27,12 @@ log = logging.getLogger("zimsend.agent")
 def report_id(frame: pb.DeviceFrame) -> str:
     """The phone-chosen id of a status or inbound report."""
     return frame.report.report_id if frame.HasField("report") else frame.inbound.report_id
+
+
+class FrameSink(Protocol):
+    """What `Reporter.pump` needs of a stream (`link.Link` is one): a way to send a frame."""
+
+    async def send(self, frame: pb.DeviceFrame) -> None: ...
 
 
 class Reporter:
@@ -72,7 +78,7 @@ class Reporter:
             self._sent.pop(rid, None)
         return count
 
-    async def pump(self, link: Link) -> None:
+    async def pump(self, link: FrameSink) -> None:
         """Send every pending report once on this link (replay first), then new ones; runs
         until cancelled with its stream."""
         sent: dict[str, int] = {}

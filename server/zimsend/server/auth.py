@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from sqlalchemy import bindparam, select, update
@@ -48,7 +49,7 @@ class Caller:
     device_id: str | None
 
 
-async def authenticate(state: ServerState, context: grpc.aio.ServicerContext) -> Caller:
+async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
     api_key = metadata_value(context, API_KEY_HEADER)
     client_id = metadata_value(context, CLIENT_ID_HEADER)
     missing = [h for h, v in (("X-API-Key", api_key), ("X-Client-ID", client_id)) if not v]
@@ -71,7 +72,7 @@ async def authenticate(state: ServerState, context: grpc.aio.ServicerContext) ->
     return Caller(caller.client_id, caller.key_id, caller.test, device_id)
 
 
-def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
+def metadata_value(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
     """First value of an incoming metadata key (names are lower-case in gRPC)."""
     for key, value in context.invocation_metadata() or ():
         if key == name:

@@ -108,7 +108,9 @@ class CallGate(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
-            async def counted_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def counted_unary(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
                 self._enter()
                 try:
                     result = unary(request, context)
@@ -121,7 +123,7 @@ class CallGate(grpc.aio.ServerInterceptor):
             stream = handler.unary_stream
 
             async def counted_stream(
-                request: Any, context: grpc.aio.ServicerContext
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
                 self._enter()
                 try:
@@ -143,7 +145,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return with_behavior(handler, **{kind: _refuse})
 
 
-async def _refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+async def _refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """UNAVAILABLE with the ErrorInfo and RetryInfo every ZimSend error carries; the
     `zimsend-error-code` and `retry-after` headers make the REST envelope and Retry-After."""
     status = status_pb2.Status(

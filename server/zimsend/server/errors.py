@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -133,7 +133,8 @@ def _pack(message: Message) -> any_pb2.Any:
 
 
 async def abort(
-    context: grpc.aio.ServicerContext, error: ApiError, headers: Sequence[tuple[str, str]] = ()
+    context: grpc.aio.ServicerContext[Any, Any], error: ApiError,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> None:
     """End the RPC with `error` (and `headers` as extra initial metadata). Never returns
     (grpc raises inside `abort`)."""

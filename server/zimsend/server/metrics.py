@@ -191,7 +191,9 @@ class _MethodMetrics:
         self.ok = RPC_REQUESTS.labels(self.service, self.method, "OK")
         self._codes: dict[str, Any] = {"OK": self.ok}
 
-    def ended(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
+    def ended(
+        self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+    ) -> None:
         code = context.code()
         if code is None or isinstance(code, int):
             name = "OK" if error is None else _code_of(error)
@@ -215,7 +217,7 @@ def _measuring(handler: grpc.RpcMethodHandler, m: _MethodMetrics) -> grpc.RpcMet
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
-        async def measured_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def measured_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = clock()
             try:
                 result = unary(request, context)
@@ -237,7 +239,7 @@ def _measuring(handler: grpc.RpcMethodHandler, m: _MethodMetrics) -> grpc.RpcMet
         stream = handler.unary_stream
 
         async def measured_stream(
-            request: Any, context: grpc.aio.ServicerContext
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             started = clock()
             error: BaseException | None = None
@@ -256,7 +258,7 @@ def _measuring(handler: grpc.RpcMethodHandler, m: _MethodMetrics) -> grpc.RpcMet
         bidi = handler.stream_stream
 
         async def counted_bidi(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             error: BaseException | None = None
             try:

@@ -84,7 +84,9 @@ def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 def _unary_request(behavior: Callable[..., Any], error: ApiError) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behavior):
 
-        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def streaming(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             if request is UNDECODABLE:
                 await abort(context, error)
             async for item in behavior(request, context):
@@ -92,7 +94,7 @@ def _unary_request(behavior: Callable[..., Any], error: ApiError) -> Callable[..
 
         return streaming
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request is UNDECODABLE:
             await abort(context, error)
         result = behavior(request, context)
@@ -103,7 +105,7 @@ def _unary_request(behavior: Callable[..., Any], error: ApiError) -> Callable[..
 
 def _request_stream(behavior: Callable[..., Any], error: ApiError) -> Callable[..., Any]:
     async def checked(
-        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         async for request in requests:
             if request is UNDECODABLE:
@@ -113,14 +115,16 @@ def _request_stream(behavior: Callable[..., Any], error: ApiError) -> Callable[.
     if inspect.isasyncgenfunction(behavior):
 
         async def streaming(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             async for item in behavior(checked(requests, context), context):
                 yield item
 
         return streaming
 
-    async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    async def call(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         result = behavior(checked(requests, context), context)
         return await result if inspect.isawaitable(result) else result
 

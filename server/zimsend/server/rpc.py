@@ -37,7 +37,7 @@ log = logs.get("zimsend.rpc")
 _PLAIN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def request_id(context: grpc.aio.ServicerContext) -> str:
+def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The call's request id: Envoy's `x-request-id` (REST and gRPC through the gateway), or a
     new one for a direct call or an unusable value. It follows the messages the call queues
     into every log line about them (docs/operations.md)."""
@@ -55,7 +55,7 @@ def public_rpc(handler: Handler) -> Handler:
     public unary RPC (see module docstring)."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         headers: list[tuple[str, str]] = []
         try:
             caller, headers = await _admit(self.state, context)
@@ -72,7 +72,7 @@ def public_stream_rpc(handler: Callable[..., Any]) -> Callable[..., Any]:
     """`public_rpc` for server-streaming RPCs: the handler is an async generator."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         headers: list[tuple[str, str]] = []
         sent = False
         try:
@@ -89,7 +89,7 @@ def public_stream_rpc(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 
 async def _admit(
-    state: ServerState, context: grpc.aio.ServicerContext
+    state: ServerState, context: grpc.aio.ServicerContext[Any, Any]
 ) -> tuple[Caller, list[tuple[str, str]]]:
     """Authenticate the call and count it; returns the caller and the RateLimit headers."""
     caller = await authenticate(state, context)
@@ -98,7 +98,7 @@ async def _admit(
 
 
 async def _fail(
-    context: grpc.aio.ServicerContext, exc: Exception, method: str,
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str,
     headers: list[tuple[str, str]],
 ) -> None:
     """Turn a handler's exception into its gRPC status (never returns normally). A full or

@@ -25,7 +25,9 @@ class ApiKeyService(pb_grpc.ApiKeyServiceServicer):
 
     @public_rpc
     async def CreateApiKey(
-        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.CreateApiKeyRequest,
+        context: grpc.aio.ServicerContext[pb.CreateApiKeyRequest, pb.CreateApiKeyResponse],
+        caller: Caller,
     ) -> pb.CreateApiKeyResponse:
         new = await self.state.db_call(
             accounts.create_api_key, self.state.db, self.state.pepper, caller.client_id,
@@ -38,14 +40,18 @@ class ApiKeyService(pb_grpc.ApiKeyServiceServicer):
 
     @public_rpc
     async def ListApiKeys(
-        self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.ListApiKeysRequest,
+        context: grpc.aio.ServicerContext[pb.ListApiKeysRequest, pb.ListApiKeysResponse],
+        caller: Caller,
     ) -> pb.ListApiKeysResponse:
         keys = await self.state.db_call(accounts.list_api_keys, self.state.db, caller.client_id)
         return pb.ListApiKeysResponse(success=True, api_keys=[_key(k) for k in keys])
 
     @public_rpc
     async def RevokeApiKey(
-        self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.RevokeApiKeyRequest,
+        context: grpc.aio.ServicerContext[pb.RevokeApiKeyRequest, pb.RevokeApiKeyResponse],
+        caller: Caller,
     ) -> pb.RevokeApiKeyResponse:
         key = await self.state.db_call(
             accounts.revoke_api_key, self.state.db, caller.client_id, request.key_id

@@ -26,7 +26,8 @@ class AuthService(pb_grpc.AuthServiceServicer):
 
     @public_rpc
     async def AuthTest(
-        self, request: pb.AuthTestRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.AuthTestRequest,
+        context: grpc.aio.ServicerContext[pb.AuthTestRequest, pb.AuthTestResponse], caller: Caller,
     ) -> pb.AuthTestResponse:
         response = pb.AuthTestResponse(
             success=True, message="Authentication successful", client_id=caller.client_id

@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -111,7 +111,7 @@ class ConnectGate:
 
 
 
-def peer_ip(context: grpc.aio.ServicerContext) -> str | None:
+def peer_ip(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     """`ipv4:1.2.3.4:567` / `ipv6:[::1]:567` → the address alone."""
     peer = context.peer() or ""
     kind, _, rest = peer.partition(":")
@@ -130,7 +130,7 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.DeviceFrame],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         if self.hub.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "Server shutting down; reconnect.")
@@ -163,7 +163,7 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
 
     async def _connect(
         self, request_iterator: AsyncIterator[pb.DeviceFrame],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> DeviceSession | None:
         """Authenticate, wait for hello, register the stream (Welcome queued); None when the
         call was refused (already aborted)."""
@@ -236,7 +236,9 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             except Exception as exc:  # a bug handling one frame must not cut the phone off
                 logs.failure(log, "devicelink.frame_failed", exc, device_id=session.device_id)
 
-    async def _write(self, context: grpc.aio.ServicerContext, session: DeviceSession) -> None:
+    async def _write(
+        self, context: grpc.aio.ServicerContext[Any, Any], session: DeviceSession
+    ) -> None:
         while True:
             frame = await session.next_frame()
             if frame is None:

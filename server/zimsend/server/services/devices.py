@@ -198,7 +198,9 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def CreateDevice(  # noqa: N802
-        self, request: pb.CreateDeviceRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.CreateDeviceRequest,
+        context: grpc.aio.ServicerContext[pb.CreateDeviceRequest, pb.CreateDeviceResponse],
+        caller: Caller,
     ) -> pb.CreateDeviceResponse:
         new = await self.state.db_call(
             accounts.create_device, self.state.db, self.state.pepper, caller.client_id,
@@ -213,7 +215,9 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def ListDevices(  # noqa: N802
-        self, request: pb.ListDevicesRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.ListDevicesRequest,
+        context: grpc.aio.ServicerContext[pb.ListDevicesRequest, pb.ListDevicesResponse],
+        caller: Caller,
     ) -> pb.ListDevicesResponse:
         devices = await self.state.db_call(_list, self.state.db, caller.client_id)
         now = utcnow()
@@ -223,14 +227,18 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def GetDevice(  # noqa: N802
-        self, request: pb.GetDeviceRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.GetDeviceRequest,
+        context: grpc.aio.ServicerContext[pb.GetDeviceRequest, pb.GetDeviceResponse],
+        caller: Caller,
     ) -> pb.GetDeviceResponse:
         device = await self.state.db_call(_get, self.state.db, caller.client_id, request.device_id)
         return pb.GetDeviceResponse(success=True, **self._fields(device, utcnow()))
 
     @public_rpc
     async def UpdateDevice(  # noqa: N802
-        self, request: pb.UpdateDeviceRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.UpdateDeviceRequest,
+        context: grpc.aio.ServicerContext[pb.UpdateDeviceRequest, pb.UpdateDeviceResponse],
+        caller: Caller,
     ) -> pb.UpdateDeviceResponse:
         changes = validate_update(request)
         device = await self.state.db_call(
@@ -247,7 +255,9 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def DeleteDevice(  # noqa: N802
-        self, request: pb.DeleteDeviceRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.DeleteDeviceRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteDeviceRequest, pb.DeleteDeviceResponse],
+        caller: Caller,
     ) -> pb.DeleteDeviceResponse:
         device = await self.state.db_call(
             _delete, self.state.db, caller.client_id, request.device_id
@@ -257,7 +267,10 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def RotateDevicePassword(  # noqa: N802
-        self, request: pb.RotateDevicePasswordRequest, context: grpc.aio.ServicerContext,
+        self, request: pb.RotateDevicePasswordRequest,
+        context: grpc.aio.ServicerContext[
+            pb.RotateDevicePasswordRequest, pb.RotateDevicePasswordResponse
+        ],
         caller: Caller,
     ) -> pb.RotateDevicePasswordResponse:
         if not request.device_id:

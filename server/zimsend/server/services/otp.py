@@ -36,7 +36,8 @@ class OtpService(pb_grpc.OtpServiceServicer):
 
     @public_rpc
     async def SendOtp(
-        self, request: pb.SendOtpRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.SendOtpRequest,
+        context: grpc.aio.ServicerContext[pb.SendOtpRequest, pb.SendOtpResponse], caller: Caller,
     ) -> pb.SendOtpResponse:
         plan = check_send(request)
         request_ref = request_id(context)
@@ -54,7 +55,9 @@ class OtpService(pb_grpc.OtpServiceServicer):
 
     @public_rpc
     async def VerifyOtp(
-        self, request: pb.VerifyOtpRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.VerifyOtpRequest,
+        context: grpc.aio.ServicerContext[pb.VerifyOtpRequest, pb.VerifyOtpResponse],
+        caller: Caller,
     ) -> pb.VerifyOtpResponse:
         verdict = await self.state.db_call(
             verify, self.state.db, self.state.pepper, client_id=caller.client_id,

@@ -45,7 +45,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def SendSms(
-        self, request: pb.SendSmsRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.SendSmsRequest,
+        context: grpc.aio.ServicerContext[pb.SendSmsRequest, pb.SendSmsResponse], caller: Caller,
     ) -> pb.SendSmsResponse:
         return await self._send(
             request, context, caller, "SendSms", validation.validate_send, views.send_response,
@@ -54,7 +55,9 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def SendBulkSms(
-        self, request: pb.SendBulkSmsRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.SendBulkSmsRequest,
+        context: grpc.aio.ServicerContext[pb.SendBulkSmsRequest, pb.SendBulkSmsResponse],
+        caller: Caller,
     ) -> pb.SendBulkSmsResponse:
         return await self._send(
             request, context, caller, "SendBulkSms", validation.validate_bulk,
@@ -63,7 +66,10 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def SendBulkPersonalizedSms(
-        self, request: pb.SendBulkPersonalizedSmsRequest, context: grpc.aio.ServicerContext,
+        self, request: pb.SendBulkPersonalizedSmsRequest,
+        context: grpc.aio.ServicerContext[
+            pb.SendBulkPersonalizedSmsRequest, pb.SendBulkPersonalizedSmsResponse
+        ],
         caller: Caller,
     ) -> pb.SendBulkPersonalizedSmsResponse:
         return await self._send(
@@ -74,7 +80,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
         )
 
     async def _send(
-        self, request: Any, context: grpc.aio.ServicerContext, caller: Caller, operation: str,
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any], caller: Caller,
+        operation: str,
         validate: Callable[..., validation.SendPlan], respond: Callable[[Accepted], Any],
         response_type: type[ProtoMessage],
     ) -> Any:
@@ -103,7 +110,9 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def GetSmsStatus(
-        self, request: pb.GetSmsStatusRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.GetSmsStatusRequest,
+        context: grpc.aio.ServicerContext[pb.GetSmsStatusRequest, pb.GetSmsStatusResponse],
+        caller: Caller,
     ) -> pb.GetSmsStatusResponse:
         message = await self.state.db_call(
             lifecycle.get_status, self.state.db, self.state.settings, caller.client_id,
@@ -113,7 +122,9 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def CancelSms(
-        self, request: pb.CancelSmsRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.CancelSmsRequest,
+        context: grpc.aio.ServicerContext[pb.CancelSmsRequest, pb.CancelSmsResponse],
+        caller: Caller,
     ) -> pb.CancelSmsResponse:
         message = await self.state.db_call(
             lifecycle.cancel, self.state.db, self.state.settings, caller.client_id,
@@ -126,7 +137,9 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def ResendSms(
-        self, request: pb.ResendSmsRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.ResendSmsRequest,
+        context: grpc.aio.ServicerContext[pb.ResendSmsRequest, pb.ResendSmsResponse],
+        caller: Caller,
     ) -> pb.ResendSmsResponse:
         message = await self.state.db_call(
             lifecycle.resend, self.state.db, self.state.settings, caller.client_id,
@@ -142,7 +155,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def ListSmsHistory(
-        self, request: pb.ListSmsHistoryRequest, context: grpc.aio.ServicerContext,
+        self, request: pb.ListSmsHistoryRequest,
+        context: grpc.aio.ServicerContext[pb.ListSmsHistoryRequest, pb.ListSmsHistoryResponse],
         caller: Caller,
     ) -> pb.ListSmsHistoryResponse:
         v = Violations()
@@ -163,7 +177,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_stream_rpc
     async def ExportSmsHistory(
-        self, request: pb.ExportSmsHistoryRequest, context: grpc.aio.ServicerContext,
+        self, request: pb.ExportSmsHistoryRequest,
+        context: grpc.aio.ServicerContext[pb.ExportSmsHistoryRequest, httpbody_pb2.HttpBody],
         caller: Caller,
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """CSV (header line, then rows) or JSON lines, in chunks of 500 messages, oldest
@@ -201,7 +216,9 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def GetSmsStats(
-        self, request: pb.GetSmsStatsRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.GetSmsStatsRequest,
+        context: grpc.aio.ServicerContext[pb.GetSmsStatsRequest, pb.GetSmsStatsResponse],
+        caller: Caller,
     ) -> pb.GetSmsStatsResponse:
         v = Violations()
         start, end = history.period_of(v, request.from_date, request.to_date)
@@ -231,7 +248,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def ListInboundSms(
-        self, request: pb.ListInboundSmsRequest, context: grpc.aio.ServicerContext,
+        self, request: pb.ListInboundSmsRequest,
+        context: grpc.aio.ServicerContext[pb.ListInboundSmsRequest, pb.ListInboundSmsResponse],
         caller: Caller,
     ) -> pb.ListInboundSmsResponse:
         v = Violations()

@@ -32,7 +32,9 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def ConfigureWebhook(
-        self, request: pb.ConfigureWebhookRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.ConfigureWebhookRequest,
+        context: grpc.aio.ServicerContext[pb.ConfigureWebhookRequest, pb.ConfigureWebhookResponse],
+        caller: Caller,
     ) -> pb.ConfigureWebhookResponse:
         new = await self.state.db_call(
             endpoints.configure, self.state.db, self.state.pepper, caller.client_id,
@@ -46,14 +48,18 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def ListWebhooks(
-        self, request: pb.ListWebhooksRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.ListWebhooksRequest,
+        context: grpc.aio.ServicerContext[pb.ListWebhooksRequest, pb.ListWebhooksResponse],
+        caller: Caller,
     ) -> pb.ListWebhooksResponse:
         rows = await self.state.db_call(endpoints.list_endpoints, self.state.db, caller.client_id)
         return pb.ListWebhooksResponse(success=True, webhooks=[_webhook(r) for r in rows])
 
     @public_rpc
     async def ListWebhookLogs(
-        self, request: pb.ListWebhookLogsRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.ListWebhookLogsRequest,
+        context: grpc.aio.ServicerContext[pb.ListWebhookLogsRequest, pb.ListWebhookLogsResponse],
+        caller: Caller,
     ) -> pb.ListWebhookLogsResponse:
         page = await self.state.db_call(
             endpoints.list_logs, self.state.db, caller.client_id, *paging(request),
@@ -70,7 +76,9 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def TestWebhook(
-        self, request: pb.TestWebhookRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.TestWebhookRequest,
+        context: grpc.aio.ServicerContext[pb.TestWebhookRequest, pb.TestWebhookResponse],
+        caller: Caller,
     ) -> pb.TestWebhookResponse:
         event = await self.state.db_call(
             endpoints.queue_test_event, self.state.db, caller.client_id, request.webhook_id
@@ -84,7 +92,9 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def DeleteWebhook(
-        self, request: pb.DeleteWebhookRequest, context: grpc.aio.ServicerContext, caller: Caller
+        self, request: pb.DeleteWebhookRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteWebhookRequest, pb.DeleteWebhookResponse],
+        caller: Caller,
     ) -> pb.DeleteWebhookResponse:
         endpoint = await self.state.db_call(
             endpoints.delete, self.state.db, caller.client_id, request.webhook_id
@@ -93,7 +103,10 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def RedeliverWebhookEvent(
-        self, request: pb.RedeliverWebhookEventRequest, context: grpc.aio.ServicerContext,
+        self, request: pb.RedeliverWebhookEventRequest,
+        context: grpc.aio.ServicerContext[
+            pb.RedeliverWebhookEventRequest, pb.RedeliverWebhookEventResponse
+        ],
         caller: Caller,
     ) -> pb.RedeliverWebhookEventResponse:
         event = await self.state.db_call(
