@@ -178,7 +178,7 @@ def claim_round(
     # A claim that returns fewer than its limit has taken every due message this device may
     # have; for its client only messages pinned elsewhere remain, so the client's next phones
     # are skipped unless something is pinned to them. Without this a round over 50 idle
-    # phones ran 50 claims for one message (`zimsend bench`: 43 % of the server's CPU).
+    # phones ran 50 claims for one message (docs/benchmarks.md, `461536b`).
     drained: set[str] = set()
     with db.write() as session:
         rooms = {} if budgets is None else rooms_for(session, [r.device_id for r in live], now,
