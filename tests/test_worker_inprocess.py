@@ -30,7 +30,7 @@ from sqlmodel import select
 
 from zimsend.server.config import Settings
 from zimsend.server.storage import Database, Message, OutboxEvent
-from zimsend.server.webhook_delivery.sender import WebhookSender
+from zimsend.server.webhook_delivery.sender import PER_ORIGIN, WebhookSender
 from zimsend.server.webhook_delivery.transport import guarded_transport
 from zimsend.server.worker import Worker, WorkerOptions
 
@@ -51,7 +51,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 def run_worker(
     db: Database, settings: Settings, connector: RecordingConnector,
     until: Callable[[], bool], *, timeout: float = 20, stop_grace: float | None = None,
-    lease: float = 5,
+    lease: float = 5, max_wait: float | None = None,
     after_start: Callable[[Worker], Awaitable[None]] | None = None,
 ) -> Worker:
     """Run a worker until `until()` holds (checked in a thread), then stop it gracefully."""
@@ -60,6 +60,7 @@ def run_worker(
         sender = WebhookSender(
             timeout=settings.webhook_timeout_seconds, allow_insecure=False,
             transport=guarded_transport(resolver=StubResolver(HOSTS), connector=connector),
+            max_wait=max_wait,
         )
         options = WorkerOptions(poll_interval=0.05, lease_seconds=lease, stop_grace=stop_grace,
                                 expiry_interval=0.2)
@@ -144,6 +145,23 @@ def test_a_timeout_is_logged_without_a_status(db: Database, tmp_path: Path) -> N
     assert row.response_status is None
     assert "0.5 s" in (row.error or "")
     assert 450 <= (row.response_time_ms or 0) < 3000
+
+
+def test_events_waiting_for_a_busy_receiver_are_given_back_without_spending_attempts(
+    db: Database, tmp_path: Path
+) -> None:
+    """More events for one hanging receiver than it has turns: those that get no turn in time
+    are given back, not failed unsent, so each of an event's attempts is a real POST."""
+    client = seed_client(db)
+    add_endpoint(db, client, "https://slow.example.com/", ["sms.sent"])
+    events = [add_event(db, client) for _ in range(PER_ORIGIN + 8)]
+    run_worker(db, make_settings(tmp_path), RecordingConnector(hang={SLOW}),
+               lambda: all(event_row(db, e).status == "failed" for e in events), timeout=90,
+               max_wait=0.1)
+    for event_id in events:
+        rows = deliveries(db, event_id)
+        assert [r.attempt for r in rows] == [1, 2, 3]
+        assert all("no response within" in (r.error or "") for r in rows), rows
 
 
 def test_an_event_nobody_subscribed_to_is_closed_without_attempts(

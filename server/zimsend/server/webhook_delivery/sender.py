@@ -13,7 +13,7 @@ Why turns (`origins`): at most `per_origin` POSTs go to one receiver origin at a
 origin with its own small pool, so a slow receiver holds up only its own deliveries. Waiting
 for a turn is not part of the receiver's deadline (it has not been sent anything yet) but is
 bounded by `max_wait` — the worker sets it so the event's lease cannot run out meanwhile; an
-attempt that got no turn in time fails without being sent, and is retried like any failure.
+attempt that got no turn in time is not sent (`busy`), and the worker gives the event back.
 
 An attempt never raises for anything the receiver does: the outcome — status, time, error text
 without secrets — is returned for the webhook logs. Cancellation (worker shutdown) propagates.
@@ -43,13 +43,16 @@ PER_ORIGIN: Final = 16  # connections (and POSTs in flight) per receiver origin
 
 @dataclass(frozen=True)
 class AttemptOutcome:
-    """What one HTTP attempt gave. `status` is None when no response arrived."""
+    """What one HTTP attempt gave. `status` is None when no response arrived. `busy`: no turn
+    at the receiver's origin came in time, nothing was sent (the worker gives the event back
+    instead of spending one of its attempts)."""
 
     success: bool
     status: int | None
     elapsed_ms: int
     error: str | None
     at: dt.datetime
+    busy: bool = False
 
 
 class WebhookSender:
@@ -86,7 +89,10 @@ class WebhookSender:
             target = _checked_url(url, self.allow_insecure)
             async with self._turns.turn(origin_of(target), self.max_wait):
                 return await self._post(target, secret, event_id, body)
-        except (WebhookUrlError, ValueError, OriginBusy) as exc:
+        except OriginBusy as exc:
+            return AttemptOutcome(False, None, 0, _clip(str(exc)), dt.datetime.now(dt.UTC),
+                                  busy=True)
+        except (WebhookUrlError, ValueError) as exc:
             return AttemptOutcome(False, None, 0, _clip(str(exc)), dt.datetime.now(dt.UTC))
 
     async def _post(

@@ -41,8 +41,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=None,
         help="how long a claimed event stays reserved (default max(30, 3 x timeout))",
     )
-    parser.add_argument("--max-in-flight", type=int, default=64,
-                        help="events delivered concurrently (default 64)")
+    parser.add_argument("--max-in-flight", type=int, default=256,
+                        help="events delivered concurrently (default 256)")
     parser.add_argument("--worker-id", help="name in claims and logs (default host:pid:random)")
     parser.set_defaults(handler=_handler)
 

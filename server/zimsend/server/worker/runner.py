@@ -75,7 +75,7 @@ class WorkerOptions:
 
     poll_interval: float = 0.5
     lease_seconds: float | None = None
-    max_in_flight: int = 64
+    max_in_flight: int = 256
     db_threads: int = 8
     expiry_interval: float = 2.0
     retention_interval: float = 3600.0
@@ -270,6 +270,12 @@ class Worker:
             alone = len(targets) == 1
             if alone:
                 await self._attempt(sender, event, targets[0], body, outcomes, False)
+                if outcomes[0].busy:
+                    # Its receiver's turns stayed taken as long as the lease allows: nothing
+                    # was sent, so no attempt is spent; `finally` gives the event back.
+                    log.info("webhook.deferred", event_id=event.id, attempt=event.attempt,
+                             client_id=event.client_id, reason=outcomes[0].error)
+                    return
             else:
                 async with trio.open_nursery() as attempts:
                     for target in targets:
