@@ -84,7 +84,7 @@ def retry_delay(error: grpc.RpcError) -> float | None:
     for detail in _details(error):
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return max(0.0, info.retry_delay.ToTimedelta().total_seconds())
+            return max(0.0, float(info.retry_delay.ToTimedelta().total_seconds()))
     return None
 
 

@@ -123,14 +123,15 @@ def run_zimsend(args: Sequence[str], env: Mapping[str, str], timeout: float = 60
         [ZIMSEND, *args], env=dict(env), capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, f"zimsend {' '.join(args)} failed:\n{done.stderr}"
-    return json.loads(done.stdout)
+    printed: dict[str, Any] = json.loads(done.stdout)
+    return printed
 
 
 def grpc_serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def start_server(data_dir: Path, env: Mapping[str, str], log_dir: Path,

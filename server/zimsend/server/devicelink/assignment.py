@@ -23,7 +23,7 @@ import secrets as stdlib_secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy import BindParameter, bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import credentials
@@ -109,7 +109,8 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
         body = credentials.decrypt_secret(pepper, message.sealed_body, bound_to=message.id)
     command = pb.SendCommand(
         command_id=credentials.new_id("cmd"), message_id=message.id, to=message.to, body=body,
-        segments=message.segments, encoding=_ENCODINGS.get(message.encoding, 0),
+        segments=message.segments,
+        encoding=_ENCODINGS.get(message.encoding, common_pb2.ENCODING_UNSPECIFIED),
         priority=common_pb2.Priority.ValueType(message.priority),
         redelivery=redelivery,
     )
@@ -121,7 +122,7 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
 # The round's reads, built once as Core statements: through the ORM each cost a few hundred
 # microseconds of Python, and a connect storm runs up to 20 rounds a second.
 _m = table_of(Message).c
-_now = bindparam("now")
+_now: BindParameter[dt.datetime] = bindparam("now")
 _due_now = (_m.status == MessageStatus.QUEUED.value, _m.due_at <= _now,
             or_(_m.expires_at.is_(None), _m.expires_at > _now))
 _clients = _m.client_id.in_(bindparam("clients", expanding=True))

@@ -398,6 +398,6 @@ def _network_name(value: int) -> str | None:
     if value == common_pb2.NETWORK_REGISTRATION_UNSPECIFIED:
         return None
     try:
-        return common_pb2.NetworkRegistration.Name(value)
+        return common_pb2.NetworkRegistration.Name(common_pb2.NetworkRegistration.ValueType(value))
     except ValueError:  # a newer phone's value: stored as unknown
         return None

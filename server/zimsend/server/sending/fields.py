@@ -153,7 +153,7 @@ def metadata(v: Violations, name: str, value: struct_pb2.Struct | None) -> dict[
     if value is None:
         return None
     try:
-        data = _plain(json_format.MessageToDict(value))
+        data: dict[str, Any] = _plain(json_format.MessageToDict(value))
         size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False).encode())
     except (ValueError, TypeError):

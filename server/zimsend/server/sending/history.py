@@ -113,7 +113,7 @@ def message_filter(
     status_name = None
     if status:
         if status in common_pb2.MessageStatus.values():
-            status_name = common_pb2.MessageStatus.Name(status)
+            status_name = common_pb2.MessageStatus.Name(common_pb2.MessageStatus.ValueType(status))
         else:
             v.add(ErrorCode.INVALID_REQUEST, "status",
                   f"must be one of {'/'.join(STATUS_NAMES)} (got {status})")
@@ -172,7 +172,7 @@ def export_chunk(
         created, message_id = after
         conditions.append(
             or_(
-                Message.created_at > created,
+                col(Message.created_at) > created,
                 and_(col(Message.created_at) == created, col(Message.id) > message_id),
             )
         )

@@ -141,7 +141,8 @@ def csv_row(message: Message) -> str:
 
     return _csv_line([
         message.id, message.status, message.to, message.body,
-        common_pb2.Priority.Name(message.priority), message.device_id or "",
+        common_pb2.Priority.Name(common_pb2.Priority.ValueType(message.priority)),
+        message.device_id or "",
         str(message.segments), ENCODING_NAME.get(message.encoding, message.encoding),
         when(message.created_at), when(message.queued_at), when(message.scheduled_at),
         when(message.sent_at), when(message.delivered_at), when(message.failed_at),

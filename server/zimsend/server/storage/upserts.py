@@ -13,7 +13,7 @@ on the tables, not the ORM classes, so no ORM bulk machinery runs per row.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: (client id, device id or NO_DEVICE, UTC day) -> (sent, delivered, failed) to add.
-DayCounts = Mapping[tuple[str, str, dt.date], tuple[int, int, int]]
+DayCounts = Mapping[tuple[str, str, dt.date], Sequence[int]]
 
 _STATEMENTS: dict[tuple[str, str], Any] = {}
 #: Rows per `mark_reports_processed` statement: 3 parameters each, under SQLite's oldest limit

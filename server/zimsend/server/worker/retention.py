@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
 from sqlmodel import col
 
 from zimsend.server.storage import (
@@ -82,6 +82,7 @@ def _purge(db: Database, model: Any, key: Any, conditions: list[Any]) -> int:
                 delete(model).where(col(key).in_(batch), *conditions)
                 .execution_options(synchronize_session=False)
             )
+            assert isinstance(result, CursorResult)  # a DELETE's result
             deleted = int(result.rowcount or 0)
         total += deleted
         if deleted < BATCH:
