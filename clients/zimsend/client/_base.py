@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from ._calls import Call
 from ._errors import ZimSendError
@@ -40,7 +41,7 @@ class Credentials:
         assert client_id
         return cls(api_key, client_id, base_url, device_id)
 
-    def request(self, call: Call[object], key: str | None, timeout: float | None) -> Request:
+    def request(self, call: Call[Any], key: str | None, timeout: float | None) -> Request:
         headers = {"x-api-key": self.api_key, "x-client-id": self.client_id}
         device = call.device_id or (self.device_id if call.operation.keyed else None)
         if device:
@@ -50,7 +51,7 @@ class Credentials:
         return Request(call.operation, call.fields, headers, timeout)
 
 
-def idempotency_key(call: Call[object]) -> str | None:
+def idempotency_key(call: Call[Any]) -> str | None:
     """The caller's key, or a fresh one for keyed operations: made once per call, reused by
     every retry of it."""
     if call.idempotency_key:

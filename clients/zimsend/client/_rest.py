@@ -67,7 +67,8 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
         data = None
     code, message, violations, retry_info = "", "", [], None
     if isinstance(data, dict):
-        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        found = data.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
         code = str(error.get("code") or "")
         message = str(error.get("message") or data.get("message") or "")
         for detail in data.get("details") or ():

@@ -202,7 +202,8 @@ def _standard_key(secret: str) -> bytes:
 
 def _event(parsed: Mapping[str, Any]) -> WebhookEvent:
     kind = str(parsed.get("event", ""))
-    raw_data = parsed.get("data") if isinstance(parsed.get("data"), dict) else {}
+    found = parsed.get("data")
+    raw_data: dict[str, Any] = found if isinstance(found, dict) else {}
     data_cls = _DATA.get(kind)
     data: Any = t.from_json(data_cls, raw_data) if data_cls else dict(raw_data)
     return WebhookEvent(kind, str(parsed.get("event_id", "")),
