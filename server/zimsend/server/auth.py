@@ -62,7 +62,7 @@ async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any
     assert api_key is not None
     assert client_id is not None
     key_hash = hash_secret(state.pepper, api_key)
-    caller = state.verified_keys.get(key_hash)
+    caller: Caller | None = state.verified_keys.get(key_hash)
     if caller is None:
         caller = await state.db_call(_check_key, state.db, key_hash, client_id)
         state.verified_keys.put(key_hash, caller)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.api import httpbody_pb2
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from zimsend.server.app import ZimSendServer
 
 log = logs.get("zimsend.sms")
+#: The response type of one send operation (`_send`).
+R = TypeVar("R", bound=ProtoMessage)
 EXPORT_CHUNK_ROWS = 500
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
@@ -82,9 +84,9 @@ class SmsService(pb_grpc.SmsServiceServicer):
     async def _send(
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any], caller: Caller,
         operation: str,
-        validate: Callable[..., validation.SendPlan], respond: Callable[[Accepted], Any],
-        response_type: type[ProtoMessage],
-    ) -> Any:
+        validate: Callable[..., validation.SendPlan], respond: Callable[[Accepted], R],
+        response_type: type[R],
+    ) -> R:
         key = idempotency.resolve_key(
             metadata_value(context, idempotency.HEADER), request.idempotency_key
         )
