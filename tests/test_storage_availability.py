@@ -35,7 +35,7 @@ def test_a_full_sqlite_database_is_full_until_a_real_write_fits(sqlite_url: str)
         assert storage_problem(caught.value) is StorageProblem.FULL
         error = known_error(caught.value)
         assert error is not None
-        assert error.code is ErrorCode.UNAVAILABLE
+        assert error.code == ErrorCode.UNAVAILABLE
         assert error.retry_after_seconds
         assert "full" in error.message
         assert "sqlite" not in error.message.lower()
