@@ -38,8 +38,8 @@ def add_event(
     db: Database, client_id: str, event_type: str = "sms.sent", *, webhook_url: str | None = None,
     data: dict[str, Any] | None = None, at: dt.datetime | None = None,
 ) -> str:
-    """An outbox row exactly as the producers write one (devicelink.lifecycle.write_event)."""
-    from zimsend.server.devicelink.lifecycle import write_event
+    """An outbox row exactly as the producers write one (devicelink.transitions.write_event)."""
+    from zimsend.server.devicelink.transitions import write_event
 
     when = at or dt.datetime.now(dt.UTC)
     with db.write() as s:

@@ -1,6 +1,6 @@
 """Message lifecycle rules in the database, on both engines (SPEC §3 "Statuses", §7 events).
 
-These exercise `zimsend.server.devicelink.lifecycle` directly: the same functions the device
+These exercise `zimsend.server.devicelink.transitions` directly: the same functions the device
 link, the simulated device and the expiry sweep use.
 """
 
@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from zimsend.server import accounts, credentials
 from zimsend.server.devicelink.assignment import ensure_simulated_device
-from zimsend.server.devicelink.lifecycle import (
+from zimsend.server.devicelink.transitions import (
     PartReport,
     apply_part_report,
     expire_overdue_messages,
@@ -227,7 +227,7 @@ def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(
 
 
 def test_messages_stuck_on_a_vanished_phone_time_out(setup: tuple[Database, str, str]) -> None:
-    from zimsend.server.devicelink.lifecycle import time_out_stale_processing
+    from zimsend.server.devicelink.transitions import time_out_stale_processing
     from zimsend.server.storage import Device
 
     db, client_id, device_id = setup

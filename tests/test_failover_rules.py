@@ -23,7 +23,7 @@ from zimsend.server import accounts, credentials, failures
 from zimsend.server.config import Settings
 from zimsend.server.devicelink.assignment import ClaimRequest, claim_round
 from zimsend.server.devicelink.budgets import Budget
-from zimsend.server.devicelink.lifecycle import Failover, PartReport, apply_part_reports
+from zimsend.server.devicelink.transitions import Failover, PartReport, apply_part_reports
 from zimsend.server.storage import (
     Client,
     Database,

@@ -1,5 +1,5 @@
 """A batch of phone reports applied at once changes exactly what the same reports applied one
-by one would (`lifecycle.apply_part_reports`, the device link's hot path), on both engines.
+by one would (`transitions.apply_part_reports`, the device link's hot path), on both engines.
 
 Two identical clients get the same messages and the same reports: one client's reports are
 applied one transaction each, the other's in a single batch. Everything a report may touch —
@@ -17,7 +17,7 @@ import pytest
 from sqlmodel import col, select
 
 from zimsend.server import accounts, credentials
-from zimsend.server.devicelink.lifecycle import (
+from zimsend.server.devicelink.transitions import (
     Outcome,
     PartReport,
     apply_part_report,

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlmodel import col
 
 from zimsend.server import accounts, credentials
-from zimsend.server.devicelink.lifecycle import PartReport, apply_part_reports
+from zimsend.server.devicelink.transitions import PartReport, apply_part_reports
 from zimsend.server.storage import Database, Message, claim_due_messages, utcnow
 from zimsend.server.storage.shapes import padded, padded_chunks
 from zimsend.server.storage.upserts import mark_reports_processed

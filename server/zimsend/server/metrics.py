@@ -36,7 +36,7 @@ from zimsend.server.method_handlers import with_behavior
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from zimsend.server.devicelink.lifecycle import Transition
+    from zimsend.server.devicelink.transitions import Transition
     from zimsend.server.storage import Database
     from zimsend.server.webhook_delivery.sender import AttemptOutcome
 

@@ -1,7 +1,7 @@
 """Scenario 7, `webhooks`: how many signed POSTs/s one worker process delivers.
 
 The webhook stage alone, without phones or a server: the outbox is filled with `events`
-`sms.delivered` events (as the producers write them, `lifecycle.event_row`) for one client
+`sms.delivered` events (as the producers write them, `transitions.event_row`) for one client
 whose endpoint is the bench's receiver started with the endpoint's secret, so it checks both
 signatures of every POST and counts distinct `event_id`s. Then one `zimsend worker` starts and
 drains it. Measured between the worker's `worker.started` and the receiver having every
@@ -48,7 +48,7 @@ def fill_outbox(stack: Stack, tenant: Tenant, url: str, secret: str, events: int
     from sqlalchemy import insert
 
     from zimsend.server.credentials import new_id
-    from zimsend.server.devicelink.lifecycle import event_row, iso
+    from zimsend.server.devicelink.transitions import event_row, iso
     from zimsend.server.storage import OutboxEvent
     from zimsend.server.storage.tables import table_of
     from zimsend.server.webhook_delivery import endpoints

@@ -8,7 +8,7 @@
     dispatcher.Dispatcher    hands due messages to phones (priority, age, pacing, least loaded)
     assignment               the database side of a dispatch round (claims, simulated devices)
     simulated.SimulatedPhone the built-in phone behind `zs_test_` keys
-    lifecycle                status transitions + outbox events + daily counts, in the caller's
+    transitions              status transitions + outbox events + daily counts, in the caller's
                              transaction; `expire_overdue_messages` for the worker
 """
 

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlmodel import col
 
 from zimsend.server.credentials import hash_secret, new_id
-from zimsend.server.devicelink.lifecycle import iso, write_event
+from zimsend.server.devicelink.transitions import iso, write_event
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import (
     Database,

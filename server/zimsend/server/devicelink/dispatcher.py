@@ -27,10 +27,10 @@ When does a round run? Never on a fixed delay on the hot path:
   hub's listener calls `wake(client_id)`);
 - every `POLL_INTERVAL_S` regardless, the safety net for missed notifications (and the only
   cross-process wake-up on SQLite): it wakes every client with idle phones here.
-A slow loop inside the same task fails expired messages (`lifecycle.expire_overdue_messages`)
-and messages stuck on a phone that never came back (`lifecycle.time_out_stale_processing`),
+A slow loop inside the same task fails expired messages (`transitions.expire_overdue_messages`)
+and messages stuck on a phone that never came back (`transitions.time_out_stale_processing`),
 and flags `sent` messages whose delivery report never came
-(`lifecycle.flag_missing_delivery_reports`, the worker runs it too).
+(`transitions.flag_missing_delivery_reports`, the worker runs it too).
 
 Send budgets and cool-downs (issue 16 item 5, `budgets.py`) are checked inside the claim,
 from the database; a phone whose claim they stopped is paced until they allow more
@@ -54,14 +54,14 @@ from zimsend.server.devicelink.assignment import (
     claim_round,
 )
 from zimsend.server.devicelink.budgets import Budget
-from zimsend.server.devicelink.lifecycle import (
+from zimsend.server.devicelink.session import CommandRecord, DeviceSession
+from zimsend.server.devicelink.simulated import SimulatedPhone
+from zimsend.server.devicelink.transitions import (
     Transition,
     expire_overdue_messages,
     flag_missing_delivery_reports,
     time_out_stale_processing,
 )
-from zimsend.server.devicelink.session import CommandRecord, DeviceSession
-from zimsend.server.devicelink.simulated import SimulatedPhone
 from zimsend.server.state import ServerState
 from zimsend.server.storage import MessageStatus, utcnow
 from zimsend.v1 import device_link_pb2 as pb

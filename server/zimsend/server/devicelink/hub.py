@@ -42,9 +42,9 @@ from zimsend.server.devicelink.connections import (
     record_heartbeats,
 )
 from zimsend.server.devicelink.dispatcher import Dispatcher
-from zimsend.server.devicelink.lifecycle import PartReport
 from zimsend.server.devicelink.reports import ReportWriter, inbound_item, status_report
 from zimsend.server.devicelink.session import CommandRecord, DeviceSession
+from zimsend.server.devicelink.transitions import PartReport
 from zimsend.server.errors import ApiError
 from zimsend.server.state import ServerState
 from zimsend.server.storage import utcnow, wakeups

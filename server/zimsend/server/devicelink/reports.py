@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from sqlmodel import Session
 
 from zimsend.server import logs, metrics
-from zimsend.server.devicelink.lifecycle import (
+from zimsend.server.devicelink.session import DeviceSession
+from zimsend.server.devicelink.transitions import (
     Failover,
     Outcome,
     PartReport,
@@ -32,7 +33,6 @@ from zimsend.server.devicelink.lifecycle import (
     apply_part_reports,
     record_inbound,
 )
-from zimsend.server.devicelink.session import DeviceSession
 from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, utcnow
 from zimsend.v1 import device_link_pb2 as pb

@@ -3,7 +3,7 @@
 Why inside the server: a test key must work with no phone at all, and its messages must never
 reach one. The dispatcher claims a client's test messages for that client's simulated device
 (live phones never claim test messages); this class then "sends" them after a short delay and
-reports `sent`, then `delivered`, through the same `lifecycle.apply_part_reports` a real phone's
+reports `sent`, then `delivered`, through the same `transitions.apply_part_reports` a real phone's
 reports go through (one call per batch: one statement per kind, not one unit of work per
 message) — so statuses, timestamps, `sms.*` events and daily counts behave exactly
 as they would with a phone. It does not pace: a sandbox should not make a test suite wait
@@ -22,13 +22,13 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from zimsend.server import logs
-from zimsend.server.devicelink.lifecycle import (
+from zimsend.server.devicelink.reports import applied
+from zimsend.server.devicelink.transitions import (
     Outcome,
     PartReport,
     Transition,
     apply_part_reports,
 )
-from zimsend.server.devicelink.reports import applied
 from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, Device, Message, MessageStatus, utcnow
 

@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from sqlmodel import Session, col
 
 from zimsend.server.credentials import verify_secret
-from zimsend.server.devicelink.lifecycle import iso, write_event
+from zimsend.server.devicelink.transitions import iso, write_event
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.storage import Database, Message, Otp, get_for_client

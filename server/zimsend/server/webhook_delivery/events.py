@@ -3,7 +3,7 @@
 Producers (the SMS lifecycle, device presence, inbound SMS, OTP verification) write one
 `OutboxEvent` per event **in the same transaction as the state change** that causes it, and
 nothing else: the worker does the fan-out, signing, retries and logging. `outbox_event()` here
-and `devicelink.lifecycle.write_event()` both build a correct row; to fill one by hand:
+and `devicelink.transitions.write_event()` both build a correct row; to fill one by hand:
 
 - `id`: `new_id("evt")` — it is the `event_id` on every attempt and in the logs;
 - `client_id`: the owner; only that client's endpoints receive it;

@@ -41,7 +41,7 @@ class PeriodicJob:
 
 def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJob]:
     from zimsend.server.devicelink.budgets import prune_ledger
-    from zimsend.server.devicelink.lifecycle import (
+    from zimsend.server.devicelink.transitions import (
         expire_overdue_messages,
         flag_missing_delivery_reports,
     )

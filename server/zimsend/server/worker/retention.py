@@ -1,7 +1,7 @@
 """90-day retention (SPEC §4): full messages are kept `retention_days`, then only the per-day
 aggregates remain.
 
-Nothing needs folding here: `devicelink.lifecycle` adds every status change to `DailyAggregate`
+Nothing needs folding here: `devicelink.transitions` adds every status change to `DailyAggregate`
 as it happens, and `sending.stats` reads days inside retention from the messages and older days
 from the aggregates. This job therefore only deletes. Its cutoff is the *start of the UTC day*
 on which the retention window begins (`sending.lifecycle.retention_start`): the stats count that
