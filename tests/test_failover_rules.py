@@ -159,7 +159,7 @@ def test_a_pre_send_failure_requeues_until_the_client_s_maximum(db: Database) ->
 
 
 def test_a_resend_starts_a_fresh_count_of_attempts(db: Database, settings: Settings) -> None:
-    from zimsend.server.sending import lifecycle as sending
+    from zimsend.server.sending import one_message as sending
 
     client_id, device_id, [mid] = _tenant(db, [1])
     for n in range(2):  # re-routed once, then final (the maximum is 2)

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from zimsend.server.compliance import opt_outs, policy
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.sending import lifecycle
+from zimsend.server.sending import one_message
 from zimsend.server.storage import Database, OutboxEvent, utcnow
 
 PEPPER = TEST_PEPPER.encode()
@@ -84,11 +84,11 @@ def test_a_resend_to_a_number_that_opted_out_since_is_refused(
                             error_code="NETWORK_ERROR")
     _inbound(db, client, NUMBER, "ARRÊT", 1)
     with pytest.raises(ApiError) as refused:
-        lifecycle.resend(db, settings, client, failed)
+        one_message.resend(db, settings, client, failed)
     assert refused.value.code == ErrorCode.RECIPIENT_OPTED_OUT
     assert [v.field for v in refused.value.violations] == ["to"]
     _inbound(db, client, NUMBER, "START", 2)
-    assert lifecycle.resend(db, settings, client, failed).status == "queued"
+    assert one_message.resend(db, settings, client, failed).status == "queued"
 
 
 def test_a_resend_inside_quiet_hours_is_held(db: Database, settings: Settings) -> None:
@@ -100,7 +100,7 @@ def test_a_resend_inside_quiet_hours_is_held(db: Database, settings: Settings) -
         policy.update(session, client, opt_outs=None, quiet_hours=policy.QuietChange(
             True, now.astimezone(PARIS).strftime("%H:00"),
             later.astimezone(PARIS).strftime("%H:00"), ""))
-    resent = lifecycle.resend(db, settings, client, failed)
+    resent = one_message.resend(db, settings, client, failed)
     assert resent.hold_reason == "quiet_hours"
     assert resent.held_until is not None
     assert resent.due_at == resent.held_until

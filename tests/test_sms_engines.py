@@ -21,7 +21,15 @@ from sqlmodel import func, select
 from zimsend.server import accounts, credentials
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
-from zimsend.server.sending import history, idempotency, intake, lifecycle, stats, validation, views
+from zimsend.server.sending import (
+    history,
+    idempotency,
+    intake,
+    one_message,
+    stats,
+    validation,
+    views,
+)
 from zimsend.server.sending.fields import Violations
 from zimsend.server.storage import DailyAggregate, Database, Message, utcnow
 from zimsend.v1 import sms_pb2 as pb
@@ -206,12 +214,12 @@ def test_cancel_and_resend_are_conditional(
     db: Database, settings: Settings, client_id: str
 ) -> None:
     message_id = insert(db, client_id, utcnow().isoformat(), status="queued")
-    assert lifecycle.cancel(db, settings, client_id, message_id).status == "cancelled"
+    assert one_message.cancel(db, settings, client_id, message_id).status == "cancelled"
     with pytest.raises(ApiError) as info:
-        lifecycle.cancel(db, settings, client_id, message_id)
+        one_message.cancel(db, settings, client_id, message_id)
     assert info.value.code == ErrorCode.CANNOT_CANCEL_MESSAGE
     failed = insert(db, client_id, utcnow().isoformat(), status="failed")
-    assert lifecycle.resend(db, settings, client_id, failed).attempts == 1
+    assert one_message.resend(db, settings, client_id, failed).attempts == 1
     with pytest.raises(ApiError) as info:
-        lifecycle.resend(db, settings, client_id, failed)
+        one_message.resend(db, settings, client_id, failed)
     assert info.value.code == ErrorCode.CANNOT_RESEND_MESSAGE

@@ -9,7 +9,7 @@ own module, all of them synchronous (run through `ServerState.db_call`):
 - `idempotency` — the `Idempotency-Key` contract: canonical hash, replay, reuse detection.
 - `intake`      — availability checks, estimated delivery, and the one transaction that
                   queues a request's messages together with its idempotency record.
-- `lifecycle`   — status, cancel and resend of one message.
+- `one_message` — status, cancel and resend of one message by id.
 - `history`     — history pages, the streamed export, the inbound inbox.
 - `stats`       — per-day counts from messages (inside retention) and aggregates (older).
 - `views`       — storage rows as protobuf messages (status, history entry, export rows).

@@ -30,7 +30,7 @@ from zimsend.v1 import common_pb2
 from . import fields
 from .dates import iso, parse_bound
 from .fields import Violations
-from .lifecycle import retention_start
+from .one_message import retention_start
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100

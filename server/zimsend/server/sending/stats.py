@@ -26,7 +26,7 @@ from sqlmodel import Session, select
 from zimsend.server.config import Settings
 from zimsend.server.storage import DailyAggregate, Database, Message, MessageStatus, utcnow
 
-from .lifecycle import retention_start
+from .one_message import retention_start
 
 DEFAULT_PERIOD = dt.timedelta(days=30)
 _SENT = (MessageStatus.SENT, MessageStatus.DELIVERED)

@@ -19,7 +19,7 @@ from zimsend.server import logs, metrics
 from zimsend.server.auth import Caller, metadata_value
 from zimsend.server.errors import ErrorCode
 from zimsend.server.rpc import public_rpc, public_stream_rpc, request_id
-from zimsend.server.sending import history, idempotency, lifecycle, stats, validation, views
+from zimsend.server.sending import history, idempotency, one_message, stats, validation, views
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.sending.intake import Accepted, Submission
 from zimsend.server.services.convert import paging, ts
@@ -117,7 +117,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
         caller: Caller,
     ) -> pb.GetSmsStatusResponse:
         message = await self.state.db_call(
-            lifecycle.get_status, self.state.db, self.state.settings, caller.client_id,
+            one_message.get_status, self.state.db, self.state.settings, caller.client_id,
             request.message_id.strip(),
         )
         return pb.GetSmsStatusResponse(success=True, **views.message_fields(message))
@@ -129,7 +129,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
         caller: Caller,
     ) -> pb.CancelSmsResponse:
         message = await self.state.db_call(
-            lifecycle.cancel, self.state.db, self.state.settings, caller.client_id,
+            one_message.cancel, self.state.db, self.state.settings, caller.client_id,
             request.message_id.strip(),
         )
         return pb.CancelSmsResponse(
@@ -144,7 +144,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
         caller: Caller,
     ) -> pb.ResendSmsResponse:
         message = await self.state.db_call(
-            lifecycle.resend, self.state.db, self.state.settings, caller.client_id,
+            one_message.resend, self.state.db, self.state.settings, caller.client_id,
             request.message_id.strip(),
         )
         self.state.new_work.notify(caller.client_id)

@@ -4,7 +4,7 @@ aggregates remain.
 Nothing needs folding here: `devicelink.transitions` adds every status change to `DailyAggregate`
 as it happens, and `sending.stats` reads days inside retention from the messages and older days
 from the aggregates. This job therefore only deletes. Its cutoff is the *start of the UTC day*
-on which the retention window begins (`sending.lifecycle.retention_start`): the stats count that
+on which the retention window begins (`sending.one_message.retention_start`): the stats count that
 first day from messages, so none of that day's messages may go before the whole day has left
 the window.
 
