@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlmodel import select
 
-from zimsend.server.credentials import hash_secret
+from zimsend.server.accounts.credentials import hash_secret
 from zimsend.server.storage import Database, Otp, OutboxEvent
 from zimsend.v1 import otp_pb2 as pb
 from zimsend.v1 import otp_pb2_grpc as pb_grpc

@@ -19,7 +19,8 @@ from grpc_status import rpc_status
 from sqlalchemy import update
 from sqlmodel import col
 
-from zimsend.server import accounts, credentials
+from zimsend.server import accounts
+from zimsend.server.accounts import credentials
 from zimsend.server.storage import Database, Device, Message, utcnow
 
 UTC = dt.UTC

@@ -11,7 +11,7 @@ from typing import Any
 import httpcore
 import trio
 
-from zimsend.server.credentials import new_id
+from zimsend.server.accounts.credentials import new_id
 from zimsend.server.storage import Client, Database, OutboxEvent, WebhookDelivery
 from zimsend.server.webhook_delivery import endpoints
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from zimsend.server import credentials
+from zimsend.server.accounts import credentials
 
 PEPPER = b"pepper-for-tests-0123456789abcdef"
 

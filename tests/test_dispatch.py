@@ -28,7 +28,7 @@ from _processes import zimsend_env as make_env
 from conftest import RunningServer
 
 from zimsend.segments import plan
-from zimsend.server import credentials
+from zimsend.server.accounts import credentials
 from zimsend.server.storage import Database, Message, utcnow
 from zimsend.v1 import common_pb2
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from zimsend.server import accounts, credentials
+from zimsend.server import accounts
+from zimsend.server.accounts import credentials
 from zimsend.server.devicelink.assignment import ensure_simulated_device
 from zimsend.server.devicelink.transitions import (
     PartReport,

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from zimsend.server import accounts, credentials
+from zimsend.server import accounts
+from zimsend.server.accounts import credentials
 from zimsend.server.config import Settings
 from zimsend.server.devicelink.connections import DeviceConfig
 from zimsend.server.devicelink.dispatcher import IDLE_BATCH, POLL_INTERVAL_S, Dispatcher

@@ -19,7 +19,8 @@ import pytest
 from sqlmodel import col, select
 
 from zimsend.agent.senders.base import BEFORE_SEND_CODES, ERROR_CODES
-from zimsend.server import accounts, credentials, failures
+from zimsend.server import accounts, failures
+from zimsend.server.accounts import credentials
 from zimsend.server.config import Settings
 from zimsend.server.devicelink.assignment import ClaimRequest, claim_round
 from zimsend.server.devicelink.budgets import Budget

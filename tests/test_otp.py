@@ -39,7 +39,7 @@ from conftest import TEST_PEPPER, RunningServer
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from zimsend.server.credentials import hash_secret
+from zimsend.server.accounts.credentials import hash_secret
 from zimsend.server.storage import Database, Message, Otp, utcnow
 from zimsend.v1 import common_pb2, sms_pb2, sms_pb2_grpc
 from zimsend.v1 import otp_pb2 as pb

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from zimsend.server import accounts, credentials
+from zimsend.server import accounts
+from zimsend.server.accounts import credentials
 from zimsend.server.devicelink.transitions import (
     Outcome,
     PartReport,

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from sqlmodel import func, select
 
-from zimsend.server import accounts, credentials
+from zimsend.server import accounts
+from zimsend.server.accounts import credentials
 from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.sending import (

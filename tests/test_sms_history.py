@@ -19,7 +19,7 @@ import pytest
 from _sms import Account, fails, insert_message, new_account, new_device
 from conftest import TEST_PEPPER
 
-from zimsend.server import credentials
+from zimsend.server.accounts import credentials
 from zimsend.server.storage import (
     NO_DEVICE,
     DailyAggregate,

@@ -27,7 +27,7 @@ from _sms import (
 from conftest import TEST_PEPPER
 from google.protobuf import json_format, struct_pb2
 
-from zimsend.server import credentials
+from zimsend.server.accounts import credentials
 from zimsend.server.storage import Database, MessagePart, Otp, utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import sms_pb2 as pb

@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import col
 
-from zimsend.server import accounts, credentials
+from zimsend.server import accounts
+from zimsend.server.accounts import credentials
 from zimsend.server.devicelink.transitions import PartReport, apply_part_reports
 from zimsend.server.storage import Database, Message, claim_due_messages, utcnow
 from zimsend.server.storage.shapes import padded, padded_chunks

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import exc, func, inspect, select, text
 from sqlmodel import col
 
-from zimsend.server.credentials import new_id
+from zimsend.server.accounts.credentials import new_id
 from zimsend.server.storage import (
     ApiKey,
     Client,

@@ -20,7 +20,8 @@ import trio
 from _devices import wait_for
 from conftest import TEST_PEPPER
 
-from zimsend.server import accounts, credentials
+from zimsend.server import accounts
+from zimsend.server.accounts import credentials
 from zimsend.server.config import Settings
 from zimsend.server.storage import Database, Message, OutboxEvent, utcnow
 from zimsend.server.storage.wakeups import (

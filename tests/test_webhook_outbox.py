@@ -12,7 +12,7 @@ import pytest
 from _webhooks import PEPPER, add_endpoint, add_event, event_row, seed_client
 from sqlmodel import select
 
-from zimsend.server.credentials import decrypt_secret
+from zimsend.server.accounts.credentials import decrypt_secret
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import (
     DailyAggregate,

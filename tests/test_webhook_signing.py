@@ -11,7 +11,7 @@ import json
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from zimsend.server.credentials import new_webhook_secret
+from zimsend.server.accounts.credentials import new_webhook_secret
 from zimsend.server.webhook_delivery.signing import (
     USER_AGENT,
     encode_body,

@@ -30,8 +30,8 @@ The domain
 
 Underneath
     storage/             SQLModel tables, migrations, the atomic primitives (SQLite, PostgreSQL)
-    accounts             clients, API keys and device credentials
-    credentials          identifiers, credentials, and the pepper-keyed hashing and encryption
+    accounts/            clients, API keys, device credentials, the pepper-keyed hashing and
+                         encryption of secrets, the verified-keys cache
     config               settings (environment, config file, generated pepper)
     logs                 structured logs
     local_postgres       a private PostgreSQL for `zimsend up --postgres`

@@ -23,7 +23,7 @@ import grpc
 from sqlalchemy import bindparam, select, update
 from sqlmodel import col
 
-from zimsend.server.credentials import hash_secret
+from zimsend.server.accounts.credentials import hash_secret
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.state import ServerState
 from zimsend.server.storage import ApiKey, Database, utcnow

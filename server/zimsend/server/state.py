@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from zimsend.server.accounts.verified_keys import VerifiedKeys
 from zimsend.server.config import Settings
 from zimsend.server.ratelimit import ClientRateLimiter
 from zimsend.server.sending.intake import Intake
 from zimsend.server.storage import Database, utcnow
-from zimsend.server.verified_keys import VerifiedKeys
 
 if TYPE_CHECKING:
     from zimsend.server.devicelink.hub import DeviceHub

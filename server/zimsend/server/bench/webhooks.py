@@ -47,7 +47,7 @@ def fill_outbox(stack: Stack, tenant: Tenant, url: str, secret: str, events: int
     directly: setup, not measurement."""
     from sqlalchemy import insert
 
-    from zimsend.server.credentials import new_id
+    from zimsend.server.accounts.credentials import new_id
     from zimsend.server.devicelink.transitions import event_row, iso
     from zimsend.server.storage import OutboxEvent
     from zimsend.server.storage.tables import table_of
@@ -89,7 +89,7 @@ def outbox_delivered(db: Database, client_id: str) -> int:
 
 
 def webhooks(stack: Stack, *, events: int, timeout: float) -> dict[str, Any]:
-    from zimsend.server.credentials import new_webhook_secret
+    from zimsend.server.accounts.credentials import new_webhook_secret
 
     tenant = stack.provision("bench-webhooks", 0)
     secret = new_webhook_secret()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import BindParameter, bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
-from zimsend.server import credentials
+from zimsend.server.accounts import credentials
 from zimsend.server.devicelink.budgets import Budget, record_handed, rooms_for
 from zimsend.server.storage import (
     Database,

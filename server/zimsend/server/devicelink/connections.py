@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlmodel import col
 
-from zimsend.server.credentials import hash_secret, new_id
+from zimsend.server.accounts.credentials import hash_secret, new_id
 from zimsend.server.devicelink.transitions import iso, write_event
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import (

@@ -29,7 +29,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from zimsend.server import credentials, failures, logs
+from zimsend.server import failures, logs
+from zimsend.server.accounts import credentials
 from zimsend.server.devicelink.assignment import send_command
 from zimsend.server.devicelink.connections import (
     Beat,

@@ -31,7 +31,8 @@ from typing import Any, Literal
 from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlmodel import Session, col
 
-from zimsend.server import credentials, failures
+from zimsend.server import failures
+from zimsend.server.accounts import credentials
 from zimsend.server.compliance import opt_outs
 from zimsend.server.storage import (
     NO_DEVICE,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlmodel import Session, col
 
-from zimsend.server import credentials
+from zimsend.server.accounts import credentials
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.sending.intake import Accepted, Intake, Submission
 from zimsend.server.services.convert import ts

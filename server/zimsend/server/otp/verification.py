@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlmodel import Session, col
 
-from zimsend.server.credentials import verify_secret
+from zimsend.server.accounts.credentials import verify_secret
 from zimsend.server.devicelink.transitions import iso, write_event
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.sending.fields import Violations, shown

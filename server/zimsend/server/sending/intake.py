@@ -36,7 +36,8 @@ larger the batch and the cheaper each one. A request that fails (validation, ava
 has written nothing and fails alone; one that writes more than its messages (an idempotency
 record, a `before_commit` hook) runs in a SAVEPOINT so that its failure rolls back only its
 own rows. If the batch itself fails, each request is retried alone (`Intake.accept`), so one
-request never fails another.
+request never fails another. The lane's thread, the retries and the answers are the shared
+group-commit helper's (`storage.group_commit`: `ThreadLane`, `commit_each`).
 
 Why Core statements built once (`_ONLINE`) and a Core insert: building SQLAlchemy
 expressions, loading ORM objects and running the unit of work cost more CPU than SQLite
@@ -46,12 +47,8 @@ to its session. The queue count behind `estimated_delivery` comes from `QueueGau
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import queue
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Generic, TypeVar
@@ -62,7 +59,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col, select
 
-from zimsend.server import credentials, logs
+from zimsend.server import logs
+from zimsend.server.accounts import credentials
 from zimsend.server.compliance import opt_outs, quiet_hours
 from zimsend.server.compliance.policy import Policy
 from zimsend.server.compliance.policy import load as load_policy
@@ -70,7 +68,7 @@ from zimsend.server.config import Settings
 from zimsend.server.errors import ApiError, ErrorCode, storage_unavailable
 from zimsend.server.presence import is_connected, is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
-from zimsend.server.storage.availability import storage_problem
+from zimsend.server.storage.group_commit import RETRY_ALONE, RetryAlone, ThreadLane, commit_each
 from zimsend.server.storage.tables import table_of
 
 from . import idempotency
@@ -135,8 +133,6 @@ class _Request(Generic[R]):
     build_response: Callable[[Accepted], R]
     response_type: type[R]
     before_commit: Callable[[Session, Accepted], None] | None = None
-    #: Where the answer goes (`submit`); None for `accept`, which returns it.
-    future: asyncio.Future[Outcome[R]] | None = None
 
     @property
     def writes_more(self) -> bool:
@@ -198,22 +194,22 @@ class Intake:
         self.db = db
         self.settings = settings
         self.gauge = QueueGauge()
-        self._waiting: queue.SimpleQueue[_Request[Any] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        #: Lane transactions run so far (requests / transactions = the batching achieved).
-        self.transactions = 0
+        self._lane: ThreadLane[_Request[Any], Outcome[Any]] = ThreadLane(
+            "accept-lane", self._run_batch, max_batch=MAX_BATCH, on_crash=_internal_error)
+
+    @property
+    def transactions(self) -> int:
+        """Lane transactions run so far (requests / transactions = the batching achieved)."""
+        return self._lane.batches
 
     async def submit(
         self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
         build_response: Callable[[Accepted], R], response_type: type[R],
     ) -> Outcome[R]:
         self._refuse_while_storage_unavailable()
-        future: asyncio.Future[Outcome[R]] = asyncio.get_running_loop().create_future()
-        self._ensure_started()
-        self._waiting.put(_Request(submission, validate, build_response, response_type,
-                                   future=future))
-        return await future
+        outcome: Outcome[R] = await self._lane.submit(
+            _Request(submission, validate, build_response, response_type))
+        return outcome
 
     def accept(
         self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
@@ -236,79 +232,30 @@ class Intake:
 
     def close(self) -> None:
         """Stop the lane after the requests already waiting (idempotent)."""
-        if self._thread is not None:
-            self._waiting.put(None)
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._lane.close()
 
     # --- the lane ------------------------------------------------------------------------
 
-    def _ensure_started(self) -> None:
-        if self._thread is not None:
-            return
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="accept-lane",
-                                                daemon=True)
-                self._thread.start()
+    def _run_batch(self, batch: list[_Request[Any]]) -> list[Outcome[Any] | BaseException]:
+        return commit_each(batch, self._accept_batch, self._accept_alone, name="accept lane")
 
-    def _run(self) -> None:
-        while True:
-            first = self._waiting.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._waiting.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            try:
-                self._run_batch(batch)
-            except BaseException as exc:  # the lane must outlive any one batch
-                log.error("intake.lane_error", requests=len(batch), exc_info=exc)
-                _answer(batch, [ApiError(ErrorCode.INTERNAL, "Internal error; it was logged.")]
-                        * len(batch))
-            if stop:
-                return
-
-    def _run_batch(self, batch: list[_Request[Any]]) -> None:
-        results: list[Outcome[Any] | BaseException | None] = [None] * len(batch)
-        self.transactions += 1
-        try:
-            with self.db.write() as session:
-                session.connection()  # BEGIN (IMMEDIATE): wait for the write lock first
-                now = utcnow()
-                batch_state = _BatchState()
-                for i, request in enumerate(batch):
-                    results[i] = self._accept_in_batch(session, request, now, batch_state)
-                if batch_state.rows:
-                    session.connection().execute(_INSERT, batch_state.rows)
-        except Exception as exc:
-            if storage_problem(exc) is not None:
-                # Full or unwritable: each request alone would fail the same way. They are
-                # answered 503 (rpc), and the condition is logged once (storage.availability).
-                _answer(batch, [exc] * len(batch))
-                return
-            log.warning("intake.batch_failed", requests=len(batch), exc_info=True)
-            results = [None] * len(batch)  # nothing of it was committed
-        for i, request in enumerate(batch):
-            if results[i] is None:  # retried alone: its failure is its own
-                try:
-                    results[i] = self._accept_alone(request)
-                except Exception as exc:
-                    results[i] = exc
-        _answer(batch, results)
+    def _accept_batch(
+        self, batch: Sequence[_Request[Any]]
+    ) -> list[Outcome[Any] | BaseException | RetryAlone]:
+        with self.db.write() as session:
+            session.connection()  # BEGIN (IMMEDIATE): wait for the write lock first
+            now = utcnow()
+            batch_state = _BatchState()
+            results = [self._accept_in_batch(session, request, now, batch_state)
+                       for request in batch]
+            if batch_state.rows:
+                session.connection().execute(_INSERT, batch_state.rows)
+        return results
 
     def _accept_in_batch(
         self, session: Session, request: _Request[Any], now: dt.datetime, batch: _BatchState,
-    ) -> Outcome[Any] | BaseException | None:
-        """One request inside the batch's transaction; None: retry it alone afterwards."""
+    ) -> Outcome[Any] | BaseException | RetryAlone:
+        """One request inside the batch's transaction; RETRY_ALONE: retry it alone afterwards."""
         if not request.writes_more:
             try:
                 return self._accept_in(session, request, now, batch, defer_insert=True)
@@ -318,7 +265,7 @@ class Intake:
             with session.begin_nested():
                 return self._accept_in(session, request, now, batch, defer_insert=False)
         except IntegrityError:
-            return None  # a concurrent request with its key won: `_accept_alone` replays it
+            return RETRY_ALONE  # a concurrent request with its key won: `_accept_alone` replays it
         except Exception as exc:
             return exc
 
@@ -422,25 +369,9 @@ class Intake:
         return base + dt.timedelta(seconds=seconds)
 
 
-def _answer(batch: list[_Request[Any]], results: list[Any]) -> None:
-    """Hand each submitted request its result: one wake-up per event loop, not per request."""
-    answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-    for request, result in zip(batch, results, strict=True):
-        if request.future is not None:
-            answers.setdefault(request.future.get_loop(), []).append((request.future, result))
-    for loop, settled in answers.items():
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_settle, settled)
-
-
-def _settle(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, result in answers:
-        if future.done():
-            continue  # the caller went away (cancelled RPC)
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+def _internal_error(exc: BaseException) -> ApiError:
+    """The answer of every request of a batch the lane could not run (a bug; it is logged)."""
+    return ApiError(ErrorCode.INTERNAL, "Internal error; it was logged.")
 
 
 def _find(session: Session, submission: Submission, now: dt.datetime) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from zimsend.server.credentials import encrypt_secret, new_id, new_webhook_secret
+from zimsend.server.accounts.credentials import encrypt_secret, new_id, new_webhook_secret
 from zimsend.server.errors import ApiError, ErrorCode, FieldViolation, violations_error
 from zimsend.server.storage import (
     Database,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
-from zimsend.server.credentials import new_id
+from zimsend.server.accounts.credentials import new_id
 from zimsend.server.storage import OutboxEvent, utcnow
 
 __all__ = ["EVENT_TYPES", "TEST_EVENT", "outbox_event"]

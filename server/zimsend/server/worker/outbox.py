@@ -38,7 +38,7 @@ from sqlalchemy import Integer, and_, bindparam, case, insert, or_, select, upda
 from sqlmodel import Session, col
 
 from zimsend.server import logs
-from zimsend.server.credentials import decrypt_secret
+from zimsend.server.accounts.credentials import decrypt_secret
 from zimsend.server.storage import (
     Database,
     OutboxEvent,

@@ -1,5 +1,9 @@
-"""Clients, API keys and device credentials: the operations the admin CLI and the management
-RPCs share (one implementation, two front doors).
+"""Accounts: clients, their API keys and device credentials, and how secrets are kept.
+
+    (this module)   the operations the admin CLI and the management RPCs share (one
+                    implementation, two front doors): clients, API keys, devices
+    credentials     identifiers, generated secrets, the pepper-keyed hashing and encryption
+    verified_keys   API keys that passed authentication in the last second (`auth` fills it)
 
 Secrets (API keys, device passwords) are generated here, returned once to the caller, and
 stored only as peppered HMACs. Every function that touches an existing row takes the owning
@@ -14,7 +18,7 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session, col, select
 
-from zimsend.server import credentials
+from zimsend.server.accounts import credentials
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import ApiKey, Client, Database, Device, utcnow
 
