@@ -209,6 +209,54 @@ def test_a_phone_without_the_requested_sim_gives_the_message_back(
     assert all(line["message_id"] != message_id for line in outbox_lines(outbox))
 
 
+def test_a_phone_that_loses_its_network_gives_back_what_it_has_not_begun_sending(
+    rest: Rest, phones: StartPhone, link_db: ServerDb, tmp_path: Path,
+) -> None:
+    """A connected phone holding commands loses its network (the simulator's health file):
+    after --give-back-after it reports the commands it had not begun handing to the radio as
+    NO_SERVICE, and another phone sends them; the one already being sent is not given back."""
+    holding = rest.new_device("loses its network")
+    working = rest.new_device("working")
+    health = tmp_path / "health"
+    # Each send takes 15-25 s: the phone is still sending the first when it loses its network.
+    outbox = phones(rest, holding, "--send-delay", "20", "--health-file", str(health),
+                    "--give-back-after", "1", name="holding")
+    ids = rest.send_bulk("held", 4)
+    wait_for(lambda: all((s := rest.status(m))["status"] == "processing"
+                         and s["device_id"] == holding[0] for m in ids), 30,
+             "the phone holds all 4")
+    health.write_text("NO_SERVICE")
+    wait_for(lambda: sum(rest.status(m)["status"] == "queued" for m in ids) == 3, 60,
+             "the 3 commands not begun given back")
+    given_back = [m for m in ids if rest.status(m)["status"] == "queued"]
+    [in_send] = [m for m in ids if m not in given_back]
+    for message_id in given_back:
+        waiting = rest.status(message_id)
+        assert waiting["attempts"] == 2
+        assert waiting["error"]["reason"] == "NO_SERVICE"
+        assert waiting["error"]["code"] == "NETWORK_ERROR"
+    unable = wait_for(lambda: (d := rest.device(holding[0]))["status"] == "offline" and d, 30,
+                      "the phone shown unable to send")
+    assert "no mobile network" in unable["cannot_send_reason"]
+
+    phones(rest, working, name="working")
+    wait_for(lambda: all(rest.status(m)["status"] == "delivered" for m in ids), 90,
+             "every message delivered")
+    for message_id in given_back:
+        final = rest.status(message_id)
+        assert (final["device_id"], final["attempts"]) == (working[0], 2)
+    # The send that had begun finished on its own phone, once, and was never given back.
+    assert (rest.status(in_send)["device_id"], rest.status(in_send)["attempts"]) == (
+        holding[0], 1)
+    sends = [line for line in outbox_lines(outbox) if line["message_id"] in ids]
+    assert sorted(line["message_id"] for line in sends) == sorted(ids)  # each sent once
+    assert {line["device_id"] for line in sends if line["message_id"] in given_back} == {
+        working[0]}
+    rerouted = link_db.events(rest.client_id, "sms.rerouted")
+    assert sorted(p["message_id"] for _, p in rerouted) == sorted(given_back)
+    assert link_db.events(rest.client_id, "sms.failed") == []
+
+
 def test_an_ambiguous_failure_is_final_after_one_attempt(
     rest: Rest, phones: StartPhone, link_db: ServerDb,
 ) -> None:

@@ -28,7 +28,7 @@ import grpc
 import trio
 
 from zimsend.agent.backoff import Backoff
-from zimsend.agent.executor import Executor
+from zimsend.agent.executor import GIVE_BACK_AFTER_S, Executor
 from zimsend.agent.health import HealthWatch
 from zimsend.agent.journal import Journal
 from zimsend.agent.link import Link
@@ -59,6 +59,8 @@ class AgentConfig:
     journal: Path = Path("zimsend-journal.sqlite3")
     tls: bool = False
     ca_file: Path | None = None
+    #: Seconds unable to send before the held commands are given back (executor.py).
+    give_back_after: float = GIVE_BACK_AFTER_S
     backoff_cap: float = 60.0
     #: Threads for response readers (one per stream); see link.py for why it is dedicated.
     max_streams: int = 16
@@ -97,7 +99,8 @@ async def run_agent(
                                                                     for f in recovered}))
         reporter = Reporter(journal)
         health = HealthWatch(sender)
-        executor = Executor(journal, sender, reporter, health)
+        executor = Executor(journal, sender, reporter, health,
+                            give_back_after=config.give_back_after)
         limiter = limiter or trio.CapacityLimiter(config.max_streams)
 
         async def session(link: Link, on_welcome: Callable[[pb.Welcome], None]) -> None:

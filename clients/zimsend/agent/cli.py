@@ -63,6 +63,10 @@ def register(commands: Any) -> None:
     run.add_argument("--inject-inbound", type=int, default=0, metavar="N",
                      help="simulator: receive N inbound SMS, one every --inject-interval")
     run.add_argument("--inject-interval", type=float, default=5.0, metavar="S")
+    run.add_argument("--give-back-after", type=float, default=None, metavar="S",
+                     help="give the commands held back to the server (failed before sending,"
+                          " so another phone sends them) after the phone could not send for S"
+                          " seconds (default: 45)")
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(handler=_run_handler)
 
@@ -91,6 +95,9 @@ def _add_simulator_flags(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--delivery-delay", type=float, default=1.0, metavar="S",
                      help="delay of handset delivery reports; negative: never delivered")
     sim.add_argument("--failure-rate", type=float, default=0.0, metavar="F")
+    sim.add_argument("--health-file", type=Path, metavar="FILE",
+                     help="while FILE holds a before-send code (NO_SERVICE, RADIO_OFF,"
+                          " SIM_MISSING, SIM_PIN_REQUIRED), the phone says it cannot send")
     sim.add_argument("--failure-codes", default="", metavar="CODE,...",
                      help="FailureCode names drawn for failures (failures.proto), e.g. "
                      "NO_SERVICE (before the SMS left: the server re-routes it) or TIMEOUT "
@@ -125,6 +132,7 @@ def simulation_config(args: argparse.Namespace) -> Any:
         failure_rate=min(1.0, max(0.0, args.failure_rate)),
         failure_codes=codes or DEFAULT_FAILURE_CODES,
         outbox=args.outbox,
+        health_file=args.health_file,
     )
 
 
@@ -172,6 +180,10 @@ def agent_config(args: argparse.Namespace) -> Any:
     if args.ca_file is not None and not args.ca_file.is_file():
         _usage_error(f"--ca-file {args.ca_file} is not a readable file")
     journal = args.journal or default_state_dir() / f"journal-{values['device_id']}.sqlite3"
+    if args.give_back_after is not None:
+        if args.give_back_after < 0:
+            _usage_error("--give-back-after must be 0 or more seconds")
+        values["give_back_after"] = args.give_back_after
     return AgentConfig(journal=journal, ca_file=args.ca_file, **values)
 
 

@@ -11,6 +11,13 @@ day, the day the server's dispatcher counts (counted in the journal, so a restar
 reset it); nothing while `enabled` is false, nor while the sender says it cannot send (see
 health.py). Settings apply live: a DeviceSettings frame wakes the executor at once.
 
+Giving back: a phone that stays unable to send for `give_back_after` seconds reports every
+command it holds but has not begun handing to the radio as failed with a before-send code
+(NO_SERVICE, SIM_MISSING, SIM_PIN_REQUIRED: `health.give_back_code`), so the server queues
+those messages for another phone instead of leaving them `processing` here. Only a `queued`
+journal row can be given back (`Journal.give_back`, one transaction): a command whose send
+began is never reported as not sent.
+
 Cancellation: a handoff in progress is shielded (bounded by `send_timeout`) so a shutdown never
 leaves an intent without an outcome; the queue itself is durable in the journal. Between two
 handoffs the loop checks for cancellation even when the next command is due at once, so a stop
@@ -28,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from zimsend.agent.health import HealthWatch
+from zimsend.agent.health import HealthWatch, give_back_code
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
 from zimsend.agent.senders.base import PartResult, Sender, SendRequest, SendResult, failure
@@ -42,19 +49,24 @@ log = logging.getLogger("zimsend.agent")
 
 _NORMAL = 3
 
+#: Seconds a phone may stay unable to send before it gives back the commands it holds: long
+#: enough to ride out a cell handover or a SIM re-reading, short against a message's TTL.
+GIVE_BACK_AFTER_S = 45.0
+
 
 class Executor:
     """One sender, one queue, the device's live settings."""
 
     def __init__(
         self, journal: Journal, sender: Sender, reporter: Reporter, health: HealthWatch, *,
-        send_timeout: float = 60.0,
+        send_timeout: float = 60.0, give_back_after: float = GIVE_BACK_AFTER_S,
     ) -> None:
         self._journal = journal
         self._sender = sender
         self._reporter = reporter
         self._health = health
         self._send_timeout = send_timeout
+        self._give_back_after = give_back_after
         self.settings: pb.DeviceSettings | None = None
         # Heap of (rank, seq, message id); `_queued` holds the live command per message id, so
         # a stale heap entry (cancelled, or superseded by a new attempt) is skipped or resolved
@@ -110,6 +122,7 @@ class Executor:
             self.enqueue(command)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_health)
+            nursery.start_soon(self._give_back_while_unable)
             while True:
                 await trio.lowlevel.checkpoint()  # a stop lands between handoffs, not after all
                 command = await self._next()
@@ -119,6 +132,44 @@ class Executor:
         while True:
             await self._health.changed()
             self._poke()
+
+    async def _give_back_while_unable(self) -> None:
+        """Every `give_back_after` seconds the phone cannot send, give back what it holds."""
+        while True:
+            since = self._health.unable_since
+            if since is None:
+                await self._health.changed()
+                continue
+            remaining = since + self._give_back_after - trio.current_time()
+            if remaining > 0:
+                with trio.move_on_after(remaining):
+                    await self._health.changed()
+                continue
+            self.give_back()
+            with trio.move_on_after(self._give_back_after):
+                await self._health.changed()
+
+    def give_back(self) -> int:
+        """Report every held command not yet begun as failed before sending (the health's
+        code); returns how many. Synchronous: no send can begin meanwhile."""
+        health = self._health.latest
+        if health is None or health.can_send or not self._queued:
+            return 0
+        code = give_back_code(health)
+        why = f"the phone could not send: {health.problem or 'no reason given'}"
+        given = 0
+        for mid, command in list(self._queued.items()):
+            request = SendRequest(message_id=mid, to=command.to, body=command.body,
+                                  parts=tuple(plan(command.body).parts))
+            frames = self._journal.give_back(mid, _failed(request, code, why))
+            self._queued.pop(mid, None)  # given back, or begun/cancelled meanwhile
+            if frames:
+                self._reporter.add(frames)
+                given += 1
+        if given:
+            log.warning("gave back %d command(s) not sent (%s): %s", given, code, why)
+            self._poke()
+        return given
 
     async def _next(self) -> pb.SendCommand:
         while True:

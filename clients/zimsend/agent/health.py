@@ -7,6 +7,9 @@ that the phone cannot send, not at the next heartbeat half a minute later. So th
 `health()` is polled every few seconds; a change of `can_send`, `problem` or `network` wakes
 whoever waits (`changed()`): the executor re-checks, the session sends a Heartbeat now.
 
+A phone that stays unable to send gives back what it holds: `unable_since` tells the executor
+how long the gate has been closed, `give_back_code` which before-send FailureCode says why.
+
 Cancellation: `run` is a plain loop; cancelling it only stops the polling.
 """
 
@@ -16,9 +19,10 @@ import logging
 
 import trio
 
-from zimsend.agent.senders.base import Health, Sender
+from zimsend.agent.senders.base import BEFORE_SEND_CODES, Health, Sender, failure
+from zimsend.v1 import failures_pb2
 
-__all__ = ["HealthWatch"]
+__all__ = ["HealthWatch", "give_back_code"]
 
 log = logging.getLogger("zimsend.agent")
 
@@ -32,6 +36,9 @@ class HealthWatch:
         self._sender = sender
         self._interval = interval
         self.latest: Health | None = None
+        #: trio time at which the sender last went from "can send" (or unknown) to "cannot";
+        #: None while it can send or before its first answer.
+        self.unable_since: float | None = None
         self._changed = trio.Event()
 
     @property
@@ -57,6 +64,10 @@ class HealthWatch:
             health = Health(None, None, None, can_send=False,
                             problem=f"health check failed: {type(exc).__name__}")
         old, self.latest = self.latest, health
+        if health.can_send:
+            self.unable_since = None
+        elif self.unable_since is None:
+            self.unable_since = trio.current_time()
         if old is None or (old.can_send, old.problem, old.network) != (
                 health.can_send, health.problem, health.network):
             if not health.can_send:
@@ -66,3 +77,15 @@ class HealthWatch:
             self._changed.set()
             self._changed = trio.Event()
         return health
+
+
+def give_back_code(health: Health) -> str:
+    """The before-send FailureCode for commands given back while `health` says the phone
+    cannot send: the sender's own (SIM_MISSING, SIM_PIN_REQUIRED…), else NO_SERVICE when the
+    phone is not registered on a network, else MODEM_REFUSED (the sender refuses for a reason
+    it did not name; still nothing reached the radio)."""
+    if health.failure_code in BEFORE_SEND_CODES:
+        return health.failure_code
+    if health.network in ("searching", "denied", "not_registered"):
+        return failure(failures_pb2.NO_SERVICE)
+    return failure(failures_pb2.MODEM_REFUSED)

@@ -221,6 +221,18 @@ class Journal:
             )
             return cur.rowcount == 1
 
+    def give_back(self, message_id: str, result: SendResult) -> list[pb.DeviceFrame]:
+        """Fail a command that was never handed to the SIM (`result` carries a before-send
+        code), so the server gives the message to another phone; [] when it is no longer
+        `queued` (its send began: then only the sender's outcome counts). One transaction."""
+        with self._tx():
+            if not self.begin_send(message_id):
+                return []
+            self._db.execute(
+                "UPDATE messages SET handed_at = NULL WHERE device = ? AND message_id = ?",
+                (self.device, message_id))
+            return self.finish_send(message_id, result)
+
     # --- the send itself ------------------------------------------------------------------
 
     def begin_send(self, message_id: str) -> bool:

@@ -70,6 +70,20 @@ class SimulationConfig:
     #: give the message to another phone, an ambiguous one (TIMEOUT, DEVICE_ERROR) does not.
     failure_codes: tuple[str, ...] = DEFAULT_FAILURE_CODES
     outbox: Path | None = None
+    #: While this file holds a before-send FailureCode name (NO_SERVICE, RADIO_OFF,
+    #: SIM_MISSING, SIM_PIN_REQUIRED), the phone's health says it cannot send, for that
+    #: reason: a test writes it to take a phone's network or SIM away, empties it to give
+    #: them back.
+    health_file: Path | None = None
+
+
+#: What the phone says for each code a health file may hold (the device list's words).
+HEALTH_PROBLEMS = {
+    "NO_SERVICE": ("not_registered", "no mobile network (simulated)"),
+    "RADIO_OFF": ("", "airplane mode is on (simulated)"),
+    "SIM_MISSING": ("", "no SIM card in the phone (simulated)"),
+    "SIM_PIN_REQUIRED": ("", "the SIM is locked: enter its PIN on the phone (simulated)"),
+}
 
 
 @dataclass(frozen=True)
@@ -164,8 +178,27 @@ class Simulation:
         """Plausible, slowly varying health; deterministic per seed and minute."""
         minute = int(datetime.now(UTC).timestamp() // 60)
         rng = random.Random(f"{self._seed}:{self.device_id}:health:{minute}")
-        return Health(battery=rng.randint(60, 100), charging=rng.random() < 0.5,
-                      signal=rng.randint(2, 4), network="home")
+        battery, charging = rng.randint(60, 100), rng.random() < 0.5
+        code = self._health_file_code()
+        if code:
+            network, problem = HEALTH_PROBLEMS[code]
+            return Health(battery=battery, charging=charging, signal=0, network=network,
+                          can_send=False, problem=problem, failure_code=code)
+        return Health(battery=battery, charging=charging, signal=rng.randint(2, 4),
+                      network="home")
+
+    def _health_file_code(self) -> str:
+        """The code the health file holds ("" when absent or empty; an unknown word counts
+        as NO_SERVICE, so a typo still takes the phone offline rather than nothing)."""
+        if self.config.health_file is None:
+            return ""
+        try:
+            text = self.config.health_file.read_text(encoding="utf-8").strip().upper()
+        except FileNotFoundError:
+            return ""
+        if not text:
+            return ""
+        return text if text in HEALTH_PROBLEMS else "NO_SERVICE"
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -107,7 +107,10 @@ class DeviceInfo:
 class Health:
     """Battery percent, charging, signal bars 0-4 (None: the device does not say), network
     registration (NETWORK_STATES or ""), and whether the phone can send right now; when it
-    cannot, `problem` says why in words for the device list."""
+    cannot, `problem` says why in words for the device list, and `failure_code` (a
+    BEFORE_SEND_CODES name: NO_SERVICE, SIM_MISSING, SIM_PIN_REQUIRED…) is what the commands
+    the phone holds are given back with if it stays so (executor.py); "" lets the agent pick
+    from `network` (see `health.give_back_code`)."""
 
     battery: int | None
     charging: bool | None
@@ -115,6 +118,7 @@ class Health:
     network: str = ""
     can_send: bool = True
     problem: str = ""
+    failure_code: str = ""
 
 
 @dataclass(frozen=True)

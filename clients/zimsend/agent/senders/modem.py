@@ -173,6 +173,8 @@ class _State:
 
     open: bool = False
     problem: str = "modem not opened yet"
+    #: The before-send FailureCode of `problem` when it is the SIM's lock ("" otherwise).
+    problem_code: str = ""
     model: str = "GSM modem"
     operator: str = ""
     network: str = ""
@@ -212,7 +214,8 @@ class ModemSender:
         problem = s.problem if not s.open else (
             "" if can_send else f"not registered on a network ({s.network})")
         return Health(battery=s.battery, charging=s.charging, signal=s.signal,
-                      network=s.network, can_send=can_send, problem=problem)
+                      network=s.network, can_send=can_send, problem=problem,
+                      failure_code="" if s.open else s.problem_code)
 
     async def send(self, request: SendRequest) -> SendResult:
         if not self._state.open:
@@ -335,6 +338,7 @@ class ModemSender:
 
     def _open(self) -> bool:
         gammu = self._gammu
+        self._state.problem_code = ""
         machine = gammu.StateMachine()
         try:
             machine.ReadConfig(Section=self._config.section, Filename=str(self._config.gammurc))
@@ -357,7 +361,7 @@ class ModemSender:
         except gammu.GSMError as exc:
             self._close(f"cannot read the modem's state: {failure_of(exc)[1]}")
             return False
-        self._state.open, self._state.problem = True, ""
+        self._state.open, self._state.problem, self._state.problem_code = True, "", ""
         log.info("modem open: %s", self._state.model)
         return True
 
@@ -372,6 +376,7 @@ class ModemSender:
             return False
         if needed is None:
             return True
+        self._state.problem_code = failure(_F.SIM_PIN_REQUIRED)  # until unlocked
         if needed != "Pin":
             self._state.problem = f"the SIM needs its {needed.upper()}: unlock it in a phone"
             return False
@@ -393,7 +398,7 @@ class ModemSender:
         with self._lock:
             machine, self._machine = self._machine, None
         self._state.open = False
-        self._state.problem = why
+        self._state.problem, self._state.problem_code = why, ""
         if machine is not None:
             _terminate(machine)
 

@@ -76,6 +76,10 @@ SIM_PROBLEMS = {
     "8": "the SIM card cannot be read (card I/O error)",
     "9": "the SIM card is restricted by the carrier",
 }
+#: The before-send FailureCode held commands are given back with, per SIM state (executor.py);
+#: the other states fall back to the network's (health.give_back_code).
+SIM_CODES = {"absent": "SIM_MISSING", "pin_required": "SIM_PIN_REQUIRED",
+             "puk_required": "SIM_PIN_REQUIRED"}
 
 
 class TermuxApiError(Exception):
@@ -189,7 +193,8 @@ class TermuxSender:
             problem = (f"SIM slot {self.sim_slot} does not exist: this phone has {count}"
                        " (--sim-slot counts from 0)")
         return Health(battery, charging, signal, network=network, can_send=not problem,
-                      problem=problem)
+                      problem=problem,
+                      failure_code=SIM_CODES.get(str(info.get("sim_state") or ""), ""))
 
     def _signal(self, cells: Any) -> int | None:
         """Bars (0-4, Android's level) of the cell the phone is registered on; None when
