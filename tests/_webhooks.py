@@ -11,9 +11,9 @@ from typing import Any
 import httpcore
 import trio
 
+from zimsend.server import webhook_endpoints
 from zimsend.server.accounts.credentials import new_id
 from zimsend.server.storage import Client, Database, OutboxEvent, WebhookDelivery
-from zimsend.server.webhook_delivery import endpoints
 
 PEPPER = b"test-pepper-not-secret-0123456789"
 
@@ -27,8 +27,8 @@ def seed_client(db: Database, client_id: str | None = None) -> str:
 
 def add_endpoint(
     db: Database, client_id: str, url: str, events: list[str] | None = None, secret: str = ""
-) -> endpoints.NewEndpoint:
-    return endpoints.configure(
+) -> webhook_endpoints.NewEndpoint:
+    return webhook_endpoints.configure(
         db, PEPPER, client_id, url=url, events=events or ["sms.sent", "sms.delivered"],
         secret=secret, allow_insecure=True,
     )

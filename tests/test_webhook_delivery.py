@@ -26,9 +26,9 @@ from _sms import Account, new_account
 from _webhooks import add_event, deliveries, event_row, seed_client
 from conftest import RunningServer
 
+from zimsend.server import webhook_endpoints
 from zimsend.server.config import Settings
 from zimsend.server.storage import Database
-from zimsend.server.webhook_delivery import endpoints
 from zimsend.v1 import sms_pb2, sms_pb2_grpc
 from zimsend.v1 import webhooks_pb2 as pb
 from zimsend.v1 import webhooks_pb2_grpc as pb_grpc
@@ -234,7 +234,7 @@ def test_killing_the_worker_mid_delivery_loses_nothing(
 ) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
     port = free_port()
-    hook = endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
+    hook = webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
                                events=["sms.sent"], secret="", allow_insecure=True)
     with Receiver(logs_dir, secret=hook.secret, port=port, delay_ms=3000) as receiver:
         first = start_worker(env, logs_dir, "doomed", "--lease-seconds", "8")
@@ -265,7 +265,7 @@ def test_ctrl_c_lets_the_delivery_in_flight_finish(
 ) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
     port = free_port()
-    hook = endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
+    hook = webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
                                events=["sms.sent"], secret="", allow_insecure=True)
     with Receiver(logs_dir, secret=hook.secret, port=port, delay_ms=2000) as receiver:
         worker = start_worker(env, logs_dir, "interrupted", "--lease-seconds", "8")
@@ -324,7 +324,7 @@ def test_private_addresses_are_refused_at_delivery(
     tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
 ) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="0")
-    endpoints.configure(db, TEST_PEPPER.encode(), client_id, url="https://hooks.example.com/z",
+    webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url="https://hooks.example.com/z",
                         events=["otp.verified"], secret="", allow_insecure=False)  # signs overrides
     urls = ["https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
             "https://0x7f.1/", "http://127.0.0.1:9/"]

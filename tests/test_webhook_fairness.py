@@ -17,8 +17,8 @@ from _processes import zimsend_env as make_env
 from _receivers import Receiver, start_worker, wait_until
 from _webhooks import RecordingConnector, StubResolver, add_event, event_row, seed_client
 
+from zimsend.server import webhook_endpoints
 from zimsend.server.storage import Database
-from zimsend.server.webhook_delivery import endpoints
 from zimsend.server.webhook_delivery.sender import PER_ORIGIN, AttemptOutcome, WebhookSender
 from zimsend.server.webhook_delivery.transport import guarded_pools
 
@@ -135,7 +135,7 @@ def test_a_slow_receiver_does_not_hold_up_another_one(
     client_id = seed_client(db)
     secret, ports = "fairness-test-secret-0123456789", {"slow": free_port(), "fast": free_port()}
     for name, event in (("slow", "sms.sent"), ("fast", "sms.delivered")):
-        endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{ports[name]}/hooks",
+        webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{ports[name]}/hooks",
                             events=[event], secret=secret, allow_insecure=True)
     with Receiver(logs_dir, secret=secret, port=ports["slow"], mode="hang", name="slow") as slow, \
             Receiver(logs_dir, secret=secret, port=ports["fast"], name="fast") as fast, \

@@ -12,6 +12,7 @@ import pytest
 from _webhooks import PEPPER, add_endpoint, add_event, event_row, seed_client
 from sqlmodel import select
 
+from zimsend.server import webhook_endpoints
 from zimsend.server.accounts.credentials import decrypt_secret
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import (
@@ -21,7 +22,6 @@ from zimsend.server.storage import (
     OutboxStatus,
     WebhookEndpoint,
 )
-from zimsend.server.webhook_delivery import endpoints
 from zimsend.server.webhook_delivery.sender import AttemptOutcome
 from zimsend.server.worker.outbox import (
     ClaimedEvent,
@@ -76,7 +76,7 @@ def test_configure_generates_a_whsec_secret_stored_encrypted(db: Database) -> No
 def test_configure_names_every_bad_field(db: Database) -> None:
     client = seed_client(db)
     with pytest.raises(ApiError) as caught:
-        endpoints.configure(
+        webhook_endpoints.configure(
             db, PEPPER, client, url="https://hooks.example.com/", allow_insecure=False,
             events=["sms.sent", "sms.exploded", "webhook.test"], secret="short",
         )
@@ -95,7 +95,7 @@ def test_configure_refuses_local_and_plain_urls_when_insecure_is_off(
 ) -> None:
     client = seed_client(db)
     with pytest.raises(ApiError) as caught:
-        endpoints.configure(
+        webhook_endpoints.configure(
             db, PEPPER, client, url=url, events=["sms.sent"], secret="", allow_insecure=False
         )
     assert caught.value.code == ErrorCode.INVALID_WEBHOOK_URL
@@ -117,13 +117,13 @@ def test_configure_accepts_user_secrets_and_checks_whsec_ones(db: Database) -> N
 def test_endpoints_are_scoped_by_client(db: Database) -> None:
     mine, theirs = seed_client(db), seed_client(db)
     hook = add_endpoint(db, theirs, "https://a.example.com/").endpoint
-    assert endpoints.list_endpoints(db, mine) == []
-    for call in (endpoints.delete, endpoints.queue_test_event):
+    assert webhook_endpoints.list_endpoints(db, mine) == []
+    for call in (webhook_endpoints.delete, webhook_endpoints.queue_test_event):
         with pytest.raises(ApiError) as caught:
             call(db, mine, hook.id)
         assert caught.value.code == ErrorCode.WEBHOOK_NOT_FOUND
-    endpoints.delete(db, theirs, hook.id)
-    assert endpoints.list_endpoints(db, theirs) == []
+    webhook_endpoints.delete(db, theirs, hook.id)
+    assert webhook_endpoints.list_endpoints(db, theirs) == []
 
 
 # --- claims ------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_targets_are_the_subscribed_active_endpoints(db: Database) -> None:
     add_endpoint(db, client, "https://b.example.com/", ["sms.delivered"])
     gone = add_endpoint(db, client, "https://c.example.com/", ["sms.sent"])
     add_endpoint(db, other, "https://d.example.com/", ["sms.sent"])
-    endpoints.delete(db, client, gone.endpoint.id)
+    webhook_endpoints.delete(db, client, gone.endpoint.id)
     add_event(db, client, "sms.sent")
     (event,) = claim(db)
     targets = targets_of(db, PEPPER, event)
@@ -263,7 +263,7 @@ def test_a_test_event_goes_to_its_endpoint_only(db: Database) -> None:
     client = seed_client(db)
     tested = add_endpoint(db, client, "https://a.example.com/", ["sms.sent"])
     add_endpoint(db, client, "https://b.example.com/", ["sms.sent"])
-    queued = endpoints.queue_test_event(db, client, tested.endpoint.id)
+    queued = webhook_endpoints.queue_test_event(db, client, tested.endpoint.id)
     (event,) = claim(db)
     assert event.id == queued.id
     assert event.event_type == "webhook.test"
@@ -297,24 +297,23 @@ def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
     for event in claim(db):
         (target,) = targets_of(db, PEPPER, event)
         record_attempt(db, event, target, failed(t0 + dt.timedelta(seconds=ids.index(event.id))))
-    page = endpoints.list_logs(db, client, page=1, limit=2)
+    page = webhook_endpoints.list_logs(db, client, page=1, limit=2)
     assert [r.event_id for r in page.logs] == [ids[2], ids[1]]
     assert (page.total_items, page.total_pages) == (3, 2)
-    assert [r.event_id for r in endpoints.list_logs(db, client, page=2, limit=2).logs] == [ids[0]]
-    only = endpoints.list_logs(db, client, event_id=ids[1])  # page and limit not given
+    second = webhook_endpoints.list_logs(db, client, page=2, limit=2)
+    assert [r.event_id for r in second.logs] == [ids[0]]
+    only = webhook_endpoints.list_logs(db, client, event_id=ids[1])  # page and limit not given
     assert [r.event_id for r in only.logs] == [ids[1]]
     assert only.per_page == 50
-    assert (
-        endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id).total_items
-        == 3
-    )
-    assert endpoints.list_logs(db, seed_client(db), page=1, limit=10).total_items == 0
+    by_hook = webhook_endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id)
+    assert by_hook.total_items == 3
+    assert webhook_endpoints.list_logs(db, seed_client(db), page=1, limit=10).total_items == 0
     with pytest.raises(ApiError, match="limit"):
-        endpoints.list_logs(db, client, page=1, limit=101)
+        webhook_endpoints.list_logs(db, client, page=1, limit=101)
     zeros: tuple[dict[str, Any], ...] = ({"page": 0}, {"limit": 0})
     for zero in zeros:  # issue 12 item 11: refused, not the default
         with pytest.raises(ApiError, match=rf"{next(iter(zero))}: must be 1"):
-            endpoints.list_logs(db, client, **zero)
+            webhook_endpoints.list_logs(db, client, **zero)
 
 
 def test_redeliver_requeues_a_failed_event_with_a_fresh_schedule(db: Database) -> None:
@@ -322,13 +321,13 @@ def test_redeliver_requeues_a_failed_event_with_a_fresh_schedule(db: Database) -
     event_id = add_event(db, client)
     (event,) = claim(db)
     with pytest.raises(ApiError, match="delivering"):
-        endpoints.redeliver(db, client, event_id)
+        webhook_endpoints.redeliver(db, client, event_id)
     finish_event(db, event, remaining=1, last_error="x", schedule=[0], now=now())
     assert event_row(db, event_id).status == "failed"
     with pytest.raises(ApiError) as caught:
-        endpoints.redeliver(db, seed_client(db), event_id)
+        webhook_endpoints.redeliver(db, seed_client(db), event_id)
     assert caught.value.code == ErrorCode.EVENT_NOT_FOUND
-    endpoints.redeliver(db, client, event_id)
+    webhook_endpoints.redeliver(db, client, event_id)
     (again,) = claim(db)
     assert again.id == event_id
     assert again.attempt == 1

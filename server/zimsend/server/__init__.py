@@ -25,6 +25,7 @@ The domain
     devicelink/          the phones: streams, presence, dispatch, reports, the message lifecycle
     compliance/          opt-outs and client policy (quiet hours, keywords)
     webhook_delivery/    what an event looks like on the wire and how it gets there
+    webhook_endpoints    the WebhookService's database operations (configure, logs, redeliver)
     failures             the failure codes of failures.proto
     presence             whether a device is online
 

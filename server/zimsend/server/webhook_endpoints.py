@@ -28,10 +28,9 @@ from zimsend.server.storage import (
     get_for_client,
     utcnow,
 )
-
-from .events import EVENT_TYPES, TEST_EVENT, outbox_event
-from .signing import SECRET_PREFIX, standard_webhooks_key
-from .urls import WebhookUrlError, check_webhook_url
+from zimsend.server.webhook_delivery.events import EVENT_TYPES, TEST_EVENT, outbox_event
+from zimsend.server.webhook_delivery.signing import SECRET_PREFIX, standard_webhooks_key
+from zimsend.server.webhook_delivery.urls import WebhookUrlError, check_webhook_url
 
 __all__ = [
     "MAX_ENDPOINTS_PER_CLIENT",

@@ -47,15 +47,15 @@ def fill_outbox(stack: Stack, tenant: Tenant, url: str, secret: str, events: int
     directly: setup, not measurement."""
     from sqlalchemy import insert
 
+    from zimsend.server import webhook_endpoints
     from zimsend.server.accounts.credentials import new_id
     from zimsend.server.devicelink.transitions import event_row, iso
     from zimsend.server.storage import OutboxEvent
     from zimsend.server.storage.tables import table_of
-    from zimsend.server.webhook_delivery import endpoints
 
     db, pepper = _database(stack)
     try:
-        endpoints.configure(db, pepper, tenant.client_id, url=url,
+        webhook_endpoints.configure(db, pepper, tenant.client_id, url=url,
                             events=["sms.delivered"], secret=secret, allow_insecure=True)
         now = dt.datetime.now(dt.UTC)
         stamp = iso(now)

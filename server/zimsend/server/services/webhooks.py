@@ -1,7 +1,7 @@
 """WebhookService: configure (secret shown once), list, logs, test, delete, redeliver.
 
 The RPCs only convert: validation, scoping and storage live in
-`zimsend.server.webhook_delivery.endpoints`, delivery in the worker (`zimsend worker`). A test
+`zimsend.server.webhook_endpoints`, delivery in the worker (`zimsend worker`). A test
 or redelivered event is queued in the outbox like any other, so what a customer sees in the logs
 is exactly what production deliveries do.
 """
@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from zimsend.server import webhook_endpoints
 from zimsend.server.auth import Caller
 from zimsend.server.rpc import public_rpc
 from zimsend.server.services.convert import paging, ts
 from zimsend.server.state import ServerState
 from zimsend.server.storage import WebhookDelivery, WebhookEndpoint
-from zimsend.server.webhook_delivery import endpoints
 from zimsend.v1 import common_pb2
 from zimsend.v1 import webhooks_pb2 as pb
 from zimsend.v1 import webhooks_pb2_grpc as pb_grpc
@@ -37,7 +37,7 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         caller: Caller,
     ) -> pb.ConfigureWebhookResponse:
         new = await self.state.db_call(
-            endpoints.configure, self.state.db, self.state.pepper, caller.client_id,
+            webhook_endpoints.configure, self.state.db, self.state.pepper, caller.client_id,
             url=request.url, events=list(request.events), secret=request.secret,
             allow_insecure=self.state.settings.webhooks_allow_insecure,
         )
@@ -52,7 +52,9 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         context: grpc.aio.ServicerContext[pb.ListWebhooksRequest, pb.ListWebhooksResponse],
         caller: Caller,
     ) -> pb.ListWebhooksResponse:
-        rows = await self.state.db_call(endpoints.list_endpoints, self.state.db, caller.client_id)
+        rows = await self.state.db_call(
+            webhook_endpoints.list_endpoints, self.state.db, caller.client_id
+        )
         return pb.ListWebhooksResponse(success=True, webhooks=[_webhook(r) for r in rows])
 
     @public_rpc
@@ -62,7 +64,7 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         caller: Caller,
     ) -> pb.ListWebhookLogsResponse:
         page = await self.state.db_call(
-            endpoints.list_logs, self.state.db, caller.client_id, *paging(request),
+            webhook_endpoints.list_logs, self.state.db, caller.client_id, *paging(request),
             webhook_id=request.webhook_id, event_id=request.event_id,
         )
         return pb.ListWebhookLogsResponse(
@@ -81,7 +83,7 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         caller: Caller,
     ) -> pb.TestWebhookResponse:
         event = await self.state.db_call(
-            endpoints.queue_test_event, self.state.db, caller.client_id, request.webhook_id
+            webhook_endpoints.queue_test_event, self.state.db, caller.client_id, request.webhook_id
         )
         return pb.TestWebhookResponse(
             success=True,
@@ -97,7 +99,7 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         caller: Caller,
     ) -> pb.DeleteWebhookResponse:
         endpoint = await self.state.db_call(
-            endpoints.delete, self.state.db, caller.client_id, request.webhook_id
+            webhook_endpoints.delete, self.state.db, caller.client_id, request.webhook_id
         )
         return pb.DeleteWebhookResponse(success=True, webhook_id=endpoint.id)
 
@@ -110,7 +112,7 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         caller: Caller,
     ) -> pb.RedeliverWebhookEventResponse:
         event = await self.state.db_call(
-            endpoints.redeliver, self.state.db, caller.client_id, request.event_id
+            webhook_endpoints.redeliver, self.state.db, caller.client_id, request.event_id
         )
         return pb.RedeliverWebhookEventResponse(success=True, event_id=event.id)
 

@@ -8,7 +8,6 @@
     http1       lean keep-alive HTTP/1.1 POSTs (httptools), one small pool per origin
     origins     a few turns per receiver origin: a slow one holds up no other
     sender      `WebhookSender`: one signed POST with one overall deadline
-    endpoints   the WebhookService's database operations (configure, list, logs, test, ...)
 
 The worker (`zimsend.server.worker`) claims outbox rows and uses `sender` to deliver them.
 `transport`, `http1`, `origins` and `sender` are trio code: import them from their modules (the
