@@ -43,6 +43,8 @@ SPEC_CODES = {"NETWORK_ERROR", "INVALID_NUMBER", "NO_CREDIT", "BLOCKED_NUMBER", 
               "TIMEOUT", "EXPIRED"}
 PRE_SEND = {"NO_SERVICE", "RADIO_OFF", "SIM_MISSING", "SIM_PIN_REQUIRED", "SEND_LIMIT",
             "MODEM_REFUSED"}
+#: Given by the server only, never by a phone.
+SERVER_ONLY = {"EXPIRED", "OPTED_OUT"}
 FAILOVER = Failover(max_attempts=2, cooldown=dt.timedelta(seconds=60),
                     send_limit_cooldown=dt.timedelta(seconds=900))
 
@@ -52,7 +54,7 @@ FAILOVER = Failover(max_attempts=2, cooldown=dt.timedelta(seconds=60),
 
 def test_public_codes_are_spec_s_and_only_pre_send_codes_reroute() -> None:
     names = set(failures_pb2.FailureCode.keys()) - {"FAILURE_CODE_UNSPECIFIED"}
-    assert names == SPEC_CODES | PRE_SEND
+    assert names == SPEC_CODES | PRE_SEND | SERVER_ONLY
     for name in names:
         row = failures.info(name)
         assert row.public_code in SPEC_CODES
@@ -65,6 +67,8 @@ def test_public_codes_are_spec_s_and_only_pre_send_codes_reroute() -> None:
     assert failures.info("SIM_MISSING").public_code == "DEVICE_ERROR"
     assert not failures.info("INVALID_NUMBER").retryable
     assert not failures.info("BLOCKED_NUMBER").retryable
+    assert failures.info("OPTED_OUT").public_code == "BLOCKED_NUMBER"
+    assert not failures.info("OPTED_OUT").retryable
 
 
 def test_the_agent_reports_the_server_s_names() -> None:

@@ -5,6 +5,7 @@ phone listener) receiving the recipient's "Stop" and "START"; webhooks go throug
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +166,52 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
         # The inbound texts stay in the inbox like any other.
         inbox = http.get("/v1/sms/inbox").json()["data"]
         assert {m["message"] for m in inbox if m["from"] == TO} >= {"Stop", "  START "}
+
+
+def test_stop_fails_what_is_still_queued_to_the_number_with_a_webhook(
+    stack: Stack, http: httpx.Client, agent: Path, inbox_phone: dict[str, str],
+    zimsend_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """A message scheduled to a number that then texts STOP never leaves: it fails with
+    OPTED_OUT (SPEC's BLOCKED_NUMBER) and its `sms.failed` webhook says why; a message to
+    another number stays queued."""
+    port = free_port()
+    hook = http.post("/v1/webhooks/configure", json={
+        "url": f"http://127.0.0.1:{port}/failed", "events": ["sms.failed"]})
+    assert hook.status_code == 200, hook.text
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat()
+    with start_worker(zimsend_env, tmp_path), \
+            Receiver(tmp_path, secret=hook.json()["secret"], port=port) as receiver:
+        scheduled = http.post("/v1/sms/send", json={
+            "to": TO, "message": "Rappel: rendez-vous demain", "scheduled_at": later})
+        assert scheduled.status_code == 200, scheduled.text
+        message_id = scheduled.json()["message_id"]
+        other = http.post("/v1/sms/send", json={
+            "to": "+33698000010", "message": "Rappel", "scheduled_at": later}).json()
+        try:
+            _receive(stack, inbox_phone, TO, "STOP", "in-stop-queued")
+            failed = wait_for(
+                lambda: (s := http.get(f"/v1/sms/status/{message_id}").json())["status"]
+                == "failed" and s, 30, "the scheduled message failed by the STOP")
+            assert failed["error"]["reason"] == "OPTED_OUT"
+            assert failed["error"]["code"] == "BLOCKED_NUMBER"
+            assert failed["error"]["retryable"] is False
+            assert "opted out" in failed["error"]["hint"]
+            assert http.get(f"/v1/sms/status/{other['message_id']}").json()["status"] == "queued"
+
+            records = receiver.wait_for(
+                lambda r: any(json.loads(body_of(x))["data"]["message_id"] == message_id
+                              for x in r), what="the sms.failed webhook")
+            [event] = [e for e in (json.loads(body_of(r)) for r in records)
+                       if e["data"]["message_id"] == message_id][:1]
+            assert event["event"] == "sms.failed"
+            assert event["data"]["error"]["reason"] == "OPTED_OUT"
+            assert event["data"]["error"]["code"] == "BLOCKED_NUMBER"
+            assert all(line["message_id"] != message_id for line in outbox_lines(agent))
+        finally:
+            _receive(stack, inbox_phone, TO, "START", "in-start-queued")
+            http.delete(f"/v1/sms/{other['message_id']}")
+            wait_for(lambda: _listed(http, TO) == [], 30, "the number off the list again")
 
 
 def test_the_api_adds_lists_and_removes_numbers(http: httpx.Client) -> None:

@@ -50,6 +50,10 @@ class _FailureCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureCo
     """SPEC.md §7: the phone did not confirm the send in time. It may have left."""
     EXPIRED: _FailureCode.ValueType  # 7
     """SPEC.md §7: no phone took the message before its time to live ran out (server only)."""
+    OPTED_OUT: _FailureCode.ValueType  # 8
+    """Server only: the recipient opted out (a stop keyword, or POST /v1/opt-outs) while the
+    message was still queued; it was never handed to a phone (docs/compliance.md).
+    """
     NO_SERVICE: _FailureCode.ValueType  # 20
     """Before send: the phone has no mobile service (not registered, out of coverage)."""
     RADIO_OFF: _FailureCode.ValueType  # 21
@@ -89,6 +93,10 @@ TIMEOUT: FailureCode.ValueType  # 6
 """SPEC.md §7: the phone did not confirm the send in time. It may have left."""
 EXPIRED: FailureCode.ValueType  # 7
 """SPEC.md §7: no phone took the message before its time to live ran out (server only)."""
+OPTED_OUT: FailureCode.ValueType  # 8
+"""Server only: the recipient opted out (a stop keyword, or POST /v1/opt-outs) while the
+message was still queued; it was never handed to a phone (docs/compliance.md).
+"""
 NO_SERVICE: FailureCode.ValueType  # 20
 """Before send: the phone has no mobile service (not registered, out of coverage)."""
 RADIO_OFF: FailureCode.ValueType  # 21
@@ -114,6 +122,7 @@ class FailureCodeInfo(_message.Message):
     RETRYABLE_FIELD_NUMBER: _builtins.int
     HINT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SERVER_ONLY_FIELD_NUMBER: _builtins.int
     public_code: _builtins.str
     """The SPEC.md §7 code that `error.code` shows for it (its own name for SPEC's codes)."""
     before_send: _builtins.bool
@@ -127,6 +136,8 @@ class FailureCodeInfo(_message.Message):
     """One line telling the user what to do; `{device}` stands for the phone's id."""
     message: _builtins.str
     """The default `error.message` when the phone gave none."""
+    server_only: _builtins.bool
+    """True for the codes only the server gives (EXPIRED, OPTED_OUT): phones never report them."""
     def __init__(
         self,
         *,
@@ -135,10 +146,11 @@ class FailureCodeInfo(_message.Message):
         retryable: _builtins.bool = ...,
         hint: _builtins.str = ...,
         message: _builtins.str = ...,
+        server_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_send", b"before_send", "hint", b"hint", "message", b"message", "public_code", b"public_code", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_send", b"before_send", "hint", b"hint", "message", b"message", "public_code", b"public_code", "retryable", b"retryable", "server_only", b"server_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,8 +15,8 @@ from typing import Any
 from zimsend.v1 import failures_pb2
 
 __all__ = [
-    "EXPIRED", "FALLBACK", "TIMEOUT", "FailureInfo", "before_send_codes", "error_payload",
-    "hint", "info", "known", "normalise",
+    "EXPIRED", "FALLBACK", "OPTED_OUT", "TIMEOUT", "FailureInfo", "before_send_codes",
+    "error_payload", "hint", "info", "known", "normalise",
 ]
 
 _NAME = failures_pb2.FailureCode.Name
@@ -25,6 +25,8 @@ FALLBACK = _NAME(failures_pb2.DEVICE_ERROR)
 #: The codes the server itself gives: no phone took it in time; its phone never confirmed it.
 EXPIRED = _NAME(failures_pb2.EXPIRED)
 TIMEOUT = _NAME(failures_pb2.TIMEOUT)
+#: The recipient opted out while the message was queued (compliance/opt_outs.py).
+OPTED_OUT = _NAME(failures_pb2.OPTED_OUT)
 
 
 @dataclass(frozen=True)

@@ -53,17 +53,22 @@ def failure(code: failures_pb2.FailureCode.ValueType) -> str:
     return failures_pb2.FailureCode.Name(code)
 
 
-def _before_send(name: str) -> bool:
+def _option(name: str) -> failures_pb2.FailureCodeInfo:
     value = failures_pb2.FailureCode.DESCRIPTOR.values_by_name[name]
-    return bool(value.GetOptions().Extensions[failures_pb2.failure].before_send)
+    info: failures_pb2.FailureCodeInfo = value.GetOptions().Extensions[failures_pb2.failure]
+    return info
 
 
-#: Failure codes a sender may report: every FailureCode but EXPIRED, which is the server's.
-#: Report a BEFORE_SEND_CODES code only when the SMS certainly did not leave the phone: the
-#: server then gives the message to another phone.
+def _before_send(name: str) -> bool:
+    return _option(name).before_send
+
+
+#: Failure codes a sender may report: every FailureCode but the server's own (EXPIRED,
+#: OPTED_OUT: `server_only`). Report a BEFORE_SEND_CODES code only when the SMS certainly did
+#: not leave the phone: the server then gives the message to another phone.
 ERROR_CODES = tuple(
     name for name in failures_pb2.FailureCode.keys()
-    if name not in ("FAILURE_CODE_UNSPECIFIED", failure(failures_pb2.EXPIRED))
+    if name != "FAILURE_CODE_UNSPECIFIED" and not _option(name).server_only
 )
 #: The codes that prove the SMS never left the phone (failures.proto's table).
 BEFORE_SEND_CODES = tuple(name for name in ERROR_CODES if _before_send(name))

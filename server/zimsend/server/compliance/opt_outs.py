@@ -141,7 +141,12 @@ def add(
     now: dt.datetime | None = None,
 ) -> tuple[OptOut, bool]:
     """List `phone_number` (E.164); (the entry, whether it is new). A new entry writes
-    `sms.opted_out`."""
+    `sms.opted_out`. Either way the client's queued non-OTP messages to the number fail
+    (`OPTED_OUT`, each with `sms.failed`) in the same transaction: nothing more leaves for
+    someone who said stop (docs/decisions.md)."""
+    # transitions imports this module (record_inbound applies keywords): import it here.
+    from zimsend.server.devicelink.transitions import fail_queued_to_opted_out
+
     when = now or utcnow()
     row = {"client_id": client_id, "phone_number": phone_number, "source": source,
            "keyword": keyword, "device_id": device_id, "created_at": when}
@@ -152,6 +157,9 @@ def add(
     ).first()
     if inserted is not None:
         _event(session, client_id, "sms.opted_out", row, when, inbound_id)
+    failed = fail_queued_to_opted_out(session, client_id, phone_number, when)
+    if failed:
+        log.info("opt_outs.queued_failed", client_id=client_id, count=failed, source=source)
     stored = session.get(OptOut, (client_id, phone_number), populate_existing=True)
     assert stored is not None
     return stored, inserted is not None

@@ -592,6 +592,27 @@ def record_inbound(
     return True
 
 
+def fail_queued_to_opted_out(
+    session: Session, client_id: str, phone_number: str, now: dt.datetime,
+) -> int:
+    """Fail (`OPTED_OUT`) the client's `queued` messages to `phone_number`, scheduled and
+    held ones included, in the caller's transaction (the one that lists the number), each
+    with its `sms.failed` event. OTPs are left alone (their user asked for the code now).
+    Reads the client's queued rows (`ix_messages_dispatch`), a STOP being rare. Returns how
+    many failed."""
+    query = (
+        select(Message)
+        .where(col(Message.status) == MessageStatus.QUEUED,
+               col(Message.client_id) == client_id, col(Message.to) == phone_number,
+               col(Message.sealed_body).is_(None))
+        .with_for_update()
+    )
+    messages = list(session.scalars(query))
+    for message in messages:
+        transition(session, message, MessageStatus.FAILED, now, error_code=failures.OPTED_OUT)
+    return len(messages)
+
+
 def expire_overdue_messages(
     db: Database, now: dt.datetime, *, ttl: dt.timedelta | None = None, batch: int = 500
 ) -> int:
