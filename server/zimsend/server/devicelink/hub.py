@@ -11,7 +11,8 @@ One hub per server process (`DeviceHub.of(state)`), owning:
   (rename, pacing, disable, delete, password rotation) reaches the phone within one flush;
 - the connect writer: streams that said hello are recorded (presence row + `device.connected`)
   in one transaction per batch, as heartbeats are — during a reconnect storm one transaction
-  per phone made the write lock the limit (docs/benchmarks.md, `aced0d2`);
+  per phone made the write lock the limit (docs/benchmarks.md, `aced0d2`); the shared
+  group-commit helper's `AsyncLane` (`storage.group_commit`) runs it;
 - the report writer (group commit) and the dispatcher.
 
 Management RPCs call `apply_config` / `close_device` for phones on this replica.
@@ -26,7 +27,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from zimsend.server import failures, logs
@@ -49,6 +50,7 @@ from zimsend.server.devicelink.transitions import PartReport
 from zimsend.server.errors import ApiError
 from zimsend.server.state import ServerState
 from zimsend.server.storage import utcnow, wakeups
+from zimsend.server.storage.group_commit import AsyncLane, commit_each
 from zimsend.v1 import common_pb2
 from zimsend.v1 import device_link_pb2 as pb
 
@@ -67,8 +69,6 @@ CONNECT_BATCH = 500
 #: Longest `cannot_send_reason` kept (it is shown on GET /v1/devices and in DEVICE_OFFLINE).
 CANNOT_SEND_REASON_MAX = 200
 
-_Connecting = tuple[ConnectRequest, "asyncio.Future[ConnectedDevice | ApiError]"]
-
 
 class DeviceHub:
     def __init__(self, state: ServerState) -> None:
@@ -79,8 +79,9 @@ class DeviceHub:
         self.reports = ReportWriter(state, self.dispatcher.applied)
         self._locks: dict[str, asyncio.Lock] = {}
         self._beats: dict[str, Beat] = {}
-        self._connecting: list[_Connecting] = []
-        self._connect_wake = asyncio.Event()
+        #: Welcomed streams to record; a deleted device's connect fails with its ApiError.
+        self._connects: AsyncLane[ConnectRequest, ConnectedDevice] = AsyncLane(
+            "connects", self._write_connects, max_batch=CONNECT_BATCH)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._closing = False
@@ -115,7 +116,7 @@ class DeviceHub:
         listen = wakeups.listen_in_loop(self.state.db, {wakeups.WORK_CHANNEL: self.dispatcher.wake},
                                         on_reconnect=self.dispatcher.wake)
         for coro in (listen, self.dispatcher.run(), self.reports.run(), self._watchdog(),
-                     self._flush_heartbeats_forever(), self._write_connects_forever()):
+                     self._flush_heartbeats_forever(), self._connects.run()):
             self._loops.append(asyncio.create_task(coro))
 
     async def shutdown(self) -> None:
@@ -138,8 +139,7 @@ class DeviceHub:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        for _, waiter in self._connecting:  # never written: their streams end with the server
-            waiter.cancel()
+        self._connects.cancel_waiting()  # never written: their streams end with the server
         await self.dispatcher.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -166,14 +166,8 @@ class DeviceHub:
         lock = self._locks.setdefault(device_id, asyncio.Lock())
         async with lock:
             connection_id = f"conn_{secrets.token_hex(8)}"
-            waiter: asyncio.Future[ConnectedDevice | ApiError] = (
-                asyncio.get_running_loop().create_future())
-            self._connecting.append(
-                (ConnectRequest(device_id, connection_id, info, ip_address), waiter))
-            self._connect_wake.set()
-            connected = await waiter
-            if isinstance(connected, ApiError):
-                raise connected
+            connected = await self._connects.submit(
+                ConnectRequest(device_id, connection_id, info, ip_address))
             session = DeviceSession(
                 device_id=device_id, client_id=connected.client_id, connection_id=connection_id,
                 name=connected.name, config=connected.config, ip_address=ip_address, task=task,
@@ -198,31 +192,19 @@ class DeviceHub:
                  redelivered=len(redeliver))
         return session
 
-    async def _write_connects_forever(self) -> None:
-        while True:
-            await self._connect_wake.wait()
-            self._connect_wake.clear()
-            while self._connecting:
-                batch = self._connecting[:CONNECT_BATCH]
-                del self._connecting[:CONNECT_BATCH]
-                await self._write_connects(batch)
-
-    async def _write_connects(self, batch: list[_Connecting]) -> None:
+    async def _write_connects(
+        self, batch: list[ConnectRequest]
+    ) -> Sequence[ConnectedDevice | BaseException]:
         """One transaction for every connect queued; each waiter gets its own outcome (a
-        failed batch fails each of its connects: the phones retry)."""
-        try:
-            outcomes: list[ConnectedDevice | ApiError] = await self.state.link_call(
-                record_connects, self.state.db, self.replica_id, [r for r, _ in batch], utcnow()
-            )
-        except Exception as exc:
-            logs.failure(log, "hub.connects_not_recorded", exc, size=len(batch))
-            for _, waiter in batch:
-                if not waiter.done():
-                    waiter.set_exception(exc)
-            return
-        for (_, waiter), outcome in zip(batch, outcomes, strict=True):
-            if not waiter.done():
-                waiter.set_result(outcome)
+        failed batch is retried connect by connect; a connect that still fails fails alone:
+        its phone retries)."""
+        db, replica_id, now = self.state.db, self.replica_id, utcnow()
+        return await self.state.link_call(
+            commit_each, batch,
+            lambda requests: record_connects(db, replica_id, list(requests), now),
+            lambda request: _one(record_connects(db, replica_id, [request], now)),
+            name="connects",
+        )
 
     def _pacing_start(self, session: DeviceSession, last_send_at: dt.datetime | None) -> float:
         """Pacing survives reconnects: the first send waits for the interval since the last."""
@@ -383,6 +365,14 @@ class DeviceHub:
                 session.close(reconnect="REPLACED", disconnect_reason="")
             else:
                 self.apply_config(beat.device_id, config)
+
+
+def _one(outcomes: list[ConnectedDevice | ApiError]) -> ConnectedDevice:
+    """A connect recorded alone: its device, or its ApiError raised."""
+    (outcome,) = outcomes
+    if isinstance(outcome, ApiError):
+        raise outcome
+    return outcome
 
 
 def _capabilities(hello: pb.DeviceHello) -> dict[str, Any]:
