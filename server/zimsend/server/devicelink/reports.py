@@ -10,15 +10,16 @@ when the server is idle.
 
 If a batch fails (a bug, or a report the database rejects), its reports are retried one
 transaction each, so one bad report cannot hold back the others; a report that still fails is
-not acknowledged (the phone keeps it and replays it on its next stream) and is logged.
+not acknowledged (the phone keeps it and replays it on its next stream) and is logged. The
+queue, the writer task and the retries are the shared group-commit helper's
+(`storage.group_commit`: `AsyncLane`, `commit_each`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlmodel import Session
@@ -35,11 +36,16 @@ from zimsend.server.devicelink.transitions import (
 )
 from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, utcnow
+from zimsend.server.storage.group_commit import AsyncLane, commit_each
 from zimsend.v1 import device_link_pb2 as pb
 
 __all__ = ["InboundItem", "ReportWriter", "status_report"]
 
 log = logs.get("zimsend.devicelink.reports")
+
+#: Reports written per transaction at most (the batch was unbounded before the shared
+#: helper; a burst larger than this is simply several transactions back to back).
+_MAX = 10_000
 
 _OUTCOMES: dict[int, Outcome] = {
     pb.StatusReport.OUTCOME_SENT: "sent",
@@ -102,8 +108,8 @@ class ReportWriter:
     ) -> None:
         self._state = state
         self._on_applied = on_applied
-        self._pending: list[_Item] = []
-        self._wake = asyncio.Event()
+        # No one waits on a report's future: its ack goes to the phone after the commit.
+        self._lane: AsyncLane[_Item, None] = AsyncLane("reports", self._write, max_batch=_MAX)
         self._failover = failover_of(state)
 
     def submit(
@@ -111,38 +117,29 @@ class ReportWriter:
     ) -> None:
         """Queue a report; `ack=False` for reports the server makes up itself (a refused
         command), which the phone does not hold."""
-        self._pending.append(_Item(session, report, ack))
-        self._wake.set()
+        self._lane.put(_Item(session, report, ack), wait=False)
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                try:
-                    await self._write(batch)
-                except Exception as exc:  # never let one batch stop the writer
-                    logs.failure(log, "reports.write_failed", exc, size=len(batch))
+        """The writer task (until cancelled)."""
+        await self._lane.run()
 
     async def flush(self) -> None:
         """Write whatever is queued now (shutdown)."""
-        batch, self._pending = self._pending, []
-        if batch:
-            await self._write(batch)
+        await self._lane.flush()
 
-    async def _write(self, batch: list[_Item]) -> None:
+    async def _write(self, batch: list[_Item]) -> Sequence[None]:
         sessions = list({id(i.session): i.session for i in batch}.values())
         index = {id(s): n for n, s in enumerate(sessions)}
         items = [(index[id(i.session)] if i.ack else -1, i.session.client_id,
                   i.session.device_id, i.report) for i in batch]
-        try:
-            outcome = await self._state.link_call(_apply_batch, self._state.db, items,
-                                                  self._failover)
-        except Exception as exc:
-            logs.failure(log, "reports.batch_failed", exc, size=len(items))
-            outcome = await self._state.link_call(_apply_one_by_one, self._state.db, items,
-                                                  self._failover)
+        db, failover = self._state.db, self._failover
+        results = await self._state.link_call(
+            commit_each, items,
+            lambda rows: [_apply_batch(db, list(rows), failover)] * len(rows),
+            lambda row: _apply_batch(db, [row], failover),
+            name="reports",
+        )
+        outcome = _merged(items, results)
         by_session: dict[int, list[Transition]] = defaultdict(list)
         message_session = {
             i.report.message_id: index[id(i.session)] for i in batch
@@ -158,6 +155,7 @@ class ReportWriter:
             if ids:
                 session.push(pb.ServerFrame(report_ack=pb.ReportAck(report_ids=ids)))
             self._on_applied(session, by_session.get(n, []))
+        return [None] * len(batch)
 
 
 def failover_of(state: ServerState) -> Failover:
@@ -213,18 +211,21 @@ def _apply_batch(db: Database, rows: list[_Row], failover: Failover | None = Non
     return outcome
 
 
-def _apply_one_by_one(
-    db: Database, rows: list[_Row], failover: Failover | None = None
-) -> _Outcome:
+def _merged(rows: list[_Row], results: Sequence[_Outcome | BaseException]) -> _Outcome:
+    """One outcome for the batch: its own when it committed whole (every row then holds the
+    same one), else the sum of the rows written alone; a row that failed alone is logged and
+    not acknowledged (the phone replays it)."""
     total = _Outcome({}, [])
-    for row in rows:
-        try:
-            one = _apply_batch(db, [row], failover)
-        except Exception as exc:
+    seen: set[int] = set()
+    for row, one in zip(rows, results, strict=True):
+        if isinstance(one, BaseException):
             logs.failure(
-                log, "reports.report_failed", exc, device_id=row[2], report_id=row[3].report_id
+                log, "reports.report_failed", one, device_id=row[2], report_id=row[3].report_id
             )
             continue
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
         for n, ids in one.acked.items():
             total.acked.setdefault(n, []).extend(ids)
         total.transitions += one.transitions
