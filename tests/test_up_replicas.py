@@ -162,6 +162,40 @@ def test_a_replica_killed_is_restarted_while_the_other_answers(stack: Stack) -> 
     assert "was killed by SIGKILL; restarting it" in stack.program.output()
 
 
+def _postmaster(pid: int) -> int | None:
+    """The private cluster's postmaster below `pid` (its backends rename themselves
+    "postgres: …"; the postmaster keeps its argv: …/postgres -D <data>)."""
+    return next((p for p, argv in _children(pid).items()
+                 if argv[0].endswith("/postgres") and "-D" in argv), None)
+
+
+def test_postgres_killed_is_restarted_and_sends_work_again(stack: Stack) -> None:
+    victim = _postmaster(stack.program.pid)
+    assert victim is not None
+    subprocess.run(["kill", "-9", str(victim)], check=True)
+    _wait(lambda: "PostgreSQL restarted" in stack.program.output(), 60,
+          "PostgreSQL restarted")
+    assert "PostgreSQL was killed by SIGKILL; restarting it" in stack.program.output()
+    assert _postmaster(stack.program.pid) not in (None, victim)
+
+    def accepted() -> str | None:  # the replicas' pools reconnect on their own
+        try:
+            sent = httpx.post(f"{stack.base}/v1/sms/send", headers=stack.auth, timeout=10,
+                              json={"to": "+33612345678", "message": "après la panne"})
+        except httpx.HTTPError:
+            return None
+        return str(sent.json()["message_id"]) if sent.status_code == 200 else None
+
+    message_id = _wait(accepted, 60, "a send accepted after the restart")
+
+    def delivered() -> bool:
+        reply = httpx.get(f"{stack.base}/v1/sms/status/{message_id}", headers=stack.auth,
+                          timeout=10)
+        return bool(reply.json().get("status") == "delivered")
+
+    _wait(delivered, 90, "the send after the restart delivered")
+
+
 def test_ctrl_c_stops_every_child_and_postgres(stack: Stack) -> None:
     children = _children(stack.program.pid)
     assert any("postgres" in " ".join(argv) for argv in children.values())

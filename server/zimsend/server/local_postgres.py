@@ -225,6 +225,13 @@ class LocalPostgres:
                 proc.kill()
                 proc.wait()
 
+    def exit_code(self) -> int | None:
+        """None while the postmaster runs; once it ended, its exit code (negative: the signal
+        that killed it; 0 when it was never started or was stopped). `zimsend up` polls this
+        to restart a cluster that died (`start()` again, from the main thread)."""
+        proc = self._proc
+        return 0 if proc is None else proc.poll()
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])

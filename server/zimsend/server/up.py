@@ -16,7 +16,8 @@ A trio supervisor (DESIGN.md: every long-lived program but the server is trio) t
   4. keeps the children running: one that exits is restarted after a backoff (0.5 s, doubling
      to 8 s) with the reason said on stderr. A child that crashes `RestartPolicy.max_crashes`
      times within `window_seconds` would only flap, so `up` then stops everything, says why
-     and exits 1;
+     and exits 1. The private PostgreSQL of `--postgres` is watched by the same rules (its
+     postmaster restarted in place, the replicas reconnect on their own);
   5. on Ctrl-C / SIGTERM stops the children in order (`STOP_ORDER`: the server first, so it
      refuses new calls and finishes the ones in flight while its phone and Envoy are still
      there; Envoy last), each with SIGTERM, then SIGKILL after a grace period.
@@ -45,12 +46,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from zimsend.server.local_postgres import LocalPostgres
 
 CREDENTIALS_FILE = "credentials.json"
 STOP_GRACE_SECONDS = 10.0
@@ -159,7 +164,7 @@ def _handler(args: argparse.Namespace) -> int:
         return 1
     try:
         args.database_url = cluster.url()
-        return trio.run(run_stack, args)
+        return trio.run(run_stack, args, cluster)
     finally:
         _say("stopping PostgreSQL")
         cluster.stop()
@@ -189,7 +194,7 @@ def postgres_connections(replicas: int, workers: int) -> int:
     return max(100, (replicas + workers) * (POOL_SIZE + 10 + 1) + 20)
 
 
-async def run_stack(args: argparse.Namespace) -> int:
+async def run_stack(args: argparse.Namespace, cluster: LocalPostgres | None = None) -> int:
     # Before any other task runs, so blocking on the file system here delays nothing (ASYNC240).
     data_dir = Path(args.data_dir).resolve()  # noqa: ASYNC240
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -210,6 +215,8 @@ async def run_stack(args: argparse.Namespace) -> int:
         nursery.start_soon(_stop_on_signal, supervisor)
         for child in supervisor.children:
             nursery.start_soon(supervisor.keep_running, child)
+        if cluster is not None:
+            nursery.start_soon(supervisor.keep_postgres_running, cluster)
         nursery.start_soon(_announce_when_ready, args, data_dir, credentials, created, supervisor)
         await supervisor.stop_requested.wait()
         with trio.CancelScope(shield=True):
@@ -408,9 +415,17 @@ class Supervisor:
         self.stop_requested.set()
 
     async def keep_running(self, child: Child) -> None:
+        await self._keep(child.name, lambda: self._run_once(child))
+
+    async def keep_postgres_running(self, cluster: LocalPostgres) -> None:
+        """Restart `--postgres`'s cluster when its postmaster dies, by `policy` like a child
+        (it was started before the children, by `_handler`)."""
+        await self._keep("PostgreSQL", lambda: self._run_postgres_once(cluster))
+
+    async def _keep(self, name: str, run_once: Callable[[], Awaitable[str | None]]) -> None:
         crashes: deque[float] = deque()
         while not self.stop_requested.is_set():
-            why = await self._run_once(child)
+            why = await run_once()
             if why is None:
                 return  # the stack is stopping
             now = time.monotonic()
@@ -419,13 +434,13 @@ class Supervisor:
                 crashes.popleft()
             window = f"{self.policy.window_seconds:g} s"
             if len(crashes) >= self.policy.max_crashes:
-                _say(f"{child.name} {why}: {len(crashes)} crashes within {window}, giving up")
+                _say(f"{name} {why}: {len(crashes)} crashes within {window}, giving up")
                 self.request_stop(
-                    f"{child.name} kept crashing ({len(crashes)} times within {window})"
+                    f"{name} kept crashing ({len(crashes)} times within {window})"
                 )
                 return
             delay = self.policy.delay(len(crashes))
-            _say(f"{child.name} {why}; restarting it in {delay:g} s "
+            _say(f"{name} {why}; restarting it in {delay:g} s "
                  f"(crash {len(crashes)} of {self.policy.max_crashes} allowed within {window})")
             with trio.move_on_after(delay):
                 await self.stop_requested.wait()
@@ -451,6 +466,26 @@ class Supervisor:
                 return None
             await trio.sleep(0.2)
         del self.running[child.name]
+        if self.stop_requested.is_set():
+            return None
+        return _exit_reason(code)
+
+    async def _run_postgres_once(self, cluster: LocalPostgres) -> str | None:
+        """(Re)start the cluster if its postmaster is gone, then wait for it to end; why it
+        ended, or None when the stack stops (`_handler` stops the cluster after the children).
+        `start()` blocks this loop for as long as PostgreSQL takes to accept connections, on
+        purpose: it forks from the main thread, to which the postmaster's parent-death signal
+        is tied (local_postgres)."""
+        if cluster.exit_code() is not None:
+            try:
+                cluster.start()
+            except (RuntimeError, OSError) as exc:
+                return f"could not start ({exc})"
+            _say("PostgreSQL restarted")
+        while (code := cluster.exit_code()) is None:
+            if self.stop_requested.is_set():
+                return None
+            await trio.sleep(0.2)
         if self.stop_requested.is_set():
             return None
         return _exit_reason(code)
