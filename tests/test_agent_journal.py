@@ -230,3 +230,24 @@ def test_prune_forgets_only_old_finished_and_fully_acknowledged_messages(journal
     assert journal.state("msg_acked") is None
     assert journal.state("msg_unacked") == "sent"
     assert journal.state("msg_queued") == "queued"
+
+
+def test_only_a_command_not_begun_is_given_back_and_it_is_not_a_handoff(
+    journal: Journal,
+) -> None:
+    """A phone that cannot send gives back its queued commands with a before-send code; one
+    whose send began (`sending`) keeps its sender's outcome, never a second report."""
+    journal.admit(command("held"))
+    journal.admit(command("in_send"))
+    assert journal.begin_send("in_send")
+    frames = journal.give_back("held", failed("SIM_MISSING"))
+    assert outcomes(frames) == [(0, FAILED)]
+    assert frames[0].report.error_code == "SIM_MISSING"
+    assert journal.state("held") == "failed"
+    assert journal.give_back("in_send", failed("SIM_MISSING")) == []
+    assert journal.state("in_send") == "sending"
+    assert journal.give_back("held", failed("SIM_MISSING")) == []  # once
+    assert journal.sends_since(0) == 1  # a given-back command never counts against the cap
+    # The server gives the message back to this phone later: a new attempt, sent normally.
+    assert journal.admit(command("held")).verdict is Verdict.NEW
+    assert journal.begin_send("held")

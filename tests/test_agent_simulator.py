@@ -9,9 +9,10 @@ import pytest
 import trio
 
 from zimsend.agent.agent import JournalRecorder
+from zimsend.agent.health import give_back_code
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
-from zimsend.agent.senders.base import InboundSms, SendRequest
+from zimsend.agent.senders.base import Health, InboundSms, SendRequest
 from zimsend.agent.senders.simulator import SimulatorSender
 from zimsend.agent.simulation import SendDecision, Simulation, SimulationConfig, read_outbox
 from zimsend.v1 import device_link_pb2 as pb
@@ -151,3 +152,30 @@ def test_generated_inbound_sms_are_deterministic_per_seed() -> None:
     b = Simulation(SimulationConfig(seed=5), device_id="d").next_inbound()
     assert (a.sender, a.body) == (b.sender, b.body)
     assert a.sender.startswith("+2637")
+
+
+def test_the_health_file_takes_the_network_or_the_sim_away(tmp_path: Path) -> None:
+    """`--health-file`: the simulated phone cannot send while the file holds a before-send
+    code, and says which (the code its held commands are given back with)."""
+    health_file = tmp_path / "health"
+    simulation = Simulation(SimulationConfig(seed=1, health_file=health_file))
+    assert simulation.health().can_send  # no file: a healthy phone
+    for code in ("NO_SERVICE", "SIM_MISSING", "SIM_PIN_REQUIRED", "RADIO_OFF"):
+        health_file.write_text(code.lower() + "\n")
+        health = simulation.health()
+        assert (health.can_send, give_back_code(health)) == (False, code)
+        assert health.problem
+    health_file.write_text("")
+    assert simulation.health().can_send
+    health_file.write_text("typo")  # an unknown word still takes the network away
+    assert give_back_code(simulation.health()) == "NO_SERVICE"
+
+
+def test_a_give_back_code_is_always_a_before_send_code() -> None:
+    assert give_back_code(Health(None, None, None, network="searching", can_send=False)) == (
+        "NO_SERVICE")
+    assert give_back_code(Health(None, None, None, can_send=False, problem="?")) == (
+        "MODEM_REFUSED")
+    # A sender's own code is used only when it proves the SMS stayed on the phone.
+    assert give_back_code(Health(None, None, None, network="denied", can_send=False,
+                                 failure_code="TIMEOUT")) == "NO_SERVICE"

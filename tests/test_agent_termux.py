@@ -21,6 +21,7 @@ from _termux_api import TermuxApiStandIn
 from conftest import Stack
 
 from zimsend.agent.agent import JournalRecorder
+from zimsend.agent.health import give_back_code
 from zimsend.agent.journal import Journal
 from zimsend.agent.reporter import Reporter
 from zimsend.agent.senders.base import SendRequest
@@ -197,22 +198,25 @@ def test_health_says_why_the_phone_cannot_send(phone: TermuxApiStandIn) -> None:
     battery = dict(phone_battery := {"percentage": 15, "plugged": "UNPLUGGED",
                                      "status": "DISCHARGING"})
     phone.update(battery=phone_battery)
+    # Words for the device list, and the code held commands are given back with.
     cases = {
-        "absent": "no SIM card",
-        "pin_required": "enter its PIN",
-        "puk_required": "PUK",
+        "absent": ("no SIM card", "SIM_MISSING"),
+        "pin_required": ("enter its PIN", "SIM_PIN_REQUIRED"),
+        "puk_required": ("PUK", "SIM_PIN_REQUIRED"),
     }
-    for state, words in cases.items():
+    for state, (words, code) in cases.items():
         phone.update_deviceinfo(sim_state=state)
         health = trio.run(TermuxSender().health)
         assert not health.can_send, (state, health)
         assert words in health.problem, (state, health)
+        assert give_back_code(health) == code
     assert (health.battery, health.charging) == (battery["percentage"], False)
 
     phone.update_deviceinfo(sim_state="ready", network_operator="", network_operator_name="")
     health = trio.run(TermuxSender().health)
     assert (health.can_send, health.network) == (False, "not_registered")
     assert "no mobile network" in health.problem
+    assert give_back_code(health) == "NO_SERVICE"
 
     phone.update_deviceinfo(network_operator="65501", network_roaming=True)
     health = trio.run(TermuxSender().health)
