@@ -1,6 +1,6 @@
 """Real ZimSend processes for tests: the one way the suite starts a program.
 
-The implementation lives in `zimsend.server.bench.processes` (the benchmark command starts the
+The implementation lives in `zimsend.server.processes` (the benchmark command starts the
 same processes the same way); this module keeps the names the tests import, and gives test
 servers a per-client rate limit far above SPEC's 100 requests a minute (tests poll statuses
 much faster than that; test_rate_limit.py sets its own limit).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zimsend.server.bench.processes import (
+from zimsend.server.processes import (
     BIN,
     ZIMSEND,
     Program,
@@ -19,7 +19,7 @@ from zimsend.server.bench.processes import (
     run_zimsend,
     start_server,
 )
-from zimsend.server.bench.processes import zimsend_env as _zimsend_env
+from zimsend.server.processes import zimsend_env as _zimsend_env
 
 __all__ = [
     "BIN", "ZIMSEND", "Program", "free_port", "grpc_serving", "run_zimsend", "start_server",

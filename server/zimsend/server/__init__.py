@@ -6,6 +6,7 @@ Processes (one way to start each: `zimsend serve`, `zimsend worker`, `zimsend up
     up                   `zimsend up`: server, worker and Envoy in one command
     cli                  `zimsend serve` and `zimsend admin …`
     bench/               `zimsend bench`: the server measured against its own ceiling
+    processes            the one way to start a process: `spawn`, `signal_group`, `Program`
 
 A public call, outside in
     call_gate            refuses new calls while stopping, counts the ones in flight

@@ -1,13 +1,16 @@
-"""Real ZimSend processes: the one way the test suite and `zimsend bench` start a program.
+"""Starting and stopping real processes: the one way `zimsend up`, `zimsend bench` and the
+test suite start a program.
 
-`Program` wraps `subprocess.Popen` so a caller can never leave a process behind: it starts the
-child in its own process group, and `stop()` (also on `__exit__`) sends SIGTERM, waits, then
-SIGKILLs the group. Output goes to a log file, shown when a readiness wait fails, so a broken
-start explains itself.
+`spawn` is the primitive: the child gets its own session (so one signal reaches the process
+group it may create, and a terminal's Ctrl-C reaches only its parent) and no stdin;
+`signal_group` signals that group, tolerating one that is already gone. `zimsend up`'s
+supervisor calls `spawn` from the main thread and keeps its own restart and stop loop (up.py).
 
-Why it lives in the server package (and not only under tests/): the benchmark command starts
-the same processes the same way, and must run from an installed tree without tests/ on the
-path. tests/_processes.py re-exports everything here.
+`Program` is the wrapper for callers that must never leave a process behind (the benchmark,
+the tests): `stop()` (also on `__exit__`) sends SIGTERM, waits, then SIGKILLs the group.
+Output goes to a log file, shown when a readiness wait fails, so a broken start explains
+itself. It lives in the server package, not under tests/, because `zimsend bench` starts the
+same processes the same way from an installed tree; tests/_processes.py re-exports it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,29 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typing import IO, Any
 
 BIN = Path(sys.executable).parent
 ZIMSEND = str(BIN / "zimsend")
+
+
+def spawn(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+    stdout: IO[bytes] | int | None = None, stderr: IO[bytes] | int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session of its own with stdin closed; `None` output is inherited."""
+    return subprocess.Popen(
+        list(argv), env=dict(env) if env is not None else None, stdout=stdout, stderr=stderr,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Signal the process group `spawn` made for `pid`; one already gone is not an error."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def free_port() -> int:
@@ -46,10 +65,7 @@ class Program:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=dict(env) if env is not None else None, stdout=self._log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        self.proc = spawn(self.argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
@@ -82,10 +98,7 @@ class Program:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.alive():
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            signal_group(self.proc.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.alive():
@@ -96,10 +109,7 @@ class Program:
                 self.kill(signal.SIGKILL)
                 self.proc.wait(5)
         # Children of the group (e.g. a supervisor's) must not outlive the test either.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(self.proc.pid, signal.SIGKILL)
         self._log.close()
         return self.proc.returncode
 
@@ -128,6 +138,9 @@ def run_zimsend(args: Sequence[str], env: Mapping[str, str], timeout: float = 60
 
 
 def grpc_serving(address: str) -> bool:
+    import grpc  # here, so `zimsend up` importing `spawn` does not load gRPC
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)

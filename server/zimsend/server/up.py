@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from zimsend.server.processes import signal_group, spawn
+
 if TYPE_CHECKING:
     from zimsend.server.local_postgres import LocalPostgres
 
@@ -451,10 +453,7 @@ class Supervisor:
         log_file = child.log_path.open("ab") if child.log_path else None
         try:  # the child has its own copy of the log's descriptor
             # Popen returns once the child is forked; its exit is polled below (ASYNC110).
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                child.argv, env=child.env, start_new_session=True,
-                stdout=log_file if log_file else None, stdin=subprocess.DEVNULL,
-            )
+            proc = spawn(child.argv, env=child.env, stdout=log_file)
         except OSError as exc:
             return f"could not start ({exc})"
         finally:
@@ -512,20 +511,13 @@ def _exit_reason(code: int) -> str:
 async def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
     if proc.poll() is not None:
         return
-    _signal_group(proc.pid, signal.SIGTERM)
+    signal_group(proc.pid, signal.SIGTERM)
     with trio.move_on_after(grace):
         while proc.poll() is None:  # noqa: ASYNC110 - a Popen's exit has no event to await
             await trio.sleep(0.05)
         return
-    _signal_group(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     await trio.to_thread.run_sync(proc.wait)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 async def _stop_on_signal(supervisor: Supervisor) -> None:

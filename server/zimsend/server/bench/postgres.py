@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from zimsend.server.bench import pipeline, rpc
-from zimsend.server.bench.processes import ZIMSEND, free_port, grpc_serving
 from zimsend.server.bench.stack import Stack
+from zimsend.server.processes import ZIMSEND, free_port, grpc_serving
 
 __all__ = ["GOAL_P99_MS", "cells", "details", "topology"]
 

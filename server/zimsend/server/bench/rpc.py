@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from zimsend.server.bench.measure import sample
-from zimsend.server.bench.processes import Program
 from zimsend.server.bench.stack import PY, Stack, Tenant
+from zimsend.server.processes import Program
 
 
 def run_loadgens(

@@ -28,9 +28,9 @@ import time
 from typing import Any
 
 from zimsend.server.bench.measure import rss_bytes
-from zimsend.server.bench.processes import ZIMSEND, Program
 from zimsend.server.bench.rpc import run_loadgens
 from zimsend.server.bench.stack import Stack, Tenant, receiver_counts
+from zimsend.server.processes import ZIMSEND, Program
 
 SECONDS = 600.0
 RATE = 50.0  # messages a second: issue 12's soak

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from zimsend.server.bench.processes import ZIMSEND, Program, free_port, grpc_serving, zimsend_env
+from zimsend.server.processes import ZIMSEND, Program, free_port, grpc_serving, zimsend_env
 
 PY = sys.executable
 QUEUE_MAX_WAIT_SECONDS = 5
