@@ -8,7 +8,10 @@ One hub per server process (`DeviceHub.of(state)`), owning:
   is cut (`device.disconnected`, CONNECTION_LOST) even if TCP never noticed;
 - the heartbeat flusher: the latest heartbeat of every phone, written in one transaction per
   flush, which also re-reads each phone's settings so a change made through another replica
-  (rename, pacing, disable, delete, password rotation) reaches the phone within one flush;
+  (rename, pacing, disable, delete, password rotation) reaches the phone within one flush; it
+  keeps its timer (a flush every half heartbeat writes each phone's latest beat once, where a
+  queue would write every beat), and a failed flush is retried beat by beat by the shared
+  `commit_each`;
 - the connect writer: streams that said hello are recorded (presence row + `device.connected`)
   in one transaction per batch, as heartbeats are — during a reconnect storm one transaction
   per phone made the write lock the limit (docs/benchmarks.md, `aced0d2`); the shared
@@ -355,16 +358,33 @@ class DeviceHub:
         beats, self._beats = list(self._beats.values()), {}
         if not beats:
             return
-        configs = await self.state.link_call(record_heartbeats, self.state.db, beats)
-        for beat in beats:
+        db = self.state.db
+        configs = await self.state.link_call(
+            commit_each, beats,
+            lambda batch: _per_beat(batch, record_heartbeats(db, list(batch))),
+            lambda beat: record_heartbeats(db, [beat])[beat.device_id],
+            name="heartbeats",
+        )
+        failed = [c for c in configs if isinstance(c, BaseException)]
+        if failed:  # not stored: each phone's next beat is, one flush later
+            logs.failure(log, "hub.heartbeat_flush_failed", failed[0], beats=len(failed))
+        for beat, config in zip(beats, configs, strict=True):
             session = self.sessions.get(beat.device_id)
             if session is None or session.connection_id != beat.connection_id:
                 continue
-            config = configs.get(beat.device_id)
+            if isinstance(config, BaseException):
+                continue
             if config is None:  # the device connected again elsewhere
                 session.close(reconnect="REPLACED", disconnect_reason="")
             else:
                 self.apply_config(beat.device_id, config)
+
+
+def _per_beat(
+    beats: Sequence[Beat], configs: dict[str, DeviceConfig | None]
+) -> list[DeviceConfig | None]:
+    """`record_heartbeats`' answer in the beats' order."""
+    return [configs[beat.device_id] for beat in beats]
 
 
 def _one(outcomes: list[ConnectedDevice | ApiError]) -> ConnectedDevice:
