@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from zimsend.server.config import Settings
 from zimsend.server.storage import DailyAggregate, Database, Message, MessageStatus, utcnow
@@ -141,9 +141,10 @@ def _from_aggregates(
         conditions.append(DailyAggregate.device_id == device_id)
     rows = session.exec(
         select(
-            DailyAggregate.day, func.sum(DailyAggregate.sent), func.sum(DailyAggregate.delivered),
+            col(DailyAggregate.day), func.sum(DailyAggregate.sent),
+            func.sum(DailyAggregate.delivered),
             func.sum(DailyAggregate.failed),
-        ).where(*conditions).group_by(DailyAggregate.day)
+        ).where(*conditions).group_by(col(DailyAggregate.day))
     ).all()
     sums: dict[dt.date, DayCounts] = defaultdict(DayCounts)
     for value, sent, delivered, failed in rows:

@@ -112,7 +112,8 @@ def validate_update(request: pb.UpdateDeviceRequest) -> dict[str, Any]:
                 f"update_mask names {', '.join(unknown)}; it may name {', '.join(_UPDATABLE)}.",
             )
     else:
-        paths = [name for name in _UPDATABLE if request.HasField(name)]
+        present = {field.name for field, _ in request.ListFields()}  # all `optional` fields
+        paths = [name for name in _UPDATABLE if name in present]
     changes: dict[str, Any] = {}
     for name in paths:
         value = getattr(request, name)

@@ -26,7 +26,7 @@ down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: How soon a queued message must be due to wake the dispatchers (rpc.ANNOUNCE_HORIZON: later
+#: How soon a queued message must be due to wake the dispatchers (state.ANNOUNCE_HORIZON: later
 #: ones are found by the dispatchers' periodic scan).
 _HORIZON = "2 seconds"
 
