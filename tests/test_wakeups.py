@@ -200,6 +200,54 @@ def test_the_servers_listener_runs_in_its_event_loop(
         writer.dispose()
 
 
+def test_the_servers_listener_skips_its_own_commits(
+    pg: Database, postgres_database_url: str
+) -> None:
+    """A replica wakes its own dispatcher in-process when it queues work: its listener skips
+    the NOTIFY of its own commit (by the notifying backend's pid) and still hears the others'."""
+    writer = Database.from_url(postgres_database_url)  # another replica
+    mine = accounts.create_client(pg, "own-commit")
+    theirs = accounts.create_client(writer, "their-commit")
+
+    async def main() -> list[str]:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        task = asyncio.create_task(listen_in_loop(pg, {WORK_CHANNEL: heard.put_nowait}))
+        try:
+            async with asyncio.timeout(HEARD_WITHIN_S):
+                while True:  # until it listens: the other replica's message now and then
+                    await asyncio.to_thread(_queue_message, writer, theirs.id, utcnow())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(heard.get(), 0.3)
+                        break
+            await asyncio.to_thread(_queue_message, pg, mine.id, utcnow())  # its own commit
+            marker = await asyncio.to_thread(_queue_message, writer, theirs.id, utcnow())
+            assert marker
+            # Notifications arrive in commit order: all that was heard up to the other
+            # replica's later commit.
+            got = []
+            async with asyncio.timeout(HEARD_WITHIN_S):
+                while len(got) < 1 or got[-1] != theirs.id or not heard.empty():
+                    got.append(await heard.get())
+                    if got[-1] == theirs.id and heard.empty():
+                        await asyncio.sleep(0.3)  # a late own NOTIFY would show up now
+            return got
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    try:
+        got = asyncio.run(main())
+        assert theirs.id in got
+        assert mine.id not in got
+        assert pg.backend_pids  # its pooled connections are known
+        assert writer.backend_pids
+        writer.dispose()
+        assert not writer.backend_pids  # closed connections are forgotten (pids get reused)
+    finally:
+        writer.dispose()
+
+
 def test_nothing_listens_on_sqlite(tmp_path: Path) -> None:
     db = Database.from_url(f"sqlite:///{tmp_path / 'z.db'}")
     try:

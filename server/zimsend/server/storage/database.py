@@ -83,6 +83,21 @@ class Database:
             and not database.startswith("file:") else None
         )
         event.listen(engine, "handle_error", self._on_error)
+        #: PostgreSQL backend pids of this Database's open connections: the server's listener
+        #: skips the NOTIFYs its own commits caused (storage/wakeups.py `listen_in_loop`).
+        self.backend_pids: set[int] = set()
+        if engine.dialect.name == "postgresql":
+            event.listen(engine, "connect", self._remember_backend)
+            event.listen(engine, "close", self._forget_backend)
+            event.listen(engine, "close_detached", self._forget_backend)
+
+    def _remember_backend(self, dbapi_connection: Any, *_record: Any) -> None:
+        if (pid := _backend_pid(dbapi_connection)) is not None:
+            self.backend_pids.add(pid)
+
+    def _forget_backend(self, dbapi_connection: Any, *_record: Any) -> None:
+        if (pid := _backend_pid(dbapi_connection)) is not None:
+            self.backend_pids.discard(pid)
 
     def _on_error(self, context: Any) -> None:
         """Every database error passes here (connects included): a storage problem is
@@ -181,6 +196,14 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (end of process or of a test)."""
         self.engine.dispose()
+
+
+def _backend_pid(dbapi_connection: Any) -> int | None:
+    """The server process of a psycopg connection (libpq keeps it, even once broken)."""
+    try:
+        return int(dbapi_connection.info.backend_pid)
+    except Exception:  # not psycopg, or no pid known: nothing to remember
+        return None
 
 
 def _create_private_file(path: Path) -> None:

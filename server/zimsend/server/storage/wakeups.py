@@ -131,9 +131,15 @@ async def listen_in_loop(
     on_reconnect: Callable[[], None] | None = None,
 ) -> None:
     """`Listener`'s loop as an asyncio task (cancel it to stop): callbacks run in the event
-    loop. Returns at once on SQLite."""
+    loop. Returns at once on SQLite.
+
+    It skips the notifications `db`'s own connections sent (libpq names the notifying
+    backend; `Database.backend_pids`): the server wakes its dispatcher in-process when it
+    queues work, so hearing its own commit again only cost a second round. The worker's
+    `Listener` hears everything: its own sweeps' events reach it only that way."""
     if db.dialect != "postgresql":
         return
+    own = db.backend_pids
     conninfo = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     backoff = _FIRST_BACKOFF_S
     was_connected = False
@@ -153,6 +159,8 @@ async def listen_in_loop(
                     Listener._call(on_reconnect)
                 was_connected = True
                 async for notify in conn.notifies():
+                    if notify.pid in own:
+                        continue
                     callback = callbacks.get(notify.channel)
                     if callback is not None:
                         Listener._call(callback, notify.payload)
