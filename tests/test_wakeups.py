@@ -224,7 +224,7 @@ def test_the_servers_listener_skips_its_own_commits(
             assert marker
             # Notifications arrive in commit order: all that was heard up to the other
             # replica's later commit.
-            got = []
+            got: list[str] = []
             async with asyncio.timeout(HEARD_WITHIN_S):
                 while len(got) < 1 or got[-1] != theirs.id or not heard.empty():
                     got.append(await heard.get())
