@@ -219,20 +219,23 @@ def claim_round(
     return result
 
 
+#: Pacing and daily-cap state of a device, in the claim's transaction (built once).
+_d = table_of(Device).c
+_COUNT_HANDED = (
+    update(table_of(Device))
+    .where(_d.id == bindparam("h_device_id"))
+    .values(last_send_at=bindparam("h_now"),
+            sent_on_day=case((_d.sent_day == bindparam("h_today"),
+                              _d.sent_on_day + bindparam("h_count")), else_=bindparam("h_count")),
+            sent_day=bindparam("h_today"))
+)
+
+
 def _count_handed(session: Session, device_id: str, count: int, now: dt.datetime) -> None:
     """Pacing and daily-cap state of a device, in the claim's transaction."""
-    today = now.astimezone(dt.UTC).date()
-    session.execute(
-        update(Device)
-        .where(col(Device.id) == device_id)
-        .values(
-            last_send_at=now,
-            sent_on_day=case(
-                (col(Device.sent_day) == today, col(Device.sent_on_day) + count), else_=count
-            ),
-            sent_day=today,
-        )
-    )
+    session.connection().execute(_COUNT_HANDED, {
+        "h_device_id": device_id, "h_now": now, "h_today": now.astimezone(dt.UTC).date(),
+        "h_count": count})
 
 
 def ensure_simulated_device(session: Session, client_id: str) -> str:

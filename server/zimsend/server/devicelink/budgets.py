@@ -24,7 +24,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlmodel import Session, col
 
 from zimsend.server.storage import Database, Device, DeviceSend, Message
@@ -111,6 +111,11 @@ class Room:
 
 #: Device ids per `IN (…)` (SQLite caps bound parameters; padded to a power of two).
 _CHUNK = 512
+_d = table_of(Device).c
+#: Each phone's own budget, pacing and cool-down (built once: every dispatch round runs it).
+_ROOMS = select(_d.id, _d.parts_per_minute, _d.parts_per_hour, _d.parts_per_day,
+                _d.cooling_down_until, _d.send_interval_ms).where(
+    _d.id.in_(bindparam("r_ids", expanding=True)))
 
 
 def effective(
@@ -134,12 +139,7 @@ def rooms_for(
     ids = sorted(set(device_ids))
     rooms: dict[str, Room] = {}
     for chunk in padded_chunks(ids, _CHUNK):
-        rows = session.execute(
-            select(col(Device.id), col(Device.parts_per_minute), col(Device.parts_per_hour),
-                   col(Device.parts_per_day), col(Device.cooling_down_until),
-                   col(Device.send_interval_ms))
-            .where(col(Device.id).in_(chunk))
-        )
+        rows = session.connection().execute(_ROOMS, {"r_ids": chunk})
         for device_id, minute, hour, day, cooling, interval in rows:
             budget = effective((minute, hour, day), interval, defaults, default_interval_ms)
             room = rooms[device_id] = Room(now=now, budget=budget)

@@ -28,10 +28,22 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Executable,
+    Select,
+    bindparam,
+    case,
+    or_,
+    select,
+    update,
+)
 from sqlmodel import Session, col
 
 from .models import Message, MessageStatus
+from .shapes import padded
+from .tables import table_of
 
 __all__ = ["claim_due_messages", "still_queued"]
 
@@ -41,6 +53,60 @@ def still_queued() -> ColumnElement[bool]:
     through another index (see the module docstring): SQLite's planner, without statistics,
     otherwise picks the `status` prefix of `ix_messages_dispatch` and reads the whole queue."""
     return case((col(Message.status) == MessageStatus.QUEUED, 1), else_=0) == 1
+
+
+# The claim's statements, built once per shape (live or test messages, pinning honoured or
+# not, with or without a send budget) as Core statements loaded into Message objects through
+# `from_statement`: built per call through the ORM's bulk UPDATE, a claim was the dispatch
+# round's largest cost (docs/benchmarks.md, "What was changed for speed").
+_m = table_of(Message).c
+_ORDER = (_m.priority, _m.due_at, _m.id)
+
+
+def _conditions(test: bool, any_pin: bool) -> list[ColumnElement[bool]]:
+    now: BindParameter[dt.datetime] = bindparam("c_now")
+    conditions = [
+        _m.status == MessageStatus.QUEUED.value,
+        _m.client_id == bindparam("c_client_id"),
+        _m.test == test,
+        _m.due_at <= now,
+        or_(_m.expires_at.is_(None), _m.expires_at > now),
+    ]
+    if not any_pin:
+        conditions.append(or_(_m.pinned_device_id.is_(None),
+                              _m.pinned_device_id == bindparam("c_device_id")))
+    return conditions
+
+
+def _update(target: ColumnElement[bool]) -> Executable:
+    claim = (
+        update(table_of(Message))
+        .where(target, still_queued())
+        .values(status=MessageStatus.PROCESSING.value, device_id=bindparam("c_device_id"),
+                processing_at=bindparam("c_now"))
+        .returning(*table_of(Message).c)
+    )
+    return select(Message).from_statement(claim)
+
+
+def _shapes(test: bool, any_pin: bool) -> tuple[Executable, Select[Any], Executable]:
+    """(claim the first `limit` due, read the first `limit` due for a budget, claim `ids`)."""
+    conditions = _conditions(test, any_pin)
+    due = (
+        select(_m.id).where(*conditions).order_by(*_ORDER).limit(bindparam("c_limit"))
+        .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+        .cte("due")
+    )
+    within = (
+        select(_m.id, _m.sim_slot, _m.segments).where(*conditions).order_by(*_ORDER)
+        .limit(bindparam("c_limit")).with_for_update(skip_locked=True)
+    )
+    return (_update(_m.id.in_(select(due.c.id))), within,
+            _update(_m.id.in_(bindparam("c_ids", expanding=True))))
+
+
+_SHAPES = {(test, any_pin): _shapes(test, any_pin) for test in (False, True)
+           for any_pin in (False, True)}
 
 
 def claim_due_messages(
@@ -69,56 +135,32 @@ def claim_due_messages(
     """
     if limit <= 0:
         return []
-    conditions = [
-        col(Message.status) == MessageStatus.QUEUED,
-        col(Message.client_id) == client_id,
-        col(Message.test) == test,
-        col(Message.due_at) <= now,
-        or_(col(Message.expires_at).is_(None), col(Message.expires_at) > now),
-    ]
-    if not any_pin:
-        conditions.append(
-            or_(col(Message.pinned_device_id).is_(None), col(Message.pinned_device_id) == device_id)
-        )
-    order = (col(Message.priority), col(Message.due_at), col(Message.id))
+    claim_due, within, claim_ids = _SHAPES[(test, any_pin)]
+    params: dict[str, Any] = {"c_client_id": client_id, "c_device_id": device_id, "c_now": now,
+                              "c_limit": limit}
     if fits is not None:
-        chosen = _within(session, conditions, order, limit, fits)
+        chosen = _within(session, within, params, fits)
         if not chosen:
             return []
-        target = col(Message.id).in_(chosen)
+        result = session.scalars(claim_ids, {**params, "c_ids": padded(chosen)},
+                                 execution_options=_LOAD)
     else:
-        due = (
-            select(col(Message.id))
-            .where(*conditions)
-            .order_by(*order)
-            .limit(limit)
-            .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
-            .cte("due")
-        )
-        target = col(Message.id).in_(select(due.c.id))
-    claim = (
-        update(Message)
-        .where(target, still_queued())
-        .values(status=MessageStatus.PROCESSING, device_id=device_id, processing_at=now)
-        .returning(Message)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    claimed = list(session.scalars(claim))
+        result = session.scalars(claim_due, params, execution_options=_LOAD)
+    claimed: list[Message] = list(result)
     # RETURNING has no defined order.
     claimed.sort(key=lambda m: (m.priority, m.due_at, m.id))
     return claimed
 
 
+#: The claimed rows replace whatever the session held for those messages.
+_LOAD = {"populate_existing": True}
+
+
 def _within(
-    session: Session, conditions: list[ColumnElement[bool]], order: tuple[Any, ...], limit: int,
-    fits: Callable[[int, int], bool],
+    session: Session, within: Select[Any], params: dict[str, Any], fits: Callable[[int, int], bool],
 ) -> list[str]:
     """The ids of the first due messages (at most `limit`) that `fits` accepts."""
-    rows = session.execute(
-        select(col(Message.id), col(Message.sim_slot), col(Message.segments))
-        .where(*conditions).order_by(*order).limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    rows = session.connection().execute(within, params)
     chosen: list[str] = []
     refused: set[int] = set()
     for message_id, sim_slot, segments in rows:
