@@ -5,8 +5,8 @@ report stored (database) → `delivered` report stored → `sms.delivered` webho
 worker drains the outbox to the receiver). Each stage is counted at both edges of a measured
 window, so the table shows where the flow narrows; the end-to-end rate is the last stage's.
 
-4. `e2e`: open loop at `rate` messages/s (the goal, 1,000/s) for the window, then wait until
-   every accepted message's `sms.delivered` webhook has arrived. The end-to-end rate is
+4. `e2e`: open loop at `rate` messages/s (1,000/s; the goal is 500) for the window, then wait
+   until every accepted message's `sms.delivered` webhook has arrived. The end-to-end rate is
    messages completed / (window + drain): a pipeline with a long tail (webhooks lag behind
    sends) is not credited for work it has not finished. If the stack cannot carry the offered
    rate, this is what it does carry: the sustainable rate. The per-stage rates inside the
@@ -28,6 +28,9 @@ from typing import Any
 from zimsend.server.bench.measure import summarize_ms
 from zimsend.server.bench.rpc import run_loadgens
 from zimsend.server.bench.stack import Phones, Stack, Tenant, receiver_counts
+
+#: Issue 18: messages a second end to end (accept -> webhook delivered).
+E2E_GOAL_RPS = 500
 
 
 class Counters:
@@ -130,8 +133,8 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
         "generator_cpu_share": full["cpu_share"], **drained,
         "half_load": {"offered_rps": half_rate, "stages_rps": half_stages,
                       "accept_to_phone": latency, **half_drained},
-        "goal": "e2e >= 1000 msg/s; p99 accept->phone <= 20 ms at half load",
-        "met": sustainable >= 1000 and (latency["p99_ms"] or 1e9) <= 20,
+        "goal": f"e2e >= {E2E_GOAL_RPS} msg/s; p99 accept->phone <= 20 ms at half load",
+        "met": sustainable >= E2E_GOAL_RPS and (latency["p99_ms"] or 1e9) <= 20,
     }
 
 
