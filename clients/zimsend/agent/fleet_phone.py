@@ -162,7 +162,7 @@ class FleetPhone:
                 outgoing.put_nowait(None)
                 call.cancel()
                 await channel.close()
-            if self._welcomed_at is not None and loop.time() - self._welcomed_at >= 10:
+            if (up := self._up_for(loop.time())) is not None and up >= 10:
                 self.backoff.reset()
             self.stats.reconnects += 1
             await asyncio.sleep(self.backoff.honour(asked) if asked is not None
@@ -171,6 +171,10 @@ class FleetPhone:
     def _lost(self, why: str) -> None:
         log.info("%s link lost: %s", self.device_id, why)
         self.stats.lost[why] = self.stats.lost.get(why, 0) + 1
+
+    def _up_for(self, now: float) -> float | None:
+        """Seconds since the server's Welcome on this stream; None before it."""
+        return None if self._welcomed_at is None else now - self._welcomed_at
 
     async def _session(self, stream: _Stream) -> None:
         # grpc.aio quirk: if our first write races the server's immediate refusal, grpc marks
@@ -261,7 +265,7 @@ class FleetPhone:
         while True:
             h = self.simulation.health()
             stream.write(pb.DeviceFrame(heartbeat=pb.Heartbeat(
-                battery=h.battery, charging=h.charging, signal=h.signal,
+                battery=h.battery, charging=bool(h.charging), signal=h.signal,
                 queue_depth=len(self._queued))))
             interval = self.settings.heartbeat_interval_seconds if self.settings else 0
             await asyncio.sleep(interval if interval > 0 else 30)
@@ -353,7 +357,7 @@ class _Stream:
     refused the call is absorbed, so `read()` raises the call's real status (a direct write
     would fail first with a generic INTERNAL "Internal error from Core")."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall,
+    def __init__(self, call: grpc.aio.StreamStreamCall[pb.DeviceFrame, pb.ServerFrame],
                  outgoing: asyncio.Queue[pb.DeviceFrame | None]) -> None:
         self._call = call
         self._outgoing = outgoing

@@ -92,7 +92,7 @@ async def open_link(
     in_send, in_recv = trio.open_memory_channel[pb.ServerFrame](buffer)
     token = trio.lowlevel.current_trio_token()
     stub = pb_grpc.DeviceLinkServiceStub(channel)
-    call = stub.Connect(_requests(out_recv, token), metadata=list(metadata))
+    call = stub.Connect(_requests(out_recv, token), metadata=tuple(metadata))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_pump_responses, call, in_send, limiter)
@@ -117,7 +117,8 @@ def _requests(
 
 
 async def _pump_responses(
-    call: grpc.Call, incoming: trio.MemorySendChannel[pb.ServerFrame], limiter: trio.CapacityLimiter
+    call: grpc._CallIterator[pb.ServerFrame],  # the stubs' type of a response-streaming call
+    incoming: trio.MemorySendChannel[pb.ServerFrame], limiter: trio.CapacityLimiter,
 ) -> None:
     def read() -> None:
         for frame in call:  # a response-streaming call is an iterator of ServerFrames

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import json_format
@@ -74,7 +74,8 @@ def error_from_rpc(error: grpc.RpcError) -> ZimSendError:
     code: grpc.StatusCode = error.code()
     message = error.details() or code.name
     reason, violations, retry_after = "", [], None
-    trailers = error.trailing_metadata() or ()
+    # The stubs say `_Metadatum` objects (.key, .value); grpc returns (key, value) tuples.
+    trailers = cast("tuple[tuple[str, Any], ...]", error.trailing_metadata() or ())
     for key, value in trailers:
         if key != "grpc-status-details-bin":
             continue

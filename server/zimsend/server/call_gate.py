@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -28,7 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from zimsend.server.errors import ERROR_CODE_HEADER, ERROR_DOMAIN, ErrorCode, reason_name
-from zimsend.server.method_handlers import with_behavior
+from zimsend.server.method_handlers import Behavior, Continuation, Handler, Req, Resp, with_behavior
 
 SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry in a moment."
 #: Seconds a refused caller is told to wait (RetryInfo and Retry-After): a replica behind the
@@ -49,7 +49,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         self._idle.set()
         # Per method: (the service's handler, the counting handler built for it). Built once,
         # so an open gate costs a dict lookup and two counter updates per call.
-        self._counting: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._counting: dict[str, tuple[Handler, Handler]] = {}
 
     def close(self) -> None:
         """From now on every new call (but health checks) is refused."""
@@ -77,9 +77,9 @@ class CallGate(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation[Req, Resp],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or method.startswith(_UNGATED_PREFIXES):
@@ -104,9 +104,9 @@ class CallGate(grpc.aio.ServerInterceptor):
         if self.in_flight == 0:
             self._idle.set()
 
-    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _counted(self, handler: Handler) -> Handler:
         if handler.unary_unary is not None:
-            unary = handler.unary_unary
+            unary: Behavior = handler.unary_unary
 
             async def counted_unary(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -120,7 +120,7 @@ class CallGate(grpc.aio.ServerInterceptor):
 
             return with_behavior(handler, unary_unary=counted_unary)
         if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            stream = handler.unary_stream
+            stream: Behavior = handler.unary_stream
 
             async def counted_stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -136,7 +136,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         return handler  # phones' streams (and any other kind) are not waited for
 
 
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _refusing(handler: Handler) -> Handler:
     """A handler of the same kind as `handler` that answers "shutting down"."""
     kind = next(
         name for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")

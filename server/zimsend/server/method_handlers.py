@@ -8,9 +8,23 @@ the one place that relies on it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+
+#: Any method's handler, as the interceptors keep and build them.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+#: A handler's behaviour as the interceptors call it. The stubs type `unary_unary` & co. for
+#: the synchronous server (`grpc.ServicerContext`, iterators); under grpc.aio they take an
+#: aio context and may be coroutines or async generators.
+Behavior: TypeAlias = Callable[..., Any]
+#: `ServerInterceptor.intercept_service` is generic in the request and response types.
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Continuation: TypeAlias = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Req, Resp] | None"]
+]
 
 
 def with_behavior(

@@ -12,14 +12,14 @@ same way; the frames before it were handled as usual.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from zimsend.server.errors import ApiError, ErrorCode, abort
-from zimsend.server.method_handlers import with_behavior
+from zimsend.server.method_handlers import Continuation, Handler, Req, Resp, with_behavior
 
 Deserializer = Callable[[bytes], Any]
 
@@ -38,13 +38,13 @@ class RequestDecoding(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         # Per method: (the service's handler, the guarded one). Built once per method.
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation[Req, Resp],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
@@ -56,8 +56,10 @@ class RequestDecoding(grpc.aio.ServerInterceptor):
         return cached[1]
 
 
-def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    deserialize: Deserializer = handler.request_deserializer
+def _guard(handler: Handler) -> Handler:
+    deserialize = handler.request_deserializer
+    if deserialize is None:  # the caller passes only handlers that decode their requests
+        return handler
     error = ApiError(
         ErrorCode.INVALID_REQUEST,
         f"The request is not a valid {_message_name(deserialize)} message (protobuf).",

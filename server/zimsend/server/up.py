@@ -93,7 +93,7 @@ class RestartPolicy:
     max_delay: float = 8.0
 
     def delay(self, recent_crashes: int) -> float:
-        return min(self.max_delay, self.first_delay * 2 ** max(0, recent_crashes - 1))
+        return min(self.max_delay, self.first_delay * 2.0 ** max(0, recent_crashes - 1))
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -279,8 +279,8 @@ def ensure_credentials(
     from zimsend.server.config import Settings
     from zimsend.server.storage import Database
 
-    settings = Settings(data_dir=data_dir, **({"database_url": database_url} if database_url
-                                               else {}))
+    settings = (Settings(data_dir=data_dir, database_url=database_url) if database_url
+                else Settings(data_dir=data_dir))
     db = Database.from_url(settings.database_url_value)
     try:
         db.migrate()

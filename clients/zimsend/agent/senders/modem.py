@@ -301,10 +301,10 @@ class ModemSender:
                              sms["MessageReference"])
             done.append(sms)  # a temporary status is dropped too: the final one follows
         for parts in self._gammu.LinkSMS(received):
-            sms = self._joined(parts)
-            if sms is None:
+            joined = self._joined(parts)
+            if joined is None:
                 continue  # waits for its missing parts
-            recorder.inbound(sms)  # durable on return (False: journaled before)
+            recorder.inbound(joined)  # durable on return (False: journaled before)
             done.extend(parts)
         if done:
             await self._thread.call(self._delete, done)

@@ -272,8 +272,9 @@ def record_disconnect(
             .where(col(Device.id) == device_id, col(Device.connection_id) == connection_id,
                    col(Device.online).is_(True))
             .values(online=False)
-            .returning(Device.client_id, Device.name, Device.phone_number,
-                       Device.android_version, Device.app_version, Device.last_seen_at)
+            .returning(col(Device.client_id), col(Device.name), col(Device.phone_number),
+                       col(Device.android_version), col(Device.app_version),
+                       col(Device.last_seen_at))
         ).first()
         if row is None:
             return False

@@ -516,9 +516,9 @@ class Dispatcher:
                 self._queue.block(session)
         in_round = {request.device_id for _, request in pairs}
         for device_id in result.pinned - in_round:
-            session = self._sessions.get(device_id)
-            if session is not None and session.dispatch_place == "idle":
-                self._ready_now(session)  # pinned work beyond the idle batch of its client
+            pinned = self._sessions.get(device_id)
+            if pinned is not None and pinned.dispatch_place == "idle":
+                self._ready_now(pinned)  # pinned work beyond the idle batch of its client
         for client_id in woken - short:
             if self._queue.has_idle(client_id):
                 self._woken_by(client_id)  # every claim was full: the next idle phones

@@ -128,13 +128,14 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
         self.hub = DeviceHub.of(state)
         self.gate = ConnectGate(state.settings.device_connects_pending_max)
 
-    async def Connect(  # noqa: N802 - gRPC method name
+    # The stubs know only the iterator form of a streaming handler; grpc.aio also lets one
+    # write through `context.write` and return None, which the session's writer task does.
+    async def Connect(  # type: ignore[override]  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.DeviceFrame],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         if self.hub.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "Server shutting down; reconnect.")
-            return
         delay = self.gate.enter()
         if delay is not None:
             await abort(context, ApiError(

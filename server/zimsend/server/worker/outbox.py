@@ -225,7 +225,8 @@ def targets_for(
         done = {
             (row.event_id, row.webhook_id, row.url)
             for row in session.execute(
-                select(WebhookDelivery.event_id, WebhookDelivery.webhook_id, WebhookDelivery.url)
+                select(col(WebhookDelivery.event_id), col(WebhookDelivery.webhook_id),
+                       col(WebhookDelivery.url))
                 .where(col(WebhookDelivery.event_id).in_(sorted({e.id for e in events})),
                        col(WebhookDelivery.success).is_(True))
             )
@@ -275,13 +276,13 @@ def _override_target(
     same URL if there is one, else of its most recently configured endpoint. With no endpoint
     there is no secret, and an unsigned delivery is never sent: the attempt fails, saying so."""
     same_url = [e for e in endpoints if e.url == url]
-    signer = (same_url or list(endpoints) or [None])[0]
-    if signer is None:
+    signers = same_url or list(endpoints)
+    if not signers:
         return Target(url, None, None, problem=(
             "no signing secret: configure a webhook (POST /v1/webhooks/configure) so that "
             "per-message webhook_url deliveries can be signed, then redeliver"
         ))
-    return Target(url, None, *signing(signer))
+    return Target(url, None, *signing(signers[0]))
 
 
 def _signing_secret(pepper: bytes, endpoint: WebhookEndpoint) -> tuple[str | None, str | None]:
@@ -352,7 +353,7 @@ def _finish(
         .where(table.c.id.in_([f.event.id for f in finishes]))
         .with_for_update()
     ).all())
-    updates: dict[str, list[dict[str, Any]]] = {}
+    updates: dict[OutboxStatus, list[dict[str, Any]]] = {}
     statuses: list[str | None] = []
     for finish in finishes:
         event = finish.event
@@ -378,11 +379,11 @@ def _finish(
     return statuses
 
 
-def _finish_statements() -> dict[str, Any]:
+def _finish_statements() -> dict[OutboxStatus, Any]:
     """One prebuilt UPDATE per outcome kind, for executemany (`b_at` is `delivered_at` or
     `next_attempt_at`)."""
     table = table_of(OutboxEvent)
-    common = {
+    common: dict[str, Any] = {
         "attempts": bindparam("b_attempts"), "locked_until": None, "claimed_by": None,
         "last_error": bindparam("b_last_error"),
     }
