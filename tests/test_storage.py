@@ -327,6 +327,41 @@ def test_sqlite_writers_wait_for_each_other_instead_of_failing(sqlite_url: str) 
     db.dispose()
 
 
+def test_an_urgent_sqlite_writer_goes_before_the_writers_already_waiting(
+        sqlite_url: str) -> None:
+    """The dispatch round writes with `urgent=True`: while one writer holds the lock and others
+    queue behind it, the urgent one is next, and every writer still gets its turn."""
+    db = Database.from_url(sqlite_url)
+    db.migrate()
+    seed_client(db)
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def write(name: str, urgent: bool = False) -> None:
+        with db.write(urgent=urgent) as s:
+            s.execute(text("UPDATE clients SET name = :n"), {"n": name})
+            order.append(name)
+            if name == "first":
+                holding.set()
+                release.wait(10)
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(write, "first")
+        assert holding.wait(10)
+        waiting = [pool.submit(write, f"normal {n}") for n in range(2)]
+        threading.Event().wait(0.3)  # both queued behind `first`
+        urgent = pool.submit(write, "urgent", True)
+        threading.Event().wait(0.3)
+        release.set()
+        for future in (first, *waiting, urgent):
+            future.result(timeout=30)
+    assert order[:2] == ["first", "urgent"], order
+    assert sorted(order[2:]) == ["normal 0", "normal 1"]
+    with db.write(urgent=True) as s, db.write() as inner:  # re-entrant in one thread
+        assert s is not inner
+    db.dispose()
+
+
 # --- Upserts --------------------------------------------------------------------------------
 
 

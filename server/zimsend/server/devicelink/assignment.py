@@ -181,7 +181,7 @@ def claim_round(
     # are skipped unless something is pinned to them. Without this a round over 50 idle
     # phones ran 50 claims for one message (docs/benchmarks.md, `461536b`).
     drained: set[str] = set()
-    with db.write() as session:
+    with db.write(urgent=True) as session:  # every message's accept -> phone waits on this
         rooms = {} if budgets is None else rooms_for(session, [r.device_id for r in live], now,
                                                         budgets, default_interval_ms)
         handed: list[tuple[str, list[Message]]] = []

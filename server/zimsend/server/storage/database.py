@@ -19,6 +19,9 @@ wait for the write lock inside SQLite, its busy handler *sleeps* between retries
 send path collapsed into a convoy (`zimsend bench`: 220 SendSms/s, p50 300 ms). A
 `threading.Lock` hands the lock to the next thread the moment it is released; SQLite's own
 lock (and `busy_timeout`) still arbitrates between processes (server, worker, CLI).
+An urgent writer (`write(urgent=True)`: the dispatch round, whose wait is every message's
+accept → phone latency) goes before the writers already waiting: measured in `zimsend bench`
+e2e, the round's wait in that queue was most of its time (docs/benchmarks.md).
 
 Why `availability`: a full or read-only disk is a condition of the process, not an error of
 one request (see `availability`); `check_storage()` is how it ends.
@@ -72,7 +75,7 @@ class Database:
         self._write_engine = engine.execution_options(**{_WRITE_OPTION: True})
         # Re-entrant: a thread already writing that opens another write() waits in SQLite
         # (busy_timeout), exactly as it did before this lock existed.
-        self._writers = threading.RLock() if engine.dialect.name == "sqlite" else None
+        self._writers = _WriterLock() if engine.dialect.name == "sqlite" else None
         self.availability = StorageAvailability(
             engine.url.render_as_string(hide_password=True)
         )
@@ -171,17 +174,18 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, *, urgent: bool = False) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back if it raises.
         Its time, lock wait included, is `zimsend_db_write_transaction_seconds`.
 
         On SQLite it begins with `BEGIN IMMEDIATE` (waits for the single write lock instead of
         failing mid-transaction); on PostgreSQL it is a plain READ COMMITTED transaction.
+        `urgent`: on SQLite, go before this process's other waiting writers.
         """
         started = time.perf_counter()
         try:
             with (
-                self._writers if self._writers is not None else nullcontext(),
+                self._writers.held(urgent) if self._writers is not None else nullcontext(),
                 Session(self._write_engine, expire_on_commit=False) as session,
                 session.begin(),
             ):
@@ -196,6 +200,41 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (end of process or of a test)."""
         self.engine.dispose()
+
+
+class _WriterLock:
+    """A re-entrant lock whose urgent waiters go before the others (see the module docstring).
+    Among waiters of one kind the order is whatever the condition's wake-ups give, as it was
+    with `threading.RLock`."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._urgent = 0  # urgent writers waiting
+
+    @contextmanager
+    def held(self, urgent: bool) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+            else:
+                self._urgent += urgent
+                try:
+                    while self._owner is not None or (self._urgent and not urgent):
+                        self._cond.wait()
+                finally:
+                    self._urgent -= urgent
+                self._owner, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+                    self._cond.notify_all()
 
 
 def _backend_pid(dbapi_connection: Any) -> int | None:

@@ -43,16 +43,16 @@ class PatientDatabase(Database):
     docstring."""
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, *, urgent: bool = False) -> Iterator[Session]:
         if self.dialect != "sqlite":
-            with super().write() as session:
+            with super().write(urgent=urgent) as session:
                 yield session
             return
         deadline = time.monotonic() + PATIENCE_S
         while True:
             stack = ExitStack()
             try:
-                session = stack.enter_context(super().write())
+                session = stack.enter_context(super().write(urgent=urgent))
                 session.connection()  # BEGIN IMMEDIATE: takes the write lock now
             except OperationalError as exc:
                 stack.__exit__(type(exc), exc, exc.__traceback__)  # rolls back, frees the lock
