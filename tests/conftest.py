@@ -23,6 +23,7 @@ deselect them on purpose).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -244,6 +245,26 @@ class Stack:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The same credentials as gRPC metadata."""
         return (("x-api-key", self.api_key), ("x-client-id", self.client_id))
+
+
+@contextlib.contextmanager
+def online_agent(
+    stack: Stack, admin: Admin, env: dict[str, str], workdir: Path, *extra: str,
+) -> Iterator[Path]:
+    """A new device of the stack's client, its real agent (simulator backend, quick sends and
+    delivery reports) online through Envoy; yields the agent's outbox file."""
+    import httpx
+    from _devices import start_agent, wait_for
+
+    device = admin("create-device", "--client-id", stack.client_id, "--name", "sender",
+                   "--server-address", stack.envoy.device_target, "--no-qr")
+    url = f"{stack.base_url}/v1/devices/{device['device_id']}"
+    with start_agent(env, stack.envoy.device_target, stack.client_id, device["device_id"],
+                     device["device_password"], workdir, "--send-delay", "0.05",
+                     "--delivery-delay", "0.2", *extra) as program:
+        wait_for(lambda: httpx.get(url, headers=stack.auth, timeout=15).json()["status"]
+                 == "online", 60, f"the agent online; it said:\n{program.output()[-2000:]}")
+        yield workdir / "outbox.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from _devices import RawPhone, outbox_lines, start_agent, wait_for
+from _devices import RawPhone, outbox_lines, wait_for
 from _processes import free_port
 from _receivers import Receiver, body_of, start_worker
-from conftest import Admin, Stack
+from conftest import Admin, Stack, online_agent
 
 from zimsend.v1 import device_link_pb2 as link_pb
 
@@ -50,15 +50,8 @@ def agent(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
     """The real agent (simulator backend) online through Envoy; yields its outbox file."""
-    device = admin("create-device", "--client-id", stack.client_id, "--name", "sender",
-                   "--server-address", stack.envoy.device_target, "--no-qr")
-    workdir = tmp_path_factory.mktemp("agent")
-    with start_agent(zimsend_env, stack.envoy.device_target, stack.client_id,
-                     device["device_id"], device["device_password"], workdir,
-                     "--send-delay", "0.05", "--delivery-delay", "0.2") as program:
-        wait_for(lambda: _get(stack, f"/v1/devices/{device['device_id']}")["status"] == "online",
-                 60, f"the agent online; it said:\n{program.output()[-2000:]}")
-        yield workdir / "outbox.jsonl"
+    with online_agent(stack, admin, zimsend_env, tmp_path_factory.mktemp("agent")) as outbox:
+        yield outbox
 
 
 @pytest.fixture(scope="module")

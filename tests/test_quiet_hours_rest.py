@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from _devices import outbox_lines, start_agent, wait_for
-from conftest import Admin, Stack
+from _devices import outbox_lines, wait_for
+from conftest import Admin, Stack, online_agent
 
 pytestmark = pytest.mark.slow
 PARIS = ZoneInfo("Europe/Paris")
@@ -49,16 +49,8 @@ def outbox(
     zimsend_env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
-    device = admin("create-device", "--client-id", stack.client_id, "--name", "sender",
-                   "--server-address", stack.envoy.device_target, "--no-qr")
-    workdir = tmp_path_factory.mktemp("agent")
-    with start_agent(zimsend_env, stack.envoy.device_target, stack.client_id,
-                     device["device_id"], device["device_password"], workdir,
-                     "--send-delay", "0.05", "--delivery-delay", "0.2") as program:
-        wait_for(lambda: httpx.get(f"{stack.base_url}/v1/devices/{device['device_id']}",
-                                   headers=stack.auth).json()["status"] == "online",
-                 60, f"the agent online; it said:\n{program.output()[-2000:]}")
-        yield workdir / "outbox.jsonl"
+    with online_agent(stack, admin, zimsend_env, tmp_path_factory.mktemp("agent")) as path:
+        yield path
 
 
 def _sent(outbox: Path, message_id: str) -> dict[str, Any] | None:
