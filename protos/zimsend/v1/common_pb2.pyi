@@ -306,32 +306,6 @@ class MessageError(_message.Message):
 Global___MessageError: _TypeAlias = MessageError  # noqa: Y015
 
 @_typing.final
-class PageRequest(_message.Message):
-    """Page selection for list calls."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PAGE_FIELD_NUMBER: _builtins.int
-    LIMIT_FIELD_NUMBER: _builtins.int
-    page: _builtins.int
-    """1-based page number; default 1."""
-    limit: _builtins.int
-    """Items per page; default 50, at most 100."""
-    def __init__(
-        self,
-        *,
-        page: _builtins.int = ...,
-        limit: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page", b"page"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___PageRequest: _TypeAlias = PageRequest  # noqa: Y015
-
-@_typing.final
 class Pagination(_message.Message):
     """Where a page sits in the whole result."""
 
