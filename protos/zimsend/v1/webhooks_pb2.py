@@ -21,7 +21,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zimsend.v1 import common_pb2 as zimsend_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/webhooks.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"z\n\x07Webhook\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x17\x43onfigureWebhookRequest\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06\x65vents\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"|\n\x18\x43onfigureWebhookResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x0e\n\x06secret\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\"\x15\n\x13ListWebhooksRequest\"N\n\x14ListWebhooksResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12%\n\x08webhooks\x18\x02 \x03(\x0b\x32\x13.zimsend.v1.Webhook\"\xe1\x01\n\nWebhookLog\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x17\n\x0fresponse_status\x18\x05 \x01(\x05\x12\x18\n\x10response_time_ms\x18\x06 \x01(\x05\x12\x0f\n\x07success\x18\x07 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12-\n\ttimestamp\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\n \x01(\t\"\x90\x01\n\x16ListWebhookLogsRequest\x12\x17\n\x04page\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\x05limit\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x18\n\nwebhook_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x65vent_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_pageB\x08\n\x06_limit\"|\n\x17ListWebhookLogsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x04logs\x18\x02 \x03(\x0b\x32\x16.zimsend.v1.WebhookLog\x12*\n\npagination\x18\x03 \x01(\x0b\x32\x16.zimsend.v1.Pagination\".\n\x12TestWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"I\n\x13TestWebhookResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"0\n\x14\x44\x65leteWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x15\x44\x65leteWebhookResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"6\n\x1cRedeliverWebhookEventRequest\x12\x16\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x1dRedeliverWebhookEventResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t2\x8b\x06\n\x0eWebhookService\x12\x80\x01\n\x10\x43onfigureWebhook\x12#.zimsend.v1.ConfigureWebhookRequest\x1a$.zimsend.v1.ConfigureWebhookResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/webhooks/configure:\x01*\x12g\n\x0cListWebhooks\x12\x1f.zimsend.v1.ListWebhooksRequest\x1a .zimsend.v1.ListWebhooksResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/webhooks\x12u\n\x0fListWebhookLogs\x12\".zimsend.v1.ListWebhookLogsRequest\x1a#.zimsend.v1.ListWebhookLogsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/webhooks/logs\x12y\n\x0bTestWebhook\x12\x1e.zimsend.v1.TestWebhookRequest\x1a\x1f.zimsend.v1.TestWebhookResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/webhooks/{webhook_id}/test:\x01*\x12w\n\rDeleteWebhook\x12 .zimsend.v1.DeleteWebhookRequest\x1a!.zimsend.v1.DeleteWebhookResponse\"!\x82\xd3\xe4\x93\x02\x1b*\x19/v1/webhooks/{webhook_id}\x12\xa1\x01\n\x15RedeliverWebhookEvent\x12(.zimsend.v1.RedeliverWebhookEventRequest\x1a).zimsend.v1.RedeliverWebhookEventResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/webhooks/events/{event_id}/redeliver:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/webhooks.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"z\n\x07Webhook\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x17\x43onfigureWebhookRequest\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06\x65vents\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"|\n\x18\x43onfigureWebhookResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x0e\n\x06secret\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\"\x15\n\x13ListWebhooksRequest\"N\n\x14ListWebhooksResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12%\n\x08webhooks\x18\x02 \x03(\x0b\x32\x13.zimsend.v1.Webhook\"\xfb\x01\n\nWebhookLog\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x17\n\x0fresponse_status\x18\x05 \x01(\x05\x12\x18\n\x10response_time_ms\x18\x06 \x01(\x05\x12\x0f\n\x07success\x18\x07 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12-\n\ttimestamp\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x18\n\nmessage_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\"\xaa\x01\n\x16ListWebhookLogsRequest\x12\x17\n\x04page\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\x05limit\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x18\n\nwebhook_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x65vent_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nmessage_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_pageB\x08\n\x06_limit\"|\n\x17ListWebhookLogsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x04logs\x18\x02 \x03(\x0b\x32\x16.zimsend.v1.WebhookLog\x12*\n\npagination\x18\x03 \x01(\x0b\x32\x16.zimsend.v1.Pagination\".\n\x12TestWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"I\n\x13TestWebhookResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"0\n\x14\x44\x65leteWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x15\x44\x65leteWebhookResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\"6\n\x1cRedeliverWebhookEventRequest\x12\x16\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x1dRedeliverWebhookEventResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t2\x8b\x06\n\x0eWebhookService\x12\x80\x01\n\x10\x43onfigureWebhook\x12#.zimsend.v1.ConfigureWebhookRequest\x1a$.zimsend.v1.ConfigureWebhookResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/webhooks/configure:\x01*\x12g\n\x0cListWebhooks\x12\x1f.zimsend.v1.ListWebhooksRequest\x1a .zimsend.v1.ListWebhooksResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/webhooks\x12u\n\x0fListWebhookLogs\x12\".zimsend.v1.ListWebhookLogsRequest\x1a#.zimsend.v1.ListWebhookLogsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/webhooks/logs\x12y\n\x0bTestWebhook\x12\x1e.zimsend.v1.TestWebhookRequest\x1a\x1f.zimsend.v1.TestWebhookResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/webhooks/{webhook_id}/test:\x01*\x12w\n\rDeleteWebhook\x12 .zimsend.v1.DeleteWebhookRequest\x1a!.zimsend.v1.DeleteWebhookResponse\"!\x82\xd3\xe4\x93\x02\x1b*\x19/v1/webhooks/{webhook_id}\x12\xa1\x01\n\x15RedeliverWebhookEvent\x12(.zimsend.v1.RedeliverWebhookEventRequest\x1a).zimsend.v1.RedeliverWebhookEventResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/webhooks/events/{event_id}/redeliver:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONFIGUREWEBHOOKREQUEST'].fields_by_name['events']._serialized_options = b'\342A\001\002'
   _globals['_CONFIGUREWEBHOOKREQUEST'].fields_by_name['secret']._loaded_options = None
   _globals['_CONFIGUREWEBHOOKREQUEST'].fields_by_name['secret']._serialized_options = b'\342A\001\001'
+  _globals['_WEBHOOKLOG'].fields_by_name['message_id']._loaded_options = None
+  _globals['_WEBHOOKLOG'].fields_by_name['message_id']._serialized_options = b'\342A\001\003'
   _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['page']._loaded_options = None
   _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['page']._serialized_options = b'\342A\001\001'
   _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['limit']._loaded_options = None
@@ -43,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['webhook_id']._serialized_options = b'\342A\001\001'
   _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['event_id']._loaded_options = None
   _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['event_id']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['message_id']._loaded_options = None
+  _globals['_LISTWEBHOOKLOGSREQUEST'].fields_by_name['message_id']._serialized_options = b'\342A\001\001'
   _globals['_TESTWEBHOOKREQUEST'].fields_by_name['webhook_id']._loaded_options = None
   _globals['_TESTWEBHOOKREQUEST'].fields_by_name['webhook_id']._serialized_options = b'\342A\001\002'
   _globals['_DELETEWEBHOOKREQUEST'].fields_by_name['webhook_id']._loaded_options = None
@@ -72,23 +76,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=525
   _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=603
   _globals['_WEBHOOKLOG']._serialized_start=606
-  _globals['_WEBHOOKLOG']._serialized_end=831
-  _globals['_LISTWEBHOOKLOGSREQUEST']._serialized_start=834
-  _globals['_LISTWEBHOOKLOGSREQUEST']._serialized_end=978
-  _globals['_LISTWEBHOOKLOGSRESPONSE']._serialized_start=980
-  _globals['_LISTWEBHOOKLOGSRESPONSE']._serialized_end=1104
-  _globals['_TESTWEBHOOKREQUEST']._serialized_start=1106
-  _globals['_TESTWEBHOOKREQUEST']._serialized_end=1152
-  _globals['_TESTWEBHOOKRESPONSE']._serialized_start=1154
-  _globals['_TESTWEBHOOKRESPONSE']._serialized_end=1227
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1229
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1277
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1279
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1339
-  _globals['_REDELIVERWEBHOOKEVENTREQUEST']._serialized_start=1341
-  _globals['_REDELIVERWEBHOOKEVENTREQUEST']._serialized_end=1395
-  _globals['_REDELIVERWEBHOOKEVENTRESPONSE']._serialized_start=1397
-  _globals['_REDELIVERWEBHOOKEVENTRESPONSE']._serialized_end=1463
-  _globals['_WEBHOOKSERVICE']._serialized_start=1466
-  _globals['_WEBHOOKSERVICE']._serialized_end=2245
+  _globals['_WEBHOOKLOG']._serialized_end=857
+  _globals['_LISTWEBHOOKLOGSREQUEST']._serialized_start=860
+  _globals['_LISTWEBHOOKLOGSREQUEST']._serialized_end=1030
+  _globals['_LISTWEBHOOKLOGSRESPONSE']._serialized_start=1032
+  _globals['_LISTWEBHOOKLOGSRESPONSE']._serialized_end=1156
+  _globals['_TESTWEBHOOKREQUEST']._serialized_start=1158
+  _globals['_TESTWEBHOOKREQUEST']._serialized_end=1204
+  _globals['_TESTWEBHOOKRESPONSE']._serialized_start=1206
+  _globals['_TESTWEBHOOKRESPONSE']._serialized_end=1279
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1281
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1329
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1331
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1391
+  _globals['_REDELIVERWEBHOOKEVENTREQUEST']._serialized_start=1393
+  _globals['_REDELIVERWEBHOOKEVENTREQUEST']._serialized_end=1447
+  _globals['_REDELIVERWEBHOOKEVENTRESPONSE']._serialized_start=1449
+  _globals['_REDELIVERWEBHOOKEVENTRESPONSE']._serialized_end=1515
+  _globals['_WEBHOOKSERVICE']._serialized_start=1518
+  _globals['_WEBHOOKSERVICE']._serialized_end=2297
 # @@protoc_insertion_point(module_scope)

@@ -201,6 +201,7 @@ class WebhookLog(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event delivered (the same on every attempt)."""
     event: _builtins.str
@@ -219,6 +220,10 @@ class WebhookLog(_message.Message):
     """1, 2 or 3."""
     error: _builtins.str
     """Why it failed (timeout, refused address, redirect...), without secrets."""
+    message_id: _builtins.str
+    """The message the event is about (`sms.*` events of a sent message, and `otp.verified`);
+    empty for device, inbound, opt-out and test events.
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the attempt was made."""
@@ -236,10 +241,11 @@ class WebhookLog(_message.Message):
         attempt: _builtins.int = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "event", b"event", "event_id", b"event_id", "response_status", b"response_status", "response_time_ms", b"response_time_ms", "success", b"success", "timestamp", b"timestamp", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "event", b"event", "event_id", b"event_id", "message_id", b"message_id", "response_status", b"response_status", "response_time_ms", b"response_time_ms", "success", b"success", "timestamp", b"timestamp", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,6 +261,7 @@ class ListWebhookLogsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     page: _builtins.int
     """1-based page; default 1 (`0` is refused, not taken for "not given")."""
     limit: _builtins.int
@@ -263,6 +270,10 @@ class ListWebhookLogsRequest(_message.Message):
     """Only attempts for this endpoint."""
     event_id: _builtins.str
     """Only attempts for this event."""
+    message_id: _builtins.str
+    """Only attempts for events about this message (`msg_` + 16 hex), e.g. its `sms.sent` and
+    `sms.delivered`; an id this client does not have gives an empty page.
+    """
     def __init__(
         self,
         *,
@@ -270,10 +281,11 @@ class ListWebhookLogsRequest(_message.Message):
         limit: _builtins.int | None = ...,
         webhook_id: _builtins.str = ...,
         event_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "limit", b"limit", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "event_id", b"event_id", "limit", b"limit", "page", b"page", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_page", b"_page", "event_id", b"event_id", "limit", b"limit", "message_id", b"message_id", "page", b"page", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
     _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
