@@ -334,8 +334,8 @@ def test_reconnect_waits_at_least_retry_after_then_reconnects(
     async def scenario() -> None:
         await until(lambda: double.connected("dev1"))
         start = time.monotonic()
-        double.push("dev1", pb.ServerFrame(reconnect=pb.Reconnect(reason="SERVER_SHUTDOWN",
-                                                                  retry_after_ms=400)))
+        double.push("dev1", pb.ServerFrame(reconnect=pb.Reconnect(
+            reason_code=pb.Reconnect.SERVER_SHUTDOWN, retry_after_ms=400)))
         await until(lambda: double.connects["dev1"] == 2)
         elapsed.append(time.monotonic() - start)
 
@@ -345,11 +345,16 @@ def test_reconnect_waits_at_least_retry_after_then_reconnects(
 
 @pytest.mark.parametrize(
     ("reason", "says"),
-    [("DEVICE_DELETED", "deleted"), ("DEVICE_DISABLED", "disabled"),
-     ("PASSWORD_ROTATED", "rotated"), ("REPLACED", "second agent")],
+    [(pb.Reconnect(reason_code=pb.Reconnect.DEVICE_DELETED), "deleted"),
+     (pb.Reconnect(reason_code=pb.Reconnect.DEVICE_DISABLED), "disabled"),
+     (pb.Reconnect(reason_code=pb.Reconnect.PASSWORD_ROTATED), "rotated"),
+     (pb.Reconnect(reason_code=pb.Reconnect.REPLACED), "second agent"),
+     # A server older than `reason_code` sends only the deprecated string.
+     (pb.Reconnect(reason="REPLACED"), "second agent")],
+    ids=["deleted", "disabled", "rotated", "replaced", "replaced-by-an-older-server"],
 )
 def test_a_deleted_disabled_rotated_or_replaced_device_stops_the_agent(
-    double: DeviceLinkDouble, tmp_path: Path, reason: str, says: str
+    double: DeviceLinkDouble, tmp_path: Path, reason: pb.Reconnect, says: str
 ) -> None:
     phone = Phone(double, tmp_path)
 
@@ -367,9 +372,9 @@ def test_a_deleted_disabled_rotated_or_replaced_device_stops_the_agent(
     assert double.connects["dev1"] == 1
 
 
-async def _push_when_connected(double: DeviceLinkDouble, reason: str) -> None:
+async def _push_when_connected(double: DeviceLinkDouble, reason: pb.Reconnect) -> None:
     await until(lambda: double.connected("dev1"))
-    double.push("dev1", pb.ServerFrame(reconnect=pb.Reconnect(reason=reason)))
+    double.push("dev1", pb.ServerFrame(reconnect=reason))
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,9 @@ def test_a_deleted_device_is_closed_and_refused(tenant: Tenant, address: str) ->
         raw.hello()
         tenant.devices.DeleteDevice(devices_pb2.DeleteDeviceRequest(device_id=device.device_id),
                                     metadata=tenant.md(), timeout=10)
-        assert raw.expect("reconnect").reconnect.reason == "DEVICE_DELETED"
+        told = raw.expect("reconnect").reconnect
+        assert told.reason_code == pb.Reconnect.DEVICE_DELETED
+        assert told.reason == "DEVICE_DELETED"  # the deprecated field, for older agents
         assert raw.ended.wait(5)
     finally:
         raw.close()
@@ -234,7 +236,9 @@ def test_a_second_connection_replaces_the_first_without_going_offline(
         one = first.hello()
         two = second.hello()
         assert one.session_id != two.session_id
-        assert first.expect("reconnect").reconnect.reason == "REPLACED"
+        told = first.expect("reconnect").reconnect
+        assert told.reason_code == pb.Reconnect.REPLACED
+        assert told.reason == "REPLACED"  # the deprecated field, for older agents
         assert first.ended.wait(5)
         time.sleep(0.5)
         wait_for(lambda: tenant.get_device(device.device_id).battery == 90, 5, "heartbeat")

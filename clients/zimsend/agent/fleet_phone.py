@@ -34,7 +34,7 @@ import grpc
 from zimsend.agent.backoff import Backoff
 from zimsend.agent.channel import KEEPALIVE_OPTIONS
 from zimsend.agent.journal import Journal, Verdict
-from zimsend.agent.refusal import refusal_of, retry_delay
+from zimsend.agent.refusal import FATAL_RECONNECT, reconnect_reason, refusal_of, retry_delay
 from zimsend.agent.senders.base import SendRequest
 from zimsend.agent.simulation import Simulation
 from zimsend.segments import plan
@@ -46,8 +46,6 @@ __all__ = ["FleetPhone", "FleetStats"]
 
 log = logging.getLogger("zimsend.fleet")
 
-#: As in zimsend.agent.supervisor (REPLACED: someone else holds this device's credentials).
-_FATAL_RECONNECT = ("DEVICE_DELETED", "DEVICE_DISABLED", "PASSWORD_ROTATED", "REPLACED")
 _PROBE_S = 0.25
 #: Initial metadata a ZimSend server sends once it has admitted and authenticated a stream
 #: (services/device_link.py): the phone says hello only then, so a refusal never races it.
@@ -148,9 +146,10 @@ class FleetPhone:
                     self.stats.busy += 1
                 self._lost(exc.code().name)
             except _Reconnect as exc:
-                if exc.reason in _FATAL_RECONNECT:
+                if exc.reason in FATAL_RECONNECT:
                     self.stats.stopped += 1
-                    log.error("%s stopped by the server: %s", self.device_id, exc.reason)
+                    log.error("%s stopped by the server: %s", self.device_id,
+                              pb.Reconnect.Reason.Name(exc.reason))
                     return
                 minimum = exc.retry_after_ms / 1000
                 self.backoff.reset()  # the server asked: this link was healthy
@@ -248,7 +247,7 @@ class FleetPhone:
                 for rid in ids:
                     self._pending.pop(rid, None)
             elif kind == "reconnect":
-                raise _Reconnect(frame.reconnect.reason, frame.reconnect.retry_after_ms)
+                raise _Reconnect(reconnect_reason(frame.reconnect), frame.reconnect.retry_after_ms)
 
     async def _pump_reports(self, stream: _Stream) -> None:
         sent: dict[str, int] = {}
@@ -345,8 +344,8 @@ class _LinkClosed(Exception):
 
 
 class _Reconnect(Exception):
-    def __init__(self, reason: str, retry_after_ms: int) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: pb.Reconnect.Reason.ValueType, retry_after_ms: int) -> None:
+        super().__init__(pb.Reconnect.Reason.Name(reason))
         self.reason = reason
         self.retry_after_ms = retry_after_ms
 

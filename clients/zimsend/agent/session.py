@@ -26,6 +26,7 @@ from zimsend.agent.executor import Executor
 from zimsend.agent.health import HealthWatch
 from zimsend.agent.journal import Journal, Verdict
 from zimsend.agent.link import Link
+from zimsend.agent.refusal import reconnect_reason
 from zimsend.agent.reporter import Reporter
 from zimsend.agent.senders.base import Sender, failure
 from zimsend.v1 import common_pb2, failures_pb2
@@ -46,8 +47,8 @@ class ProtocolError(Exception):
 class ReconnectRequested(Exception):
     """The server sent Reconnect."""
 
-    def __init__(self, reason: str, retry_after_ms: int) -> None:
-        super().__init__(f"server asked to reconnect: {reason or 'no reason'}")
+    def __init__(self, reason: pb.Reconnect.Reason.ValueType, retry_after_ms: int) -> None:
+        super().__init__(f"server asked to reconnect: {pb.Reconnect.Reason.Name(reason)}")
         self.reason = reason
         self.retry_after_ms = retry_after_ms
 
@@ -136,7 +137,8 @@ class Session:
                 count = self.reporter.acked(list(frame.report_ack.report_ids))
                 log.info("reports acked: %d (%d still unacked)", count, self.reporter.unacked)
             elif kind == "reconnect":
-                raise ReconnectRequested(frame.reconnect.reason, frame.reconnect.retry_after_ms)
+                raise ReconnectRequested(reconnect_reason(frame.reconnect),
+                                         frame.reconnect.retry_after_ms)
             # Unknown kinds come from a newer server: ignore them.
 
     async def _on_send(self, command: pb.SendCommand) -> None:

@@ -9,7 +9,7 @@
 - Reconnect frame → wait at least `retry_after_ms` (plus jitter, so a restarting server is not
   hit by every phone at the same millisecond), then reconnect; DEVICE_DELETED,
   DEVICE_DISABLED, PASSWORD_ROTATED and REPLACED stop the agent instead: reconnecting cannot
-  help (REPLACED: another agent uses the same credentials, see _FATAL_RECONNECT).
+  help (REPLACED: another agent uses the same credentials, see refusal.FATAL_RECONNECT).
 - Refusal (UNAUTHENTICATED / PERMISSION_DENIED) → stop with a clear message and a non-zero
   exit code: a wrong password will not fix itself, and hammering the server helps no one.
 
@@ -27,7 +27,7 @@ import trio
 
 from zimsend.agent.backoff import Backoff
 from zimsend.agent.link import Link, LinkClosed, open_link
-from zimsend.agent.refusal import refusal_of, retry_delay
+from zimsend.agent.refusal import FATAL_RECONNECT, refusal_of, retry_delay
 from zimsend.agent.session import ProtocolError, ReconnectRequested
 from zimsend.v1 import device_link_pb2 as pb
 
@@ -42,18 +42,6 @@ EXIT_STOPPED = 4
 #: A connection that lived this long after Welcome resets the backoff.
 HEALTHY_AFTER_S = 10.0
 
-_FATAL_RECONNECT = {
-    "DEVICE_DELETED": "this device was deleted on the server",
-    "DEVICE_DISABLED": "this device was disabled on the server",
-    "PASSWORD_ROTATED": "the device password was rotated; re-pair with the new pairing URI",
-    # The agent holds one stream at a time, so a REPLACED on its current stream means another
-    # process connected with the same credentials. Two agents with two journals could each
-    # send a re-offered message once: stop rather than fight (they would replace each other
-    # forever, and "at most once" would no longer hold).
-    "REPLACED": "another connection with this device's credentials replaced this one"
-    " (is a second agent running with the same pairing?); stopping so that no message is"
-    " sent twice",
-}
 _TRANSIENT = (grpc.RpcError, LinkClosed, ProtocolError, ReconnectRequested, trio.TooSlowError)
 
 
@@ -116,8 +104,8 @@ async def supervise(
             await trio.sleep(delay)
             continue
         if isinstance(cause, ReconnectRequested):
-            if cause.reason in _FATAL_RECONNECT:
-                message = f"stopped by the server: {_FATAL_RECONNECT[cause.reason]}"
+            if cause.reason in FATAL_RECONNECT:
+                message = f"stopped by the server: {FATAL_RECONNECT[cause.reason]}"
                 log.error("%s", message)
                 raise AgentStopped(message, EXIT_STOPPED)
             minimum = max(0, cause.retry_after_ms) / 1000

@@ -52,6 +52,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -661,23 +666,81 @@ class Reconnect(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Reconnect._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: Reconnect._Reason.ValueType  # 0
+        """Not given: a server older than `reason_code` (read `reason`)."""
+        SERVER_SHUTDOWN: Reconnect._Reason.ValueType  # 1
+        """The server is shutting down; reconnect (to it or another replica) after retry_after_ms."""
+        REPLACED: Reconnect._Reason.ValueType  # 2
+        """Another connection with this device's credentials replaced this stream."""
+        DEVICE_DELETED: Reconnect._Reason.ValueType  # 3
+        """The device was deleted by its owner."""
+        DEVICE_DISABLED: Reconnect._Reason.ValueType  # 4
+        """The device was disabled by its owner. Not sent by this server, which keeps a disabled
+        device's stream and sends DeviceSettings with `enabled` false instead.
+        """
+        PASSWORD_ROTATED: Reconnect._Reason.ValueType  # 5
+        """The device password was rotated; the phone must be paired again with the new URI."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Why the server closes the stream; the agent stops for good on DEVICE_DELETED,
+        DEVICE_DISABLED, PASSWORD_ROTATED and REPLACED (reconnecting cannot help).
+
+        Decision: upper-case names without prefix, so each name is the string the deprecated
+        `reason` field has always carried (`"REPLACED"`).
+        """
+
+    REASON_UNSPECIFIED: Reconnect.Reason.ValueType  # 0
+    """Not given: a server older than `reason_code` (read `reason`)."""
+    SERVER_SHUTDOWN: Reconnect.Reason.ValueType  # 1
+    """The server is shutting down; reconnect (to it or another replica) after retry_after_ms."""
+    REPLACED: Reconnect.Reason.ValueType  # 2
+    """Another connection with this device's credentials replaced this stream."""
+    DEVICE_DELETED: Reconnect.Reason.ValueType  # 3
+    """The device was deleted by its owner."""
+    DEVICE_DISABLED: Reconnect.Reason.ValueType  # 4
+    """The device was disabled by its owner. Not sent by this server, which keeps a disabled
+    device's stream and sends DeviceSettings with `enabled` false instead.
+    """
+    PASSWORD_ROTATED: Reconnect.Reason.ValueType  # 5
+    """The device password was rotated; the phone must be paired again with the new URI."""
+
     REASON_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
-    reason: _builtins.str
-    """Why: SERVER_SHUTDOWN, REPLACED (another connection of the same device), DEVICE_DELETED,
-    DEVICE_DISABLED, PASSWORD_ROTATED.
-    """
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def reason(self) -> _builtins.str:
+        """Deprecated: use `reason_code`. The server still fills it with the name of `reason_code`
+        (e.g. "REPLACED"), so agents older than `reason_code` keep working.
+        """
+
+    @reason.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def reason(self, value: _builtins.str) -> None:
+        """Deprecated: use `reason_code`. The server still fills it with the name of `reason_code`
+        (e.g. "REPLACED"), so agents older than `reason_code` keep working.
+        """
+
     retry_after_ms: _builtins.int
     """Wait at least this long before reconnecting."""
+    reason_code: Global___Reconnect.Reason.ValueType
+    """Why."""
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
         retry_after_ms: _builtins.int = ...,
+        reason_code: Global___Reconnect.Reason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "reason_code", b"reason_code", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

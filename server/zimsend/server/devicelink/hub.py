@@ -128,7 +128,8 @@ class DeviceHub:
         self._closing = True
         sessions = list(self.sessions.values())
         for session in sessions:
-            session.close(reconnect="SERVER_SHUTDOWN", retry_after_ms=SHUTDOWN_RETRY_AFTER_MS,
+            session.close(reconnect=pb.Reconnect.SERVER_SHUTDOWN,
+                          retry_after_ms=SHUTDOWN_RETRY_AFTER_MS,
                           disconnect_reason="UNKNOWN", detail="server shutdown")
         tasks = [s.task for s in sessions if s.task is not None]
         if tasks:
@@ -180,7 +181,7 @@ class DeviceHub:
             old = self.sessions.get(device_id)
             self.sessions[device_id] = session
         if old is not None:
-            old.close(reconnect="REPLACED", disconnect_reason="")
+            old.close(reconnect=pb.Reconnect.REPLACED, disconnect_reason="")
         session.next_send_at = self._pacing_start(session, connected.last_send_at)
         default_ms = self.state.settings.default_send_interval_ms
         session.push(pb.ServerFrame(welcome=pb.Welcome(
@@ -299,10 +300,10 @@ class DeviceHub:
         if session is None or session.closed:
             return
         if config.deleted:
-            self.close_device(device_id, "DEVICE_DELETED")
+            self.close_device(device_id, pb.Reconnect.DEVICE_DELETED)
             return
         if config.password_hash != session.config.password_hash:
-            self.close_device(device_id, "PASSWORD_ROTATED")
+            self.close_device(device_id, pb.Reconnect.PASSWORD_ROTATED)
             return
         if config == session.config:
             return
@@ -325,12 +326,12 @@ class DeviceHub:
             cancel=pb.CancelCommand(command_id=command_id, message_id=message_id)
         ))
 
-    def close_device(self, device_id: str, reason: str) -> None:
+    def close_device(self, device_id: str, reason: pb.Reconnect.Reason.ValueType) -> None:
         """Close a device's stream with Reconnect(reason): DEVICE_DELETED, PASSWORD_ROTATED."""
         session = self.sessions.get(device_id)
         if session is not None:
             session.close(reconnect=reason, disconnect_reason="UNKNOWN",
-                          detail=reason.lower().replace("_", " "))
+                          detail=pb.Reconnect.Reason.Name(reason).lower().replace("_", " "))
 
     # --- background loops --------------------------------------------------------------------
 
@@ -375,7 +376,7 @@ class DeviceHub:
             if isinstance(config, BaseException):
                 continue
             if config is None:  # the device connected again elsewhere
-                session.close(reconnect="REPLACED", disconnect_reason="")
+                session.close(reconnect=pb.Reconnect.REPLACED, disconnect_reason="")
             else:
                 self.apply_config(beat.device_id, config)
 

@@ -88,22 +88,24 @@ class DeviceSession:
         return await self._queue.get()
 
     def close(
-        self, *, reconnect: str | None = None, retry_after_ms: int = 0,
+        self, *, reconnect: pb.Reconnect.Reason.ValueType | None = None, retry_after_ms: int = 0,
         disconnect_reason: str = "CONNECTION_LOST", detail: str | None = None,
         grace: float = CLOSE_GRACE_S,
     ) -> None:
         """End the stream. With `reconnect`, a Reconnect frame goes out first and the call is
         ended anyway if the phone has not read it within `grace`; without, it ends at once.
         `disconnect_reason` is what `device.disconnected` will say (if this connection is still
-        the device's current one when it ends)."""
+        the device's current one when it ends). The Reconnect carries the reason twice: as
+        `reason_code` and, for agents older than that field, as its name in `reason`."""
         if self.closed:
             return
         self.closed = True
         self.disconnect_reason, self.disconnect_detail = disconnect_reason, detail
         if reconnect is not None:
-            frame = pb.ServerFrame(
-                reconnect=pb.Reconnect(reason=reconnect, retry_after_ms=retry_after_ms)
-            )
+            frame = pb.ServerFrame(reconnect=pb.Reconnect(
+                reason_code=reconnect, reason=pb.Reconnect.Reason.Name(reconnect),
+                retry_after_ms=retry_after_ms,
+            ))
             self._queue.put_nowait(frame)
             self._queue.put_nowait(None)
             asyncio.get_running_loop().call_later(grace, self.ended.set)

@@ -30,6 +30,7 @@ from zimsend.server.storage import Database, Device, utcnow
 from zimsend.v1 import common_pb2
 from zimsend.v1 import devices_pb2 as pb
 from zimsend.v1 import devices_pb2_grpc as pb_grpc
+from zimsend.v1.device_link_pb2 import Reconnect
 
 if TYPE_CHECKING:
     from zimsend.server.app import ZimSendServer
@@ -263,7 +264,7 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         device = await self.state.db_call(
             _delete, self.state.db, caller.client_id, request.device_id
         )
-        self.hub.close_device(device.id, "DEVICE_DELETED")
+        self.hub.close_device(device.id, Reconnect.DEVICE_DELETED)
         return pb.DeleteDeviceResponse(success=True, device_id=device.id)
 
     @public_rpc
@@ -281,7 +282,7 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             request.device_id, server_address=self.server_address,
             tls=self.state.settings.device_link_tls,
         )
-        self.hub.close_device(new.device.id, "PASSWORD_ROTATED")
+        self.hub.close_device(new.device.id, Reconnect.PASSWORD_ROTATED)
         return pb.RotateDevicePasswordResponse(
             success=True, device_id=new.device.id, device_password=new.password,
             pairing_uri=new.pairing_uri,
