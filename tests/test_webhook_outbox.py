@@ -13,7 +13,7 @@ from _webhooks import PEPPER, add_endpoint, add_event, event_row, seed_client
 from sqlmodel import select
 
 from zimsend.server import webhook_endpoints
-from zimsend.server.accounts.credentials import decrypt_secret
+from zimsend.server.accounts.credentials import decrypt_secret, new_id
 from zimsend.server.errors import ApiError, ErrorCode
 from zimsend.server.storage import (
     DailyAggregate,
@@ -298,12 +298,12 @@ def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
         (target,) = targets_of(db, PEPPER, event)
         record_attempt(db, event, target, failed(t0 + dt.timedelta(seconds=ids.index(event.id))))
     page = webhook_endpoints.list_logs(db, client, page=1, limit=2)
-    assert [r.event_id for r in page.logs] == [ids[2], ids[1]]
+    assert [r.delivery.event_id for r in page.logs] == [ids[2], ids[1]]
     assert (page.total_items, page.total_pages) == (3, 2)
     second = webhook_endpoints.list_logs(db, client, page=2, limit=2)
-    assert [r.event_id for r in second.logs] == [ids[0]]
+    assert [r.delivery.event_id for r in second.logs] == [ids[0]]
     only = webhook_endpoints.list_logs(db, client, event_id=ids[1])  # page and limit not given
-    assert [r.event_id for r in only.logs] == [ids[1]]
+    assert [r.delivery.event_id for r in only.logs] == [ids[1]]
     assert only.per_page == 50
     by_hook = webhook_endpoints.list_logs(db, client, page=1, limit=10, webhook_id=hook.endpoint.id)
     assert by_hook.total_items == 3
@@ -314,6 +314,48 @@ def test_logs_are_newest_first_paged_and_filtered(db: Database) -> None:
     for zero in zeros:  # issue 12 item 11: refused, not the default
         with pytest.raises(ApiError, match=rf"{next(iter(zero))}: must be 1"):
             webhook_endpoints.list_logs(db, client, **zero)
+
+
+def test_message_events_name_their_message_and_the_logs_list_one_message_s(
+    db: Database,
+) -> None:
+    """Issue 14's gap: `list_logs(message_id=)` gives that message's deliveries, each naming
+    the message; device and test events name none; another client's answers nothing."""
+    client, other = seed_client(db), seed_client(db)
+    hook = add_endpoint(db, client, "https://a.example.com/",
+                        ["sms.sent", "sms.delivered", "device.disconnected"])
+    add_endpoint(db, other, "https://b.example.com/", ["sms.sent"])
+    mine, next_one = new_id("msg"), new_id("msg")
+    sent = add_event(db, client, "sms.sent", data={"message_id": mine, "status": "sent"})
+    delivered = add_event(db, client, "sms.delivered",
+                          data={"message_id": mine, "status": "delivered"})
+    add_event(db, client, "sms.sent", data={"message_id": next_one, "status": "sent"})
+    device = add_event(db, client, "device.disconnected", data={"device_id": "dev_1"})
+    test = webhook_endpoints.queue_test_event(db, client, hook.endpoint.id).id
+    add_event(db, other, "sms.sent", data={"message_id": mine, "status": "sent"})
+    assert [event_row(db, e).message_id for e in (sent, delivered, device, test)] == [
+        mine, mine, None, None]
+    t0, order = now(), [sent, delivered]  # delivered's attempt is the newer one
+    for event in claim(db):
+        step = order.index(event.id) if event.id in order else 2
+        for target in targets_of(db, PEPPER, event):
+            record_attempt(db, event, target, ok(t0 + dt.timedelta(seconds=step)))
+
+    page = webhook_endpoints.list_logs(db, client, message_id=mine)
+    assert [(e.delivery.event_id, e.message_id) for e in page.logs] == [
+        (delivered, mine), (sent, mine)]
+    assert page.total_items == 2
+    everything = webhook_endpoints.list_logs(db, client)
+    assert {e.delivery.event_id: e.message_id for e in everything.logs}[device] is None
+    assert everything.total_items == 5
+    paged = webhook_endpoints.list_logs(db, client, message_id=mine, limit=1, page=2)
+    assert ([e.delivery.event_id for e in paged.logs], paged.total_items) == ([sent], 2)
+    assert webhook_endpoints.list_logs(db, other, message_id=next_one).logs == []
+    (theirs,) = webhook_endpoints.list_logs(db, other, message_id=mine).logs
+    assert theirs.delivery.client_id == other
+    assert webhook_endpoints.list_logs(db, client, message_id="msg_unknown").total_items == 0
+    with pytest.raises(ApiError, match=r"message_id: must be a message id .* at most 64"):
+        webhook_endpoints.list_logs(db, client, message_id="m" * 65)
 
 
 def test_redeliver_requeues_a_failed_event_with_a_fresh_schedule(db: Database) -> None:

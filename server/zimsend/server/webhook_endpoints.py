@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from zimsend.server.accounts.credentials import encrypt_secret, new_id, new_webhook_secret
 from zimsend.server.errors import ApiError, ErrorCode, FieldViolation, violations_error
+from zimsend.server.sending.one_message import MAX_MESSAGE_ID_CHARS
 from zimsend.server.storage import (
     Database,
     OutboxEvent,
@@ -34,6 +35,7 @@ from zimsend.server.webhook_delivery.urls import WebhookUrlError, check_webhook_
 
 __all__ = [
     "MAX_ENDPOINTS_PER_CLIENT",
+    "LogEntry",
     "NewEndpoint",
     "Page",
     "configure",
@@ -58,8 +60,16 @@ class NewEndpoint:
 
 
 @dataclass(frozen=True)
+class LogEntry:
+    """One delivery attempt and the message its event is about (None: about no message)."""
+
+    delivery: WebhookDelivery
+    message_id: str | None
+
+
+@dataclass(frozen=True)
 class Page:
-    logs: list[WebhookDelivery]
+    logs: list[LogEntry]
     page: int
     per_page: int
     total_items: int
@@ -236,15 +246,24 @@ def redeliver(db: Database, client_id: str, event_id: str) -> OutboxEvent:
 
 def list_logs(
     db: Database, client_id: str, page: int | None = None, limit: int | None = None, *,
-    webhook_id: str = "", event_id: str = "",
+    webhook_id: str = "", event_id: str = "", message_id: str = "",
 ) -> Page:
-    """Delivery attempts, newest first. `page` default 1, `limit` default 50 (None: not
-    given); an explicit 0 is refused like history's, not taken for the default."""
+    """Delivery attempts, newest first, each with its event's message. `page` default 1,
+    `limit` default 50 (None: not given); an explicit 0 is refused like history's, not taken
+    for the default. The filters narrow like history's: an id this client does not have
+    gives an empty page, not an error; only a `message_id` that cannot be an id is refused,
+    as the message endpoints refuse it."""
     problems = []
     if page is not None and page < 1:
         problems.append(FieldViolation("page", f"must be 1 or more (got {page})"))
     if limit is not None and not 1 <= limit <= MAX_PAGE_SIZE:
         problems.append(FieldViolation("limit", f"must be 1-{MAX_PAGE_SIZE} (got {limit})"))
+    if len(message_id) > MAX_MESSAGE_ID_CHARS:
+        problems.append(FieldViolation(
+            "message_id",
+            f"must be a message id such as msg_1234567890abcdef, at most "
+            f"{MAX_MESSAGE_ID_CHARS} characters (got {len(message_id)})",
+        ))
     if problems:
         raise violations_error(ErrorCode.INVALID_REQUEST, problems)
     page = page or 1
@@ -254,13 +273,21 @@ def list_logs(
         filters.append(col(WebhookDelivery.webhook_id) == webhook_id)
     if event_id:
         filters.append(col(WebhookDelivery.event_id) == event_id)
+    joined = (
+        select(WebhookDelivery, col(OutboxEvent.message_id))
+        .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+    )
+    counted = select(func.count()).select_from(WebhookDelivery)
+    if message_id:
+        # The (client_id, message_id) index finds the message's few events.
+        filters += [col(OutboxEvent.client_id) == client_id,
+                    col(OutboxEvent.message_id) == message_id]
+        counted = counted.join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
     with db.session() as session:
-        total = session.exec(
-            select(func.count()).select_from(WebhookDelivery).where(*filters)
-        ).one()
-        rows = list(session.exec(
-            select(WebhookDelivery).where(*filters)
+        total = session.exec(counted.where(*filters)).one()
+        rows = session.exec(
+            joined.where(*filters)
             .order_by(col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
             .offset((page - 1) * limit).limit(limit)
-        ))
-    return Page(rows, page, limit, int(total))
+        ).all()
+    return Page([LogEntry(delivery, about) for delivery, about in rows], page, limit, int(total))

@@ -48,6 +48,7 @@ from zimsend.server.storage import (
     cached_statement,
     insert_for,
 )
+from zimsend.server.storage.models.webhooks import message_id_of
 from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
 from zimsend.server.storage.upserts import add_daily_counts, mark_reports_processed
@@ -139,13 +140,13 @@ def event_row(
     webhook_url: str | None = None, now: dt.datetime, request_id: str | None = None,
 ) -> dict[str, Any]:
     """Every column of a new outbox row (`webhook_delivery.events` has the contract);
-    `request_id` is the message's, for the worker's log line."""
+    `request_id` is the message's, for the worker's log line; `message_id` is the payload's."""
     return {
         "id": credentials.new_id("evt"), "client_id": client_id, "event_type": event_type,
         "payload": payload, "webhook_url": webhook_url, "status": OutboxStatus.PENDING,
         "attempts": 0, "created_at": now, "next_attempt_at": now, "locked_until": None,
         "claimed_by": None, "delivered_at": None, "last_error": None,
-        "request_id": request_id,
+        "request_id": request_id, "message_id": message_id_of(payload),
     }
 
 

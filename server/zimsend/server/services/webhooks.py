@@ -17,7 +17,7 @@ from zimsend.server.auth import Caller
 from zimsend.server.rpc import public_rpc
 from zimsend.server.services.convert import paging, ts
 from zimsend.server.state import ServerState
-from zimsend.server.storage import WebhookDelivery, WebhookEndpoint
+from zimsend.server.storage import WebhookEndpoint
 from zimsend.v1 import common_pb2
 from zimsend.v1 import webhooks_pb2 as pb
 from zimsend.v1 import webhooks_pb2_grpc as pb_grpc
@@ -66,6 +66,7 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
         page = await self.state.db_call(
             webhook_endpoints.list_logs, self.state.db, caller.client_id, *paging(request),
             webhook_id=request.webhook_id, event_id=request.event_id,
+            message_id=request.message_id,
         )
         return pb.ListWebhookLogsResponse(
             success=True,
@@ -124,12 +125,13 @@ def _webhook(row: WebhookEndpoint) -> pb.Webhook:
     )
 
 
-def _log(row: WebhookDelivery) -> pb.WebhookLog:
+def _log(entry: webhook_endpoints.LogEntry) -> pb.WebhookLog:
+    row = entry.delivery
     return pb.WebhookLog(
         event_id=row.event_id, event=row.event_type, webhook_id=row.webhook_id or "",
         url=row.url, response_status=row.response_status or 0,
         response_time_ms=row.response_time_ms or 0, success=row.success, attempt=row.attempt,
-        timestamp=ts(row.created_at), error=row.error or "",
+        timestamp=ts(row.created_at), error=row.error or "", message_id=entry.message_id or "",
     )
 
 

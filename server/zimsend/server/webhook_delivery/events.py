@@ -12,6 +12,8 @@ and `devicelink.transitions.write_event()` both build a correct row; to fill one
   RFC 3339 strings, e.g. `rfc3339(message.sent_at)`); SPEC §7 lists the fields per event;
 - `webhook_url`: the message's `webhook_url` when it has one, else None. When set, the event
   goes to that URL *instead of* the client's endpoints, whatever their subscriptions;
+- `message_id`: `message_id_of(payload)` (the data's `message_id`), so the message's own
+  deliveries can be listed (`GET /v1/webhooks/logs?message_id=`);
 - leave `status`, `attempts`, `next_attempt_at` (= now: attempt 1 is immediate), `locked_until`
   and `claimed_by` at their defaults. `created_at` is the body's `timestamp`.
 
@@ -26,6 +28,7 @@ from typing import Any, Final
 
 from zimsend.server.accounts.credentials import new_id
 from zimsend.server.storage import OutboxEvent, utcnow
+from zimsend.server.storage.models.webhooks import message_id_of
 
 __all__ = ["EVENT_TYPES", "TEST_EVENT", "outbox_event"]
 
@@ -65,6 +68,7 @@ def outbox_event(
         event_type=event_type,
         payload=data,
         webhook_url=webhook_url or None,
+        message_id=message_id_of(data),
         created_at=when,
         next_attempt_at=when,
     )

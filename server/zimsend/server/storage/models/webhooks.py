@@ -17,7 +17,13 @@ from sqlmodel import Field, SQLModel
 
 from ..types import JSONValue, UTCDateTime, utcnow
 
-__all__ = ["OutboxEvent", "OutboxStatus", "WebhookDelivery", "WebhookEndpoint"]
+__all__ = [
+    "OutboxEvent",
+    "OutboxStatus",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "message_id_of",
+]
 
 
 class OutboxStatus(enum.StrEnum):
@@ -59,6 +65,7 @@ class OutboxEvent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_events_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_outbox_events_client_id_created_at", "client_id", "created_at"),
+        Index("ix_outbox_events_client_id_message_id", "client_id", "message_id"),
     )
 
     id: str = Field(primary_key=True)
@@ -78,6 +85,17 @@ class OutboxEvent(SQLModel, table=True):
     # The request id of the message the event is about (None for other events): the worker's
     # delivery log line carries it.
     request_id: str | None = None
+    # The message the event is about, `message_id_of(payload)`: `GET /v1/webhooks/logs
+    # ?message_id=` lists a message's own deliveries through it (migration 0009).
+    message_id: str | None = None
+
+
+def message_id_of(payload: dict[str, Any]) -> str | None:
+    """The message an event is about: its data's `message_id` (SPEC §7 `sms.*` events, and
+    `otp.verified` when the code was sent by SMS); None for device, inbound (`sms.received`
+    names its inbound `id`), opt-out and test events. Migration 0009 backfills by this rule."""
+    value = payload.get("message_id")
+    return value if isinstance(value, str) and value else None
 
 
 class WebhookDelivery(SQLModel, table=True):
