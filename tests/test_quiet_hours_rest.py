@@ -1,7 +1,8 @@
 """Quiet hours (issue 16 item 4) through the real Envoy with a real simulated phone: the window
 is set to cover the recipient's local time now and end at the next minute, so a normal message
 is held (status shows `held_until` and `hold_reason`) and leaves when the window ends, while
-urgent messages and OTPs leave at once. The rule itself, at any instant, is covered by
+urgent messages and OTPs leave at once; a message accepted before the window was turned on is
+held by the dispatcher when it becomes due inside it. The rule itself, at any instant, is covered by
 tests/test_compliance_rules.py."""
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once
     http: httpx.Client, outbox: Path,
 ) -> None:
     start, end, end_utc = _window_ending_next_minute()
+    # Accepted before quiet hours were turned on, due once they are: the dispatcher holds it.
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)
+    earlier = http.post("/v1/sms/send", json={
+        "to": TO, "message": "Accepted before the window", "scheduled_at":
+        due.isoformat().replace("+00:00", "Z")})
+    assert earlier.status_code == 200, earlier.text
+    earlier_id = earlier.json()["message_id"]
+    assert "held_until" not in http.get(f"/v1/sms/status/{earlier_id}").json()
     patched = http.patch("/v1/settings", json={
         "quiet_hours": {"enabled": True, "start": start, "end": end}})
     assert patched.status_code == 200, patched.text
@@ -106,8 +115,16 @@ def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once
         assert _sent(outbox, held_id) is None
         assert http.get(f"/v1/sms/status/{paris_id}").json()["hold_reason"] == "quiet_hours"
         assert "held_until" not in http.get(f"/v1/sms/status/{new_york_id}").json()
+        wait_for(lambda: http.get(f"/v1/sms/status/{earlier_id}").json().get("held_until"),
+                 30, "the earlier message held at its due time")
+        assert dt.datetime.now(dt.UTC) < end_utc, "the window ended before the checks; rerun"
+        earlier_status = http.get(f"/v1/sms/status/{earlier_id}").json()
+        assert earlier_status["status"] == "queued"
+        assert earlier_status["hold_reason"] == "quiet_hours"
+        assert _utc(earlier_status["held_until"]) == end_utc
+        assert _sent(outbox, earlier_id) is None
 
-        for message_id in (held_id, paris_id):
+        for message_id in (held_id, paris_id, earlier_id):
             line = wait_for(partial(_sent, outbox, message_id), 90,
                             f"{message_id} sent after the window")
             assert dt.datetime.fromisoformat(line["sent_at"]) >= end_utc

@@ -27,6 +27,8 @@ from sqlalchemy import BindParameter, bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server.accounts import credentials
+from zimsend.server.compliance.policy import load as load_policy
+from zimsend.server.compliance.quiet_hours import HOLD_REASON, QuietWindow, held_until
 from zimsend.server.devicelink.budgets import Budget, record_handed, rooms_for
 from zimsend.server.storage import (
     Database,
@@ -185,18 +187,20 @@ def claim_round(
         rooms = {} if budgets is None else rooms_for(session, [r.device_id for r in live], now,
                                                         budgets, default_interval_ms)
         handed: list[tuple[str, list[Message]]] = []
+        windows: dict[str, QuietWindow | None] = {}
         for request in live:
             if request.client_id in drained and (request.client_id, request.device_id) not in due:
                 continue
             room = rooms.get(request.device_id)
-            messages = claim_due_messages(
+            claimed = claim_due_messages(
                 session, client_id=request.client_id, device_id=request.device_id,
                 limit=request.limit, now=now,
                 fits=None if room is None or room.unlimited else room.fits,
             )
+            messages = _not_quiet(session, claimed, windows, now, result)
             if room is not None and room.limited:
                 result.waits[request.device_id] = room.wait_s()  # not drained: over budget
-            elif len(messages) < request.limit:
+            elif len(claimed) < request.limit:
                 drained.add(request.client_id)
             if messages:
                 _count_handed(session, request.device_id, len(messages), now)
@@ -217,6 +221,46 @@ def claim_round(
             if messages:
                 result.simulated[device_id] = (client_id, messages)
     return result
+
+
+def _not_quiet(
+    session: Session, claimed: list[Message], windows: dict[str, QuietWindow | None],
+    now: dt.datetime, result: RoundResult,
+) -> list[Message]:
+    """The claimed messages that may leave now. A non-urgent one whose recipient is inside its
+    client's quiet hours (turned on, or begun, after it was accepted: accept holds the others)
+    goes back to the queue until the window ends, as accept would have held it, and the
+    round's `next_due` says when. `windows` memoises each client's window for the round."""
+    if not claimed:
+        return claimed
+    client_id = claimed[0].client_id
+    if client_id not in windows:
+        windows[client_id] = load_policy(session.connection(), client_id).quiet_window
+    window = windows[client_id]
+    if window is None:
+        return claimed
+    leaving: list[Message] = []
+    for message in claimed:
+        hold = None if message.priority == 1 else held_until(window, message.to, now)
+        if hold is None:
+            leaving.append(message)
+            continue
+        ttl = (message.expires_at - message.due_at) if message.expires_at else None
+        session.connection().execute(_HOLD, {
+            "h_id": message.id, "h_hold": hold, "h_reason": HOLD_REASON,
+            "h_expires": None if ttl is None else hold + ttl})
+        if result.next_due is None or hold < result.next_due:
+            result.next_due = hold
+    return leaving
+
+
+_HOLD = (
+    update(table_of(Message))
+    .where(_m.id == bindparam("h_id"))
+    .values(status=MessageStatus.QUEUED.value, device_id=None, processing_at=None,
+            due_at=bindparam("h_hold"), held_until=bindparam("h_hold"),
+            hold_reason=bindparam("h_reason"), expires_at=bindparam("h_expires"))
+)
 
 
 #: Pacing and daily-cap state of a device, in the claim's transaction (built once).
