@@ -332,11 +332,11 @@ class AsyncWebhooks:
         return await self._c._run(c.webhook_list())
 
     async def logs(self, *, page: int | None = None, limit: int | None = None,
-             webhook_id: str | None = None,
-             event_id: str | None = None) -> t.Page[t.WebhookLog]:
-        """Delivery attempts, newest first."""
+                   webhook_id: str | None = None, event_id: str | None = None,
+                   message_id: str | None = None) -> t.Page[t.WebhookLog]:
+        """Delivery attempts, newest first; `message_id`: only that message's events'."""
         return await self._c._run(c.webhook_logs(page=page, limit=limit, webhook_id=webhook_id,
-                                           event_id=event_id))
+                                                 event_id=event_id, message_id=message_id))
 
     async def test(self, webhook_id: str) -> t.WebhookTest:
         """Send a `webhook.test` event to that endpoint."""

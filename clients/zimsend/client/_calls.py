@@ -283,8 +283,9 @@ def webhook_list() -> Call[list[t.Webhook]]:
 
 
 def webhook_logs(*, page: int | None, limit: int | None, webhook_id: str | None,
-                 event_id: str | None) -> Call[t.Page[t.WebhookLog]]:
-    fields = {"page": page, "limit": limit, "webhook_id": webhook_id, "event_id": event_id}
+                 event_id: str | None, message_id: str | None) -> Call[t.Page[t.WebhookLog]]:
+    fields = {"page": page, "limit": limit, "webhook_id": webhook_id, "event_id": event_id,
+              "message_id": message_id}
     return Call(WEBHOOK_LOGS, fields, _page(t.WebhookLog, "logs"))
 
 

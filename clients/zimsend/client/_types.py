@@ -373,7 +373,8 @@ class WebhookCreated:
 
 @dataclass(frozen=True)
 class WebhookLog:
-    """One delivery attempt; `response_status` is 0 when no answer came."""
+    """One delivery attempt; `response_status` is 0 when no answer came; `message_id` is the
+    message the event is about ("" for device, inbound, opt-out and test events)."""
 
     event_id: str
     event: str = ""
@@ -385,6 +386,7 @@ class WebhookLog:
     attempt: int = 0
     timestamp: dt.datetime | None = None
     error: str = ""
+    message_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def add_webhooks(commands: Any) -> None:
     p = sub.add_parser("logs", parents=[parent], help="delivery attempts, newest first")
     p.add_argument("--webhook", dest="webhook_id", metavar="WEBHOOK_ID")
     p.add_argument("--event", dest="event_id", metavar="EVENT_ID")
+    p.add_argument("--message", dest="message_id", metavar="MESSAGE_ID",
+                   help="only the deliveries of that message's events (sms.sent, ...)")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(handler=_logs)
     p = sub.add_parser("redeliver", parents=[parent], help="queue a failed event again")
@@ -84,18 +86,19 @@ def _test(client: ZimSend, args: argparse.Namespace) -> int:
 
 
 def _log_rows(logs: list[WebhookLog]) -> list[list[Any]]:
-    return [[log.timestamp, log.event, log.event_id, log.attempt,
+    return [[log.timestamp, log.event, log.event_id, log.message_id or "-", log.attempt,
              "ok" if log.success else "FAILED", log.response_status or "-",
              f"{log.response_time_ms} ms", log.url, log.error] for log in logs]
 
 
-_LOG_HEADERS = ["time", "event", "event id", "try", "result", "http", "took", "url", "error"]
+_LOG_HEADERS = ["time", "event", "event id", "message id", "try", "result", "http", "took",
+                "url", "error"]
 
 
 @api_command("webhooks")
 def _logs(client: ZimSend, args: argparse.Namespace) -> int:
     page = client.webhooks.logs(limit=max(1, min(args.limit, 100)), webhook_id=args.webhook_id,
-                                event_id=args.event_id)
+                                event_id=args.event_id, message_id=args.message_id)
     if args.json:
         print_json(list(page.items))
     else:
