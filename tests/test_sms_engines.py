@@ -147,6 +147,69 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
     assert lane.transactions < len(results) - 1  # requests shared transactions
 
 
+def test_the_accept_lane_refuses_opted_out_recipients_request_by_request(
+    db: Database, settings: Settings, client_id: str
+) -> None:
+    """The lane reads each client's opt-outs once per batch for all its requests: a request to
+    a listed number (alone, in a bulk, or keyed in its own SAVEPOINT) is refused naming it, the
+    requests beside it in the same transaction go through, and another client's list does not
+    count."""
+    from zimsend.server.compliance import opt_outs
+
+    other = accounts.create_client(db, "engines other").id
+    listed, free = "+33698765432", "+33612345678"
+    with db.write() as session:
+        opt_outs.add(session, client_id, listed, source=opt_outs.API)
+    lane = intake.Intake(db, settings)
+
+    def submit(
+        who: str, request: Any, key: str | None = None
+    ) -> Awaitable[intake.Outcome[Any]]:
+        bulk = isinstance(request, pb.SendBulkSmsRequest)
+        operation = "SendBulkSms" if bulk else "SendSms"
+        check = validation.validate_bulk if bulk else validation.validate_send
+        response = (views.bulk_response(pb.SendBulkSmsResponse) if bulk
+                    else views.send_response)
+        return lane.submit(
+            intake.Submission(
+                client_id=who, test=True, device_header=None, operation=operation, key=key,
+                request_hash=idempotency.request_hash(
+                    request, operation=operation, device_id=None, test=True) if key else ""),
+            lambda now: check(request, now, allow_insecure_webhooks=False),
+            response, pb.SendBulkSmsResponse if bulk else pb.SendSmsResponse,
+        )
+
+    async def main() -> list[Any]:
+        calls = [submit(client_id, pb.SendSmsRequest(to=free, message=f"ok {i}"))
+                 for i in range(20)]
+        calls += [
+            submit(client_id, pb.SendSmsRequest(to=listed, message="refused")),
+            submit(client_id, pb.SendBulkSmsRequest(recipients=[free, listed], message="b")),
+            submit(client_id, pb.SendSmsRequest(to=listed, message="keyed"), key="opt-key"),
+            submit(other, pb.SendSmsRequest(to=listed, message="other client")),
+        ]
+        calls += [submit(client_id, pb.SendSmsRequest(to=free, message=f"ok {i}"))
+                  for i in range(20, 40)]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        lane.close()
+    accepted = results[:20] + results[24:]
+    assert all(isinstance(r, intake.Outcome) and r.created for r in accepted)
+    single, bulk, keyed = results[20:23]
+    for refused in (single, bulk, keyed):
+        assert isinstance(refused, ApiError)
+        assert refused.code == ErrorCode.RECIPIENT_OPTED_OUT
+    assert isinstance(bulk, ApiError)
+    assert [v.field for v in bulk.violations] == ["recipients[1]"]
+    assert isinstance(results[23], intake.Outcome)
+    assert results[23].created
+    assert count(db, client_id) == 40
+    assert count(db, other) == 1
+
+
 def test_a_reused_key_with_another_body_is_refused(
     db: Database, settings: Settings, client_id: str
 ) -> None:

@@ -15,6 +15,7 @@ says whether it happened, so two replicas applying the same STOP at once write o
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from zimsend.server.sending.dates import iso
 from zimsend.server.sending.fields import Violations, phone
 from zimsend.server.sending.validation import SendPlan
 from zimsend.server.storage import OptOut, insert_for, utcnow
-from zimsend.server.storage.shapes import padded
+from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
 from zimsend.server.webhook_delivery.events import outbox_event
 
@@ -42,6 +43,7 @@ __all__ = [
     "add",
     "apply_inbound",
     "list_page",
+    "listed_among",
     "number",
     "refuse_numbers",
     "refuse_opted_out",
@@ -56,6 +58,8 @@ _LISTED = select(_TABLE.c.phone_number).where(
     _TABLE.c.client_id == bindparam("client_id"),
     _TABLE.c.phone_number.in_(bindparam("numbers", expanding=True)),
 )
+#: Numbers per expanding IN (a power of two; SQLite allows 32,766 variables per statement).
+_IN_CHUNK = 1024
 #: The single-recipient case (SendSms, OTP, resend): a plain key lookup costs a fraction of an
 #: expanding IN, which SQLAlchemy re-renders on every execution.
 _LISTED_ONE = select(_TABLE.c.phone_number).where(
@@ -83,34 +87,49 @@ def _field(plan: SendPlan, index: int) -> str:
 
 def refuse_opted_out(
     connection: Connection, client_id: str, plan: SendPlan, policy: Policy, *, operation: str,
+    listed: Collection[str] | None = None,
 ) -> None:
     """RECIPIENT_OPTED_OUT naming every opted-out recipient of a send request, unless none
-    is. An OTP (`operation` SendOtp) passes when the client exempts OTPs."""
+    is. An OTP (`operation` SendOtp) passes when the client exempts OTPs. `listed`: the
+    client's listed numbers among (at least) these recipients, read beforehand in the same
+    transaction (the accept lane reads them once per batch: `listed_among`); None reads them."""
     if operation == "SendOtp" and policy.exempt_otp:
         return
     refuse_numbers(connection, client_id,
-                   [(_field(plan, i), d.to) for i, d in enumerate(plan.drafts)])
+                   [(_field(plan, i), d.to) for i, d in enumerate(plan.drafts)], listed=listed)
+
+
+def listed_among(connection: Connection, client_id: str, numbers: Collection[str]) -> set[str]:
+    """Which of `numbers` (E.164) the client's opt-out list holds: one key lookup for one
+    number, an expanding IN (padded, in chunks) for more."""
+    unique = sorted(set(numbers))
+    if not unique:
+        return set()
+    if len(unique) == 1:
+        found = connection.execute(_LISTED_ONE, {"client_id": client_id, "number": unique[0]})
+        return set(found.scalars())
+    listed: set[str] = set()
+    for chunk in padded_chunks(unique, _IN_CHUNK):
+        listed.update(connection.execute(
+            _LISTED, {"client_id": client_id, "numbers": chunk}).scalars())
+    return listed
 
 
 def refuse_numbers(
-    connection: Connection, client_id: str, recipients: list[tuple[str, str]]
+    connection: Connection, client_id: str, recipients: list[tuple[str, str]],
+    *, listed: Collection[str] | None = None,
 ) -> None:
     """RECIPIENT_OPTED_OUT naming every (field, E.164 number) whose number is listed; the
-    whole request is refused (bulk stays atomic: docs/decisions.md)."""
-    numbers = sorted({to for _, to in recipients})
-    if not numbers:
-        return
-    if len(numbers) == 1:
-        found = connection.execute(_LISTED_ONE, {"client_id": client_id, "number": numbers[0]})
-    else:
-        found = connection.execute(_LISTED, {"client_id": client_id, "numbers": padded(numbers)})
-    listed = set(found.scalars())
-    if not listed:
+    whole request is refused (bulk stays atomic: docs/decisions.md). `listed` as in
+    `refuse_opted_out`."""
+    opted_out = (listed_among(connection, client_id, [to for _, to in recipients])
+                 if listed is None else {to for _, to in recipients if to in listed})
+    if not opted_out:
         return
     violations = [
         FieldViolation(name, f"{to} has opted out of this client's messages (it texted a stop "
                              "keyword, or was added with POST /v1/opt-outs)")
-        for name, to in recipients if to in listed
+        for name, to in recipients if to in opted_out
     ]
     count = len(violations)
     where = ", ".join(v.field for v in violations[:10]) + (" …" if count > 10 else "")
@@ -120,7 +139,7 @@ def refuse_numbers(
         "Remove them from the request, or, if the person asked to receive messages again, "
         "DELETE /v1/opt-outs/{phone_number} (a START text does it too)",
         violations,
-        metadata={"opted_out": ",".join(sorted(listed)[:10])},
+        metadata={"opted_out": ",".join(sorted(opted_out)[:10])},
     )
 
 
