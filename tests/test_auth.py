@@ -166,7 +166,8 @@ def test_revoked_key_fails_on_next_request(
 def test_test_keys_have_the_sandbox_prefix(channel: grpc.Channel, client: Credentials) -> None:
     client_id, api_key, _ = client
     reply = api_keys_pb2_grpc.ApiKeyServiceStub(channel).CreateApiKey(
-        api_keys_pb2.CreateApiKeyRequest(name="sandbox", test=True), metadata=creds(client_id, api_key)
+        api_keys_pb2.CreateApiKeyRequest(name="sandbox", test=True),
+        metadata=creds(client_id, api_key),
     )
     assert reply.api_key.startswith("zs_test_")
     assert reply.test

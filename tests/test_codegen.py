@@ -48,8 +48,11 @@ def test_committed_artefacts_are_not_stale() -> None:
 def test_generation_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
     codegen.generate(tmp_path / "a")
     codegen.generate(tmp_path / "b")
-    first = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    second = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+
+    def files(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+    first, second = files(tmp_path / "a"), files(tmp_path / "b")
     assert first == second
     assert len(first) > 4
     for rel in first:

@@ -20,7 +20,7 @@ def test_ids_are_prefix_and_16_hex(prefix: str) -> None:
 
 def test_ids_do_not_repeat_and_unknown_prefixes_are_refused() -> None:
     assert len({credentials.new_id("msg") for _ in range(1000)}) == 1000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown identifier prefix 'sms'"):
         credentials.new_id("sms")  # type: ignore[arg-type]  # not an IdPrefix, on purpose
 
 
@@ -60,7 +60,7 @@ def test_otp_codes_are_digits_of_the_asked_length(length: int) -> None:
 
 @pytest.mark.parametrize("length", [3, 9])
 def test_otp_code_length_is_4_to_8(length: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="4 to 8 digits"):
         credentials.new_otp_code(length)
 
 
@@ -78,9 +78,9 @@ def test_encrypted_secrets_read_back_only_with_the_same_pepper_and_row() -> None
     assert token.startswith("v1.")
     assert token != credentials.encrypt_secret(PEPPER, "whsec_abc", bound_to="wh_1")  # fresh nonce
     assert credentials.decrypt_secret(PEPPER, token, bound_to="wh_1") == "whsec_abc"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot decrypt secret"):
         credentials.decrypt_secret(PEPPER, token, bound_to="wh_2")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot decrypt secret"):
         credentials.decrypt_secret(b"another-pepper-0123456789", token, bound_to="wh_1")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot decrypt secret"):
         credentials.decrypt_secret(PEPPER, "v1.!!!", bound_to="wh_1")

@@ -145,7 +145,8 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
     assert min(kinds.values()) >= 5, kinds
     assert len(ids) >= 150
     print(f"{len(ids)} messages, cuts {dict(kinds)}")
-    sends = collections.Counter(line["message_id"] for line in outbox_lines(tmp_path / "outbox.jsonl"))
+    outbox = outbox_lines(tmp_path / "outbox.jsonl")
+    sends = collections.Counter(line["message_id"] for line in outbox)
     assert max(sends.values()) == 1, [m for m, c in sends.items() if c > 1]
     statuses = db.statuses(ids)
     assert len(statuses) == len(ids)

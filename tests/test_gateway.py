@@ -83,8 +83,8 @@ def test_grpc_clients_reach_auth_test_through_envoy_and_directly(stack: Stack, v
         assert reply.client_id == stack.client_id
 
         with pytest.raises(grpc.RpcError) as caught:
-            stub.AuthTest(auth_pb2.AuthTestRequest(), timeout=5,
-                          metadata=(("x-api-key", "zs_live_wrong"), ("x-client-id", stack.client_id)))
+            stub.AuthTest(auth_pb2.AuthTestRequest(), timeout=5, metadata=(
+                ("x-api-key", "zs_live_wrong"), ("x-client-id", stack.client_id)))
     error = caught.value
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert not message_of(error).lstrip().startswith("{"), "gRPC callers never get JSON"

@@ -152,7 +152,8 @@ def test_send_request_accepts_what_zimsend_clients_send() -> None:
 
 def test_responses_use_proto_names_enum_names_and_rfc3339_times() -> None:
     response = DOC["components"]["schemas"]["SendSmsResponse"]["properties"]
-    assert response["queued_at"] == {**response["queued_at"], "type": "string", "format": "date-time"}
+    queued_at = response["queued_at"]
+    assert queued_at == {**queued_at, "type": "string", "format": "date-time"}
     schema_validator("SendSmsResponse").validate({
         "success": True, "message_id": "msg_1234567890abcdef", "status": "queued",
         "to": "+33612345678", "queued_at": "2025-01-15T10:30:00Z",
@@ -166,7 +167,8 @@ def test_responses_use_proto_names_enum_names_and_rfc3339_times() -> None:
 def test_history_query_parameters_and_faq_example() -> None:
     """`/v1/sms/history?from_date=2025-01-01&to_date=2025-01-31&limit=100` (SPEC.md §4)."""
     params = {p["name"] for p in DOC["paths"]["/v1/sms/history"]["get"]["parameters"]}
-    assert {"page", "limit", "status", "to", "from_date", "to_date", "device_id", "search"} <= params
+    expected = {"page", "limit", "status", "to", "from_date", "to_date", "device_id", "search"}
+    assert expected <= params
 
 
 def test_history_export_serves_csv_and_json_lines() -> None:

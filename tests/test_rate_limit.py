@@ -97,7 +97,8 @@ def test_rest_sees_429_retry_after_and_ratelimit_headers(
     envoy = gateway_factory()
     client = _client(server_db)
     headers = {"X-API-Key": client["api_key"], "X-Client-ID": client["client_id"]}
-    replies = [httpx.get(f"{envoy.base_url}/v1/auth/test", headers=headers) for _ in range(LIMIT + 1)]
+    url = f"{envoy.base_url}/v1/auth/test"
+    replies = [httpx.get(url, headers=headers) for _ in range(LIMIT + 1)]
     assert [r.status_code for r in replies] == [200] * LIMIT + [429]
     assert replies[0].headers["ratelimit-policy"] == f'"api";q={LIMIT};w=60'
     assert '"api";r=' in replies[0].headers["ratelimit"]
@@ -113,7 +114,8 @@ def test_the_limit_holds_across_two_replicas(
 ) -> None:
     """A second server process on the same database: the budget is shared, not doubled."""
     _, address = server
-    replica, replica_address = start_server(Path(zimsend_env["ZIMSEND_DATA_DIR"]), zimsend_env, tmp_path)
+    data_dir = Path(zimsend_env["ZIMSEND_DATA_DIR"])
+    replica, replica_address = start_server(data_dir, zimsend_env, tmp_path)
     with replica:
         client = _client(server_db)
         first = [_auth_test(address, client) for _ in range(LIMIT // 2)]

@@ -83,8 +83,9 @@ def test_faq_send_reaches_the_phone_and_is_delivered(stack: Stack, phone: Phone)
     assert body["message_id"].startswith("msg_")
     assert len(body["message_id"]) == 20
     assert body["to"] == "+33612345678"
-    final = wait_for(lambda: (s := _status(stack, body["message_id"]))["status"] == "delivered" and s,
-                     20, "delivered")
+    final = wait_for(
+        lambda: (s := _status(stack, body["message_id"]))["status"] == "delivered" and s,
+        20, "delivered")
     assert final["device_id"] == device_id
     assert final["priority"] == "high"
     assert final["metadata"] == {"order": 42}
@@ -177,7 +178,8 @@ def test_zimsend_python_wrapper_works_with_only_the_base_url_changed(
     sent = client.send_sms("+33612345678", "Votre colis arrive", priority=2,
                            metadata={"ref": "A1"})
     assert sent["status"] == "queued"
-    wait_for(lambda: client.get_status(sent["message_id"])["status"] == "delivered", 20, "delivered")
+    wait_for(lambda: client.get_status(sent["message_id"])["status"] == "delivered",
+             20, "delivered")
     bulk = client.send_bulk_sms(["+33612345670", "+33612345671"], "Soldes !")
     assert bulk["total_recipients"] == 2
     assert len(bulk["messages"]) == 2

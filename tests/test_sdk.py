@@ -214,7 +214,8 @@ def test_the_async_client_sends_and_waits_for_delivered(
 def test_a_429_is_retried_after_retry_after(stack: Stack, zimsend_env: dict[str, str]) -> None:
     """A client limited to 3 requests a minute: the 4th call is refused with Retry-After (the
     seconds to the next minute), the SDK waits that long and the same call then succeeds."""
-    client_id = run_zimsend(["admin", "create-client", "--name", "limited"], zimsend_env)["client_id"]
+    created = run_zimsend(["admin", "create-client", "--name", "limited"], zimsend_env)
+    client_id = created["client_id"]
     key = run_zimsend(["admin", "create-key", "--client-id", client_id], zimsend_env)["api_key"]
     run_zimsend(["admin", "set-rate-limit", "--client-id", client_id, "--per-minute", "3"],
                 zimsend_env)
@@ -244,9 +245,13 @@ def test_a_429_is_retried_after_retry_after(stack: Stack, zimsend_env: dict[str,
 
     # With retries off the refusal is a typed error carrying SPEC's code and Retry-After.
     with ZimSend(api_key=key, client_id=client_id, base_url=stack.base_url, retries=0) as zs:
-        with pytest.raises(RateLimitError) as refused:
+
+        def exhaust() -> None:
             for _ in range(4):  # the retried call already counts in this window
                 zs.auth_test()
+
+        with pytest.raises(RateLimitError) as refused:
+            exhaust()
     assert refused.value.code == "RATE_LIMIT_EXCEEDED"
     assert refused.value.http_status == 429
     assert refused.value.retry_after
@@ -378,8 +383,8 @@ def test_every_endpoint_returns_typed_results(stack: Stack, phone: Phone, transp
         assert bad.value.code == "INVALID_PHONE_NUMBER"
         assert bad.value.http_status == 400
         assert [v.field for v in bad.value.violations] == ["recipients[1]"]
+        zs.sms.send(to, "a", scheduled_at=_tomorrow(), idempotency_key=f"k-{transport}")
         with pytest.raises(ConflictError):
-            zs.sms.send(to, "a", scheduled_at=_tomorrow(), idempotency_key=f"k-{transport}")
             zs.sms.send(to, "b", scheduled_at=_tomorrow(), idempotency_key=f"k-{transport}")
 
         # OTP: a wrong code is an answer, not an error; an unknown OTP is OtpError.

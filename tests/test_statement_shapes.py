@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
-from sqlmodel import col
+from sqlmodel import col, select
 
 from zimsend.server import accounts
 from zimsend.server.accounts import credentials
@@ -90,7 +90,8 @@ def test_report_batches_of_every_size_share_a_few_statements(db: Database) -> No
     for table, statements in texts.items():
         assert 1 <= len(statements) <= 6, (table, len(statements))
     with db.session() as session:
-        statuses = {m.status for m in session.query(Message).filter(col(Message.id).in_(ids))}
+        chosen = select(Message).where(col(Message.id).in_(ids))
+        statuses = {m.status for m in session.exec(chosen)}
     assert statuses == {"sent"}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from zimsend.server import accounts
 from zimsend.server.errors import ErrorCode, known_error
@@ -34,9 +35,13 @@ def test_a_full_sqlite_database_is_full_until_a_real_write_fits(sqlite_url: str)
         with db.engine.connect() as conn:  # the pool's only connection: capped at its size now
             pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
             conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
-        with pytest.raises(Exception) as caught:
+
+        def fill() -> None:
             for n in range(200):
                 accounts.create_client(db, f"client {n} " + "x" * 80)
+
+        with pytest.raises(DBAPIError) as caught:
+            fill()
         assert storage_problem(caught.value) is StorageProblem.FULL
         error = known_error(caught.value)
         assert error is not None
@@ -60,7 +65,7 @@ def test_a_read_only_sqlite_file_is_unwritable(sqlite_url: str, tmp_path: Path) 
     path = tmp_path / "zimsend.db"
     db = Database.from_url(f"sqlite:///file:{path}?mode=ro&uri=true")
     try:
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(DBAPIError) as caught:
             accounts.create_client(db, "nope")
         assert storage_problem(caught.value) is StorageProblem.UNWRITABLE
         assert db.availability.problem is StorageProblem.UNWRITABLE
@@ -83,7 +88,7 @@ def test_a_read_only_postgresql_database_recovers_on_new_connections(
                 f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
             conn.commit()
         db.engine.dispose()  # new sessions are read-only from now on
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(DBAPIError) as caught:
             accounts.create_client(db, "nope")
         assert storage_problem(caught.value) is StorageProblem.UNWRITABLE  # SQLSTATE 25006
         assert db.availability.problem is StorageProblem.UNWRITABLE

@@ -44,8 +44,10 @@ def config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("xdg-config")
 
 
-def run(config_home: Path, *args: str, stdin: str | None = None,
-        env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    config_home: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """`zimsend ARGS…` with its own config folder and no ZIMSEND_* variable of ours."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ZIMSEND_")}
     base.update(XDG_CONFIG_HOME=str(config_home), **(env or {}))

@@ -23,7 +23,9 @@ from zimsend.server.webhook_delivery.sender import PER_ORIGIN, AttemptOutcome, W
 from zimsend.server.webhook_delivery.transport import guarded_pools
 
 FAST, SLOW = "93.184.215.1", "93.184.215.3"
-HOSTS = {"fast.example.com": [FAST], "slow.example.com": [SLOW], "private.example.com": ["10.0.0.1"]}
+HOSTS = {
+    "fast.example.com": [FAST], "slow.example.com": [SLOW], "private.example.com": ["10.0.0.1"],
+}
 SECRET = "whsec_" + "A" * 43 + "="
 TEST_PEPPER = "test-pepper-not-secret-0123456789"
 

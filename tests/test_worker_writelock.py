@@ -55,10 +55,15 @@ def test_a_write_waits_for_the_lock_and_then_commits(tmp_path: Path) -> None:
 def test_a_failing_body_rolls_back_and_is_not_retried(tmp_path: Path) -> None:
     plain, patient = open_databases(tmp_path)
     runs = []
-    with pytest.raises(RuntimeError), patient.write() as session:
-        runs.append(1)
-        session.execute(text("CREATE TABLE t (x INTEGER)"))
-        raise RuntimeError("boom")
+
+    def failing_body() -> None:
+        with patient.write() as session:
+            runs.append(1)
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        failing_body()
     assert runs == [1]
     with plain.session() as session:
         assert session.execute(text(
