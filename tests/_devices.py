@@ -3,8 +3,9 @@
 Everything runs against real processes: `zimsend serve`, `zimsend admin`, and the real trio
 agent `zimsend device run --backend simulator`. A `RawPhone` (a plain grpc bidi call driven by
 the test) produces what the agent never would: a frame before hello, a duplicate report, a
-second connection of the same device. `CuttingProxy` sits between an agent and the server and
-drops every connection on demand (an abrupt TCP cut, as a mobile network does).
+second connection of the same device. `CuttingProxy` sits between a client (an agent, the
+SDK) and the server and drops every connection on demand, or the next answers (an abrupt TCP
+cut, as a mobile network does).
 """
 
 from __future__ import annotations
@@ -257,13 +258,22 @@ class RawPhone:
         self.channel.close()
 
 
+_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends an RST
+
+
 class CuttingProxy:
-    """A TCP proxy on 127.0.0.1 whose `cut()` resets every open connection at once.
+    """A TCP proxy on 127.0.0.1 whose `cut()` resets every open connection at once, and which,
+    while `lose_answers` > 0, resets the caller's connection at the first byte of an answer:
+    the request reached the server, the answer never reaches the caller (a timeout or a cut
+    mobile link after the server acted).
 
     `target` may change between cuts (a restarted server on a new port)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
+        self.lose_answers = 0
+        #: Connections accepted so far (a retry on a new connection adds one).
+        self.accepted = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._lock = threading.Lock()
@@ -277,6 +287,7 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             host, port = self.target.rsplit(":", 1)
             try:
                 upstream = socket.create_connection((host, int(port)), timeout=5)
@@ -286,12 +297,26 @@ class CuttingProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, answers in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, answers), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _lose_this_answer(self) -> bool:
+        with self._lock:
+            if self.lose_answers <= 0:
+                return False
+            self.lose_answers -= 1
+            return True
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         try:
             while data := source.recv(65536):
+                if answers and self._lose_this_answer():
+                    sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                    # shutdown wakes the other direction's thread blocked in recv (a bare
+                    # close would not, and no reset would reach the caller)
+                    sink.shutdown(socket.SHUT_RDWR)
+                    sink.close()
+                    return
                 sink.sendall(data)
         except OSError:
             pass
@@ -314,9 +339,7 @@ class CuttingProxy:
             sockets, self._open = self._open, []
         for s in sockets:
             try:
-                s.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
                 s.close()
             except OSError:
                 pass

@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from _devices import outbox_lines, start_agent, wait_for
+from _devices import CuttingProxy, outbox_lines, start_agent, wait_for
 from _processes import run_zimsend
 from conftest import Stack
 
@@ -258,69 +256,19 @@ def test_a_429_is_retried_after_retry_after(stack: Stack, zimsend_env: dict[str,
     assert refused.value.retry_after >= 1
 
 
-class AnswerLosingProxy:
-    """TCP proxy to Envoy that, while `lose_answers` > 0, resets the caller's connection at
-    the first byte of the answer (SO_LINGER 0): the request reached the server, the answer
-    never reaches the caller — a timeout or a cut mobile link after the server acted."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.lose_answers = 0
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                caller, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            host, port = self.target.rsplit(":", 1)
-            upstream = socket.create_connection((host, int(port)))
-            threading.Thread(target=self._pipe, args=(caller, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, caller, True), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if answers and self.lose_answers > 0:
-                    self.lose_answers -= 1
-                    sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    # shutdown wakes the other direction's thread blocked in recv (a bare
-                    # close would not, and no reset would reach the caller)
-                    sink.shutdown(socket.SHUT_RDWR)
-                    sink.close()
-                    return
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._listener.close()
-
-
 @pytest.mark.slow
 def test_a_send_retried_after_a_cut_connection_creates_one_message(stack: Stack) -> None:
-    proxy = AnswerLosingProxy(stack.base_url.split("://", 1)[1].rstrip("/"))
+    proxy = CuttingProxy(stack.base_url.split("://", 1)[1].rstrip("/"))
     to = "+33612345609"
     try:
-        with ZimSend(api_key=stack.api_key, client_id=stack.client_id, base_url=proxy.url,
+        with ZimSend(api_key=stack.api_key, client_id=stack.client_id,
+                     base_url=f"http://{proxy.address}",
                      timeout=10, retries=Retries(max_retries=3, backoff=0.1)) as zs:
             before = zs.sms.history(to=to).pagination.total_items
             proxy.lose_answers = 1
             sent = zs.sms.send(to, "Paiement reçu, merci", scheduled_at=_tomorrow())
             assert proxy.lose_answers == 0, "the first answer must have been lost"
-            assert proxy.connections >= 2, "the retry must have used a new connection"
+            assert proxy.accepted >= 2, "the retry must have used a new connection"
             page = zs.sms.history(to=to)
             assert page.pagination.total_items == before + 1
             assert page.items[0].message_id == sent.message_id
