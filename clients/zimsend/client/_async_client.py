@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 from . import _calls as c
 from . import _types as t
-from ._base import DEFAULT_TIMEOUT, Credentials, ExportCheck, idempotency_key
+from ._base import DEFAULT_TIMEOUT, ClientBase, ExportCheck, idempotency_key
 from ._calls import Call, PriorityArg, TimeArg
 from ._errors import ZimSendError
-from ._grpc import AsyncGrpcTransport, target_of
+from ._grpc import AsyncGrpcTransport
 from ._rest import AsyncRestTransport
 from ._retry import Retries
 from ._transport import AsyncTransport
@@ -27,7 +27,7 @@ __all__ = ["AsyncZimSend"]
 T = TypeVar("T")
 
 
-class AsyncZimSend:
+class AsyncZimSend(ClientBase[AsyncTransport]):
     """ZimSend's API from an asyncio program.
 
     ```python
@@ -49,28 +49,16 @@ class AsyncZimSend:
         timeout: float = DEFAULT_TIMEOUT, retries: Retries | int = Retries(),
         transport: AsyncTransport | str = "rest",
     ) -> None:
-        self._credentials = Credentials.resolve(api_key, client_id, base_url, device_id)
-        self._timeout = timeout
-        self._retries = Retries(max_retries=retries) if isinstance(retries, int) else retries
-        if transport == "rest":
-            transport = AsyncRestTransport(self._credentials.base_url)
-        elif transport == "grpc":
-            target, tls = target_of(self._credentials.base_url)
-            transport = AsyncGrpcTransport(target, tls=tls)
-        elif isinstance(transport, str):
-            raise ValueError(
-                f"transport must be 'rest', 'grpc' or an AsyncTransport, not {transport!r}")
-        self._transport: AsyncTransport = transport
+        super().__init__(
+            api_key, client_id, base_url, device_id=device_id, timeout=timeout, retries=retries,
+            transport=transport, rest=AsyncRestTransport, grpc=AsyncGrpcTransport,
+            kind="an AsyncTransport")
         self.sms = AsyncSms(self)
         self.otp = AsyncOtp(self)
         self.devices = AsyncDevices(self)
         self.api_keys = AsyncApiKeys(self)
         self.webhooks = AsyncWebhooks(self)
         self.opt_outs = AsyncOptOuts(self)
-
-    @property
-    def client_id(self) -> str:
-        return self._credentials.client_id
 
     async def auth_test(self, *, device_id: str | None = None) -> t.AuthInfo:
         """Check the credentials (and whether `device_id` is online)."""

@@ -1,18 +1,21 @@
-"""What `ZimSend` and `AsyncZimSend` share: credentials, the request each `Call` becomes,
-and the export's completion check."""
+"""What `ZimSend` and `AsyncZimSend` share: their constructor's work (`ClientBase`),
+credentials, the request each `Call` becomes, and the export's completion check."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._calls import Call
 from ._errors import ZimSendError
-from ._transport import Request
+from ._grpc import target_of
+from ._retry import Retries
+from ._transport import AsyncTransport, Request, Transport
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "Credentials", "ExportCheck"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "ClientBase", "Credentials", "ExportCheck"]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0
@@ -49,6 +52,38 @@ class Credentials:
         if key:
             headers["idempotency-key"] = key
         return Request(call.operation, call.fields, headers, timeout)
+
+
+TransportT = TypeVar("TransportT", Transport, AsyncTransport)
+
+
+class ClientBase(Generic[TransportT]):
+    """The arguments both clients take, resolved once: the credentials (arguments, then the
+    environment), the per-attempt timeout, the retry policy (an int is `max_retries`) and the
+    transport (`"rest"`, `"grpc"` to the same host and port, or one given). Each client keeps
+    its own explicit signature, typed with its kind of transport."""
+
+    def __init__(
+        self, api_key: str | None, client_id: str | None, base_url: str | None, *,
+        device_id: str | None, timeout: float, retries: Retries | int,
+        transport: TransportT | str, rest: Callable[[str], TransportT],
+        grpc: Callable[..., TransportT], kind: str,
+    ) -> None:
+        self._credentials = Credentials.resolve(api_key, client_id, base_url, device_id)
+        self._timeout = timeout
+        self._retries = Retries(max_retries=retries) if isinstance(retries, int) else retries
+        if transport == "rest":
+            transport = rest(self._credentials.base_url)
+        elif transport == "grpc":
+            target, tls = target_of(self._credentials.base_url)
+            transport = grpc(target, tls=tls)
+        elif isinstance(transport, str):
+            raise ValueError(f"transport must be 'rest', 'grpc' or {kind}, not {transport!r}")
+        self._transport: TransportT = transport
+
+    @property
+    def client_id(self) -> str:
+        return self._credentials.client_id
 
 
 def idempotency_key(call: Call[Any]) -> str | None:

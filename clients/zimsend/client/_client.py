@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 from . import _calls as c
 from . import _types as t
-from ._base import DEFAULT_TIMEOUT, Credentials, ExportCheck, idempotency_key
+from ._base import DEFAULT_TIMEOUT, ClientBase, ExportCheck, idempotency_key
 from ._calls import Call, PriorityArg, TimeArg
 from ._errors import ZimSendError
-from ._grpc import GrpcTransport, target_of
+from ._grpc import GrpcTransport
 from ._rest import RestTransport
 from ._retry import Retries
 from ._transport import Transport
@@ -22,7 +22,7 @@ __all__ = ["ZimSend"]
 T = TypeVar("T")
 
 
-class ZimSend:
+class ZimSend(ClientBase[Transport]):
     """ZimSend's API from a blocking program.
 
     ```python
@@ -44,27 +44,15 @@ class ZimSend:
         timeout: float = DEFAULT_TIMEOUT, retries: Retries | int = Retries(),
         transport: Transport | str = "rest",
     ) -> None:
-        self._credentials = Credentials.resolve(api_key, client_id, base_url, device_id)
-        self._timeout = timeout
-        self._retries = Retries(max_retries=retries) if isinstance(retries, int) else retries
-        if transport == "rest":
-            transport = RestTransport(self._credentials.base_url)
-        elif transport == "grpc":
-            target, tls = target_of(self._credentials.base_url)
-            transport = GrpcTransport(target, tls=tls)
-        elif isinstance(transport, str):
-            raise ValueError(f"transport must be 'rest', 'grpc' or a Transport, not {transport!r}")
-        self._transport: Transport = transport
+        super().__init__(
+            api_key, client_id, base_url, device_id=device_id, timeout=timeout, retries=retries,
+            transport=transport, rest=RestTransport, grpc=GrpcTransport, kind="a Transport")
         self.sms = Sms(self)
         self.otp = Otp(self)
         self.devices = Devices(self)
         self.api_keys = ApiKeys(self)
         self.webhooks = Webhooks(self)
         self.opt_outs = OptOuts(self)
-
-    @property
-    def client_id(self) -> str:
-        return self._credentials.client_id
 
     def auth_test(self, *, device_id: str | None = None) -> t.AuthInfo:
         """Check the credentials (and whether `device_id` is online)."""
