@@ -547,6 +547,58 @@ def test_a_webhook_test_from_the_console_is_delivered_and_logged(console: Consol
         receiver.shutdown()
 
 
+def test_a_message_page_lists_its_own_webhook_deliveries(console: Console, stack: Stack) -> None:
+    """Issue 14's gap closed: the message page shows that message's deliveries (event,
+    attempt, result, HTTP status, time, URL) from `/v1/webhooks/logs?message_id=`, not another
+    message's, and still links to the whole log."""
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_port}/per-message"
+    with httpx.Client(base_url=f"{stack.base_url}/v1", headers=stack.auth(), timeout=15) as http:
+        hook = http.post("/webhooks/configure",
+                         json={"url": url, "events": ["sms.sent", "sms.delivered"]})
+        assert hook.status_code == 200, hook.text
+        try:
+            ids = [http.post("/sms/send", json={"to": to, "message": "Suivi de livraison"})
+                   .json()["message_id"] for to in ("+33612345081", "+33612345082")]
+            console.sign_in()
+            wait_for(console.page.get_by_role("heading", name="Overview"))
+            console.open(f"#/messages/{ids[0]}")
+            page = console.page
+            deliveries = page.locator("#message-webhooks tbody tr")
+            for event in ("sms.sent", "sms.delivered"):
+                row = deliveries.filter(has_text=event)
+                wait_for(row.locator('[data-field="response-status"]', has_text="200"),
+                         timeout_ms=90_000)
+                assert url in row.inner_text()
+                assert "delivered" in row.inner_text()  # the result badge
+            def events_of(message_id: str) -> set[str]:
+                return {e["event_id"] for e in list(_Receiver.received)
+                        if e.get("data", {}).get("message_id") == message_id}
+
+            deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+            while len(events_of(ids[1])) < 2:
+                assert dt.datetime.now(dt.UTC) < deadline, "the other message's two deliveries"
+                page.wait_for_timeout(200)
+            page.wait_for_timeout(5_500)  # one more refresh of the page's deliveries
+            shown = {deliveries.nth(i).get_attribute("data-event-id")
+                     for i in range(deliveries.count())}
+            assert shown == events_of(ids[0])
+            assert not shown & events_of(ids[1])
+            head = page.locator("#message-webhooks thead").inner_text()
+            for column in ("Time", "Event", "URL", "HTTP status", "Attempt", "Result"):
+                assert column in head
+            assert page.get_by_role("link", name="Webhooks").last.get_attribute(
+                "href") == "#/webhooks"
+            console.shot("message-webhooks")
+            page.get_by_label("Language").select_option("fr")
+            wait_for(page.get_by_role("heading", name="Livraisons de webhooks"))
+            wait_for(page.locator("#message-webhooks thead", has_text="Tentative"))
+        finally:
+            http.delete(f"/webhooks/{hook.json()['webhook_id']}")
+            receiver.shutdown()
+
+
 # --- languages, keyboard, small screens ---------------------------------------------------------
 
 

@@ -107,7 +107,8 @@ export async function render(main) {
   return () => clearInterval(timer);
 }
 
-function logTable(rows) {
+// Also the message page's table of that message's own deliveries.
+export function logTable(rows) {
   if (!rows.length) return h("p", {}, t("common.none"));
   const head = ["time", "event", "url", "status", "ms", "attempt", "result"].map((c) => t("webhooks.col." + c));
   return h("table", { class: "list" },
