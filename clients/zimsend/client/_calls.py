@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from zimsend.timestamps import rfc3339
+
 from . import _types as t
 from ._transport import Operation
 
@@ -106,8 +108,7 @@ def time_arg(value: TimeArg) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, dt.datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return aware.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        return rfc3339(value)
     return value.isoformat()
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from zimsend.client._calls import time_arg
+from zimsend.timestamps import rfc3339
 
 __all__ = ["Progress", "jsonable", "print_json", "print_record", "print_table", "when"]
 
@@ -22,7 +22,7 @@ def jsonable(value: Any) -> Any:
         return {f.metadata.get("json", f.name): jsonable(getattr(value, f.name))
                 for f in dataclasses.fields(value)}
     if isinstance(value, dt.datetime):
-        return time_arg(value)
+        return rfc3339(value)
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Mapping):

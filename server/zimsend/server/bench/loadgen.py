@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 from zimsend.server.bench.measure import summarize_ms
+from zimsend.timestamps import rfc3339
 from zimsend.v1 import sms_pb2, sms_pb2_grpc
 
 #: What one call returns: (outcome label, message id, queued_at epoch seconds, the seconds a
@@ -51,7 +52,7 @@ def _number(n: int) -> str:
 
 
 def _scheduled_at() -> str:
-    return (dt.datetime.now(dt.UTC) + SCHEDULE_AHEAD).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339((dt.datetime.now(dt.UTC) + SCHEDULE_AHEAD).replace(microsecond=0))
 
 
 def grpc_call(target: str, metadata: tuple[tuple[str, str], ...], scheduled: bool,

@@ -52,6 +52,7 @@ from zimsend.server.storage.models.webhooks import message_id_of
 from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
 from zimsend.server.storage.upserts import add_daily_counts, mark_reports_processed
+from zimsend.timestamps import rfc3339
 
 __all__ = [
     "Failover",
@@ -128,11 +129,11 @@ class Failover:
 
 
 def iso(value: dt.datetime | None) -> str | None:
-    """RFC 3339 in UTC with a `Z`, as every payload shows timestamps (SPEC §1)."""
+    """A time in webhook `data` (and the events' other payloads): RFC 3339 in UTC, always with
+    milliseconds (`2025-01-15T10:30:00.000Z`), as those payloads have always shown it."""
     if value is None:
         return None
-    text = value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    return rfc3339(value, milliseconds=True)
 
 
 def event_row(

@@ -16,6 +16,8 @@ import datetime as dt
 import re
 from typing import Literal
 
+from zimsend.timestamps import rfc3339
+
 UTC = dt.UTC
 
 _DATE = r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})"
@@ -79,10 +81,8 @@ def parse_bound(value: str, side: Literal["from", "to"]) -> dt.datetime:
     return start + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
 
 
-def iso(value: dt.datetime) -> str:
-    """`2025-01-15T10:30:00Z` (microseconds only when there are some)."""
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
+#: How an answer or an error message writes a time: as the API prints it (zimsend.timestamps).
+iso = rfc3339
 
 
 def day_range(start: dt.date, end: dt.date) -> list[dt.date]:

@@ -30,7 +30,7 @@ import hmac
 import json
 from typing import Any, Final
 
-from google.protobuf import timestamp_pb2
+from zimsend.timestamps import rfc3339
 
 __all__ = [
     "SECRET_PREFIX",
@@ -44,13 +44,6 @@ __all__ = [
 
 SECRET_PREFIX: Final = "whsec_"
 USER_AGENT: Final = "ZimSend-Webhook/1.0"
-
-
-def rfc3339(value: dt.datetime) -> str:
-    """`2025-01-15T10:30:00Z` (fractions only when present), as the REST API prints times."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value.astimezone(dt.UTC))
-    return stamp.ToJsonString()
 
 
 def encode_body(event_type: str, event_id: str, created_at: dt.datetime, data: Any) -> bytes:
