@@ -6,7 +6,8 @@ Two ways, for two kinds of callers:
   (`zimsend up`, on trio) runs it as one of its children.
 - `start_envoy(config)` starts it here and returns an `EnvoyProcess` that knows its real
   ports (port 0 is allowed: they are read back from the admin interface), waits for
-  readiness and always stops its process; for tests and scripts.
+  readiness and always stops its process; for tests and scripts. It starts and stops Envoy
+  the one way ZimSend runs a program (`zimsend.gateway.processes`).
 
 Several Envoys can run at once: each gets `--use-dynamic-base-id` (its own shared-memory
 region for hot restart) and its own admin port.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from zimsend.gateway._config import GatewayConfig, TlsFiles, render_config
+from zimsend.gateway.processes import spawn, terminate
 
 __all__ = [
     "EnvoyConfigError",
@@ -161,10 +162,7 @@ class EnvoyProcess:
             stderr = self._open(self.log_path)
         address_file = directory / ADMIN_ADDRESS_FILE
         address_file.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            self.argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None, start_new_session=True,
-        )
+        self.process = spawn(self.argv, env=env, stdout=stdout, stderr=stderr)
         self.admin_url = ""
         self.ports: dict[str, int] = {}
 
@@ -264,17 +262,12 @@ class EnvoyProcess:
             )
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        """SIGTERM, SIGKILL after `timeout`; closes the log files it opened."""
+        code = terminate(self.process, timeout)
         for handle in self._files:
             handle.close()
         self._files.clear()
-        return self.process.returncode
+        return code
 
     def __enter__(self) -> EnvoyProcess:
         return self

@@ -24,13 +24,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Self
 
 import psycopg
+
+from zimsend.gateway.processes import free_port, spawn, terminate
 
 __all__ = [
     "INSTALL_HINT", "LocalPostgres", "PostgresNotInstalled", "cluster_directory", "find_bindir",
@@ -84,12 +85,6 @@ def cluster_directory(data_dir: Path) -> Path:
     if not here.is_symlink() and not here.exists():
         here.symlink_to(there, target_is_directory=True)
     return there
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -191,11 +186,10 @@ class LocalPostgres:
         for key, value in self._settings().items():
             args += ["-c", f"{key}={value}"]
         with self.logfile.open("ab") as log:
-            proc = self._proc = subprocess.Popen(
-                args, cwd=self.directory, env=self._env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True,
-                **self._as_user,
-            )  # fmt: skip
+            proc = self._proc = spawn(
+                args, cwd=self.directory, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent, **self._as_user,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -215,15 +209,11 @@ class LocalPostgres:
                 conn.execute(f'CREATE DATABASE "{name}"')
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT: sessions are ended, the data is kept), SIGKILL after 30 s."""
+        """Fast shutdown (SIGINT to the postmaster, which ends the sessions and keeps the data),
+        SIGKILL to its group after 30 s."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            terminate(proc, 30, sig=signal.SIGINT, whole_group=False)
 
     def exit_code(self) -> int | None:
         """None while the postmaster runs; once it ended, its exit code (negative: the signal

@@ -1,16 +1,14 @@
-"""Starting and stopping real processes: the one way `zimsend up`, `zimsend bench` and the
-test suite start a program.
-
-`spawn` is the primitive: the child gets its own session (so one signal reaches the process
-group it may create, and a terminal's Ctrl-C reaches only its parent) and no stdin;
-`signal_group` signals that group, tolerating one that is already gone. `zimsend up`'s
-supervisor calls `spawn` from the main thread and keeps its own restart and stop loop (up.py).
+"""Real ZimSend processes for `zimsend bench` and the test suite: the zimsend commands started
+the one way (`zimsend.gateway.processes`: `spawn`, `signal_group`, `terminate`, re-exported
+here), with their environment and readiness.
 
 `Program` is the wrapper for callers that must never leave a process behind (the benchmark,
-the tests): `stop()` (also on `__exit__`) sends SIGTERM, waits, then SIGKILLs the group.
+the tests): `stop()` (also on `__exit__`) terminates the group (SIGTERM, a wait, SIGKILL).
 Output goes to a log file, shown when a readiness wait fails, so a broken start explains
 itself. It lives in the server package, not under tests/, because `zimsend bench` starts the
 same processes the same way from an installed tree; tests/_processes.py re-exports it.
+`zimsend up`'s supervisor calls `spawn` from the main thread and keeps its own restart and
+stop loop on trio (up.py).
 """
 
 from __future__ import annotations
@@ -18,41 +16,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from zimsend.gateway.processes import free_port, signal_group, spawn, terminate
+
+__all__ = [
+    "BIN", "ZIMSEND", "Program", "free_port", "grpc_serving", "run_zimsend", "signal_group",
+    "spawn", "start_server", "terminate", "zimsend_env",
+]
 
 BIN = Path(sys.executable).parent
 ZIMSEND = str(BIN / "zimsend")
-
-
-def spawn(
-    argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-    stdout: IO[bytes] | int | None = None, stderr: IO[bytes] | int | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start `argv` in a session of its own with stdin closed; `None` output is inherited."""
-    return subprocess.Popen(
-        list(argv), env=dict(env) if env is not None else None, stdout=stdout, stderr=stderr,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-
-
-def signal_group(pid: int, sig: int) -> None:
-    """Signal the process group `spawn` made for `pid`; one already gone is not an error."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Program:
@@ -101,17 +80,11 @@ class Program:
             signal_group(self.proc.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.alive():
-            self.kill(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-                self.proc.wait(5)
-        # Children of the group (e.g. a supervisor's) must not outlive the test either.
-        signal_group(self.proc.pid, signal.SIGKILL)
+        """SIGTERM to the group, SIGKILL after `timeout`; the group's other members (e.g. a
+        supervisor's children) do not outlive it either."""
+        code = terminate(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def __enter__(self) -> Program:
         return self
