@@ -8,9 +8,10 @@ trio; it shares only the framework-free modules with the agent — the journal (
 exactly-once rules, on a shared in-memory database), the simulation model, segments, backoff,
 refusal parsing and the keepalive options.
 
-Frame handling mirrors zimsend.agent.session: DeviceHello (with pending ids) → Welcome →
-SendCommand admitted by the journal then acknowledged → reports until ReportAck, replayed on
-every new stream → Heartbeats; Reconnect and refusals as in zimsend.agent.supervisor.
+What each ServerFrame means is decided by zimsend.agent.protocol's sans-I/O PhoneProtocol,
+the class the trio agent's session drives too: this module writes the frames it returns and
+does the rest (queue, re-report, drop, settings, end the stream); its ReportBook replays every
+unacknowledged report on each new stream. Reconnect and refusals as in zimsend.agent.supervisor.
 
 Cancellation: cancelling `run()` cancels the stream and the phone's tasks; in-flight simulated
 sends are abandoned (there is no SIM to protect, and the journal is in memory anyway).
@@ -33,8 +34,9 @@ import grpc
 
 from zimsend.agent.backoff import Backoff
 from zimsend.agent.channel import KEEPALIVE_OPTIONS
-from zimsend.agent.journal import Journal, Verdict
-from zimsend.agent.refusal import FATAL_RECONNECT, reconnect_reason, refusal_of, retry_delay
+from zimsend.agent.journal import Journal
+from zimsend.agent.protocol import EndStream, PhoneProtocol, ProtocolError, Received, ReportBook
+from zimsend.agent.refusal import refusal_of, retry_delay
 from zimsend.agent.senders.base import SendRequest
 from zimsend.agent.simulation import Simulation
 from zimsend.segments import plan
@@ -47,6 +49,8 @@ __all__ = ["FleetPhone", "FleetStats"]
 log = logging.getLogger("zimsend.fleet")
 
 _PROBE_S = 0.25
+#: The SIM slots a fleet phone has (its DeviceHello names the same one).
+_SIM_SLOTS = (0,)
 #: Initial metadata a ZimSend server sends once it has admitted and authenticated a stream
 #: (services/device_link.py): the phone says hello only then, so a refusal never races it.
 ADMITTED_HEADER = "zimsend-admitted"
@@ -93,9 +97,7 @@ class FleetPhone:
     credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
     backoff: Backoff = field(default_factory=Backoff, repr=False)
     settings: pb.DeviceSettings | None = None
-    # report id -> (frame, generation): a re-added report gets a new generation and is re-sent
-    _pending: dict[str, tuple[pb.DeviceFrame, int]] = field(default_factory=dict, repr=False)
-    _generation: int = 0
+    _book: ReportBook = field(default_factory=ReportBook, repr=False)
     _welcomed_at: float | None = None
     _probe: float = _PROBE_S
     _server_admits: bool = False  # this server announces admission (ADMITTED_HEADER)
@@ -104,12 +106,13 @@ class FleetPhone:
     _seq: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _reports_changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _settings_changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _last_send: float | None = None
 
     async def run(self) -> None:
         """Connect, serve, reconnect; return when refused or told to stop."""
         self.journal.recover()
-        self._pending = {rid: (f, 0) for rid, f in self.journal.unacked_reports()}
+        self._book = ReportBook(self.journal.unacked_reports())
         for command in self.journal.queued():
             self._enqueue(command)
         executor = asyncio.create_task(self._executor())
@@ -146,13 +149,15 @@ class FleetPhone:
                     self.stats.busy += 1
                 self._lost(exc.code().name)
             except _Reconnect as exc:
-                if exc.reason in FATAL_RECONNECT:
+                if exc.end.fatal is not None:
                     self.stats.stopped += 1
                     log.error("%s stopped by the server: %s", self.device_id,
-                              pb.Reconnect.Reason.Name(exc.reason))
+                              exc.end.reason_name)
                     return
-                minimum = exc.retry_after_ms / 1000
+                minimum = exc.end.retry_after_ms / 1000
                 self.backoff.reset()  # the server asked: this link was healthy
+            except ProtocolError:
+                self._lost("protocol_error")
             except TimeoutError:
                 self._lost("welcome_timeout")
             except _LinkClosed:
@@ -193,88 +198,78 @@ class FleetPhone:
         elif not first_read.done():
             await asyncio.wait([first_read], timeout=self._probe)
         admitted.cancel()
-        stream.write(pb.DeviceFrame(hello=pb.DeviceHello(
+        protocol = PhoneProtocol(self.journal, self._book, sim_slots=lambda: _SIM_SLOTS)
+        stream.write(protocol.hello(pb.DeviceHello(
             model="ZimSend Fleet Simulator", android_version="fleet", app_version="fleet",
-            sims=[common_pb2.SimSlot(slot=0, carrier="SimNet")],
-            pending_message_ids=self.journal.pending_message_ids())))
+            sims=[common_pb2.SimSlot(slot=slot, carrier="SimNet") for slot in _SIM_SLOTS])))
         first = await asyncio.wait_for(first_read, 30)
         self._probe = _PROBE_S
-        if first is None or not first.HasField("welcome"):
+        if first is None:
             raise _LinkClosed()
-        self._apply(first.welcome.settings)
+        self._do(stream, protocol.receive(first))  # ProtocolError unless it is the Welcome
         self._welcomed_at = asyncio.get_running_loop().time()
         self.stats.connected += 1
         tasks = [asyncio.create_task(self._pump_reports(stream)),
-                 asyncio.create_task(self._heartbeats(stream))]
+                 asyncio.create_task(self._heartbeats(stream, protocol))]
         try:
-            await self._read(stream)
+            await self._read(stream, protocol)
         finally:
             self.stats.connected -= 1
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _read(self, stream: _Stream) -> None:
+    async def _read(self, stream: _Stream, protocol: PhoneProtocol) -> None:
         while True:
             frame = await stream.read()
             if frame is None:
                 raise _LinkClosed()
-            kind = frame.WhichOneof("frame")
-            if kind == "send":
+            if frame.HasField("send"):
                 self.stats.commands += 1
                 if self.stats.command_log is not None:
                     self.stats.command_log.append((frame.send.message_id, time.time()))
-                admission = self.journal.admit(frame.send)
-                stream.write(pb.DeviceFrame(ack=pb.CommandAck(
-                    command_id=frame.send.command_id, accepted=True)))
-                if admission.verdict is Verdict.NEW:
-                    self._enqueue(frame.send)
-                elif admission.verdict is Verdict.REREPORT:
-                    self._add_reports(admission.reports)
-            elif kind == "cancel":
-                done = self.journal.cancel(frame.cancel.message_id)
-                self._queued.pop(frame.cancel.message_id, None)
-                stream.write(pb.DeviceFrame(ack=pb.CommandAck(
-                    command_id=frame.cancel.command_id, accepted=done,
-                    reason="" if done else "too late")))
-            elif kind in ("settings", "welcome"):
-                self._apply(frame.settings if kind == "settings" else frame.welcome.settings)
-            elif kind == "ping":
-                stream.write(pb.DeviceFrame(pong=pb.Pong(nonce=frame.ping.nonce)))
-            elif kind == "report_ack":
-                ids = list(frame.report_ack.report_ids)
-                self.stats.reports_acked += self.journal.ack_reports(ids)
-                for rid in ids:
-                    self._pending.pop(rid, None)
-            elif kind == "reconnect":
-                raise _Reconnect(reconnect_reason(frame.reconnect), frame.reconnect.retry_after_ms)
+            self._do(stream, protocol.receive(frame))
+
+    def _do(self, stream: _Stream, received: Received) -> None:
+        """Carry out what the protocol decided about one frame: its frames first."""
+        for frame in received.frames:
+            stream.write(frame)
+        if received.settings is not None:
+            self._apply(received.settings)
+        if (command := received.enqueue) is not None:
+            self._enqueue(command)
+        if received.reports_added:
+            self._reports_changed.set()
+        if received.discard:
+            self._queued.pop(received.discard, None)
+        self.stats.reports_acked += received.acked
+        if received.end is not None:
+            raise _Reconnect(received.end)
 
     async def _pump_reports(self, stream: _Stream) -> None:
-        sent: dict[str, int] = {}
+        self._book.new_stream()
         while True:
             self._reports_changed.clear()
-            for rid, (frame, generation) in list(self._pending.items()):
-                if sent.get(rid) != generation and rid in self._pending:
-                    stream.write(frame)
-                    sent[rid] = generation
-                    self.stats.reports_sent += 1
+            for frame in self._book.due():
+                stream.write(frame)
+                self.stats.reports_sent += 1
             await self._reports_changed.wait()
 
-    async def _heartbeats(self, stream: _Stream) -> None:
+    async def _heartbeats(self, stream: _Stream, protocol: PhoneProtocol) -> None:
         while True:
-            h = self.simulation.health()
-            stream.write(pb.DeviceFrame(heartbeat=pb.Heartbeat(
-                battery=h.battery, charging=bool(h.charging), signal=h.signal,
-                queue_depth=len(self._queued))))
-            interval = self.settings.heartbeat_interval_seconds if self.settings else 0
-            await asyncio.sleep(interval if interval > 0 else 30)
+            stream.write(protocol.heartbeat(self.simulation.health(), len(self._queued)))
+            # New settings (maybe a new interval) end the wait, as on the agent.
+            self._settings_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(protocol.heartbeat_interval):
+                    await self._settings_changed.wait()
 
     # --- the SIM side ---------------------------------------------------------------------
 
     def _apply(self, settings: pb.DeviceSettings) -> None:
-        self.settings = pb.DeviceSettings()
-        self.settings.CopyFrom(settings)
+        self.settings = settings  # the protocol's copy
         self._changed.set()
+        self._settings_changed.set()
 
     def _enqueue(self, command: pb.SendCommand) -> None:
         if command.message_id not in self._queued:
@@ -284,11 +279,7 @@ class FleetPhone:
             self._changed.set()
 
     def _add_reports(self, frames: list[pb.DeviceFrame]) -> None:
-        self._generation += 1
-        for frame in frames:
-            rid = frame.report.report_id if frame.HasField("report") else frame.inbound.report_id
-            self._pending[rid] = (frame, self._generation)
-        if frames:
+        if self._book.add(frames):
             self._reports_changed.set()
 
     async def _executor(self) -> None:
@@ -344,10 +335,9 @@ class _LinkClosed(Exception):
 
 
 class _Reconnect(Exception):
-    def __init__(self, reason: pb.Reconnect.Reason.ValueType, retry_after_ms: int) -> None:
-        super().__init__(pb.Reconnect.Reason.Name(reason))
-        self.reason = reason
-        self.retry_after_ms = retry_after_ms
+    def __init__(self, end: EndStream) -> None:
+        super().__init__(end.reason_name)
+        self.end = end
 
 
 class _Stream:
