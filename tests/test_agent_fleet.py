@@ -16,6 +16,7 @@ from _agent_double import DeviceLinkDouble, wait_until
 from zimsend.agent.fleet import FleetConfig, FleetDevice, load_devices, run_fleet
 from zimsend.agent.fleet_phone import FleetPhone
 from zimsend.agent.simulation import SimulationConfig, read_outbox
+from zimsend.v1 import device_link_pb2 as pb
 
 N = 30
 
@@ -77,6 +78,39 @@ def test_a_fleet_connects_in_batches_sends_once_and_counts_refusals(
     assert phones[0].stats.refused == 1
     assert phones[0].stats.sends == N
     assert f"{N}/{N + 1} connected, 1 refused" in out.getvalue()
+
+
+def test_a_fleet_phone_answers_as_the_agent_does(
+    double: DeviceLinkDouble, tmp_path: Path
+) -> None:
+    """The fleet drives the agent's protocol (agent/protocol.py): a command for a SIM slot the
+    phone lacks is refused as SIM_MISSING (nothing sent: the server may re-route it), a cancel
+    that cannot be done says why, and a REPLACED Reconnect stops the phone."""
+    phones: list[FleetPhone] = []
+
+    async def main() -> None:
+        run = asyncio.create_task(run_fleet(
+            fleet_config(double, tmp_path, 60.0), [FleetDevice("client_test", "dev0", "pw")],
+            out=io.StringIO(), phones=phones))
+        await asyncio.to_thread(wait_until, lambda: double.connected("dev0"))
+        double.push("dev0", pb.ServerFrame(send=pb.SendCommand(
+            command_id="c1", message_id="m1", to="+263771234567", body="hi", sim_slot=1)))
+        double.push("dev0", pb.ServerFrame(cancel=pb.CancelCommand(
+            command_id="c2", message_id="m0")))
+        await asyncio.to_thread(wait_until, lambda: len(double.frames("dev0", "ack")) == 2)
+        double.push("dev0", pb.ServerFrame(reconnect=pb.Reconnect(
+            reason_code=pb.Reconnect.REPLACED)))
+        await asyncio.to_thread(wait_until, lambda: phones[0].stats.stopped == 1)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(main())
+    acks = {f.ack.command_id: f.ack for f in double.frames("dev0", "ack")}
+    assert not acks["c1"].accepted
+    assert (acks["c1"].error_code, acks["c1"].reason) == ("SIM_MISSING", "no SIM in slot 1")
+    assert not acks["c2"].accepted
+    assert acks["c2"].reason == "unknown message"
+    assert read_outbox(tmp_path / "outbox.jsonl") == {}
 
 
 def test_the_devices_file_is_validated(tmp_path: Path) -> None:
