@@ -176,9 +176,10 @@ class ReportBook:
 
 
 class PhoneProtocol:
-    """One phone's protocol state across its streams: the welcome gate, the current settings,
-    and the decisions of `receive`. `sim_slots` says which SIM slots the phone has now (empty:
-    it cannot tell, so every slot is tried)."""
+    """A phone's protocol state: the welcome gate, the current settings, and the decisions of
+    `receive`. `hello` starts a stream (both drivers make one per stream; the settings that
+    outlive it live in their executors). `sim_slots` says which SIM slots the phone has now
+    (empty: it cannot tell, so every slot is tried)."""
 
     def __init__(
         self, journal: CommandJournal, reports: ReportBook, *,
