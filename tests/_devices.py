@@ -29,20 +29,6 @@ from zimsend.v1 import device_link_pb2 as pb
 from zimsend.v1 import device_link_pb2_grpc as pb_grpc
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The google.rpc.ErrorInfo reason of a failed call."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(error)
-    assert status is not None, "the server must attach google.rpc.Status details"
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    raise AssertionError(f"no ErrorInfo in {status}")
-
-
 def wait_for(predicate: Callable[..., Any], timeout: float, what: str, step: float = 0.05) -> Any:
     """Poll until `predicate()` is truthy; returns its value; fails naming `what`."""
     deadline = time.monotonic() + timeout

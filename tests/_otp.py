@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from _sms import Account
 from conftest import TEST_PEPPER
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlmodel import select
 
 from zimsend.server.accounts.credentials import hash_secret
@@ -75,12 +72,3 @@ def struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-def retry_delay(error: grpc.RpcError) -> float:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
-    raise AssertionError("no RetryInfo")

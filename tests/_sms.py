@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import update
@@ -24,6 +25,7 @@ from zimsend.server.accounts import credentials
 from zimsend.server.storage import Database, Device, Message, utcnow
 
 UTC = dt.UTC
+DetailT = TypeVar("DetailT", bound=ProtoMessage)
 
 
 @dataclass(frozen=True)
@@ -107,16 +109,31 @@ def unique_text(label: str = "msg") -> str:
     return f"{label} {uuid.uuid4().hex}"
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The SPEC error code (google.rpc.ErrorInfo.reason) of a failed call."""
+def status_detail(error: grpc.RpcError, kind: type[DetailT]) -> DetailT | None:
+    """The first `kind` (ErrorInfo, RetryInfo, BadRequest) among the google.rpc.Status details
+    of a failed call, or None; the one reader of status details the tests share."""
     status = rpc_status.from_call(error)
     assert status is not None, "the server must attach google.rpc.Status details"
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    raise AssertionError(f"no ErrorInfo in {status}")
+        if detail.Is(kind.DESCRIPTOR):
+            found = kind()
+            detail.Unpack(found)
+            return found
+    return None
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The SPEC error code (google.rpc.ErrorInfo.reason) of a failed call."""
+    info = status_detail(error, error_details_pb2.ErrorInfo)
+    assert info is not None, f"no ErrorInfo in the status of {error}"
+    return str(info.reason)
+
+
+def retry_delay(error: grpc.RpcError) -> float:
+    """The RetryInfo delay of a failed call, in seconds."""
+    info = status_detail(error, error_details_pb2.RetryInfo)
+    assert info is not None, f"no RetryInfo in the status of {error}"
+    return float(info.retry_delay.ToTimedelta().total_seconds())
 
 
 def message_of(error: grpc.RpcError) -> str:
@@ -136,15 +153,8 @@ def headers_of(error: grpc.RpcError) -> dict[str, str]:
 
 def violations(error: grpc.RpcError) -> dict[str, str]:
     """BadRequest field violations of a failed call: {field: description}."""
-    status = rpc_status.from_call(error)
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
+    bad = status_detail(error, error_details_pb2.BadRequest)
+    return {v.field: v.description for v in bad.field_violations} if bad is not None else {}
 
 
 def fails(call: Any, request: Any, metadata: Any, timeout: float = 10) -> grpc.RpcError:

@@ -3,6 +3,7 @@ Layout — a phone in Termux should not need SQLModel)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -29,25 +30,26 @@ def test_the_client_distribution_depends_on_nothing_of_the_server() -> None:
     assert names <= ALLOWED, names - ALLOWED
 
 
-def test_the_agent_and_the_fleet_import_no_server_library() -> None:
-    code = (
-        "import sys, zimsend.agent.agent, zimsend.agent.fleet, zimsend.agent.cli, "
-        "zimsend.segments\n"
-        "bad = [m for m in ('sqlmodel', 'sqlalchemy', 'pydantic', 'zimsend.server') "
-        "if m in sys.modules]\n"
-        "print(bad)"
-    )
+SERVER_LIBRARIES = ("sqlmodel", "sqlalchemy", "pydantic", "zimsend.server")
+
+
+def loaded_by(modules: str, watched: tuple[str, ...]) -> list[str]:
+    """Of `watched`, the modules a fresh interpreter holds after `import <modules>`."""
+    code = f"import sys, {modules}\nprint([m for m in {watched!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True, timeout=60)
-    assert done.stdout.strip() == "[]"
+    loaded: list[str] = ast.literal_eval(done.stdout.strip())
+    return loaded
+
+
+def test_the_agent_and_the_fleet_import_no_server_library() -> None:
+    modules = "zimsend.agent.agent, zimsend.agent.fleet, zimsend.agent.cli, zimsend.segments"
+    assert loaded_by(modules, SERVER_LIBRARIES) == []
 
 
 def test_the_fleet_never_imports_trio() -> None:
     # One process, one model: the asyncio fleet shares only framework-free modules.
-    code = "import sys, zimsend.agent.fleet\nprint('trio' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                          text=True, timeout=60)
-    assert done.stdout.strip() == "False"
+    assert loaded_by("zimsend.agent.fleet", ("trio",)) == []
 
 
 # --- The grpcio a phone already has -------------------------------------------------------
@@ -193,19 +195,8 @@ def test_the_agent_installs_and_runs_on_an_older_grpcio(
 
 def test_the_sdk_and_the_user_commands_import_no_server_library() -> None:
     # tests/test_sdk.py also runs the SDK from a virtualenv holding only this distribution.
-    code = (
-        "import sys, zimsend.client, zimsend.client.cli\n"
-        "bad = [m for m in ('sqlmodel', 'sqlalchemy', 'pydantic', 'zimsend.server', 'trio') "
-        "if m in sys.modules]\n"
-        "print(bad)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                          text=True, timeout=60)
-    assert done.stdout.strip() == "[]"
+    assert loaded_by("zimsend.client, zimsend.client.cli", (*SERVER_LIBRARIES, "trio")) == []
 
 
 def test_the_device_agent_never_imports_httpx() -> None:
-    code = "import sys, zimsend.agent.agent, zimsend.agent.cli\nprint('httpx' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                          text=True, timeout=60)
-    assert done.stdout.strip() == "False"
+    assert loaded_by("zimsend.agent.agent, zimsend.agent.cli", ("httpx",)) == []

@@ -13,13 +13,11 @@ from typing import NamedTuple
 
 import grpc
 import pytest
-from _sms import message_of
+from _sms import error_reason, message_of
 from conftest import Admin, RunningServer
 from google.protobuf import descriptor_pb2, descriptor_pool
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from zimsend.gateway import default_descriptor_path
 from zimsend.v1 import (
@@ -67,15 +65,6 @@ def creds(client_id: str, api_key: str) -> tuple[tuple[str, str], ...]:
     return (("x-api-key", api_key), ("x-client-id", client_id))
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the server must attach google.rpc.Status details"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    raise AssertionError(f"no ErrorInfo in {status}")
 
 
 def test_created_key_authenticates(channel: grpc.Channel, client: Credentials) -> None:

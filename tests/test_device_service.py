@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlparse
 
 import grpc
 import pytest
-from _devices import RawPhone, Tenant, error_reason, quick_tenant
-from _sms import message_of
+from _devices import RawPhone, Tenant, quick_tenant
+from _sms import error_reason, message_of
 from conftest import RunningServer
 from google.protobuf import field_mask_pb2
 

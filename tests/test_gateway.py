@@ -16,10 +16,9 @@ import grpc
 import httpx
 import pytest
 from _certs import self_signed
-from _sms import headers_of, message_of
+from _sms import error_reason, headers_of, message_of, retry_delay, status_detail
 from conftest import Admin, GatewayFactory, Stack
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from zimsend.gateway import EnvoyProcess, RateLimit, start_envoy
 from zimsend.v1 import auth_pb2, auth_pb2_grpc, device_link_pb2, device_link_pb2_grpc
@@ -27,21 +26,6 @@ from zimsend.v1 import auth_pb2, auth_pb2_grpc, device_link_pb2, device_link_pb2
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
-def reason_and_retry(error: grpc.RpcError) -> tuple[str, float | None]:
-    """ErrorInfo.reason and RetryInfo delay (seconds) of a failed call's status details."""
-    status = rpc_status.from_call(error)
-    assert status is not None, f"no status details on {error}"
-    reason, retry = "", None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry_info = error_details_pb2.RetryInfo()
-            detail.Unpack(retry_info)
-            retry = retry_info.retry_delay.ToTimedelta().total_seconds()
-    return reason, retry
 
 
 def access_log(envoy: EnvoyProcess, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -88,7 +72,8 @@ def test_grpc_clients_reach_auth_test_through_envoy_and_directly(stack: Stack, v
     error = caught.value
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert not message_of(error).lstrip().startswith("{"), "gRPC callers never get JSON"
-    assert reason_and_retry(error) == ("INVALID_API_KEY", None)
+    assert error_reason(error) == "INVALID_API_KEY"
+    assert status_detail(error, error_details_pb2.RetryInfo) is None
     assert headers_of(error)["zimsend-error-code"] == "INVALID_API_KEY"
 
 
@@ -198,7 +183,8 @@ def test_the_per_key_rate_limit_answers_429_with_retry_after(
             stub.AuthTest(auth_pb2.AuthTestRequest(), metadata=stack.metadata, timeout=5)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert not message_of(caught.value).startswith("{")
-    assert reason_and_retry(caught.value) == ("RATE_LIMIT_EXCEEDED", 30.0)
+    assert error_reason(caught.value) == "RATE_LIMIT_EXCEEDED"
+    assert retry_delay(caught.value) == 30.0
 
 
 # --- TLS ------------------------------------------------------------------------------------

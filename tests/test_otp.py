@@ -28,13 +28,21 @@ from _otp import (
     code_of,
     events,
     otp_row,
-    retry_delay,
     send,
     struct,
     wrong_codes,
 )
 from _processes import zimsend_env as make_env
-from _sms import Account, error_reason, fails, message_of, new_account, new_device, violations
+from _sms import (
+    Account,
+    error_reason,
+    fails,
+    message_of,
+    new_account,
+    new_device,
+    retry_delay,
+    violations,
+)
 from conftest import TEST_PEPPER, RunningServer
 from sqlalchemy import update
 from sqlmodel import col, select

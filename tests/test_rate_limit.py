@@ -15,9 +15,8 @@ import grpc
 import httpx
 import pytest
 from _processes import start_server
+from _sms import error_reason, retry_delay
 from conftest import TEST_PEPPER, Admin, GatewayFactory, RunningServer
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from zimsend.server.storage import Database
 from zimsend.v1 import auth_pb2, auth_pb2_grpc
@@ -69,15 +68,8 @@ def test_the_limit_refuses_with_retry_info_and_spares_other_clients(
     assert len(refused) == 3
     error = refused[0]
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status = rpc_status.from_call(error)
-    kinds = {}
-    for detail in status.details:
-        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
-            if detail.Is(cls.DESCRIPTOR):
-                kinds[cls] = cls()
-                detail.Unpack(kinds[cls])
-    assert kinds[error_details_pb2.ErrorInfo].reason == "RATE_LIMIT_EXCEEDED"
-    assert 0 < kinds[error_details_pb2.RetryInfo].retry_delay.seconds <= 60
+    assert error_reason(error) == "RATE_LIMIT_EXCEEDED"
+    assert 0 < retry_delay(error) <= 60
     assert _auth_test(address, second) is None  # another client has its own budget
 
 
