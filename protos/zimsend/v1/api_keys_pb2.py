@@ -20,7 +20,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/api_keys.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x13\x43reateApiKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04test\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\x94\x01\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\x12\x0c\n\x04test\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd5\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05last4\x18\x03 \x01(\t\x12\x0c\n\x04test\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListApiKeysRequest\"L\n\x13ListApiKeysResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x08\x61pi_keys\x18\x02 \x03(\x0b\x32\x12.zimsend.v1.ApiKey\"+\n\x13RevokeApiKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"g\n\x14RevokeApiKeyResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12.\n\nrevoked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xd3\x02\n\rApiKeyService\x12j\n\x0c\x43reateApiKey\x12\x1f.zimsend.v1.CreateApiKeyRequest\x1a .zimsend.v1.CreateApiKeyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/api-keys:\x01*\x12\x64\n\x0bListApiKeys\x12\x1e.zimsend.v1.ListApiKeysRequest\x1a\x1f.zimsend.v1.ListApiKeysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/api-keys\x12p\n\x0cRevokeApiKey\x12\x1f.zimsend.v1.RevokeApiKeyRequest\x1a .zimsend.v1.RevokeApiKeyResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/api-keys/{key_id}B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/api_keys.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x13\x43reateApiKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04test\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\xa6\x01\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x06key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x15\n\x07\x61pi_key\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04test\x18\x05 \x01(\x08\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xf3\x01\n\x06\x41piKey\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x05last4\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04test\x18\x04 \x01(\x08\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0clast_used_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x14\n\x12ListApiKeysRequest\"L\n\x13ListApiKeysResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x08\x61pi_keys\x18\x02 \x03(\x0b\x32\x12.zimsend.v1.ApiKey\"+\n\x13RevokeApiKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"m\n\x14RevokeApiKeyResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x34\n\nrevoked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x32\xd3\x02\n\rApiKeyService\x12j\n\x0c\x43reateApiKey\x12\x1f.zimsend.v1.CreateApiKeyRequest\x1a .zimsend.v1.CreateApiKeyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/api-keys:\x01*\x12\x64\n\x0bListApiKeys\x12\x1e.zimsend.v1.ListApiKeysRequest\x1a\x1f.zimsend.v1.ListApiKeysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/api-keys\x12p\n\x0cRevokeApiKey\x12\x1f.zimsend.v1.RevokeApiKeyRequest\x1a .zimsend.v1.RevokeApiKeyResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/api-keys/{key_id}B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['test']._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['test']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['key_id']._loaded_options = None
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['key_id']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['api_key']._loaded_options = None
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['api_key']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['created_at']._loaded_options = None
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['key_id']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['key_id']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['last4']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['last4']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['created_at']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['last_used_at']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['last_used_at']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['revoked_at']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['revoked_at']._serialized_options = b'\342A\001\003'
   _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
   _globals['_REVOKEAPIKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
+  _globals['_REVOKEAPIKEYRESPONSE'].fields_by_name['revoked_at']._loaded_options = None
+  _globals['_REVOKEAPIKEYRESPONSE'].fields_by_name['revoked_at']._serialized_options = b'\342A\001\003'
   _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
   _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/api-keys:\001*'
   _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
@@ -43,17 +61,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEAPIKEYREQUEST']._serialized_start=137
   _globals['_CREATEAPIKEYREQUEST']._serialized_end=198
   _globals['_CREATEAPIKEYRESPONSE']._serialized_start=201
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=349
-  _globals['_APIKEY']._serialized_start=352
-  _globals['_APIKEY']._serialized_end=565
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=567
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=587
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=589
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=665
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=667
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=710
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=712
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=815
-  _globals['_APIKEYSERVICE']._serialized_start=818
-  _globals['_APIKEYSERVICE']._serialized_end=1157
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=367
+  _globals['_APIKEY']._serialized_start=370
+  _globals['_APIKEY']._serialized_end=613
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=615
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=635
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=637
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=713
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=715
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=758
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=760
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=869
+  _globals['_APIKEYSERVICE']._serialized_start=872
+  _globals['_APIKEYSERVICE']._serialized_end=1211
 # @@protoc_insertion_point(module_scope)

@@ -16,10 +16,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from zimsend.v1 import common_pb2 as zimsend_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zimsend/v1/auth.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17zimsend/v1/common.proto\"\x11\n\x0f\x41uthTestRequest\"\xa2\x01\n\x10\x41uthTestResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\x34\n\rdevice_status\x18\x05 \x01(\x0e\x32\x18.zimsend.v1.DeviceStatusH\x00\x88\x01\x01\x42\x10\n\x0e_device_status2k\n\x0b\x41uthService\x12\\\n\x08\x41uthTest\x12\x1b.zimsend.v1.AuthTestRequest\x1a\x1c.zimsend.v1.AuthTestResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/auth/testB5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zimsend/v1/auth.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x17zimsend/v1/common.proto\"\x11\n\x0f\x41uthTestRequest\"\xba\x01\n\x10\x41uthTestResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tclient_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tdevice_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\rdevice_status\x18\x05 \x01(\x0e\x32\x18.zimsend.v1.DeviceStatusB\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x42\x10\n\x0e_device_status2k\n\x0b\x41uthService\x12\\\n\x08\x41uthTest\x12\x1b.zimsend.v1.AuthTestRequest\x1a\x1c.zimsend.v1.AuthTestResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/auth/testB5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -27,12 +28,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zimsend.v1.auth_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1'
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['message']._loaded_options = None
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['message']._serialized_options = b'\342A\001\003'
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['client_id']._loaded_options = None
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['client_id']._serialized_options = b'\342A\001\003'
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['device_id']._loaded_options = None
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['device_id']._serialized_options = b'\342A\001\003'
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['device_status']._loaded_options = None
+  _globals['_AUTHTESTRESPONSE'].fields_by_name['device_status']._serialized_options = b'\342A\001\003'
   _globals['_AUTHSERVICE'].methods_by_name['AuthTest']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['AuthTest']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/auth/test'
-  _globals['_AUTHTESTREQUEST']._serialized_start=92
-  _globals['_AUTHTESTREQUEST']._serialized_end=109
-  _globals['_AUTHTESTRESPONSE']._serialized_start=112
-  _globals['_AUTHTESTRESPONSE']._serialized_end=274
-  _globals['_AUTHSERVICE']._serialized_start=276
-  _globals['_AUTHSERVICE']._serialized_end=383
+  _globals['_AUTHTESTREQUEST']._serialized_start=125
+  _globals['_AUTHTESTREQUEST']._serialized_end=142
+  _globals['_AUTHTESTRESPONSE']._serialized_start=145
+  _globals['_AUTHTESTRESPONSE']._serialized_end=331
+  _globals['_AUTHSERVICE']._serialized_start=333
+  _globals['_AUTHSERVICE']._serialized_end=440
 # @@protoc_insertion_point(module_scope)

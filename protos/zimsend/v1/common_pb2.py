@@ -15,10 +15,11 @@ from google.protobuf.internal import builder as _builder
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zimsend/v1/common.proto\x12\nzimsend.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x12\x44\x65viceCapabilities\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65livery_reports\x18\x02 \x01(\x08\x12\x13\n\x0binbound_sms\x18\x03 \x01(\x08\"^\n\x0cMessageError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x0c\n\x04hint\x18\x05 \x01(\t\"^\n\nPagination\x12\x14\n\x0c\x63urrent_page\x18\x01 \x01(\x05\x12\x10\n\x08per_page\x18\x02 \x01(\x05\x12\x13\n\x0btotal_pages\x18\x03 \x01(\x05\x12\x13\n\x0btotal_items\x18\x04 \x01(\x05\">\n\x07SimSlot\x12\x0c\n\x04slot\x18\x01 \x01(\x05\x12\x0f\n\x07\x63\x61rrier\x18\x02 \x01(\t\x12\x14\n\x0cphone_number\x18\x03 \x01(\t\"\x8d\x01\n\nInboundSms\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0c\n\x04\x66rom\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08sim_slot\x18\x05 \x01(\x05\x12/\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*]\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06urgent\x10\x01\x12\x08\n\x04high\x10\x02\x12\n\n\x06normal\x10\x03\x12\x07\n\x03low\x10\x04\x12\x0c\n\x08very_low\x10\x05*\x7f\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06queued\x10\x01\x12\x0e\n\nprocessing\x10\x02\x12\x08\n\x04sent\x10\x03\x12\r\n\tdelivered\x10\x04\x12\n\n\x06\x66\x61iled\x10\x05\x12\r\n\tcancelled\x10\x06*F\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06online\x10\x01\x12\x0b\n\x07offline\x10\x02*O\n\x0cRequestLimit\x12\x1d\n\x19REQUEST_LIMIT_UNSPECIFIED\x10\x00\x12 \n\x1aREQUEST_LIMIT_HEADER_BYTES\x10\x80\x80\x02*\x81\x01\n\x13NetworkRegistration\x12$\n NETWORK_REGISTRATION_UNSPECIFIED\x10\x00\x12\x08\n\x04home\x10\x01\x12\x0b\n\x07roaming\x10\x02\x12\r\n\tsearching\x10\x03\x12\n\n\x06\x64\x65nied\x10\x04\x12\x12\n\x0enot_registered\x10\x05*8\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04GSM7\x10\x01\x12\x08\n\x04UCS2\x10\x02\x42\x35Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zimsend/v1/common.proto\x12\nzimsend.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x12\x44\x65viceCapabilities\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65livery_reports\x18\x02 \x01(\x08\x12\x13\n\x0binbound_sms\x18\x03 \x01(\x08\"^\n\x0cMessageError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x0c\n\x04hint\x18\x05 \x01(\t\"v\n\nPagination\x12\x1a\n\x0c\x63urrent_page\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08per_page\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0btotal_pages\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0btotal_items\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\">\n\x07SimSlot\x12\x0c\n\x04slot\x18\x01 \x01(\x05\x12\x0f\n\x07\x63\x61rrier\x18\x02 \x01(\t\x12\x14\n\x0cphone_number\x18\x03 \x01(\t\"\xb1\x01\n\nInboundSms\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tdevice_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x66rom\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08sim_slot\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03*]\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06urgent\x10\x01\x12\x08\n\x04high\x10\x02\x12\n\n\x06normal\x10\x03\x12\x07\n\x03low\x10\x04\x12\x0c\n\x08very_low\x10\x05*\x7f\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06queued\x10\x01\x12\x0e\n\nprocessing\x10\x02\x12\x08\n\x04sent\x10\x03\x12\r\n\tdelivered\x10\x04\x12\n\n\x06\x66\x61iled\x10\x05\x12\r\n\tcancelled\x10\x06*F\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06online\x10\x01\x12\x0b\n\x07offline\x10\x02*O\n\x0cRequestLimit\x12\x1d\n\x19REQUEST_LIMIT_UNSPECIFIED\x10\x00\x12 \n\x1aREQUEST_LIMIT_HEADER_BYTES\x10\x80\x80\x02*\x81\x01\n\x13NetworkRegistration\x12$\n NETWORK_REGISTRATION_UNSPECIFIED\x10\x00\x12\x08\n\x04home\x10\x01\x12\x0b\n\x07roaming\x10\x02\x12\r\n\tsearching\x10\x03\x12\n\n\x06\x64\x65nied\x10\x04\x12\x12\n\x0enot_registered\x10\x05*8\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04GSM7\x10\x01\x12\x08\n\x04UCS2\x10\x02\x42\x35Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -26,26 +27,46 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zimsend.v1.common_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1'
-  _globals['_PRIORITY']._serialized_start=558
-  _globals['_PRIORITY']._serialized_end=651
-  _globals['_MESSAGESTATUS']._serialized_start=653
-  _globals['_MESSAGESTATUS']._serialized_end=780
-  _globals['_DEVICESTATUS']._serialized_start=782
-  _globals['_DEVICESTATUS']._serialized_end=852
-  _globals['_REQUESTLIMIT']._serialized_start=854
-  _globals['_REQUESTLIMIT']._serialized_end=933
-  _globals['_NETWORKREGISTRATION']._serialized_start=936
-  _globals['_NETWORKREGISTRATION']._serialized_end=1065
-  _globals['_ENCODING']._serialized_start=1067
-  _globals['_ENCODING']._serialized_end=1123
-  _globals['_DEVICECAPABILITIES']._serialized_start=72
-  _globals['_DEVICECAPABILITIES']._serialized_end=156
-  _globals['_MESSAGEERROR']._serialized_start=158
-  _globals['_MESSAGEERROR']._serialized_end=252
-  _globals['_PAGINATION']._serialized_start=254
-  _globals['_PAGINATION']._serialized_end=348
-  _globals['_SIMSLOT']._serialized_start=350
-  _globals['_SIMSLOT']._serialized_end=412
-  _globals['_INBOUNDSMS']._serialized_start=415
-  _globals['_INBOUNDSMS']._serialized_end=556
+  _globals['_PAGINATION'].fields_by_name['current_page']._loaded_options = None
+  _globals['_PAGINATION'].fields_by_name['current_page']._serialized_options = b'\342A\001\003'
+  _globals['_PAGINATION'].fields_by_name['per_page']._loaded_options = None
+  _globals['_PAGINATION'].fields_by_name['per_page']._serialized_options = b'\342A\001\003'
+  _globals['_PAGINATION'].fields_by_name['total_pages']._loaded_options = None
+  _globals['_PAGINATION'].fields_by_name['total_pages']._serialized_options = b'\342A\001\003'
+  _globals['_PAGINATION'].fields_by_name['total_items']._loaded_options = None
+  _globals['_PAGINATION'].fields_by_name['total_items']._serialized_options = b'\342A\001\003'
+  _globals['_INBOUNDSMS'].fields_by_name['id']._loaded_options = None
+  _globals['_INBOUNDSMS'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_INBOUNDSMS'].fields_by_name['device_id']._loaded_options = None
+  _globals['_INBOUNDSMS'].fields_by_name['device_id']._serialized_options = b'\342A\001\003'
+  _globals['_INBOUNDSMS'].fields_by_name['from']._loaded_options = None
+  _globals['_INBOUNDSMS'].fields_by_name['from']._serialized_options = b'\342A\001\003'
+  _globals['_INBOUNDSMS'].fields_by_name['message']._loaded_options = None
+  _globals['_INBOUNDSMS'].fields_by_name['message']._serialized_options = b'\342A\001\003'
+  _globals['_INBOUNDSMS'].fields_by_name['sim_slot']._loaded_options = None
+  _globals['_INBOUNDSMS'].fields_by_name['sim_slot']._serialized_options = b'\342A\001\003'
+  _globals['_INBOUNDSMS'].fields_by_name['received_at']._loaded_options = None
+  _globals['_INBOUNDSMS'].fields_by_name['received_at']._serialized_options = b'\342A\001\003'
+  _globals['_PRIORITY']._serialized_start=651
+  _globals['_PRIORITY']._serialized_end=744
+  _globals['_MESSAGESTATUS']._serialized_start=746
+  _globals['_MESSAGESTATUS']._serialized_end=873
+  _globals['_DEVICESTATUS']._serialized_start=875
+  _globals['_DEVICESTATUS']._serialized_end=945
+  _globals['_REQUESTLIMIT']._serialized_start=947
+  _globals['_REQUESTLIMIT']._serialized_end=1026
+  _globals['_NETWORKREGISTRATION']._serialized_start=1029
+  _globals['_NETWORKREGISTRATION']._serialized_end=1158
+  _globals['_ENCODING']._serialized_start=1160
+  _globals['_ENCODING']._serialized_end=1216
+  _globals['_DEVICECAPABILITIES']._serialized_start=105
+  _globals['_DEVICECAPABILITIES']._serialized_end=189
+  _globals['_MESSAGEERROR']._serialized_start=191
+  _globals['_MESSAGEERROR']._serialized_end=285
+  _globals['_PAGINATION']._serialized_start=287
+  _globals['_PAGINATION']._serialized_end=405
+  _globals['_SIMSLOT']._serialized_start=407
+  _globals['_SIMSLOT']._serialized_end=469
+  _globals['_INBOUNDSMS']._serialized_start=472
+  _globals['_INBOUNDSMS']._serialized_end=649
 # @@protoc_insertion_point(module_scope)

@@ -81,7 +81,8 @@ class Device(_message.Message):
     cannot_send_reason: _builtins.str
     """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
     parts_per_minute: _builtins.int
-    """(server default `default_parts_per_minute`, 20: under Android's 30-a-minute prompt);
+    """Send budget of each SIM slot of the phone: at most this many SMS parts in any 60 s
+    (server default `default_parts_per_minute`, 20: under Android's 30-a-minute prompt);
     0 means no limit.
     """
     parts_per_hour: _builtins.int
@@ -102,9 +103,7 @@ class Device(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _common_pb2.DeviceCapabilities:
-        """What its sender can report (from its last DeviceHello).
-        Send budget of each SIM slot of the phone: at most this many SMS parts in any 60 s
-        """
+        """What its sender can report (from its last DeviceHello)."""
 
     @_builtins.property
     def cooling_down_until(self) -> _timestamp_pb2.Timestamp:
@@ -352,7 +351,8 @@ class GetDeviceResponse(_message.Message):
     cannot_send_reason: _builtins.str
     """Why a connected phone cannot send right now (then `status` is `offline`); empty otherwise."""
     parts_per_minute: _builtins.int
-    """(server default `default_parts_per_minute`, 20: under Android's 30-a-minute prompt);
+    """Send budget of each SIM slot of the phone: at most this many SMS parts in any 60 s
+    (server default `default_parts_per_minute`, 20: under Android's 30-a-minute prompt);
     0 means no limit.
     """
     parts_per_hour: _builtins.int
@@ -373,9 +373,7 @@ class GetDeviceResponse(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _common_pb2.DeviceCapabilities:
-        """What its sender can report (from its last DeviceHello).
-        Send budget of each SIM slot of the phone: at most this many SMS parts in any 60 s
-        """
+        """What its sender can report (from its last DeviceHello)."""
 
     @_builtins.property
     def cooling_down_until(self) -> _timestamp_pb2.Timestamp:

@@ -21,7 +21,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zimsend.v1 import common_pb2 as zimsend_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/opt_outs.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\x9c\x01\n\x06OptOut\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12(\n\x06source\x18\x02 \x01(\x0e\x32\x18.zimsend.v1.OptOutSource\x12\x0f\n\x07keyword\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x12ListOptOutsRequest\x12\x17\n\x04page\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\x05limit\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1a\n\x0cphone_number\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_pageB\x08\n\x06_limit\"x\n\x13ListOptOutsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x08opt_outs\x18\x02 \x03(\x0b\x32\x12.zimsend.v1.OptOut\x12*\n\npagination\x18\x03 \x01(\x0b\x32\x16.zimsend.v1.Pagination\".\n\x10\x41\x64\x64OptOutRequest\x12\x1a\n\x0cphone_number\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Z\n\x11\x41\x64\x64OptOutResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12#\n\x07opt_out\x18\x02 \x01(\x0b\x32\x12.zimsend.v1.OptOut\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"1\n\x13RemoveOptOutRequest\x12\x1a\n\x0cphone_number\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14RemoveOptOutResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x0cphone_number\x18\x02 \x01(\t*D\n\x0cOptOutSource\x12\x1e\n\x1aOPT_OUT_SOURCE_UNSPECIFIED\x10\x00\x12\x0b\n\x07keyword\x10\x01\x12\x07\n\x03\x61pi\x10\x02\x32\xd0\x02\n\rOptOutService\x12\x64\n\x0bListOptOuts\x12\x1e.zimsend.v1.ListOptOutsRequest\x1a\x1f.zimsend.v1.ListOptOutsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/opt-outs\x12\x61\n\tAddOptOut\x12\x1c.zimsend.v1.AddOptOutRequest\x1a\x1d.zimsend.v1.AddOptOutResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/opt-outs:\x01*\x12v\n\x0cRemoveOptOut\x12\x1f.zimsend.v1.RemoveOptOutRequest\x1a .zimsend.v1.RemoveOptOutResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/opt-outs/{phone_number}B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/opt_outs.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\xb4\x01\n\x06OptOut\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12.\n\x06source\x18\x02 \x01(\x0e\x32\x18.zimsend.v1.OptOutSourceB\x04\xe2\x41\x01\x03\x12\x15\n\x07keyword\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tdevice_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"v\n\x12ListOptOutsRequest\x12\x17\n\x04page\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\x05limit\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1a\n\x0cphone_number\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_pageB\x08\n\x06_limit\"x\n\x13ListOptOutsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x08opt_outs\x18\x02 \x03(\x0b\x32\x12.zimsend.v1.OptOut\x12*\n\npagination\x18\x03 \x01(\x0b\x32\x16.zimsend.v1.Pagination\".\n\x10\x41\x64\x64OptOutRequest\x12\x1a\n\x0cphone_number\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"`\n\x11\x41\x64\x64OptOutResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12#\n\x07opt_out\x18\x02 \x01(\x0b\x32\x12.zimsend.v1.OptOut\x12\x15\n\x07\x63reated\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x03\"1\n\x13RemoveOptOutRequest\x12\x1a\n\x0cphone_number\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14RemoveOptOutResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x0cphone_number\x18\x02 \x01(\t*D\n\x0cOptOutSource\x12\x1e\n\x1aOPT_OUT_SOURCE_UNSPECIFIED\x10\x00\x12\x0b\n\x07keyword\x10\x01\x12\x07\n\x03\x61pi\x10\x02\x32\xd0\x02\n\rOptOutService\x12\x64\n\x0bListOptOuts\x12\x1e.zimsend.v1.ListOptOutsRequest\x1a\x1f.zimsend.v1.ListOptOutsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/opt-outs\x12\x61\n\tAddOptOut\x12\x1c.zimsend.v1.AddOptOutRequest\x1a\x1d.zimsend.v1.AddOptOutResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/opt-outs:\x01*\x12v\n\x0cRemoveOptOut\x12\x1f.zimsend.v1.RemoveOptOutRequest\x1a .zimsend.v1.RemoveOptOutResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/opt-outs/{phone_number}B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -29,6 +29,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zimsend.v1.opt_outs_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1'
+  _globals['_OPTOUT'].fields_by_name['source']._loaded_options = None
+  _globals['_OPTOUT'].fields_by_name['source']._serialized_options = b'\342A\001\003'
+  _globals['_OPTOUT'].fields_by_name['keyword']._loaded_options = None
+  _globals['_OPTOUT'].fields_by_name['keyword']._serialized_options = b'\342A\001\003'
+  _globals['_OPTOUT'].fields_by_name['device_id']._loaded_options = None
+  _globals['_OPTOUT'].fields_by_name['device_id']._serialized_options = b'\342A\001\003'
+  _globals['_OPTOUT'].fields_by_name['created_at']._loaded_options = None
+  _globals['_OPTOUT'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_LISTOPTOUTSREQUEST'].fields_by_name['page']._loaded_options = None
   _globals['_LISTOPTOUTSREQUEST'].fields_by_name['page']._serialized_options = b'\342A\001\001'
   _globals['_LISTOPTOUTSREQUEST'].fields_by_name['limit']._loaded_options = None
@@ -37,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTOPTOUTSREQUEST'].fields_by_name['phone_number']._serialized_options = b'\342A\001\001'
   _globals['_ADDOPTOUTREQUEST'].fields_by_name['phone_number']._loaded_options = None
   _globals['_ADDOPTOUTREQUEST'].fields_by_name['phone_number']._serialized_options = b'\342A\001\002'
+  _globals['_ADDOPTOUTRESPONSE'].fields_by_name['created']._loaded_options = None
+  _globals['_ADDOPTOUTRESPONSE'].fields_by_name['created']._serialized_options = b'\342A\001\003'
   _globals['_REMOVEOPTOUTREQUEST'].fields_by_name['phone_number']._loaded_options = None
   _globals['_REMOVEOPTOUTREQUEST'].fields_by_name['phone_number']._serialized_options = b'\342A\001\002'
   _globals['_OPTOUTSERVICE'].methods_by_name['ListOptOuts']._loaded_options = None
@@ -45,22 +55,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPTOUTSERVICE'].methods_by_name['AddOptOut']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/opt-outs:\001*'
   _globals['_OPTOUTSERVICE'].methods_by_name['RemoveOptOut']._loaded_options = None
   _globals['_OPTOUTSERVICE'].methods_by_name['RemoveOptOut']._serialized_options = b'\202\323\344\223\002\035*\033/v1/opt-outs/{phone_number}'
-  _globals['_OPTOUTSOURCE']._serialized_start=817
-  _globals['_OPTOUTSOURCE']._serialized_end=885
+  _globals['_OPTOUTSOURCE']._serialized_start=847
+  _globals['_OPTOUTSOURCE']._serialized_end=915
   _globals['_OPTOUT']._serialized_start=163
-  _globals['_OPTOUT']._serialized_end=319
-  _globals['_LISTOPTOUTSREQUEST']._serialized_start=321
-  _globals['_LISTOPTOUTSREQUEST']._serialized_end=439
-  _globals['_LISTOPTOUTSRESPONSE']._serialized_start=441
-  _globals['_LISTOPTOUTSRESPONSE']._serialized_end=561
-  _globals['_ADDOPTOUTREQUEST']._serialized_start=563
-  _globals['_ADDOPTOUTREQUEST']._serialized_end=609
-  _globals['_ADDOPTOUTRESPONSE']._serialized_start=611
-  _globals['_ADDOPTOUTRESPONSE']._serialized_end=701
-  _globals['_REMOVEOPTOUTREQUEST']._serialized_start=703
-  _globals['_REMOVEOPTOUTREQUEST']._serialized_end=752
-  _globals['_REMOVEOPTOUTRESPONSE']._serialized_start=754
-  _globals['_REMOVEOPTOUTRESPONSE']._serialized_end=815
-  _globals['_OPTOUTSERVICE']._serialized_start=888
-  _globals['_OPTOUTSERVICE']._serialized_end=1224
+  _globals['_OPTOUT']._serialized_end=343
+  _globals['_LISTOPTOUTSREQUEST']._serialized_start=345
+  _globals['_LISTOPTOUTSREQUEST']._serialized_end=463
+  _globals['_LISTOPTOUTSRESPONSE']._serialized_start=465
+  _globals['_LISTOPTOUTSRESPONSE']._serialized_end=585
+  _globals['_ADDOPTOUTREQUEST']._serialized_start=587
+  _globals['_ADDOPTOUTREQUEST']._serialized_end=633
+  _globals['_ADDOPTOUTRESPONSE']._serialized_start=635
+  _globals['_ADDOPTOUTRESPONSE']._serialized_end=731
+  _globals['_REMOVEOPTOUTREQUEST']._serialized_start=733
+  _globals['_REMOVEOPTOUTREQUEST']._serialized_end=782
+  _globals['_REMOVEOPTOUTRESPONSE']._serialized_start=784
+  _globals['_REMOVEOPTOUTRESPONSE']._serialized_end=845
+  _globals['_OPTOUTSERVICE']._serialized_start=918
+  _globals['_OPTOUTSERVICE']._serialized_end=1254
 # @@protoc_insertion_point(module_scope)

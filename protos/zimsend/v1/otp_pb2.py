@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from zimsend.v1 import common_pb2 as zimsend_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14zimsend/v1/otp.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\x97\x01\n\x0eSendOtpRequest\x12\x10\n\x02to\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06length\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x65xpiry\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x16\n\x08template\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"\xad\x01\n\x0fSendOtpResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06otp_id\x18\x02 \x01(\t\x12\n\n\x02to\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x05 \x01(\t\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.zimsend.v1.MessageStatus\"<\n\x10VerifyOtpRequest\x12\x14\n\x06otp_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x63ode\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xad\x01\n\x11VerifyOtpResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\r\n\x05valid\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0bverified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x12\x61ttempts_remaining\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\x15\n\x13_attempts_remaining2\xd6\x01\n\nOtpService\x12_\n\x07SendOtp\x12\x1a.zimsend.v1.SendOtpRequest\x1a\x1b.zimsend.v1.SendOtpResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/sms/send-otp:\x01*\x12g\n\tVerifyOtp\x12\x1c.zimsend.v1.VerifyOtpRequest\x1a\x1d.zimsend.v1.VerifyOtpResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/sms/verify-otp:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14zimsend/v1/otp.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17zimsend/v1/common.proto\"\x97\x01\n\x0eSendOtpRequest\x12\x10\n\x02to\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06length\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x65xpiry\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x16\n\x08template\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"\xc5\x01\n\x0fSendOtpResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x06otp_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\n\n\x02to\x18\x03 \x01(\t\x12\x34\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nmessage_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\x06status\x18\x06 \x01(\x0e\x32\x19.zimsend.v1.MessageStatusB\x04\xe2\x41\x01\x03\"<\n\x10VerifyOtpRequest\x12\x14\n\x06otp_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x63ode\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xc5\x01\n\x11VerifyOtpResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x13\n\x05valid\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bverified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12%\n\x12\x61ttempts_remaining\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x42\x15\n\x13_attempts_remaining2\xd6\x01\n\nOtpService\x12_\n\x07SendOtp\x12\x1a.zimsend.v1.SendOtpRequest\x1a\x1b.zimsend.v1.SendOtpResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/sms/send-otp:\x01*\x12g\n\tVerifyOtp\x12\x1c.zimsend.v1.VerifyOtpRequest\x1a\x1d.zimsend.v1.VerifyOtpResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/sms/verify-otp:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDOTPREQUEST'].fields_by_name['template']._serialized_options = b'\342A\001\001'
   _globals['_SENDOTPREQUEST'].fields_by_name['metadata']._loaded_options = None
   _globals['_SENDOTPREQUEST'].fields_by_name['metadata']._serialized_options = b'\342A\001\001'
+  _globals['_SENDOTPRESPONSE'].fields_by_name['otp_id']._loaded_options = None
+  _globals['_SENDOTPRESPONSE'].fields_by_name['otp_id']._serialized_options = b'\342A\001\003'
+  _globals['_SENDOTPRESPONSE'].fields_by_name['expires_at']._loaded_options = None
+  _globals['_SENDOTPRESPONSE'].fields_by_name['expires_at']._serialized_options = b'\342A\001\003'
+  _globals['_SENDOTPRESPONSE'].fields_by_name['message_id']._loaded_options = None
+  _globals['_SENDOTPRESPONSE'].fields_by_name['message_id']._serialized_options = b'\342A\001\003'
+  _globals['_SENDOTPRESPONSE'].fields_by_name['status']._loaded_options = None
+  _globals['_SENDOTPRESPONSE'].fields_by_name['status']._serialized_options = b'\342A\001\003'
   _globals['_VERIFYOTPREQUEST'].fields_by_name['otp_id']._loaded_options = None
   _globals['_VERIFYOTPREQUEST'].fields_by_name['otp_id']._serialized_options = b'\342A\001\002'
   _globals['_VERIFYOTPREQUEST'].fields_by_name['code']._loaded_options = None
   _globals['_VERIFYOTPREQUEST'].fields_by_name['code']._serialized_options = b'\342A\001\002'
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['valid']._loaded_options = None
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['valid']._serialized_options = b'\342A\001\003'
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['message']._loaded_options = None
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['message']._serialized_options = b'\342A\001\003'
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['verified_at']._loaded_options = None
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['verified_at']._serialized_options = b'\342A\001\003'
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['attempts_remaining']._loaded_options = None
+  _globals['_VERIFYOTPRESPONSE'].fields_by_name['attempts_remaining']._serialized_options = b'\342A\001\003'
   _globals['_OTPSERVICE'].methods_by_name['SendOtp']._loaded_options = None
   _globals['_OTPSERVICE'].methods_by_name['SendOtp']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/sms/send-otp:\001*'
   _globals['_OTPSERVICE'].methods_by_name['VerifyOtp']._loaded_options = None
@@ -51,11 +67,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDOTPREQUEST']._serialized_start=188
   _globals['_SENDOTPREQUEST']._serialized_end=339
   _globals['_SENDOTPRESPONSE']._serialized_start=342
-  _globals['_SENDOTPRESPONSE']._serialized_end=515
-  _globals['_VERIFYOTPREQUEST']._serialized_start=517
-  _globals['_VERIFYOTPREQUEST']._serialized_end=577
-  _globals['_VERIFYOTPRESPONSE']._serialized_start=580
-  _globals['_VERIFYOTPRESPONSE']._serialized_end=753
-  _globals['_OTPSERVICE']._serialized_start=756
-  _globals['_OTPSERVICE']._serialized_end=970
+  _globals['_SENDOTPRESPONSE']._serialized_end=539
+  _globals['_VERIFYOTPREQUEST']._serialized_start=541
+  _globals['_VERIFYOTPREQUEST']._serialized_end=601
+  _globals['_VERIFYOTPRESPONSE']._serialized_start=604
+  _globals['_VERIFYOTPRESPONSE']._serialized_end=801
+  _globals['_OTPSERVICE']._serialized_start=804
+  _globals['_OTPSERVICE']._serialized_end=1018
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/settings.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x0eOptOutSettings\x12\x1b\n\rstop_keywords\x18\x01 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0estart_keywords\x18\x02 \x03(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nexempt_otp\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"m\n\nQuietHours\x12\x15\n\x07\x65nabled\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05start\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x11\n\x03\x65nd\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12 \n\x12\x66\x61llback_time_zone\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\xb7\x01\n\x0e\x43lientSettings\x12,\n\x08opt_outs\x18\x01 \x01(\x0b\x32\x1a.zimsend.v1.OptOutSettings\x12+\n\x0bquiet_hours\x18\x02 \x01(\x0b\x32\x16.zimsend.v1.QuietHours\x12\x19\n\x11max_send_attempts\x18\x03 \x01(\x05\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12GetSettingsRequest\"T\n\x13GetSettingsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.zimsend.v1.ClientSettings\"\xba\x01\n\x15UpdateSettingsRequest\x12\x32\n\x08opt_outs\x18\x01 \x01(\x0b\x32\x1a.zimsend.v1.OptOutSettingsB\x04\xe2\x41\x01\x01\x12\x31\n\x0bquiet_hours\x18\x02 \x01(\x0b\x32\x16.zimsend.v1.QuietHoursB\x04\xe2\x41\x01\x01\x12$\n\x11max_send_attempts\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x14\n\x12_max_send_attempts\"W\n\x16UpdateSettingsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.zimsend.v1.ClientSettings2\xe9\x01\n\x0fSettingsService\x12\x64\n\x0bGetSettings\x12\x1e.zimsend.v1.GetSettingsRequest\x1a\x1f.zimsend.v1.GetSettingsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/settings\x12p\n\x0eUpdateSettings\x12!.zimsend.v1.UpdateSettingsRequest\x1a\".zimsend.v1.UpdateSettingsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x32\x0c/v1/settings:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zimsend/v1/settings.proto\x12\nzimsend.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x0eOptOutSettings\x12\x1b\n\rstop_keywords\x18\x01 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0estart_keywords\x18\x02 \x03(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nexempt_otp\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"m\n\nQuietHours\x12\x15\n\x07\x65nabled\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05start\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x11\n\x03\x65nd\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12 \n\x12\x66\x61llback_time_zone\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\xbd\x01\n\x0e\x43lientSettings\x12,\n\x08opt_outs\x18\x01 \x01(\x0b\x32\x1a.zimsend.v1.OptOutSettings\x12+\n\x0bquiet_hours\x18\x02 \x01(\x0b\x32\x16.zimsend.v1.QuietHours\x12\x19\n\x11max_send_attempts\x18\x03 \x01(\x05\x12\x35\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x14\n\x12GetSettingsRequest\"T\n\x13GetSettingsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.zimsend.v1.ClientSettings\"\xba\x01\n\x15UpdateSettingsRequest\x12\x32\n\x08opt_outs\x18\x01 \x01(\x0b\x32\x1a.zimsend.v1.OptOutSettingsB\x04\xe2\x41\x01\x01\x12\x31\n\x0bquiet_hours\x18\x02 \x01(\x0b\x32\x16.zimsend.v1.QuietHoursB\x04\xe2\x41\x01\x01\x12$\n\x11max_send_attempts\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x14\n\x12_max_send_attempts\"W\n\x16UpdateSettingsResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.zimsend.v1.ClientSettings2\xe9\x01\n\x0fSettingsService\x12\x64\n\x0bGetSettings\x12\x1e.zimsend.v1.GetSettingsRequest\x1a\x1f.zimsend.v1.GetSettingsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/settings\x12p\n\x0eUpdateSettings\x12!.zimsend.v1.UpdateSettingsRequest\x1a\".zimsend.v1.UpdateSettingsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x32\x0c/v1/settings:\x01*B5Z3github.com/zimsend/zimsend/gen/zimsend/v1;zimsendv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUIETHOURS'].fields_by_name['end']._serialized_options = b'\342A\001\001'
   _globals['_QUIETHOURS'].fields_by_name['fallback_time_zone']._loaded_options = None
   _globals['_QUIETHOURS'].fields_by_name['fallback_time_zone']._serialized_options = b'\342A\001\001'
+  _globals['_CLIENTSETTINGS'].fields_by_name['update_time']._loaded_options = None
+  _globals['_CLIENTSETTINGS'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_UPDATESETTINGSREQUEST'].fields_by_name['opt_outs']._loaded_options = None
   _globals['_UPDATESETTINGSREQUEST'].fields_by_name['opt_outs']._serialized_options = b'\342A\001\001'
   _globals['_UPDATESETTINGSREQUEST'].fields_by_name['quiet_hours']._loaded_options = None
@@ -57,15 +59,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUIETHOURS']._serialized_start=240
   _globals['_QUIETHOURS']._serialized_end=349
   _globals['_CLIENTSETTINGS']._serialized_start=352
-  _globals['_CLIENTSETTINGS']._serialized_end=535
-  _globals['_GETSETTINGSREQUEST']._serialized_start=537
-  _globals['_GETSETTINGSREQUEST']._serialized_end=557
-  _globals['_GETSETTINGSRESPONSE']._serialized_start=559
-  _globals['_GETSETTINGSRESPONSE']._serialized_end=643
-  _globals['_UPDATESETTINGSREQUEST']._serialized_start=646
-  _globals['_UPDATESETTINGSREQUEST']._serialized_end=832
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=834
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=921
-  _globals['_SETTINGSSERVICE']._serialized_start=924
-  _globals['_SETTINGSSERVICE']._serialized_end=1157
+  _globals['_CLIENTSETTINGS']._serialized_end=541
+  _globals['_GETSETTINGSREQUEST']._serialized_start=543
+  _globals['_GETSETTINGSREQUEST']._serialized_end=563
+  _globals['_GETSETTINGSRESPONSE']._serialized_start=565
+  _globals['_GETSETTINGSRESPONSE']._serialized_end=649
+  _globals['_UPDATESETTINGSREQUEST']._serialized_start=652
+  _globals['_UPDATESETTINGSREQUEST']._serialized_end=838
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=840
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=927
+  _globals['_SETTINGSSERVICE']._serialized_start=930
+  _globals['_SETTINGSSERVICE']._serialized_end=1163
 # @@protoc_insertion_point(module_scope)
