@@ -85,7 +85,7 @@ class EndStream:
 
     @property
     def reason_name(self) -> str:
-        """The reason's enum name ("REPLACED"), or "" when the server gave none."""
+        """The reason's enum name (e.g. REPLACED), or "" when the server gave none."""
         return pb.Reconnect.Reason.Name(self.reason) if self.reason else ""
 
 
