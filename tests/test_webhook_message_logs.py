@@ -154,17 +154,22 @@ def _sdk_and_cli_see_the_same(stack: Stack, mine: str, events: dict[str, str]) -
                ZIMSEND_API_KEY=stack.api_key, XDG_CONFIG_HOME="/nonexistent")
 
     def cli(*args: str) -> str:
-        done = subprocess.run([ZIMSEND, "webhooks", "logs", "--message", mine, *args],
-                              capture_output=True, text=True, env=env, timeout=120)
+        done = subprocess.run([ZIMSEND, *args], capture_output=True, text=True, env=env,
+                              timeout=120)
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
         return done.stdout
 
-    listed = json.loads(cli("--json"))
+    listed = json.loads(cli("webhooks", "logs", "--message", mine, "--json"))
     assert {log["event"]: log["event_id"] for log in listed} == events
     assert {log["message_id"] for log in listed} == {mine}
-    table = cli()
+    table = cli("webhooks", "logs", "--message", mine)
     assert "MESSAGE ID" in table.splitlines()[0].upper()
     assert all(event_id in table for event_id in events.values())
+    status = json.loads(cli("sms", "status", mine, "--webhooks", "--json"))
+    assert status["message_id"] == mine
+    assert {log["event"]: log["event_id"] for log in status["webhooks"]} == events
+    shown = cli("sms", "status", mine, "--webhooks")
+    assert all(event_id in shown for event_id in events.values())
 
 
 # --- migration 0009 ---------------------------------------------------------------------------

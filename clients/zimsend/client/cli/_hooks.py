@@ -13,7 +13,7 @@ from zimsend.client import WebhookLog, ZimSend
 from . import api_command, common
 from ._output import jsonable, print_json, print_table, when
 
-__all__ = ["add_events", "add_webhooks"]
+__all__ = ["LOG_HEADERS", "add_events", "add_webhooks", "log_rows"]
 
 EVENTS = ("sms.sent", "sms.delivered", "sms.failed", "sms.received", "device.connected",
           "device.disconnected", "otp.verified", "sms.opted_out", "sms.opted_in")
@@ -85,13 +85,13 @@ def _test(client: ZimSend, args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_rows(logs: list[WebhookLog]) -> list[list[Any]]:
+def log_rows(logs: list[WebhookLog]) -> list[list[Any]]:
     return [[log.timestamp, log.event, log.event_id, log.message_id or "-", log.attempt,
              "ok" if log.success else "FAILED", log.response_status or "-",
              f"{log.response_time_ms} ms", log.url, log.error] for log in logs]
 
 
-_LOG_HEADERS = ["time", "event", "event id", "message id", "try", "result", "http", "took",
+LOG_HEADERS = ["time", "event", "event id", "message id", "try", "result", "http", "took",
                 "url", "error"]
 
 
@@ -102,7 +102,7 @@ def _logs(client: ZimSend, args: argparse.Namespace) -> int:
     if args.json:
         print_json(list(page.items))
     else:
-        print_table(_LOG_HEADERS, _log_rows(list(page.items)), empty="(no deliveries yet)")
+        print_table(LOG_HEADERS, log_rows(list(page.items)), empty="(no deliveries yet)")
     return 0
 
 

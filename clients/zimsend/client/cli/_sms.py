@@ -11,7 +11,8 @@ from typing import Any
 from zimsend.client import Message, ZimSend
 
 from . import api_command, common
-from ._output import print_json, print_record, print_table, when
+from ._hooks import LOG_HEADERS, log_rows
+from ._output import jsonable, print_json, print_record, print_table, when
 
 __all__ = ["add_sms"]
 
@@ -42,6 +43,8 @@ def add_sms(commands: Any) -> None:
     p.add_argument("message_id")
     p.add_argument("--wait", action="store_true", help="wait until delivered or failed")
     p.add_argument("--wait-timeout", type=float, default=120.0, metavar="S")
+    p.add_argument("--webhooks", action="store_true",
+                   help="also its webhook deliveries (one more request; JSON: a 'webhooks' list)")
     p.set_defaults(handler=_status)
 
     p = sub.add_parser("history", parents=[parent], help="messages, newest first")
@@ -160,7 +163,16 @@ def _status(client: ZimSend, args: argparse.Namespace) -> int:
     if args.wait:
         return _waited(client, args, args.message_id)
     message = client.sms.status(args.message_id)
-    print_json(message) if args.json else _show_message(message)
+    if not args.webhooks:
+        print_json(message) if args.json else _show_message(message)
+        return 0
+    logs = list(client.webhooks.logs(message_id=message.message_id, limit=100).items)
+    if args.json:
+        print_json({**jsonable(message), "webhooks": jsonable(logs)})
+    else:
+        _show_message(message)
+        print()
+        print_table(LOG_HEADERS, log_rows(logs), empty="(no webhook deliveries)")
     return 0
 
 
