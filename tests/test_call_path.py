@@ -1,0 +1,137 @@
+"""The accept path's shortcuts give exactly what the generic code they replace gives.
+
+Each shortcut exists for speed (docs/benchmarks.md, "What was changed for speed"); what a
+caller sees must not move: the timestamps in responses, the datetimes stored in and read
+from SQLite, which phone numbers are accepted and how they are normalised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import phonenumbers
+import pytest
+from google.protobuf import timestamp_pb2
+from sqlalchemy import TypeDecorator
+from sqlalchemy.dialects import sqlite
+
+from zimsend.server.sending import fields
+from zimsend.server.services.convert import ts
+from zimsend.server.storage.types import UTCDateTime
+
+UTC = dt.UTC
+_ZONES = (UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)),
+          dt.timezone(dt.timedelta(hours=-11)), dt.timezone(dt.timedelta(hours=14)))
+
+
+def _instants(n: int, seed: int) -> list[dt.datetime]:
+    """Aware datetimes over the whole range Python allows, in several zones, with
+    microseconds (and some without: the boundaries where formats tend to differ)."""
+    rng = random.Random(seed)
+    low = dt.datetime(1, 1, 2, tzinfo=UTC)
+    span = int((dt.datetime(9999, 12, 30, tzinfo=UTC) - low).total_seconds())
+    out = []
+    for i in range(n):
+        moment = low + dt.timedelta(seconds=rng.randrange(span),
+                                    microseconds=0 if i % 7 == 0 else rng.randrange(1_000_000))
+        out.append(moment.astimezone(rng.choice(_ZONES)))
+    out.append(dt.datetime(1970, 1, 1, tzinfo=UTC))
+    out.append(dt.datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+    return out
+
+
+def test_response_timestamps_are_the_ones_from_datetime_gives() -> None:
+    for moment in _instants(20_000, seed=18):
+        expected = timestamp_pb2.Timestamp()
+        expected.FromDatetime(moment.astimezone(UTC))
+        assert ts(moment) == expected, moment
+    assert ts(None) is None
+
+
+def test_sqlite_datetimes_are_stored_and_read_as_the_generic_type_decorator_does() -> None:
+    dialect = sqlite.dialect()
+    column = UTCDateTime().dialect_impl(dialect)
+    assert isinstance(column, UTCDateTime)
+    fast_bind = column.bind_processor(dialect)
+    fast_result = column.result_processor(dialect, None)
+    generic: TypeDecorator[dt.datetime] = column
+    generic_bind = TypeDecorator.bind_processor(generic, dialect)
+    generic_result = TypeDecorator.result_processor(generic, dialect, None)
+    assert fast_bind is not None
+    assert fast_result is not None
+    assert generic_bind is not None
+    assert generic_result is not None
+    for moment in _instants(20_000, seed=5):
+        stored = fast_bind(moment)
+        assert stored == generic_bind(moment), moment
+        read = fast_result(stored)
+        assert read == generic_result(stored)
+        assert read == moment
+        assert read.tzinfo is UTC
+    assert fast_bind(None) is None
+    assert fast_result(None) is None
+    with pytest.raises(ValueError, match="naive datetime"):
+        fast_bind(dt.datetime(2026, 1, 1))  # a naive datetime: refused
+
+
+def _numbers() -> list[str]:
+    """E.164-shaped strings over every country calling code: random national numbers of
+    every length (some with a leading 0 or the country's national prefix, which `parse`
+    strips when what is left has a possible length), each region's example numbers of every
+    type with and without that prefix, and short, long and unknown-code edge cases."""
+    rng = random.Random(45)
+    out: list[str] = ["+1", "+12", "+123", "+999123456", "+0612345678", "+2637" + "7" * 20]
+    for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items():
+        prefixes = {"0", "1"}
+        for region in regions:
+            metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+                code, region)
+            if metadata is not None and metadata.national_prefix:
+                prefixes.add(metadata.national_prefix)
+            for kind in range(12):
+                example = phonenumbers.example_number_for_type(region, kind)
+                if example is None:
+                    continue
+                national = phonenumbers.national_significant_number(example)
+                out.append(f"+{code}{national}")
+                out.extend(f"+{code}{prefix}{national}" for prefix in prefixes)
+                out.append(f"+{code}{national[:-1]}")
+                out.append(f"+{code}{national}0")
+        for length in range(1, 17):
+            for _ in range(3):
+                digits = "".join(rng.choice("0123456789") for _ in range(length))
+                out.append(f"+{code}{digits}")
+                out.append(f"+{code}{rng.choice(sorted(prefixes))}{digits}")
+    return out
+
+
+def _parsed_by_phonenumbers(value: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def test_numbers_written_as_e164_are_read_exactly_as_phonenumbers_reads_them() -> None:
+    """The fast path for "+digits" (`fields._parse_plain`) gives phonenumbers' own parse
+    wherever it answers, and so the same accept / refuse decision and E.164 form."""
+    numbers = _numbers()
+    assert len(numbers) > 20_000
+    answered = 0
+    for value in numbers:
+        expected = _parsed_by_phonenumbers(value)
+        fast = fields._parse_plain(value) if fields._PLAIN_E164.fullmatch(value) else None
+        if fast is not None:
+            answered += 1
+            assert fast == expected, value
+        v = fields.Violations()
+        got = fields.phone(v, "to", value)
+        valid = (expected is not None and not expected.extension
+                 and phonenumbers.is_valid_number(expected))
+        if valid:
+            assert expected is not None
+            assert got == phonenumbers.format_number(expected, phonenumbers.PhoneNumberFormat.E164)
+        else:
+            assert got is None, value
+    assert answered > len(numbers) // 2  # the fast path does answer most of them
