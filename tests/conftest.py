@@ -35,6 +35,7 @@ import pytest
 from _pg import PostgresNotInstalled, PostgresServer
 
 if TYPE_CHECKING:
+    import httpx
     from _devices import ServerDb, Tenant
     from _processes import Program
     from _sms import Account
@@ -218,6 +219,7 @@ def admin(zimsend_env: dict[str, str]) -> Admin:
 #   gateway_factory        module: start Envoys in front of `server` (ports chosen by the
 #                          kernel, /healthz already 200); all stopped at module teardown
 #   stack                  module: `server` + one Envoy + a client and API key -> Stack
+#   http                   module: an httpx.Client on the stack's REST API with its credentials
 
 #: `gateway_factory(**GatewayConfig fields)`: a started, healthy Envoy in front of `server`.
 GatewayFactory = Callable[..., "EnvoyProcess"]
@@ -299,6 +301,16 @@ def stack(server: RunningServer, admin: Admin, gateway_factory: GatewayFactory) 
     client = admin("create-client", "--name", "gateway-tests")
     key = admin("create-key", "--client-id", client["client_id"], "--name", "rest")
     return Stack(gateway_factory(), address, client["client_id"], key["api_key"])
+
+
+@pytest.fixture(scope="module")
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    """The stack's REST API with its client's credentials (a module calling without them, or
+    elsewhere, defines its own `http`)."""
+    import httpx
+
+    with httpx.Client(base_url=stack.base_url, timeout=15, headers=stack.auth) as client:
+        yield client
 
 
 # --- SMS service (test_sms_*.py, test_validation.py; helpers in tests/_sms.py) --------------

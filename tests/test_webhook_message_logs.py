@@ -44,12 +44,6 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.base_url, timeout=15, headers=stack.auth) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def agent(
     stack: Stack, admin: Admin, zimsend_env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,

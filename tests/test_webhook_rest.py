@@ -3,11 +3,8 @@ JSON shapes, §10 error envelope), with production settings: HTTPS-only public U
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
-from conftest import Stack
 
 TEST_PEPPER = "test-pepper-not-secret-0123456789"
 
@@ -17,12 +14,6 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
 
     return make_env(tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER)
-
-
-@pytest.fixture(scope="module")
-def http(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.base_url, timeout=10, headers=stack.auth) as client:
-        yield client
 
 
 def test_configure_list_test_logs_delete(http: httpx.Client) -> None:
