@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from _devices import wait_for
 from _processes import ZIMSEND, Program, free_port
 from standardwebhooks import Webhook
 
@@ -91,10 +92,5 @@ def start_worker(
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached after {timeout}s")
+    """`_devices.wait_for` with the webhook suites' default timeout."""
+    return wait_for(check, timeout, what)

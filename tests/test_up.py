@@ -19,10 +19,10 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
@@ -30,6 +30,7 @@ import httpx
 import pytest
 import trio
 from _certs import self_signed
+from _devices import wait_for
 from _processes import ZIMSEND, Program, free_port, zimsend_env
 
 from zimsend.server import up as up_command
@@ -80,23 +81,12 @@ def _child_pid(up_pid: int, verb: str) -> int | None:
     return None
 
 
-T = TypeVar("T")
-
-
 class Up(NamedTuple):
     """The module's `zimsend up`: its process, data directory and ports."""
 
     program: Program
     data_dir: Path
     ports: dict[str, int]
-
-
-def _wait(predicate: Callable[..., T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
-        time.sleep(0.1)
-    return value
 
 
 def _start_up(data_dir: Path, *extra: str) -> tuple[Program, dict[str, int]]:
@@ -138,7 +128,7 @@ def test_a_send_right_after_the_ready_line_is_accepted_and_delivered(up: Up) -> 
                       json={"to": "+33612345678", "message": "Rappel de rendez-vous demain"})
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
-    status = _wait(
+    status = wait_for(
         lambda: (s := httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers)
                  .json()["status"]) == "delivered" and s,
         60, "delivered",
@@ -255,8 +245,8 @@ def test_kill_9_of_the_server_is_healed(up: Up) -> None:
         except httpx.HTTPError:
             return False
 
-    _wait(lambda: not _alive(server), 10, "the server gone")
-    _wait(answers, 30, "answering /v1/auth/test after the server's kill -9")
+    wait_for(lambda: not _alive(server), 10, "the server gone")
+    wait_for(answers, 30, "answering /v1/auth/test after the server's kill -9")
     assert _child_pid(program.pid, "serve") not in (None, server)
     assert program.alive()
     assert "server was killed by SIGKILL; restarting it" in program.output()
@@ -265,7 +255,7 @@ def test_kill_9_of_the_server_is_healed(up: Up) -> None:
         return [httpx.get(f"{base}/v1/sms/status/{m}", headers=headers).json()["status"]
                 for m in accepted]
 
-    _wait(lambda: set(statuses()) == {"delivered"}, 90, f"all delivered ({statuses()})")
+    wait_for(lambda: set(statuses()) == {"delivered"}, 90, f"all delivered ({statuses()})")
 
 
 def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up: Up) -> None:
@@ -287,7 +277,7 @@ def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up: Up) -> None:
             return False
         return reply.status_code == 200 and reply.json()["status"] == "online"
 
-    _wait(phone_online, 60, "Envoy answering and the restarted phone online")
+    wait_for(phone_online, 60, "Envoy answering and the restarted phone online")
     assert _child_pid(program.pid, "device") not in (None, phone)
     output = program.output()
     assert "envoy was killed by SIGKILL; restarting it" in output
@@ -296,8 +286,8 @@ def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up: Up) -> None:
                       json={"to": "+33612345678", "message": "after the restarts"})
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
-    _wait(lambda: httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers)
-          .json()["status"] == "delivered", 60, "delivered by the restarted phone")
+    wait_for(lambda: httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers)
+             .json()["status"] == "delivered", 60, "delivered by the restarted phone")
 
 
 def test_a_later_start_rewrites_the_pairing_uri_when_tls_changes(tmp_path: Path) -> None:
@@ -334,20 +324,20 @@ def test_a_child_that_keeps_crashing_stops_the_stack(tmp_path: Path) -> None:
         children = _descendants(program.pid)
         killed: list[int] = []
         while program.alive() and len(killed) < 5:
-            worker = _wait(lambda: _child_pid(program.pid, "worker") or not program.alive(), 30,
-                           "a worker running")
+            worker = wait_for(lambda: _child_pid(program.pid, "worker") or not program.alive(),
+                              30, "a worker running")
             if worker is True:
                 break
             os.kill(worker, signal.SIGKILL)
             killed.append(worker)
-            _wait(lambda w=worker: not _alive(w), 10, "the worker gone")
+            wait_for(lambda w=worker: not _alive(w), 10, "the worker gone")
         program.proc.wait(60)
         output = program.output()
         assert program.proc.returncode == 1, output[-3000:]
         assert len(killed) == 5, output[-3000:]
         assert "worker was killed by SIGKILL; restarting it" in output
         assert "stopped because worker kept crashing (5 times within 60 s)" in output
-        _wait(lambda: not [pid for pid in children if _alive(pid)], 10, "every child gone")
+        wait_for(lambda: not [pid for pid in children if _alive(pid)], 10, "every child gone")
 
 
 def test_tls_stack_end_to_end(tmp_path: Path) -> None:
@@ -373,8 +363,9 @@ def test_tls_stack_end_to_end(tmp_path: Path) -> None:
             sent = http.post("/v1/sms/send", json={"to": "+33612345678", "message": "over TLS"})
             assert sent.status_code == 200, sent.text  # the phone is online at the ready line
             message_id = sent.json()["message_id"]
-            _wait(lambda: http.get(f"/v1/sms/status/{message_id}").json()["status"] == "delivered",
-                  60, "delivered over TLS")
+            wait_for(
+                lambda: http.get(f"/v1/sms/status/{message_id}").json()["status"] == "delivered",
+                60, "delivered over TLS")
             hook = http.post("/v1/webhooks/configure",
                              json={"url": "http://127.0.0.1:9/hooks", "events": ["sms.sent"]})
             assert hook.status_code == 200, hook.text

@@ -16,12 +16,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from _devices import wait_for
 from _processes import ZIMSEND, Program, free_port, zimsend_env
 
 pytestmark = pytest.mark.slow
@@ -44,14 +44,6 @@ def _free_ports_in_a_row(count: int) -> int:
             for s in sockets:
                 s.close()
     raise AssertionError("no consecutive free ports")
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
-        time.sleep(0.2)
-    return value
 
 
 def _children(pid: int) -> dict[int, list[str]]:
@@ -144,7 +136,7 @@ def test_a_send_through_envoy_is_delivered(stack: Stack) -> None:
                           timeout=10)
         return bool(reply.json().get("status") == "delivered")
 
-    _wait(delivered, 60, "delivered")
+    wait_for(delivered, 60, "delivered")
 
 
 def test_a_replica_killed_is_restarted_while_the_other_answers(stack: Stack) -> None:
@@ -157,8 +149,8 @@ def test_a_replica_killed_is_restarted_while_the_other_answers(stack: Stack) -> 
         answers += reply.status_code == 200
         time.sleep(0.05)
     assert answers >= 18, "the other replica kept answering through Envoy"
-    _wait(lambda: len(servers := _servers(stack.program.pid)) == 2 and victim not in servers,
-          60, "the killed replica restarted")
+    wait_for(lambda: len(servers := _servers(stack.program.pid)) == 2 and victim not in servers,
+             60, "the killed replica restarted")
     assert "was killed by SIGKILL; restarting it" in stack.program.output()
 
 
@@ -173,8 +165,8 @@ def test_postgres_killed_is_restarted_and_sends_work_again(stack: Stack) -> None
     victim = _postmaster(stack.program.pid)
     assert victim is not None
     subprocess.run(["kill", "-9", str(victim)], check=True)
-    _wait(lambda: "PostgreSQL restarted" in stack.program.output(), 60,
-          "PostgreSQL restarted")
+    wait_for(lambda: "PostgreSQL restarted" in stack.program.output(), 60,
+             "PostgreSQL restarted")
     assert "PostgreSQL was killed by SIGKILL; restarting it" in stack.program.output()
     assert _postmaster(stack.program.pid) not in (None, victim)
 
@@ -186,14 +178,14 @@ def test_postgres_killed_is_restarted_and_sends_work_again(stack: Stack) -> None
             return None
         return str(sent.json()["message_id"]) if sent.status_code == 200 else None
 
-    message_id = _wait(accepted, 60, "a send accepted after the restart")
+    message_id = wait_for(accepted, 60, "a send accepted after the restart")
 
     def delivered() -> bool:
         reply = httpx.get(f"{stack.base}/v1/sms/status/{message_id}", headers=stack.auth,
                           timeout=10)
         return bool(reply.json().get("status") == "delivered")
 
-    _wait(delivered, 90, "the send after the restart delivered")
+    wait_for(delivered, 90, "the send after the restart delivered")
 
 
 def test_ctrl_c_stops_every_child_and_postgres(stack: Stack) -> None:
@@ -201,8 +193,8 @@ def test_ctrl_c_stops_every_child_and_postgres(stack: Stack) -> None:
     assert any("postgres" in " ".join(argv) for argv in children.values())
     stack.program.kill(signal.SIGINT)
     assert stack.program.proc.wait(90) == 0
-    _wait(lambda: not any(Path(f"/proc/{p}").exists() for p in children), 30,
-          "every child and PostgreSQL gone")
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in children), 30,
+             "every child and PostgreSQL gone")
     assert "stopping PostgreSQL" in stack.program.output()
 
 
