@@ -1,7 +1,8 @@
 """Real ZimSend processes for tests: the one way the suite starts a program.
 
 The implementation lives in `zimsend.server.processes` (the benchmark command starts the
-same processes the same way); this module keeps the names the tests import, and gives test
+same processes the same way), on `zimsend.gateway.processes` (`spawn`, `terminate`: how every
+ZimSend program starts another); this module keeps the names the tests import, and gives test
 servers a per-client rate limit far above SPEC's 100 requests a minute (tests poll statuses
 much faster than that; test_rate_limit.py sets its own limit).
 """
