@@ -50,8 +50,8 @@ class Caller:
 
 
 async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-    api_key = metadata_value(context, API_KEY_HEADER)
-    client_id = metadata_value(context, CLIENT_ID_HEADER)
+    api_key, client_id, device_header = metadata_values(
+        context, (API_KEY_HEADER, CLIENT_ID_HEADER, DEVICE_ID_HEADER))
     missing = [h for h, v in (("X-API-Key", api_key), ("X-Client-ID", client_id)) if not v]
     if missing:
         raise ApiError(
@@ -68,8 +68,7 @@ async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any
         state.verified_keys.put(key_hash, caller)
     elif not hmac.compare_digest(caller.client_id.encode(), client_id.encode()):
         raise _invalid_key()
-    device_id = metadata_value(context, DEVICE_ID_HEADER) or None
-    return Caller(caller.client_id, caller.key_id, caller.test, device_id)
+    return Caller(caller.client_id, caller.key_id, caller.test, device_header or None)
 
 
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
@@ -78,6 +77,20 @@ def metadata_value(context: grpc.aio.ServicerContext[Any, Any], name: str) -> st
         if key == name:
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
+
+
+def metadata_values(
+    context: grpc.aio.ServicerContext[Any, Any], names: tuple[str, ...]
+) -> list[str | None]:
+    """`metadata_value` of each of `names`, in one pass: grpc builds the metadata tuple anew
+    on every `invocation_metadata()` call."""
+    found: list[str | None] = [None] * len(names)
+    for key, value in context.invocation_metadata() or ():
+        if key in names:
+            index = names.index(key)
+            if found[index] is None:
+                found[index] = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return found
 
 
 def _invalid_key() -> ApiError:

@@ -72,7 +72,11 @@ class ClientRateLimiter:
         now = utcnow()
         window = now.replace(second=0, microsecond=0)
         reset = max(1, math.ceil(60 - (now - window).total_seconds()))
-        limit = await self._limit(client_id)
+        cached = self._limits.get(client_id)
+        if cached is not None and time.monotonic() - cached[1] < LIMIT_CACHE_SECONDS:
+            limit = cached[0]  # no coroutine for the common case
+        else:
+            limit = await self._limit(client_id)
         key = (client_id, window)
         if key not in self._known:
             # First request of this window on this replica: learn what the others counted.
