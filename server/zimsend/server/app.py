@@ -78,7 +78,7 @@ ShutdownHook = Callable[[], Awaitable[None]]
 def _generic_handlers_only(server: grpc.aio.Server) -> None:
     """Serve every method through its service's generic handler, not as a "registered
     method". The generated `add_*Servicer_to_server` register both; grpc.aio's accept loop
-    then keeps one pending request per registered method (~50 here: every service, health,
+    then keeps one pending request per registered method (37 here: every service, health,
     reflection) and runs `asyncio.wait` over all of them for each incoming call — 10% of
     the server's CPU under `zimsend bench` (py-spy: `asyncio.wait` and its `iscoroutine`
     checks straight under the event loop), where the one-method ceiling pays nothing for it.
