@@ -4,7 +4,9 @@ Why a read first: most rounds (wake-ups, the polling fallback) find nothing to d
 answers "which of these clients have due messages, pinned to whom" without taking SQLite's
 single write lock; the write transaction (`BEGIN IMMEDIATE`) runs only when there is something
 to claim, and then claims for every ready phone of the round in one commit (DESIGN: batched
-claims).
+claims). The read costs the same however long the queue: one existence probe per client for
+work any phone may take, and the phones with pinned work only for a client that has no other
+(then its due messages are all pinned) — or, inside the write, once a claim has drained it.
 
 Test messages (`zs_test_` keys) are claimed only by each client's built-in simulated device,
 created here on first use; live devices never see them (`claim_due_messages(test=...)`). A
@@ -22,8 +24,9 @@ import datetime as dt
 import secrets as stdlib_secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, case, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, Select, bindparam, case, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server.accounts import credentials
@@ -31,6 +34,7 @@ from zimsend.server.compliance.policy import load as load_policy
 from zimsend.server.compliance.quiet_hours import HOLD_REASON, QuietWindow, held_until
 from zimsend.server.devicelink.budgets import Budget, record_handed, rooms_for
 from zimsend.server.storage import (
+    Client,
     Database,
     Device,
     Message,
@@ -128,11 +132,27 @@ _now: BindParameter[dt.datetime] = bindparam("now")
 _due_now = (_m.status == MessageStatus.QUEUED.value, _m.due_at <= _now,
             or_(_m.expires_at.is_(None), _m.expires_at > _now))
 _clients = _m.client_id.in_(bindparam("clients", expanding=True))
-#: (client, pinned device or None) of due live messages of some clients.
-_LIVE_DUE = select(_m.client_id, _m.pinned_device_id).where(
-    *_due_now, _m.test.is_(False), _clients).distinct()
+_c = table_of(Client).c
+
+
+def _has_due(*conditions: ColumnElement[bool]) -> Select[Any]:
+    """Which of some clients have a due message meeting `conditions`: one EXISTS probe per
+    client, which stops at the client's first such message in `ix_messages_dispatch` order
+    instead of reading all of them (the round's first read grew with the backlog:
+    docs/benchmarks.md)."""
+    probe = select(_m.id).where(_m.client_id == _c.id, *_due_now, *conditions)
+    return select(_c.id).where(_c.id.in_(bindparam("clients", expanding=True)), probe.exists())
+
+
+#: Clients among some with a due live message that any of their phones may take.
+_UNPINNED_DUE = _has_due(_m.test.is_(False), _m.pinned_device_id.is_(None))
 #: Clients among some with due test messages.
-_TEST_DUE = select(_m.client_id).where(*_due_now, _m.test.is_(True), _clients).distinct()
+_TEST_DUE = _has_due(_m.test.is_(True))
+#: (client, device) of the due live messages pinned to a phone, of some clients. Read only for
+#: clients without unpinned due work (at the start of a round, or once a claim has drained it),
+#: whose due messages are then all pinned: it reads what waits for its own phone, not the queue.
+_PINNED_DUE = select(_m.client_id, _m.pinned_device_id).where(
+    *_due_now, _m.test.is_(False), _clients, _m.pinned_device_id.is_not(None)).distinct()
 #: Every client with due test messages (the poll).
 _ANY_TEST_DUE = select(_m.client_id).where(*_due_now, _m.test.is_(True)).distinct().limit(100)
 # Both time reads walk `ix_messages_due_at_status` from a due time on; `still_queued()` keeps
@@ -157,12 +177,15 @@ def claim_round(
     ledger."""
     result = RoundResult()
     clients = sorted({r.client_id for r in requests}.union(woken))
+    # client -> its phones with due messages pinned to them; known for the clients without
+    # unpinned due work, and read for a client once a claim drains it.
+    pinned: dict[str, set[str]] = {}
     with db.session() as session:
         read = session.connection().execute
-        due: set[tuple[str, str | None]] = set()
+        unpinned: set[str] = set()
         if clients:
-            due = {(c, p) for c, p in read(_LIVE_DUE, {"now": now, "clients": padded(clients)})}
-            result.pinned = {p for _, p in due if p is not None}
+            unpinned = set(read(_UNPINNED_DUE, {"now": now, "clients": padded(clients)}).scalars())
+            _read_pinned(session, [c for c in clients if c not in unpinned], now, pinned)
         test_clients: set[str] = set()
         if woken:
             test_clients.update(
@@ -175,8 +198,9 @@ def claim_round(
             if scan.test_clients:
                 test_clients.update(read(_ANY_TEST_DUE, {"now": now}).scalars())
     live = [r for r in requests
-            if (r.client_id, None) in due or (r.client_id, r.device_id) in due]
+            if r.client_id in unpinned or r.device_id in pinned.get(r.client_id, ())]
     if not live and not test_clients:
+        result.pinned = _devices(pinned)
         return result
     # A claim that returns fewer than its limit has taken every due message this device may
     # have; for its client only messages pinned elsewhere remain, so the client's next phones
@@ -189,8 +213,11 @@ def claim_round(
         handed: list[tuple[str, list[Message]]] = []
         windows: dict[str, QuietWindow | None] = {}
         for request in live:
-            if request.client_id in drained and (request.client_id, request.device_id) not in due:
-                continue
+            if request.client_id in drained:
+                if request.client_id not in pinned:
+                    _read_pinned(session, [request.client_id], now, pinned)
+                if request.device_id not in pinned[request.client_id]:
+                    continue
             room = rooms.get(request.device_id)
             claimed = claim_due_messages(
                 session, client_id=request.client_id, device_id=request.device_id,
@@ -220,7 +247,25 @@ def claim_round(
             )
             if messages:
                 result.simulated[device_id] = (client_id, messages)
+    result.pinned = _devices(pinned)
     return result
+
+
+def _read_pinned(
+    session: Session, clients: list[str], now: dt.datetime, pinned: dict[str, set[str]]
+) -> None:
+    """Note in `pinned` the phones each of `clients` has due messages pinned to."""
+    if not clients:
+        return
+    for client_id in clients:
+        pinned[client_id] = set()
+    rows = session.connection().execute(_PINNED_DUE, {"now": now, "clients": padded(clients)})
+    for client_id, device_id in rows:
+        pinned[client_id].add(device_id)
+
+
+def _devices(pinned: dict[str, set[str]]) -> set[str]:
+    return set().union(*pinned.values())
 
 
 def _not_quiet(
