@@ -58,6 +58,10 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_connection_age_ms", 30 * 60_000),
     ("grpc.max_connection_age_grace_ms", 60_000),
+    # A second server started on a port already in use must fail to bind, not share the port
+    # (grpc's Linux default): two processes on one SQLite file would each drive only their own
+    # phones (docs/decisions.md, "One server process per SQLite database").
+    ("grpc.so_reuseport", 0),
     # Whatever Envoy lets through must reach the handlers (issue 12): grpc core's default
     # (8 KiB soft, 16 KiB hard, random refusals in between) refused valid REST requests with
     # RESOURCE_EXHAUSTED, which Envoy shows as 429. Envoy forwards up to its header limit plus
@@ -90,6 +94,10 @@ def _generic_handlers_only(server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers = ignore  # type: ignore[method-assign]  # one instance, on purpose (see docstring)
 
 
+class ListenError(RuntimeError):
+    """The server's gRPC address cannot be bound (`zimsend serve` says so in one line)."""
+
+
 class ZimSendServer:
     """A configured, not yet started server. `await start()`, then `await wait()` or
     `await stop()`; `bound_port` is the real port (useful with port 0 in tests)."""
@@ -117,7 +125,12 @@ class ZimSendServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         db.availability.subscribe(self._storage_changed)
         address = f"{settings.grpc_host}:{settings.grpc_port if port is None else port}"
-        self.bound_port = self._server.add_insecure_port(address)
+        try:
+            self.bound_port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's only word for a failed bind
+            raise ListenError(
+                f"cannot listen on {address}: the port is in use (another zimsend serve?) or "
+                "the address is not one of this machine's") from exc
         self.address = f"{settings.grpc_host}:{self.bound_port}"
         self._service_names = _register_services(self)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

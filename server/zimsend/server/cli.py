@@ -54,7 +54,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host:
         settings = settings.model_copy(update={"grpc_host": args.host})
     logs.configure(settings.log_level)
-    app.run(settings, port=args.port)
+    try:
+        app.run(settings, port=args.port)
+    except app.ListenError as exc:
+        print(f"zimsend serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
