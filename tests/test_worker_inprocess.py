@@ -237,3 +237,32 @@ def test_a_lease_shorter_than_the_timeout_is_refused(db: Database, tmp_path: Pat
         Worker(
             make_settings(tmp_path, webhook_timeout_seconds=5), db, WorkerOptions(lease_seconds=6)
         )
+
+
+def test_more_events_than_a_cycle_takes_are_each_delivered_once(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle's transaction closes and claims at most `CYCLE_MAX` events (the server's
+    dispatch waits for it); the rest run in the next cycles, each event still sent once."""
+    from zimsend.server.worker import runner
+
+    cycles: list[tuple[int, int]] = []
+    real = runner._write_cycle
+
+    def recorded(db: Database, pepper: bytes, finishes: Any, **claim: Any) -> Any:
+        statuses, claimed, targets = real(db, pepper, finishes, **claim)
+        cycles.append((len(finishes), len(claimed)))
+        return statuses, claimed, targets
+
+    monkeypatch.setattr(runner, "_write_cycle", recorded)
+    client = seed_client(db)
+    add_endpoint(db, client, "https://up.example.com/", ["sms.sent"])
+    events = [add_event(db, client) for _ in range(3 * runner.CYCLE_MAX + 5)]
+    connector = RecordingConnector()
+    run_worker(db, make_settings(tmp_path), connector,
+               lambda: all(event_row(db, e).status == "delivered" for e in events), timeout=60)
+    for event_id in events:
+        assert [r.attempt for r in deliveries(db, event_id)] == [1]
+    assert connector.written.count(b"POST /") == len(events)
+    assert max(max(done, taken) for done, taken in cycles) <= runner.CYCLE_MAX
+    assert sum(taken for _, taken in cycles) == len(events)

@@ -13,7 +13,11 @@ Why cycles (group commit, as the server does for phone reports): on SQLite every
 for the single write lock, which a busy server holds most of the time. One transaction per
 event outcome plus one per claim made the worker the end-to-end bottleneck (`zimsend bench`:
 19 webhooks/s while phones reported 64 messages/s); a cycle pays one wait for everything that
-finished meanwhile, and reads the targets of everything it claimed in one read.
+finished meanwhile, and reads the targets of everything it claimed in one read. A cycle takes
+at most `CYCLE_MAX` outcomes and claims: the server's dispatch round waits (across processes,
+with no priority) for every transaction the worker holds, so one cycle of hundreds of events
+was part of every message's accept → phone time (docs/benchmarks.md); more simply runs as the
+next cycle at once.
 
 Database work is synchronous SQLAlchemy in `trio.to_thread.run_sync` with the worker's own
 `CapacityLimiter` (DESIGN: trio's default limiter is shared by every thread user in the process;
@@ -65,6 +69,8 @@ STORAGE_CHECK_SECONDS = 1.0
 #: The outbox poll while PostgreSQL NOTIFYs new events (`storage.wakeups`): only a safety net
 #: (and the pace at which retries that came due are noticed).
 NOTIFIED_POLL_SECONDS = 2.0
+#: Outcomes written and events claimed per cycle (one write transaction) at most.
+CYCLE_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -181,8 +187,9 @@ class Worker:
     ) -> None:
         """Write the outcomes that arrived and claim for the room they leave, in one
         transaction; then wait (poll interval) unless there is more to do at once."""
-        batch, self._finished = self._finished, []
+        batch, self._finished = self._finished[:CYCLE_MAX], self._finished[CYCLE_MAX:]
         room = self.options.max_in_flight - self._in_flight + len(batch) if claim else 0
+        room = min(room, CYCLE_MAX)
         if not batch and room <= 0:
             await self._wait(self.options.poll_interval)
             return
