@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from zimsend.server import logs, metrics
 from zimsend.server.call_gate import CallGate
 from zimsend.server.config import Settings
+from zimsend.server.gc_pauses import freeze_startup_objects
 from zimsend.server.method_handlers import Handler
 from zimsend.server.request_decoding import RequestDecoding
 from zimsend.server.state import ServerState
@@ -268,6 +269,7 @@ async def serve(settings: Settings, *, port: int | None = None) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
     server = ZimSendServer(settings, port=port)
     await server.start()
+    freeze_startup_objects()  # short GC pauses from here on (gc_pauses)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ import trio
 
 from zimsend.server import logs
 from zimsend.server.config import Settings
+from zimsend.server.gc_pauses import freeze_startup_objects
 from zimsend.server.storage import Database
 from zimsend.server.storage.availability import storage_problem
 
@@ -79,6 +80,7 @@ async def main(settings: Settings, options: WorkerOptions) -> int:
     try:
         await _migrate_when_writable(db)
         worker = Worker(settings, db, options)
+        freeze_startup_objects()  # short GC pauses from here on (gc_pauses)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_on_signals, signals, worker, nursery.cancel_scope)
