@@ -51,18 +51,30 @@ def ensure_environment() -> None:
     # otherwise compile grpc, SQLAlchemy, pydantic … from source at each start wherever
     # PYTHONDONTWRITEBYTECODE is set (it is on our CI machines): `zimsend admin --help` took
     # 3.3 s of CPU instead of 1.4 s. Already compiled files are skipped.
-    _run(uv, "sync", "--all-packages", "--inexact", "--quiet", "--compile-bytecode",
-         "--python", BIN / "python", *reinstall, env=env)
+    _run(
+        uv,
+        "sync",
+        "--all-packages",
+        "--inexact",
+        "--quiet",
+        "--compile-bytecode",
+        "--python",
+        BIN / "python",
+        *reinstall,
+        env=env,
+    )
 
 
 def compile_sources() -> None:
     """Bytecode for the workspace's own code (editable installs, which uv leaves alone);
     up-to-date files are skipped."""
     members = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]["workspace"]
-    folders = [str(ROOT / member / "zimsend") for member in members["members"]
-               if (ROOT / member / "zimsend").is_dir()]
-    _run(BIN / "python", "-m", "compileall", "-q", "-j", "0", *folders,
-         stdout=subprocess.DEVNULL)
+    folders = [
+        str(ROOT / member / "zimsend")
+        for member in members["members"]
+        if (ROOT / member / "zimsend").is_dir()
+    ]
+    _run(BIN / "python", "-m", "compileall", "-q", "-j", "0", *folders, stdout=subprocess.DEVNULL)
 
 
 def _unexposed_members() -> list[str]:
@@ -100,21 +112,26 @@ TEST_SYSTEM_PACKAGES = (
 def ensure_test_packages() -> None:
     """Install with apt-get what the tests need from Debian and is missing (CI runs as root on
     a clean machine); elsewhere say what is missing, and the tests that need it fail."""
-    missing = [(package, why) for probe, package, why in TEST_SYSTEM_PACKAGES
-               if not (Path(probe).exists() if probe.startswith("/") else shutil.which(probe))]
+    missing = [
+        (package, why)
+        for probe, package, why in TEST_SYSTEM_PACKAGES
+        if not (Path(probe).exists() if probe.startswith("/") else shutil.which(probe))
+    ]
     if not missing:
         return
     names = [package for package, _ in missing]
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
         for package, why in missing:
-            print(f"run.py: Debian package {package} is missing ({why}); install it as root"
-                  " (apt-get install), or those tests fail.", flush=True)
+            print(
+                f"run.py: Debian package {package} is missing ({why}); install it as root"
+                " (apt-get install), or those tests fail.",
+                flush=True,
+            )
         return
     print(f"run.py: installing {', '.join(names)} for the tests", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     _run("apt-get", "update", "-q", env=env, stdout=subprocess.DEVNULL)
-    _run("apt-get", "install", "-y", "-q", *names, env=env,
-         stdout=subprocess.DEVNULL)
+    _run("apt-get", "install", "-y", "-q", *names, env=env, stdout=subprocess.DEVNULL)
 
 
 def codegen() -> None:
@@ -123,8 +140,9 @@ def codegen() -> None:
 
 def lint() -> int:
     """The gate (zimsend.buildtools.lint); its exit status, non-zero on any finding."""
-    return subprocess.run([str(BIN / "python"), "-m", "zimsend.buildtools.lint"],
-                          cwd=ROOT, check=False).returncode
+    return subprocess.run(
+        [str(BIN / "python"), "-m", "zimsend.buildtools.lint"], cwd=ROOT, check=False
+    ).returncode
 
 
 def main(argv: list[str]) -> int:

@@ -62,8 +62,13 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
 
     # --- test-facing (any thread) ---------------------------------------------------------
 
-    def add_device(self, device_id: str, client_id: str = "client_test", password: str = "pw",
-                   refuse_reason: str = "") -> None:
+    def add_device(
+        self,
+        device_id: str,
+        client_id: str = "client_test",
+        password: str = "pw",
+        refuse_reason: str = "",
+    ) -> None:
         self.devices[device_id] = Device(client_id, password, refuse_reason)
 
     def start(self) -> int:
@@ -92,14 +97,30 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._put, device_id, frame)
 
-    def send_command(self, device_id: str, message_id: str, body: str = "hello", *,
-                     to: str = "+263771234567", redelivery: bool = False,
-                     priority: int = 3, command_id: str | None = None) -> None:
-        self.push(device_id, pb.ServerFrame(send=pb.SendCommand(
-            command_id=command_id or f"cmd-{message_id}-{time.monotonic_ns()}",
-            message_id=message_id, to=to, body=body,
-            priority=common_pb2.Priority.ValueType(priority),
-            redelivery=redelivery)))
+    def send_command(
+        self,
+        device_id: str,
+        message_id: str,
+        body: str = "hello",
+        *,
+        to: str = "+263771234567",
+        redelivery: bool = False,
+        priority: int = 3,
+        command_id: str | None = None,
+    ) -> None:
+        self.push(
+            device_id,
+            pb.ServerFrame(
+                send=pb.SendCommand(
+                    command_id=command_id or f"cmd-{message_id}-{time.monotonic_ns()}",
+                    message_id=message_id,
+                    to=to,
+                    body=body,
+                    priority=common_pb2.Priority.ValueType(priority),
+                    redelivery=redelivery,
+                )
+            ),
+        )
 
     def drop(self, device_id: str) -> None:
         """End the device's stream cleanly (status OK), as a crashed proxy might."""
@@ -142,16 +163,27 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
         md = dict(context.invocation_metadata() or ())
         device_id = str(md.get("x-device-id", ""))
         device = self.devices.get(device_id)
-        if (device is None or md.get("x-client-id") != device.client_id
-                or md.get("x-device-password") != device.password):
+        if (
+            device is None
+            or md.get("x-client-id") != device.client_id
+            or md.get("x-device-password") != device.password
+        ):
             self.refusals += 1
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                         "invalid device credentials", "INVALID_DEVICE_CREDENTIALS")
+            await _abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "invalid device credentials",
+                "INVALID_DEVICE_CREDENTIALS",
+            )
             return
         if device.refuse_reason:
             self.refusals += 1
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, "device is disabled",
-                         device.refuse_reason)
+            await _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "device is disabled",
+                device.refuse_reason,
+            )
             return
         hello = await context.read()
         assert isinstance(hello, pb.DeviceFrame), "hello first"
@@ -161,9 +193,15 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
             self._frames[device_id].append(hello)
             self._queues[device_id] = queue
             self.connects[device_id] += 1
-        await context.write(pb.ServerFrame(welcome=pb.Welcome(
-            device_id=device_id, settings=self.settings,
-            session_id=f"s{self.connects[device_id]}")))
+        await context.write(
+            pb.ServerFrame(
+                welcome=pb.Welcome(
+                    device_id=device_id,
+                    settings=self.settings,
+                    session_id=f"s{self.connects[device_id]}",
+                )
+            )
+        )
         reader = asyncio.create_task(self._read(device_id, context, queue))
         try:
             while True:
@@ -180,8 +218,12 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
                 if self._queues.get(device_id) is queue:
                     del self._queues[device_id]
 
-    async def _read(self, device_id: str, context: grpc.aio.ServicerContext[Any, Any],
-                    queue: asyncio.Queue[object]) -> None:
+    async def _read(
+        self,
+        device_id: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        queue: asyncio.Queue[object],
+    ) -> None:
         while True:
             frame = await context.read()
             if frame is grpc.aio.EOF:
@@ -196,8 +238,9 @@ class DeviceLinkDouble(pb_grpc.DeviceLinkServiceServicer):
                 queue.put_nowait(pb.ServerFrame(report_ack=pb.ReportAck(report_ids=[rid])))
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str,
-                 reason: str) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str, reason: str
+) -> None:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="zimsend.v1"))
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])

@@ -51,8 +51,10 @@ class Tenant:
     channel: grpc.Channel
 
     def md(self, *, test: bool = False, device: str | None = None) -> tuple[tuple[str, str], ...]:
-        out = [("x-api-key", self.test_key if test else self.live_key),
-               ("x-client-id", self.client_id)]
+        out = [
+            ("x-api-key", self.test_key if test else self.live_key),
+            ("x-client-id", self.client_id),
+        ]
         if device:
             out.append(("x-device-id", device))
         return tuple(out)
@@ -80,20 +82,23 @@ class Tenant:
 
     def update_device(self, device_id: str, **fields: Any) -> devices_pb2.UpdateDeviceResponse:
         return self.devices.UpdateDevice(
-            devices_pb2.UpdateDeviceRequest(device_id=device_id, **fields), metadata=self.md(),
+            devices_pb2.UpdateDeviceRequest(device_id=device_id, **fields),
+            metadata=self.md(),
             timeout=10,
         )
 
     def send(self, to: str, text: str, *, test: bool = False, **fields: Any) -> str:
         reply = self.sms.SendSms(
-            sms_pb2.SendSmsRequest(to=to, message=text, **fields), metadata=self.md(test=test),
+            sms_pb2.SendSmsRequest(to=to, message=text, **fields),
+            metadata=self.md(test=test),
             timeout=10,
         )
         return str(reply.message_id)
 
     def status(self, message_id: str, *, test: bool = False) -> sms_pb2.GetSmsStatusResponse:
         return self.sms.GetSmsStatus(
-            sms_pb2.GetSmsStatusRequest(message_id=message_id), metadata=self.md(test=test),
+            sms_pb2.GetSmsStatusRequest(message_id=message_id),
+            metadata=self.md(test=test),
             timeout=10,
         )
 
@@ -114,8 +119,9 @@ def quick_tenant(env: dict[str, str], channel: grpc.Channel, name: str) -> Tenan
 
     data_dir = Path(env["ZIMSEND_DATA_DIR"])
     pepper = env["ZIMSEND_SECRET_PEPPER"].encode()
-    db = Database.from_url(env.get("ZIMSEND_DATABASE_URL")
-                           or f"sqlite:///{data_dir / 'zimsend.db'}")
+    db = Database.from_url(
+        env.get("ZIMSEND_DATABASE_URL") or f"sqlite:///{data_dir / 'zimsend.db'}"
+    )
     try:
         client = accounts.create_client(db, name)
         live = accounts.create_api_key(db, pepper, client.id, "live")
@@ -126,13 +132,34 @@ def quick_tenant(env: dict[str, str], channel: grpc.Channel, name: str) -> Tenan
 
 
 def start_agent(
-    env: dict[str, str], address: str, client_id: str, device_id: str, password: str,
-    workdir: Path, *extra: str, name: str = "agent",
+    env: dict[str, str],
+    address: str,
+    client_id: str,
+    device_id: str,
+    password: str,
+    workdir: Path,
+    *extra: str,
+    name: str = "agent",
 ) -> Program:
     """The real device agent with the simulator backend; outbox and journal under workdir."""
-    argv = [ZIMSEND, "device", "run", "--server", address, "--client-id", client_id,
-            "--device-id", device_id, "--journal", str(workdir / f"{device_id}.journal"),
-            "--outbox", str(workdir / "outbox.jsonl"), "--backend", "simulator", *extra]
+    argv = [
+        ZIMSEND,
+        "device",
+        "run",
+        "--server",
+        address,
+        "--client-id",
+        client_id,
+        "--device-id",
+        device_id,
+        "--journal",
+        str(workdir / f"{device_id}.journal"),
+        "--outbox",
+        str(workdir / "outbox.jsonl"),
+        "--backend",
+        "simulator",
+        *extra,
+    ]
     agent_env = dict(env, ZIMSEND_DEVICE_PASSWORD=password)
     return Program(argv, env=agent_env, log_path=workdir / f"{name}.log", name=name)
 
@@ -157,7 +184,9 @@ class ServerDb:
     def events(self, client_id: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         rows = self.query(
             "SELECT event_type, payload FROM outbox_events WHERE client_id = ? AND event_type "
-            "LIKE ? ORDER BY created_at, rowid", client_id, prefix + "%",
+            "LIKE ? ORDER BY created_at, rowid",
+            client_id,
+            prefix + "%",
         )
         return [(kind, json.loads(payload)) for kind, payload in rows]
 
@@ -171,7 +200,12 @@ class RawPhone:
     """One DeviceLink stream driven by hand (sync grpc; a thread collects server frames)."""
 
     def __init__(
-        self, address: str, client_id: str, device_id: str, password: str, *,
+        self,
+        address: str,
+        client_id: str,
+        device_id: str,
+        password: str,
+        *,
         heartbeats: bool = True,
     ) -> None:
         """`heartbeats`: send one every 0.5 s once welcomed (the server cuts a silent phone)."""
@@ -185,8 +219,11 @@ class RawPhone:
         self.ended = threading.Event()
         self.channel = grpc.insecure_channel(address)
         stub = pb_grpc.DeviceLinkServiceStub(self.channel)
-        metadata = (("x-client-id", client_id), ("x-device-id", device_id),
-                    ("x-device-password", password))
+        metadata = (
+            ("x-client-id", client_id),
+            ("x-device-id", device_id),
+            ("x-device-password", password),
+        )
         self.call = stub.Connect(self._requests(), metadata=metadata)
         threading.Thread(target=self._read, daemon=True).start()
 

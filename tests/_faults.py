@@ -47,8 +47,7 @@ from zimsend.server import accounts
 from zimsend.server.storage import Database
 
 WEBHOOK_SECRET = "fault-suite-webhook-secret-0123456789"
-EVENT_TYPES = ["sms.sent", "sms.delivered", "sms.failed", "device.connected",
-               "device.disconnected"]
+EVENT_TYPES = ["sms.sent", "sms.delivered", "sms.failed", "device.connected", "device.disconnected"]
 FINAL = ("delivered", "failed")
 #: A request not answered within this is a hang (the server's own deadlines are shorter).
 REQUEST_TIMEOUT_S = 30.0
@@ -73,8 +72,14 @@ class FaultStack:
     """Server, Envoy, worker, receiver and `phones` simulated phones under `root`."""
 
     def __init__(
-        self, root: Path, *, phones: int = 2, delivery_delay: float = 1.0,
-        database_url: str | None = None, replicas: int = 1, workers: int = 1,
+        self,
+        root: Path,
+        *,
+        phones: int = 2,
+        delivery_delay: float = 1.0,
+        database_url: str | None = None,
+        replicas: int = 1,
+        workers: int = 1,
     ) -> None:
         self.root = root
         self.data_dir = root / "data"
@@ -83,8 +88,11 @@ class FaultStack:
         # 1 s heartbeats: presence follows restarts quickly. No pacing: the phones send as fast
         # as the simulator does. Webhook retries at 0/1/2 s instead of 0/60/300 s.
         self.env = zimsend_env(
-            self.data_dir, TEST_PEPPER, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
-            ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1", ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+            self.data_dir,
+            TEST_PEPPER,
+            ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+            ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+            ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
             ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0,1,2]",
             PYTHONFAULTHANDLER="1",  # SIGABRT shows where a hung process is (every thread)
             # No per-SIM send budget (20 parts a minute by default): the run is 1,000 a phone.
@@ -105,10 +113,14 @@ class FaultStack:
             for index in range(replicas):
                 self.start_server(index)
             self.envoy = start_envoy(
-                directory=root / "envoy", upstreams=tuple(self.addresses), public_port=0,
-                device_port=0, admin_port=0,
-                rate_limit=RateLimit(requests_per_minute=100_000_000,
-                                     unkeyed_per_minute=100_000_000),
+                directory=root / "envoy",
+                upstreams=tuple(self.addresses),
+                public_port=0,
+                device_port=0,
+                admin_port=0,
+                rate_limit=RateLimit(
+                    requests_per_minute=100_000_000, unkeyed_per_minute=100_000_000
+                ),
             )
             self._cleanup.callback(self.envoy.stop)
             self.envoy.wait_healthy(60)
@@ -117,8 +129,11 @@ class FaultStack:
             self.tenant = quick_tenant(self.env, channel, "faults")
             self.receiver = Receiver(root, secret=WEBHOOK_SECRET, name="faults")
             self._cleanup.callback(self.receiver.stop)
-            self.rest("POST", "/v1/webhooks/configure",
-                      {"url": self.receiver.url, "events": EVENT_TYPES, "secret": WEBHOOK_SECRET})
+            self.rest(
+                "POST",
+                "/v1/webhooks/configure",
+                {"url": self.receiver.url, "events": EVENT_TYPES, "secret": WEBHOOK_SECRET},
+            )
             for _ in range(workers):
                 self.start_worker()
             for n in range(phones):
@@ -128,8 +143,9 @@ class FaultStack:
                 self.phones.append(Phone(created["device_id"], created["device_password"], folder))
                 self.start_phone(n)
             for phone in self.phones:
-                wait_for(lambda p=phone: self.online(p.device_id), 60,
-                         f"phone {phone.device_id} online")
+                wait_for(
+                    lambda p=phone: self.online(p.device_id), 60, f"phone {phone.device_id} online"
+                )
         except BaseException:
             self.close()
             raise
@@ -151,15 +167,17 @@ class FaultStack:
     def start_server(self, index: int = 0) -> None:
         """`zimsend serve` on replica `index`'s port (each start logs to a file of its own)."""
         self.servers += 1
-        program, _ = start_server(self.data_dir, self.env, self.root / f"server{self.servers}",
-                                  port=self.ports[index])
+        program, _ = start_server(
+            self.data_dir, self.env, self.root / f"server{self.servers}", port=self.ports[index]
+        )
         self._cleanup.callback(program.stop)
         self.replicas[index] = program
 
     def start_worker(self) -> None:
         self.workers += 1
-        self.worker = start_worker(self.env, self.root, f"worker{self.workers}",
-                                   "--lease-seconds", LEASE_SECONDS)
+        self.worker = start_worker(
+            self.env, self.root, f"worker{self.workers}", "--lease-seconds", LEASE_SECONDS
+        )
         self.worker_programs.append(self.worker)
         self._cleanup.callback(self.worker.stop)
 
@@ -190,18 +208,32 @@ class FaultStack:
         phone = self.phones[n]
         phone.starts += 1
         phone.program = start_agent(
-            self.env, self.envoy.device_target, self.tenant.client_id, phone.device_id,
-            phone.password, phone.folder, "--send-delay", "0.01", "--delivery-delay",
-            str(self.delivery_delay), "--seed", str(n), "--log-level", "INFO",
+            self.env,
+            self.envoy.device_target,
+            self.tenant.client_id,
+            phone.device_id,
+            phone.password,
+            phone.folder,
+            "--send-delay",
+            "0.01",
+            "--delivery-delay",
+            str(self.delivery_delay),
+            "--seed",
+            str(n),
+            "--log-level",
+            "INFO",
             name=f"agent{phone.starts}",
         )
         self._cleanup.callback(phone.program.stop)
 
     def processes(self) -> dict[str, int]:
         """Every running process of the stack by role, for RSS samples and kills."""
-        named = {"server": self.server, "worker": self.worker,
-                 **{f"server{i + 1}": p for i, p in enumerate(self.replicas) if i},
-                 **{f"agent{n}": phone.program for n, phone in enumerate(self.phones)}}
+        named = {
+            "server": self.server,
+            "worker": self.worker,
+            **{f"server{i + 1}": p for i, p in enumerate(self.replicas) if i},
+            **{f"agent{n}": phone.program for n, phone in enumerate(self.phones)},
+        }
         pids = {name: p.pid for name, p in named.items() if p is not None and p.alive()}
         pids["envoy"] = self.envoy.process.pid
         return pids
@@ -222,14 +254,16 @@ class FaultStack:
         return {"X-API-Key": self.tenant.live_key, "X-Client-ID": self.tenant.client_id}
 
     def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        reply = httpx.request(method, f"{self.envoy.base_url}{path}", headers=self.auth,
-                              json=body, timeout=30)
+        reply = httpx.request(
+            method, f"{self.envoy.base_url}{path}", headers=self.auth, json=body, timeout=30
+        )
         assert reply.status_code == 200, f"{method} {path}: {reply.status_code} {reply.text}"
         return reply.json()
 
     def online(self, device_id: str) -> bool:
-        reply = httpx.get(f"{self.envoy.base_url}/v1/devices/{device_id}", headers=self.auth,
-                          timeout=10)
+        reply = httpx.get(
+            f"{self.envoy.base_url}/v1/devices/{device_id}", headers=self.auth, timeout=10
+        )
         return reply.status_code == 200 and reply.json().get("status") == "online"
 
     @property
@@ -246,8 +280,9 @@ class PostgresDb:
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.conninfo) as conn:
             rows = conn.execute(sql.replace("?", "%s"), args).fetchall()  # SQL from constants
-        return [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in row)
-                for row in rows]
+        return [
+            tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in row) for row in rows
+        ]
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
         return dict(self.query("SELECT id, status FROM messages WHERE id = ANY(?)", ids))
@@ -302,8 +337,10 @@ class BulkSender:
 
     def start(self) -> None:
         self.started_at = time.monotonic()
-        self._threads = [threading.Thread(target=self._loop, daemon=True, name=f"sender{n}")
-                         for n in range(self.threads)]
+        self._threads = [
+            threading.Thread(target=self._loop, daemon=True, name=f"sender{n}")
+            for n in range(self.threads)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -316,8 +353,9 @@ class BulkSender:
         return [m for ids in self.accepted.values() for m in ids]
 
     def _loop(self) -> None:
-        with httpx.Client(base_url=self.base_url, headers=self.auth,
-                          timeout=REQUEST_TIMEOUT_S) as http:
+        with httpx.Client(
+            base_url=self.base_url, headers=self.auth, timeout=REQUEST_TIMEOUT_S
+        ) as http:
             while (n := next(self._next)) < self.requests:
                 due = self.started_at + n / self.rate
                 time.sleep(max(0.0, due - time.monotonic()))
@@ -325,8 +363,10 @@ class BulkSender:
 
     def _send(self, http: httpx.Client, n: int) -> None:
         key = f"{self.run_id}-{n}"
-        body = {"recipients": [f"+2637{7 + i % 2}{n:03d}{i:04d}" for i in range(self.per_request)],
-                "message": f"Fault run {self.run_id}, batch {n}"}
+        body = {
+            "recipients": [f"+2637{7 + i % 2}{n:03d}{i:04d}" for i in range(self.per_request)],
+            "message": f"Fault run {self.run_id}, batch {n}",
+        }
         deadline = time.monotonic() + self.give_up_after
         first = True
         while True:
@@ -338,8 +378,7 @@ class BulkSender:
             with self._lock:
                 self.in_flight += 1
             try:
-                reply = http.post("/v1/sms/send-bulk", json=body,
-                                  headers={"Idempotency-Key": key})
+                reply = http.post("/v1/sms/send-bulk", json=body, headers={"Idempotency-Key": key})
             except httpx.HTTPError as exc:
                 self._note(Answer(started, time.monotonic(), 0, type(exc).__name__))
                 status, wait = 0, 0.2
@@ -397,8 +436,9 @@ class LimitProbe:
         self._thread.join(REQUEST_TIMEOUT_S + 5)
 
     def _loop(self) -> None:
-        with httpx.Client(base_url=self.base_url, headers=self.auth,
-                          timeout=REQUEST_TIMEOUT_S) as http:
+        with httpx.Client(
+            base_url=self.base_url, headers=self.auth, timeout=REQUEST_TIMEOUT_S
+        ) as http:
             while not self._stop.wait(1 / self.rate):
                 try:
                     status = http.get("/v1/auth/test").status_code
@@ -417,8 +457,10 @@ class LimitProbe:
         out = []
         over = {m: n for m, n in self.admitted().items() if n > self.limit + self.SLACK}
         if over:
-            out.append(f"the per-client limit of {self.limit}/min did not hold across the "
-                       f"replicas: admitted per minute window {self.admitted()}")
+            out.append(
+                f"the per-client limit of {self.limit}/min did not hold across the "
+                f"replicas: admitted per minute window {self.admitted()}"
+            )
         if not any(status == 429 for _, status in self.answers):
             out.append(f"the limited client was never refused ({len(self.answers)} calls)")
         return out
@@ -447,11 +489,17 @@ def wait_settled(stack: FaultStack, ids: list[str], timeout: float) -> None:
             return False
         open_events = db.query(
             "SELECT count(*) FROM outbox_events WHERE client_id = ? AND status IN "
-            "('pending', 'delivering')", stack.tenant.client_id)[0][0]
+            "('pending', 'delivering')",
+            stack.tenant.client_id,
+        )[0][0]
         if open_events:
             return False
-        stored = {row[0] for row in db.query(
-            "SELECT id FROM outbox_events WHERE client_id = ?", stack.tenant.client_id)}
+        stored = {
+            row[0]
+            for row in db.query(
+                "SELECT id FROM outbox_events WHERE client_id = ?", stack.tenant.client_id
+            )
+        }
         return stored <= {r["event_id"] for r in stack.receiver.records()}
 
     while time.monotonic() < deadline:
@@ -490,8 +538,8 @@ class Tally:
         for phone in stack.phones:
             sends.update(line["message_id"] for line in outbox_lines(phone.outbox))
         stored_events = db.query(
-            "SELECT id, event_type, payload, status FROM outbox_events WHERE client_id = ?",
-            client)
+            "SELECT id, event_type, payload, status FROM outbox_events WHERE client_id = ?", client
+        )
         records = stack.receiver.records()
         received = collections.Counter(r["event_id"] for r in records)
         per_message: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
@@ -504,14 +552,16 @@ class Tally:
             if message_id:
                 per_message[(message_id, kind)].add(event_id)
         return cls(
-            accepted=len(ids), stored=len(rows),
+            accepted=len(ids),
+            stored=len(rows),
             final=sum(1 for m in ids if status.get(m) in FINAL),
             delivered=sum(1 for m in ids if status.get(m) == "delivered"),
             failed={m: str(codes[m]) for m in ids if status.get(m) == "failed"},
             stuck={m: str(status.get(m)) for m in ids if status.get(m) not in FINAL},
             duplicates={m: c for m, c in sends.items() if c > 1},
-            unsent_but_done=[m for m in ids if status.get(m) in ("sent", "delivered")
-                             and not sends[m]],
+            unsent_but_done=[
+                m for m in ids if status.get(m) in ("sent", "delivered") and not sends[m]
+            ],
             events=len(stored_events),
             events_lost=[e for e, *_ in stored_events if not received[e]],
             events_failed=sum(1 for *_, st in stored_events if st == "failed"),
@@ -523,11 +573,18 @@ class Tally:
     def line(self, scenario: str, **extra: object) -> str:
         failed_codes = collections.Counter(self.failed.values())
         fields = {
-            "accepted": self.accepted, "final": self.final, "duplicates": len(self.duplicates),
-            "events_lost": len(self.events_lost), "stored": self.stored,
-            "delivered": self.delivered, "failed": len(self.failed), "stuck": len(self.stuck),
-            "events": self.events, "redelivered": self.redelivered,
-            "double_events": len(self.double_events), **extra,
+            "accepted": self.accepted,
+            "final": self.final,
+            "duplicates": len(self.duplicates),
+            "events_lost": len(self.events_lost),
+            "stored": self.stored,
+            "delivered": self.delivered,
+            "failed": len(self.failed),
+            "stuck": len(self.stuck),
+            "events": self.events,
+            "redelivered": self.redelivered,
+            "double_events": len(self.double_events),
+            **extra,
         }
         text = " ".join(f"{k}={v}" for k, v in fields.items())
         if failed_codes:
@@ -538,12 +595,15 @@ class Tally:
         """Every broken promise, said precisely (empty: the run held)."""
         out = []
         if self.stored != self.accepted:
-            out.append(f"{self.stored} messages stored for {self.accepted} accepted: a retried "
-                       "request created messages twice (or an accepted one was lost)")
+            out.append(
+                f"{self.stored} messages stored for {self.accepted} accepted: a retried "
+                "request created messages twice (or an accepted one was lost)"
+            )
         if self.stuck:
             sample = dict(itertools.islice(self.stuck.items(), 5))
-            out.append(f"{len(self.stuck)} accepted messages never reached delivered/failed, "
-                       f"e.g. {sample}")
+            out.append(
+                f"{len(self.stuck)} accepted messages never reached delivered/failed, e.g. {sample}"
+            )
         if self.duplicates:
             out.append(f"sent more than once by the phones: {self.duplicates}")
         if self.unsent_but_done:
@@ -552,12 +612,16 @@ class Tally:
         if unexpected:
             out.append(f"failed for another reason than an agent killed mid-send: {unexpected}")
         if len(self.failed) > failures_allowed:
-            out.append(f"{len(self.failed)} failed (at most {failures_allowed}: one outcome "
-                       f"unknown per agent killed): {self.failed}")
+            out.append(
+                f"{len(self.failed)} failed (at most {failures_allowed}: one outcome "
+                f"unknown per agent killed): {self.failed}"
+            )
         if self.events_lost:
-            out.append(f"{len(self.events_lost)} of {self.events} webhook events never reached "
-                       f"the receiver ({self.events_failed} ended failed in the outbox), e.g. "
-                       f"{self.events_lost[:5]}")
+            out.append(
+                f"{len(self.events_lost)} of {self.events} webhook events never reached "
+                f"the receiver ({self.events_failed} ended failed in the outbox), e.g. "
+                f"{self.events_lost[:5]}"
+            )
         if self.double_events:
             out.append(f"one message event under two event_ids: {self.double_events[:5]}")
         if self.unverified:

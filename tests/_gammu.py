@@ -66,12 +66,23 @@ class DummyModem:
         """The network delivers an SMS (multipart when long) into the inbox; returns parts."""
         machine = self.network()
         try:
-            parts = gammu.EncodeSMS({"Class": -1, "Unicode": unicode, "Entries": [
-                {"ID": "ConcatenatedTextLong", "Buffer": text}]})
+            parts = gammu.EncodeSMS(
+                {
+                    "Class": -1,
+                    "Unicode": unicode,
+                    "Entries": [{"ID": "ConcatenatedTextLong", "Buffer": text}],
+                }
+            )
             stamp = datetime.now()  # the centre's timestamp (TP-SCTS), Gammu's DateTime
             for part in parts:
-                part.update(Folder=1, Number=sender, Type="Deliver", State="UnRead",
-                            SMSC={"Number": "+33609001390"}, DateTime=stamp)
+                part.update(
+                    Folder=1,
+                    Number=sender,
+                    Type="Deliver",
+                    State="UnRead",
+                    SMSC={"Number": "+33609001390"},
+                    DateTime=stamp,
+                )
                 machine.AddSMS(part)
             return len(parts)
         finally:
@@ -81,14 +92,22 @@ class DummyModem:
         """The network's status report for a part sent with `reference` (TP-Status)."""
         machine = self.network()
         try:
-            machine.AddSMS({
-                "Folder": 1, "Type": "Status_Report", "Number": recipient,
-                "MessageReference": reference, "DeliveryStatus": status, "State": "UnRead",
-                "SMSC": {"Number": "+33609001390"}, "Text": "Delivered" if status == 0 else "",
-                # DateTime: when the centre took the original (TP-SCTS); SMSCDateTime: when it
-                # was delivered (TP-DT, the discharge time).
-                "DateTime": datetime.now(), "SMSCDateTime": datetime.now(),
-            })
+            machine.AddSMS(
+                {
+                    "Folder": 1,
+                    "Type": "Status_Report",
+                    "Number": recipient,
+                    "MessageReference": reference,
+                    "DeliveryStatus": status,
+                    "State": "UnRead",
+                    "SMSC": {"Number": "+33609001390"},
+                    "Text": "Delivered" if status == 0 else "",
+                    # DateTime: when the centre took the original (TP-SCTS); SMSCDateTime: when it
+                    # was delivered (TP-DT, the discharge time).
+                    "DateTime": datetime.now(),
+                    "SMSCDateTime": datetime.now(),
+                }
+            )
         finally:
             machine.Terminate()
 

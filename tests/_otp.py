@@ -23,20 +23,29 @@ PEPPER = TEST_PEPPER.encode()
 TO = "+33612345678"
 
 
-def send(stub: pb_grpc.OtpServiceStub, account: Account, *, test: bool = True,
-         device: str | None = None, **fields: Any) -> pb.SendOtpResponse:
+def send(
+    stub: pb_grpc.OtpServiceStub,
+    account: Account,
+    *,
+    test: bool = True,
+    device: str | None = None,
+    **fields: Any,
+) -> pb.SendOtpResponse:
     fields.setdefault("to", TO)
-    return stub.SendOtp(pb.SendOtpRequest(**fields), metadata=account.md(test=test, device=device),
-                        timeout=10)
+    return stub.SendOtp(
+        pb.SendOtpRequest(**fields), metadata=account.md(test=test, device=device), timeout=10
+    )
 
 
-def check(stub: pb_grpc.OtpServiceStub, account: Account, otp_id: str,
-          code: str) -> pb.VerifyOtpResponse:
+def check(
+    stub: pb_grpc.OtpServiceStub, account: Account, otp_id: str, code: str
+) -> pb.VerifyOtpResponse:
     return check_with(stub, account.md(test=True), otp_id, code)
 
 
-def check_with(stub: pb_grpc.OtpServiceStub, md: Any, otp_id: str,
-               code: str) -> pb.VerifyOtpResponse:
+def check_with(
+    stub: pb_grpc.OtpServiceStub, md: Any, otp_id: str, code: str
+) -> pb.VerifyOtpResponse:
     return stub.VerifyOtp(pb.VerifyOtpRequest(otp_id=otp_id, code=code), metadata=md, timeout=10)
 
 
@@ -70,5 +79,3 @@ def struct(data: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(data)
     return out
-
-

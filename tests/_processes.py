@@ -23,7 +23,13 @@ from zimsend.server.processes import (
 from zimsend.server.processes import zimsend_env as _zimsend_env
 
 __all__ = [
-    "BIN", "ZIMSEND", "Program", "free_port", "grpc_serving", "run_zimsend", "start_server",
+    "BIN",
+    "ZIMSEND",
+    "Program",
+    "free_port",
+    "grpc_serving",
+    "run_zimsend",
+    "start_server",
     "zimsend_env",
 ]
 

@@ -10,8 +10,12 @@ in it, quiet zone and all.
 from __future__ import annotations
 
 # (upper module is light, lower module is light) for each character segno draws
-_HALVES = {" ": (False, False), "\u2580": (True, False), "\u2584": (False, True),
-           "\u2588": (True, True)}
+_HALVES = {
+    " ": (False, False),
+    "\u2580": (True, False),
+    "\u2584": (False, True),
+    "\u2588": (True, True),
+}
 
 
 def qr_lines(output: str) -> list[str]:

@@ -24,8 +24,15 @@ RECEIVER_JS = Path(__file__).with_name("webhook_receiver.js")
 
 class Receiver:
     def __init__(
-        self, log_dir: Path, *, secret: str, port: int | None = None, mode: str = "ok",
-        delay_ms: int = 0, status: int = 500, name: str = "receiver",
+        self,
+        log_dir: Path,
+        *,
+        secret: str,
+        port: int | None = None,
+        mode: str = "ok",
+        delay_ms: int = 0,
+        status: int = 500,
+        name: str = "receiver",
     ) -> None:
         self.port = port or free_port()
         self.secret = secret
@@ -33,12 +40,20 @@ class Receiver:
         self.record_file = log_dir / f"{stem}.jsonl"
         self.record_file.touch()
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PORT": str(self.port),
-            "WEBHOOK_SECRET": secret, "RECORD_FILE": str(self.record_file), "MODE": mode,
-            "DELAY_MS": str(delay_ms), "STATUS": str(status),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PORT": str(self.port),
+            "WEBHOOK_SECRET": secret,
+            "RECORD_FILE": str(self.record_file),
+            "MODE": mode,
+            "DELAY_MS": str(delay_ms),
+            "STATUS": str(status),
         }
-        self.program = Program(["node", str(RECEIVER_JS)], env=env,
-                               log_path=log_dir / f"{stem}.log", name=f"node {name}")
+        self.program = Program(
+            ["node", str(RECEIVER_JS)],
+            env=env,
+            log_path=log_dir / f"{stem}.log",
+            name=f"node {name}",
+        )
         self.program.wait_until(lambda: "listening" in self.program.output(), what="listening")
 
     @property
@@ -49,8 +64,12 @@ class Receiver:
         lines = self.record_file.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
-    def wait_for(self, ready: Callable[[list[dict[str, Any]]], bool], timeout: float = 60,
-                 what: str = "deliveries") -> list[dict[str, Any]]:
+    def wait_for(
+        self,
+        ready: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 60,
+        what: str = "deliveries",
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             records = self.records()
@@ -84,8 +103,10 @@ def start_worker(
 ) -> Program:
     """`zimsend worker`, polling fast, once it has logged `worker.started`."""
     program = Program(
-        [ZIMSEND, "worker", "--poll-interval", "0.1", "--worker-id", name, *args], env=env,
-        log_path=log_dir / f"{name}-{time.monotonic_ns()}.log", name=f"zimsend worker ({name})",
+        [ZIMSEND, "worker", "--poll-interval", "0.1", "--worker-id", name, *args],
+        env=env,
+        log_path=log_dir / f"{name}-{time.monotonic_ns()}.log",
+        name=f"zimsend worker ({name})",
     )
     program.wait_until(lambda: "worker.started" in program.output(), timeout=90, what="started")
     return program

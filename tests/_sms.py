@@ -39,8 +39,10 @@ class Account:
     def md(
         self, *, test: bool = False, device: str | None = None, idempotency_key: str | None = None
     ) -> tuple[tuple[str, str], ...]:
-        out = [("x-api-key", self.test_key if test else self.live_key),
-               ("x-client-id", self.client_id)]
+        out = [
+            ("x-api-key", self.test_key if test else self.live_key),
+            ("x-client-id", self.client_id),
+        ]
         if device is not None:
             out.append(("x-device-id", device))
         if idempotency_key is not None:
@@ -69,18 +71,20 @@ def set_online(db: Database, device_id: str, online: bool = True, **values: Any)
     now = utcnow()
     with db.write() as session:
         session.execute(
-            update(Device).where(col(Device.id) == device_id).values(
-                online=online, last_seen_at=now if online else None,
-                connected_at=now if online else None, **values,
+            update(Device)
+            .where(col(Device.id) == device_id)
+            .values(
+                online=online,
+                last_seen_at=now if online else None,
+                connected_at=now if online else None,
+                **values,
             )
         )
 
 
 def update_message(db: Database, message_id: str, **values: Any) -> None:
     with db.write() as session:
-        session.execute(
-            update(Message).where(col(Message.id) == message_id).values(**values)
-        )
+        session.execute(update(Message).where(col(Message.id) == message_id).values(**values))
 
 
 def get_message(db: Database, message_id: str) -> Message:
@@ -94,9 +98,15 @@ def insert_message(db: Database, client_id: str, **values: Any) -> str:
     """A message row as if it had been sent at `created_at` (default now) and lived on."""
     created = values.pop("created_at", utcnow())
     fields: dict[str, Any] = dict(
-        id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
-        body=f"inserted {uuid.uuid4().hex[:8]}", status="queued", created_at=created,
-        queued_at=created, due_at=created, expires_at=created + dt.timedelta(hours=24),
+        id=credentials.new_id("msg"),
+        client_id=client_id,
+        to="+33612345678",
+        body=f"inserted {uuid.uuid4().hex[:8]}",
+        status="queued",
+        created_at=created,
+        queued_at=created,
+        due_at=created,
+        expires_at=created + dt.timedelta(hours=24),
     )
     fields.update(values)
     with db.write() as session:

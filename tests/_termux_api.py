@@ -32,8 +32,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("termux-sms-send", "termux-sms-list", "termux-battery-status",
-            "termux-telephony-deviceinfo", "termux-telephony-cellinfo")
+COMMANDS = (
+    "termux-sms-send",
+    "termux-sms-list",
+    "termux-battery-status",
+    "termux-telephony-deviceinfo",
+    "termux-telephony-cellinfo",
+)
 
 DEFAULT_STATE: dict[str, Any] = {
     "sms": [],  # the phone's SMS table: {"_id", "type", "address", "body", "date"}
@@ -42,22 +47,54 @@ DEFAULT_STATE: dict[str, Any] = {
     "denied": [],  # commands answered with Termux:API's permission error
     "send_failure": None,  # {"exit": N, "stderr": "..."} or {"hang": true}
     "active_slots": [0],
-    "battery": {"present": True, "technology": "Li-ion", "health": "GOOD",
-                "plugged": "PLUGGED_AC", "status": "CHARGING", "temperature": 29.5,
-                "voltage": 4211, "current": 512000, "percentage": 87, "level": 87,
-                "scale": 100},
-    "deviceinfo": {"data_enabled": "true", "data_activity": "none",
-                   "data_state": "connected", "device_id": None,
-                   "device_software_version": "01", "phone_count": 2, "phone_type": "gsm",
-                   "network_operator": "64804", "network_operator_name": "Econet",
-                   "network_country_iso": "zw", "network_type": "lte",
-                   "network_roaming": False, "sim_country_iso": "zw",
-                   "sim_operator": "64804", "sim_operator_name": "Econet",
-                   "sim_serial_number": None, "sim_subscriber_id": None,
-                   "sim_state": "ready"},
-    "cellinfo": [{"type": "lte", "registered": True, "asu": 40, "dbm": -100, "level": 3,
-                  "ci": 1234, "pci": 77, "tac": 11, "mcc": 648, "mnc": 4},
-                 {"type": "lte", "registered": False, "asu": 20, "dbm": -120, "level": 1}],
+    "battery": {
+        "present": True,
+        "technology": "Li-ion",
+        "health": "GOOD",
+        "plugged": "PLUGGED_AC",
+        "status": "CHARGING",
+        "temperature": 29.5,
+        "voltage": 4211,
+        "current": 512000,
+        "percentage": 87,
+        "level": 87,
+        "scale": 100,
+    },
+    "deviceinfo": {
+        "data_enabled": "true",
+        "data_activity": "none",
+        "data_state": "connected",
+        "device_id": None,
+        "device_software_version": "01",
+        "phone_count": 2,
+        "phone_type": "gsm",
+        "network_operator": "64804",
+        "network_operator_name": "Econet",
+        "network_country_iso": "zw",
+        "network_type": "lte",
+        "network_roaming": False,
+        "sim_country_iso": "zw",
+        "sim_operator": "64804",
+        "sim_operator_name": "Econet",
+        "sim_serial_number": None,
+        "sim_subscriber_id": None,
+        "sim_state": "ready",
+    },
+    "cellinfo": [
+        {
+            "type": "lte",
+            "registered": True,
+            "asu": 40,
+            "dbm": -100,
+            "level": 3,
+            "ci": 1234,
+            "pci": 77,
+            "tac": 11,
+            "mcc": 648,
+            "mnc": 4,
+        },
+        {"type": "lte", "registered": False, "asu": 20, "dbm": -120, "level": 1},
+    ],
 }
 
 PERMISSIONS = {
@@ -80,8 +117,10 @@ class TermuxApiStandIn:
         here = Path(__file__).resolve().parent
         for name in commands:
             path = self.bin / name
-            path.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(here)!r})\n"
-                            f"import _termux_api\n_termux_api.main({name!r}, {str(self.dir)!r})\n")
+            path.write_text(
+                f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(here)!r})\n"
+                f"import _termux_api\n_termux_api.main({name!r}, {str(self.dir)!r})\n"
+            )
             path.chmod(0o755)
         if not (self.dir / "state.json").exists():
             self._write(json.loads(json.dumps(DEFAULT_STATE)))
@@ -134,8 +173,16 @@ def _store(state: dict[str, Any], kind: str, address: str, body: str) -> int:
     _id = state["next_id"]
     state["next_id"] += 1
     state["clock"] = max(int(time.time()), state["clock"] + 1)
-    state["sms"].append({"_id": _id, "type": kind, "address": address, "body": body,
-                         "date": state["clock"], "threadid": 1})
+    state["sms"].append(
+        {
+            "_id": _id,
+            "type": kind,
+            "address": address,
+            "body": body,
+            "date": state["clock"],
+            "threadid": 1,
+        }
+    )
     return int(_id)
 
 
@@ -152,8 +199,17 @@ def main(command: str, directory: str) -> None:
         snapshot = json.loads(json.dumps(state))
     if denied:  # TermuxApiPermissionActivity: a JSON error on stdout, exit 0
         many = "," in PERMISSIONS[command]
-        print(json.dumps({"error": "Please grant the following permission" + ("s" if many else "")
-                          + " to use this command: " + PERMISSIONS[command]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "error": "Please grant the following permission"
+                    + ("s" if many else "")
+                    + " to use this command: "
+                    + PERMISSIONS[command]
+                },
+                indent=2,
+            )
+        )
         return
     if command == "termux-sms-send":
         _sms_send(root, args, snapshot)
@@ -179,7 +235,7 @@ def _getopts(args: list[str], spec: str) -> tuple[dict[str, str], list[str]]:
         if letter not in spec:
             print(f"illegal option -{letter}")
             sys.exit(1)
-        if spec[spec.index(letter) + 1:spec.index(letter) + 2] == ":":
+        if spec[spec.index(letter) + 1 : spec.index(letter) + 2] == ":":
             if not rest:
                 i += 1
                 rest = args[i]
@@ -213,8 +269,9 @@ def _sms_send(root: Path, args: list[str], state: dict[str, Any]) -> None:
         for number in options["n"].split(","):
             _store(live, "sent", number, text)
     with open(root / "sent.jsonl", "a") as sent:
-        sent.write(json.dumps({"recipients": options["n"].split(","), "slot": slot,
-                               "text": text}) + "\n")
+        sent.write(
+            json.dumps({"recipients": options["n"].split(","), "slot": slot, "text": text}) + "\n"
+        )
 
 
 def _sms_list(args: list[str], state: dict[str, Any]) -> None:
@@ -224,10 +281,19 @@ def _sms_list(args: list[str], state: dict[str, Any]) -> None:
     offset = int(options.get("o", "0"))
     rows = [m for m in state["sms"] if kind == "all" or m["type"] == kind]
     rows.sort(key=lambda m: m["date"], reverse=True)  # "date DESC"
-    rows = rows[offset:offset + limit]
+    rows = rows[offset : offset + limit]
     rows.reverse()  # the app prints the latest at the end
-    out = [{"threadid": m["threadid"], "type": m["type"], "read": False,
-            "address": m["address"], "number": m["address"],
+    out = [
+        {
+            "threadid": m["threadid"],
+            "type": m["type"],
+            "read": False,
+            "address": m["address"],
+            "number": m["address"],
             "received": datetime.fromtimestamp(m["date"]).strftime("%Y-%m-%d %H:%M:%S"),
-            "body": m["body"], "_id": m["_id"]} for m in rows]
+            "body": m["body"],
+            "_id": m["_id"],
+        }
+        for m in rows
+    ]
     print(json.dumps(out, indent=2))

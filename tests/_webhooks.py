@@ -29,14 +29,24 @@ def add_endpoint(
     db: Database, client_id: str, url: str, events: list[str] | None = None, secret: str = ""
 ) -> webhook_endpoints.NewEndpoint:
     return webhook_endpoints.configure(
-        db, PEPPER, client_id, url=url, events=events or ["sms.sent", "sms.delivered"],
-        secret=secret, allow_insecure=True,
+        db,
+        PEPPER,
+        client_id,
+        url=url,
+        events=events or ["sms.sent", "sms.delivered"],
+        secret=secret,
+        allow_insecure=True,
     )
 
 
 def add_event(
-    db: Database, client_id: str, event_type: str = "sms.sent", *, webhook_url: str | None = None,
-    data: dict[str, Any] | None = None, at: dt.datetime | None = None,
+    db: Database,
+    client_id: str,
+    event_type: str = "sms.sent",
+    *,
+    webhook_url: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
 ) -> str:
     """An outbox row exactly as the producers write one (devicelink.transitions.write_event)."""
     from zimsend.server.devicelink.transitions import write_event
@@ -44,8 +54,12 @@ def add_event(
     when = at or dt.datetime.now(dt.UTC)
     with db.write() as s:
         event = write_event(
-            s, client_id, event_type, data or {"message_id": new_id("msg"), "status": "sent"},
-            webhook_url=webhook_url, now=when,
+            s,
+            client_id,
+            event_type,
+            data or {"message_id": new_id("msg"), "status": "sent"},
+            webhook_url=webhook_url,
+            now=when,
         )
     return event.id
 
@@ -105,8 +119,13 @@ class RecordingStream(httpcore.AsyncNetworkStream):
     async def aclose(self) -> None:
         pass
 
-    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109 - httpcore's network backend interface names it so
+    # httpcore's network backend interface names the `timeout` parameter (ASYNC109).
+    async def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
         self.recorder.tls_server_names.append(server_hostname)
         return self
 
@@ -121,8 +140,13 @@ class RecordingConnector(httpcore.AsyncNetworkBackend):
     """Records every connect instead of opening a socket. The "server" answers `response`, or
     `responses[address]` for that address; an address in `hang` never answers."""
 
-    def __init__(self, response: bytes = OK_RESPONSE, *, responses: dict[str, bytes] | None = None,
-                 hang: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        response: bytes = OK_RESPONSE,
+        *,
+        responses: dict[str, bytes] | None = None,
+        hang: set[str] | None = None,
+    ) -> None:
         self.connects: list[tuple[str, int]] = []
         self.tls_server_names: list[str | None] = []
         self.written = b""

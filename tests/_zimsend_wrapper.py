@@ -11,8 +11,13 @@ import requests
 
 
 class ZimSendClient:
-    def __init__(self, api_key: str, client_id: str, base_url: str = "https://api.zimsend.com/v1",
-                 device_id: str | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        client_id: str,
+        base_url: str = "https://api.zimsend.com/v1",
+        device_id: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.session.headers.update(
@@ -37,14 +42,29 @@ class ZimSendClient:
         metadata: dict[str, Any] | None = None,
         scheduled_at: str | None = None,
     ) -> dict[str, Any]:
-        payload = {"to": to, "message": message, "priority": priority, "webhook_url": webhook_url,
-                   "metadata": metadata, "scheduled_at": scheduled_at}
+        payload = {
+            "to": to,
+            "message": message,
+            "priority": priority,
+            "webhook_url": webhook_url,
+            "metadata": metadata,
+            "scheduled_at": scheduled_at,
+        }
         return self._handle(self.session.post(f"{self.base_url}/sms/send", json=payload))
 
-    def send_bulk_sms(self, recipients: list[str], message: str, priority: int = 3,
-                      metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        payload = {"recipients": recipients, "message": message, "priority": priority,
-                   "metadata": metadata}
+    def send_bulk_sms(
+        self,
+        recipients: list[str],
+        message: str,
+        priority: int = 3,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        payload = {
+            "recipients": recipients,
+            "message": message,
+            "priority": priority,
+            "metadata": metadata,
+        }
         return self._handle(self.session.post(f"{self.base_url}/sms/send-bulk", json=payload))
 
     def get_status(self, message_id: str) -> dict[str, Any]:

@@ -251,21 +251,46 @@ class Stack:
 
 @contextlib.contextmanager
 def online_agent(
-    stack: Stack, admin: Admin, env: dict[str, str], workdir: Path, *extra: str,
+    stack: Stack,
+    admin: Admin,
+    env: dict[str, str],
+    workdir: Path,
+    *extra: str,
 ) -> Iterator[Path]:
     """A new device of the stack's client, its real agent (simulator backend, quick sends and
     delivery reports) online through Envoy; yields the agent's outbox file."""
     import httpx
     from _devices import start_agent, wait_for
 
-    device = admin("create-device", "--client-id", stack.client_id, "--name", "sender",
-                   "--server-address", stack.envoy.device_target, "--no-qr")
+    device = admin(
+        "create-device",
+        "--client-id",
+        stack.client_id,
+        "--name",
+        "sender",
+        "--server-address",
+        stack.envoy.device_target,
+        "--no-qr",
+    )
     url = f"{stack.base_url}/v1/devices/{device['device_id']}"
-    with start_agent(env, stack.envoy.device_target, stack.client_id, device["device_id"],
-                     device["device_password"], workdir, "--send-delay", "0.05",
-                     "--delivery-delay", "0.2", *extra) as program:
-        wait_for(lambda: httpx.get(url, headers=stack.auth, timeout=15).json()["status"]
-                 == "online", 60, f"the agent online; it said:\n{program.output()[-2000:]}")
+    with start_agent(
+        env,
+        stack.envoy.device_target,
+        stack.client_id,
+        device["device_id"],
+        device["device_password"],
+        workdir,
+        "--send-delay",
+        "0.05",
+        "--delivery-delay",
+        "0.2",
+        *extra,
+    ) as program:
+        wait_for(
+            lambda: httpx.get(url, headers=stack.auth, timeout=15).json()["status"] == "online",
+            60,
+            f"the agent online; it said:\n{program.output()[-2000:]}",
+        )
         yield workdir / "outbox.jsonl"
 
 
@@ -281,8 +306,11 @@ def gateway_factory(
     def start(**fields: Any) -> EnvoyProcess:
         fields.setdefault("upstreams", (address,))
         envoy = start_envoy(
-            directory=tmp_path_factory.mktemp("envoy"), public_port=0, device_port=0,
-            admin_port=0, **fields,
+            directory=tmp_path_factory.mktemp("envoy"),
+            public_port=0,
+            device_port=0,
+            admin_port=0,
+            **fields,
         )
         started.append(envoy)
         envoy.wait_healthy()
@@ -365,7 +393,9 @@ def device_channel(server: RunningServer) -> Iterator[grpc.Channel]:
 
 @pytest.fixture
 def tenant(
-    zimsend_env: dict[str, str], server: RunningServer, device_channel: grpc.Channel,
+    zimsend_env: dict[str, str],
+    server: RunningServer,
+    device_channel: grpc.Channel,
     request: pytest.FixtureRequest,
 ) -> Tenant:
     from _devices import quick_tenant

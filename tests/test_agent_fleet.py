@@ -33,10 +33,14 @@ def double() -> Iterator[DeviceLinkDouble]:
 
 def fleet_config(double: DeviceLinkDouble, tmp_path: Path, duration: float) -> FleetConfig:
     return FleetConfig(
-        server=f"127.0.0.1:{double.port}", batch_size=10, batch_interval=0.1,
-        status_interval=0.5, duration=duration,
-        simulation=SimulationConfig(seed=5, send_delay=0.005, delivery_delay=0.02,
-                                    outbox=tmp_path / "outbox.jsonl"),
+        server=f"127.0.0.1:{double.port}",
+        batch_size=10,
+        batch_interval=0.1,
+        status_interval=0.5,
+        duration=duration,
+        simulation=SimulationConfig(
+            seed=5, send_delay=0.005, delivery_delay=0.02, outbox=tmp_path / "outbox.jsonl"
+        ),
     )
 
 
@@ -49,18 +53,22 @@ def test_a_fleet_connects_in_batches_sends_once_and_counts_refusals(
     phones: list[FleetPhone] = []
 
     async def main() -> None:
-        run = asyncio.create_task(run_fleet(fleet_config(double, tmp_path, 6.0), devices,
-                                            out=out, phones=phones))
-        await asyncio.to_thread(wait_until, lambda: all(double.connected(f"dev{i}")
-                                                        for i in range(N)))
+        run = asyncio.create_task(
+            run_fleet(fleet_config(double, tmp_path, 6.0), devices, out=out, phones=phones)
+        )
+        await asyncio.to_thread(
+            wait_until, lambda: all(double.connected(f"dev{i}") for i in range(N))
+        )
         for i in range(N):
             double.send_command(f"dev{i}", f"msg_{i}", "x" * 170)
-        await asyncio.to_thread(wait_until, lambda: len(read_outbox(tmp_path / "outbox.jsonl"))
-                                == N)
+        await asyncio.to_thread(
+            wait_until, lambda: len(read_outbox(tmp_path / "outbox.jsonl")) == N
+        )
         for i in range(N):  # the server re-offers: re-reported, never re-sent
             double.send_command(f"dev{i}", f"msg_{i}", "x" * 170, redelivery=True)
-        await asyncio.to_thread(wait_until, lambda: all(
-            len(double.frames(f"dev{i}", "ack")) == 2 for i in range(N)))
+        await asyncio.to_thread(
+            wait_until, lambda: all(len(double.frames(f"dev{i}", "ack")) == 2 for i in range(N))
+        )
         phones[0].inject_inbound()
         await asyncio.to_thread(wait_until, lambda: bool(double.frames("dev0", "inbound")))
         await asyncio.to_thread(wait_until, lambda: phones[0].stats.refused == 1)
@@ -80,26 +88,37 @@ def test_a_fleet_connects_in_batches_sends_once_and_counts_refusals(
     assert f"{N}/{N + 1} connected, 1 refused" in out.getvalue()
 
 
-def test_a_fleet_phone_answers_as_the_agent_does(
-    double: DeviceLinkDouble, tmp_path: Path
-) -> None:
+def test_a_fleet_phone_answers_as_the_agent_does(double: DeviceLinkDouble, tmp_path: Path) -> None:
     """The fleet drives the agent's protocol (agent/protocol.py): a command for a SIM slot the
     phone lacks is refused as SIM_MISSING (nothing sent: the server may re-route it), a cancel
     that cannot be done says why, and a REPLACED Reconnect stops the phone."""
     phones: list[FleetPhone] = []
 
     async def main() -> None:
-        run = asyncio.create_task(run_fleet(
-            fleet_config(double, tmp_path, 60.0), [FleetDevice("client_test", "dev0", "pw")],
-            out=io.StringIO(), phones=phones))
+        run = asyncio.create_task(
+            run_fleet(
+                fleet_config(double, tmp_path, 60.0),
+                [FleetDevice("client_test", "dev0", "pw")],
+                out=io.StringIO(),
+                phones=phones,
+            )
+        )
         await asyncio.to_thread(wait_until, lambda: double.connected("dev0"))
-        double.push("dev0", pb.ServerFrame(send=pb.SendCommand(
-            command_id="c1", message_id="m1", to="+263771234567", body="hi", sim_slot=1)))
-        double.push("dev0", pb.ServerFrame(cancel=pb.CancelCommand(
-            command_id="c2", message_id="m0")))
+        double.push(
+            "dev0",
+            pb.ServerFrame(
+                send=pb.SendCommand(
+                    command_id="c1", message_id="m1", to="+263771234567", body="hi", sim_slot=1
+                )
+            ),
+        )
+        double.push(
+            "dev0", pb.ServerFrame(cancel=pb.CancelCommand(command_id="c2", message_id="m0"))
+        )
         await asyncio.to_thread(wait_until, lambda: len(double.frames("dev0", "ack")) == 2)
-        double.push("dev0", pb.ServerFrame(reconnect=pb.Reconnect(
-            reason_code=pb.Reconnect.REPLACED)))
+        double.push(
+            "dev0", pb.ServerFrame(reconnect=pb.Reconnect(reason_code=pb.Reconnect.REPLACED))
+        )
         await asyncio.to_thread(wait_until, lambda: phones[0].stats.stopped == 1)
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
@@ -127,13 +146,38 @@ def test_the_fleet_command_prints_status_lines_and_stops_after_its_duration(
     double: DeviceLinkDouble, tmp_path: Path
 ) -> None:
     devices = tmp_path / "devices.json"
-    devices.write_text(json.dumps([{"client_id": "client_test", "device_id": f"dev{i}",
-                                    "password": "pw"} for i in range(5)]))
+    devices.write_text(
+        json.dumps(
+            [
+                {"client_id": "client_test", "device_id": f"dev{i}", "password": "pw"}
+                for i in range(5)
+            ]
+        )
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "zimsend.cli", "device", "fleet", "--server",
-         f"127.0.0.1:{double.port}", "--devices-file", str(devices), "--duration", "3",
-         "--status-interval", "1", "--batch-size", "2", "--batch-interval", "0.2"],
-        check=False, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "zimsend.cli",
+            "device",
+            "fleet",
+            "--server",
+            f"127.0.0.1:{double.port}",
+            "--devices-file",
+            str(devices),
+            "--duration",
+            "3",
+            "--status-interval",
+            "1",
+            "--batch-size",
+            "2",
+            "--batch-interval",
+            "0.2",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "fleet: 5/5 connected" in done.stdout

@@ -17,8 +17,13 @@ FAILED = pb.StatusReport.OUTCOME_FAILED
 
 
 def command(message_id: str = "msg_1", *, redelivery: bool = False) -> pb.SendCommand:
-    return pb.SendCommand(command_id=f"c-{message_id}", message_id=message_id, to="+263771234567",
-                          body="hello", redelivery=redelivery)
+    return pb.SendCommand(
+        command_id=f"c-{message_id}",
+        message_id=message_id,
+        to="+263771234567",
+        body="hello",
+        redelivery=redelivery,
+    )
 
 
 def ok(parts: int = 1) -> SendResult:
@@ -113,7 +118,10 @@ def test_queued_commands_survive_a_restart_in_arrival_order(path: Path) -> None:
         journal.admit(command(mid))
     journal.close()
     assert [c.message_id for c in Journal.open(path, "dev1").queued()] == [
-        "msg_b", "msg_a", "msg_c"]
+        "msg_b",
+        "msg_a",
+        "msg_c",
+    ]
 
 
 def test_pending_ids_are_what_the_phone_holds_but_has_not_finally_reported(
@@ -182,8 +190,7 @@ def test_reports_stay_until_acknowledged_even_across_restarts(path: Path) -> Non
     journal.close()
 
     held = [rid for rid, _ in Journal.open(path, "dev1").unacked_reports()]
-    assert held == [sent[1].report.report_id, sent[2].report.report_id,
-                    inbound.inbound.report_id]
+    assert held == [sent[1].report.report_id, sent[2].report.report_id, inbound.inbound.report_id]
 
 
 def test_report_ids_differ_between_journals_so_a_reinstall_is_never_deduplicated(
@@ -223,8 +230,9 @@ def test_prune_forgets_only_old_finished_and_fully_acknowledged_messages(journal
     for mid in ("msg_acked", "msg_unacked"):
         journal.begin_send(mid)
         journal.finish_send(mid, ok())
-    journal.ack_reports([rid for rid, f in journal.unacked_reports()
-                         if f.report.message_id == "msg_acked"])
+    journal.ack_reports(
+        [rid for rid, f in journal.unacked_reports() if f.report.message_id == "msg_acked"]
+    )
     assert journal.prune(older_than_s=3600) == 0  # too recent
     assert journal.prune(older_than_s=-1) == 1
     assert journal.state("msg_acked") is None

@@ -45,20 +45,36 @@ def double() -> Iterator[DeviceLinkDouble]:
 class Phone:
     """One agent's configuration, sender and outbox."""
 
-    def __init__(self, double: DeviceLinkDouble, tmp_path: Path, device_id: str = "dev1",
-                 password: str = "pw", **simulation: Any) -> None:
+    def __init__(
+        self,
+        double: DeviceLinkDouble,
+        tmp_path: Path,
+        device_id: str = "dev1",
+        password: str = "pw",
+        **simulation: Any,
+    ) -> None:
         self.outbox = tmp_path / "outbox.jsonl"
         self.journal = tmp_path / f"journal-{device_id}.sqlite3"
-        self.config = AgentConfig(server=f"127.0.0.1:{double.port}", client_id="client_test",
-                                  device_id=device_id, password=password, journal=self.journal)
+        self.config = AgentConfig(
+            server=f"127.0.0.1:{double.port}",
+            client_id="client_test",
+            device_id=device_id,
+            password=password,
+            journal=self.journal,
+        )
         options: dict[str, Any] = {
-            "seed": 1, "send_delay": 0.005, "delivery_delay": 0.02, **simulation,
+            "seed": 1,
+            "send_delay": 0.005,
+            "delivery_delay": 0.02,
+            **simulation,
         }
-        self.sender = SimulatorSender(SimulationConfig(outbox=self.outbox, **options),
-                                      device_id=device_id)
+        self.sender = SimulatorSender(
+            SimulationConfig(outbox=self.outbox, **options), device_id=device_id
+        )
 
-    def run(self, scenario: Callable[[], Awaitable[None]],
-            limiter: trio.CapacityLimiter | None = None) -> None:
+    def run(
+        self, scenario: Callable[[], Awaitable[None]], limiter: trio.CapacityLimiter | None = None
+    ) -> None:
         """Run the agent while `scenario` runs, then stop it (trio.run)."""
 
         async def main() -> None:
@@ -70,8 +86,9 @@ class Phone:
         trio.run(main)
 
     async def agent(self, limiter: trio.CapacityLimiter | None = None) -> None:
-        await run_agent(self.config, self.sender, limiter=limiter,
-                        backoff=Backoff(base=0.05, cap=0.2))
+        await run_agent(
+            self.config, self.sender, limiter=limiter, backoff=Backoff(base=0.05, cap=0.2)
+        )
 
     def sends(self) -> int:
         return sum(read_outbox(self.outbox).values())
@@ -101,8 +118,12 @@ def test_hello_first_then_each_part_reported_sent_then_delivered(
     async def scenario() -> None:
         await until(lambda: double.connected("dev1"))
         double.send_command("dev1", "msg_1", LONG)
-        await until(lambda: reports_for(double, "msg_1").count((1, DELIVERED)) == 1
-                    and reports_for(double, "msg_1").count((0, DELIVERED)) == 1)
+        await until(
+            lambda: (
+                reports_for(double, "msg_1").count((1, DELIVERED)) == 1
+                and reports_for(double, "msg_1").count((0, DELIVERED)) == 1
+            )
+        )
         await until(lambda: unacked(phone.journal) == 0)  # every ReportAck reached the phone
 
     phone.run(scenario)
@@ -192,8 +213,9 @@ def test_a_crash_mid_handoff_is_reported_failed_and_the_message_is_never_sent(
 ) -> None:
     phone = Phone(double, tmp_path)
     journal = Journal.open(phone.journal, "dev1")
-    journal.admit(pb.SendCommand(command_id="c1", message_id="msg_1", to="+263771234567",
-                                 body="hello"))
+    journal.admit(
+        pb.SendCommand(command_id="c1", message_id="msg_1", to="+263771234567", body="hello")
+    )
     journal.begin_send("msg_1")  # the previous process died here
     journal.close()
 
@@ -242,8 +264,14 @@ def test_settings_apply_live_enabled_and_send_interval(
             double.send_command("dev1", f"msg_{i}")
         await trio.sleep(0.3)
         assert phone.sends() == 0  # disabled: nothing leaves
-        double.push("dev1", pb.ServerFrame(settings=pb.DeviceSettings(
-            enabled=True, send_interval_ms=250, heartbeat_interval_seconds=30)))
+        double.push(
+            "dev1",
+            pb.ServerFrame(
+                settings=pb.DeviceSettings(
+                    enabled=True, send_interval_ms=250, heartbeat_interval_seconds=30
+                )
+            ),
+        )
         await until(lambda: phone.sends() == 3)
 
     phone.run(scenario)
@@ -267,11 +295,17 @@ def test_the_daily_cap_holds_commands_and_the_heartbeat_shows_the_queue(
         for i in range(3):
             double.send_command("dev1", f"msg_{i}", priority=3 if i else 5)
         await until(lambda: len(double.frames("dev1", "ack")) == 3)
-        double.push("dev1", pb.ServerFrame(settings=pb.DeviceSettings(
-            enabled=True, daily_cap=2, heartbeat_interval_seconds=1)))
+        double.push(
+            "dev1",
+            pb.ServerFrame(
+                settings=pb.DeviceSettings(enabled=True, daily_cap=2, heartbeat_interval_seconds=1)
+            ),
+        )
         await until(lambda: phone.sends() == 2)
-        await until(lambda: any(f.heartbeat.queue_depth == 1
-                                for f in double.frames("dev1", "heartbeat")), timeout=5)
+        await until(
+            lambda: any(f.heartbeat.queue_depth == 1 for f in double.frames("dev1", "heartbeat")),
+            timeout=5,
+        )
 
     phone.run(scenario)
     assert phone.sends() == 2
@@ -292,8 +326,10 @@ def test_cancel_works_before_the_handoff_and_is_refused_after(
         double.send_command("dev1", "msg_held")
         await until(lambda: len(double.frames("dev1", "ack")) == 2)
         for mid in ("msg_held", "msg_sent"):
-            double.push("dev1", pb.ServerFrame(cancel=pb.CancelCommand(command_id=f"x-{mid}",
-                                                                      message_id=mid)))
+            double.push(
+                "dev1",
+                pb.ServerFrame(cancel=pb.CancelCommand(command_id=f"x-{mid}", message_id=mid)),
+            )
         await until(lambda: len(double.frames("dev1", "ack")) == 4)
         double.push("dev1", pb.ServerFrame(settings=pb.DeviceSettings(enabled=True)))
         await trio.sleep(0.2)
@@ -315,8 +351,9 @@ def test_ping_is_answered_and_inbound_sms_are_reported(
         await until(lambda: double.connected("dev1"))
         double.push("dev1", pb.ServerFrame(ping=pb.Ping(nonce="n-1")))
         phone.sender.inject_inbound()
-        await until(lambda: bool(double.frames("dev1", "pong"))
-                    and bool(double.frames("dev1", "inbound")))
+        await until(
+            lambda: bool(double.frames("dev1", "pong")) and bool(double.frames("dev1", "inbound"))
+        )
 
     phone.run(scenario)
     assert double.frames("dev1", "pong")[0].pong.nonce == "n-1"
@@ -334,8 +371,12 @@ def test_reconnect_waits_at_least_retry_after_then_reconnects(
     async def scenario() -> None:
         await until(lambda: double.connected("dev1"))
         start = time.monotonic()
-        double.push("dev1", pb.ServerFrame(reconnect=pb.Reconnect(
-            reason_code=pb.Reconnect.SERVER_SHUTDOWN, retry_after_ms=400)))
+        double.push(
+            "dev1",
+            pb.ServerFrame(
+                reconnect=pb.Reconnect(reason_code=pb.Reconnect.SERVER_SHUTDOWN, retry_after_ms=400)
+            ),
+        )
         await until(lambda: double.connects["dev1"] == 2)
         elapsed.append(time.monotonic() - start)
 
@@ -345,12 +386,14 @@ def test_reconnect_waits_at_least_retry_after_then_reconnects(
 
 @pytest.mark.parametrize(
     ("reason", "says"),
-    [(pb.Reconnect(reason_code=pb.Reconnect.DEVICE_DELETED), "deleted"),
-     (pb.Reconnect(reason_code=pb.Reconnect.DEVICE_DISABLED), "disabled"),
-     (pb.Reconnect(reason_code=pb.Reconnect.PASSWORD_ROTATED), "rotated"),
-     (pb.Reconnect(reason_code=pb.Reconnect.REPLACED), "second agent"),
-     # A server older than `reason_code` sends only the deprecated string.
-     (pb.Reconnect(reason="REPLACED"), "second agent")],
+    [
+        (pb.Reconnect(reason_code=pb.Reconnect.DEVICE_DELETED), "deleted"),
+        (pb.Reconnect(reason_code=pb.Reconnect.DEVICE_DISABLED), "disabled"),
+        (pb.Reconnect(reason_code=pb.Reconnect.PASSWORD_ROTATED), "rotated"),
+        (pb.Reconnect(reason_code=pb.Reconnect.REPLACED), "second agent"),
+        # A server older than `reason_code` sends only the deprecated string.
+        (pb.Reconnect(reason="REPLACED"), "second agent"),
+    ],
     ids=["deleted", "disabled", "rotated", "replaced", "replaced-by-an-older-server"],
 )
 def test_a_deleted_disabled_rotated_or_replaced_device_stops_the_agent(

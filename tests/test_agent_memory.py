@@ -38,8 +38,9 @@ def test_the_reporter_forgets_what_the_server_acknowledged(tmp_path: Path) -> No
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reporter.pump, link)
             for i in range(3000):
-                frame = journal.add_inbound(InboundSms(sender="+33611111111", body=f"n{i}",
-                                                       source_id=f"test:{i}"))
+                frame = journal.add_inbound(
+                    InboundSms(sender="+33611111111", body=f"n{i}", source_id=f"test:{i}")
+                )
                 assert frame is not None
                 reporter.add([frame])
                 if i % 100 == 0:

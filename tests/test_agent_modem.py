@@ -64,8 +64,9 @@ async def _running(
 
 def _send(journal: Journal, sender: ModemSender, message_id: str, body: str) -> SendResult:
     """What the executor does around `send()` (journal, hand off, journal the outcome)."""
-    journal.admit(pb.SendCommand(command_id=f"c_{message_id}", message_id=message_id, to=TO,
-                                 body=body))
+    journal.admit(
+        pb.SendCommand(command_id=f"c_{message_id}", message_id=message_id, to=TO, body=body)
+    )
     assert journal.begin_send(message_id)
 
     async def hand_off() -> SendResult:
@@ -78,9 +79,11 @@ def _send(journal: Journal, sender: ModemSender, message_id: str, body: str) -> 
 
 
 def _outcomes(journal: Journal, message_id: str) -> list[tuple[int, int, str]]:
-    return sorted((f.report.part_index, f.report.outcome, f.report.error_code)
-                  for _, f in journal.unacked_reports()
-                  if f.HasField("report") and f.report.message_id == message_id)
+    return sorted(
+        (f.report.part_index, f.report.outcome, f.report.error_code)
+        for _, f in journal.unacked_reports()
+        if f.HasField("report") and f.report.message_id == message_id
+    )
 
 
 def _sender(modem: DummyModem) -> ModemSender:
@@ -88,7 +91,8 @@ def _sender(modem: DummyModem) -> ModemSender:
 
 
 def test_a_long_gsm_message_leaves_as_concatenated_parts_with_their_references(
-    modem: DummyModem, journal: Journal,
+    modem: DummyModem,
+    journal: Journal,
 ) -> None:
     body = "".join(f"Ligne {i:04d}; " for i in range(130))[:1600]
     result = _send(journal, _sender(modem), "msg_long", body)
@@ -115,7 +119,8 @@ def test_a_ucs2_message_keeps_its_characters(modem: DummyModem, journal: Journal
 
 
 def test_status_reports_from_the_modem_mark_parts_delivered_or_failed_and_leave_storage(
-    modem: DummyModem, journal: Journal,
+    modem: DummyModem,
+    journal: Journal,
 ) -> None:
     sender = _sender(modem)
     _send(journal, sender, "msg_a", "first")
@@ -128,7 +133,9 @@ def test_status_reports_from_the_modem_mark_parts_delivered_or_failed_and_leave_
 
     trio.run(_running, sender, recorder, wait_for_reports)
     assert _outcomes(journal, "msg_a") == [
-        (0, pb.StatusReport.OUTCOME_SENT, ""), (0, pb.StatusReport.OUTCOME_DELIVERED, "")]
+        (0, pb.StatusReport.OUTCOME_SENT, ""),
+        (0, pb.StatusReport.OUTCOME_DELIVERED, ""),
+    ]
     assert modem.storage() == []  # read, journaled, deleted
 
     sender = _sender(modem)
@@ -141,7 +148,9 @@ def test_status_reports_from_the_modem_mark_parts_delivered_or_failed_and_leave_
 
 
 def test_a_delivery_report_after_an_agent_restart_still_finds_its_part(
-    modem: DummyModem, journal: Journal, tmp_path: Path,
+    modem: DummyModem,
+    journal: Journal,
+    tmp_path: Path,
 ) -> None:
     _send(journal, _sender(modem), "msg_r", "before the restart")
     journal.close()
@@ -153,23 +162,31 @@ def test_a_delivery_report_after_an_agent_restart_still_finds_its_part(
             await trio.sleep(0.02)
 
     try:
-        trio.run(_running, _sender(modem), JournalRecorder(reopened, Reporter(reopened)),
-                 wait_for_reports)
+        trio.run(
+            _running,
+            _sender(modem),
+            JournalRecorder(reopened, Reporter(reopened)),
+            wait_for_reports,
+        )
         assert (0, pb.StatusReport.OUTCOME_DELIVERED, "") in _outcomes(reopened, "msg_r")
     finally:
         reopened.close()
 
 
 def test_inbound_sms_are_joined_reported_once_and_deleted_even_across_restarts(
-    modem: DummyModem, journal: Journal,
+    modem: DummyModem,
+    journal: Journal,
 ) -> None:
     long_text = "Réponse du client, assez longue pour trois parts. " * 4
     assert modem.receive("+33698765432", long_text, unicode=True) == 3
     modem.receive("+33611111111", "STOP")
 
     def inbound() -> list[tuple[str, str]]:
-        return sorted((getattr(f.inbound, "from"), f.inbound.body)
-                      for _, f in journal.unacked_reports() if f.HasField("inbound"))
+        return sorted(
+            (getattr(f.inbound, "from"), f.inbound.body)
+            for _, f in journal.unacked_reports()
+            if f.HasField("inbound")
+        )
 
     async def until_empty() -> None:
         while modem.storage() or len(inbound()) < 2:  # noqa: ASYNC110 - polls what another process or thread changes: no event to await
@@ -206,7 +223,8 @@ def test_the_same_stored_sms_is_never_reported_twice(modem: DummyModem, journal:
 
 
 def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
-    tmp_path: Path, journal: Journal,
+    tmp_path: Path,
+    journal: Journal,
 ) -> None:
     modem = DummyModem.create(tmp_path / "usb", make_folder=False)
     sender = ModemSender(ModemConfig(gammurc=modem.gammurc, poll_interval=0.05, reopen_cap=0.5))
@@ -242,15 +260,19 @@ def test_a_missing_modem_cannot_send_says_why_and_is_reopened_when_it_appears(
     shutil.rmtree(modem.folder)
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (0x00, (True, "", "")),
-    (0x21, (None, "", "")),
-    (0x41, (False, "INVALID_NUMBER", "incompatible destination")),
-    (0x46, (False, "TIMEOUT", "validity period expired")),
-    (0x65, (False, "NETWORK_ERROR", "not delivered")),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (0x00, (True, "", "")),
+        (0x21, (None, "", "")),
+        (0x41, (False, "INVALID_NUMBER", "incompatible destination")),
+        (0x46, (False, "TIMEOUT", "validity period expired")),
+        (0x65, (False, "NETWORK_ERROR", "not delivered")),
+    ],
+)
 def test_network_status_codes_map_to_spec_codes(
-    status: int, expected: tuple[bool | None, str, str],
+    status: int,
+    expected: tuple[bool | None, str, str],
 ) -> None:
     delivered, code, message = delivery_outcome(status)
     assert (delivered, code) == expected[:2]
@@ -259,19 +281,24 @@ def test_network_status_codes_map_to_spec_codes(
         assert f"0x{status:02X}" in message  # the network's own code is kept
 
 
-@pytest.mark.parametrize(("error", "code", "words"), [
-    ("ERR_NOSIM", "SIM_MISSING", "no SIM card"),
-    ("ERR_SECURITYERROR", "SIM_PIN_REQUIRED", "PIN"),
-    ("ERR_FULL", "DEVICE_ERROR", "memory is full"),
-    ("ERR_NETWORK_ERROR", "NETWORK_ERROR", "network refused"),
-    ("ERR_NOSERVICE", "NO_SERVICE", "no network"),
-    ("ERR_EMPTYSMSC", "MODEM_REFUSED", "SMS centre"),
-    ("ERR_UNKNOWN", "NETWORK_ERROR", "refused"),
-    ("ERR_TIMEOUT", "TIMEOUT", "may have left"),
-    ("ERR_BUG", "DEVICE_ERROR", "modem failed"),
-])
+@pytest.mark.parametrize(
+    ("error", "code", "words"),
+    [
+        ("ERR_NOSIM", "SIM_MISSING", "no SIM card"),
+        ("ERR_SECURITYERROR", "SIM_PIN_REQUIRED", "PIN"),
+        ("ERR_FULL", "DEVICE_ERROR", "memory is full"),
+        ("ERR_NETWORK_ERROR", "NETWORK_ERROR", "network refused"),
+        ("ERR_NOSERVICE", "NO_SERVICE", "no network"),
+        ("ERR_EMPTYSMSC", "MODEM_REFUSED", "SMS centre"),
+        ("ERR_UNKNOWN", "NETWORK_ERROR", "refused"),
+        ("ERR_TIMEOUT", "TIMEOUT", "may have left"),
+        ("ERR_BUG", "DEVICE_ERROR", "modem failed"),
+    ],
+)
 def test_gammu_errors_map_to_spec_codes_and_keep_the_modem_s_words(
-    error: str, code: str, words: str,
+    error: str,
+    code: str,
+    words: str,
 ) -> None:
     import gammu
 

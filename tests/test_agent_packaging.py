@@ -19,14 +19,25 @@ from zimsend.buildtools import codegen
 ROOT = Path(__file__).resolve().parent.parent
 # segno draws pairing QR codes (pure Python, no dependency of its own); httpx is the SDK's
 # REST transport (zimsend.client; the agent never imports it).
-ALLOWED = {"zimsend-protos", "grpcio", "trio", "gsmcodecs", "regex",
-           "googleapis-common-protos", "protobuf", "segno", "httpx"}
+ALLOWED = {
+    "zimsend-protos",
+    "grpcio",
+    "trio",
+    "gsmcodecs",
+    "regex",
+    "googleapis-common-protos",
+    "protobuf",
+    "segno",
+    "httpx",
+}
 
 
 def test_the_client_distribution_depends_on_nothing_of_the_server() -> None:
     project = tomllib.loads((ROOT / "clients" / "pyproject.toml").read_text())["project"]
-    names = {dep.split(">")[0].split("=")[0].split("[")[0].split(";")[0].strip()
-             for dep in project["dependencies"]}
+    names = {
+        dep.split(">")[0].split("=")[0].split("[")[0].split(";")[0].strip()
+        for dep in project["dependencies"]
+    }
     assert names <= ALLOWED, names - ALLOWED
 
 
@@ -36,8 +47,9 @@ SERVER_LIBRARIES = ("sqlmodel", "sqlalchemy", "pydantic", "zimsend.server")
 def loaded_by(modules: str, watched: tuple[str, ...]) -> list[str]:
     """Of `watched`, the modules a fresh interpreter holds after `import <modules>`."""
     code = f"import sys, {modules}\nprint([m for m in {watched!r} if m in sys.modules])"
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
     loaded: list[str] = ast.literal_eval(done.stdout.strip())
     return loaded
 
@@ -68,7 +80,7 @@ TERMUX_GRPCIO = "1.83.0"
 # a DeviceLinkService stream through grpc's blocking and asyncio APIs (the stubs'
 # `_registered_method`, the server's `add_registered_method_handlers`), and a refusal's
 # google.rpc details.
-PROBE = '''
+PROBE = """
 import asyncio, importlib, pathlib, sys
 from concurrent import futures
 import grpc, grpc.aio
@@ -112,7 +124,7 @@ async def aio() -> None:
 asyncio.run(aio())
 server.stop(None)
 print(grpc.__version__, protobuf_version, api_implementation.Type())
-'''
+"""
 
 
 def _uv() -> str:
@@ -160,23 +172,45 @@ def test_the_agent_installs_and_runs_on_an_older_grpcio(
     pins = [f"grpcio=={grpcio}"] + ([f"protobuf=={protobuf}"] if protobuf else [])
     (tmp_path / "constraints.txt").write_text("\n".join(pins) + "\n")
     # No VIRTUAL_ENV or PYTHONPATH from the test run, so nothing of the workspace leaks in.
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PROJECT_ENVIRONMENT"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PROJECT_ENVIRONMENT"}
+    }
 
     def run(*cmd: str | Path, **extra: str) -> str:
-        done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                              cwd=tmp_path, env={**env, **extra}, timeout=240, check=False)
+        done = subprocess.run(
+            [str(c) for c in cmd],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**env, **extra},
+            timeout=240,
+            check=False,
+        )
         assert done.returncode == 0, f"{cmd}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
     run(_uv(), "venv", "--quiet", "--python", sys.executable, venv)
     # --refresh-package: uv would otherwise reuse a wheel it built from an older working tree;
     # --no-sources: the workspace's [tool.uv.sources] would install zimsend-protos editable.
-    run(_uv(), "pip", "install", "--quiet", "--python", python,
-        "--constraint", tmp_path / "constraints.txt",
-        "--refresh-package", "zimsend-protos", "--refresh-package", "zimsend-client",
+    run(
+        _uv(),
+        "pip",
+        "install",
+        "--quiet",
+        "--python",
+        python,
+        "--constraint",
+        tmp_path / "constraints.txt",
+        "--refresh-package",
+        "zimsend-protos",
+        "--refresh-package",
+        "zimsend-client",
         "--no-sources",
-        ROOT / "protos", ROOT / "clients")
+        ROOT / "protos",
+        ROOT / "clients",
+    )
 
     (installed,) = venv.glob("lib/python3*/site-packages/zimsend/v1")
     for generated in (codegen.PROTOS / codegen.PACKAGE).glob("*_pb2*.py"):
@@ -185,8 +219,9 @@ def test_the_agent_installs_and_runs_on_an_older_grpcio(
     run(python, "-c", "import zimsend.agent.agent, zimsend.v1.device_link_pb2_grpc")
     (tmp_path / "probe.py").write_text(PROBE)
     for implementation in ("upb", "python"):
-        versions = run(python, tmp_path / "probe.py",
-                       PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=implementation).split()
+        versions = run(
+            python, tmp_path / "probe.py", PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=implementation
+        ).split()
         assert versions[0] == grpcio, versions
         assert versions[2] == implementation, versions
         assert protobuf is None or versions[1] == protobuf, versions

@@ -60,14 +60,22 @@ def test_the_terminal_qr_code_reads_back_as_the_uri() -> None:
     import segno
     from _qr import decode_qr_lines, light_modules, qr_lines
 
-    uri = format_pairing_uri(PairingInfo("sms.example.com:8081", "client_ab12cd34ef56ab78",
-                                         "device_0123456789abcdef", "p&ss=w/rd+%", False))
+    uri = format_pairing_uri(
+        PairingInfo(
+            "sms.example.com:8081",
+            "client_ab12cd34ef56ab78",
+            "device_0123456789abcdef",
+            "p&ss=w/rd+%",
+            False,
+        )
+    )
     text = pairing_qr_text(uri)
     lines = qr_lines(text)
     assert lines == text.splitlines()  # nothing but the code
     assert decode_qr_lines(lines) == [uri]
     matrix = segno.make(uri, micro=False).matrix
     border = 4
-    drawn = light_modules(lines)[border:border + len(matrix)]
-    assert [row[border:border + len(matrix)] for row in drawn] == [
-        [not dark for dark in row] for row in matrix]
+    drawn = light_modules(lines)[border : border + len(matrix)]
+    assert [row[border : border + len(matrix)] for row in drawn] == [
+        [not dark for dark in row] for row in matrix
+    ]

@@ -27,20 +27,35 @@ def _journal() -> Journal:
     return Journal(Journal.memory_database(), "phone")
 
 
-def _welcomed(journal: Journal, *, slots: tuple[int, ...] = (0,),
-              ) -> tuple[PhoneProtocol, ReportBook]:
+def _welcomed(
+    journal: Journal,
+    *,
+    slots: tuple[int, ...] = (0,),
+) -> tuple[PhoneProtocol, ReportBook]:
     book = ReportBook(journal.unacked_reports())
     protocol = PhoneProtocol(journal, book, sim_slots=lambda: slots)
     protocol.hello(pb.DeviceHello())
-    protocol.receive(pb.ServerFrame(welcome=pb.Welcome(
-        device_id="phone", settings=pb.DeviceSettings(enabled=True))))
+    protocol.receive(
+        pb.ServerFrame(
+            welcome=pb.Welcome(device_id="phone", settings=pb.DeviceSettings(enabled=True))
+        )
+    )
     return protocol, book
 
 
-def _send(message_id: str, *, slot: int | None = None, redelivery: bool = False,
-          ) -> pb.ServerFrame:
-    command = pb.SendCommand(command_id=f"c-{message_id}", message_id=message_id, to="+1555",
-                             body="hi", redelivery=redelivery)
+def _send(
+    message_id: str,
+    *,
+    slot: int | None = None,
+    redelivery: bool = False,
+) -> pb.ServerFrame:
+    command = pb.SendCommand(
+        command_id=f"c-{message_id}",
+        message_id=message_id,
+        to="+1555",
+        body="hi",
+        redelivery=redelivery,
+    )
     if slot is not None:
         command.sim_slot = slot
     return pb.ServerFrame(send=command)
@@ -116,8 +131,11 @@ def test_a_command_already_sent_is_re_reported_never_queued_again() -> None:
     protocol.receive(_send("m1"))
     _sent(journal, "m1")
     book.add(frame for _, frame in journal.unacked_reports())
-    protocol.receive(pb.ServerFrame(report_ack=pb.ReportAck(
-        report_ids=[rid for rid, _ in journal.unacked_reports()])))
+    protocol.receive(
+        pb.ServerFrame(
+            report_ack=pb.ReportAck(report_ids=[rid for rid, _ in journal.unacked_reports()])
+        )
+    )
     assert book.unacked == 0
 
     got = protocol.receive(_send("m1", redelivery=True))
@@ -138,8 +156,9 @@ def test_cancel_in_time_drops_the_command_else_says_why_not() -> None:
     assert journal.begin_send("sending")
 
     def cancel(message_id: str) -> pb.ServerFrame:
-        return pb.ServerFrame(cancel=pb.CancelCommand(command_id=f"x-{message_id}",
-                                                      message_id=message_id))
+        return pb.ServerFrame(
+            cancel=pb.CancelCommand(command_id=f"x-{message_id}", message_id=message_id)
+        )
 
     got = protocol.receive(cancel("queued"))
     assert _acks(got.frames) == [("x-queued", True, "", "")]
@@ -163,8 +182,9 @@ def test_a_report_ack_forgets_the_reports_in_the_journal_and_the_book() -> None:
     protocol, book = _welcomed(journal)
     protocol.receive(_send("m1"))
     assert journal.begin_send("m1")
-    frames = journal.finish_send("m1", SendResult((PartResult(True), PartResult(True)),
-                                                  datetime.now(UTC)))
+    frames = journal.finish_send(
+        "m1", SendResult((PartResult(True), PartResult(True)), datetime.now(UTC))
+    )
     assert book.add(frames)
     book.new_stream()
     assert [f.report.part_index for f in book.due()] == [0, 1]
@@ -186,8 +206,9 @@ def test_reconnect_ends_the_stream_and_names_the_fatal_reasons() -> None:
     def reconnect(**fields: object) -> pb.ServerFrame:
         return pb.ServerFrame(reconnect=pb.Reconnect(**fields))  # type: ignore[arg-type]  # test fields by name
 
-    end = protocol.receive(reconnect(reason_code=pb.Reconnect.SERVER_SHUTDOWN,
-                                     retry_after_ms=1500)).end
+    end = protocol.receive(
+        reconnect(reason_code=pb.Reconnect.SERVER_SHUTDOWN, retry_after_ms=1500)
+    ).end
     assert end is not None
     assert end.fatal is None
     assert end.retry_after_ms == 1500
@@ -239,8 +260,9 @@ def test_the_heartbeat_says_what_the_phone_can_do() -> None:
     assert beat.heartbeat.network == common_pb2.NetworkRegistration.Value("home")
     assert beat.heartbeat.cannot_send_reason == ""
     assert not beat.heartbeat.charging
-    beat = protocol.heartbeat(Health(battery=None, charging=True, signal=None, network="odd",
-                                     can_send=False), 0)
+    beat = protocol.heartbeat(
+        Health(battery=None, charging=True, signal=None, network="odd", can_send=False), 0
+    )
     assert not beat.heartbeat.HasField("battery")
     assert beat.heartbeat.network == common_pb2.NETWORK_REGISTRATION_UNSPECIFIED
     assert beat.heartbeat.cannot_send_reason == "the phone cannot send"

@@ -32,8 +32,13 @@ pytestmark = pytest.mark.slow
 # it answers within about a second, so the test does not wait a minute.
 DELIVERY_DELAY_BEFORE_S = 60.0
 DELIVERY_DELAY_AFTER_S = 1.0
-MESSAGES = ["Votre code de retrait: 4411", "Rendez-vous demain 9h", "Colis expédié",
-            "Paiement reçu, merci", "long " * 60]  # the last one is two parts (GSM-7, 300 chars)
+MESSAGES = [
+    "Votre code de retrait: 4411",
+    "Rendez-vous demain 9h",
+    "Colis expédié",
+    "Paiement reçu, merci",
+    "long " * 60,
+]  # the last one is two parts (GSM-7, 300 chars)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,12 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
     from conftest import TEST_PEPPER
 
-    return make_env(tmp_path_factory.mktemp("restart-data"), TEST_PEPPER,
-                    ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1", ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0")
+    return make_env(
+        tmp_path_factory.mktemp("restart-data"),
+        TEST_PEPPER,
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+    )
 
 
 def _status(stack: Stack, message_id: str) -> str:
@@ -61,30 +70,50 @@ def _online(stack: Stack, device_id: str) -> bool:
     return bool(reply.json()["status"] == "online")
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM],
-                         ids=["kill-9", "sigterm"])
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 def test_messages_sent_before_a_restart_still_end_delivered(
-    stack: Stack, zimsend_env: dict[str, str], tmp_path: Path, stop_signal: signal.Signals,
+    stack: Stack,
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
+    stop_signal: signal.Signals,
 ) -> None:
-    created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
-                         json={"name": f"restart {stop_signal.name}"}).json()
+    created = httpx.post(
+        f"{stack.base_url}/v1/devices",
+        headers=stack.auth,
+        json={"name": f"restart {stop_signal.name}"},
+    ).json()
     device_id, password = created["device_id"], created["device_password"]
+
     def start(name: str, delivery_delay: float) -> Program:
         """The same journal and outbox (under tmp_path) every time, as on a real phone."""
-        return start_agent(zimsend_env, stack.envoy.device_target, stack.client_id, device_id,
-                           password, tmp_path, "--send-delay", "0.05", "--delivery-delay",
-                           str(delivery_delay), "--log-level", "INFO", name=name)
+        return start_agent(
+            zimsend_env,
+            stack.envoy.device_target,
+            stack.client_id,
+            device_id,
+            password,
+            tmp_path,
+            "--send-delay",
+            "0.05",
+            "--delivery-delay",
+            str(delivery_delay),
+            "--log-level",
+            "INFO",
+            name=name,
+        )
 
     with start("before", DELIVERY_DELAY_BEFORE_S) as before:
         wait_for(lambda: _online(stack, device_id), 30, "the phone online")
         ids = []
         for n, text in enumerate(MESSAGES):
-            reply = httpx.post(f"{stack.base_url}/v1/sms/send", headers=stack.auth,
-                               json={"to": f"+3361234567{n}", "message": text})
+            reply = httpx.post(
+                f"{stack.base_url}/v1/sms/send",
+                headers=stack.auth,
+                json={"to": f"+3361234567{n}", "message": text},
+            )
             assert reply.status_code == 200, reply.text
             ids.append(reply.json()["message_id"])
-        wait_for(lambda: set(_statuses(stack, ids).values()) == {"sent"}, 10, "all sent",
-                 step=0.02)
+        wait_for(lambda: set(_statuses(stack, ids).values()) == {"sent"}, 10, "all sent", step=0.02)
         first_sent = min(line["sent_at"] for line in outbox_lines(tmp_path / "outbox.jsonl"))
         before.kill(stop_signal)
         stopped = before.proc.wait(15)
@@ -93,18 +122,24 @@ def test_messages_sent_before_a_restart_still_end_delivered(
         assert stopped == 0, "a clean stop exits 0"
     # The premise: every report is still owed when the agent stops.
     assert set(_statuses(stack, ids).values()) == {"sent"}, (
-        f"a report arrived before the restart (stopped {elapsed:.1f} s after the first send)")
+        f"a report arrived before the restart (stopped {elapsed:.1f} s after the first send)"
+    )
 
     with start("after", DELIVERY_DELAY_AFTER_S):
-        wait_for(lambda: set(_statuses(stack, ids).values()) == {"delivered"},
-                 DELIVERY_DELAY_AFTER_S + 30, "every message delivered after the restart")
+        wait_for(
+            lambda: set(_statuses(stack, ids).values()) == {"delivered"},
+            DELIVERY_DELAY_AFTER_S + 30,
+            "every message delivered after the restart",
+        )
 
-    sends = collections.Counter(line["message_id"] for line in
-                                outbox_lines(tmp_path / "outbox.jsonl"))
+    sends = collections.Counter(
+        line["message_id"] for line in outbox_lines(tmp_path / "outbox.jsonl")
+    )
     assert sends == {message_id: 1 for message_id in ids}, "each SMS left the phone once"
     events = ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"])).events(stack.client_id, "sms.")
     per_message = collections.Counter(
-        (payload["message_id"], kind) for kind, payload in events if payload["message_id"] in ids)
+        (payload["message_id"], kind) for kind, payload in events if payload["message_id"] in ids
+    )
     assert per_message == {(m, kind): 1 for m in ids for kind in ("sms.sent", "sms.delivered")}
 
 

@@ -73,12 +73,14 @@ def test_the_outbox_has_one_line_per_sms_that_left_and_none_for_failures(
 
 
 def _command(message_id: str, body: str) -> pb.SendCommand:
-    return pb.SendCommand(command_id=f"cmd_{message_id}", message_id=message_id,
-                          to="+263771234567", body=body)
+    return pb.SendCommand(
+        command_id=f"cmd_{message_id}", message_id=message_id, to="+263771234567", body=body
+    )
 
 
-def _send_through_journal(journal: Journal, sender: SimulatorSender, message_id: str,
-                          parts: int) -> None:
+def _send_through_journal(
+    journal: Journal, sender: SimulatorSender, message_id: str, parts: int
+) -> None:
     """What the executor does around `send()`: admit, begin, hand off, finish."""
     journal.admit(_command(message_id, "x" * parts))
     assert journal.begin_send(message_id)
@@ -90,9 +92,13 @@ def _send_through_journal(journal: Journal, sender: SimulatorSender, message_id:
 
 
 def _delivered_parts(journal: Journal, message_id: str) -> list[int]:
-    return sorted(frame.report.part_index for _, frame in journal.unacked_reports()
-                  if frame.HasField("report") and frame.report.message_id == message_id
-                  and frame.report.outcome == pb.StatusReport.OUTCOME_DELIVERED)
+    return sorted(
+        frame.report.part_index
+        for _, frame in journal.unacked_reports()
+        if frame.HasField("report")
+        and frame.report.message_id == message_id
+        and frame.report.outcome == pb.StatusReport.OUTCOME_DELIVERED
+    )
 
 
 def test_the_simulator_sender_records_delivery_per_part_and_inbound_sms(tmp_path: Path) -> None:
@@ -132,7 +138,9 @@ def test_a_restarted_simulator_still_reports_delivery_of_what_it_sent_before(
 
     journal = Journal.open(path, "dev1")
     assert [(a.message_id, a.part_index) for a in journal.awaiting_delivery()] == [
-        ("msg_1", 0), ("msg_1", 1)]
+        ("msg_1", 0),
+        ("msg_1", 1),
+    ]
     sender = SimulatorSender(config)
 
     async def main() -> None:
@@ -173,9 +181,15 @@ def test_the_health_file_takes_the_network_or_the_sim_away(tmp_path: Path) -> No
 
 def test_a_give_back_code_is_always_a_before_send_code() -> None:
     assert give_back_code(Health(None, None, None, network="searching", can_send=False)) == (
-        "NO_SERVICE")
+        "NO_SERVICE"
+    )
     assert give_back_code(Health(None, None, None, can_send=False, problem="?")) == (
-        "MODEM_REFUSED")
+        "MODEM_REFUSED"
+    )
     # A sender's own code is used only when it proves the SMS stayed on the phone.
-    assert give_back_code(Health(None, None, None, network="denied", can_send=False,
-                                 failure_code="TIMEOUT")) == "NO_SERVICE"
+    assert (
+        give_back_code(
+            Health(None, None, None, network="denied", can_send=False, failure_code="TIMEOUT")
+        )
+        == "NO_SERVICE"
+    )

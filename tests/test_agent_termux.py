@@ -39,8 +39,13 @@ def phone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TermuxApiStandIn:
 
 
 def request(body: str, *, parts: int = 1, sim_slot: int | None = None) -> SendRequest:
-    return SendRequest(message_id="msg_1", to="+263771234567", body=body,
-                       parts=tuple(body for _ in range(parts)), sim_slot=sim_slot)
+    return SendRequest(
+        message_id="msg_1",
+        to="+263771234567",
+        body=body,
+        parts=tuple(body for _ in range(parts)),
+        sim_slot=sim_slot,
+    )
 
 
 def inbound_bodies(journal: Journal) -> list[str]:
@@ -115,7 +120,8 @@ def test_a_recipient_list_is_refused_not_sent(phone: TermuxApiStandIn) -> None:
 
 
 def test_the_first_start_does_not_report_the_old_inbox(
-    phone: TermuxApiStandIn, tmp_path: Path,
+    phone: TermuxApiStandIn,
+    tmp_path: Path,
 ) -> None:
     for n in range(3):
         phone.receive("+263770000001", f"old {n}")
@@ -129,7 +135,8 @@ def test_the_first_start_does_not_report_the_old_inbox(
 
 
 def test_an_empty_inbox_at_first_start_still_reports_what_arrives_while_down(
-    phone: TermuxApiStandIn, tmp_path: Path,
+    phone: TermuxApiStandIn,
+    tmp_path: Path,
 ) -> None:
     path = tmp_path / "j.sqlite3"
     journal = Journal.open(path, "dev1")
@@ -142,7 +149,8 @@ def test_an_empty_inbox_at_first_start_still_reports_what_arrives_while_down(
 
 
 def test_inbound_sms_are_reported_once_across_restarts_and_none_missed_while_down(
-    phone: TermuxApiStandIn, tmp_path: Path,
+    phone: TermuxApiStandIn,
+    tmp_path: Path,
 ) -> None:
     """The agent runs, stops, the phone receives more than a page (and sends, which takes
     ids from the same SMS table), the agent starts again: every SMS once, oldest first."""
@@ -190,13 +198,17 @@ def test_health_reads_battery_network_and_signal(phone: TermuxApiStandIn) -> Non
     assert [s.slot for s in info.sims] == [0, 1]
     assert info.sims[0].carrier == "Econet"
     assert info.capabilities is not None
-    assert (info.capabilities.backend, info.capabilities.delivery_reports,
-            info.capabilities.inbound_sms) == ("termux", False, True)
+    assert (
+        info.capabilities.backend,
+        info.capabilities.delivery_reports,
+        info.capabilities.inbound_sms,
+    ) == ("termux", False, True)
 
 
 def test_health_says_why_the_phone_cannot_send(phone: TermuxApiStandIn) -> None:
-    battery = dict(phone_battery := {"percentage": 15, "plugged": "UNPLUGGED",
-                                     "status": "DISCHARGING"})
+    battery = dict(
+        phone_battery := {"percentage": 15, "plugged": "UNPLUGGED", "status": "DISCHARGING"}
+    )
     phone.update(battery=phone_battery)
     # Words for the device list, and the code held commands are given back with.
     cases = {
@@ -261,7 +273,8 @@ def test_a_refused_phone_permission_is_asked_again_only_once_a_minute(
 
 
 def test_without_termux_api_nothing_is_sent_and_health_says_what_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no termux-* anywhere
     health = trio.run(TermuxSender().health)
@@ -281,27 +294,47 @@ AgentOnTermux = tuple[Program, TermuxApiStandIn, str]
 
 @pytest.fixture
 def termux_agent(
-    stack: Stack, tmp_path: Path, zimsend_env: dict[str, str],
+    stack: Stack,
+    tmp_path: Path,
+    zimsend_env: dict[str, str],
 ) -> Iterator[AgentOnTermux]:
     """`zimsend device run --backend termux` paired through REST, its stand-ins on PATH."""
     phone = TermuxApiStandIn(tmp_path / "phone").install()
     phone.receive("+263770000009", "an old SMS, before the gateway")
-    created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
-                         json={"name": "termux-phone"}, timeout=10)
+    created = httpx.post(
+        f"{stack.base_url}/v1/devices",
+        headers=stack.auth,
+        json={"name": "termux-phone"},
+        timeout=10,
+    )
     assert created.status_code == 200, created.text
     device = created.json()
     env = dict(zimsend_env, PATH=phone.path_env())
-    argv = [ZIMSEND, "device", "run", "--pairing", device["pairing_uri"],
-            "--server", stack.envoy.device_target, "--backend", "termux",
-            "--sim-slot", "0", "--sms-poll-interval", "0.2",
-            "--journal", str(tmp_path / "journal.sqlite3")]
+    argv = [
+        ZIMSEND,
+        "device",
+        "run",
+        "--pairing",
+        device["pairing_uri"],
+        "--server",
+        stack.envoy.device_target,
+        "--backend",
+        "termux",
+        "--sim-slot",
+        "0",
+        "--sms-poll-interval",
+        "0.2",
+        "--journal",
+        str(tmp_path / "journal.sqlite3"),
+    ]
     with Program(argv, env=env, log_path=tmp_path / "agent.log", name="termux agent") as agent:
         yield agent, phone, device["device_id"]
 
 
 @pytest.mark.slow
 def test_a_termux_phone_sends_and_receives_through_the_whole_stack(
-    stack: Stack, termux_agent: AgentOnTermux,
+    stack: Stack,
+    termux_agent: AgentOnTermux,
 ) -> None:
     agent, phone, device_id = termux_agent
     base, headers = stack.base_url, stack.auth
@@ -321,8 +354,12 @@ def test_a_termux_phone_sends_and_receives_through_the_whole_stack(
 
     wait(lambda: get(f"/v1/devices/{device_id}")["status"] == "online", "the phone online")
     text = "Rendezvous at 10:00 — reply YES to confirm"
-    sent = httpx.post(f"{base}/v1/sms/send", headers={**headers, "X-Device-ID": device_id},
-                      json={"to": "+263771234567", "message": text}, timeout=10)
+    sent = httpx.post(
+        f"{base}/v1/sms/send",
+        headers={**headers, "X-Device-ID": device_id},
+        json={"to": "+263771234567", "message": text},
+        timeout=10,
+    )
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
     wait(lambda: get(f"/v1/sms/status/{message_id}")["status"] == "sent", "status sent")
@@ -342,9 +379,16 @@ def test_a_termux_phone_sends_and_receives_through_the_whole_stack(
     # No delivery reports through Termux:API: the status stays `sent`, never invented.
     assert get(f"/v1/sms/status/{message_id}")["status"] == "sent"
     device = get(f"/v1/devices/{device_id}")
-    assert device["capabilities"] == {"backend": "termux", "delivery_reports": False,
-                                      "inbound_sms": True}, device
+    assert device["capabilities"] == {
+        "backend": "termux",
+        "delivery_reports": False,
+        "inbound_sms": True,
+    }, device
     assert [sim["slot"] for sim in device["sims"]] == [0, 1], device
     assert (device["battery"], device["charging"], device["signal"], device["network"]) == (
-        87, True, 3, "home")
+        87,
+        True,
+        3,
+        "home",
+    )
     assert text not in agent.output()  # the text is never logged

@@ -65,8 +65,6 @@ def creds(client_id: str, api_key: str) -> tuple[tuple[str, str], ...]:
     return (("x-api-key", api_key), ("x-client-id", client_id))
 
 
-
-
 def test_created_key_authenticates(channel: grpc.Channel, client: Credentials) -> None:
     client_id, api_key, _ = client
     reply = auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
@@ -90,8 +88,11 @@ def test_key_is_stored_only_as_hash(client: Credentials, zimsend_env: dict[str, 
 
 @pytest.mark.parametrize(
     ("metadata", "missing"),
-    [((), "X-API-Key, X-Client-ID"), ((("x-client-id", "client_x"),), "X-API-Key"),
-     ((("x-api-key", "zs_live_x"),), "X-Client-ID")],
+    [
+        ((), "X-API-Key, X-Client-ID"),
+        ((("x-client-id", "client_x"),), "X-API-Key"),
+        ((("x-api-key", "zs_live_x"),), "X-Client-ID"),
+    ],
 )
 def test_missing_headers(
     channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], missing: str
@@ -195,13 +196,18 @@ def test_every_public_rpc_requires_auth(channel: grpc.Channel) -> None:
             path = f"/{service.full_name}/{method.name}"
             if method.server_streaming:
                 stream = channel.unary_stream(
-                    path, request_serializer=request_cls.SerializeToString,
-                    response_deserializer=response_cls.FromString)
+                    path,
+                    request_serializer=request_cls.SerializeToString,
+                    response_deserializer=response_cls.FromString,
+                )
                 with pytest.raises(grpc.RpcError) as info:
                     list(stream(request_cls(), timeout=5))
             else:
-                call = channel.unary_unary(path, request_serializer=request_cls.SerializeToString,
-                                           response_deserializer=response_cls.FromString)
+                call = channel.unary_unary(
+                    path,
+                    request_serializer=request_cls.SerializeToString,
+                    response_deserializer=response_cls.FromString,
+                )
                 with pytest.raises(grpc.RpcError) as info:
                     call(request_cls(), timeout=5)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path

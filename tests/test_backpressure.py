@@ -29,8 +29,11 @@ MAX_WAIT_SECONDS = 1
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
 
-    return make_env(tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER,
-                    ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(MAX_WAIT_SECONDS))
+    return make_env(
+        tmp_path_factory.mktemp("zimsend-data"),
+        TEST_PEPPER,
+        ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(MAX_WAIT_SECONDS),
+    )
 
 
 def test_a_client_whose_phones_fall_behind_gets_429_until_they_catch_up(
@@ -38,8 +41,9 @@ def test_a_client_whose_phones_fall_behind_gets_429_until_they_catch_up(
 ) -> None:
     account = new_account(server_db, PEPPER, "behind")
     new_device(server_db, PEPPER, account.client_id, online=True)
-    first = sms.SendSms(pb.SendSmsRequest(to=TO, message="first"), metadata=account.md(),
-                        timeout=10)
+    first = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="first"), metadata=account.md(), timeout=10
+    )
     assert first.status == common_pb2.queued
     time.sleep(MAX_WAIT_SECONDS + 1.5)  # the first is now overdue (and the snapshot is fresh)
 
@@ -54,26 +58,36 @@ def test_a_client_whose_phones_fall_behind_gets_429_until_they_catch_up(
 
     # Not refused: a scheduled send (it waits for its time anyway), an urgent one (nothing
     # urgent is ahead of it), and another client's send.
-    scheduled = sms.SendSms(pb.SendSmsRequest(to=TO, message="later", scheduled_at=later(hours=1)),
-                            metadata=account.md(), timeout=10)
+    scheduled = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="later", scheduled_at=later(hours=1)),
+        metadata=account.md(),
+        timeout=10,
+    )
     assert scheduled.status == common_pb2.queued
-    urgent = sms.SendSms(pb.SendSmsRequest(to=TO, message="otp-like", priority=common_pb2.urgent),
-                         metadata=account.md(), timeout=10)
+    urgent = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="otp-like", priority=common_pb2.urgent),
+        metadata=account.md(),
+        timeout=10,
+    )
     assert urgent.status == common_pb2.queued
     other = new_account(server_db, PEPPER, "keeps up")
     new_device(server_db, PEPPER, other.client_id, online=True)
-    assert sms.SendSms(pb.SendSmsRequest(to=TO, message="fine"), metadata=other.md(),
-                       timeout=10).status == common_pb2.queued
+    assert (
+        sms.SendSms(
+            pb.SendSmsRequest(to=TO, message="fine"), metadata=other.md(), timeout=10
+        ).status
+        == common_pb2.queued
+    )
 
     # The phone catches up (the due messages leave the queue): sends are accepted again.
     for message_id in (first.message_id, urgent.message_id):
-        sms.CancelSms(pb.CancelSmsRequest(message_id=message_id), metadata=account.md(),
-                      timeout=10)
+        sms.CancelSms(pb.CancelSmsRequest(message_id=message_id), metadata=account.md(), timeout=10)
     deadline = time.monotonic() + 10
     while True:
         try:
-            again = sms.SendSms(pb.SendSmsRequest(to=TO, message="again"),
-                                metadata=account.md(), timeout=10)
+            again = sms.SendSms(
+                pb.SendSmsRequest(to=TO, message="again"), metadata=account.md(), timeout=10
+            )
             break
         except grpc.RpcError as exc:
             refused = exc

@@ -19,9 +19,22 @@ def quick_bench(tmp_path: Path, scenarios: str) -> tuple[str, Any]:
     """`zimsend bench --quick --seconds 1` of `scenarios`: its table and its JSON document."""
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [ZIMSEND, "bench", "--quick", "--scenarios", scenarios, "--seconds", "1",
-         "--json", str(out)],
-        check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        [
+            ZIMSEND,
+            "bench",
+            "--quick",
+            "--scenarios",
+            scenarios,
+            "--seconds",
+            "1",
+            "--json",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout, json.loads(out.read_text())
@@ -51,9 +64,14 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 
 
 def test_bench_refuses_an_unknown_scenario(tmp_path: Path) -> None:
-    done = subprocess.run([ZIMSEND, "bench", "--scenarios", "ceiling,warp"],
-                          check=False, capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [ZIMSEND, "bench", "--scenarios", "ceiling,warp"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "warp" in done.stderr
 

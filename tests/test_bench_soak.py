@@ -52,7 +52,8 @@ def test_too_short_a_run_is_not_judged() -> None:
 
 
 def test_the_soak_runs_alone() -> None:
-    done = subprocess.run([ZIMSEND, "bench", "--scenarios", "soak,grpc"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [ZIMSEND, "bench", "--scenarios", "soak,grpc"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert "run the soak alone" in done.stderr

@@ -21,8 +21,12 @@ from zimsend.server.services.convert import ts
 from zimsend.server.storage.types import UTCDateTime
 
 UTC = dt.UTC
-_ZONES = (UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)),
-          dt.timezone(dt.timedelta(hours=-11)), dt.timezone(dt.timedelta(hours=14)))
+_ZONES = (
+    UTC,
+    dt.timezone(dt.timedelta(hours=5, minutes=30)),
+    dt.timezone(dt.timedelta(hours=-11)),
+    dt.timezone(dt.timedelta(hours=14)),
+)
 
 
 def _instants(n: int, seed: int) -> list[dt.datetime]:
@@ -33,8 +37,9 @@ def _instants(n: int, seed: int) -> list[dt.datetime]:
     span = int((dt.datetime(9999, 12, 30, tzinfo=UTC) - low).total_seconds())
     out = []
     for i in range(n):
-        moment = low + dt.timedelta(seconds=rng.randrange(span),
-                                    microseconds=0 if i % 7 == 0 else rng.randrange(1_000_000))
+        moment = low + dt.timedelta(
+            seconds=rng.randrange(span), microseconds=0 if i % 7 == 0 else rng.randrange(1_000_000)
+        )
         out.append(moment.astimezone(rng.choice(_ZONES)))
     out.append(dt.datetime(1970, 1, 1, tzinfo=UTC))
     out.append(dt.datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
@@ -85,8 +90,7 @@ def _numbers() -> list[str]:
     for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items():
         prefixes = {"0", "1"}
         for region in regions:
-            metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
-                code, region)
+            metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
             if metadata is not None and metadata.national_prefix:
                 prefixes.add(metadata.national_prefix)
             for kind in range(12):
@@ -127,8 +131,11 @@ def test_numbers_written_as_e164_are_read_exactly_as_phonenumbers_reads_them() -
             assert fast == expected, value
         v = fields.Violations()
         got = fields.phone(v, "to", value)
-        valid = (expected is not None and not expected.extension
-                 and phonenumbers.is_valid_number(expected))
+        valid = (
+            expected is not None
+            and not expected.extension
+            and phonenumbers.is_valid_number(expected)
+        )
         if valid:
             assert expected is not None
             assert got == phonenumbers.format_number(expected, phonenumbers.PhoneNumberFormat.E164)

@@ -40,7 +40,9 @@ def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
 def test_committed_artefacts_are_not_stale() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "zimsend.buildtools.codegen", "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -107,7 +109,9 @@ def test_descriptor_set_has_every_service_and_the_error_details() -> None:
     assert pool.FindMessageTypeByName("google.rpc.Status")
     assert pool.FindMessageTypeByName("google.rpc.RetryInfo")
     services = {
-        f"{file.package}.{service.name}" for file in files for service in file.service
+        f"{file.package}.{service.name}"
+        for file in files
+        for service in file.service
         if file.package == "zimsend.v1"
     }
     assert "zimsend.v1.SmsService" in services
@@ -123,7 +127,9 @@ def test_descriptor_set_keeps_comments_and_http_rules() -> None:
     assert all(f.source_code_info.location for f in ours)
     rules = {
         method.name: method.options.Extensions[annotations_pb2.http]
-        for f in ours for service in f.service for method in service.method
+        for f in ours
+        for service in f.service
+        for method in service.method
     }
     assert rules["SendSms"].post == "/v1/sms/send"
     assert rules["SendSms"].body == "*"

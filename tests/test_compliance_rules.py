@@ -22,9 +22,22 @@ PARIS = ZoneInfo("Europe/Paris")
 NIGHT = QuietWindow(dt.time(21, 0), dt.time(8, 0), ZoneInfo("UTC"))
 
 
-@pytest.mark.parametrize("text", ["STOP", "Stop", " stop ", "STOP ALL", "stop   all",
-                                  "Unsubscribe", "ARRET", "Arrêt", "arrêt\n", "désabonner"
-                                  .replace("é", "e"), "DESABONNER"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "STOP",
+        "Stop",
+        " stop ",
+        "STOP ALL",
+        "stop   all",
+        "Unsubscribe",
+        "ARRET",
+        "Arrêt",
+        "arrêt\n",
+        "désabonner".replace("é", "e"),
+        "DESABONNER",
+    ],
+)
 def test_default_stop_keywords_match_in_any_case_and_spacing(text: str) -> None:
     assert keywords.match(text, keywords.DEFAULT_STOP, keywords.DEFAULT_START) == "stop"
 
@@ -34,8 +47,9 @@ def test_default_start_keywords(text: str) -> None:
     assert keywords.match(text, keywords.DEFAULT_STOP, keywords.DEFAULT_START) == "start"
 
 
-@pytest.mark.parametrize("text", ["STOP please", "stopp", "", "   ", "Can you stop?",
-                                  "ARRÊTE", "stop" * 100])
+@pytest.mark.parametrize(
+    "text", ["STOP please", "stopp", "", "   ", "Can you stop?", "ARRÊTE", "stop" * 100]
+)
 def test_anything_but_the_keyword_alone_is_a_plain_message(text: str) -> None:
     assert keywords.match(text, keywords.DEFAULT_STOP, keywords.DEFAULT_START) is None
 
@@ -55,7 +69,8 @@ def test_a_number_with_one_zone_uses_it_and_one_with_several_the_fallback() -> N
     assert recipient_zone("+263771234567", ZoneInfo("UTC")) == ZoneInfo("Africa/Harare")
     # +61 4xx (Australian mobiles) spans the whole country: the client's zone decides.
     assert recipient_zone("+61412345678", ZoneInfo("Australia/Perth")) == ZoneInfo(
-        "Australia/Perth")
+        "Australia/Perth"
+    )
     assert recipient_zone("+61412345678", ZoneInfo("UTC")) == ZoneInfo("UTC")
 
 
@@ -65,8 +80,7 @@ def test_inside_an_overnight_window_a_message_waits_for_the_local_morning() -> N
     assert held_until(NIGHT, "+33612345678", at) == dt.datetime(2026, 1, 16, 7, 0, tzinfo=UTC)
     # 06:59 Paris: held until 08:00 the same day.
     early = dt.datetime(2026, 1, 16, 5, 59, tzinfo=UTC)
-    assert held_until(NIGHT, "+33612345678", early) == dt.datetime(2026, 1, 16, 7, 0,
-                                                                    tzinfo=UTC)
+    assert held_until(NIGHT, "+33612345678", early) == dt.datetime(2026, 1, 16, 7, 0, tzinfo=UTC)
 
 
 def test_outside_the_window_a_message_goes_at_once() -> None:

@@ -33,8 +33,10 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("shedding-data"), TEST_PEPPER,
-        ZIMSEND_DEVICE_CONNECTS_PENDING_MAX="2", ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        tmp_path_factory.mktemp("shedding-data"),
+        TEST_PEPPER,
+        ZIMSEND_DEVICE_CONNECTS_PENDING_MAX="2",
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
         # The silent holders must keep their places for the whole test, however slowly the
         # agents start: the default 10 s hello deadline would free them (test_device_link).
         ZIMSEND_DEVICE_HELLO_TIMEOUT_SECONDS="600",
@@ -61,10 +63,20 @@ def _devices(env: dict[str, str], address: str, count: int) -> tuple[str, list[d
     try:
         devices = []
         for i in range(count):
-            new = accounts.create_device(db, env["ZIMSEND_SECRET_PEPPER"].encode(),
-                                         tenant.client_id, f"phone {i}", server_address=address)
-            devices.append({"client_id": tenant.client_id, "device_id": new.device.id,
-                            "password": new.password})
+            new = accounts.create_device(
+                db,
+                env["ZIMSEND_SECRET_PEPPER"].encode(),
+                tenant.client_id,
+                f"phone {i}",
+                server_address=address,
+            )
+            devices.append(
+                {
+                    "client_id": tenant.client_id,
+                    "device_id": new.device.id,
+                    "password": new.password,
+                }
+            )
     finally:
         db.dispose()
     return tenant.client_id, devices
@@ -72,15 +84,19 @@ def _devices(env: dict[str, str], address: str, count: int) -> tuple[str, list[d
 
 @pytest.mark.timeout(300)
 def test_excess_connects_are_refused_with_a_retry_delay_and_all_phones_come_online(
-    zimsend_env: dict[str, str], address: str, tmp_path: Path,
+    zimsend_env: dict[str, str],
+    address: str,
+    tmp_path: Path,
 ) -> None:
     client_id, devices = _devices(zimsend_env, address, FLEET + AGENTS + 3)
-    holders = [RawPhone(address, client_id, d["device_id"], d["password"])
-               for d in devices[:2]]
-    probe_device, agents, fleet = devices[2], devices[3:3 + AGENTS], devices[3 + AGENTS:]
+    holders = [RawPhone(address, client_id, d["device_id"], d["password"]) for d in devices[:2]]
+    probe_device, agents, fleet = devices[2], devices[3 : 3 + AGENTS], devices[3 + AGENTS :]
     for holder in holders:  # admitted and authenticated, silent: both places are taken
-        wait_for(lambda h=holder: dict(h.call.initial_metadata()).get("zimsend-admitted"),
-                 10, "the holder admitted")
+        wait_for(
+            lambda h=holder: dict(h.call.initial_metadata()).get("zimsend-admitted"),
+            10,
+            "the holder admitted",
+        )
 
     refused = RawPhone(address, client_id, probe_device["device_id"], probe_device["password"])
     wait_for(refused.ended.is_set, 10, "the third connect refused")
@@ -94,21 +110,49 @@ def test_excess_connects_are_refused_with_a_retry_delay_and_all_phones_come_onli
     devices_file = tmp_path / "devices.json"
     devices_file.write_text(json.dumps(fleet))
     programs = [
-        start_agent(zimsend_env, address, client_id, d["device_id"], d["password"], tmp_path,
-                    name=f"agent{n}")
+        start_agent(
+            zimsend_env,
+            address,
+            client_id,
+            d["device_id"],
+            d["password"],
+            tmp_path,
+            name=f"agent{n}",
+        )
         for n, d in enumerate(agents)
     ]
-    programs.append(Program(
-        [ZIMSEND, "device", "fleet", "--server", address, "--devices-file", str(devices_file),
-         "--batch-size", str(FLEET), "--batch-interval", "0.1", "--status-interval", "1",
-         "--duration", "240"],
-        env=zimsend_env, log_path=tmp_path / "fleet.log", name="fleet",
-    ))
+    programs.append(
+        Program(
+            [
+                ZIMSEND,
+                "device",
+                "fleet",
+                "--server",
+                address,
+                "--devices-file",
+                str(devices_file),
+                "--batch-size",
+                str(FLEET),
+                "--batch-interval",
+                "0.1",
+                "--status-interval",
+                "1",
+                "--duration",
+                "240",
+            ],
+            env=zimsend_env,
+            log_path=tmp_path / "fleet.log",
+            name="fleet",
+        )
+    )
     server_db = ServerDb(Path(zimsend_env["ZIMSEND_DATA_DIR"]))
 
     def online() -> int:
-        return int(server_db.query(
-            "SELECT count(*) FROM devices WHERE client_id = ? AND online", client_id)[0][0])
+        return int(
+            server_db.query(
+                "SELECT count(*) FROM devices WHERE client_id = ? AND online", client_id
+            )[0][0]
+        )
 
     try:
         for program in programs[:AGENTS]:  # the real agent honours the delay it was given
@@ -116,8 +160,9 @@ def test_excess_connects_are_refused_with_a_retry_delay_and_all_phones_come_onli
         wait_for(lambda: _busy(programs[-1].output()) > 0, 30, "fleet phones refused")
         for holder in holders:
             holder.close()
-        wait_for(lambda: online() == FLEET + AGENTS, 120,
-                 f"{FLEET + AGENTS} phones online", step=0.5)
+        wait_for(
+            lambda: online() == FLEET + AGENTS, 120, f"{FLEET + AGENTS} phones online", step=0.5
+        )
         for program in programs:
             assert program.alive(), program.output()[-2000:]
         assert _busy(programs[-1].output()) > 0

@@ -56,16 +56,34 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("console") / "data"
-    ports = {name: free_port() for name in ("http", "device", "grpc", "admin", "metrics",
-                                            "worker-metrics")}
+    ports = {
+        name: free_port()
+        for name in ("http", "device", "grpc", "admin", "metrics", "worker-metrics")
+    }
     program = Program(
-        [ZIMSEND, "up", "--data-dir", str(data_dir), "--http-port", str(ports["http"]),
-         "--device-port", str(ports["device"]), "--grpc-port", str(ports["grpc"]),
-         "--admin-port", str(ports["admin"]), "--metrics-port", str(ports["metrics"]),
-         "--worker-metrics-port", str(ports["worker-metrics"]), "--with-simulated-device",
-         "--allow-insecure-webhooks"],
+        [
+            ZIMSEND,
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(ports["http"]),
+            "--device-port",
+            str(ports["device"]),
+            "--grpc-port",
+            str(ports["grpc"]),
+            "--admin-port",
+            str(ports["admin"]),
+            "--metrics-port",
+            str(ports["metrics"]),
+            "--worker-metrics-port",
+            str(ports["worker-metrics"]),
+            "--with-simulated-device",
+            "--allow-insecure-webhooks",
+        ],
         env=zimsend_env(data_dir, "console-test-pepper"),
-        log_path=data_dir.parent / "up.log", name="zimsend up",
+        log_path=data_dir.parent / "up.log",
+        name="zimsend up",
     )
     with program:
         program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
@@ -78,13 +96,16 @@ def browser() -> Iterator[Any]:
 
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("Debian's `chromium` is not on PATH: run `python3 buildtools/run.py test` "
-                    "(it installs it as root) or `apt-get install chromium`.")
+        pytest.fail(
+            "Debian's `chromium` is not on PATH: run `python3 buildtools/run.py test` "
+            "(it installs it as root) or `apt-get install chromium`."
+        )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         # --no-sandbox: the tests run as root; /dev/shm may be tiny in a CI container.
         browser = playwright.chromium.launch(
-            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
+            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         yield browser
         browser.close()
 
@@ -129,8 +150,9 @@ class Console:
 @pytest.fixture
 def console(browser: Any, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Console]:
     options = getattr(request, "param", {})
-    context = browser.new_context(locale=options.get("locale", "en-US"),
-                                  viewport=options.get("viewport", DESKTOP))
+    context = browser.new_context(
+        locale=options.get("locale", "en-US"), viewport=options.get("viewport", DESKTOP)
+    )
     tab = Console(context.new_page(), stack)
     yield tab
     context.close()
@@ -157,7 +179,7 @@ def test_the_sign_in_page_is_served_at_root_with_a_strict_policy(stack: Stack) -
         assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
         assert root.headers["x-content-type-options"] == "nosniff"
         assert root.headers["referrer-policy"] == "no-referrer"
-        assert "<script type=\"module\" src=\"/console/app.js\">" in root.text
+        assert '<script type="module" src="/console/app.js">' in root.text
         assert not re.search(r"<script(?![^>]*\bsrc=)", root.text), "inline script in index.html"
         assert " style=" not in root.text
         for url_path, file in console_files().items():
@@ -177,8 +199,15 @@ def test_the_console_code_builds_no_markup_from_strings_and_credits_its_vendored
         if file.suffix != ".js" or "/vendor/" in url_path:
             continue
         code = file.read_text()
-        for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
-                      "eval(", "new Function", "localStorage.setItem(KEY"):
+        for risky in (
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "localStorage.setItem(KEY",
+        ):
             assert risky not in code, f"{url_path} uses {risky}"
     vendored = (console_files()["/console/vendor/qrcode-generator.mjs"]).read_text()
     assert "Copyright (c) 2009 Kazuhiko Arase" in vendored
@@ -197,7 +226,9 @@ def test_console_routes_come_before_the_api_catch_all_and_fit_the_direct_respons
     for route in routes_config["virtual_hosts"][0]["routes"]:
         if route["name"].startswith("console:"):  # served by Envoy: no transcoder, no bucket
             assert set(route["typed_per_filter_config"]) == {
-                "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.local_ratelimit"}
+                "envoy.filters.http.grpc_json_transcoder",
+                "envoy.filters.http.local_ratelimit",
+            }
     largest = max(file.stat().st_size for file in console_files().values())
     assert routes_config["max_direct_response_body_size_bytes"] > largest
 
@@ -282,10 +313,13 @@ def test_a_csv_file_is_previewed_then_sent_in_bulk_with_a_progress_bar(console: 
     console.sign_in()
     console.go("Send")
     page = console.page
-    csv = ("to;message\n+33612345001;Premier\n"
-           "+33612345002;\"Deuxième; avec point-virgule\"\n+33612345003;Troisième\n")
+    csv = (
+        "to;message\n+33612345001;Premier\n"
+        '+33612345002;"Deuxième; avec point-virgule"\n+33612345003;Troisième\n'
+    )
     page.get_by_label("CSV file", exact=True).set_input_files(
-        files=[{"name": "campaign.csv", "mimeType": "text/csv", "buffer": csv.encode()}])
+        files=[{"name": "campaign.csv", "mimeType": "text/csv", "buffer": csv.encode()}]
+    )
     preview = wait_for(page.locator("#bulk-preview table"))
     assert "Deuxième; avec point-virgule" in preview.inner_text()
     assert "3 line(s)" in page.locator("#bulk-preview").inner_text()
@@ -322,9 +356,21 @@ def test_a_failed_message_shows_its_error_and_is_resent_from_its_page(
     its code, and Resend queues it again as attempt 2."""
     with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
         phone = http.post("/v1/devices", json={"name": "Broken phone"}).json()
-        argv = [ZIMSEND, "device", "run", "--pairing", phone["pairing_uri"], "--backend",
-                "simulator", "--failure-rate", "1", "--failure-codes", "NO_CREDIT",
-                "--journal", str(tmp_path / "journal.sqlite3")]
+        argv = [
+            ZIMSEND,
+            "device",
+            "run",
+            "--pairing",
+            phone["pairing_uri"],
+            "--backend",
+            "simulator",
+            "--failure-rate",
+            "1",
+            "--failure-codes",
+            "NO_CREDIT",
+            "--journal",
+            str(tmp_path / "journal.sqlite3"),
+        ]
         with Program(argv, env=dict(os.environ), log_path=tmp_path / "agent.log", name="phone"):
             console.sign_in()
             console.go("Phones")
@@ -347,14 +393,15 @@ def test_a_failed_message_shows_its_error_and_is_resent_from_its_page(
             wait_for(page.get_by_role("status").filter(has_text="Queued again (attempt 2)"))
 
 
-def test_a_message_held_for_quiet_hours_says_when_it_leaves(
-    console: Console, stack: Stack
-) -> None:
+def test_a_message_held_for_quiet_hours_says_when_it_leaves(console: Console, stack: Stack) -> None:
     """Issue 16 item 4: quiet hours covering the recipient's time now (Paris) hold a normal
     message; its page says so and when it will go."""
     paris = dt.datetime.now(ZoneInfo("Europe/Paris"))
-    window = {"enabled": True, "start": (paris - dt.timedelta(hours=1)).strftime("%H:00"),
-              "end": (paris + dt.timedelta(hours=2)).strftime("%H:00")}
+    window = {
+        "enabled": True,
+        "start": (paris - dt.timedelta(hours=1)).strftime("%H:00"),
+        "end": (paris + dt.timedelta(hours=2)).strftime("%H:00"),
+    }
     with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
         assert http.patch("/v1/settings", json={"quiet_hours": window}).status_code == 200
         try:
@@ -372,9 +419,14 @@ def test_a_message_held_for_quiet_hours_says_when_it_leaves(
 def test_history_filters_and_pages(console: Console, stack: Stack) -> None:
     """25 messages of a campaign, found by their text among the others, 20 to a page."""
     with httpx.Client(base_url=stack.base_url, headers=stack.auth()) as http:
-        bulk = http.post("/v1/sms/send-bulk", json={
-            "recipients": [f"+336123450{i:02d}" for i in range(25)],
-            "message": "Soldes d'hiver : -30 % (campagne 7)", "scheduled_at": None})
+        bulk = http.post(
+            "/v1/sms/send-bulk",
+            json={
+                "recipients": [f"+336123450{i:02d}" for i in range(25)],
+                "message": "Soldes d'hiver : -30 % (campagne 7)",
+                "scheduled_at": None,
+            },
+        )
         assert bulk.status_code == 200, bulk.text
     console.sign_in()
     console.go("Messages")
@@ -443,8 +495,17 @@ def test_a_phone_added_and_paired_from_its_qr_code_shows_online_by_itself(
     card = wait_for(page.locator("article.phone", has_text="Kitchen phone"))
     assert card.locator('[data-field="status"]').get_attribute("data-status") == "offline"
     console.shot("phones")
-    argv = [ZIMSEND, "device", "run", "--pairing", found[0].text, "--backend", "simulator",
-            "--journal", str(tmp_path / "journal.sqlite3")]
+    argv = [
+        ZIMSEND,
+        "device",
+        "run",
+        "--pairing",
+        found[0].text,
+        "--backend",
+        "simulator",
+        "--journal",
+        str(tmp_path / "journal.sqlite3"),
+    ]
     with Program(argv, env=dict(os.environ), log_path=tmp_path / "agent.log", name="phone"):
         wait_for(card.locator('[data-field="status"][data-status="online"]'), timeout_ms=45_000)
         assert card.locator('[data-field="status"]').inner_text() == "online"
@@ -502,8 +563,11 @@ def test_a_key_created_in_the_console_works_until_revoked_there(
         assert http.get("/v1/auth/test", headers=stack.auth(secret)).status_code == 200
         console.shot("api-keys")
         page.get_by_role("button", name="Revoke key billing app").click()
-        wait_for(page.locator("tr", has_text="billing app").locator('[data-field="state"]',
-                                                                   has_text="revoked"))
+        wait_for(
+            page.locator("tr", has_text="billing app").locator(
+                '[data-field="state"]', has_text="revoked"
+            )
+        )
         refused = http.get("/v1/auth/test", headers=stack.auth(secret))
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "INVALID_API_KEY"
@@ -534,8 +598,10 @@ def test_a_webhook_test_from_the_console_is_delivered_and_logged(console: Consol
         page.get_by_role("button", name="Add endpoint").click()
         assert wait_for(page.locator("#webhook-secret-shown")).input_value().startswith("whsec_")
         page.get_by_role("button", name=f"Send a test event to {url}").click()
-        event_id = _first(r"evt_[0-9a-f]+", wait_for(
-            page.get_by_role("status").filter(has_text="Test event")).inner_text())
+        event_id = _first(
+            r"evt_[0-9a-f]+",
+            wait_for(page.get_by_role("status").filter(has_text="Test event")).inner_text(),
+        )
         logged = page.locator(f'#webhook-logs tr[data-event-id="{event_id}"]')
         wait_for(logged.locator('[data-field="response-status"]', has_text="200"))
         assert "webhook.test" in logged.inner_text()
@@ -555,12 +621,17 @@ def test_a_message_page_lists_its_own_webhook_deliveries(console: Console, stack
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{receiver.server_port}/per-message"
     with httpx.Client(base_url=f"{stack.base_url}/v1", headers=stack.auth(), timeout=15) as http:
-        hook = http.post("/webhooks/configure",
-                         json={"url": url, "events": ["sms.sent", "sms.delivered"]})
+        hook = http.post(
+            "/webhooks/configure", json={"url": url, "events": ["sms.sent", "sms.delivered"]}
+        )
         assert hook.status_code == 200, hook.text
         try:
-            ids = [http.post("/sms/send", json={"to": to, "message": "Suivi de livraison"})
-                   .json()["message_id"] for to in ("+33612345081", "+33612345082")]
+            ids = [
+                http.post("/sms/send", json={"to": to, "message": "Suivi de livraison"}).json()[
+                    "message_id"
+                ]
+                for to in ("+33612345081", "+33612345082")
+            ]
             console.sign_in()
             wait_for(console.page.get_by_role("heading", name="Overview"))
             console.open(f"#/messages/{ids[0]}")
@@ -568,28 +639,35 @@ def test_a_message_page_lists_its_own_webhook_deliveries(console: Console, stack
             deliveries = page.locator("#message-webhooks tbody tr")
             for event in ("sms.sent", "sms.delivered"):
                 row = deliveries.filter(has_text=event)
-                wait_for(row.locator('[data-field="response-status"]', has_text="200"),
-                         timeout_ms=90_000)
+                wait_for(
+                    row.locator('[data-field="response-status"]', has_text="200"), timeout_ms=90_000
+                )
                 assert url in row.inner_text()
                 assert "delivered" in row.inner_text()  # the result badge
+
             def events_of(message_id: str) -> set[str]:
-                return {e["event_id"] for e in list(_Receiver.received)
-                        if e.get("data", {}).get("message_id") == message_id}
+                return {
+                    e["event_id"]
+                    for e in list(_Receiver.received)
+                    if e.get("data", {}).get("message_id") == message_id
+                }
 
             deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
             while len(events_of(ids[1])) < 2:
                 assert dt.datetime.now(dt.UTC) < deadline, "the other message's two deliveries"
                 page.wait_for_timeout(200)
             page.wait_for_timeout(5_500)  # one more refresh of the page's deliveries
-            shown = {deliveries.nth(i).get_attribute("data-event-id")
-                     for i in range(deliveries.count())}
+            shown = {
+                deliveries.nth(i).get_attribute("data-event-id") for i in range(deliveries.count())
+            }
             assert shown == events_of(ids[0])
             assert not shown & events_of(ids[1])
             head = page.locator("#message-webhooks thead").inner_text()
             for column in ("Time", "Event", "URL", "HTTP status", "Attempt", "Result"):
                 assert column in head
-            assert page.get_by_role("link", name="Webhooks").last.get_attribute(
-                "href") == "#/webhooks"
+            assert (
+                page.get_by_role("link", name="Webhooks").last.get_attribute("href") == "#/webhooks"
+            )
             console.shot("message-webhooks")
             page.get_by_label("Language").select_option("fr")
             wait_for(page.get_by_role("heading", name="Livraisons de webhooks"))
@@ -632,7 +710,7 @@ def test_every_text_exists_in_french_and_english(console: Console) -> None:
     for file in console_files().values():
         if file.suffix == ".js":
             asked |= set(re.findall(r"\bt\(\"([\w.]+)\"\s*[,)]", file.read_text()))
-    assert asked, "no t(\"…\") call found"
+    assert asked, 'no t("…") call found'
     assert asked <= set(texts["en"]), asked - set(texts["en"])
 
 
@@ -697,9 +775,14 @@ def test_every_page_fits_a_375_pixel_wide_screen(console: Console) -> None:
     console.shot("sign-in-375px")
     console.sign_in()
     wait_for(console.page.get_by_role("heading", name="Overview"))
-    for section, name in [("Overview", "overview"), ("Messages", "messages"), ("Send", "send"),
-                          ("Phones", "phones"), ("API keys", "api-keys"),
-                          ("Webhooks", "webhooks")]:
+    for section, name in [
+        ("Overview", "overview"),
+        ("Messages", "messages"),
+        ("Send", "send"),
+        ("Phones", "phones"),
+        ("API keys", "api-keys"),
+        ("Webhooks", "webhooks"),
+    ]:
         console.go(section)
         wait_for(console.page.get_by_role("heading", name=section, exact=True))
         fits(section)

@@ -37,8 +37,10 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("device-health-data"), TEST_PEPPER,
-        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1", ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        tmp_path_factory.mktemp("device-health-data"),
+        TEST_PEPPER,
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
         ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",  # the tests poll GET /v1/devices
     )
 
@@ -47,8 +49,11 @@ class Rest:
     """One client's REST calls through Envoy."""
 
     def __init__(self, base_url: str, tenant: Tenant) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10, headers={
-            "X-API-Key": tenant.live_key, "X-Client-ID": tenant.client_id})
+        self.http = httpx.Client(
+            base_url=base_url,
+            timeout=10,
+            headers={"X-API-Key": tenant.live_key, "X-Client-ID": tenant.client_id},
+        )
 
     def create_device(self) -> tuple[str, str]:
         created = self.http.post("/v1/devices", json={"name": "usb modem"}).json()
@@ -61,8 +66,9 @@ class Rest:
 
     def send(self, *, device: str | None = None, **body: Any) -> httpx.Response:
         headers = {"X-Device-ID": device} if device else {}
-        return self.http.post("/v1/sms/send", headers=headers,
-                              json={"to": "+33612345678", "message": "hello", **body})
+        return self.http.post(
+            "/v1/sms/send", headers=headers, json={"to": "+33612345678", "message": "hello", **body}
+        )
 
 
 @pytest.fixture
@@ -102,15 +108,26 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
     device_id, password = api.create_device()
     phone = RawPhone(stack.envoy.device_target, tenant.client_id, device_id, password)
     try:
-        caps = common_pb2.DeviceCapabilities(backend="modem", delivery_reports=True,
-                                             inbound_sms=True)
+        caps = common_pb2.DeviceCapabilities(
+            backend="modem", delivery_reports=True, inbound_sms=True
+        )
         phone.hello(capabilities=caps)
         can_send = pb.Heartbeat(signal=3, network=common_pb2.home)  # a USB modem: no battery
         phone.beat(can_send)
-        shown = wait_for(lambda: (d := api.device(device_id))["status"] == "online"
-                         and d.get("network") == "home" and d, 5, "online on its home network")
-        assert shown["capabilities"] == {"backend": "modem", "delivery_reports": True,
-                                         "inbound_sms": True}
+        shown = wait_for(
+            lambda: (
+                (d := api.device(device_id))["status"] == "online"
+                and d.get("network") == "home"
+                and d
+            ),
+            5,
+            "online on its home network",
+        )
+        assert shown["capabilities"] == {
+            "backend": "modem",
+            "delivery_reports": True,
+            "inbound_sms": True,
+        }
         assert "battery" not in shown
         assert shown["signal"] == 3
         assert shown["cannot_send_reason"] == ""
@@ -122,17 +139,20 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
         message_id = queued.json()["message_id"]
         due_at = time.monotonic() + due_in
 
-        phone.beat(pb.Heartbeat(signal=0, network=common_pb2.not_registered,
-                                cannot_send_reason=UNPLUGGED))
-        shown = wait_for(lambda: (d := api.device(device_id))["status"] == "offline" and d, 3,
-                         "offline with its reason")
+        phone.beat(
+            pb.Heartbeat(signal=0, network=common_pb2.not_registered, cannot_send_reason=UNPLUGGED)
+        )
+        shown = wait_for(
+            lambda: (d := api.device(device_id))["status"] == "offline" and d,
+            3,
+            "offline with its reason",
+        )
         assert shown["cannot_send_reason"] == UNPLUGGED
         assert shown["network"] == "not_registered"
         assert shown["signal"] == 0
         assert shown["capabilities"]["backend"] == "modem"
         listed = api.http.get("/v1/devices").json()["devices"]
-        assert [(d["status"], d["cannot_send_reason"]) for d in listed] == [
-            ("offline", UNPLUGGED)]
+        assert [(d["status"], d["cannot_send_reason"]) for d in listed] == [("offline", UNPLUGGED)]
 
         pinned = api.send(device=device_id)
         assert pinned.status_code == 503, pinned.text
@@ -155,8 +175,9 @@ def test_a_phone_that_cannot_send_is_offline_refused_and_offered_nothing_until_i
         assert offered.message_id == message_id
         # At once (the heartbeat makes it ready), not at some later poll.
         assert time.monotonic() - cleared_at < 1.0
-        shown = wait_for(lambda: (d := api.device(device_id))["status"] == "online" and d, 3,
-                         "online again")
+        shown = wait_for(
+            lambda: (d := api.device(device_id))["status"] == "online" and d, 3, "online again"
+        )
         assert shown["cannot_send_reason"] == ""
         assert shown["network"] == "home"
         # The stream stayed up throughout: no webhook says otherwise.
@@ -177,14 +198,16 @@ def test_what_an_older_agent_says_and_a_long_reason_is_cut(
     try:
         phone.hello()
         phone.beat(pb.Heartbeat(battery=55, signal=2))
-        shown = wait_for(lambda: (d := api.device(device_id)).get("battery") == 55 and d, 5,
-                         "the heartbeat")
+        shown = wait_for(
+            lambda: (d := api.device(device_id)).get("battery") == 55 and d, 5, "the heartbeat"
+        )
         assert shown["status"] == "online"
         assert "capabilities" not in shown
         assert "network" not in shown  # an older agent does not say
         phone.beat(pb.Heartbeat(battery=55, signal=2, cannot_send_reason="SIM PIN " + "x" * 300))
-        shown = wait_for(lambda: (d := api.device(device_id))["status"] == "offline" and d, 3,
-                         "offline")
+        shown = wait_for(
+            lambda: (d := api.device(device_id))["status"] == "offline" and d, 3, "offline"
+        )
         assert shown["cannot_send_reason"] == ("SIM PIN " + "x" * 300)[:200]
     finally:
         phone.close()
@@ -202,20 +225,25 @@ def test_the_reason_outlives_a_reconnect_until_a_heartbeat_clears_it(
     try:
         first.hello()
         first.beat(pb.Heartbeat(cannot_send_reason="SIM PIN required"))
-        wait_for(lambda: api.device(device_id)["cannot_send_reason"] == "SIM PIN required", 3,
-                 "the reason")
+        wait_for(
+            lambda: api.device(device_id)["cannot_send_reason"] == "SIM PIN required",
+            3,
+            "the reason",
+        )
         queued = api.send(device=device_id, scheduled_at=_in(2.0))
         assert queued.status_code == 200, queued.text
         due_at = time.monotonic() + 2.0
     finally:
         first.close()
-    shown = wait_for(lambda: (d := api.device(device_id))["cannot_send_reason"] == "" and d, 3,
-                     "the stream gone")
+    shown = wait_for(
+        lambda: (d := api.device(device_id))["cannot_send_reason"] == "" and d, 3, "the stream gone"
+    )
     assert shown["status"] == "offline"
 
     # Silent but alive (pongs, no heartbeat): the kept reason holds the due message back.
-    second = RawPhone(stack.envoy.device_target, tenant.client_id, device_id, password,
-                      heartbeats=False)
+    second = RawPhone(
+        stack.envoy.device_target, tenant.client_id, device_id, password, heartbeats=False
+    )
     try:
         second.hello()
         while time.monotonic() < due_at + 1.5:

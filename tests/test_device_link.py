@@ -38,8 +38,10 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("device-link-data"), TEST_PEPPER,
-        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS=str(HEARTBEAT_S), ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        tmp_path_factory.mktemp("device-link-data"),
+        TEST_PEPPER,
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS=str(HEARTBEAT_S),
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
         ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",  # the tests poll GetDevice
     )
 
@@ -57,17 +59,34 @@ def phone(address: str, tenant: Tenant, device_id: str, password: str) -> RawPho
 
 
 def test_agent_is_online_within_a_second_and_offline_after_kill_9(
-    admin: Admin, device_channel: grpc.Channel, address: str, zimsend_env: dict[str, str],
-    link_db: ServerDb, tmp_path: Path,
+    admin: Admin,
+    device_channel: grpc.Channel,
+    address: str,
+    zimsend_env: dict[str, str],
+    link_db: ServerDb,
+    tmp_path: Path,
 ) -> None:
     tenant = new_tenant(admin, device_channel, "acceptance")  # the real admin CLI, end to end
-    created = admin("create-device", "--client-id", tenant.client_id, "--name", "pixel",
-                    "--server-address", address)
+    created = admin(
+        "create-device",
+        "--client-id",
+        tenant.client_id,
+        "--name",
+        "pixel",
+        "--server-address",
+        address,
+    )
     assert created["pairing_uri"].startswith("zimsend://pair?server=")
     device = tenant.get_device(created["device_id"])
     assert not tenant.online(device.device_id)
-    with start_agent(zimsend_env, address, tenant.client_id, device.device_id,
-                     created["device_password"], tmp_path) as agent:
+    with start_agent(
+        zimsend_env,
+        address,
+        tenant.client_id,
+        device.device_id,
+        created["device_password"],
+        tmp_path,
+    ) as agent:
         # The agent's own start-up (imports) is not the server's business: time from the
         # moment the agent says it is connected.
         wait_for(lambda: "connected to" in agent.output(), 30, "the agent to connect")
@@ -99,8 +118,9 @@ def test_a_silent_phone_goes_offline_after_the_missed_heartbeats(
     tenant: Tenant, address: str, link_db: ServerDb
 ) -> None:
     device = tenant.create_device()
-    raw = RawPhone(address, tenant.client_id, device.device_id, device.device_password,
-                   heartbeats=False)
+    raw = RawPhone(
+        address, tenant.client_id, device.device_id, device.device_password, heartbeats=False
+    )
     try:
         welcome = raw.hello()
         assert welcome.settings.heartbeat_interval_seconds == HEARTBEAT_S
@@ -111,7 +131,7 @@ def test_a_silent_phone_goes_offline_after_the_missed_heartbeats(
         wait_for(lambda: not tenant.online(device.device_id), 3, "offline")
     finally:
         raw.close()
-    (_, event), = link_db.events(tenant.client_id, "device.disconnected")
+    ((_, event),) = link_db.events(tenant.client_id, "device.disconnected")
     assert event["reason"] == "CONNECTION_LOST"
 
 
@@ -119,11 +139,17 @@ def test_a_silent_phone_goes_offline_after_the_missed_heartbeats(
 
 
 def run_agent_until_exit(
-    env: dict[str, str], address: str, tenant: Tenant, device_id: str, password: str,
-    workdir: Path, name: str,
+    env: dict[str, str],
+    address: str,
+    tenant: Tenant,
+    device_id: str,
+    password: str,
+    workdir: Path,
+    name: str,
 ) -> tuple[int | None, str]:
-    with start_agent(env, address, tenant.client_id, device_id, password, workdir,
-                     name=name) as agent:
+    with start_agent(
+        env, address, tenant.client_id, device_id, password, workdir, name=name
+    ) as agent:
         wait_for(lambda: not agent.alive(), 20, f"{name} to exit")
         return agent.proc.returncode, agent.output()
 
@@ -132,8 +158,9 @@ def test_a_wrong_password_is_refused_and_the_agent_says_why(
     tenant: Tenant, address: str, zimsend_env: dict[str, str], tmp_path: Path
 ) -> None:
     device = tenant.create_device()
-    code, output = run_agent_until_exit(zimsend_env, address, tenant, device.device_id,
-                                        "not-the-password", tmp_path, "wrong")
+    code, output = run_agent_until_exit(
+        zimsend_env, address, tenant, device.device_id, "not-the-password", tmp_path, "wrong"
+    )
     assert code == 3
     assert "INVALID_DEVICE_CREDENTIALS" in output
     assert "wrong device password" in output
@@ -146,20 +173,29 @@ def test_a_rotated_password_stops_the_connected_phone_and_the_old_one_is_refused
     from zimsend.v1 import devices_pb2
 
     device = tenant.create_device()
-    with start_agent(zimsend_env, address, tenant.client_id, device.device_id,
-                     device.device_password, tmp_path, name="before") as agent:
+    with start_agent(
+        zimsend_env,
+        address,
+        tenant.client_id,
+        device.device_id,
+        device.device_password,
+        tmp_path,
+        name="before",
+    ) as agent:
         wait_for(lambda: tenant.online(device.device_id), 15, "online")
         rotated = tenant.devices.RotateDevicePassword(
             devices_pb2.RotateDevicePasswordRequest(device_id=device.device_id),
-            metadata=tenant.md(), timeout=10,
+            metadata=tenant.md(),
+            timeout=10,
         )
         wait_for(lambda: not agent.alive(), 10, "the agent to stop")
         assert agent.proc.returncode == 4
         assert "password was rotated" in agent.output()
     assert rotated.device_password != device.device_password
     assert "password=" + rotated.device_password in rotated.pairing_uri
-    code, output = run_agent_until_exit(zimsend_env, address, tenant, device.device_id,
-                                        device.device_password, tmp_path, "old")
+    code, output = run_agent_until_exit(
+        zimsend_env, address, tenant, device.device_id, device.device_password, tmp_path, "old"
+    )
     assert code == 3
     assert "INVALID_DEVICE_CREDENTIALS" in output
     raw = phone(address, tenant, device.device_id, rotated.device_password)
@@ -181,8 +217,9 @@ def test_a_disabled_device_is_told_at_once_and_refused_on_reconnect(
         assert settings.enabled is False
     finally:
         raw.close()
-    code, output = run_agent_until_exit(zimsend_env, address, tenant, device.device_id,
-                                        device.device_password, tmp_path, "disabled")
+    code, output = run_agent_until_exit(
+        zimsend_env, address, tenant, device.device_id, device.device_password, tmp_path, "disabled"
+    )
     assert code == 3
     assert "DEVICE_DISABLED" in output
     assert "disabled" in output
@@ -195,8 +232,11 @@ def test_a_deleted_device_is_closed_and_refused(tenant: Tenant, address: str) ->
     raw = phone(address, tenant, device.device_id, device.device_password)
     try:
         raw.hello()
-        tenant.devices.DeleteDevice(devices_pb2.DeleteDeviceRequest(device_id=device.device_id),
-                                    metadata=tenant.md(), timeout=10)
+        tenant.devices.DeleteDevice(
+            devices_pb2.DeleteDeviceRequest(device_id=device.device_id),
+            metadata=tenant.md(),
+            timeout=10,
+        )
         told = raw.expect("reconnect").reconnect
         assert told.reason_code == pb.Reconnect.DEVICE_DELETED
         assert told.reason == "DEVICE_DELETED"  # the deprecated field, for older agents
@@ -248,8 +288,11 @@ def test_a_second_connection_replaces_the_first_without_going_offline(
         second.close()
     kinds = [k for k, _ in link_db.events(tenant.client_id, "device.")]
     assert kinds[:2] == ["device.connected", "device.connected"]
-    wait_for(lambda: len(link_db.events(tenant.client_id, "device.disconnected")) == 1, 5,
-             "one disconnect, for the second stream only")
+    wait_for(
+        lambda: len(link_db.events(tenant.client_id, "device.disconnected")) == 1,
+        5,
+        "one disconnect, for the second stream only",
+    )
 
 
 # --- commands and reports ---------------------------------------------------------------------
@@ -270,22 +313,37 @@ def test_reports_are_idempotent_and_acknowledged_after_storage(
         assert command.segments == 1
         assert not command.redelivery
         raw.send(ack=pb.CommandAck(command_id=command.command_id, accepted=True))
-        sent = pb.StatusReport(report_id="r-sent", message_id=message_id, part_index=0,
-                               part_count=1, outcome=pb.StatusReport.OUTCOME_SENT)
+        sent = pb.StatusReport(
+            report_id="r-sent",
+            message_id=message_id,
+            part_index=0,
+            part_count=1,
+            outcome=pb.StatusReport.OUTCOME_SENT,
+        )
         for _ in range(3):
             raw.send(report=sent)
             assert list(raw.expect("report_ack").report_ack.report_ids) == ["r-sent"]
         assert tenant.status(message_id).status == common_pb2.sent
-        delivered = pb.StatusReport(report_id="r-dlv", message_id=message_id, part_index=0,
-                                    part_count=1, outcome=pb.StatusReport.OUTCOME_DELIVERED)
+        delivered = pb.StatusReport(
+            report_id="r-dlv",
+            message_id=message_id,
+            part_index=0,
+            part_count=1,
+            outcome=pb.StatusReport.OUTCOME_DELIVERED,
+        )
         raw.send(report=delivered)
         raw.send(report=delivered)
         raw.expect("report_ack")
         raw.expect("report_ack")
         # A late failure of an already delivered message changes nothing either.
-        raw.send(report=pb.StatusReport(report_id="r-late", message_id=message_id,
-                                        outcome=pb.StatusReport.OUTCOME_FAILED,
-                                        error_code="NETWORK_ERROR"))
+        raw.send(
+            report=pb.StatusReport(
+                report_id="r-late",
+                message_id=message_id,
+                outcome=pb.StatusReport.OUTCOME_FAILED,
+                error_code="NETWORK_ERROR",
+            )
+        )
         raw.expect("report_ack")
     finally:
         raw.close()
@@ -302,7 +360,7 @@ def test_reports_are_idempotent_and_acknowledged_after_storage(
     assert data["device_id"] == device.device_id
     assert data["sent_at"]
     assert data["delivered_at"]
-    (sent_count, delivered_count, failed_count), = link_db.query(
+    ((sent_count, delivered_count, failed_count),) = link_db.query(
         "SELECT sent, delivered, failed FROM daily_aggregates WHERE device_id = ?",
         device.device_id,
     )
@@ -326,9 +384,15 @@ def test_unacknowledged_messages_are_offered_again_after_a_reconnect(
         assert offer.message_id == message_id
         assert offer.redelivery is True
         assert offer.command_id != first.command_id
-        again.send(report=pb.StatusReport(report_id="x", message_id=message_id,
-                                          outcome=pb.StatusReport.OUTCOME_FAILED,
-                                          error_code="NO_CREDIT", error_message="empty"))
+        again.send(
+            report=pb.StatusReport(
+                report_id="x",
+                message_id=message_id,
+                outcome=pb.StatusReport.OUTCOME_FAILED,
+                error_code="NO_CREDIT",
+                error_message="empty",
+            )
+        )
         again.expect("report_ack")
     finally:
         again.close()
@@ -346,12 +410,15 @@ def test_a_refused_command_fails_its_message(
         raw.hello()
         message_id = tenant.send("+33612345678", "no sim")
         command = raw.expect("send").send
-        raw.send(ack=pb.CommandAck(command_id=command.command_id, accepted=False,
-                                   reason="no SIM in slot 1"))
+        raw.send(
+            ack=pb.CommandAck(
+                command_id=command.command_id, accepted=False, reason="no SIM in slot 1"
+            )
+        )
         wait_for(lambda: tenant.status(message_id).status == common_pb2.failed, 5, "failed")
     finally:
         raw.close()
-    (_, data), = link_db.events(tenant.client_id, "sms.failed")
+    ((_, data),) = link_db.events(tenant.client_id, "sms.failed")
     assert data["error"]["code"] == "DEVICE_ERROR"
     assert "no SIM" in data["error"]["message"]
 
@@ -367,23 +434,27 @@ def test_a_command_refused_for_a_missing_sim_goes_back_to_the_queue(
         raw.hello()
         message_id = tenant.send("+33612345678", "slot 1 please", sim_slot=1)
         command = raw.expect("send").send
-        raw.send(ack=pb.CommandAck(command_id=command.command_id, accepted=False,
-                                   reason="no SIM in slot 1", error_code="SIM_MISSING"))
+        raw.send(
+            ack=pb.CommandAck(
+                command_id=command.command_id,
+                accepted=False,
+                reason="no SIM in slot 1",
+                error_code="SIM_MISSING",
+            )
+        )
         wait_for(lambda: tenant.status(message_id).attempts == 2, 10, "re-queued")
     finally:
         raw.close()
     status = tenant.status(message_id)
     assert status.status == common_pb2.queued
     assert (status.error.code, status.error.reason) == ("DEVICE_ERROR", "SIM_MISSING")
-    (_, data), = link_db.events(tenant.client_id, "sms.rerouted")
+    ((_, data),) = link_db.events(tenant.client_id, "sms.rerouted")
     assert data["rerouted_from"] == device.device_id
     assert link_db.events(tenant.client_id, "sms.failed") == []
     assert tenant.get_device(device.device_id).HasField("cooling_down_until")
 
 
-def test_inbound_sms_is_stored_once(
-    tenant: Tenant, address: str, link_db: ServerDb
-) -> None:
+def test_inbound_sms_is_stored_once(tenant: Tenant, address: str, link_db: ServerDb) -> None:
     device = tenant.create_device()
     raw = phone(address, tenant, device.device_id, device.device_password)
     try:
@@ -395,9 +466,10 @@ def test_inbound_sms_is_stored_once(
             assert list(raw.expect("report_ack").report_ack.report_ids) == ["in-1"]
     finally:
         raw.close()
-    assert link_db.query("SELECT count(*) FROM inbound_messages WHERE device_id = ?",
-                    device.device_id) == [(1,)]
-    (_, data), = link_db.events(tenant.client_id, "sms.received")
+    assert link_db.query(
+        "SELECT count(*) FROM inbound_messages WHERE device_id = ?", device.device_id
+    ) == [(1,)]
+    ((_, data),) = link_db.events(tenant.client_id, "sms.received")
     assert data["from"] == "+33698765432"
     assert data["message"] == "STOP"
 
@@ -422,7 +494,9 @@ def test_shutdown_tells_phones_to_reconnect_and_marks_them_offline(
             wait_for(lambda: not own.alive(), 15, "the server to stop")
         finally:
             raw.close()
-    row, = link_db.query("SELECT online FROM devices WHERE id = ?", device.device_id)
+    (row,) = link_db.query("SELECT online FROM devices WHERE id = ?", device.device_id)
     assert row == (0,)
     assert [k for k, _ in link_db.events(tenant.client_id, "device.")] == [
-        "device.connected", "device.disconnected"]
+        "device.connected",
+        "device.disconnected",
+    ]

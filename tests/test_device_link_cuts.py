@@ -41,8 +41,13 @@ CUTS = 50
 def env(tmp_path: Path) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
-    return make_env(tmp_path / "data", TEST_PEPPER, ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
-                    ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0", ZIMSEND_RATE_LIMIT_PER_MINUTE="100000")
+    return make_env(
+        tmp_path / "data",
+        TEST_PEPPER,
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
+    )
 
 
 class Feeder(threading.Thread):
@@ -61,7 +66,8 @@ class Feeder(threading.Thread):
             at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)).isoformat()
             request = sms_pb2.SendBulkSmsRequest(
                 recipients=["+33612345678", "+33612345679", "+33612345670"],
-                message=f"burst {n}", scheduled_at=at.replace("+00:00", "Z"),
+                message=f"burst {n}",
+                scheduled_at=at.replace("+00:00", "Z"),
             )
             try:
                 with grpc.insecure_channel(self.target[0]) as channel:
@@ -90,8 +96,16 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
     agent_args = ("--send-delay", "0.05", "--delivery-delay", "0.3", "--log-level", "INFO")
 
     def agent(n: int) -> Program:
-        return start_agent(env, proxy.address, tenant.client_id, device.device_id,
-                           device.device_password, tmp_path, *agent_args, name=f"agent{n}")
+        return start_agent(
+            env,
+            proxy.address,
+            tenant.client_id,
+            device.device_id,
+            device.device_password,
+            tmp_path,
+            *agent_args,
+            name=f"agent{n}",
+        )
 
     agents = [agent(0)]
     feeder = Feeder(target, tenant.md())
@@ -101,6 +115,7 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
         wait_for(lambda: "connected to" in agents[-1].output(), 60, "the first connection")
         feeder.start()
         time.sleep(2.0)
+
         def links() -> int:
             return sum(a.log_path.read_text(errors="replace").count("connected to") for a in agents)
 
@@ -132,8 +147,11 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
         feeder.join(10)
         ids = list(feeder.ids)
         db = ServerDb(data_dir)
-        wait_for(lambda: all(s in ("sent", "delivered", "failed")
-                             for s in db.statuses(ids).values()), 120, "every message settled")
+        wait_for(
+            lambda: all(s in ("sent", "delivered", "failed") for s in db.statuses(ids).values()),
+            120,
+            "every message settled",
+        )
         time.sleep(1.0)  # the last delivery reports
     finally:
         feeder.stop.set()
@@ -150,8 +168,9 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
     assert max(sends.values()) == 1, [m for m, c in sends.items() if c > 1]
     statuses = db.statuses(ids)
     assert len(statuses) == len(ids)
-    rows = db.query("SELECT id, status, error_code FROM messages WHERE client_id = ?",
-                    tenant.client_id)
+    rows = db.query(
+        "SELECT id, status, error_code FROM messages WHERE client_id = ?", tenant.client_id
+    )
     failed = {mid: code for mid, status, code in rows if status == "failed"}
     for mid, status, _ in rows:
         if status in ("sent", "delivered"):
@@ -166,4 +185,3 @@ def test_fifty_random_cuts_never_send_a_message_twice(env: dict[str, str], tmp_p
     # (the simulator keeps those in memory, like a phone that was switched off).
     undelivered = sum(1 for s in statuses.values() if s == "sent")
     assert undelivered <= 10 * kinds["agent"], undelivered
-

@@ -37,7 +37,9 @@ def test_create_returns_a_one_time_password_and_a_pairing_uri(
     query = {k: v[0] for k, v in parse_qs(uri.query).items()}
     assert uri.scheme == "zimsend"
     assert query == {
-        "server": server[1], "client_id": tenant.client_id, "device_id": created.device_id,
+        "server": server[1],
+        "client_id": tenant.client_id,
+        "device_id": created.device_id,
         "password": created.device_password,
     }
     assert len(created.device_password) >= 20
@@ -58,15 +60,20 @@ def test_list_and_get_show_defaults_presence_and_what_the_phone_said(
     assert got.daily_cap == 0
     assert not got.HasField("battery")
     assert not got.HasField("last_seen")
-    phone = RawPhone(server[1], tenant.client_id, second.device_id, second.device_password,
-                     heartbeats=False)
+    phone = RawPhone(
+        server[1], tenant.client_id, second.device_id, second.device_password, heartbeats=False
+    )
     try:
-        phone.hello(android_version="14", phone_number="+33611111111",
-                    sims=[common_pb2.SimSlot(slot=0, carrier="Orange")])
+        phone.hello(
+            android_version="14",
+            phone_number="+33611111111",
+            sims=[common_pb2.SimSlot(slot=0, carrier="Orange")],
+        )
         phone.send(heartbeat=pb.Heartbeat(battery=64, charging=True, signal=3))
         time.sleep(1.5)  # one heartbeat flush
-        listed = tenant.devices.ListDevices(devices_pb2.ListDevicesRequest(),
-                                            metadata=tenant.md(), timeout=10)
+        listed = tenant.devices.ListDevices(
+            devices_pb2.ListDevicesRequest(), metadata=tenant.md(), timeout=10
+        )
     finally:
         phone.close()
     assert [d.device_id for d in listed.devices] == [first.device_id, second.device_id]
@@ -102,9 +109,13 @@ def test_update_changes_only_the_given_fields_and_applies_live(
         assert renamed.device.daily_cap == 500
         masked = tenant.devices.UpdateDevice(
             devices_pb2.UpdateDeviceRequest(
-                device_id=device.device_id, name="ignored", daily_cap=7,
+                device_id=device.device_id,
+                name="ignored",
+                daily_cap=7,
                 update_mask=field_mask_pb2.FieldMask(paths=["daily_cap"]),
-            ), metadata=tenant.md(), timeout=10,
+            ),
+            metadata=tenant.md(),
+            timeout=10,
         )
         assert masked.device.name == "after"
         assert masked.device.daily_cap == 7
@@ -112,12 +123,15 @@ def test_update_changes_only_the_given_fields_and_applies_live(
         phone.close()
 
 
-@pytest.mark.parametrize(("fields", "field", "words"), [
-    ({"send_interval_ms": 3_600_001}, "send_interval_ms", "0-3600000"),
-    ({"send_interval_ms": -1}, "send_interval_ms", "0-3600000"),
-    ({"daily_cap": 100_001}, "daily_cap", "100000"),
-    ({"name": ""}, "name", "1-100"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"send_interval_ms": 3_600_001}, "send_interval_ms", "0-3600000"),
+        ({"send_interval_ms": -1}, "send_interval_ms", "0-3600000"),
+        ({"daily_cap": 100_001}, "daily_cap", "100000"),
+        ({"name": ""}, "name", "1-100"),
+    ],
+)
 def test_update_validation_names_the_field_and_its_limit(
     tenant: Tenant, fields: dict[str, object], field: str, words: str
 ) -> None:
@@ -139,10 +153,12 @@ def test_another_clients_device_is_invalid_device_id_everywhere(
         lambda: tenant.get_device(theirs.device_id),
         lambda: tenant.update_device(theirs.device_id, name="mine"),
         lambda: tenant.devices.DeleteDevice(
-            devices_pb2.DeleteDeviceRequest(device_id=theirs.device_id), metadata=tenant.md()),
+            devices_pb2.DeleteDeviceRequest(device_id=theirs.device_id), metadata=tenant.md()
+        ),
         lambda: tenant.devices.RotateDevicePassword(
             devices_pb2.RotateDevicePasswordRequest(device_id=theirs.device_id),
-            metadata=tenant.md()),
+            metadata=tenant.md(),
+        ),
         lambda: tenant.get_device("device_0000000000000000"),
     ]
     for call in calls:
@@ -156,7 +172,8 @@ def test_another_clients_device_is_invalid_device_id_everywhere(
 def test_a_deleted_device_disappears(tenant: Tenant) -> None:
     device = tenant.create_device()
     reply = tenant.devices.DeleteDevice(
-        devices_pb2.DeleteDeviceRequest(device_id=device.device_id), metadata=tenant.md())
+        devices_pb2.DeleteDeviceRequest(device_id=device.device_id), metadata=tenant.md()
+    )
     assert reply.success
     assert reply.device_id == device.device_id
     listed = tenant.devices.ListDevices(devices_pb2.ListDevicesRequest(), metadata=tenant.md())

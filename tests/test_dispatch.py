@@ -41,9 +41,12 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Default pacing (2500 ms), 1 s heartbeats."""
     from conftest import TEST_PEPPER
 
-    return make_env(tmp_path_factory.mktemp("dispatch-data"), TEST_PEPPER,
-                    ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
-                    ZIMSEND_RATE_LIMIT_PER_MINUTE="100000")  # the tests poll GetDevice
+    return make_env(
+        tmp_path_factory.mktemp("dispatch-data"),
+        TEST_PEPPER,
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
+    )  # the tests poll GetDevice
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +65,16 @@ def queue_directly(zimsend_env: dict[str, str], client_id: str, priorities: list
             segments = plan(text)
             now = utcnow()
             message = Message(
-                id=credentials.new_id("msg"), client_id=client_id, to="+33612345678", body=text,
-                priority=priority, segments=len(segments.parts),
+                id=credentials.new_id("msg"),
+                client_id=client_id,
+                to="+33612345678",
+                body=text,
+                priority=priority,
+                segments=len(segments.parts),
                 encoding="GSM-7" if segments.encoding == "GSM7" else "UCS-2",
-                due_at=now, queued_at=now, created_at=now,
+                due_at=now,
+                queued_at=now,
+                created_at=now,
                 expires_at=now + dt.timedelta(hours=24),
             )
             with db.write() as session:
@@ -78,25 +87,34 @@ def queue_directly(zimsend_env: dict[str, str], client_id: str, priorities: list
 
 
 def sent_times(lines: list[dict[str, Any]]) -> list[float]:
-    return [dt.datetime.fromisoformat(line["sent_at"].replace("Z", "+00:00")).timestamp()
-            for line in lines]
+    return [
+        dt.datetime.fromisoformat(line["sent_at"].replace("Z", "+00:00")).timestamp()
+        for line in lines
+    ]
 
 
 def test_one_phone_sends_in_priority_order_about_every_2_5_seconds(
-    tenant: Tenant, address: str, zimsend_env: dict[str, str], tmp_path: Path,
+    tenant: Tenant,
+    address: str,
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
     link_db: ServerDb,
 ) -> None:
     device = tenant.create_device()
     priorities = [3, 5, 1, 4, 2, 3, 1, 5, 2, 4]
     ids = queue_directly(zimsend_env, tenant.client_id, priorities)
     expected = [i for _, _, i in sorted(zip(priorities, range(10), ids, strict=False))]
-    with start_agent(zimsend_env, address, tenant.client_id, device.device_id,
-                     device.device_password, tmp_path):
+    with start_agent(
+        zimsend_env, address, tenant.client_id, device.device_id, device.device_password, tmp_path
+    ):
         outbox = tmp_path / "outbox.jsonl"
         wait_for(lambda: len(outbox_lines(outbox)) == 10, 90, "10 sends")
         lines = outbox_lines(outbox)
-        wait_for(lambda: all(s in ("sent", "delivered") for s in link_db.statuses(ids).values()),
-                 20, "every message reported")
+        wait_for(
+            lambda: all(s in ("sent", "delivered") for s in link_db.statuses(ids).values()),
+            20,
+            "every message reported",
+        )
     assert [line["message_id"] for line in lines] == expected
     times = sent_times(lines)
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -108,7 +126,10 @@ def test_one_phone_sends_in_priority_order_about_every_2_5_seconds(
 
 
 def test_three_phones_share_the_queue_about_three_times_faster(
-    tenant: Tenant, address: str, zimsend_env: dict[str, str], tmp_path: Path,
+    tenant: Tenant,
+    address: str,
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
     link_db: ServerDb,
 ) -> None:
     devices = [tenant.create_device(f"phone {n}") for n in range(3)]
@@ -117,8 +138,17 @@ def test_three_phones_share_the_queue_about_three_times_faster(
         for n, device in enumerate(devices):
             workdir = tmp_path / f"phone{n}"
             workdir.mkdir()
-            agents.append(start_agent(zimsend_env, address, tenant.client_id, device.device_id,
-                                      device.device_password, workdir, name=f"agent{n}"))
+            agents.append(
+                start_agent(
+                    zimsend_env,
+                    address,
+                    tenant.client_id,
+                    device.device_id,
+                    device.device_password,
+                    workdir,
+                    name=f"agent{n}",
+                )
+            )
         for device in devices:
             wait_for(lambda d=device: tenant.online(d.device_id), 30, "three phones online")
         ids = [tenant.send("+33612345678", f"shared {n}") for n in range(12)]
@@ -144,16 +174,15 @@ def test_three_phones_share_the_queue_about_three_times_faster(
     assert sorted(c for _, c in by_device) == sorted(len(x) for x in per_phone)
 
 
-def test_a_scheduled_message_is_pushed_when_due_not_before(
-    tenant: Tenant, address: str
-) -> None:
+def test_a_scheduled_message_is_pushed_when_due_not_before(tenant: Tenant, address: str) -> None:
     device = tenant.create_device()
     raw = RawPhone(address, tenant.client_id, device.device_id, device.device_password)
     try:
         raw.hello()
         at = utcnow() + dt.timedelta(seconds=3)
-        message_id = tenant.send("+33612345678", "later",
-                                 scheduled_at=at.isoformat().replace("+00:00", "Z"))
+        message_id = tenant.send(
+            "+33612345678", "later", scheduled_at=at.isoformat().replace("+00:00", "Z")
+        )
         command = raw.expect("send", timeout=10).send
         arrived = utcnow()
         assert command.message_id == message_id
@@ -170,8 +199,11 @@ def test_test_key_messages_go_to_the_simulated_device_only(
     try:
         raw.hello()
         message_id = tenant.send("+33612345678", "sandbox", test=True)
-        wait_for(lambda: tenant.status(message_id, test=True).status == common_pb2.delivered,
-                 10, "the simulated device to deliver")
+        wait_for(
+            lambda: tenant.status(message_id, test=True).status == common_pb2.delivered,
+            10,
+            "the simulated device to deliver",
+        )
         with pytest.raises(AssertionError):
             raw.expect("send", timeout=1.0)  # the live phone never sees it
     finally:
@@ -179,8 +211,7 @@ def test_test_key_messages_go_to_the_simulated_device_only(
     status = tenant.status(message_id, test=True)
     assert status.device_id
     assert status.device_id != device.device_id
-    assert [k for k, _ in link_db.events(tenant.client_id, "sms.")] == [
-        "sms.sent", "sms.delivered"]
+    assert [k for k, _ in link_db.events(tenant.client_id, "sms.")] == ["sms.sent", "sms.delivered"]
     listed = tenant.get_device(status.device_id)
     assert listed.status == common_pb2.online
     assert "Simulated" in listed.name

@@ -43,9 +43,15 @@ def setup(db: Database) -> tuple[Database, str, str]:
 def queue_message(db: Database, client_id: str, *, segments: int = 1, **fields: Any) -> str:
     now = utcnow()
     message = Message(
-        id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
-        body="hi", segments=segments, due_at=now, expires_at=now + dt.timedelta(hours=24),
-        meta={"order": 7}, **fields,
+        id=credentials.new_id("msg"),
+        client_id=client_id,
+        to="+33612345678",
+        body="hi",
+        segments=segments,
+        due_at=now,
+        expires_at=now + dt.timedelta(hours=24),
+        meta={"order": 7},
+        **fields,
     )
     with db.write() as session:
         session.add(message)
@@ -54,23 +60,32 @@ def queue_message(db: Database, client_id: str, *, segments: int = 1, **fields: 
 
 def claim(db: Database, client_id: str, device_id: str) -> None:
     with db.write() as session:
-        assert claim_due_messages(session, client_id=client_id, device_id=device_id, limit=10,
-                                  now=utcnow())
+        assert claim_due_messages(
+            session, client_id=client_id, device_id=device_id, limit=10, now=utcnow()
+        )
 
 
 def report(db: Database, client_id: str, device_id: str, **fields: Any) -> list[str]:
     with db.write() as session:
-        moves = apply_part_report(session, client_id=client_id, device_id=device_id,
-                                  report=PartReport(**fields), now=utcnow())
+        moves = apply_part_report(
+            session,
+            client_id=client_id,
+            device_id=device_id,
+            report=PartReport(**fields),
+            now=utcnow(),
+        )
     return [m.new for m in moves]
 
 
 def events(db: Database, client_id: str) -> list[OutboxEvent]:
     with db.session() as session:
-        return list(session.exec(
-            select(OutboxEvent).where(OutboxEvent.client_id == client_id)
-            .order_by(col(OutboxEvent.created_at))
-        ).all())
+        return list(
+            session.exec(
+                select(OutboxEvent)
+                .where(OutboxEvent.client_id == client_id)
+                .order_by(col(OutboxEvent.created_at))
+            ).all()
+        )
 
 
 def status(db: Database, message_id: str) -> Message:
@@ -81,15 +96,25 @@ def status(db: Database, message_id: str) -> Message:
 
 
 def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(
-    setup: tuple[Database, str, str]
+    setup: tuple[Database, str, str],
 ) -> None:
     db, client_id, device_id = setup
     mid = queue_message(db, client_id, segments=3)
     claim(db, client_id, device_id)
 
     def r(rid: str, part: int, outcome: str, **kw: Any) -> list[str]:
-        return report(db, client_id, device_id, report_id=rid, message_id=mid, part_index=part,
-                      part_count=3, outcome=outcome, **kw)
+        return report(
+            db,
+            client_id,
+            device_id,
+            report_id=rid,
+            message_id=mid,
+            part_index=part,
+            part_count=3,
+            outcome=outcome,
+            **kw,
+        )
+
     assert r("a", 0, "sent") == []
     assert r("b", 1, "sent") == []
     assert status(db, mid).status == MessageStatus.PROCESSING
@@ -108,7 +133,10 @@ def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(
     assert kinds == ["sms.sent", "sms.failed"]
     failed = events(db, client_id)[1].payload
     assert failed["error"] == {
-        "code": "NETWORK_ERROR", "message": "lost", "reason": "NETWORK_ERROR", "retryable": True,
+        "code": "NETWORK_ERROR",
+        "message": "lost",
+        "reason": "NETWORK_ERROR",
+        "retryable": True,
         "hint": "The mobile network refused or lost it; resend later, or from another phone.",
     }
     assert failed["metadata"] == {"order": 7}
@@ -116,17 +144,21 @@ def test_a_multipart_message_is_sent_when_all_parts_are_and_fails_on_one_part(
 
 
 def test_delivered_before_sent_passes_through_sent_and_counts_per_day(
-    setup: tuple[Database, str, str]
+    setup: tuple[Database, str, str],
 ) -> None:
     db, client_id, device_id = setup
     mid = queue_message(db, client_id)
     claim(db, client_id, device_id)
-    assert report(db, client_id, device_id, report_id="d", message_id=mid,
-                  outcome="delivered") == ["sent", "delivered"]
-    assert report(db, client_id, device_id, report_id="d", message_id=mid,
-                  outcome="delivered") == []  # the same report again
-    assert report(db, client_id, device_id, report_id="late", message_id=mid,
-                  outcome="failed") == []  # nothing leaves a final status
+    assert report(db, client_id, device_id, report_id="d", message_id=mid, outcome="delivered") == [
+        "sent",
+        "delivered",
+    ]
+    assert (
+        report(db, client_id, device_id, report_id="d", message_id=mid, outcome="delivered") == []
+    )  # the same report again
+    assert (
+        report(db, client_id, device_id, report_id="late", message_id=mid, outcome="failed") == []
+    )  # nothing leaves a final status
     assert [e.event_type for e in events(db, client_id)] == ["sms.sent", "sms.delivered"]
     with db.session() as session:
         row = session.exec(select(DailyAggregate)).one()
@@ -134,20 +166,22 @@ def test_delivered_before_sent_passes_through_sent_and_counts_per_day(
 
 
 def test_reports_about_other_devices_messages_change_nothing(
-    setup: tuple[Database, str, str]
+    setup: tuple[Database, str, str],
 ) -> None:
     db, client_id, device_id = setup
     other = accounts.create_device(db, PEPPER, client_id, "q", server_address="x:1").device
     mid = queue_message(db, client_id)
     claim(db, client_id, device_id)
     assert report(db, client_id, other.id, report_id="x", message_id=mid, outcome="sent") == []
-    assert report(db, client_id, device_id, report_id="y", message_id="msg_unknown",
-                  outcome="sent") == []
+    assert (
+        report(db, client_id, device_id, report_id="y", message_id="msg_unknown", outcome="sent")
+        == []
+    )
     assert status(db, mid).status == MessageStatus.PROCESSING
 
 
 def test_expiry_fails_overdue_queued_messages_with_expired(
-    setup: tuple[Database, str, str]
+    setup: tuple[Database, str, str],
 ) -> None:
     db, client_id, _ = setup
     past = utcnow() - dt.timedelta(hours=30)
@@ -168,7 +202,7 @@ def test_expiry_fails_overdue_queued_messages_with_expired(
 
 
 def test_the_simulated_device_is_created_once_and_takes_only_test_messages(
-    setup: tuple[Database, str, str]
+    setup: tuple[Database, str, str],
 ) -> None:
     db, client_id, device_id = setup
     live = queue_message(db, client_id)
@@ -176,16 +210,27 @@ def test_the_simulated_device_is_created_once_and_takes_only_test_messages(
     with db.write() as session:
         sim = ensure_simulated_device(session, client_id)
         assert ensure_simulated_device(session, client_id) == sim
-        taken = claim_due_messages(session, client_id=client_id, device_id=sim, limit=10,
-                                   now=utcnow(), test=True, any_pin=True)
+        taken = claim_due_messages(
+            session,
+            client_id=client_id,
+            device_id=sim,
+            limit=10,
+            now=utcnow(),
+            test=True,
+            any_pin=True,
+        )
         assert [m.id for m in taken] == [sandbox]
-        assert claim_due_messages(session, client_id=client_id, device_id=device_id, limit=10,
-                                  now=utcnow()) != []
+        assert (
+            claim_due_messages(
+                session, client_id=client_id, device_id=device_id, limit=10, now=utcnow()
+            )
+            != []
+        )
     assert status(db, live).device_id == device_id
 
 
 def test_a_claim_round_respects_priority_pins_test_keys_and_counts_sends(
-    setup: tuple[Database, str, str]
+    setup: tuple[Database, str, str],
 ) -> None:
     from zimsend.server.devicelink.assignment import ClaimRequest, claim_round
     from zimsend.server.storage import Device

@@ -22,8 +22,10 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("dispatch-limits-data"), TEST_PEPPER,
-        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1", ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        tmp_path_factory.mktemp("dispatch-limits-data"),
+        TEST_PEPPER,
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
         ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
     )
 
@@ -75,7 +77,8 @@ def test_a_pinned_message_goes_to_its_device_only(tenant: Tenant, address: str) 
         for _ in range(3):
             reply = tenant.sms.SendSms(
                 sms_pb2.SendSmsRequest(to="+33612345678", message="pinned"),
-                metadata=tenant.md(device=two.device_id), timeout=10,
+                metadata=tenant.md(device=two.device_id),
+                timeout=10,
             )
             assert second.expect("send").send.message_id == reply.message_id
         with pytest.raises(AssertionError):

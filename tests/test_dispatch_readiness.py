@@ -35,8 +35,13 @@ PEPPER = b"readiness-test-pepper-0123456789"
 def queue(db: Database, client_id: str, **fields: Any) -> str:
     now = utcnow()
     message = Message(
-        id=credentials.new_id("msg"), client_id=client_id, to="+33612345678", body="hi",
-        segments=1, due_at=now, expires_at=now + dt.timedelta(hours=1),
+        id=credentials.new_id("msg"),
+        client_id=client_id,
+        to="+33612345678",
+        body="hi",
+        segments=1,
+        due_at=now,
+        expires_at=now + dt.timedelta(hours=1),
         **fields,
     )
     with db.write() as session:
@@ -74,14 +79,21 @@ def test_idle_phones_are_not_walked_by_rounds(settings: Settings, sqlite_url: st
         try:
             await until(lambda: dispatcher.rounds > 0, "the first round")
             for device_id in device_ids:
-                session = DeviceSession(device_id=device_id, client_id=client.id,
-                                        connection_id="conn_" + device_id, name="p",
-                                        config=config, ready=True)
+                session = DeviceSession(
+                    device_id=device_id,
+                    client_id=client.id,
+                    connection_id="conn_" + device_id,
+                    name="p",
+                    config=config,
+                    ready=True,
+                )
                 sessions[device_id] = session
                 dispatcher.session_ready(session, [])
             # Connecting: every welcomed phone is looked at once.
-            await until(lambda: all(s.dispatch_place == "idle" for s in sessions.values()),
-                        "every phone idle")
+            await until(
+                lambda: all(s.dispatch_place == "idle" for s in sessions.values()),
+                "every phone idle",
+            )
             assert dispatcher.requests_built == PHONES
 
             # Polls with nothing queued: at most one idle batch of the client per round.
@@ -94,22 +106,32 @@ def test_idle_phones_are_not_walked_by_rounds(settings: Settings, sqlite_url: st
             built = dispatcher.requests_built
             first = queue(db, client.id)
             dispatcher.wake(client.id)
-            await until(lambda: len(holders(sessions, first)) == 1, "the message on a phone",
-                        timeout=POLL_INTERVAL_S / 2)
+            await until(
+                lambda: len(holders(sessions, first)) == 1,
+                "the message on a phone",
+                timeout=POLL_INTERVAL_S / 2,
+            )
             assert dispatcher.requests_built - built <= 2 * IDLE_BATCH
 
             # Pinned to a phone beyond the idle batch: it still gets it, and nobody else does.
-            last = max(sessions.values(), key=lambda s: (len(s.in_flight), s.next_send_at,
-                                                         s.dispatch_seq))
+            last = max(
+                sessions.values(), key=lambda s: (len(s.in_flight), s.next_send_at, s.dispatch_seq)
+            )
             pinned = queue(db, client.id, pinned_device_id=last.device_id)
             dispatcher.wake(client.id)
-            await until(lambda: holders(sessions, pinned) == [last.device_id],
-                        "the pinned message on its phone", timeout=POLL_INTERVAL_S / 2)
+            await until(
+                lambda: holders(sessions, pinned) == [last.device_id],
+                "the pinned message on its phone",
+                timeout=POLL_INTERVAL_S / 2,
+            )
 
             # Written without a wake-up (another replica): the poll finds it.
             unseen = queue(db, client.id)
-            await until(lambda: len(holders(sessions, unseen)) == 1, "the poll's claim",
-                        timeout=3 * POLL_INTERVAL_S)
+            await until(
+                lambda: len(holders(sessions, unseen)) == 1,
+                "the poll's claim",
+                timeout=3 * POLL_INTERVAL_S,
+            )
             assert dispatcher.requests_built < PHONES + 12 * IDLE_BATCH
         finally:
             task.cancel()

@@ -46,11 +46,22 @@ def _queue(db: Database, client_id: str, count: int = 1, **fields: Any) -> list[
     """`count` due messages, oldest first (one microsecond apart)."""
     now = utcnow() - dt.timedelta(seconds=1)
     rows = [
-        {"id": credentials.new_id("msg"), "client_id": client_id, "to": "+33612345678",
-         "body": "hi", "segments": 1, "encoding": "GSM-7", "priority": 3, "status": "queued",
-         "test": False, "due_at": now + dt.timedelta(microseconds=n),
-         "expires_at": now + dt.timedelta(hours=24), "created_at": now, "queued_at": now,
-         **fields}
+        {
+            "id": credentials.new_id("msg"),
+            "client_id": client_id,
+            "to": "+33612345678",
+            "body": "hi",
+            "segments": 1,
+            "encoding": "GSM-7",
+            "priority": 3,
+            "status": "queued",
+            "test": False,
+            "due_at": now + dt.timedelta(microseconds=n),
+            "expires_at": now + dt.timedelta(hours=24),
+            "created_at": now,
+            "queued_at": now,
+            **fields,
+        }
         for n in range(count)
     ]
     with db.write() as session:
@@ -59,8 +70,9 @@ def _queue(db: Database, client_id: str, count: int = 1, **fields: Any) -> list[
 
 
 def _handed(result: Any) -> dict[str, list[str]]:
-    return {device: [c.message_id for c in commands]
-            for device, commands in result.commands.items()}
+    return {
+        device: [c.message_id for c in commands] for device, commands in result.commands.items()
+    }
 
 
 def test_a_phone_after_the_client_ran_dry_still_gets_the_message_pinned_to_it(
@@ -89,8 +101,7 @@ def test_a_round_names_the_phones_whose_pinned_work_waits_when_nothing_else_is_d
 ) -> None:
     client_id, (looked_at, elsewhere) = _phones(db, 2)
     _queue(db, client_id, 2, pinned_device_id=elsewhere)
-    result = claim_round(db, PEPPER, [ClaimRequest(client_id, looked_at, 5)], utcnow(),
-                         scan=None)
+    result = claim_round(db, PEPPER, [ClaimRequest(client_id, looked_at, 5)], utcnow(), scan=None)
     assert result.commands == {}
     assert result.pinned == {elsewhere}  # the dispatcher makes that idle phone ready
 
@@ -134,8 +145,10 @@ def test_a_dispatch_round_is_not_starved_by_a_stream_of_other_writes(sqlite_url:
             if stop.is_set():
                 return
             with db.write() as session:
-                session.execute(text("UPDATE clients SET name = :n WHERE id = :id"),
-                                {"n": f"writer {n}", "id": client_id})
+                session.execute(
+                    text("UPDATE clients SET name = :n WHERE id = :id"),
+                    {"n": f"writer {n}", "id": client_id},
+                )
                 stop.wait(HOLD_S)  # a batch's work, the GIL released as SQLite does
 
     writers = [threading.Thread(target=stream, args=(n,)) for n in range(4)]
@@ -143,8 +156,9 @@ def test_a_dispatch_round_is_not_starved_by_a_stream_of_other_writes(sqlite_url:
         thread.start()
     try:
         for message_id in queued:  # one message per round, in order
-            result = claim_round(db, PEPPER, [ClaimRequest(client_id, phone, 1)], utcnow(),
-                                 scan=None)
+            result = claim_round(
+                db, PEPPER, [ClaimRequest(client_id, phone, 1)], utcnow(), scan=None
+            )
             assert _handed(result) == {phone: [message_id]}
         assert all(thread.is_alive() for thread in writers)  # the stream ran throughout
     finally:
@@ -162,5 +176,5 @@ def test_a_dispatch_round_is_not_starved_by_a_stream_of_other_writes(sqlite_url:
         # between asking and queueing. Without the round's priority the stream's writers
         # keep the lock among themselves (each takes it again as it lets it go) and the
         # round waits until the stream ends.
-        assert len(others) <= 2, log[start:held + 1]
+        assert len(others) <= 2, log[start : held + 1]
     db.dispose()

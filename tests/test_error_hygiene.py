@@ -44,7 +44,8 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER,
+        tmp_path_factory.mktemp("zimsend-data"),
+        TEST_PEPPER,
         ZIMSEND_DEVICE_HELLO_TIMEOUT_SECONDS=str(HELLO_TIMEOUT_SECONDS),
     )
 
@@ -86,8 +87,7 @@ def test_a_search_at_specs_limit_succeeds_every_time(
     """1,600 characters is SPEC's limit for `search`; percent-encoded, up to 19.2 KB of URL.
     grpc core's default metadata limit refused these at random (429 RATE_LIMIT_EXCEEDED)."""
     for _ in range(5):
-        response = http.get("/v1/sms/history", params={"search": char * 1600},
-                            headers=stack.auth)
+        response = http.get("/v1/sms/history", params={"search": char * 1600}, headers=stack.auth)
         assert response.status_code == 200, response.text
         assert response.json()["success"] is True
 
@@ -101,7 +101,8 @@ def test_a_20000_character_message_id_is_a_400_naming_it(http: httpx.Client, sta
 
 def test_a_17_kb_idempotency_key_is_a_400_naming_it(http: httpx.Client, stack: Stack) -> None:
     response = http.post(
-        "/v1/sms/send", json={"to": "+33612345678", "message": "hi"},
+        "/v1/sms/send",
+        json={"to": "+33612345678", "message": "hi"},
         headers={**stack.auth, "Idempotency-Key": "k" * 17_000},
     )
     message = envelope(response, 400)
@@ -132,7 +133,8 @@ def test_headers_the_server_refuses_are_431_not_a_rate_limit(
     answers = []
     for _ in range(20):
         response = httpx.get(
-            f"{envoy.base_url}/v1/auth/test", timeout=10,
+            f"{envoy.base_url}/v1/auth/test",
+            timeout=10,
             headers={**stack.auth, "X-Padding": "x" * (3 * METADATA_LIMIT_BYTES)},
         )
         answers.append(response.status_code)
@@ -167,17 +169,22 @@ def test_auth_test_with_a_device_says_offline(
 
 
 @pytest.mark.parametrize("path", ["/v1/api-keys", "/v1/devices", "/v1/sms/send"])
-@pytest.mark.parametrize("body", [
-    b'{"name": "\xd8\x85\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9"}',
-    b'{"name": "' + "é".encode() * 30 + b'" x}',
-    b'{"name": "\xff\xfe\xfd"}',
-    b"\xd8\x85\xc3",
-], ids=["latin1", "cut-character", "bytes-ff", "not-json"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "\xd8\x85\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9"}',
+        b'{"name": "' + "é".encode() * 30 + b'" x}',
+        b'{"name": "\xff\xfe\xfd"}',
+        b"\xd8\x85\xc3",
+    ],
+    ids=["latin1", "cut-character", "bytes-ff", "not-json"],
+)
 def test_error_bodies_are_valid_utf8_whatever_the_request_body(
     http: httpx.Client, stack: Stack, path: str, body: bytes
 ) -> None:
-    response = http.post(path, content=body,
-                         headers={**stack.auth, "content-type": "application/json"})
+    response = http.post(
+        path, content=body, headers={**stack.auth, "content-type": "application/json"}
+    )
     message = envelope(response, 400)
     assert message.startswith("Request body is not valid JSON"), message
 
@@ -186,10 +193,13 @@ def test_error_bodies_are_valid_utf8_whatever_the_request_body(
 
 
 @pytest.mark.parametrize("path", ["/v1/sms/history", "/v1/sms/inbox"])
-@pytest.mark.parametrize(("param", "value", "expected"), [
-    ("limit", 0, "limit: must be 1-100 (got 0)"),
-    ("page", 0, "page: must be 1 or more (got 0)"),
-])
+@pytest.mark.parametrize(
+    ("param", "value", "expected"),
+    [
+        ("limit", 0, "limit: must be 1-100 (got 0)"),
+        ("page", 0, "page: must be 1 or more (got 0)"),
+    ],
+)
 def test_paging_out_of_range_is_refused_naming_the_parameter(
     http: httpx.Client, stack: Stack, path: str, param: str, value: int, expected: str
 ) -> None:
@@ -214,7 +224,8 @@ def test_garbage_protobuf_is_invalid_argument_without_class_names(stack: Stack, 
     with grpc.insecure_channel(target) as channel:
         send = channel.unary_unary(
             "/zimsend.v1.SmsService/SendSms",
-            request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw,
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
         )
         with pytest.raises(grpc.RpcError) as caught:
             send(b"\xff\xff\xff\xff\x0f\x01garbage", metadata=stack.metadata, timeout=5)
@@ -232,7 +243,8 @@ def test_a_garbage_frame_on_a_phone_stream_is_invalid_argument(stack: Stack, adm
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         connect = channel.stream_stream(
             "/zimsend.v1.DeviceLinkService/Connect",
-            request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw,
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
         )
         frames = iter([b"\xff\xff\xff\xff\x0f\x01garbage"])
         with pytest.raises(grpc.RpcError) as caught:
@@ -271,8 +283,12 @@ def test_a_phone_that_never_says_hello_is_closed_after_the_deadline(
     silent: queue.SimpleQueue[Any] = queue.SimpleQueue()
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         stub = device_link_pb2_grpc.DeviceLinkServiceStub(channel)
-        calls = [stub.Connect(iter(silent.get, None), metadata=_device_metadata(stack, device),
-                              timeout=30) for _ in range(10)]
+        calls = [
+            stub.Connect(
+                iter(silent.get, None), metadata=_device_metadata(stack, device), timeout=30
+            )
+            for _ in range(10)
+        ]
         started = time.monotonic()
         errors = []
         for call in calls:
@@ -292,8 +308,9 @@ def test_a_phone_that_says_hello_in_time_is_welcomed(stack: Stack, admin: Admin)
     frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         stub = device_link_pb2_grpc.DeviceLinkServiceStub(channel)
-        call = stub.Connect(iter(frames.get, None), metadata=_device_metadata(stack, device),
-                            timeout=30)
+        call = stub.Connect(
+            iter(frames.get, None), metadata=_device_metadata(stack, device), timeout=30
+        )
         time.sleep(HELLO_TIMEOUT_SECONDS / 2)
         frames.put(device_link_pb2.DeviceFrame(hello=device_link_pb2.DeviceHello(model="x")))
         try:
@@ -305,5 +322,8 @@ def test_a_phone_that_says_hello_in_time_is_welcomed(stack: Stack, admin: Admin)
 
 
 def _device_metadata(stack: Stack, device: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return (("x-client-id", stack.client_id), ("x-device-id", device["device_id"]),
-            ("x-device-password", device["device_password"]))
+    return (
+        ("x-client-id", stack.client_id),
+        ("x-device-id", device["device_id"]),
+        ("x-device-password", device["device_password"]),
+    )

@@ -39,14 +39,28 @@ from zimsend.server.storage import (
 from zimsend.v1 import failures_pb2
 
 PEPPER = b"failover-rules-test-pepper-0123456"
-SPEC_CODES = {"NETWORK_ERROR", "INVALID_NUMBER", "NO_CREDIT", "BLOCKED_NUMBER", "DEVICE_ERROR",
-              "TIMEOUT", "EXPIRED"}
-PRE_SEND = {"NO_SERVICE", "RADIO_OFF", "SIM_MISSING", "SIM_PIN_REQUIRED", "SEND_LIMIT",
-            "MODEM_REFUSED"}
+SPEC_CODES = {
+    "NETWORK_ERROR",
+    "INVALID_NUMBER",
+    "NO_CREDIT",
+    "BLOCKED_NUMBER",
+    "DEVICE_ERROR",
+    "TIMEOUT",
+    "EXPIRED",
+}
+PRE_SEND = {
+    "NO_SERVICE",
+    "RADIO_OFF",
+    "SIM_MISSING",
+    "SIM_PIN_REQUIRED",
+    "SEND_LIMIT",
+    "MODEM_REFUSED",
+}
 #: Given by the server only, never by a phone.
 SERVER_ONLY = {"EXPIRED", "OPTED_OUT"}
-FAILOVER = Failover(max_attempts=2, cooldown=dt.timedelta(seconds=60),
-                    send_limit_cooldown=dt.timedelta(seconds=900))
+FAILOVER = Failover(
+    max_attempts=2, cooldown=dt.timedelta(seconds=60), send_limit_cooldown=dt.timedelta(seconds=900)
+)
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -82,8 +96,11 @@ def test_unknown_codes_are_device_errors_and_hints_name_the_phone() -> None:
     assert failures.normalise("") == "DEVICE_ERROR"
     error = failures.error_payload("NO_CREDIT", None, "device_0123")
     assert error == {
-        "code": "NO_CREDIT", "message": "The SIM has no credit left.", "reason": "NO_CREDIT",
-        "retryable": True, "hint": "Top up the SIM of phone device_0123, then resend.",
+        "code": "NO_CREDIT",
+        "message": "The SIM has no credit left.",
+        "reason": "NO_CREDIT",
+        "retryable": True,
+        "hint": "Top up the SIM of phone device_0123, then resend.",
     }
 
 
@@ -97,10 +114,15 @@ def _tenant(db: Database, segments: list[int]) -> tuple[str, str, list[str]]:
     ids = []
     with db.write() as session:
         for n, parts in enumerate(segments):
-            message = Message(id=credentials.new_id("msg"), client_id=client.id,
-                              to="+33612345678", body=f"hi {n}", segments=parts,
-                              due_at=now - dt.timedelta(seconds=len(segments) - n),
-                              expires_at=now + dt.timedelta(hours=24))
+            message = Message(
+                id=credentials.new_id("msg"),
+                client_id=client.id,
+                to="+33612345678",
+                body=f"hi {n}",
+                segments=parts,
+                due_at=now - dt.timedelta(seconds=len(segments) - n),
+                expires_at=now + dt.timedelta(hours=24),
+            )
             session.add(message)
             ids.append(message.id)
     return client.id, device.id, ids
@@ -108,14 +130,19 @@ def _tenant(db: Database, segments: list[int]) -> tuple[str, str, list[str]]:
 
 def _claim(db: Database, client_id: str, device_id: str) -> list[str]:
     with db.write() as session:
-        return [m.id for m in claim_due_messages(session, client_id=client_id,
-                                                 device_id=device_id, limit=10, now=utcnow())]
+        return [
+            m.id
+            for m in claim_due_messages(
+                session, client_id=client_id, device_id=device_id, limit=10, now=utcnow()
+            )
+        ]
 
 
 def _report(db: Database, client_id: str, device_id: str, *reports: PartReport) -> list[str]:
     with db.write() as session:
-        moves = apply_part_reports(session, [(client_id, device_id, r) for r in reports],
-                                   now=utcnow(), failover=FAILOVER)
+        moves = apply_part_reports(
+            session, [(client_id, device_id, r) for r in reports], now=utcnow(), failover=FAILOVER
+        )
     return [t.new for t in moves]
 
 
@@ -128,16 +155,20 @@ def _message(db: Database, message_id: str) -> Message:
 
 def _events(db: Database, client_id: str) -> list[tuple[str, dict[str, object]]]:
     with db.session() as session:
-        rows = session.exec(select(OutboxEvent).where(col(OutboxEvent.client_id) == client_id)
-                            .order_by(col(OutboxEvent.created_at)))
+        rows = session.exec(
+            select(OutboxEvent)
+            .where(col(OutboxEvent.client_id) == client_id)
+            .order_by(col(OutboxEvent.created_at))
+        )
         return [(e.event_type, e.payload) for e in rows]
 
 
 def test_a_pre_send_failure_requeues_until_the_client_s_maximum(db: Database) -> None:
     client_id, device_id, [mid] = _tenant(db, [1])
     assert _claim(db, client_id, device_id) == [mid]
-    assert _report(db, client_id, device_id, PartReport("r1", mid, "failed",
-                                                        error_code="NO_SERVICE")) == ["queued"]
+    assert _report(
+        db, client_id, device_id, PartReport("r1", mid, "failed", error_code="NO_SERVICE")
+    ) == ["queued"]
     message = _message(db, mid)
     assert (message.status, message.attempts, message.reroutes) == ("queued", 1, 1)
     assert (message.error_code, message.device_id) == ("NO_SERVICE", device_id)
@@ -152,14 +183,16 @@ def test_a_pre_send_failure_requeues_until_the_client_s_maximum(db: Database) ->
     assert payload["attempts"] == 2
     # The second attempt is the client's last (max 2): the same failure is now final.
     assert _claim(db, client_id, device_id) == [mid]
-    assert _report(db, client_id, device_id, PartReport("r2", mid, "failed",
-                                                        error_code="NO_SERVICE")) == ["failed"]
+    assert _report(
+        db, client_id, device_id, PartReport("r2", mid, "failed", error_code="NO_SERVICE")
+    ) == ["failed"]
     message = _message(db, mid)
     assert (message.status, message.attempts, message.error_code) == ("failed", 1, "NO_SERVICE")
     kind, payload = _events(db, client_id)[-1]
     assert kind == "sms.failed"
-    assert payload["error"] == failures.error_payload("NO_SERVICE", message.error_message,
-                                                      device_id)
+    assert payload["error"] == failures.error_payload(
+        "NO_SERVICE", message.error_message, device_id
+    )
     assert payload["error"]["code"] == "NETWORK_ERROR"
 
 
@@ -169,14 +202,16 @@ def test_a_resend_starts_a_fresh_count_of_attempts(db: Database, settings: Setti
     client_id, device_id, [mid] = _tenant(db, [1])
     for n in range(2):  # re-routed once, then final (the maximum is 2)
         _claim(db, client_id, device_id)
-        _report(db, client_id, device_id, PartReport(f"r{n}", mid, "failed",
-                                                     error_code="NO_SERVICE"))
+        _report(
+            db, client_id, device_id, PartReport(f"r{n}", mid, "failed", error_code="NO_SERVICE")
+        )
     assert _message(db, mid).status == "failed"
     resent = sending.resend(db, settings, client_id, mid)
     assert (resent.status, resent.attempts, resent.reroutes) == ("queued", 2, 0)
     _claim(db, client_id, device_id)
-    assert _report(db, client_id, device_id, PartReport("r2", mid, "failed",
-                                                        error_code="NO_SERVICE")) == ["queued"]
+    assert _report(
+        db, client_id, device_id, PartReport("r2", mid, "failed", error_code="NO_SERVICE")
+    ) == ["queued"]
     assert _message(db, mid).attempts == 3  # shown as attempt 4
 
 
@@ -188,15 +223,17 @@ def test_the_client_s_own_maximum_wins(db: Database) -> None:
         client.max_send_attempts = 1
         session.add(client)
     _claim(db, client_id, device_id)
-    assert _report(db, client_id, device_id, PartReport("r1", mid, "failed",
-                                                        error_code="SIM_MISSING")) == ["failed"]
+    assert _report(
+        db, client_id, device_id, PartReport("r1", mid, "failed", error_code="SIM_MISSING")
+    ) == ["failed"]
 
 
 def test_an_ambiguous_failure_is_final_at_once(db: Database) -> None:
     client_id, device_id, [mid] = _tenant(db, [1])
     _claim(db, client_id, device_id)
-    assert _report(db, client_id, device_id, PartReport("r1", mid, "failed",
-                                                        error_code="TIMEOUT")) == ["failed"]
+    assert _report(
+        db, client_id, device_id, PartReport("r1", mid, "failed", error_code="TIMEOUT")
+    ) == ["failed"]
     assert _message(db, mid).attempts == 0
     with db.session() as session:
         device = session.get(Device, device_id)
@@ -208,17 +245,27 @@ def test_a_multi_part_message_reroutes_only_when_no_part_left(db: Database) -> N
     client_id, device_id, [whole, half] = _tenant(db, [2, 2])
     _claim(db, client_id, device_id)
     # Both parts failed before leaving: re-routed once the second is known.
-    assert _report(db, client_id, device_id, PartReport("a0", whole, "failed", 0, 2,
-                                                        "NO_SERVICE")) == []
+    assert (
+        _report(db, client_id, device_id, PartReport("a0", whole, "failed", 0, 2, "NO_SERVICE"))
+        == []
+    )
     assert _message(db, whole).status == "processing"
-    assert _report(db, client_id, device_id, PartReport("a1", whole, "failed", 1, 2,
-                                                        "RADIO_OFF")) == ["queued"]
+    assert _report(
+        db, client_id, device_id, PartReport("a1", whole, "failed", 1, 2, "RADIO_OFF")
+    ) == ["queued"]
     with db.session() as session:
-        assert session.exec(select(MessagePart).where(col(MessagePart.message_id) == whole)
-                            ).all() == []
+        assert (
+            session.exec(select(MessagePart).where(col(MessagePart.message_id) == whole)).all()
+            == []
+        )
     # One part left the phone: the other's pre-send failure cannot re-route it.
-    assert _report(db, client_id, device_id, PartReport("b0", half, "sent", 0, 2),
-                   PartReport("b1", half, "failed", 1, 2, "NO_SERVICE")) == ["failed"]
+    assert _report(
+        db,
+        client_id,
+        device_id,
+        PartReport("b0", half, "sent", 0, 2),
+        PartReport("b1", half, "failed", 1, 2, "NO_SERVICE"),
+    ) == ["failed"]
     assert _message(db, half).error_code == "NO_SERVICE"
 
 
@@ -258,7 +305,8 @@ def test_a_cooling_phone_gets_nothing(db: Database) -> None:
 
 @pytest.mark.parametrize("parts", [1, 30])
 def test_a_message_larger_than_the_budget_goes_alone_into_an_empty_window(
-    db: Database, parts: int,
+    db: Database,
+    parts: int,
 ) -> None:
     client_id, device_id, ids = _tenant(db, [parts, 1])
     request = ClaimRequest(client_id=client_id, device_id=device_id, limit=10)
@@ -273,20 +321,34 @@ def test_the_csv_export_shows_spec_s_code_and_the_failure_s_details() -> None:
 
     from zimsend.server.sending import views
 
-    message = Message(id="msg_0000000000000001", client_id="client_x", to="+33612345678",
-                      body="hi", due_at=utcnow(), status="queued", device_id="device_0001",
-                      error_code="NO_SERVICE", error_message="no service", attempts=1)
+    message = Message(
+        id="msg_0000000000000001",
+        client_id="client_x",
+        to="+33612345678",
+        body="hi",
+        due_at=utcnow(),
+        status="queued",
+        device_id="device_0001",
+        error_code="NO_SERVICE",
+        error_message="no service",
+        attempts=1,
+    )
     text = views.csv_header() + views.csv_row(message)
     [row] = list(csv.DictReader(io.StringIO(text)))
     assert (row["error_code"], row["error_reason"], row["error_retryable"]) == (
-        "NETWORK_ERROR", "NO_SERVICE", "true")
+        "NETWORK_ERROR",
+        "NO_SERVICE",
+        "true",
+    )
     assert "device_0001" in row["error_hint"]
     assert (row["attempts"], row["delivery_report_missing"]) == ("2", "false")
 
 
 @pytest.mark.parametrize(("interval_ms", "taken"), [(None, 20), (0, 25), (1000, 20)])
 def test_the_default_budget_is_for_paced_phones(
-    db: Database, interval_ms: int | None, taken: int,
+    db: Database,
+    interval_ms: int | None,
+    taken: int,
 ) -> None:
     """Server default 20 parts a minute, pacing 2500 ms: a phone set to send without pacing
     (modems, tests) has only the budget set on it."""
@@ -297,8 +359,9 @@ def test_the_default_budget_is_for_paced_phones(
         device.send_interval_ms = interval_ms
         session.add(device)
     request = ClaimRequest(client_id=client_id, device_id=device_id, limit=30)
-    result = claim_round(db, PEPPER, [request], utcnow(), budgets=Budget(per_minute=20),
-                         default_interval_ms=2500)
+    result = claim_round(
+        db, PEPPER, [request], utcnow(), budgets=Budget(per_minute=20), default_interval_ms=2500
+    )
     assert len(result.commands[device_id]) == taken
     assert (device_id in result.waits) == (taken < 25)
 
@@ -310,8 +373,11 @@ def test_the_worker_prunes_ledger_rows_older_than_a_day(db: Database) -> None:
     now = utcnow()
     with db.write() as session:
         for age in (dt.timedelta(days=2), dt.timedelta(hours=23)):
-            session.add(DeviceSend(device_id=device_id, sim_slot=0, handed_at=now - age,
-                                   parts=1, message_id=mid))
+            session.add(
+                DeviceSend(
+                    device_id=device_id, sim_slot=0, handed_at=now - age, parts=1, message_id=mid
+                )
+            )
     assert prune_ledger(db, now) == 1
     with db.session() as session:
         [left] = session.exec(select(DeviceSend).where(col(DeviceSend.device_id) == device_id))

@@ -95,8 +95,10 @@ def _sigterm_server(stack: FaultStack, rng: random.Random, sender: BulkSender) -
         server.kill(signal.SIGABRT)  # faulthandler: every thread's stack into its log
         server.proc.wait(10)
         code = None
-        problems.append(f"the server did not exit within {STOP_TIMEOUT_S:g} s of SIGTERM under "
-                        f"load; its log ends:\n{server.output()[-6000:]}")
+        problems.append(
+            f"the server did not exit within {STOP_TIMEOUT_S:g} s of SIGTERM under "
+            f"load; its log ends:\n{server.output()[-6000:]}"
+        )
     exited = time.monotonic()
     server.stop()
     if code not in (0, None):
@@ -105,15 +107,20 @@ def _sigterm_server(stack: FaultStack, rng: random.Random, sender: BulkSender) -
     sender.join()  # every answer of the window is in by now
     window = [a for a in sender.answers if a.ended >= signalled and a.started <= exited]
     outcomes = collections.Counter(
-        "200" if a.status == 200 else f"{a.status}:{a.code}" for a in window)
+        "200" if a.status == 200 else f"{a.status}:{a.code}" for a in window
+    )
     odd = {k: v for k, v in outcomes.items() if k not in ("200", "503:UNAVAILABLE")}
     if not window:
         problems.append("no request was in flight around the stop")
     if odd:
-        problems.append(f"requests in flight or arriving during the graceful stop were answered "
-                        f"otherwise than 200 or 503 UNAVAILABLE: {dict(outcomes)}")
-    return {"stop": f"{exited - signalled:.2f}s",
-            "window": ",".join(f"{k}x{v}" for k, v in sorted(outcomes.items()))}, problems
+        problems.append(
+            f"requests in flight or arriving during the graceful stop were answered "
+            f"otherwise than 200 or 503 UNAVAILABLE: {dict(outcomes)}"
+        )
+    return {
+        "stop": f"{exited - signalled:.2f}s",
+        "window": ",".join(f"{k}x{v}" for k, v in sorted(outcomes.items())),
+    }, problems
 
 
 def _kill9_replica(stack: FaultStack, rng: random.Random, sender: BulkSender) -> Outcome:
@@ -131,12 +138,16 @@ def _kill9_replica(stack: FaultStack, rng: random.Random, sender: BulkSender) ->
     killed_at = time.monotonic()
     program.kill(signal.SIGKILL)
     program.stop()
+
     def moved_on(device_id: str) -> bool:
         return stack.replica_of(device_id) not in (None, index) and stack.online(device_id)
 
     for device_id in victims:
-        wait_for(functools.partial(moved_on, device_id), 60,
-                 f"phone {device_id} online again on another replica")
+        wait_for(
+            functools.partial(moved_on, device_id),
+            60,
+            f"phone {device_id} online again on another replica",
+        )
     moved = time.monotonic() - killed_at
     down = rng.uniform(0.5, 2.0)
     time.sleep(down)
@@ -144,14 +155,21 @@ def _kill9_replica(stack: FaultStack, rng: random.Random, sender: BulkSender) ->
     sender.join()
     cut = [a for a in sender.answers if a.started < killed_at < a.ended]
     outcomes = collections.Counter(
-        "200" if a.status == 200 else f"{a.status}:{a.code}" for a in cut)
+        "200" if a.status == 200 else f"{a.status}:{a.code}" for a in cut
+    )
     problems = []
     odd = {k: v for k, v in outcomes.items() if k not in ("200", "503:UNAVAILABLE")}
     if odd:
-        problems.append(f"calls in flight when a replica died were answered otherwise than 200 "
-                        f"(another replica) or 503 UNAVAILABLE: {dict(outcomes)}")
-    return {"replica": index + 1, "phones_moved": len(victims), "back_online": f"{moved:.1f}s",
-            "cut": ",".join(f"{k}x{v}" for k, v in sorted(outcomes.items()))}, problems
+        problems.append(
+            f"calls in flight when a replica died were answered otherwise than 200 "
+            f"(another replica) or 503 UNAVAILABLE: {dict(outcomes)}"
+        )
+    return {
+        "replica": index + 1,
+        "phones_moved": len(victims),
+        "back_online": f"{moved:.1f}s",
+        "cut": ",".join(f"{k}x{v}" for k, v in sorted(outcomes.items())),
+    }, problems
 
 
 #: What a fault reports: details for the summary line, and the promises it saw broken.
@@ -172,7 +190,9 @@ PROBE_LIMIT = 30
 
 @pytest.mark.parametrize("scenario", list(FAULTS))
 def test_nothing_stuck_doubled_or_lost(
-    scenario: str, tmp_path: Path, record_property: Callable[[str, object], None],
+    scenario: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
     request: pytest.FixtureRequest,
 ) -> None:
     fault, failures_allowed = FAULTS[scenario]
@@ -181,8 +201,11 @@ def test_nothing_stuck_doubled_or_lost(
     if topology:
         topology["database_url"] = request.getfixturevalue("postgres_database_url")
     with FaultStack(tmp_path, **topology) as stack:
-        probe = (LimitProbe(stack.envoy.base_url, stack.limited_client(PROBE_LIMIT),
-                            PROBE_LIMIT) if topology else None)
+        probe = (
+            LimitProbe(stack.envoy.base_url, stack.limited_client(PROBE_LIMIT), PROBE_LIMIT)
+            if topology
+            else None
+        )
         sender = BulkSender(stack.envoy.base_url, stack.auth, run_id=f"{scenario}-{SEED}")
         fault_at = rng.uniform(0.5, 0.9 * sender.seconds)
         if probe is not None:
@@ -203,10 +226,19 @@ def test_nothing_stuck_doubled_or_lost(
     hangs = [a for a in sender.answers if a.status == 0 and "Timeout" in a.code]
     retried_codes = collections.Counter(
         f"{a.status}:{a.code}" if a.code else str(a.status)
-        for a in sender.answers if a.status != 200)
-    line = tally.line(scenario, hangs=len(hangs), retried=sender.retried,
-                      refused=len(sender.refused), seed=SEED, fault_at=f"{fault_at:.2f}s",
-                      **detail, seconds=round(seconds))
+        for a in sender.answers
+        if a.status != 200
+    )
+    line = tally.line(
+        scenario,
+        hangs=len(hangs),
+        retried=sender.retried,
+        refused=len(sender.refused),
+        seed=SEED,
+        fault_at=f"{fault_at:.2f}s",
+        **detail,
+        seconds=round(seconds),
+    )
     record_property("summary", line)
     problems = fault_problems + tally.problems(failures_allowed=failures_allowed)
     if hangs:
@@ -217,6 +249,11 @@ def test_nothing_stuck_doubled_or_lost(
     if tally.accepted != offered and not sender.refused:
         problems.append(f"{tally.accepted} of {offered} messages accepted, none refused")
     assert not problems, "\n".join(
-        [line, *problems, f"answers other than 200: {dict(retried_codes)}",
-         f"replay: ZIMSEND_FAULT_SEED={SEED} pytest tests/test_faults.py -k {scenario}",
-         f"logs: {tmp_path}"])
+        [
+            line,
+            *problems,
+            f"answers other than 200: {dict(retried_codes)}",
+            f"replay: ZIMSEND_FAULT_SEED={SEED} pytest tests/test_faults.py -k {scenario}",
+            f"logs: {tmp_path}",
+        ]
+    )

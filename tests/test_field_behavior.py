@@ -14,17 +14,23 @@ from zimsend.buildtools import codegen
 
 PACKAGE_DIR = codegen.PROTOS / codegen.PACKAGE
 FDS = descriptor_pb2.FileDescriptorSet.FromString(
-    (PACKAGE_DIR / codegen.DESCRIPTOR_SET).read_bytes())
+    (PACKAGE_DIR / codegen.DESCRIPTOR_SET).read_bytes()
+)
 DOC: dict[str, Any] = json.loads((PACKAGE_DIR / codegen.OPENAPI).read_text())
-MESSAGES = {f".{file.package}.{message.name}": message
-            for file in FDS.file if file.package == "zimsend.v1"
-            for message in file.message_type}
+MESSAGES = {
+    f".{file.package}.{message.name}": message
+    for file in FDS.file
+    if file.package == "zimsend.v1"
+    for message in file.message_type
+}
 Field = descriptor_pb2.FieldDescriptorProto
 
 
 def _output_only(field: Field) -> bool:
-    return field_behavior_pb2.OUTPUT_ONLY in field.options.Extensions[
-        field_behavior_pb2.field_behavior]
+    return (
+        field_behavior_pb2.OUTPUT_ONLY
+        in field.options.Extensions[field_behavior_pb2.field_behavior]
+    )
 
 
 def _reached(roots: list[str], *, through_output_only: bool = True) -> set[str]:
@@ -37,16 +43,24 @@ def _reached(roots: list[str], *, through_output_only: bool = True) -> set[str]:
         if name in seen or name not in MESSAGES:
             continue
         seen.add(name)
-        todo += [f.type_name for f in MESSAGES[name].field if f.type == Field.TYPE_MESSAGE
-                 and (through_output_only or not _output_only(f))]
+        todo += [
+            f.type_name
+            for f in MESSAGES[name].field
+            if f.type == Field.TYPE_MESSAGE and (through_output_only or not _output_only(f))
+        ]
     return seen
 
 
 def _public_methods() -> list[descriptor_pb2.MethodDescriptorProto]:
     """The RPCs of the API (the phones' DeviceLinkService is a stream protocol, not resources)."""
-    return [method for file in FDS.file if file.package == "zimsend.v1"
-            for service in file.service if service.name != "DeviceLinkService"
-            for method in service.method]
+    return [
+        method
+        for file in FDS.file
+        if file.package == "zimsend.v1"
+        for service in file.service
+        if service.name != "DeviceLinkService"
+        for method in service.method
+    ]
 
 
 def test_every_field_the_server_decides_is_output_only() -> None:
@@ -59,9 +73,12 @@ def test_every_field_the_server_decides_is_output_only() -> None:
     caller_names = {field.name for name in inputs for field in MESSAGES[name].field}
     unannotated = [
         f"{name[1:]}.{field.name}"
-        for name in sorted(outputs) for field in MESSAGES[name].field
-        if not _output_only(field) and field.name != "success"
-        and field.name not in caller_names and field.type_name not in outputs
+        for name in sorted(outputs)
+        for field in MESSAGES[name].field
+        if not _output_only(field)
+        and field.name != "success"
+        and field.name not in caller_names
+        and field.type_name not in outputs
     ]
     assert unannotated == []
 
@@ -72,7 +89,8 @@ def test_requests_carry_no_output_only_field_and_say_what_is_required() -> None:
             behaviors = set(field.options.Extensions[field_behavior_pb2.field_behavior])
             assert field_behavior_pb2.OUTPUT_ONLY not in behaviors, f"{name}.{field.name}"
             assert behaviors & {field_behavior_pb2.REQUIRED, field_behavior_pb2.OPTIONAL}, (
-                f"{name}.{field.name} says neither REQUIRED nor OPTIONAL")
+                f"{name}.{field.name} says neither REQUIRED nor OPTIONAL"
+            )
 
 
 def test_the_openapi_document_marks_server_set_fields_read_only() -> None:

@@ -39,10 +39,12 @@ def test_a_thousand_phones_stay_connected_for_a_minute(
         client = accounts.create_client(db, "fleet")
         devices = []
         for i in range(PHONES):
-            new = accounts.create_device(db, TEST_PEPPER.encode(), client.id, f"phone {i}",
-                                         server_address=address)
-            devices.append({"client_id": client.id, "device_id": new.device.id,
-                            "password": new.password})
+            new = accounts.create_device(
+                db, TEST_PEPPER.encode(), client.id, f"phone {i}", server_address=address
+            )
+            devices.append(
+                {"client_id": client.id, "device_id": new.device.id, "password": new.password}
+            )
     finally:
         db.dispose()
     devices_file = tmp_path / "devices.json"
@@ -51,14 +53,33 @@ def test_a_thousand_phones_stay_connected_for_a_minute(
     server_db = ServerDb(data_dir)
 
     def online() -> int:
-        return int(server_db.query(
-            "SELECT count(*) FROM devices WHERE client_id = ? AND online", client.id)[0][0])
+        return int(
+            server_db.query(
+                "SELECT count(*) FROM devices WHERE client_id = ? AND online", client.id
+            )[0][0]
+        )
 
     fleet = Program(
-        [ZIMSEND, "device", "fleet", "--server", address, "--devices-file", str(devices_file),
-         "--batch-size", "250", "--batch-interval", "0.5", "--status-interval", "10",
-         "--duration", str(SOAK_SECONDS + 120)],
-        env=zimsend_env, log_path=tmp_path / "fleet.log", name="fleet",
+        [
+            ZIMSEND,
+            "device",
+            "fleet",
+            "--server",
+            address,
+            "--devices-file",
+            str(devices_file),
+            "--batch-size",
+            "250",
+            "--batch-interval",
+            "0.5",
+            "--status-interval",
+            "10",
+            "--duration",
+            str(SOAK_SECONDS + 120),
+        ],
+        env=zimsend_env,
+        log_path=tmp_path / "fleet.log",
+        name="fleet",
     )
     with fleet:
         wait_for(lambda: online() == PHONES, 120, f"{PHONES} phones online", step=0.5)
@@ -73,8 +94,12 @@ def test_a_thousand_phones_stay_connected_for_a_minute(
         assert min(samples) == PHONES, samples
         disconnects = server_db.query(
             "SELECT count(*) FROM outbox_events WHERE client_id = ? AND event_type = "
-            "'device.disconnected'", client.id)[0][0]
+            "'device.disconnected'",
+            client.id,
+        )[0][0]
         assert disconnects == 0
     per_phone = (rss_connected - rss_before) / PHONES
-    print(f"\nserver RSS: {rss_before} KB idle, {rss_connected} KB with {PHONES} phones "
-          f"= {per_phone:.1f} KB per connected phone")
+    print(
+        f"\nserver RSS: {rss_before} KB idle, {rss_connected} KB with {PHONES} phones "
+        f"= {per_phone:.1f} KB per connected phone"
+    )

@@ -70,25 +70,36 @@ EXCLUDED_CHECKS = {
 #: (schemathesis' lazy `from_fixture` loader fails on pytest 9: `Function._nodeid` is gone.)
 OPENAPI = Path(__file__).parents[1] / "protos" / "zimsend" / "v1" / "openapi.json"
 
-schema = schemathesis.openapi.from_path(OPENAPI, config=schemathesis.Config.from_dict({
-    "seed": SEED,
-    "suppress-health-check": ["too_slow", "filter_too_much"],
-    "generation": {"max-examples": MAX_EXAMPLES, "no-shrink": True},
-    "checks": {name: {"enabled": False} for name in EXCLUDED_CHECKS},
-}))
+schema = schemathesis.openapi.from_path(
+    OPENAPI,
+    config=schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "suppress-health-check": ["too_slow", "filter_too_much"],
+            "generation": {"max-examples": MAX_EXAMPLES, "no-shrink": True},
+            "checks": {name: {"enabled": False} for name in EXCLUDED_CHECKS},
+        }
+    ),
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report(request: pytest.FixtureRequest) -> Iterator[None]:
-    _say(request, f"schemathesis {schemathesis.__version__}: seed {SEED}, "
-                  f"{MAX_EXAMPLES} examples per operation and phase")
+    _say(
+        request,
+        f"schemathesis {schemathesis.__version__}: seed {SEED}, "
+        f"{MAX_EXAMPLES} examples per operation and phase",
+    )
     yield
     by_status: Counter[int] = Counter()
     for (_, status), n in SENT.items():
         by_status[status] += n
-    _say(request, f"schemathesis sent {sum(SENT.values())} cases to "
-                  f"{len({op for op, _ in SENT})} operations; statuses "
-                  f"{dict(sorted(by_status.items()))}")
+    _say(
+        request,
+        f"schemathesis sent {sum(SENT.values())} cases to "
+        f"{len({op for op, _ in SENT})} operations; statuses "
+        f"{dict(sorted(by_status.items()))}",
+    )
 
 
 def _say(request: pytest.FixtureRequest, line: str) -> None:
@@ -128,9 +139,13 @@ def test_no_server_error_and_every_refusal_is_the_envelope(label: str, stack: St
     )
 
     @hypothesis.seed(SEED)
-    @hypothesis.settings(max_examples=2 * MAX_EXAMPLES, deadline=None, database=None,
-                         phases=[hypothesis.Phase.generate],
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=2 * MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[hypothesis.Phase.generate],
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(case=strategy)
     def check(case: schemathesis.Case[Any]) -> None:
         response = case.call(base_url=stack.base_url, headers=stack.auth, timeout=30)
@@ -144,8 +159,9 @@ def test_no_server_error_and_every_refusal_is_the_envelope(label: str, stack: St
 
 
 def assert_envelope(case: schemathesis.Case[Any], response: schemathesis.Response) -> None:
-    assert response.headers.get("content-type", [""])[0].startswith("application/json"), \
-        _show(case, response)
+    assert response.headers.get("content-type", [""])[0].startswith("application/json"), _show(
+        case, response
+    )
     body = json.loads(response.content.decode("utf-8"))  # strict UTF-8
     assert body["success"] is False, _show(case, response)
     assert isinstance(body["error"]["code"], str), _show(case, response)
@@ -158,20 +174,25 @@ def assert_envelope(case: schemathesis.Case[Any], response: schemathesis.Respons
 
 
 def _show(case: schemathesis.Case[Any], response: schemathesis.Response) -> str:
-    return (f"{case.operation.label} -> {response.status_code}\n"
-            f"request: {case.as_curl_command()}\nresponse: {response.content[:1000]!r}")
+    return (
+        f"{case.operation.label} -> {response.status_code}\n"
+        f"request: {case.as_curl_command()}\nresponse: {response.content[:1000]!r}"
+    )
 
 
 # --- what the fuzzing found, pinned ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", [
-    b"a'b: x",                      # a valid HTTP name gRPC metadata cannot carry
-    b"'uZyhAh%!`2: ",              # the one schemathesis sent (seed above), empty value
-    b"x-anything-bin: !!!notbase64",  # binary metadata that is not base64
-    b"grpc-timeout: zz",            # gRPC's own headers, which grpc core parses
-    b"grpc-encoding: foo",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"a'b: x",  # a valid HTTP name gRPC metadata cannot carry
+        b"'uZyhAh%!`2: ",  # the one schemathesis sent (seed above), empty value
+        b"x-anything-bin: !!!notbase64",  # binary metadata that is not base64
+        b"grpc-timeout: zz",  # gRPC's own headers, which grpc core parses
+        b"grpc-encoding: foo",
+    ],
+)
 def test_a_header_grpc_cannot_carry_is_ignored_not_a_500(stack: Stack, header: bytes) -> None:
     """Envoy forwarded these to the server, whose grpc core refused the call: a 500 INTERNAL
     "Illegal header key". They mean nothing to the REST API, so Envoy drops them."""
@@ -183,8 +204,10 @@ def test_a_header_grpc_cannot_carry_is_ignored_not_a_500(stack: Stack, header: b
 def _raw_get(stack: Stack, path: str, header: bytes) -> tuple[int, bytes]:
     """A GET written by hand (HTTP clients refuse such header names themselves)."""
     url = urlsplit(stack.base_url)
-    request = (f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
-               f"X-API-Key: {stack.api_key}\r\nX-Client-ID: {stack.client_id}\r\n").encode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
+        f"X-API-Key: {stack.api_key}\r\nX-Client-ID: {stack.client_id}\r\n"
+    ).encode()
     with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
         conn.sendall(request + header + b"\r\n\r\n")
         reply = b""
@@ -198,8 +221,9 @@ def test_a_query_parameter_without_a_name_is_refused(stack: Stack) -> None:
     """Unknown query parameters are 400 (gateway/README.md); Envoy's transcoder skipped one
     without a name (`?=true`, found by schemathesis at 50 examples per operation)."""
     for query in ("?=true", "?from_date=2025-01-01&=x"):
-        response = httpx.get(f"{stack.base_url}/v1/sms/stats{query}", headers=stack.auth,
-                             timeout=10)
+        response = httpx.get(
+            f"{stack.base_url}/v1/sms/stats{query}", headers=stack.auth, timeout=10
+        )
         assert response.status_code == 400
         body = response.json()
         assert body["success"] is False

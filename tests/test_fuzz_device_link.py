@@ -55,7 +55,8 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("fuzz-link-data"), TEST_PEPPER,
+        tmp_path_factory.mktemp("fuzz-link-data"),
+        TEST_PEPPER,
         ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
         ZIMSEND_DEVICE_HELLO_TIMEOUT_SECONDS=str(HELLO_TIMEOUT_S),
     )
@@ -101,22 +102,29 @@ def assert_still_serving(good: Good) -> None:
     assert command.message_id == message_id
     good.phone.send(ack=pb.CommandAck(command_id=command.command_id, accepted=True))
     report_id, inbound_id = f"r-{uuid.uuid4().hex}", f"i-{uuid.uuid4().hex}"
-    good.phone.send(report=pb.StatusReport(report_id=report_id, message_id=message_id,
-                                           outcome=pb.StatusReport.OUTCOME_SENT))
+    good.phone.send(
+        report=pb.StatusReport(
+            report_id=report_id, message_id=message_id, outcome=pb.StatusReport.OUTCOME_SENT
+        )
+    )
     sender: dict[str, Any] = {"from": RECIPIENT}  # a Python keyword: only as a mapping
     good.phone.send(inbound=pb.InboundSmsReport(report_id=inbound_id, body="hi", **sender))
     acked = _acked(good.phone, {report_id, inbound_id})
     assert acked >= {report_id, inbound_id}
-    wait_for(lambda: good.tenant.status(message_id).status == common_pb2.sent, 5,
-             "the good phone's message to be sent")
+    wait_for(
+        lambda: good.tenant.status(message_id).status == common_pb2.sent,
+        5,
+        "the good phone's message to be sent",
+    )
 
 
 def _acked(phone: RawPhone, wanted: set[str], timeout: float = 10) -> set[str]:
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
     while not wanted <= seen and time.monotonic() < deadline:
-        seen |= set(phone.expect("report_ack", timeout=deadline - time.monotonic())
-                    .report_ack.report_ids)
+        seen |= set(
+            phone.expect("report_ack", timeout=deadline - time.monotonic()).report_ack.report_ids
+        )
     return seen
 
 
@@ -134,10 +142,14 @@ class RawStream:
         self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         connect = self.channel.stream_stream(
             "/zimsend.v1.DeviceLinkService/Connect",
-            request_serializer=lambda raw: raw, response_deserializer=pb.ServerFrame.FromString,
+            request_serializer=lambda raw: raw,
+            response_deserializer=pb.ServerFrame.FromString,
         )
-        metadata = (("x-client-id", tenant.client_id), ("x-device-id", device.device_id),
-                    ("x-device-password", device.device_password))
+        metadata = (
+            ("x-client-id", tenant.client_id),
+            ("x-device-id", device.device_id),
+            ("x-device-password", device.device_password),
+        )
         self.call = connect(iter(self._out.get, None), metadata=metadata, timeout=60)
         self.frames: queue.SimpleQueue[pb.ServerFrame] = queue.SimpleQueue()
         self.error: grpc.RpcError | None = None
@@ -215,15 +227,21 @@ UNKNOWN_KIND = b"\x9a\x06\x03abc"
 # --- before hello: dropped ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("first", "named"), [
-    (HEARTBEAT, "not heartbeat"),
-    (frame(report=pb.StatusReport(report_id="r", message_id="msg_0000000000000000")),
-     "not report"),
-    (frame(ack=pb.CommandAck(command_id="cmd_x", accepted=True)), "not ack"),
-    (frame(pong=pb.Pong(nonce="n")), "not pong"),
-    (b"", "not an empty frame"),
-    (UNKNOWN_KIND, "not an empty frame"),
-], ids=["heartbeat", "report", "ack", "pong", "empty", "unknown-kind"])
+@pytest.mark.parametrize(
+    ("first", "named"),
+    [
+        (HEARTBEAT, "not heartbeat"),
+        (
+            frame(report=pb.StatusReport(report_id="r", message_id="msg_0000000000000000")),
+            "not report",
+        ),
+        (frame(ack=pb.CommandAck(command_id="cmd_x", accepted=True)), "not ack"),
+        (frame(pong=pb.Pong(nonce="n")), "not pong"),
+        (b"", "not an empty frame"),
+        (UNKNOWN_KIND, "not an empty frame"),
+    ],
+    ids=["heartbeat", "report", "ack", "pong", "empty", "unknown-kind"],
+)
 def test_a_frame_before_hello_drops_the_stream(
     stream: RawStream, good: Good, first: bytes | pb.DeviceFrame, named: str
 ) -> None:
@@ -273,9 +291,10 @@ def test_unknown_and_empty_frames_after_hello_are_ignored(stream: RawStream, goo
 
 def test_an_ack_for_an_unknown_command_is_ignored(stream: RawStream, good: Good) -> None:
     stream.hello()
-    stream.send(frame(ack=pb.CommandAck(command_id="cmd_never_sent", accepted=False,
-                                        reason="x" * 10_000)),
-                frame(ack=pb.CommandAck()))
+    stream.send(
+        frame(ack=pb.CommandAck(command_id="cmd_never_sent", accepted=False, reason="x" * 10_000)),
+        frame(ack=pb.CommandAck()),
+    )
     stream.still_open()
     assert_still_serving(good)
 
@@ -287,10 +306,18 @@ def test_a_report_for_a_message_the_device_does_not_hold_is_acked_and_changes_no
     theirs = good.tenant.send(RECIPIENT, "not yours", scheduled_at=_in_a_day())
     stream.hello()
     stream.send(
-        frame(report=pb.StatusReport(report_id="steal", message_id=theirs,
-                                     outcome=pb.StatusReport.OUTCOME_FAILED)),
-        frame(report=pb.StatusReport(report_id="ghost", message_id="msg_ffffffffffffffff",
-                                     outcome=pb.StatusReport.OUTCOME_DELIVERED)),
+        frame(
+            report=pb.StatusReport(
+                report_id="steal", message_id=theirs, outcome=pb.StatusReport.OUTCOME_FAILED
+            )
+        ),
+        frame(
+            report=pb.StatusReport(
+                report_id="ghost",
+                message_id="msg_ffffffffffffffff",
+                outcome=pb.StatusReport.OUTCOME_DELIVERED,
+            )
+        ),
     )
     assert _acked_on(stream, {"steal", "ghost"}) >= {"steal", "ghost"}
     assert good.tenant.status(theirs).status == common_pb2.queued
@@ -300,11 +327,15 @@ def test_a_report_for_a_message_the_device_does_not_hold_is_acked_and_changes_no
 
 def test_a_report_without_an_id_or_outcome_is_ignored(stream: RawStream, good: Good) -> None:
     stream.hello()
-    stream.send(frame(report=pb.StatusReport(message_id="msg_ffffffffffffffff",
-                                             outcome=pb.StatusReport.OUTCOME_SENT)),
-                frame(report=pb.StatusReport(report_id="no-outcome",
-                                             message_id="msg_ffffffffffffffff")),
-                frame(report=pb.StatusReport(report_id="bad-outcome", outcome=42)))  # type: ignore[arg-type]  # unknown on purpose
+    stream.send(
+        frame(
+            report=pb.StatusReport(
+                message_id="msg_ffffffffffffffff", outcome=pb.StatusReport.OUTCOME_SENT
+            )
+        ),
+        frame(report=pb.StatusReport(report_id="no-outcome", message_id="msg_ffffffffffffffff")),
+        frame(report=pb.StatusReport(report_id="bad-outcome", outcome=42)),  # type: ignore[arg-type]  # unknown on purpose
+    )
     stream.still_open()
     assert [f for f in _drain(stream) if f.WhichOneof("frame") == "report_ack"] == []
     assert_still_serving(good)
@@ -320,10 +351,20 @@ def test_absurd_part_numbers_on_its_own_message_are_clamped(
     message_id = rogue.send(RECIPIENT, "rogue's own")
     command = stream.expect("send", timeout=10).send
     stream.send(frame(ack=pb.CommandAck(command_id=command.command_id, accepted=True)))
-    stream.send(*(frame(report=pb.StatusReport(
-        report_id=f"absurd-{n}", message_id=message_id, outcome=pb.StatusReport.OUTCOME_SENT,
-        part_index=index, part_count=count,
-    )) for n, (index, count) in enumerate([(-5, -7), (2**31 - 1, 2**31 - 1), (-(2**31), 3)])))
+    stream.send(
+        *(
+            frame(
+                report=pb.StatusReport(
+                    report_id=f"absurd-{n}",
+                    message_id=message_id,
+                    outcome=pb.StatusReport.OUTCOME_SENT,
+                    part_index=index,
+                    part_count=count,
+                )
+            )
+            for n, (index, count) in enumerate([(-5, -7), (2**31 - 1, 2**31 - 1), (-(2**31), 3)])
+        )
+    )
     assert len(_acked_on(stream, {"absurd-0", "absurd-1", "absurd-2"})) == 3
     stream.still_open()
     status = rogue.status(message_id)
@@ -339,11 +380,20 @@ def test_huge_strings_are_cut_and_the_stream_stays(
     command = stream.expect("send", timeout=10).send
     stream.send(frame(ack=pb.CommandAck(command_id=command.command_id, accepted=True)))
     huge_sender: dict[str, Any] = {"from": "+" + "9" * 100_000}
-    stream.send(frame(report=pb.StatusReport(
-        report_id="huge", message_id=message_id, outcome=pb.StatusReport.OUTCOME_FAILED,
-        error_code="E" * 100_000, error_message="é" * 1_000_000,
-    )), frame(inbound=pb.InboundSmsReport(report_id="huge-in", body="b" * 1_000_000,
-                                          **huge_sender)))
+    stream.send(
+        frame(
+            report=pb.StatusReport(
+                report_id="huge",
+                message_id=message_id,
+                outcome=pb.StatusReport.OUTCOME_FAILED,
+                error_code="E" * 100_000,
+                error_message="é" * 1_000_000,
+            )
+        ),
+        frame(
+            inbound=pb.InboundSmsReport(report_id="huge-in", body="b" * 1_000_000, **huge_sender)
+        ),
+    )
     assert _acked_on(stream, {"huge", "huge-in"}, timeout=20) >= {"huge", "huge-in"}
     stream.still_open()
     failed = rogue.status(message_id)
@@ -354,7 +404,9 @@ def test_huge_strings_are_cut_and_the_stream_stays(
 
 
 def test_an_overlong_report_id_is_ignored_never_stored_nor_echoed(
-    stream: RawStream, good: Good, rogue: Tenant,
+    stream: RawStream,
+    good: Good,
+    rogue: Tenant,
 ) -> None:
     """A 1 MB report id would be stored and sent back whole in the ReportAck: ids over 128
     characters are ignored (device_link.proto), while a normal one next to them is acked."""
@@ -363,16 +415,28 @@ def test_an_overlong_report_id_is_ignored_never_stored_nor_echoed(
     command = stream.expect("send", timeout=10).send
     stream.send(frame(ack=pb.CommandAck(command_id=command.command_id, accepted=True)))
     long_id = "r" * 1_000_000
-    stream.send(frame(report=pb.StatusReport(report_id=long_id, message_id=message_id,
-                                             outcome=pb.StatusReport.OUTCOME_SENT)),
-                frame(inbound=pb.InboundSmsReport(report_id="i" * 129, body="hi")),
-                frame(report=pb.StatusReport(report_id="normal", message_id=message_id,
-                                             outcome=pb.StatusReport.OUTCOME_SENT)))
+    stream.send(
+        frame(
+            report=pb.StatusReport(
+                report_id=long_id, message_id=message_id, outcome=pb.StatusReport.OUTCOME_SENT
+            )
+        ),
+        frame(inbound=pb.InboundSmsReport(report_id="i" * 129, body="hi")),
+        frame(
+            report=pb.StatusReport(
+                report_id="normal", message_id=message_id, outcome=pb.StatusReport.OUTCOME_SENT
+            )
+        ),
+    )
     acked = _acked_on(stream, {"normal"})
     assert acked == {"normal"}
     stream.still_open()
-    assert all(len(rid) <= 128 for f in _drain(stream) if f.WhichOneof("frame") == "report_ack"
-               for rid in f.report_ack.report_ids)
+    assert all(
+        len(rid) <= 128
+        for f in _drain(stream)
+        if f.WhichOneof("frame") == "report_ack"
+        for rid in f.report_ack.report_ids
+    )
     assert_still_serving(good)
 
 
@@ -390,30 +454,67 @@ def test_a_frame_over_4_mb_drops_the_stream(stream: RawStream, good: Good) -> No
 _int32 = st.integers(-(2**31), 2**31 - 1)
 _text = st.text(max_size=300)
 _frames = st.one_of(
-    st.builds(lambda h: frame(hello=h), st.builds(
-        pb.DeviceHello, model=_text, app_version=_text, phone_number=_text,
-        pending_message_ids=st.lists(_text, max_size=5))),
-    st.builds(lambda h: frame(heartbeat=h), st.builds(
-        pb.Heartbeat, battery=_int32, signal=_int32, queue_depth=_int32, charging=st.booleans(),
-        network=_int32, cannot_send_reason=_text)),
-    st.builds(lambda a: frame(ack=a), st.builds(
-        pb.CommandAck, command_id=_text, accepted=st.booleans(), reason=_text)),
-    st.builds(lambda r: frame(report=r), st.builds(
-        pb.StatusReport, report_id=_text, message_id=_text, part_index=_int32,
-        part_count=_int32, outcome=_int32, error_code=_text, error_message=_text)),
-    st.builds(lambda i: frame(inbound=i), st.builds(
-        pb.InboundSmsReport, report_id=_text, body=_text, sim_slot=_int32)),
+    st.builds(
+        lambda h: frame(hello=h),
+        st.builds(
+            pb.DeviceHello,
+            model=_text,
+            app_version=_text,
+            phone_number=_text,
+            pending_message_ids=st.lists(_text, max_size=5),
+        ),
+    ),
+    st.builds(
+        lambda h: frame(heartbeat=h),
+        st.builds(
+            pb.Heartbeat,
+            battery=_int32,
+            signal=_int32,
+            queue_depth=_int32,
+            charging=st.booleans(),
+            network=_int32,
+            cannot_send_reason=_text,
+        ),
+    ),
+    st.builds(
+        lambda a: frame(ack=a),
+        st.builds(pb.CommandAck, command_id=_text, accepted=st.booleans(), reason=_text),
+    ),
+    st.builds(
+        lambda r: frame(report=r),
+        st.builds(
+            pb.StatusReport,
+            report_id=_text,
+            message_id=_text,
+            part_index=_int32,
+            part_count=_int32,
+            outcome=_int32,
+            error_code=_text,
+            error_message=_text,
+        ),
+    ),
+    st.builds(
+        lambda i: frame(inbound=i),
+        st.builds(pb.InboundSmsReport, report_id=_text, body=_text, sim_slot=_int32),
+    ),
     st.builds(lambda p: frame(pong=p), st.builds(pb.Pong, nonce=_text)),
     st.just(frame()),
 )
 
 
 @seed(20_120_012)
-@settings(max_examples=25, deadline=None, derandomize=False,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(frames=st.lists(_frames, min_size=1, max_size=20))
 def test_random_frames_after_hello_never_break_the_server(
-    phones_port: str, rogue: Tenant, good: Good, server: RunningServer,
+    phones_port: str,
+    rogue: Tenant,
+    good: Good,
+    server: RunningServer,
     frames: list[pb.DeviceFrame],
 ) -> None:
     """Any sequence of well-formed frames after hello is ignored or clamped: the stream stays
@@ -439,8 +540,11 @@ def test_the_server_logged_no_failure_for_any_of_it(good: Good, server: RunningS
     from a misbehaving fleet would bury the real ones)."""
     assert_still_serving(good)
     program, _ = server
-    failures = [line[:400] for line in program.output().splitlines()
-                if '"level": "error"' in line or line.startswith(("Traceback", "Unexpected"))]
+    failures = [
+        line[:400]
+        for line in program.output().splitlines()
+        if '"level": "error"' in line or line.startswith(("Traceback", "Unexpected"))
+    ]
     assert failures == []
 
 
@@ -448,8 +552,9 @@ def _acked_on(stream: RawStream, wanted: set[str], timeout: float = 10) -> set[s
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
     while not wanted <= seen and time.monotonic() < deadline:
-        seen |= set(stream.expect("report_ack", timeout=deadline - time.monotonic())
-                    .report_ack.report_ids)
+        seen |= set(
+            stream.expect("report_ack", timeout=deadline - time.monotonic()).report_ack.report_ids
+        )
     return seen
 
 
@@ -465,4 +570,3 @@ def _in_a_day() -> str:
 
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     return later.strftime("%Y-%m-%dT%H:%M:%SZ")
-

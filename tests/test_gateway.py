@@ -26,8 +26,6 @@ from zimsend.v1 import auth_pb2, auth_pb2_grpc, device_link_pb2, device_link_pb2
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
-
-
 def access_log(envoy: EnvoyProcess, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
     """The access log entry of one request (Envoy flushes the log every 250 ms)."""
     deadline = time.monotonic() + timeout
@@ -40,11 +38,13 @@ def access_log(envoy: EnvoyProcess, request_id: str, timeout: float = 5.0) -> di
     raise AssertionError(f"no access log entry for {request_id}")
 
 
-def device_connect(target: str, credentials: grpc.ChannelCredentials | None = None,
-                   request_id: str = "") -> grpc.RpcError:
+def device_connect(
+    target: str, credentials: grpc.ChannelCredentials | None = None, request_id: str = ""
+) -> grpc.RpcError:
     """Open the phones' stream with no device credentials; returns how it ended."""
-    channel = (grpc.secure_channel(target, credentials) if credentials
-               else grpc.insecure_channel(target))
+    channel = (
+        grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    )
     with channel:
         stub = device_link_pb2_grpc.DeviceLinkServiceStub(channel)
         frames = iter([device_link_pb2.DeviceFrame(hello=device_link_pb2.DeviceHello())])
@@ -67,8 +67,11 @@ def test_grpc_clients_reach_auth_test_through_envoy_and_directly(stack: Stack, v
         assert reply.client_id == stack.client_id
 
         with pytest.raises(grpc.RpcError) as caught:
-            stub.AuthTest(auth_pb2.AuthTestRequest(), timeout=5, metadata=(
-                ("x-api-key", "zs_live_wrong"), ("x-client-id", stack.client_id)))
+            stub.AuthTest(
+                auth_pb2.AuthTestRequest(),
+                timeout=5,
+                metadata=(("x-api-key", "zs_live_wrong"), ("x-client-id", stack.client_id)),
+            )
     error = caught.value
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert not message_of(error).lstrip().startswith("{"), "gRPC callers never get JSON"
@@ -82,17 +85,16 @@ def test_grpc_web_clients_are_served(stack: Stack) -> None:
     response = httpx.post(
         f"{stack.base_url}/zimsend.v1.AuthService/AuthTest",
         content=b"\x00" + struct.pack(">I", len(message)) + message,
-        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
-                 **stack.auth},
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **stack.auth},
         timeout=5,
     )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/grpc-web")
     body = response.content
     length = struct.unpack(">I", body[1:5])[0]
-    reply = auth_pb2.AuthTestResponse.FromString(body[5:5 + length])
+    reply = auth_pb2.AuthTestResponse.FromString(body[5 : 5 + length])
     assert reply.client_id == stack.client_id
-    trailers = body[5 + length:]
+    trailers = body[5 + length :]
     assert trailers[0] == 0x80
     assert b"grpc-status:0" in trailers
 
@@ -112,8 +114,11 @@ def test_a_paired_phone_gets_its_welcome_through_the_device_port(
     stack: Stack, admin: Admin
 ) -> None:
     device = admin("create-device", "--client-id", stack.client_id, "--name", "edge-phone")
-    metadata = (("x-client-id", stack.client_id), ("x-device-id", device["device_id"]),
-                ("x-device-password", device["device_password"]))
+    metadata = (
+        ("x-client-id", stack.client_id),
+        ("x-device-id", device["device_id"]),
+        ("x-device-password", device["device_password"]),
+    )
     hello = device_link_pb2.DeviceFrame(
         hello=device_link_pb2.DeviceHello(model="Pixel 7", android_version="14", app_version="1")
     )
@@ -137,8 +142,12 @@ def test_the_device_stream_is_not_on_the_public_port(stack: Stack) -> None:
     assert "device port" in message_of(error)
     assert access_log(stack.envoy, "public-port-1")["upstream_host"] is None
 
-    rest = httpx.post(f"{stack.base_url}/zimsend.v1.DeviceLinkService/Connect", json={},
-                      headers=stack.auth, timeout=5)
+    rest = httpx.post(
+        f"{stack.base_url}/zimsend.v1.DeviceLinkService/Connect",
+        json={},
+        headers=stack.auth,
+        timeout=5,
+    )
     assert rest.status_code == 404
     assert rest.json()["error"]["code"] == "NOT_FOUND"
 
@@ -147,7 +156,8 @@ def test_the_device_port_serves_nothing_else(stack: Stack) -> None:
     with grpc.insecure_channel(stack.envoy.device_target) as channel:
         with pytest.raises(grpc.RpcError) as caught:
             auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
-                auth_pb2.AuthTestRequest(), metadata=stack.metadata, timeout=5)
+                auth_pb2.AuthTestRequest(), metadata=stack.metadata, timeout=5
+            )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -197,8 +207,12 @@ def test_tls_on_both_listeners(
     envoy = gateway_factory(tls_cert=cert, tls_key=key)
     assert envoy.base_url.startswith("https://")
 
-    response = httpx.get(f"{envoy.base_url}/v1/auth/test", headers=stack.auth,
-                         verify=ssl.create_default_context(cafile=cert), timeout=5)
+    response = httpx.get(
+        f"{envoy.base_url}/v1/auth/test",
+        headers=stack.auth,
+        verify=ssl.create_default_context(cafile=cert),
+        timeout=5,
+    )
     assert response.status_code == 200
     assert response.json()["client_id"] == stack.client_id
     with pytest.raises(httpx.HTTPError):
@@ -207,7 +221,8 @@ def test_tls_on_both_listeners(
     credentials = grpc.ssl_channel_credentials(cert.read_bytes())
     with grpc.secure_channel(envoy.grpc_target, credentials) as channel:
         reply = auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
-            auth_pb2.AuthTestRequest(), metadata=stack.metadata, timeout=5)
+            auth_pb2.AuthTestRequest(), metadata=stack.metadata, timeout=5
+        )
     assert reply.client_id == stack.client_id
     device_connect(envoy.device_target, credentials, request_id="tls-device-1")
     assert access_log(envoy, "tls-device-1")["upstream_host"] == stack.server_address
@@ -217,11 +232,17 @@ def test_tls_on_both_listeners(
 
 
 def test_every_request_is_one_json_access_log_line(stack: Stack) -> None:
-    response = httpx.get(f"{stack.base_url}/v1/auth/test?x=1", timeout=5,
-                         headers={**stack.auth, "X-Request-ID": "log-test-1"})
+    response = httpx.get(
+        f"{stack.base_url}/v1/auth/test?x=1",
+        timeout=5,
+        headers={**stack.auth, "X-Request-ID": "log-test-1"},
+    )
     assert response.status_code == 400
-    httpx.get(f"{stack.base_url}/v1/auth/test", timeout=5,
-              headers={**stack.auth, "X-Request-ID": "log-test-2"})
+    httpx.get(
+        f"{stack.base_url}/v1/auth/test",
+        timeout=5,
+        headers={**stack.auth, "X-Request-ID": "log-test-2"},
+    )
 
     refused = access_log(stack.envoy, "log-test-1")
     assert refused["method"] == "GET"
@@ -243,8 +264,13 @@ def test_every_request_is_one_json_access_log_line(stack: Stack) -> None:
 def test_without_a_healthy_server_healthz_is_503_and_calls_unavailable(tmp_path: Path) -> None:
     from _processes import free_port
 
-    with start_envoy(directory=tmp_path, upstreams=(f"127.0.0.1:{free_port()}",),
-                     public_port=0, device_port=0, admin_port=0) as envoy:
+    with start_envoy(
+        directory=tmp_path,
+        upstreams=(f"127.0.0.1:{free_port()}",),
+        public_port=0,
+        device_port=0,
+        admin_port=0,
+    ) as envoy:
         assert httpx.get(f"{envoy.base_url}/healthz", timeout=5).status_code == 503
         response = httpx.get(f"{envoy.base_url}/v1/auth/test", timeout=5)
         assert response.status_code == 503
@@ -254,7 +280,8 @@ def test_without_a_healthy_server_healthz_is_503_and_calls_unavailable(tmp_path:
         assert body["code"] == 14
         with grpc.insecure_channel(envoy.grpc_target) as channel:
             with pytest.raises(grpc.RpcError) as caught:
-                auth_pb2_grpc.AuthServiceStub(channel).AuthTest(auth_pb2.AuthTestRequest(),
-                                                                timeout=5)
+                auth_pb2_grpc.AuthServiceStub(channel).AuthTest(
+                    auth_pb2.AuthTestRequest(), timeout=5
+                )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert not message_of(caught.value).startswith("{")

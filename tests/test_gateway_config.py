@@ -84,19 +84,26 @@ def test_tls_needs_both_files() -> None:
 def test_the_admin_interface_is_loopback_only() -> None:
     config = build_config(listen_address="0.0.0.0", admin_port=9999)
     assert config["admin"]["address"]["socket_address"] == {
-        "address": "127.0.0.1", "port_value": 9999,
+        "address": "127.0.0.1",
+        "port_value": 9999,
     }
 
 
 def test_the_transcoder_exposes_every_public_service_but_not_the_phones_stream() -> None:
-    transcoder = http_filter(listeners(build_config())["public"],
-                             "envoy.filters.http.grpc_json_transcoder")
+    transcoder = http_filter(
+        listeners(build_config())["public"], "envoy.filters.http.grpc_json_transcoder"
+    )
     assert "zimsend.v1.DeviceLinkService" not in transcoder["services"]
     # Read from the descriptor set: a service added to the protos is exposed without a list
     # to keep.
-    assert {"zimsend.v1.AuthService", "zimsend.v1.SmsService", "zimsend.v1.OtpService",
-            "zimsend.v1.DeviceService", "zimsend.v1.WebhookService",
-            "zimsend.v1.ApiKeyService"} <= set(transcoder["services"])
+    assert {
+        "zimsend.v1.AuthService",
+        "zimsend.v1.SmsService",
+        "zimsend.v1.OtpService",
+        "zimsend.v1.DeviceService",
+        "zimsend.v1.WebhookService",
+        "zimsend.v1.ApiKeyService",
+    } <= set(transcoder["services"])
     assert transcoder["convert_grpc_status"] is True
     assert transcoder["print_options"] == {
         "add_whitespace": False,
@@ -158,7 +165,8 @@ def test_upstream_health_checks_start_at_once() -> None:
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [1, 2]
     http2 = cluster["typed_extension_protocol_options"][
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]["explicit_http_config"]
     assert "http2_protocol_options" in http2
 
 
@@ -169,12 +177,20 @@ def test_healthz_also_needs_a_ready_replica_while_calls_still_reach_it() -> None
     config = build_config()
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     checks = {name: c["health_checks"][0]["grpc_health_check"] for name, c in clusters.items()}
-    assert checks == {"zimsend_server": {}, "zimsend_devices": {},
-                      "zimsend_readiness": {"service_name": "zimsend.v1.SmsService"}}
-    (health,) = [f for f in hcm(listeners(config)["public"])["http_filters"]
-                 if f["name"] == "envoy.filters.http.health_check"]
+    assert checks == {
+        "zimsend_server": {},
+        "zimsend_devices": {},
+        "zimsend_readiness": {"service_name": "zimsend.v1.SmsService"},
+    }
+    (health,) = [
+        f
+        for f in hcm(listeners(config)["public"])["http_filters"]
+        if f["name"] == "envoy.filters.http.health_check"
+    ]
     assert set(health["typed_config"]["cluster_min_healthy_percentages"]) == {
-        "zimsend_server", "zimsend_readiness"}
+        "zimsend_server",
+        "zimsend_readiness",
+    }
 
 
 def test_the_openapi_route_serves_the_generated_file() -> None:
@@ -237,8 +253,12 @@ def test_a_dead_replica_is_ejected_and_only_unsent_calls_are_retried() -> None:
     (server,) = [r for r in routes if r.get("name") == "server"]
     policy = server["route"]["retry_policy"]
     assert set(policy["retry_on"].split(",")) == {
-        "connect-failure", "refused-stream", "reset-before-request"}
+        "connect-failure",
+        "refused-stream",
+        "reset-before-request",
+    }
     assert policy["retry_host_predicate"][0]["name"] == (
-        "envoy.retry_host_predicates.previous_hosts")
+        "envoy.retry_host_predicates.previous_hosts"
+    )
     device_routes = hcm(listeners(config)["device"])["route_config"]["virtual_hosts"][0]["routes"]
     assert all("retry_policy" not in r.get("route", {}) for r in device_routes)

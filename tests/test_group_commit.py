@@ -65,8 +65,7 @@ def test_an_item_can_ask_to_be_retried_alone_from_a_committed_batch() -> None:
         alone.append(item)
         return "replayed"
 
-    assert commit_each(["x", "raced", "y"], batch, run_alone, name="test") == [
-        "X", "replayed", "Y"]
+    assert commit_each(["x", "raced", "y"], batch, run_alone, name="test") == ["X", "replayed", "Y"]
     assert alone == ["raced"]
 
 
@@ -97,8 +96,9 @@ async def _thread_lane_batches_waiting_items_keeps_order_and_fails_one_alone() -
         release.wait(10)  # the first batch holds the lane while the others queue up
         return commit_each(items, store.batch, store.alone, name="test")
 
-    lane: ThreadLane[str, str] = ThreadLane("test-lane", process, max_batch=3,
-                                            on_crash=lambda exc: exc)
+    lane: ThreadLane[str, str] = ThreadLane(
+        "test-lane", process, max_batch=3, on_crash=lambda exc: exc
+    )
     names = ["a", "b", "bad", "c", "d", "e", "f"]
     tasks = [asyncio.create_task(lane.submit(n)) for n in names]
     await asyncio.sleep(0.2)
@@ -106,7 +106,14 @@ async def _thread_lane_batches_waiting_items_keeps_order_and_fails_one_alone() -
     results = await asyncio.gather(*tasks, return_exceptions=True)
     lane.close()
     assert [r if isinstance(r, str) else "error" for r in results] == [
-        "A", "B", "error", "C", "D", "E", "F"]
+        "A",
+        "B",
+        "error",
+        "C",
+        "D",
+        "E",
+        "F",
+    ]
     assert all(len(b) <= 3 for b in store.batches)  # at most max_batch per transaction
     assert lane.batches < len(names)  # waiting items shared transactions
     assert [i for i in store.committed] == ["a", "b", "c", "d", "e", "f"]  # in order
@@ -127,7 +134,8 @@ async def _thread_lane_outlives_a_crashing_batch() -> None:
         return list(items)
 
     lane: ThreadLane[str, str] = ThreadLane(
-        "test-lane", process, max_batch=10, on_crash=lambda exc: LookupError(str(exc)))
+        "test-lane", process, max_batch=10, on_crash=lambda exc: LookupError(str(exc))
+    )
     with pytest.raises(LookupError, match="bug"):
         await lane.submit("first")
     assert await lane.submit("second") == "second"
@@ -145,8 +153,9 @@ async def _thread_lane_close_answers_what_already_waits() -> None:
         release.wait(10)
         return list(items)
 
-    lane: ThreadLane[str, str] = ThreadLane("test-lane", process, max_batch=2,
-                                            on_crash=lambda exc: exc)
+    lane: ThreadLane[str, str] = ThreadLane(
+        "test-lane", process, max_batch=2, on_crash=lambda exc: exc
+    )
     tasks = [asyncio.create_task(lane.submit(str(n))) for n in range(5)]
     await asyncio.sleep(0.2)
     closing = asyncio.get_running_loop().run_in_executor(None, lane.close)
@@ -164,16 +173,14 @@ async def _async_lane_fails_one_alone_keeps_order_and_flush_drains() -> None:
     store = _Store()
 
     async def process(items: list[str]) -> list[str | BaseException]:
-        return await asyncio.to_thread(commit_each, items, store.batch, store.alone,
-                                       name="test")
+        return await asyncio.to_thread(commit_each, items, store.batch, store.alone, name="test")
 
     lane: AsyncLane[str, str] = AsyncLane("test-lane", process, max_batch=2)
     futures = [lane.put(n) for n in ["a", "bad", "b", "c", "d"]]
     unanswered = lane.put("e", wait=False)
     assert unanswered is None
     await lane.flush()  # no writer task: flush alone writes everything waiting
-    results = [f.result() if f is not None and f.exception() is None else "error"
-               for f in futures]
+    results = [f.result() if f is not None and f.exception() is None else "error" for f in futures]
     assert results == ["A", "error", "B", "C", "D"]
     assert store.committed == ["a", "b", "c", "d", "e"]
     assert all(len(b) <= 2 for b in store.batches)

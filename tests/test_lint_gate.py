@@ -1,9 +1,9 @@
 """The gate fails on a lint or a type error, so a green `run.py lint` means something.
 
-`python3 buildtools/run.py lint` (and so `run.py test` and `.ci/run`) passes only when ruff,
-mypy and the codegen check find nothing (zimsend.buildtools.lint). These tests run the gate's
-own checks, with the project's pyproject.toml, on a scratch folder holding one small module with
-a deliberate error, and expect each check to fail and say where.
+`python3 buildtools/run.py lint` (and so `run.py test` and `.ci/run`) passes only when ruff
+(lint and format), mypy and the codegen check find nothing (zimsend.buildtools.lint). These
+tests run the gate's own checks, with the project's pyproject.toml, on a scratch folder holding
+one small module with a deliberate error, and expect each check to fail and say where.
 """
 
 from __future__ import annotations
@@ -45,6 +45,16 @@ def test_lint_error_fails_ruff(project: Path) -> None:
     assert not outcome.ok
     assert "F401 [*] `os` imported but unused" in outcome.output
     assert "probe.py:2:8" in outcome.output
+
+
+def test_unformatted_code_fails_the_format_check(project: Path) -> None:
+    (project / "probe.py").write_text(CLEAN.replace("value * 2", "value*2"))
+    outcome = lint.ruff_format(project, ["probe.py"])
+    assert not outcome.ok
+    assert "probe.py:5" in outcome.output
+    assert "1 file would be reformatted" in outcome.output
+    (project / "probe.py").write_text(CLEAN)
+    assert lint.ruff_format(project, ["probe.py"]).ok
 
 
 def test_type_error_fails_mypy(project: Path) -> None:

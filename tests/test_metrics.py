@@ -36,18 +36,32 @@ SERVER_METRICS = free_port()
 WORKER_METRICS = free_port()
 WEBHOOK_SECRET = "whsec_bWV0cmljcy10ZXN0LXNlY3JldC0wMTIzNDU2Nzg5YWI="
 #: Label names the endpoints may use: bounded sets only (metrics.py).
-ALLOWED_LABELS = {"service", "method", "code", "reason", "kind", "priority", "state", "outcome",
-                  "result", "le"}
+ALLOWED_LABELS = {
+    "service",
+    "method",
+    "code",
+    "reason",
+    "kind",
+    "priority",
+    "state",
+    "outcome",
+    "result",
+    "le",
+}
 #: What an id looks like: ours (`msg_…`, `device_…`), or a UUID (Envoy's request ids).
-ID_LIKE = re.compile(r"^(msg|device|client|batch|evt|otp|key|wh|cmd|in)_[0-9a-f]{6,}|"
-                     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-")
+ID_LIKE = re.compile(
+    r"^(msg|device|client|batch|evt|otp|key|wh|cmd|in)_[0-9a-f]{6,}|"
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
+)
 
 
 @pytest.fixture(scope="module")
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_env(
-        tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER,
-        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1", ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000",
+        tmp_path_factory.mktemp("zimsend-data"),
+        TEST_PEPPER,
+        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+        ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000",
         ZIMSEND_METRICS_PORT=str(SERVER_METRICS),
         ZIMSEND_WORKER_METRICS_PORT=str(WORKER_METRICS),
         ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
@@ -62,12 +76,22 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def phone(stack: Stack, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator[str]:
     """The real agent (simulator backend) for a device of the stack's client, online."""
-    created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
-                         json={"name": "metrics phone"}).json()
+    created = httpx.post(
+        f"{stack.base_url}/v1/devices", headers=stack.auth, json={"name": "metrics phone"}
+    ).json()
     device_id = created["device_id"]
-    with start_agent(zimsend_env, stack.envoy.device_target, stack.client_id, device_id,
-                     created["device_password"], logs_dir, "--send-delay", "0.05",
-                     "--delivery-delay", "0.2"):
+    with start_agent(
+        zimsend_env,
+        stack.envoy.device_target,
+        stack.client_id,
+        device_id,
+        created["device_password"],
+        logs_dir,
+        "--send-delay",
+        "0.05",
+        "--delivery-delay",
+        "0.2",
+    ):
         wait_for(lambda: _device_status(stack, device_id) == "online", 30, "the phone online")
         yield device_id
 
@@ -75,10 +99,15 @@ def phone(stack: Stack, zimsend_env: dict[str, str], logs_dir: Path) -> Iterator
 @pytest.fixture(scope="module")
 def receiver(stack: Stack, logs_dir: Path) -> Iterator[Receiver]:
     with Receiver(logs_dir, secret=WEBHOOK_SECRET) as hooks:
-        reply = httpx.post(f"{stack.base_url}/v1/webhooks/configure", headers=stack.auth, json={
-            "url": hooks.url, "events": ["sms.sent", "sms.delivered", "sms.failed"],
-            "secret": WEBHOOK_SECRET,
-        })
+        reply = httpx.post(
+            f"{stack.base_url}/v1/webhooks/configure",
+            headers=stack.auth,
+            json={
+                "url": hooks.url,
+                "events": ["sms.sent", "sms.delivered", "sms.failed"],
+                "secret": WEBHOOK_SECRET,
+            },
+        )
         assert reply.status_code == 200, reply.text
         yield hooks
 
@@ -149,15 +178,23 @@ def events_for(program: Program, request_id: str) -> dict[str, list[dict[str, An
 def test_a_rest_send_moves_the_server_counters(stack: Stack, phone: str) -> None:
     before = scrape(SERVER_METRICS)
     request_id = f"metrics-{uuid.uuid4().hex}"
-    reply = httpx.post(f"{stack.base_url}/v1/sms/send",
-                       headers={**stack.auth, "X-Request-ID": request_id},
-                       json={"to": "+33612345678", "message": "counted, never logged"})
+    reply = httpx.post(
+        f"{stack.base_url}/v1/sms/send",
+        headers={**stack.auth, "X-Request-ID": request_id},
+        json={"to": "+33612345678", "message": "counted, never logged"},
+    )
     assert reply.status_code == 200, reply.text
     message_id = reply.json()["message_id"]
     wait_for(lambda: _message_status(stack, message_id) == "delivered", 30, "delivered")
     # The delivered report is counted right after its commit, the status read may come first.
-    wait_for(lambda: value(scrape(SERVER_METRICS), "zimsend_messages_delivered_total")
-             > value(before, "zimsend_messages_delivered_total"), 10, "delivered counted")
+    wait_for(
+        lambda: (
+            value(scrape(SERVER_METRICS), "zimsend_messages_delivered_total")
+            > value(before, "zimsend_messages_delivered_total")
+        ),
+        10,
+        "delivered counted",
+    )
     after = scrape(SERVER_METRICS)
 
     def moved(name: str, **labels: str) -> float:
@@ -166,10 +203,10 @@ def test_a_rest_send_moves_the_server_counters(stack: Stack, phone: str) -> None
     assert moved("zimsend_messages_accepted_total") == 1
     assert moved("zimsend_messages_sent_total") >= 1
     assert moved("zimsend_messages_delivered_total") >= 1
-    assert moved("zimsend_rpc_requests_total", service="SmsService", method="SendSms",
-                 code="OK") == 1
-    assert moved("zimsend_rpc_duration_seconds_count", service="SmsService",
-                 method="SendSms") == 1
+    assert (
+        moved("zimsend_rpc_requests_total", service="SmsService", method="SendSms", code="OK") == 1
+    )
+    assert moved("zimsend_rpc_duration_seconds_count", service="SmsService", method="SendSms") == 1
     assert moved("zimsend_rpc_duration_seconds_sum", service="SmsService", method="SendSms") > 0
     assert moved("zimsend_dispatch_latency_seconds_count") >= 1
     assert moved("zimsend_reports_applied_total", kind="status") >= 2  # sent, delivered
@@ -178,8 +215,7 @@ def test_a_rest_send_moves_the_server_counters(stack: Stack, phone: str) -> None
     assert value(after, "zimsend_phones_online") >= 1
     for priority in ("urgent", "high", "normal", "low", "very_low"):
         for state in ("due", "scheduled"):
-            assert ("zimsend_queue_messages",
-                    (("priority", priority), ("state", state))) in after
+            assert ("zimsend_queue_messages", (("priority", priority), ("state", state))) in after
         assert ("zimsend_queue_oldest_due_age_seconds", (("priority", priority),)) in after
     assert_no_ids(after, stack.client_id, phone, message_id, request_id)
 
@@ -189,30 +225,47 @@ def test_failed_calls_are_counted_by_grpc_code(stack: Stack) -> None:
     reply = httpx.get(f"{stack.base_url}/v1/sms/status/msg_0000000000000000", headers=stack.auth)
     assert reply.status_code == 404
     after = scrape(SERVER_METRICS)
-    assert value(after, "zimsend_rpc_requests_total", method="GetSmsStatus", code="NOT_FOUND") \
-        - value(before, "zimsend_rpc_requests_total", method="GetSmsStatus",
-                code="NOT_FOUND") == 1
+    assert (
+        value(after, "zimsend_rpc_requests_total", method="GetSmsStatus", code="NOT_FOUND")
+        - value(before, "zimsend_rpc_requests_total", method="GetSmsStatus", code="NOT_FOUND")
+        == 1
+    )
 
 
 def test_the_queue_gauges_count_scheduled_and_due_messages(stack: Stack) -> None:
     """A message for tomorrow is `scheduled`; one pinned to a phone that never connects
     becomes `due` at its time and ages. Both are read from the database at scrape time."""
-    offline = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
-                         json={"name": "never connected"}).json()["device_id"]
+    offline = httpx.post(
+        f"{stack.base_url}/v1/devices", headers=stack.auth, json={"name": "never connected"}
+    ).json()["device_id"]
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
     tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     ids = []
     for priority, at in (("low", tomorrow), ("very_low", soon)):
         reply = httpx.post(
-            f"{stack.base_url}/v1/sms/send", headers={**stack.auth, "X-Device-ID": offline},
-            json={"to": "+33612345670", "message": "waits", "priority": priority,
-                  "scheduled_at": at.isoformat().replace("+00:00", "Z")})
+            f"{stack.base_url}/v1/sms/send",
+            headers={**stack.auth, "X-Device-ID": offline},
+            json={
+                "to": "+33612345670",
+                "message": "waits",
+                "priority": priority,
+                "scheduled_at": at.isoformat().replace("+00:00", "Z"),
+            },
+        )
         assert reply.status_code == 200, reply.text
         ids.append(reply.json()["message_id"])
     samples = scrape(SERVER_METRICS)
     assert value(samples, "zimsend_queue_messages", priority="low", state="scheduled") == 1
-    wait_for(lambda: value(scrape(SERVER_METRICS), "zimsend_queue_oldest_due_age_seconds",
-                           priority="very_low") >= 1, 10, "the due message ageing")
+    wait_for(
+        lambda: (
+            value(
+                scrape(SERVER_METRICS), "zimsend_queue_oldest_due_age_seconds", priority="very_low"
+            )
+            >= 1
+        ),
+        10,
+        "the due message ageing",
+    )
     samples = scrape(SERVER_METRICS)
     assert value(samples, "zimsend_queue_messages", priority="very_low", state="due") == 1
     for message_id in ids:
@@ -223,23 +276,36 @@ def test_the_queue_gauges_count_scheduled_and_due_messages(stack: Stack) -> None
 
 
 def test_the_worker_counts_webhook_attempts_and_logs_the_request_id(
-    stack: Stack, phone: str, receiver: Receiver, worker: Program, server: RunningServer,
+    stack: Stack,
+    phone: str,
+    receiver: Receiver,
+    worker: Program,
+    server: RunningServer,
 ) -> None:
     """One request id from the REST call: the server's accept, dispatch and report lines, and
     the worker's delivery line; the worker's endpoint counts the attempts."""
     before = scrape(WORKER_METRICS)
     request_id = f"trace-{uuid.uuid4().hex}"
     body = f"do not log me {uuid.uuid4().hex}"
-    reply = httpx.post(f"{stack.base_url}/v1/sms/send",
-                       headers={**stack.auth, "X-Request-ID": request_id},
-                       json={"to": "+33612345679", "message": body})
+    reply = httpx.post(
+        f"{stack.base_url}/v1/sms/send",
+        headers={**stack.auth, "X-Request-ID": request_id},
+        json={"to": "+33612345679", "message": body},
+    )
     assert reply.status_code == 200, reply.text
     message_id = reply.json()["message_id"]
-    receiver.wait_for(lambda records: sum(
-        json.loads(body_of(r))["data"].get("message_id") == message_id for r in records) >= 2,
-        what="sms.sent and sms.delivered")
-    wait_for(lambda: len(events_for(worker, request_id).get("webhook.attempted", [])) >= 2, 30,
-             "the worker's delivery lines for sms.sent and sms.delivered")
+    receiver.wait_for(
+        lambda records: (
+            sum(json.loads(body_of(r))["data"].get("message_id") == message_id for r in records)
+            >= 2
+        ),
+        what="sms.sent and sms.delivered",
+    )
+    wait_for(
+        lambda: len(events_for(worker, request_id).get("webhook.attempted", [])) >= 2,
+        30,
+        "the worker's delivery lines for sms.sent and sms.delivered",
+    )
 
     program, _ = server
     seen = events_for(program, request_id)
@@ -249,19 +315,29 @@ def test_the_worker_counts_webhook_attempts_and_logs_the_request_id(
     assert {line["status"] for line in seen["sms.status"]} == {"sent", "delivered"}
     deliveries = events_for(worker, request_id)["webhook.attempted"]
     assert {line["event_type"] for line in deliveries} == {"sms.sent", "sms.delivered"}
-    assert all(line["message_id"] == message_id and line["status"] == "delivered"
-               for line in deliveries)
+    assert all(
+        line["message_id"] == message_id and line["status"] == "delivered" for line in deliveries
+    )
     for output in (program.output(), worker.output()):
         assert body not in output, "a message body reached a log"
         assert stack.api_key not in output
 
     after = scrape(WORKER_METRICS)
-    assert value(after, "zimsend_webhook_attempts_total", outcome="success") \
-        - value(before, "zimsend_webhook_attempts_total", outcome="success") >= 2
-    assert value(after, "zimsend_webhook_attempt_duration_seconds_count", outcome="success") \
-        - value(before, "zimsend_webhook_attempt_duration_seconds_count", outcome="success") >= 2
-    assert value(after, "zimsend_webhook_events_total", result="delivered") \
-        - value(before, "zimsend_webhook_events_total", result="delivered") >= 2
+    assert (
+        value(after, "zimsend_webhook_attempts_total", outcome="success")
+        - value(before, "zimsend_webhook_attempts_total", outcome="success")
+        >= 2
+    )
+    assert (
+        value(after, "zimsend_webhook_attempt_duration_seconds_count", outcome="success")
+        - value(before, "zimsend_webhook_attempt_duration_seconds_count", outcome="success")
+        >= 2
+    )
+    assert (
+        value(after, "zimsend_webhook_events_total", result="delivered")
+        - value(before, "zimsend_webhook_events_total", result="delivered")
+        >= 2
+    )
     assert value(after, "zimsend_db_write_transaction_seconds_count") > 0
     assert_no_ids(after, stack.client_id, phone, message_id, request_id)
 
@@ -274,11 +350,18 @@ def test_a_direct_grpc_send_gets_a_request_id_of_its_own(
     with grpc.insecure_channel(address) as channel:
         reply = sms_pb2_grpc.SmsServiceStub(channel).SendSms(
             sms_pb2.SendSmsRequest(to="+33612345671", message="direct"),
-            metadata=stack.metadata, timeout=10)
-    accepted = wait_for(lambda: [line for line in log_lines(program)
-                                 if line["event"] == "sms.accepted"
-                                 and line.get("message_id") == reply.message_id], 10,
-                        "the accept line")
+            metadata=stack.metadata,
+            timeout=10,
+        )
+    accepted = wait_for(
+        lambda: [
+            line
+            for line in log_lines(program)
+            if line["event"] == "sms.accepted" and line.get("message_id") == reply.message_id
+        ],
+        10,
+        "the accept line",
+    )
     assert re.fullmatch(r"[0-9a-f-]{36}", accepted[0]["request_id"])
 
 
@@ -292,18 +375,33 @@ def test_the_queue_sample_on_both_engines(db: Database) -> None:
 
     client_id = seed_client(db)
     now = dt.datetime.now(dt.UTC)
-    rows = [(1, now - dt.timedelta(seconds=90), "queued"), (1, now - dt.timedelta(seconds=5),
-            "queued"), (1, now + dt.timedelta(hours=1), "queued"),
-            (3, now + dt.timedelta(hours=2), "queued"), (3, now - dt.timedelta(hours=1), "sent")]
+    rows = [
+        (1, now - dt.timedelta(seconds=90), "queued"),
+        (1, now - dt.timedelta(seconds=5), "queued"),
+        (1, now + dt.timedelta(hours=1), "queued"),
+        (3, now + dt.timedelta(hours=2), "queued"),
+        (3, now - dt.timedelta(hours=1), "sent"),
+    ]
     with db.write() as session:
         for n, (priority, due_at, status) in enumerate(rows):
-            session.add(Message(id=f"msg_queue{n}", client_id=client_id, to="+33612345678",
-                                body="x", priority=priority, status=status, due_at=due_at))
+            session.add(
+                Message(
+                    id=f"msg_queue{n}",
+                    client_id=client_id,
+                    to="+33612345678",
+                    body="x",
+                    priority=priority,
+                    status=status,
+                    due_at=due_at,
+                )
+            )
     metrics.watch(db)
     families = {f.name: f for f in metrics.SAMPLER.collect()}
     depth = {tuple(s.labels.values()): s.value for s in families["zimsend_queue_messages"].samples}
-    age = {s.labels["priority"]: s.value
-           for s in families["zimsend_queue_oldest_due_age_seconds"].samples}
+    age = {
+        s.labels["priority"]: s.value
+        for s in families["zimsend_queue_oldest_due_age_seconds"].samples
+    }
     assert depth[("urgent", "due")] == 2
     assert depth[("urgent", "scheduled")] == 1
     assert depth[("normal", "due")] == 0
@@ -319,15 +417,20 @@ def test_every_metric_is_documented_and_every_documented_metric_exists(worker: P
     Grafana dashboard names one that does not exist (runs after the sends above, so every
     labelled family has a series)."""
     docs = Path(__file__).parents[1] / "docs"
-    exported = {name for port in (SERVER_METRICS, WORKER_METRICS)
-                for name, _ in scrape(port) if name.startswith("zimsend_")}
+    exported = {
+        name
+        for port in (SERVER_METRICS, WORKER_METRICS)
+        for name, _ in scrape(port)
+        if name.startswith("zimsend_")
+    }
     families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in exported}
     operations = (docs / "operations.md").read_text()
     dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
     for family in families:
         assert f"`{family}" in operations, f"{family} is not explained in operations.md"
-    exprs = " ".join(target["expr"] for panel in dashboard["panels"]
-                     for target in panel.get("targets", []))
+    exprs = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    )
     for text, where in ((operations, "operations.md"), (exprs, "grafana-dashboard.json")):
         for name in set(re.findall(r"\bzimsend_[a-z_]*[a-z]\b", text)):
             assert any(e.startswith(name) for e in exported), f"{where} names {name}"

@@ -32,35 +32,70 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("modem-data"), TEST_PEPPER, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
-        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1", ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        tmp_path_factory.mktemp("modem-data"),
+        TEST_PEPPER,
+        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
         ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",  # the test polls status
     )
 
 
 def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back(
-    stack: Stack, admin: Admin, zimsend_env: dict[str, str], tmp_path: Path,
+    stack: Stack,
+    admin: Admin,
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     modem = DummyModem.create(tmp_path / "modem")
-    device = admin("create-device", "--client-id", stack.client_id, "--name", "usb-modem",
-                   "--server-address", stack.envoy.device_target, "--no-qr")
+    device = admin(
+        "create-device",
+        "--client-id",
+        stack.client_id,
+        "--name",
+        "usb-modem",
+        "--server-address",
+        stack.envoy.device_target,
+        "--no-qr",
+    )
     http = httpx.Client(base_url=stack.base_url, headers=stack.auth, timeout=10)
     port = free_port()
-    hook = http.post("/v1/webhooks/configure", json={
-        "url": f"http://127.0.0.1:{port}/hooks", "events": ["sms.received", "sms.delivered"]})
+    hook = http.post(
+        "/v1/webhooks/configure",
+        json={"url": f"http://127.0.0.1:{port}/hooks", "events": ["sms.received", "sms.delivered"]},
+    )
     assert hook.status_code == 200, hook.text
     secret = hook.json()["secret"]
 
-    with start_agent(zimsend_env, stack.envoy.device_target, stack.client_id,
-                     device["device_id"], device["device_password"], tmp_path,
-                     "--backend", "modem", "--gammu-config", str(modem.gammurc),
-                     "--poll-interval", "0.2", name="modem-agent") as agent, \
-            start_worker(zimsend_env, tmp_path), \
-            Receiver(tmp_path, secret=secret, port=port) as receiver:
-        shown = wait_for(lambda: _device(http, device["device_id"], "online"), 60,
-                         f"the modem online; agent said:\n{agent.output()[-2000:]}")
-        assert shown["capabilities"] == {"backend": "modem", "delivery_reports": True,
-                                         "inbound_sms": True}
+    with (
+        start_agent(
+            zimsend_env,
+            stack.envoy.device_target,
+            stack.client_id,
+            device["device_id"],
+            device["device_password"],
+            tmp_path,
+            "--backend",
+            "modem",
+            "--gammu-config",
+            str(modem.gammurc),
+            "--poll-interval",
+            "0.2",
+            name="modem-agent",
+        ) as agent,
+        start_worker(zimsend_env, tmp_path),
+        Receiver(tmp_path, secret=secret, port=port) as receiver,
+    ):
+        shown = wait_for(
+            lambda: _device(http, device["device_id"], "online"),
+            60,
+            f"the modem online; agent said:\n{agent.output()[-2000:]}",
+        )
+        assert shown["capabilities"] == {
+            "backend": "modem",
+            "delivery_reports": True,
+            "inbound_sms": True,
+        }
         assert shown["network"] == "home"
         assert shown["signal"] == 2
 
@@ -79,8 +114,10 @@ def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back
         joined = "".join(text for _, text in parts)
         assert long_text in joined
         assert unicode_text in joined
-        segments = {text: http.get(f"/v1/sms/status/{mid}").json()["segments"]
-                    for text, mid in sent_ids.items()}
+        segments = {
+            text: http.get(f"/v1/sms/status/{mid}").json()["segments"]
+            for text, mid in sent_ids.items()
+        }
         assert segments == {long_text: 11, unicode_text: 1}
         assert len(parts) == 12
 
@@ -88,8 +125,11 @@ def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back
         for _ in range(len(parts)):
             modem.status_report(TO, 255)
         for message_id in sent_ids.values():
-            wait_for(lambda mid=message_id: _status(http, mid) == "delivered", 30,
-                     f"{message_id} delivered")
+            wait_for(
+                lambda mid=message_id: _status(http, mid) == "delivered",
+                30,
+                f"{message_id} delivered",
+            )
 
         # Someone answers, in three parts.
         answer = "Oui, je serai là à l'heure prévue. Merci pour le rappel ! " * 3
@@ -97,15 +137,19 @@ def test_a_message_leaves_through_the_modem_and_its_report_and_replies_come_back
         inbox = wait_for(lambda: _inbox(http), 30, "the answer in the inbox")
         assert [(m["from"], m["message"]) for m in inbox] == [("+33698765432", answer)]
         received = receiver.wait_for(
-            lambda records: any(json.loads(body_of(r))["event"] == "sms.received"
-                                for r in records), what="sms.received")
+            lambda records: any(json.loads(body_of(r))["event"] == "sms.received" for r in records),
+            what="sms.received",
+        )
         wait_for(lambda: modem.storage() == [], 10, "the modem's storage emptied")
         # Nothing is reported twice: a while later the inbox and the webhooks still hold one.
         wait_for(lambda: "inbound SMS from" in agent.output(), 5, "the agent's log line")
         assert len(_inbox(http)) == 1
         events = [json.loads(body_of(r)) for r in receiver.records()]
-        assert [(e["data"]["from"], e["data"]["message"])
-                for e in events if e["event"] == "sms.received"] == [("+33698765432", answer)]
+        assert [
+            (e["data"]["from"], e["data"]["message"])
+            for e in events
+            if e["event"] == "sms.received"
+        ] == [("+33698765432", answer)]
         assert received
 
 

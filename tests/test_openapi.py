@@ -126,8 +126,13 @@ def test_error_envelope_accepts_the_spec_example() -> None:
         "error": {"code": "INVALID_PHONE_NUMBER", "message": "`to` is not a valid number"},
         "code": 3,
         "message": "`to` is not a valid number",
-        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                     "reason": "INVALID_PHONE_NUMBER", "domain": "zimsend.dev"}],
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "INVALID_PHONE_NUMBER",
+                "domain": "zimsend.dev",
+            }
+        ],
     }
     schema_validator("ErrorEnvelope").validate(example)
 
@@ -143,8 +148,15 @@ def test_send_request_accepts_what_zimsend_clients_send() -> None:
     """SPEC.md §1 and §3: priority by number or name, JSON null for optional fields."""
     send = schema_validator("SendSmsRequest")
     for priority in (2, "high", "normal", "very_low", None):
-        send.validate({"to": "+33612345678", "message": "Bonjour", "priority": priority,
-                       "metadata": None, "scheduled_at": None})
+        send.validate(
+            {
+                "to": "+33612345678",
+                "message": "Bonjour",
+                "priority": priority,
+                "metadata": None,
+                "scheduled_at": None,
+            }
+        )
     assert not send.is_valid({"to": "+33612345678", "message": "x", "priority": "critical"})
     assert not send.is_valid({"message": "no recipient"})
     assert not send.is_valid({"to": "+33612345678", "message": "x", "metadata": "not an object"})
@@ -154,10 +166,15 @@ def test_responses_use_proto_names_enum_names_and_rfc3339_times() -> None:
     response = DOC["components"]["schemas"]["SendSmsResponse"]["properties"]
     queued_at = response["queued_at"]
     assert queued_at == {**queued_at, "type": "string", "format": "date-time"}
-    schema_validator("SendSmsResponse").validate({
-        "success": True, "message_id": "msg_1234567890abcdef", "status": "queued",
-        "to": "+33612345678", "queued_at": "2025-01-15T10:30:00Z",
-    })
+    schema_validator("SendSmsResponse").validate(
+        {
+            "success": True,
+            "message_id": "msg_1234567890abcdef",
+            "status": "queued",
+            "to": "+33612345678",
+            "queued_at": "2025-01-15T10:30:00Z",
+        }
+    )
     assert not schema_validator("SendSmsResponse").is_valid({"status": "QUEUED_NOT_A_STATUS"})
     for name, schema in DOC["components"]["schemas"].items():
         for prop in schema.get("properties", {}):

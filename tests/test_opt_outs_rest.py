@@ -30,9 +30,12 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("opt-outs-data"), TEST_PEPPER,
-        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1", ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
-        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0", ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
+        tmp_path_factory.mktemp("opt-outs-data"),
+        TEST_PEPPER,
+        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
     )
 
 
@@ -51,8 +54,18 @@ def agent(
 @pytest.fixture(scope="module")
 def inbox_phone(stack: Stack, admin: Admin) -> dict[str, str]:
     """A second device whose stream the test drives to report inbound SMS."""
-    return dict(admin("create-device", "--client-id", stack.client_id, "--name", "inbox",
-                      "--server-address", stack.envoy.device_target, "--no-qr"))
+    return dict(
+        admin(
+            "create-device",
+            "--client-id",
+            stack.client_id,
+            "--name",
+            "inbox",
+            "--server-address",
+            stack.envoy.device_target,
+            "--no-qr",
+        )
+    )
 
 
 def _get(stack: Stack, path: str) -> dict[str, Any]:
@@ -62,8 +75,9 @@ def _get(stack: Stack, path: str) -> dict[str, Any]:
 def _receive(stack: Stack, phone: dict[str, str], sender: str, text: str, report_id: str) -> None:
     """The phone reports an inbound SMS and hangs up once the server has stored it (so it never
     takes a message meant for the agent)."""
-    raw = RawPhone(stack.envoy.device_target, stack.client_id, phone["device_id"],
-                   phone["device_password"])
+    raw = RawPhone(
+        stack.envoy.device_target, stack.client_id, phone["device_id"], phone["device_password"]
+    )
     try:
         raw.hello()
         inbound = link_pb.InboundSmsReport(report_id=report_id, body=text, sim_slot=0)
@@ -80,19 +94,30 @@ def _listed(http: httpx.Client, number: str) -> list[dict[str, Any]]:
 
 
 def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
-    stack: Stack, http: httpx.Client, agent: Path, inbox_phone: dict[str, str],
-    zimsend_env: dict[str, str], tmp_path: Path,
+    stack: Stack,
+    http: httpx.Client,
+    agent: Path,
+    inbox_phone: dict[str, str],
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     port = free_port()
-    hook = http.post("/v1/webhooks/configure", json={
-        "url": f"http://127.0.0.1:{port}/hooks", "events": ["sms.opted_out", "sms.opted_in"]})
+    hook = http.post(
+        "/v1/webhooks/configure",
+        json={"url": f"http://127.0.0.1:{port}/hooks", "events": ["sms.opted_out", "sms.opted_in"]},
+    )
     assert hook.status_code == 200, hook.text
-    with start_worker(zimsend_env, tmp_path), \
-            Receiver(tmp_path, secret=hook.json()["secret"], port=port) as receiver:
+    with (
+        start_worker(zimsend_env, tmp_path),
+        Receiver(tmp_path, secret=hook.json()["secret"], port=port) as receiver,
+    ):
         before = http.post("/v1/sms/send", json={"to": TO, "message": "Votre colis arrive"})
         assert before.status_code == 200, before.text
-        wait_for(lambda: any(line["to"] == TO for line in outbox_lines(agent)), 30,
-                 "the first message sent by the agent")
+        wait_for(
+            lambda: any(line["to"] == TO for line in outbox_lines(agent)),
+            30,
+            "the first message sent by the agent",
+        )
 
         _receive(stack, inbox_phone, TO, "Stop", "in-stop-1")
         (entry,) = wait_for(lambda: _listed(http, TO), 30, "the number on the opt-out list")
@@ -109,8 +134,9 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
         assert body["code"] == 9  # FAILED_PRECONDITION, for gRPC-gateway tooling
 
         # Bulk stays atomic: the request is refused whole, naming the opted-out recipient.
-        bulk = http.post("/v1/sms/send-bulk", json={
-            "recipients": ["+33698765432", TO], "message": "Soldes"})
+        bulk = http.post(
+            "/v1/sms/send-bulk", json={"recipients": ["+33698765432", TO], "message": "Soldes"}
+        )
         assert bulk.status_code == 400, bulk.text
         assert bulk.json()["error"]["code"] == "RECIPIENT_OPTED_OUT"
         assert "recipients[1]" in bulk.json()["error"]["message"]
@@ -122,17 +148,23 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
         again = http.post("/v1/sms/send", json={"to": TO, "message": "Votre colis est là"})
         assert again.status_code == 200, again.text
         again_id = again.json()["message_id"]
-        wait_for(lambda: any(line["message_id"] == again_id for line in outbox_lines(agent)),
-                 30, "the message after START sent by the agent")
+        wait_for(
+            lambda: any(line["message_id"] == again_id for line in outbox_lines(agent)),
+            30,
+            "the message after START sent by the agent",
+        )
 
         # Deliveries run concurrently: they may arrive in either order (and a retried attempt
         # twice); each event once by event_id, in the order they happened.
         records = receiver.wait_for(
             lambda r: {x["event"] for x in r} >= {"sms.opted_out", "sms.opted_in"},
-            what="both opt-out webhooks")
+            what="both opt-out webhooks",
+        )
         assert all(r["verified"] for r in records)
-        events = sorted({e["event_id"]: e for e in (json.loads(body_of(r)) for r in records)
-                         }.values(), key=lambda e: str(e["timestamp"]))
+        events = sorted(
+            {e["event_id"]: e for e in (json.loads(body_of(r)) for r in records)}.values(),
+            key=lambda e: str(e["timestamp"]),
+        )
         assert [e["event"] for e in events] == ["sms.opted_out", "sms.opted_in"]
         out, back = (e["data"] for e in events)
         assert out["phone_number"] == back["phone_number"] == TO
@@ -156,30 +188,46 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
 
 
 def test_stop_fails_what_is_still_queued_to_the_number_with_a_webhook(
-    stack: Stack, http: httpx.Client, agent: Path, inbox_phone: dict[str, str],
-    zimsend_env: dict[str, str], tmp_path: Path,
+    stack: Stack,
+    http: httpx.Client,
+    agent: Path,
+    inbox_phone: dict[str, str],
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     """A message scheduled to a number that then texts STOP never leaves: it fails with
     OPTED_OUT (SPEC's BLOCKED_NUMBER) and its `sms.failed` webhook says why; a message to
     another number stays queued."""
     port = free_port()
-    hook = http.post("/v1/webhooks/configure", json={
-        "url": f"http://127.0.0.1:{port}/failed", "events": ["sms.failed"]})
+    hook = http.post(
+        "/v1/webhooks/configure",
+        json={"url": f"http://127.0.0.1:{port}/failed", "events": ["sms.failed"]},
+    )
     assert hook.status_code == 200, hook.text
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat()
-    with start_worker(zimsend_env, tmp_path), \
-            Receiver(tmp_path, secret=hook.json()["secret"], port=port) as receiver:
-        scheduled = http.post("/v1/sms/send", json={
-            "to": TO, "message": "Rappel: rendez-vous demain", "scheduled_at": later})
+    with (
+        start_worker(zimsend_env, tmp_path),
+        Receiver(tmp_path, secret=hook.json()["secret"], port=port) as receiver,
+    ):
+        scheduled = http.post(
+            "/v1/sms/send",
+            json={"to": TO, "message": "Rappel: rendez-vous demain", "scheduled_at": later},
+        )
         assert scheduled.status_code == 200, scheduled.text
         message_id = scheduled.json()["message_id"]
-        other = http.post("/v1/sms/send", json={
-            "to": "+33698000010", "message": "Rappel", "scheduled_at": later}).json()
+        other = http.post(
+            "/v1/sms/send", json={"to": "+33698000010", "message": "Rappel", "scheduled_at": later}
+        ).json()
         try:
             _receive(stack, inbox_phone, TO, "STOP", "in-stop-queued")
             failed = wait_for(
-                lambda: (s := http.get(f"/v1/sms/status/{message_id}").json())["status"]
-                == "failed" and s, 30, "the scheduled message failed by the STOP")
+                lambda: (
+                    (s := http.get(f"/v1/sms/status/{message_id}").json())["status"] == "failed"
+                    and s
+                ),
+                30,
+                "the scheduled message failed by the STOP",
+            )
             assert failed["error"]["reason"] == "OPTED_OUT"
             assert failed["error"]["code"] == "BLOCKED_NUMBER"
             assert failed["error"]["retryable"] is False
@@ -187,10 +235,16 @@ def test_stop_fails_what_is_still_queued_to_the_number_with_a_webhook(
             assert http.get(f"/v1/sms/status/{other['message_id']}").json()["status"] == "queued"
 
             records = receiver.wait_for(
-                lambda r: any(json.loads(body_of(x))["data"]["message_id"] == message_id
-                              for x in r), what="the sms.failed webhook")
-            [event] = [e for e in (json.loads(body_of(r)) for r in records)
-                       if e["data"]["message_id"] == message_id][:1]
+                lambda r: any(
+                    json.loads(body_of(x))["data"]["message_id"] == message_id for x in r
+                ),
+                what="the sms.failed webhook",
+            )
+            [event] = [
+                e
+                for e in (json.loads(body_of(r)) for r in records)
+                if e["data"]["message_id"] == message_id
+            ][:1]
             assert event["event"] == "sms.failed"
             assert event["data"]["error"]["reason"] == "OPTED_OUT"
             assert event["data"]["error"]["code"] == "BLOCKED_NUMBER"
@@ -241,13 +295,15 @@ def test_opt_outs_belong_to_one_client(stack: Stack, http: httpx.Client, admin: 
     http.post("/v1/opt-outs", json={"phone_number": "+33698000002"})
     theirs = httpx.get(f"{stack.base_url}/v1/opt-outs", headers=headers, timeout=15).json()
     assert theirs["opt_outs"] == []
-    removed = httpx.delete(f"{stack.base_url}/v1/opt-outs/+33698000002", headers=headers,
-                           timeout=15)
+    removed = httpx.delete(
+        f"{stack.base_url}/v1/opt-outs/+33698000002", headers=headers, timeout=15
+    )
     assert removed.status_code == 404
 
 
 def test_otps_reach_opted_out_numbers_only_when_the_client_exempts_them(
-    http: httpx.Client, agent: Path,
+    http: httpx.Client,
+    agent: Path,
 ) -> None:
     number = "+33698000003"
     http.post("/v1/opt-outs", json={"phone_number": number})
@@ -270,8 +326,10 @@ def test_otps_reach_opted_out_numbers_only_when_the_client_exempts_them(
 def test_client_keywords_replace_the_defaults(
     stack: Stack, http: httpx.Client, inbox_phone: dict[str, str]
 ) -> None:
-    patched = http.patch("/v1/settings", json={
-        "opt_outs": {"stop_keywords": ["HALT", "Fin"], "start_keywords": ["REPRENDRE"]}})
+    patched = http.patch(
+        "/v1/settings",
+        json={"opt_outs": {"stop_keywords": ["HALT", "Fin"], "start_keywords": ["REPRENDRE"]}},
+    )
     assert patched.status_code == 200, patched.text
     try:
         assert patched.json()["settings"]["opt_outs"]["stop_keywords"] == ["HALT", "Fin"]
@@ -291,8 +349,12 @@ def test_the_sdk_manages_opt_outs_and_names_the_refusal(
     from zimsend.client import InvalidRequestError, NotFoundError, OptOut, ZimSend
 
     number = "+3369800001" + ("6" if transport == "rest" else "7")
-    with ZimSend(api_key=stack.api_key, client_id=stack.client_id, base_url=stack.base_url,
-                 transport=transport) as zs:
+    with ZimSend(
+        api_key=stack.api_key,
+        client_id=stack.client_id,
+        base_url=stack.base_url,
+        transport=transport,
+    ) as zs:
         added = zs.opt_outs.add(number)
         assert added.created is True
         assert added.opt_out == OptOut(number, "api", "", "", added.opt_out.created_at)
@@ -316,12 +378,23 @@ def test_the_cli_lists_adds_and_removes(stack: Stack, tmp_path: Path) -> None:
 
     from _processes import ZIMSEND
 
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "ZIMSEND_BASE_URL": stack.base_url,
-           "ZIMSEND_CLIENT_ID": stack.client_id, "ZIMSEND_API_KEY": stack.api_key}
+    env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "ZIMSEND_BASE_URL": stack.base_url,
+        "ZIMSEND_CLIENT_ID": stack.client_id,
+        "ZIMSEND_API_KEY": stack.api_key,
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([ZIMSEND, "opt-outs", *args], env=env, capture_output=True,
-                              text=True, timeout=60, check=False)
+        return subprocess.run(
+            [ZIMSEND, "opt-outs", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     added = cli("add", "+33 6 98 00 00 20")
     assert added.returncode == 0, added.stderr

@@ -26,16 +26,25 @@ PARIS = ZoneInfo("Europe/Paris")
 
 def _events(db: Database, client_id: str) -> list[tuple[str, dict[str, object]]]:
     with db.session() as session:
-        rows = session.exec(select(OutboxEvent).where(col(OutboxEvent.client_id) == client_id)
-                            .order_by(col(OutboxEvent.created_at))).all()
+        rows = session.exec(
+            select(OutboxEvent)
+            .where(col(OutboxEvent.client_id) == client_id)
+            .order_by(col(OutboxEvent.created_at))
+        ).all()
         return [(r.event_type, dict(r.payload)) for r in rows if r.event_type.startswith("sms.opt")]
 
 
 def _inbound(db: Database, client_id: str, sender: str, body: str, n: int) -> str | None:
     with db.write() as session:
-        return opt_outs.apply_inbound(session, client_id=client_id, device_id="device_x",
-                                      sender=sender, body=body, inbound_id=f"in_{n}",
-                                      now=utcnow())
+        return opt_outs.apply_inbound(
+            session,
+            client_id=client_id,
+            device_id="device_x",
+            sender=sender,
+            body=body,
+            inbound_id=f"in_{n}",
+            now=utcnow(),
+        )
 
 
 def _listed(db: Database, client_id: str) -> list[str]:
@@ -80,8 +89,9 @@ def test_a_resend_to_a_number_that_opted_out_since_is_refused(
     db: Database, settings: Settings
 ) -> None:
     client = new_account(db, PEPPER).client_id
-    failed = insert_message(db, client, to=NUMBER, status="failed", failed_at=utcnow(),
-                            error_code="NETWORK_ERROR")
+    failed = insert_message(
+        db, client, to=NUMBER, status="failed", failed_at=utcnow(), error_code="NETWORK_ERROR"
+    )
     _inbound(db, client, NUMBER, "ARRÊT", 1)
     with pytest.raises(ApiError) as refused:
         one_message.resend(db, settings, client, failed)
@@ -97,9 +107,17 @@ def test_a_resend_inside_quiet_hours_is_held(db: Database, settings: Settings) -
     now = dt.datetime.now(dt.UTC)
     with db.write() as session:  # the window is this hour in Paris
         later = now + dt.timedelta(hours=1)
-        policy.update(session, client, opt_outs=None, quiet_hours=policy.QuietChange(
-            True, now.astimezone(PARIS).strftime("%H:00"),
-            later.astimezone(PARIS).strftime("%H:00"), ""))
+        policy.update(
+            session,
+            client,
+            opt_outs=None,
+            quiet_hours=policy.QuietChange(
+                True,
+                now.astimezone(PARIS).strftime("%H:00"),
+                later.astimezone(PARIS).strftime("%H:00"),
+                "",
+            ),
+        )
     resent = one_message.resend(db, settings, client, failed)
     assert resent.hold_reason == "quiet_hours"
     assert resent.held_until is not None
@@ -110,24 +128,42 @@ def test_a_resend_inside_quiet_hours_is_held(db: Database, settings: Settings) -
 def test_policy_changes_are_validated_whole_and_stored(db: Database) -> None:
     client = new_account(db, PEPPER).client_id
     with db.write() as session, pytest.raises(ApiError) as bad:
-        policy.update(session, client, opt_outs=policy.OptOutChange(["x" * 31], [], False),
-                      quiet_hours=policy.QuietChange(True, "8", "08:00", "Nowhere/Town"),
-                      max_send_attempts=11)
+        policy.update(
+            session,
+            client,
+            opt_outs=policy.OptOutChange(["x" * 31], [], False),
+            quiet_hours=policy.QuietChange(True, "8", "08:00", "Nowhere/Town"),
+            max_send_attempts=11,
+        )
     fields = [v.field for v in bad.value.violations]
-    assert fields == ["opt_outs.stop_keywords[0]", "quiet_hours.start",
-                      "quiet_hours.fallback_time_zone", "max_send_attempts"]
+    assert fields == [
+        "opt_outs.stop_keywords[0]",
+        "quiet_hours.start",
+        "quiet_hours.fallback_time_zone",
+        "max_send_attempts",
+    ]
     with db.session() as session:
         assert policy.load(session, client) == policy.DEFAULTS
     with db.write() as session:
-        stored = policy.update(session, client,
-                               opt_outs=policy.OptOutChange(["Halt", "HALT"], [], True),
-                               quiet_hours=None, max_send_attempts=2)
+        stored = policy.update(
+            session,
+            client,
+            opt_outs=policy.OptOutChange(["Halt", "HALT"], [], True),
+            quiet_hours=None,
+            max_send_attempts=2,
+        )
     assert stored.stop_keywords == ("Halt",)
     assert stored.start_keywords == ("START", "UNSTOP")
     assert stored.exempt_otp is True
     with db.write() as session:
-        later = policy.update(session, client, opt_outs=None, quiet_hours=None,
-                              max_send_attempts=4, now=utcnow() + dt.timedelta(seconds=5))
+        later = policy.update(
+            session,
+            client,
+            opt_outs=None,
+            quiet_hours=None,
+            max_send_attempts=4,
+            now=utcnow() + dt.timedelta(seconds=5),
+        )
     assert stored.updated_at is not None
     assert later.updated_at is not None
     assert later.updated_at > stored.updated_at  # update_time moves for max_send_attempts too

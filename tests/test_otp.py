@@ -59,8 +59,9 @@ DEFAULT_MASKED = "Votre code de vérification est : ••••••"
 @pytest.fixture(scope="module")
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """1 s heartbeats, so the agent's phone is online within a second."""
-    return make_env(tmp_path_factory.mktemp("otp-data"), TEST_PEPPER,
-                    ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1")
+    return make_env(
+        tmp_path_factory.mktemp("otp-data"), TEST_PEPPER, ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,12 @@ def account(server_db: Database) -> Account:
 
 
 def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(
-    server: RunningServer, server_db: Database, channel: grpc.Channel, otp: pb_grpc.OtpServiceStub,
-    zimsend_env: dict[str, str], tmp_path: Path,
+    server: RunningServer,
+    server_db: Database,
+    channel: grpc.Channel,
+    otp: pb_grpc.OtpServiceStub,
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     """End to end with the real agent: the outbox file has the code; the response, status,
     history, both exports, every outbox event and the server log do not."""
@@ -93,24 +98,55 @@ def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(
     tenant = quick_tenant(zimsend_env, channel, "otp-phone")
     device = tenant.create_device()
     tenant.update_device(device.device_id, send_interval_ms=0)
-    with start_agent(zimsend_env, address, tenant.client_id, device.device_id,
-                     device.device_password, tmp_path, "--delivery-delay", "0.2",
-                     "--send-delay", "0.05"):
+    with start_agent(
+        zimsend_env,
+        address,
+        tenant.client_id,
+        device.device_id,
+        device.device_password,
+        tmp_path,
+        "--delivery-delay",
+        "0.2",
+        "--send-delay",
+        "0.05",
+    ):
         wait_for(lambda: tenant.online(device.device_id), 20, "phone online")
         before = utcnow()
         reply = otp.SendOtp(
-            pb.SendOtpRequest(to="+33 6 12 34 56 78", length=8, expiry=600,
-                              template="ZimSend: {{code}} is your code ({{code}})",
-                              metadata=struct({"user": 7})),
-            metadata=tenant.md(), timeout=10,
+            pb.SendOtpRequest(
+                to="+33 6 12 34 56 78",
+                length=8,
+                expiry=600,
+                template="ZimSend: {{code}} is your code ({{code}})",
+                metadata=struct({"user": 7}),
+            ),
+            metadata=tenant.md(),
+            timeout=10,
         )
         outbox = tmp_path / "outbox.jsonl"
-        line = wait_for(lambda: next((x for x in outbox_lines(outbox)
-                                      if x["message_id"] == reply.message_id), None), 20, "sent")
+        line = wait_for(
+            lambda: next(
+                (x for x in outbox_lines(outbox) if x["message_id"] == reply.message_id), None
+            ),
+            20,
+            "sent",
+        )
         sms = sms_pb2_grpc.SmsServiceStub(channel)
-        status = wait_for(lambda: (s := sms.GetSmsStatus(
-            sms_pb2.GetSmsStatusRequest(message_id=reply.message_id), metadata=tenant.md(),
-            timeout=10)).status == common_pb2.delivered and s, 20, "delivered")
+        status = wait_for(
+            lambda: (
+                (
+                    s := sms.GetSmsStatus(
+                        sms_pb2.GetSmsStatusRequest(message_id=reply.message_id),
+                        metadata=tenant.md(),
+                        timeout=10,
+                    )
+                ).status
+                == common_pb2.delivered
+                and s
+            ),
+            20,
+            "delivered",
+        )
 
     match = re.fullmatch(r"ZimSend: (\d{8}) is your code \((\d{8})\)", line["body"])
     assert match, line
@@ -130,27 +166,40 @@ def test_the_phone_gets_the_code_and_nothing_else_ever_shows_it(
     assert status.metadata["user"] == 7
 
     seen: list[str] = [str(reply), str(status)]
-    history = sms.ListSmsHistory(sms_pb2.ListSmsHistoryRequest(limit=100), metadata=tenant.md(),
-                                 timeout=10)
+    history = sms.ListSmsHistory(
+        sms_pb2.ListSmsHistoryRequest(limit=100), metadata=tenant.md(), timeout=10
+    )
     assert [m.message for m in history.data] == [masked]
     seen.append(str(history))
     for fmt in ("csv", "jsonl"):
-        export = b"".join(chunk.data for chunk in sms.ExportSmsHistory(
-            sms_pb2.ExportSmsHistoryRequest(format=fmt), metadata=tenant.md(), timeout=10))
+        export = b"".join(
+            chunk.data
+            for chunk in sms.ExportSmsHistory(
+                sms_pb2.ExportSmsHistoryRequest(format=fmt), metadata=tenant.md(), timeout=10
+            )
+        )
         assert masked in export.decode()
         seen.append(export.decode())
     verified = check_with(otp, tenant.md(), reply.otp_id, code)
     assert verified.valid
     kinds = events(server_db, tenant.client_id)  # device.* events too: all are checked
     assert Counter(e.event_type for e in kinds if e.event_type.startswith(("sms.", "otp."))) == {
-        "sms.sent": 1, "sms.delivered": 1, "otp.verified": 1}
+        "sms.sent": 1,
+        "sms.delivered": 1,
+        "otp.verified": 1,
+    }
     for event in kinds:
         seen.append(json.dumps(event.payload, ensure_ascii=False))
         if event.event_type.startswith("sms."):
             assert event.payload["message"] == masked
     (done,) = [e.payload for e in kinds if e.event_type == "otp.verified"]
-    assert done == {"otp_id": reply.otp_id, "to": TO, "message_id": reply.message_id,
-                    "verified_at": done["verified_at"], "metadata": {"user": 7}}
+    assert done == {
+        "otp_id": reply.otp_id,
+        "to": TO,
+        "message_id": reply.message_id,
+        "verified_at": done["verified_at"],
+        "metadata": {"user": 7},
+    }
     assert done["verified_at"].endswith("Z")
     seen.append(program.output())
     assert all(code not in text for text in seen)
@@ -207,16 +256,19 @@ def test_a_live_key_needs_a_device_like_sendsms(
         assert message.sealed_body
 
 
-@pytest.mark.parametrize(("fields", "field", "words"), [
-    ({"template": "Your code"}, "template", "{{code}}"),
-    ({"template": "   "}, "template", "{{code}}"),
-    ({"length": 3}, "length", "4-8 digits (got 3)"),
-    ({"length": 9}, "length", "4-8 digits (got 9)"),
-    ({"expiry": 1801}, "expiry", "1-1800 seconds (got 1801)"),
-    ({"expiry": -5}, "expiry", "1-1800 seconds (got -5)"),
-    ({"to": "0612345678"}, "to", "international format"),
-    ({"metadata": struct({"x": "y" * 1100})}, "metadata", "1024 bytes"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"template": "Your code"}, "template", "{{code}}"),
+        ({"template": "   "}, "template", "{{code}}"),
+        ({"length": 3}, "length", "4-8 digits (got 3)"),
+        ({"length": 9}, "length", "4-8 digits (got 9)"),
+        ({"expiry": 1801}, "expiry", "1-1800 seconds (got 1801)"),
+        ({"expiry": -5}, "expiry", "1-1800 seconds (got -5)"),
+        ({"to": "0612345678"}, "to", "international format"),
+        ({"metadata": struct({"x": "y" * 1100})}, "metadata", "1024 bytes"),
+    ],
+)
 def test_bad_fields_are_named_with_their_limits(
     otp: pb_grpc.OtpServiceStub, account: Account, fields: dict[str, Any], field: str, words: str
 ) -> None:
@@ -230,13 +282,17 @@ def test_bad_fields_are_named_with_their_limits(
 def test_every_bad_field_in_one_answer_and_the_text_limit(
     otp: pb_grpc.OtpServiceStub, account: Account, server_db: Database
 ) -> None:
-    error = fails(otp.SendOtp, pb.SendOtpRequest(to=TO, length=2, expiry=4000, template="x"),
-                  account.md(test=True))
+    error = fails(
+        otp.SendOtp,
+        pb.SendOtpRequest(to=TO, length=2, expiry=4000, template="x"),
+        account.md(test=True),
+    )
     assert set(violations(error)) == {"length", "expiry", "template"}
     long = "a" * 1594 + "{{code}}"  # 1594 + 6 digits = 1600: fits
     send(otp, account, template=long)
-    error = fails(otp.SendOtp, pb.SendOtpRequest(to=TO, template=long, length=7),
-                  account.md(test=True))
+    error = fails(
+        otp.SendOtp, pb.SendOtpRequest(to=TO, template=long, length=7), account.md(test=True)
+    )
     assert error_reason(error) == "MESSAGE_TOO_LONG"
     assert "at most 1600 characters (got 1601)" in violations(error)["template"]
     with server_db.session() as session:
@@ -265,8 +321,9 @@ def test_the_eleventh_otp_in_an_hour_to_one_number_is_refused(
 
 def age(db: Database, otp_ids: list[str], by: dt.timedelta) -> None:
     with db.write() as session:
-        session.execute(update(Otp).where(col(Otp.id).in_(otp_ids))
-                        .values(created_at=utcnow() - by))
+        session.execute(
+            update(Otp).where(col(Otp.id).in_(otp_ids)).values(created_at=utcnow() - by)
+        )
 
 
 # --- Verifying ----------------------------------------------------------------------------
@@ -284,8 +341,7 @@ def test_the_right_code_works_once(
     assert verified.message == "Code verified"
     assert before - dt.timedelta(seconds=1) < verified.verified_at.ToDatetime(tzinfo=dt.UTC)
     assert not verified.HasField("attempts_remaining")
-    error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=code),
-                  account.md())
+    error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=code), account.md())
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error) == "OTP_NOT_FOUND"
     (event,) = [e for e in events(server_db, account.client_id) if e.event_type == "otp.verified"]
@@ -300,12 +356,16 @@ def test_three_wrong_codes_invalidate_the_otp(
     code = code_of(server_db, reply.otp_id)
     answers = [check(otp, account, reply.otp_id, wrong) for wrong in wrong_codes(code, 3)]
     assert [(a.success, a.valid, a.attempts_remaining) for a in answers] == [
-        (True, False, 2), (True, False, 1), (True, False, 0)]
+        (True, False, 2),
+        (True, False, 1),
+        (True, False, 0),
+    ]
     assert answers[0].message == "Invalid code; 2 attempts remaining"
     assert "no longer valid" in answers[2].message
     for attempt in (code, "0000"):  # even the right code, afterwards
-        error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=attempt),
-                      account.md())
+        error = fails(
+            otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=attempt), account.md()
+        )
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_reason(error) == "OTP_MAX_ATTEMPTS"
         assert "send-otp" in message_of(error)
@@ -329,8 +389,7 @@ def test_an_expired_code_is_refused_without_spending_an_attempt(
     reply = send(otp, account, length=4, expiry=1)
     code = code_of(server_db, reply.otp_id)
     time.sleep(1.2)
-    error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=code),
-                  account.md())
+    error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code=code), account.md())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error) == "OTP_EXPIRED"
     assert "expired at" in message_of(error)
@@ -343,8 +402,11 @@ def test_unknown_and_other_clients_otps_are_not_found(
     reply = send(otp, account, length=4)
     code = code_of(server_db, reply.otp_id)
     stranger = new_account(server_db, PEPPER, "stranger")
-    for who, otp_id in ((stranger, reply.otp_id), (account, "otp_0123456789abcdef"),
-                        (account, "not an id")):
+    for who, otp_id in (
+        (stranger, reply.otp_id),
+        (account, "otp_0123456789abcdef"),
+        (account, "not an id"),
+    ):
         error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=otp_id, code=code), who.md())
         assert error_reason(error) == "OTP_NOT_FOUND", otp_id
     assert otp_row(server_db, reply.otp_id).attempts_used == 0  # the stranger spent nothing
@@ -358,7 +420,8 @@ def test_missing_fields_are_invalid_requests_that_spend_nothing(
     error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id="", code=" "), account.md())
     assert error_reason(error) == "INVALID_REQUEST"
     assert set(violations(error)) == {"otp_id", "code"}
-    error = fails(otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code="1" * 65),
-                  account.md())
+    error = fails(
+        otp.VerifyOtp, pb.VerifyOtpRequest(otp_id=reply.otp_id, code="1" * 65), account.md()
+    )
     assert "at most 64 characters" in violations(error)["code"]
     assert otp_row(server_db, reply.otp_id).attempts_used == 0

@@ -62,10 +62,12 @@ def fifty_wrong_guesses_get_three_comparisons(
 ) -> None:
     reply = send(stub, account, length=4)
     code = code_of(db, reply.otp_id)
-    outcomes = race([
-        functools.partial(check, stub, account, reply.otp_id, guess)
-        for guess in wrong_codes(code, 50)
-    ])
+    outcomes = race(
+        [
+            functools.partial(check, stub, account, reply.otp_id, guess)
+            for guess in wrong_codes(code, 50)
+        ]
+    )
     compared = [o for o in outcomes if isinstance(o, pb.VerifyOtpResponse)]
     assert sorted(o.attempts_remaining for o in compared) == [0, 1, 2]
     assert not any(o.valid for o in compared)
@@ -103,7 +105,8 @@ def test_concurrent_attempts_on_sqlite(
 
 @pytest.mark.postgres
 def test_concurrent_attempts_on_postgresql(
-    postgres_database_url: str, tmp_path_factory: pytest.TempPathFactory,
+    postgres_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     data_dir: Path = tmp_path_factory.mktemp("otp-pg")
     env = make_env(data_dir, TEST_PEPPER, ZIMSEND_DATABASE_URL=postgres_database_url)

@@ -22,8 +22,11 @@ from zimsend.server.storage import Database
 @pytest.fixture(scope="module")
 def sandbox(stack: Stack) -> dict[str, str]:
     """REST headers of a `zs_test_` key of the stack's client."""
-    created = httpx.post(f"{stack.base_url}/v1/api-keys", headers=stack.auth,
-                         json={"name": "otp sandbox", "test": True})
+    created = httpx.post(
+        f"{stack.base_url}/v1/api-keys",
+        headers=stack.auth,
+        json={"name": "otp sandbox", "test": True},
+    )
     assert created.status_code == 200, created.text
     return {"X-API-Key": created.json()["api_key"], "X-Client-ID": stack.client_id}
 
@@ -67,8 +70,12 @@ def test_wrapper_nulls_send_then_verify(
 
     otp = send_otp(stack, sandbox, "+33612345601", length=4, metadata={"user": "u-1"}).json()
     code = code_of(server_db, otp["otp_id"])
-    wrong = post(stack, sandbox, "verify-otp",
-                 {"otp_id": otp["otp_id"], "code": "0000" if code != "0000" else "1111"})
+    wrong = post(
+        stack,
+        sandbox,
+        "verify-otp",
+        {"otp_id": otp["otp_id"], "code": "0000" if code != "0000" else "1111"},
+    )
     assert wrong.status_code == 200, wrong.text
     assert wrong.json()["success"] is True
     assert wrong.json()["valid"] is False
@@ -85,31 +92,46 @@ def test_wrapper_nulls_send_then_verify(
 def test_rest_errors_have_their_documented_statuses(
     stack: Stack, sandbox: dict[str, str], server_db: Database
 ) -> None:
-    bad = envelope(send_otp(stack, sandbox, "+33612345602", template="Your code"), 400,
-                   "INVALID_REQUEST")
+    bad = envelope(
+        send_otp(stack, sandbox, "+33612345602", template="Your code"), 400, "INVALID_REQUEST"
+    )
     assert "template" in bad["error"]["message"]
     assert "{{code}}" in bad["error"]["message"]
-    bad = envelope(send_otp(stack, sandbox, "+33612345602", length=12, expiry=3600), 400,
-                   "INVALID_REQUEST")
+    bad = envelope(
+        send_otp(stack, sandbox, "+33612345602", length=12, expiry=3600), 400, "INVALID_REQUEST"
+    )
     assert "4-8" in bad["error"]["message"]
     assert "1-1800" in bad["error"]["message"]
 
     short = send_otp(stack, sandbox, "+33612345602", length=4, expiry=1).json()
     code = code_of(server_db, short["otp_id"])
     time.sleep(1.2)
-    envelope(post(stack, sandbox, "verify-otp", {"otp_id": short["otp_id"], "code": code}),
-             400, "OTP_EXPIRED")
+    envelope(
+        post(stack, sandbox, "verify-otp", {"otp_id": short["otp_id"], "code": code}),
+        400,
+        "OTP_EXPIRED",
+    )
 
     otp = send_otp(stack, sandbox, "+33612345602", length=4).json()
     code = code_of(server_db, otp["otp_id"])
     wrong = [c for c in ("1111", "2222", "3333", "4444") if c != code][:3]
-    remaining = [post(stack, sandbox, "verify-otp", {"otp_id": otp["otp_id"], "code": c})
-                 .json()["attempts_remaining"] for c in wrong]
+    remaining = [
+        post(stack, sandbox, "verify-otp", {"otp_id": otp["otp_id"], "code": c}).json()[
+            "attempts_remaining"
+        ]
+        for c in wrong
+    ]
     assert remaining == [2, 1, 0]
-    envelope(post(stack, sandbox, "verify-otp", {"otp_id": otp["otp_id"], "code": code}),
-             429, "OTP_MAX_ATTEMPTS")
-    envelope(post(stack, sandbox, "verify-otp", {"otp_id": "otp_0000000000000000", "code": "1"}),
-             404, "OTP_NOT_FOUND")
+    envelope(
+        post(stack, sandbox, "verify-otp", {"otp_id": otp["otp_id"], "code": code}),
+        429,
+        "OTP_MAX_ATTEMPTS",
+    )
+    envelope(
+        post(stack, sandbox, "verify-otp", {"otp_id": "otp_0000000000000000", "code": "1"}),
+        404,
+        "OTP_NOT_FOUND",
+    )
 
 
 def test_the_hourly_limit_answers_429_with_retry_after(

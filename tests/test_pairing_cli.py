@@ -38,8 +38,9 @@ def admin_env(tmp_path: Path) -> dict[str, str]:
 def run_on_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """Run `argv` with its stdout on a pseudo-terminal; (exit code, stdout text, stderr)."""
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen(argv, env=env, stdout=terminal, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=terminal, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
     os.close(terminal)
     chunks: list[bytes] = []
     while True:
@@ -61,8 +62,18 @@ def first_json_object(text: str) -> dict[str, Any]:
 
 
 def create_device_argv(client_id: str, *extra: str, address: str = PHONE_ADDRESS) -> list[str]:
-    return [ZIMSEND, "admin", "create-device", "--client-id", client_id, "--name", "pixel",
-            "--server-address", address, *extra]
+    return [
+        ZIMSEND,
+        "admin",
+        "create-device",
+        "--client-id",
+        client_id,
+        "--name",
+        "pixel",
+        "--server-address",
+        address,
+        *extra,
+    ]
 
 
 def test_on_a_terminal_create_device_prints_the_uri_and_a_qr_code_of_it(
@@ -75,7 +86,11 @@ def test_on_a_terminal_create_device_prints_the_uri_and_a_qr_code_of_it(
     uri = created["pairing_uri"]
     info = parse_pairing_uri(uri)
     assert (info.server, info.client_id, info.device_id, info.password) == (
-        PHONE_ADDRESS, client["client_id"], created["device_id"], created["device_password"])
+        PHONE_ADDRESS,
+        client["client_id"],
+        created["device_id"],
+        created["device_password"],
+    )
     assert f"pairing URI: {uri}\n" in out  # plain, for copy and paste
     lines = qr_lines(out)
     assert len(lines) > 20
@@ -88,19 +103,26 @@ def test_for_scripts_the_output_stays_one_json_object(admin_env: dict[str, str])
     """Piped: JSON alone, as every admin command (no flag needed); on a terminal `--no-qr`
     gives the same; `--qr` draws the code even into a pipe."""
     client = run_zimsend(["admin", "create-client", "--name", "qr"], admin_env)
-    piped = subprocess.run(create_device_argv(client["client_id"]), env=admin_env,
-                           capture_output=True, text=True, timeout=60)
+    piped = subprocess.run(
+        create_device_argv(client["client_id"]),
+        env=admin_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)["pairing_uri"].startswith("zimsend://pair?")
 
-    code, out, err = run_on_terminal(create_device_argv(client["client_id"], "--no-qr"),
-                                     admin_env)
+    code, out, err = run_on_terminal(create_device_argv(client["client_id"], "--no-qr"), admin_env)
     assert code == 0, err
     assert json.loads(out)["device_id"].startswith("device_")
 
     forced = subprocess.run(
         create_device_argv(client["client_id"], "--qr", address="127.0.0.1:8081"),
-        env=admin_env, capture_output=True, text=True, timeout=60,
+        env=admin_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert forced.returncode == 0, forced.stderr
     uri = first_json_object(forced.stdout)["pairing_uri"]
@@ -113,12 +135,20 @@ def test_rest_and_cli_give_the_same_pairing_uri_for_the_same_address(
     stack: Stack, admin: Admin
 ) -> None:
     """Same format and same fields: only the new device's id and password differ."""
-    created = httpx.post(f"{stack.base_url}/v1/devices", headers=stack.auth,
-                         json={"name": "rest phone"}).json()
+    created = httpx.post(
+        f"{stack.base_url}/v1/devices", headers=stack.auth, json={"name": "rest phone"}
+    ).json()
     rest_uri = created["pairing_uri"]
     address = parse_pairing_uri(rest_uri).server
-    cli = admin("create-device", "--client-id", stack.client_id, "--name", "cli phone",
-                "--server-address", address)
+    cli = admin(
+        "create-device",
+        "--client-id",
+        stack.client_id,
+        "--name",
+        "cli phone",
+        "--server-address",
+        address,
+    )
 
     def without_secrets(uri: str, device_id: str, password: str) -> tuple[object, ...]:
         parts = urlsplit(uri)
@@ -129,8 +159,9 @@ def test_rest_and_cli_give_the_same_pairing_uri_for_the_same_address(
         public = [(name, value) for name, value in query if name not in ("device_id", "password")]
         return parts.scheme, parts.netloc, names_in_order, public
 
-    assert without_secrets(rest_uri, created["device_id"], created["device_password"]) == \
-        without_secrets(cli["pairing_uri"], cli["device_id"], cli["device_password"])
+    assert without_secrets(
+        rest_uri, created["device_id"], created["device_password"]
+    ) == without_secrets(cli["pairing_uri"], cli["device_id"], cli["device_password"])
 
 
 def test_tls_and_the_phone_address_come_from_the_flags_or_the_settings(
@@ -139,18 +170,33 @@ def test_tls_and_the_phone_address_come_from_the_flags_or_the_settings(
     """A server whose phone listener is TLS pairs phones with tls=1; the address defaults to
     the `device_link_address` setting the server also uses for POST /v1/devices."""
     client = run_zimsend(["admin", "create-client", "--name", "tls"], admin_env)["client_id"]
-    flagged = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "a",
-                           "--server-address", PHONE_ADDRESS, "--tls"], admin_env)
+    flagged = run_zimsend(
+        [
+            "admin",
+            "create-device",
+            "--client-id",
+            client,
+            "--name",
+            "a",
+            "--server-address",
+            PHONE_ADDRESS,
+            "--tls",
+        ],
+        admin_env,
+    )
     info = parse_pairing_uri(flagged["pairing_uri"])
     assert info.tls
     assert info.server == PHONE_ADDRESS
-    configured = dict(admin_env, ZIMSEND_DEVICE_LINK_ADDRESS="sms.example.org:8443",
-                      ZIMSEND_DEVICE_LINK_TLS="1")
-    from_settings = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "b"],
-                                configured)
+    configured = dict(
+        admin_env, ZIMSEND_DEVICE_LINK_ADDRESS="sms.example.org:8443", ZIMSEND_DEVICE_LINK_TLS="1"
+    )
+    from_settings = run_zimsend(
+        ["admin", "create-device", "--client-id", client, "--name", "b"], configured
+    )
     info = parse_pairing_uri(from_settings["pairing_uri"])
     assert info.tls
     assert info.server == "sms.example.org:8443"
-    plain = run_zimsend(["admin", "create-device", "--client-id", client, "--name", "c",
-                         "--no-tls"], configured)
+    plain = run_zimsend(
+        ["admin", "create-device", "--client-id", client, "--name", "c", "--no-tls"], configured
+    )
     assert not parse_pairing_uri(plain["pairing_uri"]).tls

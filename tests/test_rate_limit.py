@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
 
-    return make_env(tmp_path_factory.mktemp("rl-data"), TEST_PEPPER,
-                    ZIMSEND_RATE_LIMIT_PER_MINUTE=str(LIMIT))
+    return make_env(
+        tmp_path_factory.mktemp("rl-data"), TEST_PEPPER, ZIMSEND_RATE_LIMIT_PER_MINUTE=str(LIMIT)
+    )
 
 
 def _auth_test(address: str, client: dict[str, str]) -> grpc.RpcError | None:
@@ -134,8 +135,10 @@ def test_a_single_replica_never_overshoots_under_concurrency(
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         calls = []
         for _wave in range(15):  # over ~0.6 s: several flushes happen during the burst
-            calls += [stub.AuthTest.future(auth_pb2.AuthTestRequest(), metadata=metadata,
-                                           timeout=30) for _ in range(10)]
+            calls += [
+                stub.AuthTest.future(auth_pb2.AuthTestRequest(), metadata=metadata, timeout=30)
+                for _ in range(10)
+            ]
             time.sleep(0.04)
         codes = []
         for call in calls:
@@ -196,8 +199,9 @@ def _limiter(sqlite_url: str, limit: int) -> tuple[Database, str, _Lanes, Client
 async def _admitted(limiter: ClientRateLimiter, client_id: str, n: int) -> int:
     from zimsend.server.errors import ApiError
 
-    results = await asyncio.gather(*(limiter.admit(client_id) for _ in range(n)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(limiter.admit(client_id) for _ in range(n)), return_exceptions=True
+    )
     assert all(not isinstance(r, Exception) or isinstance(r, ApiError) for r in results)
     return sum(not isinstance(r, Exception) for r in results)
 

@@ -71,16 +71,22 @@ def setup(db: Database) -> tuple[Database, list[tuple[str, str, list[str]]]]:
         with db.write() as session:
             for n in range(5):
                 message = Message(
-                    id=credentials.new_id("msg"), client_id=client.id, to="+33612345678",
-                    body=f"hi {n}", segments=3 if n >= 3 else 1, due_at=now,
-                    expires_at=now + dt.timedelta(hours=24), meta={"n": n},
+                    id=credentials.new_id("msg"),
+                    client_id=client.id,
+                    to="+33612345678",
+                    body=f"hi {n}",
+                    segments=3 if n >= 3 else 1,
+                    due_at=now,
+                    expires_at=now + dt.timedelta(hours=24),
+                    meta={"n": n},
                     batch_id="batch_x" if n == 1 else None,
                 )
                 session.add(message)
                 ids.append(message.id)
         with db.write() as session:
-            claimed = claim_due_messages(session, client_id=client.id, device_id=device.id,
-                                         limit=10, now=now)
+            claimed = claim_due_messages(
+                session, client_id=client.id, device_id=device.id, limit=10, now=now
+            )
             assert len(claimed) == 5
         tenants.append((client.id, device.id, ids))
     return db, tenants
@@ -88,9 +94,15 @@ def setup(db: Database) -> tuple[Database, list[tuple[str, str, list[str]]]]:
 
 def reports_for(ids: list[str]) -> list[PartReport]:
     return [
-        PartReport(report_id=rid, message_id=ids[m] if m >= 0 else "msg_unknown",
-                   outcome=outcome, part_index=part, part_count=count,
-                   error_code=code, error_message="lost" if code else "")
+        PartReport(
+            report_id=rid,
+            message_id=ids[m] if m >= 0 else "msg_unknown",
+            outcome=outcome,
+            part_index=part,
+            part_count=count,
+            error_code=code,
+            error_message="lost" if code else "",
+        )
         for m, rid, outcome, part, count, code in REPORTS
     ]
 
@@ -103,20 +115,32 @@ def snapshot(db: Database, client_id: str, device_id: str, ids: list[str]) -> di
         return {k: name.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
 
     with db.session() as session:
-        messages = [plain(m, ("created_at", "queued_at", "due_at", "expires_at", "processing_at"))
-                    for m in session.exec(select(Message).where(col(Message.id).in_(ids)))]
-        parts = [plain(p) for p in session.exec(
-            select(MessagePart).where(col(MessagePart.message_id).in_(ids)))]
+        messages = [
+            plain(m, ("created_at", "queued_at", "due_at", "expires_at", "processing_at"))
+            for m in session.exec(select(Message).where(col(Message.id).in_(ids)))
+        ]
+        parts = [
+            plain(p)
+            for p in session.exec(select(MessagePart).where(col(MessagePart.message_id).in_(ids)))
+        ]
         events = []
         for e in session.exec(select(OutboxEvent).where(col(OutboxEvent.client_id) == client_id)):
             data = json.loads(json.dumps(e.payload).replace(device_id, "device"))  # error.hint
             payload = {k: name.get(v, v) if isinstance(v, str) else v for k, v in data.items()}
             events.append((e.event_type, e.status, e.attempts, e.webhook_url, payload))
-        days = [(d.day, d.sent, d.delivered, d.failed) for d in session.exec(
-            select(DailyAggregate).where(col(DailyAggregate.client_id) == client_id))]
+        days = [
+            (d.day, d.sent, d.delivered, d.failed)
+            for d in session.exec(
+                select(DailyAggregate).where(col(DailyAggregate.client_id) == client_id)
+            )
+        ]
     key = repr
-    return {"messages": sorted(messages, key=key), "parts": sorted(parts, key=key),
-            "events": sorted(events, key=key), "days": days}
+    return {
+        "messages": sorted(messages, key=key),
+        "parts": sorted(parts, key=key),
+        "events": sorted(events, key=key),
+        "days": days,
+    }
 
 
 def test_a_batch_changes_what_the_same_reports_one_by_one_change(
@@ -127,8 +151,9 @@ def test_a_batch_changes_what_the_same_reports_one_by_one_change(
     one_by_one = []
     for report in reports_for(ids1):
         with db.write() as session:
-            one_by_one += apply_part_report(session, client_id=c1, device_id=d1, report=report,
-                                            now=now)
+            one_by_one += apply_part_report(
+                session, client_id=c1, device_id=d1, report=report, now=now
+            )
     with db.write() as session:
         batched = apply_part_reports(session, [(c2, d2, r) for r in reports_for(ids2)], now=now)
     rename1 = {mid: n for n, mid in enumerate(ids1)}
@@ -139,11 +164,15 @@ def test_a_batch_changes_what_the_same_reports_one_by_one_change(
     first, second = snapshot(db, c1, d1, ids1), snapshot(db, c2, d2, ids2)
     assert first == second
     statuses = sorted((m["id"], m["status"]) for m in second["messages"])
-    assert statuses == [("m0", "delivered"), ("m1", "delivered"), ("m2", "failed"),
-                        ("m3", "delivered"), ("m4", "failed")]
+    assert statuses == [
+        ("m0", "delivered"),
+        ("m1", "delivered"),
+        ("m2", "failed"),
+        ("m3", "delivered"),
+        ("m4", "failed"),
+    ]
     assert second["days"][0][1:] == (3, 3, 2)
     # The whole batch again: every report is a replay and changes nothing.
     with db.write() as session:
-        assert apply_part_reports(session, [(c2, d2, r) for r in reports_for(ids2)],
-                                  now=now) == []
+        assert apply_part_reports(session, [(c2, d2, r) for r in reports_for(ids2)], now=now) == []
     assert snapshot(db, c2, d2, ids2) == second

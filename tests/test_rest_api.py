@@ -60,9 +60,7 @@ def test_auth_test_succeeds_with_the_key_and_client_id(http: httpx.Client, stack
 
 
 def test_a_wrong_key_is_401_invalid_api_key(http: httpx.Client, stack: Stack) -> None:
-    response = http.get(
-        "/v1/auth/test", headers={**stack.auth, "X-API-Key": "zs_live_" + "0" * 40}
-    )
+    response = http.get("/v1/auth/test", headers={**stack.auth, "X-API-Key": "zs_live_" + "0" * 40})
     body = assert_error(response, 401, "INVALID_API_KEY", 16)
     info = next(d for d in body["details"] if d["@type"] == ERROR_INFO)
     assert info["domain"] == "zimsend.dev"
@@ -108,7 +106,8 @@ def test_a_body_that_is_not_an_object_is_refused(http: httpx.Client, stack: Stac
 
 def test_an_unknown_priority_name_is_invalid_priority(http: httpx.Client, stack: Stack) -> None:
     response = http.post(
-        "/v1/sms/send", headers=stack.auth,
+        "/v1/sms/send",
+        headers=stack.auth,
         json={"to": "+33612345678", "message": "hi", "priority": "super"},
     )
     body = assert_error(response, 400, "INVALID_PRIORITY", 3)
@@ -143,8 +142,9 @@ def test_a_bad_query_value_says_what_is_expected(http: httpx.Client, stack: Stac
 
 def test_a_body_over_one_megabyte_is_413(http: httpx.Client, stack: Stack) -> None:
     text = "a" * (1024 * 1024 + 10)
-    response = http.post("/v1/sms/send", headers=stack.auth, json={"to": "+33612345678",
-                                                                   "message": text})
+    response = http.post(
+        "/v1/sms/send", headers=stack.auth, json={"to": "+33612345678", "message": text}
+    )
     body = assert_error(response, 413, "INVALID_REQUEST", 3)
     assert "1048576 bytes" in body["message"]
 
@@ -227,13 +227,18 @@ def test_every_documented_operation_and_query_parameter_is_served(http: httpx.Cl
     for method, path, operation in operations:
         params = {
             p["name"]: _example(p, document)
-            for p in operation.get("parameters", []) if p.get("in") == "query"
+            for p in operation.get("parameters", [])
+            if p.get("in") == "query"
         }
         url = re.sub(r"\{[^}]+\}", "x1", path)
         body = b"{}" if "requestBody" in operation else None
         response = http.request(method, url, params=params, content=body)
         assert response.headers.get("zimsend-error-code") == "MISSING_AUTH_HEADERS", (
-            method, path, params, response.status_code, response.text,
+            method,
+            path,
+            params,
+            response.status_code,
+            response.text,
         )
 
 
@@ -244,14 +249,18 @@ def test_a_plus_in_the_query_is_a_space_except_before_a_number(
     import datetime as dt
 
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    sent = http.post("/v1/sms/send", headers=stack.auth, json={
-        "to": "+33612340099", "message": "big world plus+sign", "scheduled_at": later})
+    sent = http.post(
+        "/v1/sms/send",
+        headers=stack.auth,
+        json={"to": "+33612340099", "message": "big world plus+sign", "scheduled_at": later},
+    )
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
 
     def found(query: str) -> list[str]:
-        response = httpx.get(f"{stack.base_url}/v1/sms/history?{query}", headers=stack.auth,
-                             timeout=10)
+        response = httpx.get(
+            f"{stack.base_url}/v1/sms/history?{query}", headers=stack.auth, timeout=10
+        )
         assert response.status_code == 200, response.text
         return [m["message_id"] for m in response.json()["data"]]
 

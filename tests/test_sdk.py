@@ -59,14 +59,19 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     data_dir = tmp_path_factory.mktemp("zimsend-data")
-    return make_env(data_dir, TEST_PEPPER, ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
-                    ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
-                    ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0,1,2]")
+    return make_env(
+        data_dir,
+        TEST_PEPPER,
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+        ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0,1,2]",
+    )
 
 
 def _client(stack: Stack, **options: Any) -> ZimSend:
-    return ZimSend(api_key=stack.api_key, client_id=stack.client_id, base_url=stack.base_url,
-                   **options)
+    return ZimSend(
+        api_key=stack.api_key, client_id=stack.client_id, base_url=stack.base_url, **options
+    )
 
 
 class Phone(NamedTuple):
@@ -85,12 +90,22 @@ def phone(
         created = zs.devices.create("sdk phone")
         zs.devices.update(created.device_id, send_interval_ms=0)
         workdir = tmp_path_factory.mktemp("phone")
-        agent = start_agent(zimsend_env, stack.envoy.device_target, stack.client_id,
-                            created.device_id, created.device_password, workdir,
-                            "--delivery-delay", "0.2", "--send-delay", "0.05")
+        agent = start_agent(
+            zimsend_env,
+            stack.envoy.device_target,
+            stack.client_id,
+            created.device_id,
+            created.device_password,
+            workdir,
+            "--delivery-delay",
+            "0.2",
+            "--send-delay",
+            "0.05",
+        )
         with agent:
-            wait_for(lambda: zs.devices.get(created.device_id).status == "online", 30,
-                     "phone online")
+            wait_for(
+                lambda: zs.devices.get(created.device_id).status == "online", 30, "phone online"
+            )
             yield Phone(created.device_id, workdir / "outbox.jsonl")
 
 
@@ -111,8 +126,16 @@ def client_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     uv = Path(sys.executable).with_name("uv")
     subprocess.run([str(uv), "venv", "-q", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = [str(uv), "pip", "install", "-q", "--python", str(python),
-               str(ROOT / "protos"), str(ROOT / "clients")]
+    install = [
+        str(uv),
+        "pip",
+        "install",
+        "-q",
+        "--python",
+        str(python),
+        str(ROOT / "protos"),
+        str(ROOT / "clients"),
+    ]
     # The uv cache normally has every wheel (the workspace was synced); else ask the index.
     if subprocess.run([*install, "--offline"], capture_output=True, timeout=300).returncode:
         subprocess.run(install, check=True, timeout=600)
@@ -151,11 +174,18 @@ def test_the_sdk_alone_sends_and_waits_for_delivered(
     """)
     done = subprocess.run(
         [str(client_only_python), "-c", script, stack.base_url, stack.client_id, stack.api_key],
-        capture_output=True, text=True, timeout=120, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"sync": "delivered", "async": "delivered",
-                                       "server": False, "loaded": []}
+    assert json.loads(done.stdout) == {
+        "sync": "delivered",
+        "async": "delivered",
+        "server": False,
+        "loaded": [],
+    }
 
 
 @pytest.mark.slow
@@ -163,8 +193,12 @@ def test_the_sdk_alone_sends_and_waits_for_delivered(
 def test_a_send_waits_for_delivered(stack: Stack, phone: Phone, transport: str) -> None:
     device_id, outbox = phone
     with _client(stack, transport=transport) as zs:
-        sent = zs.sms.send("+33612345601", f"Votre commande est arrivée ({transport})",
-                           metadata={"order": "A-1"}, priority="high")
+        sent = zs.sms.send(
+            "+33612345601",
+            f"Votre commande est arrivée ({transport})",
+            metadata={"order": "A-1"},
+            priority="high",
+        )
         assert isinstance(sent, SentMessage)
         assert sent.status is MessageStatus.QUEUED
         assert sent.to == "+33612345601"
@@ -188,11 +222,16 @@ def test_the_async_client_sends_and_waits_for_delivered(
     stack: Stack, phone: Phone, transport: str
 ) -> None:
     async def main() -> tuple[Message, list[Message]]:
-        async with AsyncZimSend(api_key=stack.api_key, client_id=stack.client_id,
-                                base_url=stack.base_url, transport=transport) as zs:
+        async with AsyncZimSend(
+            api_key=stack.api_key,
+            client_id=stack.client_id,
+            base_url=stack.base_url,
+            transport=transport,
+        ) as zs:
             sent = await zs.sms.send("+33612345602", f"Rendez-vous demain ({transport})")
-            batch = await zs.sms.send_bulk(["+33612345603", "+33612345604"], "Bulk async",
-                                           scheduled_at=_tomorrow())
+            batch = await zs.sms.send_bulk(
+                ["+33612345603", "+33612345604"], "Bulk async", scheduled_at=_tomorrow()
+            )
             done = await zs.sms.wait(sent.message_id, timeout=30, interval=0.2)
             history = [m async for m in zs.sms.iter_history(to="+33612345604", page_size=1)]
             for item in batch.messages:
@@ -215,8 +254,9 @@ def test_a_429_is_retried_after_retry_after(stack: Stack, zimsend_env: dict[str,
     created = run_zimsend(["admin", "create-client", "--name", "limited"], zimsend_env)
     client_id = created["client_id"]
     key = run_zimsend(["admin", "create-key", "--client-id", client_id], zimsend_env)["api_key"]
-    run_zimsend(["admin", "set-rate-limit", "--client-id", client_id, "--per-minute", "3"],
-                zimsend_env)
+    run_zimsend(
+        ["admin", "set-rate-limit", "--client-id", client_id, "--per-minute", "3"], zimsend_env
+    )
     seen: list[tuple[float, int, str | None]] = []
 
     def record(response: httpx.Response) -> None:
@@ -227,8 +267,13 @@ def test_a_429_is_retried_after_retry_after(stack: Stack, zimsend_env: dict[str,
         time.sleep(0.5)
     http = httpx.Client(event_hooks={"response": [record]})
     transport = RestTransport(stack.base_url, client=http)
-    with ZimSend(api_key=key, client_id=client_id, base_url=stack.base_url,
-                 transport=transport, retries=Retries(max_retries=2, max_wait=70)) as zs:
+    with ZimSend(
+        api_key=key,
+        client_id=client_id,
+        base_url=stack.base_url,
+        transport=transport,
+        retries=Retries(max_retries=2, max_wait=70),
+    ) as zs:
         for _ in range(3):
             zs.auth_test()
         info = zs.auth_test()  # refused once, then admitted in the next window
@@ -261,9 +306,13 @@ def test_a_send_retried_after_a_cut_connection_creates_one_message(stack: Stack)
     proxy = CuttingProxy(stack.base_url.split("://", 1)[1].rstrip("/"))
     to = "+33612345609"
     try:
-        with ZimSend(api_key=stack.api_key, client_id=stack.client_id,
-                     base_url=f"http://{proxy.address}",
-                     timeout=10, retries=Retries(max_retries=3, backoff=0.1)) as zs:
+        with ZimSend(
+            api_key=stack.api_key,
+            client_id=stack.client_id,
+            base_url=f"http://{proxy.address}",
+            timeout=10,
+            retries=Retries(max_retries=3, backoff=0.1),
+        ) as zs:
             before = zs.sms.history(to=to).pagination.total_items
             proxy.lose_answers = 1
             sent = zs.sms.send(to, "Paiement reçu, merci", scheduled_at=_tomorrow())
@@ -300,8 +349,8 @@ def test_every_endpoint_returns_typed_results(stack: Stack, phone: Phone, transp
         assert isinstance(batch, Batch)
         assert batch.total_recipients == 2
         personal = zs.sms.send_personalized(
-            [{"to": to, "message": "Bonjour Ada", "metadata": {"row": 1}}],
-            scheduled_at=_tomorrow())
+            [{"to": to, "message": "Bonjour Ada", "metadata": {"row": 1}}], scheduled_at=_tomorrow()
+        )
         ids = [m.message_id for m in batch.messages + personal.messages]
         first = zs.sms.history(to=to, limit=2)
         assert isinstance(first, Page)
@@ -348,8 +397,9 @@ def test_every_endpoint_returns_typed_results(stack: Stack, phone: Phone, transp
         made = zs.devices.create(f"spare {transport}")
         assert made.pairing_uri.startswith("zimsend://")
         assert made.device_password
-        changed = zs.devices.update(made.device_id, name="renamed", daily_cap=50, enabled=False,
-                                    parts_per_minute=7)
+        changed = zs.devices.update(
+            made.device_id, name="renamed", daily_cap=50, enabled=False, parts_per_minute=7
+        )
         assert isinstance(changed, Device)
         assert (changed.name, changed.daily_cap, changed.enabled) == ("renamed", 50, False)
         assert (changed.parts_per_minute, changed.parts_per_hour) == (7, 0)  # per-SIM budget
@@ -382,7 +432,10 @@ def test_every_endpoint_returns_typed_results(stack: Stack, phone: Phone, transp
 
 @pytest.mark.slow
 def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(
-    stack: Stack, phone: Phone, zimsend_env: dict[str, str], tmp_path: Path,
+    stack: Stack,
+    phone: Phone,
+    zimsend_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     from _receivers import Receiver, body_of, start_worker
 
@@ -390,13 +443,18 @@ def test_the_webhook_helper_verifies_a_real_delivery_and_rejects_a_tampered_one(
         return message_id.encode() in body_of(record)
 
     with _client(stack) as zs:
-        with Receiver(tmp_path, secret="whsec_" + "A" * 43 + "=") as receiver, \
-                start_worker(zimsend_env, tmp_path):
+        with (
+            Receiver(tmp_path, secret="whsec_" + "A" * 43 + "=") as receiver,
+            start_worker(zimsend_env, tmp_path),
+        ):
             made = zs.webhooks.configure(receiver.url, ["sms.delivered"], secret=receiver.secret)
             try:
                 sent = zs.sms.send("+33612345630", "Livraison confirmée", metadata={"n": 7})
-                receiver.wait_for(lambda rs: any(_about(r, sent.message_id) for r in rs), 60,
-                                  "the sms.delivered delivery")
+                receiver.wait_for(
+                    lambda rs: any(_about(r, sent.message_id) for r in rs),
+                    60,
+                    "the sms.delivered delivery",
+                )
             finally:
                 zs.webhooks.delete(made.webhook_id)
     record = next(r for r in receiver.records() if _about(r, sent.message_id))
@@ -453,16 +511,27 @@ def test_retry_rules_never_repeat_an_unsafe_call() -> None:
 def test_rest_error_envelopes_become_typed_errors() -> None:
     from zimsend.client._rest import error_from_response
 
-    body = json.dumps({
-        "success": False, "error": {"code": "INVALID_PHONE_NUMBER", "message": "bad"},
-        "code": 3, "message": "bad",
-        "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
-                     "fieldViolations": [{"field": "messages[2].to", "description": "no"}]}],
-    }).encode()
+    body = json.dumps(
+        {
+            "success": False,
+            "error": {"code": "INVALID_PHONE_NUMBER", "message": "bad"},
+            "code": 3,
+            "message": "bad",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{"field": "messages[2].to", "description": "no"}],
+                }
+            ],
+        }
+    ).encode()
     error = error_from_response(400, {}, body)
     assert isinstance(error, InvalidRequestError)
     assert (error.code, error.http_status, error.violations[0].field) == (
-        "INVALID_PHONE_NUMBER", 400, "messages[2].to")
+        "INVALID_PHONE_NUMBER",
+        400,
+        "messages[2].to",
+    )
     limited = error_from_response(429, {"retry-after": "12"}, b"{}")
     assert isinstance(limited, RateLimitError)
     assert limited.retry_after == 12
@@ -476,9 +545,19 @@ def test_verify_webhook_against_the_workers_own_signing() -> None:
 
     now = dt.datetime.now(dt.UTC)
     for secret in ("whsec_" + "QUJD" * 11, "my-own-secret-of-20-chars"):
-        body = encode_body("sms.received", "evt_1", now, {
-            "id": "in_1", "device_id": "device_1", "from": "+33612345678", "message": "Oui",
-            "sim_slot": 0, "received_at": "2025-01-15T10:30:00.123456789Z"})
+        body = encode_body(
+            "sms.received",
+            "evt_1",
+            now,
+            {
+                "id": "in_1",
+                "device_id": "device_1",
+                "from": "+33612345678",
+                "message": "Oui",
+                "sim_slot": 0,
+                "received_at": "2025-01-15T10:30:00.123456789Z",
+            },
+        )
         event = verify_webhook(body, signature_headers(secret, "evt_1", body, now), secret)
         assert isinstance(event.data, InboundSms)
         assert event.data.from_ == "+33612345678"

@@ -45,8 +45,9 @@ def test_sigterm_refuses_new_calls_before_dropping_phones(
                 while not stop_sending.is_set():
                     started = time.monotonic()
                     try:
-                        reply = http.post("/v1/sms/send",
-                                          json={"to": "+33612345678", "message": "stop test"})
+                        reply = http.post(
+                            "/v1/sms/send", json={"to": "+33612345678", "message": "stop test"}
+                        )
                         body = reply.json() if reply.content else None
                         answers.append((started, reply.status_code, body))
                     except httpx.HTTPError as exc:  # a hung or cut request is a failure

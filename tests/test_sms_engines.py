@@ -43,33 +43,57 @@ def client_id(db: Database) -> str:
     return accounts.create_client(db, "engines").id
 
 
-def send(db: Database, settings: Settings, client_id: str, request: pb.SendSmsRequest,
-         key: str | None = None) -> tuple[pb.SendSmsResponse, bool]:
+def send(
+    db: Database,
+    settings: Settings,
+    client_id: str,
+    request: pb.SendSmsRequest,
+    key: str | None = None,
+) -> tuple[pb.SendSmsResponse, bool]:
     submission = intake.Submission(
-        client_id=client_id, test=True, device_header=None, operation="SendSms", key=key,
-        request_hash=idempotency.request_hash(request, operation="SendSms", device_id=None,
-                                              test=True) if key else "",
+        client_id=client_id,
+        test=True,
+        device_header=None,
+        operation="SendSms",
+        key=key,
+        request_hash=idempotency.request_hash(
+            request, operation="SendSms", device_id=None, test=True
+        )
+        if key
+        else "",
     )
     outcome = intake.Intake(db, settings).accept(
         submission,
         lambda now: validation.validate_send(request, now, allow_insecure_webhooks=False),
-        views.send_response, pb.SendSmsResponse,
+        views.send_response,
+        pb.SendSmsResponse,
     )
     return outcome.response, outcome.created
 
 
 def count(db: Database, client_id: str) -> int:
     with db.session() as session:
-        return int(session.exec(
-            select(func.count()).select_from(Message).where(Message.client_id == client_id)
-        ).one())
+        return int(
+            session.exec(
+                select(func.count()).select_from(Message).where(Message.client_id == client_id)
+            ).one()
+        )
 
 
-def insert(db: Database, client_id: str, created: str, status: str = "delivered",
-           body: str = "x") -> str:
+def insert(
+    db: Database, client_id: str, created: str, status: str = "delivered", body: str = "x"
+) -> str:
     when = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
-    message = Message(id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
-                      body=body, status=status, created_at=when, queued_at=when, due_at=when)
+    message = Message(
+        id=credentials.new_id("msg"),
+        client_id=client_id,
+        to="+33612345678",
+        body=body,
+        status=status,
+        created_at=when,
+        queued_at=when,
+        due_at=when,
+    )
     with db.write() as session:
         session.add(message)
     return message.id
@@ -101,9 +125,16 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
 
     def submission(request: pb.SendSmsRequest, key: str | None = None) -> intake.Submission:
         return intake.Submission(
-            client_id=client_id, test=True, device_header=None, operation="SendSms", key=key,
-            request_hash=idempotency.request_hash(request, operation="SendSms", device_id=None,
-                                                  test=True) if key else "",
+            client_id=client_id,
+            test=True,
+            device_header=None,
+            operation="SendSms",
+            key=key,
+            request_hash=idempotency.request_hash(
+                request, operation="SendSms", device_id=None, test=True
+            )
+            if key
+            else "",
         )
 
     def submit(
@@ -112,7 +143,8 @@ def test_the_accept_lane_batches_and_each_request_keeps_its_own_outcome(
         return lane.submit(
             submission(request, key),
             lambda now: validation.validate_send(request, now, allow_insecure_webhooks=False),
-            views.send_response, pb.SendSmsResponse,
+            views.send_response,
+            pb.SendSmsResponse,
         )
 
     good = [pb.SendSmsRequest(to="+33612345678", message=f"lane {i}") for i in range(60)]
@@ -162,34 +194,42 @@ def test_the_accept_lane_refuses_opted_out_recipients_request_by_request(
         opt_outs.add(session, client_id, listed, source=opt_outs.API)
     lane = intake.Intake(db, settings)
 
-    def submit(
-        who: str, request: Any, key: str | None = None
-    ) -> Awaitable[intake.Outcome[Any]]:
+    def submit(who: str, request: Any, key: str | None = None) -> Awaitable[intake.Outcome[Any]]:
         bulk = isinstance(request, pb.SendBulkSmsRequest)
         operation = "SendBulkSms" if bulk else "SendSms"
         check = validation.validate_bulk if bulk else validation.validate_send
-        response = (views.bulk_response(pb.SendBulkSmsResponse) if bulk
-                    else views.send_response)
+        response = views.bulk_response(pb.SendBulkSmsResponse) if bulk else views.send_response
         return lane.submit(
             intake.Submission(
-                client_id=who, test=True, device_header=None, operation=operation, key=key,
+                client_id=who,
+                test=True,
+                device_header=None,
+                operation=operation,
+                key=key,
                 request_hash=idempotency.request_hash(
-                    request, operation=operation, device_id=None, test=True) if key else ""),
+                    request, operation=operation, device_id=None, test=True
+                )
+                if key
+                else "",
+            ),
             lambda now: check(request, now, allow_insecure_webhooks=False),
-            response, pb.SendBulkSmsResponse if bulk else pb.SendSmsResponse,
+            response,
+            pb.SendBulkSmsResponse if bulk else pb.SendSmsResponse,
         )
 
     async def main() -> list[Any]:
-        calls = [submit(client_id, pb.SendSmsRequest(to=free, message=f"ok {i}"))
-                 for i in range(20)]
+        calls = [
+            submit(client_id, pb.SendSmsRequest(to=free, message=f"ok {i}")) for i in range(20)
+        ]
         calls += [
             submit(client_id, pb.SendSmsRequest(to=listed, message="refused")),
             submit(client_id, pb.SendBulkSmsRequest(recipients=[free, listed], message="b")),
             submit(client_id, pb.SendSmsRequest(to=listed, message="keyed"), key="opt-key"),
             submit(other, pb.SendSmsRequest(to=listed, message="other client")),
         ]
-        calls += [submit(client_id, pb.SendSmsRequest(to=free, message=f"ok {i}"))
-                  for i in range(20, 40)]
+        calls += [
+            submit(client_id, pb.SendSmsRequest(to=free, message=f"ok {i}")) for i in range(20, 40)
+        ]
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
     try:
@@ -223,12 +263,18 @@ def test_a_reused_key_with_another_body_is_refused(
 def test_stats_group_by_utc_day(db: Database, settings: Settings, client_id: str) -> None:
     recent = utcnow().replace(hour=0, minute=30, second=0, microsecond=0) - dt.timedelta(days=2)
     late = recent.replace(hour=23, minute=59, second=59)
-    for when, status in [(recent, "delivered"), (late, "sent"), (late, "failed"),
-                         (late + dt.timedelta(seconds=1), "delivered"), (late, "queued")]:
+    for when, status in [
+        (recent, "delivered"),
+        (late, "sent"),
+        (late, "failed"),
+        (late + dt.timedelta(seconds=1), "delivered"),
+        (late, "queued"),
+    ]:
         insert(db, client_id, when.isoformat(), status)
     with db.write() as session:
-        session.add(DailyAggregate(client_id=client_id, day=dt.date(2000, 1, 1), sent=3,
-                                   delivered=2))
+        session.add(
+            DailyAggregate(client_id=client_id, day=dt.date(2000, 1, 1), sent=3, delivered=2)
+        )
     start = dt.datetime(1999, 12, 1, tzinfo=UTC)
     result = stats.compute(db, settings, client_id, start, utcnow(), None)
     assert [(d.isoformat(), c.sent, c.delivered, c.failed) for d, c in result.by_day()] == [

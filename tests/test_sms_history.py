@@ -40,8 +40,9 @@ UTC = dt.UTC
 def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from _processes import zimsend_env as make_env
 
-    return make_env(tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER,
-                    ZIMSEND_RETENTION_DAYS="3650")
+    return make_env(
+        tmp_path_factory.mktemp("zimsend-data"), TEST_PEPPER, ZIMSEND_RETENTION_DAYS="3650"
+    )
 
 
 @pytest.fixture
@@ -54,8 +55,9 @@ def at(text: str) -> dt.datetime:
 
 
 def listing(sms: SmsServiceStub, account: Account, **filters: Any) -> pb.ListSmsHistoryResponse:
-    return sms.ListSmsHistory(pb.ListSmsHistoryRequest(**filters), metadata=account.md(),
-                              timeout=10)
+    return sms.ListSmsHistory(
+        pb.ListSmsHistoryRequest(**filters), metadata=account.md(), timeout=10
+    )
 
 
 # --- History ---------------------------------------------------------------------------------
@@ -65,10 +67,17 @@ def test_the_faq_export_example_works_verbatim(
     sms: SmsServiceStub, account: Account, server_db: Database
 ) -> None:
     """`/v1/sms/history?from_date=2025-01-01&to_date=2025-01-31&limit=100`"""
-    times = ["2024-12-31T23:59:59.999999Z", "2025-01-01T00:00:00Z", "2025-01-15T10:30:00Z",
-             "2025-01-31T23:59:59.999Z", "2025-02-01T00:00:00Z"]
-    ids = {t: insert_message(server_db, account.client_id, created_at=at(t), status="delivered")
-           for t in times}
+    times = [
+        "2024-12-31T23:59:59.999999Z",
+        "2025-01-01T00:00:00Z",
+        "2025-01-15T10:30:00Z",
+        "2025-01-31T23:59:59.999Z",
+        "2025-02-01T00:00:00Z",
+    ]
+    ids = {
+        t: insert_message(server_db, account.client_id, created_at=at(t), status="delivered")
+        for t in times
+    }
     reply = listing(sms, account, from_date="2025-01-01", to_date="2025-01-31", limit=100)
     assert reply.success
     assert [m.message_id for m in reply.data] == [ids[t] for t in reversed(times[1:4])]
@@ -76,22 +85,28 @@ def test_the_faq_export_example_works_verbatim(
         current_page=1, per_page=100, total_pages=1, total_items=3
     )
     # RFC 3339 bounds are exact instants.
-    exact = listing(sms, account, from_date="2025-01-15T10:30:00Z",
-                    to_date="2025-01-31T23:59:59.999Z")
+    exact = listing(
+        sms, account, from_date="2025-01-15T10:30:00Z", to_date="2025-01-31T23:59:59.999Z"
+    )
     assert [m.message_id for m in exact.data] == [ids[times[3]], ids[times[2]]]
 
 
 def test_pages(sms: SmsServiceStub, account: Account, server_db: Database) -> None:
     start = utcnow() - dt.timedelta(hours=1)
-    ids = [insert_message(server_db, account.client_id, created_at=start + dt.timedelta(seconds=i))
-           for i in range(7)]
+    ids = [
+        insert_message(server_db, account.client_id, created_at=start + dt.timedelta(seconds=i))
+        for i in range(7)
+    ]
     newest_first = list(reversed(ids))
     default = listing(sms, account)
     assert (default.pagination.current_page, default.pagination.per_page) == (1, 50)
     assert [m.message_id for m in default.data] == newest_first
     pages = [listing(sms, account, page=p, limit=3) for p in (1, 2, 3, 4)]
     assert [[m.message_id for m in r.data] for r in pages] == [
-        newest_first[:3], newest_first[3:6], newest_first[6:], []
+        newest_first[:3],
+        newest_first[3:6],
+        newest_first[6:],
+        [],
     ]
     assert {(r.pagination.total_pages, r.pagination.total_items) for r in pages} == {(3, 7)}
     assert listing(sms, account, limit=100).pagination.per_page == 100
@@ -99,12 +114,25 @@ def test_pages(sms: SmsServiceStub, account: Account, server_db: Database) -> No
 
 def test_filters(sms: SmsServiceStub, account: Account, server_db: Database) -> None:
     phone = new_device(server_db, PEPPER, account.client_id)
-    a = insert_message(server_db, account.client_id, to="+33612345678", status="delivered",
-                       device_id=phone, body="Votre RDV est confirmé")
-    b = insert_message(server_db, account.client_id, to="+447911123456", status="failed",
-                       device_id=phone, body="Promo 100% gratuit_ok")
-    c = insert_message(server_db, account.client_id, to="+33612345678", status="queued",
-                       body="Promo 100 pour cent")
+    a = insert_message(
+        server_db,
+        account.client_id,
+        to="+33612345678",
+        status="delivered",
+        device_id=phone,
+        body="Votre RDV est confirmé",
+    )
+    b = insert_message(
+        server_db,
+        account.client_id,
+        to="+447911123456",
+        status="failed",
+        device_id=phone,
+        body="Promo 100% gratuit_ok",
+    )
+    c = insert_message(
+        server_db, account.client_id, to="+33612345678", status="queued", body="Promo 100 pour cent"
+    )
 
     def ids(**filters: Any) -> set[str]:
         return {m.message_id for m in listing(sms, account, **filters).data}
@@ -126,13 +154,23 @@ def test_history_entries_are_complete(
     phone = new_device(server_db, PEPPER, account.client_id)
     sent_at = utcnow() - dt.timedelta(minutes=1)
     message_id = insert_message(
-        server_db, account.client_id, status="delivered", device_id=phone, segments=2,
-        encoding="UCS-2", priority=1, sent_at=sent_at, delivered_at=utcnow(),
-        meta={"k": 1}, batch_id="batch_0123456789abcdef",
+        server_db,
+        account.client_id,
+        status="delivered",
+        device_id=phone,
+        segments=2,
+        encoding="UCS-2",
+        priority=1,
+        sent_at=sent_at,
+        delivered_at=utcnow(),
+        meta={"k": 1},
+        batch_id="batch_0123456789abcdef",
     )
     (entry,) = listing(sms, account).data
     assert (entry.message_id, entry.status, entry.device_id) == (
-        message_id, common_pb2.delivered, phone
+        message_id,
+        common_pb2.delivered,
+        phone,
     )
     assert (entry.segments, entry.encoding, entry.priority) == (
         2,
@@ -164,19 +202,31 @@ def test_stats_count_by_day(sms: SmsServiceStub, account: Account, server_db: Da
     phone = new_device(server_db, PEPPER, account.client_id)
     day_a, day_b = "2025-01-10T08:00:00Z", "2025-01-11T20:00:00Z"
     for status, when, device in [
-        ("delivered", day_a, phone), ("delivered", day_a, phone), ("sent", day_a, None),
-        ("failed", day_a, phone), ("delivered", day_b, None), ("queued", day_b, None),
-        ("processing", day_b, phone), ("cancelled", day_b, None),
+        ("delivered", day_a, phone),
+        ("delivered", day_a, phone),
+        ("sent", day_a, None),
+        ("failed", day_a, phone),
+        ("delivered", day_b, None),
+        ("queued", day_b, None),
+        ("processing", day_b, phone),
+        ("cancelled", day_b, None),
         ("delivered", "2025-02-01T00:00:00Z", None),  # outside the period
     ]:
-        insert_message(server_db, account.client_id, status=status, created_at=at(when),
-                       device_id=device)
+        insert_message(
+            server_db, account.client_id, status=status, created_at=at(when), device_id=device
+        )
     # An aggregate for a day still inside retention is ignored: messages are the truth there.
     with server_db.write() as session:
-        session.add(DailyAggregate(client_id=account.client_id, day=dt.date(2025, 1, 10),
-                                   sent=100, delivered=100))
-    reply = sms.GetSmsStats(pb.GetSmsStatsRequest(from_date="2025-01-01", to_date="2025-01-31"),
-                            metadata=account.md(), timeout=10)
+        session.add(
+            DailyAggregate(
+                client_id=account.client_id, day=dt.date(2025, 1, 10), sent=100, delivered=100
+            )
+        )
+    reply = sms.GetSmsStats(
+        pb.GetSmsStatsRequest(from_date="2025-01-01", to_date="2025-01-31"),
+        metadata=account.md(),
+        timeout=10,
+    )
     assert reply.success
     assert getattr(reply.period, "from").ToDatetime(UTC) == at("2025-01-01T00:00:00Z")
     assert reply.period.to.ToDatetime(UTC) == at("2025-01-31T23:59:59.999999Z")
@@ -184,14 +234,19 @@ def test_stats_count_by_day(sms: SmsServiceStub, account: Account, server_db: Da
     assert (stats.total_sent, stats.delivered, stats.failed, stats.pending) == (4, 3, 1, 2)
     assert stats.delivery_rate == 75.0
     assert [(d.date, d.sent, d.delivered, d.failed) for d in stats.by_day] == [
-        ("2025-01-10", 3, 2, 1), ("2025-01-11", 1, 1, 0)
+        ("2025-01-10", 3, 2, 1),
+        ("2025-01-11", 1, 1, 0),
     ]
     by_device = sms.GetSmsStats(
         pb.GetSmsStatsRequest(from_date="2025-01-01", to_date="2025-01-31", device_id=phone),
-        metadata=account.md(), timeout=10,
+        metadata=account.md(),
+        timeout=10,
     ).stats
     assert (by_device.total_sent, by_device.delivered, by_device.failed, by_device.pending) == (
-        2, 2, 1, 1
+        2,
+        2,
+        1,
+        1,
     )
 
 
@@ -208,18 +263,23 @@ def test_stats_default_to_the_last_30_days(
     sms: SmsServiceStub, account: Account, server_db: Database
 ) -> None:
     now = utcnow()
-    insert_message(server_db, account.client_id, status="delivered",
-                   created_at=now - dt.timedelta(days=10))
-    insert_message(server_db, account.client_id, status="delivered",
-                   created_at=now - dt.timedelta(days=40))
+    insert_message(
+        server_db, account.client_id, status="delivered", created_at=now - dt.timedelta(days=10)
+    )
+    insert_message(
+        server_db, account.client_id, status="delivered", created_at=now - dt.timedelta(days=40)
+    )
     reply = sms.GetSmsStats(pb.GetSmsStatsRequest(), metadata=account.md(), timeout=10)
     assert (reply.stats.total_sent, reply.stats.delivered) == (1, 1)
     start = getattr(reply.period, "from").ToDatetime(UTC)
     end = reply.period.to.ToDatetime(UTC)
     assert end - start == dt.timedelta(days=30)
     assert abs((end - now).total_seconds()) < 60
-    empty = sms.GetSmsStats(pb.GetSmsStatsRequest(from_date="2024-01-01", to_date="2024-01-31"),
-                            metadata=account.md(), timeout=10).stats
+    empty = sms.GetSmsStats(
+        pb.GetSmsStatsRequest(from_date="2024-01-01", to_date="2024-01-31"),
+        metadata=account.md(),
+        timeout=10,
+    ).stats
     assert (empty.total_sent, empty.delivery_rate, len(empty.by_day)) == (0, 0.0, 0)
 
 
@@ -230,26 +290,50 @@ def test_stats_answer_for_days_past_retention_from_aggregates(
     answering for those days."""
     phone = new_device(server_db, PEPPER, account.client_id)
     with server_db.write() as session:
-        session.add_all([
-            DailyAggregate(client_id=account.client_id, device_id=phone,
-                           day=dt.date(2015, 3, 1), sent=5, delivered=4, failed=1),
-            DailyAggregate(client_id=account.client_id, device_id=NO_DEVICE,
-                           day=dt.date(2015, 3, 1), failed=2),
-            DailyAggregate(client_id=account.client_id, device_id=phone,
-                           day=dt.date(2015, 3, 2), sent=1, delivered=1),
-        ])
+        session.add_all(
+            [
+                DailyAggregate(
+                    client_id=account.client_id,
+                    device_id=phone,
+                    day=dt.date(2015, 3, 1),
+                    sent=5,
+                    delivered=4,
+                    failed=1,
+                ),
+                DailyAggregate(
+                    client_id=account.client_id,
+                    device_id=NO_DEVICE,
+                    day=dt.date(2015, 3, 1),
+                    failed=2,
+                ),
+                DailyAggregate(
+                    client_id=account.client_id,
+                    device_id=phone,
+                    day=dt.date(2015, 3, 2),
+                    sent=1,
+                    delivered=1,
+                ),
+            ]
+        )
     # A message row the worker has not purged yet must not count twice.
-    insert_message(server_db, account.client_id, status="delivered",
-                   created_at=at("2015-03-01T12:00:00Z"))
-    stats = sms.GetSmsStats(pb.GetSmsStatsRequest(from_date="2015-03-01", to_date="2015-03-31"),
-                            metadata=account.md(), timeout=10).stats
+    insert_message(
+        server_db, account.client_id, status="delivered", created_at=at("2015-03-01T12:00:00Z")
+    )
+    stats = sms.GetSmsStats(
+        pb.GetSmsStatsRequest(from_date="2015-03-01", to_date="2015-03-31"),
+        metadata=account.md(),
+        timeout=10,
+    ).stats
     assert (stats.total_sent, stats.delivered, stats.failed) == (6, 5, 3)
     assert [(d.date, d.sent, d.delivered, d.failed) for d in stats.by_day] == [
-        ("2015-03-01", 5, 4, 3), ("2015-03-02", 1, 1, 0)
+        ("2015-03-01", 5, 4, 3),
+        ("2015-03-02", 1, 1, 0),
     ]
     only_phone = sms.GetSmsStats(
         pb.GetSmsStatsRequest(from_date="2015-03-01", to_date="2015-03-01", device_id=phone),
-        metadata=account.md(), timeout=10).stats
+        metadata=account.md(),
+        timeout=10,
+    ).stats
     assert (only_phone.total_sent, only_phone.failed) == (5, 1)
 
 
@@ -257,14 +341,20 @@ def test_stats_span_aggregates_and_messages(
     sms: SmsServiceStub, account: Account, server_db: Database
 ) -> None:
     with server_db.write() as session:
-        session.add(DailyAggregate(client_id=account.client_id, day=dt.date(2015, 6, 1),
-                                   sent=2, delivered=2))
-    insert_message(server_db, account.client_id, status="failed",
-                   created_at=at("2025-06-01T00:00:00Z"))
-    stats = sms.GetSmsStats(pb.GetSmsStatsRequest(from_date="2015-01-01"),
-                            metadata=account.md(), timeout=10).stats
+        session.add(
+            DailyAggregate(
+                client_id=account.client_id, day=dt.date(2015, 6, 1), sent=2, delivered=2
+            )
+        )
+    insert_message(
+        server_db, account.client_id, status="failed", created_at=at("2025-06-01T00:00:00Z")
+    )
+    stats = sms.GetSmsStats(
+        pb.GetSmsStatsRequest(from_date="2015-01-01"), metadata=account.md(), timeout=10
+    ).stats
     assert [(d.date, d.sent, d.failed) for d in stats.by_day] == [
-        ("2015-06-01", 2, 0), ("2025-06-01", 0, 1)
+        ("2015-06-01", 2, 0),
+        ("2025-06-01", 0, 1),
     ]
 
 
@@ -272,18 +362,27 @@ def test_stats_span_aggregates_and_messages(
 
 
 def export(sms: SmsServiceStub, account: Account, **fields: Any) -> tuple[str, str, int]:
-    chunks = list(sms.ExportSmsHistory(pb.ExportSmsHistoryRequest(**fields),
-                                       metadata=account.md(), timeout=30))
+    chunks = list(
+        sms.ExportSmsHistory(
+            pb.ExportSmsHistoryRequest(**fields), metadata=account.md(), timeout=30
+        )
+    )
     assert len({c.content_type for c in chunks}) == 1
     return chunks[0].content_type, b"".join(c.data for c in chunks).decode(), len(chunks)
 
 
 def insert_many(server_db: Database, client_id: str, count: int, start: dt.datetime) -> list[str]:
     rows = [
-        Message(id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
-                body=f'n°{i}, "quoted"\nline', status="delivered" if i % 2 else "failed",
-                created_at=start + dt.timedelta(seconds=i // 3),  # ties: keyset must use the id
-                queued_at=start, due_at=start)
+        Message(
+            id=credentials.new_id("msg"),
+            client_id=client_id,
+            to="+33612345678",
+            body=f'n°{i}, "quoted"\nline',
+            status="delivered" if i % 2 else "failed",
+            created_at=start + dt.timedelta(seconds=i // 3),  # ties: keyset must use the id
+            queued_at=start,
+            due_at=start,
+        )
         for i in range(count)
     ]
     with server_db.write() as session:
@@ -295,8 +394,7 @@ def test_export_csv_streams_every_message_in_chunks(
     sms: SmsServiceStub, account: Account, server_db: Database
 ) -> None:
     ids = insert_many(server_db, account.client_id, 1201, at("2025-03-01T00:00:00Z"))
-    content_type, text, chunks = export(sms, account, from_date="2025-03-01",
-                                        to_date="2025-03-31")
+    content_type, text, chunks = export(sms, account, from_date="2025-03-01", to_date="2025-03-31")
     assert content_type.startswith("text/csv")
     assert chunks == 3  # 500 + 500 + 201
     lines = text.split("\r\n")
@@ -343,28 +441,43 @@ def test_inbox(sms: SmsServiceStub, account: Account, server_db: Database) -> No
     other = new_account(server_db, PEPPER, "other")
     other_phone = new_device(server_db, PEPPER, other.client_id)
     rows = []
-    for i, (client, device, when) in enumerate([
-        (account.client_id, first_phone, "2025-05-01T10:00:00Z"),
-        (account.client_id, second_phone, "2025-05-02T10:00:00Z"),
-        (account.client_id, first_phone, "2025-05-03T10:00:00Z"),
-        (other.client_id, other_phone, "2025-05-02T11:00:00Z"),
-    ]):
-        rows.append(InboundMessage(id=credentials.new_id("in"), client_id=client, device_id=device,
-                                   report_id=f"r{i}", from_number="+33612345678",
-                                   body=f"STOP {i}", sim_slot=i % 2, received_at=at(when)))
+    for i, (client, device, when) in enumerate(
+        [
+            (account.client_id, first_phone, "2025-05-01T10:00:00Z"),
+            (account.client_id, second_phone, "2025-05-02T10:00:00Z"),
+            (account.client_id, first_phone, "2025-05-03T10:00:00Z"),
+            (other.client_id, other_phone, "2025-05-02T11:00:00Z"),
+        ]
+    ):
+        rows.append(
+            InboundMessage(
+                id=credentials.new_id("in"),
+                client_id=client,
+                device_id=device,
+                report_id=f"r{i}",
+                from_number="+33612345678",
+                body=f"STOP {i}",
+                sim_slot=i % 2,
+                received_at=at(when),
+            )
+        )
     with server_db.write() as session:
         session.add_all(rows)
     ids = [r.id for r in rows]
 
     def inbox(**fields: Any) -> pb.ListInboundSmsResponse:
-        return sms.ListInboundSms(pb.ListInboundSmsRequest(**fields), metadata=account.md(),
-                                  timeout=10)
+        return sms.ListInboundSms(
+            pb.ListInboundSmsRequest(**fields), metadata=account.md(), timeout=10
+        )
 
     everything = inbox()
     assert [m.id for m in everything.data] == [ids[2], ids[1], ids[0]]  # newest first
     newest = everything.data[0]
     assert (getattr(newest, "from"), newest.message, newest.device_id, newest.sim_slot) == (
-        "+33612345678", "STOP 2", first_phone, 0
+        "+33612345678",
+        "STOP 2",
+        first_phone,
+        0,
     )
     assert newest.received_at.ToDatetime(UTC) == at("2025-05-03T10:00:00Z")
     assert [m.id for m in inbox(device_id=first_phone).data] == [ids[2], ids[0]]

@@ -50,20 +50,32 @@ def stranger(server_db: Database) -> Account:
 def scheduled(sms: SmsServiceStub, account: Account, **fields: Any) -> str:
     """A live message that stays `queued` (due in an hour; no phone takes it before)."""
     fields.setdefault("message", unique_text("lifecycle"))
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, scheduled_at=later(hours=1), **fields),
-                        metadata=account.md(), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, scheduled_at=later(hours=1), **fields),
+        metadata=account.md(),
+        timeout=10,
+    )
     return str(reply.message_id)
 
 
 def failed(server_db: Database, message_id: str, device: str) -> None:
     now = utcnow()
-    update_message(server_db, message_id, status="failed", device_id=device, processing_at=now,
-                   failed_at=now, error_code="NETWORK_ERROR", error_message="no signal")
+    update_message(
+        server_db,
+        message_id,
+        status="failed",
+        device_id=device,
+        processing_at=now,
+        failed_at=now,
+        error_code="NETWORK_ERROR",
+        error_message="no signal",
+    )
 
 
 def status_of(sms: SmsServiceStub, account: Account, message_id: str) -> pb.GetSmsStatusResponse:
-    return sms.GetSmsStatus(pb.GetSmsStatusRequest(message_id=message_id),
-                            metadata=account.md(), timeout=10)
+    return sms.GetSmsStatus(
+        pb.GetSmsStatusRequest(message_id=message_id), metadata=account.md(), timeout=10
+    )
 
 
 # --- Status ----------------------------------------------------------------------------------
@@ -72,8 +84,13 @@ def status_of(sms: SmsServiceStub, account: Account, message_id: str) -> pb.GetS
 def test_status_shows_the_documented_fields(sms: SmsServiceStub, sms_account: Account) -> None:
     meta = struct_pb2.Struct()
     meta.update({"order": 7})
-    message_id = scheduled(sms, sms_account, message="Rappel de rendez-vous demain",
-                           priority=common_pb2.high, metadata=meta)
+    message_id = scheduled(
+        sms,
+        sms_account,
+        message="Rappel de rendez-vous demain",
+        priority=common_pb2.high,
+        metadata=meta,
+    )
     reply = status_of(sms, sms_account, message_id)
     assert reply.success
     assert reply.message_id == message_id
@@ -90,7 +107,9 @@ def test_status_shows_the_documented_fields(sms: SmsServiceStub, sms_account: Ac
     assert json_format.MessageToDict(reply.metadata) == {"order": 7}
     as_json = json_format.MessageToDict(reply, preserving_proto_field_name=True)
     assert (as_json["status"], as_json["priority"], as_json["encoding"]) == (
-        "queued", "high", "GSM7"
+        "queued",
+        "high",
+        "GSM7",
     )
 
 
@@ -108,8 +127,7 @@ def test_status_of_a_failed_message_shows_its_error(
 
 @pytest.mark.parametrize("message_id", ["msg_0000000000000000", "", "nonsense' OR 1=1 --"])
 def test_unknown_message(sms: SmsServiceStub, sms_account: Account, message_id: str) -> None:
-    error = fails(sms.GetSmsStatus, pb.GetSmsStatusRequest(message_id=message_id),
-                  sms_account.md())
+    error = fails(sms.GetSmsStatus, pb.GetSmsStatusRequest(message_id=message_id), sms_account.md())
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error) == "MESSAGE_NOT_FOUND"
     assert "SELECT" not in message_of(error)
@@ -132,10 +150,18 @@ def test_another_clients_message_is_not_found(
 def test_messages_older_than_retention_are_not_found(
     sms: SmsServiceStub, sms_account: Account, server_db: Database
 ) -> None:
-    old = insert_message(server_db, sms_account.client_id, status="delivered",
-                         created_at=utcnow() - dt.timedelta(days=91))
-    recent = insert_message(server_db, sms_account.client_id, status="delivered",
-                            created_at=utcnow() - dt.timedelta(days=89))
+    old = insert_message(
+        server_db,
+        sms_account.client_id,
+        status="delivered",
+        created_at=utcnow() - dt.timedelta(days=91),
+    )
+    recent = insert_message(
+        server_db,
+        sms_account.client_id,
+        status="delivered",
+        created_at=utcnow() - dt.timedelta(days=89),
+    )
     error = fails(sms.GetSmsStatus, pb.GetSmsStatusRequest(message_id=old), sms_account.md())
     assert error_reason(error) == "MESSAGE_NOT_FOUND"
     assert "90-day" in message_of(error)
@@ -150,8 +176,9 @@ def test_cancel_a_scheduled_message(
 ) -> None:
     """The FAQ: `curl -X DELETE …/v1/sms/msg_…` of a scheduled SMS."""
     message_id = scheduled(sms, sms_account)
-    reply = sms.CancelSms(pb.CancelSmsRequest(message_id=message_id),
-                          metadata=sms_account.md(), timeout=10)
+    reply = sms.CancelSms(
+        pb.CancelSmsRequest(message_id=message_id), metadata=sms_account.md(), timeout=10
+    )
     assert reply.success
     assert reply.message == "Message cancelled"
     assert (reply.message_id, reply.status) == (message_id, common_pb2.cancelled)
@@ -166,8 +193,9 @@ def test_only_queued_messages_can_be_cancelled(
     sms: SmsServiceStub, sms_account: Account, server_db: Database, phone: str, state: str
 ) -> None:
     message_id = scheduled(sms, sms_account)
-    update_message(server_db, message_id, status=state,
-                   device_id=None if state == "cancelled" else phone)
+    update_message(
+        server_db, message_id, status=state, device_id=None if state == "cancelled" else phone
+    )
     error = fails(sms.CancelSms, pb.CancelSmsRequest(message_id=message_id), sms_account.md())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION  # HTTP 400
     assert error_reason(error) == "CANNOT_CANCEL_MESSAGE"
@@ -181,8 +209,9 @@ def test_concurrent_cancels_succeed_once(sms: SmsServiceStub, sms_account: Accou
 
     def cancel(_: int) -> str:
         try:
-            sms.CancelSms(pb.CancelSmsRequest(message_id=message_id),
-                          metadata=sms_account.md(), timeout=30)
+            sms.CancelSms(
+                pb.CancelSmsRequest(message_id=message_id), metadata=sms_account.md(), timeout=30
+            )
             return "ok"
         except grpc.RpcError as error:
             return error_reason(error)
@@ -203,8 +232,9 @@ def test_resend_a_failed_message(
     with server_db.write() as session:
         session.add(MessagePart(message_id=message_id, part_index=0, status="failed"))
     before = utcnow()
-    reply = sms.ResendSms(pb.ResendSmsRequest(message_id=message_id),
-                          metadata=sms_account.md(), timeout=10)
+    reply = sms.ResendSms(
+        pb.ResendSmsRequest(message_id=message_id), metadata=sms_account.md(), timeout=10
+    )
     assert reply.success
     assert reply.message_id == message_id
     assert (reply.status, reply.attempts) == (common_pb2.queued, 2)
@@ -225,8 +255,9 @@ def test_resend_a_failed_message(
     assert "is queued" in message_of(error)
     # And failing again allows a third attempt.
     failed(server_db, message_id, phone)
-    again = sms.ResendSms(pb.ResendSmsRequest(message_id=message_id),
-                          metadata=sms_account.md(), timeout=10)
+    again = sms.ResendSms(
+        pb.ResendSmsRequest(message_id=message_id), metadata=sms_account.md(), timeout=10
+    )
     assert again.attempts == 3
 
 
@@ -236,8 +267,9 @@ def test_only_failed_messages_can_be_resent(
 ) -> None:
     message_id = scheduled(sms, sms_account)
     if state != "queued":
-        update_message(server_db, message_id, status=state,
-                       device_id=None if state == "cancelled" else phone)
+        update_message(
+            server_db, message_id, status=state, device_id=None if state == "cancelled" else phone
+        )
     error = fails(sms.ResendSms, pb.ResendSmsRequest(message_id=message_id), sms_account.md())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error) == "CANNOT_RESEND_MESSAGE"
@@ -252,9 +284,16 @@ def test_an_otp_message_is_not_resent(
     message_id = scheduled(sms, sms_account)
     failed(server_db, message_id, phone)
     with server_db.write() as session:
-        session.add(Otp(id=credentials.new_id("otp"), client_id=sms_account.client_id, to=TO,
-                        code_hash="x", message_id=message_id,
-                        expires_at=utcnow() + dt.timedelta(minutes=5)))
+        session.add(
+            Otp(
+                id=credentials.new_id("otp"),
+                client_id=sms_account.client_id,
+                to=TO,
+                code_hash="x",
+                message_id=message_id,
+                expires_at=utcnow() + dt.timedelta(minutes=5),
+            )
+        )
     error = fails(sms.ResendSms, pb.ResendSmsRequest(message_id=message_id), sms_account.md())
     assert error_reason(error) == "CANNOT_RESEND_MESSAGE"
     assert "send-otp" in message_of(error)

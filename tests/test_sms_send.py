@@ -73,8 +73,11 @@ def test_send_returns_the_documented_response(
 ) -> None:
     set_online(server_db, online)
     before = utcnow()
-    reply = sms.SendSms(pb.SendSmsRequest(to="+33 6 12 34 56 78", message="Bonjour"),
-                        metadata=sms_account.md(), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to="+33 6 12 34 56 78", message="Bonjour"),
+        metadata=sms_account.md(),
+        timeout=10,
+    )
     assert reply.success is True
     assert reply.message_id.startswith("msg_")
     assert len(reply.message_id) == 20
@@ -87,46 +90,73 @@ def test_send_returns_the_documented_response(
     assert not reply.HasField("scheduled_at")
     row = get_message(server_db, reply.message_id)
     assert (row.status, row.to, row.body, row.priority, row.test) == (
-        "queued", TO, "Bonjour", 3, False
+        "queued",
+        TO,
+        "Bonjour",
+        3,
+        False,
     )
     assert row.pinned_device_id is None
     assert row.expires_at == row.due_at + dt.timedelta(hours=24)
 
 
 def test_1600_gsm_characters_are_11_segments(sms: SmsServiceStub, sms_account: Account) -> None:
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="a" * 1600),
-                        metadata=sms_account.md(test=True), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="a" * 1600), metadata=sms_account.md(test=True), timeout=10
+    )
     assert (reply.segments, reply.encoding) == (11, common_pb2.GSM7)
 
 
 @pytest.mark.parametrize(
     ("text", "segments", "encoding"),
-    [("a" * 160, 1, common_pb2.GSM7), ("a" * 161, 2, common_pb2.GSM7),
-     ("€" * 80, 1, common_pb2.GSM7), ("€" * 81, 2, common_pb2.GSM7),
-     ("Rendez-vous demain 😀", 1, common_pb2.UCS2), ("é" * 160, 1, common_pb2.GSM7),
-     ("ł" * 70, 1, common_pb2.UCS2), ("ł" * 71, 2, common_pb2.UCS2),
-     ("a" * 152 + "€" + "a" * 152, 3, common_pb2.GSM7)],
+    [
+        ("a" * 160, 1, common_pb2.GSM7),
+        ("a" * 161, 2, common_pb2.GSM7),
+        ("€" * 80, 1, common_pb2.GSM7),
+        ("€" * 81, 2, common_pb2.GSM7),
+        ("Rendez-vous demain 😀", 1, common_pb2.UCS2),
+        ("é" * 160, 1, common_pb2.GSM7),
+        ("ł" * 70, 1, common_pb2.UCS2),
+        ("ł" * 71, 2, common_pb2.UCS2),
+        ("a" * 152 + "€" + "a" * 152, 3, common_pb2.GSM7),
+    ],
 )
 def test_segments_and_encoding(
     sms: SmsServiceStub, sms_account: Account, text: str, segments: int, encoding: int
 ) -> None:
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, message=text),
-                        metadata=sms_account.md(test=True), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message=text), metadata=sms_account.md(test=True), timeout=10
+    )
     assert (reply.segments, reply.encoding) == (segments, encoding)
 
 
-@pytest.mark.parametrize(("given", "applied"), [
-    (common_pb2.urgent, 1), (common_pb2.high, 2), (3, 3), (common_pb2.low, 4), (5, 5),
-])
+@pytest.mark.parametrize(
+    ("given", "applied"),
+    [
+        (common_pb2.urgent, 1),
+        (common_pb2.high, 2),
+        (3, 3),
+        (common_pb2.low, 4),
+        (5, 5),
+    ],
+)
 def test_priority_integer_or_name(
-    sms: SmsServiceStub, sms_account: Account, server_db: Database,
-    given: common_pb2.Priority.ValueType, applied: int,
+    sms: SmsServiceStub,
+    sms_account: Account,
+    server_db: Database,
+    given: common_pb2.Priority.ValueType,
+    applied: int,
 ) -> None:
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="p", priority=given),
-                        metadata=sms_account.md(test=True), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="p", priority=given),
+        metadata=sms_account.md(test=True),
+        timeout=10,
+    )
     assert reply.priority == applied
-    assert common_pb2.Priority.Name(reply.priority) == ["urgent", "high", "normal", "low",
-                                                        "very_low"][applied - 1]
+    assert (
+        common_pb2.Priority.Name(reply.priority)
+        == ["urgent", "high", "normal", "low", "very_low"][applied - 1]
+    )
     assert get_message(server_db, reply.message_id).priority == applied
 
 
@@ -135,17 +165,28 @@ def test_metadata_webhook_and_sim_slot_are_kept(
 ) -> None:
     meta = {"order": 1234, "tags": ["a", "b"], "nested": {"ok": True, "ratio": 0.5}}
     reply = sms.SendSms(
-        pb.SendSmsRequest(to=TO, message="m", metadata=struct(meta),
-                          webhook_url="https://example.com/hook", sim_slot=1),
-        metadata=sms_account.md(test=True), timeout=10,
+        pb.SendSmsRequest(
+            to=TO,
+            message="m",
+            metadata=struct(meta),
+            webhook_url="https://example.com/hook",
+            sim_slot=1,
+        ),
+        metadata=sms_account.md(test=True),
+        timeout=10,
     )
     row = get_message(server_db, reply.message_id)
     assert row.meta == meta  # integers stay integers
     assert (row.webhook_url, row.sim_slot) == ("https://example.com/hook", 1)
-    status = sms.GetSmsStatus(pb.GetSmsStatusRequest(message_id=reply.message_id),
-                              metadata=sms_account.md(test=True), timeout=10)
+    status = sms.GetSmsStatus(
+        pb.GetSmsStatusRequest(message_id=reply.message_id),
+        metadata=sms_account.md(test=True),
+        timeout=10,
+    )
     assert json_format.MessageToDict(status.metadata) == {
-        "order": 1234, "tags": ["a", "b"], "nested": {"ok": True, "ratio": 0.5}
+        "order": 1234,
+        "tags": ["a", "b"],
+        "nested": {"ok": True, "ratio": 0.5},
     }
 
 
@@ -177,8 +218,11 @@ def test_scheduled_send_is_accepted_with_no_device_online(
     sms: SmsServiceStub, lonely: Account, server_db: Database
 ) -> None:
     when = later(hours=2)
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="later", scheduled_at=when),
-                        metadata=lonely.md(), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="later", scheduled_at=when),
+        metadata=lonely.md(),
+        timeout=10,
+    )
     assert reply.status == common_pb2.queued
     scheduled = reply.scheduled_at.ToDatetime(dt.UTC)
     assert abs((scheduled - dt.datetime.fromisoformat(when)).total_seconds()) < 0.001
@@ -191,15 +235,19 @@ def test_scheduled_send_is_accepted_with_no_device_online(
 def test_immediate_send_with_a_test_key_needs_no_device(
     sms: SmsServiceStub, lonely: Account, server_db: Database
 ) -> None:
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="sandbox"),
-                        metadata=lonely.md(test=True), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="sandbox"), metadata=lonely.md(test=True), timeout=10
+    )
     assert reply.success
     assert get_message(server_db, reply.message_id).test is True
 
 
 def test_unknown_device_id(sms: SmsServiceStub, sms_account: Account) -> None:
-    error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x"),
-                  sms_account.md(device="device_0000000000000000"))
+    error = fails(
+        sms.SendSms,
+        pb.SendSmsRequest(to=TO, message="x"),
+        sms_account.md(device="device_0000000000000000"),
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error) == "INVALID_DEVICE_ID"
     assert "X-Device-ID" in message_of(error)
@@ -210,8 +258,11 @@ def test_another_clients_device_is_unknown(
 ) -> None:
     theirs = new_device(server_db, PEPPER, lonely.client_id, online=True)
     for scheduled in ("", later(hours=1)):
-        error = fails(sms.SendSms, pb.SendSmsRequest(to=TO, message="x", scheduled_at=scheduled),
-                      sms_account.md(device=theirs))
+        error = fails(
+            sms.SendSms,
+            pb.SendSmsRequest(to=TO, message="x", scheduled_at=scheduled),
+            sms_account.md(device=theirs),
+        )
         assert error_reason(error) == "INVALID_DEVICE_ID"
 
 
@@ -235,8 +286,11 @@ def test_pinned_offline_device(sms: SmsServiceStub, lonely: Account, server_db: 
     assert error_reason(error) == "DEVICE_OFFLINE"
     assert device in message_of(error)
     # Scheduled: accepted, and waits for that very phone.
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="x", scheduled_at=later(minutes=5)),
-                        metadata=lonely.md(device=device), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="x", scheduled_at=later(minutes=5)),
+        metadata=lonely.md(device=device),
+        timeout=10,
+    )
     assert get_message(server_db, reply.message_id).pinned_device_id == device
 
 
@@ -257,8 +311,11 @@ def test_pinned_online_device(
     sms: SmsServiceStub, sms_account: Account, online: str, server_db: Database
 ) -> None:
     set_online(server_db, online)
-    reply = sms.SendSms(pb.SendSmsRequest(to=TO, message="pinned"),
-                        metadata=sms_account.md(device=online), timeout=10)
+    reply = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="pinned"),
+        metadata=sms_account.md(device=online),
+        timeout=10,
+    )
     assert get_message(server_db, reply.message_id).pinned_device_id == online
 
 
@@ -277,8 +334,11 @@ def test_estimated_delivery_follows_the_queue_and_the_phones(
     sms.SendSms(pb.SendSmsRequest(to=TO, message="2"), metadata=lonely.md(), timeout=10)
     third = sms.SendSms(pb.SendSmsRequest(to=TO, message="3"), metadata=lonely.md(), timeout=10)
     assert wait_of(third) == pytest.approx(5.0)  # two ahead x 2.5 s
-    urgent = sms.SendSms(pb.SendSmsRequest(to=TO, message="u", priority=common_pb2.urgent),
-                         metadata=lonely.md(), timeout=10)
+    urgent = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="u", priority=common_pb2.urgent),
+        metadata=lonely.md(),
+        timeout=10,
+    )
     assert wait_of(urgent) == 0  # nothing urgent ahead of it
     new_device(server_db, PEPPER, lonely.client_id, online=True)
     set_online(server_db, phone)
@@ -295,9 +355,15 @@ def test_bulk_queues_every_recipient(
     text = unique_text("bulk")
     recipients = ["+33612345678", "+44 7911 123456", "+263771234567"]
     reply = sms.SendBulkSms(
-        pb.SendBulkSmsRequest(recipients=recipients, message=text, priority=common_pb2.high,
-                              scheduled_at=later(hours=1), metadata=struct({"campaign": "x"})),
-        metadata=sms_account.md(), timeout=10,
+        pb.SendBulkSmsRequest(
+            recipients=recipients,
+            message=text,
+            priority=common_pb2.high,
+            scheduled_at=later(hours=1),
+            metadata=struct({"campaign": "x"}),
+        ),
+        metadata=sms_account.md(),
+        timeout=10,
     )
     assert reply.success
     assert reply.batch_id.startswith("batch_")
@@ -315,22 +381,31 @@ def test_one_bad_number_in_100_queues_nothing(sms: SmsServiceStub, sms_account: 
     text = unique_text("atomic")
     recipients = [f"+336123456{i:02d}" for i in range(100)]
     recipients[57] = "+33 12"
-    error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(recipients=recipients, message=text),
-                  sms_account.md(test=True))
+    error = fails(
+        sms.SendBulkSms,
+        pb.SendBulkSmsRequest(recipients=recipients, message=text),
+        sms_account.md(test=True),
+    )
     assert error_reason(error) == "INVALID_PHONE_NUMBER"
     assert "recipients[57]" in message_of(error)
     assert history(sms, sms_account, text, test=True).pagination.total_items == 0
     recipients[57] = "+33612345699"
-    reply = sms.SendBulkSms(pb.SendBulkSmsRequest(recipients=recipients, message=text),
-                            metadata=sms_account.md(test=True), timeout=10)
+    reply = sms.SendBulkSms(
+        pb.SendBulkSmsRequest(recipients=recipients, message=text),
+        metadata=sms_account.md(test=True),
+        timeout=10,
+    )
     assert reply.total_recipients == 100
     assert history(sms, sms_account, text, test=True).pagination.total_items == 100
 
 
 def test_101_recipients_queue_nothing(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("many")
-    error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(recipients=[TO] * 101, message=text),
-                  sms_account.md(test=True))
+    error = fails(
+        sms.SendBulkSms,
+        pb.SendBulkSmsRequest(recipients=[TO] * 101, message=text),
+        sms_account.md(test=True),
+    )
     assert error_reason(error) == "TOO_MANY_RECIPIENTS"
     assert history(sms, sms_account, text, test=True).pagination.total_items == 0
 
@@ -344,19 +419,26 @@ def test_personalized_bulk(sms: SmsServiceStub, sms_account: Account, server_db:
     tag = unique_text("perso")
     request = pb.SendBulkPersonalizedSmsRequest(
         messages=[
-            pb.PersonalizedMessage(to="+33612345678", message=f"{tag} Bonjour Alice",
-                                   metadata=struct({"name": "Alice"})),
+            pb.PersonalizedMessage(
+                to="+33612345678",
+                message=f"{tag} Bonjour Alice",
+                metadata=struct({"name": "Alice"}),
+            ),
             pb.PersonalizedMessage(to="+447911123456", message=f"{tag} Hello Bob 😀"),
         ],
-        priority=common_pb2.low, scheduled_at=later(hours=3),
+        priority=common_pb2.low,
+        scheduled_at=later(hours=3),
     )
     reply = sms.SendBulkPersonalizedSms(request, metadata=sms_account.md(), timeout=10)
     assert reply.success
     assert reply.batch_id.startswith("batch_")
     assert reply.total_recipients == 2
     first, second = (get_message(server_db, m.message_id) for m in reply.messages)
-    assert (first.body, first.meta, first.encoding) == (f"{tag} Bonjour Alice", {"name": "Alice"},
-                                                         "GSM-7")
+    assert (first.body, first.meta, first.encoding) == (
+        f"{tag} Bonjour Alice",
+        {"name": "Alice"},
+        "GSM-7",
+    )
     assert (second.to, second.meta, second.encoding) == ("+447911123456", None, "UCS-2")
     assert first.batch_id == second.batch_id == reply.batch_id
     assert first.priority == second.priority == 4
@@ -364,10 +446,12 @@ def test_personalized_bulk(sms: SmsServiceStub, sms_account: Account, server_db:
 
 def test_personalized_bulk_is_atomic(sms: SmsServiceStub, sms_account: Account) -> None:
     tag = unique_text("perso-atomic")
-    request = pb.SendBulkPersonalizedSmsRequest(messages=[
-        pb.PersonalizedMessage(to=TO, message=f"{tag} ok"),
-        pb.PersonalizedMessage(to=TO, message=f"{tag} " + "x" * 1600),
-    ])
+    request = pb.SendBulkPersonalizedSmsRequest(
+        messages=[
+            pb.PersonalizedMessage(to=TO, message=f"{tag} ok"),
+            pb.PersonalizedMessage(to=TO, message=f"{tag} " + "x" * 1600),
+        ]
+    )
     error = fails(sms.SendBulkPersonalizedSms, request, sms_account.md(test=True))
     assert error_reason(error) == "MESSAGE_TOO_LONG"
     assert "messages[1].message" in message_of(error)
@@ -393,8 +477,11 @@ def test_key_in_the_field_works_like_the_header(sms: SmsServiceStub, sms_account
     request = pb.SendSmsRequest(to=TO, message=text, idempotency_key=key)
     first = sms.SendSms(request, metadata=sms_account.md(test=True), timeout=10)
     # The same key as a header, with the field left out: the same request.
-    again = sms.SendSms(pb.SendSmsRequest(to=TO, message=text),
-                        metadata=sms_account.md(test=True, idempotency_key=key), timeout=10)
+    again = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message=text),
+        metadata=sms_account.md(test=True, idempotency_key=key),
+        timeout=10,
+    )
     assert again.message_id == first.message_id
     assert history(sms, sms_account, text, test=True).pagination.total_items == 1
 
@@ -414,8 +501,10 @@ def test_same_key_different_body_is_refused(sms: SmsServiceStub, sms_account: Ac
     text = unique_text("idem-diff")
     md = sms_account.md(test=True, idempotency_key=unique_text("key"))
     sms.SendSms(pb.SendSmsRequest(to=TO, message=text), metadata=md, timeout=10)
-    for other in (pb.SendSmsRequest(to=TO, message=text + "!"),
-                  pb.SendSmsRequest(to=TO, message=text, priority=common_pb2.high)):
+    for other in (
+        pb.SendSmsRequest(to=TO, message=text + "!"),
+        pb.SendSmsRequest(to=TO, message=text, priority=common_pb2.high),
+    ):
         error = fails(sms.SendSms, other, md)
         assert error.code() == grpc.StatusCode.ALREADY_EXISTS  # HTTP 409
         assert error_reason(error) == "IDEMPOTENCY_KEY_REUSED"
@@ -430,17 +519,24 @@ def test_keys_belong_to_their_client(
     sms: SmsServiceStub, sms_account: Account, lonely: Account
 ) -> None:
     key = unique_text("key")
-    mine = sms.SendSms(pb.SendSmsRequest(to=TO, message="a"),
-                       metadata=sms_account.md(test=True, idempotency_key=key), timeout=10)
-    theirs = sms.SendSms(pb.SendSmsRequest(to=TO, message="b"),
-                         metadata=lonely.md(test=True, idempotency_key=key), timeout=10)
+    mine = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="a"),
+        metadata=sms_account.md(test=True, idempotency_key=key),
+        timeout=10,
+    )
+    theirs = sms.SendSms(
+        pb.SendSmsRequest(to=TO, message="b"),
+        metadata=lonely.md(test=True, idempotency_key=key),
+        timeout=10,
+    )
     assert theirs.message_id != mine.message_id
 
 
 def test_bulk_replay(sms: SmsServiceStub, sms_account: Account) -> None:
     text = unique_text("idem-bulk")
-    request = pb.SendBulkSmsRequest(recipients=[TO, "+447911123456"], message=text,
-                                    idempotency_key=unique_text("key"))
+    request = pb.SendBulkSmsRequest(
+        recipients=[TO, "+447911123456"], message=text, idempotency_key=unique_text("key")
+    )
     first = sms.SendBulkSms(request, metadata=sms_account.md(test=True), timeout=10)
     assert sms.SendBulkSms(request, metadata=sms_account.md(test=True), timeout=10) == first
     assert history(sms, sms_account, text, test=True).pagination.total_items == 2
@@ -457,8 +553,11 @@ def test_expired_record_is_reused(
     md = sms_account.md(test=True, idempotency_key=key)
     first = sms.SendSms(pb.SendSmsRequest(to=TO, message="old"), metadata=md, timeout=10)
     with server_db.write() as session:
-        session.execute(update(IdempotencyRecord).where(col(IdempotencyRecord.key) == key).values(
-            created_at=utcnow() - dt.timedelta(hours=25)))
+        session.execute(
+            update(IdempotencyRecord)
+            .where(col(IdempotencyRecord.key) == key)
+            .values(created_at=utcnow() - dt.timedelta(hours=25))
+        )
     # A day later the key is free again, even for another body.
     second = sms.SendSms(pb.SendSmsRequest(to=TO, message="new"), metadata=md, timeout=10)
     assert second.message_id != first.message_id
@@ -472,8 +571,7 @@ def test_20_concurrent_requests_with_one_key_create_one_message(
     request = pb.SendSmsRequest(to=TO, message=text, scheduled_at=later(hours=1))
     md = sms_account.md(idempotency_key=unique_text("key"))
     with ThreadPoolExecutor(20) as pool:
-        replies = list(pool.map(lambda _: sms.SendSms(request, metadata=md, timeout=30),
-                                range(20)))
+        replies = list(pool.map(lambda _: sms.SendSms(request, metadata=md, timeout=30), range(20)))
     assert len({r.message_id for r in replies}) == 1
     assert all(r == replies[0] for r in replies)
     assert history(sms, sms_account, text).pagination.total_items == 1
@@ -483,10 +581,13 @@ def test_20_concurrent_bulk_requests_with_one_key(
     sms: SmsServiceStub, sms_account: Account
 ) -> None:
     text = unique_text("race-bulk")
-    request = pb.SendBulkSmsRequest(recipients=[TO] * 50, message=text,
-                                    idempotency_key=unique_text("key"))
-    futures = [sms.SendBulkSms.future(request, metadata=sms_account.md(test=True), timeout=30)
-               for _ in range(20)]
+    request = pb.SendBulkSmsRequest(
+        recipients=[TO] * 50, message=text, idempotency_key=unique_text("key")
+    )
+    futures = [
+        sms.SendBulkSms.future(request, metadata=sms_account.md(test=True), timeout=30)
+        for _ in range(20)
+    ]
     replies = [f.result() for f in futures]
     assert len({r.batch_id for r in replies}) == 1
     assert history(sms, sms_account, text, test=True).pagination.total_items == 50

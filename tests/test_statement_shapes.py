@@ -47,14 +47,21 @@ def _messages(db: Database, count: int) -> tuple[str, str, list[str]]:
     with db.write() as session:
         ids = []
         for n in range(count):
-            message = Message(id=credentials.new_id("msg"), client_id=client.id, to="+33612345678",
-                              body=f"hi {n}", segments=1, due_at=now,
-                              expires_at=now + dt.timedelta(hours=24))
+            message = Message(
+                id=credentials.new_id("msg"),
+                client_id=client.id,
+                to="+33612345678",
+                body=f"hi {n}",
+                segments=1,
+                due_at=now,
+                expires_at=now + dt.timedelta(hours=24),
+            )
             session.add(message)
             ids.append(message.id)
     with db.write() as session:
-        claimed = claim_due_messages(session, client_id=client.id, device_id=device.id,
-                                     limit=count, now=now)
+        claimed = claim_due_messages(
+            session, client_id=client.id, device_id=device.id, limit=count, now=now
+        )
         assert len(claimed) == count
     return client.id, device.id, ids
 
@@ -73,11 +80,24 @@ def test_report_batches_of_every_size_share_a_few_statements(db: Database) -> No
     try:
         start = 0
         for size in SIZES:
-            batch = ids[start:start + size]
+            batch = ids[start : start + size]
             start += size
-            reports = [(client_id, device_id, PartReport(
-                report_id=f"r-{mid}", message_id=mid, outcome="sent", part_index=0,
-                part_count=1, error_code="", error_message="")) for mid in batch]
+            reports = [
+                (
+                    client_id,
+                    device_id,
+                    PartReport(
+                        report_id=f"r-{mid}",
+                        message_id=mid,
+                        outcome="sent",
+                        part_index=0,
+                        part_count=1,
+                        error_code="",
+                        error_message="",
+                    ),
+                )
+                for mid in batch
+            ]
             with db.write() as session:
                 moves = apply_part_reports(session, reports, now=utcnow())
             assert sorted(t.message_id for t in moves) == sorted(batch)

@@ -327,8 +327,7 @@ def test_sqlite_writers_wait_for_each_other_instead_of_failing(sqlite_url: str) 
     db.dispose()
 
 
-def test_an_urgent_sqlite_writer_goes_before_the_writers_already_waiting(
-        sqlite_url: str) -> None:
+def test_an_urgent_sqlite_writer_goes_before_the_writers_already_waiting(sqlite_url: str) -> None:
     """The dispatch round writes with `urgent=True`: while one writer holds the lock and others
     queue behind it, the urgent one is next, and every writer still gets its turn."""
     db = Database.from_url(sqlite_url)

@@ -84,8 +84,7 @@ def test_a_read_only_postgresql_database_recovers_on_new_connections(
     name = db.engine.url.database
     try:
         with db.engine.connect() as conn:
-            conn.exec_driver_sql(
-                f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
             conn.commit()
         db.engine.dispose()  # new sessions are read-only from now on
         with pytest.raises(DBAPIError) as caught:
@@ -93,8 +92,11 @@ def test_a_read_only_postgresql_database_recovers_on_new_connections(
         assert storage_problem(caught.value) is StorageProblem.UNWRITABLE  # SQLSTATE 25006
         assert db.availability.problem is StorageProblem.UNWRITABLE
         assert db.check_storage() is StorageProblem.UNWRITABLE
-        with psycopg.connect(postgres_database_url.replace("+psycopg", ""), autocommit=True,
-                             options="-c default_transaction_read_only=off") as conn:
+        with psycopg.connect(
+            postgres_database_url.replace("+psycopg", ""),
+            autocommit=True,
+            options="-c default_transaction_read_only=off",
+        ) as conn:
             conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
         # The pooled read-only sessions were discarded on the error: fresh ones can write.
         assert db.check_storage() is None

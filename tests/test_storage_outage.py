@@ -42,8 +42,16 @@ from conftest import TEST_PEPPER
 from zimsend.gateway import EnvoyProcess, start_envoy
 from zimsend.server.local_postgres import LocalPostgres
 
-INTERNAL_WORDS = ("sqlite", "SQL", "OperationalError", "Traceback", "readonly database",
-                  "sqlalche", "INSERT", "SELECT")
+INTERNAL_WORDS = (
+    "sqlite",
+    "SQL",
+    "OperationalError",
+    "Traceback",
+    "readonly database",
+    "sqlalche",
+    "INSERT",
+    "SELECT",
+)
 HEALTH_CHECK_SECONDS = 0.5
 
 
@@ -69,15 +77,17 @@ class Account:
         from zimsend.server.storage import Database
 
         run_zimsend(["admin", "migrate"], env)
-        db = Database.from_url(env.get("ZIMSEND_DATABASE_URL")
-                               or f"sqlite:///{data_dir / 'zimsend.db'}")
+        db = Database.from_url(
+            env.get("ZIMSEND_DATABASE_URL") or f"sqlite:///{data_dir / 'zimsend.db'}"
+        )
         try:
             pepper = TEST_PEPPER.encode()
             client = accounts.create_client(db, "outage")
             self.client_id = client.id
             self.api_key = accounts.create_api_key(db, pepper, client.id, "live").secret
-            device = accounts.create_device(db, pepper, client.id, "phone",
-                                            server_address="127.0.0.1:1")
+            device = accounts.create_device(
+                db, pepper, client.id, "phone", server_address="127.0.0.1:1"
+            )
             self.device_id, self.password = device.device.id, device.password
         finally:
             db.dispose()
@@ -89,14 +99,21 @@ class Account:
 
 def _envoy(tmp_path: Path, address: str) -> EnvoyProcess:
     return start_envoy(
-        directory=tmp_path / "envoy", upstreams=(address,), public_port=0, device_port=0,
-        admin_port=0, health_check_interval_seconds=HEALTH_CHECK_SECONDS,
+        directory=tmp_path / "envoy",
+        upstreams=(address,),
+        public_port=0,
+        device_port=0,
+        admin_port=0,
+        health_check_interval_seconds=HEALTH_CHECK_SECONDS,
     )
 
 
 def _send(http: httpx.Client, account: Account) -> httpx.Response:
-    return http.post("/v1/sms/send", headers=account.headers,
-                     json={"to": "+33612345678", "message": "storage test"})
+    return http.post(
+        "/v1/sms/send",
+        headers=account.headers,
+        json={"to": "+33612345678", "message": "storage test"},
+    )
 
 
 def _healthz(http: httpx.Client) -> int:
@@ -150,14 +167,24 @@ def test_a_server_started_on_a_read_only_database_says_so_and_recovers_without_r
         assert caught.value.errno == errno.EROFS
 
         server, address = start_server(data, env, tmp_path / "logs")
-        worker = Program([ZIMSEND, "worker"], env=env, log_path=tmp_path / "logs" / "worker.log",
-                         name="zimsend worker")
+        worker = Program(
+            [ZIMSEND, "worker"],
+            env=env,
+            log_path=tmp_path / "logs" / "worker.log",
+            name="zimsend worker",
+        )
         envoy = _envoy(tmp_path, address)
         with server, worker, envoy, httpx.Client(base_url=envoy.base_url, timeout=10) as http:
             # Calls reach the server (its overall health is SERVING) and get its answer.
-            refused = wait_for(lambda: (r := _send(http, account)).status_code == 503
-                               and r.headers.get("zimsend-error-code") == "UNAVAILABLE" and r,
-                               timeout=20, what="the server's own 503")
+            refused = wait_for(
+                lambda: (
+                    (r := _send(http, account)).status_code == 503
+                    and r.headers.get("zimsend-error-code") == "UNAVAILABLE"
+                    and r
+                ),
+                timeout=20,
+                what="the server's own 503",
+            )
             _assert_storage_refusal(refused, "read-only")
             assert _stays(lambda: _healthz(http) == 503, 4 * HEALTH_CHECK_SECONDS + 1)
 
@@ -176,8 +203,11 @@ def test_a_server_started_on_a_read_only_database_says_so_and_recovers_without_r
             for _ in range(20):  # many failures, one log line
                 _send(http, account)
             for program in (server, worker):  # the worker waits instead of exiting
-                wait_for(lambda p=program: _lines(p, "storage.unavailable"), timeout=30,
-                         what=f"{program.name} saying storage is unavailable")
+                wait_for(
+                    lambda p=program: _lines(p, "storage.unavailable"),
+                    timeout=30,
+                    what=f"{program.name} saying storage is unavailable",
+                )
                 time.sleep(2)  # more failures meanwhile (the worker retries every second)
                 assert program.alive()
                 assert _lines(program, "storage.unavailable") == 1, program.output()[-3000:]
@@ -188,14 +218,20 @@ def test_a_server_started_on_a_read_only_database_says_so_and_recovers_without_r
             phone = _connect_phone(f"127.0.0.1:{envoy.device_port}", account)
             try:
                 assert phone.hello().device_id == account.device_id
-                sent = wait_for(lambda: (r := _send(http, account)).status_code == 200 and r,
-                                timeout=10, what="a send accepted")
+                sent = wait_for(
+                    lambda: (r := _send(http, account)).status_code == 200 and r,
+                    timeout=10,
+                    what="a send accepted",
+                )
                 assert sent.json()["success"] is True
             finally:
                 phone.close()
             for program in (server, worker):
-                wait_for(lambda p=program: _lines(p, "storage.writable_again") == 1, timeout=10,
-                         what=f"{program.name} saying storage is writable again")
+                wait_for(
+                    lambda p=program: _lines(p, "storage.writable_again") == 1,
+                    timeout=10,
+                    what=f"{program.name} saying storage is writable again",
+                )
                 assert program.alive()
                 assert _lines(program, "storage.unavailable") == 1
                 assert "Traceback" not in program.output(), program.output()[-3000:]
@@ -220,8 +256,12 @@ def test_a_full_disk_is_503_and_not_ready_once_and_heals_when_space_is_freed(
         env = zimsend_env(data, TEST_PEPPER)
         account = Account(data, env)
         server, address = start_server(data, env, tmp_path / "logs")
-        worker = Program([ZIMSEND, "worker"], env=env, log_path=tmp_path / "logs" / "worker.log",
-                         name="zimsend worker")
+        worker = Program(
+            [ZIMSEND, "worker"],
+            env=env,
+            log_path=tmp_path / "logs" / "worker.log",
+            name="zimsend worker",
+        )
         envoy = _envoy(tmp_path, address)
         with server, worker, envoy, httpx.Client(base_url=envoy.base_url, timeout=10) as http:
             envoy.wait_healthy()
@@ -233,13 +273,17 @@ def test_a_full_disk_is_503_and_not_ready_once_and_heals_when_space_is_freed(
                 filler = _fill(data)
                 answers = [_send(http, account) for _ in range(30)]
                 assert {r.status_code for r in answers} <= {200, 503}, [
-                    (r.status_code, r.text) for r in answers if r.status_code not in (200, 503)]
+                    (r.status_code, r.text) for r in answers if r.status_code not in (200, 503)
+                ]
                 refusals = [r for r in answers if r.status_code == 503]
                 assert refusals, "no send was refused on a full disk"
                 for refusal in refusals:  # never NO_DEVICE_AVAILABLE or another 503
                     _assert_storage_refusal(refusal, "full")
-                wait_for(lambda: _healthz(http) == 503, timeout=4 * HEALTH_CHECK_SECONDS + 5,
-                         what="/healthz 503 while the disk is full")
+                wait_for(
+                    lambda: _healthz(http) == 503,
+                    timeout=4 * HEALTH_CHECK_SECONDS + 5,
+                    what="/healthz 503 while the disk is full",
+                )
                 assert _stays(lambda: _healthz(http) == 503, 2)
                 time.sleep(2)  # the worker's cycles meet the full disk too
                 assert worker.alive()
@@ -251,8 +295,11 @@ def test_a_full_disk_is_503_and_not_ready_once_and_heals_when_space_is_freed(
 
                 filler.unlink()
                 wait_for(lambda: _healthz(http) == 200, timeout=20, what="/healthz 200 again")
-                sent = wait_for(lambda: (r := _send(http, account)).status_code == 200 and r,
-                                timeout=10, what="a send accepted after space was freed")
+                sent = wait_for(
+                    lambda: (r := _send(http, account)).status_code == 200 and r,
+                    timeout=10,
+                    what="a send accepted after space was freed",
+                )
                 assert sent.json()["success"] is True
                 assert _lines(server, "storage.writable_again") == 1, server.output()[-3000:]
                 assert not phone.ended.is_set(), phone.error  # the phone stayed connected
@@ -260,9 +307,13 @@ def test_a_full_disk_is_503_and_not_ready_once_and_heals_when_space_is_freed(
                 phone.close()
             assert worker.alive()
             for program in (server, worker):  # a worker that met the full disk checks again soon
-                wait_for(lambda p=program: _lines(p, "storage.unavailable") == _lines(
-                    p, "storage.writable_again"), timeout=15,
-                    what=f"{program.name} saying storage is writable again")
+                wait_for(
+                    lambda p=program: (
+                        _lines(p, "storage.unavailable") == _lines(p, "storage.writable_again")
+                    ),
+                    timeout=15,
+                    what=f"{program.name} saying storage is writable again",
+                )
                 assert "Traceback" not in program.output()
 
 
@@ -295,8 +346,11 @@ def test_a_postgresql_outage_is_503_unreachable_and_heals_when_it_is_back(
             for refusal in answers:
                 _assert_storage_refusal(refusal, "cannot reach")
                 assert "postgres" not in refusal.text.lower(), refusal.text
-            wait_for(lambda: _healthz(http) == 503, timeout=4 * HEALTH_CHECK_SECONDS + 5,
-                     what="/healthz 503 while PostgreSQL is down")
+            wait_for(
+                lambda: _healthz(http) == 503,
+                timeout=4 * HEALTH_CHECK_SECONDS + 5,
+                what="/healthz 503 while PostgreSQL is down",
+            )
             assert server.alive()
 
             postgres.start()
@@ -304,14 +358,20 @@ def test_a_postgresql_outage_is_503_unreachable_and_heals_when_it_is_back(
             phone = _connect_phone(f"127.0.0.1:{envoy.device_port}", account)
             try:
                 phone.hello()
-                sent = wait_for(lambda: (r := _send(http, account)).status_code == 200 and r,
-                                timeout=20, what="a send accepted once PostgreSQL is back")
+                sent = wait_for(
+                    lambda: (r := _send(http, account)).status_code == 200 and r,
+                    timeout=20,
+                    what="a send accepted once PostgreSQL is back",
+                )
                 assert sent.json()["success"] is True
             finally:
                 phone.close()
             assert _lines(server, "storage.unavailable") == 1, server.output()[-3000:]
-            wait_for(lambda: _lines(server, "storage.writable_again") == 1, timeout=10,
-                     what="the server saying storage is writable again")
+            wait_for(
+                lambda: _lines(server, "storage.writable_again") == 1,
+                timeout=10,
+                what="the server saying storage is writable again",
+            )
             assert "Traceback" not in server.output(), server.output()[-3000:]
     finally:
         postgres.stop()

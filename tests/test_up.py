@@ -91,16 +91,35 @@ class Up(NamedTuple):
 
 def _start_up(data_dir: Path, *extra: str) -> tuple[Program, dict[str, int]]:
     """`zimsend up` on free ports and a fresh data directory (like a user: no pepper given)."""
-    ports = {name: free_port() for name in ("http", "device", "grpc", "admin", "metrics",
-                                            "worker-metrics")}
+    ports = {
+        name: free_port()
+        for name in ("http", "device", "grpc", "admin", "metrics", "worker-metrics")
+    }
     env = zimsend_env(data_dir, "unused")
     del env["ZIMSEND_SECRET_PEPPER"]  # like a user: the pepper is generated in the data dir
     program = Program(
-        [ZIMSEND, "up", "--data-dir", str(data_dir), "--http-port", str(ports["http"]),
-         "--device-port", str(ports["device"]), "--grpc-port", str(ports["grpc"]),
-         "--admin-port", str(ports["admin"]), "--metrics-port", str(ports["metrics"]),
-         "--worker-metrics-port", str(ports["worker-metrics"]), *extra],
-        env=env, log_path=data_dir.parent / "up.log", name="zimsend up",
+        [
+            ZIMSEND,
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(ports["http"]),
+            "--device-port",
+            str(ports["device"]),
+            "--grpc-port",
+            str(ports["grpc"]),
+            "--admin-port",
+            str(ports["admin"]),
+            "--metrics-port",
+            str(ports["metrics"]),
+            "--worker-metrics-port",
+            str(ports["worker-metrics"]),
+            *extra,
+        ],
+        env=env,
+        log_path=data_dir.parent / "up.log",
+        name="zimsend up",
     )
     return program, ports
 
@@ -124,14 +143,21 @@ def test_a_send_right_after_the_ready_line_is_accepted_and_delivered(up: Up) -> 
     _, data_dir, ports = up
     headers = _auth(data_dir)
     base = f"http://127.0.0.1:{ports['http']}"
-    sent = httpx.post(f"{base}/v1/sms/send", headers=headers,
-                      json={"to": "+33612345678", "message": "Rappel de rendez-vous demain"})
+    sent = httpx.post(
+        f"{base}/v1/sms/send",
+        headers=headers,
+        json={"to": "+33612345678", "message": "Rappel de rendez-vous demain"},
+    )
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
     status = wait_for(
-        lambda: (s := httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers)
-                 .json()["status"]) == "delivered" and s,
-        60, "delivered",
+        lambda: (
+            (s := httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers).json()["status"])
+            == "delivered"
+            and s
+        ),
+        60,
+        "delivered",
     )
     assert status == "delivered"
     outbox = data_dir / "simulated-outbox.jsonl"
@@ -169,14 +195,18 @@ def test_rest_auth_test_with_printed_credentials(up: Up) -> None:
     _, data_dir, ports = up
     creds = json.loads((data_dir / "credentials.json").read_text())
     base = f"http://127.0.0.1:{ports['http']}"
-    ok = httpx.get(f"{base}/v1/auth/test",
-                   headers={"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"]})
+    ok = httpx.get(
+        f"{base}/v1/auth/test",
+        headers={"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"]},
+    )
     assert ok.status_code == 200
     assert ok.json()["success"] is True
     assert ok.json()["client_id"] == creds["client_id"]
 
-    wrong = httpx.get(f"{base}/v1/auth/test",
-                      headers={"X-API-Key": "zs_live_wrong", "X-Client-ID": creds["client_id"]})
+    wrong = httpx.get(
+        f"{base}/v1/auth/test",
+        headers={"X-API-Key": "zs_live_wrong", "X-Client-ID": creds["client_id"]},
+    )
     assert wrong.status_code == 401
     body = wrong.json()
     assert body["success"] is False
@@ -184,9 +214,15 @@ def test_rest_auth_test_with_printed_credentials(up: Up) -> None:
     assert body["code"] == 16
     assert body["message"]
 
-    broken = httpx.post(f"{base}/v1/sms/send", content=b"{not json",
-                        headers={"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"],
-                                 "Content-Type": "application/json"})
+    broken = httpx.post(
+        f"{base}/v1/sms/send",
+        content=b"{not json",
+        headers={
+            "X-API-Key": creds["api_key"],
+            "X-Client-ID": creds["client_id"],
+            "Content-Type": "application/json",
+        },
+    )
     assert broken.status_code == 400
     assert broken.headers["content-type"].startswith("application/json")
     assert broken.json()["success"] is False
@@ -216,8 +252,11 @@ def test_data_dir_and_database_files_are_private(up: Up) -> None:
 def test_insecure_webhooks_are_refused_without_the_flag(up: Up) -> None:
     _, data_dir, ports = up
     for url in ("http://127.0.0.1:9/hooks", "https://169.254.169.254/latest"):
-        reply = httpx.post(f"http://127.0.0.1:{ports['http']}/v1/webhooks/configure",
-                           headers=_auth(data_dir), json={"url": url, "events": ["sms.sent"]})
+        reply = httpx.post(
+            f"http://127.0.0.1:{ports['http']}/v1/webhooks/configure",
+            headers=_auth(data_dir),
+            json={"url": url, "events": ["sms.sent"]},
+        )
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["code"] == "INVALID_WEBHOOK_URL"
 
@@ -231,8 +270,11 @@ def test_kill_9_of_the_server_is_healed(up: Up) -> None:
     # when the server dies.
     accepted = []
     for n in range(3):
-        reply = httpx.post(f"{base}/v1/sms/send", headers=headers,
-                           json={"to": "+33612345678", "message": f"before the crash {n}"})
+        reply = httpx.post(
+            f"{base}/v1/sms/send",
+            headers=headers,
+            json={"to": "+33612345678", "message": f"before the crash {n}"},
+        )
         assert reply.status_code == 200, reply.text
         accepted.append(reply.json()["message_id"])
     server = _child_pid(program.pid, "serve")
@@ -252,8 +294,10 @@ def test_kill_9_of_the_server_is_healed(up: Up) -> None:
     assert "server was killed by SIGKILL; restarting it" in program.output()
 
     def statuses() -> list[str]:
-        return [httpx.get(f"{base}/v1/sms/status/{m}", headers=headers).json()["status"]
-                for m in accepted]
+        return [
+            httpx.get(f"{base}/v1/sms/status/{m}", headers=headers).json()["status"]
+            for m in accepted
+        ]
 
     wait_for(lambda: set(statuses()) == {"delivered"}, 90, f"all delivered ({statuses()})")
 
@@ -263,8 +307,11 @@ def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up: Up) -> None:
     headers = _auth(data_dir)
     device_id = json.loads((data_dir / "credentials.json").read_text())["device_id"]
     base = f"http://127.0.0.1:{ports['http']}"
-    envoy = next(pid for pid in _descendants(program.pid)
-                 if Path(_cmdline(pid)[0]).name == "envoy" and _alive(pid))
+    envoy = next(
+        pid
+        for pid in _descendants(program.pid)
+        if Path(_cmdline(pid)[0]).name == "envoy" and _alive(pid)
+    )
     phone = _child_pid(program.pid, "device")
     assert phone is not None
     os.kill(envoy, signal.SIGKILL)
@@ -282,12 +329,21 @@ def test_kill_9_of_envoy_and_of_the_simulated_phone_is_healed(up: Up) -> None:
     output = program.output()
     assert "envoy was killed by SIGKILL; restarting it" in output
     assert "simulated-device was killed by SIGKILL; restarting it" in output
-    sent = httpx.post(f"{base}/v1/sms/send", headers=headers,
-                      json={"to": "+33612345678", "message": "after the restarts"})
+    sent = httpx.post(
+        f"{base}/v1/sms/send",
+        headers=headers,
+        json={"to": "+33612345678", "message": "after the restarts"},
+    )
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
-    wait_for(lambda: httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers)
-             .json()["status"] == "delivered", 60, "delivered by the restarted phone")
+    wait_for(
+        lambda: (
+            httpx.get(f"{base}/v1/sms/status/{message_id}", headers=headers).json()["status"]
+            == "delivered"
+        ),
+        60,
+        "delivered by the restarted phone",
+    )
 
 
 def test_a_later_start_rewrites_the_pairing_uri_when_tls_changes(tmp_path: Path) -> None:
@@ -324,8 +380,11 @@ def test_a_child_that_keeps_crashing_stops_the_stack(tmp_path: Path) -> None:
         children = _descendants(program.pid)
         killed: list[int] = []
         while program.alive() and len(killed) < 5:
-            worker = wait_for(lambda: _child_pid(program.pid, "worker") or not program.alive(),
-                              30, "a worker running")
+            worker = wait_for(
+                lambda: _child_pid(program.pid, "worker") or not program.alive(),
+                30,
+                "a worker running",
+            )
             if worker is True:
                 break
             os.kill(worker, signal.SIGKILL)
@@ -345,8 +404,15 @@ def test_tls_stack_end_to_end(tmp_path: Path) -> None:
     a pairing URI with tls=1; --allow-insecure-webhooks lets a local receiver in."""
     cert, key = self_signed(tmp_path)
     data_dir = tmp_path / "data"
-    program, ports = _start_up(data_dir, "--with-simulated-device", "--tls-cert", str(cert),
-                               "--tls-key", str(key), "--allow-insecure-webhooks")
+    program, ports = _start_up(
+        data_dir,
+        "--with-simulated-device",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--allow-insecure-webhooks",
+    )
     with program:
         program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
         output = program.output()
@@ -365,9 +431,13 @@ def test_tls_stack_end_to_end(tmp_path: Path) -> None:
             message_id = sent.json()["message_id"]
             wait_for(
                 lambda: http.get(f"/v1/sms/status/{message_id}").json()["status"] == "delivered",
-                60, "delivered over TLS")
-            hook = http.post("/v1/webhooks/configure",
-                             json={"url": "http://127.0.0.1:9/hooks", "events": ["sms.sent"]})
+                60,
+                "delivered over TLS",
+            )
+            hook = http.post(
+                "/v1/webhooks/configure",
+                json={"url": "http://127.0.0.1:9/hooks", "events": ["sms.sent"]},
+            )
             assert hook.status_code == 200, hook.text
             # A phone added through the API is paired with Envoy's phone listener, over TLS.
             added = http.post("/v1/devices", json={"name": "second phone"}).json()
@@ -410,13 +480,23 @@ class _StandInEnvoy(ThreadingHTTPServer):
 
 def _ready_args(port: int) -> argparse.Namespace:
     return argparse.Namespace(
-        host="127.0.0.1", http_port=port, device_port=1, grpc_port=2, tls_cert=None,
-        with_simulated_device=True, allow_insecure_webhooks=False,
+        host="127.0.0.1",
+        http_port=port,
+        device_port=1,
+        grpc_port=2,
+        tls_cert=None,
+        with_simulated_device=True,
+        allow_insecure_webhooks=False,
     )
 
 
-CREDS = {"client_id": "client_x", "api_key": "zs_live_x", "device_id": "device_x",
-         "device_password": "pw", "pairing_uri": "zimsend://pair?x"}
+CREDS = {
+    "client_id": "client_x",
+    "api_key": "zs_live_x",
+    "device_id": "device_x",
+    "device_password": "pw",
+    "pairing_uri": "zimsend://pair?x",
+}
 
 
 def test_the_ready_line_waits_for_the_simulated_phone(
@@ -427,8 +507,14 @@ def test_the_ready_line_waits_for_the_simulated_phone(
     envoy = _StandInEnvoy()
     try:
         supervisor = up_command.Supervisor([])
-        trio.run(up_command._announce_when_ready, _ready_args(envoy.server_port), tmp_path,
-                 CREDS, False, supervisor)
+        trio.run(
+            up_command._announce_when_ready,
+            _ready_args(envoy.server_port),
+            tmp_path,
+            CREDS,
+            False,
+            supervisor,
+        )
     finally:
         envoy.shutdown()
     assert "ZimSend is up." in capsys.readouterr().out
@@ -444,8 +530,14 @@ def test_a_phone_that_never_comes_online_stops_the_stack(
     envoy.device_looks = -1_000_000  # offline for good
     try:
         supervisor = up_command.Supervisor([])
-        trio.run(up_command._announce_when_ready, _ready_args(envoy.server_port), tmp_path,
-                 CREDS, False, supervisor)
+        trio.run(
+            up_command._announce_when_ready,
+            _ready_args(envoy.server_port),
+            tmp_path,
+            CREDS,
+            False,
+            supervisor,
+        )
     finally:
         envoy.shutdown()
     assert "ZimSend is up." not in capsys.readouterr().out

@@ -71,8 +71,9 @@ def _children(pid: int) -> dict[int, list[str]]:
 
 
 def _servers(pid: int) -> list[int]:
-    return sorted(p for p, argv in _children(pid).items() if argv[1:4] == ["-m", "zimsend.cli",
-                                                                            "serve"])
+    return sorted(
+        p for p, argv in _children(pid).items() if argv[1:4] == ["-m", "zimsend.cli", "serve"]
+    )
 
 
 class Stack:
@@ -95,17 +96,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = zimsend_env(data_dir, "unused")
     del env["ZIMSEND_SECRET_PEPPER"]
     program = Program(
-        [ZIMSEND, "up", "--postgres", "--replicas", "2", "--workers", "2",
-         "--with-simulated-device", "--data-dir", str(data_dir),
-         "--http-port", str(ports["http"]), "--device-port", str(ports["device"]),
-         "--grpc-port", str(ports["grpc"]), "--admin-port", str(ports["admin"]),
-         "--metrics-port", str(metrics), "--worker-metrics-port", str(metrics + 1)],
-        env=env, log_path=data_dir.parent / "up.log", name="zimsend up",
+        [
+            ZIMSEND,
+            "up",
+            "--postgres",
+            "--replicas",
+            "2",
+            "--workers",
+            "2",
+            "--with-simulated-device",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(ports["http"]),
+            "--device-port",
+            str(ports["device"]),
+            "--grpc-port",
+            str(ports["grpc"]),
+            "--admin-port",
+            str(ports["admin"]),
+            "--metrics-port",
+            str(metrics),
+            "--worker-metrics-port",
+            str(metrics + 1),
+        ],
+        env=env,
+        log_path=data_dir.parent / "up.log",
+        name="zimsend up",
     )
     try:
         with program:
-            program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=180,
-                               what="up")
+            program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=180, what="up")
             yield Stack(program, data_dir, ports)
     finally:
         # As root the cluster lives in the postgres user's home (local_postgres).
@@ -126,14 +147,19 @@ def test_up_says_which_database_and_replicas(stack: Stack) -> None:
 
 
 def test_a_send_through_envoy_is_delivered(stack: Stack) -> None:
-    sent = httpx.post(f"{stack.base}/v1/sms/send", headers=stack.auth,
-                      json={"to": "+33612345678", "message": "deux répliques"}, timeout=30)
+    sent = httpx.post(
+        f"{stack.base}/v1/sms/send",
+        headers=stack.auth,
+        json={"to": "+33612345678", "message": "deux répliques"},
+        timeout=30,
+    )
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
 
     def delivered() -> bool:
-        reply = httpx.get(f"{stack.base}/v1/sms/status/{message_id}", headers=stack.auth,
-                          timeout=10)
+        reply = httpx.get(
+            f"{stack.base}/v1/sms/status/{message_id}", headers=stack.auth, timeout=10
+        )
         return bool(reply.json().get("status") == "delivered")
 
     wait_for(delivered, 60, "delivered")
@@ -149,31 +175,39 @@ def test_a_replica_killed_is_restarted_while_the_other_answers(stack: Stack) -> 
         answers += reply.status_code == 200
         time.sleep(0.05)
     assert answers >= 18, "the other replica kept answering through Envoy"
-    wait_for(lambda: len(servers := _servers(stack.program.pid)) == 2 and victim not in servers,
-             60, "the killed replica restarted")
+    wait_for(
+        lambda: len(servers := _servers(stack.program.pid)) == 2 and victim not in servers,
+        60,
+        "the killed replica restarted",
+    )
     assert "was killed by SIGKILL; restarting it" in stack.program.output()
 
 
 def _postmaster(pid: int) -> int | None:
     """The private cluster's postmaster below `pid` (its backends rename themselves
     "postgres: …"; the postmaster keeps its argv: …/postgres -D <data>)."""
-    return next((p for p, argv in _children(pid).items()
-                 if argv[0].endswith("/postgres") and "-D" in argv), None)
+    return next(
+        (p for p, argv in _children(pid).items() if argv[0].endswith("/postgres") and "-D" in argv),
+        None,
+    )
 
 
 def test_postgres_killed_is_restarted_and_sends_work_again(stack: Stack) -> None:
     victim = _postmaster(stack.program.pid)
     assert victim is not None
     subprocess.run(["kill", "-9", str(victim)], check=True)
-    wait_for(lambda: "PostgreSQL restarted" in stack.program.output(), 60,
-             "PostgreSQL restarted")
+    wait_for(lambda: "PostgreSQL restarted" in stack.program.output(), 60, "PostgreSQL restarted")
     assert "PostgreSQL was killed by SIGKILL; restarting it" in stack.program.output()
     assert _postmaster(stack.program.pid) not in (None, victim)
 
     def accepted() -> str | None:  # the replicas' pools reconnect on their own
         try:
-            sent = httpx.post(f"{stack.base}/v1/sms/send", headers=stack.auth, timeout=10,
-                              json={"to": "+33612345678", "message": "après la panne"})
+            sent = httpx.post(
+                f"{stack.base}/v1/sms/send",
+                headers=stack.auth,
+                timeout=10,
+                json={"to": "+33612345678", "message": "après la panne"},
+            )
         except httpx.HTTPError:
             return None
         return str(sent.json()["message_id"]) if sent.status_code == 200 else None
@@ -181,8 +215,9 @@ def test_postgres_killed_is_restarted_and_sends_work_again(stack: Stack) -> None
     message_id = wait_for(accepted, 60, "a send accepted after the restart")
 
     def delivered() -> bool:
-        reply = httpx.get(f"{stack.base}/v1/sms/status/{message_id}", headers=stack.auth,
-                          timeout=10)
+        reply = httpx.get(
+            f"{stack.base}/v1/sms/status/{message_id}", headers=stack.auth, timeout=10
+        )
         return bool(reply.json().get("status") == "delivered")
 
     wait_for(delivered, 90, "the send after the restart delivered")
@@ -193,15 +228,22 @@ def test_ctrl_c_stops_every_child_and_postgres(stack: Stack) -> None:
     assert any("postgres" in " ".join(argv) for argv in children.values())
     stack.program.kill(signal.SIGINT)
     assert stack.program.proc.wait(90) == 0
-    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in children), 30,
-             "every child and PostgreSQL gone")
+    wait_for(
+        lambda: not any(Path(f"/proc/{p}").exists() for p in children),
+        30,
+        "every child and PostgreSQL gone",
+    )
     assert "stopping PostgreSQL" in stack.program.output()
 
 
 def test_several_replicas_need_postgres(tmp_path: Path) -> None:
     env = zimsend_env(tmp_path / "data", "unused")
-    done = subprocess.run([ZIMSEND, "up", "--data-dir", str(tmp_path / "data"),
-                           "--replicas", "2"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [ZIMSEND, "up", "--data-dir", str(tmp_path / "data"), "--replicas", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "several replicas or workers need PostgreSQL" in done.stderr

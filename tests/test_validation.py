@@ -54,64 +54,172 @@ def check(error: grpc.RpcError, code: str, field: str, *fragments: str) -> None:
 SEND_CASES = [
     # (id, request fields, code, field, fragments the message must contain)
     ("to-missing", dict(to="", message="hi"), "INVALID_REQUEST", "to", ["+33612345678"]),
-    ("to-national", dict(to="0612345678", message="hi"), "INVALID_PHONE_NUMBER", "to",
-     ["'0612345678'", "+33612345678"]),
-    ("to-too-short", dict(to="+33 12", message="hi"), "INVALID_PHONE_NUMBER", "to",
-     ["'+33 12' is not a valid phone number"]),
+    (
+        "to-national",
+        dict(to="0612345678", message="hi"),
+        "INVALID_PHONE_NUMBER",
+        "to",
+        ["'0612345678'", "+33612345678"],
+    ),
+    (
+        "to-too-short",
+        dict(to="+33 12", message="hi"),
+        "INVALID_PHONE_NUMBER",
+        "to",
+        ["'+33 12' is not a valid phone number"],
+    ),
     ("to-letters", dict(to="+1-800-FLOWERS", message="hi"), "INVALID_PHONE_NUMBER", "to", []),
-    ("to-extension", dict(to="+33612345678 ext 5", message="hi"), "INVALID_PHONE_NUMBER", "to",
-     []),
+    ("to-extension", dict(to="+33612345678 ext 5", message="hi"), "INVALID_PHONE_NUMBER", "to", []),
     ("to-00-prefix", dict(to="0033612345678", message="hi"), "INVALID_PHONE_NUMBER", "to", []),
     ("message-empty", dict(to=OK_TO, message=""), "INVALID_REQUEST", "message", ["1-1600"]),
     ("message-blank", dict(to=OK_TO, message="   "), "INVALID_REQUEST", "message", ["1-1600"]),
-    ("message-1601", dict(to=OK_TO, message="a" * 1601), "MESSAGE_TOO_LONG", "message",
-     ["must be 1-1600 characters (got 1601)"]),
-    ("priority-9", dict(to=OK_TO, message="hi", priority=9), "INVALID_PRIORITY", "priority",
-     ["must be 1-5 or urgent/high/normal/low/very_low (got 9)"]),
-    ("priority-6", dict(to=OK_TO, message="hi", priority=6), "INVALID_PRIORITY", "priority",
-     ["(got 6)"]),
-    ("priority-negative", dict(to=OK_TO, message="hi", priority=-1), "INVALID_PRIORITY",
-     "priority", ["(got -1)"]),
-    ("metadata-too-big", dict(to=OK_TO, message="hi", metadata=struct({"k": "x" * 1100})),
-     "INVALID_REQUEST", "metadata", ["1024 bytes", "got 1108 bytes"]),
-    ("scheduled-past", dict(to=OK_TO, message="hi", scheduled_at="2020-01-01T00:00:00Z"),
-     "INVALID_SCHEDULED_DATE", "scheduled_at", ["must be in the future"]),
-    ("scheduled-31-days", dict(to=OK_TO, message="hi", scheduled_at=later(days=31)),
-     "INVALID_SCHEDULED_DATE", "scheduled_at", ["at most 30 days ahead"]),
-    ("scheduled-garbage", dict(to=OK_TO, message="hi", scheduled_at="tomorrow 9am"),
-     "INVALID_SCHEDULED_DATE", "scheduled_at", ["RFC 3339", "'tomorrow 9am'"]),
-    ("scheduled-impossible", dict(to=OK_TO, message="hi", scheduled_at="2030-02-30T09:00:00Z"),
-     "INVALID_SCHEDULED_DATE", "scheduled_at", ["not a real date-time"]),
-    ("webhook-http", dict(to=OK_TO, message="hi", webhook_url="http://example.com/hook"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["HTTPS"]),
-    ("webhook-not-url", dict(to=OK_TO, message="hi", webhook_url="not a url"),
-     "INVALID_WEBHOOK_URL", "webhook_url", []),
-    ("webhook-no-host", dict(to=OK_TO, message="hi", webhook_url="https://"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["well-formed"]),
-    ("webhook-ftp", dict(to=OK_TO, message="hi", webhook_url="ftp://example.com/"),
-     "INVALID_WEBHOOK_URL", "webhook_url", []),
-    ("webhook-credentials", dict(to=OK_TO, message="hi", webhook_url="https://u:p@example.com/"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["credentials"]),
-    ("webhook-bad-port", dict(to=OK_TO, message="hi", webhook_url="https://example.com:99999/"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["1-65535"]),
+    (
+        "message-1601",
+        dict(to=OK_TO, message="a" * 1601),
+        "MESSAGE_TOO_LONG",
+        "message",
+        ["must be 1-1600 characters (got 1601)"],
+    ),
+    (
+        "priority-9",
+        dict(to=OK_TO, message="hi", priority=9),
+        "INVALID_PRIORITY",
+        "priority",
+        ["must be 1-5 or urgent/high/normal/low/very_low (got 9)"],
+    ),
+    (
+        "priority-6",
+        dict(to=OK_TO, message="hi", priority=6),
+        "INVALID_PRIORITY",
+        "priority",
+        ["(got 6)"],
+    ),
+    (
+        "priority-negative",
+        dict(to=OK_TO, message="hi", priority=-1),
+        "INVALID_PRIORITY",
+        "priority",
+        ["(got -1)"],
+    ),
+    (
+        "metadata-too-big",
+        dict(to=OK_TO, message="hi", metadata=struct({"k": "x" * 1100})),
+        "INVALID_REQUEST",
+        "metadata",
+        ["1024 bytes", "got 1108 bytes"],
+    ),
+    (
+        "scheduled-past",
+        dict(to=OK_TO, message="hi", scheduled_at="2020-01-01T00:00:00Z"),
+        "INVALID_SCHEDULED_DATE",
+        "scheduled_at",
+        ["must be in the future"],
+    ),
+    (
+        "scheduled-31-days",
+        dict(to=OK_TO, message="hi", scheduled_at=later(days=31)),
+        "INVALID_SCHEDULED_DATE",
+        "scheduled_at",
+        ["at most 30 days ahead"],
+    ),
+    (
+        "scheduled-garbage",
+        dict(to=OK_TO, message="hi", scheduled_at="tomorrow 9am"),
+        "INVALID_SCHEDULED_DATE",
+        "scheduled_at",
+        ["RFC 3339", "'tomorrow 9am'"],
+    ),
+    (
+        "scheduled-impossible",
+        dict(to=OK_TO, message="hi", scheduled_at="2030-02-30T09:00:00Z"),
+        "INVALID_SCHEDULED_DATE",
+        "scheduled_at",
+        ["not a real date-time"],
+    ),
+    (
+        "webhook-http",
+        dict(to=OK_TO, message="hi", webhook_url="http://example.com/hook"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["HTTPS"],
+    ),
+    (
+        "webhook-not-url",
+        dict(to=OK_TO, message="hi", webhook_url="not a url"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        [],
+    ),
+    (
+        "webhook-no-host",
+        dict(to=OK_TO, message="hi", webhook_url="https://"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["well-formed"],
+    ),
+    (
+        "webhook-ftp",
+        dict(to=OK_TO, message="hi", webhook_url="ftp://example.com/"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        [],
+    ),
+    (
+        "webhook-credentials",
+        dict(to=OK_TO, message="hi", webhook_url="https://u:p@example.com/"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["credentials"],
+    ),
+    (
+        "webhook-bad-port",
+        dict(to=OK_TO, message="hi", webhook_url="https://example.com:99999/"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["1-65535"],
+    ),
     # Issue 12 item 11: checked as configure checks an endpoint's url, not only at delivery.
-    ("webhook-private", dict(to=OK_TO, message="hi", webhook_url="https://10.1.2.3/hook"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["10.1.2.3", "public HTTPS address"]),
-    ("webhook-metadata", dict(to=OK_TO, message="hi",
-                              webhook_url="https://169.254.169.254:8443/latest/meta-data/"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["169.254.169.254", "public HTTPS address"]),
-    ("webhook-loopback-spelling", dict(to=OK_TO, message="hi",
-                                       webhook_url="https://2130706433:9/"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["public HTTPS address"]),
-    ("webhook-localhost", dict(to=OK_TO, message="hi", webhook_url="https://localhost:8080/"),
-     "INVALID_WEBHOOK_URL", "webhook_url", ["this machine"]),
-    ("sim-slot-2", dict(to=OK_TO, message="hi", sim_slot=2), "INVALID_REQUEST", "sim_slot",
-     ["must be 0 or 1 (got 2)"]),
+    (
+        "webhook-private",
+        dict(to=OK_TO, message="hi", webhook_url="https://10.1.2.3/hook"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["10.1.2.3", "public HTTPS address"],
+    ),
+    (
+        "webhook-metadata",
+        dict(to=OK_TO, message="hi", webhook_url="https://169.254.169.254:8443/latest/meta-data/"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["169.254.169.254", "public HTTPS address"],
+    ),
+    (
+        "webhook-loopback-spelling",
+        dict(to=OK_TO, message="hi", webhook_url="https://2130706433:9/"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["public HTTPS address"],
+    ),
+    (
+        "webhook-localhost",
+        dict(to=OK_TO, message="hi", webhook_url="https://localhost:8080/"),
+        "INVALID_WEBHOOK_URL",
+        "webhook_url",
+        ["this machine"],
+    ),
+    (
+        "sim-slot-2",
+        dict(to=OK_TO, message="hi", sim_slot=2),
+        "INVALID_REQUEST",
+        "sim_slot",
+        ["must be 0 or 1 (got 2)"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("fields", "code", "field", "fragments"), [c[1:] for c in SEND_CASES],
+    ("fields", "code", "field", "fragments"),
+    [c[1:] for c in SEND_CASES],
     ids=[c[0] for c in SEND_CASES],
 )
 def test_send_rejects(
@@ -129,12 +237,23 @@ def test_send_rejects(
 
 def test_every_violation_is_reported_at_once(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendSmsRequest(
-        to="+33 12", message="a" * 1601, priority=Priority(9), scheduled_at="yesterday",
-        webhook_url="http://x", sim_slot=7, metadata=struct({"k": "x" * 2000}),
+        to="+33 12",
+        message="a" * 1601,
+        priority=Priority(9),
+        scheduled_at="yesterday",
+        webhook_url="http://x",
+        sim_slot=7,
+        metadata=struct({"k": "x" * 2000}),
     )
     error = fails(sms.SendSms, request, sms_account.md(test=True))
     assert set(violations(error)) == {
-        "to", "message", "priority", "scheduled_at", "webhook_url", "sim_slot", "metadata"
+        "to",
+        "message",
+        "priority",
+        "scheduled_at",
+        "webhook_url",
+        "sim_slot",
+        "metadata",
     }
     assert error_reason(error) == "INVALID_PHONE_NUMBER"  # the first specific one
     assert message_of(error).startswith("to: '+33 12' is not a valid phone number")
@@ -143,8 +262,9 @@ def test_every_violation_is_reported_at_once(sms: SmsServiceStub, sms_account: A
 def test_generic_then_specific_violation_reports_the_specific_code(
     sms: SmsServiceStub, sms_account: Account
 ) -> None:
-    error = fails(sms.SendSms, pb.SendSmsRequest(to="", message="a" * 1601),
-                  sms_account.md(test=True))
+    error = fails(
+        sms.SendSms, pb.SendSmsRequest(to="", message="a" * 1601), sms_account.md(test=True)
+    )
     assert error_reason(error) == "MESSAGE_TOO_LONG"
     assert set(violations(error)) == {"to", "message"}
 
@@ -152,10 +272,17 @@ def test_generic_then_specific_violation_reports_the_specific_code(
 def test_limits_themselves_are_accepted(sms: SmsServiceStub, sms_account: Account) -> None:
     metadata = struct({"k": "x" * (1024 - len('{"k":""}'))})  # exactly 1024 bytes
     reply = sms.SendSms(
-        pb.SendSmsRequest(to="+33 6 12 34 56 78", message="a" * 1600, priority=Priority(5),
-                          metadata=metadata, scheduled_at=later(days=29, hours=23),
-                          webhook_url="https://example.com/hook", sim_slot=1),
-        metadata=sms_account.md(test=True), timeout=10,
+        pb.SendSmsRequest(
+            to="+33 6 12 34 56 78",
+            message="a" * 1600,
+            priority=Priority(5),
+            metadata=metadata,
+            scheduled_at=later(days=29, hours=23),
+            webhook_url="https://example.com/hook",
+            sim_slot=1,
+        ),
+        metadata=sms_account.md(test=True),
+        timeout=10,
     )
     assert reply.to == "+33612345678"
     assert reply.segments == 11
@@ -177,43 +304,64 @@ def test_bulk_101_recipients(sms: SmsServiceStub, sms_account: Account) -> None:
 
 def test_bulk_names_the_bad_index(sms: SmsServiceStub, sms_account: Account) -> None:
     recipients = [OK_TO] * 3 + ["+33 12"] + [OK_TO] * 2 + ["nope"]
-    error = fails(sms.SendBulkSms, pb.SendBulkSmsRequest(recipients=recipients, message="hi"),
-                  sms_account.md(test=True))
-    check(error, "INVALID_PHONE_NUMBER", "recipients[3]",
-          "recipients[3]: '+33 12' is not a valid phone number")
+    error = fails(
+        sms.SendBulkSms,
+        pb.SendBulkSmsRequest(recipients=recipients, message="hi"),
+        sms_account.md(test=True),
+    )
+    check(
+        error,
+        "INVALID_PHONE_NUMBER",
+        "recipients[3]",
+        "recipients[3]: '+33 12' is not a valid phone number",
+    )
     assert set(violations(error)) == {"recipients[3]", "recipients[6]"}
 
 
 def test_bulk_shares_the_send_rules(sms: SmsServiceStub, sms_account: Account) -> None:
-    request = pb.SendBulkSmsRequest(recipients=[OK_TO], message="", priority=Priority(8),
-                                    scheduled_at=later(days=40), webhook_url="http://x")
+    request = pb.SendBulkSmsRequest(
+        recipients=[OK_TO],
+        message="",
+        priority=Priority(8),
+        scheduled_at=later(days=40),
+        webhook_url="http://x",
+    )
     error = fails(sms.SendBulkSms, request, sms_account.md(test=True))
     assert set(violations(error)) == {"message", "priority", "scheduled_at", "webhook_url"}
 
 
 def test_personalized_names_index_and_field(sms: SmsServiceStub, sms_account: Account) -> None:
-    request = pb.SendBulkPersonalizedSmsRequest(messages=[
-        pb.PersonalizedMessage(to=OK_TO, message="ok"),
-        pb.PersonalizedMessage(to="123", message="ok"),
-        pb.PersonalizedMessage(to=OK_TO, message="a" * 1601),
-        pb.PersonalizedMessage(to=OK_TO, message="ok", metadata=struct({"k": "x" * 1100})),
-    ])
+    request = pb.SendBulkPersonalizedSmsRequest(
+        messages=[
+            pb.PersonalizedMessage(to=OK_TO, message="ok"),
+            pb.PersonalizedMessage(to="123", message="ok"),
+            pb.PersonalizedMessage(to=OK_TO, message="a" * 1601),
+            pb.PersonalizedMessage(to=OK_TO, message="ok", metadata=struct({"k": "x" * 1100})),
+        ]
+    )
     error = fails(sms.SendBulkPersonalizedSms, request, sms_account.md(test=True))
     assert set(violations(error)) == {
-        "messages[1].to", "messages[2].message", "messages[3].metadata"
+        "messages[1].to",
+        "messages[2].message",
+        "messages[3].metadata",
     }
     assert error_reason(error) == "INVALID_PHONE_NUMBER"
 
 
 def test_personalized_limits(sms: SmsServiceStub, sms_account: Account) -> None:
-    empty = fails(sms.SendBulkPersonalizedSms, pb.SendBulkPersonalizedSmsRequest(),
-                  sms_account.md(test=True))
+    empty = fails(
+        sms.SendBulkPersonalizedSms, pb.SendBulkPersonalizedSmsRequest(), sms_account.md(test=True)
+    )
     check(empty, "INVALID_REQUEST", "messages")
     many = pb.SendBulkPersonalizedSmsRequest(
         messages=[pb.PersonalizedMessage(to=OK_TO, message="hi")] * 101
     )
-    check(fails(sms.SendBulkPersonalizedSms, many, sms_account.md(test=True)),
-          "TOO_MANY_RECIPIENTS", "messages", "got 101")
+    check(
+        fails(sms.SendBulkPersonalizedSms, many, sms_account.md(test=True)),
+        "TOO_MANY_RECIPIENTS",
+        "messages",
+        "got 101",
+    )
 
 
 # --- Idempotency key ---------------------------------------------------------------------
@@ -221,8 +369,12 @@ def test_personalized_limits(sms: SmsServiceStub, sms_account: Account) -> None:
 
 def test_idempotency_key_too_long(sms: SmsServiceStub, sms_account: Account) -> None:
     request = pb.SendSmsRequest(to=OK_TO, message="hi", idempotency_key="k" * 256)
-    check(fails(sms.SendSms, request, sms_account.md(test=True)), "INVALID_REQUEST",
-          "idempotency_key", "1-255")
+    check(
+        fails(sms.SendSms, request, sms_account.md(test=True)),
+        "INVALID_REQUEST",
+        "idempotency_key",
+        "1-255",
+    )
 
 
 def test_idempotency_header_and_field_must_agree(sms: SmsServiceStub, sms_account: Account) -> None:
@@ -241,8 +393,12 @@ LIST_CASES = [
     ("page-zero", dict(page=0), "page", ["must be 1 or more (got 0)"]),
     ("from-garbage", dict(from_date="01/02/2025"), "from_date", ["2025-01-31", "'01/02/2025'"]),
     ("to-impossible-day", dict(to_date="2025-02-30"), "to_date", ["not a real day"]),
-    ("from-after-to", dict(from_date="2025-02-01", to_date="2025-01-31"), "from_date",
-     ["must not be after to_date"]),
+    (
+        "from-after-to",
+        dict(from_date="2025-02-01", to_date="2025-01-31"),
+        "from_date",
+        ["must not be after to_date"],
+    ),
     ("status-unknown", dict(status=42), "status", ["queued", "(got 42)"]),
     ("to-invalid", dict(to="12"), "to", ["not in international format"]),
     ("search-too-long", dict(search="x" * 1601), "search", ["at most 1600"]),
@@ -267,8 +423,9 @@ def test_history_rejects(
 def test_stats_rejects_bad_dates(sms: SmsServiceStub, sms_account: Account) -> None:
     error = fails(sms.GetSmsStats, pb.GetSmsStatsRequest(from_date="last week"), sms_account.md())
     check(error, "INVALID_REQUEST", "from_date")
-    future = fails(sms.GetSmsStats, pb.GetSmsStatsRequest(from_date=later(days=3)),
-                   sms_account.md())
+    future = fails(
+        sms.GetSmsStats, pb.GetSmsStatsRequest(from_date=later(days=3)), sms_account.md()
+    )
     check(future, "INVALID_REQUEST", "from_date", "to_date defaults to now")
 
 
@@ -279,8 +436,11 @@ def test_inbox_rejects_bad_paging(sms: SmsServiceStub, sms_account: Account) -> 
 
 def test_export_rejects_unknown_format(sms: SmsServiceStub, sms_account: Account) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        list(sms.ExportSmsHistory(pb.ExportSmsHistoryRequest(format="xml"),
-                                  metadata=sms_account.md(), timeout=10))
+        list(
+            sms.ExportSmsHistory(
+                pb.ExportSmsHistoryRequest(format="xml"), metadata=sms_account.md(), timeout=10
+            )
+        )
     check(info.value, "INVALID_REQUEST", "format", "csv or jsonl", "'xml'")
 
 
@@ -302,8 +462,17 @@ def test_parse_instant(text: str, expected: dt.datetime) -> None:
     assert parse_instant(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "2025-01-15", "15/01/2025 10:30", "2025-01-15T25:00:00Z",
-                                  "2025-01-15T10:30:00+24:00", "x" * 100])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "2025-01-15",
+        "15/01/2025 10:30",
+        "2025-01-15T25:00:00Z",
+        "2025-01-15T10:30:00+24:00",
+        "x" * 100,
+    ],
+)
 def test_parse_instant_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=r"date-time|UTC offset|out of range"):
         parse_instant(text)

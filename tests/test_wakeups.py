@@ -44,12 +44,16 @@ def pg(postgres_database_url: str) -> Iterator[Database]:
     db.dispose()
 
 
-def _listen(db: Database, reconnects: list[int] | None = None) -> tuple[Listener, queue.Queue[
-        tuple[str, str]]]:
+def _listen(
+    db: Database, reconnects: list[int] | None = None
+) -> tuple[Listener, queue.Queue[tuple[str, str]]]:
     heard: queue.Queue[tuple[str, str]] = queue.Queue()
     listener = Listener.for_database(
-        db, {WORK_CHANNEL: lambda p: heard.put((WORK_CHANNEL, p)),
-             OUTBOX_CHANNEL: lambda p: heard.put((OUTBOX_CHANNEL, p))},
+        db,
+        {
+            WORK_CHANNEL: lambda p: heard.put((WORK_CHANNEL, p)),
+            OUTBOX_CHANNEL: lambda p: heard.put((OUTBOX_CHANNEL, p)),
+        },
         on_reconnect=(lambda: reconnects.append(1)) if reconnects is not None else None,
     )
     assert listener is not None
@@ -59,9 +63,15 @@ def _listen(db: Database, reconnects: list[int] | None = None) -> tuple[Listener
 
 def _queue_message(db: Database, client_id: str, due_at: dt.datetime) -> str:
     with db.write() as session:
-        message = Message(id=credentials.new_id("msg"), client_id=client_id, to="+33612345678",
-                          body="hi", segments=1, due_at=due_at,
-                          expires_at=due_at + dt.timedelta(hours=24))
+        message = Message(
+            id=credentials.new_id("msg"),
+            client_id=client_id,
+            to="+33612345678",
+            body="hi",
+            segments=1,
+            due_at=due_at,
+            expires_at=due_at + dt.timedelta(hours=24),
+        )
         session.add(message)
     return message.id
 
@@ -75,9 +85,17 @@ def test_a_committed_message_wakes_another_process_and_a_rollback_does_not(
         client = accounts.create_client(writer, "wakeups")
         # Rolled back: nobody is woken for rows nobody can see.
         with writer.session() as session, session.begin():
-            session.add(Message(id=credentials.new_id("msg"), client_id=client.id, to="+1",
-                                body="x", segments=1, due_at=utcnow(),
-                                expires_at=utcnow() + dt.timedelta(hours=1)))
+            session.add(
+                Message(
+                    id=credentials.new_id("msg"),
+                    client_id=client.id,
+                    to="+1",
+                    body="x",
+                    segments=1,
+                    due_at=utcnow(),
+                    expires_at=utcnow() + dt.timedelta(hours=1),
+                )
+            )
             session.flush()
             session.rollback()
         # Due far in the future: the dispatchers' periodic scan finds it, no wake-up.
@@ -100,8 +118,7 @@ def test_outbox_events_wake_the_workers_once_per_transaction(
         client = accounts.create_client(writer, "outbox")
         with writer.write() as session:
             for n in range(5):
-                session.add(outbox_event(client_id=client.id, event_type="sms.sent",
-                                         data={"n": n}))
+                session.add(outbox_event(client_id=client.id, event_type="sms.sent", data={"n": n}))
         assert heard.get(timeout=HEARD_WITHIN_S) == (OUTBOX_CHANNEL, "")
         with pytest.raises(queue.Empty):
             heard.get(timeout=0.5)
@@ -116,12 +133,13 @@ def test_the_listener_reconnects_and_says_so(pg: Database, postgres_database_url
     reconnects: list[int] = []
     listener, heard = _listen(pg, reconnects)
     try:
-        admin_url = pg.engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False)
+        admin_url = pg.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE application_name = 'zimsend-listener' AND datname = "
-                         "current_database()")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'zimsend-listener' AND datname = "
+                "current_database()"
+            )
         wait_for(lambda: reconnects, HEARD_WITHIN_S + 10, "the listener to reconnect")
         client = accounts.create_client(pg, "again")
         _queue_message(pg, client.id, utcnow())
@@ -137,8 +155,9 @@ def test_a_worker_hears_new_events_long_before_its_poll(
     the insert's NOTIFY wakes it (the event has no subscriber, so no POST is needed to end it)."""
     writer = Database.from_url(postgres_database_url)
     client = accounts.create_client(writer, "worker-wakeup")
-    settings = Settings(data_dir=tmp_path, secret_pepper=TEST_PEPPER,
-                        database_url=postgres_database_url)
+    settings = Settings(
+        data_dir=tmp_path, secret_pepper=TEST_PEPPER, database_url=postgres_database_url
+    )
 
     def write_event() -> str:
         with writer.write() as session:

@@ -85,7 +85,8 @@ def isolated(
 def configure(webhooks: Any, account: Any, url: str, events: list[str], secret: str = "") -> Any:
     return webhooks.ConfigureWebhook(
         pb.ConfigureWebhookRequest(url=url, events=events, secret=secret),
-        metadata=account.md(), timeout=10,
+        metadata=account.md(),
+        timeout=10,
     )
 
 
@@ -97,20 +98,31 @@ def logs_of(webhooks: Any, account: Any, event_id: str) -> list[Any]:
 
 
 def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(
-    server: RunningServer, worker: Program, webhooks: pb_grpc.WebhookServiceStub, account: Account,
-    server_db: Database, logs_dir: Path,
+    server: RunningServer,
+    worker: Program,
+    webhooks: pb_grpc.WebhookServiceStub,
+    account: Account,
+    server_db: Database,
+    logs_dir: Path,
 ) -> None:
     port = free_port()
-    hook = configure(webhooks, account, f"http://127.0.0.1:{port}/hooks",
-                     ["sms.sent", "sms.delivered", "device.connected"])
+    hook = configure(
+        webhooks,
+        account,
+        f"http://127.0.0.1:{port}/hooks",
+        ["sms.sent", "sms.delivered", "device.connected"],
+    )
     assert hook.secret.startswith("whsec_")
     assert hook.status == "active"
     own_secret = "my-own-secret-of-32-characters!!"
-    with Receiver(logs_dir, secret=hook.secret, port=port) as receiver, \
-            Receiver(logs_dir, secret=own_secret, name="own-secret") as second:
+    with (
+        Receiver(logs_dir, secret=hook.secret, port=port) as receiver,
+        Receiver(logs_dir, secret=own_secret, name="own-secret") as second,
+    ):
         configure(webhooks, account, second.url, ["sms.delivered"], secret=own_secret)
-        test = webhooks.TestWebhook(pb.TestWebhookRequest(webhook_id=hook.webhook_id),
-                                    metadata=account.md(), timeout=10)
+        test = webhooks.TestWebhook(
+            pb.TestWebhookRequest(webhook_id=hook.webhook_id), metadata=account.md(), timeout=10
+        )
         inserted = [
             add_event(
                 server_db,
@@ -124,8 +136,11 @@ def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(
         ]
         add_event(server_db, account.client_id, "sms.received", data={"from": "+33600000000"})
         sms = sms_pb2_grpc.SmsServiceStub(grpc.insecure_channel(server[1]))
-        sent = sms.SendSms(sms_pb2.SendSmsRequest(to="+33612345678", message="Bonjour 👋"),
-                           metadata=account.md(test=True), timeout=10)
+        sent = sms.SendSms(
+            sms_pb2.SendSmsRequest(to="+33612345678", message="Bonjour 👋"),
+            metadata=account.md(test=True),
+            timeout=10,
+        )
 
         records = receiver.wait_for(lambda r: len(r) >= 5, what="5 deliveries")
         own = second.wait_for(lambda r: len(r) >= 1)
@@ -156,7 +171,10 @@ def test_every_delivery_passes_the_faq_snippet_and_standard_webhooks(
 
 
 def test_a_receiver_down_for_two_attempts_gets_the_third(
-    worker: Program, webhooks: pb_grpc.WebhookServiceStub, account: Account, server_db: Database,
+    worker: Program,
+    webhooks: pb_grpc.WebhookServiceStub,
+    account: Account,
+    server_db: Database,
     logs_dir: Path,
 ) -> None:
     port = free_port()  # nothing listens there yet
@@ -174,8 +192,10 @@ def test_a_receiver_down_for_two_attempts_gets_the_third(
     assert [a.success for a in (first, second, third)] == [False, False, True]
     assert first.response_status == 0
     assert "connection" in first.error
-    gaps = [(b.timestamp.ToDatetime() - a.timestamp.ToDatetime()).total_seconds()
-            for a, b in ((first, second), (second, third))]
+    gaps = [
+        (b.timestamp.ToDatetime() - a.timestamp.ToDatetime()).total_seconds()
+        for a, b in ((first, second), (second, third))
+    ]
     assert gaps[0] >= 1, gaps
     assert gaps[1] >= 2, gaps
     assert gaps[1] > gaps[0], gaps
@@ -183,7 +203,10 @@ def test_a_receiver_down_for_two_attempts_gets_the_third(
 
 
 def test_a_receiver_that_never_answers_ends_failed_and_can_be_redelivered(
-    worker: Program, webhooks: pb_grpc.WebhookServiceStub, account: Account, server_db: Database,
+    worker: Program,
+    webhooks: pb_grpc.WebhookServiceStub,
+    account: Account,
+    server_db: Database,
     logs_dir: Path,
 ) -> None:
     port = free_port()
@@ -194,7 +217,9 @@ def test_a_receiver_that_never_answers_ends_failed_and_can_be_redelivered(
         assert [r["event_id"] for r in receiver.records()] == [event_id] * 3
     attempts = logs_of(webhooks, account, event_id)
     assert [(a.attempt, a.success, a.response_status) for a in attempts] == [
-        (1, False, 0), (2, False, 0), (3, False, 0)
+        (1, False, 0),
+        (2, False, 0),
+        (3, False, 0),
     ]
     assert all("no response within 1 s" in a.error for a in attempts)
     assert all(a.response_time_ms >= 900 for a in attempts)
@@ -234,8 +259,15 @@ def test_killing_the_worker_mid_delivery_loses_nothing(
 ) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
     port = free_port()
-    hook = webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
-                               events=["sms.sent"], secret="", allow_insecure=True)
+    hook = webhook_endpoints.configure(
+        db,
+        TEST_PEPPER.encode(),
+        client_id,
+        url=f"http://127.0.0.1:{port}/h",
+        events=["sms.sent"],
+        secret="",
+        allow_insecure=True,
+    )
     with Receiver(logs_dir, secret=hook.secret, port=port, delay_ms=3000) as receiver:
         first = start_worker(env, logs_dir, "doomed", "--lease-seconds", "8")
         try:
@@ -248,8 +280,11 @@ def test_killing_the_worker_mid_delivery_loses_nothing(
         pending = {e: event_row(db, e).status for e in events}
         assert "delivering" in pending.values(), pending  # really killed mid-delivery
         with start_worker(env, logs_dir, "restarted", "--lease-seconds", "8"):
-            wait_until(lambda: all(event_row(db, e).status == "delivered" for e in events),
-                       timeout=90, what="every event delivered after the restart")
+            wait_until(
+                lambda: all(event_row(db, e).status == "delivered" for e in events),
+                timeout=90,
+                what="every event delivered after the restart",
+            )
         records = receiver.records()
     db.dispose()
     received = Counter(r["event_id"] for r in records)
@@ -265,8 +300,15 @@ def test_ctrl_c_lets_the_delivery_in_flight_finish(
 ) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
     port = free_port()
-    hook = webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{port}/h",
-                               events=["sms.sent"], secret="", allow_insecure=True)
+    hook = webhook_endpoints.configure(
+        db,
+        TEST_PEPPER.encode(),
+        client_id,
+        url=f"http://127.0.0.1:{port}/h",
+        events=["sms.sent"],
+        secret="",
+        allow_insecure=True,
+    )
     with Receiver(logs_dir, secret=hook.secret, port=port, delay_ms=2000) as receiver:
         worker = start_worker(env, logs_dir, "interrupted", "--lease-seconds", "8")
         with worker:
@@ -285,10 +327,16 @@ def test_ctrl_c_lets_the_delivery_in_flight_finish(
 
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_deliver_each_event_once(
-    postgres_database_url: str, tmp_path_factory: pytest.TempPathFactory, logs_dir: Path,
+    postgres_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    logs_dir: Path,
 ) -> None:
-    env = make_env(tmp_path_factory.mktemp("pg-data"), TEST_PEPPER, **SHORT,
-                   ZIMSEND_DATABASE_URL=postgres_database_url)
+    env = make_env(
+        tmp_path_factory.mktemp("pg-data"),
+        TEST_PEPPER,
+        **SHORT,
+        ZIMSEND_DATABASE_URL=postgres_database_url,
+    )
     program, address = start_server(Path(env["ZIMSEND_DATA_DIR"]), env, logs_dir)
     db = Database.from_url(postgres_database_url)
     with program, grpc.insecure_channel(address) as channel:
@@ -297,17 +345,23 @@ def test_two_workers_on_postgresql_deliver_each_event_once(
         port = free_port()
         hook = configure(webhooks, account, f"http://127.0.0.1:{port}/hooks", ["sms.delivered"])
         # Few events in flight per worker and a slowish receiver: both workers must take part.
-        with Receiver(logs_dir, secret=hook.secret, port=port, delay_ms=200) as receiver, \
-                start_worker(env, logs_dir, "pg-a", "--max-in-flight", "4"), \
-                start_worker(env, logs_dir, "pg-b", "--max-in-flight", "4"):
+        with (
+            Receiver(logs_dir, secret=hook.secret, port=port, delay_ms=200) as receiver,
+            start_worker(env, logs_dir, "pg-a", "--max-in-flight", "4"),
+            start_worker(env, logs_dir, "pg-b", "--max-in-flight", "4"),
+        ):
             events = [add_event(db, account.client_id, "sms.delivered") for _ in range(60)]
-            records = receiver.wait_for(lambda r: len({x["event_id"] for x in r}) >= 60,
-                                        timeout=90, what="60 events")
-            wait_until(lambda: all(event_row(db, e).status == "delivered" for e in events),
-                       what="all delivered")
+            records = receiver.wait_for(
+                lambda r: len({x["event_id"] for x in r}) >= 60, timeout=90, what="60 events"
+            )
+            wait_until(
+                lambda: all(event_row(db, e).status == "delivered" for e in events),
+                what="all delivered",
+            )
             records = receiver.records()
-        reply = webhooks.ListWebhookLogs(pb.ListWebhookLogsRequest(limit=100),
-                                         metadata=account.md(), timeout=10)
+        reply = webhooks.ListWebhookLogs(
+            pb.ListWebhookLogsRequest(limit=100), metadata=account.md(), timeout=10
+        )
     db.dispose()
     counts = Counter(r["event_id"] for r in records)
     assert set(counts) == set(events), counts.most_common(3)
@@ -324,14 +378,27 @@ def test_private_addresses_are_refused_at_delivery(
     tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
 ) -> None:
     env, db, client_id = isolated(tmp_path_factory, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="0")
-    webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url="https://hooks.example.com/z",
-                        events=["otp.verified"], secret="", allow_insecure=False)  # signs overrides
-    urls = ["https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
-            "https://0x7f.1/", "http://127.0.0.1:9/"]
+    webhook_endpoints.configure(
+        db,
+        TEST_PEPPER.encode(),
+        client_id,
+        url="https://hooks.example.com/z",
+        events=["otp.verified"],
+        secret="",
+        allow_insecure=False,
+    )  # signs overrides
+    urls = [
+        "https://127.0.0.1/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://2130706433/",
+        "https://0x7f.1/",
+        "http://127.0.0.1:9/",
+    ]
     events = {add_event(db, client_id, "sms.sent", webhook_url=u): u for u in urls}
     with start_worker(env, logs_dir, "secure", "--lease-seconds", "4"):
-        wait_until(lambda: all(event_row(db, e).status == "failed" for e in events),
-                   what="all refused")
+        wait_until(
+            lambda: all(event_row(db, e).status == "failed" for e in events), what="all refused"
+        )
     for event_id, url in events.items():
         attempts = deliveries(db, event_id)
         assert len(attempts) == 3
@@ -342,7 +409,7 @@ def test_private_addresses_are_refused_at_delivery(
 
 
 def test_the_default_schedule_is_0_60_300_and_the_setting_overrides_it(
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in SHORT:
         monkeypatch.delenv(name, raising=False)

@@ -24,18 +24,27 @@ from zimsend.server.webhook_delivery.transport import guarded_pools
 
 FAST, SLOW = "93.184.215.1", "93.184.215.3"
 HOSTS = {
-    "fast.example.com": [FAST], "slow.example.com": [SLOW], "private.example.com": ["10.0.0.1"],
+    "fast.example.com": [FAST],
+    "slow.example.com": [SLOW],
+    "private.example.com": ["10.0.0.1"],
 }
 SECRET = "whsec_" + "A" * 43 + "="
 TEST_PEPPER = "test-pepper-not-secret-0123456789"
 
 
-def sender_for(connector: RecordingConnector, resolver: StubResolver | None = None, *,
-               timeout: float = 5, max_wait: float | None = None) -> WebhookSender:
-    transport = guarded_pools(per_origin=PER_ORIGIN, resolver=resolver or StubResolver(HOSTS),
-                              connector=connector)
-    return WebhookSender(timeout=timeout, allow_insecure=False, transport=transport,
-                         max_wait=max_wait)
+def sender_for(
+    connector: RecordingConnector,
+    resolver: StubResolver | None = None,
+    *,
+    timeout: float = 5,
+    max_wait: float | None = None,
+) -> WebhookSender:
+    transport = guarded_pools(
+        per_origin=PER_ORIGIN, resolver=resolver or StubResolver(HOSTS), connector=connector
+    )
+    return WebhookSender(
+        timeout=timeout, allow_insecure=False, transport=transport, max_wait=max_wait
+    )
 
 
 async def post(sender: WebhookSender, url: str, out: list[AttemptOutcome]) -> None:
@@ -68,15 +77,19 @@ def test_a_hanging_receiver_gets_per_origin_connections_and_others_are_not_held_
 def test_no_turn_within_max_wait_fails_the_attempt_without_sending() -> None:
     async def main() -> None:
         connector = RecordingConnector(hang={SLOW})
-        async with sender_for(connector, timeout=30, max_wait=0.2) as sender, \
-                trio.open_nursery() as nursery:
+        async with (
+            sender_for(connector, timeout=30, max_wait=0.2) as sender,
+            trio.open_nursery() as nursery,
+        ):
             outcomes: list[AttemptOutcome] = []
             for _ in range(PER_ORIGIN + 2):
                 nursery.start_soon(post, sender, "https://slow.example.com/hook", outcomes)
             await trio.sleep(0.6)
             assert len(outcomes) == 2
-            assert all(not o.success and o.status is None and "not sent" in (o.error or "")
-                       for o in outcomes)
+            assert all(
+                not o.success and o.status is None and "not sent" in (o.error or "")
+                for o in outcomes
+            )
             assert connector.connects.count((SLOW, 443)) == PER_ORIGIN
             nursery.cancel_scope.cancel()
 
@@ -85,8 +98,9 @@ def test_no_turn_within_max_wait_fails_the_attempt_without_sending() -> None:
 
 def test_every_origin_pool_checks_addresses_and_resolves_once_per_connection() -> None:
     answers = iter([[FAST], ["127.0.0.1"]])  # a rebinding DNS server's two answers
-    resolver = StubResolver(lambda host, port: HOSTS[host] if host != "rebind.example.com"
-                            else next(answers))
+    resolver = StubResolver(
+        lambda host, port: HOSTS[host] if host != "rebind.example.com" else next(answers)
+    )
 
     async def main() -> None:
         connector = RecordingConnector()
@@ -106,8 +120,13 @@ def test_every_origin_pool_checks_addresses_and_resolves_once_per_connection() -
 
 def test_idle_origins_pools_are_closed_and_their_number_is_bounded() -> None:
     async def main() -> None:
-        pools = guarded_pools(per_origin=2, resolver=StubResolver(lambda h, p: [FAST]),
-                              connector=RecordingConnector(), max_origins=2, idle_seconds=0.3)
+        pools = guarded_pools(
+            per_origin=2,
+            resolver=StubResolver(lambda h, p: [FAST]),
+            connector=RecordingConnector(),
+            max_origins=2,
+            idle_seconds=0.3,
+        )
         async with WebhookSender(timeout=5, allow_insecure=False, transport=pools) as sender:
             outcomes: list[AttemptOutcome] = []
             for name in ("a", "b", "c", "d"):
@@ -130,27 +149,46 @@ def test_a_slow_receiver_does_not_hold_up_another_one(
     its events at once, while the first holds exactly its `PER_ORIGIN` connections."""
     data_dir = tmp_path_factory.mktemp("fair-data")
     logs_dir = tmp_path_factory.mktemp("fair-logs")
-    env = make_env(data_dir, TEST_PEPPER, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
-                   ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5")
+    env = make_env(
+        data_dir,
+        TEST_PEPPER,
+        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+        ZIMSEND_WEBHOOK_TIMEOUT_SECONDS="5",
+    )
     db = Database.from_url(f"sqlite:///{data_dir / 'zimsend.db'}")
     db.migrate()
     client_id = seed_client(db)
     secret, ports = "fairness-test-secret-0123456789", {"slow": free_port(), "fast": free_port()}
     for name, event in (("slow", "sms.sent"), ("fast", "sms.delivered")):
-        webhook_endpoints.configure(db, TEST_PEPPER.encode(), client_id, url=f"http://127.0.0.1:{ports[name]}/hooks",
-                            events=[event], secret=secret, allow_insecure=True)
-    with Receiver(logs_dir, secret=secret, port=ports["slow"], mode="hang", name="slow") as slow, \
-            Receiver(logs_dir, secret=secret, port=ports["fast"], name="fast") as fast, \
-            start_worker(env, logs_dir, "fair"):
+        webhook_endpoints.configure(
+            db,
+            TEST_PEPPER.encode(),
+            client_id,
+            url=f"http://127.0.0.1:{ports[name]}/hooks",
+            events=[event],
+            secret=secret,
+            allow_insecure=True,
+        )
+    with (
+        Receiver(logs_dir, secret=secret, port=ports["slow"], mode="hang", name="slow") as slow,
+        Receiver(logs_dir, secret=secret, port=ports["fast"], name="fast") as fast,
+        start_worker(env, logs_dir, "fair"),
+    ):
         stuck = [add_event(db, client_id, "sms.sent") for _ in range(2 * PER_ORIGIN)]
         slow.wait_for(lambda r: len(r) >= PER_ORIGIN, what="the slow receiver's connections")
         started = time.monotonic()
         events = [add_event(db, client_id, "sms.delivered") for _ in range(20)]
-        records = fast.wait_for(lambda r: len(r) >= len(events), timeout=4.5,
-                                what="every event at the fast receiver before a slow timeout")
+        records = fast.wait_for(
+            lambda r: len(r) >= len(events),
+            timeout=4.5,
+            what="every event at the fast receiver before a slow timeout",
+        )
         took = time.monotonic() - started
-        wait_until(lambda: all(event_row(db, e).status == "delivered" for e in events),
-                   timeout=4.5 - took, what="the fast receiver's events delivered")
+        wait_until(
+            lambda: all(event_row(db, e).status == "delivered" for e in events),
+            timeout=4.5 - took,
+            what="the fast receiver's events delivered",
+        )
         assert len(slow.records()) == PER_ORIGIN  # the others wait for that origin's turns
         assert all(event_row(db, e).status == "delivering" for e in stuck)
     assert sorted(r["event_id"] for r in records) == sorted(events)

@@ -53,8 +53,11 @@ class Server:
                         return
                     buffer += data
                 head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
                 while len(buffer) < length:
                     buffer += await stream.receive_some(65536)
                 self.requests.append(head + b"\r\n\r\n" + buffer[:length])
@@ -67,20 +70,32 @@ class Server:
             with trio.move_on_after(1):
                 await stream.aclose()
 
-    async def post_all(self, count: int, *, pause: float = 0, scheme: str = "http",
-                       host: str = "127.0.0.1",
-                       verify: ssl.SSLContext | bool = True) -> list[AttemptOutcome]:
+    async def post_all(
+        self,
+        count: int,
+        *,
+        pause: float = 0,
+        scheme: str = "http",
+        host: str = "127.0.0.1",
+        verify: ssl.SSLContext | bool = True,
+    ) -> list[AttemptOutcome]:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
-                functools.partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1"))
+                functools.partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1")
+            )
             self.port = listeners[0].socket.getsockname()[1]
             pools = guarded_pools(per_origin=4, allow_private=True, verify=verify)
             outcomes = []
             async with WebhookSender(timeout=5, allow_insecure=True, transport=pools) as sender:
                 for n in range(count):
-                    outcomes.append(await sender.post(
-                        f"{scheme}://{host}:{self.port}/hooks?n={n}", secret=SECRET,
-                        event_id=f"evt_{n:016x}", body=b'{"n":%d}' % n))
+                    outcomes.append(
+                        await sender.post(
+                            f"{scheme}://{host}:{self.port}/hooks?n={n}",
+                            secret=SECRET,
+                            event_id=f"evt_{n:016x}",
+                            body=b'{"n":%d}' % n,
+                        )
+                    )
                     await trio.sleep(pause)
             nursery.cancel_scope.cancel()
         return outcomes
@@ -100,8 +115,12 @@ def test_sequential_posts_share_one_keep_alive_connection() -> None:
     first = server.requests[0]
     assert first.startswith(b"POST /hooks?n=0 HTTP/1.1\r\n")
     assert f"\r\nHost: 127.0.0.1:{server.port}\r\n".encode() in first
-    for header in (b"X-Webhook-Signature: ", b"webhook-id: evt_0000000000000000",
-                   b"webhook-signature: v1,", b"Content-Type: application/json"):
+    for header in (
+        b"X-Webhook-Signature: ",
+        b"webhook-id: evt_0000000000000000",
+        b"webhook-signature: v1,",
+        b"Content-Type: application/json",
+    ):
         assert header in first
     assert first.endswith(b'\r\n\r\n{"n":0}')
 
@@ -120,8 +139,9 @@ def test_a_connection_the_receiver_closed_while_idle_is_not_reused() -> None:
 def test_chunked_and_huge_answers_are_judged_by_their_status_line() -> None:
     async def varied(stream: trio.abc.Stream, n: int) -> bool:
         if n == 1:
-            await stream.send_all(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                  b"2\r\nok\r\n0\r\n\r\n")
+            await stream.send_all(
+                b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            )
             return True
         if n == 2:  # 1 MiB promised: the client reads 64 KiB and drops the connection
             await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
@@ -167,8 +187,9 @@ def test_https_keeps_the_host_name_for_sni_and_certificate_and_reuses_the_connec
     tmp_path: Path,
 ) -> None:
     server, trusting, names = tls_server(tmp_path)
-    outcomes = trio.run(functools.partial(server.post_all, 3, scheme="https", host="localhost",
-                                          verify=trusting))
+    outcomes = trio.run(
+        functools.partial(server.post_all, 3, scheme="https", host="localhost", verify=trusting)
+    )
     assert [o.status for o in outcomes] == [200] * 3, outcomes
     assert names == ["localhost"]  # one handshake, for the URL's host name
     assert server.connections == 1

@@ -36,16 +36,21 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from conftest import TEST_PEPPER
 
     return make_env(
-        tmp_path_factory.mktemp("message-logs-data"), TEST_PEPPER,
-        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1", ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
-        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0", ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
+        tmp_path_factory.mktemp("message-logs-data"),
+        TEST_PEPPER,
+        ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+        ZIMSEND_HEARTBEAT_INTERVAL_SECONDS="1",
+        ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
+        ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
         ZIMSEND_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0,1,2]",
     )
 
 
 @pytest.fixture(scope="module")
 def agent(
-    stack: Stack, admin: Admin, zimsend_env: dict[str, str],
+    stack: Stack,
+    admin: Admin,
+    zimsend_env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
     with online_agent(stack, admin, zimsend_env, tmp_path_factory.mktemp("agent")) as outbox:
@@ -69,12 +74,17 @@ def _delivered_events(receiver: Receiver) -> dict[str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_a_message_s_logs_are_exactly_its_own_deliveries_for_its_own_client(
-    stack: Stack, admin: Admin, http: httpx.Client, agent: Path, zimsend_env: dict[str, str],
+    stack: Stack,
+    admin: Admin,
+    http: httpx.Client,
+    agent: Path,
+    zimsend_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
     with Receiver(tmp_path, secret=SECRET) as receiver, start_worker(zimsend_env, tmp_path):
-        hook = http.post("/v1/webhooks/configure",
-                         json={"url": receiver.url, "events": EVENTS, "secret": SECRET})
+        hook = http.post(
+            "/v1/webhooks/configure", json={"url": receiver.url, "events": EVENTS, "secret": SECRET}
+        )
         assert hook.status_code == 200, hook.text
         webhook_id = hook.json()["webhook_id"]
         ids = []
@@ -83,8 +93,11 @@ def test_a_message_s_logs_are_exactly_its_own_deliveries_for_its_own_client(
             assert sent.status_code == 200, sent.text
             ids.append(sent.json()["message_id"])
         mine, other = ids
-        receiver.wait_for(lambda _: all(set(_delivered_events(receiver).get(i, {})) >= set(EVENTS)
-                                        for i in ids), 90, "sms.sent and sms.delivered of both")
+        receiver.wait_for(
+            lambda _: all(set(_delivered_events(receiver).get(i, {})) >= set(EVENTS) for i in ids),
+            90,
+            "sms.sent and sms.delivered of both",
+        )
         received = _delivered_events(receiver)
 
         # The attempt is logged right after the receiver answers: wait for both rows.
@@ -109,10 +122,12 @@ def test_a_message_s_logs_are_exactly_its_own_deliveries_for_its_own_client(
         # Another client asking for this message's id sees an empty page, like any filter.
         client = admin("create-client", "--name", "someone else")
         key = admin("create-key", "--client-id", client["client_id"], "--name", "rest")
-        foreign = httpx.get(f"{stack.base_url}/v1/webhooks/logs",
-                            params={"message_id": mine}, timeout=15,
-                            headers={"X-Client-ID": client["client_id"],
-                                     "X-API-Key": key["api_key"]})
+        foreign = httpx.get(
+            f"{stack.base_url}/v1/webhooks/logs",
+            params={"message_id": mine},
+            timeout=15,
+            headers={"X-Client-ID": client["client_id"], "X-API-Key": key["api_key"]},
+        )
         assert foreign.status_code == 200, foreign.text
         assert foreign.json().get("logs", []) == []
         assert foreign.json()["pagination"]["total_items"] == 0
@@ -129,27 +144,37 @@ def test_a_message_s_logs_are_exactly_its_own_deliveries_for_its_own_client(
 
 def _sdk_and_cli_see_the_same(stack: Stack, mine: str, events: dict[str, str]) -> None:
     for transport in ("rest", "grpc"):
-        with ZimSend(api_key=stack.api_key, client_id=stack.client_id,
-                     base_url=stack.base_url, transport=transport) as zs:
+        with ZimSend(
+            api_key=stack.api_key,
+            client_id=stack.client_id,
+            base_url=stack.base_url,
+            transport=transport,
+        ) as zs:
             page = zs.webhooks.logs(message_id=mine)
         assert {log.event: log.event_id for log in page.items} == events, transport
         assert {log.message_id for log in page.items} == {mine}, transport
 
     async def from_async() -> dict[str, str]:
-        async with AsyncZimSend(api_key=stack.api_key, client_id=stack.client_id,
-                                base_url=stack.base_url) as zs:
+        async with AsyncZimSend(
+            api_key=stack.api_key, client_id=stack.client_id, base_url=stack.base_url
+        ) as zs:
             page = await zs.webhooks.logs(message_id=mine)
         return {log.event: log.event_id for log in page.items}
 
     assert asyncio.run(from_async()) == events
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMSEND_")}
-    env.update(ZIMSEND_BASE_URL=f"{stack.base_url}/v1", ZIMSEND_CLIENT_ID=stack.client_id,
-               ZIMSEND_API_KEY=stack.api_key, XDG_CONFIG_HOME="/nonexistent")
+    env.update(
+        ZIMSEND_BASE_URL=f"{stack.base_url}/v1",
+        ZIMSEND_CLIENT_ID=stack.client_id,
+        ZIMSEND_API_KEY=stack.api_key,
+        XDG_CONFIG_HOME="/nonexistent",
+    )
 
     def cli(*args: str) -> str:
-        done = subprocess.run([ZIMSEND, *args], capture_output=True, text=True, env=env,
-                              timeout=120)
+        done = subprocess.run(
+            [ZIMSEND, *args], capture_output=True, text=True, env=env, timeout=120
+        )
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -174,13 +199,19 @@ def test_migration_0009_names_the_message_of_events_stored_before_it(database_ur
     try:
         db.migrate("0008")
         now = dt.datetime.now(dt.UTC)
-        clients = sa.table("clients", sa.column("id"), sa.column("name"),
-                           sa.column("created_at", sa.DateTime(timezone=True)))
+        clients = sa.table(
+            "clients",
+            sa.column("id"),
+            sa.column("name"),
+            sa.column("created_at", sa.DateTime(timezone=True)),
+        )
         events = sa.table(
-            "outbox_events", *(sa.column(c) for c in ("id", "client_id", "event_type",
-                                                      "status", "attempts")),
-            sa.column("payload", sa.JSON()), sa.column("created_at", sa.DateTime(timezone=True)),
-            sa.column("next_attempt_at", sa.DateTime(timezone=True)))
+            "outbox_events",
+            *(sa.column(c) for c in ("id", "client_id", "event_type", "status", "attempts")),
+            sa.column("payload", sa.JSON()),
+            sa.column("created_at", sa.DateTime(timezone=True)),
+            sa.column("next_attempt_at", sa.DateTime(timezone=True)),
+        )
         before = {
             "evt_sent": ("sms.sent", {"message_id": "msg_a", "status": "sent"}),
             "evt_otp": ("otp.verified", {"otp_id": "otp_1", "message_id": "msg_b"}),
@@ -190,17 +221,34 @@ def test_migration_0009_names_the_message_of_events_stored_before_it(database_ur
         }
         with db.engine.begin() as conn:
             conn.execute(clients.insert().values(id="client_m", name="m", created_at=now))
-            conn.execute(events.insert(), [
-                {"id": event_id, "client_id": "client_m", "event_type": kind, "status": "pending",
-                 "attempts": 0, "payload": data, "created_at": now, "next_attempt_at": now}
-                for event_id, (kind, data) in before.items()])
+            conn.execute(
+                events.insert(),
+                [
+                    {
+                        "id": event_id,
+                        "client_id": "client_m",
+                        "event_type": kind,
+                        "status": "pending",
+                        "attempts": 0,
+                        "payload": data,
+                        "created_at": now,
+                        "next_attempt_at": now,
+                    }
+                    for event_id, (kind, data) in before.items()
+                ],
+            )
         db.migrate()
         with db.engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT id, message_id FROM outbox_events"))
             named: dict[str, str | None] = {key: value for key, value in rows}
             indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("outbox_events")}
-        assert named == {"evt_sent": "msg_a", "evt_otp": "msg_b", "evt_otp_no_sms": None,
-                         "evt_inbound": None, "evt_device": None}
+        assert named == {
+            "evt_sent": "msg_a",
+            "evt_otp": "msg_b",
+            "evt_otp_no_sms": None,
+            "evt_inbound": None,
+            "evt_device": None,
+        }
         assert "ix_outbox_events_client_id_message_id" in indexes
     finally:
         db.dispose()

@@ -77,8 +77,13 @@ def test_configure_names_every_bad_field(db: Database) -> None:
     client = seed_client(db)
     with pytest.raises(ApiError) as caught:
         webhook_endpoints.configure(
-            db, PEPPER, client, url="https://hooks.example.com/", allow_insecure=False,
-            events=["sms.sent", "sms.exploded", "webhook.test"], secret="short",
+            db,
+            PEPPER,
+            client,
+            url="https://hooks.example.com/",
+            allow_insecure=False,
+            events=["sms.sent", "sms.exploded", "webhook.test"],
+            secret="short",
         )
     error = caught.value
     assert error.code == ErrorCode.INVALID_REQUEST
@@ -87,9 +92,15 @@ def test_configure_names_every_bad_field(db: Database) -> None:
     assert "16" in error.message
 
 
-@pytest.mark.parametrize("url", [
-    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/", "http://example.com/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://2130706433/",
+        "http://example.com/",
+    ],
+)
 def test_configure_refuses_local_and_plain_urls_when_insecure_is_off(
     db: Database, url: str
 ) -> None:
@@ -322,19 +333,25 @@ def test_message_events_name_their_message_and_the_logs_list_one_message_s(
     """Issue 14's gap: `list_logs(message_id=)` gives that message's deliveries, each naming
     the message; device and test events name none; another client's answers nothing."""
     client, other = seed_client(db), seed_client(db)
-    hook = add_endpoint(db, client, "https://a.example.com/",
-                        ["sms.sent", "sms.delivered", "device.disconnected"])
+    hook = add_endpoint(
+        db, client, "https://a.example.com/", ["sms.sent", "sms.delivered", "device.disconnected"]
+    )
     add_endpoint(db, other, "https://b.example.com/", ["sms.sent"])
     mine, next_one = new_id("msg"), new_id("msg")
     sent = add_event(db, client, "sms.sent", data={"message_id": mine, "status": "sent"})
-    delivered = add_event(db, client, "sms.delivered",
-                          data={"message_id": mine, "status": "delivered"})
+    delivered = add_event(
+        db, client, "sms.delivered", data={"message_id": mine, "status": "delivered"}
+    )
     add_event(db, client, "sms.sent", data={"message_id": next_one, "status": "sent"})
     device = add_event(db, client, "device.disconnected", data={"device_id": "dev_1"})
     test = webhook_endpoints.queue_test_event(db, client, hook.endpoint.id).id
     add_event(db, other, "sms.sent", data={"message_id": mine, "status": "sent"})
     assert [event_row(db, e).message_id for e in (sent, delivered, device, test)] == [
-        mine, mine, None, None]
+        mine,
+        mine,
+        None,
+        None,
+    ]
     t0, order = now(), [sent, delivered]  # delivered's attempt is the newer one
     for event in claim(db):
         step = order.index(event.id) if event.id in order else 2
@@ -343,7 +360,9 @@ def test_message_events_name_their_message_and_the_logs_list_one_message_s(
 
     page = webhook_endpoints.list_logs(db, client, message_id=mine)
     assert [(e.delivery.event_id, e.message_id) for e in page.logs] == [
-        (delivered, mine), (sent, mine)]
+        (delivered, mine),
+        (sent, mine),
+    ]
     assert page.total_items == 2
     everything = webhook_endpoints.list_logs(db, client)
     assert {e.delivery.event_id: e.message_id for e in everything.logs}[device] is None

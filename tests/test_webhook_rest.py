@@ -17,10 +17,14 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_configure_list_test_logs_delete(http: httpx.Client) -> None:
-    created = http.post("/v1/webhooks/configure", json={
-        "url": "https://hooks.example.com/zimsend", "events": ["sms.sent", "sms.delivered"],
-        "secret": None,
-    })
+    created = http.post(
+        "/v1/webhooks/configure",
+        json={
+            "url": "https://hooks.example.com/zimsend",
+            "events": ["sms.sent", "sms.delivered"],
+            "secret": None,
+        },
+    )
     assert created.status_code == 200, created.text
     body = created.json()
     assert body["success"] is True
@@ -52,7 +56,9 @@ def test_configure_list_test_logs_delete(http: httpx.Client) -> None:
     assert gone.json()["error"]["code"] == "WEBHOOK_NOT_FOUND"
 
 
-@pytest.mark.parametrize("url", ["http://hooks.example.com/", "https://127.0.0.1/", "https://2130706433/"])
+@pytest.mark.parametrize(
+    "url", ["http://hooks.example.com/", "https://127.0.0.1/", "https://2130706433/"]
+)
 def test_a_refused_url_is_400_invalid_webhook_url(http: httpx.Client, url: str) -> None:
     response = http.post("/v1/webhooks/configure", json={"url": url, "events": ["sms.sent"]})
     assert response.status_code == 400
@@ -63,8 +69,10 @@ def test_a_refused_url_is_400_invalid_webhook_url(http: httpx.Client, url: str) 
     assert "url" in body["error"]["message"]
 
 
-@pytest.mark.parametrize(("param", "range_text"), [("page", "must be 1 or more (got 0)"),
-                                               ("limit", "must be 1-100 (got 0)")])
+@pytest.mark.parametrize(
+    ("param", "range_text"),
+    [("page", "must be 1 or more (got 0)"), ("limit", "must be 1-100 (got 0)")],
+)
 def test_logs_paging_zero_is_400_naming_the_parameter(
     http: httpx.Client, param: str, range_text: str
 ) -> None:
@@ -77,17 +85,22 @@ def test_logs_paging_zero_is_400_naming_the_parameter(
     assert http.get("/v1/webhooks/logs").json()["pagination"]["per_page"] == 50
 
 
-@pytest.mark.parametrize("url", ["https://10.1.2.3/hook", "https://169.254.169.254:8443/latest/",
-                                 "https://localhost:9000/"])
+@pytest.mark.parametrize(
+    "url",
+    ["https://10.1.2.3/hook", "https://169.254.169.254:8443/latest/", "https://localhost:9000/"],
+)
 def test_a_message_webhook_url_is_checked_like_configure(http: httpx.Client, url: str) -> None:
     """Issue 12 item 11: a message's own webhook_url was accepted at send and refused only at
     delivery; now the send is refused as configure would refuse the same URL."""
     configured = http.post("/v1/webhooks/configure", json={"url": url, "events": ["sms.sent"]})
-    sent = http.post("/v1/sms/send", json={"to": "+33612345678", "message": "hi",
-                                           "webhook_url": url})
+    sent = http.post(
+        "/v1/sms/send", json={"to": "+33612345678", "message": "hi", "webhook_url": url}
+    )
     for response in (configured, sent):
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "INVALID_WEBHOOK_URL"
-    assert "public HTTPS address" in sent.json()["error"]["message"] or "this machine" in (
-        sent.json()["error"]["message"])
+    assert (
+        "public HTTPS address" in sent.json()["error"]["message"]
+        or "this machine" in (sent.json()["error"]["message"])
+    )
     assert sent.json()["error"]["message"].startswith("webhook_url: ")

@@ -40,13 +40,17 @@ def account(server_db: Database) -> Account:
     return new_account(server_db, TEST_PEPPER, "webhook-service")
 
 
-
-
-def configure(webhooks: Any, account: Any, url: str = "https://hooks.example.com/zimsend",
-              events: tuple[str, ...] = ("sms.sent", "sms.delivered"), secret: str = "") -> Any:
+def configure(
+    webhooks: Any,
+    account: Any,
+    url: str = "https://hooks.example.com/zimsend",
+    events: tuple[str, ...] = ("sms.sent", "sms.delivered"),
+    secret: str = "",
+) -> Any:
     return webhooks.ConfigureWebhook(
         pb.ConfigureWebhookRequest(url=url, events=list(events), secret=secret),
-        metadata=account.md(), timeout=10,
+        metadata=account.md(),
+        timeout=10,
     )
 
 
@@ -66,10 +70,17 @@ def test_configure_shows_the_secret_once_and_list_never(
     assert hook.created_at.seconds > 0
 
 
-@pytest.mark.parametrize("url", [
-    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
-    "https://169.254.169.254/latest/meta-data/", "http://hooks.example.com/", "https://localhost/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://2130706433/",
+        "https://169.254.169.254/latest/meta-data/",
+        "http://hooks.example.com/",
+        "https://localhost/",
+    ],
+)
 def test_local_and_plain_urls_are_refused(
     webhooks: pb_grpc.WebhookServiceStub, account: Account, url: str
 ) -> None:
@@ -98,8 +109,9 @@ def test_test_queues_an_event_for_that_endpoint(
     webhooks: pb_grpc.WebhookServiceStub, account: Account, server_db: Database
 ) -> None:
     hook = configure(webhooks, account)
-    reply = webhooks.TestWebhook(pb.TestWebhookRequest(webhook_id=hook.webhook_id),
-                                 metadata=account.md(), timeout=10)
+    reply = webhooks.TestWebhook(
+        pb.TestWebhookRequest(webhook_id=hook.webhook_id), metadata=account.md(), timeout=10
+    )
     assert reply.success
     assert reply.event_id.startswith("evt_")
     assert reply.event_id in reply.message
@@ -126,8 +138,11 @@ def test_another_clients_webhook_is_not_found(
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert error_reason(caught.value) == "WEBHOOK_NOT_FOUND"
     with pytest.raises(grpc.RpcError) as caught:
-        webhooks.RedeliverWebhookEvent(pb.RedeliverWebhookEventRequest(event_id="evt_0000000000000000"),
-                                       metadata=account.md(), timeout=10)
+        webhooks.RedeliverWebhookEvent(
+            pb.RedeliverWebhookEventRequest(event_id="evt_0000000000000000"),
+            metadata=account.md(),
+            timeout=10,
+        )
     assert error_reason(caught.value) == "EVENT_NOT_FOUND"
     listed = webhooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=account.md(), timeout=10)
     assert theirs.webhook_id not in str(listed)
@@ -137,8 +152,9 @@ def test_delete_removes_it_from_the_list(
     webhooks: pb_grpc.WebhookServiceStub, account: Account
 ) -> None:
     keep, gone = configure(webhooks, account), configure(webhooks, account)
-    reply = webhooks.DeleteWebhook(pb.DeleteWebhookRequest(webhook_id=gone.webhook_id),
-                                   metadata=account.md(), timeout=10)
+    reply = webhooks.DeleteWebhook(
+        pb.DeleteWebhookRequest(webhook_id=gone.webhook_id), metadata=account.md(), timeout=10
+    )
     assert reply.success
     assert reply.webhook_id == gone.webhook_id
     listed = webhooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=account.md(), timeout=10)

@@ -27,8 +27,10 @@ DATA = {"message_id": "msg_1234567890abcdef", "status": "delivered", "message": 
 def test_body_is_the_documented_shape_in_compact_utf8() -> None:
     body = encode_body("sms.delivered", "evt_0123456789abcdef", WHEN, DATA)
     assert json.loads(body) == {
-        "event": "sms.delivered", "event_id": "evt_0123456789abcdef",
-        "timestamp": "2025-01-15T10:30:00Z", "data": DATA,
+        "event": "sms.delivered",
+        "event_id": "evt_0123456789abcdef",
+        "timestamp": "2025-01-15T10:30:00Z",
+        "data": DATA,
     }
     assert body == json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=False).encode()
     assert "Café ☕ 👍".encode() in body

@@ -28,8 +28,9 @@ PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
 SECRET = "whsec_" + "A" * 43 + "="
 
 
-def post(url: str, resolver: StubResolver, connector: RecordingConnector, *,
-         allow_private: bool = False) -> Any:
+def post(
+    url: str, resolver: StubResolver, connector: RecordingConnector, *, allow_private: bool = False
+) -> Any:
     """One webhook attempt through the guarded transport, in a fresh trio run."""
 
     async def main() -> Any:
@@ -70,20 +71,53 @@ def test_names_are_not_mistaken_for_addresses(name: str) -> None:
     assert parse_ip_literal(name) is None
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-    "100.100.100.200", "0.0.0.0", "224.0.0.1", "255.255.255.255", "198.18.0.1", "192.0.2.1",
-    "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "2001:db8::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::1", "2002:a00:1::", "64:ff9b::7f00:1",
-    "64:ff9b::a9fe:a9fe", "::7f00:1", "fec0::1",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "100.100.100.200",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "198.18.0.1",
+        "192.0.2.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "fd00:ec2::254",
+        "ff02::1",
+        "2001:db8::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "2002:7f00:1::1",
+        "2002:a00:1::",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "::7f00:1",
+        "fec0::1",
+    ],
+)
 def test_forbidden_addresses(address: str) -> None:
     assert forbidden_reason(ipaddress.ip_address(address)) is not None
 
 
-@pytest.mark.parametrize("address", [
-    PUBLIC_V4, "8.8.8.8", PUBLIC_V6, "::ffff:8.8.8.8", "2002:808:808::1", "64:ff9b::808:808",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        PUBLIC_V4,
+        "8.8.8.8",
+        PUBLIC_V6,
+        "::ffff:8.8.8.8",
+        "2002:808:808::1",
+        "64:ff9b::808:808",
+    ],
+)
 def test_public_addresses_pass(address: str) -> None:
     assert forbidden_reason(ipaddress.ip_address(address)) is None
 
@@ -98,13 +132,28 @@ def test_the_reason_names_the_embedded_address() -> None:
 # --- configure-time URL checks ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [
-    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
-    "https://0x7f.1/hook", "https://10.0.0.1/", "https://169.254.169.254/latest/meta-data/",
-    "https://[fd00:ec2::254]/", "https://localhost/", "https://api.localhost/",
-    "http://example.com/", "ftp://example.com/", "https://user:pw@example.com/", "https:///path",
-    "not a url", "", "https://example.com:99999/", "https://example.com:0/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://2130706433/",
+        "https://0x7f.1/hook",
+        "https://10.0.0.1/",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fd00:ec2::254]/",
+        "https://localhost/",
+        "https://api.localhost/",
+        "http://example.com/",
+        "ftp://example.com/",
+        "https://user:pw@example.com/",
+        "https:///path",
+        "not a url",
+        "",
+        "https://example.com:99999/",
+        "https://example.com:0/",
+    ],
+)
 def test_refused_urls_when_insecure_is_off(url: str) -> None:
     with pytest.raises(WebhookUrlError):
         check_webhook_url(url, allow_insecure=False)
@@ -125,9 +174,14 @@ def test_a_public_https_url_is_accepted() -> None:
 # --- delivery-time checks: stub resolver + recording connector -----------------------------
 
 
-@pytest.mark.parametrize("url", [
-    "https://127.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://2130706433/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://2130706433/",
+    ],
+)
 def test_literal_private_urls_are_refused_without_connecting(url: str) -> None:
     resolver, connector = StubResolver({}), RecordingConnector()
     outcome = post(url, resolver, connector)
@@ -148,10 +202,16 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
     assert connector.connects == []
 
 
-@pytest.mark.parametrize("answer", [
-    ["::ffff:10.0.0.1"], ["2002:a9fe:a9fe::1"], ["64:ff9b::a00:1"], ["fd00:ec2::254"],
-    [PUBLIC_V4, "127.0.0.1"],  # one bad address in the answer spoils it all
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ["::ffff:10.0.0.1"],
+        ["2002:a9fe:a9fe::1"],
+        ["64:ff9b::a00:1"],
+        ["fd00:ec2::254"],
+        [PUBLIC_V4, "127.0.0.1"],  # one bad address in the answer spoils it all
+    ],
+)
 def test_wrapped_or_mixed_private_answers_are_refused(answer: list[str]) -> None:
     connector = RecordingConnector()
     outcome = post(

@@ -41,7 +41,9 @@ FAIL = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "data_dir": tmp_path, "secret_pepper": PEPPER.decode(), "webhook_timeout_seconds": 0.5,
+        "data_dir": tmp_path,
+        "secret_pepper": PEPPER.decode(),
+        "webhook_timeout_seconds": 0.5,
         "webhook_retry_schedule_seconds": [0, 0.2, 0.4],
     }
     values.update(overrides)
@@ -49,21 +51,29 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 def run_worker(
-    db: Database, settings: Settings, connector: RecordingConnector,
-    until: Callable[[], bool], *, timeout: float = 20, stop_grace: float | None = None,
-    lease: float = 5, max_wait: float | None = None,
+    db: Database,
+    settings: Settings,
+    connector: RecordingConnector,
+    until: Callable[[], bool],
+    *,
+    timeout: float = 20,
+    stop_grace: float | None = None,
+    lease: float = 5,
+    max_wait: float | None = None,
     after_start: Callable[[Worker], Awaitable[None]] | None = None,
 ) -> Worker:
     """Run a worker until `until()` holds (checked in a thread), then stop it gracefully."""
 
     async def main() -> Worker:
         sender = WebhookSender(
-            timeout=settings.webhook_timeout_seconds, allow_insecure=False,
+            timeout=settings.webhook_timeout_seconds,
+            allow_insecure=False,
             transport=guarded_transport(resolver=StubResolver(HOSTS), connector=connector),
             max_wait=max_wait,
         )
-        options = WorkerOptions(poll_interval=0.05, lease_seconds=lease, stop_grace=stop_grace,
-                                expiry_interval=0.2)
+        options = WorkerOptions(
+            poll_interval=0.05, lease_seconds=lease, stop_grace=stop_grace, expiry_interval=0.2
+        )
         worker = Worker(settings, db, options, sender=sender)
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
@@ -106,8 +116,12 @@ def test_a_failing_endpoint_is_retried_on_the_schedule_then_failed(
     client = seed_client(db)
     add_endpoint(db, client, "https://down.example.com/", ["sms.sent"])
     event_id = add_event(db, client)
-    run_worker(db, make_settings(tmp_path), RecordingConnector(responses={DOWN: FAIL}),
-               status_of(db, event_id))
+    run_worker(
+        db,
+        make_settings(tmp_path),
+        RecordingConnector(responses={DOWN: FAIL}),
+        status_of(db, event_id),
+    )
     row = event_row(db, event_id)
     assert row.status == "failed"
     assert row.attempts == 3
@@ -127,8 +141,12 @@ def test_only_the_failed_endpoint_is_retried(db: Database, tmp_path: Path) -> No
     up = add_endpoint(db, client, "https://up.example.com/", ["sms.sent"])
     down = add_endpoint(db, client, "https://down.example.com/", ["sms.sent"])
     event_id = add_event(db, client)
-    run_worker(db, make_settings(tmp_path), RecordingConnector(responses={DOWN: FAIL}),
-               status_of(db, event_id))
+    run_worker(
+        db,
+        make_settings(tmp_path),
+        RecordingConnector(responses={DOWN: FAIL}),
+        status_of(db, event_id),
+    )
     rows = deliveries(db, event_id)
     assert [r.attempt for r in rows if r.webhook_id == up.endpoint.id] == [1]
     assert [r.attempt for r in rows if r.webhook_id == down.endpoint.id] == [1, 2, 3]
@@ -155,9 +173,14 @@ def test_events_waiting_for_a_busy_receiver_are_given_back_without_spending_atte
     client = seed_client(db)
     add_endpoint(db, client, "https://slow.example.com/", ["sms.sent"])
     events = [add_event(db, client) for _ in range(PER_ORIGIN + 8)]
-    run_worker(db, make_settings(tmp_path), RecordingConnector(hang={SLOW}),
-               lambda: all(event_row(db, e).status == "failed" for e in events), timeout=90,
-               max_wait=0.1)
+    run_worker(
+        db,
+        make_settings(tmp_path),
+        RecordingConnector(hang={SLOW}),
+        lambda: all(event_row(db, e).status == "failed" for e in events),
+        timeout=90,
+        max_wait=0.1,
+    )
     for event_id in events:
         rows = deliveries(db, event_id)
         assert [r.attempt for r in rows] == [1, 2, 3]
@@ -196,8 +219,12 @@ def test_a_graceful_stop_gives_unfinished_claims_back(db: Database, tmp_path: Pa
 def test_the_body_is_identical_on_every_attempt(db: Database, tmp_path: Path) -> None:
     client = seed_client(db)
     add_endpoint(db, client, "https://down.example.com/", ["sms.failed"])
-    data = {"message_id": "msg_x", "status": "failed", "message": "Olá 👋",
-            "error": {"code": "NO_CREDIT", "message": "The SIM has no credit left."}}
+    data = {
+        "message_id": "msg_x",
+        "status": "failed",
+        "message": "Olá 👋",
+        "error": {"code": "NO_CREDIT", "message": "The SIM has no credit left."},
+    }
     event_id = add_event(db, client, "sms.failed", data=data)
     connector = RecordingConnector(responses={DOWN: FAIL})
     run_worker(db, make_settings(tmp_path), connector, status_of(db, event_id))
@@ -215,8 +242,16 @@ def test_the_worker_expires_overdue_messages(db: Database, tmp_path: Path) -> No
     client = seed_client(db)
     now = dt.datetime.now(dt.UTC)
     with db.write() as s:
-        s.add(Message(id="msg_overdue", client_id=client, to="+33612345678", body="hi",
-                      due_at=now - dt.timedelta(hours=2), expires_at=now - dt.timedelta(minutes=1)))
+        s.add(
+            Message(
+                id="msg_overdue",
+                client_id=client,
+                to="+33612345678",
+                body="hi",
+                due_at=now - dt.timedelta(hours=2),
+                expires_at=now - dt.timedelta(minutes=1),
+            )
+        )
 
     def expired() -> bool:
         with db.session() as s:
@@ -259,8 +294,13 @@ def test_more_events_than_a_cycle_takes_are_each_delivered_once(
     add_endpoint(db, client, "https://up.example.com/", ["sms.sent"])
     events = [add_event(db, client) for _ in range(3 * runner.CYCLE_MAX + 5)]
     connector = RecordingConnector()
-    run_worker(db, make_settings(tmp_path), connector,
-               lambda: all(event_row(db, e).status == "delivered" for e in events), timeout=60)
+    run_worker(
+        db,
+        make_settings(tmp_path),
+        connector,
+        lambda: all(event_row(db, e).status == "delivered" for e in events),
+        timeout=60,
+    )
     for event_id in events:
         assert [r.attempt for r in deliveries(db, event_id)] == [1]
     assert connector.written.count(b"POST /") == len(events)

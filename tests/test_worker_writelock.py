@@ -66,8 +66,12 @@ def test_a_failing_body_rolls_back_and_is_not_retried(tmp_path: Path) -> None:
         failing_body()
     assert runs == [1]
     with plain.session() as session:
-        assert session.execute(text(
-            "SELECT count(*) FROM sqlite_master WHERE name = 't'")).scalar_one() == 0
+        assert (
+            session.execute(
+                text("SELECT count(*) FROM sqlite_master WHERE name = 't'")
+            ).scalar_one()
+            == 0
+        )
     patient.dispose()
     plain.dispose()
 

@@ -217,8 +217,17 @@ def lint(proto_root: Path = PROTOS, config: Path | None = None) -> list[str]:
     config = config or proto_root / "buf.yaml"
     with tempfile.TemporaryDirectory(prefix="zimsend-lint-") as scratch:
         image = build_image(Path(scratch) / "image.binpb", proto_root)
-        cmd = [_tool("buf"), "lint", f"{image}#format=binpb", "--path", PACKAGE,
-               "--config", str(config), "--error-format", "text"]
+        cmd = [
+            _tool("buf"),
+            "lint",
+            f"{image}#format=binpb",
+            "--path",
+            PACKAGE,
+            "--config",
+            str(config),
+            "--error-format",
+            "text",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=proto_root, check=False)
     problems = [line for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 and not problems:

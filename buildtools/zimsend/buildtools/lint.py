@@ -1,4 +1,4 @@
-"""The gate every change passes: ruff, mypy and fresh generated code.
+"""The gate every change passes: ruff (lint and format), mypy and fresh generated code.
 
     python -m zimsend.buildtools.lint      # what `python3 buildtools/run.py lint` runs
     python3 buildtools/run.py test         # runs this first, then the tests
@@ -44,8 +44,13 @@ def _run(name: str, cmd: Sequence[str], root: Path) -> Outcome:
 
 
 def ruff(root: Path = ROOT, paths: Sequence[str] = (".",)) -> Outcome:
-    """ruff's linter with `root`'s configuration (formatting is not checked yet)."""
+    """ruff's linter with `root`'s configuration."""
     return _run("ruff", [sys.executable, "-m", "ruff", "check", "--no-fix", *paths], root)
+
+
+def ruff_format(root: Path = ROOT, paths: Sequence[str] = (".",)) -> Outcome:
+    """The code is as `ruff format` writes it (`ruff format` fixes what this finds)."""
+    return _run("ruff format", [sys.executable, "-m", "ruff", "format", "--check", *paths], root)
 
 
 def mypy(root: Path = ROOT, paths: Sequence[str] = ()) -> Outcome:
@@ -61,7 +66,7 @@ def codegen_fresh(root: Path = ROOT) -> Outcome:
 
 def gate(root: Path = ROOT) -> list[Outcome]:
     """Every check, in order of speed (the fastest failure is shown first)."""
-    return [ruff(root), mypy(root), codegen_fresh(root)]
+    return [ruff(root), ruff_format(root), mypy(root), codegen_fresh(root)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,8 +52,17 @@ _SCALARS: dict[int, Schema] = {
     T.TYPE_STRING: {"type": "string"},
     T.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
-_WRAPPERS = {"Double": 1, "Float": 2, "Int64": 3, "UInt64": 4, "Int32": 5, "UInt32": 13,
-             "Bool": 8, "String": 9, "Bytes": 12}
+_WRAPPERS = {
+    "Double": 1,
+    "Float": 2,
+    "Int64": 3,
+    "UInt64": 4,
+    "Int32": 5,
+    "UInt32": 13,
+    "Bool": 8,
+    "String": 9,
+    "Bytes": 12,
+}
 # Well-known types as their proto3 JSON forms, inlined rather than listed as components.
 _WELL_KNOWN: dict[str, Schema] = {
     ".google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
@@ -79,33 +88,46 @@ _ERROR = {"$ref": "#/components/responses/Error"}
 _ENVELOPE: Schema = {
     "type": "object",
     "description": "ZimSend's envelope (`success`, `error`) and the google.rpc.Status fields "
-                   "(`code`, `message`, `details`) in one object (SPEC.md §1, §10).",
+    "(`code`, `message`, `details`) in one object (SPEC.md §1, §10).",
     "required": ["success", "error", "code", "message"],
     "properties": {
         "success": {"type": "boolean", "const": False},
-        "error": {"type": "object", "required": ["code", "message"], "properties": {
-            "code": {"type": "string", "examples": ["INVALID_PHONE_NUMBER"],
-                     "description": "Stable upper-case error code (SPEC.md §10)."},
-            "message": {"type": "string", "description": "What to do about it."}}},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "examples": ["INVALID_PHONE_NUMBER"],
+                    "description": "Stable upper-case error code (SPEC.md §10).",
+                },
+                "message": {"type": "string", "description": "What to do about it."},
+            },
+        },
         "code": {"type": "integer", "format": "int32", "description": "google.rpc.Code."},
         "message": {"type": "string"},
-        "details": {"type": "array", "items": _WELL_KNOWN[".google.protobuf.Any"],
-                    "description": "google.rpc details; an ErrorInfo's `reason` is `error.code`."},
+        "details": {
+            "type": "array",
+            "items": _WELL_KNOWN[".google.protobuf.Any"],
+            "description": "google.rpc details; an ErrorInfo's `reason` is `error.code`.",
+        },
     },
 }
 # Optional headers, documented on an operation whose RPC comment names the header, and on the
 # send calls (requests with an `idempotency_key` field).
 _HEADERS = {
     "DeviceId": ("X-Device-ID", "Pins the phone that sends (SPEC.md §2)."),
-    "IdempotencyKey": ("Idempotency-Key", "A retry with the same key and body within 24 h "
-                       + "creates nothing (SPEC.md §3)."),
+    "IdempotencyKey": (
+        "Idempotency-Key",
+        "A retry with the same key and body within 24 h " + "creates nothing (SPEC.md §3).",
+    ),
 }
 _INFO = {
     "title": "ZimSend API",
     "version": "v1",
     "description": "Send SMS through your own Android phones. Every request carries the "
-                   "`X-API-Key` and `X-Client-ID` headers. Field names are snake_case; enums "
-                   "are printed by name and accepted by name or number.",
+    "`X-API-Key` and `X-Client-ID` headers. Field names are snake_case; enums "
+    "are printed by name and accepted by name or number.",
 }
 
 
@@ -184,8 +206,11 @@ class _Api:
         ]
         intro = self.comments.get((file, path), "")
         text = f"{intro}\n\nResponses print the name; requests may send the name or the number.\n\n"
-        return {"type": "string", "enum": [v.name for v in enum.value],
-                "description": (text + "\n".join(lines)).strip()}
+        return {
+            "type": "string",
+            "enum": [v.name for v in enum.value],
+            "description": (text + "\n".join(lines)).strip(),
+        }
 
     def message(self, full_name: str) -> Schema:
         message, file, path = self.messages[full_name]
@@ -244,8 +269,12 @@ class _Api:
                 continue
             if field.type_name in (".google.protobuf.Struct", ".google.protobuf.ListValue"):
                 continue  # not expressible in a query string
-            param = {"name": name, "in": "query", "schema": self.field(field, True),
-                     **self.doc(file, (*path, 2, i))}
+            param = {
+                "name": name,
+                "in": "query",
+                "schema": self.field(field, True),
+                **self.doc(file, (*path, 2, i)),
+            }
             if _REQUIRED in field.options.Extensions[_BEHAVIOR]:
                 param["required"] = True
             if field.label == T.LABEL_REPEATED:
@@ -272,8 +301,11 @@ def _or_null(schema: Schema) -> Schema:
 
 
 def _operation(
-    api: _Api, service: ServiceDescriptorProto, method: MethodDescriptorProto,
-    rule: http_pb2.HttpRule, comment: Schema,
+    api: _Api,
+    service: ServiceDescriptorProto,
+    method: MethodDescriptorProto,
+    rule: http_pb2.HttpRule,
+    comment: Schema,
 ) -> tuple[str, str, Schema]:
     """One path, HTTP method and operation for one HTTP rule of an RPC."""
     verb = str(rule.WhichOneof("pattern"))
@@ -290,8 +322,9 @@ def _operation(
     ]
     for name in names:
         field, doc = api.lookup(method.input_type, name)
-        params.append({"name": name, "in": "path", "required": True,
-                       "schema": api.field(field, False), **doc})
+        params.append(
+            {"name": name, "in": "path", "required": True, "schema": api.field(field, False), **doc}
+        )
     op: Schema = {"operationId": f"{service.name}_{method.name}", "tags": [service.name], **comment}
     if comment:  # the first sentence of the first paragraph
         first = comment["description"].split("\n\n")[0].replace("\n", " ")
@@ -313,8 +346,10 @@ def _operation(
     else:
         params += api.query(method.input_type, "", set(names))
     if rule.body:  # an empty body is an empty request message
-        op["requestBody"] = {"required": bool(required),
-                             "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {
+            "required": bool(required),
+            "content": {"application/json": {"schema": body}},
+        }
     if params:
         op["parameters"] = params
     if method.output_type == _HTTP_BODY:
@@ -336,10 +371,16 @@ def _operation(
 def build(request: plugin_pb2.CodeGeneratorRequest) -> Schema:
     """The OpenAPI document for the services of `request`'s files to generate."""
     api = _Api(list(request.proto_file))
-    targets = [f for f in request.proto_file
-               if f.name in request.file_to_generate and f.package == PACKAGE]
-    bound = [(f, s, i, j, m) for f in targets for i, s in enumerate(f.service)
-             for j, m in enumerate(s.method) if m.options.HasExtension(annotations_pb2.http)]
+    targets = [
+        f for f in request.proto_file if f.name in request.file_to_generate and f.package == PACKAGE
+    ]
+    bound = [
+        (f, s, i, j, m)
+        for f in targets
+        for i, s in enumerate(f.service)
+        for j, m in enumerate(s.method)
+        if m.options.HasExtension(annotations_pb2.http)
+    ]
     for *_, m in bound:
         api.reach(m.input_type, api.inputs)
     paths: dict[str, Schema] = {}
@@ -391,7 +432,8 @@ def build(request: plugin_pb2.CodeGeneratorRequest) -> Schema:
 def main() -> None:
     request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
     response = plugin_pb2.CodeGeneratorResponse(
-        supported_features=plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL)
+        supported_features=plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL
+    )
     try:
         document = build(request)
         text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

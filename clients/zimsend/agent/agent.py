@@ -94,18 +94,29 @@ async def run_agent(
         journal.prune()
         recovered = journal.recover()
         if recovered:
-            log.warning("%d message(s) had an unknown outcome after a restart; reported as"
-                        " failed (DEVICE_ERROR), not re-sent", len({f.report.message_id
-                                                                    for f in recovered}))
+            log.warning(
+                "%d message(s) had an unknown outcome after a restart; reported as"
+                " failed (DEVICE_ERROR), not re-sent",
+                len({f.report.message_id for f in recovered}),
+            )
         reporter = Reporter(journal)
         health = HealthWatch(sender)
-        executor = Executor(journal, sender, reporter, health,
-                            give_back_after=config.give_back_after)
+        executor = Executor(
+            journal, sender, reporter, health, give_back_after=config.give_back_after
+        )
         limiter = limiter or trio.CapacityLimiter(config.max_streams)
 
         async def session(link: Link, on_welcome: Callable[[pb.Welcome], None]) -> None:
-            await Session(link, journal, executor, reporter, sender, health, APP_VERSION,
-                          on_welcome=on_welcome).run()
+            await Session(
+                link,
+                journal,
+                executor,
+                reporter,
+                sender,
+                health,
+                APP_VERSION,
+                on_welcome=on_welcome,
+            ).run()
 
         stopped: AgentStopped | None = None
         async with trio.open_nursery() as nursery:
@@ -113,8 +124,12 @@ async def run_agent(
             nursery.start_soon(health.run)
             nursery.start_soon(executor.run)
             try:
-                await supervise(config.target(), session, limiter=limiter,
-                                backoff=backoff or Backoff(cap=config.backoff_cap))
+                await supervise(
+                    config.target(),
+                    session,
+                    limiter=limiter,
+                    backoff=backoff or Backoff(cap=config.backoff_cap),
+                )
             except AgentStopped as exc:
                 stopped = exc
             nursery.cancel_scope.cancel()
@@ -136,8 +151,13 @@ class JournalRecorder:
         self._reporter.add(frames)
         for frame in frames:
             r = frame.report
-            log.info("message %s part %d/%d %s", r.message_id, r.part_index + 1, r.part_count,
-                     "delivered" if report.delivered else f"not delivered ({r.error_code})")
+            log.info(
+                "message %s part %d/%d %s",
+                r.message_id,
+                r.part_index + 1,
+                r.part_count,
+                "delivered" if report.delivered else f"not delivered ({r.error_code})",
+            )
         return bool(frames)
 
     def inbound(self, sms: InboundSms) -> bool:

@@ -47,41 +47,82 @@ def register(commands: Any) -> None:
     conn.add_argument("--tls", action="store_true", default=None, help="connect with TLS")
     conn.add_argument("--ca-file", type=Path, help="PEM roots for --tls (default: system)")
     run.add_argument("--journal", type=Path, help="journal file (default: state dir)")
-    run.add_argument("--backend", choices=["simulator", "modem", "termux"], default="simulator",
-                     help="what sends the SMS: the simulator, a GSM modem through Gammu,"
-                          " or this Android phone through Termux:API")
+    run.add_argument(
+        "--backend",
+        choices=["simulator", "modem", "termux"],
+        default="simulator",
+        help="what sends the SMS: the simulator, a GSM modem through Gammu,"
+        " or this Android phone through Termux:API",
+    )
     _add_simulator_flags(run)
     _add_termux_flags(run)
     modem = run.add_argument_group("modem backend (Gammu; pip install 'zimsend-client[modem]')")
-    modem.add_argument("--gammu-config", type=Path, metavar="FILE",
-                       help="gammurc naming the modem (device, connection, model)")
-    modem.add_argument("--gammu-section", type=int, default=0, metavar="N",
-                       help="section of the gammurc: 0 is [gammu], N is [gammuN]")
+    modem.add_argument(
+        "--gammu-config",
+        type=Path,
+        metavar="FILE",
+        help="gammurc naming the modem (device, connection, model)",
+    )
+    modem.add_argument(
+        "--gammu-section",
+        type=int,
+        default=0,
+        metavar="N",
+        help="section of the gammurc: 0 is [gammu], N is [gammuN]",
+    )
     modem.add_argument("--sim-pin", help="SIM PIN (or $ZIMSEND_SIM_PIN); never logged")
-    modem.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
-                       help="how often the modem's storage is read (reports, inbound SMS)")
-    run.add_argument("--inject-inbound", type=int, default=0, metavar="N",
-                     help="simulator: receive N inbound SMS, one every --inject-interval")
+    modem.add_argument(
+        "--poll-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how often the modem's storage is read (reports, inbound SMS)",
+    )
+    run.add_argument(
+        "--inject-inbound",
+        type=int,
+        default=0,
+        metavar="N",
+        help="simulator: receive N inbound SMS, one every --inject-interval",
+    )
     run.add_argument("--inject-interval", type=float, default=5.0, metavar="S")
-    run.add_argument("--give-back-after", type=float, default=None, metavar="S",
-                     help="give the commands held back to the server (failed before sending,"
-                          " so another phone sends them) after the phone could not send for S"
-                          " seconds (default: 45)")
+    run.add_argument(
+        "--give-back-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give the commands held back to the server (failed before sending,"
+        " so another phone sends them) after the phone could not send for S"
+        " seconds (default: 45)",
+    )
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(handler=_run_handler)
 
     fleet = sub.add_parser("fleet", help="simulate many phones in one process (load, tests)")
     fleet.add_argument("--server", metavar="HOST:PORT", required=True)
-    fleet.add_argument("--devices-file", type=Path, required=True,
-                       help="JSON list of {client_id, device_id, password}")
+    fleet.add_argument(
+        "--devices-file",
+        type=Path,
+        required=True,
+        help="JSON list of {client_id, device_id, password}",
+    )
     fleet.add_argument("--tls", action="store_true")
     fleet.add_argument("--ca-file", type=Path)
-    fleet.add_argument("--batch-size", type=int, default=500,
-                       help="streams opened per batch (thousands at once fail)")
+    fleet.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="streams opened per batch (thousands at once fail)",
+    )
     fleet.add_argument("--batch-interval", type=float, default=1.0, metavar="S")
     fleet.add_argument("--status-interval", type=float, default=5.0, metavar="S")
-    fleet.add_argument("--duration", type=float, default=0.0, metavar="S",
-                       help="stop after S seconds (0: run until Ctrl-C)")
+    fleet.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop after S seconds (0: run until Ctrl-C)",
+    )
     _add_simulator_flags(fleet)
     fleet.add_argument("--log-level", default="WARNING")
     fleet.set_defaults(handler=_fleet_handler)
@@ -92,24 +133,46 @@ def _add_simulator_flags(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--outbox", type=Path, help="append every simulated SMS as a JSON line")
     sim.add_argument("--seed", type=int, help="make every simulated outcome reproducible")
     sim.add_argument("--send-delay", type=float, default=0.2, metavar="S")
-    sim.add_argument("--delivery-delay", type=float, default=1.0, metavar="S",
-                     help="delay of handset delivery reports; negative: never delivered")
+    sim.add_argument(
+        "--delivery-delay",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="delay of handset delivery reports; negative: never delivered",
+    )
     sim.add_argument("--failure-rate", type=float, default=0.0, metavar="F")
-    sim.add_argument("--health-file", type=Path, metavar="FILE",
-                     help="while FILE holds a before-send code (NO_SERVICE, RADIO_OFF,"
-                          " SIM_MISSING, SIM_PIN_REQUIRED), the phone says it cannot send")
-    sim.add_argument("--failure-codes", default="", metavar="CODE,...",
-                     help="FailureCode names drawn for failures (failures.proto), e.g. "
-                     "NO_SERVICE (before the SMS left: the server re-routes it) or TIMEOUT "
-                     "(ambiguous); default: SPEC §7's phone codes")
+    sim.add_argument(
+        "--health-file",
+        type=Path,
+        metavar="FILE",
+        help="while FILE holds a before-send code (NO_SERVICE, RADIO_OFF,"
+        " SIM_MISSING, SIM_PIN_REQUIRED), the phone says it cannot send",
+    )
+    sim.add_argument(
+        "--failure-codes",
+        default="",
+        metavar="CODE,...",
+        help="FailureCode names drawn for failures (failures.proto), e.g. "
+        "NO_SERVICE (before the SMS left: the server re-routes it) or TIMEOUT "
+        "(ambiguous); default: SPEC §7's phone codes",
+    )
 
 
 def _add_termux_flags(parser: argparse.ArgumentParser) -> None:
     termux = parser.add_argument_group("termux backend (Android, Termux:API)")
-    termux.add_argument("--sim-slot", type=int, metavar="N",
-                        help="SIM slot to send from, counted from 0 (default: the phone's default)")
-    termux.add_argument("--sms-poll-interval", type=float, default=5.0, metavar="S",
-                        help="how often to read the phone's SMS inbox")
+    termux.add_argument(
+        "--sim-slot",
+        type=int,
+        metavar="N",
+        help="SIM slot to send from, counted from 0 (default: the phone's default)",
+    )
+    termux.add_argument(
+        "--sms-poll-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how often to read the phone's SMS inbox",
+    )
 
 
 def termux_sender(args: argparse.Namespace) -> Any:
@@ -149,8 +212,14 @@ def modem_sender(args: argparse.Namespace) -> Any:
     from zimsend.agent.senders.modem import ModemConfig, ModemSender
 
     pin = args.sim_pin or os.environ.get("ZIMSEND_SIM_PIN") or None
-    return ModemSender(ModemConfig(gammurc=args.gammu_config, section=args.gammu_section,
-                                   pin=pin, poll_interval=max(0.2, args.poll_interval)))
+    return ModemSender(
+        ModemConfig(
+            gammurc=args.gammu_config,
+            section=args.gammu_section,
+            pin=pin,
+            poll_interval=max(0.2, args.poll_interval),
+        )
+    )
 
 
 def agent_config(args: argparse.Namespace) -> Any:
@@ -158,21 +227,34 @@ def agent_config(args: argparse.Namespace) -> Any:
     from zimsend.agent.agent import AgentConfig
     from zimsend.agent.pairing import PairingError, parse_pairing_uri
 
-    values: dict[str, Any] = {"server": None, "client_id": None, "device_id": None,
-                              "password": None, "tls": False}
+    values: dict[str, Any] = {
+        "server": None,
+        "client_id": None,
+        "device_id": None,
+        "password": None,
+        "tls": False,
+    }
     if args.pairing:
         try:
             info = parse_pairing_uri(args.pairing)
         except PairingError as exc:
             _usage_error(str(exc))
-        values.update(server=info.server, client_id=info.client_id,
-                      device_id=info.device_id, password=info.password, tls=info.tls)
+        values.update(
+            server=info.server,
+            client_id=info.client_id,
+            device_id=info.device_id,
+            password=info.password,
+            tls=info.tls,
+        )
     for name in ("server", "client_id", "device_id", "password", "tls"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["password"] = values["password"] or os.environ.get("ZIMSEND_DEVICE_PASSWORD")
-    missing = [f"--{n.replace('_', '-')}" for n in ("server", "client_id", "device_id", "password")
-               if not values[n]]
+    missing = [
+        f"--{n.replace('_', '-')}"
+        for n in ("server", "client_id", "device_id", "password")
+        if not values[n]
+    ]
     if missing:
         _usage_error(f"missing {', '.join(missing)} (or give --pairing URI)")
     if ":" not in values["server"].rsplit("]", 1)[-1]:
@@ -215,15 +297,21 @@ def _run_handler(args: argparse.Namespace) -> int:
         sender = termux_sender(args)
     else:
         sender = SimulatorSender(simulation_config(args), device_id=config.device_id)
-    log.info("starting: server=%s tls=%s journal=%s backend=%s", config.server, config.tls,
-             config.journal, args.backend)
+    log.info(
+        "starting: server=%s tls=%s journal=%s backend=%s",
+        config.server,
+        config.tls,
+        config.journal,
+        args.backend,
+    )
 
     async def main() -> AgentStopped | None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
             if args.inject_inbound > 0 and isinstance(sender, SimulatorSender):
-                nursery.start_soon(sender.inject_periodically, args.inject_inbound,
-                                   args.inject_interval)
+                nursery.start_soon(
+                    sender.inject_periodically, args.inject_inbound, args.inject_interval
+                )
             try:
                 await run_agent(config, sender)
             except AgentStopped as exc:
@@ -268,8 +356,13 @@ def _fleet_handler(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as exc:
         _usage_error(f"cannot read --devices-file: {exc}")
     config = FleetConfig(
-        server=args.server, tls=args.tls, ca_file=args.ca_file, batch_size=args.batch_size,
-        batch_interval=args.batch_interval, status_interval=args.status_interval,
-        duration=args.duration, simulation=simulation_config(args),
+        server=args.server,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        batch_size=args.batch_size,
+        batch_interval=args.batch_interval,
+        status_interval=args.status_interval,
+        duration=args.duration,
+        simulation=simulation_config(args),
     )
     return run_fleet_blocking(config, devices)

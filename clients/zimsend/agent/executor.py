@@ -58,8 +58,14 @@ class Executor:
     """One sender, one queue, the device's live settings."""
 
     def __init__(
-        self, journal: Journal, sender: Sender, reporter: Reporter, health: HealthWatch, *,
-        send_timeout: float = 60.0, give_back_after: float = GIVE_BACK_AFTER_S,
+        self,
+        journal: Journal,
+        sender: Sender,
+        reporter: Reporter,
+        health: HealthWatch,
+        *,
+        send_timeout: float = 60.0,
+        give_back_after: float = GIVE_BACK_AFTER_S,
     ) -> None:
         self._journal = journal
         self._sender = sender
@@ -91,7 +97,10 @@ class Executor:
         if self.settings != new:
             log.info(
                 "settings: enabled=%s send_interval_ms=%d daily_cap=%d heartbeat=%ds",
-                new.enabled, new.send_interval_ms, new.daily_cap, new.heartbeat_interval_seconds,
+                new.enabled,
+                new.send_interval_ms,
+                new.daily_cap,
+                new.heartbeat_interval_seconds,
             )
         self.settings = new
         self._settings_changed.set()
@@ -159,8 +168,12 @@ class Executor:
         why = f"the phone could not send: {health.problem or 'no reason given'}"
         given = 0
         for mid, command in list(self._queued.items()):
-            request = SendRequest(message_id=mid, to=command.to, body=command.body,
-                                  parts=tuple(plan(command.body).parts))
+            request = SendRequest(
+                message_id=mid,
+                to=command.to,
+                body=command.body,
+                parts=tuple(plan(command.body).parts),
+            )
             frames = self._journal.give_back(mid, _failed(request, code, why))
             self._queued.pop(mid, None)  # given back, or begun/cancelled meanwhile
             if frames:
@@ -193,8 +206,11 @@ class Executor:
             midnight = _utc_midnight()
             if self._journal.sends_since(midnight.timestamp()) >= s.daily_cap:
                 if not self._capped_logged:
-                    log.info("daily cap of %d reached; holding %d commands until 00:00 UTC",
-                             s.daily_cap, self.depth)
+                    log.info(
+                        "daily cap of %d reached; holding %d commands until 00:00 UTC",
+                        s.daily_cap,
+                        self.depth,
+                    )
                     self._capped_logged = True
                 return max(1.0, (midnight + timedelta(days=1)).timestamp() - time.time())
         self._capped_logged = False
@@ -211,11 +227,19 @@ class Executor:
         self._last_send = trio.current_time()
         parts = tuple(plan(command.body).parts)
         request = SendRequest(
-            message_id=mid, to=command.to, body=command.body, parts=parts,
+            message_id=mid,
+            to=command.to,
+            body=command.body,
+            parts=parts,
             sim_slot=command.sim_slot if command.HasField("sim_slot") else None,
         )
-        log.info("sending %s to %s (%d part%s)", mid, command.to, len(parts),
-                 "" if len(parts) == 1 else "s")
+        log.info(
+            "sending %s to %s (%d part%s)",
+            mid,
+            command.to,
+            len(parts),
+            "" if len(parts) == 1 else "s",
+        )
         with trio.CancelScope(shield=True):
             result = await self._hand_off(request)
             frames = self._journal.finish_send(mid, result)
@@ -230,12 +254,16 @@ class Executor:
             with trio.fail_after(self._send_timeout):
                 return await self._sender.send(request)
         except trio.TooSlowError:
-            return _failed(request, failure(failures_pb2.TIMEOUT),
-                           f"sender did not answer in {self._send_timeout}s")
+            return _failed(
+                request,
+                failure(failures_pb2.TIMEOUT),
+                f"sender did not answer in {self._send_timeout}s",
+            )
         except Exception as exc:  # a backend bug must not kill the agent
             log.exception("sender failed on %s", request.message_id)
-            return _failed(request, failure(failures_pb2.DEVICE_ERROR),
-                           f"{type(exc).__name__}: {exc}")
+            return _failed(
+                request, failure(failures_pb2.DEVICE_ERROR), f"{type(exc).__name__}: {exc}"
+            )
 
     def _poke(self) -> None:
         self._changed.set()

@@ -70,8 +70,9 @@ def load_devices(path: Path) -> list[FleetDevice]:
     devices = []
     for i, item in enumerate(data):
         try:
-            devices.append(FleetDevice(str(item["client_id"]), str(item["device_id"]),
-                                       str(item["password"])))
+            devices.append(
+                FleetDevice(str(item["client_id"]), str(item["device_id"]), str(item["password"]))
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"entry {i} lacks client_id, device_id or password") from exc
     return devices
@@ -107,10 +108,14 @@ async def run_fleet(
         credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     fleet = [
         FleetPhone(
-            device_id=d.device_id, client_id=d.client_id, password=d.password,
+            device_id=d.device_id,
+            client_id=d.client_id,
+            password=d.password,
             journal=Journal(db, d.device_id),
             simulation=Simulation(config.simulation, device_id=d.device_id),
-            stats=stats, server=config.server, credentials=credentials,
+            stats=stats,
+            server=config.server,
+            credentials=credentials,
             backoff=Backoff(cap=config.backoff_cap),
         )
         for d in devices

@@ -129,13 +129,20 @@ class FleetPhone:
             self._welcomed_at = None
             minimum = 0.0
             asked: float | None = None
-            channel = (grpc.aio.secure_channel(self.server, self.credentials, KEEPALIVE_OPTIONS)
-                       if self.credentials else
-                       grpc.aio.insecure_channel(self.server, KEEPALIVE_OPTIONS))
+            channel = (
+                grpc.aio.secure_channel(self.server, self.credentials, KEEPALIVE_OPTIONS)
+                if self.credentials
+                else grpc.aio.insecure_channel(self.server, KEEPALIVE_OPTIONS)
+            )
             outgoing: asyncio.Queue[pb.DeviceFrame | None] = asyncio.Queue()
-            call = pb_grpc.DeviceLinkServiceStub(channel).Connect(_requests(outgoing), metadata=(
-                ("x-client-id", self.client_id), ("x-device-id", self.device_id),
-                ("x-device-password", self.password)))
+            call = pb_grpc.DeviceLinkServiceStub(channel).Connect(
+                _requests(outgoing),
+                metadata=(
+                    ("x-client-id", self.client_id),
+                    ("x-device-id", self.device_id),
+                    ("x-device-password", self.password),
+                ),
+            )
             try:
                 await self._session(_Stream(call, outgoing))
             except grpc.aio.AioRpcError as exc:
@@ -151,8 +158,7 @@ class FleetPhone:
             except _Reconnect as exc:
                 if exc.end.fatal is not None:
                     self.stats.stopped += 1
-                    log.error("%s stopped by the server: %s", self.device_id,
-                              exc.end.reason_name)
+                    log.error("%s stopped by the server: %s", self.device_id, exc.end.reason_name)
                     return
                 minimum = exc.end.retry_after_ms / 1000
                 self.backoff.reset()  # the server asked: this link was healthy
@@ -169,8 +175,9 @@ class FleetPhone:
             if (up := self._up_for(loop.time())) is not None and up >= 10:
                 self.backoff.reset()
             self.stats.reconnects += 1
-            await asyncio.sleep(self.backoff.honour(asked) if asked is not None
-                                else minimum + self.backoff.next())
+            await asyncio.sleep(
+                self.backoff.honour(asked) if asked is not None else minimum + self.backoff.next()
+            )
 
     def _lost(self, why: str) -> None:
         log.info("%s link lost: %s", self.device_id, why)
@@ -190,7 +197,8 @@ class FleetPhone:
         first_read = asyncio.ensure_future(stream.read())
         admitted = asyncio.ensure_future(stream.admitted())
         await asyncio.wait(
-            [first_read, admitted], return_when=asyncio.FIRST_COMPLETED,
+            [first_read, admitted],
+            return_when=asyncio.FIRST_COMPLETED,
             timeout=_ADMISSION_WAIT_S if self._server_admits else self._probe,
         )
         if admitted.done() and admitted.result():
@@ -199,9 +207,16 @@ class FleetPhone:
             await asyncio.wait([first_read], timeout=self._probe)
         admitted.cancel()
         protocol = PhoneProtocol(self.journal, self._book, sim_slots=lambda: _SIM_SLOTS)
-        stream.write(protocol.hello(pb.DeviceHello(
-            model="ZimSend Fleet Simulator", android_version="fleet", app_version="fleet",
-            sims=[common_pb2.SimSlot(slot=slot, carrier="SimNet") for slot in _SIM_SLOTS])))
+        stream.write(
+            protocol.hello(
+                pb.DeviceHello(
+                    model="ZimSend Fleet Simulator",
+                    android_version="fleet",
+                    app_version="fleet",
+                    sims=[common_pb2.SimSlot(slot=slot, carrier="SimNet") for slot in _SIM_SLOTS],
+                )
+            )
+        )
         first = await asyncio.wait_for(first_read, 30)
         self._probe = _PROBE_S
         if first is None:
@@ -209,8 +224,10 @@ class FleetPhone:
         self._do(stream, protocol.receive(first))  # ProtocolError unless it is the Welcome
         self._welcomed_at = asyncio.get_running_loop().time()
         self.stats.connected += 1
-        tasks = [asyncio.create_task(self._pump_reports(stream)),
-                 asyncio.create_task(self._heartbeats(stream, protocol))]
+        tasks = [
+            asyncio.create_task(self._pump_reports(stream)),
+            asyncio.create_task(self._heartbeats(stream, protocol)),
+        ]
         try:
             await self._read(stream, protocol)
         finally:
@@ -297,7 +314,7 @@ class FleetPhone:
             if wait is not None:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):  # asyncio.timeout: wait_for of 3.11
-                    async with asyncio.timeout(wait):     # can lose a cancellation
+                    async with asyncio.timeout(wait):  # can lose a cancellation
                         await self._changed.wait()
                 continue
             _, _, message_id = heapq.heappop(self._heap)
@@ -306,8 +323,9 @@ class FleetPhone:
             if not self.journal.begin_send(command.message_id):
                 continue
             self._last_send = loop.time()
-            request = SendRequest(command.message_id, command.to, command.body,
-                                  tuple(plan(command.body).parts))
+            request = SendRequest(
+                command.message_id, command.to, command.body, tuple(plan(command.body).parts)
+            )
             decision = self.simulation.decide(command.message_id)
             await asyncio.sleep(decision.delay)
             result = self.simulation.complete(request, decision)
@@ -346,8 +364,11 @@ class _Stream:
     refused the call is absorbed, so `read()` raises the call's real status (a direct write
     would fail first with a generic INTERNAL "Internal error from Core")."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall[pb.DeviceFrame, pb.ServerFrame],
-                 outgoing: asyncio.Queue[pb.DeviceFrame | None]) -> None:
+    def __init__(
+        self,
+        call: grpc.aio.StreamStreamCall[pb.DeviceFrame, pb.ServerFrame],
+        outgoing: asyncio.Queue[pb.DeviceFrame | None],
+    ) -> None:
         self._call = call
         self._outgoing = outgoing
 
@@ -378,4 +399,3 @@ async def _requests(
 def _midnight() -> float:
     """Start of the current UTC day (the day the server's dispatcher counts for daily_cap)."""
     return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-

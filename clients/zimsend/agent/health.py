@@ -61,15 +61,23 @@ class HealthWatch:
             health = await self._sender.health()
         except Exception as exc:  # a backend bug must not stop the agent
             log.exception("sender health failed")
-            health = Health(None, None, None, can_send=False,
-                            problem=f"health check failed: {type(exc).__name__}")
+            health = Health(
+                None,
+                None,
+                None,
+                can_send=False,
+                problem=f"health check failed: {type(exc).__name__}",
+            )
         old, self.latest = self.latest, health
         if health.can_send:
             self.unable_since = None
         elif self.unable_since is None:
             self.unable_since = trio.current_time()
         if old is None or (old.can_send, old.problem, old.network) != (
-                health.can_send, health.problem, health.network):
+            health.can_send,
+            health.problem,
+            health.network,
+        ):
             if not health.can_send:
                 log.warning("cannot send: %s", health.problem or "no reason given")
             elif old is not None:

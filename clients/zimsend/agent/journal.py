@@ -199,17 +199,26 @@ class Journal:
                     "UPDATE messages SET attempt = ?, state = 'queued', command = ?, parts = '[]',"
                     " error_code = '', error_message = '', handed_at = NULL, updated_at = ?"
                     " WHERE device = ? AND message_id = ?",
-                    (attempt + 1, command.SerializeToString(), time.time(), self.device,
-                     command.message_id),
+                    (
+                        attempt + 1,
+                        command.SerializeToString(),
+                        time.time(),
+                        self.device,
+                        command.message_id,
+                    ),
                 )
                 return Admission(Verdict.NEW)
             return Admission(Verdict.REREPORT, self._store(self._outcome_reports(row)))
 
     def queued(self) -> list[pb.SendCommand]:
         """Commands received but not yet handed to the SIM, oldest first (resume on restart)."""
-        return [pb.SendCommand.FromString(r[0]) for r in self._db.execute(
-            "SELECT command FROM messages WHERE device = ? AND state = 'queued' ORDER BY rowid",
-            (self.device,))]
+        return [
+            pb.SendCommand.FromString(r[0])
+            for r in self._db.execute(
+                "SELECT command FROM messages WHERE device = ? AND state = 'queued' ORDER BY rowid",
+                (self.device,),
+            )
+        ]
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a message not yet handed to the SIM; False when it is too late (or unknown)."""
@@ -230,7 +239,8 @@ class Journal:
                 return []
             self._db.execute(
                 "UPDATE messages SET handed_at = NULL WHERE device = ? AND message_id = ?",
-                (self.device, message_id))
+                (self.device, message_id),
+            )
             return self.finish_send(message_id, result)
 
     # --- the send itself ------------------------------------------------------------------
@@ -255,9 +265,15 @@ class Journal:
             self._db.execute(
                 "UPDATE messages SET state = ?, parts = ?, error_code = ?, error_message = ?,"
                 " updated_at = ? WHERE device = ? AND message_id = ? AND state = 'sending'",
-                ("sent" if failure is None else "failed", json.dumps(parts),
-                 failure.error_code if failure else "", failure.error_message if failure else "",
-                 time.time(), self.device, message_id),
+                (
+                    "sent" if failure is None else "failed",
+                    json.dumps(parts),
+                    failure.error_code if failure else "",
+                    failure.error_message if failure else "",
+                    time.time(),
+                    self.device,
+                    message_id,
+                ),
             )
             row = self._row(message_id)
             assert row is not None
@@ -266,8 +282,11 @@ class Journal:
             self._db.executemany(
                 "INSERT OR REPLACE INTO part_refs (device, message_id, attempt, part_index,"
                 " reference, recipient, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(self.device, message_id, row["attempt"], i, p.reference, to, sent_at)
-                 for i, p in enumerate(result.parts) if p.ok],
+                [
+                    (self.device, message_id, row["attempt"], i, p.reference, to, sent_at)
+                    for i, p in enumerate(result.parts)
+                    if p.ok
+                ],
             )
             return self._store(self._outcome_reports(row, at=result.at))
 
@@ -282,8 +301,13 @@ class Journal:
                     return []
                 message_id, part_index = found
                 report = DeliveryReport(
-                    message_id, part_index, 0, report.delivered, report.error_code,
-                    report.error_message, report.at,
+                    message_id,
+                    part_index,
+                    0,
+                    report.delivered,
+                    report.error_code,
+                    report.error_message,
+                    report.at,
                 )
             row = self._row(report.message_id)
             if row is None or row["state"] != "sent":
@@ -296,11 +320,21 @@ class Journal:
                 "UPDATE messages SET parts = ?, updated_at = ? WHERE device = ? AND message_id = ?",
                 (json.dumps(parts), time.time(), self.device, report.message_id),
             )
-            outcome = (pb.StatusReport.OUTCOME_DELIVERED if report.delivered
-                       else pb.StatusReport.OUTCOME_FAILED)
-            frame = self._report(row["message_id"], row["attempt"], report.part_index,
-                                 len(parts), outcome, report.error_code, report.error_message,
-                                 report.at)
+            outcome = (
+                pb.StatusReport.OUTCOME_DELIVERED
+                if report.delivered
+                else pb.StatusReport.OUTCOME_FAILED
+            )
+            frame = self._report(
+                row["message_id"],
+                row["attempt"],
+                report.part_index,
+                len(parts),
+                outcome,
+                report.error_code,
+                report.error_message,
+                report.at,
+            )
             return self._store([frame])
 
     def awaiting_delivery(self) -> list[AwaitingPart]:
@@ -318,11 +352,16 @@ class Journal:
         for r in rows:
             parts = json.loads(r["parts"])
             if r["part_index"] < len(parts) and parts[r["part_index"]] == "sent":
-                awaiting.append(AwaitingPart(
-                    message_id=r["message_id"], part_index=r["part_index"],
-                    part_count=len(parts), to=r["recipient"], reference=r["reference"],
-                    sent_at=datetime.fromtimestamp(r["sent_at"], UTC),
-                ))
+                awaiting.append(
+                    AwaitingPart(
+                        message_id=r["message_id"],
+                        part_index=r["part_index"],
+                        part_count=len(parts),
+                        to=r["recipient"],
+                        reference=r["reference"],
+                        sent_at=datetime.fromtimestamp(r["sent_at"], UTC),
+                    )
+                )
         return awaiting
 
     def _part_by_reference(self, report: DeliveryReport) -> tuple[str, int] | None:
@@ -334,7 +373,8 @@ class Journal:
             return None
         digits = _digits(report.recipient)[-8:]
         candidates = [
-            a for a in self.awaiting_delivery()
+            a
+            for a in self.awaiting_delivery()
             if a.reference == report.reference and (not digits or _digits(a.to).endswith(digits))
         ]
         if not candidates:
@@ -350,9 +390,14 @@ class Journal:
         """After a restart: every `sending` row (crash mid-handoff) becomes `unknown` and is
         reported FAILED/DEVICE_ERROR. It is never re-sent (see the module docstring)."""
         with self._tx():
-            crashed = [str(r[0]) for r in self._db.execute(
-                "SELECT message_id FROM messages WHERE device = ? AND state = 'sending'"
-                " ORDER BY rowid", (self.device,))]
+            crashed = [
+                str(r[0])
+                for r in self._db.execute(
+                    "SELECT message_id FROM messages WHERE device = ? AND state = 'sending'"
+                    " ORDER BY rowid",
+                    (self.device,),
+                )
+            ]
             self._db.execute(
                 "UPDATE messages SET state = 'unknown', error_code = ?,"
                 " error_message = ?, updated_at = ? WHERE device = ? AND state = 'sending'",
@@ -374,20 +419,25 @@ class Journal:
             )
             self._db.execute(
                 "DELETE FROM part_refs WHERE device = ? AND sent_at < ?",
-                (self.device, time.time() - max(older_than_s, DELIVERY_WINDOW_S)))
+                (self.device, time.time() - max(older_than_s, DELIVERY_WINDOW_S)),
+            )
             # The newest source id of each backend stays: it is that backend's high-water mark.
             self._db.execute(
                 "DELETE FROM inbound_seen WHERE device = ? AND seen_at < ? AND rowid NOT IN"
                 " (SELECT MAX(rowid) FROM inbound_seen WHERE device = ?"
                 "  GROUP BY substr(source_id, 1, instr(source_id, ':')))",
-                (self.device, time.time() - INBOUND_MEMORY_S, self.device))
+                (self.device, time.time() - INBOUND_MEMORY_S, self.device),
+            )
             return cur.rowcount
 
     def sends_since(self, since: float) -> int:
         """Messages handed to the SIM since `since` (epoch seconds): the daily cap's count."""
-        return int(self._db.execute(
-            "SELECT COUNT(*) FROM messages WHERE device = ? AND handed_at >= ?",
-            (self.device, since)).fetchone()[0])
+        return int(
+            self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE device = ? AND handed_at >= ?",
+                (self.device, since),
+            ).fetchone()[0]
+        )
 
     # --- reports --------------------------------------------------------------------------
 
@@ -415,9 +465,13 @@ class Journal:
 
     def seen_inbound(self, source_id: str) -> bool:
         """Whether an inbound SMS with this source id was journaled (or marked seen)."""
-        return self._db.execute(
-            "SELECT 1 FROM inbound_seen WHERE device = ? AND source_id = ?",
-            (self.device, source_id)).fetchone() is not None
+        return (
+            self._db.execute(
+                "SELECT 1 FROM inbound_seen WHERE device = ? AND source_id = ?",
+                (self.device, source_id),
+            ).fetchone()
+            is not None
+        )
 
     def mark_inbound_seen(self, source_id: str) -> None:
         """Remember a source id without reporting it."""
@@ -428,13 +482,16 @@ class Journal:
         """The most recently journaled source id starting with `prefix`."""
         row = self._db.execute(
             "SELECT source_id FROM inbound_seen WHERE device = ? AND substr(source_id, 1, ?) = ?"
-            " ORDER BY rowid DESC LIMIT 1", (self.device, len(prefix), prefix)).fetchone()
+            " ORDER BY rowid DESC LIMIT 1",
+            (self.device, len(prefix), prefix),
+        ).fetchone()
         return None if row is None else str(row[0])
 
     def _mark_seen(self, source_id: str) -> bool:
         cur = self._db.execute(
             "INSERT OR IGNORE INTO inbound_seen (device, source_id, seen_at) VALUES (?, ?, ?)",
-            (self.device, source_id, time.time()))
+            (self.device, source_id, time.time()),
+        )
         return cur.rowcount == 1
 
     def unacked_reports(self) -> list[tuple[str, pb.DeviceFrame]]:
@@ -497,33 +554,65 @@ class Journal:
         """The reports that state a message's journaled outcome (deterministic ids)."""
         mid, attempt, state = row["message_id"], row["attempt"], row["state"]
         if state == "unknown":
-            return [self._report(mid, attempt, 0, 0, pb.StatusReport.OUTCOME_FAILED,
-                                 row["error_code"], row["error_message"], at)]
+            return [
+                self._report(
+                    mid,
+                    attempt,
+                    0,
+                    0,
+                    pb.StatusReport.OUTCOME_FAILED,
+                    row["error_code"],
+                    row["error_message"],
+                    at,
+                )
+            ]
         parts: list[str] = json.loads(row["parts"])
         n = len(parts)
         frames = []
         for i, part in enumerate(parts):
             if part in ("sent", "delivered"):
-                frames.append(self._report(mid, attempt, i, n, pb.StatusReport.OUTCOME_SENT,
-                                           at=at))
+                frames.append(self._report(mid, attempt, i, n, pb.StatusReport.OUTCOME_SENT, at=at))
             if part == "delivered":
-                frames.append(self._report(mid, attempt, i, n,
-                                           pb.StatusReport.OUTCOME_DELIVERED, at=at))
+                frames.append(
+                    self._report(mid, attempt, i, n, pb.StatusReport.OUTCOME_DELIVERED, at=at)
+                )
             if part == "failed":
-                frames.append(self._report(mid, attempt, i, n, pb.StatusReport.OUTCOME_FAILED,
-                                           row["error_code"] or _DEVICE_ERROR,
-                                           row["error_message"], at))
+                frames.append(
+                    self._report(
+                        mid,
+                        attempt,
+                        i,
+                        n,
+                        pb.StatusReport.OUTCOME_FAILED,
+                        row["error_code"] or _DEVICE_ERROR,
+                        row["error_message"],
+                        at,
+                    )
+                )
         return frames
 
-    def _report(self, message_id: str, attempt: int, part_index: int, part_count: int,
-                outcome: pb.StatusReport.Outcome.ValueType, error_code: str = "",
-                error_message: str = "", at: datetime | None = None) -> pb.DeviceFrame:
+    def _report(
+        self,
+        message_id: str,
+        attempt: int,
+        part_index: int,
+        part_count: int,
+        outcome: pb.StatusReport.Outcome.ValueType,
+        error_code: str = "",
+        error_message: str = "",
+        at: datetime | None = None,
+    ) -> pb.DeviceFrame:
         rid = f"{self.journal_id}.{message_id}.{attempt}.{part_index}.{_OUTCOME_LETTER[outcome]}"
         return pb.DeviceFrame(
             report=pb.StatusReport(
-                report_id=rid, message_id=message_id, part_index=part_index,
-                part_count=part_count, outcome=outcome, error_code=error_code,
-                error_message=error_message, occurred_at=_timestamp(at),
+                report_id=rid,
+                message_id=message_id,
+                part_index=part_index,
+                part_count=part_count,
+                outcome=outcome,
+                error_code=error_code,
+                error_message=error_message,
+                occurred_at=_timestamp(at),
             )
         )
 

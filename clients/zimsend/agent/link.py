@@ -62,9 +62,7 @@ class Link:
             raise LinkClosed("the server closed the stream") from None
 
 
-def make_channel(
-    target: str, credentials: grpc.ChannelCredentials | None = None
-) -> grpc.Channel:
+def make_channel(target: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
     """A sync channel with the phone keepalive settings (TLS when `credentials` is given)."""
     options = list(KEEPALIVE_OPTIONS)
     if credentials is not None:
@@ -118,7 +116,8 @@ def _requests(
 
 async def _pump_responses(
     call: grpc._CallIterator[pb.ServerFrame],  # the stubs' type of a response-streaming call
-    incoming: trio.MemorySendChannel[pb.ServerFrame], limiter: trio.CapacityLimiter,
+    incoming: trio.MemorySendChannel[pb.ServerFrame],
+    limiter: trio.CapacityLimiter,
 ) -> None:
     def read() -> None:
         for frame in call:  # a response-streaming call is an iterator of ServerFrames

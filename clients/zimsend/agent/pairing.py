@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 __all__ = [
-    "PairingError", "PairingInfo", "format_pairing_uri", "pairing_qr_text", "parse_pairing_uri",
+    "PairingError",
+    "PairingInfo",
+    "format_pairing_uri",
+    "pairing_qr_text",
+    "parse_pairing_uri",
 ]
 
 _REQUIRED = ("server", "client_id", "device_id", "password")

@@ -129,7 +129,8 @@ class ReportBook:
 
     def __init__(self, unacked: Iterable[tuple[str, pb.DeviceFrame]] = ()) -> None:
         self._pending: dict[str, tuple[pb.DeviceFrame, int]] = {
-            rid: (frame, 0) for rid, frame in unacked}
+            rid: (frame, 0) for rid, frame in unacked
+        }
         self._generation = 0
         self._sent: dict[str, int] = {}
 
@@ -182,7 +183,10 @@ class PhoneProtocol:
     (empty: it cannot tell, so every slot is tried)."""
 
     def __init__(
-        self, journal: CommandJournal, reports: ReportBook, *,
+        self,
+        journal: CommandJournal,
+        reports: ReportBook,
+        *,
         sim_slots: Callable[[], Collection[int]] = tuple,
     ) -> None:
         self._journal = journal
@@ -206,12 +210,18 @@ class PhoneProtocol:
 
     def heartbeat(self, health: Health, queue_depth: int) -> pb.DeviceFrame:
         """The Heartbeat frame for this health and this many commands waiting."""
-        return pb.DeviceFrame(heartbeat=pb.Heartbeat(
-            battery=health.battery, charging=bool(health.charging), signal=health.signal,
-            queue_depth=queue_depth, network=_network(health.network),
-            cannot_send_reason="" if health.can_send else (
-                health.problem or "the phone cannot send"),
-        ))
+        return pb.DeviceFrame(
+            heartbeat=pb.Heartbeat(
+                battery=health.battery,
+                charging=bool(health.charging),
+                signal=health.signal,
+                queue_depth=queue_depth,
+                network=_network(health.network),
+                cannot_send_reason=""
+                if health.can_send
+                else (health.problem or "the phone cannot send"),
+            )
+        )
 
     def receive(self, frame: pb.ServerFrame) -> Received:
         """Decide what one ServerFrame means; ProtocolError when it breaks the frame order."""
@@ -220,8 +230,7 @@ class PhoneProtocol:
             if kind != "welcome":
                 raise ProtocolError(f"expected Welcome first, got {kind}")
             self.welcomed = True
-            return Received(settings=self._apply(frame.welcome.settings),
-                            welcome=frame.welcome)
+            return Received(settings=self._apply(frame.welcome.settings), welcome=frame.welcome)
         if kind == "send":
             return self._on_send(frame.send)
         if kind == "cancel":
@@ -239,19 +248,31 @@ class PhoneProtocol:
             return Received(acked=count)
         if kind == "reconnect":
             reason = reconnect_reason(frame.reconnect)
-            return Received(end=EndStream(reason, max(0, frame.reconnect.retry_after_ms),
-                                          FATAL_RECONNECT.get(reason)))
+            return Received(
+                end=EndStream(
+                    reason, max(0, frame.reconnect.retry_after_ms), FATAL_RECONNECT.get(reason)
+                )
+            )
         return Received()  # a kind from a newer server: ignored
 
     def _on_send(self, command: pb.SendCommand) -> Received:
         if command.HasField("sim_slot"):
             slots = self._sim_slots()
             if slots and command.sim_slot not in slots:
-                return Received([_ack(command.command_id, False,
-                                      f"no SIM in slot {command.sim_slot}", _SIM_MISSING)])
+                return Received(
+                    [
+                        _ack(
+                            command.command_id,
+                            False,
+                            f"no SIM in slot {command.sim_slot}",
+                            _SIM_MISSING,
+                        )
+                    ]
+                )
         admission = self._journal.admit(command)  # durable before the ack
-        received = Received([_ack(command.command_id, True)], command=command,
-                            verdict=admission.verdict)
+        received = Received(
+            [_ack(command.command_id, True)], command=command, verdict=admission.verdict
+        )
         if admission.verdict is Verdict.REREPORT:
             received.reports_added = self._reports.add(admission.reports)
         return received
@@ -270,10 +291,17 @@ class PhoneProtocol:
         return new
 
 
-def _ack(command_id: str, accepted: bool, reason: str = "", error_code: str = "",
-         ) -> pb.DeviceFrame:
-    return pb.DeviceFrame(ack=pb.CommandAck(command_id=command_id, accepted=accepted,
-                                            reason=reason, error_code=error_code))
+def _ack(
+    command_id: str,
+    accepted: bool,
+    reason: str = "",
+    error_code: str = "",
+) -> pb.DeviceFrame:
+    return pb.DeviceFrame(
+        ack=pb.CommandAck(
+            command_id=command_id, accepted=accepted, reason=reason, error_code=error_code
+        )
+    )
 
 
 def _network(state: str) -> common_pb2.NetworkRegistration.ValueType:

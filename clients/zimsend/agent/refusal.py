@@ -25,7 +25,12 @@ from google.rpc import error_details_pb2, status_pb2
 from zimsend.v1 import device_link_pb2, errors_pb2
 
 __all__ = [
-    "FATAL_RECONNECT", "Refusal", "error_reason", "reconnect_reason", "refusal_of", "retry_delay",
+    "FATAL_RECONNECT",
+    "Refusal",
+    "error_reason",
+    "reconnect_reason",
+    "refusal_of",
+    "retry_delay",
 ]
 
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -34,8 +39,9 @@ _NAME = errors_pb2.ErrorReason.Name
 #: ErrorInfo reasons a refused device link carries (a deleted device or a rotated password is
 #: refused as INVALID_DEVICE_CREDENTIALS, so as not to reveal the device to a wrong password).
 _EXPLAINED = {
-    _NAME(errors_pb2.INVALID_DEVICE_CREDENTIALS):
-        "wrong device password (or unknown client/device id)",
+    _NAME(
+        errors_pb2.INVALID_DEVICE_CREDENTIALS
+    ): "wrong device password (or unknown client/device id)",
     _NAME(errors_pb2.DEVICE_DISABLED): "this device is disabled on the server",
 }
 _REPAIR = (_NAME(errors_pb2.INVALID_DEVICE_CREDENTIALS),)
@@ -45,8 +51,7 @@ _Reason = device_link_pb2.Reconnect
 FATAL_RECONNECT: dict[device_link_pb2.Reconnect.Reason.ValueType, str] = {
     _Reason.DEVICE_DELETED: "this device was deleted on the server",
     _Reason.DEVICE_DISABLED: "this device was disabled on the server",
-    _Reason.PASSWORD_ROTATED:
-        "the device password was rotated; re-pair with the new pairing URI",
+    _Reason.PASSWORD_ROTATED: "the device password was rotated; re-pair with the new pairing URI",
     # An agent holds one stream at a time, so a REPLACED on its current stream means another
     # process connected with the same credentials. Two agents with two journals could each
     # send a re-offered message once: stop rather than fight (they would replace each other

@@ -81,9 +81,13 @@ class Session:
         info = self.sender.describe()
         caps = info.capabilities
         return pb.DeviceHello(
-            capabilities=None if caps is None else common_pb2.DeviceCapabilities(
-                backend=caps.backend, delivery_reports=caps.delivery_reports,
-                inbound_sms=caps.inbound_sms),
+            capabilities=None
+            if caps is None
+            else common_pb2.DeviceCapabilities(
+                backend=caps.backend,
+                delivery_reports=caps.delivery_reports,
+                inbound_sms=caps.inbound_sms,
+            ),
             model=info.model,
             android_version=info.android_version,
             app_version=self.app_version,
@@ -102,9 +106,11 @@ class Session:
             # wait: heartbeat now (the server stops or resumes giving it messages), then re-read.
             with trio.move_on_after(protocol.heartbeat_interval):
                 async with trio.open_nursery() as wait:
+
                     async def until(event: Callable[[], Awaitable[None]]) -> None:
                         await event()
                         wait.cancel_scope.cancel()
+
                     wait.start_soon(until, self.executor.settings_changed)
                     wait.start_soon(until, self.health.changed)
 
@@ -121,15 +127,19 @@ class Session:
         if (command := received.enqueue) is not None:
             self.executor.enqueue(command)
         if (offer := received.command) is not None and received.verdict is not None:
-            log.info("command %s for %s: %s%s", offer.command_id, offer.message_id,
-                     received.verdict.value, " (redelivery)" if offer.redelivery else "")
+            log.info(
+                "command %s for %s: %s%s",
+                offer.command_id,
+                offer.message_id,
+                received.verdict.value,
+                " (redelivery)" if offer.redelivery else "",
+            )
         if received.reports_added:
             self.reporter.wake()
         if received.discard:
             self.executor.discard(received.discard)
             log.info("cancel %s: done", received.discard)
         if received.acked:
-            log.info("reports acked: %d (%d still unacked)", received.acked,
-                     self.reporter.unacked)
+            log.info("reports acked: %d (%d still unacked)", received.acked, self.reporter.unacked)
         if (end := received.end) is not None:
             raise ReconnectRequested(end.reason, end.retry_after_ms)

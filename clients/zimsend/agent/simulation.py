@@ -32,7 +32,11 @@ from zimsend.agent.senders.base import (
 )
 
 __all__ = [
-    "DEFAULT_FAILURE_CODES", "SendDecision", "Simulation", "SimulationConfig", "read_outbox",
+    "DEFAULT_FAILURE_CODES",
+    "SendDecision",
+    "Simulation",
+    "SimulationConfig",
+    "read_outbox",
 ]
 
 #: The codes a simulated failure draws from unless told: SPEC §7's phone codes (the ones that
@@ -131,8 +135,11 @@ class Simulation:
             if cfg.failure_codes and rng.random() < cfg.failure_rate
             else None
         )
-        dlr = (None if cfg.delivery_delay is None or cfg.delivery_delay < 0
-               else cfg.delivery_delay * rng.uniform(0.75, 1.25))
+        dlr = (
+            None
+            if cfg.delivery_delay is None or cfg.delivery_delay < 0
+            else cfg.delivery_delay * rng.uniform(0.75, 1.25)
+        )
         return SendDecision(delay=delay, failure=failure, delivery_delay=dlr)
 
     def complete(self, request: SendRequest, decision: SendDecision) -> SendResult:
@@ -182,10 +189,16 @@ class Simulation:
         code = self._health_file_code()
         if code:
             network, problem = HEALTH_PROBLEMS[code]
-            return Health(battery=battery, charging=charging, signal=0, network=network,
-                          can_send=False, problem=problem, failure_code=code)
-        return Health(battery=battery, charging=charging, signal=rng.randint(2, 4),
-                      network="home")
+            return Health(
+                battery=battery,
+                charging=charging,
+                signal=0,
+                network=network,
+                can_send=False,
+                problem=problem,
+                failure_code=code,
+            )
+        return Health(battery=battery, charging=charging, signal=rng.randint(2, 4), network="home")
 
     def _health_file_code(self) -> str:
         """The code the health file holds ("" when absent or empty; an unknown word counts

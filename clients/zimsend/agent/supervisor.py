@@ -80,13 +80,18 @@ async def supervise(
         def on_welcome(welcome: pb.Welcome) -> None:
             nonlocal welcomed_at
             welcomed_at = trio.current_time()
-            log.info("connected to %s as %s (session %s)", target.server, welcome.device_id,
-                     welcome.session_id or "-")
+            log.info(
+                "connected to %s as %s (session %s)",
+                target.server,
+                welcome.device_id,
+                welcome.session_id or "-",
+            )
 
         minimum = 0.0
         try:
-            async with open_link(target.server, target.metadata, limiter=limiter,
-                                 credentials=target.credentials) as link:
+            async with open_link(
+                target.server, target.metadata, limiter=limiter, credentials=target.credentials
+            ) as link:
                 await run_session(link, on_welcome)
         except BaseException as exc:  # classified below; the rest is re-raised
             cause = _cause(exc)
@@ -99,8 +104,7 @@ async def supervise(
             raise AgentStopped(str(refusal), EXIT_REFUSED)
         if isinstance(cause, grpc.RpcError) and (asked := retry_delay(cause)) is not None:
             delay = backoff.honour(asked)
-            log.warning("server busy (%s); reconnecting in %.1fs as asked", _describe(cause),
-                        delay)
+            log.warning("server busy (%s); reconnecting in %.1fs as asked", _describe(cause), delay)
             await trio.sleep(delay)
             continue
         if isinstance(cause, ReconnectRequested):

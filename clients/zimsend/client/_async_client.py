@@ -44,15 +44,28 @@ class AsyncZimSend(ClientBase[AsyncTransport]):
     """
 
     def __init__(
-        self, api_key: str | None = None, client_id: str | None = None,
-        base_url: str | None = None, *, device_id: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT, retries: Retries | int = Retries(),
+        self,
+        api_key: str | None = None,
+        client_id: str | None = None,
+        base_url: str | None = None,
+        *,
+        device_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: Retries | int = Retries(),
         transport: AsyncTransport | str = "rest",
     ) -> None:
         super().__init__(
-            api_key, client_id, base_url, device_id=device_id, timeout=timeout, retries=retries,
-            transport=transport, rest=AsyncRestTransport, grpc=AsyncGrpcTransport,
-            kind="an AsyncTransport")
+            api_key,
+            client_id,
+            base_url,
+            device_id=device_id,
+            timeout=timeout,
+            retries=retries,
+            transport=transport,
+            rest=AsyncRestTransport,
+            grpc=AsyncGrpcTransport,
+            kind="an AsyncTransport",
+        )
         self.sms = AsyncSms(self)
         self.otp = AsyncOtp(self)
         self.devices = AsyncDevices(self)
@@ -110,7 +123,6 @@ class AsyncZimSend(ClientBase[AsyncTransport]):
         await self.aclose()
 
 
-
 class AsyncSms:
     """SPEC §3-§5: sending and following SMS (`client.sms`)."""
 
@@ -118,44 +130,90 @@ class AsyncSms:
         self._c = client
 
     async def send(
-        self, to: str, message: str, *, priority: PriorityArg = None,
-        webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        scheduled_at: TimeArg = None, sim_slot: int | None = None,
-        idempotency_key: str | None = None, device_id: str | None = None,
+        self,
+        to: str,
+        message: str,
+        *,
+        priority: PriorityArg = None,
+        webhook_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled_at: TimeArg = None,
+        sim_slot: int | None = None,
+        idempotency_key: str | None = None,
+        device_id: str | None = None,
     ) -> t.SentMessage:
         """Queue one SMS. Retried safely: every attempt carries the same Idempotency-Key."""
-        return await self._c._run(c.send(
-            to, message, priority_=priority, webhook_url=webhook_url, metadata=metadata,
-            scheduled_at=scheduled_at, sim_slot=sim_slot, idempotency_key=idempotency_key,
-            device_id=device_id))
+        return await self._c._run(
+            c.send(
+                to,
+                message,
+                priority_=priority,
+                webhook_url=webhook_url,
+                metadata=metadata,
+                scheduled_at=scheduled_at,
+                sim_slot=sim_slot,
+                idempotency_key=idempotency_key,
+                device_id=device_id,
+            )
+        )
 
     async def send_bulk(
-        self, recipients: Sequence[str], message: str, *, priority: PriorityArg = None,
-        webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        scheduled_at: TimeArg = None, idempotency_key: str | None = None,
+        self,
+        recipients: Sequence[str],
+        message: str,
+        *,
+        priority: PriorityArg = None,
+        webhook_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled_at: TimeArg = None,
+        idempotency_key: str | None = None,
         device_id: str | None = None,
     ) -> t.Batch:
         """One text to up to 100 recipients, all queued or none."""
-        return await self._c._run(c.send_bulk(
-            recipients, message, priority_=priority, webhook_url=webhook_url,
-            metadata=metadata, scheduled_at=scheduled_at, idempotency_key=idempotency_key,
-            device_id=device_id))
+        return await self._c._run(
+            c.send_bulk(
+                recipients,
+                message,
+                priority_=priority,
+                webhook_url=webhook_url,
+                metadata=metadata,
+                scheduled_at=scheduled_at,
+                idempotency_key=idempotency_key,
+                device_id=device_id,
+            )
+        )
 
     async def send_personalized(
-        self, messages: Sequence[Mapping[str, Any]], *, priority: PriorityArg = None,
-        webhook_url: str | None = None, scheduled_at: TimeArg = None,
-        idempotency_key: str | None = None, device_id: str | None = None,
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        priority: PriorityArg = None,
+        webhook_url: str | None = None,
+        scheduled_at: TimeArg = None,
+        idempotency_key: str | None = None,
+        device_id: str | None = None,
     ) -> t.Batch:
         """Up to 100 `{to, message, metadata}`, all queued or none."""
-        return await self._c._run(c.send_personalized(
-            messages, priority_=priority, webhook_url=webhook_url, scheduled_at=scheduled_at,
-            idempotency_key=idempotency_key, device_id=device_id))
+        return await self._c._run(
+            c.send_personalized(
+                messages,
+                priority_=priority,
+                webhook_url=webhook_url,
+                scheduled_at=scheduled_at,
+                idempotency_key=idempotency_key,
+                device_id=device_id,
+            )
+        )
 
     async def status(self, message_id: str) -> t.Message:
         return await self._c._run(c.status(message_id))
 
     async def wait(
-        self, message_id: str, *, until: Sequence[str] = ("delivered",), timeout: float = 60.0,  # noqa: ASYNC109 - the deadline is part of this call's contract
+        self,
+        message_id: str,
+        *,
+        until: Sequence[str] = ("delivered",),
+        timeout: float = 60.0,  # noqa: ASYNC109 - the deadline is part of this call's contract
         interval: float = 1.0,
     ) -> t.Message:
         """Poll the status until it is one of `until` or final (delivered, failed,
@@ -170,21 +228,43 @@ class AsyncSms:
             await asyncio.sleep(interval)
 
     async def history(
-        self, *, page: int | None = None, limit: int | None = None, status: str | None = None,
-        to: str | None = None, from_date: TimeArg = None, to_date: TimeArg = None,
-        device_id: str | None = None, search: str | None = None,
+        self,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        status: str | None = None,
+        to: str | None = None,
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        device_id: str | None = None,
+        search: str | None = None,
         delivery_report_missing: bool | None = None,
     ) -> t.Page[t.Message]:
         """One page, newest first; `delivery_report_missing=True`: only the `sent` messages
         whose delivery report never came."""
-        return await self._c._run(c.history(
-            page=page, limit=limit, status_=status, to=to, from_date=from_date,
-            to_date=to_date, device_id=device_id, search=search,
-            delivery_report_missing=delivery_report_missing))
+        return await self._c._run(
+            c.history(
+                page=page,
+                limit=limit,
+                status_=status,
+                to=to,
+                from_date=from_date,
+                to_date=to_date,
+                device_id=device_id,
+                search=search,
+                delivery_report_missing=delivery_report_missing,
+            )
+        )
 
     async def iter_history(
-        self, *, status: str | None = None, to: str | None = None, from_date: TimeArg = None,
-        to_date: TimeArg = None, device_id: str | None = None, search: str | None = None,
+        self,
+        *,
+        status: str | None = None,
+        to: str | None = None,
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        device_id: str | None = None,
+        search: str | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[t.Message]:
         """Every message of the filter, page after page. Messages arriving meanwhile push
@@ -192,9 +272,16 @@ class AsyncSms:
         seen: set[str] = set()
         page = 1
         while True:
-            result = await self.history(page=page, limit=page_size, status=status, to=to,
-                                  from_date=from_date, to_date=to_date, device_id=device_id,
-                                  search=search)
+            result = await self.history(
+                page=page,
+                limit=page_size,
+                status=status,
+                to=to,
+                from_date=from_date,
+                to_date=to_date,
+                device_id=device_id,
+                search=search,
+            )
             for message in result.items:
                 if message.message_id not in seen:
                     seen.add(message.message_id)
@@ -204,18 +291,32 @@ class AsyncSms:
             page += 1
 
     def export(
-        self, *, format: str = "csv", from_date: TimeArg = None, to_date: TimeArg = None,
-        status: str | None = None, device_id: str | None = None,
+        self,
+        *,
+        format: str = "csv",
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        status: str | None = None,
+        device_id: str | None = None,
     ) -> AsyncIterator[bytes]:
         """The history as CSV or JSON lines (`format="jsonl"`), streamed in chunks; raises
         ZimSendError(`EXPORT_TRUNCATED`) if the stream ends before its completion line."""
-        return self._c._stream(c.export(format=format, from_date=from_date, to_date=to_date,
-                                        status_=status, device_id=device_id))
+        return self._c._stream(
+            c.export(
+                format=format,
+                from_date=from_date,
+                to_date=to_date,
+                status_=status,
+                device_id=device_id,
+            )
+        )
 
-    async def stats(self, *, from_date: TimeArg = None, to_date: TimeArg = None,
-              device_id: str | None = None) -> t.Stats:
-        return await self._c._run(c.stats(from_date=from_date, to_date=to_date,
-                                          device_id=device_id))
+    async def stats(
+        self, *, from_date: TimeArg = None, to_date: TimeArg = None, device_id: str | None = None
+    ) -> t.Stats:
+        return await self._c._run(
+            c.stats(from_date=from_date, to_date=to_date, device_id=device_id)
+        )
 
     async def cancel(self, message_id: str) -> t.CancelledMessage:
         """Cancel a message that is still `queued` (else CANNOT_CANCEL_MESSAGE)."""
@@ -225,12 +326,21 @@ class AsyncSms:
         """Queue a `failed` message again (else CANNOT_RESEND_MESSAGE)."""
         return await self._c._run(c.resend(message_id))
 
-    async def inbox(self, *, page: int | None = None, limit: int | None = None,
-              from_date: TimeArg = None, to_date: TimeArg = None,
-              device_id: str | None = None) -> t.Page[t.InboundSms]:
+    async def inbox(
+        self,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        device_id: str | None = None,
+    ) -> t.Page[t.InboundSms]:
         """SMS the phones received, newest first."""
-        return await self._c._run(c.inbox(page=page, limit=limit, from_date=from_date,
-                                    to_date=to_date, device_id=device_id))
+        return await self._c._run(
+            c.inbox(
+                page=page, limit=limit, from_date=from_date, to_date=to_date, device_id=device_id
+            )
+        )
 
 
 class AsyncOtp:
@@ -239,11 +349,18 @@ class AsyncOtp:
     def __init__(self, client: AsyncZimSend) -> None:
         self._c = client
 
-    async def send(self, to: str, *, length: int | None = None, expiry: int | None = None,
-             template: str | None = None,
-             metadata: Mapping[str, Any] | None = None) -> t.OtpSent:
-        return await self._c._run(c.otp_send(to, length=length, expiry=expiry, template=template,
-                                       metadata=metadata))
+    async def send(
+        self,
+        to: str,
+        *,
+        length: int | None = None,
+        expiry: int | None = None,
+        template: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> t.OtpSent:
+        return await self._c._run(
+            c.otp_send(to, length=length, expiry=expiry, template=template, metadata=metadata)
+        )
 
     async def verify(self, otp_id: str, code: str) -> t.OtpVerification:
         """`valid` False for a wrong code; OtpError once used up, expired or unknown."""
@@ -266,18 +383,32 @@ class AsyncDevices:
     async def get(self, device_id: str) -> t.Device:
         return await self._c._run(c.device_get(device_id))
 
-    async def update(self, device_id: str, *, name: str | None = None, enabled: bool | None = None,
-               send_interval_ms: int | None = None, daily_cap: int | None = None,
-               parts_per_minute: int | None = None, parts_per_hour: int | None = None,
-               parts_per_day: int | None = None) -> t.Device:
+    async def update(
+        self,
+        device_id: str,
+        *,
+        name: str | None = None,
+        enabled: bool | None = None,
+        send_interval_ms: int | None = None,
+        daily_cap: int | None = None,
+        parts_per_minute: int | None = None,
+        parts_per_hour: int | None = None,
+        parts_per_day: int | None = None,
+    ) -> t.Device:
         """Change what is given, live (the phone gets new pacing at once); `parts_per_*` is
         the per-SIM send budget in SMS parts (0: no limit)."""
-        return await self._c._run(c.device_update(device_id, name=name, enabled=enabled,
-                                            send_interval_ms=send_interval_ms,
-                                            daily_cap=daily_cap,
-                                            parts_per_minute=parts_per_minute,
-                                            parts_per_hour=parts_per_hour,
-                                            parts_per_day=parts_per_day))
+        return await self._c._run(
+            c.device_update(
+                device_id,
+                name=name,
+                enabled=enabled,
+                send_interval_ms=send_interval_ms,
+                daily_cap=daily_cap,
+                parts_per_minute=parts_per_minute,
+                parts_per_hour=parts_per_hour,
+                parts_per_day=parts_per_day,
+            )
+        )
 
     async def delete(self, device_id: str) -> None:
         await self._c._run(c.device_delete(device_id))
@@ -311,20 +442,34 @@ class AsyncWebhooks:
     def __init__(self, client: AsyncZimSend) -> None:
         self._c = client
 
-    async def configure(self, url: str, events: Sequence[str], *,
-                  secret: str | None = None) -> t.WebhookCreated:
+    async def configure(
+        self, url: str, events: Sequence[str], *, secret: str | None = None
+    ) -> t.WebhookCreated:
         """A new endpoint; its `secret` is shown only in this answer."""
         return await self._c._run(c.webhook_configure(url, events, secret))
 
     async def list(self) -> builtins.list[t.Webhook]:
         return await self._c._run(c.webhook_list())
 
-    async def logs(self, *, page: int | None = None, limit: int | None = None,
-                   webhook_id: str | None = None, event_id: str | None = None,
-                   message_id: str | None = None) -> t.Page[t.WebhookLog]:
+    async def logs(
+        self,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        webhook_id: str | None = None,
+        event_id: str | None = None,
+        message_id: str | None = None,
+    ) -> t.Page[t.WebhookLog]:
         """Delivery attempts, newest first; `message_id`: only that message's events'."""
-        return await self._c._run(c.webhook_logs(page=page, limit=limit, webhook_id=webhook_id,
-                                                 event_id=event_id, message_id=message_id))
+        return await self._c._run(
+            c.webhook_logs(
+                page=page,
+                limit=limit,
+                webhook_id=webhook_id,
+                event_id=event_id,
+                message_id=message_id,
+            )
+        )
 
     async def test(self, webhook_id: str) -> t.WebhookTest:
         """Send a `webhook.test` event to that endpoint."""
@@ -345,11 +490,11 @@ class AsyncOptOuts:
     def __init__(self, client: AsyncZimSend) -> None:
         self._c = client
 
-    async def list(self, *, page: int | None = None, limit: int | None = None,
-                   phone_number: str | None = None) -> t.Page[t.OptOut]:
+    async def list(
+        self, *, page: int | None = None, limit: int | None = None, phone_number: str | None = None
+    ) -> t.Page[t.OptOut]:
         """Newest first; `phone_number` looks one number up."""
-        return await self._c._run(c.opt_out_list(page=page, limit=limit,
-                                                 phone_number=phone_number))
+        return await self._c._run(c.opt_out_list(page=page, limit=limit, phone_number=phone_number))
 
     async def add(self, phone_number: str) -> t.OptOutAdded:
         """List a number (`created` False when it already was)."""

@@ -29,17 +29,21 @@ class Credentials:
     device_id: str | None
 
     @classmethod
-    def resolve(cls, api_key: str | None, client_id: str | None, base_url: str | None,
-                device_id: str | None) -> Credentials:
+    def resolve(
+        cls, api_key: str | None, client_id: str | None, base_url: str | None, device_id: str | None
+    ) -> Credentials:
         """Arguments first, then ZIMSEND_API_KEY / ZIMSEND_CLIENT_ID / ZIMSEND_BASE_URL."""
         api_key = api_key or os.environ.get("ZIMSEND_API_KEY")
         client_id = client_id or os.environ.get("ZIMSEND_CLIENT_ID")
         base_url = base_url or os.environ.get("ZIMSEND_BASE_URL") or DEFAULT_BASE_URL
-        missing = [name for name, value in (("api_key", api_key), ("client_id", client_id))
-                   if not value]
+        missing = [
+            name for name, value in (("api_key", api_key), ("client_id", client_id)) if not value
+        ]
         if missing:
-            raise ValueError(f"ZimSend needs {' and '.join(missing)} (arguments, or the "
-                             "ZIMSEND_API_KEY / ZIMSEND_CLIENT_ID environment variables)")
+            raise ValueError(
+                f"ZimSend needs {' and '.join(missing)} (arguments, or the "
+                "ZIMSEND_API_KEY / ZIMSEND_CLIENT_ID environment variables)"
+            )
         assert api_key
         assert client_id
         return cls(api_key, client_id, base_url, device_id)
@@ -64,10 +68,18 @@ class ClientBase(Generic[TransportT]):
     its own explicit signature, typed with its kind of transport."""
 
     def __init__(
-        self, api_key: str | None, client_id: str | None, base_url: str | None, *,
-        device_id: str | None, timeout: float, retries: Retries | int,
-        transport: TransportT | str, rest: Callable[[str], TransportT],
-        grpc: Callable[..., TransportT], kind: str,
+        self,
+        api_key: str | None,
+        client_id: str | None,
+        base_url: str | None,
+        *,
+        device_id: str | None,
+        timeout: float,
+        retries: Retries | int,
+        transport: TransportT | str,
+        rest: Callable[[str], TransportT],
+        grpc: Callable[..., TransportT],
+        kind: str,
     ) -> None:
         self._credentials = Credentials.resolve(api_key, client_id, base_url, device_id)
         self._timeout = timeout
@@ -110,6 +122,9 @@ class ExportCheck:
     def finish(self) -> None:
         last = self._tail.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
         if not last.startswith(self.MARKERS):
-            raise ZimSendError("EXPORT_TRUNCATED", "the export ended before its completion "
-                               "line; run it again (nothing was lost on the server)",
-                               http_status=502)
+            raise ZimSendError(
+                "EXPORT_TRUNCATED",
+                "the export ended before its completion "
+                "line; run it again (nothing was lost on the server)",
+                http_status=502,
+            )

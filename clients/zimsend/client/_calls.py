@@ -28,13 +28,27 @@ def _op(service: str, method: str, module: str, http: str, path: str, **flags: b
 AUTH_TEST = _op("AuthService", "AuthTest", "auth", "GET", "/v1/auth/test", idempotent=True)
 SEND = _op("SmsService", "SendSms", "sms", "POST", "/v1/sms/send", keyed=True)
 SEND_BULK = _op("SmsService", "SendBulkSms", "sms", "POST", "/v1/sms/send-bulk", keyed=True)
-SEND_PERSONALIZED = _op("SmsService", "SendBulkPersonalizedSms", "sms", "POST",
-                        "/v1/sms/send-bulk-personalized", keyed=True)
-STATUS = _op("SmsService", "GetSmsStatus", "sms", "GET", "/v1/sms/status/{message_id}",
-             idempotent=True)
+SEND_PERSONALIZED = _op(
+    "SmsService",
+    "SendBulkPersonalizedSms",
+    "sms",
+    "POST",
+    "/v1/sms/send-bulk-personalized",
+    keyed=True,
+)
+STATUS = _op(
+    "SmsService", "GetSmsStatus", "sms", "GET", "/v1/sms/status/{message_id}", idempotent=True
+)
 HISTORY = _op("SmsService", "ListSmsHistory", "sms", "GET", "/v1/sms/history", idempotent=True)
-EXPORT = _op("SmsService", "ExportSmsHistory", "sms", "GET", "/v1/sms/history:export",
-             idempotent=True, streaming=True)
+EXPORT = _op(
+    "SmsService",
+    "ExportSmsHistory",
+    "sms",
+    "GET",
+    "/v1/sms/history:export",
+    idempotent=True,
+    streaming=True,
+)
 STATS = _op("SmsService", "GetSmsStats", "sms", "GET", "/v1/sms/stats", idempotent=True)
 CANCEL = _op("SmsService", "CancelSms", "sms", "DELETE", "/v1/sms/{message_id}")
 RESEND = _op("SmsService", "ResendSms", "sms", "POST", "/v1/sms/{message_id}/resend")
@@ -42,38 +56,53 @@ INBOX = _op("SmsService", "ListInboundSms", "sms", "GET", "/v1/sms/inbox", idemp
 OTP_SEND = _op("OtpService", "SendOtp", "otp", "POST", "/v1/sms/send-otp")
 OTP_VERIFY = _op("OtpService", "VerifyOtp", "otp", "POST", "/v1/sms/verify-otp")
 DEVICE_CREATE = _op("DeviceService", "CreateDevice", "devices", "POST", "/v1/devices")
-DEVICE_LIST = _op("DeviceService", "ListDevices", "devices", "GET", "/v1/devices",
-                  idempotent=True)
-DEVICE_GET = _op("DeviceService", "GetDevice", "devices", "GET", "/v1/devices/{device_id}",
-                 idempotent=True)
-DEVICE_UPDATE = _op("DeviceService", "UpdateDevice", "devices", "PATCH",
-                    "/v1/devices/{device_id}", idempotent=True)
-DEVICE_DELETE = _op("DeviceService", "DeleteDevice", "devices", "DELETE",
-                    "/v1/devices/{device_id}")
-DEVICE_ROTATE = _op("DeviceService", "RotateDevicePassword", "devices", "POST",
-                    "/v1/devices/{device_id}/rotate-password")
+DEVICE_LIST = _op("DeviceService", "ListDevices", "devices", "GET", "/v1/devices", idempotent=True)
+DEVICE_GET = _op(
+    "DeviceService", "GetDevice", "devices", "GET", "/v1/devices/{device_id}", idempotent=True
+)
+DEVICE_UPDATE = _op(
+    "DeviceService", "UpdateDevice", "devices", "PATCH", "/v1/devices/{device_id}", idempotent=True
+)
+DEVICE_DELETE = _op("DeviceService", "DeleteDevice", "devices", "DELETE", "/v1/devices/{device_id}")
+DEVICE_ROTATE = _op(
+    "DeviceService",
+    "RotateDevicePassword",
+    "devices",
+    "POST",
+    "/v1/devices/{device_id}/rotate-password",
+)
 KEY_CREATE = _op("ApiKeyService", "CreateApiKey", "api_keys", "POST", "/v1/api-keys")
-KEY_LIST = _op("ApiKeyService", "ListApiKeys", "api_keys", "GET", "/v1/api-keys",
-               idempotent=True)
+KEY_LIST = _op("ApiKeyService", "ListApiKeys", "api_keys", "GET", "/v1/api-keys", idempotent=True)
 KEY_REVOKE = _op("ApiKeyService", "RevokeApiKey", "api_keys", "DELETE", "/v1/api-keys/{key_id}")
-WEBHOOK_CONFIGURE = _op("WebhookService", "ConfigureWebhook", "webhooks", "POST",
-                        "/v1/webhooks/configure")
-WEBHOOK_LIST = _op("WebhookService", "ListWebhooks", "webhooks", "GET", "/v1/webhooks",
-                   idempotent=True)
-WEBHOOK_LOGS = _op("WebhookService", "ListWebhookLogs", "webhooks", "GET", "/v1/webhooks/logs",
-                   idempotent=True)
-WEBHOOK_TEST = _op("WebhookService", "TestWebhook", "webhooks", "POST",
-                   "/v1/webhooks/{webhook_id}/test")
-WEBHOOK_DELETE = _op("WebhookService", "DeleteWebhook", "webhooks", "DELETE",
-                     "/v1/webhooks/{webhook_id}")
-WEBHOOK_REDELIVER = _op("WebhookService", "RedeliverWebhookEvent", "webhooks", "POST",
-                        "/v1/webhooks/events/{event_id}/redeliver")
-OPT_OUT_LIST = _op("OptOutService", "ListOptOuts", "opt_outs", "GET", "/v1/opt-outs",
-                   idempotent=True)
-OPT_OUT_ADD = _op("OptOutService", "AddOptOut", "opt_outs", "POST", "/v1/opt-outs",
-                  idempotent=True)
-OPT_OUT_REMOVE = _op("OptOutService", "RemoveOptOut", "opt_outs", "DELETE",
-                     "/v1/opt-outs/{phone_number}")
+WEBHOOK_CONFIGURE = _op(
+    "WebhookService", "ConfigureWebhook", "webhooks", "POST", "/v1/webhooks/configure"
+)
+WEBHOOK_LIST = _op(
+    "WebhookService", "ListWebhooks", "webhooks", "GET", "/v1/webhooks", idempotent=True
+)
+WEBHOOK_LOGS = _op(
+    "WebhookService", "ListWebhookLogs", "webhooks", "GET", "/v1/webhooks/logs", idempotent=True
+)
+WEBHOOK_TEST = _op(
+    "WebhookService", "TestWebhook", "webhooks", "POST", "/v1/webhooks/{webhook_id}/test"
+)
+WEBHOOK_DELETE = _op(
+    "WebhookService", "DeleteWebhook", "webhooks", "DELETE", "/v1/webhooks/{webhook_id}"
+)
+WEBHOOK_REDELIVER = _op(
+    "WebhookService",
+    "RedeliverWebhookEvent",
+    "webhooks",
+    "POST",
+    "/v1/webhooks/events/{event_id}/redeliver",
+)
+OPT_OUT_LIST = _op(
+    "OptOutService", "ListOptOuts", "opt_outs", "GET", "/v1/opt-outs", idempotent=True
+)
+OPT_OUT_ADD = _op("OptOutService", "AddOptOut", "opt_outs", "POST", "/v1/opt-outs", idempotent=True)
+OPT_OUT_REMOVE = _op(
+    "OptOutService", "RemoveOptOut", "opt_outs", "DELETE", "/v1/opt-outs/{phone_number}"
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,7 @@ def _page(cls: type[T], key: str) -> Callable[[dict[str, Any]], t.Page[T]]:
     def parse(data: dict[str, Any]) -> t.Page[T]:
         items = tuple(t.from_json(cls, item) for item in data.get(key) or ())
         return t.Page(items, t.from_json(t.Pagination, data.get("pagination") or {}))
+
     return parse
 
 
@@ -137,32 +167,71 @@ def _device(data: dict[str, Any]) -> t.Device:
 # --- SMS ------------------------------------------------------------------------------------
 
 
-def send(to: str, message: str, *, priority_: PriorityArg, webhook_url: str | None,
-         metadata: Mapping[str, Any] | None, scheduled_at: TimeArg, sim_slot: int | None,
-         idempotency_key: str | None, device_id: str | None) -> Call[t.SentMessage]:
-    fields = {"to": to, "message": message, "priority": priority(priority_),
-              "webhook_url": webhook_url, "metadata": metadata,
-              "scheduled_at": time_arg(scheduled_at), "sim_slot": sim_slot}
+def send(
+    to: str,
+    message: str,
+    *,
+    priority_: PriorityArg,
+    webhook_url: str | None,
+    metadata: Mapping[str, Any] | None,
+    scheduled_at: TimeArg,
+    sim_slot: int | None,
+    idempotency_key: str | None,
+    device_id: str | None,
+) -> Call[t.SentMessage]:
+    fields = {
+        "to": to,
+        "message": message,
+        "priority": priority(priority_),
+        "webhook_url": webhook_url,
+        "metadata": metadata,
+        "scheduled_at": time_arg(scheduled_at),
+        "sim_slot": sim_slot,
+    }
     return Call(SEND, fields, _one(t.SentMessage), idempotency_key, device_id)
 
 
-def send_bulk(recipients: Sequence[str], message: str, *, priority_: PriorityArg,
-              webhook_url: str | None, metadata: Mapping[str, Any] | None,
-              scheduled_at: TimeArg, idempotency_key: str | None,
-              device_id: str | None) -> Call[t.Batch]:
-    fields = {"recipients": list(recipients), "message": message,
-              "priority": priority(priority_), "webhook_url": webhook_url, "metadata": metadata,
-              "scheduled_at": time_arg(scheduled_at)}
+def send_bulk(
+    recipients: Sequence[str],
+    message: str,
+    *,
+    priority_: PriorityArg,
+    webhook_url: str | None,
+    metadata: Mapping[str, Any] | None,
+    scheduled_at: TimeArg,
+    idempotency_key: str | None,
+    device_id: str | None,
+) -> Call[t.Batch]:
+    fields = {
+        "recipients": list(recipients),
+        "message": message,
+        "priority": priority(priority_),
+        "webhook_url": webhook_url,
+        "metadata": metadata,
+        "scheduled_at": time_arg(scheduled_at),
+    }
     return Call(SEND_BULK, fields, _one(t.Batch), idempotency_key, device_id)
 
 
-def send_personalized(messages: Sequence[Mapping[str, Any]], *, priority_: PriorityArg,
-                      webhook_url: str | None, scheduled_at: TimeArg,
-                      idempotency_key: str | None, device_id: str | None) -> Call[t.Batch]:
-    items = [{k: v for k, v in m.items() if k in ("to", "message", "metadata") and v is not None}
-             for m in messages]
-    fields = {"messages": items, "priority": priority(priority_), "webhook_url": webhook_url,
-              "scheduled_at": time_arg(scheduled_at)}
+def send_personalized(
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    priority_: PriorityArg,
+    webhook_url: str | None,
+    scheduled_at: TimeArg,
+    idempotency_key: str | None,
+    device_id: str | None,
+) -> Call[t.Batch]:
+    items = [
+        {k: v for k, v in m.items() if k in ("to", "message", "metadata") and v is not None}
+        for m in messages
+    ]
+    fields = {
+        "messages": items,
+        "priority": priority(priority_),
+        "webhook_url": webhook_url,
+        "scheduled_at": time_arg(scheduled_at),
+    }
     return Call(SEND_PERSONALIZED, fields, _one(t.Batch), idempotency_key, device_id)
 
 
@@ -170,27 +239,51 @@ def status(message_id: str) -> Call[t.Message]:
     return Call(STATUS, {"message_id": message_id}, _one(t.Message))
 
 
-def history(*, page: int | None, limit: int | None, status_: str | None, to: str | None,
-            from_date: TimeArg, to_date: TimeArg, device_id: str | None,
-            search: str | None,
-            delivery_report_missing: bool | None = None) -> Call[t.Page[t.Message]]:
-    fields = {"page": page, "limit": limit, "status": status_ and str(status_), "to": to,
-              "from_date": time_arg(from_date), "to_date": time_arg(to_date),
-              "device_id": device_id, "search": search,
-              "delivery_report_missing": delivery_report_missing}
+def history(
+    *,
+    page: int | None,
+    limit: int | None,
+    status_: str | None,
+    to: str | None,
+    from_date: TimeArg,
+    to_date: TimeArg,
+    device_id: str | None,
+    search: str | None,
+    delivery_report_missing: bool | None = None,
+) -> Call[t.Page[t.Message]]:
+    fields = {
+        "page": page,
+        "limit": limit,
+        "status": status_ and str(status_),
+        "to": to,
+        "from_date": time_arg(from_date),
+        "to_date": time_arg(to_date),
+        "device_id": device_id,
+        "search": search,
+        "delivery_report_missing": delivery_report_missing,
+    }
     return Call(HISTORY, fields, _page(t.Message, "data"))
 
 
-def export(*, format: str, from_date: TimeArg, to_date: TimeArg, status_: str | None,
-           device_id: str | None) -> Call[None]:
-    fields = {"format": format, "from_date": time_arg(from_date), "to_date": time_arg(to_date),
-              "status": status_ and str(status_), "device_id": device_id}
+def export(
+    *, format: str, from_date: TimeArg, to_date: TimeArg, status_: str | None, device_id: str | None
+) -> Call[None]:
+    fields = {
+        "format": format,
+        "from_date": time_arg(from_date),
+        "to_date": time_arg(to_date),
+        "status": status_ and str(status_),
+        "device_id": device_id,
+    }
     return Call(EXPORT, fields, _none)
 
 
 def stats(*, from_date: TimeArg, to_date: TimeArg, device_id: str | None) -> Call[t.Stats]:
-    fields = {"from_date": time_arg(from_date), "to_date": time_arg(to_date),
-              "device_id": device_id}
+    fields = {
+        "from_date": time_arg(from_date),
+        "to_date": time_arg(to_date),
+        "device_id": device_id,
+    }
     return Call(STATS, fields, _stats)
 
 
@@ -202,20 +295,42 @@ def resend(message_id: str) -> Call[t.ResentMessage]:
     return Call(RESEND, {"message_id": message_id}, _one(t.ResentMessage))
 
 
-def inbox(*, page: int | None, limit: int | None, from_date: TimeArg, to_date: TimeArg,
-          device_id: str | None) -> Call[t.Page[t.InboundSms]]:
-    fields = {"page": page, "limit": limit, "from_date": time_arg(from_date),
-              "to_date": time_arg(to_date), "device_id": device_id}
+def inbox(
+    *,
+    page: int | None,
+    limit: int | None,
+    from_date: TimeArg,
+    to_date: TimeArg,
+    device_id: str | None,
+) -> Call[t.Page[t.InboundSms]]:
+    fields = {
+        "page": page,
+        "limit": limit,
+        "from_date": time_arg(from_date),
+        "to_date": time_arg(to_date),
+        "device_id": device_id,
+    }
     return Call(INBOX, fields, _page(t.InboundSms, "data"))
 
 
 # --- OTP ------------------------------------------------------------------------------------
 
 
-def otp_send(to: str, *, length: int | None, expiry: int | None, template: str | None,
-             metadata: Mapping[str, Any] | None) -> Call[t.OtpSent]:
-    fields = {"to": to, "length": length, "expiry": expiry, "template": template,
-              "metadata": metadata}
+def otp_send(
+    to: str,
+    *,
+    length: int | None,
+    expiry: int | None,
+    template: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> Call[t.OtpSent]:
+    fields = {
+        "to": to,
+        "length": length,
+        "expiry": expiry,
+        "template": template,
+        "metadata": metadata,
+    }
     return Call(OTP_SEND, fields, _one(t.OtpSent))
 
 
@@ -242,14 +357,27 @@ def device_get(device_id: str) -> Call[t.Device]:
     return Call(DEVICE_GET, {"device_id": device_id}, _device)
 
 
-def device_update(device_id: str, *, name: str | None, enabled: bool | None,
-                  send_interval_ms: int | None, daily_cap: int | None,
-                  parts_per_minute: int | None = None, parts_per_hour: int | None = None,
-                  parts_per_day: int | None = None) -> Call[t.Device]:
-    fields = {"device_id": device_id, "name": name, "enabled": enabled,
-              "send_interval_ms": send_interval_ms, "daily_cap": daily_cap,
-              "parts_per_minute": parts_per_minute, "parts_per_hour": parts_per_hour,
-              "parts_per_day": parts_per_day}
+def device_update(
+    device_id: str,
+    *,
+    name: str | None,
+    enabled: bool | None,
+    send_interval_ms: int | None,
+    daily_cap: int | None,
+    parts_per_minute: int | None = None,
+    parts_per_hour: int | None = None,
+    parts_per_day: int | None = None,
+) -> Call[t.Device]:
+    fields = {
+        "device_id": device_id,
+        "name": name,
+        "enabled": enabled,
+        "send_interval_ms": send_interval_ms,
+        "daily_cap": daily_cap,
+        "parts_per_minute": parts_per_minute,
+        "parts_per_hour": parts_per_hour,
+        "parts_per_day": parts_per_day,
+    }
     return Call(DEVICE_UPDATE, fields, _device)
 
 
@@ -273,8 +401,9 @@ def key_revoke(key_id: str) -> Call[None]:
     return Call(KEY_REVOKE, {"key_id": key_id}, _none)
 
 
-def webhook_configure(url: str, events: Sequence[str],
-                      secret: str | None) -> Call[t.WebhookCreated]:
+def webhook_configure(
+    url: str, events: Sequence[str], secret: str | None
+) -> Call[t.WebhookCreated]:
     fields = {"url": url, "events": list(events), "secret": secret}
     return Call(WEBHOOK_CONFIGURE, fields, _one(t.WebhookCreated))
 
@@ -283,10 +412,21 @@ def webhook_list() -> Call[list[t.Webhook]]:
     return Call(WEBHOOK_LIST, {}, _items(t.Webhook, "webhooks"))
 
 
-def webhook_logs(*, page: int | None, limit: int | None, webhook_id: str | None,
-                 event_id: str | None, message_id: str | None) -> Call[t.Page[t.WebhookLog]]:
-    fields = {"page": page, "limit": limit, "webhook_id": webhook_id, "event_id": event_id,
-              "message_id": message_id}
+def webhook_logs(
+    *,
+    page: int | None,
+    limit: int | None,
+    webhook_id: str | None,
+    event_id: str | None,
+    message_id: str | None,
+) -> Call[t.Page[t.WebhookLog]]:
+    fields = {
+        "page": page,
+        "limit": limit,
+        "webhook_id": webhook_id,
+        "event_id": event_id,
+        "message_id": message_id,
+    }
     return Call(WEBHOOK_LOGS, fields, _page(t.WebhookLog, "logs"))
 
 
@@ -302,8 +442,9 @@ def webhook_redeliver(event_id: str) -> Call[None]:
     return Call(WEBHOOK_REDELIVER, {"event_id": event_id}, _none)
 
 
-def opt_out_list(*, page: int | None, limit: int | None,
-                 phone_number: str | None) -> Call[t.Page[t.OptOut]]:
+def opt_out_list(
+    *, page: int | None, limit: int | None, phone_number: str | None
+) -> Call[t.Page[t.OptOut]]:
     fields = {"page": page, "limit": limit, "phone_number": phone_number}
     return Call(OPT_OUT_LIST, fields, _page(t.OptOut, "opt_outs"))
 

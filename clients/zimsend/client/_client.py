@@ -39,14 +39,28 @@ class ZimSend(ClientBase[Transport]):
     """
 
     def __init__(
-        self, api_key: str | None = None, client_id: str | None = None,
-        base_url: str | None = None, *, device_id: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT, retries: Retries | int = Retries(),
+        self,
+        api_key: str | None = None,
+        client_id: str | None = None,
+        base_url: str | None = None,
+        *,
+        device_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: Retries | int = Retries(),
         transport: Transport | str = "rest",
     ) -> None:
         super().__init__(
-            api_key, client_id, base_url, device_id=device_id, timeout=timeout, retries=retries,
-            transport=transport, rest=RestTransport, grpc=GrpcTransport, kind="a Transport")
+            api_key,
+            client_id,
+            base_url,
+            device_id=device_id,
+            timeout=timeout,
+            retries=retries,
+            transport=transport,
+            rest=RestTransport,
+            grpc=GrpcTransport,
+            kind="a Transport",
+        )
         self.sms = Sms(self)
         self.otp = Otp(self)
         self.devices = Devices(self)
@@ -114,44 +128,90 @@ class Sms:
         self._c = client
 
     def send(
-        self, to: str, message: str, *, priority: PriorityArg = None,
-        webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        scheduled_at: TimeArg = None, sim_slot: int | None = None,
-        idempotency_key: str | None = None, device_id: str | None = None,
+        self,
+        to: str,
+        message: str,
+        *,
+        priority: PriorityArg = None,
+        webhook_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled_at: TimeArg = None,
+        sim_slot: int | None = None,
+        idempotency_key: str | None = None,
+        device_id: str | None = None,
     ) -> t.SentMessage:
         """Queue one SMS. Retried safely: every attempt carries the same Idempotency-Key."""
-        return self._c._run(c.send(
-            to, message, priority_=priority, webhook_url=webhook_url, metadata=metadata,
-            scheduled_at=scheduled_at, sim_slot=sim_slot, idempotency_key=idempotency_key,
-            device_id=device_id))
+        return self._c._run(
+            c.send(
+                to,
+                message,
+                priority_=priority,
+                webhook_url=webhook_url,
+                metadata=metadata,
+                scheduled_at=scheduled_at,
+                sim_slot=sim_slot,
+                idempotency_key=idempotency_key,
+                device_id=device_id,
+            )
+        )
 
     def send_bulk(
-        self, recipients: Sequence[str], message: str, *, priority: PriorityArg = None,
-        webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        scheduled_at: TimeArg = None, idempotency_key: str | None = None,
+        self,
+        recipients: Sequence[str],
+        message: str,
+        *,
+        priority: PriorityArg = None,
+        webhook_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled_at: TimeArg = None,
+        idempotency_key: str | None = None,
         device_id: str | None = None,
     ) -> t.Batch:
         """One text to up to 100 recipients, all queued or none."""
-        return self._c._run(c.send_bulk(
-            recipients, message, priority_=priority, webhook_url=webhook_url,
-            metadata=metadata, scheduled_at=scheduled_at, idempotency_key=idempotency_key,
-            device_id=device_id))
+        return self._c._run(
+            c.send_bulk(
+                recipients,
+                message,
+                priority_=priority,
+                webhook_url=webhook_url,
+                metadata=metadata,
+                scheduled_at=scheduled_at,
+                idempotency_key=idempotency_key,
+                device_id=device_id,
+            )
+        )
 
     def send_personalized(
-        self, messages: Sequence[Mapping[str, Any]], *, priority: PriorityArg = None,
-        webhook_url: str | None = None, scheduled_at: TimeArg = None,
-        idempotency_key: str | None = None, device_id: str | None = None,
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        priority: PriorityArg = None,
+        webhook_url: str | None = None,
+        scheduled_at: TimeArg = None,
+        idempotency_key: str | None = None,
+        device_id: str | None = None,
     ) -> t.Batch:
         """Up to 100 `{to, message, metadata}`, all queued or none."""
-        return self._c._run(c.send_personalized(
-            messages, priority_=priority, webhook_url=webhook_url, scheduled_at=scheduled_at,
-            idempotency_key=idempotency_key, device_id=device_id))
+        return self._c._run(
+            c.send_personalized(
+                messages,
+                priority_=priority,
+                webhook_url=webhook_url,
+                scheduled_at=scheduled_at,
+                idempotency_key=idempotency_key,
+                device_id=device_id,
+            )
+        )
 
     def status(self, message_id: str) -> t.Message:
         return self._c._run(c.status(message_id))
 
     def wait(
-        self, message_id: str, *, until: Sequence[str] = ("delivered",), timeout: float = 60.0,
+        self,
+        message_id: str,
+        *,
+        until: Sequence[str] = ("delivered",),
+        timeout: float = 60.0,
         interval: float = 1.0,
     ) -> t.Message:
         """Poll the status until it is one of `until` or final (delivered, failed,
@@ -166,21 +226,43 @@ class Sms:
             time.sleep(interval)
 
     def history(
-        self, *, page: int | None = None, limit: int | None = None, status: str | None = None,
-        to: str | None = None, from_date: TimeArg = None, to_date: TimeArg = None,
-        device_id: str | None = None, search: str | None = None,
+        self,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        status: str | None = None,
+        to: str | None = None,
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        device_id: str | None = None,
+        search: str | None = None,
         delivery_report_missing: bool | None = None,
     ) -> t.Page[t.Message]:
         """One page, newest first; `delivery_report_missing=True`: only the `sent` messages
         whose delivery report never came."""
-        return self._c._run(c.history(
-            page=page, limit=limit, status_=status, to=to, from_date=from_date,
-            to_date=to_date, device_id=device_id, search=search,
-            delivery_report_missing=delivery_report_missing))
+        return self._c._run(
+            c.history(
+                page=page,
+                limit=limit,
+                status_=status,
+                to=to,
+                from_date=from_date,
+                to_date=to_date,
+                device_id=device_id,
+                search=search,
+                delivery_report_missing=delivery_report_missing,
+            )
+        )
 
     def iter_history(
-        self, *, status: str | None = None, to: str | None = None, from_date: TimeArg = None,
-        to_date: TimeArg = None, device_id: str | None = None, search: str | None = None,
+        self,
+        *,
+        status: str | None = None,
+        to: str | None = None,
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        device_id: str | None = None,
+        search: str | None = None,
         page_size: int = 100,
     ) -> Iterator[t.Message]:
         """Every message of the filter, page after page. Messages arriving meanwhile push
@@ -188,9 +270,16 @@ class Sms:
         seen: set[str] = set()
         page = 1
         while True:
-            result = self.history(page=page, limit=page_size, status=status, to=to,
-                                  from_date=from_date, to_date=to_date, device_id=device_id,
-                                  search=search)
+            result = self.history(
+                page=page,
+                limit=page_size,
+                status=status,
+                to=to,
+                from_date=from_date,
+                to_date=to_date,
+                device_id=device_id,
+                search=search,
+            )
             for message in result.items:
                 if message.message_id not in seen:
                     seen.add(message.message_id)
@@ -200,16 +289,29 @@ class Sms:
             page += 1
 
     def export(
-        self, *, format: str = "csv", from_date: TimeArg = None, to_date: TimeArg = None,
-        status: str | None = None, device_id: str | None = None,
+        self,
+        *,
+        format: str = "csv",
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        status: str | None = None,
+        device_id: str | None = None,
     ) -> Iterator[bytes]:
         """The history as CSV or JSON lines (`format="jsonl"`), streamed in chunks; raises
         ZimSendError(`EXPORT_TRUNCATED`) if the stream ends before its completion line."""
-        return self._c._stream(c.export(format=format, from_date=from_date, to_date=to_date,
-                                        status_=status, device_id=device_id))
+        return self._c._stream(
+            c.export(
+                format=format,
+                from_date=from_date,
+                to_date=to_date,
+                status_=status,
+                device_id=device_id,
+            )
+        )
 
-    def stats(self, *, from_date: TimeArg = None, to_date: TimeArg = None,
-              device_id: str | None = None) -> t.Stats:
+    def stats(
+        self, *, from_date: TimeArg = None, to_date: TimeArg = None, device_id: str | None = None
+    ) -> t.Stats:
         return self._c._run(c.stats(from_date=from_date, to_date=to_date, device_id=device_id))
 
     def cancel(self, message_id: str) -> t.CancelledMessage:
@@ -220,12 +322,21 @@ class Sms:
         """Queue a `failed` message again (else CANNOT_RESEND_MESSAGE)."""
         return self._c._run(c.resend(message_id))
 
-    def inbox(self, *, page: int | None = None, limit: int | None = None,
-              from_date: TimeArg = None, to_date: TimeArg = None,
-              device_id: str | None = None) -> t.Page[t.InboundSms]:
+    def inbox(
+        self,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        from_date: TimeArg = None,
+        to_date: TimeArg = None,
+        device_id: str | None = None,
+    ) -> t.Page[t.InboundSms]:
         """SMS the phones received, newest first."""
-        return self._c._run(c.inbox(page=page, limit=limit, from_date=from_date,
-                                    to_date=to_date, device_id=device_id))
+        return self._c._run(
+            c.inbox(
+                page=page, limit=limit, from_date=from_date, to_date=to_date, device_id=device_id
+            )
+        )
 
 
 class Otp:
@@ -234,11 +345,18 @@ class Otp:
     def __init__(self, client: ZimSend) -> None:
         self._c = client
 
-    def send(self, to: str, *, length: int | None = None, expiry: int | None = None,
-             template: str | None = None,
-             metadata: Mapping[str, Any] | None = None) -> t.OtpSent:
-        return self._c._run(c.otp_send(to, length=length, expiry=expiry, template=template,
-                                       metadata=metadata))
+    def send(
+        self,
+        to: str,
+        *,
+        length: int | None = None,
+        expiry: int | None = None,
+        template: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> t.OtpSent:
+        return self._c._run(
+            c.otp_send(to, length=length, expiry=expiry, template=template, metadata=metadata)
+        )
 
     def verify(self, otp_id: str, code: str) -> t.OtpVerification:
         """`valid` False for a wrong code; OtpError once used up, expired or unknown."""
@@ -261,18 +379,32 @@ class Devices:
     def get(self, device_id: str) -> t.Device:
         return self._c._run(c.device_get(device_id))
 
-    def update(self, device_id: str, *, name: str | None = None, enabled: bool | None = None,
-               send_interval_ms: int | None = None, daily_cap: int | None = None,
-               parts_per_minute: int | None = None, parts_per_hour: int | None = None,
-               parts_per_day: int | None = None) -> t.Device:
+    def update(
+        self,
+        device_id: str,
+        *,
+        name: str | None = None,
+        enabled: bool | None = None,
+        send_interval_ms: int | None = None,
+        daily_cap: int | None = None,
+        parts_per_minute: int | None = None,
+        parts_per_hour: int | None = None,
+        parts_per_day: int | None = None,
+    ) -> t.Device:
         """Change what is given, live (the phone gets new pacing at once); `parts_per_*` is
         the per-SIM send budget in SMS parts (0: no limit)."""
-        return self._c._run(c.device_update(device_id, name=name, enabled=enabled,
-                                            send_interval_ms=send_interval_ms,
-                                            daily_cap=daily_cap,
-                                            parts_per_minute=parts_per_minute,
-                                            parts_per_hour=parts_per_hour,
-                                            parts_per_day=parts_per_day))
+        return self._c._run(
+            c.device_update(
+                device_id,
+                name=name,
+                enabled=enabled,
+                send_interval_ms=send_interval_ms,
+                daily_cap=daily_cap,
+                parts_per_minute=parts_per_minute,
+                parts_per_hour=parts_per_hour,
+                parts_per_day=parts_per_day,
+            )
+        )
 
     def delete(self, device_id: str) -> None:
         self._c._run(c.device_delete(device_id))
@@ -306,20 +438,34 @@ class Webhooks:
     def __init__(self, client: ZimSend) -> None:
         self._c = client
 
-    def configure(self, url: str, events: Sequence[str], *,
-                  secret: str | None = None) -> t.WebhookCreated:
+    def configure(
+        self, url: str, events: Sequence[str], *, secret: str | None = None
+    ) -> t.WebhookCreated:
         """A new endpoint; its `secret` is shown only in this answer."""
         return self._c._run(c.webhook_configure(url, events, secret))
 
     def list(self) -> builtins.list[t.Webhook]:
         return self._c._run(c.webhook_list())
 
-    def logs(self, *, page: int | None = None, limit: int | None = None,
-             webhook_id: str | None = None, event_id: str | None = None,
-             message_id: str | None = None) -> t.Page[t.WebhookLog]:
+    def logs(
+        self,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        webhook_id: str | None = None,
+        event_id: str | None = None,
+        message_id: str | None = None,
+    ) -> t.Page[t.WebhookLog]:
         """Delivery attempts, newest first; `message_id`: only that message's events'."""
-        return self._c._run(c.webhook_logs(page=page, limit=limit, webhook_id=webhook_id,
-                                           event_id=event_id, message_id=message_id))
+        return self._c._run(
+            c.webhook_logs(
+                page=page,
+                limit=limit,
+                webhook_id=webhook_id,
+                event_id=event_id,
+                message_id=message_id,
+            )
+        )
 
     def test(self, webhook_id: str) -> t.WebhookTest:
         """Send a `webhook.test` event to that endpoint."""
@@ -340,8 +486,9 @@ class OptOuts:
     def __init__(self, client: ZimSend) -> None:
         self._c = client
 
-    def list(self, *, page: int | None = None, limit: int | None = None,
-             phone_number: str | None = None) -> t.Page[t.OptOut]:
+    def list(
+        self, *, page: int | None = None, limit: int | None = None, phone_number: str | None = None
+    ) -> t.Page[t.OptOut]:
         """Newest first; `phone_number` looks one number up."""
         return self._c._run(c.opt_out_list(page=page, limit=limit, phone_number=phone_number))
 

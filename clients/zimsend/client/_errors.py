@@ -43,8 +43,13 @@ class ZimSendError(Exception):
     `retry_after` the seconds the server asked to wait (429/503), `violations` the bad fields."""
 
     def __init__(
-        self, code: str, message: str, *, http_status: int = 0,
-        retry_after: float | None = None, violations: tuple[FieldViolation, ...] = (),
+        self,
+        code: str,
+        message: str,
+        *,
+        http_status: int = 0,
+        retry_after: float | None = None,
+        violations: tuple[FieldViolation, ...] = (),
     ) -> None:
         super().__init__(f"{code}: {message}" if code else message)
         self.code = code
@@ -100,8 +105,7 @@ class RequestTimeout(TransportError):
 
 _REASON = errors_pb2.ErrorReason
 #: gRPC status → HTTP status, as Envoy's transcoder and grpc-gateway map them.
-_HTTP_OF_GRPC = {3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 13: 500, 14: 503,
-                 16: 401}
+_HTTP_OF_GRPC = {3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 13: 500, 14: 503, 16: 401}
 
 
 def _http_statuses() -> dict[str, int]:
@@ -117,7 +121,8 @@ def _http_statuses() -> dict[str, int]:
 HTTP_STATUS = _http_statuses()
 
 _FAMILY: dict[str, type[ZimSendError]] = {
-    _REASON.Name(reason): family for reason, family in (
+    _REASON.Name(reason): family
+    for reason, family in (
         (_REASON.MISSING_AUTH_HEADERS, AuthenticationError),
         (_REASON.INVALID_API_KEY, AuthenticationError),
         (_REASON.INVALID_CLIENT_ID, AuthenticationError),
@@ -134,7 +139,11 @@ _FAMILY: dict[str, type[ZimSendError]] = {
 
 
 def error_for(
-    code: str, message: str, *, http_status: int = 0, retry_after: float | None = None,
+    code: str,
+    message: str,
+    *,
+    http_status: int = 0,
+    retry_after: float | None = None,
     violations: tuple[FieldViolation, ...] = (),
 ) -> ZimSendError:
     """The exception of the family `code` belongs to (by code first, then by HTTP status)."""

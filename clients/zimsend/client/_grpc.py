@@ -24,12 +24,18 @@ from ._transport import AsyncTransport, Operation, Request, Transport
 __all__ = ["AsyncGrpcTransport", "GrpcTransport", "target_of"]
 
 _GRPC_HTTP = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 
@@ -81,8 +87,11 @@ def error_from_rpc(error: grpc.RpcError) -> ZimSendError:
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:
-            info, bad, retry = (error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest(),
-                                error_details_pb2.RetryInfo())
+            info, bad, retry = (
+                error_details_pb2.ErrorInfo(),
+                error_details_pb2.BadRequest(),
+                error_details_pb2.RetryInfo(),
+            )
             if detail.Unpack(info):
                 reason = info.reason
             elif detail.Unpack(bad):
@@ -96,9 +105,13 @@ def error_from_rpc(error: grpc.RpcError) -> ZimSendError:
             return TransportError("CONNECTION_ERROR", message, http_status=503)
         if code == grpc.StatusCode.CANCELLED:
             return TransportError("CONNECTION_ERROR", message)
-    return error_for(reason or code.name, message, http_status=0 if reason else
-                     _GRPC_HTTP.get(code, 500), retry_after=retry_after,
-                     violations=tuple(violations))
+    return error_for(
+        reason or code.name,
+        message,
+        http_status=0 if reason else _GRPC_HTTP.get(code, 500),
+        retry_after=retry_after,
+        violations=tuple(violations),
+    )
 
 
 class GrpcTransport(Transport):
@@ -106,13 +119,20 @@ class GrpcTransport(Transport):
     TLS with `root_certificates` (PEM bytes; None: the system's). `channel`: your own."""
 
     def __init__(
-        self, target: str, *, tls: bool = False, root_certificates: bytes | None = None,
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
         self._owned = channel is None
         if channel is None:
-            channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
-                       if tls else grpc.insecure_channel(target))
+            channel = (
+                grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+                if tls
+                else grpc.insecure_channel(target)
+            )
         self._channel = channel
 
     def _callable(self, op: Operation) -> Any:
@@ -148,7 +168,11 @@ class AsyncGrpcTransport(AsyncTransport):
     inside the running event loop: grpc.aio objects belong to the loop that made them."""
 
     def __init__(
-        self, target: str, *, tls: bool = False, root_certificates: bytes | None = None,
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         self._target, self._tls, self._roots = target, tls, root_certificates
@@ -159,15 +183,18 @@ class AsyncGrpcTransport(AsyncTransport):
         if self._channel is None:
             self._channel = (
                 grpc.aio.secure_channel(self._target, grpc.ssl_channel_credentials(self._roots))
-                if self._tls else grpc.aio.insecure_channel(self._target))
+                if self._tls
+                else grpc.aio.insecure_channel(self._target)
+            )
         stub_cls, _ = _types(op)
         return getattr(stub_cls(self._channel), op.method)
 
     async def handle(self, request: Request) -> dict[str, Any]:
         call = self._callable(request.operation)
         try:
-            reply = await call(_message(request), metadata=_metadata(request),
-                               timeout=request.timeout)
+            reply = await call(
+                _message(request), metadata=_metadata(request), timeout=request.timeout
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         return _to_json(reply)

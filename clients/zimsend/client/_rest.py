@@ -84,12 +84,17 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
                     retry_info = float(delay[:-1] or 0)
     if not code:
         code = {404: "NOT_FOUND", 429: "RATE_LIMIT_EXCEEDED", 503: "UNAVAILABLE"}.get(
-            status, "INVALID_REQUEST" if 400 <= status < 500 else "INTERNAL")
+            status, "INVALID_REQUEST" if 400 <= status < 500 else "INTERNAL"
+        )
         message = message or body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
     retry_after = _retry_after(headers.get("retry-after"))
-    return error_for(code, message, http_status=status,
-                     retry_after=retry_after if retry_after is not None else retry_info,
-                     violations=tuple(violations))
+    return error_for(
+        code,
+        message,
+        http_status=status,
+        retry_after=retry_after if retry_after is not None else retry_info,
+        violations=tuple(violations),
+    )
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -115,8 +120,9 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         data = response.json()
     except ValueError:
-        raise error_for("INTERNAL", "the server answered 200 with a body that is not JSON",
-                        http_status=502) from None
+        raise error_for(
+            "INTERNAL", "the server answered 200 with a body that is not JSON", http_status=502
+        ) from None
     return data if isinstance(data, dict) else {}
 
 
@@ -126,8 +132,12 @@ class RestTransport(Transport):
     bundle path or False, for a stack started with `--tls-cert`."""
 
     def __init__(
-        self, base_url: str, *, client: httpx.Client | None = None,
-        verify: bool | str = True, transport: httpx.BaseTransport | None = None,
+        self,
+        base_url: str,
+        *,
+        client: httpx.Client | None = None,
+        verify: bool | str = True,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self._owned = client is None
@@ -136,7 +146,11 @@ class RestTransport(Transport):
     def _build(self, request: Request) -> httpx.Request:
         method, path, query, body = _parts(request)
         return self._client.build_request(
-            method, self.base_url + path, params=query, json=body, headers=_headers(request),
+            method,
+            self.base_url + path,
+            params=query,
+            json=body,
+            headers=_headers(request),
             timeout=request.timeout,
         )
 
@@ -153,8 +167,9 @@ class RestTransport(Transport):
             try:
                 if response.status_code != 200:
                     response.read()
-                    raise error_from_response(response.status_code, response.headers,
-                                              response.content)
+                    raise error_from_response(
+                        response.status_code, response.headers, response.content
+                    )
                 yield from response.iter_bytes()
             finally:
                 response.close()
@@ -170,8 +185,12 @@ class AsyncRestTransport(AsyncTransport):
     """The asyncio twin of `RestTransport` (httpx.AsyncClient)."""
 
     def __init__(
-        self, base_url: str, *, client: httpx.AsyncClient | None = None,
-        verify: bool | str = True, transport: httpx.AsyncBaseTransport | None = None,
+        self,
+        base_url: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        verify: bool | str = True,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self._owned = client is None
@@ -180,7 +199,11 @@ class AsyncRestTransport(AsyncTransport):
     def _build(self, request: Request) -> httpx.Request:
         method, path, query, body = _parts(request)
         return self._client.build_request(
-            method, self.base_url + path, params=query, json=body, headers=_headers(request),
+            method,
+            self.base_url + path,
+            params=query,
+            json=body,
+            headers=_headers(request),
             timeout=request.timeout,
         )
 
@@ -197,8 +220,9 @@ class AsyncRestTransport(AsyncTransport):
             try:
                 if response.status_code != 200:
                     await response.aread()
-                    raise error_from_response(response.status_code, response.headers,
-                                              response.content)
+                    raise error_from_response(
+                        response.status_code, response.headers, response.content
+                    )
                 async for chunk in response.aiter_bytes():
                     yield chunk
             finally:

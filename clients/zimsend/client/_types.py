@@ -20,12 +20,38 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 __all__ = [
-    "ApiKey", "ApiKeyCreated", "AuthInfo", "Batch", "BatchMessage", "CancelledMessage",
-    "DailyStats", "Device", "DeviceCapabilities", "DeviceCreated", "DevicePassword",
-    "DeviceStatus", "InboundSms", "Message", "MessageError", "MessageStatus", "OptOut",
-    "OptOutAdded", "OtpSent",
-    "OtpVerification", "Page", "Pagination", "Priority", "ResentMessage", "SentMessage",
-    "SimSlot", "Stats", "Webhook", "WebhookCreated", "WebhookLog", "WebhookTest", "from_json",
+    "ApiKey",
+    "ApiKeyCreated",
+    "AuthInfo",
+    "Batch",
+    "BatchMessage",
+    "CancelledMessage",
+    "DailyStats",
+    "Device",
+    "DeviceCapabilities",
+    "DeviceCreated",
+    "DevicePassword",
+    "DeviceStatus",
+    "InboundSms",
+    "Message",
+    "MessageError",
+    "MessageStatus",
+    "OptOut",
+    "OptOutAdded",
+    "OtpSent",
+    "OtpVerification",
+    "Page",
+    "Pagination",
+    "Priority",
+    "ResentMessage",
+    "SentMessage",
+    "SimSlot",
+    "Stats",
+    "Webhook",
+    "WebhookCreated",
+    "WebhookLog",
+    "WebhookTest",
+    "from_json",
 ]
 
 T = TypeVar("T")
@@ -406,7 +432,7 @@ def parse_time(value: Any) -> dt.datetime | None:
     if "." in text:  # fromisoformat takes at most 6 fractional digits on 3.11
         head, rest = text.split(".", 1)
         digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{head}.{rest[:min(digits, 6)]:0<6}{rest[digits:]}"
+        text = f"{head}.{rest[: min(digits, 6)]:0<6}{rest[digits:]}"
     stamp = dt.datetime.fromisoformat(text)
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
 

@@ -26,8 +26,13 @@ from . import _types as t
 from ._errors import ZimSendError
 
 __all__ = [
-    "DeviceEventData", "OtpVerifiedData", "SmsEventData", "WebhookEvent",
-    "WebhookTestData", "WebhookVerificationError", "verify_webhook",
+    "DeviceEventData",
+    "OtpVerifiedData",
+    "SmsEventData",
+    "WebhookEvent",
+    "WebhookTestData",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]
 
 SECRET_PREFIX = "whsec_"
@@ -106,14 +111,25 @@ class WebhookTestData:
     message: str = ""
 
 
-EventData = (SmsEventData | DeviceEventData | t.InboundSms | OtpVerifiedData | OptOutEventData
-             | WebhookTestData)
+EventData = (
+    SmsEventData
+    | DeviceEventData
+    | t.InboundSms
+    | OtpVerifiedData
+    | OptOutEventData
+    | WebhookTestData
+)
 
 _DATA: dict[str, type[Any]] = {
-    "sms.sent": SmsEventData, "sms.delivered": SmsEventData, "sms.failed": SmsEventData,
-    "device.connected": DeviceEventData, "device.disconnected": DeviceEventData,
-    "sms.received": t.InboundSms, "otp.verified": OtpVerifiedData,
-    "sms.opted_out": OptOutEventData, "sms.opted_in": OptOutEventData,
+    "sms.sent": SmsEventData,
+    "sms.delivered": SmsEventData,
+    "sms.failed": SmsEventData,
+    "device.connected": DeviceEventData,
+    "device.disconnected": DeviceEventData,
+    "sms.received": t.InboundSms,
+    "otp.verified": OtpVerifiedData,
+    "sms.opted_out": OptOutEventData,
+    "sms.opted_in": OptOutEventData,
     "webhook.test": WebhookTestData,
 }
 
@@ -132,7 +148,11 @@ class WebhookEvent:
 
 
 def verify_webhook(
-    body: bytes | str, headers: Mapping[str, str], secret: str, *, tolerance: float = 300.0,
+    body: bytes | str,
+    headers: Mapping[str, str],
+    secret: str,
+    *,
+    tolerance: float = 300.0,
     now: float | None = None,
 ) -> WebhookEvent:
     """Check both signatures of one delivery and return its event.
@@ -163,13 +183,16 @@ def _check_hex(body: bytes, given: str | None, secret: str) -> None:
         raise WebhookVerificationError("X-Webhook-Signature does not match the body")
 
 
-def _check_standard(body: bytes, headers: Mapping[str, str], secret: str, tolerance: float,
-                    now: float) -> str:
-    event_id, stamp, signatures = (headers.get(name) for name in (
-        "webhook-id", "webhook-timestamp", "webhook-signature"))
+def _check_standard(
+    body: bytes, headers: Mapping[str, str], secret: str, tolerance: float, now: float
+) -> str:
+    event_id, stamp, signatures = (
+        headers.get(name) for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+    )
     if not (event_id and stamp and signatures):
         raise WebhookVerificationError(
-            "missing webhook-id, webhook-timestamp or webhook-signature header")
+            "missing webhook-id, webhook-timestamp or webhook-signature header"
+        )
     try:
         sent_at = int(stamp)
     except ValueError:
@@ -177,7 +200,8 @@ def _check_standard(body: bytes, headers: Mapping[str, str], secret: str, tolera
     if abs(now - sent_at) > tolerance:
         raise WebhookVerificationError(
             f"webhook-timestamp is {int(now - sent_at)} s from now (at most {tolerance:g} s):"
-            " too old or replayed")
+            " too old or replayed"
+        )
     signed = f"{event_id}.{stamp}.".encode() + body
     expected = base64.b64encode(hmac.new(_standard_key(secret), signed, hashlib.sha256).digest())
     for candidate in signatures.split():
@@ -191,7 +215,7 @@ def _standard_key(secret: str) -> bytes:
     """Standard Webhooks' key: base64 after `whsec_`, else the secret's UTF-8 bytes."""
     if not secret.startswith(SECRET_PREFIX):
         return secret.encode("utf-8")
-    encoded = secret[len(SECRET_PREFIX):]
+    encoded = secret[len(SECRET_PREFIX) :]
     try:
         return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except binascii.Error:
@@ -206,5 +230,10 @@ def _event(parsed: Mapping[str, Any]) -> WebhookEvent:
     raw_data: dict[str, Any] = found if isinstance(found, dict) else {}
     data_cls = _DATA.get(kind)
     data: Any = t.from_json(data_cls, raw_data) if data_cls else dict(raw_data)
-    return WebhookEvent(kind, str(parsed.get("event_id", "")),
-                        t.parse_time(parsed.get("timestamp")), data, dict(raw_data))
+    return WebhookEvent(
+        kind,
+        str(parsed.get("event_id", "")),
+        t.parse_time(parsed.get("timestamp")),
+        data,
+        dict(raw_data),
+    )

@@ -138,12 +138,14 @@ def _retry_unsent() -> dict[str, Any]:
     return {
         "retry_on": "connect-failure,refused-stream,reset-before-request",
         "num_retries": 2,
-        "retry_host_predicate": [{
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
-                "PreviousHostsPredicate",
-            },
-        }],
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                    "PreviousHostsPredicate",
+                },
+            }
+        ],
         "host_selection_retry_max_attempts": 3,
     }

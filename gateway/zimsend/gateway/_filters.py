@@ -30,7 +30,8 @@ def _health_check_filter() -> dict[str, Any]:
             "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
             # Healthy while at least one server replica is up and ready (READINESS_CLUSTER).
             "cluster_min_healthy_percentages": {
-                CLUSTER: {"value": 1.0}, READINESS_CLUSTER: {"value": 1.0},
+                CLUSTER: {"value": 1.0},
+                READINESS_CLUSTER: {"value": 1.0},
             },
         },
     }
@@ -68,8 +69,7 @@ def _lua_enum_table(descriptor_path: Path) -> str:
                 continue
             numbers = sorted(v.number for v in values)
             entries[f"{prefix}.{enum.name}"] = (
-                ", ".join(v.name for v in values)
-                + f", or the numbers {numbers[0]}-{numbers[-1]}"
+                ", ".join(v.name for v in values) + f", or the numbers {numbers[0]}-{numbers[-1]}"
             )
         for message in messages:
             walk(f"{prefix}.{message.name}", message.enum_type, message.nested_type)
@@ -116,8 +116,12 @@ def _rest_services(descriptor_path: Path) -> list[str]:
     from google.protobuf import descriptor_pb2
 
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_path.read_bytes()).file
-    names = [f"{f.package}.{s.name}" for f in files if f.package.startswith("zimsend.")
-             for s in f.service]
+    names = [
+        f"{f.package}.{s.name}"
+        for f in files
+        if f.package.startswith("zimsend.")
+        for s in f.service
+    ]
     return [name for name in names if name != DEVICE_SERVICE]
 
 
@@ -191,8 +195,9 @@ def _rate_limit_status_bin(limit: RateLimit) -> str:
 
     details = []
     for message in (
-        error_details_pb2.ErrorInfo(reason=_REASON.Name(_REASON.RATE_LIMIT_EXCEEDED),
-                                     domain=ERROR_DOMAIN),
+        error_details_pb2.ErrorInfo(
+            reason=_REASON.Name(_REASON.RATE_LIMIT_EXCEEDED), domain=ERROR_DOMAIN
+        ),
         error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(seconds=limit.retry_after_seconds)
         ),

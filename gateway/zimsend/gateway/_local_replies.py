@@ -30,9 +30,7 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     def when(status: int, rest: bool) -> dict[str, Any]:
         marker = {"name": REST_MARKER_HEADER, "present_match": True, "invert_match": not rest}
         return {
-            "and_filter": {
-                "filters": [{"header_filter": {"header": marker}}, status_is(status)]
-            }
+            "and_filter": {"filters": [{"header_filter": {"header": marker}}, status_is(status)]}
         }
 
     def status_is(status: int) -> dict[str, Any]:

@@ -94,9 +94,20 @@ def validate(config_path: str | os.PathLike[str], timeout: float = 60.0) -> str:
     """Run `envoy --mode validate` on a config file; returns Envoy's output, raises
     `EnvoyConfigError` if the configuration is refused."""
     done = subprocess.run(
-        [str(envoy_binary()), "--mode", "validate", "-c", str(config_path),
-         "--log-level", "warn", "--disable-hot-restart"],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        [
+            str(envoy_binary()),
+            "--mode",
+            "validate",
+            "-c",
+            str(config_path),
+            "--log-level",
+            "warn",
+            "--disable-hot-restart",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     output = (done.stdout + done.stderr).strip()
     if done.returncode != 0:
@@ -122,14 +133,19 @@ def envoy_command(
     path = write_config(make_config(config, **fields), directory)
     argv = [
         str(envoy_binary()),
-        "-c", str(path),
-        "--log-level", log_level,
+        "-c",
+        str(path),
+        "--log-level",
+        log_level,
         "--use-dynamic-base-id",
-        "--base-id-path", str(directory / "base-id.txt"),
-        "--admin-address-path", str(directory / ADMIN_ADDRESS_FILE),
+        "--base-id-path",
+        str(directory / "base-id.txt"),
+        "--admin-address-path",
+        str(directory / ADMIN_ADDRESS_FILE),
         # The access log is for people watching `zimsend up` (and for tests): write it within
         # a quarter of a second, not Envoy's default 10 s.
-        "--file-flush-interval-msec", "250",
+        "--file-flush-interval-msec",
+        "250",
     ]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]

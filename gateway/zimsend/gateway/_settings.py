@@ -148,7 +148,6 @@ class GatewayConfig:
             _split_host_port(upstream)
 
 
-
 # --- helpers -------------------------------------------------------------------------------
 
 

@@ -28,18 +28,32 @@ KILL_WAIT_SECONDS = 10.0
 
 
 def spawn(
-    argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
-    stdout: IO[bytes] | int | None = None, stderr: IO[bytes] | int | None = None,
-    cwd: Path | None = None, preexec_fn: Callable[[], object] | None = None,
-    user: int | None = None, group: int | None = None, extra_groups: Sequence[int] | None = None,
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[bytes] | int | None = None,
+    stderr: IO[bytes] | int | None = None,
+    cwd: Path | None = None,
+    preexec_fn: Callable[[], object] | None = None,
+    user: int | None = None,
+    group: int | None = None,
+    extra_groups: Sequence[int] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in a session of its own with stdin closed; `None` output is inherited.
     `user`/`group`/`extra_groups` and `preexec_fn` are Popen's (PostgreSQL runs as its own
     user when we are root and dies with its parent)."""
     return subprocess.Popen(
-        [str(arg) for arg in argv], env=dict(env) if env is not None else None, stdout=stdout,
-        stderr=stderr, stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
-        preexec_fn=preexec_fn, user=user, group=group, extra_groups=extra_groups,
+        [str(arg) for arg in argv],
+        env=dict(env) if env is not None else None,
+        stdout=stdout,
+        stderr=stderr,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=cwd,
+        preexec_fn=preexec_fn,
+        user=user,
+        group=group,
+        extra_groups=extra_groups,
     )
 
 
@@ -52,7 +66,10 @@ def signal_group(pid: int, sig: int) -> None:
 
 
 def terminate(
-    proc: subprocess.Popen[bytes], timeout: float = 10.0, *, sig: int = signal.SIGTERM,
+    proc: subprocess.Popen[bytes],
+    timeout: float = 10.0,
+    *,
+    sig: int = signal.SIGTERM,
     whole_group: bool = True,
 ) -> int | None:
     """Stop a child `spawn` started and return its exit code: `sig` to its group (or, with

@@ -131,7 +131,8 @@ class ZimSendServer:
         except RuntimeError as exc:  # grpc's only word for a failed bind
             raise ListenError(
                 f"cannot listen on {address}: the port is in use (another zimsend serve?) or "
-                "the address is not one of this machine's") from exc
+                "the address is not one of this machine's"
+            ) from exc
         self.address = f"{settings.grpc_host}:{self.bound_port}"
         self._service_names = _register_services(self)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -165,7 +166,8 @@ class ZimSendServer:
         if self.settings.metrics_port:
             self._watch_for_metrics()
             self._metrics_http = metrics.serve(
-                self.settings.metrics_host, self.settings.metrics_port, process="server")
+                self.settings.metrics_host, self.settings.metrics_port, process="server"
+            )
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._set_readiness(self.state.db.availability.problem)
         if not self._migrated:
@@ -205,8 +207,11 @@ class ZimSendServer:
         if self._stopped.is_set():
             return
         ready = problem is None and self._migrated
-        status = (health_pb2.HealthCheckResponse.SERVING if ready
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in self._service_names:
             await self._health.set(name, status)
 
@@ -291,4 +296,3 @@ def run(settings: Settings, *, port: int | None = None) -> None:
         asyncio.run(serve(settings, port=port))
     else:
         uvloop.run(serve(settings, port=port))
-

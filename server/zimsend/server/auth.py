@@ -33,7 +33,10 @@ CLIENT_ID_HEADER = "x-client-id"
 DEVICE_ID_HEADER = "x-device-id"
 _LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 _KEY_BY_HASH = select(
-    col(ApiKey.id), col(ApiKey.client_id), col(ApiKey.test), col(ApiKey.revoked_at),
+    col(ApiKey.id),
+    col(ApiKey.client_id),
+    col(ApiKey.test),
+    col(ApiKey.revoked_at),
     col(ApiKey.last_used_at),
 ).where(col(ApiKey.key_hash) == bindparam("key_hash"))
 
@@ -51,7 +54,8 @@ class Caller:
 
 async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
     api_key, client_id, device_header = metadata_values(
-        context, (API_KEY_HEADER, CLIENT_ID_HEADER, DEVICE_ID_HEADER))
+        context, (API_KEY_HEADER, CLIENT_ID_HEADER, DEVICE_ID_HEADER)
+    )
     missing = [h for h, v in (("X-API-Key", api_key), ("X-Client-ID", client_id)) if not v]
     if missing:
         raise ApiError(
@@ -114,7 +118,5 @@ def _check_key(db: Database, key_hash: str, client_id: str) -> Caller:
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
         # At most one write a minute per key: the hot path stays read-only.
         with db.write() as session:
-            session.execute(
-                update(ApiKey).where(col(ApiKey.id) == key.id).values(last_used_at=now)
-            )
+            session.execute(update(ApiKey).where(col(ApiKey.id) == key.id).values(last_used_at=now))
     return Caller(key.client_id, key.id, key.test, None)

@@ -139,7 +139,8 @@ class CallGate(grpc.aio.ServerInterceptor):
 def _refusing(handler: Handler) -> Handler:
     """A handler of the same kind as `handler` that answers "shutting down"."""
     kind = next(
-        name for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        name
+        for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
         if getattr(handler, name) is not None
     )
     return with_behavior(handler, **{kind: _refuse})
@@ -149,10 +150,16 @@ async def _refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) ->
     """UNAVAILABLE with the ErrorInfo and RetryInfo every ZimSend error carries; the
     `zimsend-error-code` and `retry-after` headers make the REST envelope and Retry-After."""
     status = status_pb2.Status(
-        code=code_pb2.UNAVAILABLE, message=SHUTTING_DOWN_MESSAGE,
-        details=[_packed(error_details_pb2.ErrorInfo(reason=_REASON, domain=ERROR_DOMAIN)),
-                 _packed(error_details_pb2.RetryInfo(
-                     retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)))],
+        code=code_pb2.UNAVAILABLE,
+        message=SHUTTING_DOWN_MESSAGE,
+        details=[
+            _packed(error_details_pb2.ErrorInfo(reason=_REASON, domain=ERROR_DOMAIN)),
+            _packed(
+                error_details_pb2.RetryInfo(
+                    retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)
+                )
+            ),
+        ],
     )
     try:
         await context.send_initial_metadata(

@@ -83,19 +83,24 @@ def register_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--client-id", required=True)
     p.add_argument("--name", required=True)
     p.add_argument(
-        "--server-address", default=None,
+        "--server-address",
+        default=None,
         help="the phone listener address written into the pairing URI (default: the"
-             f" device_link_address setting, else {DEFAULT_DEVICE_ADDRESS})",
+        f" device_link_address setting, else {DEFAULT_DEVICE_ADDRESS})",
     )
     p.add_argument(
-        "--tls", action=argparse.BooleanOptionalAction, default=None,
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="phones connect with TLS: the URI carries tls=1 (default: the device_link_tls"
-             " setting)",
+        " setting)",
     )
     p.add_argument(
-        "--qr", action=argparse.BooleanOptionalAction, default=None,
+        "--qr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="after the JSON, draw the pairing URI as a QR code to scan onto the phone "
-             "(default: only when stdout is a terminal, so scripts get the JSON alone)",
+        "(default: only when stdout is a terminal, so scripts get the JSON alone)",
     )
     p.set_defaults(handler=_create_device)
 
@@ -103,7 +108,9 @@ def register_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     _common(p)
     p.add_argument("--client-id", required=True)
     p.add_argument(
-        "--per-minute", type=int, required=True,
+        "--per-minute",
+        type=int,
+        required=True,
         help="the client's limit; 0 means the server default (ZIMSEND_RATE_LIMIT_PER_MINUTE)",
     )
     p.set_defaults(handler=_set_rate_limit)
@@ -159,8 +166,13 @@ def _create_key(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - any failure becomes a one-line error and exit 1
         return _fail(exc)
     return _print(
-        {"client_id": new.key.client_id, "key_id": new.key.id, "name": new.key.name,
-         "api_key": new.secret, "test": new.key.test}
+        {
+            "client_id": new.key.client_id,
+            "key_id": new.key.id,
+            "name": new.key.name,
+            "api_key": new.secret,
+            "test": new.key.test,
+        }
     )
 
 
@@ -172,13 +184,23 @@ def _create_device(args: argparse.Namespace) -> int:
     tls = settings.device_link_tls if args.tls is None else args.tls
     try:
         new = accounts.create_device(
-            db, settings.pepper(), args.client_id, args.name, server_address=address, tls=tls,
+            db,
+            settings.pepper(),
+            args.client_id,
+            args.name,
+            server_address=address,
+            tls=tls,
         )
     except Exception as exc:  # noqa: BLE001 - any failure becomes a one-line error and exit 1
         return _fail(exc)
     _print(
-        {"client_id": new.device.client_id, "device_id": new.device.id, "name": new.device.name,
-         "device_password": new.password, "pairing_uri": new.pairing_uri}
+        {
+            "client_id": new.device.client_id,
+            "device_id": new.device.id,
+            "name": new.device.name,
+            "device_password": new.password,
+            "pairing_uri": new.pairing_uri,
+        }
     )
     show_qr = sys.stdout.isatty() if args.qr is None else args.qr
     if show_qr:
@@ -195,19 +217,26 @@ def _print_pairing_qr(uri: str, server_address: str) -> None:
     try:
         qr_text.encode(sys.stdout.encoding or "ascii")
     except UnicodeEncodeError:
-        print(f"note: no QR code: this terminal's encoding ({sys.stdout.encoding}) cannot draw "
-              "it; use the pairing URI above", file=sys.stderr)
+        print(
+            f"note: no QR code: this terminal's encoding ({sys.stdout.encoding}) cannot draw "
+            "it; use the pairing URI above",
+            file=sys.stderr,
+        )
         return
-    sys.stdout.write("\nScan this on the phone (or give the URI to `zimsend device run "
-                     "--pairing`):\n")
+    sys.stdout.write(
+        "\nScan this on the phone (or give the URI to `zimsend device run --pairing`):\n"
+    )
     sys.stdout.write(qr_text)
     sys.stdout.write(f"pairing URI: {uri}\n")
     sys.stdout.flush()
     host = server_address.rsplit(":", 1)[0].strip("[]")
     if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
-        print(f"note: the URI names {server_address}, which a phone cannot reach; pass "
-              "--server-address HOST:PORT with the address of this machine's phone port "
-              "as the phone sees it", file=sys.stderr)
+        print(
+            f"note: the URI names {server_address}, which a phone cannot reach; pass "
+            "--server-address HOST:PORT with the address of this machine's phone port "
+            "as the phone sees it",
+            file=sys.stderr,
+        )
 
 
 def _set_rate_limit(args: argparse.Namespace) -> int:

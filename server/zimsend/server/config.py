@@ -69,8 +69,8 @@ class Settings(BaseSettings):
         "listener in production); empty means this server's own gRPC address.",
     )
     device_link_tls: bool = Field(
-        False, description="Phones connect to `device_link_address` with TLS: pairing URIs "
-        "carry tls=1.",
+        False,
+        description="Phones connect to `device_link_address` with TLS: pairing URIs carry tls=1.",
     )
     heartbeat_interval_seconds: float = Field(20.0, gt=0)
     missed_heartbeats_before_offline: PositiveInt = 3
@@ -81,36 +81,49 @@ class Settings(BaseSettings):
         "3 s worth of the measured welcome rate, at least 100.",
     )
     device_hello_timeout_seconds: float = Field(
-        10.0, gt=0,
+        10.0,
+        gt=0,
         description="A phone's stream that has not sent its DeviceHello this long after being "
         "admitted is closed (DEADLINE_EXCEEDED): a silent stream holds a connect slot.",
     )
     default_send_interval_ms: int = Field(2500, ge=0)
     default_parts_per_minute: int = Field(
-        20, ge=0, description="Send budget of each SIM of a phone, in SMS parts per 60 s, "
+        20,
+        ge=0,
+        description="Send budget of each SIM of a phone, in SMS parts per 60 s, "
         "unless the device sets its own (0: no limit); under Android's 30-a-minute prompt.",
     )
     default_parts_per_hour: int = Field(0, ge=0, description="The same per hour (0: none).")
     default_parts_per_day: int = Field(0, ge=0, description="The same per 24 h (0: none).")
     max_send_attempts: int = Field(
-        3, ge=1, le=10, description="Dispatch attempts of one message when phones fail it "
+        3,
+        ge=1,
+        le=10,
+        description="Dispatch attempts of one message when phones fail it "
         "before it left them (each failure re-queues it); a client may set its own.",
     )
     failover_cooldown_seconds: float = Field(
-        60.0, ge=0, description="A phone that failed a message before sending it (no service, "
+        60.0,
+        ge=0,
+        description="A phone that failed a message before sending it (no service, "
         "no SIM...) is given nothing for this long.",
     )
     send_limit_cooldown_seconds: float = Field(
-        900.0, ge=0, description="A phone whose send limit (Android's or the carrier's) "
+        900.0,
+        ge=0,
+        description="A phone whose send limit (Android's or the carrier's) "
         "refused a message is given nothing for this long.",
     )
     delivery_report_timeout_hours: float = Field(
-        24.0, gt=0, description="A `sent` message without a delivery report this long is "
+        24.0,
+        gt=0,
+        description="A `sent` message without a delivery report this long is "
         "flagged `delivery_report_missing` (and `sms.delivery_report_missing` is sent).",
     )
     message_ttl_hours: float = Field(24.0, gt=0)
     queue_max_wait_seconds: float = Field(
-        300.0, gt=0,
+        300.0,
+        gt=0,
         description="Backpressure: an immediate send is refused (429 RATE_LIMIT_EXCEEDED with "
         "Retry-After) while a message of the same client at the same or a higher priority has "
         "been due for longer than this without a phone taking it.",
@@ -132,16 +145,22 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
 
     metrics_host: str = Field(
-        "127.0.0.1", description="Address the Prometheus endpoints listen on (server and "
+        "127.0.0.1",
+        description="Address the Prometheus endpoints listen on (server and "
         "worker); loopback by default: the numbers are for the operator, not the internet.",
     )
     metrics_port: int = Field(
-        0, ge=0, le=65535,
+        0,
+        ge=0,
+        le=65535,
         description="The server's Prometheus endpoint (`/metrics`); 0: off. Each server "
         "process needs a port of its own (docs/operations.md).",
     )
     worker_metrics_port: int = Field(
-        0, ge=0, le=65535, description="The worker's Prometheus endpoint; 0: off.",
+        0,
+        ge=0,
+        le=65535,
+        description="The worker's Prometheus endpoint; 0: off.",
     )
 
     @model_validator(mode="after")

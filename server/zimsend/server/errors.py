@@ -110,9 +110,7 @@ class ApiError(Exception):
             details.append(_pack(bad))
         if self.retry_after_seconds is not None:
             seconds = max(0.0, self.retry_after_seconds)
-            delay = duration_pb2.Duration(
-                seconds=int(seconds), nanos=int((seconds % 1) * 1e9)
-            )
+            delay = duration_pb2.Duration(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         return status_pb2.Status(
             code=grpc_status(self.code).value[0], message=self.message, details=details
@@ -133,7 +131,8 @@ def _pack(message: Message) -> any_pb2.Any:
 
 
 async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], error: ApiError,
+    context: grpc.aio.ServicerContext[Any, Any],
+    error: ApiError,
     headers: Sequence[tuple[str, str]] = (),
 ) -> None:
     """End the RPC with `error` (and `headers` as extra initial metadata). Never returns
@@ -159,7 +158,9 @@ def storage_unavailable(problem: StorageProblem) -> ApiError:
     never the driver's text or SQL. ErrorInfo metadata `storage` is `full`, `unwritable`
     or `unreachable`."""
     return ApiError(
-        ErrorCode.UNAVAILABLE, problem.message, metadata={"storage": problem.value},
+        ErrorCode.UNAVAILABLE,
+        problem.message,
+        metadata={"storage": problem.value},
         retry_after_seconds=STORAGE_RETRY_AFTER_SECONDS,
     )
 

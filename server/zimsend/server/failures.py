@@ -15,8 +15,17 @@ from typing import Any
 from zimsend.v1 import failures_pb2
 
 __all__ = [
-    "EXPIRED", "FALLBACK", "OPTED_OUT", "TIMEOUT", "FailureInfo", "before_send_codes",
-    "error_payload", "hint", "info", "known", "normalise",
+    "EXPIRED",
+    "FALLBACK",
+    "OPTED_OUT",
+    "TIMEOUT",
+    "FailureInfo",
+    "before_send_codes",
+    "error_payload",
+    "hint",
+    "info",
+    "known",
+    "normalise",
 ]
 
 _NAME = failures_pb2.FailureCode.Name
@@ -48,8 +57,11 @@ def _load() -> dict[str, FailureInfo]:
             continue
         option = value.GetOptions().Extensions[failures_pb2.failure]
         table[value.name] = FailureInfo(
-            name=value.name, public_code=option.public_code or value.name,
-            before_send=option.before_send, retryable=option.retryable, hint=option.hint,
+            name=value.name,
+            public_code=option.public_code or value.name,
+            before_send=option.before_send,
+            retryable=option.retryable,
+            hint=option.hint,
             message=option.message,
         )
     return table
@@ -81,8 +93,14 @@ def info(code: str | None) -> FailureInfo:
     if row is not None:
         return row
     fallback = _TABLE[FALLBACK]
-    return FailureInfo(code or FALLBACK, fallback.public_code, False, fallback.retryable,
-                       fallback.hint, fallback.message)
+    return FailureInfo(
+        code or FALLBACK,
+        fallback.public_code,
+        False,
+        fallback.retryable,
+        fallback.hint,
+        fallback.message,
+    )
 
 
 def hint(code: str | None, device_id: str | None) -> str:
@@ -95,6 +113,9 @@ def error_payload(code: str | None, message: str | None, device_id: str | None) 
     `hint`."""
     row = info(code)
     return {
-        "code": row.public_code, "message": message or row.message, "reason": row.name,
-        "retryable": row.retryable, "hint": hint(code, device_id),
+        "code": row.public_code,
+        "message": message or row.message,
+        "reason": row.name,
+        "retryable": row.retryable,
+        "hint": hint(code, device_id),
     }

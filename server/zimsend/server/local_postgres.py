@@ -34,7 +34,11 @@ import psycopg
 from zimsend.gateway.processes import free_port, spawn, terminate
 
 __all__ = [
-    "INSTALL_HINT", "LocalPostgres", "PostgresNotInstalled", "cluster_directory", "find_bindir",
+    "INSTALL_HINT",
+    "LocalPostgres",
+    "PostgresNotInstalled",
+    "cluster_directory",
+    "find_bindir",
 ]
 
 INSTALL_HINT = (
@@ -96,8 +100,13 @@ class LocalPostgres:
     """A PostgreSQL cluster in `directory` (see module doc). `start()`, `url()`, `stop()`."""
 
     def __init__(
-        self, directory: Path, *, ephemeral: bool = False, max_connections: int = 300,
-        database: str = "postgres", settings: dict[str, str] | None = None,
+        self,
+        directory: Path,
+        *,
+        ephemeral: bool = False,
+        max_connections: int = 300,
+        database: str = "postgres",
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.bindir = find_bindir()
         self.directory = Path(directory).resolve()
@@ -175,8 +184,12 @@ class LocalPostgres:
             "timezone": "UTC",
         }
         if self.ephemeral:
-            settings |= {"listen_addresses": "127.0.0.1", "fsync": "off",
-                         "synchronous_commit": "off", "full_page_writes": "off"}
+            settings |= {
+                "listen_addresses": "127.0.0.1",
+                "fsync": "off",
+                "synchronous_commit": "off",
+                "full_page_writes": "off",
+            }
         else:
             settings["listen_addresses"] = ""  # the Unix socket only
         return settings | self.extra_settings
@@ -187,8 +200,13 @@ class LocalPostgres:
             args += ["-c", f"{key}={value}"]
         with self.logfile.open("ab") as log:
             proc = self._proc = spawn(
-                args, cwd=self.directory, env=self._env, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent, **self._as_user,
+                args,
+                cwd=self.directory,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                **self._as_user,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -41,8 +41,9 @@ def get(name: str) -> structlog.stdlib.BoundLogger:
     return logger
 
 
-def failure(logger: structlog.stdlib.BoundLogger, event: str, exc: BaseException,
-            **fields: object) -> None:
+def failure(
+    logger: structlog.stdlib.BoundLogger, event: str, exc: BaseException, **fields: object
+) -> None:
     """Log an unexpected failure with its traceback, except a storage problem (full or
     read-only database): the database says that once when it starts and once when it ends
     (`storage.availability`), not once per failed request or loop turn."""

@@ -46,52 +46,74 @@ log = logs.get("zimsend.metrics")
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated there
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_WAITS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-          3600.0)
+_WAITS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _DATABASE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 # --- server and worker ---------------------------------------------------------------------
 
 RPC_REQUESTS = Counter(
-    "zimsend_rpc_requests", "gRPC calls ended, by service, method and gRPC status code "
-    "(REST calls arrive through Envoy as gRPC calls).", ["service", "method", "code"])
+    "zimsend_rpc_requests",
+    "gRPC calls ended, by service, method and gRPC status code "
+    "(REST calls arrive through Envoy as gRPC calls).",
+    ["service", "method", "code"],
+)
 RPC_DURATION = Histogram(
-    "zimsend_rpc_duration_seconds", "Time from a unary or server-streaming call's arrival "
-    "in the handler chain to its end.", ["service", "method"], buckets=_FAST)
+    "zimsend_rpc_duration_seconds",
+    "Time from a unary or server-streaming call's arrival in the handler chain to its end.",
+    ["service", "method"],
+    buckets=_FAST,
+)
 DB_WRITE_SECONDS = Histogram(
-    "zimsend_db_write_transaction_seconds", "Write transactions (Database.write), from asking "
-    "for the write lock to the end of the commit.", buckets=_DATABASE)
+    "zimsend_db_write_transaction_seconds",
+    "Write transactions (Database.write), from asking for the write lock to the end of the commit.",
+    buckets=_DATABASE,
+)
 MESSAGES_FAILED = Counter(
-    "zimsend_messages_failed", "Messages that reached `failed`, by failure code.", ["reason"])
+    "zimsend_messages_failed", "Messages that reached `failed`, by failure code.", ["reason"]
+)
 MESSAGES_REROUTED = Counter(
-    "zimsend_messages_rerouted", "Messages a phone failed before they left it, put back in the "
-    "queue for another phone (failover), by failure code.", ["reason"])
+    "zimsend_messages_rerouted",
+    "Messages a phone failed before they left it, put back in the "
+    "queue for another phone (failover), by failure code.",
+    ["reason"],
+)
 for _code in failures.before_send_codes():  # every possible series exists from the start, at 0
     MESSAGES_REROUTED.labels(_code)
 
 # --- server --------------------------------------------------------------------------------
 
 MESSAGES_ACCEPTED = Counter(
-    "zimsend_messages_accepted", "Messages queued by send requests (SMS, bulk, OTP).")
+    "zimsend_messages_accepted", "Messages queued by send requests (SMS, bulk, OTP)."
+)
 MESSAGES_SENT = Counter("zimsend_messages_sent", "Messages that reached `sent`.")
 MESSAGES_DELIVERED = Counter("zimsend_messages_delivered", "Messages that reached `delivered`.")
 DISPATCH_LATENCY = Histogram(
-    "zimsend_dispatch_latency_seconds", "From a message being due (accepted, or its "
-    "scheduled time) to its SendCommand being pushed to a phone.", buckets=_WAITS)
+    "zimsend_dispatch_latency_seconds",
+    "From a message being due (accepted, or its "
+    "scheduled time) to its SendCommand being pushed to a phone.",
+    buckets=_WAITS,
+)
 REPORTS_APPLIED = Counter(
-    "zimsend_reports_applied", "Phone reports stored and acknowledged (replays included).",
-    ["kind"])
+    "zimsend_reports_applied", "Phone reports stored and acknowledged (replays included).", ["kind"]
+)
 
 # --- worker --------------------------------------------------------------------------------
 
 WEBHOOK_ATTEMPTS = Counter(
-    "zimsend_webhook_attempts", "HTTP attempts to deliver a webhook, by outcome.", ["outcome"])
+    "zimsend_webhook_attempts", "HTTP attempts to deliver a webhook, by outcome.", ["outcome"]
+)
 WEBHOOK_SECONDS = Histogram(
-    "zimsend_webhook_attempt_duration_seconds", "Time of one webhook POST, by outcome.",
-    ["outcome"], buckets=(*_FAST, 30.0))
+    "zimsend_webhook_attempt_duration_seconds",
+    "Time of one webhook POST, by outcome.",
+    ["outcome"],
+    buckets=(*_FAST, 30.0),
+)
 WEBHOOK_EVENTS = Counter(
-    "zimsend_webhook_events", "Events whose delivery cycle ended: delivered, retrying (another "
-    "attempt is scheduled) or failed (no attempt left).", ["result"])
+    "zimsend_webhook_events",
+    "Events whose delivery cycle ended: delivered, retrying (another "
+    "attempt is scheduled) or failed (no attempt left).",
+    ["result"],
+)
 
 _SENT = MESSAGES_SENT
 _DELIVERED = MESSAGES_DELIVERED
@@ -292,11 +314,15 @@ class Sampler(Collector):
             connected, online = phones()
             yield GaugeMetricFamily(
                 "zimsend_phones_connected",
-                "Phones with an open stream to this replica that said hello.", value=connected)
+                "Phones with an open stream to this replica that said hello.",
+                value=connected,
+            )
             yield GaugeMetricFamily(
                 "zimsend_phones_online",
                 "Connected phones that may be given messages (welcomed, not saying they "
-                "cannot send).", value=online)
+                "cannot send).",
+                value=online,
+            )
         if self.database is not None:
             yield from self._queue(self.database)
 
@@ -310,12 +336,17 @@ class Sampler(Collector):
             log.warning("metrics.queue_sample_failed", error=type(exc).__name__)
             return
         depth = GaugeMetricFamily(
-            "zimsend_queue_messages", "Queued messages (whole database), by priority; `due` "
+            "zimsend_queue_messages",
+            "Queued messages (whole database), by priority; `due` "
             "ones wait for a phone now, `scheduled` ones for their time.",
-            labels=["priority", "state"])
+            labels=["priority", "state"],
+        )
         oldest = GaugeMetricFamily(
-            "zimsend_queue_oldest_due_age_seconds", "How long the oldest due queued message "
-            "of each priority has been waiting (0: none is waiting).", labels=["priority"])
+            "zimsend_queue_oldest_due_age_seconds",
+            "How long the oldest due queued message "
+            "of each priority has been waiting (0: none is waiting).",
+            labels=["priority"],
+        )
         counts = {(p, s): 0 for p in PRIORITY_NAMES for s in ("due", "scheduled")}
         ages = dict.fromkeys(PRIORITY_NAMES, 0.0)
         for priority, total, due, first in rows:
@@ -342,9 +373,11 @@ def _queue_rows(database: Database, now: dt.datetime) -> list[tuple[int, int, in
 
     m = table_of(Message).c
     due = case((m.due_at <= bindparam("now", type_=m.due_at.type), 1), else_=0)
-    query = (select(m.priority, func.count(), func.sum(due), func.min(m.due_at))
-             .where(m.status == MessageStatus.QUEUED.value)
-             .group_by(m.priority))
+    query = (
+        select(m.priority, func.count(), func.sum(due), func.min(m.due_at))
+        .where(m.status == MessageStatus.QUEUED.value)
+        .group_by(m.priority)
+    )
     with database.session() as session:
         return [tuple(row) for row in session.execute(query, {"now": now})]
 
@@ -353,8 +386,9 @@ SAMPLER = Sampler()
 _registered = False
 
 
-def watch(database: Database | None = None,
-          phones: Callable[[], tuple[int, int]] | None = None) -> None:
+def watch(
+    database: Database | None = None, phones: Callable[[], tuple[int, int]] | None = None
+) -> None:
     """Sample the queue of `database` and the phone counts `phones()` at each scrape."""
     global _registered
     if database is not None:
@@ -369,6 +403,7 @@ def watch(database: Database | None = None,
 def serve(host: str, port: int, *, process: str) -> WSGIServer:
     """Start the metrics endpoint (`/metrics`, any path) in a thread of its own."""
     server, _thread = prometheus_client.start_http_server(port, addr=host)
-    log.info("metrics.listening", process=process,
-             address=f"http://{host}:{server.server_port}/metrics")
+    log.info(
+        "metrics.listening", process=process, address=f"http://{host}:{server.server_port}/metrics"
+    )
     return server

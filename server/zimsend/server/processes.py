@@ -26,8 +26,17 @@ from typing import Any
 from zimsend.gateway.processes import free_port, signal_group, spawn, terminate
 
 __all__ = [
-    "BIN", "ZIMSEND", "Program", "free_port", "grpc_serving", "run_zimsend", "signal_group",
-    "spawn", "start_server", "terminate", "zimsend_env",
+    "BIN",
+    "ZIMSEND",
+    "Program",
+    "free_port",
+    "grpc_serving",
+    "run_zimsend",
+    "signal_group",
+    "spawn",
+    "start_server",
+    "terminate",
+    "zimsend_env",
 ]
 
 BIN = Path(sys.executable).parent
@@ -36,7 +45,11 @@ ZIMSEND = str(BIN / "zimsend")
 
 class Program:
     def __init__(
-        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path,
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path,
         name: str | None = None,
     ) -> None:
         self.argv = list(argv)
@@ -120,13 +133,16 @@ def grpc_serving(address: str) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def start_server(data_dir: Path, env: Mapping[str, str], log_dir: Path,
-                 port: int | None = None) -> tuple[Program, str]:
+def start_server(
+    data_dir: Path, env: Mapping[str, str], log_dir: Path, port: int | None = None
+) -> tuple[Program, str]:
     """`zimsend serve` on `port` (default: a free one); returns the program and its gRPC
     address once SERVING. A fixed port restarts a server where its Envoy expects it."""
     port = port or free_port()
     program = Program(
-        [ZIMSEND, "serve", "--port", str(port)], env=env, log_path=log_dir / "server.log",
+        [ZIMSEND, "serve", "--port", str(port)],
+        env=env,
+        log_path=log_dir / "server.log",
         name="zimsend serve",
     )
     address = f"127.0.0.1:{port}"

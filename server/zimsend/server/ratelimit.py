@@ -54,7 +54,9 @@ class Admission:
 
 class ClientRateLimiter:
     def __init__(
-        self, db: Database, default_limit: int,
+        self,
+        db: Database,
+        default_limit: int,
         run_db: Callable[..., Awaitable[Any]],
     ) -> None:
         self._db = db

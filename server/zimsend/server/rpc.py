@@ -98,7 +98,9 @@ async def _admit(
 
 
 async def _fail(
-    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: Exception,
+    method: str,
     headers: list[tuple[str, str]],
 ) -> None:
     """Turn a handler's exception into its gRPC status (never returns normally). A full or

@@ -32,7 +32,7 @@ ANNOUNCE_HORIZON = dt.timedelta(seconds=2)
 
 
 class WorkSignal:
-    """"There is new work for client X": the SMS service notifies, the dispatcher listens.
+    """ "There is new work for client X": the SMS service notifies, the dispatcher listens.
 
     In-process (DESIGN "Dispatch"); on PostgreSQL the other replicas hear of the same work
     through LISTEN/NOTIFY (`storage.wakeups`, migration 0008's trigger). Callbacks must be

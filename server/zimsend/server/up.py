@@ -106,12 +106,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--device-port", type=int, default=8081, help="phones' DeviceLink (Envoy)")
     parser.add_argument("--grpc-port", type=int, default=50051, help="the server itself (loopback)")
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin (loopback)")
-    parser.add_argument("--metrics-port", type=int, default=9470,
-                        help="the server's Prometheus endpoint (loopback; 0: off)")
-    parser.add_argument("--worker-metrics-port", type=int, default=9471,
-                        help="the worker's Prometheus endpoint (loopback; 0: off)")
     parser.add_argument(
-        "--with-simulated-device", action="store_true",
+        "--metrics-port",
+        type=int,
+        default=9470,
+        help="the server's Prometheus endpoint (loopback; 0: off)",
+    )
+    parser.add_argument(
+        "--worker-metrics-port",
+        type=int,
+        default=9471,
+        help="the worker's Prometheus endpoint (loopback; 0: off)",
+    )
+    parser.add_argument(
+        "--with-simulated-device",
+        action="store_true",
         help="also run a simulated phone for the default device",
     )
     parser.add_argument("--tls-cert", help="serve both listeners over TLS with this certificate")
@@ -122,16 +131,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "ZIMSEND_DATABASE_URL, else the embedded SQLite in --data-dir)",
     )
     parser.add_argument(
-        "--postgres", action="store_true",
+        "--postgres",
+        action="store_true",
         help="run a private PostgreSQL cluster in <data-dir>/postgres (PostgreSQL's binaries "
         "on PATH or under /usr/lib/postgresql) and use it",
     )
-    parser.add_argument("--replicas", type=int, default=1,
-                        help="server processes behind Envoy (default 1; more need PostgreSQL)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes (default 1; more need PostgreSQL)")
     parser.add_argument(
-        "--allow-insecure-webhooks", action="store_true",
+        "--replicas",
+        type=int,
+        default=1,
+        help="server processes behind Envoy (default 1; more need PostgreSQL)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; more need PostgreSQL)"
+    )
+    parser.add_argument(
+        "--allow-insecure-webhooks",
+        action="store_true",
         help="development only: accept http:// and private/loopback webhook receivers "
         "(ZIMSEND_WEBHOOKS_ALLOW_INSECURE); off by default",
     )
@@ -156,9 +172,11 @@ def _handler(args: argparse.Namespace) -> int:
     )
 
     try:
-        cluster = LocalPostgres(cluster_directory(data_dir), database=POSTGRES_DATABASE,
-                                max_connections=postgres_connections(args.replicas,
-                                                                     args.workers))
+        cluster = LocalPostgres(
+            cluster_directory(data_dir),
+            database=POSTGRES_DATABASE,
+            max_connections=postgres_connections(args.replicas, args.workers),
+        )
         _say(f"starting PostgreSQL in {cluster.directory}")
         cluster.start()
     except (PostgresNotInstalled, ValueError, RuntimeError, OSError) as exc:
@@ -182,8 +200,10 @@ def _topology_problem(args: argparse.Namespace) -> str | None:
     url = args.database_url or os.environ.get("ZIMSEND_DATABASE_URL", "")
     on_postgres = args.postgres or url.startswith(("postgres://", "postgresql"))
     if (args.replicas > 1 or args.workers > 1) and not on_postgres:
-        return ("several replicas or workers need PostgreSQL (SQLite serves one machine): "
-                "add --database-url postgresql://… or --postgres")
+        return (
+            "several replicas or workers need PostgreSQL (SQLite serves one machine): "
+            "add --database-url postgresql://… or --postgres"
+        )
     return None
 
 
@@ -209,7 +229,11 @@ async def run_stack(args: argparse.Namespace, cluster: LocalPostgres | None = No
     env.setdefault("ZIMSEND_DEVICE_LINK_ADDRESS", f"{args.host}:{args.device_port}")
     env.setdefault("ZIMSEND_DEVICE_LINK_TLS", "1" if args.tls_cert else "0")
     credentials, created = await trio.to_thread.run_sync(
-        ensure_credentials, data_dir, env, f"{args.host}:{args.device_port}", bool(args.tls_cert),
+        ensure_credentials,
+        data_dir,
+        env,
+        f"{args.host}:{args.device_port}",
+        bool(args.tls_cert),
         env.get("ZIMSEND_DATABASE_URL"),
     )
     supervisor = Supervisor(_children(args, data_dir, env, credentials))
@@ -253,7 +277,10 @@ def _local_host(host: str) -> str:
 
 
 def ensure_credentials(
-    data_dir: Path, env: dict[str, str], device_address: str, tls: bool = False,
+    data_dir: Path,
+    env: dict[str, str],
+    device_address: str,
+    tls: bool = False,
     database_url: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Create the default client, key and device once per database; later starts on the same
@@ -264,13 +291,17 @@ def ensure_credentials(
     from zimsend.server import accounts
 
     path = data_dir / CREDENTIALS_FILE
-    database = (make_url(database_url).render_as_string(hide_password=True)
-                if database_url else "sqlite")
+    database = (
+        make_url(database_url).render_as_string(hide_password=True) if database_url else "sqlite"
+    )
     if path.exists() and json.loads(path.read_text()).get("database", "sqlite") == database:
         credentials = json.loads(path.read_text())
         uri = accounts.pairing_uri(
-            device_address, credentials["client_id"], credentials["device_id"],
-            credentials["device_password"], tls=tls,
+            device_address,
+            credentials["client_id"],
+            credentials["device_id"],
+            credentials["device_password"],
+            tls=tls,
         )
         if credentials.get("pairing_uri") != uri:
             credentials["pairing_uri"] = uri
@@ -279,15 +310,22 @@ def ensure_credentials(
     from zimsend.server.config import Settings
     from zimsend.server.storage import Database
 
-    settings = (Settings(data_dir=data_dir, database_url=database_url) if database_url
-                else Settings(data_dir=data_dir))
+    settings = (
+        Settings(data_dir=data_dir, database_url=database_url)
+        if database_url
+        else Settings(data_dir=data_dir)
+    )
     db = Database.from_url(settings.database_url_value)
     try:
         db.migrate()
         client = accounts.create_client(db, "default")
         key = accounts.create_api_key(db, settings.pepper(), client.id, "default")
         device = accounts.create_device(
-            db, settings.pepper(), client.id, "default phone", server_address=device_address,
+            db,
+            settings.pepper(),
+            client.id,
+            "default phone",
+            server_address=device_address,
             tls=tls,
         )
     finally:
@@ -325,19 +363,26 @@ def _children(
     logs.mkdir(mode=0o700, exist_ok=True)
     ports = replica_ports(args)
     children = [
-        Child(_numbered("server", i, len(ports)), _zimsend_argv("serve", "--port", str(port)),
-              dict(env, ZIMSEND_METRICS_PORT=str(_nth_port(args.metrics_port, i))),
-              stop_grace=SERVER_STOP_GRACE_SECONDS)
+        Child(
+            _numbered("server", i, len(ports)),
+            _zimsend_argv("serve", "--port", str(port)),
+            dict(env, ZIMSEND_METRICS_PORT=str(_nth_port(args.metrics_port, i))),
+            stop_grace=SERVER_STOP_GRACE_SECONDS,
+        )
         for i, port in enumerate(ports)
     ]
     children.append(
         Child(
             "envoy",
             envoy_command(
-                data_dir / "envoy", upstreams=tuple(f"127.0.0.1:{p}" for p in ports),
+                data_dir / "envoy",
+                upstreams=tuple(f"127.0.0.1:{p}" for p in ports),
                 listen_address=args.host,
-                public_port=args.http_port, device_port=args.device_port,
-                admin_port=args.admin_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                public_port=args.http_port,
+                device_port=args.device_port,
+                admin_port=args.admin_port,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
             ),
             env,
             log_path=logs / "envoy-access.log",
@@ -345,9 +390,11 @@ def _children(
     )
     if _has_worker():
         children += [
-            Child(_numbered("worker", j, args.workers), _zimsend_argv("worker"),
-                  dict(env, ZIMSEND_WORKER_METRICS_PORT=str(
-                      _nth_port(args.worker_metrics_port, j))))
+            Child(
+                _numbered("worker", j, args.workers),
+                _zimsend_argv("worker"),
+                dict(env, ZIMSEND_WORKER_METRICS_PORT=str(_nth_port(args.worker_metrics_port, j))),
+            )
             for j in range(args.workers)
         ]
     if args.with_simulated_device:
@@ -356,12 +403,21 @@ def _children(
             Child(
                 "simulated-device",
                 _zimsend_argv(
-                    "device", "run", "--backend", "simulator",
-                    "--server", f"{_local_host(args.host)}:{args.device_port}", *tls,
-                    "--client-id", credentials["client_id"],
-                    "--device-id", credentials["device_id"],
-                    "--outbox", str(data_dir / "simulated-outbox.jsonl"),
-                    "--journal", str(data_dir / "simulated-journal.db"),
+                    "device",
+                    "run",
+                    "--backend",
+                    "simulator",
+                    "--server",
+                    f"{_local_host(args.host)}:{args.device_port}",
+                    *tls,
+                    "--client-id",
+                    credentials["client_id"],
+                    "--device-id",
+                    credentials["device_id"],
+                    "--outbox",
+                    str(data_dir / "simulated-outbox.jsonl"),
+                    "--journal",
+                    str(data_dir / "simulated-journal.db"),
                 ),
                 # The password goes through the environment, not argv (visible in `ps`).
                 dict(env, ZIMSEND_DEVICE_PASSWORD=credentials["device_password"]),
@@ -437,13 +493,13 @@ class Supervisor:
             window = f"{self.policy.window_seconds:g} s"
             if len(crashes) >= self.policy.max_crashes:
                 _say(f"{name} {why}: {len(crashes)} crashes within {window}, giving up")
-                self.request_stop(
-                    f"{name} kept crashing ({len(crashes)} times within {window})"
-                )
+                self.request_stop(f"{name} kept crashing ({len(crashes)} times within {window})")
                 return
             delay = self.policy.delay(len(crashes))
-            _say(f"{name} {why}; restarting it in {delay:g} s "
-                 f"(crash {len(crashes)} of {self.policy.max_crashes} allowed within {window})")
+            _say(
+                f"{name} {why}; restarting it in {delay:g} s "
+                f"(crash {len(crashes)} of {self.policy.max_crashes} allowed within {window})"
+            )
             with trio.move_on_after(delay):
                 await self.stop_requested.wait()
 
@@ -590,7 +646,10 @@ async def _wait_for(check: Any, timeout: float, every: float) -> bool:  # noqa: 
 
 
 async def _announce_when_ready(
-    args: argparse.Namespace, data_dir: Path, credentials: dict[str, Any], created: bool,
+    args: argparse.Namespace,
+    data_dir: Path,
+    credentials: dict[str, Any],
+    created: bool,
     supervisor: Supervisor,
 ) -> None:
     """Print "ZimSend is up" once Envoy is healthy and the simulated phone (if any) online;
@@ -656,8 +715,7 @@ def _metrics_lines(args: argparse.Namespace) -> list[str]:
     ]
     if worker_port and _has_worker():
         endpoints += [
-            f"http://{host}:{_nth_port(worker_port, j)}/metrics "
-            f"({_numbered('worker', j, workers)})"
+            f"http://{host}:{_nth_port(worker_port, j)}/metrics ({_numbered('worker', j, workers)})"
             for j in range(workers)
         ]
     return [f"  metrics       {', '.join(endpoints)}"] if endpoints else []

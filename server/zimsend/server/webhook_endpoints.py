@@ -80,7 +80,13 @@ class Page:
 
 
 def configure(
-    db: Database, pepper: bytes, client_id: str, *, url: str, events: list[str], secret: str,
+    db: Database,
+    pepper: bytes,
+    client_id: str,
+    *,
+    url: str,
+    events: list[str],
+    secret: str,
     allow_insecure: bool,
 ) -> NewEndpoint:
     """Validate and store a new endpoint; every bad field is reported at once."""
@@ -97,7 +103,10 @@ def configure(
     secret = secret or new_webhook_secret()
     endpoint_id = new_id("wh")
     endpoint = WebhookEndpoint(
-        id=endpoint_id, client_id=client_id, url=url, events=chosen,
+        id=endpoint_id,
+        client_id=client_id,
+        url=url,
+        events=chosen,
         secret_encrypted=encrypt_secret(pepper, secret, bound_to=endpoint_id),
     )
     with db.write() as session:
@@ -121,9 +130,9 @@ def configure(
 
 def _check_events(events: list[str], problems: list[FieldViolation]) -> list[str]:
     if not events:
-        problems.append(FieldViolation(
-            "events", f"give at least one event type: {', '.join(EVENT_TYPES)}."
-        ))
+        problems.append(
+            FieldViolation("events", f"give at least one event type: {', '.join(EVENT_TYPES)}.")
+        )
         return []
     chosen: list[str] = []
     for index, name in enumerate(events):
@@ -131,12 +140,15 @@ def _check_events(events: list[str], problems: list[FieldViolation]) -> list[str
         if name not in EVENT_TYPES:
             hint = (
                 " (test events are always delivered by POST /v1/webhooks/{webhook_id}/test)"
-                if name == TEST_EVENT else ""
+                if name == TEST_EVENT
+                else ""
             )
-            problems.append(FieldViolation(
-                f"events[{index}]",
-                f"unknown event type {name!r}{hint}; allowed: {', '.join(EVENT_TYPES)}.",
-            ))
+            problems.append(
+                FieldViolation(
+                    f"events[{index}]",
+                    f"unknown event type {name!r}{hint}; allowed: {', '.join(EVENT_TYPES)}.",
+                )
+            )
         elif name not in chosen:
             chosen.append(name)
     return chosen
@@ -144,11 +156,13 @@ def _check_events(events: list[str], problems: list[FieldViolation]) -> list[str
 
 def _check_secret(secret: str, problems: list[FieldViolation]) -> None:
     if not MIN_SECRET_LENGTH <= len(secret) <= MAX_SECRET_LENGTH:
-        problems.append(FieldViolation(
-            "secret",
-            f"must be {MIN_SECRET_LENGTH}-{MAX_SECRET_LENGTH} characters (got {len(secret)}), "
-            "or omitted to have one generated.",
-        ))
+        problems.append(
+            FieldViolation(
+                "secret",
+                f"must be {MIN_SECRET_LENGTH}-{MAX_SECRET_LENGTH} characters (got {len(secret)}), "
+                "or omitted to have one generated.",
+            )
+        )
     elif any(not c.isprintable() or c.isspace() for c in secret):
         problems.append(FieldViolation("secret", "must not contain spaces or control characters."))
     elif secret.startswith(SECRET_PREFIX):
@@ -158,10 +172,13 @@ def _check_secret(secret: str, problems: list[FieldViolation]) -> None:
             problems.append(FieldViolation("secret", f"{exc} (Standard Webhooks format)."))
         else:
             if len(key) < MIN_SECRET_LENGTH:
-                problems.append(FieldViolation(
-                    "secret",
-                    f"a whsec_ secret must carry at least {MIN_SECRET_LENGTH} bytes of base64 key.",
-                ))
+                problems.append(
+                    FieldViolation(
+                        "secret",
+                        f"a whsec_ secret must carry at least {MIN_SECRET_LENGTH} bytes of "
+                        "base64 key.",
+                    )
+                )
 
 
 def list_endpoints(db: Database, client_id: str) -> list[WebhookEndpoint]:
@@ -184,7 +201,8 @@ def _live_endpoint(session: Session, client_id: str, webhook_id: str) -> Webhook
     )
     if endpoint is None or endpoint.deleted_at is not None:
         raise ApiError.invalid(
-            ErrorCode.WEBHOOK_NOT_FOUND, "webhook_id",
+            ErrorCode.WEBHOOK_NOT_FOUND,
+            "webhook_id",
             f"No webhook {webhook_id!r} for this client (see GET /v1/webhooks).",
         )
     return endpoint
@@ -205,7 +223,9 @@ def queue_test_event(db: Database, client_id: str, webhook_id: str) -> OutboxEve
         endpoint = _live_endpoint(session, client_id, webhook_id)
         now = utcnow()
         event = outbox_event(
-            client_id=client_id, event_type=TEST_EVENT, now=now,
+            client_id=client_id,
+            event_type=TEST_EVENT,
+            now=now,
             data={
                 "webhook_id": endpoint.id,
                 "message": "Test event from ZimSend: your endpoint is reachable and the "
@@ -225,12 +245,14 @@ def redeliver(db: Database, client_id: str, event_id: str) -> OutboxEvent:
         event = get_for_client(session, OutboxEvent, event_id, client_id) if event_id else None
         if event is None:
             raise ApiError.invalid(
-                ErrorCode.EVENT_NOT_FOUND, "event_id",
+                ErrorCode.EVENT_NOT_FOUND,
+                "event_id",
                 f"No event {event_id!r} for this client (event ids are in GET /v1/webhooks/logs).",
             )
         if event.status != OutboxStatus.FAILED:
             raise ApiError.invalid(
-                ErrorCode.INVALID_REQUEST, "event_id",
+                ErrorCode.INVALID_REQUEST,
+                "event_id",
                 f"Only failed events can be redelivered; this one is {event.status}.",
             )
         now = utcnow()
@@ -245,8 +267,14 @@ def redeliver(db: Database, client_id: str, event_id: str) -> OutboxEvent:
 
 
 def list_logs(
-    db: Database, client_id: str, page: int | None = None, limit: int | None = None, *,
-    webhook_id: str = "", event_id: str = "", message_id: str = "",
+    db: Database,
+    client_id: str,
+    page: int | None = None,
+    limit: int | None = None,
+    *,
+    webhook_id: str = "",
+    event_id: str = "",
+    message_id: str = "",
 ) -> Page:
     """Delivery attempts, newest first, each with its event's message. `page` default 1,
     `limit` default 50 (None: not given); an explicit 0 is refused like history's, not taken
@@ -259,11 +287,13 @@ def list_logs(
     if limit is not None and not 1 <= limit <= MAX_PAGE_SIZE:
         problems.append(FieldViolation("limit", f"must be 1-{MAX_PAGE_SIZE} (got {limit})"))
     if len(message_id) > MAX_MESSAGE_ID_CHARS:
-        problems.append(FieldViolation(
-            "message_id",
-            f"must be a message id such as msg_1234567890abcdef, at most "
-            f"{MAX_MESSAGE_ID_CHARS} characters (got {len(message_id)})",
-        ))
+        problems.append(
+            FieldViolation(
+                "message_id",
+                f"must be a message id such as msg_1234567890abcdef, at most "
+                f"{MAX_MESSAGE_ID_CHARS} characters (got {len(message_id)})",
+            )
+        )
     if problems:
         raise violations_error(ErrorCode.INVALID_REQUEST, problems)
     page = page or 1
@@ -273,21 +303,23 @@ def list_logs(
         filters.append(col(WebhookDelivery.webhook_id) == webhook_id)
     if event_id:
         filters.append(col(WebhookDelivery.event_id) == event_id)
-    joined = (
-        select(WebhookDelivery, col(OutboxEvent.message_id))
-        .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+    joined = select(WebhookDelivery, col(OutboxEvent.message_id)).join(
+        OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id)
     )
     counted = select(func.count()).select_from(WebhookDelivery)
     if message_id:
         # The (client_id, message_id) index finds the message's few events.
-        filters += [col(OutboxEvent.client_id) == client_id,
-                    col(OutboxEvent.message_id) == message_id]
+        filters += [
+            col(OutboxEvent.client_id) == client_id,
+            col(OutboxEvent.message_id) == message_id,
+        ]
         counted = counted.join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
     with db.session() as session:
         total = session.exec(counted.where(*filters)).one()
         rows = session.exec(
             joined.where(*filters)
             .order_by(col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
-            .offset((page - 1) * limit).limit(limit)
+            .offset((page - 1) * limit)
+            .limit(limit)
         ).all()
     return Page([LogEntry(delivery, about) for delivery, about in rows], page, limit, int(total))

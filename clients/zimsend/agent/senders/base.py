@@ -67,7 +67,8 @@ def _before_send(name: str) -> bool:
 #: OPTED_OUT: `server_only`). Report a BEFORE_SEND_CODES code only when the SMS certainly did
 #: not leave the phone: the server then gives the message to another phone.
 ERROR_CODES = tuple(
-    name for name in failures_pb2.FailureCode.keys()
+    name
+    for name in failures_pb2.FailureCode.keys()
     if name != "FAILURE_CODE_UNSPECIFIED" and not _option(name).server_only
 )
 #: The codes that prove the SMS never left the phone (failures.proto's table).
@@ -257,4 +258,3 @@ class Sender(Protocol):
     async def run(self, recorder: Recorder) -> None:
         """Run until cancelled, recording delivery reports and inbound SMS."""
         ...
-

@@ -63,16 +63,29 @@ T = TypeVar("T")
 INCOMPLETE_WAIT_S = 3600.0
 
 _NETWORK = {
-    "HomeNetwork": "home", "RoamingNetwork": "roaming", "RequestingNetwork": "searching",
-    "RegistrationDenied": "denied", "NoNetwork": "not_registered",
+    "HomeNetwork": "home",
+    "RoamingNetwork": "roaming",
+    "RequestingNetwork": "searching",
+    "RegistrationDenied": "denied",
+    "NoNetwork": "not_registered",
 }
 
 #: Gammu errors that mean "the modem is gone or not answering": close it and reopen.
-_DEVICE_LOST = frozenset({
-    "ERR_DEVICENOTEXIST", "ERR_DEVICEOPENERROR", "ERR_DEVICENOPERMISSION", "ERR_DEVICEREADERROR",
-    "ERR_DEVICEWRITEERROR", "ERR_DEVICEBUSY", "ERR_DEVICELOCKED", "ERR_DEVICENOTWORK",
-    "ERR_NOTCONNECTED", "ERR_DEVICENODRIVER", "ERR_PHONEOFF",
-})
+_DEVICE_LOST = frozenset(
+    {
+        "ERR_DEVICENOTEXIST",
+        "ERR_DEVICEOPENERROR",
+        "ERR_DEVICENOPERMISSION",
+        "ERR_DEVICEREADERROR",
+        "ERR_DEVICEWRITEERROR",
+        "ERR_DEVICEBUSY",
+        "ERR_DEVICELOCKED",
+        "ERR_DEVICENOTWORK",
+        "ERR_NOTCONNECTED",
+        "ERR_DEVICENODRIVER",
+        "ERR_PHONEOFF",
+    }
+)
 
 _F = failures_pb2
 #: Gammu error → (FailureCode, what it means for a person). Anything else: DEVICE_ERROR.
@@ -83,15 +96,18 @@ _FAILURES = {
     "ERR_NETWORK_ERROR": (failure(_F.NETWORK_ERROR), "the network refused the message"),
     "ERR_NOSERVICE": (failure(_F.NO_SERVICE), "no network service"),
     "ERR_UNKNOWN": (failure(_F.NETWORK_ERROR), "the modem or the network refused the message"),
-    "ERR_TIMEOUT": (failure(_F.TIMEOUT),
-                    "the modem did not answer in time; the SMS may have left"),
+    "ERR_TIMEOUT": (failure(_F.TIMEOUT), "the modem did not answer in time; the SMS may have left"),
     "ERR_NOSIM": (failure(_F.SIM_MISSING), "no SIM card in the modem"),
     "ERR_SECURITYERROR": (failure(_F.SIM_PIN_REQUIRED), "the SIM is locked (PIN or PUK needed)"),
     "ERR_FULL": (failure(_F.DEVICE_ERROR), "the modem's message memory is full"),
-    "ERR_EMPTYSMSC": (failure(_F.MODEM_REFUSED),
-                      "no SMS centre number: set it on the SIM or in gammurc"),
-    "ERR_GETTING_SMSC": (failure(_F.MODEM_REFUSED),
-                         "the modem could not read its SMS centre number"),
+    "ERR_EMPTYSMSC": (
+        failure(_F.MODEM_REFUSED),
+        "no SMS centre number: set it on the SIM or in gammurc",
+    ),
+    "ERR_GETTING_SMSC": (
+        failure(_F.MODEM_REFUSED),
+        "the modem could not read its SMS centre number",
+    ),
     "ERR_INVALIDDATA": (failure(_F.INVALID_NUMBER), "the modem refused the recipient or the text"),
 }
 
@@ -112,8 +128,11 @@ def delivery_outcome(status: int) -> tuple[bool | None, str, str]:
         return True, "", ""
     if status < 0x40:
         return None, "", ""
-    invalid, blocked, timeout = (failure(_F.INVALID_NUMBER), failure(_F.BLOCKED_NUMBER),
-                                 failure(_F.TIMEOUT))
+    invalid, blocked, timeout = (
+        failure(_F.INVALID_NUMBER),
+        failure(_F.BLOCKED_NUMBER),
+        failure(_F.TIMEOUT),
+    )
     reasons = {
         0x41: (invalid, "incompatible destination"),
         0x42: (blocked, "connection rejected by the recipient"),
@@ -203,7 +222,8 @@ class ModemSender:
     def describe(self) -> DeviceInfo:
         gammu_version = self._gammu.Version()[0]
         return DeviceInfo(
-            model=self._state.model, android_version=f"Gammu {gammu_version}",
+            model=self._state.model,
+            android_version=f"Gammu {gammu_version}",
             sims=(SimInfo(slot=0, carrier=self._state.operator),),
             capabilities=Capabilities(backend="modem", delivery_reports=True, inbound_sms=True),
         )
@@ -211,11 +231,20 @@ class ModemSender:
     async def health(self) -> Health:
         s = self._state
         can_send = s.open and s.network in ("home", "roaming", "")
-        problem = s.problem if not s.open else (
-            "" if can_send else f"not registered on a network ({s.network})")
-        return Health(battery=s.battery, charging=s.charging, signal=s.signal,
-                      network=s.network, can_send=can_send, problem=problem,
-                      failure_code="" if s.open else s.problem_code)
+        problem = (
+            s.problem
+            if not s.open
+            else ("" if can_send else f"not registered on a network ({s.network})")
+        )
+        return Health(
+            battery=s.battery,
+            charging=s.charging,
+            signal=s.signal,
+            network=s.network,
+            can_send=can_send,
+            problem=problem,
+            failure_code="" if s.open else s.problem_code,
+        )
 
     async def send(self, request: SendRequest) -> SendResult:
         if not self._state.open:
@@ -228,16 +257,19 @@ class ModemSender:
         results: list[PartResult] = []
         for index, text in enumerate(request.parts):
             if results and not results[-1].ok:
-                results.append(PartResult(False, results[-1].error_code,
-                                          "not sent: an earlier part failed"))
+                results.append(
+                    PartResult(False, results[-1].error_code, "not sent: an earlier part failed")
+                )
                 continue
             try:
                 reference = await self._thread.call(
-                    self._send_part, request.to, text, unicode, concat, index, len(request.parts))
+                    self._send_part, request.to, text, unicode, concat, index, len(request.parts)
+                )
             except self._gammu.GSMError as exc:
                 code, message = failure_of(exc)
-                log.warning("modem refused part %d of %s: %s", index + 1, request.message_id,
-                            message)
+                log.warning(
+                    "modem refused part %d of %s: %s", index + 1, request.message_id, message
+                )
                 if type(exc).__name__ in _DEVICE_LOST:
                     await self._thread.call(self._close, message)
                 results.append(PartResult(False, code, message))
@@ -255,8 +287,11 @@ class ModemSender:
                         backoff.reset()
                     else:
                         delay = max(0.5, backoff.next())
-                        log.warning("modem not available (%s); retrying in %.0f s",
-                                    self._state.problem, delay)
+                        log.warning(
+                            "modem not available (%s); retrying in %.0f s",
+                            self._state.problem,
+                            delay,
+                        )
                         await trio.sleep(delay)
                         continue
                 try:
@@ -297,8 +332,10 @@ class ModemSender:
                     )
                 )
                 if not matched:
-                    log.info("status report for reference %s matches no part awaiting one",
-                             sms["MessageReference"])
+                    log.info(
+                        "status report for reference %s matches no part awaiting one",
+                        sms["MessageReference"],
+                    )
             done.append(sms)  # a temporary status is dropped too: the final one follows
         for parts in self._gammu.LinkSMS(received):
             joined = self._joined(parts)
@@ -314,25 +351,40 @@ class ModemSender:
         udh = first.get("UDH", {})
         expected = int(udh.get("AllParts", -1)) if udh.get("Type") != "NoUDH" else 1
         # The centre's timestamp (TP-SCTS, Gammu's DateTime) is part of every SMS-DELIVER.
-        source = hashlib.sha256("\x1f".join(
-            [str(first.get("Number")), str(first.get("DateTime")), str(udh.get("ID8bit")),
-             str(udh.get("ID16bit")), *(str(p.get("Text")) for p in parts)]
-        ).encode()).hexdigest()[:32]
+        source = hashlib.sha256(
+            "\x1f".join(
+                [
+                    str(first.get("Number")),
+                    str(first.get("DateTime")),
+                    str(udh.get("ID8bit")),
+                    str(udh.get("ID16bit")),
+                    *(str(p.get("Text")) for p in parts),
+                ]
+            ).encode()
+        ).hexdigest()[:32]
         if expected > len(parts):
             now = trio.current_time()
             first_seen = self._first_seen.setdefault(source, now)
             if now - first_seen < INCOMPLETE_WAIT_S:
                 return None
-            log.warning("multipart SMS from %s still misses %d of %d parts; reported as is",
-                        first.get("Number"), expected - len(parts), expected)
+            log.warning(
+                "multipart SMS from %s still misses %d of %d parts; reported as is",
+                first.get("Number"),
+                expected - len(parts),
+                expected,
+            )
         self._first_seen.pop(source, None)
         decoded = self._gammu.DecodeSMS(parts)
         if decoded:
             body = "".join(str(e.get("Buffer") or "") for e in decoded.get("Entries", []))
         else:
             body = "".join(str(p.get("Text") or "") for p in parts)
-        return InboundSms(sender=str(first.get("Number", "")), body=body,
-                          received_at=_utc(first.get("DateTime")), source_id=f"gammu:{source}")
+        return InboundSms(
+            sender=str(first.get("Number", "")),
+            body=body,
+            received_at=_utc(first.get("DateTime")),
+            source_id=f"gammu:{source}",
+        )
 
     # --- in the modem thread ---------------------------------------------------------------
 
@@ -352,8 +404,10 @@ class ModemSender:
         with self._lock:
             self._machine = machine
         try:
-            self._state.model = " ".join(
-                p for p in (machine.GetManufacturer(), machine.GetModel()[1]) if p) or "GSM modem"
+            self._state.model = (
+                " ".join(p for p in (machine.GetManufacturer(), machine.GetModel()[1]) if p)
+                or "GSM modem"
+            )
         except gammu.GSMError:
             pass
         try:  # registration and signal known before anyone is told the modem can send
@@ -381,9 +435,11 @@ class ModemSender:
             self._state.problem = f"the SIM needs its {needed.upper()}: unlock it in a phone"
             return False
         if self._pin_refused or not self._config.pin:
-            self._state.problem = ("the SIM PIN was refused; not retried so the SIM is not"
-                                   " blocked: fix it and restart" if self._pin_refused else
-                                   "the SIM needs its PIN: set ZIMSEND_SIM_PIN or --sim-pin")
+            self._state.problem = (
+                "the SIM PIN was refused; not retried so the SIM is not blocked: fix it and restart"
+                if self._pin_refused
+                else "the SIM needs its PIN: set ZIMSEND_SIM_PIN or --sim-pin"
+            )
             return False
         try:
             machine.EnterSecurityCode("PIN", self._config.pin)
@@ -423,20 +479,27 @@ class ModemSender:
             percent = int(battery.get("BatteryPercent", -1))
             s.battery = percent if 0 <= percent <= 100 else None
             s.charging = battery.get("ChargeState") in (
-                "BatteryCharging", "BatteryConnected", "BatteryFull")
+                "BatteryCharging",
+                "BatteryConnected",
+                "BatteryFull",
+            )
         except unsupported:
             s.battery, s.charging = None, None
 
-    def _send_part(self, to: str, text: str, unicode: bool, concat: int, index: int,
-                   count: int) -> int:
+    def _send_part(
+        self, to: str, text: str, unicode: bool, concat: int, index: int, count: int
+    ) -> int:
         machine = self._machine
         if machine is None:
             raise self._gammu.ERR_NOTCONNECTED({"Text": "modem closed", "Where": "SendSMS"})
         [sms] = self._gammu.EncodeSMS(
-            {"Class": -1, "Unicode": unicode, "Entries": [{"ID": "Text", "Buffer": text}]})
+            {"Class": -1, "Unicode": unicode, "Entries": [{"ID": "Text", "Buffer": text}]}
+        )
         if count > 1:  # 3GPP TS 23.040 concatenation, 8-bit reference (IEI 0x00)
-            sms["UDH"] = {"Type": "ConcatenatedMessages",
-                          "Text": bytes([5, 0, 3, concat, count, index + 1])}
+            sms["UDH"] = {
+                "Type": "ConcatenatedMessages",
+                "Text": bytes([5, 0, 3, concat, count, index + 1]),
+            }
         sms["SMSC"] = {"Location": 1}
         sms["Number"] = to
         sms["Type"] = "Status_Report"  # Gammu's way to ask for a status report (TP-SRR)

@@ -49,8 +49,10 @@ class SimulatorSender:
             android_version=f"{platform.system()} {platform.release()}".strip(),
             sims=(SimInfo(slot=0, carrier="SimNet"),),
             capabilities=Capabilities(
-                backend="simulator", inbound_sms=True,
-                delivery_reports=self.simulation.config.delivery_delay is not None),
+                backend="simulator",
+                inbound_sms=True,
+                delivery_reports=self.simulation.config.delivery_delay is not None,
+            ),
         )
 
     async def health(self) -> Health:
@@ -83,7 +85,8 @@ class SimulatorSender:
         if delay is not None:
             for part in recorder.awaiting_delivery():  # sent before a restart
                 self._scheduled_send.send_nowait(
-                    (delay, DeliveryReport(part.message_id, part.part_index, part.part_count)))
+                    (delay, DeliveryReport(part.message_id, part.part_index, part.part_count))
+                )
         async with trio.open_nursery() as nursery:
             async for after, event in self._scheduled:
                 nursery.start_soon(_record_later, after, event, recorder)

@@ -78,8 +78,11 @@ SIM_PROBLEMS = {
 }
 #: The before-send FailureCode held commands are given back with, per SIM state (executor.py);
 #: the other states fall back to the network's (health.give_back_code).
-SIM_CODES = {"absent": "SIM_MISSING", "pin_required": "SIM_PIN_REQUIRED",
-             "puk_required": "SIM_PIN_REQUIRED"}
+SIM_CODES = {
+    "absent": "SIM_MISSING",
+    "pin_required": "SIM_PIN_REQUIRED",
+    "puk_required": "SIM_PIN_REQUIRED",
+}
 
 
 class TermuxApiError(Exception):
@@ -140,9 +143,10 @@ class TermuxSender:
             carrier = str(info.get("sim_operator_name") or "")
             sims = tuple(SimInfo(slot=i, carrier=carrier if i == 0 else "") for i in range(count))
         return DeviceInfo(
-            model=self._model, android_version=self._android, sims=sims,
-            capabilities=Capabilities(backend="termux", delivery_reports=False,
-                                      inbound_sms=True),
+            model=self._model,
+            android_version=self._android,
+            sims=sims,
+            capabilities=Capabilities(backend="termux", delivery_reports=False, inbound_sms=True),
         )
 
     async def health(self) -> Health:
@@ -161,8 +165,13 @@ class TermuxSender:
     async def _read_health(self) -> Health:
         missing = [c for c in REQUIRED_COMMANDS if shutil.which(c) is None]
         if missing:
-            return Health(None, None, None, can_send=False,
-                          problem=f"Termux:API is missing ({missing[0]} not found): {INSTALL_HINT}")
+            return Health(
+                None,
+                None,
+                None,
+                can_send=False,
+                problem=f"Termux:API is missing ({missing[0]} not found): {INSTALL_HINT}",
+            )
         results: dict[str, Any] = {}
 
         async def read(name: str) -> None:
@@ -188,13 +197,25 @@ class TermuxSender:
         self._device_info = info
         network, problem = _network_and_problem(info)
         count = info.get("phone_count")
-        if not problem and self.sim_slot is not None and isinstance(count, int) \
-                and not 0 <= self.sim_slot < count:
-            problem = (f"SIM slot {self.sim_slot} does not exist: this phone has {count}"
-                       " (--sim-slot counts from 0)")
-        return Health(battery, charging, signal, network=network, can_send=not problem,
-                      problem=problem,
-                      failure_code=SIM_CODES.get(str(info.get("sim_state") or ""), ""))
+        if (
+            not problem
+            and self.sim_slot is not None
+            and isinstance(count, int)
+            and not 0 <= self.sim_slot < count
+        ):
+            problem = (
+                f"SIM slot {self.sim_slot} does not exist: this phone has {count}"
+                " (--sim-slot counts from 0)"
+            )
+        return Health(
+            battery,
+            charging,
+            signal,
+            network=network,
+            can_send=not problem,
+            problem=problem,
+            failure_code=SIM_CODES.get(str(info.get("sim_state") or ""), ""),
+        )
 
     def _signal(self, cells: Any) -> int | None:
         """Bars (0-4, Android's level) of the cell the phone is registered on; None when
@@ -207,8 +228,14 @@ class TermuxSender:
             return None
         if not isinstance(cells, list):
             return None
-        levels = [c["level"] for c in cells if isinstance(c, dict) and c.get("registered")
-                  and isinstance(c.get("level"), int) and 0 <= c["level"] <= 4]
+        levels = [
+            c["level"]
+            for c in cells
+            if isinstance(c, dict)
+            and c.get("registered")
+            and isinstance(c.get("level"), int)
+            and 0 <= c["level"] <= 4
+        ]
         return max(levels) if levels else None
 
     # --- send -----------------------------------------------------------------------------------
@@ -222,10 +249,13 @@ class TermuxSender:
             args += ["-s", str(slot)]
         try:
             if not request.to or "," in request.to:  # a comma would mean several recipients
-                raise TermuxApiError(f"not a single phone number: {request.to!r}",
-                                     failure(failures_pb2.INVALID_NUMBER))
-            await self._call("termux-sms-send", *args, stdin=request.body.encode(),
-                             timeout=self.timeouts.send)
+                raise TermuxApiError(
+                    f"not a single phone number: {request.to!r}",
+                    failure(failures_pb2.INVALID_NUMBER),
+                )
+            await self._call(
+                "termux-sms-send", *args, stdin=request.body.encode(), timeout=self.timeouts.send
+            )
         except TermuxApiError as exc:
             log.warning("message %s not sent: %s", request.message_id, exc)
             part = PartResult(False, exc.code, str(exc))
@@ -275,19 +305,29 @@ class TermuxSender:
             offset += self.page_size
         for _id in sorted(fresh):
             sms = fresh[_id]
-            recorder.inbound(InboundSms(
-                sender=str(sms.get("address") or sms.get("number") or ""),
-                body=str(sms.get("body") or ""),
-                sim_slot=self.sim_slot or 0,
-                received_at=_received_at(sms.get("received")),
-                source_id=f"{SOURCE_PREFIX}{_id}",
-            ))
+            recorder.inbound(
+                InboundSms(
+                    sender=str(sms.get("address") or sms.get("number") or ""),
+                    body=str(sms.get("body") or ""),
+                    sim_slot=self.sim_slot or 0,
+                    received_at=_received_at(sms.get("received")),
+                    source_id=f"{SOURCE_PREFIX}{_id}",
+                )
+            )
             mark = max(mark, _id)
         return mark
 
     async def _inbox_page(self, *, limit: int, offset: int) -> list[tuple[int, dict[str, Any]]]:
-        out = await self._call("termux-sms-list", "-t", "inbox", "-l", str(limit), "-o",
-                               str(offset), timeout=self.timeouts.query)
+        out = await self._call(
+            "termux-sms-list",
+            "-t",
+            "inbox",
+            "-l",
+            str(limit),
+            "-o",
+            str(offset),
+            timeout=self.timeouts.query,
+        )
         try:
             messages = json.loads(out)
         except ValueError as exc:
@@ -297,8 +337,9 @@ class TermuxSender:
         page = []
         for sms in messages:
             if not isinstance(sms, dict) or not isinstance(sms.get("_id"), int):
-                raise TermuxApiError("termux-sms-list gives no _id: update the Termux:API app"
-                                     " (0.50 or later)")
+                raise TermuxApiError(
+                    "termux-sms-list gives no _id: update the Termux:API app (0.50 or later)"
+                )
             if sms.get("type", "inbox") == "inbox":
                 page.append((sms["_id"], sms))
         return page
@@ -314,14 +355,21 @@ class TermuxSender:
         proc: subprocess.CompletedProcess[bytes] | None = None
         with trio.move_on_after(timeout):
             try:
-                proc = await trio.run_process([path, *args], stdin=stdin, capture_stdout=True,
-                                              capture_stderr=True, check=False)
+                proc = await trio.run_process(
+                    [path, *args],
+                    stdin=stdin,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
             except OSError as exc:
                 raise TermuxApiError(f"{command} could not run: {exc}") from exc
         if proc is None:
             raise TermuxApiError(
                 f"{command} did not answer within {timeout:g}s: is the Termux:API app installed"
-                " and allowed to run in the background?", failure(failures_pb2.TIMEOUT))
+                " and allowed to run in the background?",
+                failure(failures_pb2.TIMEOUT),
+            )
         out = proc.stdout.decode("utf-8", "replace")
         if proc.returncode != 0:
             said = (proc.stderr.decode("utf-8", "replace").strip() or out.strip())[:500]

@@ -17,8 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "register_devices", "register_events", "register_keys", "register_login",
-    "register_opt_outs", "register_sms", "register_webhooks",
+    "register_devices",
+    "register_events",
+    "register_keys",
+    "register_login",
+    "register_opt_outs",
+    "register_sms",
+    "register_webhooks",
 ]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -28,13 +33,24 @@ def common() -> argparse.ArgumentParser:
     """Options every user command takes."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    parent.add_argument("--profile", metavar="NAME",
-                        help="profile of `zimsend login` (default: $ZIMSEND_PROFILE, else the"
-                             " default profile)")
-    parent.add_argument("--transport", choices=["rest", "grpc"], default="rest",
-                        help="how to reach ZimSend (default: rest)")
-    parent.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="seconds per request attempt (default 30)")
+    parent.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="profile of `zimsend login` (default: $ZIMSEND_PROFILE, else the default profile)",
+    )
+    parent.add_argument(
+        "--transport",
+        choices=["rest", "grpc"],
+        default="rest",
+        help="how to reach ZimSend (default: rest)",
+    )
+    parent.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds per request attempt (default 30)",
+    )
     return parent
 
 
@@ -54,9 +70,13 @@ def api_command(command: str) -> Callable[[Callable[..., int]], Handler]:
                 print(f"zimsend {command}: {exc}", file=sys.stderr)
                 return 2
             try:
-                with ZimSend(api_key=profile.api_key, client_id=profile.client_id,
-                             base_url=profile.base_url, transport=args.transport,
-                             timeout=args.timeout) as client:
+                with ZimSend(
+                    api_key=profile.api_key,
+                    client_id=profile.client_id,
+                    base_url=profile.base_url,
+                    transport=args.transport,
+                    timeout=args.timeout,
+                ) as client:
                     return handler(client, args)
             except ZimSendError as exc:
                 fail(command, exc)

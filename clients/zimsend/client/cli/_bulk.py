@@ -59,22 +59,42 @@ class Outcome:
 
 
 def add_bulk(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("bulk", parents=[parent],
-                       help="send the messages of a CSV file (progress, then what failed and why)")
-    p.add_argument("--csv", type=Path, required=True, metavar="FILE",
-                   help="header row with `to` and `message` (or use --message)")
-    p.add_argument("--message", "-m", metavar="TEMPLATE",
-                   help="text for every row; {column} is replaced by the row's value")
-    p.add_argument("--batch-size", type=int, default=50, metavar="N",
-                   help="messages per request, 1-100 (default 50)")
+    p = sub.add_parser(
+        "bulk",
+        parents=[parent],
+        help="send the messages of a CSV file (progress, then what failed and why)",
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="header row with `to` and `message` (or use --message)",
+    )
+    p.add_argument(
+        "--message",
+        "-m",
+        metavar="TEMPLATE",
+        help="text for every row; {column} is replaced by the row's value",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=50,
+        metavar="N",
+        help="messages per request, 1-100 (default 50)",
+    )
     p.add_argument("--priority", help="1-5 or urgent, high, normal, low, very_low")
     p.add_argument("--schedule", metavar="TIME", help="RFC 3339 time, at most 30 days ahead")
     p.add_argument("--webhook-url", metavar="URL")
     p.add_argument("--device", dest="device_id", metavar="DEVICE_ID")
-    p.add_argument("--run-id", metavar="ID",
-                   help="rows already sent under this id (within 24 h) are not sent again; "
-                        "default: derived from the file and these options, so running the "
-                        "same command again resumes instead of resending")
+    p.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="rows already sent under this id (within 24 h) are not sent again; "
+        "default: derived from the file and these options, so running the "
+        "same command again resumes instead of resending",
+    )
     p.set_defaults(handler=_bulk)
 
 
@@ -89,13 +109,17 @@ def read_rows(path: Path, template: str | None, outcome: Outcome) -> list[Row]:
         if "message" not in columns and not template:
             raise ValueError(f"{path}: no `message` column: add one or give --message TEMPLATE")
         for record in reader:
-            values = {(k or "").strip(): (v or "").strip() for k, v in record.items()
-                      if isinstance(v, str)}
+            values = {
+                (k or "").strip(): (v or "").strip()
+                for k, v in record.items()
+                if isinstance(v, str)
+            }
             row = Row(reader.line_num, values.get("to", ""))
             if not any(values.values()):
                 continue
-            row.metadata = {k: v for k, v in values.items()
-                            if k not in ("to", "message") and k and v}
+            row.metadata = {
+                k: v for k, v in values.items() if k not in ("to", "message") and k and v
+            }
             try:
                 row.message = template.format_map(values) if template else values["message"]
             except (KeyError, ValueError) as exc:
@@ -122,14 +146,16 @@ def _bulk(client: ZimSend, args: argparse.Namespace) -> int:
     progress = Progress(total, "sending")
     progress.update(len(outcome.failed), "")
     for start in range(0, len(rows), size):
-        batch = rows[start:start + size]
+        batch = rows[start : start + size]
         try:
             _send_batch(client, args, batch, outcome, run_id)
         except AuthenticationError:
             progress.close()
             raise
-        progress.update(len(outcome.queued) + len(outcome.failed),
-                        f"queued {len(outcome.queued)}, failed {len(outcome.failed)}")
+        progress.update(
+            len(outcome.queued) + len(outcome.failed),
+            f"queued {len(outcome.queued)}, failed {len(outcome.failed)}",
+        )
     progress.close()
     _summary(args, total, outcome)
     return 1 if outcome.failed else 0
@@ -148,18 +174,24 @@ def _batch_key(run_id: str, messages: list[dict[str, Any]]) -> str:
     return "bulk-" + hashlib.sha256(run_id.encode() + b"\0" + body).hexdigest()[:40]
 
 
-def _send_batch(client: ZimSend, args: argparse.Namespace, batch: list[Row],
-                outcome: Outcome, run_id: str) -> None:
+def _send_batch(
+    client: ZimSend, args: argparse.Namespace, batch: list[Row], outcome: Outcome, run_id: str
+) -> None:
     from ._sms import priority_arg
 
     while batch:
-        messages = [{"to": r.to, "message": r.message, "metadata": r.metadata or None}
-                    for r in batch]
+        messages = [
+            {"to": r.to, "message": r.message, "metadata": r.metadata or None} for r in batch
+        ]
         try:
             result = client.sms.send_personalized(
-                messages, priority=priority_arg(args.priority), webhook_url=args.webhook_url,
-                scheduled_at=args.schedule, device_id=args.device_id,
-                idempotency_key=_batch_key(run_id, messages))
+                messages,
+                priority=priority_arg(args.priority),
+                webhook_url=args.webhook_url,
+                scheduled_at=args.schedule,
+                device_id=args.device_id,
+                idempotency_key=_batch_key(run_id, messages),
+            )
         except InvalidRequestError as exc:
             bad = _bad_rows(exc, len(batch))
             if not bad:
@@ -178,8 +210,9 @@ def _send_batch(client: ZimSend, args: argparse.Namespace, batch: list[Row],
             return
         outcome.batches.append(result.batch_id)
         for row, message in zip(batch, result.messages, strict=False):
-            outcome.queued.append({"line": row.line, "to": message.to,
-                                   "message_id": message.message_id})
+            outcome.queued.append(
+                {"line": row.line, "to": message.to, "message_id": message.message_id}
+            )
         return
 
 
@@ -190,7 +223,8 @@ def _bad_rows(exc: ZimSendError, count: int) -> dict[int, str]:
         match = _ROW.match(violation.field)
         if match and int(match.group(1)) < count:
             bad.setdefault(int(match.group(1)), []).append(
-                f"{violation.field.split('.', 1)[-1]}: {violation.description}")
+                f"{violation.field.split('.', 1)[-1]}: {violation.description}"
+            )
     return {i: "; ".join(reasons) for i, reasons in bad.items()}
 
 
@@ -207,14 +241,27 @@ def _code(exc: ZimSendError, reason: str) -> str:
 
 def _summary(args: argparse.Namespace, total: int, outcome: Outcome) -> None:
     if args.json:
-        print_json({"total": total, "queued": len(outcome.queued),
-                    "failed": len(outcome.failed), "batches": outcome.batches,
-                    "messages": outcome.queued, "failures": outcome.failed})
+        print_json(
+            {
+                "total": total,
+                "queued": len(outcome.queued),
+                "failed": len(outcome.failed),
+                "batches": outcome.batches,
+                "messages": outcome.queued,
+                "failures": outcome.failed,
+            }
+        )
         return
-    print(f"{total} rows: {len(outcome.queued)} queued, {len(outcome.failed)} failed"
-          + (f" (batches: {', '.join(outcome.batches)})" if outcome.batches else ""))
+    print(
+        f"{total} rows: {len(outcome.queued)} queued, {len(outcome.failed)} failed"
+        + (f" (batches: {', '.join(outcome.batches)})" if outcome.batches else "")
+    )
     if outcome.failed:
         print()
-        print_table(["line", "to", "code", "reason"],
-                    [[f["line"], f["to"], f["code"], f["reason"]]
-                     for f in sorted(outcome.failed, key=lambda f: f["line"])])
+        print_table(
+            ["line", "to", "code", "reason"],
+            [
+                [f["line"], f["to"], f["code"], f["reason"]]
+                for f in sorted(outcome.failed, key=lambda f: f["line"])
+            ],
+        )

@@ -19,8 +19,10 @@ __all__ = ["Progress", "jsonable", "print_json", "print_record", "print_table", 
 def jsonable(value: Any) -> Any:
     """Dataclasses (JSON field names), datetimes (RFC 3339), enums → plain JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.metadata.get("json", f.name): jsonable(getattr(value, f.name))
-                for f in dataclasses.fields(value)}
+        return {
+            f.metadata.get("json", f.name): jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+        }
     if isinstance(value, dt.datetime):
         return rfc3339(value)
     if isinstance(value, enum.Enum):
@@ -55,8 +57,13 @@ def _cell(value: Any) -> str:
     return str(value).replace("\n", " ")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
-                empty: str = "(none)", out: TextIO | None = None) -> None:
+def print_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    empty: str = "(none)",
+    out: TextIO | None = None,
+) -> None:
     out = out or sys.stdout
     if not rows:
         out.write(empty + "\n")

@@ -19,8 +19,11 @@ from typing import Any
 
 __all__ = ["Profile", "ProfileError", "config_path", "load_profile", "save_profile"]
 
-ENV = {"base_url": "ZIMSEND_BASE_URL", "client_id": "ZIMSEND_CLIENT_ID",
-       "api_key": "ZIMSEND_API_KEY"}
+ENV = {
+    "base_url": "ZIMSEND_BASE_URL",
+    "client_id": "ZIMSEND_CLIENT_ID",
+    "api_key": "ZIMSEND_API_KEY",
+}
 
 
 class ProfileError(Exception):
@@ -61,10 +64,13 @@ def load_profile(name: str | None = None) -> Profile:
     values = {key: os.environ.get(var) or stored.get(key, "") for key, var in ENV.items()}
     missing = [ENV[k] for k in ("client_id", "api_key") if not values[k]]
     if missing:
-        raise ProfileError(
-            f"not logged in: run `zimsend login` (or set {' and '.join(missing)})")
-    return Profile(chosen, values["base_url"] or "http://127.0.0.1:8080", values["client_id"],
-                   values["api_key"])
+        raise ProfileError(f"not logged in: run `zimsend login` (or set {' and '.join(missing)})")
+    return Profile(
+        chosen,
+        values["base_url"] or "http://127.0.0.1:8080",
+        values["client_id"],
+        values["api_key"],
+    )
 
 
 def save_profile(profile: Profile, *, make_default: bool) -> Path:
@@ -72,12 +78,19 @@ def save_profile(profile: Profile, *, make_default: bool) -> Path:
     path = config_path()
     data = _read(path)
     profiles = dict(data.get("profiles", {}))
-    profiles[profile.name] = {"base_url": profile.base_url, "client_id": profile.client_id,
-                              "api_key": profile.api_key}
-    default = profile.name if make_default or not data.get("default_profile") else \
-        data["default_profile"]
-    lines = ["# Written by `zimsend login`. Holds API keys: keep it mode 600.",
-             f"default_profile = {_toml(default)}", ""]
+    profiles[profile.name] = {
+        "base_url": profile.base_url,
+        "client_id": profile.client_id,
+        "api_key": profile.api_key,
+    }
+    default = (
+        profile.name if make_default or not data.get("default_profile") else data["default_profile"]
+    )
+    lines = [
+        "# Written by `zimsend login`. Holds API keys: keep it mode 600.",
+        f"default_profile = {_toml(default)}",
+        "",
+    ]
     for name, values in sorted(profiles.items()):
         lines.append(f"[profiles.{_toml(name)}]")
         lines += [f"{key} = {_toml(str(value))}" for key, value in sorted(values.items())]

@@ -28,10 +28,14 @@ def add_sms(commands: Any) -> None:
     _send_options(p)
     p.add_argument("--sim-slot", type=int, metavar="N")
     p.add_argument("--metadata", metavar="JSON", help="a JSON object returned with its events")
-    p.add_argument("--idempotency-key", metavar="KEY",
-                   help="your own key (default: a fresh one, reused by the retries)")
-    p.add_argument("--wait", action="store_true",
-                   help="wait until delivered or failed (exit 1 if it failed)")
+    p.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="your own key (default: a fresh one, reused by the retries)",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait until delivered or failed (exit 1 if it failed)"
+    )
     p.add_argument("--wait-timeout", type=float, default=120.0, metavar="S")
     p.set_defaults(handler=_send)
 
@@ -43,8 +47,11 @@ def add_sms(commands: Any) -> None:
     p.add_argument("message_id")
     p.add_argument("--wait", action="store_true", help="wait until delivered or failed")
     p.add_argument("--wait-timeout", type=float, default=120.0, metavar="S")
-    p.add_argument("--webhooks", action="store_true",
-                   help="also its webhook deliveries (one more request; JSON: a 'webhooks' list)")
+    p.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="also its webhook deliveries (one more request; JSON: a 'webhooks' list)",
+    )
     p.set_defaults(handler=_status)
 
     p = sub.add_parser("history", parents=[parent], help="messages, newest first")
@@ -55,8 +62,11 @@ def add_sms(commands: Any) -> None:
     p.add_argument("--all", action="store_true", help="every message of the filter")
     p.set_defaults(handler=_history)
 
-    p = sub.add_parser("export", parents=[parent],
-                       help="the history as CSV or JSON lines, streamed (any date range)")
+    p = sub.add_parser(
+        "export",
+        parents=[parent],
+        help="the history as CSV or JSON lines, streamed (any date range)",
+    )
     _filters(p)
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     p.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
@@ -88,13 +98,15 @@ def _send_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority", help="1-5 or urgent, high, normal, low, very_low")
     p.add_argument("--schedule", metavar="TIME", help="RFC 3339 time, at most 30 days ahead")
     p.add_argument("--webhook-url", metavar="URL", help="this message's events go there")
-    p.add_argument("--device", dest="device_id", metavar="DEVICE_ID",
-                   help="send from this phone (X-Device-ID)")
+    p.add_argument(
+        "--device", dest="device_id", metavar="DEVICE_ID", help="send from this phone (X-Device-ID)"
+    )
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--status", choices=["queued", "processing", "sent", "delivered", "failed",
-                                        "cancelled"])
+    p.add_argument(
+        "--status", choices=["queued", "processing", "sent", "delivered", "failed", "cancelled"]
+    )
     p.add_argument("--from", dest="from_date", metavar="DATE", help="2025-01-01 or RFC 3339")
     p.add_argument("--until", dest="to_date", metavar="DATE", help="2025-01-31 or RFC 3339")
     p.add_argument("--device", dest="device_id", metavar="DEVICE_ID")
@@ -105,23 +117,42 @@ def priority_arg(value: str | None) -> int | str | None:
 
 
 def _message_rows(messages: list[Message]) -> list[list[Any]]:
-    return [[m.message_id, m.status, m.to, m.created_at, m.device_id,
-              m.error.code if m.error else "", m.message[:40]] for m in messages]
+    return [
+        [
+            m.message_id,
+            m.status,
+            m.to,
+            m.created_at,
+            m.device_id,
+            m.error.code if m.error else "",
+            m.message[:40],
+        ]
+        for m in messages
+    ]
 
 
 _MESSAGE_HEADERS = ["message id", "status", "to", "created", "device", "error", "text"]
 
 
 def _show_message(message: Message) -> None:
-    print_record([
-        ("message id", message.message_id), ("status", message.status), ("to", message.to),
-        ("priority", message.priority), ("segments", f"{message.segments} ({message.encoding})"),
-        ("device", message.device_id), ("created", message.created_at),
-        ("scheduled", message.scheduled_at), ("sent", message.sent_at),
-        ("delivered", message.delivered_at), ("failed", message.failed_at),
-        ("error", f"{message.error.code}: {message.error.message}" if message.error else ""),
-        ("attempts", message.attempts), ("text", message.message),
-    ])
+    print_record(
+        [
+            ("message id", message.message_id),
+            ("status", message.status),
+            ("to", message.to),
+            ("priority", message.priority),
+            ("segments", f"{message.segments} ({message.encoding})"),
+            ("device", message.device_id),
+            ("created", message.created_at),
+            ("scheduled", message.scheduled_at),
+            ("sent", message.sent_at),
+            ("delivered", message.delivered_at),
+            ("failed", message.failed_at),
+            ("error", f"{message.error.code}: {message.error.message}" if message.error else ""),
+            ("attempts", message.attempts),
+            ("text", message.message),
+        ]
+    )
 
 
 @api_command("sms")
@@ -133,17 +164,30 @@ def _send(client: ZimSend, args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"zimsend sms: --metadata is not JSON: {exc}", file=sys.stderr)
             return 2
-    sent = client.sms.send(args.to, args.message, priority=priority_arg(args.priority),
-                           webhook_url=args.webhook_url, metadata=metadata,
-                           scheduled_at=args.schedule, sim_slot=args.sim_slot,
-                           idempotency_key=args.idempotency_key, device_id=args.device_id)
+    sent = client.sms.send(
+        args.to,
+        args.message,
+        priority=priority_arg(args.priority),
+        webhook_url=args.webhook_url,
+        metadata=metadata,
+        scheduled_at=args.schedule,
+        sim_slot=args.sim_slot,
+        idempotency_key=args.idempotency_key,
+        device_id=args.device_id,
+    )
     if not args.wait:
         if args.json:
             print_json(sent)
         else:
-            print_record([("message id", sent.message_id), ("status", sent.status),
-                          ("to", sent.to), ("segments", f"{sent.segments} ({sent.encoding})"),
-                          ("estimated", sent.estimated_delivery)])
+            print_record(
+                [
+                    ("message id", sent.message_id),
+                    ("status", sent.status),
+                    ("to", sent.to),
+                    ("segments", f"{sent.segments} ({sent.encoding})"),
+                    ("estimated", sent.estimated_delivery),
+                ]
+            )
         return 0
     return _waited(client, args, sent.message_id)
 
@@ -178,8 +222,14 @@ def _status(client: ZimSend, args: argparse.Namespace) -> int:
 
 @api_command("sms")
 def _history(client: ZimSend, args: argparse.Namespace) -> int:
-    filters = dict(status=args.status, to=args.to, from_date=args.from_date,
-                   to_date=args.to_date, device_id=args.device_id, search=args.search)
+    filters = dict(
+        status=args.status,
+        to=args.to,
+        from_date=args.from_date,
+        to_date=args.to_date,
+        device_id=args.device_id,
+        search=args.search,
+    )
     if args.all:
         messages = list(client.sms.iter_history(**filters))
         total = len(messages)
@@ -197,8 +247,13 @@ def _history(client: ZimSend, args: argparse.Namespace) -> int:
 
 @api_command("sms")
 def _export(client: ZimSend, args: argparse.Namespace) -> int:
-    chunks = client.sms.export(format=args.format, from_date=args.from_date,
-                               to_date=args.to_date, status=args.status, device_id=args.device_id)
+    chunks = client.sms.export(
+        format=args.format,
+        from_date=args.from_date,
+        to_date=args.to_date,
+        status=args.status,
+        device_id=args.device_id,
+    )
     if args.output is None:
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
@@ -215,31 +270,46 @@ def _export(client: ZimSend, args: argparse.Namespace) -> int:
 
 @api_command("sms")
 def _stats(client: ZimSend, args: argparse.Namespace) -> int:
-    stats = client.sms.stats(from_date=args.from_date, to_date=args.to_date,
-                             device_id=args.device_id)
+    stats = client.sms.stats(
+        from_date=args.from_date, to_date=args.to_date, device_id=args.device_id
+    )
     if args.json:
         print_json(stats)
         return 0
-    print_record([("period", f"{when(stats.period_from)} – {when(stats.period_to)}"),
-                  ("sent", stats.total_sent), ("delivered", stats.delivered),
-                  ("failed", stats.failed), ("pending", stats.pending),
-                  ("delivery rate", f"{stats.delivery_rate:.1f} %")])
+    print_record(
+        [
+            ("period", f"{when(stats.period_from)} – {when(stats.period_to)}"),
+            ("sent", stats.total_sent),
+            ("delivered", stats.delivered),
+            ("failed", stats.failed),
+            ("pending", stats.pending),
+            ("delivery rate", f"{stats.delivery_rate:.1f} %"),
+        ]
+    )
     print()
-    print_table(["date", "sent", "delivered", "failed"],
-                [[d.date, d.sent, d.delivered, d.failed] for d in stats.by_day])
+    print_table(
+        ["date", "sent", "delivered", "failed"],
+        [[d.date, d.sent, d.delivered, d.failed] for d in stats.by_day],
+    )
     return 0
 
 
 @api_command("sms")
 def _inbox(client: ZimSend, args: argparse.Namespace) -> int:
-    page = client.sms.inbox(limit=max(1, min(args.limit, 100)), from_date=args.from_date,
-                            to_date=args.to_date, device_id=args.device_id)
+    page = client.sms.inbox(
+        limit=max(1, min(args.limit, 100)),
+        from_date=args.from_date,
+        to_date=args.to_date,
+        device_id=args.device_id,
+    )
     if args.json:
         print_json(list(page.items))
     else:
-        print_table(["received", "from", "device", "text"],
-                    [[m.received_at, m.from_, m.device_id, m.message] for m in page.items],
-                    empty="(no SMS received)")
+        print_table(
+            ["received", "from", "device", "text"],
+            [[m.received_at, m.from_, m.device_id, m.message] for m in page.items],
+            empty="(no SMS received)",
+        )
     return 0
 
 
@@ -254,5 +324,6 @@ def _cancel(client: ZimSend, args: argparse.Namespace) -> int:
 def _resend(client: ZimSend, args: argparse.Namespace) -> int:
     done = client.sms.resend(args.message_id)
     print_json(done) if args.json else print(
-        f"{done.message_id} {done.status} (attempt {done.attempts})")
+        f"{done.message_id} {done.status} (attempt {done.attempts})"
+    )
     return 0

@@ -128,16 +128,26 @@ def pairing_uri(
 ) -> str:
     """`zimsend://pair?...` — what the QR code shown to the phone holds; `tls=1` when the
     phones' listener speaks TLS (the agent then connects with TLS)."""
-    fields = {"server": server_address, "client_id": client_id, "device_id": device_id,
-              "password": password}
+    fields = {
+        "server": server_address,
+        "client_id": client_id,
+        "device_id": device_id,
+        "password": password,
+    }
     if tls:
         fields["tls"] = "1"
     return f"zimsend://pair?{urlencode(fields)}"
 
 
 def create_device(
-    db: Database, pepper: bytes, client_id: str, name: str, *, server_address: str,
-    simulated: bool = False, tls: bool = False,
+    db: Database,
+    pepper: bytes,
+    client_id: str,
+    name: str,
+    *,
+    server_address: str,
+    simulated: bool = False,
+    tls: bool = False,
 ) -> NewDevicePassword:
     password = credentials.new_device_password()
     device = Device(
@@ -158,7 +168,12 @@ def create_device(
 
 
 def rotate_device_password(
-    db: Database, pepper: bytes, client_id: str, device_id: str, *, server_address: str,
+    db: Database,
+    pepper: bytes,
+    client_id: str,
+    device_id: str,
+    *,
+    server_address: str,
     tls: bool = False,
 ) -> NewDevicePassword:
     password = credentials.new_device_password()
@@ -173,7 +188,8 @@ def rotate_device_password(
         device.password_hash = credentials.hash_secret(pepper, password)
         session.add(device)
     return NewDevicePassword(
-        device, password, pairing_uri(server_address, client_id, device_id, password, tls=tls))
+        device, password, pairing_uri(server_address, client_id, device_id, password, tls=tls)
+    )
 
 
 M = TypeVar("M", ApiKey, Device)
@@ -184,4 +200,3 @@ def _owned(session: Session, model: type[M], client_id: str, row_id: str) -> M |
     if row is None or row.client_id != client_id:
         return None
     return row
-

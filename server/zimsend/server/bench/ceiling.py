@@ -23,11 +23,14 @@ from zimsend.v1 import common_pb2, sms_pb2, sms_pb2_grpc
 
 class TrivialSms(sms_pb2_grpc.SmsServiceServicer):
     async def SendSms(  # noqa: N802 - gRPC method name
-        self, request: sms_pb2.SendSmsRequest,
+        self,
+        request: sms_pb2.SendSmsRequest,
         context: grpc.aio.ServicerContext[sms_pb2.SendSmsRequest, sms_pb2.SendSmsResponse],
     ) -> sms_pb2.SendSmsResponse:
         return sms_pb2.SendSmsResponse(
-            success=True, message_id="msg_0000000000000000", status=common_pb2.queued,
+            success=True,
+            message_id="msg_0000000000000000",
+            status=common_pb2.queued,
             to=request.to,
         )
 

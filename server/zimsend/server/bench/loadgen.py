@@ -55,15 +55,17 @@ def _scheduled_at() -> str:
     return rfc3339((dt.datetime.now(dt.UTC) + SCHEDULE_AHEAD).replace(microsecond=0))
 
 
-def grpc_call(target: str, metadata: tuple[tuple[str, str], ...], scheduled: bool,
-              channels: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
+def grpc_call(
+    target: str, metadata: tuple[tuple[str, str], ...], scheduled: bool, channels: int
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
     pool = [grpc.aio.insecure_channel(target) for _ in range(max(1, channels))]
     stubs = [sms_pb2_grpc.SmsServiceStub(c) for c in pool]
     when = _scheduled_at() if scheduled else ""
 
     async def call(n: int) -> Outcome:
-        request = sms_pb2.SendSmsRequest(to=_number(n), message=f"Bench message {n}",
-                                         scheduled_at=when)
+        request = sms_pb2.SendSmsRequest(
+            to=_number(n), message=f"Bench message {n}", scheduled_at=when
+        )
         try:
             reply = await stubs[n % len(stubs)].SendSms(request, metadata=metadata, timeout=30)
         except grpc.aio.AioRpcError as exc:
@@ -108,8 +110,9 @@ class _HttpConnection:
         return status, body
 
 
-def rest_call(base_url: str, client_id: str, api_key: str, scheduled: bool,
-              concurrency: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
+def rest_call(
+    base_url: str, client_id: str, api_key: str, scheduled: bool, concurrency: int
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
     hostport = base_url.split("://", 1)[1].split("/", 1)[0]
     host, _, port = hostport.rpartition(":")
     free: list[_HttpConnection] = [_HttpConnection(host, int(port)) for _ in range(concurrency)]
@@ -145,8 +148,15 @@ def rest_call(base_url: str, client_id: str, api_key: str, scheduled: bool,
     return call, close
 
 
-async def drive(call: Call, *, concurrency: int, duration: float, warmup: float,
-                rate: float | None, record: bool) -> dict[str, Any]:
+async def drive(
+    call: Call,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    rate: float | None,
+    record: bool,
+) -> dict[str, Any]:
     """Run the load; returns counts, latencies (after warmup), per-second OK counts and, with
     `record`, every accepted (message id, queued_at)."""
     start = time.monotonic()
@@ -204,9 +214,13 @@ async def drive(call: Call, *, concurrency: int, duration: float, warmup: float,
     ok = outcomes.get("OK", 0)
     measured = max(1e-9, min(wall1, end) - measure_from)
     return {
-        "requests": sum(outcomes.values()), "ok": ok, "outcomes": dict(outcomes),
-        "seconds": round(measured, 3), "rps": round(ok / measured, 1),
-        "offered_rps": rate, "concurrency": concurrency,
+        "requests": sum(outcomes.values()),
+        "ok": ok,
+        "outcomes": dict(outcomes),
+        "seconds": round(measured, 3),
+        "rps": round(ok / measured, 1),
+        "offered_rps": rate,
+        "concurrency": concurrency,
         "latency": summarize_ms(latencies),
         "per_second": [per_second.get(i, 0) for i in range(int(duration))],
         "cpu_share": round((cpu1 - cpu0) / max(1e-9, wall1 - wall0), 3),
@@ -228,8 +242,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         metadata = (("x-api-key", api_key), ("x-client-id", client_id))
         call, close = grpc_call(args.target, metadata, args.scheduled, args.channels)
     try:
-        return await drive(call, concurrency=args.concurrency, duration=args.duration,
-                           warmup=args.warmup, rate=args.rate, record=args.record)
+        return await drive(
+            call,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            warmup=args.warmup,
+            rate=args.rate,
+            record=args.record,
+        )
     finally:
         await close()
 
@@ -243,8 +263,11 @@ def cli() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=None, help="open loop: requests/s")
-    parser.add_argument("--scheduled", action="store_true",
-                        help="scheduled_at 29 days ahead: measures the accept path only")
+    parser.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="scheduled_at 29 days ahead: measures the accept path only",
+    )
     parser.add_argument("--record", action="store_true", help="keep accepted message ids")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

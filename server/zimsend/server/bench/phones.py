@@ -31,10 +31,14 @@ TICK_S = 0.2
 async def main(args: argparse.Namespace) -> None:
     stats = FleetStats(command_log=[])
     config = FleetConfig(
-        server=args.server, batch_size=args.batch_size, batch_interval=args.batch_interval,
-        status_interval=3600.0, backoff_cap=args.backoff_cap,
-        simulation=SimulationConfig(seed=1, send_delay=args.send_delay,
-                                    delivery_delay=args.delivery_delay),
+        server=args.server,
+        batch_size=args.batch_size,
+        batch_interval=args.batch_interval,
+        status_interval=3600.0,
+        backoff_cap=args.backoff_cap,
+        simulation=SimulationConfig(
+            seed=1, send_delay=args.send_delay, delivery_delay=args.delivery_delay
+        ),
     )
     devices = load_devices(args.devices_file)
     with open(os.devnull, "w") as quiet:  # noqa: ASYNC230 - opening os.devnull cannot block

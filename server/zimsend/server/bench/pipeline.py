@@ -45,8 +45,9 @@ class Counters:
         self.marks: dict[str, dict[str, float]] = {}
 
     def _counts(self) -> tuple[int, int, int]:
-        sql = ("SELECT count(*), count(sent_at), count(delivered_at) FROM messages "
-               "WHERE client_id = ?")
+        sql = (
+            "SELECT count(*), count(sent_at), count(delivered_at) FROM messages WHERE client_id = ?"
+        )
         if self.postgres:
             import psycopg
 
@@ -63,8 +64,11 @@ class Counters:
         phone = self.phones.stats()
         hooks = receiver_counts(self.receiver_url)
         return {
-            "at": time.monotonic(), "accepted": accepted,
-            "on_phone": phone.get("commands", 0), "sent": sent, "delivered": delivered,
+            "at": time.monotonic(),
+            "accepted": accepted,
+            "on_phone": phone.get("commands", 0),
+            "sent": sent,
+            "delivered": delivered,
             "webhook_sent": hooks.get("sms.sent", 0),
             "webhook_delivered": hooks.get("sms.delivered", 0),
         }
@@ -104,14 +108,35 @@ def accept_to_phone(result: dict[str, Any], phones: Phones) -> dict[str, Any]:
     return {**summarize_ms(gaps), "samples": len(gaps)}
 
 
-def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate: float,
-        concurrency: int, duration: float, warmup: float, drain: float) -> dict[str, Any]:
+def e2e(
+    stack: Stack,
+    tenant: Tenant,
+    phones: Phones,
+    receiver_url: str,
+    *,
+    rate: float,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    drain: float,
+) -> dict[str, Any]:
     counters = Counters(stack, tenant, phones, receiver_url)
     assert stack.server is not None
     begin = counters.snapshot()
-    full = run_loadgens(stack, "e2e", mode="grpc", target=stack.server_address, tenant=tenant,
-                        concurrency=concurrency, duration=duration, warmup=warmup, rate=rate,
-                        record=True, watch=_watch(stack, phones), on_window=counters.mark)
+    full = run_loadgens(
+        stack,
+        "e2e",
+        mode="grpc",
+        target=stack.server_address,
+        tenant=tenant,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        rate=rate,
+        record=True,
+        watch=_watch(stack, phones),
+        on_window=counters.mark,
+    )
     stages = counters.rates()
     drained = counters.drain(drain)
     finish = counters.snapshot()
@@ -119,40 +144,80 @@ def e2e(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *, rate
     sustainable = round(completed / max(1e-9, finish["at"] - begin["at"]), 1)
     half_rate = max(1.0, round(sustainable / 2))
     counters.marks.clear()
-    half = run_loadgens(stack, "e2e-half", mode="grpc", target=stack.server_address,
-                        tenant=tenant, concurrency=concurrency, duration=duration, warmup=warmup,
-                        rate=half_rate, record=True, watch=_watch(stack, phones),
-                        on_window=counters.mark)
+    half = run_loadgens(
+        stack,
+        "e2e-half",
+        mode="grpc",
+        target=stack.server_address,
+        tenant=tenant,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        rate=half_rate,
+        record=True,
+        watch=_watch(stack, phones),
+        on_window=counters.mark,
+    )
     half_stages = counters.rates()
     latency = accept_to_phone(half, phones)
     half_drained = counters.drain(drain)
     return {
-        "offered_rps": rate, "accepted_rps": full["rps"], "stages_rps": stages,
-        "e2e_rps": sustainable, "completed": completed, "send_latency": full["latency"],
-        "send_outcomes": full["outcomes"], "cpu_share_of": full["cpu_share_of"],
-        "generator_cpu_share": full["cpu_share"], **drained,
-        "half_load": {"offered_rps": half_rate, "stages_rps": half_stages,
-                      "accept_to_phone": latency, **half_drained},
+        "offered_rps": rate,
+        "accepted_rps": full["rps"],
+        "stages_rps": stages,
+        "e2e_rps": sustainable,
+        "completed": completed,
+        "send_latency": full["latency"],
+        "send_outcomes": full["outcomes"],
+        "cpu_share_of": full["cpu_share_of"],
+        "generator_cpu_share": full["cpu_share"],
+        **drained,
+        "half_load": {
+            "offered_rps": half_rate,
+            "stages_rps": half_stages,
+            "accept_to_phone": latency,
+            **half_drained,
+        },
         "goal": f"e2e >= {E2E_GOAL_RPS} msg/s; p99 accept->phone <= 20 ms at half load",
         "met": sustainable >= E2E_GOAL_RPS and (latency["p99_ms"] or 1e9) <= 20,
     }
 
 
-def overload(stack: Stack, tenant: Tenant, phones: Phones, receiver_url: str, *,
-             concurrency: int, duration: float, warmup: float,
-             sustainable_rps: float | None) -> dict[str, Any]:
+def overload(
+    stack: Stack,
+    tenant: Tenant,
+    phones: Phones,
+    receiver_url: str,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    sustainable_rps: float | None,
+) -> dict[str, Any]:
     counters = Counters(stack, tenant, phones, receiver_url)
     assert stack.server is not None
-    result = run_loadgens(stack, "overload", mode="grpc", target=stack.server_address,
-                          tenant=tenant, concurrency=concurrency, duration=duration,
-                          warmup=warmup, watch=_watch(stack, phones), on_window=counters.mark)
+    result = run_loadgens(
+        stack,
+        "overload",
+        mode="grpc",
+        target=stack.server_address,
+        tenant=tenant,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        watch=_watch(stack, phones),
+        on_window=counters.mark,
+    )
     stages = counters.rates()
     end = counters.marks["end"]
     ratio = round(stages["webhook_delivered"] / sustainable_rps, 3) if sustainable_rps else None
     return {
-        "accepted_rps": result["rps"], "stages_rps": stages,
-        "e2e_rps": stages["webhook_delivered"], "ratio": ratio,
-        "caller_latency": result["latency"], "caller_outcomes": result["outcomes"],
+        "accepted_rps": result["rps"],
+        "stages_rps": stages,
+        "e2e_rps": stages["webhook_delivered"],
+        "ratio": ratio,
+        "caller_latency": result["latency"],
+        "caller_outcomes": result["outcomes"],
         "backlog_at_end": end["accepted"] - end["webhook_delivered"],
         "cpu_share_of": result["cpu_share_of"],
         "goal": "e2e rate during overload >= 0.80 x sustainable",

@@ -68,14 +68,22 @@ class Counts:
         webhook_id = headers.get(b"webhook-id", b"")
         signed = webhook_id + b"." + headers.get(b"webhook-timestamp", b"") + b"." + body
         standard = b"v1," + base64.b64encode(
-            hmac.new(self.standard_key, signed, hashlib.sha256).digest())
-        return (bool(event_id) and webhook_id == event_id.encode()
-                and hmac.compare_digest(plain, headers.get(b"x-webhook-signature", b""))
-                and hmac.compare_digest(standard, headers.get(b"webhook-signature", b"")))
+            hmac.new(self.standard_key, signed, hashlib.sha256).digest()
+        )
+        return (
+            bool(event_id)
+            and webhook_id == event_id.encode()
+            and hmac.compare_digest(plain, headers.get(b"x-webhook-signature", b""))
+            and hmac.compare_digest(standard, headers.get(b"webhook-signature", b""))
+        )
 
     def json(self) -> bytes:
-        stats: dict[str, object] = {"by_type": dict(self.by_type), "first_at": self.first_at,
-                                    "last_at": self.last_at, "posts": self.posts}
+        stats: dict[str, object] = {
+            "by_type": dict(self.by_type),
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "posts": self.posts,
+        }
         if self.secret is not None:
             stats.update(event_ids=len(self.event_ids), bad_signatures=self.bad_signatures)
         return json.dumps(stats).encode()
@@ -108,14 +116,16 @@ class _Http(asyncio.Protocol):
             total = head_end + 4 + length
             if len(self.buffer) < total:
                 return
-            body = self.buffer[head_end + 4:total]
+            body = self.buffer[head_end + 4 : total]
             self.buffer = self.buffer[total:]
             assert self.transport is not None
             if head.startswith(b"GET /stats"):
                 payload = self.counts.json()
                 self.transport.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                    + str(len(payload)).encode() + b"\r\n\r\n" + payload
+                    + str(len(payload)).encode()
+                    + b"\r\n\r\n"
+                    + payload
                 )
             else:
                 self.counts.add(body, headers if self.counts.secret is not None else None)

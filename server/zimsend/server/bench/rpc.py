@@ -29,23 +29,49 @@ REST_GOAL_RPS = 1.2 * 1_592
 
 
 def run_loadgens(
-    stack: Stack, name: str, *, mode: str, target: str, tenant: Tenant, concurrency: int,
-    duration: float, warmup: float, rate: float | None = None, scheduled: bool = False,
-    record: bool = False, generators: int = 1, watch: dict[str, int] | None = None,
+    stack: Stack,
+    name: str,
+    *,
+    mode: str,
+    target: str,
+    tenant: Tenant,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    rate: float | None = None,
+    scheduled: bool = False,
+    record: bool = False,
+    generators: int = 1,
+    watch: dict[str, int] | None = None,
     on_window: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run `generators` load generator processes side by side (the concurrency and rate are
     split between them); returns the merged result, with the CPU share of each process in
     `watch` (name -> pid: the server under test, Envoy) over the measured window.
     `on_window("start")` and `on_window("end")` run at the window's edges (snapshots)."""
-    env = dict(stack.env, ZIMSEND_BENCH_CLIENT_ID=tenant.client_id,
-               ZIMSEND_BENCH_API_KEY=tenant.api_key)
+    env = dict(
+        stack.env, ZIMSEND_BENCH_CLIENT_ID=tenant.client_id, ZIMSEND_BENCH_API_KEY=tenant.api_key
+    )
     programs: list[tuple[Program, Any]] = []
     for g in range(generators):
         out = stack.root / f"{name}-{g}.json"
-        argv = [PY, "-m", "zimsend.server.bench.loadgen", "--mode", mode, "--target", target,
-                "--concurrency", str(max(1, concurrency // generators)), "--duration",
-                str(duration), "--warmup", str(warmup), "--out", str(out)]
+        argv = [
+            PY,
+            "-m",
+            "zimsend.server.bench.loadgen",
+            "--mode",
+            mode,
+            "--target",
+            target,
+            "--concurrency",
+            str(max(1, concurrency // generators)),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+            "--out",
+            str(out),
+        ]
         if rate is not None:
             argv += ["--rate", str(rate / generators)]
         if scheduled:
@@ -86,65 +112,134 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         for label, n in r["outcomes"].items():
             merged["outcomes"][label] = merged["outcomes"].get(label, 0) + n
     # Latency percentiles cannot be merged exactly; the worst generator's are shown.
-    merged["latency"] = max((r["latency"] for r in results),
-                            key=lambda lat: lat.get("p99_ms") or 0)
+    merged["latency"] = max((r["latency"] for r in results), key=lambda lat: lat.get("p99_ms") or 0)
     merged["accepted"] = [a for r in results for a in (r.get("accepted") or [])] or None
     return merged
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
     return {
-        "rps": result["rps"], "p50_ms": result["latency"]["p50_ms"],
-        "p99_ms": result["latency"]["p99_ms"], "requests": result["requests"],
-        "outcomes": result["outcomes"], "generator_cpu_share": result["cpu_share"],
+        "rps": result["rps"],
+        "p50_ms": result["latency"]["p50_ms"],
+        "p99_ms": result["latency"]["p99_ms"],
+        "requests": result["requests"],
+        "outcomes": result["outcomes"],
+        "generator_cpu_share": result["cpu_share"],
         "cpu_share_of": result.get("cpu_share_of"),
     }
 
 
-def ceiling(stack: Stack, tenant: Tenant, *, concurrency: int, duration: float,
-            warmup: float) -> dict[str, Any]:
+def ceiling(
+    stack: Stack, tenant: Tenant, *, concurrency: int, duration: float, warmup: float
+) -> dict[str, Any]:
     program, address = stack.start_ceiling()
     try:
-        one = run_loadgens(stack, "ceiling", mode="grpc", target=address, tenant=tenant,
-                           concurrency=concurrency, duration=duration, warmup=warmup,
-                           watch={"ceiling": program.pid})
-        two = run_loadgens(stack, "ceiling-2gen", mode="grpc", target=address, tenant=tenant,
-                           concurrency=concurrency, duration=duration, warmup=warmup,
-                           generators=2, watch={"ceiling": program.pid})
+        one = run_loadgens(
+            stack,
+            "ceiling",
+            mode="grpc",
+            target=address,
+            tenant=tenant,
+            concurrency=concurrency,
+            duration=duration,
+            warmup=warmup,
+            watch={"ceiling": program.pid},
+        )
+        two = run_loadgens(
+            stack,
+            "ceiling-2gen",
+            mode="grpc",
+            target=address,
+            tenant=tenant,
+            concurrency=concurrency,
+            duration=duration,
+            warmup=warmup,
+            generators=2,
+            watch={"ceiling": program.pid},
+        )
     finally:
         stack.stop(program)
-    return {**_row(one), "two_generators_rps": two["rps"],
-            "two_generators_cpu_share_of": two.get("cpu_share_of")}
+    return {
+        **_row(one),
+        "two_generators_rps": two["rps"],
+        "two_generators_cpu_share_of": two.get("cpu_share_of"),
+    }
 
 
-def grpc_send(stack: Stack, tenant: Tenant, *, concurrency: int, duration: float,
-              warmup: float, ceiling_rps: float | None) -> dict[str, Any]:
+def grpc_send(
+    stack: Stack,
+    tenant: Tenant,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    ceiling_rps: float | None,
+) -> dict[str, Any]:
     assert stack.server is not None
-    one = run_loadgens(stack, "grpc", mode="grpc", target=stack.server_address, tenant=tenant,
-                       concurrency=concurrency, duration=duration, warmup=warmup,
-                       scheduled=True, watch={"server": stack.server.pid})
-    two = run_loadgens(stack, "grpc-2gen", mode="grpc", target=stack.server_address,
-                       tenant=tenant, concurrency=concurrency, duration=duration, warmup=warmup,
-                       scheduled=True, generators=2, watch={"server": stack.server.pid})
-    row = {**_row(one), "two_generators_rps": two["rps"],
-           "two_generators_cpu_share_of": two.get("cpu_share_of")}
+    one = run_loadgens(
+        stack,
+        "grpc",
+        mode="grpc",
+        target=stack.server_address,
+        tenant=tenant,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        scheduled=True,
+        watch={"server": stack.server.pid},
+    )
+    two = run_loadgens(
+        stack,
+        "grpc-2gen",
+        mode="grpc",
+        target=stack.server_address,
+        tenant=tenant,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        scheduled=True,
+        generators=2,
+        watch={"server": stack.server.pid},
+    )
+    row = {
+        **_row(one),
+        "two_generators_rps": two["rps"],
+        "two_generators_cpu_share_of": two.get("cpu_share_of"),
+    }
     row["ratio"] = round(one["rps"] / ceiling_rps, 3) if ceiling_rps else None
     row["goal"] = "ratio to ceiling >= 0.45"
     row["met"] = row["ratio"] is not None and row["ratio"] >= 0.45
     return row
 
 
-def rest_send(stack: Stack, tenant: Tenant, base_url: str, *, concurrency: int,
-              duration: float, warmup: float, grpc_rps: float | None) -> dict[str, Any]:
+def rest_send(
+    stack: Stack,
+    tenant: Tenant,
+    base_url: str,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    grpc_rps: float | None,
+) -> dict[str, Any]:
     assert stack.server is not None
     assert stack.envoy is not None
-    result = run_loadgens(stack, "rest", mode="rest", target=base_url, tenant=tenant,
-                          concurrency=concurrency, duration=duration, warmup=warmup,
-                          scheduled=True, watch={"server": stack.server.pid,
-                                                 "envoy": stack.envoy.process.pid})
+    result = run_loadgens(
+        stack,
+        "rest",
+        mode="rest",
+        target=base_url,
+        tenant=tenant,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        scheduled=True,
+        watch={"server": stack.server.pid, "envoy": stack.envoy.process.pid},
+    )
     row = _row(result)
     row["ratio"] = round(result["rps"] / grpc_rps, 3) if grpc_rps else None
     row["goal"] = f"ratio to gRPC send >= 0.80 and >= {REST_GOAL_RPS:,.0f} req/s"
-    row["met"] = (row["ratio"] is not None and row["ratio"] >= 0.80
-                  and result["rps"] >= REST_GOAL_RPS)
+    row["met"] = (
+        row["ratio"] is not None and row["ratio"] >= 0.80 and result["rps"] >= REST_GOAL_RPS
+    )
     return row

@@ -43,8 +43,9 @@ DRAIN_S = 120.0
 MIB = 2**20
 
 
-def soak(stack: Stack, tenant: Tenant, *, seconds: float = SECONDS, rate: float = RATE,
-         log: Any = print) -> dict[str, Any]:
+def soak(
+    stack: Stack, tenant: Tenant, *, seconds: float = SECONDS, rate: float = RATE, log: Any = print
+) -> dict[str, Any]:
     """Run the soak on a stack whose server is started and `tenant` provisioned with agents'
     devices; returns per-process samples and verdicts, and the pipeline's counts."""
     base_url = stack.start_envoy()
@@ -53,10 +54,12 @@ def soak(stack: Stack, tenant: Tenant, *, seconds: float = SECONDS, rate: float 
     stack.configure(tenant, webhook_url=receiver_url, unpaced=True)
     agents = [_start_agent(stack, device, n) for n, device in enumerate(tenant.devices)]
     _wait_online(stack, tenant, timeout=60)
-    watched: dict[str, int] = {"server": _pid(stack.server), "envoy": stack.envoy.process.pid,
-                               **{p.name: p.pid for p in stack.programs
-                                  if p.name in ("worker", "receiver")},
-                               **{a.name: a.pid for a in agents}}
+    watched: dict[str, int] = {
+        "server": _pid(stack.server),
+        "envoy": stack.envoy.process.pid,
+        **{p.name: p.pid for p in stack.programs if p.name in ("worker", "receiver")},
+        **{a.name: a.pid for a in agents},
+    }
     samples: dict[str, list[tuple[float, int]]] = {name: [] for name in watched}
     stop = threading.Event()
     started = time.monotonic()
@@ -71,14 +74,25 @@ def soak(stack: Stack, tenant: Tenant, *, seconds: float = SECONDS, rate: float 
                     samples[name].append((at, rss))
             if time.monotonic() >= next_log:
                 next_log += 60
-                log(f"soak: {at / 60:.0f} min, RSS MiB " + ", ".join(
-                    f"{n} {s[-1][1] / MIB:.0f}" for n, s in samples.items() if s))
+                log(
+                    f"soak: {at / 60:.0f} min, RSS MiB "
+                    + ", ".join(f"{n} {s[-1][1] / MIB:.0f}" for n, s in samples.items() if s)
+                )
 
     sampler = threading.Thread(target=sample_forever, daemon=True)
     sampler.start()
     try:
-        load = run_loadgens(stack, "soak", mode="rest", target=base_url, tenant=tenant,
-                            concurrency=32, duration=seconds, warmup=0.0, rate=rate)
+        load = run_loadgens(
+            stack,
+            "soak",
+            mode="rest",
+            target=base_url,
+            tenant=tenant,
+            concurrency=32,
+            duration=seconds,
+            warmup=0.0,
+            rate=rate,
+        )
     finally:
         stop.set()
         sampler.join()
@@ -86,8 +100,12 @@ def soak(stack: Stack, tenant: Tenant, *, seconds: float = SECONDS, rate: float 
     drained = _drain(receiver_url, accepted, DRAIN_S)
     processes = {name: verdict(points, seconds) for name, points in samples.items()}
     return {
-        "seconds": seconds, "rate": rate, "accepted": accepted, "outcomes": load["outcomes"],
-        "webhooks": drained, "kept_up": drained.get("sms.delivered", 0) >= accepted,
+        "seconds": seconds,
+        "rate": rate,
+        "accepted": accepted,
+        "outcomes": load["outcomes"],
+        "webhooks": drained,
+        "kept_up": drained.get("sms.delivered", 0) >= accepted,
         "processes": processes,
         "growing": sorted(n for n, v in processes.items() if v["growing"]),
         "exited": sorted(n for n, pid in watched.items() if rss_bytes(pid) is None),
@@ -104,9 +122,12 @@ def verdict(points: list[tuple[float, int]], seconds: float) -> dict[str, Any]:
     allowed = max(GROWTH_FLOOR_MIB * MIB, GROWTH_SHARE * first)
     half = [(at, rss) for at, rss in points if at >= (1 + WARMUP_SHARE) / 2 * seconds]
     return {
-        "samples": len(steady), "first_mib": round(first / MIB, 1),
-        "last_mib": round(last / MIB, 1), "growth_mib": round((last - first) / MIB, 1),
-        "allowed_mib": round(allowed / MIB, 1), "max_mib": round(max(steady) / MIB, 1),
+        "samples": len(steady),
+        "first_mib": round(first / MIB, 1),
+        "last_mib": round(last / MIB, 1),
+        "growth_mib": round((last - first) / MIB, 1),
+        "allowed_mib": round(allowed / MIB, 1),
+        "max_mib": round(max(steady) / MIB, 1),
         "slope_mib_per_min": round(_slope(half) * 60 / MIB, 2),
         "growing": last - first > allowed,
     }
@@ -123,21 +144,27 @@ def _slope(points: list[tuple[float, int]]) -> float:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [f"{'process':<10} {'after warm-up':>14} {'end':>8} {'growth':>8} {'allowed':>8} "
-            f"{'MiB/min':>8}  verdict"]
+    rows = [
+        f"{'process':<10} {'after warm-up':>14} {'end':>8} {'growth':>8} {'allowed':>8} "
+        f"{'MiB/min':>8}  verdict"
+    ]
     for name, v in result["processes"].items():
         if "first_mib" not in v:
             rows.append(f"{name:<10} {v['note']}")
             continue
-        rows.append(f"{name:<10} {v['first_mib']:>11.1f} MiB {v['last_mib']:>8.1f} "
-                    f"{v['growth_mib']:>+8.1f} {v['allowed_mib']:>8.1f} "
-                    f"{v['slope_mib_per_min']:>+8.2f}  {'GROWING' if v['growing'] else 'flat'}")
+        rows.append(
+            f"{name:<10} {v['first_mib']:>11.1f} MiB {v['last_mib']:>8.1f} "
+            f"{v['growth_mib']:>+8.1f} {v['allowed_mib']:>8.1f} "
+            f"{v['slope_mib_per_min']:>+8.2f}  {'GROWING' if v['growing'] else 'flat'}"
+        )
     hooks = result["webhooks"]
-    rows.append(f"\n{result['accepted']} messages accepted in {result['seconds']:.0f} s at "
-                f"{result['rate']:g}/s ({result['outcomes']}); webhooks received: "
-                f"sms.sent {hooks.get('sms.sent', 0)}, sms.delivered "
-                f"{hooks.get('sms.delivered', 0)} — "
-                + ("the pipeline kept up" if result["kept_up"] else "THE PIPELINE FELL BEHIND"))
+    rows.append(
+        f"\n{result['accepted']} messages accepted in {result['seconds']:.0f} s at "
+        f"{result['rate']:g}/s ({result['outcomes']}); webhooks received: "
+        f"sms.sent {hooks.get('sms.sent', 0)}, sms.delivered "
+        f"{hooks.get('sms.delivered', 0)} — "
+        + ("the pipeline kept up" if result["kept_up"] else "THE PIPELINE FELL BEHIND")
+    )
     if result["exited"]:
         rows.append(f"processes gone before the end: {', '.join(result['exited'])}")
     return "\n".join(rows)
@@ -152,11 +179,32 @@ def _start_agent(stack: Stack, device: dict[str, str], n: int) -> Program:
     folder.mkdir(exist_ok=True)
     env = dict(stack.env, ZIMSEND_DEVICE_PASSWORD=device["password"])
     return stack.start(
-        [ZIMSEND, "device", "run", "--server", stack.envoy.device_target, "--client-id",
-         device["client_id"], "--device-id", device["device_id"], "--journal",
-         str(folder / "journal.sqlite3"), "--backend", "simulator", "--send-delay", "0.01",
-         "--delivery-delay", "1", "--seed", str(n), "--log-level", "WARNING"],
-        f"agent{n}", env=env)
+        [
+            ZIMSEND,
+            "device",
+            "run",
+            "--server",
+            stack.envoy.device_target,
+            "--client-id",
+            device["client_id"],
+            "--device-id",
+            device["device_id"],
+            "--journal",
+            str(folder / "journal.sqlite3"),
+            "--backend",
+            "simulator",
+            "--send-delay",
+            "0.01",
+            "--delivery-delay",
+            "1",
+            "--seed",
+            str(n),
+            "--log-level",
+            "WARNING",
+        ],
+        f"agent{n}",
+        env=env,
+    )
 
 
 def _wait_online(stack: Stack, tenant: Tenant, timeout: float) -> None:
@@ -165,13 +213,15 @@ def _wait_online(stack: Stack, tenant: Tenant, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(f"file:{stack.data_dir / 'zimsend.db'}?mode=ro", uri=True) as db:
-            online = db.execute("SELECT count(*) FROM devices WHERE client_id = ? AND online",
-                                (tenant.client_id,)).fetchone()[0]
+            online = db.execute(
+                "SELECT count(*) FROM devices WHERE client_id = ? AND online", (tenant.client_id,)
+            ).fetchone()[0]
         if online == len(tenant.devices):
             return
         time.sleep(0.5)
-    raise RuntimeError(f"the agents did not come online within {timeout:g} s "
-                       f"(logs in {stack.logs})")
+    raise RuntimeError(
+        f"the agents did not come online within {timeout:g} s (logs in {stack.logs})"
+    )
 
 
 def _drain(receiver_url: str, accepted: int, timeout: float) -> dict[str, int]:

@@ -51,10 +51,14 @@ class Stack:
         # default) lifted, or every scenario would measure 429s. Backpressure after 5 s of
         # queueing (default 300 s), so that the overload scenario's minute shows it. No per-SIM
         # send budget (20 parts a minute by default): the phones are simulated.
-        self.env = zimsend_env(self.data_dir, self.pepper, ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
-                               ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000000",
-                               ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(QUEUE_MAX_WAIT_SECONDS),
-                               ZIMSEND_DEFAULT_PARTS_PER_MINUTE="0")
+        self.env = zimsend_env(
+            self.data_dir,
+            self.pepper,
+            ZIMSEND_WEBHOOKS_ALLOW_INSECURE="1",
+            ZIMSEND_RATE_LIMIT_PER_MINUTE="1000000000",
+            ZIMSEND_QUEUE_MAX_WAIT_SECONDS=str(QUEUE_MAX_WAIT_SECONDS),
+            ZIMSEND_DEFAULT_PARTS_PER_MINUTE="0",
+        )
         self.programs: list[Program] = []
         self.server: Program | None = None
         self.server_address = ""
@@ -71,8 +75,7 @@ class Stack:
         url = self.env.get("ZIMSEND_DATABASE_URL")  # PostgreSQL (bench/postgres.py)
         settings = Settings(data_dir=self.data_dir, secret_pepper=self.pepper)
         if url:
-            settings = Settings(data_dir=self.data_dir, secret_pepper=self.pepper,
-                                database_url=url)
+            settings = Settings(data_dir=self.data_dir, secret_pepper=self.pepper, database_url=url)
         db = Database.from_url(settings.database_url_value)
         try:
             db.migrate()
@@ -80,10 +83,12 @@ class Stack:
             key = accounts.create_api_key(db, settings.pepper(), client.id, "bench")
             tenant = Tenant(client.id, key.secret)
             for n in range(phones):
-                new = accounts.create_device(db, settings.pepper(), client.id, f"phone {n}",
-                                             server_address="127.0.0.1:0")
-                tenant.devices.append({"client_id": client.id, "device_id": new.device.id,
-                                       "password": new.password})
+                new = accounts.create_device(
+                    db, settings.pepper(), client.id, f"phone {n}", server_address="127.0.0.1:0"
+                )
+                tenant.devices.append(
+                    {"client_id": client.id, "device_id": new.device.id, "password": new.password}
+                )
         finally:
             db.dispose()
         return tenant
@@ -111,8 +116,9 @@ class Stack:
 
     def start_ceiling(self) -> tuple[Program, str]:
         port = free_port()
-        program = self.start([PY, "-m", "zimsend.server.bench.ceiling", "--port", str(port)],
-                             "ceiling")
+        program = self.start(
+            [PY, "-m", "zimsend.server.bench.ceiling", "--port", str(port)], "ceiling"
+        )
         address = f"127.0.0.1:{port}"
         program.wait_until(lambda: grpc_serving(address), what="SERVING")
         return program, address
@@ -124,9 +130,12 @@ class Stack:
         from zimsend.gateway import RateLimit, start_envoy
 
         self.envoy = start_envoy(
-            directory=self.root / "envoy", upstreams=upstreams or (self.server_address,),
+            directory=self.root / "envoy",
+            upstreams=upstreams or (self.server_address,),
             public_port=0,
-            device_port=0, admin_port=0, access_log=False,
+            device_port=0,
+            admin_port=0,
+            access_log=False,
             rate_limit=RateLimit(requests_per_minute=100_000_000, unkeyed_per_minute=100_000_000),
         )
         self.envoy.wait_healthy(60)
@@ -134,12 +143,12 @@ class Stack:
 
     def start_worker(self, name: str = "worker") -> Program:
         program = self.start([ZIMSEND, "worker", "--worker-id", f"bench-{name}"], name)
-        program.wait_until(lambda: "worker.started" in program.output(), timeout=90,
-                           what="started")
+        program.wait_until(lambda: "worker.started" in program.output(), timeout=90, what="started")
         return program
 
-    def start_receiver(self, secret: str | None = None,
-                       name: str = "receiver") -> tuple[Program, str]:
+    def start_receiver(
+        self, secret: str | None = None, name: str = "receiver"
+    ) -> tuple[Program, str]:
         """The counting receiver (receiver.py); with `secret` it checks both signatures."""
         port = free_port()
         argv = [PY, "-m", "zimsend.server.bench.receiver", "--port", str(port)]
@@ -147,19 +156,42 @@ class Stack:
         program.wait_until(lambda: "listening" in program.output(), what="listening")
         return program, f"http://127.0.0.1:{port}"
 
-    def start_phones(self, tenant: Tenant, name: str, *, send_delay: float = 0.01,
-                     delivery_delay: float = 0.05, batch_size: int = 500,
-                     batch_interval: float = 1.0) -> Phones:
+    def start_phones(
+        self,
+        tenant: Tenant,
+        name: str,
+        *,
+        send_delay: float = 0.01,
+        delivery_delay: float = 0.05,
+        batch_size: int = 500,
+        batch_interval: float = 1.0,
+    ) -> Phones:
         folder = self.root / name
         folder.mkdir(exist_ok=True)
         phones = Phones(folder)
         devices = tenant.write_devices(folder / "devices.json")
         phones.program = self.start(
-            [PY, "-m", "zimsend.server.bench.phones", "--server", self.server_address,
-             "--devices-file", str(devices), "--stats-file", str(phones.stats_file),
-             "--arrivals-file", str(phones.arrivals_file), "--send-delay", str(send_delay),
-             "--delivery-delay", str(delivery_delay), "--batch-size", str(batch_size),
-             "--batch-interval", str(batch_interval)],
+            [
+                PY,
+                "-m",
+                "zimsend.server.bench.phones",
+                "--server",
+                self.server_address,
+                "--devices-file",
+                str(devices),
+                "--stats-file",
+                str(phones.stats_file),
+                "--arrivals-file",
+                str(phones.arrivals_file),
+                "--send-delay",
+                str(send_delay),
+                "--delivery-delay",
+                str(delivery_delay),
+                "--batch-size",
+                str(batch_size),
+                "--batch-interval",
+                str(batch_interval),
+            ],
             name,
         )
         return phones
@@ -183,14 +215,21 @@ class Stack:
             if webhook_url:
                 webhooks_pb2_grpc.WebhookServiceStub(channel).ConfigureWebhook(
                     webhooks_pb2.ConfigureWebhookRequest(
-                        url=webhook_url + "/hooks", events=["sms.sent", "sms.delivered"]),
-                    metadata=md, timeout=30)
+                        url=webhook_url + "/hooks", events=["sms.sent", "sms.delivered"]
+                    ),
+                    metadata=md,
+                    timeout=30,
+                )
             if unpaced:
                 stub = devices_pb2_grpc.DeviceServiceStub(channel)
                 for device in tenant.devices:
-                    stub.UpdateDevice(devices_pb2.UpdateDeviceRequest(
-                        device_id=device["device_id"], send_interval_ms=0), metadata=md,
-                        timeout=30)
+                    stub.UpdateDevice(
+                        devices_pb2.UpdateDeviceRequest(
+                            device_id=device["device_id"], send_interval_ms=0
+                        ),
+                        metadata=md,
+                        timeout=30,
+                    )
 
 
 class Phones:
@@ -211,8 +250,11 @@ class Phones:
         """Seconds until `count` phones are connected; raises on timeout."""
         started = time.monotonic()
         assert self.program is not None
-        self.program.wait_until(lambda: self.stats().get("connected", 0) >= count,
-                                timeout=timeout, what=f"{count} phones connected")
+        self.program.wait_until(
+            lambda: self.stats().get("connected", 0) >= count,
+            timeout=timeout,
+            what=f"{count} phones connected",
+        )
         return time.monotonic() - started
 
     def arrivals(self) -> dict[str, float]:

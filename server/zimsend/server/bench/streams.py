@@ -62,16 +62,24 @@ def online_since(stack: Stack, client_id: str, since: dt.datetime) -> int:
     db = Database.from_url(url or settings.database_url_value)
     try:
         with db.session() as session:
-            return int(session.connection().execute(
-                select(func.count()).where(devices.client_id == client_id,
-                                           devices.online.is_(True),
-                                           devices.connected_at >= since)).scalar_one())
+            return int(
+                session.connection()
+                .execute(
+                    select(func.count()).where(
+                        devices.client_id == client_id,
+                        devices.online.is_(True),
+                        devices.connected_at >= since,
+                    )
+                )
+                .scalar_one()
+            )
     finally:
         db.dispose()
 
 
-def _wait_back(stack: Stack, phones: Any, tenant: Tenant, since: dt.datetime,
-               timeout: float) -> tuple[float | None, int]:
+def _wait_back(
+    stack: Stack, phones: Any, tenant: Tenant, since: dt.datetime, timeout: float
+) -> tuple[float | None, int]:
     """(seconds until the server holds every phone on a connection made since `since` and
     the fleet counts them connected, or None on timeout; online on the server then)."""
     started = time.monotonic()
@@ -117,14 +125,19 @@ def streams(stack: Stack, tenant: Tenant, *, timeout: float, batch: int) -> dict
     finally:
         stack.stop(phones.program)
     return {
-        "phones": phones_n, "initial_connect_s": round(connect_s, 1),
+        "phones": phones_n,
+        "initial_connect_s": round(connect_s, 1),
         "server_rss_idle_mb": round(idle / 2**20, 1),
         "server_rss_loaded_mb": round(loaded / 2**20, 1),
-        "rss_per_phone_kb": per_phone_kb, "storm_all_online_s": storm_s,
+        "rss_per_phone_kb": per_phone_kb,
+        "storm_all_online_s": storm_s,
         "storm_online_at_timeout": None if storm_s is not None else back,
-        "storm_timeout_s": timeout, "open_rate_per_s": batch,
-        "server_restart_s": round(restart_s, 1), "reconnect_attempts": reconnects,
-        "busy_refusals": busy, "streams_lost": lost,
+        "storm_timeout_s": timeout,
+        "open_rate_per_s": batch,
+        "server_restart_s": round(restart_s, 1),
+        "reconnect_attempts": reconnects,
+        "busy_refusals": busy,
+        "streams_lost": lost,
         "goal": "<= 60 KB per phone; storm <= 60 s",
         "met": per_phone_kb <= 60 and storm_s is not None and storm_s <= 60,
     }

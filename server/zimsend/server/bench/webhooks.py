@@ -55,17 +55,35 @@ def fill_outbox(stack: Stack, tenant: Tenant, url: str, secret: str, events: int
 
     db, pepper = _database(stack)
     try:
-        webhook_endpoints.configure(db, pepper, tenant.client_id, url=url,
-                            events=["sms.delivered"], secret=secret, allow_insecure=True)
+        webhook_endpoints.configure(
+            db,
+            pepper,
+            tenant.client_id,
+            url=url,
+            events=["sms.delivered"],
+            secret=secret,
+            allow_insecure=True,
+        )
         now = dt.datetime.now(dt.UTC)
         stamp = iso(now)
         for start in range(0, events, 2000):
             rows = [
-                event_row(tenant.client_id, "sms.delivered", {
-                    "message_id": new_id("msg"), "status": "delivered", "to": "+263771234567",
-                    "message": "Your code is 482913", "device_id": "dev_bench",
-                    "metadata": {"order": str(n)}, "sent_at": stamp, "delivered_at": stamp,
-                }, now=now, request_id=uuid.uuid4().hex)
+                event_row(
+                    tenant.client_id,
+                    "sms.delivered",
+                    {
+                        "message_id": new_id("msg"),
+                        "status": "delivered",
+                        "to": "+263771234567",
+                        "message": "Your code is 482913",
+                        "device_id": "dev_bench",
+                        "metadata": {"order": str(n)},
+                        "sent_at": stamp,
+                        "delivered_at": stamp,
+                    },
+                    now=now,
+                    request_id=uuid.uuid4().hex,
+                )
                 for n in range(start, min(events, start + 2000))
             ]
             with db.write() as session:
@@ -82,10 +100,13 @@ def outbox_delivered(db: Database, client_id: str) -> int:
 
     table = table_of(OutboxEvent)
     with db.session() as session:
-        return int(session.execute(
-            select(func.count()).select_from(table)
-            .where(table.c.client_id == client_id, table.c.status == OutboxStatus.DELIVERED)
-        ).scalar_one())
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.client_id == client_id, table.c.status == OutboxStatus.DELIVERED)
+            ).scalar_one()
+        )
 
 
 def webhooks(stack: Stack, *, events: int, timeout: float) -> dict[str, Any]:
@@ -121,17 +142,25 @@ def webhooks(stack: Stack, *, events: int, timeout: float) -> dict[str, Any]:
     shares = {name: cpu[name].share_until(end_cpu[name]) for name in cpu}
     rps = round(posts / seconds, 1)
     worker_share = shares["worker"]
-    complete = (stats.get("event_ids") == events and stats.get("bad_signatures") == 0
-                and written == events)
+    complete = (
+        stats.get("event_ids") == events and stats.get("bad_signatures") == 0 and written == events
+    )
     return {
-        "events": events, "rps": rps, "window_s": round(seconds, 2),
-        "posts_in_window": posts, "cpu_share_of": shares,
+        "events": events,
+        "rps": rps,
+        "window_s": round(seconds, 2),
+        "posts_in_window": posts,
+        "cpu_share_of": shares,
         "worker_cpu_ms_per_post": round(1000 * worker_share * seconds / posts, 3)
-        if worker_share is not None and posts else None,
-        "all_recorded_s": round(recorded_s, 2), "outbox_delivered": written,
-        "event_ids": stats.get("event_ids"), "posts": stats.get("posts"),
+        if worker_share is not None and posts
+        else None,
+        "all_recorded_s": round(recorded_s, 2),
+        "outbox_delivered": written,
+        "event_ids": stats.get("event_ids"),
+        "posts": stats.get("posts"),
         "duplicates": stats.get("posts", 0) - stats.get("event_ids", 0),
-        "bad_signatures": stats.get("bad_signatures"), "complete": complete,
+        "bad_signatures": stats.get("bad_signatures"),
+        "complete": complete,
         "goal": f"one worker >= {GOAL_RPS:,.0f} signed POSTs/s",
         "met": complete and rps >= GOAL_RPS,
     }

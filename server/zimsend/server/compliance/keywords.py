@@ -24,10 +24,8 @@ def canonical(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split()).casefold()
 
 
-def match(
-    text: str, stop: Iterable[str], start: Iterable[str]
-) -> Literal["stop", "start"] | None:
-    """"stop" or "start" when the whole of `text` is one of those keywords, else None."""
+def match(text: str, stop: Iterable[str], start: Iterable[str]) -> Literal["stop", "start"] | None:
+    """ "stop" or "start" when the whole of `text` is one of those keywords, else None."""
     if len(text) > 200:  # a keyword is short; do not normalise a long message for nothing
         return None
     said = canonical(text)

@@ -83,7 +83,12 @@ def _field(plan: SendPlan, index: int) -> str:
 
 
 def refuse_opted_out(
-    connection: Connection, client_id: str, plan: SendPlan, policy: Policy, *, operation: str,
+    connection: Connection,
+    client_id: str,
+    plan: SendPlan,
+    policy: Policy,
+    *,
+    operation: str,
     listed: Collection[str] | None = None,
 ) -> None:
     """RECIPIENT_OPTED_OUT naming every opted-out recipient of a send request, unless none
@@ -92,8 +97,12 @@ def refuse_opted_out(
     transaction (the accept lane reads them once per batch: `listed_among`); None reads them."""
     if operation == "SendOtp" and policy.exempt_otp:
         return
-    refuse_numbers(connection, client_id,
-                   [(_field(plan, i), d.to) for i, d in enumerate(plan.drafts)], listed=listed)
+    refuse_numbers(
+        connection,
+        client_id,
+        [(_field(plan, i), d.to) for i, d in enumerate(plan.drafts)],
+        listed=listed,
+    )
 
 
 def listed_among(connection: Connection, client_id: str, numbers: Collection[str]) -> set[str]:
@@ -129,20 +138,30 @@ def _listed_in(size: int) -> tuple[Select[Any], tuple[str, ...]]:
 
 
 def refuse_numbers(
-    connection: Connection, client_id: str, recipients: list[tuple[str, str]],
-    *, listed: Collection[str] | None = None,
+    connection: Connection,
+    client_id: str,
+    recipients: list[tuple[str, str]],
+    *,
+    listed: Collection[str] | None = None,
 ) -> None:
     """RECIPIENT_OPTED_OUT naming every (field, E.164 number) whose number is listed; the
     whole request is refused (bulk stays atomic: docs/decisions.md). `listed` as in
     `refuse_opted_out`."""
-    opted_out = (listed_among(connection, client_id, [to for _, to in recipients])
-                 if listed is None else {to for _, to in recipients if to in listed})
+    opted_out = (
+        listed_among(connection, client_id, [to for _, to in recipients])
+        if listed is None
+        else {to for _, to in recipients if to in listed}
+    )
     if not opted_out:
         return
     violations = [
-        FieldViolation(name, f"{to} has opted out of this client's messages (it texted a stop "
-                             "keyword, or was added with POST /v1/opt-outs)")
-        for name, to in recipients if to in opted_out
+        FieldViolation(
+            name,
+            f"{to} has opted out of this client's messages (it texted a stop "
+            "keyword, or was added with POST /v1/opt-outs)",
+        )
+        for name, to in recipients
+        if to in opted_out
     ]
     count = len(violations)
     where = ", ".join(v.field for v in violations[:10]) + (" …" if count > 10 else "")
@@ -156,20 +175,41 @@ def refuse_numbers(
     )
 
 
-def _event(session: Session, client_id: str, kind: str, row: dict[str, Any],
-           when: dt.datetime, inbound_id: str | None) -> None:
+def _event(
+    session: Session,
+    client_id: str,
+    kind: str,
+    row: dict[str, Any],
+    when: dt.datetime,
+    inbound_id: str | None,
+) -> None:
     stamp = "opted_out_at" if kind == "sms.opted_out" else "opted_in_at"
-    session.add(outbox_event(
-        client_id=client_id, event_type=kind, now=when,
-        data={"phone_number": row["phone_number"], "source": row["source"],
-              "keyword": row.get("keyword"), "device_id": row.get("device_id"),
-              "inbound_id": inbound_id, stamp: iso(when)},
-    ))
+    session.add(
+        outbox_event(
+            client_id=client_id,
+            event_type=kind,
+            now=when,
+            data={
+                "phone_number": row["phone_number"],
+                "source": row["source"],
+                "keyword": row.get("keyword"),
+                "device_id": row.get("device_id"),
+                "inbound_id": inbound_id,
+                stamp: iso(when),
+            },
+        )
+    )
 
 
 def add(
-    session: Session, client_id: str, phone_number: str, *, source: str,
-    keyword: str | None = None, device_id: str | None = None, inbound_id: str | None = None,
+    session: Session,
+    client_id: str,
+    phone_number: str,
+    *,
+    source: str,
+    keyword: str | None = None,
+    device_id: str | None = None,
+    inbound_id: str | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[OptOut, bool]:
     """List `phone_number` (E.164); (the entry, whether it is new). A new entry writes
@@ -180,10 +220,17 @@ def add(
     from zimsend.server.devicelink.transitions import fail_queued_to_opted_out
 
     when = now or utcnow()
-    row = {"client_id": client_id, "phone_number": phone_number, "source": source,
-           "keyword": keyword, "device_id": device_id, "created_at": when}
+    row = {
+        "client_id": client_id,
+        "phone_number": phone_number,
+        "source": source,
+        "keyword": keyword,
+        "device_id": device_id,
+        "created_at": when,
+    }
     inserted = session.execute(
-        insert_for(session, OptOut).values(**row)
+        insert_for(session, OptOut)
+        .values(**row)
         .on_conflict_do_nothing(index_elements=["client_id", "phone_number"])
         .returning(_TABLE.c.phone_number)
     ).first()
@@ -198,21 +245,32 @@ def add(
 
 
 def remove(
-    session: Session, client_id: str, phone_number: str, *, source: str,
-    keyword: str | None = None, device_id: str | None = None, inbound_id: str | None = None,
+    session: Session,
+    client_id: str,
+    phone_number: str,
+    *,
+    source: str,
+    keyword: str | None = None,
+    device_id: str | None = None,
+    inbound_id: str | None = None,
     now: dt.datetime | None = None,
 ) -> bool:
     """Unlist `phone_number`; whether it was listed. A removal writes `sms.opted_in`."""
     when = now or utcnow()
     result = session.execute(
-        delete(OptOut).where(col(OptOut.client_id) == client_id,
-                             col(OptOut.phone_number) == phone_number)
+        delete(OptOut).where(
+            col(OptOut.client_id) == client_id, col(OptOut.phone_number) == phone_number
+        )
     )
     assert isinstance(result, CursorResult)  # a DELETE's result
     if not result.rowcount:
         return False
-    row = {"phone_number": phone_number, "source": source, "keyword": keyword,
-           "device_id": device_id}
+    row = {
+        "phone_number": phone_number,
+        "source": source,
+        "keyword": keyword,
+        "device_id": device_id,
+    }
     _event(session, client_id, "sms.opted_in", row, when, inbound_id)
     return True
 
@@ -230,8 +288,14 @@ def _sender(raw: str) -> str | None:
 
 
 def apply_inbound(
-    session: Session, *, client_id: str, device_id: str, sender: str, body: str,
-    inbound_id: str, now: dt.datetime,
+    session: Session,
+    *,
+    client_id: str,
+    device_id: str,
+    sender: str,
+    body: str,
+    inbound_id: str,
+    now: dt.datetime,
 ) -> str | None:
     """If `body` is one of the client's stop or start keywords, list or unlist `sender`;
     returns "stop"/"start" when it matched (whether or not the list changed)."""
@@ -243,18 +307,45 @@ def apply_inbound(
         return None
     number_ = _sender(sender)
     if number_ is None:
-        log.info("opt_outs.keyword_from_unusable_sender", client_id=client_id,
-                 device_id=device_id, inbound_id=inbound_id, keyword=said)
+        log.info(
+            "opt_outs.keyword_from_unusable_sender",
+            client_id=client_id,
+            device_id=device_id,
+            inbound_id=inbound_id,
+            keyword=said,
+        )
         return None
     word = " ".join(body.split())
     if said == "stop":
-        _, changed = add(session, client_id, number_, source=KEYWORD, keyword=word,
-                         device_id=device_id, inbound_id=inbound_id, now=now)
+        _, changed = add(
+            session,
+            client_id,
+            number_,
+            source=KEYWORD,
+            keyword=word,
+            device_id=device_id,
+            inbound_id=inbound_id,
+            now=now,
+        )
     else:
-        changed = remove(session, client_id, number_, source=KEYWORD, keyword=word,
-                         device_id=device_id, inbound_id=inbound_id, now=now)
-    log.info("opt_outs.keyword", client_id=client_id, device_id=device_id,
-             inbound_id=inbound_id, keyword=said, changed=changed)
+        changed = remove(
+            session,
+            client_id,
+            number_,
+            source=KEYWORD,
+            keyword=word,
+            device_id=device_id,
+            inbound_id=inbound_id,
+            now=now,
+        )
+    log.info(
+        "opt_outs.keyword",
+        client_id=client_id,
+        device_id=device_id,
+        inbound_id=inbound_id,
+        keyword=said,
+        changed=changed,
+    )
     return said
 
 
@@ -265,16 +356,25 @@ class Listed:
 
 
 def list_page(
-    session: Session, client_id: str, *, page: int, limit: int, phone_number: str | None,
+    session: Session,
+    client_id: str,
+    *,
+    page: int,
+    limit: int,
+    phone_number: str | None,
 ) -> Listed:
     """One page of the client's opt-outs, newest first."""
     where = [col(OptOut.client_id) == client_id]
     if phone_number:
         where.append(col(OptOut.phone_number) == phone_number)
     total = session.scalar(select(func.count()).select_from(OptOut).where(*where)) or 0
-    rows = list(session.scalars(
-        select(OptOut).where(*where)
-        .order_by(col(OptOut.created_at).desc(), col(OptOut.phone_number))
-        .offset((page - 1) * limit).limit(limit)
-    ))
+    rows = list(
+        session.scalars(
+            select(OptOut)
+            .where(*where)
+            .order_by(col(OptOut.created_at).desc(), col(OptOut.phone_number))
+            .offset((page - 1) * limit)
+            .limit(limit)
+        )
+    )
     return Listed(rows, int(total))

@@ -70,8 +70,9 @@ class Policy:
         if not self.quiet_hours_enabled:
             return None
         zone = zone_named(self.quiet_hours_time_zone) if self.quiet_hours_time_zone else _UTC
-        return QuietWindow(parse_clock(self.quiet_hours_start),
-                           parse_clock(self.quiet_hours_end), zone)
+        return QuietWindow(
+            parse_clock(self.quiet_hours_start), parse_clock(self.quiet_hours_end), zone
+        )
 
 
 DEFAULTS = Policy()
@@ -83,8 +84,9 @@ _BY_CLIENT = select(*_TABLE.columns).where(_TABLE.c.client_id == bindparam("clie
 def _from_row(row: Any) -> Policy:
     return Policy(
         stop_keywords=tuple(row.stop_keywords) if row.stop_keywords else keywords.DEFAULT_STOP,
-        start_keywords=(tuple(row.start_keywords) if row.start_keywords
-                        else keywords.DEFAULT_START),
+        start_keywords=(
+            tuple(row.start_keywords) if row.start_keywords else keywords.DEFAULT_START
+        ),
         exempt_otp=row.exempt_otp,
         quiet_hours_enabled=row.quiet_hours_enabled,
         quiet_hours_start=row.quiet_hours_start,
@@ -124,15 +126,21 @@ class QuietChange:
 
 def _keyword_list(v: Violations, name: str, values: list[str]) -> list[str] | None:
     if len(values) > MAX_KEYWORDS:
-        v.add(ErrorCode.INVALID_REQUEST, name,
-              f"must hold at most {MAX_KEYWORDS} keywords (got {len(values)})")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            name,
+            f"must hold at most {MAX_KEYWORDS} keywords (got {len(values)})",
+        )
         return None
     out: list[str] = []
     for i, raw in enumerate(values):
         word = " ".join(raw.split())
         if not 1 <= len(word) <= MAX_KEYWORD_CHARS:
-            v.add(ErrorCode.INVALID_REQUEST, f"{name}[{i}]",
-                  f"must be 1-{MAX_KEYWORD_CHARS} characters, not blank (got {shown(raw)})")
+            v.add(
+                ErrorCode.INVALID_REQUEST,
+                f"{name}[{i}]",
+                f"must be 1-{MAX_KEYWORD_CHARS} characters, not blank (got {shown(raw)})",
+            )
             continue
         if keywords.canonical(word) not in {keywords.canonical(w) for w in out}:
             out.append(word)
@@ -144,10 +152,14 @@ def check_opt_outs(v: Violations, change: OptOutChange) -> dict[str, Any]:
     stop = _keyword_list(v, "opt_outs.stop_keywords", change.stop_keywords)
     start = _keyword_list(v, "opt_outs.start_keywords", change.start_keywords)
     both = {keywords.canonical(w) for w in stop or keywords.DEFAULT_STOP} & {
-        keywords.canonical(w) for w in start or keywords.DEFAULT_START}
+        keywords.canonical(w) for w in start or keywords.DEFAULT_START
+    }
     if both:
-        v.add(ErrorCode.INVALID_REQUEST, "opt_outs.start_keywords",
-              f"must not repeat a stop keyword (both: {', '.join(sorted(both))})")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "opt_outs.start_keywords",
+            f"must not repeat a stop keyword (both: {', '.join(sorted(both))})",
+        )
     return {"stop_keywords": stop, "start_keywords": start, "exempt_otp": change.exempt_otp}
 
 
@@ -155,8 +167,10 @@ def check_quiet_hours(v: Violations, change: QuietChange) -> dict[str, Any]:
     """The columns a quiet-hours section sets, after recording what is wrong with it."""
     values: dict[str, Any] = {"quiet_hours_enabled": change.enabled}
     clocks: dict[str, dt.time] = {}
-    for name, raw, default in (("start", change.start, DEFAULT_QUIET_START),
-                               ("end", change.end, DEFAULT_QUIET_END)):
+    for name, raw, default in (
+        ("start", change.start, DEFAULT_QUIET_START),
+        ("end", change.end, DEFAULT_QUIET_END),
+    ):
         text = raw.strip() or default
         try:
             clocks[name] = parse_clock(text)
@@ -165,8 +179,11 @@ def check_quiet_hours(v: Violations, change: QuietChange) -> dict[str, Any]:
             continue
         values[f"quiet_hours_{name}"] = clocks[name].strftime("%H:%M")
     if len(clocks) == 2 and clocks["start"] == clocks["end"]:
-        v.add(ErrorCode.INVALID_REQUEST, "quiet_hours.end",
-              f"must differ from start (both {clocks['start'].strftime('%H:%M')})")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "quiet_hours.end",
+            f"must differ from start (both {clocks['start'].strftime('%H:%M')})",
+        )
     zone = change.fallback_time_zone.strip()
     if zone:
         try:
@@ -185,8 +202,12 @@ def max_send_attempts(session: Session, client_id: str, default: int) -> int:
 
 
 def update(
-    session: Session, client_id: str, *, opt_outs: OptOutChange | None,
-    quiet_hours: QuietChange | None, max_send_attempts: int | None = None,
+    session: Session,
+    client_id: str,
+    *,
+    opt_outs: OptOutChange | None,
+    quiet_hours: QuietChange | None,
+    max_send_attempts: int | None = None,
     now: dt.datetime | None = None,
 ) -> Policy:
     """Validate and store the sections given; the policy now in force. Raises one
@@ -198,9 +219,13 @@ def update(
     if quiet_hours is not None:
         values.update(check_quiet_hours(v, quiet_hours))
     if max_send_attempts is not None and not (
-            MIN_SEND_ATTEMPTS <= max_send_attempts <= MAX_SEND_ATTEMPTS):
-        v.add(ErrorCode.INVALID_REQUEST, "max_send_attempts",
-              f"must be {MIN_SEND_ATTEMPTS}-{MAX_SEND_ATTEMPTS} (got {max_send_attempts})")
+        MIN_SEND_ATTEMPTS <= max_send_attempts <= MAX_SEND_ATTEMPTS
+    ):
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "max_send_attempts",
+            f"must be {MIN_SEND_ATTEMPTS}-{MAX_SEND_ATTEMPTS} (got {max_send_attempts})",
+        )
     v.raise_if_any()
     if max_send_attempts is not None:
         client = session.get(Client, client_id)

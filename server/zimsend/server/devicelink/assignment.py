@@ -114,7 +114,10 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
     if message.sealed_body:
         body = credentials.decrypt_secret(pepper, message.sealed_body, bound_to=message.id)
     command = pb.SendCommand(
-        command_id=credentials.new_id("cmd"), message_id=message.id, to=message.to, body=body,
+        command_id=credentials.new_id("cmd"),
+        message_id=message.id,
+        to=message.to,
+        body=body,
         segments=message.segments,
         encoding=_ENCODINGS.get(message.encoding, common_pb2.ENCODING_UNSPECIFIED),
         priority=common_pb2.Priority.ValueType(message.priority),
@@ -129,8 +132,11 @@ def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.Sen
 # microseconds of Python, and a connect storm runs up to 20 rounds a second.
 _m = table_of(Message).c
 _now: BindParameter[dt.datetime] = bindparam("now")
-_due_now = (_m.status == MessageStatus.QUEUED.value, _m.due_at <= _now,
-            or_(_m.expires_at.is_(None), _m.expires_at > _now))
+_due_now = (
+    _m.status == MessageStatus.QUEUED.value,
+    _m.due_at <= _now,
+    or_(_m.expires_at.is_(None), _m.expires_at > _now),
+)
 _clients = _m.client_id.in_(bindparam("clients", expanding=True))
 _c = table_of(Client).c
 
@@ -151,22 +157,33 @@ _TEST_DUE = _has_due(_m.test.is_(True))
 #: (client, device) of the due live messages pinned to a phone, of some clients. Read only for
 #: clients without unpinned due work (at the start of a round, or once a claim has drained it),
 #: whose due messages are then all pinned: it reads what waits for its own phone, not the queue.
-_PINNED_DUE = select(_m.client_id, _m.pinned_device_id).where(
-    *_due_now, _m.test.is_(False), _clients, _m.pinned_device_id.is_not(None)).distinct()
+_PINNED_DUE = (
+    select(_m.client_id, _m.pinned_device_id)
+    .where(*_due_now, _m.test.is_(False), _clients, _m.pinned_device_id.is_not(None))
+    .distinct()
+)
 #: Every client with due test messages (the poll).
 _ANY_TEST_DUE = select(_m.client_id).where(*_due_now, _m.test.is_(True)).distinct().limit(100)
 # Both time reads walk `ix_messages_due_at_status` from a due time on; `still_queued()` keeps
 # SQLite's planner from reading the whole queue through the dispatch index instead.
-_NEXT_DUE = (select(_m.due_at).where(_m.due_at > _now, still_queued())
-             .order_by(_m.due_at).limit(1))
-_BECAME_DUE = select(_m.client_id).where(
-    _m.due_at > bindparam("since"), _m.due_at <= _now, still_queued()).distinct()
+_NEXT_DUE = select(_m.due_at).where(_m.due_at > _now, still_queued()).order_by(_m.due_at).limit(1)
+_BECAME_DUE = (
+    select(_m.client_id)
+    .where(_m.due_at > bindparam("since"), _m.due_at <= _now, still_queued())
+    .distinct()
+)
 
 
 def claim_round(
-    db: Database, pepper: bytes, requests: list[ClaimRequest], now: dt.datetime,
-    *, woken: Sequence[str] = (), scan: GlobalScan | None = FULL_SCAN,
-    budgets: Budget | None = None, default_interval_ms: int | None = None,
+    db: Database,
+    pepper: bytes,
+    requests: list[ClaimRequest],
+    now: dt.datetime,
+    *,
+    woken: Sequence[str] = (),
+    scan: GlobalScan | None = FULL_SCAN,
+    budgets: Budget | None = None,
+    default_interval_ms: int | None = None,
 ) -> RoundResult:
     """Claim due messages for `requests` (already in least-loaded-first order) and for the
     simulated devices of `woken` clients with due test messages (every client's, with
@@ -189,16 +206,19 @@ def claim_round(
         test_clients: set[str] = set()
         if woken:
             test_clients.update(
-                read(_TEST_DUE, {"now": now, "clients": padded(sorted(woken))}).scalars())
+                read(_TEST_DUE, {"now": now, "clients": padded(sorted(woken))}).scalars()
+            )
         if scan is not None:
             result.next_due = read(_NEXT_DUE, {"now": now}).scalar()
             if scan.since is not None:
                 result.became_due = set(
-                    read(_BECAME_DUE, {"now": now, "since": scan.since}).scalars())
+                    read(_BECAME_DUE, {"now": now, "since": scan.since}).scalars()
+                )
             if scan.test_clients:
                 test_clients.update(read(_ANY_TEST_DUE, {"now": now}).scalars())
-    live = [r for r in requests
-            if r.client_id in unpinned or r.device_id in pinned.get(r.client_id, ())]
+    live = [
+        r for r in requests if r.client_id in unpinned or r.device_id in pinned.get(r.client_id, ())
+    ]
     if not live and not test_clients:
         result.pinned = _devices(pinned)
         return result
@@ -208,8 +228,11 @@ def claim_round(
     # phones ran 50 claims for one message (docs/benchmarks.md, `461536b`).
     drained: set[str] = set()
     with db.write(urgent=True) as session:  # every message's accept -> phone waits on this
-        rooms = {} if budgets is None else rooms_for(session, [r.device_id for r in live], now,
-                                                        budgets, default_interval_ms)
+        rooms = (
+            {}
+            if budgets is None
+            else rooms_for(session, [r.device_id for r in live], now, budgets, default_interval_ms)
+        )
         handed: list[tuple[str, list[Message]]] = []
         windows: dict[str, QuietWindow | None] = {}
         for request in live:
@@ -220,8 +243,11 @@ def claim_round(
                     continue
             room = rooms.get(request.device_id)
             claimed = claim_due_messages(
-                session, client_id=request.client_id, device_id=request.device_id,
-                limit=request.limit, now=now,
+                session,
+                client_id=request.client_id,
+                device_id=request.device_id,
+                limit=request.limit,
+                now=now,
                 fits=None if room is None or room.unlimited else room.fits,
             )
             messages = _not_quiet(session, claimed, windows, now, result)
@@ -242,8 +268,13 @@ def claim_round(
         for client_id in sorted(test_clients):
             device_id = ensure_simulated_device(session, client_id)
             messages = claim_due_messages(
-                session, client_id=client_id, device_id=device_id, limit=SIMULATED_BATCH,
-                now=now, test=True, any_pin=True,
+                session,
+                client_id=client_id,
+                device_id=device_id,
+                limit=SIMULATED_BATCH,
+                now=now,
+                test=True,
+                any_pin=True,
             )
             if messages:
                 result.simulated[device_id] = (client_id, messages)
@@ -269,8 +300,11 @@ def _devices(pinned: dict[str, set[str]]) -> set[str]:
 
 
 def _not_quiet(
-    session: Session, claimed: list[Message], windows: dict[str, QuietWindow | None],
-    now: dt.datetime, result: RoundResult,
+    session: Session,
+    claimed: list[Message],
+    windows: dict[str, QuietWindow | None],
+    now: dt.datetime,
+    result: RoundResult,
 ) -> list[Message]:
     """The claimed messages that may leave now. A non-urgent one whose recipient is inside its
     client's quiet hours (turned on, or begun, after it was accepted: accept holds the others)
@@ -291,9 +325,15 @@ def _not_quiet(
             leaving.append(message)
             continue
         ttl = (message.expires_at - message.due_at) if message.expires_at else None
-        session.connection().execute(_HOLD, {
-            "h_id": message.id, "h_hold": hold, "h_reason": HOLD_REASON,
-            "h_expires": None if ttl is None else hold + ttl})
+        session.connection().execute(
+            _HOLD,
+            {
+                "h_id": message.id,
+                "h_hold": hold,
+                "h_reason": HOLD_REASON,
+                "h_expires": None if ttl is None else hold + ttl,
+            },
+        )
         if result.next_due is None or hold < result.next_due:
             result.next_due = hold
     return leaving
@@ -302,9 +342,15 @@ def _not_quiet(
 _HOLD = (
     update(table_of(Message))
     .where(_m.id == bindparam("h_id"))
-    .values(status=MessageStatus.QUEUED.value, device_id=None, processing_at=None,
-            due_at=bindparam("h_hold"), held_until=bindparam("h_hold"),
-            hold_reason=bindparam("h_reason"), expires_at=bindparam("h_expires"))
+    .values(
+        status=MessageStatus.QUEUED.value,
+        device_id=None,
+        processing_at=None,
+        due_at=bindparam("h_hold"),
+        held_until=bindparam("h_hold"),
+        hold_reason=bindparam("h_reason"),
+        expires_at=bindparam("h_expires"),
+    )
 )
 
 
@@ -313,35 +359,54 @@ _d = table_of(Device).c
 _COUNT_HANDED = (
     update(table_of(Device))
     .where(_d.id == bindparam("h_device_id"))
-    .values(last_send_at=bindparam("h_now"),
-            sent_on_day=case((_d.sent_day == bindparam("h_today"),
-                              _d.sent_on_day + bindparam("h_count")), else_=bindparam("h_count")),
-            sent_day=bindparam("h_today"))
+    .values(
+        last_send_at=bindparam("h_now"),
+        sent_on_day=case(
+            (_d.sent_day == bindparam("h_today"), _d.sent_on_day + bindparam("h_count")),
+            else_=bindparam("h_count"),
+        ),
+        sent_day=bindparam("h_today"),
+    )
 )
 
 
 def _count_handed(session: Session, device_id: str, count: int, now: dt.datetime) -> None:
     """Pacing and daily-cap state of a device, in the claim's transaction."""
-    session.connection().execute(_COUNT_HANDED, {
-        "h_device_id": device_id, "h_now": now, "h_today": now.astimezone(dt.UTC).date(),
-        "h_count": count})
+    session.connection().execute(
+        _COUNT_HANDED,
+        {
+            "h_device_id": device_id,
+            "h_now": now,
+            "h_today": now.astimezone(dt.UTC).date(),
+            "h_count": count,
+        },
+    )
 
 
 def ensure_simulated_device(session: Session, client_id: str) -> str:
     """The client's built-in simulated device, created on first use. It has no usable
     password (its hash is not an HMAC), so no phone can ever connect as it."""
     existing = session.scalar(
-        select(col(Device.id)).where(
-            col(Device.client_id) == client_id, col(Device.is_simulated).is_(True),
+        select(col(Device.id))
+        .where(
+            col(Device.client_id) == client_id,
+            col(Device.is_simulated).is_(True),
             col(Device.deleted_at).is_(None),
-        ).order_by(col(Device.created_at)).limit(1)
+        )
+        .order_by(col(Device.created_at))
+        .limit(1)
     )
     if existing is not None:
         return str(existing)
     device = Device(
-        id=credentials.new_id("device"), client_id=client_id, name=SIMULATED_DEVICE_NAME,
-        password_hash="!unusable-" + stdlib_secrets.token_hex(16), is_simulated=True,
-        model="ZimSend simulated device", app_version="built-in", android_version="sandbox",
+        id=credentials.new_id("device"),
+        client_id=client_id,
+        name=SIMULATED_DEVICE_NAME,
+        password_hash="!unusable-" + stdlib_secrets.token_hex(16),
+        is_simulated=True,
+        model="ZimSend simulated device",
+        app_version="built-in",
+        android_version="sandbox",
         send_interval_ms=0,
     )
     session.add(device)

@@ -52,8 +52,9 @@ class Budget:
 
     def resolve(self, device: tuple[int | None, int | None, int | None]) -> Budget:
         """The device's own values where it has them (None: these defaults)."""
-        own = [d if d is not None else default for d, default in zip(device, self.limits,
-                                                                      strict=True)]
+        own = [
+            d if d is not None else default for d, default in zip(device, self.limits, strict=True)
+        ]
         return Budget(*own)
 
 
@@ -113,14 +114,21 @@ class Room:
 _CHUNK = 512
 _d = table_of(Device).c
 #: Each phone's own budget, pacing and cool-down (built once: every dispatch round runs it).
-_ROOMS = select(_d.id, _d.parts_per_minute, _d.parts_per_hour, _d.parts_per_day,
-                _d.cooling_down_until, _d.send_interval_ms).where(
-    _d.id.in_(bindparam("r_ids", expanding=True)))
+_ROOMS = select(
+    _d.id,
+    _d.parts_per_minute,
+    _d.parts_per_hour,
+    _d.parts_per_day,
+    _d.cooling_down_until,
+    _d.send_interval_ms,
+).where(_d.id.in_(bindparam("r_ids", expanding=True)))
 
 
 def effective(
-    own: tuple[int | None, int | None, int | None], send_interval_ms: int | None,
-    defaults: Budget, default_interval_ms: int | None,
+    own: tuple[int | None, int | None, int | None],
+    send_interval_ms: int | None,
+    defaults: Budget,
+    default_interval_ms: int | None,
 ) -> Budget:
     """A phone's budget: its own values, else the defaults — which apply to paced phones
     only: a phone set to send without pacing (`send_interval_ms` 0, for modems and tests) has
@@ -130,7 +138,10 @@ def effective(
 
 
 def rooms_for(
-    session: Session, device_ids: Sequence[str], now: dt.datetime, defaults: Budget,
+    session: Session,
+    device_ids: Sequence[str],
+    now: dt.datetime,
+    defaults: Budget,
     default_interval_ms: int | None = None,
 ) -> dict[str, Room]:
     """Each phone's room now, from its row (own budget, pacing, cool-down) and its ledger: two
@@ -145,19 +156,26 @@ def rooms_for(
             room = rooms[device_id] = Room(now=now, budget=budget)
             if cooling is not None and cooling > now:
                 room.cooling_until = cooling
-    depth = {d: max((w for w, limit in zip(WINDOWS, r.budget.limits, strict=True) if limit),
-                    default=None)
-             for d, r in rooms.items() if r.cooling_until is None}
+    depth = {
+        d: max(
+            (w for w, limit in zip(WINDOWS, r.budget.limits, strict=True) if limit), default=None
+        )
+        for d, r in rooms.items()
+        if r.cooling_until is None
+    }
     counted = sorted(d for d, longest in depth.items() if longest is not None)
     if not counted:
         return rooms
     longest = max(w for w in depth.values() if w is not None)
     for chunk in padded_chunks(counted, _CHUNK):
         ledger = session.execute(
-            select(col(DeviceSend.device_id), col(DeviceSend.sim_slot),
-                   col(DeviceSend.handed_at), col(DeviceSend.parts))
-            .where(col(DeviceSend.device_id).in_(chunk),
-                   col(DeviceSend.handed_at) > now - longest)
+            select(
+                col(DeviceSend.device_id),
+                col(DeviceSend.sim_slot),
+                col(DeviceSend.handed_at),
+                col(DeviceSend.parts),
+            )
+            .where(col(DeviceSend.device_id).in_(chunk), col(DeviceSend.handed_at) > now - longest)
             .order_by(col(DeviceSend.handed_at))
         )
         for device_id, slot, handed_at, parts in ledger:
@@ -173,15 +191,26 @@ def record_handed(
 ) -> None:
     """Write the round's claimed messages into their phones' ledgers (one insert) and forget
     those phones' rows older than 24 h (one delete)."""
-    rows = [{"device_id": device_id, "sim_slot": m.sim_slot or 0, "handed_at": now,
-             "parts": max(1, m.segments), "message_id": m.id}
-            for device_id, messages in handed for m in messages]
+    rows = [
+        {
+            "device_id": device_id,
+            "sim_slot": m.sim_slot or 0,
+            "handed_at": now,
+            "parts": max(1, m.segments),
+            "message_id": m.id,
+        }
+        for device_id, messages in handed
+        for m in messages
+    ]
     if not rows:
         return
     table = table_of(DeviceSend)
     for chunk in padded_chunks(sorted({device_id for device_id, _ in handed}), _CHUNK):
-        session.execute(delete(table).where(table.c.device_id.in_(chunk),
-                                            table.c.handed_at < now - _LEDGER_DEPTH))
+        session.execute(
+            delete(table).where(
+                table.c.device_id.in_(chunk), table.c.handed_at < now - _LEDGER_DEPTH
+            )
+        )
     session.execute(insert(table), rows)
 
 

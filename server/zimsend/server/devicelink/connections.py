@@ -111,8 +111,11 @@ _OUTBOX = table_of(OutboxEvent)
 #: Built once: during a reconnect storm this runs for every phone that comes back (thousands a
 #: minute), and an ORM `session.get` cost several times the lookup (`zimsend bench`, streams).
 _CREDENTIALS = select(
-    _DEVICES.c.client_id, _DEVICES.c.password_hash, _DEVICES.c.is_simulated,
-    _DEVICES.c.deleted_at, _DEVICES.c.enabled,
+    _DEVICES.c.client_id,
+    _DEVICES.c.password_hash,
+    _DEVICES.c.is_simulated,
+    _DEVICES.c.deleted_at,
+    _DEVICES.c.enabled,
 ).where(_DEVICES.c.id == bindparam("device_id"))
 _DELETED = "This device was deleted; add a new device and pair the phone again."
 
@@ -152,8 +155,10 @@ def authenticate_device(
 def device_config(device: Device) -> DeviceConfig:
     """The settings a connected phone's session follows, read from its row."""
     return DeviceConfig(
-        enabled=device.enabled, send_interval_ms=device.send_interval_ms,
-        daily_cap=device.daily_cap, password_hash=device.password_hash,
+        enabled=device.enabled,
+        send_interval_ms=device.send_interval_ms,
+        daily_cap=device.daily_cap,
+        password_hash=device.password_hash,
         deleted=device.deleted_at is not None,
     )
 
@@ -162,8 +167,11 @@ def _config(row: Any) -> DeviceConfig:
     """`device_config` for a Core row (enabled, send_interval_ms, daily_cap, password_hash,
     deleted_at)."""
     return DeviceConfig(
-        enabled=row.enabled, send_interval_ms=row.send_interval_ms, daily_cap=row.daily_cap,
-        password_hash=row.password_hash, deleted=row.deleted_at is not None,
+        enabled=row.enabled,
+        send_interval_ms=row.send_interval_ms,
+        daily_cap=row.daily_cap,
+        password_hash=row.password_hash,
+        deleted=row.deleted_at is not None,
     )
 
 
@@ -187,18 +195,36 @@ def _or_kept(name: str) -> Any:
 _CONNECT = (
     update(_DEVICES)
     .where(_DEVICES.c.id == bindparam("c_device_id"), _DEVICES.c.deleted_at.is_(None))
-    .values(online=True, connection_id=bindparam("c_connection_id"),
-            replica_id=bindparam("c_replica_id"), connected_at=bindparam("c_now"),
-            last_seen_at=bindparam("c_now"), ip_address=bindparam("c_ip_address"),
-            model=_or_kept("model"), android_version=_or_kept("android_version"),
-            app_version=_or_kept("app_version"), phone_number=_or_kept("phone_number"),
-            sims=bindparam("c_sims", type_=_DEVICES.c.sims.type),
-            capabilities=bindparam("c_capabilities", type_=_DEVICES.c.capabilities.type))
-    .returning(_DEVICES.c.client_id, _DEVICES.c.name, _DEVICES.c.phone_number,
-               _DEVICES.c.android_version, _DEVICES.c.app_version, _DEVICES.c.enabled,
-               _DEVICES.c.send_interval_ms, _DEVICES.c.daily_cap, _DEVICES.c.password_hash,
-               _DEVICES.c.deleted_at, _DEVICES.c.last_send_at, _DEVICES.c.sent_day,
-               _DEVICES.c.sent_on_day, _DEVICES.c.cannot_send_reason)
+    .values(
+        online=True,
+        connection_id=bindparam("c_connection_id"),
+        replica_id=bindparam("c_replica_id"),
+        connected_at=bindparam("c_now"),
+        last_seen_at=bindparam("c_now"),
+        ip_address=bindparam("c_ip_address"),
+        model=_or_kept("model"),
+        android_version=_or_kept("android_version"),
+        app_version=_or_kept("app_version"),
+        phone_number=_or_kept("phone_number"),
+        sims=bindparam("c_sims", type_=_DEVICES.c.sims.type),
+        capabilities=bindparam("c_capabilities", type_=_DEVICES.c.capabilities.type),
+    )
+    .returning(
+        _DEVICES.c.client_id,
+        _DEVICES.c.name,
+        _DEVICES.c.phone_number,
+        _DEVICES.c.android_version,
+        _DEVICES.c.app_version,
+        _DEVICES.c.enabled,
+        _DEVICES.c.send_interval_ms,
+        _DEVICES.c.daily_cap,
+        _DEVICES.c.password_hash,
+        _DEVICES.c.deleted_at,
+        _DEVICES.c.last_send_at,
+        _DEVICES.c.sent_day,
+        _DEVICES.c.sent_on_day,
+        _DEVICES.c.cannot_send_reason,
+    )
 )
 _EVENTS = insert(_OUTBOX)
 
@@ -218,49 +244,86 @@ def record_connects(
         connection = session.connection()
         rows: list[Any] = []
         for r in requests:
-            rows.append(connection.execute(_CONNECT, {
-                "c_device_id": r.device_id, "c_connection_id": r.connection_id,
-                "c_replica_id": replica_id, "c_now": now, "c_ip_address": r.ip_address,
-                "c_model": r.hello.model, "c_android_version": r.hello.android_version,
-                "c_app_version": r.hello.app_version, "c_phone_number": r.hello.phone_number,
-                "c_sims": r.hello.sims, "c_capabilities": r.hello.capabilities,
-            }).first())
+            rows.append(
+                connection.execute(
+                    _CONNECT,
+                    {
+                        "c_device_id": r.device_id,
+                        "c_connection_id": r.connection_id,
+                        "c_replica_id": replica_id,
+                        "c_now": now,
+                        "c_ip_address": r.ip_address,
+                        "c_model": r.hello.model,
+                        "c_android_version": r.hello.android_version,
+                        "c_app_version": r.hello.app_version,
+                        "c_phone_number": r.hello.phone_number,
+                        "c_sims": r.hello.sims,
+                        "c_capabilities": r.hello.capabilities,
+                    },
+                ).first()
+            )
         for r, row in zip(requests, rows, strict=True):
             if row is None:
                 continue
-            events.append({
-                "id": new_id("evt"), "client_id": row.client_id,
-                "event_type": "device.connected", "webhook_url": None,
-                "status": OutboxStatus.PENDING, "attempts": 0, "created_at": now,
-                "next_attempt_at": now, "payload": {
-                    "device_id": r.device_id, "device_name": row.name,
-                    "phone_number": row.phone_number, "android_version": row.android_version,
-                    "app_version": row.app_version, "connected_at": iso(now),
-                    "ip_address": r.ip_address,
-                },
-            })
+            events.append(
+                {
+                    "id": new_id("evt"),
+                    "client_id": row.client_id,
+                    "event_type": "device.connected",
+                    "webhook_url": None,
+                    "status": OutboxStatus.PENDING,
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                    "payload": {
+                        "device_id": r.device_id,
+                        "device_name": row.name,
+                        "phone_number": row.phone_number,
+                        "android_version": row.android_version,
+                        "app_version": row.app_version,
+                        "connected_at": iso(now),
+                        "ip_address": r.ip_address,
+                    },
+                }
+            )
         if events:
             connection.execute(_EVENTS, events)
         processing: dict[str, list[Message]] = {}
         for message in session.scalars(
             select(Message)
-            .where(col(Message.device_id).in_(padded([r.device_id for r in requests])),
-                   col(Message.status) == MessageStatus.PROCESSING)
+            .where(
+                col(Message.device_id).in_(padded([r.device_id for r in requests])),
+                col(Message.status) == MessageStatus.PROCESSING,
+            )
             .order_by(col(Message.priority), col(Message.processing_at), col(Message.id))
         ):
             processing.setdefault(message.device_id or "", []).append(message)
     for r, row in zip(requests, rows, strict=True):
-        out.append(_refused(_DELETED) if row is None else ConnectedDevice(
-            device_id=r.device_id, client_id=row.client_id, name=row.name, config=_config(row),
-            last_send_at=row.last_send_at, sent_day=row.sent_day, sent_on_day=row.sent_on_day,
-            processing=processing.get(r.device_id, []),
-            cannot_send_reason=row.cannot_send_reason,
-        ))
+        out.append(
+            _refused(_DELETED)
+            if row is None
+            else ConnectedDevice(
+                device_id=r.device_id,
+                client_id=row.client_id,
+                name=row.name,
+                config=_config(row),
+                last_send_at=row.last_send_at,
+                sent_day=row.sent_day,
+                sent_on_day=row.sent_on_day,
+                processing=processing.get(r.device_id, []),
+                cannot_send_reason=row.cannot_send_reason,
+            )
+        )
     return out
 
 
 def record_disconnect(
-    db: Database, *, device_id: str, connection_id: str, reason: str, now: dt.datetime,
+    db: Database,
+    *,
+    device_id: str,
+    connection_id: str,
+    reason: str,
+    now: dt.datetime,
     detail: str | None = None,
 ) -> bool:
     """Mark the device offline if `connection_id` is still its current, online connection,
@@ -269,19 +332,32 @@ def record_disconnect(
     with db.write() as session:
         row = session.execute(
             update(Device)
-            .where(col(Device.id) == device_id, col(Device.connection_id) == connection_id,
-                   col(Device.online).is_(True))
+            .where(
+                col(Device.id) == device_id,
+                col(Device.connection_id) == connection_id,
+                col(Device.online).is_(True),
+            )
             .values(online=False)
-            .returning(col(Device.client_id), col(Device.name), col(Device.phone_number),
-                       col(Device.android_version), col(Device.app_version),
-                       col(Device.last_seen_at))
+            .returning(
+                col(Device.client_id),
+                col(Device.name),
+                col(Device.phone_number),
+                col(Device.android_version),
+                col(Device.app_version),
+                col(Device.last_seen_at),
+            )
         ).first()
         if row is None:
             return False
         payload: dict[str, Any] = {
-            "device_id": device_id, "device_name": row.name, "phone_number": row.phone_number,
-            "android_version": row.android_version, "app_version": row.app_version,
-            "disconnected_at": iso(now), "reason": reason, "last_seen": iso(row.last_seen_at),
+            "device_id": device_id,
+            "device_name": row.name,
+            "phone_number": row.phone_number,
+            "android_version": row.android_version,
+            "app_version": row.app_version,
+            "disconnected_at": iso(now),
+            "reason": reason,
+            "last_seen": iso(row.last_seen_at),
         }
         if detail:
             payload["detail"] = detail
@@ -293,13 +369,25 @@ def record_disconnect(
 #: building an ORM update per beat cost more than the update (`zimsend bench`, streams).
 _BEAT = (
     update(_DEVICES)
-    .where(_DEVICES.c.id == bindparam("b_device_id"),
-           _DEVICES.c.connection_id == bindparam("b_connection_id"))
-    .values(battery=bindparam("b_battery"), charging=bindparam("b_charging"),
-            signal=bindparam("b_signal"), network=bindparam("b_network"),
-            cannot_send_reason=bindparam("b_cannot_send_reason"), last_seen_at=bindparam("b_at"))
-    .returning(_DEVICES.c.enabled, _DEVICES.c.send_interval_ms, _DEVICES.c.daily_cap,
-               _DEVICES.c.password_hash, _DEVICES.c.deleted_at)
+    .where(
+        _DEVICES.c.id == bindparam("b_device_id"),
+        _DEVICES.c.connection_id == bindparam("b_connection_id"),
+    )
+    .values(
+        battery=bindparam("b_battery"),
+        charging=bindparam("b_charging"),
+        signal=bindparam("b_signal"),
+        network=bindparam("b_network"),
+        cannot_send_reason=bindparam("b_cannot_send_reason"),
+        last_seen_at=bindparam("b_at"),
+    )
+    .returning(
+        _DEVICES.c.enabled,
+        _DEVICES.c.send_interval_ms,
+        _DEVICES.c.daily_cap,
+        _DEVICES.c.password_hash,
+        _DEVICES.c.deleted_at,
+    )
 )
 
 
@@ -313,11 +401,18 @@ def record_heartbeats(db: Database, beats: list[Beat]) -> dict[str, DeviceConfig
     with db.write() as session:
         connection = session.connection()
         for beat in beats:
-            row = connection.execute(_BEAT, {
-                "b_device_id": beat.device_id, "b_connection_id": beat.connection_id,
-                "b_battery": beat.battery, "b_charging": beat.charging, "b_signal": beat.signal,
-                "b_network": beat.network, "b_cannot_send_reason": beat.cannot_send_reason,
-                "b_at": beat.at,
-            }).first()
+            row = connection.execute(
+                _BEAT,
+                {
+                    "b_device_id": beat.device_id,
+                    "b_connection_id": beat.connection_id,
+                    "b_battery": beat.battery,
+                    "b_charging": beat.charging,
+                    "b_signal": beat.signal,
+                    "b_network": beat.network,
+                    "b_cannot_send_reason": beat.cannot_send_reason,
+                    "b_at": beat.at,
+                },
+            ).first()
             out[beat.device_id] = None if row is None else _config(row)
     return out

@@ -329,8 +329,11 @@ class Dispatcher:
     async def _sleep(self) -> None:
         """Until a wake-up, the next pacing timer, the scheduled timer or the poll."""
         deadline = self._next_poll
-        for at in (self._next_due, self._queue.next_timer(),
-                   self._next_scan if self._scan_pending else None):
+        for at in (
+            self._next_due,
+            self._queue.next_timer(),
+            self._next_scan if self._scan_pending else None,
+        ):
             if at is not None:
                 deadline = min(deadline, at)
         timeout = deadline - time.monotonic()
@@ -347,13 +350,16 @@ class Dispatcher:
 
     async def _expire(self) -> None:
         ttl = dt.timedelta(hours=self._state.settings.message_ttl_hours)
-        count = await self._state.db_call(expire_overdue_messages, self._state.db, utcnow(),
-                                          ttl=ttl)
-        stale = await self._state.db_call(time_out_stale_processing, self._state.db, utcnow(),
-                                          after=ttl)
+        count = await self._state.db_call(
+            expire_overdue_messages, self._state.db, utcnow(), ttl=ttl
+        )
+        stale = await self._state.db_call(
+            time_out_stale_processing, self._state.db, utcnow(), after=ttl
+        )
         hours = self._state.settings.delivery_report_timeout_hours
-        flagged = await self._state.db_call(flag_missing_delivery_reports, self._state.db,
-                                            utcnow(), after=dt.timedelta(hours=hours))
+        flagged = await self._state.db_call(
+            flag_missing_delivery_reports, self._state.db, utcnow(), after=dt.timedelta(hours=hours)
+        )
         if flagged:
             log.info("dispatcher.delivery_reports_missing", count=flagged)
         if count or stale:
@@ -367,8 +373,12 @@ class Dispatcher:
         """How many messages `session` could take once its pacing allows (0: none — not
         ready, disabled, unable to send (its heartbeat says why), capped for today, or its
         in-flight limit reached)."""
-        if (not session.ready or session.closed or not session.config.enabled
-                or session.cannot_send_reason):
+        if (
+            not session.ready
+            or session.closed
+            or not session.config.enabled
+            or session.cannot_send_reason
+        ):
             return 0
         paced = session.interval_ms(self._state.settings.default_send_interval_ms) > 0
         room = (MAX_IN_FLIGHT_PACED if paced else MAX_IN_FLIGHT_UNPACED) - len(session.in_flight)
@@ -428,11 +438,20 @@ class Dispatcher:
         if poll or now_m >= self._next_scan:
             scan = GlobalScan(since=self._scanned_at, test_clients=poll)
         settings = self._state.settings
-        budgets = Budget(settings.default_parts_per_minute, settings.default_parts_per_hour,
-                         settings.default_parts_per_day)
+        budgets = Budget(
+            settings.default_parts_per_minute,
+            settings.default_parts_per_hour,
+            settings.default_parts_per_day,
+        )
         result = await self._state.link_call(
-            claim_round, self._state.db, self._state.pepper, [r for _, r in pairs], now,
-            woken=sorted(woken), scan=scan, budgets=budgets,
+            claim_round,
+            self._state.db,
+            self._state.pepper,
+            [r for _, r in pairs],
+            now,
+            woken=sorted(woken),
+            scan=scan,
+            budgets=budgets,
             default_interval_ms=settings.default_send_interval_ms,
         )
         if scan is not None:
@@ -445,9 +464,15 @@ class Dispatcher:
             now = utcnow()
             for m in messages:
                 latency = metrics.dispatched(m.due_at, now)
-                log.info("sms.dispatched", request_id=m.request_id, message_id=m.id,
-                         device_id=device_id, client_id=client_id, simulated=True,
-                         latency_ms=round(latency * 1000, 1))
+                log.info(
+                    "sms.dispatched",
+                    request_id=m.request_id,
+                    message_id=m.id,
+                    device_id=device_id,
+                    client_id=client_id,
+                    simulated=True,
+                    latency_ms=round(latency * 1000, 1),
+                )
             self._woken_by(client_id)  # more test messages may be waiting
         return result
 
@@ -463,9 +488,14 @@ class Dispatcher:
                 continue
             due_at, request_id = origin
             latency = metrics.dispatched(due_at, now)
-            log.info("sms.dispatched", request_id=request_id, message_id=command.message_id,
-                     device_id=session.device_id, client_id=session.client_id,
-                     latency_ms=round(latency * 1000, 1))
+            log.info(
+                "sms.dispatched",
+                request_id=request_id,
+                message_id=command.message_id,
+                device_id=session.device_id,
+                client_id=session.client_id,
+                latency_ms=round(latency * 1000, 1),
+            )
 
     def _note_scan(self, now: dt.datetime, now_m: float, result: RoundResult) -> None:
         self._scanned_at = now
@@ -480,8 +510,12 @@ class Dispatcher:
             self._woken_by(client_id)
 
     def _settle(
-        self, pairs: list[tuple[DeviceSession, ClaimRequest]], result: RoundResult,
-        now_m: float, today: dt.date, woken: set[str],
+        self,
+        pairs: list[tuple[DeviceSession, ClaimRequest]],
+        result: RoundResult,
+        now_m: float,
+        today: dt.date,
+        woken: set[str],
     ) -> None:
         """Push what was claimed and put every phone of the round in its next place."""
         default_ms = self._state.settings.default_send_interval_ms

@@ -84,7 +84,8 @@ class DeviceHub:
         self._beats: dict[str, Beat] = {}
         #: Welcomed streams to record; a deleted device's connect fails with its ApiError.
         self._connects: AsyncLane[ConnectRequest, ConnectedDevice] = AsyncLane(
-            "connects", self._write_connects, max_batch=CONNECT_BATCH)
+            "connects", self._write_connects, max_batch=CONNECT_BATCH
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._closing = False
@@ -116,10 +117,19 @@ class DeviceHub:
     async def start(self) -> None:
         self.state.new_work.subscribe(self.dispatcher.wake)
         # Other replicas' new work (PostgreSQL NOTIFY): a round for that client at once.
-        listen = wakeups.listen_in_loop(self.state.db, {wakeups.WORK_CHANNEL: self.dispatcher.wake},
-                                        on_reconnect=self.dispatcher.wake)
-        for coro in (listen, self.dispatcher.run(), self.reports.run(), self._watchdog(),
-                     self._flush_heartbeats_forever(), self._connects.run()):
+        listen = wakeups.listen_in_loop(
+            self.state.db,
+            {wakeups.WORK_CHANNEL: self.dispatcher.wake},
+            on_reconnect=self.dispatcher.wake,
+        )
+        for coro in (
+            listen,
+            self.dispatcher.run(),
+            self.reports.run(),
+            self._watchdog(),
+            self._flush_heartbeats_forever(),
+            self._connects.run(),
+        ):
             self._loops.append(asyncio.create_task(coro))
 
     async def shutdown(self) -> None:
@@ -128,9 +138,12 @@ class DeviceHub:
         self._closing = True
         sessions = list(self.sessions.values())
         for session in sessions:
-            session.close(reconnect=pb.Reconnect.SERVER_SHUTDOWN,
-                          retry_after_ms=SHUTDOWN_RETRY_AFTER_MS,
-                          disconnect_reason="UNKNOWN", detail="server shutdown")
+            session.close(
+                reconnect=pb.Reconnect.SERVER_SHUTDOWN,
+                retry_after_ms=SHUTDOWN_RETRY_AFTER_MS,
+                disconnect_reason="UNKNOWN",
+                detail="server shutdown",
+            )
         tasks = [s.task for s in sessions if s.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
@@ -154,28 +167,42 @@ class DeviceHub:
     # --- streams -----------------------------------------------------------------------------
 
     async def connect(
-        self, device_id: str, hello: pb.DeviceHello, ip_address: str | None,
+        self,
+        device_id: str,
+        hello: pb.DeviceHello,
+        ip_address: str | None,
         task: asyncio.Task[Any] | None,
     ) -> DeviceSession:
         """Register a welcomed stream: presence row + `device.connected`, replace an older
         stream of the same device, send Welcome, re-offer its `processing` messages.
         ApiError when the device was deleted meanwhile."""
         info = HelloInfo(
-            model=hello.model[:100], android_version=hello.android_version[:50],
-            app_version=hello.app_version[:50], phone_number=hello.phone_number[:20],
-            sims=[{"slot": s.slot, "carrier": s.carrier[:50], "phone_number": s.phone_number[:20]}
-                  for s in hello.sims[:4]],
+            model=hello.model[:100],
+            android_version=hello.android_version[:50],
+            app_version=hello.app_version[:50],
+            phone_number=hello.phone_number[:20],
+            sims=[
+                {"slot": s.slot, "carrier": s.carrier[:50], "phone_number": s.phone_number[:20]}
+                for s in hello.sims[:4]
+            ],
             capabilities=_capabilities(hello),
         )
         lock = self._locks.setdefault(device_id, asyncio.Lock())
         async with lock:
             connection_id = f"conn_{secrets.token_hex(8)}"
             connected = await self._connects.submit(
-                ConnectRequest(device_id, connection_id, info, ip_address))
+                ConnectRequest(device_id, connection_id, info, ip_address)
+            )
             session = DeviceSession(
-                device_id=device_id, client_id=connected.client_id, connection_id=connection_id,
-                name=connected.name, config=connected.config, ip_address=ip_address, task=task,
-                sent_day=connected.sent_day, sent_on_day=connected.sent_on_day,
+                device_id=device_id,
+                client_id=connected.client_id,
+                connection_id=connection_id,
+                name=connected.name,
+                config=connected.config,
+                ip_address=ip_address,
+                task=task,
+                sent_day=connected.sent_day,
+                sent_on_day=connected.sent_on_day,
                 cannot_send_reason=connected.cannot_send_reason or "",
             )
             old = self.sessions.get(device_id)
@@ -184,16 +211,26 @@ class DeviceHub:
             old.close(reconnect=pb.Reconnect.REPLACED, disconnect_reason="")
         session.next_send_at = self._pacing_start(session, connected.last_send_at)
         default_ms = self.state.settings.default_send_interval_ms
-        session.push(pb.ServerFrame(welcome=pb.Welcome(
-            device_id=device_id, session_id=connection_id,
-            settings=session.settings_frame(default_ms, self.heartbeat_seconds),
-        )))
+        session.push(
+            pb.ServerFrame(
+                welcome=pb.Welcome(
+                    device_id=device_id,
+                    session_id=connection_id,
+                    settings=session.settings_frame(default_ms, self.heartbeat_seconds),
+                )
+            )
+        )
         session.ready = True
-        redeliver = [send_command(m, self.state.pepper, redelivery=True)
-                     for m in connected.processing]
+        redeliver = [
+            send_command(m, self.state.pepper, redelivery=True) for m in connected.processing
+        ]
         self.dispatcher.session_ready(session, redeliver)
-        log.info("device.connected", device_id=device_id, connection_id=connection_id,
-                 redelivered=len(redeliver))
+        log.info(
+            "device.connected",
+            device_id=device_id,
+            connection_id=connection_id,
+            redelivered=len(redeliver),
+        )
         return session
 
     async def _write_connects(
@@ -204,7 +241,8 @@ class DeviceHub:
         its phone retries)."""
         db, replica_id, now = self.state.db, self.replica_id, utcnow()
         return await self.state.link_call(
-            commit_each, batch,
+            commit_each,
+            batch,
             lambda requests: record_connects(db, replica_id, list(requests), now),
             lambda request: _one(record_connects(db, replica_id, [request], now)),
             name="connects",
@@ -231,24 +269,32 @@ class DeviceHub:
             return
         session.detached = True
         if session.disconnect_reason:  # empty when replaced: the newer stream owns presence
-            self._spawn(self._record_disconnect(
-                session, session.disconnect_reason, session.disconnect_detail
-            ))
+            self._spawn(
+                self._record_disconnect(
+                    session, session.disconnect_reason, session.disconnect_detail
+                )
+            )
 
     async def _record_disconnect(
         self, session: DeviceSession, reason: str, detail: str | None
     ) -> None:
         try:
             changed = await self.state.db_call(
-                record_disconnect, self.state.db, device_id=session.device_id,
-                connection_id=session.connection_id, reason=reason, now=utcnow(), detail=detail,
+                record_disconnect,
+                self.state.db,
+                device_id=session.device_id,
+                connection_id=session.connection_id,
+                reason=reason,
+                now=utcnow(),
+                detail=detail,
             )
         except Exception as exc:
             logs.failure(log, "device.disconnect_not_recorded", exc, device_id=session.device_id)
             return
         if changed:
-            log.info("device.disconnected", device_id=session.device_id, reason=reason,
-                     detail=detail)
+            log.info(
+                "device.disconnected", device_id=session.device_id, reason=reason, detail=detail
+            )
 
     def on_frame(self, session: DeviceSession, frame: pb.DeviceFrame) -> None:
         """Handle one frame from a phone (never raises into the stream reader)."""
@@ -258,22 +304,30 @@ class DeviceHub:
             hb = frame.heartbeat
             reason = hb.cannot_send_reason.strip()[:CANNOT_SEND_REASON_MAX]
             self._beats[session.device_id] = Beat(
-                device_id=session.device_id, connection_id=session.connection_id,
+                device_id=session.device_id,
+                connection_id=session.connection_id,
                 battery=max(0, min(100, hb.battery)) if hb.HasField("battery") else None,
                 charging=hb.charging,
                 signal=max(0, min(4, hb.signal)) if hb.HasField("signal") else None,
-                network=_network_name(hb.network), cannot_send_reason=reason or None,
+                network=_network_name(hb.network),
+                cannot_send_reason=reason or None,
                 at=utcnow(),
             )
             if reason != session.cannot_send_reason:
                 session.cannot_send_reason = reason
-                log.info("device.cannot_send" if reason else "device.can_send",
-                         device_id=session.device_id, reason=reason or None)
+                log.info(
+                    "device.cannot_send" if reason else "device.can_send",
+                    device_id=session.device_id,
+                    reason=reason or None,
+                )
                 self.dispatcher.can_send_changed(session)
         elif kind == "report":
             report = status_report(frame.report)
-            if (report is not None and 0 < len(report.report_id) <= MAX_REPORT_ID_CHARS
-                    and 0 < len(report.message_id) <= MAX_REPORT_ID_CHARS):
+            if (
+                report is not None
+                and 0 < len(report.report_id) <= MAX_REPORT_ID_CHARS
+                and 0 < len(report.message_id) <= MAX_REPORT_ID_CHARS
+            ):
                 self.reports.submit(session, report)
         elif kind == "inbound":
             if 0 < len(frame.inbound.report_id) <= MAX_REPORT_ID_CHARS:
@@ -281,14 +335,24 @@ class DeviceHub:
         elif kind == "ack":
             refused = self.dispatcher.command_acked(session, frame.ack)
             if refused is not None:
-                log.info("command.refused", device_id=session.device_id, message_id=refused,
-                         reason=frame.ack.reason)
+                log.info(
+                    "command.refused",
+                    device_id=session.device_id,
+                    message_id=refused,
+                    reason=frame.ack.reason,
+                )
                 # Its FailureCode, if the phone gave one (SIM_MISSING: failover may re-route it).
-                self.reports.submit(session, PartReport(
-                    report_id=f"refused.{frame.ack.command_id}", message_id=refused,
-                    outcome="failed", error_code=failures.normalise(frame.ack.error_code),
-                    error_message=f"The phone refused the message: {frame.ack.reason[:200]}",
-                ), ack=False)
+                self.reports.submit(
+                    session,
+                    PartReport(
+                        report_id=f"refused.{frame.ack.command_id}",
+                        message_id=refused,
+                        outcome="failed",
+                        error_code=failures.normalise(frame.ack.error_code),
+                        error_message=f"The phone refused the message: {frame.ack.reason[:200]}",
+                    ),
+                    ack=False,
+                )
         # pong: liveness only (touch above); a repeated hello is ignored.
 
     # --- management --------------------------------------------------------------------------
@@ -309,9 +373,9 @@ class DeviceHub:
             return
         session.config = config
         default_ms = self.state.settings.default_send_interval_ms
-        session.push(pb.ServerFrame(
-            settings=session.settings_frame(default_ms, self.heartbeat_seconds)
-        ))
+        session.push(
+            pb.ServerFrame(settings=session.settings_frame(default_ms, self.heartbeat_seconds))
+        )
         self.dispatcher.settings_changed(session)
 
     def cancel(self, device_id: str, message_id: str) -> bool:
@@ -322,16 +386,19 @@ class DeviceHub:
             return False
         command_id = credentials.new_id("cmd")
         session.commands[command_id] = CommandRecord("cancel", message_id)
-        return session.push(pb.ServerFrame(
-            cancel=pb.CancelCommand(command_id=command_id, message_id=message_id)
-        ))
+        return session.push(
+            pb.ServerFrame(cancel=pb.CancelCommand(command_id=command_id, message_id=message_id))
+        )
 
     def close_device(self, device_id: str, reason: pb.Reconnect.Reason.ValueType) -> None:
         """Close a device's stream with Reconnect(reason): DEVICE_DELETED, PASSWORD_ROTATED."""
         session = self.sessions.get(device_id)
         if session is not None:
-            session.close(reconnect=reason, disconnect_reason="UNKNOWN",
-                          detail=pb.Reconnect.Reason.Name(reason).lower().replace("_", " "))
+            session.close(
+                reconnect=reason,
+                disconnect_reason="UNKNOWN",
+                detail=pb.Reconnect.Reason.Name(reason).lower().replace("_", " "),
+            )
 
     # --- background loops --------------------------------------------------------------------
 
@@ -343,8 +410,9 @@ class DeviceHub:
             for session in list(self.sessions.values()):
                 if session.last_frame < limit and not session.closed:
                     log.info("device.heartbeat_timeout", device_id=session.device_id)
-                    session.close(disconnect_reason="CONNECTION_LOST",
-                                  detail="no heartbeat in time")
+                    session.close(
+                        disconnect_reason="CONNECTION_LOST", detail="no heartbeat in time"
+                    )
 
     async def _flush_heartbeats_forever(self) -> None:
         period = max(0.2, min(1.0, self.heartbeat_seconds / 2))
@@ -361,7 +429,8 @@ class DeviceHub:
             return
         db = self.state.db
         configs = await self.state.link_call(
-            commit_each, beats,
+            commit_each,
+            beats,
             lambda batch: _per_beat(batch, record_heartbeats(db, list(batch))),
             lambda beat: record_heartbeats(db, [beat])[beat.device_id],
             name="heartbeats",
@@ -401,8 +470,11 @@ def _capabilities(hello: pb.DeviceHello) -> dict[str, Any]:
     if not hello.HasField("capabilities"):
         return {}
     caps = hello.capabilities
-    return {"backend": caps.backend[:50], "delivery_reports": caps.delivery_reports,
-            "inbound_sms": caps.inbound_sms}
+    return {
+        "backend": caps.backend[:50],
+        "delivery_reports": caps.delivery_reports,
+        "inbound_sms": caps.inbound_sms,
+    }
 
 
 def _network_name(value: int) -> str | None:

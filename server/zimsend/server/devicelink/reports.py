@@ -69,17 +69,24 @@ def status_report(report: pb.StatusReport) -> PartReport | None:
     if outcome is None:
         return None
     return PartReport(
-        report_id=report.report_id, message_id=report.message_id, outcome=outcome,
-        part_index=max(0, report.part_index), part_count=max(0, report.part_count),
-        error_code=report.error_code, error_message=report.error_message[:500],
+        report_id=report.report_id,
+        message_id=report.message_id,
+        outcome=outcome,
+        part_index=max(0, report.part_index),
+        part_count=max(0, report.part_count),
+        error_code=report.error_code,
+        error_message=report.error_message[:500],
     )
 
 
 def inbound_item(report: pb.InboundSmsReport) -> InboundItem:
     received = report.received_at.ToDatetime(dt.UTC) if report.HasField("received_at") else None
     return InboundItem(
-        report_id=report.report_id, sender=getattr(report, "from")[:64], body=report.body[:5000],
-        sim_slot=report.sim_slot, received_at=received,
+        report_id=report.report_id,
+        sender=getattr(report, "from")[:64],
+        body=report.body[:5000],
+        sim_slot=report.sim_slot,
+        received_at=received,
     )
 
 
@@ -103,7 +110,8 @@ class ReportWriter:
     `on_applied(session, transitions)` tells the dispatcher which messages moved on."""
 
     def __init__(
-        self, state: ServerState,
+        self,
+        state: ServerState,
         on_applied: Callable[[DeviceSession, list[Transition]], None],
     ) -> None:
         self._state = state
@@ -130,11 +138,19 @@ class ReportWriter:
     async def _write(self, batch: list[_Item]) -> Sequence[None]:
         sessions = list({id(i.session): i.session for i in batch}.values())
         index = {id(s): n for n, s in enumerate(sessions)}
-        items = [(index[id(i.session)] if i.ack else -1, i.session.client_id,
-                  i.session.device_id, i.report) for i in batch]
+        items = [
+            (
+                index[id(i.session)] if i.ack else -1,
+                i.session.client_id,
+                i.session.device_id,
+                i.report,
+            )
+            for i in batch
+        ]
         db, failover = self._state.db, self._failover
         results = await self._state.link_call(
-            commit_each, items,
+            commit_each,
+            items,
             lambda rows: [_apply_batch(db, list(rows), failover)] * len(rows),
             lambda row: _apply_batch(db, [row], failover),
             name="reports",
@@ -142,7 +158,8 @@ class ReportWriter:
         outcome = _merged(items, results)
         by_session: dict[int, list[Transition]] = defaultdict(list)
         message_session = {
-            i.report.message_id: index[id(i.session)] for i in batch
+            i.report.message_id: index[id(i.session)]
+            for i in batch
             if isinstance(i.report, PartReport)
         }
         for t in outcome.transitions:
@@ -173,8 +190,14 @@ def applied(transitions: list[Transition], device_id: str | None) -> None:
     id (never its text)."""
     metrics.count_transitions(transitions)
     for t in transitions:
-        log.info("sms.status", request_id=t.request_id, message_id=t.message_id,
-                 device_id=device_id, status=t.new, error_code=t.error_code)
+        log.info(
+            "sms.status",
+            request_id=t.request_id,
+            message_id=t.message_id,
+            device_id=device_id,
+            status=t.new,
+            error_code=t.error_code,
+        )
 
 
 #: (session index in the batch, or -1 for "do not acknowledge"), client, device, report.
@@ -195,9 +218,15 @@ def _apply(
         else:
             outcome.inbound_reports += 1
             record_inbound(
-                session_db, client_id=client_id, device_id=device_id,
-                report_id=report.report_id, sender=report.sender, body=report.body,
-                sim_slot=report.sim_slot, received_at=report.received_at, now=now,
+                session_db,
+                client_id=client_id,
+                device_id=device_id,
+                report_id=report.report_id,
+                sender=report.sender,
+                body=report.body,
+                sim_slot=report.sim_slot,
+                received_at=report.received_at,
+                now=now,
             )
         if n >= 0:
             outcome.acked.setdefault(n, []).append(report.report_id)

@@ -88,8 +88,12 @@ class DeviceSession:
         return await self._queue.get()
 
     def close(
-        self, *, reconnect: pb.Reconnect.Reason.ValueType | None = None, retry_after_ms: int = 0,
-        disconnect_reason: str = "CONNECTION_LOST", detail: str | None = None,
+        self,
+        *,
+        reconnect: pb.Reconnect.Reason.ValueType | None = None,
+        retry_after_ms: int = 0,
+        disconnect_reason: str = "CONNECTION_LOST",
+        detail: str | None = None,
         grace: float = CLOSE_GRACE_S,
     ) -> None:
         """End the stream. With `reconnect`, a Reconnect frame goes out first and the call is
@@ -102,10 +106,13 @@ class DeviceSession:
         self.closed = True
         self.disconnect_reason, self.disconnect_detail = disconnect_reason, detail
         if reconnect is not None:
-            frame = pb.ServerFrame(reconnect=pb.Reconnect(
-                reason_code=reconnect, reason=pb.Reconnect.Reason.Name(reconnect),
-                retry_after_ms=retry_after_ms,
-            ))
+            frame = pb.ServerFrame(
+                reconnect=pb.Reconnect(
+                    reason_code=reconnect,
+                    reason=pb.Reconnect.Reason.Name(reconnect),
+                    retry_after_ms=retry_after_ms,
+                )
+            )
             self._queue.put_nowait(frame)
             self._queue.put_nowait(None)
             asyncio.get_running_loop().call_later(grace, self.ended.set)
@@ -134,6 +141,8 @@ class DeviceSession:
 
     def settings_frame(self, default_ms: int, heartbeat_s: int) -> pb.DeviceSettings:
         return pb.DeviceSettings(
-            send_interval_ms=self.interval_ms(default_ms), daily_cap=self.config.daily_cap or 0,
-            heartbeat_interval_seconds=heartbeat_s, enabled=self.config.enabled,
+            send_interval_ms=self.interval_ms(default_ms),
+            daily_cap=self.config.daily_cap or 0,
+            heartbeat_interval_seconds=heartbeat_s,
+            enabled=self.config.enabled,
         )

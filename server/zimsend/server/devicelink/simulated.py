@@ -88,8 +88,9 @@ class SimulatedPhone:
     ) -> list[Transition]:
         letter = outcome[0].upper()
         reports = [
-            PartReport(report_id=f"sim.{m.id}.{m.attempts}.{letter}", message_id=m.id,
-                       outcome=outcome)
+            PartReport(
+                report_id=f"sim.{m.id}.{m.attempts}.{letter}", message_id=m.id, outcome=outcome
+            )
             for m in messages
         ]
         moved = await self._state.link_call(_apply, self._state.db, client_id, device_id, reports)
@@ -111,8 +112,10 @@ def _processing_on_simulated(db: Database) -> dict[tuple[str, str], list[Message
         rows = session.execute(
             select(Message, col(Device.id), col(Device.client_id))
             .join(Device, col(Device.id) == col(Message.device_id))
-            .where(col(Device.is_simulated).is_(True),
-                   col(Message.status).in_([MessageStatus.PROCESSING, MessageStatus.SENT]))
+            .where(
+                col(Device.is_simulated).is_(True),
+                col(Message.status).in_([MessageStatus.PROCESSING, MessageStatus.SENT]),
+            )
         ).all()
     out: dict[tuple[str, str], list[Message]] = {}
     for message, device_id, client_id in rows:

@@ -137,27 +137,51 @@ def iso(value: dt.datetime | None) -> str | None:
 
 
 def event_row(
-    client_id: str, event_type: str, payload: dict[str, Any], *,
-    webhook_url: str | None = None, now: dt.datetime, request_id: str | None = None,
+    client_id: str,
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    webhook_url: str | None = None,
+    now: dt.datetime,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Every column of a new outbox row (`webhook_delivery.events` has the contract);
     `request_id` is the message's, for the worker's log line; `message_id` is the payload's."""
     return {
-        "id": credentials.new_id("evt"), "client_id": client_id, "event_type": event_type,
-        "payload": payload, "webhook_url": webhook_url, "status": OutboxStatus.PENDING,
-        "attempts": 0, "created_at": now, "next_attempt_at": now, "locked_until": None,
-        "claimed_by": None, "delivered_at": None, "last_error": None,
-        "request_id": request_id, "message_id": message_id_of(payload),
+        "id": credentials.new_id("evt"),
+        "client_id": client_id,
+        "event_type": event_type,
+        "payload": payload,
+        "webhook_url": webhook_url,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "locked_until": None,
+        "claimed_by": None,
+        "delivered_at": None,
+        "last_error": None,
+        "request_id": request_id,
+        "message_id": message_id_of(payload),
     }
 
 
 def write_event(
-    session: Session, client_id: str, event_type: str, payload: dict[str, Any], *,
-    webhook_url: str | None = None, now: dt.datetime, request_id: str | None = None,
+    session: Session,
+    client_id: str,
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    webhook_url: str | None = None,
+    now: dt.datetime,
+    request_id: str | None = None,
 ) -> OutboxEvent:
     """Add one outbox row (the worker delivers it); `payload` is the webhook body's `data`."""
-    event = OutboxEvent(**event_row(client_id, event_type, payload, webhook_url=webhook_url,
-                                    now=now, request_id=request_id))
+    event = OutboxEvent(
+        **event_row(
+            client_id, event_type, payload, webhook_url=webhook_url, now=now, request_id=request_id
+        )
+    )
     session.add(event)
     return event
 
@@ -206,8 +230,20 @@ class _Part:
 
 _ROW_COLUMNS = tuple(f.name for f in fields(MessageRow))
 #: What a report may change on a message.
-_WRITTEN = ("status", "parts", "sealed_body", "sent_at", "delivered_at", "failed_at",
-            "error_code", "error_message", "device_id", "attempts", "reroutes", "processing_at")
+_WRITTEN = (
+    "status",
+    "parts",
+    "sealed_body",
+    "sent_at",
+    "delivered_at",
+    "failed_at",
+    "error_code",
+    "error_message",
+    "device_id",
+    "attempts",
+    "reroutes",
+    "processing_at",
+)
 _PART_COLUMNS = tuple(f.name for f in fields(_Part))
 _DAY_COLUMN = {MessageStatus.SENT: 0, MessageStatus.DELIVERED: 1, MessageStatus.FAILED: 2}
 #: Ids per `IN (…)` when loading a batch's messages (SQLite caps bound parameters); lists are
@@ -233,15 +269,20 @@ def message_event_payload(message: Message | MessageRow) -> dict[str, Any]:
     payload["attempts"] = message.attempts + 1  # as the API numbers them (sending.views)
     if message.status in (MessageStatus.FAILED, MessageStatus.QUEUED) and message.error_code:
         payload["error"] = failures.error_payload(
-            message.error_code, message.error_message, message.device_id)
+            message.error_code, message.error_message, message.device_id
+        )
     if message.batch_id:
         payload["batch_id"] = message.batch_id
     return payload
 
 
 def _advance(
-    message: Message | MessageRow, new: str, now: dt.datetime, *,
-    error_code: str | None = None, error_message: str | None = None,
+    message: Message | MessageRow,
+    new: str,
+    now: dt.datetime,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
 ) -> list[tuple[Transition, dict[str, Any]]]:
     """The rules of `transition`, in memory: each applied step and its event's payload."""
     old = message.status
@@ -272,8 +313,12 @@ def _advance(
     if new in _FINAL:
         message.sealed_body = None  # OTP text: no longer needed once final (models docstring)
     failure = message.error_code if new == MessageStatus.FAILED else None
-    return [(Transition(message.id, old, new, failure, message.request_id),
-             message_event_payload(message))]
+    return [
+        (
+            Transition(message.id, old, new, failure, message.request_id),
+            message_event_payload(message),
+        )
+    ]
 
 
 def _tally(counts: _Counts, message: Message | MessageRow, new: str, now: dt.datetime) -> None:
@@ -284,8 +329,13 @@ def _tally(counts: _Counts, message: Message | MessageRow, new: str, now: dt.dat
 
 
 def transition(
-    session: Session, message: Message, new: str, now: dt.datetime, *,
-    error_code: str | None = None, error_message: str | None = None,
+    session: Session,
+    message: Message,
+    new: str,
+    now: dt.datetime,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
 ) -> list[Transition]:
     """Move `message` to `new` if SPEC §3 allows it; write its event(s) and aggregates.
 
@@ -300,15 +350,27 @@ def transition(
     session.add(message)
     counts: _Counts = {}
     for step, payload in steps:
-        write_event(session, message.client_id, _EVENT[MessageStatus(step.new)], payload,
-                    webhook_url=message.webhook_url, now=now, request_id=message.request_id)
+        write_event(
+            session,
+            message.client_id,
+            _EVENT[MessageStatus(step.new)],
+            payload,
+            webhook_url=message.webhook_url,
+            now=now,
+            request_id=message.request_id,
+        )
         _tally(counts, message, step.new, now)
     add_daily_counts(session, counts)
     return [step for step, _ in steps]
 
 
 def apply_part_report(
-    session: Session, *, client_id: str, device_id: str, report: PartReport, now: dt.datetime,
+    session: Session,
+    *,
+    client_id: str,
+    device_id: str,
+    report: PartReport,
+    now: dt.datetime,
     failover: Failover | None = None,
 ) -> list[Transition]:
     """Apply one phone report, at most once per (device, report id); returns the transitions.
@@ -316,8 +378,7 @@ def apply_part_report(
     Reports about a message that is not this device's (another client's, reassigned, unknown)
     are recorded as processed and change nothing: the phone may forget them.
     """
-    return apply_part_reports(session, [(client_id, device_id, report)], now=now,
-                              failover=failover)
+    return apply_part_reports(session, [(client_id, device_id, report)], now=now, failover=failover)
 
 
 def max_send_attempts(session: Session, client_ids: set[str], default: int) -> dict[str, int]:
@@ -325,15 +386,19 @@ def max_send_attempts(session: Session, client_ids: set[str], default: int) -> d
     if not client_ids:
         return {}
     rows = session.execute(
-        select(col(Client.id), col(Client.max_send_attempts))
-        .where(col(Client.id).in_(sorted(client_ids)))
+        select(col(Client.id), col(Client.max_send_attempts)).where(
+            col(Client.id).in_(sorted(client_ids))
+        )
     )
     found = {client_id: value for client_id, value in rows}
     return {c: found.get(c) or default for c in client_ids}
 
 
 def apply_part_reports(
-    session: Session, reports: Sequence[tuple[str, str, PartReport]], *, now: dt.datetime,
+    session: Session,
+    reports: Sequence[tuple[str, str, PartReport]],
+    *,
+    now: dt.datetime,
     failover: Failover | None = None,
 ) -> list[Transition]:
     """Apply (client id, device id, report) triples in order, exactly as `apply_part_report`
@@ -359,8 +424,9 @@ def apply_part_reports(
     if not todo:
         return []
     messages = _load_messages(session, {r.message_id for _, _, r in todo})
-    parts = _load_parts(session, {r.message_id for _, _, r in todo
-                                  if r.part_count > 0 and r.message_id in messages})
+    parts = _load_parts(
+        session, {r.message_id for _, _, r in todo if r.part_count > 0 and r.message_id in messages}
+    )
     before = {m.id: _written(m) for m in messages.values()}
     moves: list[Transition] = []
     events: list[dict[str, Any]] = []
@@ -371,8 +437,12 @@ def apply_part_reports(
     limits: dict[str, int] | None = None
     for client_id, device_id, report in todo:
         message = messages.get(report.message_id)
-        if (message is None or message.client_id != client_id or message.device_id != device_id
-                or message.status == MessageStatus.QUEUED):  # re-routed: that attempt is over
+        if (
+            message is None
+            or message.client_id != client_id
+            or message.device_id != device_id
+            or message.status == MessageStatus.QUEUED
+        ):  # re-routed: that attempt is over
             continue
         code = failures.normalise(report.error_code)
         target: str | None = report.outcome
@@ -380,8 +450,14 @@ def apply_part_reports(
             known = parts.setdefault(message.id, {})
             target = _aggregate_parts(known, message, report, code, now)
             touched.add((message.id, report.part_index))
-            code = next((p.error_code for _, p in sorted(known.items())
-                         if p.status == MessageStatus.FAILED and p.error_code), code)
+            code = next(
+                (
+                    p.error_code
+                    for _, p in sorted(known.items())
+                    if p.status == MessageStatus.FAILED and p.error_code
+                ),
+                code,
+            )
         elif target == MessageStatus.FAILED and failures.info(code).before_send:
             target = _REROUTE
         if target is None:
@@ -394,41 +470,84 @@ def apply_part_reports(
                 cooldown_s = cooldown.total_seconds()
                 cooling[device_id] = max(cooling.get(device_id, now), now + cooldown)
                 if limits is None:
-                    limits = max_send_attempts(session, {c for c, _, _ in todo},
-                                               failover.max_attempts)
-                if (message.status == MessageStatus.PROCESSING
-                        and message.reroutes + 1 < limits[client_id]):
+                    limits = max_send_attempts(
+                        session, {c for c, _, _ in todo}, failover.max_attempts
+                    )
+                if (
+                    message.status == MessageStatus.PROCESSING
+                    and message.reroutes + 1 < limits[client_id]
+                ):
                     step, payload = _reroute(message, code, report.error_message, device_id)
-                    events.append(event_row(message.client_id, REROUTED_EVENT, payload,
-                                            webhook_url=message.webhook_url, now=now,
-                                            request_id=message.request_id))
-                    moves.append(Transition(step.message_id, step.old, step.new, code,
-                                            message.request_id, cooldown_s))
+                    events.append(
+                        event_row(
+                            message.client_id,
+                            REROUTED_EVENT,
+                            payload,
+                            webhook_url=message.webhook_url,
+                            now=now,
+                            request_id=message.request_id,
+                        )
+                    )
+                    moves.append(
+                        Transition(
+                            step.message_id,
+                            step.old,
+                            step.new,
+                            code,
+                            message.request_id,
+                            cooldown_s,
+                        )
+                    )
                     rerouted.add(message.id)
                     continue
         failed = target == MessageStatus.FAILED
         for step, payload in _advance(
-            message, target, now, error_code=code if failed else None,
+            message,
+            target,
+            now,
+            error_code=code if failed else None,
             error_message=(report.error_message or None) if failed else None,
         ):
-            events.append(event_row(message.client_id, _EVENT[MessageStatus(step.new)], payload,
-                                    webhook_url=message.webhook_url, now=now,
-                                    request_id=message.request_id))
+            events.append(
+                event_row(
+                    message.client_id,
+                    _EVENT[MessageStatus(step.new)],
+                    payload,
+                    webhook_url=message.webhook_url,
+                    now=now,
+                    request_id=message.request_id,
+                )
+            )
             _tally(counts, message, step.new, now)
-            moves.append(Transition(step.message_id, step.old, step.new, step.error_code,
-                                    step.request_id, cooldown_s))
+            moves.append(
+                Transition(
+                    step.message_id,
+                    step.old,
+                    step.new,
+                    step.error_code,
+                    step.request_id,
+                    cooldown_s,
+                )
+            )
     changed = [m for m in messages.values() if _written(m) != before[m.id]]
-    _store(session, changed, [parts[m][i] for m, i in sorted(touched) if m not in rerouted],
-           events, counts)
+    _store(
+        session,
+        changed,
+        [parts[m][i] for m, i in sorted(touched) if m not in rerouted],
+        events,
+        counts,
+    )
     if rerouted:
         part_table = table_of(MessagePart)
         session.execute(delete(part_table).where(part_table.c.message_id.in_(sorted(rerouted))))
     for device_id, until in sorted(cooling.items()):
         current = session.scalar(
-            select(col(Device.cooling_down_until)).where(col(Device.id) == device_id))
+            select(col(Device.cooling_down_until)).where(col(Device.id) == device_id)
+        )
         if current is None or current < until:
-            session.execute(update(Device).where(col(Device.id) == device_id)
-                            .values(cooling_down_until=until))
+            session.execute(
+                update(Device).where(col(Device.id) == device_id).values(cooling_down_until=until)
+            )
     return moves
 
 
@@ -461,12 +580,16 @@ def _written(message: MessageRow) -> tuple[Any, ...]:
 
 def _load_messages(session: Session, ids: set[str]) -> dict[str, MessageRow]:
     table = table_of(Message)
-    stmt = cached_statement(session, "reports.load_messages", lambda s: (
-        select(*(table.c[name] for name in _ROW_COLUMNS))
-        .where(table.c.id.in_(bindparam("ids", expanding=True)))
-        .order_by(table.c.id)
-        .with_for_update()  # PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes writers
-    ))
+    stmt = cached_statement(
+        session,
+        "reports.load_messages",
+        lambda s: (
+            select(*(table.c[name] for name in _ROW_COLUMNS))
+            .where(table.c.id.in_(bindparam("ids", expanding=True)))
+            .order_by(table.c.id)
+            .with_for_update()  # PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes writers
+        ),
+    )
     out: dict[str, MessageRow] = {}
     for chunk in padded_chunks(sorted(ids), _CHUNK):
         for row in session.execute(stmt, {"ids": chunk}):
@@ -478,10 +601,13 @@ def _load_parts(session: Session, ids: set[str]) -> dict[str, dict[int, _Part]]:
     if not ids:
         return {}
     table = table_of(MessagePart)
-    stmt = cached_statement(session, "reports.load_parts", lambda s: (
-        select(*(table.c[name] for name in _PART_COLUMNS))
-        .where(table.c.message_id.in_(bindparam("ids", expanding=True)))
-    ))
+    stmt = cached_statement(
+        session,
+        "reports.load_parts",
+        lambda s: select(*(table.c[name] for name in _PART_COLUMNS)).where(
+            table.c.message_id.in_(bindparam("ids", expanding=True))
+        ),
+    )
     out: dict[str, dict[int, _Part]] = {}
     for chunk in padded_chunks(sorted(ids), _CHUNK):
         for row in session.execute(stmt, {"ids": chunk}):
@@ -490,18 +616,26 @@ def _load_parts(session: Session, ids: set[str]) -> dict[str, dict[int, _Part]]:
 
 
 def _store(
-    session: Session, messages: list[MessageRow], parts: list[_Part],
-    events: list[dict[str, Any]], counts: _Counts,
+    session: Session,
+    messages: list[MessageRow],
+    parts: list[_Part],
+    events: list[dict[str, Any]],
+    counts: _Counts,
 ) -> None:
     """Write a batch's outcome: one executemany per table."""
     if messages:
-        session.execute(cached_statement(session, "reports.update_messages", _update_messages), [
-            {"_id": m.id, **{name: getattr(m, name) for name in _WRITTEN}}
-            for m in sorted(messages, key=lambda m: m.id)
-        ])
+        session.execute(
+            cached_statement(session, "reports.update_messages", _update_messages),
+            [
+                {"_id": m.id, **{name: getattr(m, name) for name in _WRITTEN}}
+                for m in sorted(messages, key=lambda m: m.id)
+            ],
+        )
     if parts:
-        session.execute(cached_statement(session, "reports.upsert_parts", _upsert_parts),
-                        [{name: getattr(p, name) for name in _PART_COLUMNS} for p in parts])
+        session.execute(
+            cached_statement(session, "reports.upsert_parts", _upsert_parts),
+            [{name: getattr(p, name) for name in _PART_COLUMNS} for p in parts],
+        )
     if events:
         session.execute(insert(table_of(OutboxEvent)), events)
     add_daily_counts(session, counts)
@@ -510,7 +644,8 @@ def _store(
 def _update_messages(session: Session) -> Any:
     table = table_of(Message)
     return (
-        update(table).where(table.c.id == bindparam("_id"))
+        update(table)
+        .where(table.c.id == bindparam("_id"))
         .values({name: bindparam(name) for name in _WRITTEN})
     )
 
@@ -525,7 +660,10 @@ def _upsert_parts(session: Session) -> Any:
 
 
 def _aggregate_parts(
-    parts: dict[int, _Part], message: MessageRow, report: PartReport, code: str,
+    parts: dict[int, _Part],
+    message: MessageRow,
+    report: PartReport,
+    code: str,
     now: dt.datetime,
 ) -> str | None:
     """Record one part's outcome in `parts` (all of the message's parts); the message status
@@ -564,8 +702,16 @@ def _aggregate_parts(
 
 
 def record_inbound(
-    session: Session, *, client_id: str, device_id: str, report_id: str, sender: str,
-    body: str, sim_slot: int | None, received_at: dt.datetime | None, now: dt.datetime,
+    session: Session,
+    *,
+    client_id: str,
+    device_id: str,
+    report_id: str,
+    sender: str,
+    body: str,
+    sim_slot: int | None,
+    received_at: dt.datetime | None,
+    now: dt.datetime,
 ) -> bool:
     """Store an inbound SMS once per (device, report id) and write its `sms.received` event.
     Returns False for a replay."""
@@ -574,8 +720,14 @@ def record_inbound(
     stmt = (
         insert_for(session, InboundMessage)
         .values(
-            id=inbound_id, client_id=client_id, device_id=device_id, report_id=report_id,
-            from_number=sender, body=body, sim_slot=sim_slot, received_at=received,
+            id=inbound_id,
+            client_id=client_id,
+            device_id=device_id,
+            report_id=report_id,
+            from_number=sender,
+            body=body,
+            sim_slot=sim_slot,
+            received_at=received,
             created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["device_id", "report_id"])
@@ -584,18 +736,32 @@ def record_inbound(
     if session.execute(stmt).first() is None:
         return False
     payload = {
-        "id": inbound_id, "device_id": device_id, "from": sender, "message": body,
-        "sim_slot": sim_slot, "received_at": iso(received),
+        "id": inbound_id,
+        "device_id": device_id,
+        "from": sender,
+        "message": body,
+        "sim_slot": sim_slot,
+        "received_at": iso(received),
     }
     write_event(session, client_id, "sms.received", payload, now=now)
     # A stop or start keyword also lists or unlists the sender (docs/compliance.md).
-    opt_outs.apply_inbound(session, client_id=client_id, device_id=device_id, sender=sender,
-                           body=body, inbound_id=inbound_id, now=now)
+    opt_outs.apply_inbound(
+        session,
+        client_id=client_id,
+        device_id=device_id,
+        sender=sender,
+        body=body,
+        inbound_id=inbound_id,
+        now=now,
+    )
     return True
 
 
 def fail_queued_to_opted_out(
-    session: Session, client_id: str, phone_number: str, now: dt.datetime,
+    session: Session,
+    client_id: str,
+    phone_number: str,
+    now: dt.datetime,
 ) -> int:
     """Fail (`OPTED_OUT`) the client's `queued` messages to `phone_number`, scheduled and
     held ones included, in the caller's transaction (the one that lists the number), each
@@ -604,9 +770,12 @@ def fail_queued_to_opted_out(
     many failed."""
     query = (
         select(Message)
-        .where(col(Message.status) == MessageStatus.QUEUED,
-               col(Message.client_id) == client_id, col(Message.to) == phone_number,
-               col(Message.sealed_body).is_(None))
+        .where(
+            col(Message.status) == MessageStatus.QUEUED,
+            col(Message.client_id) == client_id,
+            col(Message.to) == phone_number,
+            col(Message.sealed_body).is_(None),
+        )
         .with_for_update()
     )
     messages = list(session.scalars(query))
@@ -642,8 +811,7 @@ def expire_overdue_messages(
             )
             messages = list(session.scalars(query))
             for message in messages:
-                transition(session, message, MessageStatus.FAILED, now,
-                           error_code=failures.EXPIRED)
+                transition(session, message, MessageStatus.FAILED, now, error_code=failures.EXPIRED)
         total += len(messages)
         if len(messages) < batch:
             return total
@@ -668,17 +836,24 @@ def time_out_stale_processing(
             )
             query = (
                 select(Message)
-                .where(col(Message.status) == MessageStatus.PROCESSING,
-                       col(Message.processing_at) <= now - after,
-                       col(Message.device_id).in_(gone))
+                .where(
+                    col(Message.status) == MessageStatus.PROCESSING,
+                    col(Message.processing_at) <= now - after,
+                    col(Message.device_id).in_(gone),
+                )
                 .limit(batch)
                 .with_for_update(skip_locked=True)
             )
             messages = list(session.scalars(query))
             for message in messages:
-                transition(session, message, MessageStatus.FAILED, now,
-                           error_code=failures.TIMEOUT,
-                           error_message="The phone holding this message never confirmed it.")
+                transition(
+                    session,
+                    message,
+                    MessageStatus.FAILED,
+                    now,
+                    error_code=failures.TIMEOUT,
+                    error_message="The phone holding this message never confirmed it.",
+                )
         total += len(messages)
         if len(messages) < batch:
             return total
@@ -699,9 +874,11 @@ def flag_missing_delivery_reports(
         with db.write() as session:
             query = (
                 select(Message)
-                .where(col(Message.status) == MessageStatus.SENT,
-                       col(Message.delivery_report_missing_at).is_(None),
-                       col(Message.sent_at) <= now - after)
+                .where(
+                    col(Message.status) == MessageStatus.SENT,
+                    col(Message.delivery_report_missing_at).is_(None),
+                    col(Message.sent_at) <= now - after,
+                )
                 .limit(batch)
                 .with_for_update(skip_locked=True)
             )
@@ -711,9 +888,15 @@ def flag_missing_delivery_reports(
                 session.add(message)
                 payload = message_event_payload(message)
                 payload["delivery_report_missing"] = True
-                write_event(session, message.client_id, REPORT_MISSING_EVENT, payload,
-                            webhook_url=message.webhook_url, now=now,
-                            request_id=message.request_id)
+                write_event(
+                    session,
+                    message.client_id,
+                    REPORT_MISSING_EVENT,
+                    payload,
+                    webhook_url=message.webhook_url,
+                    now=now,
+                    request_id=message.request_id,
+                )
         total += len(messages)
         if len(messages) < batch:
             return total

@@ -54,8 +54,14 @@ class IssuedOtp:
 
 
 def issue(
-    intake: Intake, pepper: bytes, *, client_id: str, test: bool,
-    device_header: str | None, plan: OtpPlan, request_id: str | None = None,
+    intake: Intake,
+    pepper: bytes,
+    *,
+    client_id: str,
+    test: bool,
+    device_header: str | None,
+    plan: OtpPlan,
+    request_id: str | None = None,
 ) -> IssuedOtp:
     """Generate a code, queue its SMS and store the OTP; see the module docstring.
 
@@ -67,7 +73,10 @@ def issue(
     code_hash = credentials.hash_secret(pepper, code)
     real_text = plan.text(code)
     submission = Submission(
-        client_id=client_id, test=test, device_header=device_header, operation=OPERATION,
+        client_id=client_id,
+        test=test,
+        device_header=device_header,
+        operation=OPERATION,
         request_id=request_id,
     )
     send_plan = plan.send_plan()
@@ -78,20 +87,35 @@ def issue(
         _enforce_hourly_limit(session, client_id, plan.to, now)
         message.sealed_body = credentials.encrypt_secret(pepper, real_text, bound_to=message.id)
         session.add(message)
-        session.add(Otp(
-            id=otp_id, client_id=client_id, to=plan.to, code_hash=code_hash,
-            message_id=message.id, expires_at=now + plan.expiry, created_at=now,
-        ))
+        session.add(
+            Otp(
+                id=otp_id,
+                client_id=client_id,
+                to=plan.to,
+                code_hash=code_hash,
+                message_id=message.id,
+                expires_at=now + plan.expiry,
+                created_at=now,
+            )
+        )
 
     def respond(accepted: Accepted) -> pb.SendOtpResponse:
         (message,) = accepted.messages
         return pb.SendOtpResponse(
-            success=True, otp_id=otp_id, to=plan.to, message_id=message.id,
-            status=common_pb2.queued, expires_at=ts(accepted.queued_at + plan.expiry),
+            success=True,
+            otp_id=otp_id,
+            to=plan.to,
+            message_id=message.id,
+            status=common_pb2.queued,
+            expires_at=ts(accepted.queued_at + plan.expiry),
         )
 
     outcome = intake.accept(
-        submission, lambda _now: send_plan, respond, pb.SendOtpResponse, before_commit=store,
+        submission,
+        lambda _now: send_plan,
+        respond,
+        pb.SendOtpResponse,
+        before_commit=store,
     )
     return IssuedOtp(outcome.response, otp_id, outcome.response.message_id, outcome.created)
 
@@ -105,8 +129,11 @@ def _enforce_hourly_limit(session: Session, client_id: str, to: str, now: dt.dat
         )
     recent = (
         select(col(Otp.created_at))
-        .where(col(Otp.client_id) == client_id, col(Otp.to) == to,
-               col(Otp.created_at) > now - RATE_WINDOW)
+        .where(
+            col(Otp.client_id) == client_id,
+            col(Otp.to) == to,
+            col(Otp.created_at) > now - RATE_WINDOW,
+        )
         .order_by(col(Otp.created_at).desc())
         .limit(HOURLY_LIMIT)
     )
@@ -121,4 +148,3 @@ def _enforce_hourly_limit(session: Session, client_id: str, to: str, now: dt.dat
         f"{math.ceil(retry_after)} s (Retry-After), or check why so many codes were requested",
         retry_after_seconds=retry_after,
     )
-

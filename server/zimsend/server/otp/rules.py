@@ -83,17 +83,20 @@ def check_send(request: pb.SendOtpRequest) -> OtpPlan:
     """
     v = Violations()
     to = fields.phone(v, "to", request.to)
-    length = _bounded(v, "length", request.length, DEFAULT_LENGTH, MIN_LENGTH, MAX_LENGTH,
-                      "digits")
-    expiry = _bounded(v, "expiry", request.expiry, DEFAULT_EXPIRY_SECONDS, 1,
-                      MAX_EXPIRY_SECONDS, "seconds")
+    length = _bounded(v, "length", request.length, DEFAULT_LENGTH, MIN_LENGTH, MAX_LENGTH, "digits")
+    expiry = _bounded(
+        v, "expiry", request.expiry, DEFAULT_EXPIRY_SECONDS, 1, MAX_EXPIRY_SECONDS, "seconds"
+    )
     template = _template(v, request.template)
     if template is not None and length is not None:
         size = len(template.replace(PLACEHOLDER, "0" * length))
         if size > MAX_MESSAGE_CHARS:
-            v.add(ErrorCode.MESSAGE_TOO_LONG, "template",
-                  f"with the {length}-digit code in place must be at most {MAX_MESSAGE_CHARS} "
-                  f"characters (got {size})")
+            v.add(
+                ErrorCode.MESSAGE_TOO_LONG,
+                "template",
+                f"with the {length}-digit code in place must be at most {MAX_MESSAGE_CHARS} "
+                f"characters (got {size})",
+            )
             template = None
     meta = fields.metadata(
         v, "metadata", request.metadata if request.HasField("metadata") else None
@@ -114,8 +117,11 @@ def _bounded(
     if value == 0:
         return default
     if not low <= value <= high:
-        v.add(ErrorCode.INVALID_REQUEST, name,
-              f"must be {low}-{high} {unit} (got {value}); omit it for the default {default}")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            name,
+            f"must be {low}-{high} {unit} (got {value}); omit it for the default {default}",
+        )
         return None
     return value
 
@@ -125,8 +131,11 @@ def _template(v: Violations, value: str) -> str | None:
     if value == "":
         return DEFAULT_TEMPLATE
     if PLACEHOLDER not in value:
-        v.add(ErrorCode.INVALID_REQUEST, "template",
-              f"must contain {PLACEHOLDER} where the code goes, e.g. "
-              f"'Your code is {PLACEHOLDER}' (got {fields.shown(value)})")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "template",
+            f"must contain {PLACEHOLDER} where the code goes, e.g. "
+            f"'Your code is {PLACEHOLDER}' (got {fields.shown(value)})",
+        )
         return None
     return value

@@ -64,13 +64,20 @@ def verify(
         spent = session.execute(
             update(Otp)
             .where(
-                col(Otp.id) == otp_id, col(Otp.client_id) == client_id,
+                col(Otp.id) == otp_id,
+                col(Otp.client_id) == client_id,
                 col(Otp.attempts_used) < col(Otp.max_attempts),
-                col(Otp.verified_at).is_(None), col(Otp.expires_at) > now,
+                col(Otp.verified_at).is_(None),
+                col(Otp.expires_at) > now,
             )
             .values(attempts_used=col(Otp.attempts_used) + 1)
-            .returning(col(Otp.code_hash), col(Otp.attempts_used), col(Otp.max_attempts),
-                       col(Otp.to), col(Otp.message_id))
+            .returning(
+                col(Otp.code_hash),
+                col(Otp.attempts_used),
+                col(Otp.max_attempts),
+                col(Otp.to),
+                col(Otp.message_id),
+            )
         ).first()
         if spent is None:
             raise _refusal(session, client_id, otp_id, now)
@@ -89,10 +96,19 @@ def verify(
         meta = None
         if message_id is not None:
             meta = session.scalar(select(col(Message.meta)).where(col(Message.id) == message_id))
-        write_event(session, client_id, "otp.verified", {
-            "otp_id": otp_id, "to": to, "verified_at": iso(now), "message_id": message_id,
-            "metadata": meta,
-        }, now=now)
+        write_event(
+            session,
+            client_id,
+            "otp.verified",
+            {
+                "otp_id": otp_id,
+                "to": to,
+                "verified_at": iso(now),
+                "message_id": message_id,
+                "metadata": meta,
+            },
+            now=now,
+        )
     return Verdict(True, "Code verified", verified_at=now)
 
 
@@ -104,9 +120,11 @@ def _checked(otp_id: str, code: str) -> tuple[str, str]:
     if not code:
         v.add(ErrorCode.INVALID_REQUEST, "code", "is required: the code the user typed")
     elif len(code) > MAX_CODE_CHARS:
-        v.add(ErrorCode.INVALID_REQUEST, "code",
-              f"must be at most {MAX_CODE_CHARS} characters (got {len(code)}); codes have "
-              "4-8 digits")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "code",
+            f"must be at most {MAX_CODE_CHARS} characters (got {len(code)}); codes have 4-8 digits",
+        )
     v.raise_if_any()
     return otp_id, code
 

@@ -40,8 +40,13 @@ def parse_instant(value: str) -> dt.datetime:
     fraction = (g["f"] or "0")[:6].ljust(6, "0")
     try:
         naive = dt.datetime(
-            int(g["y"]), int(g["mo"]), int(g["d"]), int(g["h"]), int(g["mi"]),
-            int(g["s"] or 0), int(fraction),
+            int(g["y"]),
+            int(g["mo"]),
+            int(g["d"]),
+            int(g["h"]),
+            int(g["mi"]),
+            int(g["s"] or 0),
+            int(fraction),
         )
     except ValueError:
         raise ValueError(f"is not a real date-time (expected e.g. {INSTANT_EXAMPLE})") from None

@@ -104,13 +104,19 @@ def phone(v: Violations, name: str, raw: str) -> str | None:
     """An international number, returned as E.164."""
     value = raw.strip()
     if not value:
-        v.add(ErrorCode.INVALID_REQUEST, name,
-              f"is required: a phone number in international format, e.g. {PHONE_EXAMPLE}")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            name,
+            f"is required: a phone number in international format, e.g. {PHONE_EXAMPLE}",
+        )
         return None
     if not value.startswith("+"):
-        v.add(ErrorCode.INVALID_PHONE_NUMBER, name,
-              f"{shown(raw)} is not in international format: start with + and the country "
-              f"code, e.g. {PHONE_EXAMPLE}")
+        v.add(
+            ErrorCode.INVALID_PHONE_NUMBER,
+            name,
+            f"{shown(raw)} is not in international format: start with + and the country "
+            f"code, e.g. {PHONE_EXAMPLE}",
+        )
         return None
     number = _parse_plain(value) if _PLAIN_E164.fullmatch(value) else None
     if number is None and _PHONE_CHARS.fullmatch(value):
@@ -119,9 +125,12 @@ def phone(v: Violations, name: str, raw: str) -> str | None:
         except phonenumbers.NumberParseException:
             number = None
     if number is None or number.extension or not phonenumbers.is_valid_number(number):
-        v.add(ErrorCode.INVALID_PHONE_NUMBER, name,
-              f"{shown(raw)} is not a valid phone number (international format, e.g. "
-              f"{PHONE_EXAMPLE})")
+        v.add(
+            ErrorCode.INVALID_PHONE_NUMBER,
+            name,
+            f"{shown(raw)} is not a valid phone number (international format, e.g. "
+            f"{PHONE_EXAMPLE})",
+        )
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
@@ -139,8 +148,7 @@ def _parse_plain(value: str) -> phonenumbers.PhoneNumber | None:
     if country_code == 0 or not 2 <= len(national) <= 17:
         return None
     region = phonenumbers.region_code_for_country_code(country_code)
-    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
-        country_code, region)
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
     if metadata is None:
         return None
     _carrier, stripped, _ = _pnu._maybe_strip_national_prefix_carrier_code(national, metadata)
@@ -156,7 +164,8 @@ def _parse_plain(value: str) -> phonenumbers.PhoneNumber | None:
 
 #: `parse` keeps a national number as written when stripping its prefix leaves one of these.
 _TOO_SHORT_TO_STRIP = (
-    _pnu.ValidationResult.TOO_SHORT, _pnu.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    _pnu.ValidationResult.TOO_SHORT,
+    _pnu.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
     _pnu.ValidationResult.INVALID_LENGTH,
 )
 
@@ -164,12 +173,18 @@ _TOO_SHORT_TO_STRIP = (
 def text(v: Violations, name: str, value: str) -> str | None:
     """The SMS text: 1-1600 characters (Unicode code points), not blank."""
     if not value.strip():
-        v.add(ErrorCode.INVALID_REQUEST, name,
-              f"is required and must not be blank (1-{MAX_MESSAGE_CHARS} characters)")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            name,
+            f"is required and must not be blank (1-{MAX_MESSAGE_CHARS} characters)",
+        )
         return None
     if len(value) > MAX_MESSAGE_CHARS:
-        v.add(ErrorCode.MESSAGE_TOO_LONG, name,
-              f"must be 1-{MAX_MESSAGE_CHARS} characters (got {len(value)})")
+        v.add(
+            ErrorCode.MESSAGE_TOO_LONG,
+            name,
+            f"must be 1-{MAX_MESSAGE_CHARS} characters (got {len(value)})",
+        )
         return None
     return value
 
@@ -181,8 +196,9 @@ def priority(v: Violations, name: str, value: int) -> int | None:
         return DEFAULT_PRIORITY
     if 1 <= value <= 5:
         return value
-    v.add(ErrorCode.INVALID_PRIORITY, name,
-          f"must be 1-5 or {'/'.join(PRIORITY_NAMES)} (got {value})")
+    v.add(
+        ErrorCode.INVALID_PRIORITY, name, f"must be 1-5 or {'/'.join(PRIORITY_NAMES)} (got {value})"
+    )
     return None
 
 
@@ -192,15 +208,19 @@ def metadata(v: Violations, name: str, value: struct_pb2.Struct | None) -> dict[
         return None
     try:
         data: dict[str, Any] = _plain(json_format.MessageToDict(value))
-        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False,
-                              allow_nan=False).encode())
+        size = len(
+            json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        )
     except (ValueError, TypeError):
         v.add(ErrorCode.INVALID_REQUEST, name, "must be a JSON object of plain JSON values")
         return None
     if size > MAX_METADATA_BYTES:
-        v.add(ErrorCode.INVALID_REQUEST, name,
-              f"must be at most {MAX_METADATA_BYTES} bytes serialized as compact JSON "
-              f"(got {size} bytes)")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            name,
+            f"must be at most {MAX_METADATA_BYTES} bytes serialized as compact JSON "
+            f"(got {size} bytes)",
+        )
         return None
     return data
 
@@ -215,14 +235,20 @@ def scheduled_at(v: Violations, name: str, value: str, now: dt.datetime) -> dt.d
         v.add(ErrorCode.INVALID_SCHEDULED_DATE, name, f"{exc} (got {shown(value)})")
         return None
     if when <= now:
-        v.add(ErrorCode.INVALID_SCHEDULED_DATE, name,
-              f"must be in the future (got {iso(when)}; server time is {iso(now)})")
+        v.add(
+            ErrorCode.INVALID_SCHEDULED_DATE,
+            name,
+            f"must be in the future (got {iso(when)}; server time is {iso(now)})",
+        )
         return None
     latest = now + MAX_SCHEDULE_AHEAD
     if when > latest:
-        v.add(ErrorCode.INVALID_SCHEDULED_DATE, name,
-              f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead, i.e. not after "
-              f"{iso(latest)} (got {iso(when)})")
+        v.add(
+            ErrorCode.INVALID_SCHEDULED_DATE,
+            name,
+            f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead, i.e. not after "
+            f"{iso(latest)} (got {iso(when)})",
+        )
         return None
     return when
 
@@ -261,4 +287,3 @@ def _plain(value: Any) -> Any:
         if value.is_integer() and abs(value) < 2**53:
             return int(value)
     return value
-

@@ -85,7 +85,8 @@ def period_of(
     """The optional `from_date`/`to_date` bounds, checked and in order."""
     bounds: list[dt.datetime | None] = []
     sides: tuple[tuple[str, str, Literal["from", "to"]], ...] = (
-        ("from_date", from_date, "from"), ("to_date", to_date, "to"),
+        ("from_date", from_date, "from"),
+        ("to_date", to_date, "to"),
     )
     for name, value, side in sides:
         if not value.strip():
@@ -98,14 +99,25 @@ def period_of(
             bounds.append(None)
     start, end = bounds
     if start is not None and end is not None and start > end:
-        v.add(ErrorCode.INVALID_REQUEST, "from_date",
-              f"must not be after to_date (got {iso(start)} > {iso(end)})")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "from_date",
+            f"must not be after to_date (got {iso(start)} > {iso(end)})",
+        )
     return start, end
 
 
 def message_filter(
-    v: Violations, settings: Settings, client_id: str, *, from_date: str = "",
-    to_date: str = "", status: int = 0, to: str = "", device_id: str = "", search: str = "",
+    v: Violations,
+    settings: Settings,
+    client_id: str,
+    *,
+    from_date: str = "",
+    to_date: str = "",
+    status: int = 0,
+    to: str = "",
+    device_id: str = "",
+    search: str = "",
     report_missing: bool | None = None,
 ) -> MessageFilter:
     """Check the history/export filters (violations go to `v`) and build the filter."""
@@ -115,17 +127,28 @@ def message_filter(
         if status in common_pb2.MessageStatus.values():
             status_name = common_pb2.MessageStatus.Name(common_pb2.MessageStatus.ValueType(status))
         else:
-            v.add(ErrorCode.INVALID_REQUEST, "status",
-                  f"must be one of {'/'.join(STATUS_NAMES)} (got {status})")
+            v.add(
+                ErrorCode.INVALID_REQUEST,
+                "status",
+                f"must be one of {'/'.join(STATUS_NAMES)} (got {status})",
+            )
     number = fields.phone(v, "to", to) if to.strip() else None
     if len(search) > MAX_SEARCH_CHARS:
-        v.add(ErrorCode.INVALID_REQUEST, "search",
-              f"must be at most {MAX_SEARCH_CHARS} characters (got {len(search)})")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "search",
+            f"must be at most {MAX_SEARCH_CHARS} characters (got {len(search)})",
+        )
     oldest = retention_start(settings, utcnow())
     return MessageFilter(
-        client_id=client_id, since=max(start, oldest) if start else oldest, until=end,
-        status=status_name, to=number, device_id=device_id.strip() or None,
-        search=search or None, report_missing=report_missing,
+        client_id=client_id,
+        since=max(start, oldest) if start else oldest,
+        until=end,
+        status=status_name,
+        to=number,
+        device_id=device_id.strip() or None,
+        search=search or None,
+        report_missing=report_missing,
     )
 
 
@@ -143,7 +166,8 @@ def _conditions(flt: MessageFilter) -> list[Any]:
         conditions.append(col(Message.body).icontains(flt.search, autoescape=True))
     if flt.report_missing is not None:
         flagged = (col(Message.status) == MessageStatus.SENT) & col(
-            Message.delivery_report_missing_at).is_not(None)
+            Message.delivery_report_missing_at
+        ).is_not(None)
         conditions.append(flagged if flt.report_missing else ~flagged)
     return conditions
 
@@ -187,8 +211,14 @@ def export_chunk(
 
 
 def list_inbound(
-    db: Database, settings: Settings, client_id: str, *, start: dt.datetime | None,
-    end: dt.datetime | None, device_id: str, page: Page,
+    db: Database,
+    settings: Settings,
+    client_id: str,
+    *,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    device_id: str,
+    page: Page,
 ) -> Listed:
     """One page of inbound SMS, newest first (same retention as messages)."""
     oldest = retention_start(settings, utcnow())

@@ -44,15 +44,18 @@ def resolve_key(header: str | None, field_value: str) -> str | None:
     header_key = (header or "").strip()
     field_key = field_value.strip()
     if header_key and field_key and header_key != field_key:
-        _fail(ErrorCode.INVALID_REQUEST,
-              "differs from the Idempotency-Key header; give one of them, or the same value "
-              "in both")
+        _fail(
+            ErrorCode.INVALID_REQUEST,
+            "differs from the Idempotency-Key header; give one of them, or the same value in both",
+        )
     key = header_key or field_key
     if not key:
         return None
     if len(key) > MAX_KEY_CHARS or not key.isprintable():
-        _fail(ErrorCode.INVALID_REQUEST,
-              f"must be 1-{MAX_KEY_CHARS} printable characters (got {len(key)} characters)")
+        _fail(
+            ErrorCode.INVALID_REQUEST,
+            f"must be 1-{MAX_KEY_CHARS} printable characters (got {len(key)} characters)",
+        )
     return key
 
 
@@ -73,7 +76,12 @@ def request_hash(
 
 
 def find(
-    session: Session, *, client_id: str, key: str, operation: str, request_hash: str,
+    session: Session,
+    *,
+    client_id: str,
+    key: str,
+    operation: str,
+    request_hash: str,
     now: dt.datetime,
 ) -> dict[str, Any] | None:
     """The stored response for this key, or None if the key is new (or its record expired).
@@ -88,15 +96,23 @@ def find(
     if record is None or record.created_at <= now - WINDOW:
         return None
     if record.operation != operation or record.request_hash != request_hash:
-        _fail(ErrorCode.IDEMPOTENCY_KEY_REUSED,
-              f"{shown(key)} was already used in the last 24 h for a different request; a "
-              "retry must repeat the request exactly, a new request needs a new key")
+        _fail(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            f"{shown(key)} was already used in the last 24 h for a different request; a "
+            "retry must repeat the request exactly, a new request needs a new key",
+        )
     return record.response
 
 
 def store(
-    session: Session, *, client_id: str, key: str, operation: str, request_hash: str,
-    response: ProtoMessage, now: dt.datetime,
+    session: Session,
+    *,
+    client_id: str,
+    key: str,
+    operation: str,
+    request_hash: str,
+    response: ProtoMessage,
+    now: dt.datetime,
 ) -> None:
     """Record the response inside the caller's write transaction.
 
@@ -112,7 +128,10 @@ def store(
     )
     session.add(
         IdempotencyRecord(
-            client_id=client_id, key=key, operation=operation, request_hash=request_hash,
+            client_id=client_id,
+            key=key,
+            operation=operation,
+            request_hash=request_hash,
             response=json_format.MessageToDict(response, preserving_proto_field_name=True),
             created_at=now,
         )

@@ -163,7 +163,11 @@ class _Availability:
 
 
 _ONLINE = select(  # type: ignore[call-overload]  # sqlmodel types select() up to 4 columns
-    Device.id, Device.online, Device.last_seen_at, Device.deleted_at, Device.send_interval_ms,
+    Device.id,
+    Device.online,
+    Device.last_seen_at,
+    Device.deleted_at,
+    Device.send_interval_ms,
     Device.cannot_send_reason,
 ).where(
     Device.client_id == bindparam("client_id"),
@@ -176,7 +180,8 @@ _INSERT = insert(table_of(Message))
 #: Every column's default, for rows inserted without the ORM (the callers set the rest).
 _ROW_DEFAULTS: dict[str, Any] = {
     column.name: column.default.arg
-    if isinstance(column.default, ScalarElementColumnDefault) else None
+    if isinstance(column.default, ScalarElementColumnDefault)
+    else None
     for column in table_of(Message).columns
 }
 
@@ -198,7 +203,8 @@ class Intake:
         self.settings = settings
         self.gauge = QueueGauge()
         self._lane: ThreadLane[_Request[Any], Outcome[Any]] = ThreadLane(
-            "accept-lane", self._run_batch, max_batch=MAX_BATCH, on_crash=_internal_error)
+            "accept-lane", self._run_batch, max_batch=MAX_BATCH, on_crash=_internal_error
+        )
 
     @property
     def transactions(self) -> int:
@@ -206,18 +212,26 @@ class Intake:
         return self._lane.batches
 
     async def submit(
-        self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
-        build_response: Callable[[Accepted], R], response_type: type[R],
+        self,
+        submission: Submission,
+        validate: Callable[[dt.datetime], SendPlan],
+        build_response: Callable[[Accepted], R],
+        response_type: type[R],
     ) -> Outcome[R]:
         self._refuse_while_storage_unavailable()
         outcome: Outcome[R] = await self._lane.submit(
-            _Request(submission, validate, build_response, response_type))
+            _Request(submission, validate, build_response, response_type)
+        )
         return outcome
 
     def accept(
-        self, submission: Submission, validate: Callable[[dt.datetime], SendPlan],
-        build_response: Callable[[Accepted], R], response_type: type[R],
-        *, before_commit: Callable[[Session, Accepted], None] | None = None,
+        self,
+        submission: Submission,
+        validate: Callable[[dt.datetime], SendPlan],
+        build_response: Callable[[Accepted], R],
+        response_type: type[R],
+        *,
+        before_commit: Callable[[Session, Accepted], None] | None = None,
     ) -> Outcome[R]:
         """Queue one request's messages in its own transaction (blocking)."""
         self._refuse_while_storage_unavailable()
@@ -251,28 +265,36 @@ class Intake:
             batch_state = _BatchState()
             plans = [_validated(request, now) for request in batch]
             _prefetch_opt_outs(connection, batch, plans, batch_state)
-            results = [self._accept_in_batch(session, request, now, batch_state, plan)
-                       for request, plan in zip(batch, plans, strict=True)]
+            results = [
+                self._accept_in_batch(session, request, now, batch_state, plan)
+                for request, plan in zip(batch, plans, strict=True)
+            ]
             if batch_state.rows:
                 session.connection().execute(_INSERT, batch_state.rows)
         return results
 
     def _accept_in_batch(
-        self, session: Session, request: _Request[Any], now: dt.datetime, batch: _BatchState,
+        self,
+        session: Session,
+        request: _Request[Any],
+        now: dt.datetime,
+        batch: _BatchState,
         plan: SendPlan | Exception,
     ) -> Outcome[Any] | BaseException | RetryAlone:
         """One request inside the batch's transaction, its validation already done (`plan`);
         RETRY_ALONE: retry it alone afterwards."""
         if not request.writes_more:
             try:
-                return self._accept_in(session, request, now, batch, defer_insert=True,
-                                       validated=plan)
+                return self._accept_in(
+                    session, request, now, batch, defer_insert=True, validated=plan
+                )
             except ApiError as exc:
                 return exc  # raised before its rows were queued: nothing of it is written
         try:
             with session.begin_nested():
-                return self._accept_in(session, request, now, batch, defer_insert=False,
-                                       validated=plan)
+                return self._accept_in(
+                    session, request, now, batch, defer_insert=False, validated=plan
+                )
         except IntegrityError:
             return RETRY_ALONE  # a concurrent request with its key won: `_accept_alone` replays it
         except Exception as exc:
@@ -282,8 +304,9 @@ class Intake:
         try:
             with self.db.write() as session:
                 session.connection()
-                return self._accept_in(session, request, utcnow(), _BatchState(),
-                                       defer_insert=False)
+                return self._accept_in(
+                    session, request, utcnow(), _BatchState(), defer_insert=False
+                )
         except IntegrityError:
             # A concurrent request with the same key committed first: answer as it did.
             submission = request.submission
@@ -296,8 +319,14 @@ class Intake:
             return Outcome(idempotency.replay(stored, request.response_type), None)
 
     def _accept_in(
-        self, session: Session, request: _Request[R], now: dt.datetime, batch: _BatchState,
-        *, defer_insert: bool, validated: SendPlan | Exception | None = None,
+        self,
+        session: Session,
+        request: _Request[R],
+        now: dt.datetime,
+        batch: _BatchState,
+        *,
+        defer_insert: bool,
+        validated: SendPlan | Exception | None = None,
     ) -> Outcome[R]:
         """Steps 1-4 of the module docstring, inside the caller's write transaction.
         `defer_insert`: the messages' rows go to `batch.rows` (inserted by the caller).
@@ -316,34 +345,55 @@ class Intake:
         policy = batch.policies.get(submission.client_id)
         if policy is None:
             policy = batch.policies[submission.client_id] = load_policy(
-                session.connection(), submission.client_id)
-        opt_outs.refuse_opted_out(session.connection(), submission.client_id, plan, policy,
-                                  operation=submission.operation,
-                                  listed=batch.opted_out.get(submission.client_id))
+                session.connection(), submission.client_id
+            )
+        opt_outs.refuse_opted_out(
+            session.connection(),
+            submission.client_id,
+            plan,
+            policy,
+            operation=submission.operation,
+            listed=batch.opted_out.get(submission.client_id),
+        )
         base = plan.scheduled_at or now
         holds = _quiet_holds(policy, plan, submission, base)
         # Messages that all wait for the end of quiet hours wait like scheduled ones: no
         # phone needs to be online now, and a backlog now does not concern them.
         immediate = plan.immediate and None in holds
-        availability = _check_devices(session, self.settings, submission, plan, now, batch,
-                                      immediate=immediate)
-        backlog = self.gauge.ahead(session.connection(), submission.client_id, submission.test,
-                                   plan.priority, base)
+        availability = _check_devices(
+            session, self.settings, submission, plan, now, batch, immediate=immediate
+        )
+        backlog = self.gauge.ahead(
+            session.connection(), submission.client_id, submission.test, plan.priority, base
+        )
         if immediate:
             self._refuse_when_behind(backlog, now)
         dues = [hold or base for hold in holds]
         estimate = self._estimate(backlog.count, availability, min(dues, default=base))
-        accepted = _queue(session, self.settings, submission, plan, availability, estimate,
-                          now, holds, attach=request.before_commit is not None,
-                          pending=batch.rows if defer_insert else None)
+        accepted = _queue(
+            session,
+            self.settings,
+            submission,
+            plan,
+            availability,
+            estimate,
+            now,
+            holds,
+            attach=request.before_commit is not None,
+            pending=batch.rows if defer_insert else None,
+        )
         if request.before_commit is not None:
             request.before_commit(session, accepted)
         response = request.build_response(accepted)
         if submission.key is not None:
             idempotency.store(
-                session, client_id=submission.client_id, key=submission.key,
-                operation=submission.operation, request_hash=submission.request_hash,
-                response=response, now=now,
+                session,
+                client_id=submission.client_id,
+                key=submission.key,
+                operation=submission.operation,
+                request_hash=submission.request_hash,
+                response=response,
+                now=now,
             )
         self.gauge.record(submission.client_id, submission.test, plan.priority, dues)
         return Outcome(response, min(dues, default=base), tuple(m.id for m in accepted.messages))
@@ -368,17 +418,14 @@ class Intake:
             retry_after_seconds=max(1.0, min(60.0, limit / 4)),
         )
 
-    def _estimate(
-        self, ahead: int, availability: _Availability, base: dt.datetime
-    ) -> dt.datetime:
+    def _estimate(self, ahead: int, availability: _Availability, base: dt.datetime) -> dt.datetime:
         """When the first of these messages should go: its due time `base`, plus the `ahead`
         messages due before it at the same or a higher priority, paced by the devices that
         will share them."""
         default_ms = self.settings.default_send_interval_ms
         devices = availability.online
         intervals = [
-            d.send_interval_ms if d.send_interval_ms is not None else default_ms
-            for d in devices
+            d.send_interval_ms if d.send_interval_ms is not None else default_ms for d in devices
         ] or [default_ms]
         # N phones at interval i drain one message every i / N on average.
         seconds = ahead * (sum(intervals) / len(intervals)) / 1000 / max(1, len(devices))
@@ -400,7 +447,9 @@ def _validated(request: _Request[Any], now: dt.datetime) -> SendPlan | Exception
 
 
 def _prefetch_opt_outs(
-    connection: Connection, batch: Sequence[_Request[Any]], plans: list[SendPlan | Exception],
+    connection: Connection,
+    batch: Sequence[_Request[Any]],
+    plans: list[SendPlan | Exception],
     state: _BatchState,
 ) -> None:
     """Each client's opted-out numbers among all the batch's recipients, in one read per
@@ -411,7 +460,8 @@ def _prefetch_opt_outs(
     for request, plan in zip(batch, plans, strict=True):
         if isinstance(plan, SendPlan):
             recipients.setdefault(request.submission.client_id, []).extend(
-                draft.to for draft in plan.drafts)
+                draft.to for draft in plan.drafts
+            )
     for client_id, numbers in recipients.items():
         state.opted_out[client_id] = opt_outs.listed_among(connection, client_id, numbers)
 
@@ -419,8 +469,12 @@ def _prefetch_opt_outs(
 def _find(session: Session, submission: Submission, now: dt.datetime) -> dict[str, Any] | None:
     assert submission.key is not None
     return idempotency.find(
-        session, client_id=submission.client_id, key=submission.key,
-        operation=submission.operation, request_hash=submission.request_hash, now=now,
+        session,
+        client_id=submission.client_id,
+        key=submission.key,
+        operation=submission.operation,
+        request_hash=submission.request_hash,
+        now=now,
     )
 
 
@@ -436,8 +490,14 @@ def _quiet_holds(
 
 
 def _check_devices(
-    session: Session, settings: Settings, submission: Submission, plan: SendPlan,
-    now: dt.datetime, batch: _BatchState, *, immediate: bool,
+    session: Session,
+    settings: Settings,
+    submission: Submission,
+    plan: SendPlan,
+    now: dt.datetime,
+    batch: _BatchState,
+    *,
+    immediate: bool,
 ) -> _Availability:
     pinned: Device | None = None
     if submission.device_header:
@@ -447,7 +507,8 @@ def _check_devices(
         foreign = pinned is None or pinned.deleted_at is not None
         if foreign or (pinned is not None and pinned.is_simulated and not submission.test):
             raise ApiError.invalid(
-                ErrorCode.INVALID_DEVICE_ID, "X-Device-ID",
+                ErrorCode.INVALID_DEVICE_ID,
+                "X-Device-ID",
                 "X-Device-ID does not name one of this client's devices; list them with "
                 "GET /v1/devices, or send without X-Device-ID to let ZimSend choose",
             )
@@ -483,36 +544,67 @@ def _unavailable(device: Device, now: dt.datetime, window: float) -> str:
         why = f"is connected but its phone cannot send: {device.cannot_send_reason}"
     else:
         why = "is offline: check that the phone is on, connected and running ZimSend"
-    return (f"Device {device.id} {why}. Send without X-Device-ID, or schedule the message with "
-            "scheduled_at so it waits for the device")
+    return (
+        f"Device {device.id} {why}. Send without X-Device-ID, or schedule the message with "
+        "scheduled_at so it waits for the device"
+    )
 
 
 def _queue(
-    session: Session, settings: Settings, submission: Submission, plan: SendPlan,
-    availability: _Availability, estimate: dt.datetime, now: dt.datetime,
-    holds: list[dt.datetime | None], *, attach: bool, pending: list[dict[str, Any]] | None,
+    session: Session,
+    settings: Settings,
+    submission: Submission,
+    plan: SendPlan,
+    availability: _Availability,
+    estimate: dt.datetime,
+    now: dt.datetime,
+    holds: list[dt.datetime | None],
+    *,
+    attach: bool,
+    pending: list[dict[str, Any]] | None,
 ) -> Accepted:
     """Write the messages: attached ORM objects when a hook will work on them (`attach`);
     else plain rows for one Core INSERT — now, or appended to `pending` for the lane's one
     INSERT per batch (the same columns and values, without the ORM's per-object cost)."""
     due_at = plan.scheduled_at or now
     common = dict(
-        _ROW_DEFAULTS, client_id=submission.client_id, priority=plan.priority,
-        status=MessageStatus.QUEUED, test=submission.test, sim_slot=plan.sim_slot,
+        _ROW_DEFAULTS,
+        client_id=submission.client_id,
+        priority=plan.priority,
+        status=MessageStatus.QUEUED,
+        test=submission.test,
+        sim_slot=plan.sim_slot,
         pinned_device_id=availability.pinned.id if availability.pinned is not None else None,
         batch_id=credentials.new_id("batch") if plan.kind != "single" else None,
-        scheduled_at=plan.scheduled_at, due_at=due_at,
+        scheduled_at=plan.scheduled_at,
+        due_at=due_at,
         expires_at=due_at + dt.timedelta(hours=settings.message_ttl_hours),
-        created_at=now, queued_at=now, webhook_url=plan.webhook_url,
+        created_at=now,
+        queued_at=now,
+        webhook_url=plan.webhook_url,
         request_id=submission.request_id,
     )
     ttl = dt.timedelta(hours=settings.message_ttl_hours)
     rows = [
-        dict(common, id=credentials.new_id("msg"), to=draft.to, body=draft.body,
-             segments=draft.segments, encoding=draft.encoding, meta=draft.meta,
-             **({} if hold is None else {
-                 "due_at": hold, "expires_at": hold + ttl, "held_until": hold,
-                 "hold_reason": quiet_hours.HOLD_REASON}))
+        dict(
+            common,
+            id=credentials.new_id("msg"),
+            to=draft.to,
+            body=draft.body,
+            segments=draft.segments,
+            encoding=draft.encoding,
+            meta=draft.meta,
+            **(
+                {}
+                if hold is None
+                else {
+                    "due_at": hold,
+                    "expires_at": hold + ttl,
+                    "held_until": hold,
+                    "hold_reason": quiet_hours.HOLD_REASON,
+                }
+            ),
+        )
         for draft, hold in zip(plan.drafts, holds, strict=True)
     ]
     messages: list[Any]

@@ -46,18 +46,21 @@ def retention_start(settings: Settings, now: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC)
 
 
-def _visible(session: Session, settings: Settings, client_id: str, message_id: str,
-             now: dt.datetime) -> Message:
+def _visible(
+    session: Session, settings: Settings, client_id: str, message_id: str, now: dt.datetime
+) -> Message:
     if len(message_id) > MAX_MESSAGE_ID_CHARS:
         raise ApiError.invalid(
-            ErrorCode.INVALID_REQUEST, "message_id",
+            ErrorCode.INVALID_REQUEST,
+            "message_id",
             f"message_id must be a message id such as msg_1234567890abcdef, at most "
             f"{MAX_MESSAGE_ID_CHARS} characters (got {len(message_id)})",
         )
     message = get_for_client(session, Message, message_id, client_id) if message_id else None
     if message is None or message.created_at < retention_start(settings, now):
         raise ApiError.invalid(
-            ErrorCode.MESSAGE_NOT_FOUND, "message_id",
+            ErrorCode.MESSAGE_NOT_FOUND,
+            "message_id",
             f"No message {shown(message_id)} for this client (unknown id, or older than the "
             f"{settings.retention_days}-day history)",
         )
@@ -87,8 +90,9 @@ def cancel(db: Database, settings: Settings, client_id: str, message_id: str) ->
         message = _reload(session, message_id)
         assert isinstance(done, CursorResult)  # an UPDATE's result
         if done.rowcount != 1:
-            why = (" (it was already handed to a phone)"
-                   if message.status in _HANDED_TO_PHONE else "")
+            why = (
+                " (it was already handed to a phone)" if message.status in _HANDED_TO_PHONE else ""
+            )
             raise ApiError(
                 ErrorCode.CANNOT_CANCEL_MESSAGE,
                 f"Message {message_id} is {message.status}{why}; only queued messages can be "
@@ -116,8 +120,9 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
                 "request a new OTP with POST /v1/sms/send-otp",
             )
         # The client's policy holds for a resend as for a send (docs/compliance.md).
-        hold = _policy_hold(session, message, now) if message.status == MessageStatus.FAILED \
-            else None
+        hold = (
+            _policy_hold(session, message, now) if message.status == MessageStatus.FAILED else None
+        )
         due = hold or now
         done = session.execute(
             update(Message)
@@ -127,12 +132,21 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
                 col(Message.status) == MessageStatus.FAILED,
             )
             .values(
-                status=MessageStatus.QUEUED, attempts=Message.attempts + 1,
-                device_id=None, error_code=None, error_message=None, parts=None,
-                processing_at=None, sent_at=None, delivered_at=None, failed_at=None,
-                queued_at=now, due_at=due,
+                status=MessageStatus.QUEUED,
+                attempts=Message.attempts + 1,
+                device_id=None,
+                error_code=None,
+                error_message=None,
+                parts=None,
+                processing_at=None,
+                sent_at=None,
+                delivered_at=None,
+                failed_at=None,
+                queued_at=now,
+                due_at=due,
                 expires_at=due + dt.timedelta(hours=settings.message_ttl_hours),
-                held_until=hold, hold_reason=quiet_hours.HOLD_REASON if hold else None,
+                held_until=hold,
+                hold_reason=quiet_hours.HOLD_REASON if hold else None,
             )
             .execution_options(synchronize_session=False)
         )
@@ -147,7 +161,8 @@ def resend(db: Database, settings: Settings, client_id: str, message_id: str) ->
         session.execute(delete(MessagePart).where(col(MessagePart.message_id) == message_id))
         # A fresh start for failover's count and the missing-report flag (issue 16).
         session.execute(
-            update(Message).where(col(Message.id) == message_id)
+            update(Message)
+            .where(col(Message.id) == message_id)
             .values(reroutes=0, delivery_report_missing_at=None)
         )
         return _reload(session, message_id)

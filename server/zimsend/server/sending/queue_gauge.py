@@ -73,7 +73,11 @@ class QueueGauge:
         self._snapshots: dict[tuple[str, bool], _Snapshot] = {}
 
     def ahead(
-        self, connection: Connection, client_id: str, test: bool, priority: int,
+        self,
+        connection: Connection,
+        client_id: str,
+        test: bool,
+        priority: int,
         due_at: dt.datetime,
     ) -> Backlog:
         """Queued messages of `client_id` at priority <= `priority` due at or before `due_at`
@@ -84,8 +88,9 @@ class QueueGauge:
         if snapshot is None or time.monotonic() - snapshot.read_at > self._max_age:
             snapshot = self._read(connection, key)
         with self._lock:
-            lists = [times for p, times in snapshot.due_by_priority.items()
-                     if p <= priority and times]
+            lists = [
+                times for p, times in snapshot.due_by_priority.items() if p <= priority and times
+            ]
             return Backlog(
                 count=sum(bisect.bisect_right(times, due_at) for times in lists),
                 oldest_due=min((times[0] for times in lists), default=None),

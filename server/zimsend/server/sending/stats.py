@@ -67,9 +67,7 @@ class Stats:
 
     def by_day(self) -> list[tuple[dt.date, DayCounts]]:
         """Days with traffic, oldest first."""
-        return sorted(
-            (day, c) for day, c in self.days.items() if c.sent or c.delivered or c.failed
-        )
+        return sorted((day, c) for day, c in self.days.items() if c.sent or c.delivered or c.failed)
 
 
 def default_period(
@@ -81,7 +79,11 @@ def default_period(
 
 
 def compute(
-    db: Database, settings: Settings, client_id: str, start: dt.datetime, end: dt.datetime,
+    db: Database,
+    settings: Settings,
+    client_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
     device_id: str | None,
 ) -> Stats:
     now = utcnow()
@@ -105,12 +107,18 @@ def _day_of(session: Session, column: Any) -> Any:
 
 
 def _from_messages(
-    session: Session, out: Stats, client_id: str, start: dt.datetime, end: dt.datetime,
+    session: Session,
+    out: Stats,
+    client_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
     device_id: str | None,
 ) -> None:
     day = _day_of(session, Message.created_at).label("day")
     conditions: list[Any] = [
-        Message.client_id == client_id, Message.created_at >= start, Message.created_at <= end,
+        Message.client_id == client_id,
+        Message.created_at >= start,
+        Message.created_at <= end,
     ]
     if device_id:
         conditions.append(Message.device_id == device_id)
@@ -130,21 +138,29 @@ def _from_messages(
 
 
 def _from_aggregates(
-    session: Session, out: Stats, client_id: str, first: dt.date, last: dt.date,
+    session: Session,
+    out: Stats,
+    client_id: str,
+    first: dt.date,
+    last: dt.date,
     device_id: str | None,
 ) -> None:
     conditions: list[Any] = [
-        DailyAggregate.client_id == client_id, DailyAggregate.day >= first,
+        DailyAggregate.client_id == client_id,
+        DailyAggregate.day >= first,
         DailyAggregate.day <= last,
     ]
     if device_id:
         conditions.append(DailyAggregate.device_id == device_id)
     rows = session.exec(
         select(
-            col(DailyAggregate.day), func.sum(DailyAggregate.sent),
+            col(DailyAggregate.day),
+            func.sum(DailyAggregate.sent),
             func.sum(DailyAggregate.delivered),
             func.sum(DailyAggregate.failed),
-        ).where(*conditions).group_by(col(DailyAggregate.day))
+        )
+        .where(*conditions)
+        .group_by(col(DailyAggregate.day))
     ).all()
     sums: dict[dt.date, DayCounts] = defaultdict(DayCounts)
     for value, sent, delivered, failed in rows:

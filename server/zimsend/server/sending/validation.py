@@ -84,16 +84,23 @@ def validate_bulk(
     numbers: list[str | None] = []
     count = len(request.recipients)
     if count == 0:
-        v.add(ErrorCode.INVALID_REQUEST, "recipients",
-              f"is required: 1 to {MAX_RECIPIENTS} phone numbers in international format")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "recipients",
+            f"is required: 1 to {MAX_RECIPIENTS} phone numbers in international format",
+        )
     elif count > MAX_RECIPIENTS:
         # Checking 10,000 numbers one by one would only bury the real problem.
-        v.add(ErrorCode.TOO_MANY_RECIPIENTS, "recipients",
-              f"must hold at most {MAX_RECIPIENTS} numbers (got {count}); split them into "
-              "several requests")
+        v.add(
+            ErrorCode.TOO_MANY_RECIPIENTS,
+            "recipients",
+            f"must hold at most {MAX_RECIPIENTS} numbers (got {count}); split them into "
+            "several requests",
+        )
     else:
-        numbers = [fields.phone(v, f"recipients[{i}]", raw)
-                   for i, raw in enumerate(request.recipients)]
+        numbers = [
+            fields.phone(v, f"recipients[{i}]", raw) for i, raw in enumerate(request.recipients)
+        ]
     body = fields.text(v, "message", request.message)
     options = _options(v, request, now, allow_insecure_webhooks)
     meta = fields.metadata(v, "metadata", _struct(request, "metadata"))
@@ -105,19 +112,27 @@ def validate_bulk(
 
 
 def validate_personalized(
-    request: pb.SendBulkPersonalizedSmsRequest, now: dt.datetime, *,
+    request: pb.SendBulkPersonalizedSmsRequest,
+    now: dt.datetime,
+    *,
     allow_insecure_webhooks: bool,
 ) -> SendPlan:
     v = Violations()
     drafts: list[Draft | None] = []
     count = len(request.messages)
     if count == 0:
-        v.add(ErrorCode.INVALID_REQUEST, "messages",
-              f"is required: 1 to {MAX_RECIPIENTS} messages, each with to and message")
+        v.add(
+            ErrorCode.INVALID_REQUEST,
+            "messages",
+            f"is required: 1 to {MAX_RECIPIENTS} messages, each with to and message",
+        )
     elif count > MAX_RECIPIENTS:
-        v.add(ErrorCode.TOO_MANY_RECIPIENTS, "messages",
-              f"must hold at most {MAX_RECIPIENTS} messages (got {count}); split them into "
-              "several requests")
+        v.add(
+            ErrorCode.TOO_MANY_RECIPIENTS,
+            "messages",
+            f"must hold at most {MAX_RECIPIENTS} messages (got {count}); split them into "
+            "several requests",
+        )
     else:
         for i, item in enumerate(request.messages):
             to = fields.phone(v, f"messages[{i}].to", item.to)
@@ -135,8 +150,9 @@ def _options(
     """The options every send request shares, in the order the error lists them."""
     priority = fields.priority(v, "priority", int(request.priority))
     when = fields.scheduled_at(v, "scheduled_at", request.scheduled_at, now)
-    url = fields.webhook_url(v, "webhook_url", request.webhook_url,
-                             allow_insecure=allow_insecure_webhooks)
+    url = fields.webhook_url(
+        v, "webhook_url", request.webhook_url, allow_insecure=allow_insecure_webhooks
+    )
     return priority or fields.DEFAULT_PRIORITY, url, when
 
 

@@ -75,8 +75,9 @@ def message_fields(message: Message) -> dict[str, Any]:
         fields["held_until"] = ts(message.held_until)
         fields["hold_reason"] = message.hold_reason or ""
     if message.error_code:
-        fields["error"] = common_pb2.MessageError(**failures.error_payload(
-            message.error_code, message.error_message, message.device_id))
+        fields["error"] = common_pb2.MessageError(
+            **failures.error_payload(message.error_code, message.error_message, message.device_id)
+        )
     if message.status == MessageStatus.SENT and message.delivery_report_missing_at is not None:
         fields["delivery_report_missing"] = True
     return {k: v for k, v in fields.items() if v is not None}
@@ -90,10 +91,16 @@ def send_response(done: Accepted) -> sms_pb2.SendSmsResponse:
     """SendSms's documented answer for a freshly queued message."""
     message = done.messages[0]
     return sms_pb2.SendSmsResponse(
-        success=True, message_id=message.id, status=common_pb2.queued, to=message.to,
-        queued_at=ts(done.queued_at), estimated_delivery=ts(done.estimated_delivery),
-        segments=message.segments, encoding=ENCODING[message.encoding],
-        priority=message.priority, scheduled_at=ts(message.scheduled_at),
+        success=True,
+        message_id=message.id,
+        status=common_pb2.queued,
+        to=message.to,
+        queued_at=ts(done.queued_at),
+        estimated_delivery=ts(done.estimated_delivery),
+        segments=message.segments,
+        encoding=ENCODING[message.encoding],
+        priority=message.priority,
+        scheduled_at=ts(message.scheduled_at),
     )
 
 
@@ -102,7 +109,9 @@ def bulk_response(response_type: type[B]) -> Callable[[Accepted], B]:
 
     def respond(done: Accepted) -> B:
         return response_type(
-            success=True, batch_id=done.batch_id or "", total_recipients=len(done.messages),
+            success=True,
+            batch_id=done.batch_id or "",
+            total_recipients=len(done.messages),
             messages=[
                 sms_pb2.BulkMessageResult(message_id=m.id, to=m.to, status=common_pb2.queued)
                 for m in done.messages
@@ -116,7 +125,10 @@ def bulk_response(response_type: type[B]) -> Callable[[Accepted], B]:
 def inbound_sms(row: InboundMessage) -> common_pb2.InboundSms:
     return common_pb2.InboundSms(
         **{"from": row.from_number},
-        id=row.id, device_id=row.device_id, message=row.body, sim_slot=row.sim_slot or 0,
+        id=row.id,
+        device_id=row.device_id,
+        message=row.body,
+        sim_slot=row.sim_slot or 0,
         received_at=ts(row.received_at),
     )
 
@@ -124,10 +136,30 @@ def inbound_sms(row: InboundMessage) -> common_pb2.InboundSms:
 # --- Export ------------------------------------------------------------------------------
 
 CSV_COLUMNS = [
-    "message_id", "status", "to", "message", "priority", "device_id", "segments", "encoding",
-    "created_at", "queued_at", "scheduled_at", "sent_at", "delivered_at", "failed_at",
-    "cancelled_at", "error_code", "error_message", "attempts", "batch_id", "metadata",
-    "error_reason", "error_retryable", "error_hint", "delivery_report_missing",
+    "message_id",
+    "status",
+    "to",
+    "message",
+    "priority",
+    "device_id",
+    "segments",
+    "encoding",
+    "created_at",
+    "queued_at",
+    "scheduled_at",
+    "sent_at",
+    "delivered_at",
+    "failed_at",
+    "cancelled_at",
+    "error_code",
+    "error_message",
+    "attempts",
+    "batch_id",
+    "metadata",
+    "error_reason",
+    "error_retryable",
+    "error_hint",
+    "delivery_report_missing",
 ]
 
 
@@ -139,34 +171,51 @@ def csv_row(message: Message) -> str:
     def when(value: Any) -> str:
         return iso(value) if value is not None else ""
 
-    return _csv_line([
-        message.id, message.status, message.to, message.body,
-        common_pb2.Priority.Name(common_pb2.Priority.ValueType(message.priority)),
-        message.device_id or "",
-        str(message.segments), ENCODING_NAME.get(message.encoding, message.encoding),
-        when(message.created_at), when(message.queued_at), when(message.scheduled_at),
-        when(message.sent_at), when(message.delivered_at), when(message.failed_at),
-        when(message.cancelled_at),
-        failures.info(message.error_code).public_code if message.error_code else "",
-        message.error_message or "",
-        str(message.attempts + 1), message.batch_id or "",
-        json.dumps(message.meta, separators=(",", ":"), ensure_ascii=False)
-        if message.meta is not None else "",
-        *_failure_columns(message),
-    ])
+    return _csv_line(
+        [
+            message.id,
+            message.status,
+            message.to,
+            message.body,
+            common_pb2.Priority.Name(common_pb2.Priority.ValueType(message.priority)),
+            message.device_id or "",
+            str(message.segments),
+            ENCODING_NAME.get(message.encoding, message.encoding),
+            when(message.created_at),
+            when(message.queued_at),
+            when(message.scheduled_at),
+            when(message.sent_at),
+            when(message.delivered_at),
+            when(message.failed_at),
+            when(message.cancelled_at),
+            failures.info(message.error_code).public_code if message.error_code else "",
+            message.error_message or "",
+            str(message.attempts + 1),
+            message.batch_id or "",
+            json.dumps(message.meta, separators=(",", ":"), ensure_ascii=False)
+            if message.meta is not None
+            else "",
+            *_failure_columns(message),
+        ]
+    )
 
 
 def _failure_columns(message: Message) -> list[str]:
     """The CSV's issue-16 columns (appended, so existing readers keep their positions): the
     public `error_code` stays SPEC's, these say the precise reason, whether a resend may
     succeed, the hint, and a missing delivery report."""
-    report_missing = (message.status == MessageStatus.SENT
-                      and message.delivery_report_missing_at is not None)
+    report_missing = (
+        message.status == MessageStatus.SENT and message.delivery_report_missing_at is not None
+    )
     if not message.error_code:
         return ["", "", "", "true" if report_missing else "false"]
     error = failures.error_payload(message.error_code, message.error_message, message.device_id)
-    return [error["reason"], "true" if error["retryable"] else "false", error["hint"],
-            "true" if report_missing else "false"]
+    return [
+        error["reason"],
+        "true" if error["retryable"] else "false",
+        error["hint"],
+        "true" if report_missing else "false",
+    ]
 
 
 def jsonl_row(message: Message) -> str:

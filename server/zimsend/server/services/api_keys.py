@@ -25,22 +25,32 @@ class ApiKeyService(pb_grpc.ApiKeyServiceServicer):
 
     @public_rpc
     async def CreateApiKey(
-        self, request: pb.CreateApiKeyRequest,
+        self,
+        request: pb.CreateApiKeyRequest,
         context: grpc.aio.ServicerContext[pb.CreateApiKeyRequest, pb.CreateApiKeyResponse],
         caller: Caller,
     ) -> pb.CreateApiKeyResponse:
         new = await self.state.db_call(
-            accounts.create_api_key, self.state.db, self.state.pepper, caller.client_id,
-            request.name, test=request.test,
+            accounts.create_api_key,
+            self.state.db,
+            self.state.pepper,
+            caller.client_id,
+            request.name,
+            test=request.test,
         )
         return pb.CreateApiKeyResponse(
-            success=True, key_id=new.key.id, name=new.key.name, api_key=new.secret,
-            test=new.key.test, created_at=ts(new.key.created_at),
+            success=True,
+            key_id=new.key.id,
+            name=new.key.name,
+            api_key=new.secret,
+            test=new.key.test,
+            created_at=ts(new.key.created_at),
         )
 
     @public_rpc
     async def ListApiKeys(
-        self, request: pb.ListApiKeysRequest,
+        self,
+        request: pb.ListApiKeysRequest,
         context: grpc.aio.ServicerContext[pb.ListApiKeysRequest, pb.ListApiKeysResponse],
         caller: Caller,
     ) -> pb.ListApiKeysResponse:
@@ -49,7 +59,8 @@ class ApiKeyService(pb_grpc.ApiKeyServiceServicer):
 
     @public_rpc
     async def RevokeApiKey(
-        self, request: pb.RevokeApiKeyRequest,
+        self,
+        request: pb.RevokeApiKeyRequest,
         context: grpc.aio.ServicerContext[pb.RevokeApiKeyRequest, pb.RevokeApiKeyResponse],
         caller: Caller,
     ) -> pb.RevokeApiKeyResponse:
@@ -62,8 +73,12 @@ class ApiKeyService(pb_grpc.ApiKeyServiceServicer):
 
 def _key(key: ApiKey) -> pb.ApiKey:
     return pb.ApiKey(
-        key_id=key.id, name=key.name, last4=key.last4, test=key.test,
-        created_at=ts(key.created_at), last_used_at=ts(key.last_used_at),
+        key_id=key.id,
+        name=key.name,
+        last4=key.last4,
+        test=key.test,
+        created_at=ts(key.created_at),
+        last_used_at=ts(key.last_used_at),
         revoked_at=ts(key.revoked_at),
     )
 

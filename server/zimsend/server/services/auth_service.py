@@ -26,15 +26,20 @@ class AuthService(pb_grpc.AuthServiceServicer):
 
     @public_rpc
     async def AuthTest(
-        self, request: pb.AuthTestRequest,
-        context: grpc.aio.ServicerContext[pb.AuthTestRequest, pb.AuthTestResponse], caller: Caller,
+        self,
+        request: pb.AuthTestRequest,
+        context: grpc.aio.ServicerContext[pb.AuthTestRequest, pb.AuthTestResponse],
+        caller: Caller,
     ) -> pb.AuthTestResponse:
         response = pb.AuthTestResponse(
             success=True, message="Authentication successful", client_id=caller.client_id
         )
         if caller.device_id:
             online = await self.state.db_call(
-                _device_online, self.state.db, caller.client_id, caller.device_id,
+                _device_online,
+                self.state.db,
+                caller.client_id,
+                caller.device_id,
                 self.state.settings.offline_after_seconds,
             )
             response.device_id = caller.device_id
@@ -49,7 +54,8 @@ def _device_online(db: Database, client_id: str, device_id: str, offline_after: 
         device = session.get(Device, device_id)
         if device is None or device.client_id != client_id or device.deleted_at is not None:
             raise ApiError.invalid(
-                ErrorCode.INVALID_DEVICE_ID, "X-Device-ID",
+                ErrorCode.INVALID_DEVICE_ID,
+                "X-Device-ID",
                 "X-Device-ID does not name one of this client's devices.",
             )
         return is_online(device, utcnow(), offline_after)

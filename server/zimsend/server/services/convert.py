@@ -23,7 +23,8 @@ def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
         return out
     since = value - _EPOCH
     return timestamp_pb2.Timestamp(
-        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000
+    )
 
 
 def paging(request: Any) -> tuple[int | None, int | None]:

@@ -110,7 +110,6 @@ class ConnectGate:
             self._welcomed.append(time.monotonic())
 
 
-
 def peer_ip(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     """`ipv4:1.2.3.4:567` / `ipv6:[::1]:567` → the address alone."""
     peer = context.peer() or ""
@@ -131,18 +130,22 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
     # The stubs know only the iterator form of a streaming handler; grpc.aio also lets one
     # write through `context.write` and return None, which the session's writer task does.
     async def Connect(  # type: ignore[override]  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[pb.DeviceFrame],
+        self,
+        request_iterator: AsyncIterator[pb.DeviceFrame],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         if self.hub.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "Server shutting down; reconnect.")
         delay = self.gate.enter()
         if delay is not None:
-            await abort(context, ApiError(
-                ErrorCode.SERVER_BUSY,
-                f"Too many phones are connecting right now; retry in {delay:.1f} s.",
-                retry_after_seconds=delay,
-            ))
+            await abort(
+                context,
+                ApiError(
+                    ErrorCode.SERVER_BUSY,
+                    f"Too many phones are connecting right now; retry in {delay:.1f} s.",
+                    retry_after_seconds=delay,
+                ),
+            )
             return
         welcomed = False
         try:
@@ -163,14 +166,17 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             self.hub.detach(session)
 
     async def _connect(
-        self, request_iterator: AsyncIterator[pb.DeviceFrame],
+        self,
+        request_iterator: AsyncIterator[pb.DeviceFrame],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> DeviceSession | None:
         """Authenticate, wait for hello, register the stream (Welcome queued); None when the
         call was refused (already aborted)."""
         try:
             device_id = await self.state.db_call(
-                authenticate_device, self.state.db, self.state.pepper,
+                authenticate_device,
+                self.state.db,
+                self.state.pepper,
                 metadata_value(context, "x-client-id") or "",
                 metadata_value(context, "x-device-id") or "",
                 metadata_value(context, "x-device-password") or "",
@@ -204,7 +210,9 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             self.hub.detach(connecting.result())
 
     async def _hello(
-        self, requests: AsyncIterator[pb.DeviceFrame], timeout: float  # noqa: ASYNC109 - the deadline is part of this call's contract
+        self,
+        requests: AsyncIterator[pb.DeviceFrame],
+        timeout: float,  # noqa: ASYNC109 - the deadline is part of this call's contract
     ) -> pb.DeviceHello:
         """The stream's first frame, which must be a hello sent within `timeout` seconds
         (`device_hello_timeout_seconds`): a silent stream would hold its connect slot."""
@@ -228,9 +236,7 @@ class DeviceLinkService(pb_grpc.DeviceLinkServiceServicer):
             )
         return first.hello
 
-    async def _read(
-        self, requests: AsyncIterator[pb.DeviceFrame], session: DeviceSession
-    ) -> None:
+    async def _read(self, requests: AsyncIterator[pb.DeviceFrame], session: DeviceSession) -> None:
         async for frame in requests:
             try:
                 self.hub.on_frame(session, frame)
@@ -255,8 +261,9 @@ def _refusal(exc: Exception) -> ApiError:
     if known is not None:
         return known
     log.error("devicelink.connect_failed", exc_info=exc)
-    return ApiError(ErrorCode.INTERNAL, "Internal error while connecting; it was logged. "
-                    "Reconnect in a moment.")
+    return ApiError(
+        ErrorCode.INTERNAL, "Internal error while connecting; it was logged. Reconnect in a moment."
+    )
 
 
 def register(server: ZimSendServer) -> str:

@@ -44,7 +44,8 @@ _UPDATABLE = ("name", "enabled", "send_interval_ms", "daily_cap", *MAX_PARTS)
 
 def _not_found(device_id: str) -> ApiError:
     return ApiError.invalid(
-        ErrorCode.INVALID_DEVICE_ID, "device_id",
+        ErrorCode.INVALID_DEVICE_ID,
+        "device_id",
         f"No device {device_id!r} for this client; list them with GET /v1/devices.",
     )
 
@@ -69,11 +70,13 @@ def _network(name: str | None) -> common_pb2.NetworkRegistration.ValueType | Non
 
 def _list(db: Database, client_id: str) -> list[Device]:
     with db.session() as session:
-        return list(session.exec(
-            select(Device)
-            .where(col(Device.client_id) == client_id, col(Device.deleted_at).is_(None))
-            .order_by(col(Device.created_at), col(Device.id))
-        ).all())
+        return list(
+            session.exec(
+                select(Device)
+                .where(col(Device.client_id) == client_id, col(Device.deleted_at).is_(None))
+                .order_by(col(Device.created_at), col(Device.id))
+            ).all()
+        )
 
 
 def _get(db: Database, client_id: str, device_id: str) -> Device:
@@ -109,7 +112,8 @@ def validate_update(request: pb.UpdateDeviceRequest) -> dict[str, Any]:
         unknown = [p for p in paths if p not in _UPDATABLE]
         if unknown:
             raise ApiError.invalid(
-                ErrorCode.INVALID_REQUEST, "update_mask",
+                ErrorCode.INVALID_REQUEST,
+                "update_mask",
                 f"update_mask names {', '.join(unknown)}; it may name {', '.join(_UPDATABLE)}.",
             )
     else:
@@ -122,17 +126,20 @@ def validate_update(request: pb.UpdateDeviceRequest) -> dict[str, Any]:
             value = accounts.check_name(value)
         elif name == "send_interval_ms" and not 0 <= value <= MAX_SEND_INTERVAL_MS:
             raise ApiError.invalid(
-                ErrorCode.INVALID_REQUEST, name,
+                ErrorCode.INVALID_REQUEST,
+                name,
                 f"send_interval_ms must be 0-{MAX_SEND_INTERVAL_MS} milliseconds (got {value}).",
             )
         elif name == "daily_cap" and not 0 <= value <= MAX_DAILY_CAP:
             raise ApiError.invalid(
-                ErrorCode.INVALID_REQUEST, name,
+                ErrorCode.INVALID_REQUEST,
+                name,
                 f"daily_cap must be 0 (no cap) to {MAX_DAILY_CAP} (got {value}).",
             )
         elif name in MAX_PARTS and not 0 <= value <= MAX_PARTS[name]:
             raise ApiError.invalid(
-                ErrorCode.INVALID_REQUEST, name,
+                ErrorCode.INVALID_REQUEST,
+                name,
                 f"{name} must be 0 (no limit) to {MAX_PARTS[name]} SMS parts (got {value}).",
             )
         changes[name] = value
@@ -147,26 +154,36 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     def _fields(self, device: Device, now: dt.datetime) -> dict[str, Any]:
         settings = self.state.settings
-        connected = device.is_simulated or is_connected(
-            device, now, settings.offline_after_seconds)
+        connected = device.is_simulated or is_connected(device, now, settings.offline_after_seconds)
         # A connected phone that says it cannot send is `offline` for sending, and says why;
         # once its stream is gone the reason is history, not news (`offline` says enough).
         reason = (device.cannot_send_reason or "") if connected else ""
         online = connected and not reason
         interval = device.send_interval_ms
         fields: dict[str, Any] = dict(
-            device_id=device.id, name=device.name,
+            device_id=device.id,
+            name=device.name,
             status=common_pb2.online if online else common_pb2.offline,
-            enabled=device.enabled, last_seen=ts(device.last_seen_at),
-            charging=bool(device.charging), app_version=device.app_version or "",
-            android_version=device.android_version or "", phone_number=device.phone_number or "",
-            sims=[common_pb2.SimSlot(slot=int(s.get("slot", 0)), carrier=s.get("carrier") or "",
-                                     phone_number=s.get("phone_number") or "")
-                  for s in device.sims or []],
+            enabled=device.enabled,
+            last_seen=ts(device.last_seen_at),
+            charging=bool(device.charging),
+            app_version=device.app_version or "",
+            android_version=device.android_version or "",
+            phone_number=device.phone_number or "",
+            sims=[
+                common_pb2.SimSlot(
+                    slot=int(s.get("slot", 0)),
+                    carrier=s.get("carrier") or "",
+                    phone_number=s.get("phone_number") or "",
+                )
+                for s in device.sims or []
+            ],
             send_interval_ms=settings.default_send_interval_ms if interval is None else interval,
-            daily_cap=device.daily_cap or 0, model=device.model or "",
+            daily_cap=device.daily_cap or 0,
+            model=device.model or "",
             created_at=ts(device.created_at),
-            network=_network(device.network), cannot_send_reason=reason,
+            network=_network(device.network),
+            cannot_send_reason=reason,
             **self._budget(device, now),
         )
         if device.capabilities:
@@ -186,10 +203,14 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         and its cool-down while it lasts."""
         settings = self.state.settings
         own = (device.parts_per_minute, device.parts_per_hour, device.parts_per_day)
-        defaults = Budget(settings.default_parts_per_minute, settings.default_parts_per_hour,
-                          settings.default_parts_per_day)
-        budget = effective(own, device.send_interval_ms, defaults,
-                           settings.default_send_interval_ms)
+        defaults = Budget(
+            settings.default_parts_per_minute,
+            settings.default_parts_per_hour,
+            settings.default_parts_per_day,
+        )
+        budget = effective(
+            own, device.send_interval_ms, defaults, settings.default_send_interval_ms
+        )
         fields: dict[str, Any] = dict(zip(MAX_PARTS, budget.limits, strict=True))
         if device.cooling_down_until is not None and device.cooling_down_until > now:
             fields["cooling_down_until"] = ts(device.cooling_down_until)
@@ -200,36 +221,44 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def CreateDevice(  # noqa: N802
-        self, request: pb.CreateDeviceRequest,
+        self,
+        request: pb.CreateDeviceRequest,
         context: grpc.aio.ServicerContext[pb.CreateDeviceRequest, pb.CreateDeviceResponse],
         caller: Caller,
     ) -> pb.CreateDeviceResponse:
         new = await self.state.db_call(
-            accounts.create_device, self.state.db, self.state.pepper, caller.client_id,
-            request.name, server_address=self.server_address,
+            accounts.create_device,
+            self.state.db,
+            self.state.pepper,
+            caller.client_id,
+            request.name,
+            server_address=self.server_address,
             tls=self.state.settings.device_link_tls,
         )
         return pb.CreateDeviceResponse(
-            success=True, device_id=new.device.id, name=new.device.name,
-            device_password=new.password, pairing_uri=new.pairing_uri,
+            success=True,
+            device_id=new.device.id,
+            name=new.device.name,
+            device_password=new.password,
+            pairing_uri=new.pairing_uri,
             client_id=caller.client_id,
         )
 
     @public_rpc
     async def ListDevices(  # noqa: N802
-        self, request: pb.ListDevicesRequest,
+        self,
+        request: pb.ListDevicesRequest,
         context: grpc.aio.ServicerContext[pb.ListDevicesRequest, pb.ListDevicesResponse],
         caller: Caller,
     ) -> pb.ListDevicesResponse:
         devices = await self.state.db_call(_list, self.state.db, caller.client_id)
         now = utcnow()
-        return pb.ListDevicesResponse(
-            success=True, devices=[self._device(d, now) for d in devices]
-        )
+        return pb.ListDevicesResponse(success=True, devices=[self._device(d, now) for d in devices])
 
     @public_rpc
     async def GetDevice(  # noqa: N802
-        self, request: pb.GetDeviceRequest,
+        self,
+        request: pb.GetDeviceRequest,
         context: grpc.aio.ServicerContext[pb.GetDeviceRequest, pb.GetDeviceResponse],
         caller: Caller,
     ) -> pb.GetDeviceResponse:
@@ -238,7 +267,8 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def UpdateDevice(  # noqa: N802
-        self, request: pb.UpdateDeviceRequest,
+        self,
+        request: pb.UpdateDeviceRequest,
         context: grpc.aio.ServicerContext[pb.UpdateDeviceRequest, pb.UpdateDeviceResponse],
         caller: Caller,
     ) -> pb.UpdateDeviceResponse:
@@ -257,7 +287,8 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def DeleteDevice(  # noqa: N802
-        self, request: pb.DeleteDeviceRequest,
+        self,
+        request: pb.DeleteDeviceRequest,
         context: grpc.aio.ServicerContext[pb.DeleteDeviceRequest, pb.DeleteDeviceResponse],
         caller: Caller,
     ) -> pb.DeleteDeviceResponse:
@@ -269,7 +300,8 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @public_rpc
     async def RotateDevicePassword(  # noqa: N802
-        self, request: pb.RotateDevicePasswordRequest,
+        self,
+        request: pb.RotateDevicePasswordRequest,
         context: grpc.aio.ServicerContext[
             pb.RotateDevicePasswordRequest, pb.RotateDevicePasswordResponse
         ],
@@ -278,13 +310,19 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         if not request.device_id:
             raise _not_found(request.device_id)
         new = await self.state.db_call(
-            accounts.rotate_device_password, self.state.db, self.state.pepper, caller.client_id,
-            request.device_id, server_address=self.server_address,
+            accounts.rotate_device_password,
+            self.state.db,
+            self.state.pepper,
+            caller.client_id,
+            request.device_id,
+            server_address=self.server_address,
             tls=self.state.settings.device_link_tls,
         )
         self.hub.close_device(new.device.id, Reconnect.PASSWORD_ROTATED)
         return pb.RotateDevicePasswordResponse(
-            success=True, device_id=new.device.id, device_password=new.password,
+            success=True,
+            device_id=new.device.id,
+            device_password=new.password,
             pairing_uri=new.pairing_uri,
         )
 

@@ -46,17 +46,23 @@ class OptOutService(pb_grpc.OptOutServiceServicer):
     ) -> pb.ListOptOutsResponse:
         v = Violations()
         page = history.page_of(v, *paging(request))
-        number = (opt_outs.number(v, "phone_number", request.phone_number)
-                  if request.phone_number.strip() else None)
+        number = (
+            opt_outs.number(v, "phone_number", request.phone_number)
+            if request.phone_number.strip()
+            else None
+        )
         v.raise_if_any()
         listed = await self.state.db_call(
             _list, self.state.db, caller.client_id, page.number, page.limit, number
         )
         pages = (listed.total + page.limit - 1) // page.limit
         return pb.ListOptOutsResponse(
-            success=True, opt_outs=[_opt_out(row) for row in listed.rows],
+            success=True,
+            opt_outs=[_opt_out(row) for row in listed.rows],
             pagination=common_pb2.Pagination(
-                current_page=page.number, per_page=page.limit, total_pages=pages,
+                current_page=page.number,
+                per_page=page.limit,
+                total_pages=pages,
                 total_items=listed.total,
             ),
         )
@@ -75,7 +81,9 @@ class OptOutService(pb_grpc.OptOutServiceServicer):
 
     @public_rpc
     async def RemoveOptOut(
-        self, request: pb.RemoveOptOutRequest, context: Context,
+        self,
+        request: pb.RemoveOptOutRequest,
+        context: Context,
         caller: Caller,
     ) -> pb.RemoveOptOutResponse:
         v = Violations()
@@ -85,7 +93,8 @@ class OptOutService(pb_grpc.OptOutServiceServicer):
         removed = await self.state.db_call(_remove, self.state.db, caller.client_id, number)
         if not removed:
             raise ApiError.invalid(
-                ErrorCode.OPT_OUT_NOT_FOUND, "phone_number",
+                ErrorCode.OPT_OUT_NOT_FOUND,
+                "phone_number",
                 f"{number} is not on this client's opt-out list (GET /v1/opt-outs lists it)",
             )
         log.info("opt_outs.removed", client_id=caller.client_id)
@@ -96,8 +105,7 @@ def _list(
     db: Database, client_id: str, page: int, limit: int, number: str | None
 ) -> opt_outs.Listed:
     with db.session() as session:
-        return opt_outs.list_page(session, client_id, page=page, limit=limit,
-                                  phone_number=number)
+        return opt_outs.list_page(session, client_id, page=page, limit=limit, phone_number=number)
 
 
 def _add(db: Database, client_id: str, number: str) -> tuple[OptOut, bool]:
@@ -113,8 +121,11 @@ def _remove(db: Database, client_id: str, number: str) -> bool:
 
 def _opt_out(row: OptOut) -> pb.OptOut:
     return pb.OptOut(
-        phone_number=row.phone_number, source=_SOURCE.get(row.source, pb.api),
-        keyword=row.keyword or "", device_id=row.device_id or "", created_at=ts(row.created_at),
+        phone_number=row.phone_number,
+        source=_SOURCE.get(row.source, pb.api),
+        keyword=row.keyword or "",
+        device_id=row.device_id or "",
+        created_at=ts(row.created_at),
     )
 
 

@@ -36,38 +36,63 @@ class OtpService(pb_grpc.OtpServiceServicer):
 
     @public_rpc
     async def SendOtp(
-        self, request: pb.SendOtpRequest,
-        context: grpc.aio.ServicerContext[pb.SendOtpRequest, pb.SendOtpResponse], caller: Caller,
+        self,
+        request: pb.SendOtpRequest,
+        context: grpc.aio.ServicerContext[pb.SendOtpRequest, pb.SendOtpResponse],
+        caller: Caller,
     ) -> pb.SendOtpResponse:
         plan = check_send(request)
         request_ref = request_id(context)
         issued = await self.state.db_call(
-            issue, self.state.intake, self.state.pepper,
-            client_id=caller.client_id, test=caller.test, device_header=caller.device_id,
-            plan=plan, request_id=request_ref,
+            issue,
+            self.state.intake,
+            self.state.pepper,
+            client_id=caller.client_id,
+            test=caller.test,
+            device_header=caller.device_id,
+            plan=plan,
+            request_id=request_ref,
         )
         if issued.created:
             self.state.new_work.notify(caller.client_id)
             metrics.MESSAGES_ACCEPTED.inc()
-        log.info("otp.sent", request_id=request_ref, client_id=caller.client_id,
-                 otp_id=issued.otp_id, message_id=issued.message_id)
+        log.info(
+            "otp.sent",
+            request_id=request_ref,
+            client_id=caller.client_id,
+            otp_id=issued.otp_id,
+            message_id=issued.message_id,
+        )
         return issued.response
 
     @public_rpc
     async def VerifyOtp(
-        self, request: pb.VerifyOtpRequest,
+        self,
+        request: pb.VerifyOtpRequest,
         context: grpc.aio.ServicerContext[pb.VerifyOtpRequest, pb.VerifyOtpResponse],
         caller: Caller,
     ) -> pb.VerifyOtpResponse:
         verdict = await self.state.db_call(
-            verify, self.state.db, self.state.pepper, client_id=caller.client_id,
-            otp_id=request.otp_id, code=request.code, now=utcnow(),
+            verify,
+            self.state.db,
+            self.state.pepper,
+            client_id=caller.client_id,
+            otp_id=request.otp_id,
+            code=request.code,
+            now=utcnow(),
         )
-        log.info("otp.checked", client_id=caller.client_id, otp_id=request.otp_id.strip(),
-                 valid=verdict.valid)
+        log.info(
+            "otp.checked",
+            client_id=caller.client_id,
+            otp_id=request.otp_id.strip(),
+            valid=verdict.valid,
+        )
         return pb.VerifyOtpResponse(
-            success=True, valid=verdict.valid, message=verdict.message,
-            verified_at=ts(verdict.verified_at), attempts_remaining=verdict.attempts_remaining,
+            success=True,
+            valid=verdict.valid,
+            message=verdict.message,
+            verified_at=ts(verdict.verified_at),
+            attempts_remaining=verdict.attempts_remaining,
         )
 
 

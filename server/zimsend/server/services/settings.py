@@ -45,14 +45,17 @@ class SettingsService(pb_grpc.SettingsServiceServicer):
 
     @public_rpc
     async def UpdateSettings(
-        self, request: pb.UpdateSettingsRequest, context: Context,
+        self,
+        request: pb.UpdateSettingsRequest,
+        context: Context,
         caller: Caller,
     ) -> pb.UpdateSettingsResponse:
         opt_outs = quiet = None
         if request.HasField("opt_outs"):
             given = request.opt_outs
-            opt_outs = policy.OptOutChange(list(given.stop_keywords),
-                                           list(given.start_keywords), given.exempt_otp)
+            opt_outs = policy.OptOutChange(
+                list(given.stop_keywords), list(given.start_keywords), given.exempt_otp
+            )
         if request.HasField("quiet_hours"):
             q = request.quiet_hours
             quiet = policy.QuietChange(q.enabled, q.start, q.end, q.fallback_time_zone)
@@ -60,39 +63,58 @@ class SettingsService(pb_grpc.SettingsServiceServicer):
         settings = await self.state.db_call(
             self._write, caller.client_id, opt_outs, quiet, attempts
         )
-        log.info("settings.updated", client_id=caller.client_id,
-                 sections=[name for name, given in (("opt_outs", opt_outs),
-                                                    ("quiet_hours", quiet),
-                                                    ("max_send_attempts", attempts))
-                           if given is not None])
+        log.info(
+            "settings.updated",
+            client_id=caller.client_id,
+            sections=[
+                name
+                for name, given in (
+                    ("opt_outs", opt_outs),
+                    ("quiet_hours", quiet),
+                    ("max_send_attempts", attempts),
+                )
+                if given is not None
+            ],
+        )
         return pb.UpdateSettingsResponse(success=True, settings=settings)
 
     def _read(self, client_id: str) -> pb.ClientSettings:
         db: Database = self.state.db
         with db.session() as session:
-            return _view(policy.load(session, client_id), policy.max_send_attempts(
-                session, client_id, self.state.settings.max_send_attempts))
+            return _view(
+                policy.load(session, client_id),
+                policy.max_send_attempts(session, client_id, self.state.settings.max_send_attempts),
+            )
 
     def _write(
-        self, client_id: str, opt_outs: policy.OptOutChange | None,
-        quiet: policy.QuietChange | None, attempts: int | None,
+        self,
+        client_id: str,
+        opt_outs: policy.OptOutChange | None,
+        quiet: policy.QuietChange | None,
+        attempts: int | None,
     ) -> pb.ClientSettings:
         with self.state.db.write() as session:
-            now = policy.update(session, client_id, opt_outs=opt_outs, quiet_hours=quiet,
-                                max_send_attempts=attempts)
-            return _view(now, policy.max_send_attempts(
-                session, client_id, self.state.settings.max_send_attempts))
+            now = policy.update(
+                session, client_id, opt_outs=opt_outs, quiet_hours=quiet, max_send_attempts=attempts
+            )
+            return _view(
+                now,
+                policy.max_send_attempts(session, client_id, self.state.settings.max_send_attempts),
+            )
 
 
 def _view(current: policy.Policy, attempts: int) -> pb.ClientSettings:
     return pb.ClientSettings(
         opt_outs=pb.OptOutSettings(
-            stop_keywords=current.stop_keywords, start_keywords=current.start_keywords,
+            stop_keywords=current.stop_keywords,
+            start_keywords=current.start_keywords,
             exempt_otp=current.exempt_otp,
         ),
         quiet_hours=pb.QuietHours(
-            enabled=current.quiet_hours_enabled, start=current.quiet_hours_start,
-            end=current.quiet_hours_end, fallback_time_zone=current.quiet_hours_time_zone,
+            enabled=current.quiet_hours_enabled,
+            start=current.quiet_hours_start,
+            end=current.quiet_hours_end,
+            fallback_time_zone=current.quiet_hours_time_zone,
         ),
         max_send_attempts=attempts,
         update_time=ts(current.updated_at),
@@ -100,6 +122,5 @@ def _view(current: policy.Policy, attempts: int) -> pb.ClientSettings:
 
 
 def register(server: ZimSendServer) -> str:
-    pb_grpc.add_SettingsServiceServicer_to_server(SettingsService(server.state),
-                                                  server.grpc_server)
+    pb_grpc.add_SettingsServiceServicer_to_server(SettingsService(server.state), server.grpc_server)
     return "zimsend.v1.SettingsService"

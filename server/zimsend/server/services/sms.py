@@ -47,55 +47,81 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def SendSms(
-        self, request: pb.SendSmsRequest,
-        context: grpc.aio.ServicerContext[pb.SendSmsRequest, pb.SendSmsResponse], caller: Caller,
+        self,
+        request: pb.SendSmsRequest,
+        context: grpc.aio.ServicerContext[pb.SendSmsRequest, pb.SendSmsResponse],
+        caller: Caller,
     ) -> pb.SendSmsResponse:
         return await self._send(
-            request, context, caller, "SendSms", validation.validate_send, views.send_response,
+            request,
+            context,
+            caller,
+            "SendSms",
+            validation.validate_send,
+            views.send_response,
             pb.SendSmsResponse,
         )
 
     @public_rpc
     async def SendBulkSms(
-        self, request: pb.SendBulkSmsRequest,
+        self,
+        request: pb.SendBulkSmsRequest,
         context: grpc.aio.ServicerContext[pb.SendBulkSmsRequest, pb.SendBulkSmsResponse],
         caller: Caller,
     ) -> pb.SendBulkSmsResponse:
         return await self._send(
-            request, context, caller, "SendBulkSms", validation.validate_bulk,
-            views.bulk_response(pb.SendBulkSmsResponse), pb.SendBulkSmsResponse,
+            request,
+            context,
+            caller,
+            "SendBulkSms",
+            validation.validate_bulk,
+            views.bulk_response(pb.SendBulkSmsResponse),
+            pb.SendBulkSmsResponse,
         )
 
     @public_rpc
     async def SendBulkPersonalizedSms(
-        self, request: pb.SendBulkPersonalizedSmsRequest,
+        self,
+        request: pb.SendBulkPersonalizedSmsRequest,
         context: grpc.aio.ServicerContext[
             pb.SendBulkPersonalizedSmsRequest, pb.SendBulkPersonalizedSmsResponse
         ],
         caller: Caller,
     ) -> pb.SendBulkPersonalizedSmsResponse:
         return await self._send(
-            request, context, caller, "SendBulkPersonalizedSms",
+            request,
+            context,
+            caller,
+            "SendBulkPersonalizedSms",
             validation.validate_personalized,
             views.bulk_response(pb.SendBulkPersonalizedSmsResponse),
             pb.SendBulkPersonalizedSmsResponse,
         )
 
     async def _send(
-        self, request: Any, context: grpc.aio.ServicerContext[Any, Any], caller: Caller,
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        caller: Caller,
         operation: str,
-        validate: Callable[..., validation.SendPlan], respond: Callable[[Accepted], R],
+        validate: Callable[..., validation.SendPlan],
+        respond: Callable[[Accepted], R],
         response_type: type[R],
     ) -> R:
         key = idempotency.resolve_key(
             metadata_value(context, idempotency.HEADER), request.idempotency_key
         )
         submission = Submission(
-            client_id=caller.client_id, test=caller.test, device_header=caller.device_id,
-            operation=operation, key=key,
+            client_id=caller.client_id,
+            test=caller.test,
+            device_header=caller.device_id,
+            operation=operation,
+            key=key,
             request_hash=idempotency.request_hash(
                 request, operation=operation, device_id=caller.device_id, test=caller.test
-            ) if key else "",
+            )
+            if key
+            else "",
             request_id=request_id(context),
         )
         allow_insecure = self.state.settings.webhooks_allow_insecure
@@ -112,74 +138,103 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def GetSmsStatus(
-        self, request: pb.GetSmsStatusRequest,
+        self,
+        request: pb.GetSmsStatusRequest,
         context: grpc.aio.ServicerContext[pb.GetSmsStatusRequest, pb.GetSmsStatusResponse],
         caller: Caller,
     ) -> pb.GetSmsStatusResponse:
         message = await self.state.db_call(
-            one_message.get_status, self.state.db, self.state.settings, caller.client_id,
+            one_message.get_status,
+            self.state.db,
+            self.state.settings,
+            caller.client_id,
             request.message_id.strip(),
         )
         return pb.GetSmsStatusResponse(success=True, **views.message_fields(message))
 
     @public_rpc
     async def CancelSms(
-        self, request: pb.CancelSmsRequest,
+        self,
+        request: pb.CancelSmsRequest,
         context: grpc.aio.ServicerContext[pb.CancelSmsRequest, pb.CancelSmsResponse],
         caller: Caller,
     ) -> pb.CancelSmsResponse:
         message = await self.state.db_call(
-            one_message.cancel, self.state.db, self.state.settings, caller.client_id,
+            one_message.cancel,
+            self.state.db,
+            self.state.settings,
+            caller.client_id,
             request.message_id.strip(),
         )
         return pb.CancelSmsResponse(
-            success=True, message="Message cancelled", message_id=message.id,
+            success=True,
+            message="Message cancelled",
+            message_id=message.id,
             status=common_pb2.cancelled,
         )
 
     @public_rpc
     async def ResendSms(
-        self, request: pb.ResendSmsRequest,
+        self,
+        request: pb.ResendSmsRequest,
         context: grpc.aio.ServicerContext[pb.ResendSmsRequest, pb.ResendSmsResponse],
         caller: Caller,
     ) -> pb.ResendSmsResponse:
         message = await self.state.db_call(
-            one_message.resend, self.state.db, self.state.settings, caller.client_id,
+            one_message.resend,
+            self.state.db,
+            self.state.settings,
+            caller.client_id,
             request.message_id.strip(),
         )
         self.state.new_work.notify(caller.client_id)
         return pb.ResendSmsResponse(
-            success=True, message_id=message.id, status=common_pb2.queued,
-            attempts=message.attempts + 1, queued_at=ts(message.queued_at),
+            success=True,
+            message_id=message.id,
+            status=common_pb2.queued,
+            attempts=message.attempts + 1,
+            queued_at=ts(message.queued_at),
         )
 
     # --- Many messages -----------------------------------------------------------------
 
     @public_rpc
     async def ListSmsHistory(
-        self, request: pb.ListSmsHistoryRequest,
+        self,
+        request: pb.ListSmsHistoryRequest,
         context: grpc.aio.ServicerContext[pb.ListSmsHistoryRequest, pb.ListSmsHistoryResponse],
         caller: Caller,
     ) -> pb.ListSmsHistoryResponse:
         v = Violations()
         page = history.page_of(v, *paging(request))
         flt = history.message_filter(
-            v, self.state.settings, caller.client_id, from_date=request.from_date,
-            to_date=request.to_date, status=int(request.status), to=request.to,
-            device_id=request.device_id, search=request.search,
-            report_missing=(request.delivery_report_missing
-                            if request.HasField("delivery_report_missing") else None),
+            v,
+            self.state.settings,
+            caller.client_id,
+            from_date=request.from_date,
+            to_date=request.to_date,
+            status=int(request.status),
+            to=request.to,
+            device_id=request.device_id,
+            search=request.search,
+            report_missing=(
+                request.delivery_report_missing
+                if request.HasField("delivery_report_missing")
+                else None
+            ),
         )
         v.raise_if_any()
         listed = await self.state.db_call(history.list_messages, self.state.db, flt, page)
         return pb.ListSmsHistoryResponse(
-            success=True, data=[views.sms_message(m) for m in listed.rows],
+            success=True,
+            data=[views.sms_message(m) for m in listed.rows],
             pagination=_pagination(listed),
         )
 
     @public_stream_rpc
     async def ExportSmsHistory(
-        self, request: pb.ExportSmsHistoryRequest,
+        self,
+        request: pb.ExportSmsHistoryRequest,
         context: grpc.aio.ServicerContext[pb.ExportSmsHistoryRequest, httpbody_pb2.HttpBody],
         caller: Caller,
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -190,11 +245,19 @@ class SmsService(pb_grpc.SmsServiceServicer):
         v = Violations()
         fmt = (request.format or "csv").strip().lower()
         if fmt not in EXPORT_FORMATS:
-            v.add(ErrorCode.INVALID_REQUEST, "format",
-                  f"must be csv or jsonl (got {shown(request.format)})")
+            v.add(
+                ErrorCode.INVALID_REQUEST,
+                "format",
+                f"must be csv or jsonl (got {shown(request.format)})",
+            )
         flt = history.message_filter(
-            v, self.state.settings, caller.client_id, from_date=request.from_date,
-            to_date=request.to_date, status=int(request.status), device_id=request.device_id,
+            v,
+            self.state.settings,
+            caller.client_id,
+            from_date=request.from_date,
+            to_date=request.to_date,
+            status=int(request.status),
+            device_id=request.device_id,
         )
         v.raise_if_any()
         content_type = EXPORT_FORMATS[fmt]
@@ -218,7 +281,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def GetSmsStats(
-        self, request: pb.GetSmsStatsRequest,
+        self,
+        request: pb.GetSmsStatsRequest,
         context: grpc.aio.ServicerContext[pb.GetSmsStatsRequest, pb.GetSmsStatsResponse],
         caller: Caller,
     ) -> pb.GetSmsStatsResponse:
@@ -227,22 +291,34 @@ class SmsService(pb_grpc.SmsServiceServicer):
         v.raise_if_any()
         start, end = stats.default_period(start, end, utcnow())
         if start > end:
-            v.add(ErrorCode.INVALID_REQUEST, "from_date",
-                  "must not be after to_date (to_date defaults to now)")
+            v.add(
+                ErrorCode.INVALID_REQUEST,
+                "from_date",
+                "must not be after to_date (to_date defaults to now)",
+            )
             v.raise_if_any()
         result = await self.state.db_call(
-            stats.compute, self.state.db, self.state.settings, caller.client_id, start, end,
+            stats.compute,
+            self.state.db,
+            self.state.settings,
+            caller.client_id,
+            start,
+            end,
             request.device_id.strip() or None,
         )
         return pb.GetSmsStatsResponse(
             success=True,
             period=pb.StatsPeriod(**{"from": ts(result.start), "to": ts(result.end)}),
             stats=pb.SmsStats(
-                total_sent=result.total_sent, delivered=result.delivered, failed=result.failed,
-                pending=result.pending, delivery_rate=result.delivery_rate,
+                total_sent=result.total_sent,
+                delivered=result.delivered,
+                failed=result.failed,
+                pending=result.pending,
+                delivery_rate=result.delivery_rate,
                 by_day=[
-                    pb.DailyStats(date=day.isoformat(), sent=c.sent, delivered=c.delivered,
-                                  failed=c.failed)
+                    pb.DailyStats(
+                        date=day.isoformat(), sent=c.sent, delivered=c.delivered, failed=c.failed
+                    )
                     for day, c in result.by_day()
                 ],
             ),
@@ -250,7 +326,8 @@ class SmsService(pb_grpc.SmsServiceServicer):
 
     @public_rpc
     async def ListInboundSms(
-        self, request: pb.ListInboundSmsRequest,
+        self,
+        request: pb.ListInboundSmsRequest,
         context: grpc.aio.ServicerContext[pb.ListInboundSmsRequest, pb.ListInboundSmsResponse],
         caller: Caller,
     ) -> pb.ListInboundSmsResponse:
@@ -259,11 +336,18 @@ class SmsService(pb_grpc.SmsServiceServicer):
         start, end = history.period_of(v, request.from_date, request.to_date)
         v.raise_if_any()
         listed = await self.state.db_call(
-            history.list_inbound, self.state.db, self.state.settings, caller.client_id,
-            start=start, end=end, device_id=request.device_id, page=page,
+            history.list_inbound,
+            self.state.db,
+            self.state.settings,
+            caller.client_id,
+            start=start,
+            end=end,
+            device_id=request.device_id,
+            page=page,
         )
         return pb.ListInboundSmsResponse(
-            success=True, data=[views.inbound_sms(m) for m in listed.rows],
+            success=True,
+            data=[views.inbound_sms(m) for m in listed.rows],
             pagination=_pagination(listed),
         )
 
@@ -275,15 +359,23 @@ def accepted(submission: Submission, message_ids: tuple[str, ...]) -> None:
     ids: dict[str, Any] = (
         {"message_id": message_ids[0]} if len(message_ids) == 1 else {"message_ids": message_ids}
     )
-    log.info("sms.accepted", request_id=submission.request_id, client_id=submission.client_id,
-             operation=submission.operation, replayed=not message_ids, sandbox=submission.test,
-             **ids)
+    log.info(
+        "sms.accepted",
+        request_id=submission.request_id,
+        client_id=submission.client_id,
+        operation=submission.operation,
+        replayed=not message_ids,
+        sandbox=submission.test,
+        **ids,
+    )
 
 
 def _pagination(listed: history.Listed) -> common_pb2.Pagination:
     return common_pb2.Pagination(
-        current_page=listed.page.number, per_page=listed.page.limit,
-        total_pages=listed.total_pages, total_items=listed.total,
+        current_page=listed.page.number,
+        per_page=listed.page.limit,
+        total_pages=listed.total_pages,
+        total_items=listed.total,
     )
 
 
@@ -296,4 +388,3 @@ def _end_of_export(fmt: str, total: int) -> str:
 def register(server: ZimSendServer) -> str:
     pb_grpc.add_SmsServiceServicer_to_server(SmsService(server.state), server.grpc_server)
     return "zimsend.v1.SmsService"
-

@@ -32,23 +32,34 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def ConfigureWebhook(
-        self, request: pb.ConfigureWebhookRequest,
+        self,
+        request: pb.ConfigureWebhookRequest,
         context: grpc.aio.ServicerContext[pb.ConfigureWebhookRequest, pb.ConfigureWebhookResponse],
         caller: Caller,
     ) -> pb.ConfigureWebhookResponse:
         new = await self.state.db_call(
-            webhook_endpoints.configure, self.state.db, self.state.pepper, caller.client_id,
-            url=request.url, events=list(request.events), secret=request.secret,
+            webhook_endpoints.configure,
+            self.state.db,
+            self.state.pepper,
+            caller.client_id,
+            url=request.url,
+            events=list(request.events),
+            secret=request.secret,
             allow_insecure=self.state.settings.webhooks_allow_insecure,
         )
         return pb.ConfigureWebhookResponse(
-            success=True, webhook_id=new.endpoint.id, url=new.endpoint.url,
-            events=new.endpoint.events, secret=new.secret, status=new.endpoint.status,
+            success=True,
+            webhook_id=new.endpoint.id,
+            url=new.endpoint.url,
+            events=new.endpoint.events,
+            secret=new.secret,
+            status=new.endpoint.status,
         )
 
     @public_rpc
     async def ListWebhooks(
-        self, request: pb.ListWebhooksRequest,
+        self,
+        request: pb.ListWebhooksRequest,
         context: grpc.aio.ServicerContext[pb.ListWebhooksRequest, pb.ListWebhooksResponse],
         caller: Caller,
     ) -> pb.ListWebhooksResponse:
@@ -59,27 +70,35 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def ListWebhookLogs(
-        self, request: pb.ListWebhookLogsRequest,
+        self,
+        request: pb.ListWebhookLogsRequest,
         context: grpc.aio.ServicerContext[pb.ListWebhookLogsRequest, pb.ListWebhookLogsResponse],
         caller: Caller,
     ) -> pb.ListWebhookLogsResponse:
         page = await self.state.db_call(
-            webhook_endpoints.list_logs, self.state.db, caller.client_id, *paging(request),
-            webhook_id=request.webhook_id, event_id=request.event_id,
+            webhook_endpoints.list_logs,
+            self.state.db,
+            caller.client_id,
+            *paging(request),
+            webhook_id=request.webhook_id,
+            event_id=request.event_id,
             message_id=request.message_id,
         )
         return pb.ListWebhookLogsResponse(
             success=True,
             logs=[_log(row) for row in page.logs],
             pagination=common_pb2.Pagination(
-                current_page=page.page, per_page=page.per_page,
-                total_pages=page.total_pages, total_items=page.total_items,
+                current_page=page.page,
+                per_page=page.per_page,
+                total_pages=page.total_pages,
+                total_items=page.total_items,
             ),
         )
 
     @public_rpc
     async def TestWebhook(
-        self, request: pb.TestWebhookRequest,
+        self,
+        request: pb.TestWebhookRequest,
         context: grpc.aio.ServicerContext[pb.TestWebhookRequest, pb.TestWebhookResponse],
         caller: Caller,
     ) -> pb.TestWebhookResponse:
@@ -95,7 +114,8 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def DeleteWebhook(
-        self, request: pb.DeleteWebhookRequest,
+        self,
+        request: pb.DeleteWebhookRequest,
         context: grpc.aio.ServicerContext[pb.DeleteWebhookRequest, pb.DeleteWebhookResponse],
         caller: Caller,
     ) -> pb.DeleteWebhookResponse:
@@ -106,7 +126,8 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
     @public_rpc
     async def RedeliverWebhookEvent(
-        self, request: pb.RedeliverWebhookEventRequest,
+        self,
+        request: pb.RedeliverWebhookEventRequest,
         context: grpc.aio.ServicerContext[
             pb.RedeliverWebhookEventRequest, pb.RedeliverWebhookEventResponse
         ],
@@ -120,7 +141,10 @@ class WebhookService(pb_grpc.WebhookServiceServicer):
 
 def _webhook(row: WebhookEndpoint) -> pb.Webhook:
     return pb.Webhook(
-        webhook_id=row.id, url=row.url, events=row.events, status=row.status,
+        webhook_id=row.id,
+        url=row.url,
+        events=row.events,
+        status=row.status,
         created_at=ts(row.created_at),
     )
 
@@ -128,10 +152,17 @@ def _webhook(row: WebhookEndpoint) -> pb.Webhook:
 def _log(entry: webhook_endpoints.LogEntry) -> pb.WebhookLog:
     row = entry.delivery
     return pb.WebhookLog(
-        event_id=row.event_id, event=row.event_type, webhook_id=row.webhook_id or "",
-        url=row.url, response_status=row.response_status or 0,
-        response_time_ms=row.response_time_ms or 0, success=row.success, attempt=row.attempt,
-        timestamp=ts(row.created_at), error=row.error or "", message_id=entry.message_id or "",
+        event_id=row.event_id,
+        event=row.event_type,
+        webhook_id=row.webhook_id or "",
+        url=row.url,
+        response_status=row.response_status or 0,
+        response_time_ms=row.response_time_ms or 0,
+        success=row.success,
+        attempt=row.attempt,
+        timestamp=ts(row.created_at),
+        error=row.error or "",
+        message_id=entry.message_id or "",
     )
 
 

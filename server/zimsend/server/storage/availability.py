@@ -43,15 +43,21 @@ class StorageProblem(enum.Enum):
     @property
     def message(self) -> str:
         if self is StorageProblem.FULL:
-            return ("The server's storage is full, so nothing can be saved right now; retry "
-                    "later (the operator has been told through the server's health).")
+            return (
+                "The server's storage is full, so nothing can be saved right now; retry "
+                "later (the operator has been told through the server's health)."
+            )
         if self is StorageProblem.UNREACHABLE:
-            return ("The server cannot reach its database storage right now, so nothing can "
-                    "be saved; retry later (the operator has been told through the server's "
-                    "health).")
-        return ("The server's storage cannot be written (read-only or unreachable), so "
-                "nothing can be saved right now; retry later (the operator has been told "
-                "through the server's health).")
+            return (
+                "The server cannot reach its database storage right now, so nothing can "
+                "be saved; retry later (the operator has been told through the server's "
+                "health)."
+            )
+        return (
+            "The server's storage cannot be written (read-only or unreachable), so "
+            "nothing can be saved right now; retry later (the operator has been told "
+            "through the server's health)."
+        )
 
 
 # SQLite result codes (`sqlite3.Error.sqlite_errorname`, extended names start with these).
@@ -106,8 +112,11 @@ def _own_problem(exc: BaseException) -> StorageProblem | None:
         return _POSTGRES_PROBLEMS[sqlstate]
     if isinstance(sqlstate, str) and sqlstate.startswith("08"):  # connection_exception
         return StorageProblem.UNREACHABLE
-    if (type(exc).__module__.startswith("psycopg") and sqlstate is None
-            and type(exc).__name__ == "OperationalError"):
+    if (
+        type(exc).__module__.startswith("psycopg")
+        and sqlstate is None
+        and type(exc).__name__ == "OperationalError"
+    ):
         return StorageProblem.UNREACHABLE  # refused, closed or timed out: libpq gives no code
     if type(exc).__module__ == "sqlite3":
         text = str(exc).lower()
@@ -152,7 +161,11 @@ class StorageAvailability:
         if problem is None:
             log.warning("storage.writable_again", database=self.name, was=before and before.value)
         else:
-            log.error("storage.unavailable", database=self.name, problem=problem.value,
-                      detail="writes fail until this is fixed; health says NOT_SERVING")
+            log.error(
+                "storage.unavailable",
+                database=self.name,
+                problem=problem.value,
+                detail="writes fail until this is fixed; health says NOT_SERVING",
+            )
         for listener in self._listeners:
             listener(problem)

@@ -73,8 +73,9 @@ def _conditions(test: bool, any_pin: bool) -> list[ColumnElement[bool]]:
         or_(_m.expires_at.is_(None), _m.expires_at > now),
     ]
     if not any_pin:
-        conditions.append(or_(_m.pinned_device_id.is_(None),
-                              _m.pinned_device_id == bindparam("c_device_id")))
+        conditions.append(
+            or_(_m.pinned_device_id.is_(None), _m.pinned_device_id == bindparam("c_device_id"))
+        )
     return conditions
 
 
@@ -82,8 +83,11 @@ def _update(target: ColumnElement[bool]) -> Executable:
     claim = (
         update(table_of(Message))
         .where(target, still_queued())
-        .values(status=MessageStatus.PROCESSING.value, device_id=bindparam("c_device_id"),
-                processing_at=bindparam("c_now"))
+        .values(
+            status=MessageStatus.PROCESSING.value,
+            device_id=bindparam("c_device_id"),
+            processing_at=bindparam("c_now"),
+        )
         .returning(*table_of(Message).c)
     )
     return select(Message).from_statement(claim)
@@ -93,20 +97,30 @@ def _shapes(test: bool, any_pin: bool) -> tuple[Executable, Select[Any], Executa
     """(claim the first `limit` due, read the first `limit` due for a budget, claim `ids`)."""
     conditions = _conditions(test, any_pin)
     due = (
-        select(_m.id).where(*conditions).order_by(*_ORDER).limit(bindparam("c_limit"))
+        select(_m.id)
+        .where(*conditions)
+        .order_by(*_ORDER)
+        .limit(bindparam("c_limit"))
         .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
         .cte("due")
     )
     within = (
-        select(_m.id, _m.sim_slot, _m.segments).where(*conditions).order_by(*_ORDER)
-        .limit(bindparam("c_limit")).with_for_update(skip_locked=True)
+        select(_m.id, _m.sim_slot, _m.segments)
+        .where(*conditions)
+        .order_by(*_ORDER)
+        .limit(bindparam("c_limit"))
+        .with_for_update(skip_locked=True)
     )
-    return (_update(_m.id.in_(select(due.c.id))), within,
-            _update(_m.id.in_(bindparam("c_ids", expanding=True))))
+    return (
+        _update(_m.id.in_(select(due.c.id))),
+        within,
+        _update(_m.id.in_(bindparam("c_ids", expanding=True))),
+    )
 
 
-_SHAPES = {(test, any_pin): _shapes(test, any_pin) for test in (False, True)
-           for any_pin in (False, True)}
+_SHAPES = {
+    (test, any_pin): _shapes(test, any_pin) for test in (False, True) for any_pin in (False, True)
+}
 
 
 def claim_due_messages(
@@ -136,14 +150,19 @@ def claim_due_messages(
     if limit <= 0:
         return []
     claim_due, within, claim_ids = _SHAPES[(test, any_pin)]
-    params: dict[str, Any] = {"c_client_id": client_id, "c_device_id": device_id, "c_now": now,
-                              "c_limit": limit}
+    params: dict[str, Any] = {
+        "c_client_id": client_id,
+        "c_device_id": device_id,
+        "c_now": now,
+        "c_limit": limit,
+    }
     if fits is not None:
         chosen = _within(session, within, params, fits)
         if not chosen:
             return []
-        result = session.scalars(claim_ids, {**params, "c_ids": padded(chosen)},
-                                 execution_options=_LOAD)
+        result = session.scalars(
+            claim_ids, {**params, "c_ids": padded(chosen)}, execution_options=_LOAD
+        )
     else:
         result = session.scalars(claim_due, params, execution_options=_LOAD)
     claimed: list[Message] = list(result)
@@ -157,7 +176,10 @@ _LOAD = {"populate_existing": True}
 
 
 def _within(
-    session: Session, within: Select[Any], params: dict[str, Any], fits: Callable[[int, int], bool],
+    session: Session,
+    within: Select[Any],
+    params: dict[str, Any],
+    fits: Callable[[int, int], bool],
 ) -> list[str]:
     """The ids of the first due messages (at most `limit`) that `fits` accepts."""
     rows = session.connection().execute(within, params)

@@ -76,14 +76,14 @@ class Database:
         # Re-entrant: a thread already writing that opens another write() waits in SQLite
         # (busy_timeout), exactly as it did before this lock existed.
         self._writers = _WriterLock() if engine.dialect.name == "sqlite" else None
-        self.availability = StorageAvailability(
-            engine.url.render_as_string(hide_password=True)
-        )
+        self.availability = StorageAvailability(engine.url.render_as_string(hide_password=True))
         database = engine.url.database or ""
         self._sqlite_folder = (
             Path(database).expanduser().resolve().parent
-            if engine.dialect.name == "sqlite" and database not in ("", ":memory:")
-            and not database.startswith("file:") else None
+            if engine.dialect.name == "sqlite"
+            and database not in ("", ":memory:")
+            and not database.startswith("file:")
+            else None
         )
         event.listen(engine, "handle_error", self._on_error)
         #: PostgreSQL backend pids of this Database's open connections: the server's listener

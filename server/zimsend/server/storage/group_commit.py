@@ -56,7 +56,8 @@ def commit_each(
     items: Sequence[T],
     run_batch: Callable[[Sequence[T]], Sequence[R | BaseException | RetryAlone]],
     run_alone: Callable[[T], R],
-    *, name: str,
+    *,
+    name: str,
 ) -> list[R | BaseException]:
     """Every item's result (or its exception), in order: `run_batch` writes them all in one
     transaction and answers per item; if it raises, each item goes to `run_alone` (its own
@@ -100,15 +101,18 @@ class ThreadLane(Generic[T, R]):
     Answers reach the waiting coroutines with one wake-up per event loop per batch."""
 
     def __init__(
-        self, name: str, process: Callable[[list[T]], Sequence[R | BaseException]], *,
-        max_batch: int, on_crash: Callable[[BaseException], BaseException],
+        self,
+        name: str,
+        process: Callable[[list[T]], Sequence[R | BaseException]],
+        *,
+        max_batch: int,
+        on_crash: Callable[[BaseException], BaseException],
     ) -> None:
         self.name = name
         self._process = process
         self._max_batch = max_batch
         self._on_crash = on_crash
-        self._waiting: queue.SimpleQueue[tuple[T, asyncio.Future[R]] | None] = (
-            queue.SimpleQueue())
+        self._waiting: queue.SimpleQueue[tuple[T, asyncio.Future[R]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         #: Batches written so far (items / batches = the batching achieved).
@@ -157,8 +161,7 @@ class ThreadLane(Generic[T, R]):
             try:
                 results = self._process(items)
             except BaseException as exc:  # the lane must outlive any one batch
-                log.error("group_commit.lane_error", lane=self.name, size=len(batch),
-                          exc_info=exc)
+                log.error("group_commit.lane_error", lane=self.name, size=len(batch), exc_info=exc)
                 results = [self._on_crash(exc)] * len(batch)
             self._answer(batch, results)
             if stop:
@@ -186,8 +189,10 @@ class AsyncLane(Generic[T, R]):
     failure is then only logged by `process`)."""
 
     def __init__(
-        self, name: str,
-        process: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], *,
+        self,
+        name: str,
+        process: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        *,
         max_batch: int,
     ) -> None:
         self.name = name
@@ -198,7 +203,8 @@ class AsyncLane(Generic[T, R]):
 
     def put(self, item: T, *, wait: bool = True) -> asyncio.Future[R] | None:
         future: asyncio.Future[R] | None = (
-            asyncio.get_running_loop().create_future() if wait else None)
+            asyncio.get_running_loop().create_future() if wait else None
+        )
         self._waiting.append((item, future))
         self._wake.set()
         return future
@@ -218,8 +224,8 @@ class AsyncLane(Generic[T, R]):
     async def flush(self) -> None:
         """Write everything waiting now, batch after batch (also at shutdown)."""
         while self._waiting:
-            batch = self._waiting[:self._max_batch]
-            del self._waiting[:self._max_batch]
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
             await self._write(batch)
 
     def cancel_waiting(self) -> None:
@@ -234,8 +240,12 @@ class AsyncLane(Generic[T, R]):
         try:
             results = await self._process([item for item, _ in batch])
         except Exception as exc:  # never let one batch stop the writer
-            logs.failure(log, "group_commit.batch_failed", exc, batch=self.name,
-                         size=len(batch))
+            logs.failure(log, "group_commit.batch_failed", exc, batch=self.name, size=len(batch))
             results = [exc] * len(batch)
-        _settle([(future, result) for (_, future), result in zip(batch, results, strict=True)
-                 if future is not None])
+        _settle(
+            [
+                (future, result)
+                for (_, future), result in zip(batch, results, strict=True)
+                if future is not None
+            ]
+        )

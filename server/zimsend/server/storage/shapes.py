@@ -38,4 +38,4 @@ def padded_chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
     if size <= 0 or size & (size - 1):
         raise ValueError(f"chunk size must be a power of two, not {size}")
     for start in range(0, len(items), size):
-        yield padded(items[start:start + size])
+        yield padded(items[start : start + size])

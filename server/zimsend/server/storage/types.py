@@ -77,9 +77,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
         return process
 
-    def result_processor(
-        self, dialect: Dialect, coltype: object
-    ) -> Callable[[Any], Any] | None:
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
         parse = self.impl_instance.result_processor(dialect, coltype)

@@ -96,13 +96,20 @@ def mark_reports_processed(
     others were recorded before (apply nothing for them). A pair given twice is recorded once:
     the caller decides which occurrence counts (the first)."""
     table = table_of(ProcessedReport)
-    stmt = cached_statement(session, "mark_reports_processed", lambda s: (
-        insert_for(s, table)
-        .values(device_id=bindparam("device_id"), report_id=bindparam("report_id"),
-                created_at=bindparam("created_at"))
-        .on_conflict_do_nothing(index_elements=["device_id", "report_id"])
-        .returning(table.c.device_id, table.c.report_id)
-    ))
+    stmt = cached_statement(
+        session,
+        "mark_reports_processed",
+        lambda s: (
+            insert_for(s, table)
+            .values(
+                device_id=bindparam("device_id"),
+                report_id=bindparam("report_id"),
+                created_at=bindparam("created_at"),
+            )
+            .on_conflict_do_nothing(index_elements=["device_id", "report_id"])
+            .returning(table.c.device_id, table.c.report_id)
+        ),
+    )
     now = utcnow()
     params = [
         {"device_id": d, "report_id": r, "created_at": now} for d, r in dict.fromkeys(reports)
@@ -121,14 +128,19 @@ def add_daily_counts(session: Session, counts: DayCounts) -> None:
 
     def build(s: Session) -> Any:
         stmt = insert_for(s, table).values(
-            client_id=bindparam("client_id"), device_id=bindparam("device_id"),
-            day=bindparam("day"), sent=bindparam("sent"), delivered=bindparam("delivered"),
+            client_id=bindparam("client_id"),
+            device_id=bindparam("device_id"),
+            day=bindparam("day"),
+            sent=bindparam("sent"),
+            delivered=bindparam("delivered"),
             failed=bindparam("failed"),
         )
         return stmt.on_conflict_do_update(
             index_elements=["client_id", "day", "device_id"],
-            set_={name: table.c[name] + stmt.excluded[name]
-                  for name in ("sent", "delivered", "failed")},
+            set_={
+                name: table.c[name] + stmt.excluded[name]
+                for name in ("sent", "delivered", "failed")
+            },
         )
 
     params = [

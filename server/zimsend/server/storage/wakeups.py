@@ -50,8 +50,12 @@ class Listener:
     """A thread LISTENing on `callbacks`' channels of `db`'s PostgreSQL (see module doc)."""
 
     def __init__(
-        self, db: Database, callbacks: Mapping[str, Callable[[str], None]], *,
-        on_reconnect: Callable[[], None] | None = None, name: str = "wakeups",
+        self,
+        db: Database,
+        callbacks: Mapping[str, Callable[[str], None]],
+        *,
+        on_reconnect: Callable[[], None] | None = None,
+        name: str = "wakeups",
     ) -> None:
         url = db.engine.url.set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
@@ -65,8 +69,12 @@ class Listener:
 
     @classmethod
     def for_database(
-        cls, db: Database, callbacks: Mapping[str, Callable[[str], None]], *,
-        on_reconnect: Callable[[], None] | None = None, name: str = "wakeups",
+        cls,
+        db: Database,
+        callbacks: Mapping[str, Callable[[str], None]],
+        *,
+        on_reconnect: Callable[[], None] | None = None,
+        name: str = "wakeups",
     ) -> Listener | None:
         """A started listener on PostgreSQL; None on SQLite (one writer, in-process wake-ups)."""
         if db.dialect != "postgresql":
@@ -86,8 +94,13 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5,
-                    keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=5,
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
                     application_name="zimsend-listener",
                 ) as conn:
                     for channel in self._callbacks:
@@ -127,7 +140,9 @@ class Listener:
 
 
 async def listen_in_loop(
-    db: Database, callbacks: Mapping[str, Callable[[str], None]], *,
+    db: Database,
+    callbacks: Mapping[str, Callable[[str], None]],
+    *,
     on_reconnect: Callable[[], None] | None = None,
 ) -> None:
     """`Listener`'s loop as an asyncio task (cancel it to stop): callbacks run in the event
@@ -146,8 +161,13 @@ async def listen_in_loop(
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=5, keepalives=1,
-                keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                conninfo,
+                autocommit=True,
+                connect_timeout=5,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
                 application_name="zimsend-listener",
             ) as conn:
                 for channel in callbacks:

@@ -126,7 +126,9 @@ def forbidden_reason(address: IPAddress) -> str | None:
     )
     for name, hit in checks:
         if hit:
-            return f"{shown} is a {name} address" if name != "not globally routable" else (
-                f"{shown} is not a globally routable address"
+            return (
+                f"{shown} is a {name} address"
+                if name != "not globally routable"
+                else (f"{shown} is not a globally routable address")
             )
     return None

@@ -123,7 +123,11 @@ class Http1Pools:
         return len(self._origins)
 
     async def post(
-        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeout: float  # noqa: ASYNC109 - the connect timeout the guard passes on; the caller's deadline bounds the whole
+        self,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - the connect timeout the guard passes on; the caller's deadline bounds the whole
     ) -> int:
         """POST `body` to `url`; returns the response status, or raises `HttpFailure`.
         `timeout` bounds connecting (resolution, TCP, TLS); the caller bounds the whole."""
@@ -161,8 +165,10 @@ class Http1Pools:
     async def _reuse(self, origin: _Origin, now: float) -> _Connection | None:
         while origin.idle:
             connection = origin.idle.pop()
-            if (now - connection.idle_since < self.keepalive_seconds
-                    and not connection.stream.get_extra_info("is_readable")):
+            if (
+                now - connection.idle_since < self.keepalive_seconds
+                and not connection.stream.get_extra_info("is_readable")
+            ):
                 return connection
             await _close(connection)
         return None
@@ -172,20 +178,31 @@ class Http1Pools:
         stream = await self.guard.connect_tcp(host, port, timeout=timeout)
         if url.scheme == "https":
             try:
-                stream = await stream.start_tls(self.ssl_context, server_hostname=host,
-                                                timeout=timeout)
+                stream = await stream.start_tls(
+                    self.ssl_context, server_hostname=host, timeout=timeout
+                )
             except BaseException:
                 await _close(_Connection(stream))
                 raise
         return _Connection(stream)
 
     async def _exchange(
-        self, connection: _Connection, url: httpx.URL, headers: list[tuple[bytes, bytes]],
+        self,
+        connection: _Connection,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> tuple[int, bool]:
         """Write the request in one piece, read the status, drain; (status, reusable)."""
-        head = [b"POST ", _checked(url.raw_path), b" HTTP/1.1\r\nHost: ", _checked(url.netloc),
-                b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        head = [
+            b"POST ",
+            _checked(url.raw_path),
+            b" HTTP/1.1\r\nHost: ",
+            _checked(url.netloc),
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
         for name, value in headers:
             head += (_checked(name), b": ", _checked(value), b"\r\n")
         head += (b"\r\n", body)
@@ -198,8 +215,12 @@ class Http1Pools:
                 if not data:
                     break  # closed: a body delimited by the close ends here
                 response.parser.feed_data(data)
-        except (httpcore.NetworkError, httpcore.TimeoutException, OSError,
-                httptools.HttpParserError):
+        except (
+            httpcore.NetworkError,
+            httpcore.TimeoutException,
+            OSError,
+            httptools.HttpParserError,
+        ):
             if response.status is None:
                 raise
             return response.status, False  # the status line decides; the body was only drained

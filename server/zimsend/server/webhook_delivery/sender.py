@@ -90,8 +90,9 @@ class WebhookSender:
             async with self._turns.turn(origin_of(target), self.max_wait):
                 return await self._post(target, secret, event_id, body)
         except OriginBusy as exc:
-            return AttemptOutcome(False, None, 0, _clip(str(exc)), dt.datetime.now(dt.UTC),
-                                  busy=True)
+            return AttemptOutcome(
+                False, None, 0, _clip(str(exc)), dt.datetime.now(dt.UTC), busy=True
+            )
         except (WebhookUrlError, ValueError) as exc:
             return AttemptOutcome(False, None, 0, _clip(str(exc)), dt.datetime.now(dt.UTC))
 
@@ -102,8 +103,10 @@ class WebhookSender:
         started = trio.current_time()
         status: int | None = None
         error: str | None = None
-        headers = [(name.encode(), value.encode())
-                   for name, value in signature_headers(secret, event_id, body, at).items()]
+        headers = [
+            (name.encode(), value.encode())
+            for name, value in signature_headers(secret, event_id, body, at).items()
+        ]
         with trio.move_on_after(self.timeout) as deadline:
             try:
                 status = await self._pools.post(url, headers, body, self.timeout)

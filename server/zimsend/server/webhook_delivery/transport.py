@@ -39,7 +39,11 @@ import trio
 from .addresses import IPAddress, forbidden_reason, parse_ip_literal
 
 __all__ = [
-    "AddressGuard", "ForbiddenAddress", "Resolver", "SystemResolver", "guarded_pools",
+    "AddressGuard",
+    "ForbiddenAddress",
+    "Resolver",
+    "SystemResolver",
+    "guarded_pools",
     "guarded_transport",
 ]
 
@@ -98,7 +102,10 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         for address in addresses:
             try:
                 return await self._connector.connect_tcp(
-                    str(address), port, timeout=timeout, local_address=local_address,
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
                     socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
@@ -107,7 +114,10 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         raise failure
 
     async def checked_addresses(
-        self, host: str, port: int, timeout: float | None = None  # noqa: ASYNC109 - httpcore's network backend interface names it so
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's network backend interface names it so
     ) -> list[IPAddress]:
         """The addresses `host` may be reached at; raises `ForbiddenAddress` or
         `httpcore.ConnectError` when there are none."""
@@ -157,8 +167,13 @@ def guarded_transport(
 ) -> Http1Pools:
     """Guarded pools with room for `per_origin` connections to each origin (tests; the worker
     uses `guarded_pools` with the sender's turns); `allow_private` is the development setting."""
-    return guarded_pools(per_origin=per_origin, allow_private=allow_private, resolver=resolver,
-                         connector=connector, verify=verify)
+    return guarded_pools(
+        per_origin=per_origin,
+        allow_private=allow_private,
+        resolver=resolver,
+        connector=connector,
+        verify=verify,
+    )
 
 
 def guarded_pools(
@@ -179,5 +194,10 @@ def guarded_pools(
 
     guard = AddressGuard(resolver=resolver, connector=connector, allow_private=allow_private)
     ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
-    return Http1Pools(guard, ssl_context, per_origin=per_origin, max_origins=max_origins,
-                      idle_seconds=idle_seconds)
+    return Http1Pools(
+        guard,
+        ssl_context,
+        per_origin=per_origin,
+        max_origins=max_origins,
+        idle_seconds=idle_seconds,
+    )

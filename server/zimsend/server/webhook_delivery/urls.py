@@ -45,9 +45,7 @@ def check_webhook_url(url: str, *, allow_insecure: bool) -> str:
     if not url:
         raise WebhookUrlError("is required: the HTTPS address that receives the events.")
     if len(url) > MAX_URL_LENGTH:
-        raise WebhookUrlError(
-            f"must be at most {MAX_URL_LENGTH} characters (got {len(url)})."
-        )
+        raise WebhookUrlError(f"must be at most {MAX_URL_LENGTH} characters (got {len(url)}).")
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise WebhookUrlError(
             "is not a well-formed URL (it contains spaces or control characters); use e.g. "
@@ -61,7 +59,8 @@ def check_webhook_url(url: str, *, allow_insecure: bool) -> str:
     if parsed.scheme not in allowed_schemes:
         raise WebhookUrlError(
             "must use HTTPS, e.g. https://example.com/webhooks (plain http:// is accepted only "
-            "by a server in development mode)." if not allow_insecure
+            "by a server in development mode)."
+            if not allow_insecure
             else "must use https:// or http://."
         )
     if not parsed.host:

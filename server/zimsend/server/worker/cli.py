@@ -34,16 +34,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--data-dir", help="state directory (default ./.zimsend or ZIMSEND_DATA_DIR)"
     )
     parser.add_argument("--database-url", help="overrides ZIMSEND_DATABASE_URL")
-    parser.add_argument("--poll-interval", type=float, default=0.5,
-                        help="seconds between outbox polls when idle (default 0.5)")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        help="seconds between outbox polls when idle (default 0.5)",
+    )
     parser.add_argument(
         "--lease-seconds",
         type=float,
         default=None,
         help="how long a claimed event stays reserved (default max(30, 3 x timeout))",
     )
-    parser.add_argument("--max-in-flight", type=int, default=256,
-                        help="events delivered concurrently (default 256)")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=256, help="events delivered concurrently (default 256)"
+    )
     parser.add_argument("--worker-id", help="name in claims and logs (default host:pid:random)")
     parser.set_defaults(handler=_handler)
 
@@ -56,7 +61,8 @@ def _handler(args: argparse.Namespace) -> int:
         overrides["database_url"] = args.database_url
     settings = Settings(**overrides)
     options: dict[str, Any] = {
-        "poll_interval": args.poll_interval, "lease_seconds": args.lease_seconds,
+        "poll_interval": args.poll_interval,
+        "lease_seconds": args.lease_seconds,
         "max_in_flight": args.max_in_flight,
     }
     if args.worker_id:
@@ -75,8 +81,9 @@ async def main(settings: Settings, options: WorkerOptions) -> int:
     if settings.worker_metrics_port:
         from zimsend.server import metrics
 
-        metrics_http = metrics.serve(settings.metrics_host, settings.worker_metrics_port,
-                                     process="worker")
+        metrics_http = metrics.serve(
+            settings.metrics_host, settings.worker_metrics_port, process="worker"
+        )
     try:
         await _migrate_when_writable(db)
         worker = Worker(settings, db, options)

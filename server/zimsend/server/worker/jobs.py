@@ -49,11 +49,13 @@ def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJo
     ttl = dt.timedelta(hours=settings.message_ttl_hours)
     return [
         PeriodicJob(
-            "expiry", options.expiry_interval,
+            "expiry",
+            options.expiry_interval,
             functools.partial(_expire, expire_overdue_messages, ttl=ttl),
         ),
         PeriodicJob(
-            "delivery_report_missing", options.expiry_interval,
+            "delivery_report_missing",
+            options.expiry_interval,
             functools.partial(
                 flag_missing_delivery_reports,
                 after=dt.timedelta(hours=settings.delivery_report_timeout_hours),
@@ -61,7 +63,8 @@ def periodic_jobs(settings: Settings, options: WorkerOptions) -> list[PeriodicJo
         ),
         PeriodicJob("send_ledger", options.retention_interval, prune_ledger),
         PeriodicJob(
-            "retention", options.retention_interval,
+            "retention",
+            options.retention_interval,
             functools.partial(_retention, retention_days=settings.retention_days),
         ),
     ]

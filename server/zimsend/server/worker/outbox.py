@@ -117,13 +117,18 @@ def claim_due_events(
     db: Database, *, token: str, limit: int, lease: dt.timedelta, now: dt.datetime
 ) -> list[ClaimedEvent]:
     """Lease up to `limit` due events, oldest due first (see module docstring)."""
-    return finish_and_claim(db, [], schedule=(), now=now, token=token, limit=limit,
-                            lease=lease)[1]
+    return finish_and_claim(db, [], schedule=(), now=now, token=token, limit=limit, lease=lease)[1]
 
 
 def finish_and_claim(
-    db: Database, finishes: Sequence[Finish], *, schedule: Sequence[float], now: dt.datetime,
-    token: str = "", limit: int = 0, lease: dt.timedelta = dt.timedelta(0),
+    db: Database,
+    finishes: Sequence[Finish],
+    *,
+    schedule: Sequence[float],
+    now: dt.datetime,
+    token: str = "",
+    limit: int = 0,
+    lease: dt.timedelta = dt.timedelta(0),
 ) -> tuple[list[str | None], list[ClaimedEvent]]:
     """Close `finishes` (each as `finish_event` would), then lease up to `limit` due events
     under `token`, in one write transaction. Returns each finish's new status (None: lease
@@ -144,15 +149,28 @@ def finish_and_claim(
         statuses = _finish(session, finishes, schedule, now)
         rows: list[Any] = []
         for statement in _CLAIM if limit > 0 else ():
-            rows += session.execute(statement, {"b_now": now, "b_limit": limit - len(rows),
-                                                "b_until": now + lease, "b_token": token})
+            rows += session.execute(
+                statement,
+                {
+                    "b_now": now,
+                    "b_limit": limit - len(rows),
+                    "b_until": now + lease,
+                    "b_token": token,
+                },
+            )
             if len(rows) >= limit:
                 break
     claimed = [
         ClaimedEvent(
-            id=row.id, client_id=row.client_id, event_type=row.event_type, data=row.payload,
-            webhook_url=row.webhook_url, created_at=row.created_at,
-            attempt=row.attempts + 1, token=token, request_id=row.request_id,
+            id=row.id,
+            client_id=row.client_id,
+            event_type=row.event_type,
+            data=row.payload,
+            webhook_url=row.webhook_url,
+            created_at=row.created_at,
+            attempt=row.attempts + 1,
+            token=token,
+            request_id=row.request_id,
         )
         for row in rows
     ]
@@ -191,12 +209,21 @@ def _claim(due_now: Any, order: Any) -> Any:
     return (
         update(table)
         .where(table.c.id.in_(select(due.c.id)), case((due_now, 1), else_=0) == 1)
-        .values(status=OutboxStatus.DELIVERING,
-                locked_until=bindparam("b_until", type_=table.c.locked_until.type),
-                claimed_by=bindparam("b_token", type_=table.c.claimed_by.type))
-        .returning(table.c.id, table.c.client_id, table.c.event_type, table.c.payload,
-                   table.c.webhook_url, table.c.created_at, table.c.attempts,
-                   table.c.request_id)
+        .values(
+            status=OutboxStatus.DELIVERING,
+            locked_until=bindparam("b_until", type_=table.c.locked_until.type),
+            claimed_by=bindparam("b_token", type_=table.c.claimed_by.type),
+        )
+        .returning(
+            table.c.id,
+            table.c.client_id,
+            table.c.event_type,
+            table.c.payload,
+            table.c.webhook_url,
+            table.c.created_at,
+            table.c.attempts,
+            table.c.request_id,
+        )
     )
 
 
@@ -210,9 +237,7 @@ def targets_of(db: Database, pepper: bytes, event: ClaimedEvent) -> list[Target]
     return targets_for(db, pepper, [event])[0]
 
 
-def targets_for(
-    db: Database, pepper: bytes, events: Sequence[ClaimedEvent]
-) -> list[list[Target]]:
+def targets_for(db: Database, pepper: bytes, events: Sequence[ClaimedEvent]) -> list[list[Target]]:
     """`targets_of` for each of `events`, with one read of the endpoints of their clients and
     one of their successful deliveries; each endpoint's secret is decrypted once."""
     if not events:
@@ -225,10 +250,14 @@ def targets_for(
         done = {
             (row.event_id, row.webhook_id, row.url)
             for row in session.execute(
-                select(col(WebhookDelivery.event_id), col(WebhookDelivery.webhook_id),
-                       col(WebhookDelivery.url))
-                .where(col(WebhookDelivery.event_id).in_(sorted({e.id for e in events})),
-                       col(WebhookDelivery.success).is_(True))
+                select(
+                    col(WebhookDelivery.event_id),
+                    col(WebhookDelivery.webhook_id),
+                    col(WebhookDelivery.url),
+                ).where(
+                    col(WebhookDelivery.event_id).in_(sorted({e.id for e in events})),
+                    col(WebhookDelivery.success).is_(True),
+                )
             )
         }
     signers: dict[str, tuple[str | None, str | None]] = {}
@@ -269,7 +298,8 @@ def _live_endpoints(session: Session, client_ids: list[str]) -> Sequence[Webhook
 
 
 def _override_target(
-    url: str, endpoints: Sequence[WebhookEndpoint],
+    url: str,
+    endpoints: Sequence[WebhookEndpoint],
     signing: Callable[[WebhookEndpoint], tuple[str | None, str | None]],
 ) -> Target:
     """A message's own `webhook_url` is signed with the secret of the client's endpoint at that
@@ -278,10 +308,15 @@ def _override_target(
     same_url = [e for e in endpoints if e.url == url]
     signers = same_url or list(endpoints)
     if not signers:
-        return Target(url, None, None, problem=(
-            "no signing secret: configure a webhook (POST /v1/webhooks/configure) so that "
-            "per-message webhook_url deliveries can be signed, then redeliver"
-        ))
+        return Target(
+            url,
+            None,
+            None,
+            problem=(
+                "no signing secret: configure a webhook (POST /v1/webhooks/configure) so that "
+                "per-message webhook_url deliveries can be signed, then redeliver"
+            ),
+        )
     return Target(url, None, *signing(signers[0]))
 
 
@@ -303,10 +338,17 @@ def record_attempt(
 
 def _delivery_row(event: ClaimedEvent, target: Target, outcome: AttemptOutcome) -> dict[str, Any]:
     return {
-        "client_id": event.client_id, "event_id": event.id, "webhook_id": target.webhook_id,
-        "event_type": event.event_type, "url": target.url, "attempt": event.attempt,
-        "success": outcome.success, "response_status": outcome.status,
-        "response_time_ms": outcome.elapsed_ms, "error": outcome.error, "created_at": outcome.at,
+        "client_id": event.client_id,
+        "event_id": event.id,
+        "webhook_id": target.webhook_id,
+        "event_type": event.event_type,
+        "url": target.url,
+        "attempt": event.attempt,
+        "success": outcome.success,
+        "response_status": outcome.status,
+        "response_time_ms": outcome.elapsed_ms,
+        "error": outcome.error,
+        "created_at": outcome.at,
     }
 
 
@@ -348,11 +390,13 @@ def _finish(
     if not finishes:
         return []
     table = table_of(OutboxEvent)
-    holders = dict(session.execute(  # FOR UPDATE on PostgreSQL; SQLite: under BEGIN IMMEDIATE
-        select(table.c.id, table.c.claimed_by)
-        .where(table.c.id.in_([f.event.id for f in finishes]))
-        .with_for_update()
-    ).all())
+    holders = dict(
+        session.execute(  # FOR UPDATE on PostgreSQL; SQLite: under BEGIN IMMEDIATE
+            select(table.c.id, table.c.claimed_by)
+            .where(table.c.id.in_([f.event.id for f in finishes]))
+            .with_for_update()
+        ).all()
+    )
     updates: dict[OutboxStatus, list[dict[str, Any]]] = {}
     statuses: list[str | None] = []
     for finish in finishes:
@@ -362,7 +406,9 @@ def _finish(
             statuses.append(None)
             continue
         values: dict[str, Any] = {
-            "b_id": event.id, "b_token": event.token, "b_attempts": event.attempt,
+            "b_id": event.id,
+            "b_token": event.token,
+            "b_attempts": event.attempt,
             "b_last_error": finish.last_error,
         }
         if finish.remaining == 0:
@@ -384,7 +430,9 @@ def _finish_statements() -> dict[OutboxStatus, Any]:
     `next_attempt_at`)."""
     table = table_of(OutboxEvent)
     common: dict[str, Any] = {
-        "attempts": bindparam("b_attempts"), "locked_until": None, "claimed_by": None,
+        "attempts": bindparam("b_attempts"),
+        "locked_until": None,
+        "claimed_by": None,
         "last_error": bindparam("b_last_error"),
     }
     mine = update(table).where(
@@ -392,10 +440,12 @@ def _finish_statements() -> dict[OutboxStatus, Any]:
     )
     return {
         OutboxStatus.DELIVERED: mine.values(
-            **common, status=OutboxStatus.DELIVERED, delivered_at=bindparam("b_at")),
+            **common, status=OutboxStatus.DELIVERED, delivered_at=bindparam("b_at")
+        ),
         OutboxStatus.FAILED: mine.values(**common, status=OutboxStatus.FAILED),
         OutboxStatus.PENDING: mine.values(
-            **common, status=OutboxStatus.PENDING, next_attempt_at=bindparam("b_at")),
+            **common, status=OutboxStatus.PENDING, next_attempt_at=bindparam("b_at")
+        ),
     }
 
 

@@ -54,18 +54,39 @@ def purge_expired(db: Database, now: dt.datetime, *, retention_days: int) -> dic
     plan: list[tuple[str, Any, Any, list[Any]]] = [
         ("otps", Otp, Otp.id, [col(Otp.created_at) < cutoff]),
         ("messages", Message, Message.id, [col(Message.created_at) < cutoff]),
-        ("inbound_messages", InboundMessage, InboundMessage.id,
-         [col(InboundMessage.created_at) < cutoff]),
-        ("outbox_events", OutboxEvent, OutboxEvent.id, [
-            col(OutboxEvent.created_at) < cutoff,
-            col(OutboxEvent.status).in_([OutboxStatus.DELIVERED, OutboxStatus.FAILED]),
-        ]),
-        ("processed_reports", ProcessedReport, ProcessedReport.report_id,
-         [col(ProcessedReport.created_at) < cutoff]),
-        ("idempotency_records", IdempotencyRecord, IdempotencyRecord.id,
-         [col(IdempotencyRecord.created_at) < now - IDEMPOTENCY_KEEP]),
-        ("rate_limit_buckets", RateLimitBucket, RateLimitBucket.window_start,
-         [col(RateLimitBucket.window_start) < now - RATE_WINDOW_KEEP]),
+        (
+            "inbound_messages",
+            InboundMessage,
+            InboundMessage.id,
+            [col(InboundMessage.created_at) < cutoff],
+        ),
+        (
+            "outbox_events",
+            OutboxEvent,
+            OutboxEvent.id,
+            [
+                col(OutboxEvent.created_at) < cutoff,
+                col(OutboxEvent.status).in_([OutboxStatus.DELIVERED, OutboxStatus.FAILED]),
+            ],
+        ),
+        (
+            "processed_reports",
+            ProcessedReport,
+            ProcessedReport.report_id,
+            [col(ProcessedReport.created_at) < cutoff],
+        ),
+        (
+            "idempotency_records",
+            IdempotencyRecord,
+            IdempotencyRecord.id,
+            [col(IdempotencyRecord.created_at) < now - IDEMPOTENCY_KEEP],
+        ),
+        (
+            "rate_limit_buckets",
+            RateLimitBucket,
+            RateLimitBucket.window_start,
+            [col(RateLimitBucket.window_start) < now - RATE_WINDOW_KEEP],
+        ),
     ]
     counts: dict[str, int] = {}
     for name, model, key, conditions in plan:
@@ -79,7 +100,8 @@ def _purge(db: Database, model: Any, key: Any, conditions: list[Any]) -> int:
         batch = select(col(key)).where(*conditions).limit(BATCH).scalar_subquery()
         with db.write() as session:
             result = session.execute(
-                delete(model).where(col(key).in_(batch), *conditions)
+                delete(model)
+                .where(col(key).in_(batch), *conditions)
                 .execution_options(synchronize_session=False)
             )
             assert isinstance(result, CursorResult)  # a DELETE's result

@@ -93,8 +93,12 @@ class WorkerOptions:
 
 class Worker:
     def __init__(
-        self, settings: Settings, db: Database, options: WorkerOptions | None = None,
-        *, sender: WebhookSender | None = None,
+        self,
+        settings: Settings,
+        db: Database,
+        options: WorkerOptions | None = None,
+        *,
+        sender: WebhookSender | None = None,
     ) -> None:
         self.settings = settings
         self.database = db
@@ -144,7 +148,8 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         timeout = self.settings.webhook_timeout_seconds
         sender = self._sender or WebhookSender(
-            timeout=timeout, allow_insecure=self.settings.webhooks_allow_insecure,
+            timeout=timeout,
+            allow_insecure=self.settings.webhooks_allow_insecure,
             # a turn at a busy receiver + the POST must end before the lease does
             max_wait=self.lease.total_seconds() - timeout - 2,
         )
@@ -154,14 +159,19 @@ class Worker:
                     jobs.run_periodically, job, self.db_call, self.database, self._stopping
                 )
             log.info(
-                "worker.started", worker_id=self.options.worker_id,
+                "worker.started",
+                worker_id=self.options.worker_id,
                 schedule=self.settings.webhook_retry_schedule_seconds,
                 lease_seconds=self.lease.total_seconds(),
             )
             task_status.started()
             self._listener = wakeups.Listener.for_database(
-                self.database, {wakeups.OUTBOX_CHANNEL: self._notify_from_thread(
-                    trio.lowlevel.current_trio_token())},
+                self.database,
+                {
+                    wakeups.OUTBOX_CHANNEL: self._notify_from_thread(
+                        trio.lowlevel.current_trio_token()
+                    )
+                },
                 name="outbox-wakeups",
             )
             try:
@@ -182,9 +192,7 @@ class Worker:
             while self._in_flight:
                 await self._cycle(deliveries, sender, claim=False)
 
-    async def _cycle(
-        self, deliveries: trio.Nursery, sender: WebhookSender, *, claim: bool
-    ) -> None:
+    async def _cycle(self, deliveries: trio.Nursery, sender: WebhookSender, *, claim: bool) -> None:
         """Write the outcomes that arrived and claim for the room they leave, in one
         transaction; then wait (poll interval) unless there is more to do at once."""
         batch, self._finished = self._finished[:CYCLE_MAX], self._finished[CYCLE_MAX:]
@@ -199,9 +207,15 @@ class Worker:
             outcome.taken = True
         try:
             statuses, claimed, targets = await self.db_call(
-                _write_cycle, self.database, self._pepper, [o.finish for o in batch],
-                schedule=self.settings.webhook_retry_schedule_seconds, now=utcnow(),
-                token=self._token(), limit=room, lease=self.lease,
+                _write_cycle,
+                self.database,
+                self._pepper,
+                [o.finish for o in batch],
+                schedule=self.settings.webhook_retry_schedule_seconds,
+                now=utcnow(),
+                token=self._token(),
+                limit=room,
+                lease=self.lease,
             )
         except Exception as exc:  # database down: say so; the deliveries give their claims back
             logs.failure(log, "worker.cycle_failed", exc, finishing=len(batch))
@@ -280,24 +294,34 @@ class Worker:
                 if outcomes[0].busy:
                     # Its receiver's turns stayed taken as long as the lease allows: nothing
                     # was sent, so no attempt is spent; `finally` gives the event back.
-                    log.info("webhook.deferred", event_id=event.id, attempt=event.attempt,
-                             client_id=event.client_id, reason=outcomes[0].error)
+                    log.info(
+                        "webhook.deferred",
+                        event_id=event.id,
+                        attempt=event.attempt,
+                        client_id=event.client_id,
+                        reason=outcomes[0].error,
+                    )
                     return
             else:
                 async with trio.open_nursery() as attempts:
                     for target in targets:
-                        attempts.start_soon(self._attempt, sender, event, target, body, outcomes,
-                                            True)
+                        attempts.start_soon(
+                            self._attempt, sender, event, target, body, outcomes, True
+                        )
             failures = [o for o in outcomes if not o.success]
             last_error: str | None
             if not targets:
                 last_error = "nothing to deliver: no active webhook subscribed to this event"
             else:
                 last_error = failures[0].error if failures else None
-            outcome = _Outcome(Finish(
-                event, remaining=len(failures), last_error=last_error,
-                attempts=tuple(zip(targets, outcomes, strict=True)) if alone else (),
-            ))
+            outcome = _Outcome(
+                Finish(
+                    event,
+                    remaining=len(failures),
+                    last_error=last_error,
+                    attempts=tuple(zip(targets, outcomes, strict=True)) if alone else (),
+                )
+            )
             self._finished.append(outcome)
             self._wake.set()
             await outcome.written.wait()
@@ -306,9 +330,15 @@ class Worker:
             metrics.WEBHOOK_EVENTS.labels(_RESULTS.get(outcome.status or "", "lease_lost")).inc()
             message_id = event.data.get("message_id") if isinstance(event.data, dict) else None
             log.info(
-                "webhook.attempted", request_id=event.request_id, event_id=event.id,
-                event_type=event.event_type, message_id=message_id, client_id=event.client_id,
-                attempt=event.attempt, targets=len(targets), failures=len(failures),
+                "webhook.attempted",
+                request_id=event.request_id,
+                event_id=event.id,
+                event_type=event.event_type,
+                message_id=message_id,
+                client_id=event.client_id,
+                attempt=event.attempt,
+                targets=len(targets),
+                failures=len(failures),
                 status=outcome.status,
                 outcomes=[metrics.webhook_outcome(o) for o in outcomes],
             )
@@ -329,8 +359,13 @@ class Worker:
                 self._wake.set()
 
     async def _attempt(
-        self, sender: WebhookSender, event: ClaimedEvent, target: Target, body: bytes,
-        outcomes: list[AttemptOutcome], record: bool,
+        self,
+        sender: WebhookSender,
+        event: ClaimedEvent,
+        target: Target,
+        body: bytes,
+        outcomes: list[AttemptOutcome],
+        record: bool,
     ) -> None:
         if target.secret is None:
             outcome = AttemptOutcome(

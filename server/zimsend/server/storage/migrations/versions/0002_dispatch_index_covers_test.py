@@ -26,7 +26,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.drop_index("ix_messages_dispatch", table_name="messages")
     op.create_index(
-        "ix_messages_dispatch", "messages", ["status", "client_id", "test", "priority", "due_at"],
+        "ix_messages_dispatch",
+        "messages",
+        ["status", "client_id", "test", "priority", "due_at"],
         unique=False,
     )
 
@@ -34,6 +36,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_messages_dispatch", table_name="messages")
     op.create_index(
-        "ix_messages_dispatch", "messages", ["status", "client_id", "priority", "due_at"],
+        "ix_messages_dispatch",
+        "messages",
+        ["status", "client_id", "priority", "due_at"],
         unique=False,
     )

@@ -28,7 +28,10 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_index(
-        "ix_messages_due_at_status", "messages", ["due_at", "status"], unique=False,
+        "ix_messages_due_at_status",
+        "messages",
+        ["due_at", "status"],
+        unique=False,
     )
 
 

@@ -29,8 +29,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column(
         "devices",
-        sa.Column("capabilities", sa.JSON(none_as_null=True), nullable=False,
-                  server_default=sa.text("'{}'")),
+        sa.Column(
+            "capabilities",
+            sa.JSON(none_as_null=True),
+            nullable=False,
+            server_default=sa.text("'{}'"),
+        ),
     )
     op.add_column("devices", sa.Column("network", sa.String(), nullable=True))
     op.add_column("devices", sa.Column("cannot_send_reason", sa.String(), nullable=True))

@@ -28,28 +28,38 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("clients", sa.Column("max_send_attempts", sa.Integer(), nullable=True))
-    op.add_column("messages", sa.Column("reroutes", sa.Integer(), nullable=False,
-                                        server_default=sa.text("0")))
-    op.add_column("messages", sa.Column("delivery_report_missing_at", sa.DateTime(timezone=True),
-                                        nullable=True))
-    op.create_index("ix_messages_report_sweep", "messages",
-                    ["status", "delivery_report_missing_at", "sent_at"])
+    op.add_column(
+        "messages", sa.Column("reroutes", sa.Integer(), nullable=False, server_default=sa.text("0"))
+    )
+    op.add_column(
+        "messages",
+        sa.Column("delivery_report_missing_at", sa.DateTime(timezone=True), nullable=True),
+    )
+    op.create_index(
+        "ix_messages_report_sweep", "messages", ["status", "delivery_report_missing_at", "sent_at"]
+    )
     for name in ("parts_per_minute", "parts_per_hour", "parts_per_day"):
         op.add_column("devices", sa.Column(name, sa.Integer(), nullable=True))
-    op.add_column("devices", sa.Column("cooling_down_until", sa.DateTime(timezone=True),
-                                       nullable=True))
+    op.add_column(
+        "devices", sa.Column("cooling_down_until", sa.DateTime(timezone=True), nullable=True)
+    )
     op.create_table(
         "device_sends",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("device_id", sa.String(), sa.ForeignKey("devices.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "device_id",
+            sa.String(),
+            sa.ForeignKey("devices.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("sim_slot", sa.Integer(), nullable=False),
         sa.Column("handed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("parts", sa.Integer(), nullable=False),
         sa.Column("message_id", sa.String(), nullable=False),
     )
-    op.create_index("ix_device_sends_device_id_handed_at", "device_sends",
-                    ["device_id", "handed_at"])
+    op.create_index(
+        "ix_device_sends_device_id_handed_at", "device_sends", ["device_id", "handed_at"]
+    )
 
 
 def downgrade() -> None:
