@@ -12,6 +12,7 @@ Bounded: `MAX_EXAMPLES` generated cases per operation and phase, no shrinking, o
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import pytest
 import schemathesis
 from conftest import Admin, GatewayFactory, RunningServer, Stack
 from schemathesis import GenerationMode
+from schemathesis.core.failures import AcceptedNegativeData, Failure, FailureGroup
 
 pytestmark = pytest.mark.slow
 
@@ -153,9 +155,27 @@ def test_no_server_error_and_every_refusal_is_the_envelope(label: str, stack: St
         assert response.status_code < 500, _show(case, response)
         if response.status_code >= 400:
             assert_envelope(case, response)
-        case.validate_response(response, headers=stack.auth)
+        try:
+            case.validate_response(response, headers=stack.auth)
+        except FailureGroup as group:
+            if not all(_scalar_read_as_list(failure) for failure in group.exceptions):
+                raise
 
     check()
+
+
+#: "was array, became string" and the like: schemathesis sent one value where the document
+#: says a list.
+_LIST_BECAME_SCALAR = re.compile(r"\(was array, became (string|integer|number|boolean)\)")
+
+
+def _scalar_read_as_list(failure: Failure) -> bool:
+    """A negative case accepted only because Envoy's transcoder (protobuf's JSON parser) reads
+    one value where a list is expected as a one-element list (`"recipients": "+336…"` is a bulk
+    of one): a documented leniency (docs/decisions.md), the only accepted negative data allowed."""
+    return isinstance(failure, AcceptedNegativeData) and bool(
+        _LIST_BECAME_SCALAR.search(failure.message)
+    )
 
 
 def assert_envelope(case: schemathesis.Case[Any], response: schemathesis.Response) -> None:
