@@ -69,8 +69,10 @@ STORAGE_CHECK_SECONDS = 1.0
 #: The outbox poll while PostgreSQL NOTIFYs new events (`storage.wakeups`): only a safety net
 #: (and the pace at which retries that came due are noticed).
 NOTIFIED_POLL_SECONDS = 2.0
-#: Outcomes written and events claimed per cycle (one write transaction) at most.
-CYCLE_MAX = 32
+#: Outcomes written and events claimed per cycle (one write transaction) at most: the bound
+#: that keeps the webhook stage ahead of the phones in `zimsend bench` e2e (32 made it the
+#: narrowest: docs/benchmarks.md).
+CYCLE_MAX = 256
 
 
 @dataclass(frozen=True)
