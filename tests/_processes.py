@@ -30,9 +30,33 @@ __all__ = [
     "grpc_serving",
     "run_zimsend",
     "start_server",
+    "start_up",
     "zimsend_env",
 ]
+
+#: The ports `zimsend up` takes, by the name of their option (`--http-port`, ...).
+UP_PORTS = ("http", "device", "grpc", "admin", "metrics", "worker-metrics")
 
 
 def zimsend_env(data_dir: Path, pepper: str, **extra: str) -> dict[str, str]:
     return _zimsend_env(data_dir, pepper, **{"ZIMSEND_RATE_LIMIT_PER_MINUTE": "1000000", **extra})
+
+
+def start_up(
+    data_dir: Path, *extra: str, ports: dict[str, int] | None = None, pepper: str | None = None
+) -> tuple[Program, dict[str, int]]:
+    """`zimsend up` with `extra` options on `ports` (default: free ones) and `data_dir`; without
+    `pepper`, like a user: the pepper is generated in the data directory. Its output goes to
+    `up.log` beside `data_dir`."""
+    ports = ports or {name: free_port() for name in UP_PORTS}
+    env = zimsend_env(data_dir, pepper or "unused")
+    if pepper is None:
+        del env["ZIMSEND_SECRET_PEPPER"]
+    options = [arg for name in UP_PORTS for arg in (f"--{name}-port", str(ports[name]))]
+    program = Program(
+        [ZIMSEND, "up", "--data-dir", str(data_dir), *options, *extra],
+        env=env,
+        log_path=data_dir.parent / "up.log",
+        name="zimsend up",
+    )
+    return program, ports

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from _processes import ZIMSEND, Program, free_port, zimsend_env
+from _processes import ZIMSEND, Program, start_up
 
 from zimsend.gateway._console import CONTENT_SECURITY_POLICY, console_files
 from zimsend.segments import GSM7_BASIC, GSM7_EXTENSION, plan
@@ -56,34 +56,11 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("console") / "data"
-    ports = {
-        name: free_port()
-        for name in ("http", "device", "grpc", "admin", "metrics", "worker-metrics")
-    }
-    program = Program(
-        [
-            ZIMSEND,
-            "up",
-            "--data-dir",
-            str(data_dir),
-            "--http-port",
-            str(ports["http"]),
-            "--device-port",
-            str(ports["device"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--admin-port",
-            str(ports["admin"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-            "--worker-metrics-port",
-            str(ports["worker-metrics"]),
-            "--with-simulated-device",
-            "--allow-insecure-webhooks",
-        ],
-        env=zimsend_env(data_dir, "console-test-pepper"),
-        log_path=data_dir.parent / "up.log",
-        name="zimsend up",
+    program, ports = start_up(
+        data_dir,
+        "--with-simulated-device",
+        "--allow-insecure-webhooks",
+        pepper="console-test-pepper",
     )
     with program:
         program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")

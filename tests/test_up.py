@@ -31,7 +31,7 @@ import pytest
 import trio
 from _certs import self_signed
 from _devices import wait_for
-from _processes import ZIMSEND, Program, free_port, zimsend_env
+from _processes import Program, start_up, zimsend_env
 
 from zimsend.server import up as up_command
 from zimsend.v1 import auth_pb2, auth_pb2_grpc
@@ -89,41 +89,6 @@ class Up(NamedTuple):
     ports: dict[str, int]
 
 
-def _start_up(data_dir: Path, *extra: str) -> tuple[Program, dict[str, int]]:
-    """`zimsend up` on free ports and a fresh data directory (like a user: no pepper given)."""
-    ports = {
-        name: free_port()
-        for name in ("http", "device", "grpc", "admin", "metrics", "worker-metrics")
-    }
-    env = zimsend_env(data_dir, "unused")
-    del env["ZIMSEND_SECRET_PEPPER"]  # like a user: the pepper is generated in the data dir
-    program = Program(
-        [
-            ZIMSEND,
-            "up",
-            "--data-dir",
-            str(data_dir),
-            "--http-port",
-            str(ports["http"]),
-            "--device-port",
-            str(ports["device"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--admin-port",
-            str(ports["admin"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-            "--worker-metrics-port",
-            str(ports["worker-metrics"]),
-            *extra,
-        ],
-        env=env,
-        log_path=data_dir.parent / "up.log",
-        name="zimsend up",
-    )
-    return program, ports
-
-
 def _auth(data_dir: Path) -> dict[str, str]:
     creds = json.loads((data_dir / "credentials.json").read_text())
     return {"X-API-Key": creds["api_key"], "X-Client-ID": creds["client_id"]}
@@ -132,7 +97,7 @@ def _auth(data_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     data_dir = tmp_path_factory.mktemp("up") / "data"
-    program, ports = _start_up(data_dir, "--with-simulated-device")
+    program, ports = start_up(data_dir, "--with-simulated-device")
     with program:
         program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
         yield Up(program, data_dir, ports)
@@ -374,7 +339,7 @@ def test_ctrl_c_leaves_no_process_behind(up: Up) -> None:
 
 def test_a_child_that_keeps_crashing_stops_the_stack(tmp_path: Path) -> None:
     """Restarts have a limit: the 5th crash within a minute stops everything, exit 1."""
-    program, _ = _start_up(tmp_path / "data")
+    program, _ = start_up(tmp_path / "data")
     with program:
         program.wait_until(lambda: "ZimSend is up." in program.output(), timeout=120, what="up")
         children = _descendants(program.pid)
@@ -404,7 +369,7 @@ def test_tls_stack_end_to_end(tmp_path: Path) -> None:
     a pairing URI with tls=1; --allow-insecure-webhooks lets a local receiver in."""
     cert, key = self_signed(tmp_path)
     data_dir = tmp_path / "data"
-    program, ports = _start_up(
+    program, ports = start_up(
         data_dir,
         "--with-simulated-device",
         "--tls-cert",

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from _devices import wait_for
-from _processes import ZIMSEND, Program, free_port, zimsend_env
+from _processes import ZIMSEND, Program, free_port, start_up, zimsend_env
 
 pytestmark = pytest.mark.slow
 
@@ -93,36 +93,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = {name: free_port() for name in ("http", "device", "admin")}
     ports["grpc"] = _free_ports_in_a_row(2)
     metrics = _free_ports_in_a_row(4)
-    env = zimsend_env(data_dir, "unused")
-    del env["ZIMSEND_SECRET_PEPPER"]
-    program = Program(
-        [
-            ZIMSEND,
-            "up",
-            "--postgres",
-            "--replicas",
-            "2",
-            "--workers",
-            "2",
-            "--with-simulated-device",
-            "--data-dir",
-            str(data_dir),
-            "--http-port",
-            str(ports["http"]),
-            "--device-port",
-            str(ports["device"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--admin-port",
-            str(ports["admin"]),
-            "--metrics-port",
-            str(metrics),
-            "--worker-metrics-port",
-            str(metrics + 1),
-        ],
-        env=env,
-        log_path=data_dir.parent / "up.log",
-        name="zimsend up",
+    ports["metrics"], ports["worker-metrics"] = metrics, metrics + 1
+    program, _ = start_up(
+        data_dir,
+        "--postgres",
+        "--replicas",
+        "2",
+        "--workers",
+        "2",
+        "--with-simulated-device",
+        ports=ports,
     )
     try:
         with program:
