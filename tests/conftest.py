@@ -324,6 +324,18 @@ def gateway_factory(
 
 
 @pytest.fixture(scope="module")
+def agent_outbox(
+    stack: Stack,
+    admin: Admin,
+    zimsend_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
+    """`online_agent` for the module's stack and settings: its outbox file."""
+    with online_agent(stack, admin, zimsend_env, tmp_path_factory.mktemp("agent")) as outbox:
+        yield outbox
+
+
+@pytest.fixture(scope="module")
 def stack(server: RunningServer, admin: Admin, gateway_factory: GatewayFactory) -> Stack:
     _, address = server
     client = admin("create-client", "--name", "gateway-tests")

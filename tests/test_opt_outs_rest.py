@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from _devices import RawPhone, outbox_lines, wait_for
 from _processes import free_port
 from _receivers import Receiver, body_of, start_worker
-from conftest import Admin, Stack, online_agent
+from conftest import Admin, Stack
 
 from zimsend.v1 import device_link_pb2 as link_pb
 
@@ -37,18 +36,6 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
         ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
     )
-
-
-@pytest.fixture(scope="module")
-def agent(
-    stack: Stack,
-    admin: Admin,
-    zimsend_env: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Path]:
-    """The real agent (simulator backend) online through Envoy; yields its outbox file."""
-    with online_agent(stack, admin, zimsend_env, tmp_path_factory.mktemp("agent")) as outbox:
-        yield outbox
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +83,7 @@ def _listed(http: httpx.Client, number: str) -> list[dict[str, Any]]:
 def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
     stack: Stack,
     http: httpx.Client,
-    agent: Path,
+    agent_outbox: Path,
     inbox_phone: dict[str, str],
     zimsend_env: dict[str, str],
     tmp_path: Path,
@@ -114,7 +101,7 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
         before = http.post("/v1/sms/send", json={"to": TO, "message": "Votre colis arrive"})
         assert before.status_code == 200, before.text
         wait_for(
-            lambda: any(line["to"] == TO for line in outbox_lines(agent)),
+            lambda: any(line["to"] == TO for line in outbox_lines(agent_outbox)),
             30,
             "the first message sent by the agent",
         )
@@ -149,7 +136,7 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
         assert again.status_code == 200, again.text
         again_id = again.json()["message_id"]
         wait_for(
-            lambda: any(line["message_id"] == again_id for line in outbox_lines(agent)),
+            lambda: any(line["message_id"] == again_id for line in outbox_lines(agent_outbox)),
             30,
             "the message after START sent by the agent",
         )
@@ -190,7 +177,7 @@ def test_stop_refuses_sends_start_allows_them_again_and_both_webhooks_arrive(
 def test_stop_fails_what_is_still_queued_to_the_number_with_a_webhook(
     stack: Stack,
     http: httpx.Client,
-    agent: Path,
+    agent_outbox: Path,
     inbox_phone: dict[str, str],
     zimsend_env: dict[str, str],
     tmp_path: Path,
@@ -248,7 +235,7 @@ def test_stop_fails_what_is_still_queued_to_the_number_with_a_webhook(
             assert event["event"] == "sms.failed"
             assert event["data"]["error"]["reason"] == "OPTED_OUT"
             assert event["data"]["error"]["code"] == "BLOCKED_NUMBER"
-            assert all(line["message_id"] != message_id for line in outbox_lines(agent))
+            assert all(line["message_id"] != message_id for line in outbox_lines(agent_outbox))
         finally:
             _receive(stack, inbox_phone, TO, "START", "in-start-queued")
             http.delete(f"/v1/sms/{other['message_id']}")
@@ -303,7 +290,7 @@ def test_opt_outs_belong_to_one_client(stack: Stack, http: httpx.Client, admin: 
 
 def test_otps_reach_opted_out_numbers_only_when_the_client_exempts_them(
     http: httpx.Client,
-    agent: Path,
+    agent_outbox: Path,
 ) -> None:
     number = "+33698000003"
     http.post("/v1/opt-outs", json={"phone_number": number})
@@ -344,7 +331,7 @@ def test_client_keywords_replace_the_defaults(
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_the_sdk_manages_opt_outs_and_names_the_refusal(
-    stack: Stack, agent: Path, transport: str
+    stack: Stack, agent_outbox: Path, transport: str
 ) -> None:
     from zimsend.client import InvalidRequestError, NotFoundError, OptOut, ZimSend
 

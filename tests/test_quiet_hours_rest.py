@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from _devices import outbox_lines, wait_for
-from conftest import Admin, Stack, online_agent
 
 pytestmark = pytest.mark.slow
 PARIS = ZoneInfo("Europe/Paris")
@@ -38,17 +36,6 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         ZIMSEND_DEFAULT_SEND_INTERVAL_MS="0",
         ZIMSEND_RATE_LIMIT_PER_MINUTE="100000",
     )
-
-
-@pytest.fixture(scope="module")
-def outbox(
-    stack: Stack,
-    admin: Admin,
-    zimsend_env: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Path]:
-    with online_agent(stack, admin, zimsend_env, tmp_path_factory.mktemp("agent")) as path:
-        yield path
 
 
 def _sent(outbox: Path, message_id: str) -> dict[str, Any] | None:
@@ -74,7 +61,7 @@ def _utc(value: str) -> dt.datetime:
 
 def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once(
     http: httpx.Client,
-    outbox: Path,
+    agent_outbox: Path,
 ) -> None:
     start, end, end_utc = _window_ending_next_minute()
     # Accepted before quiet hours were turned on, due once they are: the dispatcher holds it.
@@ -120,9 +107,9 @@ def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once
         ).json()
         paris_id, new_york_id = (m["message_id"] for m in bulk["messages"])
         for message_id in (urgent["message_id"], otp["message_id"], new_york_id):
-            wait_for(partial(_sent, outbox, message_id), 30, f"{message_id} sent at once")
+            wait_for(partial(_sent, agent_outbox, message_id), 30, f"{message_id} sent at once")
         assert dt.datetime.now(dt.UTC) < end_utc, "the window ended before the checks; rerun"
-        assert _sent(outbox, held_id) is None
+        assert _sent(agent_outbox, held_id) is None
         assert http.get(f"/v1/sms/status/{paris_id}").json()["hold_reason"] == "quiet_hours"
         assert "held_until" not in http.get(f"/v1/sms/status/{new_york_id}").json()
         wait_for(
@@ -135,11 +122,11 @@ def test_a_normal_message_waits_for_the_window_end_and_urgent_ones_leave_at_once
         assert earlier_status["status"] == "queued"
         assert earlier_status["hold_reason"] == "quiet_hours"
         assert _utc(earlier_status["held_until"]) == end_utc
-        assert _sent(outbox, earlier_id) is None
+        assert _sent(agent_outbox, earlier_id) is None
 
         for message_id in (held_id, paris_id, earlier_id):
             line = wait_for(
-                partial(_sent, outbox, message_id), 90, f"{message_id} sent after the window"
+                partial(_sent, agent_outbox, message_id), 90, f"{message_id} sent after the window"
             )
             assert dt.datetime.fromisoformat(line["sent_at"]) >= end_utc
         final = http.get(f"/v1/sms/status/{held_id}").json()

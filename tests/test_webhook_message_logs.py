@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 from _devices import wait_for
 from _processes import ZIMSEND
 from _receivers import Receiver, body_of, start_worker
-from conftest import Admin, Stack, online_agent
+from conftest import Admin, Stack
 
 from zimsend.client import AsyncZimSend, ZimSend
 from zimsend.server.storage import Database
@@ -46,17 +45,6 @@ def zimsend_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     )
 
 
-@pytest.fixture(scope="module")
-def agent(
-    stack: Stack,
-    admin: Admin,
-    zimsend_env: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Path]:
-    with online_agent(stack, admin, zimsend_env, tmp_path_factory.mktemp("agent")) as outbox:
-        yield outbox
-
-
 def _logs(http: httpx.Client, **params: Any) -> dict[str, Any]:
     reply = http.get("/v1/webhooks/logs", params={"limit": 100, **params})
     assert reply.status_code == 200, reply.text
@@ -77,7 +65,7 @@ def test_a_message_s_logs_are_exactly_its_own_deliveries_for_its_own_client(
     stack: Stack,
     admin: Admin,
     http: httpx.Client,
-    agent: Path,
+    agent_outbox: Path,
     zimsend_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
