@@ -23,9 +23,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as phone_zones
 
-__all__ = ["QuietWindow", "held_until", "parse_clock", "recipient_zone", "zone_named"]
+__all__ = [
+    "QuietWindow",
+    "held_until",
+    "hold_for",
+    "parse_clock",
+    "recipient_zone",
+    "zone_named",
+]
 
 HOLD_REASON = "quiet_hours"
+#: The priority that never waits for the end of quiet hours (urgent; OTPs are sent with it).
+URGENT_PRIORITY = 1
 _CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _UNKNOWN = "Etc/Unknown"
 
@@ -99,3 +108,14 @@ def held_until(window: QuietWindow, number: str, at: dt.datetime) -> dt.datetime
         day += dt.timedelta(days=1)  # the window spans midnight; it ends tomorrow
     end = dt.datetime.combine(day, window.end, tzinfo=zone)
     return end.astimezone(dt.UTC)
+
+
+def hold_for(
+    window: QuietWindow | None, number: str, priority: int, at: dt.datetime
+) -> dt.datetime | None:
+    """The one rule of accept, resend and dispatch: when a message of `priority` to `number`,
+    due at `at`, may go — the end of the window when it is on, the message not urgent and `at`
+    inside it; None when it may go at `at`."""
+    if window is None or priority == URGENT_PRIORITY:
+        return None
+    return held_until(window, number, at)

@@ -31,7 +31,7 @@ from sqlmodel import Session, col
 
 from zimsend.server.accounts import credentials
 from zimsend.server.compliance.policy import load as load_policy
-from zimsend.server.compliance.quiet_hours import HOLD_REASON, QuietWindow, held_until
+from zimsend.server.compliance.quiet_hours import HOLD_REASON, QuietWindow, hold_for
 from zimsend.server.devicelink.budgets import Budget, record_handed, rooms_for
 from zimsend.server.storage import (
     Client,
@@ -320,7 +320,7 @@ def _not_quiet(
         return claimed
     leaving: list[Message] = []
     for message in claimed:
-        hold = None if message.priority == 1 else held_until(window, message.to, now)
+        hold = hold_for(window, message.to, message.priority, now)
         if hold is None:
             leaving.append(message)
             continue

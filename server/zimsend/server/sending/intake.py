@@ -356,7 +356,7 @@ class Intake:
             listed=batch.opted_out.get(submission.client_id),
         )
         base = plan.scheduled_at or now
-        holds = _quiet_holds(policy, plan, submission, base)
+        holds = _quiet_holds(policy, plan, base)
         # Messages that all wait for the end of quiet hours wait like scheduled ones: no
         # phone needs to be online now, and a backlog now does not concern them.
         immediate = plan.immediate and None in holds
@@ -478,15 +478,11 @@ def _find(session: Session, submission: Submission, now: dt.datetime) -> dict[st
     )
 
 
-def _quiet_holds(
-    policy: Policy, plan: SendPlan, submission: Submission, base: dt.datetime
-) -> list[dt.datetime | None]:
+def _quiet_holds(policy: Policy, plan: SendPlan, base: dt.datetime) -> list[dt.datetime | None]:
     """Per message, the end of the recipient's quiet hours when it would be due inside them
     (`base`), else None. Urgent messages (OTPs are urgent) never wait."""
     window = policy.quiet_window
-    if window is None or plan.priority == 1 or submission.operation == "SendOtp":
-        return [None] * len(plan.drafts)
-    return [quiet_hours.held_until(window, draft.to, base) for draft in plan.drafts]
+    return [quiet_hours.hold_for(window, draft.to, plan.priority, base) for draft in plan.drafts]
 
 
 def _check_devices(

@@ -173,10 +173,7 @@ def _policy_hold(session: Session, message: Message, now: dt.datetime) -> dt.dat
     recipient's quiet hours when `now` is inside them (None: it may go now)."""
     policy = load_policy(session, message.client_id)
     opt_outs.refuse_numbers(session.connection(), message.client_id, [("to", message.to)])
-    window = policy.quiet_window
-    if window is None or message.priority == 1:
-        return None
-    return quiet_hours.held_until(window, message.to, now)
+    return quiet_hours.hold_for(policy.quiet_window, message.to, message.priority, now)
 
 
 def _reload(session: Session, message_id: str) -> Message:
