@@ -15,9 +15,9 @@ event outcome plus one per claim made the worker the end-to-end bottleneck (`zim
 19 webhooks/s while phones reported 64 messages/s); a cycle pays one wait for everything that
 finished meanwhile, and reads the targets of everything it claimed in one read. A cycle takes
 at most `CYCLE_MAX` outcomes and claims: the server's dispatch round waits (across processes,
-with no priority) for every transaction the worker holds, so one cycle of hundreds of events
-was part of every message's accept → phone time (docs/benchmarks.md); more simply runs as the
-next cycle at once.
+with no priority) for every transaction the worker holds, so an unbounded cycle was part of
+every message's accept → phone time, while too small a bound makes the webhook stage the
+narrowest (docs/decisions.md); more simply runs as the next cycle at once.
 
 Database work is synchronous SQLAlchemy in `trio.to_thread.run_sync` with the worker's own
 `CapacityLimiter` (DESIGN: trio's default limiter is shared by every thread user in the process;
