@@ -50,13 +50,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
-from sqlalchemy import Connection, bindparam, insert
+from sqlalchemy import Connection, bindparam
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col, select
 
 from zimsend.server import logs
@@ -69,6 +67,7 @@ from zimsend.server.errors import ApiError, ErrorCode, storage_unavailable
 from zimsend.server.presence import is_connected, is_online
 from zimsend.server.storage import Database, Device, Message, MessageStatus, get_for_client, utcnow
 from zimsend.server.storage.group_commit import RETRY_ALONE, RetryAlone, ThreadLane, commit_each
+from zimsend.server.storage.inserts import RowInsert
 from zimsend.server.storage.tables import table_of
 
 from . import idempotency
@@ -145,7 +144,7 @@ class _BatchState:
     """What the requests of one lane transaction share."""
 
     #: Message rows of requests without a SAVEPOINT, inserted in one statement at the end.
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[QueuedMessage] = field(default_factory=list)
     #: The client's online phones (`_ONLINE`), read once per client per transaction.
     online: dict[str, list[Any]] = field(default_factory=dict)
     #: The client's sending policy (opt-out exemption, quiet hours), read once likewise.
@@ -176,18 +175,40 @@ _ONLINE = select(  # type: ignore[call-overload]  # sqlmodel types select() up t
     Device.is_simulated == False,  # noqa: E712 - SQL comparison
     col(Device.deleted_at).is_(None),
 )
-_INSERT = insert(table_of(Message))
-#: Every column's default, for rows inserted without the ORM (the callers set the rest).
-_ROW_DEFAULTS: dict[str, Any] = {
-    column.name: column.default.arg
-    if isinstance(column.default, ScalarElementColumnDefault)
-    else None
-    for column in table_of(Message).columns
-}
 
 
-class QueuedMessage(SimpleNamespace):
-    """A message row just inserted with Core: `Message`'s attributes, without the ORM."""
+class QueuedMessage(NamedTuple):
+    """A message row as the accept path inserts it (`_INSERT`), and what a response is built
+    from: `Message`'s attribute names for the columns a new message sets. The columns left
+    out are NULL in a new message."""
+
+    id: str
+    client_id: str
+    batch_id: str | None
+    to: str
+    body: str
+    priority: int
+    status: str
+    test: bool
+    pinned_device_id: str | None
+    sim_slot: int | None
+    segments: int
+    encoding: str
+    attempts: int
+    reroutes: int
+    scheduled_at: dt.datetime | None
+    due_at: dt.datetime
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    queued_at: dt.datetime
+    meta: dict[str, Any] | None
+    webhook_url: str | None
+    request_id: str | None
+    held_until: dt.datetime | None
+    hold_reason: str | None
+
+
+_INSERT = RowInsert(table_of(Message), QueuedMessage._fields)
 
 
 class Intake:
@@ -269,8 +290,7 @@ class Intake:
                 self._accept_in_batch(session, request, now, batch_state, plan)
                 for request, plan in zip(batch, plans, strict=True)
             ]
-            if batch_state.rows:
-                session.connection().execute(_INSERT, batch_state.rows)
+            _INSERT.execute(connection, batch_state.rows)
         return results
 
     def _accept_in_batch(
@@ -332,6 +352,7 @@ class Intake:
         `defer_insert`: the messages' rows go to `batch.rows` (inserted by the caller).
         `validated`: what `request.validate(now)` gave (the lane validates a batch first)."""
         submission = request.submission
+        connection = session.connection()
         if submission.key is not None:
             stored = _find(session, submission, now)
             if stored is not None:
@@ -345,10 +366,10 @@ class Intake:
         policy = batch.policies.get(submission.client_id)
         if policy is None:
             policy = batch.policies[submission.client_id] = load_policy(
-                session.connection(), submission.client_id
+                connection, submission.client_id
             )
         opt_outs.refuse_opted_out(
-            session.connection(),
+            connection,
             submission.client_id,
             plan,
             policy,
@@ -361,10 +382,10 @@ class Intake:
         # phone needs to be online now, and a backlog now does not concern them.
         immediate = plan.immediate and None in holds
         availability = _check_devices(
-            session, self.settings, submission, plan, now, batch, immediate=immediate
+            session, connection, self.settings, submission, plan, now, batch, immediate=immediate
         )
         backlog = self.gauge.ahead(
-            session.connection(), submission.client_id, submission.test, plan.priority, base
+            connection, submission.client_id, submission.test, plan.priority, base
         )
         if immediate:
             self._refuse_when_behind(backlog, now)
@@ -372,6 +393,7 @@ class Intake:
         estimate = self._estimate(backlog.count, availability, min(dues, default=base))
         accepted = _queue(
             session,
+            connection,
             self.settings,
             submission,
             plan,
@@ -487,6 +509,7 @@ def _quiet_holds(policy: Policy, plan: SendPlan, base: dt.datetime) -> list[dt.d
 
 def _check_devices(
     session: Session,
+    connection: Connection,
     settings: Settings,
     submission: Submission,
     plan: SendPlan,
@@ -519,7 +542,7 @@ def _check_devices(
     candidates = batch.online.get(submission.client_id)
     if candidates is None:
         candidates = batch.online[submission.client_id] = list(
-            session.connection().execute(_ONLINE, {"client_id": submission.client_id})
+            connection.execute(_ONLINE, {"client_id": submission.client_id})
         )
     online = [d for d in candidates if is_online(d, now, window)]
     if immediate and not online:
@@ -548,6 +571,7 @@ def _unavailable(device: Device, now: dt.datetime, window: float) -> str:
 
 def _queue(
     session: Session,
+    connection: Connection,
     settings: Settings,
     submission: Submission,
     plan: SendPlan,
@@ -557,61 +581,58 @@ def _queue(
     holds: list[dt.datetime | None],
     *,
     attach: bool,
-    pending: list[dict[str, Any]] | None,
+    pending: list[QueuedMessage] | None,
 ) -> Accepted:
     """Write the messages: attached ORM objects when a hook will work on them (`attach`);
-    else plain rows for one Core INSERT — now, or appended to `pending` for the lane's one
-    INSERT per batch (the same columns and values, without the ORM's per-object cost)."""
-    due_at = plan.scheduled_at or now
-    common = dict(
-        _ROW_DEFAULTS,
-        client_id=submission.client_id,
-        priority=plan.priority,
-        status=MessageStatus.QUEUED,
-        test=submission.test,
-        sim_slot=plan.sim_slot,
-        pinned_device_id=availability.pinned.id if availability.pinned is not None else None,
-        batch_id=credentials.new_id("batch") if plan.kind != "single" else None,
-        scheduled_at=plan.scheduled_at,
-        due_at=due_at,
-        expires_at=due_at + dt.timedelta(hours=settings.message_ttl_hours),
-        created_at=now,
-        queued_at=now,
-        webhook_url=plan.webhook_url,
-        request_id=submission.request_id,
-    )
+    else plain rows (`QueuedMessage`) for one `RowInsert` — now, or appended to `pending` for
+    the lane's one INSERT per batch (the same columns and values, without the ORM's
+    per-object cost)."""
+    base = plan.scheduled_at or now
     ttl = dt.timedelta(hours=settings.message_ttl_hours)
+    expires_at = base + ttl
+    batch_id = credentials.new_id("batch") if plan.kind != "single" else None
+    pinned = availability.pinned.id if availability.pinned is not None else None
+    client_id, test, request_id = submission.client_id, submission.test, submission.request_id
+    priority, sim_slot, scheduled_at = plan.priority, plan.sim_slot, plan.scheduled_at
+    webhook_url = plan.webhook_url
     rows = [
-        dict(
-            common,
-            id=credentials.new_id("msg"),
-            to=draft.to,
-            body=draft.body,
-            segments=draft.segments,
-            encoding=draft.encoding,
-            meta=draft.meta,
-            **(
-                {}
-                if hold is None
-                else {
-                    "due_at": hold,
-                    "expires_at": hold + ttl,
-                    "held_until": hold,
-                    "hold_reason": quiet_hours.HOLD_REASON,
-                }
-            ),
+        QueuedMessage(
+            credentials.new_id("msg"),
+            client_id,
+            batch_id,
+            draft.to,
+            draft.body,
+            priority,
+            MessageStatus.QUEUED,
+            test,
+            pinned,
+            sim_slot,
+            draft.segments,
+            draft.encoding,
+            0,  # attempts
+            0,  # reroutes
+            scheduled_at,
+            base if hold is None else hold,  # due_at
+            expires_at if hold is None else hold + ttl,
+            now,  # created_at
+            now,  # queued_at
+            draft.meta,
+            webhook_url,
+            request_id,
+            hold,  # held_until
+            None if hold is None else quiet_hours.HOLD_REASON,
         )
         for draft, hold in zip(plan.drafts, holds, strict=True)
     ]
     messages: list[Any]
     if attach:
-        messages = [Message(**row) for row in rows]
+        messages = [Message(**row._asdict()) for row in rows]
         session.add_all(messages)
         session.flush()
     else:
         if pending is None:
-            session.connection().execute(_INSERT, rows)
+            _INSERT.execute(connection, rows)
         else:
             pending.extend(rows)
-        messages = [QueuedMessage(**row) for row in rows]
-    return Accepted(messages, common["batch_id"], now, estimate, plan)
+        messages = rows
+    return Accepted(messages, batch_id, now, estimate, plan)
