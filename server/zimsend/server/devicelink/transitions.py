@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlmodel import Session, col
 
 from zimsend.server import failures
@@ -48,6 +48,7 @@ from zimsend.server.storage import (
     cached_statement,
     insert_for,
 )
+from zimsend.server.storage.inserts import RowInsert
 from zimsend.server.storage.models.webhooks import message_id_of
 from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
@@ -529,10 +530,10 @@ def apply_part_reports(
                     cooldown_s,
                 )
             )
-    changed = [m for m in messages.values() if _written(m) != before[m.id]]
+    changed = [(m, _changes(before[m.id], m)) for m in messages.values()]
     _store(
         session,
-        changed,
+        [(m, names) for m, names in changed if names],
         [parts[m][i] for m, i in sorted(touched) if m not in rerouted],
         events,
         counts,
@@ -578,6 +579,13 @@ def _written(message: MessageRow) -> tuple[Any, ...]:
     return tuple(getattr(message, name) for name in _WRITTEN)
 
 
+def _changes(before: tuple[Any, ...], message: MessageRow) -> tuple[str, ...]:
+    """The columns of `_WRITTEN` a batch changed on `message` (empty: nothing to write)."""
+    return tuple(
+        name for name, old in zip(_WRITTEN, before, strict=True) if getattr(message, name) != old
+    )
+
+
 def _load_messages(session: Session, ids: set[str]) -> dict[str, MessageRow]:
     table = table_of(Message)
     stmt = cached_statement(
@@ -617,36 +625,62 @@ def _load_parts(session: Session, ids: set[str]) -> dict[str, dict[int, _Part]]:
 
 def _store(
     session: Session,
-    messages: list[MessageRow],
+    messages: list[tuple[MessageRow, tuple[str, ...]]],
     parts: list[_Part],
     events: list[dict[str, Any]],
     counts: _Counts,
 ) -> None:
-    """Write a batch's outcome: one executemany per table."""
-    if messages:
-        session.execute(
-            cached_statement(session, "reports.update_messages", _update_messages),
-            [
-                {"_id": m.id, **{name: getattr(m, name) for name in _WRITTEN}}
-                for m in sorted(messages, key=lambda m: m.id)
-            ],
-        )
+    """Write a batch's outcome: one executemany per table, and for the messages one per set
+    of changed columns (a report changes two or three of the twelve a report may: binding
+    only those is most of the UPDATE's CPU saved; a batch has a few such sets)."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for message, names in sorted(messages, key=lambda item: item[0].id):
+        row = {name: getattr(message, name) for name in names}
+        row["_id"] = message.id
+        shapes.setdefault(names, []).append(row)
+    for names, rows in sorted(shapes.items()):
+        session.execute(_update_messages(session, names), rows)
     if parts:
         session.execute(
             cached_statement(session, "reports.upsert_parts", _upsert_parts),
             [{name: getattr(p, name) for name in _PART_COLUMNS} for p in parts],
         )
     if events:
-        session.execute(insert(table_of(OutboxEvent)), events)
+        _INSERT_EVENTS.execute(
+            session.connection(), [tuple(e[name] for name in _EVENT_COLUMNS) for e in events]
+        )
     add_daily_counts(session, counts)
 
 
-def _update_messages(session: Session) -> Any:
+#: The columns of a new outbox row that `event_row` sets to anything but NULL, in the order
+#: `_INSERT_EVENTS` binds them (the lease, delivery and error columns start NULL).
+_EVENT_COLUMNS = (
+    "id",
+    "client_id",
+    "event_type",
+    "payload",
+    "webhook_url",
+    "status",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "request_id",
+    "message_id",
+)
+_INSERT_EVENTS = RowInsert(table_of(OutboxEvent), _EVENT_COLUMNS)
+
+
+def _update_messages(session: Session, names: tuple[str, ...]) -> Any:
+    """`UPDATE messages SET <names> WHERE id = :_id`, built once per set of names."""
     table = table_of(Message)
-    return (
-        update(table)
-        .where(table.c.id == bindparam("_id"))
-        .values({name: bindparam(name) for name in _WRITTEN})
+    return cached_statement(
+        session,
+        "reports.update_messages:" + ",".join(names),
+        lambda _: (
+            update(table)
+            .where(table.c.id == bindparam("_id"))
+            .values({name: bindparam(name) for name in names})
+        ),
     )
 
 
