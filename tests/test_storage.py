@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import shutil
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from sqlmodel import col
 from zimsend.server.accounts.credentials import new_id
 from zimsend.server.storage import (
     ApiKey,
+    ClaimedMessage,
     Client,
     Database,
     Device,
@@ -25,6 +28,7 @@ from zimsend.server.storage import (
     MessageStatus,
     claim_due_messages,
     count_in_window,
+    database,
     get_for_client,
     mark_report_processed,
     normalize_url,
@@ -216,7 +220,7 @@ def test_another_clients_row_looks_missing(db: Database) -> None:
 
 def claim(
     db: Database, device: str, limit: int, client: str = "client_a", **kw: Any
-) -> list[Message]:
+) -> list[ClaimedMessage]:
     with db.write() as s:
         return claim_due_messages(s, client_id=client, device_id=device, limit=limit, now=NOW, **kw)
 
@@ -358,6 +362,29 @@ def test_an_urgent_sqlite_writer_goes_before_the_writers_already_waiting(sqlite_
     assert sorted(order[2:]) == ["normal 0", "normal 1"]
     with db.write(urgent=True) as s, db.write() as inner:  # re-entrant in one thread
         assert s is not inner
+    db.dispose()
+
+
+def test_a_sqlite_writer_outwaits_another_process_past_its_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer of this process tries `BEGIN IMMEDIATE` every fraction of a millisecond while
+    another process (the worker) holds the write lock; held longer than it polls, SQLite's
+    busy handler takes over and the write still commits. Its connection keeps its busy
+    timeout for everything else."""
+    monkeypatch.setattr(database, "POLL_S", 0.2)
+    path = tmp_path / "zimsend.db"
+    db = Database.from_url(f"sqlite:///{path}")
+    db.migrate()
+    for hold in (0.05, 0.6):  # ends while it polls; ends after
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        timer = threading.Timer(hold, lambda o=other: (o.execute("COMMIT"), o.close()))
+        timer.start()
+        with db.write() as s:
+            s.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            assert s.execute(text("PRAGMA busy_timeout")).scalar_one() == 15_000
+        timer.join()
     db.dispose()
 
 

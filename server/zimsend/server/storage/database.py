@@ -22,6 +22,9 @@ lock (and `busy_timeout`) still arbitrates between processes (server, worker, CL
 An urgent writer (`write(urgent=True)`: the dispatch round, whose wait is every message's
 accept → phone latency) goes before the writers already waiting: measured in `zimsend bench`
 e2e, the round's wait in that queue was most of its time (docs/benchmarks.md).
+The one writer of this process that waits inside SQLite (for another process: the worker, the
+CLI) tries `BEGIN IMMEDIATE` every half millisecond instead of sleeping through the busy
+handler's steps (`_begin_immediate_polling`): the Python lock's queue waits on that writer.
 
 Why `availability`: a full or read-only disk is a condition of the process, not an error of
 one request (see `availability`); `check_storage()` is how it ends.
@@ -30,6 +33,7 @@ one request (see `availability`); `check_storage()` is how it ends.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -57,6 +61,10 @@ POOL_SIZE = 16
 #: Below this much free space on SQLite's disk, `check_storage` still says FULL: a disk with a
 #: few free bytes takes a one-page write now and then while real ones keep failing.
 MIN_FREE_BYTES = 1 << 20
+#: SQLite writers of this process wait for another process's write transaction by trying
+#: `BEGIN IMMEDIATE` this often, for this long, before SQLite's own busy handler takes over.
+POLL_SLEEP_S = 0.0005
+POLL_S = 1.0
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -287,7 +295,36 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[str, Any]
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not conn.get_execution_options().get(_WRITE_OPTION, False):
+            conn.exec_driver_sql("BEGIN")
+        elif not _begin_immediate_polling(conn.connection.dbapi_connection, busy_timeout_ms):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's busy handler, then any error
 
     return engine
+
+
+def _begin_immediate_polling(dbapi_connection: Any, busy_timeout_ms: int) -> bool:
+    """Try `BEGIN IMMEDIATE` every `POLL_SLEEP_S` for up to `POLL_S` instead of sleeping in
+    SQLite's busy handler (1, 2, 5, 10, … 100 ms between tries: a writer of this process that
+    finds the worker's transaction in the way waited until the next step, not until it
+    ended). True once begun; False when the lock stayed busy, or on any other error: the
+    caller then begins the ordinary way (busy handler, errors through SQLAlchemy)."""
+    if busy_timeout_ms <= POLL_S * 1000:
+        return False  # a connection meant to give up sooner (the worker's: it polls itself)
+    execute = dbapi_connection.execute
+    try:
+        execute("PRAGMA busy_timeout=0")
+    except sqlite3.Error:
+        return False
+    try:
+        deadline = time.monotonic() + POLL_S
+        while True:
+            try:
+                execute("BEGIN IMMEDIATE")
+                return True
+            except sqlite3.OperationalError as exc:
+                if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                    return False
+            time.sleep(POLL_SLEEP_S)
+    finally:
+        execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
