@@ -41,7 +41,7 @@ from zimsend.server.storage import (
     MessageStatus,
     claim_due_messages,
 )
-from zimsend.server.storage.claims import still_queued
+from zimsend.server.storage.claims import ClaimedMessage, still_queued
 from zimsend.server.storage.shapes import padded
 from zimsend.server.storage.tables import table_of
 from zimsend.v1 import common_pb2
@@ -92,7 +92,7 @@ class RoundResult:
     #: device id -> SendCommands for the messages it claimed, in dispatch order.
     commands: dict[str, list[pb.SendCommand]] = field(default_factory=dict)
     #: simulated device id -> (client id, claimed test messages).
-    simulated: dict[str, tuple[str, list[Message]]] = field(default_factory=dict)
+    simulated: dict[str, tuple[str, list[ClaimedMessage]]] = field(default_factory=dict)
     #: Devices with due live messages pinned to them, among the round's clients.
     pinned: set[str] = field(default_factory=set)
     #: With a GlobalScan: the earliest future `due_at` of any queued message (the scheduled
@@ -107,7 +107,9 @@ class RoundResult:
     waits: dict[str, float] = field(default_factory=dict)
 
 
-def send_command(message: Message, pepper: bytes, *, redelivery: bool) -> pb.SendCommand:
+def send_command(
+    message: Message | ClaimedMessage, pepper: bytes, *, redelivery: bool
+) -> pb.SendCommand:
     """The SendCommand for a claimed message. OTP texts are sealed in storage; only the phone
     gets the clear text."""
     body = message.body
@@ -233,7 +235,7 @@ def claim_round(
             if budgets is None
             else rooms_for(session, [r.device_id for r in live], now, budgets, default_interval_ms)
         )
-        handed: list[tuple[str, list[Message]]] = []
+        handed: list[tuple[str, list[ClaimedMessage]]] = []
         windows: dict[str, QuietWindow | None] = {}
         for request in live:
             if request.client_id in drained:
@@ -301,11 +303,11 @@ def _devices(pinned: dict[str, set[str]]) -> set[str]:
 
 def _not_quiet(
     session: Session,
-    claimed: list[Message],
+    claimed: list[ClaimedMessage],
     windows: dict[str, QuietWindow | None],
     now: dt.datetime,
     result: RoundResult,
-) -> list[Message]:
+) -> list[ClaimedMessage]:
     """The claimed messages that may leave now. A non-urgent one whose recipient is inside its
     client's quiet hours (turned on, or begun, after it was accepted: accept holds the others)
     goes back to the queue until the window ends, as accept would have held it, and the
@@ -318,7 +320,7 @@ def _not_quiet(
     window = windows[client_id]
     if window is None:
         return claimed
-    leaving: list[Message] = []
+    leaving: list[ClaimedMessage] = []
     for message in claimed:
         hold = hold_for(window, message.to, message.priority, now)
         if hold is None:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, delete, insert, select
 from sqlmodel import Session, col
 
-from zimsend.server.storage import Database, Device, DeviceSend, Message
+from zimsend.server.storage import Database, Device, DeviceSend
+from zimsend.server.storage.claims import ClaimedMessage
 from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
 
@@ -187,7 +188,7 @@ def rooms_for(
 
 
 def record_handed(
-    session: Session, handed: Sequence[tuple[str, Sequence[Message]]], now: dt.datetime
+    session: Session, handed: Sequence[tuple[str, Sequence[ClaimedMessage]]], now: dt.datetime
 ) -> None:
     """Write the round's claimed messages into their phones' ledgers (one insert) and forget
     those phones' rows older than 24 h (one delete)."""

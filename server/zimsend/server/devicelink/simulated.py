@@ -17,6 +17,7 @@ startup) picks them up again. Its report ids are deterministic, so finishing a m
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlmodel import col
@@ -31,6 +32,7 @@ from zimsend.server.devicelink.transitions import (
 )
 from zimsend.server.state import ServerState
 from zimsend.server.storage import Database, Device, Message, MessageStatus, utcnow
+from zimsend.server.storage.claims import ClaimedMessage
 
 __all__ = ["SimulatedPhone"]
 
@@ -49,7 +51,9 @@ class SimulatedPhone:
         self._tasks: set[asyncio.Task[None]] = set()
         self._taken: set[str] = set()
 
-    def take(self, device_id: str, client_id: str, messages: list[Message]) -> None:
+    def take(
+        self, device_id: str, client_id: str, messages: Sequence[Message | ClaimedMessage]
+    ) -> None:
         """Simulate sending these claimed test messages (one task per batch)."""
         fresh = [m for m in messages if m.id not in self._taken]
         if not fresh:
@@ -70,7 +74,9 @@ class SimulatedPhone:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _simulate(self, device_id: str, client_id: str, messages: list[Message]) -> None:
+    async def _simulate(
+        self, device_id: str, client_id: str, messages: Sequence[Message | ClaimedMessage]
+    ) -> None:
         try:
             await asyncio.sleep(self.send_delay)
             await self._report(device_id, client_id, messages, "sent")
@@ -84,7 +90,11 @@ class SimulatedPhone:
             self._taken.difference_update(m.id for m in messages)
 
     async def _report(
-        self, device_id: str, client_id: str, messages: list[Message], outcome: Outcome
+        self,
+        device_id: str,
+        client_id: str,
+        messages: Sequence[Message | ClaimedMessage],
+        outcome: Outcome,
     ) -> list[Transition]:
         letter = outcome[0].upper()
         reports = [

@@ -10,7 +10,7 @@ The API is synchronous (one layer for the asyncio server and the trio worker; se
 `database`). Datetimes in and out are aware UTC.
 """
 
-from .claims import claim_due_messages
+from .claims import ClaimedMessage, claim_due_messages
 from .database import Database, normalize_url
 from .models import (
     NO_DEVICE,
@@ -42,6 +42,7 @@ from .upserts import cached_statement, count_in_window, insert_for, mark_report_
 __all__ = [
     "NO_DEVICE",
     "ApiKey",
+    "ClaimedMessage",
     "Client",
     "ClientPolicy",
     "DailyAggregate",
