@@ -142,3 +142,19 @@ def test_numbers_written_as_e164_are_read_exactly_as_phonenumbers_reads_them() -
         else:
             assert got is None, value
     assert answered > len(numbers) // 2  # the fast path does answer most of them
+
+
+def test_numbers_are_valid_exactly_when_phonenumbers_says_so() -> None:
+    """`fields._is_valid` (mobile tried first) decides as `phonenumbers.is_valid_number` on
+    every number the corpus parses, valid or not."""
+    checked = valid = 0
+    for value in _numbers():
+        number = _parsed_by_phonenumbers(value)
+        if number is None:
+            continue
+        expected = phonenumbers.is_valid_number(number)
+        assert fields._is_valid(number) == expected, value
+        checked += 1
+        valid += expected
+    assert checked > 20_000
+    assert 1_000 < valid < checked  # both answers are exercised

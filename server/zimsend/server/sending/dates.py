@@ -36,28 +36,28 @@ def parse_instant(value: str) -> dt.datetime:
     match = _INSTANT.fullmatch(text) if len(text) <= _MAX_INPUT else None
     if match is None:
         raise ValueError(f"must be an RFC 3339 date-time like {INSTANT_EXAMPLE}")
-    g = match.groupdict()
-    fraction = (g["f"] or "0")[:6].ljust(6, "0")
+    # The groups in `_INSTANT`'s order (one call instead of a dict per request).
+    year, month, day, hour, minute, second, f, _z, sign, oh, om = match.groups()
+    fraction = (f or "0")[:6].ljust(6, "0")
     try:
         naive = dt.datetime(
-            int(g["y"]),
-            int(g["mo"]),
-            int(g["d"]),
-            int(g["h"]),
-            int(g["mi"]),
-            int(g["s"] or 0),
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second or 0),
             int(fraction),
         )
     except ValueError:
         raise ValueError(f"is not a real date-time (expected e.g. {INSTANT_EXAMPLE})") from None
-    if g["sign"]:
-        hours, minutes = int(g["oh"]), int(g["om"])
-        if hours > 23 or minutes > 59:
-            raise ValueError(f"has an impossible UTC offset (expected e.g. {INSTANT_EXAMPLE})")
-        delta = dt.timedelta(hours=hours, minutes=minutes)
-        offset = dt.timezone(delta if g["sign"] == "+" else -delta)
-    else:
-        offset = UTC
+    if not sign:
+        return naive.replace(tzinfo=UTC)  # already UTC: nothing to convert, nothing to overflow
+    hours, minutes = int(oh), int(om)
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"has an impossible UTC offset (expected e.g. {INSTANT_EXAMPLE})")
+    delta = dt.timedelta(hours=hours, minutes=minutes)
+    offset = dt.timezone(delta if sign == "+" else -delta)
     try:
         return naive.replace(tzinfo=offset).astimezone(UTC)
     except OverflowError:

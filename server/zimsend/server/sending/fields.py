@@ -124,7 +124,7 @@ def phone(v: Violations, name: str, raw: str) -> str | None:
             number = phonenumbers.parse(value, None)
         except phonenumbers.NumberParseException:
             number = None
-    if number is None or number.extension or not phonenumbers.is_valid_number(number):
+    if number is None or number.extension or not _is_valid(number):
         v.add(
             ErrorCode.INVALID_PHONE_NUMBER,
             name,
@@ -160,6 +160,47 @@ def _parse_plain(value: str) -> phonenumbers.PhoneNumber | None:
     _pnu._set_italian_leading_zeros_for_phone_number(national, number)
     number.national_number = int(national)
     return number
+
+
+def _is_valid(number: phonenumbers.PhoneNumber) -> bool:
+    """`phonenumbers.is_valid_number`, its own steps, with the number types tried mobile
+    first: it asks which type a number is — premium rate, toll free and six more before
+    fixed line and mobile — and a number is valid when it is any of them. Phones that
+    receive SMS are mostly mobile: one pattern instead of up to eleven (docs/benchmarks.md).
+    tests/test_call_path.py compares the two on every country code."""
+    region = phonenumbers.region_code_for_number(number)
+    country_code = number.country_code
+    if region is None or country_code is None:  # no region without a country code
+        return False
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        country_code, region.upper()
+    )
+    if metadata is None or (
+        region != phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY
+        and country_code != phonenumbers.country_code_for_valid_region(region)
+    ):
+        return False
+    national = phonenumbers.national_significant_number(number)
+    matches = _pnu._is_number_matching_desc
+    if not matches(national, metadata.general_desc):
+        return False
+    # `_number_type_helper` counts mobile only where its pattern differs from fixed line's.
+    if not metadata.same_mobile_and_fixed_line_pattern and matches(national, metadata.mobile):
+        return True
+    return any(
+        matches(national, desc)
+        for desc in (
+            metadata.fixed_line,
+            metadata.premium_rate,
+            metadata.toll_free,
+            metadata.shared_cost,
+            metadata.voip,
+            metadata.personal_number,
+            metadata.pager,
+            metadata.uan,
+            metadata.voicemail,
+        )
+    )
 
 
 #: `parse` keeps a national number as written when stripping its prefix leaves one of these.

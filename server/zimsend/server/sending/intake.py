@@ -143,6 +143,8 @@ class _Request(Generic[R]):
 class _BatchState:
     """What the requests of one lane transaction share."""
 
+    #: The transaction's connection (a request's SAVEPOINT runs on it too).
+    connection: Connection
     #: Message rows of requests without a SAVEPOINT, inserted in one statement at the end.
     rows: list[QueuedMessage] = field(default_factory=list)
     #: The client's online phones (`_ONLINE`), read once per client per transaction.
@@ -283,7 +285,7 @@ class Intake:
         with self.db.write() as session:
             connection = session.connection()  # BEGIN (IMMEDIATE): wait for the write lock
             now = utcnow()
-            batch_state = _BatchState()
+            batch_state = _BatchState(connection)
             plans = [_validated(request, now) for request in batch]
             _prefetch_opt_outs(connection, batch, plans, batch_state)
             results = [
@@ -323,9 +325,12 @@ class Intake:
     def _accept_alone(self, request: _Request[R]) -> Outcome[R]:
         try:
             with self.db.write() as session:
-                session.connection()
                 return self._accept_in(
-                    session, request, utcnow(), _BatchState(), defer_insert=False
+                    session,
+                    request,
+                    utcnow(),
+                    _BatchState(session.connection()),
+                    defer_insert=False,
                 )
         except IntegrityError:
             # A concurrent request with the same key committed first: answer as it did.
@@ -352,7 +357,7 @@ class Intake:
         `defer_insert`: the messages' rows go to `batch.rows` (inserted by the caller).
         `validated`: what `request.validate(now)` gave (the lane validates a batch first)."""
         submission = request.submission
-        connection = session.connection()
+        connection = batch.connection
         if submission.key is not None:
             stored = _find(session, submission, now)
             if stored is not None:
