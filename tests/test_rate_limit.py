@@ -15,7 +15,7 @@ import grpc
 import httpx
 import pytest
 from _processes import start_server
-from _sms import error_reason, retry_delay
+from _sms import error_reason, headers_of, retry_delay
 from conftest import TEST_PEPPER, Admin, GatewayFactory, RunningServer
 
 from zimsend.server.storage import Database
@@ -74,6 +74,35 @@ def test_the_limit_refuses_with_retry_info_and_spares_other_clients(
     assert _auth_test(address, second) is None  # another client has its own budget
 
 
+def test_grpc_callers_get_the_ratelimit_headers_as_trailers(
+    server: RunningServer, server_db: Database
+) -> None:
+    """Over gRPC an admitted call's RateLimit headers come with its status (trailing metadata:
+    no metadata batch of their own, docs/decisions.md); a refusal carries them with its other
+    headers (initial metadata) beside RetryInfo."""
+    _, address = server
+    client = _client(server_db)
+    metadata = (("x-api-key", client["api_key"]), ("x-client-id", client["client_id"]))
+    _start_of_a_window()
+    with grpc.insecure_channel(address) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        _, call = stub.AuthTest.with_call(auth_pb2.AuthTestRequest(), metadata=metadata, timeout=5)
+        trailers = {key: str(value) for key, value in call.trailing_metadata() or ()}
+        assert trailers["ratelimit-policy"] == f'"api";q={LIMIT};w=60'
+        assert trailers["ratelimit"].startswith(f'"api";r={LIMIT - 1};t=')
+        assert "ratelimit" not in dict(call.initial_metadata() or ())
+        for _ in range(LIMIT - 1):
+            stub.AuthTest(auth_pb2.AuthTestRequest(), metadata=metadata, timeout=5)
+    refused = _auth_test(address, client)
+    assert refused is not None
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert 0 < retry_delay(refused) <= 60
+    headers = headers_of(refused)
+    assert headers["ratelimit-policy"] == f'"api";q={LIMIT};w=60'
+    assert headers["ratelimit"].startswith('"api";r=0;t=')
+    assert 1 <= int(headers["retry-after"]) <= 60
+
+
 def test_a_client_setting_overrides_the_default(
     server: RunningServer, admin: Admin, server_db: Database
 ) -> None:
@@ -91,15 +120,20 @@ def test_rest_sees_429_retry_after_and_ratelimit_headers(
     client = _client(server_db)
     headers = {"X-API-Key": client["api_key"], "X-Client-ID": client["client_id"]}
     url = f"{envoy.base_url}/v1/auth/test"
+    _start_of_a_window()
     replies = [httpx.get(url, headers=headers) for _ in range(LIMIT + 1)]
     assert [r.status_code for r in replies] == [200] * LIMIT + [429]
-    assert replies[0].headers["ratelimit-policy"] == f'"api";q={LIMIT};w=60'
-    assert '"api";r=' in replies[0].headers["ratelimit"]
+    # Every REST answer carries them (Envoy made them response headers: not trailers).
+    for n, reply in enumerate(replies[:LIMIT]):
+        assert reply.headers["ratelimit-policy"] == f'"api";q={LIMIT};w=60'
+        assert reply.headers["ratelimit"].startswith(f'"api";r={LIMIT - 1 - n};t=')
     last = replies[-1]
     assert 1 <= int(last.headers["retry-after"]) <= 60
     assert last.json()["success"] is False
     assert last.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
     assert str(LIMIT) in last.json()["error"]["message"]
+    assert last.headers["ratelimit-policy"] == f'"api";q={LIMIT};w=60'
+    assert last.headers["ratelimit"].startswith('"api";r=0;t=')
 
 
 def test_the_limit_holds_across_two_replicas(

@@ -10,12 +10,18 @@ checkout and a query; docs/benchmarks.md, `6ea4e80`). Revoking a key forgets it 
 replica that revoked it; other replicas refuse it within the TTL. Failures are never
 remembered: every wrong key is looked up (and answers the same way). The lookup itself is one
 prebuilt Core statement on a bare connection.
+
+`authenticate` also reads the other headers a public call uses (request id, idempotency key,
+whether Envoy transcoded it from REST) in the same pass over the metadata: grpc builds the
+metadata tuple anew on every `invocation_metadata()` call.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hmac
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +31,28 @@ from sqlmodel import col
 
 from zimsend.server.accounts.credentials import hash_secret
 from zimsend.server.errors import ApiError, ErrorCode
+from zimsend.server.sending.idempotency import HEADER as IDEMPOTENCY_HEADER
 from zimsend.server.state import ServerState
 from zimsend.server.storage import ApiKey, Database, utcnow
 
 API_KEY_HEADER = "x-api-key"
 CLIENT_ID_HEADER = "x-client-id"
 DEVICE_ID_HEADER = "x-device-id"
+REQUEST_ID_HEADER = "x-request-id"
+#: Envoy's JSON transcoder adds this (the REST URL) to every call it makes of a REST request;
+#: a call without it came over gRPC (straight, or through Envoy's gRPC proxying).
+TRANSCODED_HEADER = "x-envoy-original-path"
+_CALL_HEADERS = (
+    API_KEY_HEADER,
+    CLIENT_ID_HEADER,
+    DEVICE_ID_HEADER,
+    REQUEST_ID_HEADER,
+    IDEMPOTENCY_HEADER,
+    TRANSCODED_HEADER,
+)
+#: A caller's own X-Request-ID passes Envoy (`preserve_external_request_id`); it goes into logs
+#: and the database, so only a short plain one is kept.
+_PLAIN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 _KEY_BY_HASH = select(
     col(ApiKey.id),
@@ -41,20 +63,25 @@ _KEY_BY_HASH = select(
 ).where(col(ApiKey.key_hash) == bindparam("key_hash"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated caller. `device_id` is the raw `X-Device-ID` header (not yet checked:
-    only send calls give it a meaning)."""
+    """An authenticated caller and the headers of its call. `device_id` is the raw
+    `X-Device-ID` header (not yet checked: only send calls give it a meaning); `request_id`
+    the call's (`request_id`); `idempotency_key` the raw `Idempotency-Key` header;
+    `transcoded` whether Envoy made the call of a REST request (`TRANSCODED_HEADER`)."""
 
     client_id: str
     key_id: str
     test: bool
-    device_id: str | None
+    device_id: str | None = None
+    request_id: str = ""
+    idempotency_key: str | None = None
+    transcoded: bool = False
 
 
 async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-    api_key, client_id, device_header = metadata_values(
-        context, (API_KEY_HEADER, CLIENT_ID_HEADER, DEVICE_ID_HEADER)
+    api_key, client_id, device_header, request_header, idempotency_key, original_path = (
+        metadata_values(context, _CALL_HEADERS)
     )
     missing = [h for h, v in (("X-API-Key", api_key), ("X-Client-ID", client_id)) if not v]
     if missing:
@@ -72,7 +99,24 @@ async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any
         state.verified_keys.put(key_hash, caller)
     elif not hmac.compare_digest(caller.client_id.encode(), client_id.encode()):
         raise _invalid_key()
-    return Caller(caller.client_id, caller.key_id, caller.test, device_header or None)
+    return Caller(
+        caller.client_id,
+        caller.key_id,
+        caller.test,
+        device_header or None,
+        request_id(request_header),
+        idempotency_key,
+        original_path is not None,
+    )
+
+
+def request_id(header: str | None) -> str:
+    """The call's request id: Envoy's `x-request-id` (REST and gRPC through the gateway), or a
+    new one for a direct call or an unusable value. It follows the messages the call queues
+    into every log line about them (docs/operations.md)."""
+    if header is not None and _PLAIN_REQUEST_ID.fullmatch(header):
+        return header
+    return str(uuid.uuid4())
 
 
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
@@ -119,4 +163,4 @@ def _check_key(db: Database, key_hash: str, client_id: str) -> Caller:
         # At most one write a minute per key: the hot path stays read-only.
         with db.write() as session:
             session.execute(update(ApiKey).where(col(ApiKey.id) == key.id).values(last_used_at=now))
-    return Caller(key.client_id, key.id, key.test, None)
+    return Caller(key.client_id, key.id, key.test)

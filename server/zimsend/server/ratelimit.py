@@ -13,7 +13,8 @@ database read never replaces a total a flush already brought back (issue 12: 102
 admitted while a flush was in flight).
 
 Refusals are `RATE_LIMIT_EXCEEDED` (HTTP 429) with `Retry-After` (seconds to the next window)
-and a `RetryInfo`; every answer carries the IETF `RateLimit-Policy` / `RateLimit` headers.
+and a `RetryInfo`; every answer carries the IETF `RateLimit-Policy` / `RateLimit` headers
+(REST: response headers; gRPC: trailing metadata, or initial metadata with a refusal; `rpc`).
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ class Admission:
     remaining: int
     reset_seconds: int
 
-    def headers(self) -> list[tuple[str, str]]:
-        return [
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (
             ("ratelimit-policy", f'"api";q={self.limit};w=60'),
             ("ratelimit", f'"api";r={self.remaining};t={self.reset_seconds}'),
-        ]
+        )
 
 
 class ClientRateLimiter:

@@ -12,42 +12,33 @@ logged with its traceback on the server and reaches the caller only as `INTERNAL
 request-independent message: no stack trace, SQL or data leaks out. A full or unwritable
 database is not unexpected: 503 UNAVAILABLE with Retry-After (`errors.known_error`).
 The servicers' `self.state` is the process's `state.ServerState`.
+
+Where the RateLimit headers go (docs/decisions.md): a call Envoy transcoded from REST gets them
+as initial metadata, which Envoy turns into response headers (it drops trailers for REST
+callers); a gRPC call gets them as trailing metadata, which travels with the status at no
+cost, where initial metadata sent apart costs grpc a batch of its own per call. A refusal
+(429) carries them with the error's other headers either way (`errors.abort`).
 """
 
 from __future__ import annotations
 
 import functools
-import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from zimsend.server import logs
-from zimsend.server.auth import Caller, authenticate, metadata_value
+from zimsend.server.auth import Caller, authenticate
 from zimsend.server.errors import ApiError, ErrorCode, abort, known_error
 from zimsend.server.state import ServerState
 
 log = logs.get("zimsend.rpc")
 
 
-#: A caller's own X-Request-ID passes Envoy (`preserve_external_request_id`); it goes into logs
-#: and the database, so only a short plain one is kept.
-_PLAIN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The call's request id: Envoy's `x-request-id` (REST and gRPC through the gateway), or a
-    new one for a direct call or an unusable value. It follows the messages the call queues
-    into every log line about them (docs/operations.md)."""
-    value = metadata_value(context, "x-request-id")
-    if value is not None and _PLAIN_REQUEST_ID.fullmatch(value):
-        return value
-    return str(uuid.uuid4())
-
-
 Handler = Callable[..., Awaitable[Any]]
+#: The RateLimit headers of an admitted call (`ratelimit.Admission.headers`).
+Headers = tuple[tuple[str, str], ...]
 
 
 def public_rpc(handler: Handler) -> Handler:
@@ -56,11 +47,14 @@ def public_rpc(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        headers: list[tuple[str, str]] = []
+        headers: Headers = ()
         try:
             caller, headers = await _admit(self.state, context)
             response = await handler(self, request, context, caller)
-            await context.send_initial_metadata(tuple(headers))
+            if caller.transcoded:
+                await context.send_initial_metadata(headers)
+            else:
+                context.set_trailing_metadata(headers)
             return response
         except Exception as exc:
             await _fail(context, exc, handler.__name__, headers)
@@ -73,24 +67,24 @@ def public_stream_rpc(handler: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        headers: list[tuple[str, str]] = []
+        headers: Headers = ()
         sent = False
         try:
             caller, headers = await _admit(self.state, context)
             async for item in handler(self, request, context, caller):
                 if not sent:
-                    await context.send_initial_metadata(tuple(headers))
+                    await context.send_initial_metadata(headers)
                     sent = True
                 yield item
         except Exception as exc:
-            await _fail(context, exc, handler.__name__, [] if sent else headers)
+            await _fail(context, exc, handler.__name__, () if sent else headers)
 
     return wrapper
 
 
 async def _admit(
     state: ServerState, context: grpc.aio.ServicerContext[Any, Any]
-) -> tuple[Caller, list[tuple[str, str]]]:
+) -> tuple[Caller, Headers]:
     """Authenticate the call and count it; returns the caller and the RateLimit headers."""
     caller = await authenticate(state, context)
     assert state.rate_limiter is not None
@@ -101,7 +95,7 @@ async def _fail(
     context: grpc.aio.ServicerContext[Any, Any],
     exc: Exception,
     method: str,
-    headers: list[tuple[str, str]],
+    headers: Headers,
 ) -> None:
     """Turn a handler's exception into its gRPC status (never returns normally). A full or
     unwritable database is 503 UNAVAILABLE with Retry-After and no log line of its own

@@ -17,7 +17,7 @@ import grpc
 from zimsend.server import logs, metrics
 from zimsend.server.auth import Caller
 from zimsend.server.otp import check_send, issue, verify
-from zimsend.server.rpc import public_rpc, request_id
+from zimsend.server.rpc import public_rpc
 from zimsend.server.services.convert import ts
 from zimsend.server.state import ServerState
 from zimsend.server.storage import utcnow
@@ -42,7 +42,7 @@ class OtpService(pb_grpc.OtpServiceServicer):
         caller: Caller,
     ) -> pb.SendOtpResponse:
         plan = check_send(request)
-        request_ref = request_id(context)
+        request_ref = caller.request_id
         issued = await self.state.db_call(
             issue,
             self.state.intake,

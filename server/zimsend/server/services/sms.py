@@ -16,9 +16,9 @@ from google.api import httpbody_pb2
 from google.protobuf.message import Message as ProtoMessage
 
 from zimsend.server import logs, metrics
-from zimsend.server.auth import Caller, metadata_value
+from zimsend.server.auth import Caller
 from zimsend.server.errors import ErrorCode
-from zimsend.server.rpc import public_rpc, public_stream_rpc, request_id
+from zimsend.server.rpc import public_rpc, public_stream_rpc
 from zimsend.server.sending import history, idempotency, one_message, stats, validation, views
 from zimsend.server.sending.fields import Violations, shown
 from zimsend.server.sending.intake import Accepted, Submission
@@ -108,9 +108,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
         respond: Callable[[Accepted], R],
         response_type: type[R],
     ) -> R:
-        key = idempotency.resolve_key(
-            metadata_value(context, idempotency.HEADER), request.idempotency_key
-        )
+        key = idempotency.resolve_key(caller.idempotency_key, request.idempotency_key)
         submission = Submission(
             client_id=caller.client_id,
             test=caller.test,
@@ -122,7 +120,7 @@ class SmsService(pb_grpc.SmsServiceServicer):
             )
             if key
             else "",
-            request_id=request_id(context),
+            request_id=caller.request_id,
         )
         allow_insecure = self.state.settings.webhooks_allow_insecure
 
