@@ -2,20 +2,23 @@
 
 Each shortcut exists for speed (docs/benchmarks.md, "What was changed for speed"); what a
 caller sees must not move: the timestamps in responses, the datetimes stored in and read
-from SQLite, which phone numbers are accepted and how they are normalised.
+from SQLite, which phone numbers are accepted and how they are normalised, the log lines.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+import time
 
 import phonenumbers
 import pytest
+import structlog
 from google.protobuf import timestamp_pb2
 from sqlalchemy import TypeDecorator
 from sqlalchemy.dialects import sqlite
 
+from zimsend.server import logs
 from zimsend.server.sending import fields
 from zimsend.server.services.convert import ts
 from zimsend.server.storage.types import UTCDateTime
@@ -158,3 +161,41 @@ def test_numbers_are_valid_exactly_when_phonenumbers_says_so() -> None:
         valid += expected
     assert checked > 20_000
     assert 1_000 < valid < checked  # both answers are exercised
+
+
+class _Custom:
+    """A value JSON has no type for, that says how structlog should show it."""
+
+    def __structlog__(self) -> str:
+        return "custom ☎"
+
+
+def test_log_lines_are_the_ones_structlogs_json_renderer_writes() -> None:
+    """`logs._render_json` (an encoder built once) writes what `JSONRenderer()` writes: key
+    order, separators, escapes, and values JSON has no type for."""
+    events: list[dict[str, object]] = [
+        {"event": "sms.accepted", "request_id": "r-1", "replayed": False, "message_id": "m"},
+        {"message_ids": ("a", "b"), "sandbox": True, "n": 3, "x": 1.5, "none": None},
+        {"text": 'quote " backslash \\ newline \n tab \t', "unicode": "é ☎ 🎉 \u2028"},
+        {"when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "custom": _Custom(), "s": {1}},
+        {"nested": {"list": [1, {"k": "v"}], "empty": {}}, "exception": "Traceback …"},
+    ]
+    reference = structlog.processors.JSONRenderer()
+    for event in events:
+        assert logs._render_json(None, "info", dict(event)) == reference(None, "info", dict(event))
+
+
+def test_log_timestamps_are_the_ones_timestamper_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`logs._utc_timestamp` writes `TimeStamper(fmt="iso", utc=True)`'s text
+    (`datetime.isoformat`, "Z" for UTC): with microseconds, on whole seconds, across
+    seconds and days, in any order."""
+    rng = random.Random(7)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    instants = [0, 999, 1_000_000_000, 1_767_225_599_999_999_000, 1_767_225_600_000_000_000]
+    instants += [rng.randrange(0, 4_102_444_800 * 10**9) // 1000 * 1000 for _ in range(5_000)]
+    instants += [n // 10**9 * 10**9 for n in instants[5:500]]  # whole seconds
+    for ns in instants:
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
+        stamped = logs._utc_timestamp(None, "info", {})["timestamp"]
+        expected = (epoch + dt.timedelta(microseconds=ns // 1000)).isoformat()
+        assert stamped == expected.replace("+00:00", "Z"), ns

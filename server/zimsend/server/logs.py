@@ -4,14 +4,25 @@ Why structlog: every log line of the server, the worker and the supervisor carri
 keys (`event`, `level`, `timestamp`, plus the call's `client_id`, `device_id`, `message_id`), so
 an operator can grep or ship them without parsing prose. Secrets never reach a logger: API
 keys, device passwords, OTP codes and webhook secrets are not passed to log calls at all.
+
+Every accepted send writes a line, so the JSON path is kept cheap without changing a byte of
+its format: one `json.JSONEncoder` built once (`json.dumps` with structlog's `default` builds
+one per call), the timestamp's date and time formatted once a second (`_utc_timestamp`, what
+`TimeStamper(fmt="iso", utc=True)` writes), and a plain write + flush instead of `print`
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json as jsonlib
 import logging
 import sys
+import time
+from typing import Any
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 
 def configure(level: str = "INFO", *, json: bool | None = None) -> None:
@@ -19,21 +30,54 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        _render_json if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s", force=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _utc_timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def _json_fallback(value: Any) -> Any:
+    """What structlog's `JSONRenderer` writes for a value JSON has no type for."""
+    structlog_form = getattr(value, "__structlog__", None)
+    return structlog_form() if structlog_form is not None else repr(value)
+
+
+#: `json.dumps`'s defaults (separators `", "` and `": "`, ASCII only), built once.
+_ENCODER = jsonlib.JSONEncoder(default=_json_fallback)
+
+
+def _render_json(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> str:
+    """`structlog.processors.JSONRenderer()`'s line, from an encoder built once."""
+    return _ENCODER.encode(event_dict)
+
+
+#: (the second, its "YYYY-MM-DDTHH:MM:SS" in UTC) of the last line's timestamp.
+_second: tuple[int, str] = (-1, "")
+
+
+def _utc_timestamp(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """`timestamp` as `TimeStamper(fmt="iso", utc=True)` writes it ("…T12:34:56.789012Z", or
+    "…T12:34:56Z" on a whole second, like `datetime.isoformat`), the date and time formatted
+    once per second."""
+    global _second
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    if _second[0] != seconds:
+        stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (seconds, stamp)
+    whole = _second[1]
+    event_dict["timestamp"] = f"{whole}.{micros:06d}Z" if micros else f"{whole}Z"
+    return event_dict
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:
