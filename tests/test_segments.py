@@ -6,7 +6,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zimsend.segments import GSM7_BASIC, GSM7_EXTENSION, limits, plan, unit_cost
+from zimsend.segments import GSM7_BASIC, GSM7_EXTENSION, encoding_of, limits, plan, unit_cost
 
 # --- the examples SPEC.md and the product promise rely on ---------------------------------
 
@@ -141,3 +141,16 @@ def test_greedy_packing_is_minimal_no_part_could_take_the_next_cluster(text: str
 @given(_gsm_texts)
 def test_gsm_only_texts_are_gsm7(text: str) -> None:
     assert plan(text).encoding == "GSM7"
+
+
+@settings(max_examples=300)
+@given(_texts)
+def test_units_and_encoding_are_counted_character_by_character(text: str) -> None:
+    """`unit_cost` and `encoding_of` (counted with the string's C methods) say what the
+    rules say per character: 2 septets for an extension character, 2 UTF-16 units for a
+    character outside the BMP."""
+    gsm = all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+    assert encoding_of(text) == ("GSM7" if gsm else "UCS2")
+    if gsm:
+        assert unit_cost(text, "GSM7") == sum(2 if ch in GSM7_EXTENSION else 1 for ch in text)
+    assert unit_cost(text, "UCS2") == sum(2 if ord(ch) > 0xFFFF else 1 for ch in text)

@@ -48,9 +48,12 @@ GSM7_EXTENSION: frozenset[str] = (
     frozenset(chr(cp) for cp in GSMCHARMAPS[0]["singleShift"]["encode"]) - GSM7_BASIC
 )
 
+_GSM7 = GSM7_BASIC | GSM7_EXTENSION
 _SINGLE = {"GSM7": 160, "UCS2": 70}
 _PART = {"GSM7": 153, "UCS2": 67}
 _GRAPHEME = regex.compile(r"\X")
+#: `str.translate` table deleting the extension characters.
+_WITHOUT_EXTENSION = dict.fromkeys(map(ord, GSM7_EXTENSION))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +77,17 @@ def limits(encoding: Encoding) -> tuple[int, int]:
 
 def encoding_of(text: str) -> Encoding:
     """GSM7 when every character is in the default or extension table, else UCS2."""
-    allowed = GSM7_BASIC | GSM7_EXTENSION
-    return "GSM7" if all(ch in allowed for ch in text) else "UCS2"
+    return "GSM7" if _GSM7.issuperset(text) else "UCS2"
 
 
 def unit_cost(text: str, encoding: Encoding) -> int:
-    """Units `text` takes: septets for GSM7 (extension = 2), UTF-16 code units for UCS2."""
+    """Units `text` takes: septets for GSM7 (extension = 2), UTF-16 code units for UCS2.
+    Counted by the string's own C methods, not a Python step per character: the server
+    plans every message it accepts."""
     if encoding == "GSM7":
-        return sum(2 if ch in GSM7_EXTENSION else 1 for ch in text)
-    return sum(2 if ord(ch) > 0xFFFF else 1 for ch in text)
+        return 2 * len(text) - len(text.translate(_WITHOUT_EXTENSION))
+    # A character outside the BMP is a surrogate pair: two code units.
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def plan(text: str) -> SegmentPlan:
