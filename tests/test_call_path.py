@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
+import uuid
 
 import phonenumbers
 import pytest
@@ -18,7 +19,7 @@ from google.protobuf import timestamp_pb2
 from sqlalchemy import TypeDecorator
 from sqlalchemy.dialects import sqlite
 
-from zimsend.server import logs
+from zimsend.server import auth, logs
 from zimsend.server.sending import fields
 from zimsend.server.services.convert import ts
 from zimsend.server.storage.types import UTCDateTime
@@ -199,3 +200,17 @@ def test_log_timestamps_are_the_ones_timestamper_writes(monkeypatch: pytest.Monk
         stamped = logs._utc_timestamp(None, "info", {})["timestamp"]
         expected = (epoch + dt.timedelta(microseconds=ns // 1000)).isoformat()
         assert stamped == expected.replace("+00:00", "Z"), ns
+
+
+def test_new_request_ids_are_random_uuid4_text() -> None:
+    """`auth.new_request_id` writes what `str(uuid.uuid4())` writes, and never twice the same."""
+    ids = [auth.new_request_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == value
+    assert {value[14] for value in ids} == {"4"}
+    assert {value[19] for value in ids} == set("89ab")  # the variant's two bits, nothing else
+    assert len({value[0] for value in ids}) == 16  # the other bits are random

@@ -69,12 +69,17 @@ class ClientRateLimiter:
         self._flushing: dict[WindowKey, int] = {}
         self._limits: dict[str, tuple[int, float]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        #: (minutes since the epoch, that minute's start) of the last admission.
+        self._minute: tuple[int, dt.datetime] = (-1, dt.datetime.min.replace(tzinfo=dt.UTC))
 
     async def admit(self, client_id: str) -> Admission:
         """Count one request for `client_id`, or raise RATE_LIMIT_EXCEEDED."""
-        now = utcnow()
-        window = now.replace(second=0, microsecond=0)
-        reset = max(1, math.ceil(60 - (now - window).total_seconds()))
+        now = time.time()
+        minute = int(now // 60)
+        if minute != self._minute[0]:
+            self._minute = (minute, dt.datetime.fromtimestamp(minute * 60, dt.UTC))
+        window = self._minute[1]  # the window's start, as stored: built once a minute
+        reset = max(1, math.ceil(60 - (now - minute * 60)))
         cached = self._limits.get(client_id)
         if cached is not None and time.monotonic() - cached[1] < LIMIT_CACHE_SECONDS:
             limit = cached[0]  # no coroutine for the common case
