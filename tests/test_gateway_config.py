@@ -18,6 +18,7 @@ from zimsend.gateway import (
     GatewayConfig,
     RateLimit,
     build_config,
+    default_concurrency,
     default_descriptor_path,
     default_openapi_path,
     envoy_binary,
@@ -234,6 +235,23 @@ def test_render_is_json_and_envoy_command_writes_it(tmp_path: Path) -> None:
     assert "--use-dynamic-base-id" in argv
     config = json.loads((tmp_path / "envoy.json").read_text())
     assert listeners(config)["public"]["address"]["socket_address"]["port_value"] == 0
+
+
+def test_envoy_takes_half_the_cores_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Envoy shares the machine with the server it fronts: one worker on two cores costs less
+    CPU per REST call than two (docs/decisions.md "The gateway's CPU per call")."""
+
+    def workers(**kw: Any) -> str:
+        argv = envoy_command(tmp_path, upstreams=["127.0.0.1:5"], **kw)
+        return argv[argv.index("--concurrency") + 1]
+
+    for cores, expected in ((1, "1"), (2, "1"), (8, "4")):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert default_concurrency() == int(expected)
+        assert workers() == expected
+    assert workers(concurrency=3) == "3"
 
 
 def test_a_dead_replica_is_ejected_and_only_unsent_calls_are_retried() -> None:

@@ -118,6 +118,9 @@ def test_an_unknown_priority_name_is_invalid_priority(http: httpx.Client, stack:
 def test_an_unknown_path_is_a_404_envelope(http: httpx.Client, stack: Stack) -> None:
     body = assert_error(http.get("/v1/nope", headers=stack.auth), 404, "NOT_FOUND", 5)
     assert "GET /v1/nope" in body["message"]
+    # The path as sent, without its query (Envoy's local reply writes it, gateway/README.md).
+    body = assert_error(http.get("/v1/nope?q=1", headers=stack.auth), 404, "NOT_FOUND", 5)
+    assert body["message"].startswith("No endpoint GET /v1/nope; "), body["message"]
 
 
 def test_a_known_path_with_the_wrong_method_is_a_404_envelope(

@@ -22,6 +22,7 @@ from zimsend.gateway._config import (
 from zimsend.gateway._process import (
     EnvoyConfigError,
     EnvoyProcess,
+    default_concurrency,
     envoy_binary,
     envoy_command,
     listener_ports,
@@ -38,6 +39,7 @@ __all__ = [
     "RateLimit",
     "TlsFiles",
     "build_config",
+    "default_concurrency",
     "default_descriptor_path",
     "default_openapi_path",
     "envoy_binary",

@@ -5,9 +5,11 @@
 --
 -- Requests: marks REST requests with `x-zimsend-rest` (local_reply_config keys its JSON
 -- mappers on it, so native gRPC and gRPC-Web callers keep plain gRPC statuses), drops the
--- headers gRPC metadata cannot carry, remembers the method and path for error messages, and
--- enforces the body size limit (the transcoder's own `max_request_body_size` does not trip
--- for a body it can parse as it streams).
+-- headers gRPC metadata cannot carry, and enforces the body size limit (the transcoder's own
+-- `max_request_body_size` does not trip for a body it can parse as it streams). It runs on
+-- every REST call, so it does no more than that: stream metadata, a buffered body of known
+-- length, each cost Envoy measurable CPU per request (the 404's "No endpoint METHOD PATH" is
+-- written by local_reply_config from the request headers instead).
 --
 -- Responses (JSON only, status >= 400):
 -- * a google.rpc.Status from the server (`{"code":…,"message":…,"details":[…]}`) gets
@@ -253,8 +255,8 @@ end
 -- (`grpc-timeout: zz`, `grpc-encoding: foo`). None of these means anything to the REST API,
 -- so they are dropped, as HTTP drops any header it does not know.
 local function passes_as_metadata(name)
-  if name:sub(1, 1) == ":" then return true end
-  return not name:find("[^0-9a-z_.%-]") and name:sub(1, 5) ~= "grpc-" and name:sub(-4) ~= "-bin"
+  if name:byte(1) == 58 then return true end -- ":", a pseudo-header
+  return not (name:find("[^0-9a-z_.%-]") or name:find("^grpc%-") or name:find("%-bin$"))
 end
 
 -- HTML forms and most HTTP clients (httpx, requests) write a space in a query as `+`, which
@@ -272,20 +274,23 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local content_type = headers:get("content-type") or ""
-  if content_type:sub(1, 16) == "application/grpc" then
+  local content_type = headers:get("content-type")
+  if content_type and content_type:find("^application/grpc") then
     headers:remove(REST_MARKER)
     return
   end
-  local unfit = {}
+  local unfit
   for name, _ in pairs(headers) do
-    if not passes_as_metadata(name) then unfit[#unfit + 1] = name end
+    if not passes_as_metadata(name) then
+      unfit = unfit or {}
+      unfit[#unfit + 1] = name
+    end
   end
-  for _, name in ipairs(unfit) do headers:remove(name) end
+  if unfit then
+    for _, name in ipairs(unfit) do headers:remove(name) end
+  end
   headers:replace(REST_MARKER, "1")
-  local method = headers:get(":method") or ""
   local full_path = headers:get(":path") or ""
-  local path = full_path:gsub("%?.*$", "")
   local query_start = full_path:find("?", 1, true)
   if query_start and full_path:find("+", query_start, true) then
     full_path = full_path:sub(1, query_start) .. spaces_from_plus(full_path:sub(query_start + 1))
@@ -299,19 +304,20 @@ function envoy_on_request(handle)
         .. "or name it; unknown parameters are refused.", error_info("INVALID_REQUEST")))
     return
   end
-  local meta = handle:streamInfo():dynamicMetadata()
-  meta:set("zimsend", "method", method)
-  meta:set("zimsend", "path", path)
 
   local length = tonumber(headers:get("content-length") or "")
-  if length and length > MAX_BODY_BYTES then
-    -- local_reply_config writes the envelope for the 413.
-    handle:respond({ [":status"] = "413" }, "request body too large")
+  if length then
+    if length > MAX_BODY_BYTES then
+      -- local_reply_config writes the envelope for the 413.
+      handle:respond({ [":status"] = "413" }, "request body too large")
+    end
+    -- Otherwise the codec holds the body to its declared length: nothing to buffer.
     return
   end
+  local method = headers:get(":method")
   if method ~= "GET" and method ~= "HEAD" and method ~= "DELETE" and method ~= "OPTIONS" then
-    -- Buffer the (small) REST body: a chunked body over the stream's buffer limit (the
-    -- listener's per-connection limit, set to the body limit) is then refused with a 413.
+    -- A body without a length (chunked): buffer it, so that one over the stream's buffer
+    -- limit (the listener's per-connection limit, set to the body limit) is refused with 413.
     handle:body()
   end
 end
@@ -340,11 +346,7 @@ function envoy_on_response(handle)
     local grpc_code = tonumber(text:match('"code":%s*(%d+)') or "")
     if literal == nil or code == nil or grpc_code == nil then return end
     local message = decode_literal(literal)
-    if status == 404 then
-      local meta = handle:streamInfo():dynamicMetadata():get("zimsend") or {}
-      message = "No endpoint " .. (meta["method"] or "") .. " " .. (meta["path"] or "")
-        .. "; the API is described at /v1/openapi.json."
-    elseif status == 400 then
+    if status == 400 then
       code, message = explain_bad_request(message)
     end
     local details = error_info(code)

@@ -87,7 +87,7 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     return {
         "mappers": [
             rest(400, invalid, 3, "%LOCAL_REPLY_BODY%"),
-            rest(404, "NOT_FOUND", 5, "%LOCAL_REPLY_BODY%"),
+            rest(404, "NOT_FOUND", 5, NO_ENDPOINT_MESSAGE),
             rest(413, invalid, 3, too_large),
             rest(429, _REASON.Name(_REASON.RATE_LIMIT_EXCEEDED), 8, limited),
             rest(500, _REASON.Name(_REASON.INTERNAL), 13, "%LOCAL_REPLY_BODY%"),
@@ -99,6 +99,14 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
             unreadable(431, headers_too_large_message(config)),
         ]
     }
+
+
+#: A 404 Envoy answers itself (no route, no transcoder binding): the method and path as the
+#: caller sent them (before the transcoder rewrote them), the path without its query.
+NO_ENDPOINT_MESSAGE = (
+    "No endpoint %REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% %PATH(NQ)%; the API is described "
+    "at /v1/openapi.json."
+)
 
 
 def headers_too_large_message(config: GatewayConfig) -> str:

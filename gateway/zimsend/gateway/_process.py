@@ -31,6 +31,7 @@ from zimsend.gateway.processes import spawn, terminate
 __all__ = [
     "EnvoyConfigError",
     "EnvoyProcess",
+    "default_concurrency",
     "envoy_binary",
     "envoy_command",
     "listener_ports",
@@ -128,6 +129,7 @@ def envoy_command(
     `fields` are `GatewayConfig` fields (plus `tls_cert`/`tls_key`, see `make_config`).
     Envoy's access log (one JSON object per request) goes to its stdout, its own log to
     stderr; the admin address it really bound is written to `<directory>/admin-address.txt`.
+    `concurrency` is Envoy's number of worker threads, `default_concurrency()` when omitted.
     """
     directory = Path(directory).resolve()
     path = write_config(make_config(config, **fields), directory)
@@ -147,9 +149,21 @@ def envoy_command(
         "--file-flush-interval-msec",
         "250",
     ]
-    if concurrency is not None:
-        argv += ["--concurrency", str(concurrency)]
+    argv += ["--concurrency", str(concurrency or default_concurrency())]
     return argv
+
+
+def default_concurrency() -> int:
+    """Envoy's worker threads unless told otherwise: half the cores this process may use, at
+    least one (Envoy's own default is all of them). Envoy shares the machine with the server
+    process(es) it fronts, and on two cores one worker costs less CPU per REST call than two
+    (each worker keeps its own upstream connection and wakes up for fewer events at a time;
+    docs/decisions.md "The gateway's CPU per call")."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 2
+    return max(1, cores // 2)
 
 
 class EnvoyProcess:
@@ -309,7 +323,7 @@ def start_envoy(
     directory: str | os.PathLike[str] | None = None,
     *,
     log_level: str = "warn",
-    concurrency: int | None = 2,
+    concurrency: int | None = None,
     stdout: IO[bytes] | int | None = None,
     stderr: IO[bytes] | int | None = None,
     wait: bool = True,
