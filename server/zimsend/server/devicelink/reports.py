@@ -6,7 +6,8 @@ lock the bottleneck at a few thousand reports a second; one transaction per *bat
 the commit (DESIGN: "batched reports"). A single writer task takes everything queued, applies
 it in one transaction, and only after the commit sends each phone its ReportAck — a report
 arriving while a write is in flight simply joins the next batch, so there is no added delay
-when the server is idle.
+when the server is idle. The acks of a busy phone are sent at most every
+`session.ACK_INTERVAL_S` (`DeviceSession.ack_reports`), several batches' reports per frame.
 
 If a batch fails (a bug, or a report the database rejects), its reports are retried one
 transaction each, so one bad report cannot hold back the others; a report that still fails is
@@ -170,7 +171,7 @@ class ReportWriter:
         for n, session in enumerate(sessions):
             ids = outcome.acked.get(n)
             if ids:
-                session.push(pb.ServerFrame(report_ack=pb.ReportAck(report_ids=ids)))
+                session.ack_reports(ids)
             self._on_applied(session, by_session.get(n, []))
         return [None] * len(batch)
 
