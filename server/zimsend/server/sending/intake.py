@@ -84,7 +84,7 @@ MAX_BATCH = 128
 @dataclass(frozen=True)
 class Submission:
     """Who sends, and the idempotency facts of the request (key None: no idempotency);
-    `request_id` is stored with the messages (`rpc.request_id`)."""
+    `request_id` is stored with the messages (`auth.request_id`)."""
 
     client_id: str
     test: bool
