@@ -24,11 +24,12 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, select
 from sqlmodel import Session, col
 
 from zimsend.server.storage import Database, Device, DeviceSend
 from zimsend.server.storage.claims import ClaimedMessage
+from zimsend.server.storage.inserts import RowInsert
 from zimsend.server.storage.shapes import padded_chunks
 from zimsend.server.storage.tables import table_of
 
@@ -191,28 +192,28 @@ def record_handed(
     session: Session, handed: Sequence[tuple[str, Sequence[ClaimedMessage]]], now: dt.datetime
 ) -> None:
     """Write the round's claimed messages into their phones' ledgers (one insert) and forget
-    those phones' rows older than 24 h (one delete)."""
+    those phones' rows older than 24 h (one delete). Both statements are built once: built
+    per round they were a fifth of a small round's CPU."""
     rows = [
-        {
-            "device_id": device_id,
-            "sim_slot": m.sim_slot or 0,
-            "handed_at": now,
-            "parts": max(1, m.segments),
-            "message_id": m.id,
-        }
+        (device_id, m.sim_slot or 0, now, max(1, m.segments), m.id)
         for device_id, messages in handed
         for m in messages
     ]
     if not rows:
         return
-    table = table_of(DeviceSend)
+    connection = session.connection()
+    before = now - _LEDGER_DEPTH
     for chunk in padded_chunks(sorted({device_id for device_id, _ in handed}), _CHUNK):
-        session.execute(
-            delete(table).where(
-                table.c.device_id.in_(chunk), table.c.handed_at < now - _LEDGER_DEPTH
-            )
-        )
-    session.execute(insert(table), rows)
+        connection.execute(_FORGET, {"f_ids": chunk, "f_before": before})
+    _INSERT_HANDED.execute(connection, rows)
+
+
+_LEDGER = table_of(DeviceSend)
+_INSERT_HANDED = RowInsert(_LEDGER, ("device_id", "sim_slot", "handed_at", "parts", "message_id"))
+_FORGET = delete(_LEDGER).where(
+    _LEDGER.c.device_id.in_(bindparam("f_ids", expanding=True)),
+    _LEDGER.c.handed_at < bindparam("f_before"),
+)
 
 
 def prune_ledger(db: Database, now: dt.datetime) -> int:
