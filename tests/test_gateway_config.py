@@ -237,21 +237,23 @@ def test_render_is_json_and_envoy_command_writes_it(tmp_path: Path) -> None:
     assert listeners(config)["public"]["address"]["socket_address"]["port_value"] == 0
 
 
-def test_envoy_takes_half_the_cores_unless_told(
+def test_envoy_runs_one_worker_per_replica_on_at_most_half_the_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Envoy shares the machine with the server it fronts: one worker on two cores costs less
-    CPU per REST call than two (docs/decisions.md "The gateway's CPU per call")."""
+    """Envoy shares the machine with the servers it fronts, and each worker holds its own
+    connection to every replica: fewer, busier connections cost less CPU per REST call
+    (docs/decisions.md "The gateway's CPU per call")."""
 
-    def workers(**kw: Any) -> str:
-        argv = envoy_command(tmp_path, upstreams=["127.0.0.1:5"], **kw)
+    def workers(replicas: int, **kw: Any) -> str:
+        upstreams = [f"127.0.0.1:{5000 + n}" for n in range(replicas)]
+        argv = envoy_command(tmp_path, upstreams=upstreams, **kw)
         return argv[argv.index("--concurrency") + 1]
 
-    for cores, expected in ((1, "1"), (2, "1"), (8, "4")):
+    for cores, replicas, expected in ((1, 1, 1), (2, 1, 1), (2, 2, 1), (8, 1, 1), (8, 3, 3)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
-        assert default_concurrency() == int(expected)
-        assert workers() == expected
-    assert workers(concurrency=3) == "3"
+        assert default_concurrency(replicas) == expected
+        assert workers(replicas) == str(expected)
+    assert workers(1, concurrency=3) == "3"
 
 
 def test_a_dead_replica_is_ejected_and_only_unsent_calls_are_retried() -> None:

@@ -129,10 +129,12 @@ def envoy_command(
     `fields` are `GatewayConfig` fields (plus `tls_cert`/`tls_key`, see `make_config`).
     Envoy's access log (one JSON object per request) goes to its stdout, its own log to
     stderr; the admin address it really bound is written to `<directory>/admin-address.txt`.
-    `concurrency` is Envoy's number of worker threads, `default_concurrency()` when omitted.
+    `concurrency` is Envoy's number of worker threads, `default_concurrency(replicas)` when
+    omitted.
     """
     directory = Path(directory).resolve()
-    path = write_config(make_config(config, **fields), directory)
+    config = make_config(config, **fields)
+    path = write_config(config, directory)
     argv = [
         str(envoy_binary()),
         "-c",
@@ -149,21 +151,23 @@ def envoy_command(
         "--file-flush-interval-msec",
         "250",
     ]
-    argv += ["--concurrency", str(concurrency or default_concurrency())]
+    argv += ["--concurrency", str(concurrency or default_concurrency(len(config.upstreams)))]
     return argv
 
 
-def default_concurrency() -> int:
-    """Envoy's worker threads unless told otherwise: half the cores this process may use, at
-    least one (Envoy's own default is all of them). Envoy shares the machine with the server
-    process(es) it fronts, and on two cores one worker costs less CPU per REST call than two
-    (each worker keeps its own upstream connection and wakes up for fewer events at a time;
-    docs/decisions.md "The gateway's CPU per call")."""
+def default_concurrency(replicas: int = 1) -> int:
+    """Envoy's worker threads unless told otherwise: one per server replica it fronts, at most
+    half the cores this process may use, at least one (Envoy's own default is one per core).
+
+    Each worker keeps its own HTTP/2 connection to every replica, and both Envoy and the
+    server spend less CPU per REST call over one busy connection than over several (measured
+    on two cores, docs/decisions.md "The gateway's CPU per call"); one worker carries several
+    thousand REST calls a second, more than one server process accepts."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 2
-    return max(1, cores // 2)
+    return max(1, min(replicas, cores // 2))
 
 
 class EnvoyProcess:
