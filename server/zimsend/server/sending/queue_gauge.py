@@ -125,16 +125,18 @@ class QueueGauge:
 
     def _read(self, connection: Connection, key: tuple[str, bool]) -> _Snapshot:
         snapshot = _Snapshot(read_at=time.monotonic())
-        rows = connection.execute(_QUEUE, {"client_id": key[0], "test": key[1]}).all()
-        if rows:
-            # Columns, not rows: no Python call per row (the rows come ordered by priority).
+        due_by_priority = snapshot.due_by_priority
+        result = connection.execute(_QUEUE, {"client_id": key[0], "test": key[1]})
+        # Columns, not rows: no Python call per row (the rows come ordered by priority). In
+        # parts: fewer rows alive at once, fewer garbage collections.
+        for rows in result.partitions(1_000):
             priorities, dues = zip(*rows, strict=True)
             if dues[0].tzinfo is not None:  # PostgreSQL
                 dues = tuple(map(_naive_utc, dues))
             start = 0
             for priority in sorted(set(priorities)):
                 end = bisect.bisect_right(priorities, priority)
-                snapshot.due_by_priority[priority] = list(dues[start:end])
+                due_by_priority.setdefault(priority, []).extend(dues[start:end])
                 start = end
         with self._lock:
             self._snapshots[key] = snapshot
