@@ -21,8 +21,9 @@ from sqlalchemy.dialects import sqlite
 
 from zimsend.server import auth, logs
 from zimsend.server.sending import fields
-from zimsend.server.services.convert import ts
+from zimsend.server.services.convert import set_ts, ts
 from zimsend.server.storage.types import UTCDateTime
+from zimsend.v1 import sms_pb2
 
 UTC = dt.UTC
 _ZONES = (
@@ -56,6 +57,14 @@ def test_response_timestamps_are_the_ones_from_datetime_gives() -> None:
         expected.FromDatetime(moment.astimezone(UTC))
         assert ts(moment) == expected, moment
     assert ts(None) is None
+    # `set_ts` writes the same into a response's field; a naive datetime as `ts` reads it.
+    values: list[dt.datetime | None] = [*_instants(2_000, seed=19), None]
+    for value in [*values, dt.datetime(2026, 1, 1, 12)]:
+        filled = sms_pb2.SendSmsResponse()
+        set_ts(filled.queued_at, value)
+        assert filled.HasField("queued_at") == (value is not None)
+        if value is not None:
+            assert filled.queued_at == ts(value), value
 
 
 def test_sqlite_datetimes_are_stored_and_read_as_the_generic_type_decorator_does() -> None:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2
 
 from zimsend.server import failures
-from zimsend.server.services.convert import ts
+from zimsend.server.services.convert import set_ts, ts
 from zimsend.server.storage import InboundMessage, Message, MessageStatus
 from zimsend.v1 import common_pb2, sms_pb2
 
@@ -90,18 +90,19 @@ def sms_message(message: Message) -> sms_pb2.SmsMessage:
 def send_response(done: Accepted) -> sms_pb2.SendSmsResponse:
     """SendSms's documented answer for a freshly queued message."""
     message = done.messages[0]
-    return sms_pb2.SendSmsResponse(
+    response = sms_pb2.SendSmsResponse(
         success=True,
         message_id=message.id,
         status=common_pb2.queued,
         to=message.to,
-        queued_at=ts(done.queued_at),
-        estimated_delivery=ts(done.estimated_delivery),
         segments=message.segments,
         encoding=ENCODING[message.encoding],
         priority=message.priority,
-        scheduled_at=ts(message.scheduled_at),
     )
+    set_ts(response.queued_at, done.queued_at)
+    set_ts(response.estimated_delivery, done.estimated_delivery)
+    set_ts(response.scheduled_at, message.scheduled_at)
+    return response
 
 
 def bulk_response(response_type: type[B]) -> Callable[[Accepted], B]:

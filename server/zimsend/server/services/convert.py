@@ -27,6 +27,20 @@ def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     )
 
 
+def set_ts(target: timestamp_pb2.Timestamp, value: dt.datetime | None) -> None:
+    """Write `ts(value)` into a message's Timestamp field in place (None leaves it unset):
+    no Timestamp object built and then copied in by the constructor, for the responses the
+    accept lane builds per request."""
+    if value is None:
+        return
+    if value.tzinfo is None:  # as `ts` reads it
+        target.FromDatetime(value.astimezone(dt.UTC))
+        return
+    since = value - _EPOCH
+    target.seconds = since.days * 86_400 + since.seconds
+    target.nanos = since.microseconds * 1_000
+
+
 def paging(request: Any) -> tuple[int | None, int | None]:
     """`page` and `limit` of a list request as given, None when absent (they are proto3
     `optional`, so an explicit 0 can be refused instead of taken for the default)."""
