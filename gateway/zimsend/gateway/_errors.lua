@@ -11,7 +11,8 @@
 -- length, each cost Envoy measurable CPU per request (the 404's "No endpoint METHOD PATH" is
 -- written by local_reply_config from the request headers instead).
 --
--- Responses (JSON only, status >= 400):
+-- Responses: a unary JSON answer gets the RateLimit headers the server sent as trailers.
+-- Errors (JSON only, status >= 400):
 -- * a google.rpc.Status from the server (`{"code":…,"message":…,"details":[…]}`) gets
 --   `"success":false,"error":{"code":<zimsend-error-code header>,"message":<same message>}`
 --   added in front; code, message and details stay byte for byte what the server sent;
@@ -322,10 +323,36 @@ function envoy_on_request(handle)
   end
 end
 
+-- The server sends the RateLimit headers of a call as gRPC trailing metadata, which travels
+-- with the status for free (initial metadata of its own costs grpc a batch per call); HTTP/1.1
+-- callers get no trailers, so a unary JSON answer (the transcoder gives it a Content-Length)
+-- has them copied into its headers. A refusal and a streamed export carry them as initial
+-- metadata already.
+local RATELIMIT_HEADERS = { "ratelimit", "ratelimit-policy" }
+
+local function ratelimit_into_headers(handle, headers)
+  if headers:get("content-length") == nil then return end
+  local content_type = headers:get("content-type") or ""
+  if content_type:sub(1, 16) ~= "application/json" then return end
+  -- The body first: waiting for the trailers alone would let the headers go on. Both yield:
+  -- header handles taken before are dead afterwards.
+  if handle:body() == nil then return end
+  local trailers = handle:trailers()
+  if trailers == nil then return end
+  headers = handle:headers()
+  for _, name in ipairs(RATELIMIT_HEADERS) do
+    local value = trailers:get(name)
+    if value then headers:replace(name, value) end
+  end
+end
+
 function envoy_on_response(handle)
   local headers = handle:headers()
   local status = tonumber(headers:get(":status") or "") or 0
-  if status < 400 then return end
+  if status < 400 then
+    ratelimit_into_headers(handle, headers)
+    return
+  end
   local content_type = headers:get("content-type") or ""
   if content_type:sub(1, 16) ~= "application/json" then return end
 

@@ -11,9 +11,9 @@ replica that revoked it; other replicas refuse it within the TTL. Failures are n
 remembered: every wrong key is looked up (and answers the same way). The lookup itself is one
 prebuilt Core statement on a bare connection.
 
-`authenticate` also reads the other headers a public call uses (request id, idempotency key,
-whether Envoy transcoded it from REST) in the same pass over the metadata: grpc builds the
-metadata tuple anew on every `invocation_metadata()` call.
+`authenticate` also reads the other headers a public call uses (request id, idempotency key)
+in the same pass over the metadata: grpc builds the metadata tuple anew on every
+`invocation_metadata()` call.
 """
 
 from __future__ import annotations
@@ -39,16 +39,12 @@ API_KEY_HEADER = "x-api-key"
 CLIENT_ID_HEADER = "x-client-id"
 DEVICE_ID_HEADER = "x-device-id"
 REQUEST_ID_HEADER = "x-request-id"
-#: Envoy's JSON transcoder adds this (the REST URL) to every call it makes of a REST request;
-#: a call without it came over gRPC (straight, or through Envoy's gRPC proxying).
-TRANSCODED_HEADER = "x-envoy-original-path"
 _CALL_HEADERS = (
     API_KEY_HEADER,
     CLIENT_ID_HEADER,
     DEVICE_ID_HEADER,
     REQUEST_ID_HEADER,
     IDEMPOTENCY_HEADER,
-    TRANSCODED_HEADER,
 )
 #: A caller's own X-Request-ID passes Envoy (`preserve_external_request_id`); it goes into logs
 #: and the database, so only a short plain one is kept.
@@ -67,8 +63,7 @@ _KEY_BY_HASH = select(
 class Caller:
     """An authenticated caller and the headers of its call. `device_id` is the raw
     `X-Device-ID` header (not yet checked: only send calls give it a meaning); `request_id`
-    the call's (`request_id`); `idempotency_key` the raw `Idempotency-Key` header;
-    `transcoded` whether Envoy made the call of a REST request (`TRANSCODED_HEADER`)."""
+    the call's (`request_id`); `idempotency_key` the raw `Idempotency-Key` header."""
 
     client_id: str
     key_id: str
@@ -76,12 +71,11 @@ class Caller:
     device_id: str | None = None
     request_id: str = ""
     idempotency_key: str | None = None
-    transcoded: bool = False
 
 
 async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-    api_key, client_id, device_header, request_header, idempotency_key, original_path = (
-        metadata_values(context, _CALL_HEADERS)
+    api_key, client_id, device_header, request_header, idempotency_key = metadata_values(
+        context, _CALL_HEADERS
     )
     missing = [h for h, v in (("X-API-Key", api_key), ("X-Client-ID", client_id)) if not v]
     if missing:
@@ -107,7 +101,6 @@ async def authenticate(state: ServerState, context: grpc.aio.ServicerContext[Any
         device_header or None,
         request_id(request_header),
         idempotency_key,
-        original_path is not None,
     )
 
 

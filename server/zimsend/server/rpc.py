@@ -13,11 +13,11 @@ request-independent message: no stack trace, SQL or data leaks out. A full or un
 database is not unexpected: 503 UNAVAILABLE with Retry-After (`errors.known_error`).
 The servicers' `self.state` is the process's `state.ServerState`.
 
-Where the RateLimit headers go (docs/decisions.md): a call Envoy transcoded from REST gets them
-as initial metadata, which Envoy turns into response headers (it drops trailers for REST
-callers); a gRPC call gets them as trailing metadata, which travels with the status at no
-cost, where initial metadata sent apart costs grpc a batch of its own per call. A refusal
-(429) carries them with the error's other headers either way (`errors.abort`).
+Where the RateLimit headers go (docs/decisions.md): a unary call's go as trailing metadata,
+which travels with the status at no cost, where initial metadata sent apart costs grpc a batch
+of its own per call; Envoy copies them into a REST answer's headers (HTTP/1.1 callers get no
+trailers). A refusal (429) carries them with the error's other headers (`errors.abort`), a
+streamed answer as initial metadata.
 """
 
 from __future__ import annotations
@@ -51,10 +51,7 @@ def public_rpc(handler: Handler) -> Handler:
         try:
             caller, headers = await _admit(self.state, context)
             response = await handler(self, request, context, caller)
-            if caller.transcoded:
-                await context.send_initial_metadata(headers)
-            else:
-                context.set_trailing_metadata(headers)
+            context.set_trailing_metadata(headers)
             return response
         except Exception as exc:
             await _fail(context, exc, handler.__name__, headers)
