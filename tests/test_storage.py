@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import exc, func, inspect, select, text
+from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import col
 
 from zimsend.server.accounts.credentials import new_id
@@ -27,6 +28,7 @@ from zimsend.server.storage import (
     Message,
     MessageStatus,
     claim_due_messages,
+    claims,
     count_in_window,
     database,
     get_for_client,
@@ -250,6 +252,36 @@ def test_claims_skip_what_is_not_due_for_this_device(db: Database) -> None:
     mine = queue(db, "client_a", 1, pinned_device_id=device, expires_at=NOW + dt.timedelta(1))
     assert [m.id for m in claim(db, device, 10)] == mine
     assert len(claim(db, other_device, 10, test=True)) == 1
+
+
+def test_a_bulk_sharing_one_due_time_leaves_in_the_order_it_was_queued(db: Database) -> None:
+    """A bulk send queues its messages with one due time. Claims take them in the order they
+    were queued, and read them in index order: on SQLite, ordering ties by `id` (random) made
+    every claim sort all the bulk's messages (5x the CPU per message with 6,000)."""
+    (device,) = seed_client(db)
+    due = NOW - dt.timedelta(minutes=1)
+    ids = [new_id("msg") for _ in range(40)]
+    with db.write() as s:
+        for mid in ids:
+            s.add(Message(id=mid, client_id="client_a", to="+33612345678", body="hi", due_at=due))
+    batches = [{m.id for m in claim(db, device, 8)} for _ in range(5)]
+    assert batches == [set(ids[i : i + 8]) for i in range(0, 40, 8)]
+    if db.engine.dialect.name == "sqlite":
+        claim_due = claims._SHAPES[(False, False)][0]
+        assert isinstance(claim_due, ClauseElement)
+        with db.session() as s:
+            compiled = claim_due.compile(dialect=db.engine.dialect)
+            plan = s.connection().exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {compiled}", tuple(_claim_params(compiled, device))
+            )
+            steps = " / ".join(str(row[-1]) for row in plan)
+        assert "ix_messages_dispatch" in steps
+        assert "TEMP B-TREE" not in steps, steps
+
+
+def _claim_params(compiled: Any, device: str) -> list[Any]:
+    values = {"c_client_id": "client_a", "c_device_id": device, "c_now": NOW, "c_limit": 8}
+    return [values.get(name, 1) for name in compiled.positiontup]
 
 
 def test_concurrent_claims_never_take_the_same_message(db: Database) -> None:

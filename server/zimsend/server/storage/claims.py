@@ -19,7 +19,10 @@ index serves: as a plain `status = ?` term, SQLite's planner (which has no stati
 preferred reading every queued row through `ix_messages_dispatch (status=?)` to looking up the
 claimed ids, so one claim cost O(queued messages) — milliseconds with thousands scheduled.
 
-Order (SPEC §3, DESIGN "Dispatch"): highest priority (lowest number) first, then oldest due.
+Order (SPEC §3, DESIGN "Dispatch"): highest priority (lowest number) first, then oldest due;
+messages due at the same time (a bulk send) in the dispatch index's order, which is the order
+they were queued. No tie-break on `id`: ids are random, and the index does not hold them, so
+SQLite sorted every message sharing the due time on each claim.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def still_queued() -> ColumnElement[bool]:
 # built per call through the ORM's bulk UPDATE, a claim was the dispatch round's largest cost
 # (docs/benchmarks.md, "What was changed for speed").
 _m = table_of(Message).c
-_ORDER = (_m.priority, _m.due_at, _m.id)
+_ORDER = (_m.priority, _m.due_at)
 
 
 def _conditions(test: bool, any_pin: bool) -> list[ColumnElement[bool]]:
@@ -189,7 +192,7 @@ def claim_due_messages(
     else:
         rows = connection.execute(claim_due, params)
     claimed = [ClaimedMessage(*row) for row in rows]
-    # RETURNING has no defined order.
+    # RETURNING has no defined order; ties within one claim go by id.
     claimed.sort(key=lambda m: (m.priority, m.due_at, m.id))
     return claimed
 
