@@ -6,6 +6,7 @@ read."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from zimsend.server.sending.queue_gauge import QueueGauge
 from zimsend.server.storage import Client, Database, Device, Message, MessageStatus
@@ -23,7 +24,9 @@ def _seed(db: Database) -> None:
         session.flush()
         session.add(Device(id="d", client_id="c", name="d", password_hash="h"))
         session.flush()
-        rows = [(f"p3_{i}", 3, T0 + dt.timedelta(seconds=i), {}) for i in range(5)]
+        rows: list[tuple[str, int, dt.datetime, dict[str, Any]]] = [
+            (f"p3_{i}", 3, T0 + dt.timedelta(seconds=i), {}) for i in range(5)
+        ]
         rows += [(f"p1_{i}", 1, T0 + dt.timedelta(seconds=i, microseconds=1), {}) for i in range(2)]
         rows += [
             ("pinned", 1, T0 - dt.timedelta(hours=1), {"pinned_device_id": "d"}),
