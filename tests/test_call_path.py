@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import phonenumbers
 import pytest
@@ -223,3 +226,55 @@ def test_new_request_ids_are_random_uuid4_text() -> None:
     assert {value[14] for value in ids} == {"4"}
     assert {value[19] for value in ids} == set("89ab")  # the variant's two bits, nothing else
     assert len({value[0] for value in ids}) == 16  # the other bits are random
+
+
+_HOT_INFO_SCRIPT = """
+import sys, time
+import structlog
+from zimsend.server import logs
+time.time_ns = lambda: 1_767_225_600_123_456_000
+logs.configure(sys.argv[1], json=sys.argv[2] == "json")
+log = logs.get("zimsend.sms")
+fields = [
+    {"request_id": "r-1", "client_id": "c", "operation": "SendSms", "replayed": False,
+     "sandbox": False, "message_id": "m-1"},
+    {"request_id": "r-2", "client_id": "c", "operation": "SendBulkSms", "replayed": False,
+     "sandbox": True, "message_ids": ("a", "b")},
+    {"request_id": "r-3", "client_id": "c é ☎", "operation": "SendSms", "replayed": True,
+     "sandbox": False, "message_ids": ()},
+]
+for with_context in (False, True):
+    if with_context:
+        structlog.contextvars.bind_contextvars(device_id="d-1", request_id="bound")
+    for each in fields:
+        log.info("sms.accepted", **each)
+        logs.hot_info(log, "sms.accepted", **dict(each))
+"""
+
+
+@pytest.mark.parametrize(
+    ("level", "renderer"), [("INFO", "json"), ("INFO", "console"), ("WARNING", "json")]
+)
+def test_hot_log_lines_are_the_ones_logger_info_writes(
+    tmp_path: Path, level: str, renderer: str
+) -> None:
+    """`logs.hot_info` (the `sms.accepted` line of every send) writes exactly what
+    `logger.info` writes, in JSON and on a terminal, with context variables bound, and
+    nothing when INFO lines are off."""
+    script = tmp_path / "hot.py"
+    script.write_text(_HOT_INFO_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), level, renderer],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = done.stderr.splitlines()
+    if level == "WARNING":
+        assert lines == []
+        return
+    assert len(lines) == 12
+    assert lines[0::2] == lines[1::2]
+    assert "m-1" in lines[0]
+    assert "device_id" in lines[-1]

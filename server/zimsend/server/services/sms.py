@@ -357,7 +357,8 @@ def accepted(submission: Submission, message_ids: tuple[str, ...]) -> None:
     ids: dict[str, Any] = (
         {"message_id": message_ids[0]} if len(message_ids) == 1 else {"message_ids": message_ids}
     )
-    log.info(
+    logs.hot_info(
+        log,
         "sms.accepted",
         request_id=submission.request_id,
         client_id=submission.client_id,
