@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -76,6 +77,12 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 QUIET_BEFORE_STOP_SECONDS = 0.5
 #: How often an unwritable database is tried again.
 STORAGE_CHECK_SECONDS = 1.0
+#: How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
+#: The event loop shares the GIL with the accept lane, the database threads and grpc's poller
+#: thread, which hands completed reads and writes to the loop: with the default, a command
+#: written to a phone's stream could wait up to 5 ms per hand-off to leave the process, and a
+#: message crosses several hand-offs between accept and phone (docs/benchmarks.md).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 ShutdownHook = Callable[[], Awaitable[None]]
 
@@ -289,7 +296,9 @@ async def serve(settings: Settings, *, port: int | None = None) -> None:
 
 
 def run(settings: Settings, *, port: int | None = None) -> None:
-    """Entry point for `zimsend serve`: uvloop when installed, else the default loop."""
+    """Entry point for `zimsend serve`: uvloop when installed, else the default loop, and a
+    short GIL switch interval (`GIL_SWITCH_INTERVAL_S`)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
