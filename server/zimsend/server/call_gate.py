@@ -28,7 +28,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from zimsend.server.errors import ERROR_CODE_HEADER, ERROR_DOMAIN, ErrorCode, reason_name
-from zimsend.server.method_handlers import Behavior, Continuation, Handler, Req, Resp, with_behavior
+from zimsend.server.method_handlers import (
+    Behavior,
+    Continuation,
+    Handler,
+    Req,
+    Resp,
+    awaitable_behavior,
+    with_behavior,
+)
 
 SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry in a moment."
 #: Seconds a refused caller is told to wait (RetryInfo and Retry-After): a replica behind the
@@ -106,15 +114,14 @@ class CallGate(grpc.aio.ServerInterceptor):
 
     def _counted(self, handler: Handler) -> Handler:
         if handler.unary_unary is not None:
-            unary: Behavior = handler.unary_unary
+            unary = awaitable_behavior(handler.unary_unary)
 
             async def counted_unary(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> Any:
                 self._enter()
                 try:
-                    result = unary(request, context)
-                    return await result if inspect.isawaitable(result) else result
+                    return await unary(request, context)
                 finally:
                     self._leave()
 

@@ -8,6 +8,7 @@ the one place that relies on it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -33,3 +34,17 @@ def with_behavior(
     """`handler` with the given fields (`unary_unary=...`, `stream_stream=...`) replaced."""
     replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(**behavior)  # type: ignore[attr-defined]  # a namedtuple at run time
     return replaced
+
+
+def awaitable_behavior(behavior: Behavior) -> Callable[..., Awaitable[Any]]:
+    """`behavior` as a function whose result is always awaited: itself when it is a coroutine
+    function (every servicer method and interceptor wrapper of this server), so that the
+    interceptors' per-call wrappers need no `inspect.isawaitable` on each call."""
+    if inspect.iscoroutinefunction(behavior):
+        return behavior
+
+    async def awaited(*args: Any) -> Any:
+        result = behavior(*args)
+        return await result if inspect.isawaitable(result) else result
+
+    return awaited

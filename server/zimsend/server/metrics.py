@@ -31,7 +31,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from zimsend.server import failures, logs
-from zimsend.server.method_handlers import Behavior, Continuation, Handler, Req, Resp, with_behavior
+from zimsend.server.method_handlers import (
+    Behavior,
+    Continuation,
+    Handler,
+    Req,
+    Resp,
+    awaitable_behavior,
+    with_behavior,
+)
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -237,14 +245,12 @@ def _code_of(error: BaseException) -> str:
 def _measuring(handler: Handler, m: _MethodMetrics) -> Handler:
     clock = time.perf_counter
     if handler.unary_unary is not None:
-        unary: Behavior = handler.unary_unary
+        unary = awaitable_behavior(handler.unary_unary)
 
         async def measured_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = clock()
             try:
-                result = unary(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await unary(request, context)
             except BaseException as exc:
                 m.duration.observe(clock() - started)
                 m.ended(context, exc)

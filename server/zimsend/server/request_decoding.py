@@ -19,7 +19,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from zimsend.server.errors import ApiError, ErrorCode, abort
-from zimsend.server.method_handlers import Continuation, Handler, Req, Resp, with_behavior
+from zimsend.server.method_handlers import (
+    Continuation,
+    Handler,
+    Req,
+    Resp,
+    awaitable_behavior,
+    with_behavior,
+)
 
 Deserializer = Callable[[bytes], Any]
 
@@ -96,11 +103,12 @@ def _unary_request(behavior: Callable[..., Any], error: ApiError) -> Callable[..
 
         return streaming
 
+    call = awaitable_behavior(behavior)
+
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request is UNDECODABLE:
             await abort(context, error)
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
+        return await call(request, context)
 
     return unary
 
