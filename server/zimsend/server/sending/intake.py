@@ -81,10 +81,10 @@ log = logs.get("zimsend.sending.intake")
 MAX_BATCH = 128
 
 
-@dataclass(frozen=True)
-class Submission:
+class Submission(NamedTuple):
     """Who sends, and the idempotency facts of the request (key None: no idempotency);
-    `request_id` is stored with the messages (`auth.request_id`)."""
+    `request_id` is stored with the messages (`auth.request_id`). Immutable; a named tuple
+    rather than a frozen dataclass, built in a third of the time (one per send request)."""
 
     client_id: str
     test: bool
