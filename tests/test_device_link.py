@@ -102,6 +102,11 @@ def test_agent_is_online_within_a_second_and_offline_after_kill_9(
         wait_for(lambda: not tenant.online(device.device_id), 3 * HEARTBEAT_S + 2, "offline")
         assert time.monotonic() - killed <= 3 * HEARTBEAT_S + 1
         assert killed > connected_at
+    wait_for(  # written at the stream's end, which may come after the API says offline
+        lambda: link_db.events(tenant.client_id, "device.disconnected"),
+        30,
+        "device.disconnected written",
+    )
     kinds = [(k, p.get("reason")) for k, p in link_db.events(tenant.client_id, "device.")]
     assert kinds == [("device.connected", None), ("device.disconnected", "CONNECTION_LOST")]
     connected = link_db.events(tenant.client_id, "device.connected")[0][1]
@@ -131,6 +136,13 @@ def test_a_silent_phone_goes_offline_after_the_missed_heartbeats(
         wait_for(lambda: not tenant.online(device.device_id), 3, "offline")
     finally:
         raw.close()
+    # The API says offline once the heartbeats are overdue; the disconnect is written by the
+    # stream's end, on the device link's database lane (behind other writes under load).
+    wait_for(
+        lambda: link_db.events(tenant.client_id, "device.disconnected"),
+        30,
+        "device.disconnected written",
+    )
     ((_, event),) = link_db.events(tenant.client_id, "device.disconnected")
     assert event["reason"] == "CONNECTION_LOST"
 
