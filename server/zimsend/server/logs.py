@@ -9,7 +9,7 @@ Every accepted send writes a line, so the JSON path is kept cheap without changi
 its format: one `json.JSONEncoder` built once (`json.dumps` with structlog's `default` builds
 one per call), the timestamp's date and time formatted once a second (`_utc_timestamp`, what
 `TimeStamper(fmt="iso", utc=True)` writes), a plain write + flush instead of `print`, and
-`hot_info` for the line of every accepted send (docs/benchmarks.md).
+`hot_info` for the lines written per message (`sms.accepted`, `sms.status`; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def get(name: str) -> structlog.stdlib.BoundLogger:
 
 
 def hot_info(logger: structlog.stdlib.BoundLogger, event: str, **fields: Any) -> None:
-    """`logger.info(event, **fields)` for a line written on every request (`sms.accepted`):
-    the same processors and the same write, so the same bytes, without structlog's per-call
-    machinery around them (the lazy proxy, the bound logger's context copy, the dispatch by
+    """`logger.info(event, **fields)` for a line written per message (`sms.accepted`,
+    `sms.status`): the same processors and the same write, so the same bytes, without
+    structlog's per-call machinery around them (the lazy proxy, the bound logger's context copy, the dispatch by
     method name) — the loggers of `get` carry no context of their own. Before `configure`,
     simply `logger.info`."""
     hot = _hot

@@ -191,7 +191,8 @@ def applied(transitions: list[Transition], device_id: str | None) -> None:
     id (never its text)."""
     metrics.count_transitions(transitions)
     for t in transitions:
-        log.info(
+        logs.hot_info(
+            log,
             "sms.status",
             request_id=t.request_id,
             message_id=t.message_id,
