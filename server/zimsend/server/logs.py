@@ -96,9 +96,9 @@ def get(name: str) -> structlog.stdlib.BoundLogger:
 def hot_info(logger: structlog.stdlib.BoundLogger, event: str, **fields: Any) -> None:
     """`logger.info(event, **fields)` for a line written per message (`sms.accepted`,
     `sms.status`): the same processors and the same write, so the same bytes, without
-    structlog's per-call machinery around them (the lazy proxy, the bound logger's context copy, the dispatch by
-    method name) — the loggers of `get` carry no context of their own. Before `configure`,
-    simply `logger.info`."""
+    structlog's per-call machinery around them (the lazy proxy, the bound logger's context
+    copy, the dispatch by method name) — the loggers of `get` carry no context of their own.
+    Before `configure`, simply `logger.info`."""
     hot = _hot
     if hot is None:
         logger.info(event, **fields)
